@@ -1,0 +1,119 @@
+// Package store opens tollgate's SQL database, SQLite embedded or PostgreSQL
+// for several replicas, and applies each package's migrations. The packages
+// that own data (resolver, metering) own their SQL; it is written portably
+// ($N placeholders, standard types) so one text runs on both engines.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
+	_ "modernc.org/sqlite"             // pure-Go SQLite driver "sqlite": no cgo in CI
+)
+
+// Engines.
+const (
+	SQLite   = "sqlite"
+	Postgres = "postgres"
+)
+
+// DB is an open database and the engine behind it.
+type DB struct {
+	*sql.DB
+	Engine string
+}
+
+// sqliteBusyTimeout lets concurrent writers wait for the single SQLite write
+// lock instead of failing with "database is locked".
+const sqliteBusyTimeout = 10 * time.Second
+
+// Open opens dsn: "postgres://…" or "postgresql://…" for PostgreSQL,
+// otherwise a SQLite file path (an optional "sqlite:" prefix is dropped).
+// The SQLite file's directory is created if missing.
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		db, err := sql.Open("pgx", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("open postgres: %w", err)
+		}
+		db.SetMaxOpenConns(32)
+		db.SetMaxIdleConns(8)
+		if err := db.PingContext(ctx); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("connect postgres: %w", err)
+		}
+		return &DB{DB: db, Engine: Postgres}, nil
+	}
+	path := strings.TrimPrefix(dsn, "sqlite:")
+	if path == "" {
+		return nil, errors.New("open sqlite: empty path")
+	}
+	if path != ":memory:" {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("open sqlite: %w", err)
+		}
+	}
+	q := fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate",
+		path, sqliteBusyTimeout.Milliseconds())
+	db, err := sql.Open("sqlite", q)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	if path == ":memory:" {
+		// Each connection to :memory: is a separate database.
+		db.SetMaxOpenConns(1)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	return &DB{DB: db, Engine: SQLite}, nil
+}
+
+// Migrate applies, in order, the migrations of component not yet applied.
+// Each migration is one or more statements separated by ";\n" and runs in
+// its own transaction. Versions are the 1-based index in migrations, so a
+// migration must never be edited or reordered once released: append.
+func (db *DB) Migrate(ctx context.Context, component string, migrations []string) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		component TEXT NOT NULL,
+		version INTEGER NOT NULL,
+		applied_at TIMESTAMP NOT NULL,
+		PRIMARY KEY (component, version))`); err != nil {
+		return fmt.Errorf("migrate %s: %w", component, err)
+	}
+	var have int
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = $1`, component).Scan(&have); err != nil {
+		return fmt.Errorf("migrate %s: %w", component, err)
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrate %s v%d: %w", component, v, err)
+		}
+		for _, stmt := range strings.Split(migrations[v-1], ";\n") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("migrate %s v%d: %w", component, v, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (component, version, applied_at) VALUES ($1, $2, $3)`, component, v, time.Now().UTC()); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate %s v%d: %w", component, v, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate %s v%d: %w", component, v, err)
+		}
+	}
+	return nil
+}

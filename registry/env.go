@@ -1,0 +1,109 @@
+package registry
+
+import (
+	"fmt"
+	"strings"
+	"text/template"
+)
+
+// Setup is what a workspace needs to point a harness at tollgate: variables
+// to export and, for harnesses that read one, a config-file snippet.
+type Setup struct {
+	Harness string   `json:"harness"`
+	Dialect string   `json:"dialect"`
+	BaseURL string   `json:"base_url"`
+	Env     []EnvVar `json:"env"`
+	// ConfigFile and Config are empty when the harness needs no file.
+	ConfigFile string `json:"config_file,omitempty"`
+	Config     string `json:"config,omitempty"`
+}
+
+// EnvOptions are the inputs of Setup.
+type EnvOptions struct {
+	// ProxyURL is tollgate's public URL, without a trailing slash.
+	ProxyURL string
+	// Token is the workspace-scoped token.
+	Token string
+	// Model optionally pins the model.
+	Model string
+	// Dialect picks one of the harness's dialects; default its first.
+	Dialect string
+}
+
+// Setup renders the environment and config for harness name, from the
+// registry alone.
+func (r *Registry) Setup(name string, o EnvOptions) (*Setup, error) {
+	h, err := r.Harness(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q", err, name)
+	}
+	dn := o.Dialect
+	if dn == "" {
+		dn = h.Dialects[0]
+	}
+	if !h.SpeaksDialect(dn) {
+		return nil, fmt.Errorf("harness %q does not speak dialect %q", name, dn)
+	}
+	d, err := r.Dialect(dn)
+	if err != nil {
+		return nil, err
+	}
+	s := &Setup{
+		Harness: name,
+		Dialect: dn,
+		BaseURL: strings.TrimRight(o.ProxyURL, "/") + "/" + d.Route + h.BaseURLSuffix,
+	}
+	data := struct{ BaseURL, Token, KeyEnv, Model string }{s.BaseURL, o.Token, h.KeyEnv, o.Model}
+	if h.BaseURLEnv != "" {
+		s.Env = append(s.Env, EnvVar{Name: h.BaseURLEnv, Value: s.BaseURL})
+	}
+	s.Env = append(s.Env, EnvVar{Name: h.KeyEnv, Value: o.Token})
+	if h.ModelEnv != "" && o.Model != "" {
+		s.Env = append(s.Env, EnvVar{Name: h.ModelEnv, Value: o.Model})
+	}
+	for _, e := range h.Env {
+		v, err := render(e.Value, data)
+		if err != nil {
+			return nil, fmt.Errorf("harness %q env %s: %w", name, e.Name, err)
+		}
+		s.Env = append(s.Env, EnvVar{Name: e.Name, Value: v})
+	}
+	if h.Config != nil {
+		txt, err := render(h.Config.Template, data)
+		if err != nil {
+			return nil, fmt.Errorf("harness %q config: %w", name, err)
+		}
+		s.ConfigFile, s.Config = h.Config.File, txt
+	}
+	return s, nil
+}
+
+func render(tmpl string, data any) (string, error) {
+	t, err := template.New("").Option("missingkey=error").Parse(tmpl)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	if err := t.Execute(&b, data); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+// ShellQuote quotes v for a POSIX shell export line.
+func ShellQuote(v string) string {
+	if v == "" {
+		return "''"
+	}
+	safe := true
+	for _, c := range v {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./:=@,+", c)) {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return v
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}

@@ -1,0 +1,412 @@
+package registry
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"text/template"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults for Limits, each with its reason.
+const (
+	// DefaultMaxBodyBytes: agent contexts run to megabytes with images.
+	DefaultMaxBodyBytes = 32 << 20
+	// DefaultMaxErrorBodyBytes: provider error bodies are small; a bound
+	// keeps a misbehaving upstream from filling memory.
+	DefaultMaxErrorBodyBytes = 1 << 20
+	// DefaultMaxResponseBodyBytes: non-streamed answers with images.
+	DefaultMaxResponseBodyBytes = 64 << 20
+	// DefaultMaxEventBytes follows Bifrost's 10 MiB SSE event bound.
+	DefaultMaxEventBytes = 10 << 20
+)
+
+// file is the YAML document; maps keep the order through yaml.Node.
+type file struct {
+	Version   int                  `yaml:"version"`
+	Limits    Limits               `yaml:"limits"`
+	Dialects  orderedMap[Dialect]  `yaml:"dialects"`
+	Providers orderedMap[Provider] `yaml:"providers"`
+	Harnesses orderedMap[Harness]  `yaml:"harnesses"`
+}
+
+type orderedMap[T any] struct {
+	keys []string
+	vals map[string]*T
+}
+
+func (m *orderedMap[T]) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: expected a mapping", n.Line)
+	}
+	m.vals = make(map[string]*T)
+	var errs []error
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i].Value
+		if _, dup := m.vals[k]; dup {
+			errs = append(errs, fmt.Errorf("line %d: %q is defined twice", n.Content[i].Line, k))
+			continue
+		}
+		v := new(T)
+		if err := n.Content[i+1].Decode(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", k, err))
+		}
+		m.keys = append(m.keys, k)
+		m.vals[k] = v
+	}
+	return errors.Join(errs...)
+}
+
+// ValidationError lists every problem found in a registry file, each naming
+// the item it concerns.
+type ValidationError struct {
+	Problems []string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("%d problem(s) in registry:\n  %s", len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// LoadFile reads and validates the registry at path.
+func LoadFile(path string) (*Registry, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read registry: %w", err)
+	}
+	return Parse(b)
+}
+
+// Load reads and validates a registry from r.
+func Load(r io.Reader) (*Registry, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read registry: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse validates src and builds a Registry. On failure the error is a
+// *ValidationError listing every problem.
+func Parse(src []byte) (*Registry, error) {
+	var f file
+	dec := yaml.NewDecoder(bytes.NewReader(src))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, &ValidationError{Problems: yamlProblems(err)}
+	}
+	applyDefaults(&f)
+	if probs := validate(&f); len(probs) > 0 {
+		return nil, &ValidationError{Problems: probs}
+	}
+	sum := sha256.Sum256(src)
+	r := &Registry{
+		Version:      hex.EncodeToString(sum[:6]),
+		Limits:       f.Limits,
+		dialects:     f.Dialects.vals,
+		providers:    f.Providers.vals,
+		harnesses:    f.Harnesses.vals,
+		byRoute:      make(map[string][]*Dialect),
+		harnessOrder: f.Harnesses.keys,
+		dialectOrder: f.Dialects.keys,
+	}
+	for _, name := range f.Dialects.keys {
+		d := f.Dialects.vals[name]
+		r.byRoute[d.Route] = append(r.byRoute[d.Route], d)
+	}
+	return r, nil
+}
+
+func yamlProblems(err error) []string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return append([]string(nil), te.Errors...)
+	}
+	var out []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			out = append(out, strings.TrimPrefix(line, "yaml: "))
+		}
+	}
+	return out
+}
+
+func applyDefaults(f *file) {
+	if f.Limits.MaxBodyBytes == 0 {
+		f.Limits.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if f.Limits.MaxErrorBodyBytes == 0 {
+		f.Limits.MaxErrorBodyBytes = DefaultMaxErrorBodyBytes
+	}
+	if f.Limits.MaxResponseBodyBytes == 0 {
+		f.Limits.MaxResponseBodyBytes = DefaultMaxResponseBodyBytes
+	}
+	if f.Limits.MaxEventBytes == 0 {
+		f.Limits.MaxEventBytes = DefaultMaxEventBytes
+	}
+	for _, name := range f.Dialects.keys {
+		d := f.Dialects.vals[name]
+		d.Name = name
+		d.Route = strings.Trim(d.Route, "/")
+		if d.Operation == "" {
+			d.Operation = "chat"
+		}
+		for i := range d.Paths {
+			p := &d.Paths[i]
+			if p.Stream == "" {
+				p.Stream = StreamBody
+			}
+			for j, m := range p.Methods {
+				p.Methods[j] = strings.ToUpper(m)
+			}
+			p.segments = parsePattern(p.Pattern)
+		}
+		for i := range d.Usage.Stream.Events {
+			if d.Usage.Stream.Events[i].Merge == "" {
+				d.Usage.Stream.Events[i].Merge = MergeReplace
+			}
+		}
+	}
+	for _, name := range f.Providers.keys {
+		p := f.Providers.vals[name]
+		p.Name = name
+		p.BaseURL = strings.TrimRight(p.BaseURL, "/")
+		if p.OTelName == "" {
+			p.OTelName = name
+		}
+	}
+	for _, name := range f.Harnesses.keys {
+		f.Harnesses.vals[name].Name = name
+	}
+}
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)
+	envRE    = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+	headerRE = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+)
+
+// reservedRoutes are path segments tollgate serves itself.
+var reservedRoutes = map[string]bool{"admin": true, "metrics": true, "healthz": true, "readyz": true}
+
+func validate(f *file) []string {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+
+	if f.Version != 1 {
+		add("version: must be 1, got %d", f.Version)
+	}
+	if f.Limits.MaxBodyBytes < 0 || f.Limits.MaxErrorBodyBytes < 0 || f.Limits.MaxResponseBodyBytes < 0 || f.Limits.MaxEventBytes < 0 {
+		add("limits: sizes must not be negative")
+	}
+	if len(f.Dialects.keys) == 0 {
+		add("dialects: at least one dialect is required")
+	}
+	if len(f.Providers.keys) == 0 {
+		add("providers: at least one provider is required")
+	}
+
+	routePaths := map[string]string{} // route+pattern → dialect, to find overlaps
+	for _, name := range f.Dialects.keys {
+		d := f.Dialects.vals[name]
+		at := "dialects." + name
+		if !nameRE.MatchString(name) {
+			add("%s: name must be lowercase letters, digits and dashes", at)
+		}
+		switch {
+		case d.Route == "":
+			add("%s.route: is required", at)
+		case strings.Contains(d.Route, "/"):
+			add("%s.route: %q must be one path segment", at, d.Route)
+		case reservedRoutes[d.Route]:
+			add("%s.route: %q is reserved for tollgate itself", at, d.Route)
+		}
+		switch d.ErrorShape {
+		case ShapeOpenAI, ShapeAnthropic, ShapeGemini:
+		default:
+			add("%s.error_shape: %q is not one of openai, anthropic, gemini", at, d.ErrorShape)
+		}
+		if len(d.Paths) == 0 {
+			add("%s.paths: at least one path is required", at)
+		}
+		for i, pa := range d.Paths {
+			pat := fmt.Sprintf("%s.paths[%d]", at, i)
+			if !strings.HasPrefix(pa.Pattern, "/") {
+				add("%s.path: %q must start with /", pat, pa.Pattern)
+			}
+			if strings.Contains(pa.Pattern, "..") || strings.Contains(pa.Pattern, "//") {
+				add("%s.path: %q must not contain .. or //", pat, pa.Pattern)
+			}
+			if len(pa.Methods) == 0 {
+				add("%s.methods: at least one method is required", pat)
+			}
+			for _, m := range pa.Methods {
+				switch m {
+				case "GET", "POST", "HEAD", "DELETE":
+				default:
+					add("%s.methods: %q is not GET, POST, HEAD or DELETE", pat, m)
+				}
+			}
+			switch pa.Stream {
+			case StreamBody, StreamAlways, StreamNever:
+			default:
+				add("%s.stream: %q is not body, always or never", pat, pa.Stream)
+			}
+			for _, m := range pa.Methods {
+				key := m + " /" + d.Route + pa.Pattern
+				if other, dup := routePaths[key]; dup {
+					add("%s.path: %s is also served by %s", pat, key, other)
+				} else {
+					routePaths[key] = pat
+				}
+			}
+		}
+		p = append(p, validateUsage(at+".usage", &d.Usage)...)
+	}
+
+	for _, name := range f.Providers.keys {
+		pr := f.Providers.vals[name]
+		at := "providers." + name
+		if !nameRE.MatchString(name) {
+			add("%s: name must be lowercase letters, digits and dashes", at)
+		}
+		if u, err := url.Parse(pr.BaseURL); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			add("%s.base_url: %q is not an absolute http(s) URL", at, pr.BaseURL)
+		} else if u.RawQuery != "" || u.Fragment != "" {
+			add("%s.base_url: %q must not carry a query or fragment", at, pr.BaseURL)
+		}
+		if len(pr.Dialects) == 0 {
+			add("%s.dialects: at least one dialect is required", at)
+		}
+		for _, d := range pr.Dialects {
+			if _, ok := f.Dialects.vals[d]; !ok {
+				add("%s.dialects: unknown dialect %q", at, d)
+			}
+		}
+		switch pr.Auth {
+		case AuthXAPIKey, AuthBearer, AuthXGoogAPIKey:
+		default:
+			add("%s.auth: %q is not one of x-api-key, bearer, x-goog-api-key", at, pr.Auth)
+		}
+		for _, h := range sortedKeys(pr.Headers) {
+			if !headerRE.MatchString(h) {
+				add("%s.headers: %q is not a valid header name", at, h)
+			}
+			if isAuthHeader(h) {
+				add("%s.headers: %q carries credentials and cannot be set here", at, h)
+			}
+		}
+	}
+
+	uas := map[string]string{}
+	for _, name := range f.Harnesses.keys {
+		h := f.Harnesses.vals[name]
+		at := "harnesses." + name
+		if !nameRE.MatchString(name) {
+			add("%s: name must be lowercase letters, digits and dashes", at)
+		}
+		if len(h.Dialects) == 0 {
+			add("%s.dialects: at least one dialect is required", at)
+		}
+		for _, d := range h.Dialects {
+			if _, ok := f.Dialects.vals[d]; !ok {
+				add("%s.dialects: unknown dialect %q", at, d)
+			}
+		}
+		if pr, ok := f.Providers.vals[h.Provider]; !ok {
+			add("%s.provider: unknown provider %q", at, h.Provider)
+		} else if len(h.Dialects) > 0 && !pr.Speaks(h.Dialects[0]) {
+			add("%s.provider: %q does not speak the harness's first dialect %q", at, h.Provider, h.Dialects[0])
+		}
+		if h.BaseURLEnv == "" && h.Config == nil {
+			add("%s: needs base_url_env or a config snippet, or it cannot be pointed at tollgate", at)
+		}
+		if h.BaseURLEnv != "" && !envRE.MatchString(h.BaseURLEnv) {
+			add("%s.base_url_env: %q is not an environment variable name", at, h.BaseURLEnv)
+		}
+		if !envRE.MatchString(h.KeyEnv) {
+			add("%s.key_env: %q is not an environment variable name", at, h.KeyEnv)
+		}
+		if h.ModelEnv != "" && !envRE.MatchString(h.ModelEnv) {
+			add("%s.model_env: %q is not an environment variable name", at, h.ModelEnv)
+		}
+		if h.BaseURLSuffix != "" && !strings.HasPrefix(h.BaseURLSuffix, "/") {
+			add("%s.base_url_suffix: %q must start with /", at, h.BaseURLSuffix)
+		}
+		switch strings.ToLower(h.KeyHeader) {
+		case "authorization", "x-api-key", "x-goog-api-key":
+		default:
+			add("%s.key_header: %q is not authorization, x-api-key or x-goog-api-key", at, h.KeyHeader)
+		}
+		for i, e := range h.Env {
+			if !envRE.MatchString(e.Name) {
+				add("%s.env[%d]: %q is not an environment variable name", at, i, e.Name)
+			}
+			if _, err := template.New("").Parse(e.Value); err != nil {
+				add("%s.env[%d]: value is not a valid template: %v", at, i, err)
+			}
+		}
+		if h.Config != nil {
+			if h.Config.Template == "" {
+				add("%s.config.template: is required", at)
+			} else if _, err := template.New("").Option("missingkey=error").Parse(h.Config.Template); err != nil {
+				add("%s.config.template: %v", at, err)
+			}
+		}
+		if h.UserAgentPrefix != "" {
+			if other, dup := uas[h.UserAgentPrefix]; dup {
+				add("%s.user_agent_prefix: %q is also used by %s", at, h.UserAgentPrefix, other)
+			}
+			uas[h.UserAgentPrefix] = at
+		}
+	}
+	return p
+}
+
+func validateUsage(at string, u *Usage) []string {
+	var p []string
+	for _, r := range u.Stream.Events {
+		switch r.Merge {
+		case MergeReplace, MergeAssign:
+		default:
+			p = append(p, fmt.Sprintf("%s.stream.events: merge %q is not replace or assign", at, r.Merge))
+		}
+		switch r.End {
+		case "", EndCompleted, EndIncomplete, EndFailed:
+		default:
+			p = append(p, fmt.Sprintf("%s.stream.events: end %q is not completed, incomplete or failed", at, r.End))
+		}
+		if r.Type != "" && u.Stream.TypePath == "" {
+			p = append(p, fmt.Sprintf("%s.stream.events: rule for type %q needs stream.type_path", at, r.Type))
+		}
+	}
+	if u.Body.Usage != "" && u.Fields.Input == "" && u.Fields.Output == "" {
+		p = append(p, fmt.Sprintf("%s.fields: input or output path is required when usage is read", at))
+	}
+	return p
+}
+
+func isAuthHeader(h string) bool {
+	switch strings.ToLower(h) {
+	case "authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization":
+		return true
+	}
+	return false
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,494 @@
+// Package registry is tollgate's vocabulary: the dialects agents speak, the
+// providers that serve them and the harnesses that send them, loaded from
+// harnesses.yaml into immutable values. It does no network I/O.
+package registry
+
+import (
+	"errors"
+	"sort"
+	"strings"
+)
+
+// Sentinel errors returned by lookups.
+var (
+	// ErrUnknownHarness is returned when a harness name is not in the registry.
+	ErrUnknownHarness = errors.New("unknown harness")
+	// ErrUnknownProvider is returned when a provider name is not in the registry.
+	ErrUnknownProvider = errors.New("unknown provider")
+	// ErrUnknownDialect is returned when a dialect name is not in the registry.
+	ErrUnknownDialect = errors.New("unknown dialect")
+)
+
+// Auth styles: where a provider expects its key.
+const (
+	AuthXAPIKey     = "x-api-key"
+	AuthBearer      = "bearer"
+	AuthXGoogAPIKey = "x-goog-api-key"
+)
+
+// Error shapes: the envelope tollgate's own errors take on a dialect's routes.
+const (
+	ShapeOpenAI    = "openai"
+	ShapeAnthropic = "anthropic"
+	ShapeGemini    = "gemini"
+)
+
+// Stream modes: how a request says it wants a stream.
+const (
+	// StreamBody reads the boolean "stream" field of the JSON body.
+	StreamBody = "body"
+	// StreamAlways marks a path that always streams (Gemini streamGenerateContent).
+	StreamAlways = "always"
+	// StreamNever marks a path that never streams.
+	StreamNever = "never"
+)
+
+// Merge strategies for usage found in a stream.
+const (
+	// MergeReplace replaces every bucket with the event's usage object.
+	MergeReplace = "replace"
+	// MergeAssign assigns only the buckets present and non-null in the event.
+	MergeAssign = "assign"
+)
+
+// Stream ends a usage rule can declare.
+const (
+	EndCompleted  = "completed"
+	EndIncomplete = "incomplete"
+	EndFailed     = "failed"
+)
+
+// Registry is one loaded, validated harnesses.yaml. It is immutable: a reload
+// builds a new Registry, so a request keeps the one it started with.
+type Registry struct {
+	// Version is a short hash of the source bytes, for logs and usage records.
+	Version   string
+	Limits    Limits
+	dialects  map[string]*Dialect
+	providers map[string]*Provider
+	harnesses map[string]*Harness
+	// byRoute maps a route segment ("openai") to the dialects served under it.
+	byRoute map[string][]*Dialect
+	// harnessOrder and dialectOrder keep the file's order for listings.
+	harnessOrder []string
+	dialectOrder []string
+}
+
+// Limits bounds what one request may cost the proxy.
+type Limits struct {
+	// MaxBodyBytes caps a request body; larger bodies get 413. Default 32 MiB,
+	// since agent contexts are large.
+	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxErrorBodyBytes caps how much of an upstream error body is read and
+	// passed on. Default 1 MiB.
+	MaxErrorBodyBytes int `yaml:"max_error_body_bytes"`
+	// MaxResponseBodyBytes caps a non-streamed upstream body tollgate reads
+	// in order to meter it. Default 64 MiB.
+	MaxResponseBodyBytes int `yaml:"max_response_body_bytes"`
+	// MaxEventBytes caps one SSE event kept for metering; larger events pass
+	// through to the client unmetered and the record is flagged. Default 10 MiB.
+	MaxEventBytes int `yaml:"max_event_bytes"`
+}
+
+// Dialect is one wire API: its route segment, its paths and where its usage lives.
+type Dialect struct {
+	Name string `yaml:"-"`
+	// Route is the first path segment under which tollgate serves the dialect,
+	// without slashes ("anthropic" serves /anthropic/v1/messages).
+	Route string `yaml:"route"`
+	// ErrorShape is the envelope of tollgate's own errors on this dialect.
+	ErrorShape string `yaml:"error_shape"`
+	// Operation is the gen_ai.operation.name of metered calls ("chat").
+	Operation string `yaml:"operation"`
+	// Paths are the upstream paths forwarded, relative to the route.
+	Paths []Path `yaml:"paths"`
+	// Usage says where usage lives in bodies and streams.
+	Usage Usage `yaml:"usage"`
+}
+
+// Path is one forwarded path pattern. Segments may be literal or a
+// placeholder: "{model}" captures the model, "{id}" any one segment. A
+// placeholder may carry a literal suffix ("{model}:generateContent").
+type Path struct {
+	Pattern string   `yaml:"path"`
+	Methods []string `yaml:"methods"`
+	// Metered paths produce token usage; others (count_tokens, models) only
+	// a request record with usage_source none.
+	Metered bool `yaml:"metered"`
+	// Stream is how a request on this path asks for a stream: body, always
+	// or never. Default body.
+	Stream string `yaml:"stream"`
+	// IncludeUsage marks an OpenAI-chat-style path where tollgate injects
+	// stream_options.include_usage (wire-formats.md §7).
+	IncludeUsage bool `yaml:"include_usage"`
+	// Upgrade426 answers a WebSocket upgrade on this path with 426 at once,
+	// before authentication, so Codex falls back to HTTP without a retry loop.
+	Upgrade426 bool `yaml:"upgrade_426"`
+
+	segments []segment
+}
+
+// Usage locates usage in a dialect's bodies and streams, as data.
+type Usage struct {
+	// Fields maps each bucket to a gjson path inside a usage object.
+	Fields UsageFields `yaml:"fields"`
+	// InputIncludesCache is true when the input count already contains cache
+	// reads and writes (OpenAI, Gemini) and false when it does not (Anthropic).
+	InputIncludesCache bool `yaml:"input_includes_cache"`
+	// OutputIncludesReasoning is true when the output count already contains
+	// reasoning tokens; false (Gemini) adds reasoning to output.
+	OutputIncludesReasoning bool `yaml:"output_includes_reasoning"`
+	// Body says where usage, model and id sit in a non-streamed response.
+	Body Locator `yaml:"body"`
+	// Stream lists the rules applied to each SSE data payload, in order.
+	Stream StreamRules `yaml:"stream"`
+}
+
+// UsageFields are gjson paths relative to a usage object. Empty means the
+// dialect does not report that bucket.
+type UsageFields struct {
+	Input        string `yaml:"input"`
+	CacheRead    string `yaml:"cache_read"`
+	CacheWrite   string `yaml:"cache_write"`
+	CacheWrite5m string `yaml:"cache_write_5m"`
+	CacheWrite1h string `yaml:"cache_write_1h"`
+	InputOther   string `yaml:"input_other"`
+	Output       string `yaml:"output"`
+	Reasoning    string `yaml:"reasoning"`
+}
+
+// Locator names gjson paths, relative to a JSON document, of the usage
+// object, the served model and the provider's response id.
+type Locator struct {
+	Usage string `yaml:"usage"`
+	Model string `yaml:"model"`
+	ID    string `yaml:"id"`
+}
+
+// StreamRules describe a dialect's SSE stream.
+type StreamRules struct {
+	// TypePath is the gjson path of the event type inside a data payload
+	// ("type"); empty for dialects whose events carry no type.
+	TypePath string `yaml:"type_path"`
+	// Done is a literal data payload that ends the stream ("[DONE]").
+	Done string `yaml:"done"`
+	// Events are applied in order; every matching rule applies.
+	Events []EventRule `yaml:"events"`
+}
+
+// EventRule applies to data payloads whose type equals Type (any type when
+// empty) and, when Has is set, in which the gjson path Has exists and is not
+// null.
+type EventRule struct {
+	Type string `yaml:"type"`
+	Has  string `yaml:"has"`
+	// Locator finds usage, model and id inside the payload.
+	Locator `yaml:",inline"`
+	// Merge is replace or assign. Default replace.
+	Merge string `yaml:"merge"`
+	// End marks the stream as ended: completed, incomplete or failed.
+	End string `yaml:"end"`
+	// Final marks the usage as final even if the end event never comes
+	// (Anthropic message_delta).
+	Final bool `yaml:"final"`
+}
+
+// Provider is an upstream that serves one or more dialects.
+type Provider struct {
+	Name string `yaml:"-"`
+	// BaseURL is joined with the client's path after the route segment; it
+	// excludes the /v1 the dialect paths carry.
+	BaseURL string `yaml:"base_url"`
+	// Dialects this provider speaks; a credential for it binds only to these.
+	Dialects []string `yaml:"dialects"`
+	// Auth is where the key goes: x-api-key, bearer or x-goog-api-key.
+	Auth string `yaml:"auth"`
+	// Headers are set upstream when the client did not send them
+	// (anthropic-version: 2023-06-01).
+	Headers map[string]string `yaml:"headers"`
+	// OTelName is gen_ai.provider.name; default the provider's name.
+	OTelName string `yaml:"otel_name"`
+	// IncludeUsage, when false, stops tollgate injecting
+	// stream_options.include_usage for backends that reject it. Default true.
+	IncludeUsage *bool `yaml:"include_usage"`
+}
+
+// InjectsUsage reports whether tollgate may inject include_usage upstream.
+func (p *Provider) InjectsUsage() bool { return p.IncludeUsage == nil || *p.IncludeUsage }
+
+// Speaks reports whether p serves dialect d.
+func (p *Provider) Speaks(d string) bool {
+	for _, x := range p.Dialects {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}
+
+// Harness is an agent CLI: how it is pointed at tollgate and what it sends.
+type Harness struct {
+	Name string `yaml:"-"`
+	// Dialects the harness speaks; the first is its default.
+	Dialects []string `yaml:"dialects"`
+	// Provider is the provider tag used when nothing narrower is configured.
+	Provider string `yaml:"provider"`
+	// BaseURLEnv is the variable the harness reads its base URL from; empty
+	// when it reads a config file instead.
+	BaseURLEnv string `yaml:"base_url_env"`
+	// BaseURLSuffix is appended to tollgate's route URL ("/v1" for clients
+	// whose base URL includes the version).
+	BaseURLSuffix string `yaml:"base_url_suffix"`
+	// KeyEnv is the variable that holds the scoped token.
+	KeyEnv string `yaml:"key_env"`
+	// KeyHeader is the header the harness sends the key in (documentation
+	// and tests; tollgate accepts every carrier).
+	KeyHeader string `yaml:"key_header"`
+	// ModelEnv is the variable that picks the model, if any.
+	ModelEnv string `yaml:"model_env"`
+	// Env holds further variables to export, in order (to clear a competing
+	// key variable, or to stop outside traffic).
+	Env []EnvVar `yaml:"env"`
+	// UserAgentPrefix recognises the harness when the token is not tied to one.
+	UserAgentPrefix string `yaml:"user_agent_prefix"`
+	// Config is a config-file snippet for harnesses that need one.
+	Config *ConfigSnippet `yaml:"config"`
+}
+
+// EnvVar is one exported variable; Value may use the template fields of
+// ConfigSnippet.
+type EnvVar struct {
+	Name  string `yaml:"name"`
+	Value string `yaml:"value"`
+}
+
+// ConfigSnippet is a text/template rendered with .BaseURL, .Token, .KeyEnv
+// and .Model.
+type ConfigSnippet struct {
+	// File is where the snippet goes, for the reader ("~/.codex/config.toml").
+	File     string `yaml:"file"`
+	Template string `yaml:"template"`
+}
+
+// SpeaksDialect reports whether h speaks dialect d.
+func (h *Harness) SpeaksDialect(d string) bool {
+	for _, x := range h.Dialects {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}
+
+// Dialect returns the named dialect.
+func (r *Registry) Dialect(name string) (*Dialect, error) {
+	if d, ok := r.dialects[name]; ok {
+		return d, nil
+	}
+	return nil, ErrUnknownDialect
+}
+
+// Provider returns the named provider.
+func (r *Registry) Provider(name string) (*Provider, error) {
+	if p, ok := r.providers[name]; ok {
+		return p, nil
+	}
+	return nil, ErrUnknownProvider
+}
+
+// Harness returns the named harness.
+func (r *Registry) Harness(name string) (*Harness, error) {
+	if h, ok := r.harnesses[name]; ok {
+		return h, nil
+	}
+	return nil, ErrUnknownHarness
+}
+
+// Harnesses returns every harness in file order.
+func (r *Registry) Harnesses() []*Harness {
+	out := make([]*Harness, 0, len(r.harnessOrder))
+	for _, n := range r.harnessOrder {
+		out = append(out, r.harnesses[n])
+	}
+	return out
+}
+
+// Dialects returns every dialect in file order.
+func (r *Registry) Dialects() []*Dialect {
+	out := make([]*Dialect, 0, len(r.dialectOrder))
+	for _, n := range r.dialectOrder {
+		out = append(out, r.dialects[n])
+	}
+	return out
+}
+
+// Providers returns every provider sorted by name.
+func (r *Registry) Providers() []*Provider {
+	out := make([]*Provider, 0, len(r.providers))
+	for _, p := range r.providers {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// HarnessByUserAgent returns the harness whose UserAgentPrefix starts ua, or nil.
+func (r *Registry) HarnessByUserAgent(ua string) *Harness {
+	for _, n := range r.harnessOrder {
+		h := r.harnesses[n]
+		if h.UserAgentPrefix != "" && strings.HasPrefix(ua, h.UserAgentPrefix) {
+			return h
+		}
+	}
+	return nil
+}
+
+// Match is the result of routing a request path.
+type Match struct {
+	Dialect *Dialect
+	Path    *Path
+	// Rest is the path after the route segment, starting with "/"; it is what
+	// goes upstream after the provider's base URL.
+	Rest string
+	// Model is the model named in the path, for dialects that put it there.
+	Model string
+}
+
+// Route finds the dialect and path pattern serving method and path (the
+// request path as received, query excluded). ok is false when nothing matches.
+func (r *Registry) Route(method, path string) (m Match, ok bool) {
+	if len(path) < 2 || path[0] != '/' {
+		return m, false
+	}
+	seg, rest, _ := strings.Cut(path[1:], "/")
+	ds := r.byRoute[seg]
+	if len(ds) == 0 {
+		return m, false
+	}
+	rest = "/" + rest
+	for _, d := range ds {
+		for i := range d.Paths {
+			p := &d.Paths[i]
+			model, hit := p.match(rest)
+			if !hit {
+				continue
+			}
+			if !p.allows(method) {
+				continue
+			}
+			return Match{Dialect: d, Path: p, Rest: rest, Model: model}, true
+		}
+	}
+	return m, false
+}
+
+// RouteKnown reports whether path falls under a dialect's route segment at
+// all, so a caller can tell "unknown route" from "wrong method".
+func (r *Registry) RouteKnown(path string) (*Dialect, bool) {
+	if len(path) < 2 || path[0] != '/' {
+		return nil, false
+	}
+	seg, _, _ := strings.Cut(path[1:], "/")
+	ds := r.byRoute[seg]
+	if len(ds) == 0 {
+		return nil, false
+	}
+	return ds[0], true
+}
+
+// ProviderFor picks the provider that serves dialect d for harness h (nil
+// when no harness is known): the harness's provider tag if it speaks d, else
+// the first provider in name order that speaks d and whose name equals the
+// dialect's default.
+func (r *Registry) ProviderFor(h *Harness, d *Dialect) *Provider {
+	if h != nil {
+		if p, ok := r.providers[h.Provider]; ok && p.Speaks(d.Name) {
+			return p
+		}
+	}
+	for _, p := range r.Providers() {
+		if p.Speaks(d.Name) {
+			return p
+		}
+	}
+	return nil
+}
+
+type segment struct {
+	literal string
+	param   string // "model" or another placeholder name
+	suffix  string // literal after the placeholder, e.g. ":generateContent"
+}
+
+func parsePattern(p string) []segment {
+	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	out := make([]segment, 0, len(parts))
+	for _, s := range parts {
+		if strings.HasPrefix(s, "{") {
+			if i := strings.IndexByte(s, '}'); i > 0 {
+				out = append(out, segment{param: s[1:i], suffix: s[i+1:]})
+				continue
+			}
+		}
+		out = append(out, segment{literal: s})
+	}
+	return out
+}
+
+func (p *Path) match(rest string) (model string, ok bool) {
+	s := rest[1:]
+	for i, seg := range p.segments {
+		var part string
+		if j := strings.IndexByte(s, '/'); j >= 0 {
+			part, s = s[:j], s[j+1:]
+		} else {
+			part, s = s, ""
+			if i != len(p.segments)-1 {
+				return "", false
+			}
+		}
+		if seg.param == "" {
+			if part != seg.literal {
+				return "", false
+			}
+			continue
+		}
+		if !strings.HasSuffix(part, seg.suffix) || len(part) == len(seg.suffix) {
+			return "", false
+		}
+		v := part[:len(part)-len(seg.suffix)]
+		// A placeholder never spans a colon-suffixed method it was not
+		// declared with: "{model}" must not swallow "gemini:generateContent".
+		if seg.suffix == "" && strings.IndexByte(v, ':') >= 0 {
+			return "", false
+		}
+		if seg.param == "model" {
+			model = v
+		}
+	}
+	if s != "" {
+		return "", false
+	}
+	return model, true
+}
+
+func (p *Path) allows(method string) bool {
+	for _, m := range p.Methods {
+		if m == method {
+			return true
+		}
+	}
+	return false
+}
+
+// Streams reports whether a request on this path streams, given the body's
+// "stream" field.
+func (p *Path) Streams(bodyStream bool) bool {
+	switch p.Stream {
+	case StreamAlways:
+		return true
+	case StreamNever:
+		return false
+	}
+	return bodyStream
+}
