@@ -1,0 +1,85 @@
+// Package metering turns the bytes tollgate forwards into usage: it frames
+// SSE streams, extracts token counts per dialect from rules in the registry,
+// prices them, and writes one durable record per request.
+package metering
+
+import "time"
+
+// Usage sources (wire-formats.md §8). A record never carries a silent zero:
+// when nothing was reported the source says so and the token fields are nil.
+const (
+	SourceUpstream  = "upstream"  // complete usage from the provider
+	SourcePartial   = "partial"   // stream ended early; last values seen
+	SourceEstimated = "estimated" // tollgate's estimate, flagged as such
+	SourceMissing   = "missing"   // no usage and no estimate: tokens NULL
+	SourceNone      = "none"      // not a metered call (error, count_tokens)
+)
+
+// Outcomes of a request (the record's end reason).
+const (
+	OutcomeOK            = "ok"             // stream or body completed normally
+	OutcomeIncomplete    = "incomplete"     // provider ended it early but billed (Responses incomplete)
+	OutcomeTruncated     = "truncated"      // upstream EOF without the dialect's terminal event
+	OutcomeClientGone    = "client_gone"    // the client went away mid-stream
+	OutcomeUpstreamIdle  = "upstream_idle"  // the idle timer fired
+	OutcomeUpstreamError = "upstream_error" // provider answered non-2xx, or failed mid-stream
+	OutcomeUnreachable   = "unreachable"    // no answer from the provider (dial, TLS, timeout)
+	OutcomeRejected      = "rejected"       // tollgate refused the request before any upstream call
+)
+
+// Usage is the normalised token count of one response. The buckets are
+// disjoint except that Reasoning is a subset of Output, so every bucket is
+// priced exactly once (wire-formats.md §0).
+type Usage struct {
+	InputUncached int64 `json:"input_uncached"`
+	CacheRead     int64 `json:"cache_read"`
+	CacheWrite5m  int64 `json:"cache_write_5m"`
+	CacheWrite1h  int64 `json:"cache_write_1h"`
+	InputOther    int64 `json:"input_other"`
+	Output        int64 `json:"output"`
+	Reasoning     int64 `json:"reasoning"`
+}
+
+// InputTotal is OTel's input: uncached, cache reads and writes, and other input.
+func (u Usage) InputTotal() int64 {
+	return u.InputUncached + u.CacheRead + u.CacheWrite5m + u.CacheWrite1h + u.InputOther
+}
+
+// Record is one request's usage row. Token fields are nil when Source is
+// missing or none; CostMicroUSD is nil when the model has no price.
+type Record struct {
+	RequestID    string        `json:"request_id"`
+	Start        time.Time     `json:"start"`
+	Duration     time.Duration `json:"duration_ns"`
+	TTFB         time.Duration `json:"ttfb_ns"`
+	Workspace    string        `json:"workspace"`
+	Project      string        `json:"project"`
+	User         string        `json:"user"`
+	TokenID      string        `json:"token_id"`
+	Session      string        `json:"session,omitempty"`
+	Harness      string        `json:"harness"`
+	Dialect      string        `json:"dialect"`
+	Operation    string        `json:"operation"`
+	Path         string        `json:"path"`
+	Provider     string        `json:"provider"`
+	CredTier     string        `json:"credential_tier"`
+	CredentialID string        `json:"credential_id"`
+	Stream       bool          `json:"stream"`
+	ModelRequest string        `json:"model_requested"`
+	ModelServed  string        `json:"model_served"`
+	UpstreamID   string        `json:"upstream_id"`
+	Status       int           `json:"status"`
+	Outcome      string        `json:"outcome"`
+	Source       string        `json:"usage_source"`
+	Injected     bool          `json:"usage_injected"`
+	// EventOverflow is set when an SSE event exceeded the framing bound and
+	// was forwarded unmetered.
+	EventOverflow bool   `json:"event_overflow,omitempty"`
+	Usage         *Usage `json:"usage"`
+	// CostMicroUSD is the price in millionths of a US dollar; nil when unpriced.
+	CostMicroUSD *int64 `json:"cost_micro_usd"`
+	// Unpriced is set when the model is not in the price table.
+	Unpriced     bool   `json:"unpriced,omitempty"`
+	PriceVersion string `json:"price_version"`
+	BytesOut     int64  `json:"bytes_out"`
+}
