@@ -1,0 +1,67 @@
+# tollgate: run `make` for the list of targets.
+GO        ?= go
+BIN       := bin/tollgate
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+PKGS      := ./...
+FUZZTIME  ?= 30s
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/tollgate and bin/fakeprovider
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tollgate
+	$(GO) build -trimpath -o bin/fakeprovider ./cmd/fakeprovider
+
+.PHONY: run
+run: build ## Run tollgate on the embedded default (SQLite under ./data, ./harnesses.yaml)
+	./$(BIN) serve
+
+.PHONY: test
+test: ## vet + all tests under the race detector (what CI runs)
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS) > /dev/null
+
+.PHONY: test-postgres
+test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POSTGRES)
+	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
+		$(GO) test -race -count=1 ./internal/... ./resolver/... ./metering/... ./cmd/...
+
+.PHONY: lint
+lint: ## gofmt (fails on output) and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+.PHONY: check-config
+check-config: ## Validate harnesses.yaml
+	$(GO) run ./cmd/tollgate check-config harnesses.yaml
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+.PHONY: golden
+golden: ## Rewrite metering golden files, then show what changed
+	$(GO) test ./metering -run Golden -update
+	git diff --stat testdata/
+
+.PHONY: bench
+bench: ## Go micro-benchmarks of the hot path, with allocations
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+.PHONY: e2e-harness
+e2e-harness: build ## Real Claude Code, Codex and OpenCode through tollgate to the fake provider (installs them from npm)
+	bash e2e/harness.sh
+
+.PHONY: clean
+clean: ## Remove build output and local data
+	rm -rf bin data

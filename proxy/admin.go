@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
+	"github.com/tollgate/tollgate/resolver"
+)
+
+// UsageQuerier answers the usage API.
+type UsageQuerier interface {
+	Query(ctx context.Context, q metering.UsageQuery) ([]metering.UsageRow, error)
+}
+
+// adminRoutes mounts the admin API. It calls the same resolver methods as
+// the CLI, so the two cannot drift.
+func (s *Server) adminRoutes(g fiber.Router) {
+	a := s.cfg.Admin
+	g.Post("/tokens", func(c *fiber.Ctx) error {
+		var in struct {
+			Workspace string `json:"workspace"`
+			Project   string `json:"project"`
+			User      string `json:"user"`
+			Harness   string `json:"harness"`
+			TTL       string `json:"ttl"`
+			Model     string `json:"model"`
+		}
+		if err := decodeJSON(c, &in); err != nil {
+			return err
+		}
+		var ttl time.Duration
+		if in.TTL != "" {
+			d, err := time.ParseDuration(in.TTL)
+			if err != nil {
+				return newError(kindBadRequest, "ttl %q is not a duration such as 24h", in.TTL)
+			}
+			ttl = d
+		}
+		tok, info, err := a.IssueToken(c.UserContext(), resolver.TokenSpec{
+			Workspace: in.Workspace, Project: in.Project, User: in.User, Harness: in.Harness, TTL: ttl,
+		})
+		if err != nil {
+			return err
+		}
+		out := struct {
+			Token string             `json:"token"`
+			Info  resolver.TokenInfo `json:"info"`
+			// Setups holds the environment for the token's harness, or for
+			// every harness when the token is not tied to one.
+			Setups []*registry.Setup `json:"setups"`
+		}{Token: tok, Info: info}
+		reg := s.cfg.Registry.Current()
+		for _, h := range reg.Harnesses() {
+			if in.Harness != "" && h.Name != in.Harness {
+				continue
+			}
+			st, err := reg.Setup(h.Name, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model})
+			if err != nil {
+				return err
+			}
+			out.Setups = append(out.Setups, st)
+		}
+		return c.Status(fiber.StatusCreated).JSON(out)
+	})
+	g.Get("/tokens", func(c *fiber.Ctx) error {
+		toks, err := a.ListTokens(c.UserContext(), resolver.TokenFilter{
+			Workspace: c.Query("workspace"), Project: c.Query("project"), User: c.Query("user"),
+			IncludeRevoked: c.QueryBool("all"),
+		})
+		if err != nil {
+			return err
+		}
+		return c.JSON(fiber.Map{"tokens": nonNil(toks)})
+	})
+	g.Delete("/tokens/:id", func(c *fiber.Ctx) error {
+		if err := a.RevokeToken(c.UserContext(), c.Params("id")); err != nil {
+			return err
+		}
+		return c.JSON(fiber.Map{"revoked": c.Params("id")})
+	})
+
+	g.Post("/credentials", func(c *fiber.Ctx) error {
+		var in struct {
+			Name     string `json:"name"`
+			Provider string `json:"provider"`
+			Key      string `json:"key"`
+			BaseURL  string `json:"base_url"`
+		}
+		if err := decodeJSON(c, &in); err != nil {
+			return err
+		}
+		cr, err := a.CreateCredential(c.UserContext(), resolver.CredentialSpec{
+			Name: in.Name, Provider: in.Provider, Secret: resolver.NewSecret(in.Key), BaseURL: in.BaseURL,
+		})
+		if err != nil {
+			return err
+		}
+		return c.Status(fiber.StatusCreated).JSON(cr)
+	})
+	g.Put("/platform-keys/:provider", func(c *fiber.Ctx) error {
+		var in struct {
+			Key string `json:"key"`
+		}
+		if err := decodeJSON(c, &in); err != nil {
+			return err
+		}
+		cr, err := a.SetPlatformKey(c.UserContext(), c.Params("provider"), resolver.NewSecret(in.Key))
+		if err != nil {
+			return err
+		}
+		return c.JSON(cr)
+	})
+	g.Get("/credentials", func(c *fiber.Ctx) error {
+		crs, err := a.ListCredentials(c.UserContext())
+		if err != nil {
+			return err
+		}
+		return c.JSON(fiber.Map{"credentials": nonNil(crs)})
+	})
+	g.Post("/credentials/:id/disable", func(c *fiber.Ctx) error {
+		return done(c, a.DisableCredential(c.UserContext(), c.Params("id")))
+	})
+	g.Post("/credentials/:id/enable", func(c *fiber.Ctx) error {
+		return done(c, a.EnableCredential(c.UserContext(), c.Params("id")))
+	})
+	g.Delete("/credentials/:id", func(c *fiber.Ctx) error {
+		return done(c, a.DeleteCredential(c.UserContext(), c.Params("id")))
+	})
+
+	g.Post("/bindings", func(c *fiber.Ctx) error {
+		var in struct {
+			resolver.BindingKey
+			CredentialID string `json:"credential_id"`
+			Active       *bool  `json:"active"`
+		}
+		if err := decodeJSON(c, &in); err != nil {
+			return err
+		}
+		b, err := a.Bind(c.UserContext(), in.BindingKey, in.CredentialID)
+		if err != nil {
+			return err
+		}
+		if in.Active != nil && !*in.Active {
+			if err := a.SetBindingActive(c.UserContext(), in.BindingKey, false); err != nil {
+				return err
+			}
+			b.Active = false
+		}
+		return c.Status(fiber.StatusCreated).JSON(b)
+	})
+	g.Get("/bindings", func(c *fiber.Ctx) error {
+		bs, err := a.ListBindings(c.UserContext(), resolver.BindingFilter{
+			Tier: c.Query("tier"), ScopeID: c.Query("scope_id"), Dialect: c.Query("dialect"), CredentialID: c.Query("credential_id"),
+		})
+		if err != nil {
+			return err
+		}
+		return c.JSON(fiber.Map{"bindings": nonNil(bs)})
+	})
+	bindingOp := func(op func(ctx context.Context, k resolver.BindingKey) error) fiber.Handler {
+		return func(c *fiber.Ctx) error {
+			var k resolver.BindingKey
+			if err := decodeJSON(c, &k); err != nil {
+				return err
+			}
+			return done(c, op(c.UserContext(), k))
+		}
+	}
+	g.Post("/bindings/unbind", bindingOp(a.Unbind))
+	g.Post("/bindings/activate", bindingOp(func(ctx context.Context, k resolver.BindingKey) error {
+		return a.SetBindingActive(ctx, k, true)
+	}))
+	g.Post("/bindings/deactivate", bindingOp(func(ctx context.Context, k resolver.BindingKey) error {
+		return a.SetBindingActive(ctx, k, false)
+	}))
+
+	g.Get("/resolution", func(c *fiber.Ctx) error {
+		if c.Query("project") == "" || c.Query("user") == "" {
+			return newError(kindBadRequest, "resolution needs ?project= and ?user=")
+		}
+		rows, err := a.ResolutionView(c.UserContext(), c.Query("project"), c.Query("user"))
+		if err != nil {
+			return err
+		}
+		return c.JSON(fiber.Map{"project": c.Query("project"), "user": c.Query("user"), "resolutions": nonNil(rows)})
+	})
+
+	if s.cfg.Usage != nil {
+		g.Get("/usage", s.usage)
+	}
+}
+
+// usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv.
+func (s *Server) usage(c *fiber.Ctx) error {
+	q, err := metering.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
+	if err != nil {
+		return newError(kindBadRequest, "%s", err.Error())
+	}
+	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
+	rows, err := s.cfg.Usage.Query(c.UserContext(), q)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	switch c.Query("format", "json") {
+	case "json":
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+		err = metering.WriteJSON(&buf, q.GroupBy, rows)
+	case "csv":
+		c.Set(fiber.HeaderContentType, "text/csv; charset=utf-8")
+		c.Set(fiber.HeaderContentDisposition, `attachment; filename="tollgate-usage.csv"`)
+		err = metering.WriteCSV(&buf, q.GroupBy, rows)
+	default:
+		return newError(kindBadRequest, "format must be json or csv")
+	}
+	if err != nil {
+		return err
+	}
+	return c.Send(buf.Bytes())
+}
+
+// decodeJSON strictly decodes the request body into v.
+func decodeJSON(c *fiber.Ctx, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(c.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return newError(kindBadRequest, "request body: %s", err.Error())
+	}
+	return nil
+}
+
+func done(c *fiber.Ctx, err error) error {
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"ok": true})
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

@@ -1,0 +1,413 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/tidwall/gjson"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
+	"github.com/tollgate/tollgate/resolver"
+)
+
+// RequestIDHeader carries tollgate's request id back to the client; the
+// usage record is keyed by the same id, so a caller can reconcile.
+const RequestIDHeader = "X-Tollgate-Request-Id"
+
+// call holds everything a request needs after the handler returns. Every
+// value is a copy: fiber's strings and slices are views into buffers reused
+// by the next request on the connection (R4).
+type call struct {
+	s       *Server
+	start   time.Time
+	rec     metering.Record
+	dialect *registry.Dialect
+	path    *registry.Path
+	// overhead accumulates time spent inside tollgate, upstream waits excluded.
+	overhead time.Duration
+}
+
+func newRequestID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return "req_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// forward is the inference handler: route, authenticate, resolve, forward.
+func (s *Server) forward(c *fiber.Ctx) error {
+	start := s.cfg.timeNow()
+	reg := s.cfg.Registry.Current()
+	rawPath := string(c.Request().URI().PathOriginal())
+	if msg := uncanonical(rawPath); msg != "" {
+		return newError(kindBadRequest, "%s", msg)
+	}
+	method := c.Method()
+	m, ok := reg.Route(method, rawPath)
+	if !ok {
+		if d, known := reg.RouteKnown(rawPath); known {
+			return newError(kindNotFound, "%s %s is not a path tollgate forwards for %s; check the harness base URL", method, rawPath, d.Name)
+		}
+		return newError(kindNotFound, "no route for %s: tollgate serves %s", rawPath, routeList(reg))
+	}
+	// Codex probes with a WebSocket upgrade first; 426 before authentication
+	// makes it fall back to HTTP at once, where a 401 or 404 costs a
+	// multi-second retry loop (harness-clients.md §4).
+	if m.Path.Upgrade426 && strings.EqualFold(c.Get(fiber.HeaderUpgrade), "websocket") {
+		return newError(kindUpgradeRequired, "WebSocket is not supported here; use HTTP")
+	}
+
+	cl := &call{s: s, start: start, dialect: m.Dialect, path: m.Path}
+	cl.rec = metering.Record{
+		RequestID: newRequestID(),
+		Start:     start.UTC(),
+		Dialect:   m.Dialect.Name,
+		Operation: m.Dialect.Operation,
+		Path:      m.Rest,
+	}
+	c.Set(RequestIDHeader, cl.rec.RequestID)
+
+	ident, err := s.cfg.Auth.Authenticate(c.UserContext(), tokenFrom(c, m.Dialect))
+	if err != nil {
+		return cl.reject(err)
+	}
+	cl.rec.TokenID, cl.rec.Workspace, cl.rec.Project, cl.rec.User = ident.TokenID, ident.Workspace, ident.Project, ident.User
+	cl.rec.Session = strings.Clone(sessionID(c))
+
+	var harness *registry.Harness
+	if ident.Harness != "" {
+		harness, err = reg.Harness(ident.Harness)
+		if err != nil {
+			return cl.reject(newError(kindForbidden, "this token was issued for harness %q, which this gateway no longer knows", ident.Harness))
+		}
+		if !harness.SpeaksDialect(m.Dialect.Name) {
+			return cl.reject(newError(kindForbidden, "this token was issued for %s, which does not speak %s; use the base URL `tollgate env --harness %s` prints", harness.Name, m.Dialect.Name, harness.Name))
+		}
+	} else {
+		harness = reg.HarnessByUserAgent(c.Get(fiber.HeaderUserAgent))
+	}
+	if harness != nil {
+		cl.rec.Harness = harness.Name
+	}
+
+	body := c.Body()
+	if len(body) > reg.Limits.MaxBodyBytes {
+		return cl.reject(newError(kindTooLarge, "request body is %d bytes; this gateway accepts at most %d", len(body), reg.Limits.MaxBodyBytes))
+	}
+	bodyStream := false
+	if method == fiber.MethodPost && len(body) > 0 {
+		if !gjson.ValidBytes(body) {
+			return cl.reject(newError(kindBadRequest, "request body is not valid JSON"))
+		}
+		if m.Model == "" && m.Path.Metered {
+			mv := gjson.GetBytes(body, "model")
+			if mv.Type != gjson.String || mv.Str == "" {
+				return cl.reject(newError(kindBadRequest, "request body has no \"model\" string"))
+			}
+			cl.rec.ModelRequest = strings.Clone(mv.Str)
+		}
+		bodyStream = gjson.GetBytes(body, "stream").Type == gjson.True
+	} else if method == fiber.MethodPost && m.Path.Metered {
+		return cl.reject(newError(kindBadRequest, "request body is empty"))
+	}
+	if m.Model != "" {
+		cl.rec.ModelRequest = strings.Clone(m.Model)
+	}
+	cl.rec.Stream = m.Path.Streams(bodyStream)
+
+	target, err := s.cfg.Resolver.Resolve(c.UserContext(), resolver.Request{
+		Project: ident.Project, User: ident.User, Harness: cl.rec.Harness, Dialect: m.Dialect.Name,
+	})
+	if err != nil {
+		return cl.reject(err)
+	}
+	provider, err := reg.Provider(target.Provider)
+	if err != nil {
+		return cl.reject(&apiError{kind: kindUnavailable, msg: "the credential for this request names a provider this gateway does not know; ask an administrator", cause: err})
+	}
+	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = provider.Name, target.Tier, target.CredentialID
+
+	// The body is sent after this handler's buffers may be reused, and the
+	// include_usage edit must not touch fiber's buffer: copy once.
+	out := bytes.Clone(body)
+	if m.Path.IncludeUsage && cl.rec.Stream && provider.InjectsUsage() {
+		out, cl.rec.Injected, _ = metering.InjectIncludeUsage(out)
+	}
+
+	base := provider.BaseURL
+	if target.BaseURL != "" {
+		base = strings.TrimRight(target.BaseURL, "/")
+	}
+	upURL := base + m.Rest
+	if q := c.Request().URI().QueryString(); len(q) > 0 {
+		upURL += "?" + stripTokenParams(string(q))
+	}
+
+	ctx, cancel := context.WithCancelCause(s.cfg.BaseContext)
+	req, err := http.NewRequestWithContext(ctx, method, upURL, bodyReader(out))
+	if err != nil {
+		cancel(err)
+		return cl.reject(&apiError{kind: kindInternal, msg: "internal error", cause: errors.New("build upstream request")})
+	}
+	req.ContentLength = int64(len(out))
+	copyRequestHeaders(req.Header, c)
+	for k, v := range provider.Headers {
+		if req.Header.Get(k) == "" {
+			req.Header.Set(k, v)
+		}
+	}
+	setAuth(req.Header, provider.Auth, target.Secret)
+	req.Header.Set("Accept-Encoding", "identity")
+
+	cl.overhead += s.cfg.timeNow().Sub(start)
+	resp, err := s.upstr.Do(req)
+	if err != nil {
+		cancel(err)
+		return cl.upstreamFailed(err)
+	}
+	t0 := s.cfg.timeNow()
+	cl.rec.Status = resp.StatusCode
+	copyResponseHeaders(c, resp.Header)
+	c.Status(resp.StatusCode)
+
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		defer cancel(nil)
+		defer resp.Body.Close()
+		return cl.upstreamError(c, resp, target.Secret, reg.Limits.MaxErrorBodyBytes)
+	}
+	if isEventStream(resp.Header.Get("Content-Type")) {
+		sb := newStreamBody(cl, ctx, cancel, resp.Body, reg.Limits.MaxEventBytes, cl.rec.Injected)
+		c.Set("X-Accel-Buffering", "no")
+		c.Response().ImmediateHeaderFlush = true
+		c.Context().SetBodyStream(sb, -1)
+		cl.overhead += s.cfg.timeNow().Sub(t0)
+		return nil
+	}
+	defer cancel(nil)
+	defer resp.Body.Close()
+	return cl.buffered(c, resp, reg.Limits.MaxResponseBodyBytes, t0)
+}
+
+// buffered reads a non-streamed 2xx answer whole, meters it once and sends
+// it with a known length.
+func (cl *call) buffered(c *fiber.Ctx, resp *http.Response, limit int, t0 time.Time) error {
+	s := cl.s
+	waitStart := s.cfg.timeNow()
+	cl.overhead += waitStart.Sub(t0)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+	t1 := s.cfg.timeNow()
+	if err != nil {
+		return cl.upstreamFailed(err)
+	}
+	if len(body) > limit {
+		return cl.upstreamFailed(errors.New("upstream body over the response limit"))
+	}
+	cl.rec.TTFB = t1.Sub(cl.start)
+	cl.rec.BytesOut = int64(len(body))
+	end := metering.EndEOF
+	mt := metering.NewMeter(cl.dialect, 0)
+	if cl.path.Metered {
+		mt.Body(body)
+	}
+	cl.settle(mt.Settle(end), cl.path.Metered)
+	c.Response().SetBodyRaw(body)
+	cl.overhead += s.cfg.timeNow().Sub(t1)
+	cl.finish()
+	return nil
+}
+
+// upstreamError passes a provider's non-2xx answer through with its status
+// and body, minus anything that could carry our key. 401 and 403 bodies are
+// replaced outright: providers echo key fragments there, and the caller
+// cannot fix our credential anyway (peer-behaviours.md §6).
+func (cl *call) upstreamError(c *fiber.Ctx, resp *http.Response, secret resolver.Secret, limit int) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
+	cl.rec.TTFB = cl.s.cfg.timeNow().Sub(cl.start)
+	cl.rec.Outcome, cl.rec.Source = metering.OutcomeUpstreamError, metering.SourceNone
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		e := newError(kindUnauthenticated, "the provider rejected the credential tollgate holds for this project (HTTP %d); ask an administrator to check it", resp.StatusCode)
+		if resp.StatusCode == http.StatusForbidden {
+			e.kind = kindForbidden
+			e.msg = "the provider refused this request with the credential tollgate holds for this project (HTTP 403); ask an administrator to check it"
+		}
+		body = errorBody(cl.dialect.ErrorShape, e)
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	} else {
+		body = redactSecret(body, secret)
+	}
+	cl.rec.BytesOut = int64(len(body))
+	c.Status(resp.StatusCode)
+	c.Response().SetBodyRaw(body)
+	cl.finish()
+	return nil
+}
+
+// upstreamFailed answers 502 or 504 when no usable answer came back. The
+// transport error may hold the upstream URL, so only its class is kept.
+func (cl *call) upstreamFailed(err error) error {
+	e := classify(err)
+	if e.kind != kindUpstreamTimeout {
+		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider could not be reached; try again shortly", cause: err}
+	}
+	cl.rec.Status = kindStatus[e.kind]
+	cl.rec.Outcome, cl.rec.Source = metering.OutcomeUnreachable, metering.SourceNone
+	cl.s.log.Warn("upstream request failed", "request_id", cl.rec.RequestID, "provider", cl.rec.Provider, "err_class", errClass(err))
+	cl.finish()
+	return &apiError{kind: e.kind, msg: e.msg}
+}
+
+// reject records a request tollgate refused before any upstream call and
+// returns the error for the error handler to render.
+func (cl *call) reject(err error) error {
+	e := classify(err)
+	cl.rec.Status = kindStatus[e.kind]
+	cl.rec.Outcome, cl.rec.Source = metering.OutcomeRejected, metering.SourceNone
+	cl.finish()
+	return e
+}
+
+// settle copies a meter's settlement into the record.
+func (cl *call) settle(st metering.Settlement, metered bool) {
+	cl.rec.Outcome = st.Outcome
+	cl.rec.ModelServed, cl.rec.UpstreamID = st.ModelServed, st.UpstreamID
+	cl.rec.EventOverflow = st.Overflow
+	if !metered {
+		cl.rec.Source = metering.SourceNone
+		return
+	}
+	cl.rec.Source, cl.rec.Usage = st.Source, st.Usage
+	if cl.rec.Usage != nil && cl.s.cfg.Pricer != nil {
+		model := cl.rec.ModelServed
+		if model == "" {
+			model = cl.rec.ModelRequest
+		}
+		cl.rec.CostMicroUSD, cl.rec.PriceVersion = cl.s.cfg.Pricer.Cost(cl.rec.Provider, model, *cl.rec.Usage)
+		cl.rec.Unpriced = cl.rec.CostMicroUSD == nil
+	}
+}
+
+// finish completes the record, hands it to the sink and writes the one
+// access-log line of the request.
+func (cl *call) finish() {
+	s := cl.s
+	r := &cl.rec
+	r.Duration = s.cfg.timeNow().Sub(cl.start)
+	s.cfg.Sink.Record(r)
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Observe(r, cl.overhead)
+	}
+	attrs := []any{
+		"request_id", r.RequestID, "status", r.Status, "outcome", r.Outcome,
+		"dialect", r.Dialect, "path", r.Path, "harness", r.Harness, "provider", r.Provider,
+		"workspace", r.Workspace, "project", r.Project, "model", r.ModelRequest,
+		"stream", r.Stream, "usage_source", r.Source, "bytes_out", r.BytesOut,
+		"duration_ms", r.Duration.Milliseconds(), "ttfb_ms", r.TTFB.Milliseconds(),
+	}
+	if r.Usage != nil {
+		attrs = append(attrs, "input", r.Usage.InputTotal(), "output", r.Usage.Output)
+	}
+	s.log.Info("request", attrs...)
+}
+
+func bodyReader(b []byte) io.Reader {
+	if len(b) == 0 {
+		return http.NoBody
+	}
+	return bytes.NewReader(b)
+}
+
+func isEventStream(ct string) bool {
+	return strings.HasPrefix(strings.ToLower(strings.TrimSpace(ct)), "text/event-stream")
+}
+
+// uncanonical explains why a raw request path is refused, or returns "".
+// Paths are routed as received; dot segments, doubled or encoded slashes
+// and backslashes are refused rather than normalised, so no path can reach
+// a route other than the one it names (/openai/../admin/v1/tokens).
+func uncanonical(p string) string {
+	lp := strings.ToLower(p)
+	switch {
+	case strings.Contains(lp, "%2f"), strings.Contains(lp, "%5c"), strings.Contains(lp, "%2e"), strings.Contains(lp, "%00"):
+		return "request path must not contain percent-encoded slashes, dots or NUL"
+	case strings.Contains(p, "//"), strings.Contains(p, `\`):
+		return "request path must not contain empty segments or backslashes"
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return "request path must not contain '.' or '..' segments"
+		}
+	}
+	return ""
+}
+
+func routeList(reg *registry.Registry) string {
+	seen := map[string]bool{}
+	var out []string
+	for _, d := range reg.Dialects() {
+		if !seen[d.Route] {
+			seen[d.Route] = true
+			out = append(out, "/"+d.Route+"/…")
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// stripTokenParams removes Gemini's ?key= carrier from a query string; it is
+// a token, never forwarded. Other parameters keep their bytes and order.
+func stripTokenParams(q string) string {
+	if !strings.Contains(q, "key=") {
+		return q
+	}
+	parts := strings.Split(q, "&")
+	kept := parts[:0]
+	for _, p := range parts {
+		name, _, _ := strings.Cut(p, "=")
+		if n, err := url.QueryUnescape(name); err == nil && strings.EqualFold(n, "key") {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return strings.Join(kept, "&")
+}
+
+// errClass names an error's kind for logs without its text, which may hold
+// an upstream URL.
+func errClass(err error) string {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected_eof"
+	}
+	e := classify(err)
+	if e.kind == kindUpstreamTimeout {
+		return "timeout"
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "connection refused"):
+		return "connection_refused"
+	case strings.Contains(s, "no such host"):
+		return "dns"
+	case strings.Contains(s, "tls"), strings.Contains(s, "certificate"):
+		return "tls"
+	case strings.Contains(s, "reset"):
+		return "connection_reset"
+	}
+	return "transport"
+}

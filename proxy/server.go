@@ -1,0 +1,272 @@
+// Package proxy is tollgate's only HTTP adapter: it serves agents with fiber,
+// authenticates their scoped tokens, swaps in the resolved credential,
+// forwards to the provider with net/http and streams the answer back byte for
+// byte while metering it. Nothing else in tollgate imports fiber.
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
+	"github.com/tollgate/tollgate/resolver"
+)
+
+// Authenticator checks a workspace-scoped token and says who is calling.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (resolver.Identity, error)
+}
+
+// CredentialResolver picks the credential that pays for a request.
+type CredentialResolver interface {
+	Resolve(ctx context.Context, req resolver.Request) (resolver.Target, error)
+}
+
+// Sink receives one usage record per request. Record must not block.
+type Sink interface {
+	Record(r *metering.Record)
+}
+
+// Pricer prices usage; a nil cost means the model is not priced.
+type Pricer interface {
+	Cost(provider, model string, u metering.Usage) (microUSD *int64, version string)
+}
+
+// Observer receives each finished record with the time spent inside tollgate
+// (metrics).
+type Observer interface {
+	Observe(r *metering.Record, overhead time.Duration)
+}
+
+// Server limits and timeouts, each a named bound with its reason.
+const (
+	// DefaultStreamIdleTimeout ends a stream whose upstream sent nothing for
+	// this long. Reasoning models pause, but Anthropic pings every few
+	// seconds and OpenAI streams keep-alive comments; five minutes of
+	// silence is a dead upstream. Idle, never total (caddyserver/caddy#7913).
+	DefaultStreamIdleTimeout = 5 * time.Minute
+	// DefaultResponseHeaderTimeout bounds the wait for upstream headers. A
+	// non-streamed answer sends its headers only when generation ends, and
+	// harnesses allow 600 s (Claude Code's x-stainless-timeout).
+	DefaultResponseHeaderTimeout = 10 * time.Minute
+	// DefaultShutdownGrace is how long open streams may run after SIGTERM.
+	DefaultShutdownGrace = 30 * time.Second
+	// serverReadTimeout bounds reading one request (headers and body).
+	serverReadTimeout = 60 * time.Second
+	// serverIdleTimeout closes idle keep-alive connections.
+	serverIdleTimeout = 120 * time.Second
+	// serverReadBufferSize also caps request header size
+	// (valyala/fasthttp#1007); harness requests carry many headers.
+	serverReadBufferSize = 16 << 10
+	// maxIdleConnsPerHost: every concurrent stream holds its own HTTP/1.1
+	// connection; net/http's default of 2 is far too low for a proxy (R7).
+	maxIdleConnsPerHost = 256
+)
+
+// Config configures a Server. Zero values take the defaults named per field.
+type Config struct {
+	// Registry serves the current harness registry. Required.
+	Registry *registry.Holder
+	// Auth checks tokens. Required.
+	Auth Authenticator
+	// Resolver picks credentials. Required.
+	Resolver CredentialResolver
+	// Admin backs the admin API; nil disables /admin.
+	Admin *resolver.Service
+	// Usage answers the usage API; nil disables /admin/v1/usage.
+	Usage UsageQuerier
+	// Sink receives usage records. Required.
+	Sink Sink
+	// Pricer prices records; nil leaves every record unpriced.
+	Pricer Pricer
+	// Observer receives records for metrics; may be nil.
+	Observer Observer
+	// Metrics, if set, is served on GET /metrics (Prometheus exposition).
+	Metrics http.Handler
+	// AdminToken guards /admin/v1; empty disables the admin API.
+	AdminToken string
+	// PublicURL is tollgate's URL as workspaces reach it, used to render the
+	// environment returned with a new token. Default http://<listen address>.
+	PublicURL string
+	// BaseContext is the parent of every upstream request; cancelling it
+	// ends every open stream (shutdown step 3). Default context.Background().
+	BaseContext context.Context
+	// Transport sends upstream requests. Default: a tuned http.Transport.
+	Transport http.RoundTripper
+	// StreamIdleTimeout, default DefaultStreamIdleTimeout.
+	StreamIdleTimeout time.Duration
+	// ResponseHeaderTimeout, default DefaultResponseHeaderTimeout; only
+	// applied to the default Transport.
+	ResponseHeaderTimeout time.Duration
+	// Logger receives one line per request; default slog.Default().
+	Logger *slog.Logger
+	// now is injectable for tests.
+	now func() time.Time
+}
+
+func (c *Config) timeNow() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
+}
+
+// Server is the HTTP front of tollgate.
+type Server struct {
+	cfg   Config
+	app   *fiber.App
+	log   *slog.Logger
+	upstr *http.Client
+}
+
+// New validates cfg, applies defaults and builds the fiber app.
+func New(cfg Config) (*Server, error) {
+	var missing []string
+	if cfg.Registry == nil {
+		missing = append(missing, "Registry")
+	}
+	if cfg.Auth == nil {
+		missing = append(missing, "Auth")
+	}
+	if cfg.Resolver == nil {
+		missing = append(missing, "Resolver")
+	}
+	if cfg.Sink == nil {
+		missing = append(missing, "Sink")
+	}
+	if len(missing) > 0 {
+		return nil, errors.New("proxy config: missing " + strings.Join(missing, ", "))
+	}
+	if cfg.BaseContext == nil {
+		cfg.BaseContext = context.Background()
+	}
+	if cfg.StreamIdleTimeout <= 0 {
+		cfg.StreamIdleTimeout = DefaultStreamIdleTimeout
+	}
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = NewTransport(cfg.ResponseHeaderTimeout)
+	}
+	s := &Server{
+		cfg: cfg,
+		log: cfg.Logger,
+		// No Client.Timeout: it would cover the whole streamed body (R1).
+		upstr: &http.Client{
+			Transport:     cfg.Transport,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+	s.app = fiber.New(fiber.Config{
+		ReadTimeout:  serverReadTimeout,
+		WriteTimeout: 0, // absolute over a streamed body: would cut long streams (R1)
+		IdleTimeout:  serverIdleTimeout,
+		// BodyLimit is enforced per request against the live registry's
+		// limit; fasthttp's own bound is a hard ceiling above it.
+		BodyLimit:             registry.DefaultMaxBodyBytes * 4,
+		ReadBufferSize:        serverReadBufferSize,
+		StreamRequestBody:     false, // true disables BodyLimit (R6)
+		DisableStartupMessage: true,
+		ErrorHandler:          s.errorHandler,
+		// Only used for the Server header; keep it anonymous.
+		ServerHeader:                 "",
+		DisableKeepalive:             false,
+		DisableDefaultDate:           true,
+		DisablePreParseMultipartForm: true,
+	})
+	s.routes()
+	return s, nil
+}
+
+// NewTransport returns the upstream transport tollgate uses: pooled, with
+// a bound on time to headers and none on the body.
+func NewTransport(headerTimeout time.Duration) *http.Transport {
+	return &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: headerTimeout,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       90 * time.Second,
+		// Compressed SSE would reach the meter as binary (R5); we also send
+		// Accept-Encoding: identity explicitly.
+		DisableCompression: true,
+		// HTTP/2 multiplexes long streams on one connection; keep HTTP/1.1
+		// until measured (R8).
+		ForceAttemptHTTP2: false,
+	}
+}
+
+func (s *Server) routes() {
+	s.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
+	s.app.Get("/readyz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
+	if s.cfg.Metrics != nil {
+		s.app.Get("/metrics", adaptor.HTTPHandler(s.cfg.Metrics))
+	}
+	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
+		s.adminRoutes(s.app.Group("/admin/v1", s.requireAdmin))
+	}
+	s.app.Use(s.forward)
+}
+
+func (s *Server) requireAdmin(c *fiber.Ctx) error {
+	got := strings.TrimSpace(strings.TrimPrefix(c.Get(fiber.HeaderAuthorization), "Bearer "))
+	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.AdminToken)) != 1 {
+		return newError(kindUnauthenticated, "admin API needs 'Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>'")
+	}
+	return c.Next()
+}
+
+// errorHandler is fiber's error handler: every error a client sees passes
+// here, is classified once and rendered in the caller's dialect envelope.
+// fiber's default would send err.Error(), which can leak URLs or hints.
+func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
+	e := classify(err)
+	status := kindStatus[e.kind]
+	if e.kind == kindInternal {
+		s.log.Error("internal error", "path", c.Path(), "err", err)
+	}
+	c.Status(status)
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(errorBody(s.shapeFor(c), e))
+}
+
+// shapeFor picks the error envelope from the route segment, so a caller gets
+// its own dialect's shape even for paths tollgate does not serve.
+func (s *Server) shapeFor(c *fiber.Ctx) string {
+	path := string(c.Request().URI().PathOriginal())
+	if d, ok := s.cfg.Registry.Current().RouteKnown(path); ok {
+		return d.ErrorShape
+	}
+	return registry.ShapeOpenAI
+}
+
+// App exposes the fiber app, for Listener and Shutdown.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(ln) }
+
+// Shutdown stops accepting, then waits for open connections until ctx ends.
+// Streams still open then are ended by cancelling Config.BaseContext, which
+// the caller owns (streaming-on-fiber.md R3).
+func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWithContext(ctx) }

@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+// errIdle is the cancel cause when the idle timer fires.
+var errIdle = errors.New("upstream idle")
+
+// errStreamDone is the cancel cause once a stream is closed normally.
+var errStreamDone = errors.New("stream done")
+
+// streamReadBuffer is the hidden-usage mode's read size: one upstream read,
+// then whole frames out.
+const streamReadBuffer = 16 << 10
+
+// streamBody is the response body of a streamed answer. fasthttp's
+// connection goroutine drives Read after the handler returned, so it owns
+// copies of every request fact (in call). It passes upstream bytes through
+// unchanged while the meter frames them on the side; only in hidden-usage
+// mode does it forward whole frames and leave out the usage-only chunk
+// tollgate asked for (streaming-on-fiber.md §4.7, R14).
+type streamBody struct {
+	cl     *call
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	up     io.ReadCloser
+	meter  *metering.Meter
+	idle   *time.Timer
+	idleD  time.Duration
+	hide   bool
+
+	// hidden-usage mode: bytes ready to forward, and the read buffer.
+	out     []byte
+	outOff  int
+	scratch []byte
+
+	// pending is an upstream error held back until the bytes read with it
+	// are forwarded: fasthttp drops the error of a Read that returned bytes.
+	pending error
+	// upErr is the upstream read error, to tell it from a client write error
+	// in CloseWithError.
+	upErr error
+	first bool
+	once  sync.Once
+}
+
+func newStreamBody(cl *call, ctx context.Context, cancel context.CancelCauseFunc, up io.ReadCloser, maxEvent int, hide bool) *streamBody {
+	b := &streamBody{
+		cl: cl, ctx: ctx, cancel: cancel, up: up, hide: hide,
+		meter: metering.NewMeter(cl.dialect, maxEvent),
+		idleD: cl.s.cfg.StreamIdleTimeout,
+	}
+	// Cancelling the request context is how the idle timer stops a parked
+	// Read; that is safe with net/http, unlike the fasthttp client (R10).
+	b.idle = time.AfterFunc(b.idleD, func() { cancel(errIdle) })
+	if hide {
+		b.scratch = make([]byte, streamReadBuffer)
+	}
+	return b
+}
+
+// Read never returns (0, nil): fasthttp's chunked writer would spin on it.
+func (b *streamBody) Read(p []byte) (int, error) {
+	if b.outOff < len(b.out) {
+		n := copy(p, b.out[b.outOff:])
+		b.outOff += n
+		return n, nil
+	}
+	if b.pending != nil {
+		return 0, b.pending
+	}
+	for {
+		b.idle.Reset(b.idleD)
+		if !b.hide {
+			n, err := b.up.Read(p)
+			if err != nil {
+				b.pending = b.upstreamErr(err)
+			}
+			if n > 0 {
+				t := time.Now()
+				b.firstByte(t)
+				b.meter.Observe(p[:n])
+				b.cl.rec.BytesOut += int64(n)
+				b.cl.overhead += time.Since(t)
+				return n, nil
+			}
+			if b.pending != nil {
+				return 0, b.pending
+			}
+			continue
+		}
+		n, err := b.up.Read(b.scratch)
+		t := time.Now()
+		b.out, b.outOff = b.meter.Filter(b.out[:0], b.scratch[:n]), 0
+		if err != nil {
+			if err == io.EOF {
+				b.out = b.meter.FilterFlush(b.out)
+			}
+			b.pending = b.upstreamErr(err)
+		}
+		b.cl.overhead += time.Since(t)
+		if len(b.out) > 0 {
+			b.firstByte(t)
+			c := copy(p, b.out)
+			b.outOff = c
+			b.cl.rec.BytesOut += int64(len(b.out))
+			return c, nil
+		}
+		if b.pending != nil {
+			return 0, b.pending
+		}
+	}
+}
+
+func (b *streamBody) firstByte(t time.Time) {
+	if !b.first {
+		b.first = true
+		b.cl.rec.TTFB = t.Sub(b.cl.start)
+	}
+}
+
+func (b *streamBody) upstreamErr(err error) error {
+	if err == io.EOF {
+		return io.EOF
+	}
+	b.upErr = err
+	return err
+}
+
+// CloseWithError is called once by fasthttp when the body ends: err is nil
+// at EOF, our own upstream error, or the client write error. There is
+// deliberately no Close method: fasthttp calls Close first, and the write
+// error would be lost (measured, streaming-on-fiber.md §2).
+func (b *streamBody) CloseWithError(err error) error {
+	b.once.Do(func() {
+		b.idle.Stop()
+		end := metering.EndEOF
+		switch {
+		case errors.Is(context.Cause(b.ctx), errIdle):
+			end = metering.EndIdle
+		case err != nil && b.upErr == nil:
+			end = metering.EndClientGone
+		}
+		b.cancel(errStreamDone)
+		b.up.Close()
+		b.cl.settle(b.meter.Settle(end), b.cl.path.Metered)
+		b.cl.finish()
+	})
+	return nil
+}
