@@ -84,7 +84,7 @@ func mustRegistryYAML(tb testing.TB, fakeURL string) string {
 	}
 	y := string(b)
 	for _, u := range []string{"https://api.anthropic.com", "https://api.openai.com", "https://generativelanguage.googleapis.com"} {
-		y = strings.ReplaceAll(y, "base_url: "+u+"\n", "base_url: "+fakeURL+"\n")
+		y = strings.ReplaceAll(y, "base_url: "+u+"\n", "base_url: "+fakeURL+"\n    forward_headers: [X-Fake-Fault, X-Fake-Gap, X-Fake-Events, X-Fake-TTFB, X-Fake-Chunk-Bytes]\n")
 	}
 	return y
 }

@@ -159,7 +159,7 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		return cl.reject(&apiError{kind: kindInternal, msg: "internal error", cause: errors.New("build upstream request")})
 	}
 	req.ContentLength = int64(len(out))
-	copyRequestHeaders(req.Header, c)
+	copyRequestHeaders(req.Header, c, provider)
 	for k, v := range provider.Headers {
 		if req.Header.Get(k) == "" {
 			req.Header.Set(k, v)

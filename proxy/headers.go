@@ -47,12 +47,17 @@ var responseHeaders = map[string]bool{
 
 var responseHeaderPrefixes = []string{"anthropic-ratelimit-", "x-ratelimit-"}
 
-func copyRequestHeaders(dst http.Header, c *fiber.Ctx) {
+func copyRequestHeaders(dst http.Header, c *fiber.Ctx, p *registry.Provider) {
 	c.Request().Header.VisitAll(func(k, v []byte) {
 		if canon, ok := upstreamHeaders[strings.ToLower(string(k))]; ok {
 			dst[canon] = append(dst[canon], string(v))
 		}
 	})
+	for _, h := range p.ForwardHeaders {
+		if v := c.Request().Header.Peek(h); len(v) > 0 {
+			dst.Set(h, string(v))
+		}
+	}
 }
 
 func copyResponseHeaders(c *fiber.Ctx, h http.Header) {

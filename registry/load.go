@@ -304,6 +304,14 @@ func validate(f *file) []string {
 				add("%s.headers: %q carries credentials and cannot be set here", at, h)
 			}
 		}
+		for _, h := range pr.ForwardHeaders {
+			if !headerRE.MatchString(h) {
+				add("%s.forward_headers: %q is not a valid header name", at, h)
+			}
+			if isAuthHeader(h) {
+				add("%s.forward_headers: %q carries credentials and is never forwarded", at, h)
+			}
+		}
 	}
 
 	uas := map[string]string{}

@@ -206,6 +206,10 @@ type Provider struct {
 	// Headers are set upstream when the client did not send them
 	// (anthropic-version: 2023-06-01).
 	Headers map[string]string `yaml:"headers"`
+	// ForwardHeaders are further client headers passed upstream to this
+	// provider, beyond tollgate's allow-list (a compatible backend's own
+	// routing header, say). Credential-carrying headers are refused.
+	ForwardHeaders []string `yaml:"forward_headers"`
 	// OTelName is gen_ai.provider.name; default the provider's name.
 	OTelName string `yaml:"otel_name"`
 	// IncludeUsage, when false, stops tollgate injecting

@@ -1,0 +1,381 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy/upstreamtest"
+)
+
+const anthropicStreamBody = `{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}`
+
+// readEvent reads one SSE event (up to its blank line) from r.
+func readEvent(r *bufio.Reader) (string, error) {
+	var b strings.Builder
+	for {
+		line, err := r.ReadString('\n')
+		b.WriteString(line)
+		if err != nil {
+			return b.String(), err
+		}
+		if line == "\n" || line == "\r\n" {
+			return b.String(), nil
+		}
+	}
+}
+
+// Test 1: each event reaches the client as it arrives. The upstream flushes
+// headers and one event, then blocks; the client must see the status, the
+// headers and that event before the block is released
+// (after TestReverseProxyFlushIntervalHeaders).
+func TestStreamDeliversEachEventBeforeTheNextExists(t *testing.T) {
+	gate := upstreamtest.NewGate()
+	e := newEnv(t, envOptions{fake: upstreamtest.Config{Hold: gate.Hold}})
+	defer gate.Release()
+	tok := e.token("ws", "p", "u", "")
+	resp := e.do("POST", "/anthropic/v1/messages", tok, anthropicStreamBody)
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("status %d type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if resp.Header.Get("X-Accel-Buffering") != "no" {
+		t.Errorf("X-Accel-Buffering = %q, want no", resp.Header.Get("X-Accel-Buffering"))
+	}
+	ev := make(chan string, 1)
+	br := bufio.NewReader(resp.Body)
+	go func() {
+		s, _ := readEvent(br)
+		ev <- s
+	}()
+	select {
+	case s := <-ev:
+		if !strings.Contains(s, "message_start") {
+			t.Fatalf("first event = %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("first event did not arrive while the upstream was blocked")
+	}
+	if gate.Waiting() != 1 {
+		t.Fatalf("upstream is not blocked (waiting=%d)", gate.Waiting())
+	}
+	gate.Release()
+	rest, err := io.ReadAll(br)
+	if err != nil || !strings.Contains(string(rest), "message_stop") {
+		t.Fatalf("rest of stream: %v %q", err, rest)
+	}
+}
+
+// Test 2: a client that goes away cancels the upstream request within two
+// event gaps, and the record says client_gone with the usage seen so far.
+func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", e.URL+"/anthropic/v1/messages", strings.NewReader(anthropicStreamBody))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set(upstreamtest.HeaderGap, "50ms")
+	req.Header.Set(upstreamtest.HeaderEvents, "200")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readEvent(bufio.NewReader(resp.Body)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	resp.Body.Close()
+	eventually(t, 3*time.Second, "the upstream stream to be cancelled", func() bool {
+		return e.fake.Counters().StreamsCancelled == 1
+	})
+	rec := e.record(resp)
+	if rec.Outcome != metering.OutcomeClientGone {
+		t.Errorf("outcome = %s, want client_gone", rec.Outcome)
+	}
+	if rec.Usage == nil || rec.Usage.InputUncached == 0 || rec.Source != metering.SourcePartial {
+		t.Errorf("usage = %+v source %s, want message_start's input as partial", rec.Usage, rec.Source)
+	}
+}
+
+// Test 3: a silent upstream is ended after the idle window; one that keeps
+// trickling runs well past three windows.
+func TestIdleTimeoutEndsSilentStreamsOnly(t *testing.T) {
+	e := newEnv(t, envOptions{idle: 300 * time.Millisecond})
+	tok := e.token("ws", "p", "u", "")
+	t.Run("SilentUpstreamIsCut", func(t *testing.T) {
+		start := time.Now()
+		resp := e.do("POST", "/anthropic/v1/messages", tok, anthropicStreamBody, upstreamtest.HeaderFault, "silence")
+		_, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("a stream cut by the idle timer ended cleanly; the client cannot tell it from a complete one")
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("idle stream lasted %s", d)
+		}
+		rec := e.record(resp)
+		if rec.Outcome != metering.OutcomeUpstreamIdle {
+			t.Errorf("outcome = %s, want upstream_idle", rec.Outcome)
+		}
+	})
+	t.Run("TricklingUpstreamContinues", func(t *testing.T) {
+		resp := e.do("POST", "/anthropic/v1/messages", tok, anthropicStreamBody, upstreamtest.HeaderGap, "100ms", upstreamtest.HeaderEvents, "12")
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !strings.Contains(string(body), "message_stop") {
+			t.Fatalf("trickling stream: %v", err)
+		}
+		if rec := e.record(resp); rec.Outcome != metering.OutcomeOK {
+			t.Errorf("outcome = %s", rec.Outcome)
+		}
+	})
+}
+
+// Test 4: no total cap. A stream longer than every other timeout succeeds.
+func TestNoTotalTimeoutOnStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes 2.5 s")
+	}
+	e := newEnv(t, envOptions{idle: time.Second, headerWait: time.Second})
+	tok := e.token("ws", "p", "u", "")
+	start := time.Now()
+	resp := e.do("POST", "/openai/v1/responses", tok, `{"model":"gpt-5","input":"hi","stream":true}`, upstreamtest.HeaderGap, "100ms", upstreamtest.HeaderEvents, "25")
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !strings.Contains(string(body), "response.completed") {
+		t.Fatalf("long stream: %v", err)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Fatalf("stream lasted only %s; the test proves nothing", d)
+	}
+}
+
+// Test 5: an upstream error before headers keeps its status and body; no
+// event-stream content type is sent.
+func TestUpstreamErrorBeforeHeadersKeepsStatus(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	for _, tc := range []struct {
+		name, path, body, fault string
+		status                  int
+	}{
+		{"AnthropicRateLimited", "/anthropic/v1/messages", anthropicStreamBody, "status=429", 429},
+		{"AnthropicOverloaded", "/anthropic/v1/messages", anthropicStreamBody, "status=529", 529},
+		{"ChatServerError", "/openai/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[]}`, "status=500", 500},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do("POST", tc.path, tok, tc.body, upstreamtest.HeaderFault, tc.fault)
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if strings.Contains(resp.Header.Get("Content-Type"), "event-stream") {
+				t.Errorf("error answer carries an event-stream content type")
+			}
+			up := e.lastFake()
+			if !bytes.Equal(body, up.Response) {
+				t.Errorf("error body changed:\n got %s\nwant %s", body, up.Response)
+			}
+			if tc.status == 429 && resp.Header.Get("Retry-After") == "" {
+				t.Errorf("Retry-After not passed back")
+			}
+			rec := e.record(resp)
+			if rec.Outcome != metering.OutcomeUpstreamError || rec.Source != metering.SourceNone || rec.Status != tc.status {
+				t.Errorf("record = %s/%s/%d", rec.Outcome, rec.Source, rec.Status)
+			}
+		})
+	}
+}
+
+// Test 6: an upstream that closes mid-stream yields a truncated record with
+// the partial usage seen, never zero; the client sees the stream break.
+func TestTruncatedStreamIsRecordedWithPartialUsage(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	resp := e.do("POST", "/anthropic/v1/messages", tok, anthropicStreamBody, upstreamtest.HeaderFault, "cut=3")
+	_, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Errorf("client read a cut stream without error")
+	}
+	rec := e.record(resp)
+	if rec.Outcome != metering.OutcomeTruncated || rec.Source != metering.SourcePartial {
+		t.Errorf("record = %s/%s, want truncated/partial", rec.Outcome, rec.Source)
+	}
+	if rec.Usage == nil || rec.Usage.InputTotal() == 0 {
+		t.Errorf("truncated record has no usage: %+v", rec.Usage)
+	}
+}
+
+// Test 7: shutdown with a stream open returns within grace + 1 s once the
+// base context is cancelled, and the stream is cut.
+func TestShutdownEndsOpenStreams(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	resp := e.do("POST", "/anthropic/v1/messages", tok, anthropicStreamBody, upstreamtest.HeaderFault, "trickle")
+	br := bufio.NewReader(resp.Body)
+	if _, err := readEvent(br); err != nil {
+		t.Fatal(err)
+	}
+	const grace = 200 * time.Millisecond
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Shutdown(context.Background()) }()
+	select {
+	case <-done:
+		t.Fatal("shutdown returned while a stream was open")
+	case <-time.After(grace):
+	}
+	e.cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("shutdown did not return within grace + 1 s after cancelling streams")
+	}
+	if d := time.Since(start); d > grace+time.Second {
+		t.Errorf("shutdown took %s", d)
+	}
+	if _, err := io.ReadAll(br); err == nil {
+		t.Errorf("the open stream ended cleanly instead of being cut")
+	}
+	resp.Body.Close()
+	if rec := e.record(resp); rec.Outcome == metering.OutcomeOK {
+		t.Errorf("cut stream recorded as ok")
+	}
+}
+
+// Test 8: after 100 streams with mixed endings, goroutines return to the
+// baseline.
+func TestStreamsLeaveNoGoroutines(t *testing.T) {
+	e := newEnv(t, envOptions{idle: 200 * time.Millisecond})
+	tok := e.token("ws", "p", "u", "")
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	run := func(fault string, abandon bool) {
+		req, _ := http.NewRequest("POST", e.URL+"/anthropic/v1/messages", strings.NewReader(anthropicStreamBody))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if fault != "" {
+			req.Header.Set(upstreamtest.HeaderFault, fault)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abandon {
+			readEvent(bufio.NewReader(resp.Body))
+		} else {
+			io.Copy(io.Discard, resp.Body)
+		}
+		resp.Body.Close()
+	}
+	run("", false) // warm up pools before the baseline
+	eventually(t, 5*time.Second, "the warm-up record", func() bool { return e.sink.Len() == 1 })
+	base := runtime.NumGoroutine()
+	faults := []string{"", "cut=2", "silence", "status=500", "midstream-error"}
+	for i := 0; i < 100; i++ {
+		run(faults[i%len(faults)], i%7 == 3)
+	}
+	eventually(t, 10*time.Second, "101 records", func() bool { return e.sink.Len() == 101 })
+	client.CloseIdleConnections()
+	eventually(t, 10*time.Second, "goroutines back to baseline", func() bool {
+		return runtime.NumGoroutine() <= base+2
+	})
+}
+
+// Test 10: usage tollgate injected stays invisible. A go-openai streaming
+// client that did not ask for usage receives exactly what the provider
+// sends without include_usage, while the record has the exact usage.
+func TestInjectedUsageIsInvisibleToTheClient(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	cfg := openai.DefaultConfig(tok)
+	cfg.BaseURL = e.URL + "/openai/v1"
+	cli := openai.NewClientWithConfig(cfg)
+	st, err := cli.CreateChatCompletionStream(context.Background(), openai.ChatCompletionRequest{
+		Model:    "gpt-4o",
+		Messages: []openai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text strings.Builder
+	for {
+		ch, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ch.Choices) == 0 {
+			t.Fatalf("client received a chunk without choices (the injected usage chunk): %+v", ch)
+		}
+		if ch.Usage != nil {
+			t.Errorf("client received usage it did not ask for")
+		}
+		text.WriteString(ch.Choices[0].Delta.Content)
+	}
+	st.Close()
+	up := e.lastFake()
+	if !up.IncludeUsage {
+		t.Fatalf("tollgate did not inject include_usage upstream")
+	}
+	if text.Len() == 0 {
+		t.Errorf("no text received")
+	}
+	rec := waitLast(t, e)
+	if !rec.Injected || rec.Source != metering.SourceUpstream || rec.Usage == nil || *rec.Usage != asMetering(upstreamtest.DefaultUsage.Normalised(upstreamtest.OpenAIChat)) {
+		t.Errorf("record injected=%v source=%s usage=%+v", rec.Injected, rec.Source, rec.Usage)
+	}
+
+	// Byte level: the client stream is the provider's minus the usage-only
+	// chunk, and nothing else.
+	resp := e.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"messages":[]}`)
+	got := readAll(t, resp.Body)
+	resp.Body.Close()
+	up = e.lastFake()
+	want := dropUsageOnlyChunk(t, up.Response)
+	if !bytes.Equal(got, want) {
+		t.Errorf("client bytes:\n%q\nwant provider bytes minus the usage chunk:\n%q", got, want)
+	}
+	if r := e.record(resp); !r.Injected || r.Usage == nil {
+		t.Errorf("explicit false: record injected=%v usage=%+v", r.Injected, r.Usage)
+	}
+}
+
+func waitLast(t *testing.T, e *testEnv) metering.Record {
+	t.Helper()
+	eventually(t, 5*time.Second, "a record", func() bool { return e.sink.Len() > 0 })
+	rs := e.sink.Records()
+	return rs[len(rs)-1]
+}
+
+func dropUsageOnlyChunk(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var out []byte
+	dropped := 0
+	for _, ev := range bytes.SplitAfter(b, []byte("\n\n")) {
+		if bytes.Contains(ev, []byte(`"choices":[]`)) && bytes.Contains(ev, []byte(`"usage":{`)) {
+			dropped++
+			continue
+		}
+		out = append(out, ev...)
+	}
+	if dropped != 1 {
+		t.Fatalf("provider stream had %d usage-only chunks, want 1", dropped)
+	}
+	return out
+}
