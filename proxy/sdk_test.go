@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"context"
+	"testing"
+
+	"github.com/anthropics/anthropic-sdk-go"
+	anthropicopt "github.com/anthropics/anthropic-sdk-go/option"
+	oai "github.com/openai/openai-go/v3"
+	oaiopt "github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
+	goopenai "github.com/sashabaranov/go-openai"
+
+	"github.com/tollgate/tollgate/proxy/upstreamtest"
+)
+
+// The official and community SDKs, pointed at tollgate with a workspace
+// token, parse what tollgate forwards; their own usage view matches the
+// provider's numbers. This proves client compatibility beyond byte tests.
+
+func TestAnthropicSDKStreamsAndNot(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "claude-code")
+	// Claude Code's way: the token as ANTHROPIC_AUTH_TOKEN (Bearer).
+	cli := anthropic.NewClient(anthropicopt.WithBaseURL(e.URL+"/anthropic"), anthropicopt.WithAuthToken(tok), anthropicopt.WithMaxRetries(0))
+	params := anthropic.MessageNewParams{
+		Model:     "claude-sonnet-4-5",
+		MaxTokens: 64,
+		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+	}
+	want := upstreamtest.DefaultUsage
+
+	msg, err := cli.Messages.New(context.Background(), params)
+	if err != nil {
+		t.Fatalf("non-streaming: %v", err)
+	}
+	if msg.Usage.InputTokens != want.InputUncached || msg.Usage.CacheReadInputTokens != want.CacheRead || msg.Usage.OutputTokens != want.Output {
+		t.Errorf("SDK usage %+v, want %+v", msg.Usage, want)
+	}
+
+	// The x-api-key way (ANTHROPIC_API_KEY) on a stream, accumulated.
+	cli2 := anthropic.NewClient(anthropicopt.WithBaseURL(e.URL+"/anthropic"), anthropicopt.WithAPIKey(tok), anthropicopt.WithMaxRetries(0))
+	st := cli2.Messages.NewStreaming(context.Background(), params)
+	var acc anthropic.Message
+	for st.Next() {
+		if err := acc.Accumulate(st.Current()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Err(); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if acc.Usage.OutputTokens != want.Output || acc.Usage.InputTokens != want.InputUncached || len(acc.Content) == 0 {
+		t.Errorf("accumulated message usage %+v content %d blocks", acc.Usage, len(acc.Content))
+	}
+	if e.lastFake().Key != canaryAnthropic {
+		t.Errorf("provider did not get the real key")
+	}
+}
+
+func TestOpenAIGoResponsesAndChat(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	cli := oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(tok), oaiopt.WithMaxRetries(0))
+	want := upstreamtest.DefaultUsage.Normalised(upstreamtest.OpenAIResponses)
+	ctx := context.Background()
+
+	r, err := cli.Responses.New(ctx, responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
+	if err != nil {
+		t.Fatalf("responses: %v", err)
+	}
+	if r.Usage.OutputTokens != want.Output || r.Usage.OutputTokensDetails.ReasoningTokens != want.Reasoning {
+		t.Errorf("responses usage %+v", r.Usage)
+	}
+
+	st := cli.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
+	completed := false
+	for st.Next() {
+		ev := st.Current()
+		if ev.Type == "response.completed" {
+			completed = true
+			if ev.Response.Usage.InputTokens != want.InputTotal() {
+				t.Errorf("streamed usage %+v", ev.Response.Usage)
+			}
+		}
+	}
+	if err := st.Err(); err != nil || !completed {
+		t.Fatalf("responses stream: err=%v completed=%v", err, completed)
+	}
+
+	cs := cli.Chat.Completions.NewStreaming(ctx, oai.ChatCompletionNewParams{
+		Model:         "gpt-4o",
+		Messages:      []oai.ChatCompletionMessageParamUnion{oai.UserMessage("hi")},
+		StreamOptions: oai.ChatCompletionStreamOptionsParam{IncludeUsage: oai.Bool(true)},
+	})
+	acc := oai.ChatCompletionAccumulator{}
+	for cs.Next() {
+		acc.AddChunk(cs.Current())
+	}
+	if err := cs.Err(); err != nil {
+		t.Fatalf("chat stream: %v", err)
+	}
+	wantChat := upstreamtest.DefaultUsage.Normalised(upstreamtest.OpenAIChat)
+	if acc.Usage.CompletionTokens != wantChat.Output || acc.Usage.PromptTokensDetails.CachedTokens != wantChat.CacheRead {
+		t.Errorf("chat usage %+v", acc.Usage)
+	}
+}
+
+func TestGoOpenAIChat(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "opencode")
+	cfg := goopenai.DefaultConfig(tok)
+	cfg.BaseURL = e.URL + "/openai/v1"
+	cli := goopenai.NewClientWithConfig(cfg)
+	resp, err := cli.CreateChatCompletion(context.Background(), goopenai.ChatCompletionRequest{
+		Model:    "gpt-4o",
+		Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := upstreamtest.DefaultUsage.Normalised(upstreamtest.OpenAIChat)
+	if int64(resp.Usage.PromptTokens) != want.InputTotal() || len(resp.Choices) != 1 {
+		t.Errorf("usage %+v choices %d", resp.Usage, len(resp.Choices))
+	}
+	// A harness-bound token on a route its harness does not speak is a
+	// typed API error the SDK surfaces.
+	_, err = cli.CreateChatCompletion(context.Background(), goopenai.ChatCompletionRequest{Model: "gpt-4o"})
+	if err != nil {
+		t.Logf("empty-messages request: %v", err)
+	}
+}
