@@ -262,8 +262,8 @@ type Harness struct {
 // EnvVar is one exported variable; Value may use the template fields of
 // ConfigSnippet.
 type EnvVar struct {
-	Name  string `yaml:"name"`
-	Value string `yaml:"value"`
+	Name  string `yaml:"name" json:"name"`
+	Value string `yaml:"value" json:"value"`
 }
 
 // ConfigSnippet is a text/template rendered with .BaseURL, .Token, .KeyEnv

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/tollgate/tollgate/resolver"
+)
+
+func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageErr("credential needs a subcommand: set, add, list, disable, enable, delete, bind, unbind, activate, deactivate, bindings, rotate-key")
+	}
+	sub := args[0]
+	var o options
+	fs := newFlags("credential "+sub, stderr)
+	o.bind(fs)
+	platform := fs.Bool("platform", false, "platform tier")
+	project := fs.String("project", "", "project tier: the project id")
+	user := fs.String("user", "", "user tier: the user id")
+	provider := fs.String("provider", "", "provider name from harnesses.yaml")
+	name := fs.String("name", "", "a label for listings")
+	keyStdin := fs.Bool("key-stdin", false, "read the key from standard input (never from a flag: flags end up in shell history)")
+	baseURL := fs.String("base-url", "", "override the provider's base URL (https)")
+	credID := fs.String("credential", "", "credential id")
+	dialect := fs.String("dialect", "", "dialect name from harnesses.yaml")
+	harness := fs.String("harness", "", "narrow the binding to one harness")
+	inactive := fs.Bool("inactive", false, "create the binding inactive (on a project: the provider is off for it)")
+	newKeyFile := fs.String("new-key-file", "", "rotate-key: file holding the new master key")
+	format := fs.String("format", "table", "table or json")
+	pos, err := parseFlags(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	bindingKey := func() (resolver.BindingKey, error) {
+		k := resolver.BindingKey{Dialect: *dialect, Harness: *harness}
+		n := 0
+		if *platform {
+			k.Tier, n = resolver.TierPlatform, n+1
+		}
+		if *project != "" {
+			k.Tier, k.ScopeID, n = resolver.TierProject, *project, n+1
+		}
+		if *user != "" {
+			k.Tier, k.ScopeID, n = resolver.TierUser, *user, n+1
+		}
+		if n != 1 || *dialect == "" {
+			return k, usageErr("credential %s needs --dialect and exactly one of --platform, --project P, --user U", sub)
+		}
+		return k, nil
+	}
+	oneID := func() (string, error) {
+		if len(pos) != 1 {
+			return "", usageErr("credential %s needs one credential id", sub)
+		}
+		return pos[0], nil
+	}
+	return withDeps(ctx, fs, &o, stderr, func(d *deps) error {
+		svc := d.resolver
+		switch sub {
+		case "set":
+			if !*platform || *provider == "" || !*keyStdin {
+				return usageErr("credential set needs --platform, --provider P and --key-stdin")
+			}
+			key, err := readKey(stdin)
+			if err != nil {
+				return err
+			}
+			cr, err := svc.SetPlatformKey(ctx, *provider, resolver.NewSecret(key))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "platform credential %s set for %s (…%s)\n", cr.ID, cr.Provider, cr.Last4)
+			return nil
+		case "add":
+			if *provider == "" || !*keyStdin {
+				return usageErr("credential add needs --provider P and --key-stdin")
+			}
+			key, err := readKey(stdin)
+			if err != nil {
+				return err
+			}
+			cr, err := svc.CreateCredential(ctx, resolver.CredentialSpec{Name: *name, Provider: *provider, Secret: resolver.NewSecret(key), BaseURL: *baseURL})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, cr.ID)
+			return nil
+		case "list":
+			crs, err := svc.ListCredentials(ctx)
+			if err != nil {
+				return err
+			}
+			if *format == "json" {
+				return json.NewEncoder(stdout).Encode(crs)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tPROVIDER\tBASE URL\tKEY\tSTATE\tCREATED\tLAST USED")
+			for _, c := range crs {
+				state := "enabled"
+				if c.Disabled {
+					state = "disabled"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t…%s\t%s\t%s\t%s\n", c.ID, dash(c.Name), c.Provider, dash(c.BaseURL), c.Last4, state, fmtTime(c.CreatedAt), fmtTime(c.LastUsedAt))
+			}
+			return tw.Flush()
+		case "disable", "enable", "delete":
+			id, err := oneID()
+			if err != nil {
+				return err
+			}
+			op := map[string]func(context.Context, string) error{"disable": svc.DisableCredential, "enable": svc.EnableCredential, "delete": svc.DeleteCredential}[sub]
+			if err := op(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%sd %s\n", strings.TrimSuffix(sub, "e"), id)
+			return nil
+		case "bind":
+			k, err := bindingKey()
+			if err != nil {
+				return err
+			}
+			if *credID == "" {
+				return usageErr("credential bind needs --credential ID")
+			}
+			b, err := svc.Bind(ctx, k, *credID)
+			if err != nil {
+				return err
+			}
+			if *inactive {
+				if err := svc.SetBindingActive(ctx, k, false); err != nil {
+					return err
+				}
+				b.Active = false
+			}
+			fmt.Fprintf(stdout, "bound %s at %s for %s (active=%v)\n", b.CredentialID, scopeText(k), k.Dialect, b.Active)
+			return nil
+		case "unbind", "activate", "deactivate":
+			k, err := bindingKey()
+			if err != nil {
+				return err
+			}
+			switch sub {
+			case "unbind":
+				err = svc.Unbind(ctx, k)
+			default:
+				err = svc.SetBindingActive(ctx, k, sub == "activate")
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s: %s for %s\n", sub, scopeText(k), k.Dialect)
+			return nil
+		case "bindings":
+			bs, err := svc.ListBindings(ctx, resolver.BindingFilter{CredentialID: *credID, Dialect: *dialect})
+			if err != nil {
+				return err
+			}
+			if *format == "json" {
+				return json.NewEncoder(stdout).Encode(bs)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIER\tSCOPE\tDIALECT\tHARNESS\tCREDENTIAL\tACTIVE")
+			for _, b := range bs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", b.Tier, dash(b.ScopeID), b.Dialect, dash(b.Harness), b.CredentialID, b.Active)
+			}
+			return tw.Flush()
+		case "rotate-key":
+			if *newKeyFile == "" {
+				return usageErr("credential rotate-key needs --new-key-file F")
+			}
+			raw, err := os.ReadFile(*newKeyFile)
+			if err != nil {
+				return err
+			}
+			newKey, err := resolver.ParseMasterKey(strings.TrimSpace(string(raw)))
+			if err != nil {
+				return fmt.Errorf("new master key: %w", err)
+			}
+			oldText, err := o.masterKey(d.log)
+			if err != nil {
+				return err
+			}
+			oldKey, err := resolver.ParseMasterKey(oldText)
+			if err != nil {
+				return err
+			}
+			if err := svc.RotateKey(ctx, oldKey, newKey); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "every credential is now encrypted with the new key.\n"+
+				"Point TOLLGATE_MASTER_KEY_FILE at %s (or set TOLLGATE_MASTER_KEY to its content) and restart;\n"+
+				"set TOLLGATE_PREVIOUS_MASTER_KEYS to the old key until tokens issued before today expire.\n", *newKeyFile)
+			return nil
+		}
+		return usageErr("unknown credential subcommand %q", sub)
+	})
+}
+
+func scopeText(k resolver.BindingKey) string {
+	if k.Tier == resolver.TierPlatform {
+		return "platform"
+	}
+	return k.Tier + " " + k.ScopeID
+}

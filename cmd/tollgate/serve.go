@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tollgate/tollgate/internal/hotfile"
+	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy"
+	"github.com/tollgate/tollgate/registry"
+	"github.com/tollgate/tollgate/resolver"
+)
+
+// Shutdown step bounds (house rule 14): each step has its own deadline.
+const (
+	reloadPollInterval  = 2 * time.Second
+	shutdownCancelBound = 5 * time.Second
+	flushBound          = 10 * time.Second
+)
+
+// deps are the pieces every database-backed command opens.
+type deps struct {
+	log      *slog.Logger
+	db       *store.DB
+	registry *registry.Holder
+	resolver *resolver.Service
+}
+
+func (d *deps) Close() {
+	if d.resolver != nil {
+		d.resolver.Close()
+	}
+	if d.db != nil {
+		d.db.Close()
+	}
+}
+
+// openDeps opens the registry, the database and the resolver.
+func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) {
+	d := &deps{log: log}
+	reg, err := registry.NewHolder(o.Harnesses, log)
+	if err != nil {
+		return nil, err
+	}
+	d.registry = reg
+	db, err := store.Open(ctx, o.DB)
+	if err != nil {
+		return nil, err
+	}
+	d.db = db
+	keyText, err := o.masterKey(log)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	key, err := resolver.ParseMasterKey(keyText)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("master key: %w", err)
+	}
+	svc, err := resolver.New(ctx, resolver.Config{
+		MasterKey:        key,
+		AllowHTTPBaseURL: o.AllowHTTPBaseURL,
+	}, resolver.Deps{DB: db, Registry: reg, Log: log})
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.resolver = svc
+	return d, nil
+}
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := newFlags("serve", stderr)
+	o.bind(fs)
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log := o.logger(stderr)
+
+	d, err := openDeps(ctx, &o, log)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	// The base context of every upstream request: cancelling it is what
+	// ends open streams at shutdown (streaming-on-fiber.md R3).
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+
+	d.resolver.Start(bg)
+
+	prices, err := loadPrices(&o, log)
+	if err != nil {
+		return err
+	}
+	usage, err := metering.OpenStore(ctx, d.db)
+	if err != nil {
+		return err
+	}
+	writer, err := metering.NewWriter(metering.WriterConfig{SpoolDir: o.Spool, Logger: log}, usage)
+	if err != nil {
+		return err
+	}
+	tel, err := newTelemetry(ctx, splitList(o.MetricLabels), log)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	publicURL := o.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + ln.Addr().String()
+	}
+	srv, err := proxy.New(proxy.Config{
+		Registry:          d.registry,
+		Auth:              d.resolver,
+		Resolver:          d.resolver,
+		Admin:             d.resolver,
+		Usage:             usage,
+		Sink:              writer,
+		Pricer:            pricer{prices},
+		Observer:          tel.instruments,
+		Metrics:           tel.handler,
+		AdminToken:        o.AdminToken,
+		PublicURL:         publicURL,
+		BaseContext:       baseCtx,
+		StreamIdleTimeout: o.StreamIdle,
+		Logger:            log,
+	})
+	if err != nil {
+		return err
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	regHUP, priceHUP := make(chan os.Signal, 1), make(chan os.Signal, 1)
+	go func() {
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case s := <-hup:
+				regHUP <- s
+				priceHUP <- s
+			}
+		}
+	}()
+	go d.registry.Watch(bg, reloadPollInterval, regHUP)
+	go prices.Watch(bg, reloadPollInterval, priceHUP)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
+	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
+		"registry_version", d.registry.Current().Version, "admin_api", o.AdminToken != "", "version", version)
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log)
+}
+
+// shutdown runs the ordered, bounded sequence of house rule 14: stop
+// accepting and let streams finish within the grace period; then cancel the
+// base context so the rest end at once; then flush metering and telemetry.
+func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *metering.Writer, tel *telemetry, log *slog.Logger) error {
+	log.Info("shutting down", "grace", grace.String())
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(context.Background()) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		log.Warn("grace period over; ending open streams")
+		cancelBase()
+		select {
+		case <-done:
+		case <-time.After(shutdownCancelBound):
+			log.Error("connections still open after cancelling streams")
+		}
+	}
+	cancelBase()
+	fctx, cancel := context.WithTimeout(context.Background(), flushBound)
+	defer cancel()
+	var errs []error
+	if err := w.Close(fctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush usage: %w", err))
+	}
+	if err := tel.shutdown(fctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush telemetry: %w", err))
+	}
+	log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// pricer adapts the hot-reloaded price table to proxy.Pricer.
+type pricer struct {
+	v *hotfile.Value[metering.PriceTable]
+}
+
+func (p pricer) Cost(provider, model string, u metering.Usage) (*int64, string) {
+	return p.v.Current().Cost(provider, model, u)
+}
+
+func loadPrices(o *options, log *slog.Logger) (*hotfile.Value[metering.PriceTable], error) {
+	if o.Prices == "" {
+		return hotfile.Static(metering.DefaultPrices()), nil
+	}
+	return hotfile.Load("prices", o.Prices, metering.LoadPrices, log)
+}

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+// telemetry owns the OTel SDK: only cmd installs it (house rule 18).
+type telemetry struct {
+	provider    *sdkmetric.MeterProvider
+	handler     http.Handler
+	instruments *metering.Instruments
+}
+
+// newTelemetry exposes metrics on /metrics in Prometheus format and, when
+// OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics-specific variable) is set,
+// also pushes them by OTLP/HTTP; the exporter reads the standard OTEL_*
+// variables itself.
+func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
+	reg := prometheus.NewRegistry()
+	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, fmt.Errorf("prometheus exporter: %w", err)
+	}
+	opts := []sdkmetric.Option{sdkmetric.WithReader(exp)}
+	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" {
+		otlp, err := otlpmetrichttp.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("otlp exporter: %w", err)
+		}
+		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(otlp)))
+	}
+	mp := sdkmetric.NewMeterProvider(opts...)
+	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &telemetry{
+		provider:    mp,
+		handler:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		instruments: inst,
+	}, nil
+}
+
+func (t *telemetry) shutdown(ctx context.Context) error { return t.provider.Shutdown(ctx) }
