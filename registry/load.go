@@ -30,40 +30,80 @@ const (
 	DefaultMaxEventBytes = 10 << 20
 )
 
-// file is the YAML document; maps keep the order through yaml.Node.
+// file is the YAML document, decoded section by section so that every
+// problem names its section and item.
 type file struct {
-	Version   int                  `yaml:"version"`
-	Limits    Limits               `yaml:"limits"`
-	Dialects  orderedMap[Dialect]  `yaml:"dialects"`
-	Providers orderedMap[Provider] `yaml:"providers"`
-	Harnesses orderedMap[Harness]  `yaml:"harnesses"`
+	Version   int
+	Limits    Limits
+	Dialects  orderedMap[Dialect]
+	Providers orderedMap[Provider]
+	Harnesses orderedMap[Harness]
 }
 
+type rawFile struct {
+	Version   int       `yaml:"version"`
+	Limits    Limits    `yaml:"limits"`
+	Dialects  yaml.Node `yaml:"dialects"`
+	Providers yaml.Node `yaml:"providers"`
+	Harnesses yaml.Node `yaml:"harnesses"`
+}
+
+// orderedMap keeps a YAML mapping's order, for listings in file order.
 type orderedMap[T any] struct {
 	keys []string
 	vals map[string]*T
 }
 
-func (m *orderedMap[T]) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("line %d: expected a mapping", n.Line)
-	}
+// decodeSection decodes the mapping n of section into m, returning one
+// problem per bad item.
+func decodeSection[T any](section string, n *yaml.Node, m *orderedMap[T]) []string {
 	m.vals = make(map[string]*T)
-	var errs []error
+	if n.Kind == 0 {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return []string{fmt.Sprintf("%s: line %d: expected a mapping of names to entries", section, n.Line)}
+	}
+	var probs []string
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k := n.Content[i].Value
 		if _, dup := m.vals[k]; dup {
-			errs = append(errs, fmt.Errorf("line %d: %q is defined twice", n.Content[i].Line, k))
+			probs = append(probs, fmt.Sprintf("%s.%s: line %d: defined twice", section, k, n.Content[i].Line))
 			continue
 		}
 		v := new(T)
-		if err := n.Content[i+1].Decode(v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", k, err))
+		if err := decodeStrict(n.Content[i+1], v); err != nil {
+			probs = append(probs, fmt.Sprintf("%s.%s: %v", section, k, err))
 		}
 		m.keys = append(m.keys, k)
 		m.vals[k] = v
 	}
-	return errors.Join(errs...)
+	return probs
+}
+
+// decodeStrict decodes a node refusing unknown fields: yaml.v3's
+// Node.Decode ignores the decoder's KnownFields setting, so the node is
+// re-encoded and decoded again by a strict decoder. Line numbers in its
+// errors would be relative to the snippet, so they are dropped; the caller
+// names the item instead.
+func decodeStrict(n *yaml.Node, v any) error {
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	err = dec.Decode(v)
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		for i, m := range te.Errors {
+			if _, rest, ok := strings.Cut(m, ": "); ok && strings.HasPrefix(m, "line ") {
+				te.Errors[i] = rest
+			}
+		}
+		return errors.New(strings.Join(te.Errors, "; "))
+	}
+	return err
 }
 
 // ValidationError lists every problem found in a registry file, each naming
@@ -97,11 +137,18 @@ func Load(r io.Reader) (*Registry, error) {
 // Parse validates src and builds a Registry. On failure the error is a
 // *ValidationError listing every problem.
 func Parse(src []byte) (*Registry, error) {
-	var f file
+	var raw rawFile
 	dec := yaml.NewDecoder(bytes.NewReader(src))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
+	if err := dec.Decode(&raw); err != nil {
 		return nil, &ValidationError{Problems: yamlProblems(err)}
+	}
+	f := file{Version: raw.Version, Limits: raw.Limits}
+	probs := decodeSection("dialects", &raw.Dialects, &f.Dialects)
+	probs = append(probs, decodeSection("providers", &raw.Providers, &f.Providers)...)
+	probs = append(probs, decodeSection("harnesses", &raw.Harnesses, &f.Harnesses)...)
+	if len(probs) > 0 {
+		return nil, &ValidationError{Problems: probs}
 	}
 	applyDefaults(&f)
 	if probs := validate(&f); len(probs) > 0 {
@@ -128,7 +175,11 @@ func Parse(src []byte) (*Registry, error) {
 func yamlProblems(err error) []string {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
-		return append([]string(nil), te.Errors...)
+		out := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			out[i] = strings.Replace(m, "in type registry.rawFile", "at the top level", 1)
+		}
+		return out
 	}
 	var out []string
 	for _, line := range strings.Split(err.Error(), "\n") {

@@ -1,0 +1,265 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// TestShippedRegistryIsValid pins the repository's harnesses.yaml: it loads,
+// and a summary of it matches testdata/registry.golden.txt.
+func TestShippedRegistryIsValid(t *testing.T) {
+	r, err := LoadFile("../harnesses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, d := range r.Dialects() {
+		b.WriteString("dialect " + d.Name + " /" + d.Route + " shape=" + d.ErrorShape + "\n")
+		for _, p := range d.Paths {
+			b.WriteString("  " + strings.Join(p.Methods, ",") + " " + p.Pattern + " stream=" + p.Stream)
+			if p.Metered {
+				b.WriteString(" metered")
+			}
+			if p.IncludeUsage {
+				b.WriteString(" include_usage")
+			}
+			if p.Upgrade426 {
+				b.WriteString(" upgrade_426")
+			}
+			b.WriteString("\n")
+		}
+	}
+	for _, p := range r.Providers() {
+		b.WriteString("provider " + p.Name + " " + p.BaseURL + " auth=" + p.Auth + " dialects=" + strings.Join(p.Dialects, ",") + "\n")
+	}
+	for _, h := range r.Harnesses() {
+		b.WriteString("harness " + h.Name + " dialects=" + strings.Join(h.Dialects, ",") + " provider=" + h.Provider + " base_env=" + h.BaseURLEnv + " key_env=" + h.KeyEnv + "\n")
+	}
+	golden := filepath.Join("testdata", "registry.golden.txt")
+	if *update {
+		os.MkdirAll("testdata", 0o755)
+		if err := os.WriteFile(golden, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test ./registry -update)", err)
+	}
+	if b.String() != string(want) {
+		t.Errorf("registry summary changed; review and run go test ./registry -update\n got:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+const minimal = `version: 1
+dialects:
+  openai-chat:
+    route: openai
+    error_shape: openai
+    paths:
+      - {path: /v1/chat/completions, methods: [POST], metered: true}
+    usage:
+      fields: {input: prompt_tokens, output: completion_tokens}
+      body: {usage: usage}
+providers:
+  openai:
+    base_url: https://api.openai.com
+    dialects: [openai-chat]
+    auth: bearer
+harnesses:
+  codex:
+    dialects: [openai-chat]
+    provider: openai
+    base_url_env: OPENAI_BASE_URL
+    key_env: OPENAI_API_KEY
+    key_header: authorization
+`
+
+// TestInvalidRegistriesListEveryProblem: each broken file is refused with
+// exactly its list of problems, each naming the item at fault.
+func TestInvalidRegistriesListEveryProblem(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(string) string
+		want []string
+	}{
+		{"WrongVersion", func(s string) string { return strings.Replace(s, "version: 1", "version: 2", 1) },
+			[]string{"version: must be 1, got 2"}},
+		{"UnknownField", func(s string) string {
+			return strings.Replace(s, "    auth: bearer", "    auth: bearer\n    colour: red", 1)
+		},
+			[]string{"providers.openai: field colour not found in type registry.Provider"}},
+		{"TopLevelTypo", func(s string) string { return strings.Replace(s, "harnesses:", "harnessess:", 1) },
+			[]string{"line 16: field harnessess not found at the top level"}},
+		{"NotYAML", func(string) string { return "version: [1" },
+			[]string{"line 1: did not find expected ',' or ']'"}},
+		{"ManyProblemsAtOnce", func(s string) string {
+			s = strings.Replace(s, "route: openai", "route: admin", 1)
+			s = strings.Replace(s, "auth: bearer", "auth: basic", 1)
+			s = strings.Replace(s, "base_url: https://api.openai.com", "base_url: api.openai.com", 1)
+			s = strings.Replace(s, "dialects: [openai-chat]\n    auth", "dialects: [openai-chat, klingon]\n    auth", 1)
+			s = strings.Replace(s, "key_env: OPENAI_API_KEY", "key_env: openai key", 1)
+			return s
+		}, []string{
+			`dialects.openai-chat.route: "admin" is reserved for tollgate itself`,
+			`providers.openai.base_url: "api.openai.com" is not an absolute http(s) URL`,
+			`providers.openai.dialects: unknown dialect "klingon"`,
+			`providers.openai.auth: "basic" is not one of x-api-key, bearer, x-goog-api-key`,
+			`harnesses.codex.key_env: "openai key" is not an environment variable name`,
+		}},
+		{"HarnessNamesUnknownThings", func(s string) string {
+			s = strings.Replace(s, "    dialects: [openai-chat]\n    provider: openai", "    dialects: [gemini]\n    provider: google", 1)
+			return s
+		}, []string{
+			`harnesses.codex.dialects: unknown dialect "gemini"`,
+			`harnesses.codex.provider: unknown provider "google"`,
+		}},
+		{"DuplicatePath", func(s string) string {
+			return strings.Replace(s, "      - {path: /v1/chat/completions, methods: [POST], metered: true}",
+				"      - {path: /v1/chat/completions, methods: [POST], metered: true}\n      - {path: /v1/chat/completions, methods: [POST]}", 1)
+		}, []string{"dialects.openai-chat.paths[1].path: POST /openai/v1/chat/completions is also served by dialects.openai-chat.paths[0]"}},
+		{"BadStreamRule", func(s string) string {
+			return strings.Replace(s, "      body: {usage: usage}", "      body: {usage: usage}\n      stream:\n        events:\n          - {type: x, merge: sum, end: maybe}", 1)
+		}, []string{
+			`dialects.openai-chat.usage.stream.events: merge "sum" is not replace or assign`,
+			`dialects.openai-chat.usage.stream.events: end "maybe" is not completed, incomplete or failed`,
+			`dialects.openai-chat.usage.stream.events: rule for type "x" needs stream.type_path`,
+		}},
+		{"AuthHeaderForwarded", func(s string) string {
+			return strings.Replace(s, "    auth: bearer", "    auth: bearer\n    forward_headers: [Authorization]", 1)
+		}, []string{`providers.openai.forward_headers: "Authorization" carries credentials and is never forwarded`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.edit(minimal)))
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("got %v, want a ValidationError", err)
+			}
+			if !reflect.DeepEqual(ve.Problems, tc.want) {
+				t.Errorf("problems:\n got %q\nwant %q", ve.Problems, tc.want)
+			}
+		})
+	}
+	if _, err := Parse([]byte(minimal)); err != nil {
+		t.Fatalf("the minimal file itself is invalid: %v", err)
+	}
+}
+
+// TestReloadKeepsTheOldRegistryOnABadEdit: a bad edit is refused, the old
+// registry keeps serving, a good edit is taken.
+func TestReloadKeepsTheOldRegistryOnABadEdit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "harnesses.yaml")
+	if err := os.WriteFile(path, []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHolder(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := h.Current()
+	os.WriteFile(path, []byte(strings.Replace(minimal, "auth: bearer", "auth: nope", 1)), 0o600)
+	if err := h.Reload(); err == nil {
+		t.Fatal("a bad edit was accepted")
+	}
+	if h.Current() != before {
+		t.Fatal("the old registry was replaced by a bad edit")
+	}
+	// A request that took the registry before a reload keeps it.
+	held := h.Current()
+	os.WriteFile(path, []byte(strings.Replace(minimal, "https://api.openai.com", "https://example.test", 1)), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.Watch(ctx, 10*time.Millisecond, nil)
+	deadline := time.Now().Add(2 * time.Second)
+	for h.Current() == before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	p, _ := h.Current().Provider("openai")
+	if p.BaseURL != "https://example.test" {
+		t.Fatalf("watch did not pick up the good edit: %s", p.BaseURL)
+	}
+	if hp, _ := held.Provider("openai"); hp.BaseURL != "https://api.openai.com" {
+		t.Errorf("a registry already taken changed under its holder")
+	}
+}
+
+func TestRouteMatching(t *testing.T) {
+	r, err := LoadFile("../harnesses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		method, path     string
+		ok               bool
+		dialect, rest, m string
+	}{
+		{"POST", "/anthropic/v1/messages", true, "anthropic-messages", "/v1/messages", ""},
+		{"POST", "/anthropic/v1/messages/count_tokens", true, "anthropic-messages", "/v1/messages/count_tokens", ""},
+		{"POST", "/openai/v1/responses", true, "openai-responses", "/v1/responses", ""},
+		{"GET", "/openai/v1/responses", true, "openai-responses", "/v1/responses", ""},
+		{"POST", "/openai/v1/chat/completions", true, "openai-chat", "/v1/chat/completions", ""},
+		{"POST", "/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent", true, "gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent", "gemini-2.5-pro"},
+		{"POST", "/gemini/v1beta/models/gemini-2.5-pro:explode", false, "", "", ""},
+		{"POST", "/gemini/v1beta/models/:generateContent", false, "", "", ""},
+		{"GET", "/openai/v1/chat/completions", false, "", "", ""},
+		{"POST", "/openai/v1/chat/completions/extra", false, "", "", ""},
+		{"POST", "/nope/v1/messages", false, "", "", ""},
+		{"POST", "/", false, "", "", ""},
+	} {
+		m, ok := r.Route(tc.method, tc.path)
+		if ok != tc.ok {
+			t.Errorf("%s %s: ok=%v, want %v", tc.method, tc.path, ok, tc.ok)
+			continue
+		}
+		if ok && (m.Dialect.Name != tc.dialect || m.Rest != tc.rest || m.Model != tc.m) {
+			t.Errorf("%s %s: got %s %s %q", tc.method, tc.path, m.Dialect.Name, m.Rest, m.Model)
+		}
+	}
+}
+
+// TestSetupComesFromTheRegistryAlone pins what `tollgate env` prints.
+func TestSetupComesFromTheRegistryAlone(t *testing.T) {
+	r, err := LoadFile("../harnesses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.Setup("claude-code", EnvOptions{ProxyURL: "https://proxy.example/", Token: "tgw_x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, e := range s.Env {
+		env[e.Name] = e.Value
+	}
+	if env["ANTHROPIC_BASE_URL"] != "https://proxy.example/anthropic" || env["ANTHROPIC_AUTH_TOKEN"] != "tgw_x" {
+		t.Errorf("claude-code env = %v", env)
+	}
+	if v, ok := env["ANTHROPIC_API_KEY"]; !ok || v != "" {
+		t.Errorf("ANTHROPIC_API_KEY must be exported empty so a stray key never travels: %v", env)
+	}
+	s, err = r.Setup("codex", EnvOptions{ProxyURL: "https://proxy.example", Token: "tgw_x", Model: "gpt-5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`base_url = "https://proxy.example/openai/v1"`, `wire_api = "responses"`, `env_key = "TOLLGATE_TOKEN"`, `model = "gpt-5"`} {
+		if !strings.Contains(s.Config, want) {
+			t.Errorf("codex config lacks %s:\n%s", want, s.Config)
+		}
+	}
+	if _, err := r.Setup("nope", EnvOptions{}); !errors.Is(err, ErrUnknownHarness) {
+		t.Errorf("unknown harness: %v", err)
+	}
+	if ShellQuote("it's") != `'it'\''s'` || ShellQuote("") != "''" || ShellQuote("a-b") != "a-b" {
+		t.Errorf("ShellQuote")
+	}
+}
