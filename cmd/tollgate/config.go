@@ -34,6 +34,9 @@ type options struct {
 	// use when neither is set, with a warning).
 	MasterKey     string
 	MasterKeyFile string
+	// PreviousKeys are older master keys still accepted for reading, comma
+	// separated, during a rotation (TOLLGATE_PREVIOUS_MASTER_KEYS).
+	PreviousKeys string
 	// AdminToken guards /admin/v1 (TOLLGATE_ADMIN_TOKEN); empty disables
 	// the admin HTTP API (the CLI still works against the database).
 	AdminToken string
@@ -82,6 +85,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.Prices, "prices", envOr("TOLLGATE_PRICES", ""), "price table file; empty uses the built-in one (TOLLGATE_PRICES)")
 	fs.StringVar(&o.MasterKey, "master-key", envOr("TOLLGATE_MASTER_KEY", ""), "32-byte master key, base64 or hex (TOLLGATE_MASTER_KEY)")
 	fs.StringVar(&o.MasterKeyFile, "master-key-file", envOr("TOLLGATE_MASTER_KEY_FILE", ""), "file holding the master key (TOLLGATE_MASTER_KEY_FILE)")
+	fs.StringVar(&o.PreviousKeys, "previous-master-keys", envOr("TOLLGATE_PREVIOUS_MASTER_KEYS", ""), "older master keys still accepted, comma separated (TOLLGATE_PREVIOUS_MASTER_KEYS)")
 	fs.StringVar(&o.AdminToken, "admin-token", envOr("TOLLGATE_ADMIN_TOKEN", ""), "bearer token for /admin/v1 (TOLLGATE_ADMIN_TOKEN)")
 	fs.StringVar(&o.PublicURL, "public-url", envOr("TOLLGATE_PUBLIC_URL", ""), "URL workspaces use to reach tollgate (TOLLGATE_PUBLIC_URL)")
 	fs.StringVar(&o.Spool, "spool", envOr("TOLLGATE_SPOOL", "./data/spool"), "usage spool directory (TOLLGATE_SPOOL)")

@@ -31,7 +31,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	dialect := fs.String("dialect", "", "dialect name from harnesses.yaml")
 	harness := fs.String("harness", "", "narrow the binding to one harness")
 	inactive := fs.Bool("inactive", false, "create the binding inactive (on a project: the provider is off for it)")
-	newKeyFile := fs.String("new-key-file", "", "rotate-key: file holding the new master key")
+	fromKeyFile := fs.String("from-key-file", "", "rotate-key: file holding the OLD master key; the configured master key is the new one")
 	format := fs.String("format", "table", "table or json")
 	pos, err := parseFlags(fs, args[1:])
 	if err != nil {
@@ -59,6 +59,21 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			return "", usageErr("credential %s needs one credential id", sub)
 		}
 		return pos[0], nil
+	}
+	var oldKey []byte
+	if sub == "rotate-key" {
+		if *fromKeyFile == "" {
+			return usageErr("credential rotate-key needs --from-key-file OLD (the configured master key is the new one)")
+		}
+		raw, err := os.ReadFile(*fromKeyFile)
+		if err != nil {
+			return err
+		}
+		if oldKey, err = resolver.ParseMasterKey(strings.TrimSpace(string(raw))); err != nil {
+			return fmt.Errorf("old master key: %w", err)
+		}
+		// Opening the store with the new key needs the old one accepted.
+		o.PreviousKeys = strings.Trim(o.PreviousKeys+","+strings.TrimSpace(string(raw)), ",")
 	}
 	return withDeps(ctx, fs, &o, stderr, func(d *deps) error {
 		svc := d.resolver
@@ -171,31 +186,19 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			}
 			return tw.Flush()
 		case "rotate-key":
-			if *newKeyFile == "" {
-				return usageErr("credential rotate-key needs --new-key-file F")
-			}
-			raw, err := os.ReadFile(*newKeyFile)
+			newText, err := o.masterKey(d.log)
 			if err != nil {
 				return err
 			}
-			newKey, err := resolver.ParseMasterKey(strings.TrimSpace(string(raw)))
-			if err != nil {
-				return fmt.Errorf("new master key: %w", err)
-			}
-			oldText, err := o.masterKey(d.log)
-			if err != nil {
-				return err
-			}
-			oldKey, err := resolver.ParseMasterKey(oldText)
+			newKey, err := resolver.ParseMasterKey(newText)
 			if err != nil {
 				return err
 			}
 			if err := svc.RotateKey(ctx, oldKey, newKey); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "every credential is now encrypted with the new key.\n"+
-				"Point TOLLGATE_MASTER_KEY_FILE at %s (or set TOLLGATE_MASTER_KEY to its content) and restart;\n"+
-				"set TOLLGATE_PREVIOUS_MASTER_KEYS to the old key until tokens issued before today expire.\n", *newKeyFile)
+			fmt.Fprintln(stdout, "every credential is now encrypted with the configured master key.\n"+
+				"Keep the old key in TOLLGATE_PREVIOUS_MASTER_KEYS until tokens issued before the rotation expire (at most 30 days).")
 			return nil
 		}
 		return usageErr("unknown credential subcommand %q", sub)

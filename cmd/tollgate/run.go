@@ -27,7 +27,7 @@ Usage:
   tollgate credential list | disable ID | enable ID | delete ID
   tollgate credential bind --credential ID --dialect D (--project P | --user U | --platform) [--harness H] [--inactive]
   tollgate credential unbind ID | activate ID | deactivate ID | bindings
-  tollgate credential rotate-key --new-key-file F
+  tollgate credential rotate-key --from-key-file OLD
   tollgate resolve --project P --user U
   tollgate usage [--from DATE] [--to DATE] [--group-by model,project,...] [--format table|json|csv]
   tollgate version

@@ -185,3 +185,29 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatalf("bad registry: %d %s", code, errb.String())
 	}
 }
+
+// TestRotateKeyKeepsCredentialsReadable: after rotate-key, the new key alone
+// reads every credential and the old one is refused.
+func TestRotateKeyKeepsCredentialsReadable(t *testing.T) {
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
+	c := newCLI(t, fakeURL)
+	ctx := context.Background()
+	if _, errs, code := c.run(ctx, "sk-ant-api03-rotate-me-0000000000\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
+		t.Fatalf("credential set: %s", errs)
+	}
+	oldFile := filepath.Join(t.TempDir(), "old.key")
+	os.WriteFile(oldFile, []byte(testMasterKey+"\n"), 0o600)
+	const newKey = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+	c.env["TOLLGATE_MASTER_KEY"] = newKey
+	if out, errs, code := c.run(ctx, "", "credential", "rotate-key", "--from-key-file", oldFile); code != 0 {
+		t.Fatalf("rotate-key: %d %s %s", code, out, errs)
+	}
+	out, errs, code := c.run(ctx, "", "resolve", "--project", "p", "--user", "u", "--format", "json")
+	if code != 0 || !strings.Contains(out, `"source": "platform"`) {
+		t.Fatalf("resolve with the new key: %d %s %s", code, out, errs)
+	}
+	c.env["TOLLGATE_MASTER_KEY"] = testMasterKey
+	if _, errs, code := c.run(ctx, "", "resolve", "--project", "p", "--user", "u"); code == 0 || !strings.Contains(errs, "master key") {
+		t.Fatalf("the old key still opens the store: %d %s", code, errs)
+	}
+}

@@ -67,8 +67,18 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		d.Close()
 		return nil, fmt.Errorf("master key: %w", err)
 	}
+	var prev [][]byte
+	for _, s := range splitList(o.PreviousKeys) {
+		k, err := resolver.ParseMasterKey(s)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("previous master key: %w", err)
+		}
+		prev = append(prev, k)
+	}
 	svc, err := resolver.New(ctx, resolver.Config{
 		MasterKey:        key,
+		PreviousKeys:     prev,
 		AllowHTTPBaseURL: o.AllowHTTPBaseURL,
 	}, resolver.Deps{DB: db, Registry: reg, Log: log})
 	if err != nil {
@@ -101,7 +111,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 
-	d.resolver.Start(bg)
+	if err := d.resolver.Start(bg); err != nil {
+		return err
+	}
 
 	prices, err := loadPrices(&o, log)
 	if err != nil {

@@ -1,0 +1,551 @@
+package resolver
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/registry"
+)
+
+// Credential kinds. Only API keys exist today; the kind column leaves room
+// for OAuth credentials, which must never go through the key swap.
+const (
+	KindAPIKey = "api_key"
+)
+
+// Tiers a binding places a credential at, in resolution order.
+const (
+	TierProject  = "project"
+	TierUser     = "user"
+	TierPlatform = "platform"
+)
+
+// maxSecretLen bounds a stored secret; provider keys are under 200 bytes
+// and OAuth blobs a few KiB.
+const maxSecretLen = 8 << 10
+
+// last4MinLen is the shortest secret whose last four characters are shown
+// in listings: for shorter ones four characters give away too much.
+const last4MinLen = 12
+
+// CredentialSpec describes a credential to create.
+type CredentialSpec struct {
+	// Name is a label for listings.
+	Name string
+	// Provider is a registry provider name. Required.
+	Provider string
+	// Kind is KindAPIKey (the default when empty).
+	Kind string
+	// Secret is the key. Surrounding whitespace is dropped; it must then
+	// be printable ASCII without spaces, so it cannot smuggle a header.
+	Secret Secret
+	// BaseURL optionally overrides the provider's base URL. It must be
+	// https (http only with Config.AllowHTTPBaseURL), without credentials,
+	// query or fragment.
+	BaseURL string
+}
+
+// Credential describes a stored credential. It never holds the secret.
+type Credential struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Provider string `json:"provider"`
+	Kind     string `json:"kind"`
+	BaseURL  string `json:"base_url,omitempty"`
+	// Last4 is the secret's last four characters, empty for short secrets.
+	Last4 string `json:"last4,omitempty"`
+	// KeyID names the master key the secret is encrypted with.
+	KeyID      string    `json:"key_id"`
+	Disabled   bool      `json:"disabled"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	LastUsedAt time.Time `json:"last_used_at,omitzero"`
+}
+
+// BindingKey identifies a binding: one per tier, scope, dialect and harness.
+type BindingKey struct {
+	// Tier is TierProject, TierUser or TierPlatform.
+	Tier string `json:"tier"`
+	// ScopeID is the project id (project tier) or the user id (user tier);
+	// empty for the platform tier.
+	ScopeID string `json:"scope_id,omitempty"`
+	// Dialect is a registry dialect name.
+	Dialect string `json:"dialect"`
+	// Harness narrows the binding to one harness; empty means every
+	// harness on the dialect.
+	Harness string `json:"harness,omitempty"`
+}
+
+// Binding places a credential at a tier for a dialect.
+type Binding struct {
+	BindingKey
+	CredentialID string    `json:"credential_id"`
+	Active       bool      `json:"active"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// BindingFilter narrows ListBindings; empty fields match everything.
+type BindingFilter struct {
+	Tier         string
+	ScopeID      string
+	Dialect      string
+	CredentialID string
+}
+
+func (s *Service) checkSecret(sec Secret) (string, error) {
+	v := strings.TrimSpace(sec.Reveal())
+	switch {
+	case v == "":
+		return "", fmt.Errorf("%w: secret is empty", ErrInvalidArgument)
+	case len(v) > maxSecretLen:
+		return "", fmt.Errorf("%w: secret is longer than %d bytes", ErrInvalidArgument, maxSecretLen)
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x21 || v[i] > 0x7e {
+			return "", fmt.Errorf("%w: secret must be printable ASCII without spaces", ErrInvalidArgument)
+		}
+	}
+	return v, nil
+}
+
+// checkBaseURL validates an override at write time and again at use. Its
+// messages never repeat the URL, which could carry credentials.
+func (s *Service) checkBaseURL(raw string) (string, error) {
+	if raw == "" {
+		return "", nil
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || u.Host == "":
+		return "", fmt.Errorf("%w: base URL is not an absolute URL", ErrInvalidArgument)
+	case u.User != nil:
+		return "", fmt.Errorf("%w: base URL must not carry credentials", ErrInvalidArgument)
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return "", fmt.Errorf("%w: base URL must not carry a query or fragment", ErrInvalidArgument)
+	case u.Scheme == "https":
+	case u.Scheme == "http" && s.cfg.AllowHTTPBaseURL:
+	default:
+		return "", fmt.Errorf("%w: base URL must be https", ErrInvalidArgument)
+	}
+	return strings.TrimRight(raw, "/"), nil
+}
+
+func last4(v string) string {
+	if len(v) < last4MinLen {
+		return ""
+	}
+	return v[len(v)-4:]
+}
+
+// CreateCredential stores a credential, its secret encrypted with the
+// master key. The provider must be in the registry.
+func (s *Service) CreateCredential(ctx context.Context, spec CredentialSpec) (Credential, error) {
+	c, plain, err := s.prepareCredential(spec)
+	if err != nil {
+		return Credential{}, fmt.Errorf("create credential: %w", err)
+	}
+	err = s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+		return s.insertCredential(ctx, tx, &c, plain)
+	})
+	if err != nil {
+		return Credential{}, fmt.Errorf("create credential: %w", err)
+	}
+	return c, nil
+}
+
+func (s *Service) prepareCredential(spec CredentialSpec) (Credential, string, error) {
+	kind := spec.Kind
+	if kind == "" {
+		kind = KindAPIKey
+	}
+	if kind != KindAPIKey {
+		return Credential{}, "", fmt.Errorf("%w: kind %q is not %s", ErrInvalidArgument, kind, KindAPIKey)
+	}
+	if _, err := s.reg.Current().Provider(spec.Provider); err != nil {
+		return Credential{}, "", fmt.Errorf("provider %q: %w", spec.Provider, err)
+	}
+	plain, err := s.checkSecret(spec.Secret)
+	if err != nil {
+		return Credential{}, "", err
+	}
+	base, err := s.checkBaseURL(spec.BaseURL)
+	if err != nil {
+		return Credential{}, "", err
+	}
+	id, err := newID("cred_")
+	if err != nil {
+		return Credential{}, "", err
+	}
+	now := s.now()
+	return Credential{
+		ID: id, Name: spec.Name, Provider: spec.Provider, Kind: kind, BaseURL: base,
+		Last4: last4(plain), CreatedAt: now, UpdatedAt: now,
+	}, plain, nil
+}
+
+func (s *Service) insertCredential(ctx context.Context, tx *sql.Tx, c *Credential, plain string) error {
+	k := s.keys.Load().current
+	ct, err := k.seal(c.ID, plain)
+	if err != nil {
+		return err
+	}
+	c.KeyID = k.id
+	_, err = tx.ExecContext(ctx, `INSERT INTO resolver_credentials
+		(id, name, provider, kind, base_url, key_id, ciphertext, last4, disabled, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		c.ID, c.Name, c.Provider, c.Kind, c.BaseURL, c.KeyID, ct, c.Last4, c.Disabled, c.CreatedAt, c.UpdatedAt)
+	return err
+}
+
+const credentialColumns = `id, name, provider, kind, base_url, last4, key_id, disabled, created_at, updated_at, last_used_at`
+
+type scanner interface{ Scan(...any) error }
+
+func (s *Service) scanCredential(r scanner) (Credential, error) {
+	var c Credential
+	var used sql.NullTime
+	if err := r.Scan(&c.ID, &c.Name, &c.Provider, &c.Kind, &c.BaseURL, &c.Last4, &c.KeyID, &c.Disabled, &c.CreatedAt, &c.UpdatedAt, &used); err != nil {
+		return Credential{}, err
+	}
+	c.CreatedAt, c.UpdatedAt = c.CreatedAt.UTC(), c.UpdatedAt.UTC()
+	if used.Valid {
+		c.LastUsedAt = used.Time.UTC()
+	}
+	if p, ok := s.usage.pendingCred(c.ID); ok && p.After(c.LastUsedAt) {
+		c.LastUsedAt = p
+	}
+	return c, nil
+}
+
+// GetCredential returns the credential with id, without its secret, or
+// ErrCredentialNotFound.
+func (s *Service) GetCredential(ctx context.Context, id string) (Credential, error) {
+	c, err := s.scanCredential(s.db.QueryRowContext(ctx, `SELECT `+credentialColumns+` FROM resolver_credentials WHERE id = $1`, id))
+	if isNoRows(err) {
+		return Credential{}, fmt.Errorf("credential %s: %w", id, ErrCredentialNotFound)
+	}
+	if err != nil {
+		return Credential{}, fmt.Errorf("credential %s: %w", id, err)
+	}
+	return c, nil
+}
+
+// ListCredentials lists every credential, oldest first, without secrets.
+func (s *Service) ListCredentials(ctx context.Context) ([]Credential, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+credentialColumns+` FROM resolver_credentials ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list credentials: %w", err)
+	}
+	defer rows.Close()
+	var out []Credential
+	for rows.Next() {
+		c, err := s.scanCredential(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list credentials: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list credentials: %w", err)
+	}
+	return out, nil
+}
+
+// DisableCredential stops a credential from resolving: a project binding
+// on it halts, a user or platform binding on it falls through.
+func (s *Service) DisableCredential(ctx context.Context, id string) error {
+	return s.setDisabled(ctx, id, true)
+}
+
+// EnableCredential undoes DisableCredential.
+func (s *Service) EnableCredential(ctx context.Context, id string) error {
+	return s.setDisabled(ctx, id, false)
+}
+
+func (s *Service) setDisabled(ctx context.Context, id string, disabled bool) error {
+	err := s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE resolver_credentials SET disabled = $1, updated_at = $2 WHERE id = $3`, disabled, s.now(), id)
+		return mustAffect(res, err, ErrCredentialNotFound)
+	})
+	if err != nil {
+		return fmt.Errorf("credential %s: %w", id, err)
+	}
+	return nil
+}
+
+// SetCredentialSecret replaces a credential's secret (a key rotation at
+// the provider), keeping its id and bindings.
+func (s *Service) SetCredentialSecret(ctx context.Context, id string, secret Secret) error {
+	plain, err := s.checkSecret(secret)
+	if err != nil {
+		return fmt.Errorf("credential %s: %w", id, err)
+	}
+	err = s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+		return s.updateSecret(ctx, tx, id, plain)
+	})
+	if err != nil {
+		return fmt.Errorf("credential %s: %w", id, err)
+	}
+	return nil
+}
+
+func (s *Service) updateSecret(ctx context.Context, tx *sql.Tx, id, plain string) error {
+	k := s.keys.Load().current
+	ct, err := k.seal(id, plain)
+	if err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE resolver_credentials SET key_id = $1, ciphertext = $2, last4 = $3, disabled = $4, updated_at = $5 WHERE id = $6`,
+		k.id, ct, last4(plain), false, s.now(), id)
+	return mustAffect(res, err, ErrCredentialNotFound)
+}
+
+// DeleteCredential deletes a credential and deactivates, in the same
+// transaction, every binding that used it. The bindings stay, so listings
+// show what lost its key, and a project whose key was deleted halts instead
+// of silently moving its spend to the user's or the platform's key. Unbind
+// them to let the project fall through; SetBindingActive refuses to
+// reactivate a binding whose credential is gone.
+func (s *Service) DeleteCredential(ctx context.Context, id string) error {
+	err := s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_credentials WHERE id = $1`, id)
+		if err := mustAffect(res, err, ErrCredentialNotFound); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2 WHERE credential_id = $3`, false, s.now(), id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("delete credential %s: %w", id, err)
+	}
+	return nil
+}
+
+// platformCredentialName names the credential SetPlatformKey manages.
+func platformCredentialName(provider string) string { return "platform-" + provider }
+
+// SetPlatformKey stores secret as the platform credential of provider and
+// binds it, active, at the platform tier for every dialect the provider
+// speaks (dialect-wide). Running it again replaces the secret of the same
+// credential. A platform binding another credential held for one of those
+// dialects is replaced: the last provider set wins per dialect.
+func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Secret) (Credential, error) {
+	p, err := s.reg.Current().Provider(provider)
+	if err != nil {
+		return Credential{}, fmt.Errorf("set platform key: provider %q: %w", provider, err)
+	}
+	c, plain, err := s.prepareCredential(CredentialSpec{Name: platformCredentialName(provider), Provider: provider, Secret: secret})
+	if err != nil {
+		return Credential{}, fmt.Errorf("set platform key: %w", err)
+	}
+	err = s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+		var existing string
+		err := tx.QueryRowContext(ctx, `SELECT id FROM resolver_credentials WHERE name = $1 AND provider = $2 ORDER BY created_at, id LIMIT 1`,
+			c.Name, provider).Scan(&existing)
+		switch {
+		case isNoRows(err):
+			if err := s.insertCredential(ctx, tx, &c, plain); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		default:
+			c.ID = existing
+			if err := s.updateSecret(ctx, tx, existing, plain); err != nil {
+				return err
+			}
+		}
+		for _, d := range p.Dialects {
+			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, c.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Credential{}, fmt.Errorf("set platform key: %w", err)
+	}
+	return s.GetCredential(ctx, c.ID)
+}
+
+func (s *Service) validateBindingKey(reg *registry.Registry, k BindingKey) error {
+	var probs []string
+	switch k.Tier {
+	case TierProject, TierUser:
+		if k.ScopeID == "" {
+			probs = append(probs, fmt.Sprintf("tier %s needs a scope id", k.Tier))
+		}
+	case TierPlatform:
+		if k.ScopeID != "" {
+			probs = append(probs, "tier platform takes no scope id")
+		}
+	default:
+		probs = append(probs, fmt.Sprintf("tier %q is not project, user or platform", k.Tier))
+	}
+	if len(probs) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidArgument, strings.Join(probs, "; "))
+	}
+	if _, err := reg.Dialect(k.Dialect); err != nil {
+		return fmt.Errorf("dialect %q: %w", k.Dialect, err)
+	}
+	if k.Harness != "" {
+		h, err := reg.Harness(k.Harness)
+		if err != nil {
+			return fmt.Errorf("harness %q: %w", k.Harness, err)
+		}
+		if !h.SpeaksDialect(k.Dialect) {
+			return fmt.Errorf("harness %q does not speak %q: %w", k.Harness, k.Dialect, ErrDialectMismatch)
+		}
+	}
+	return nil
+}
+
+// Bind places credentialID at k, active, replacing the credential of an
+// existing binding with the same key. The credential's provider must speak
+// k.Dialect and the harness, if any, must exist and speak it
+// (ErrDialectMismatch): checked here, once, not on every request.
+func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (Binding, error) {
+	reg := s.reg.Current()
+	if err := s.validateBindingKey(reg, k); err != nil {
+		return Binding{}, fmt.Errorf("bind: %w", err)
+	}
+	var b Binding
+	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+		var provider string
+		if err := tx.QueryRowContext(ctx, `SELECT provider FROM resolver_credentials WHERE id = $1`, credentialID).Scan(&provider); err != nil {
+			if isNoRows(err) {
+				return fmt.Errorf("credential %s: %w", credentialID, ErrCredentialNotFound)
+			}
+			return err
+		}
+		p, err := reg.Provider(provider)
+		if err != nil {
+			return fmt.Errorf("credential %s: provider %q: %w", credentialID, provider, err)
+		}
+		if !p.Speaks(k.Dialect) {
+			return fmt.Errorf("provider %q of credential %s does not speak %q: %w", provider, credentialID, k.Dialect, ErrDialectMismatch)
+		}
+		b, err = s.upsertBinding(ctx, tx, k, credentialID)
+		return err
+	})
+	if err != nil {
+		return Binding{}, fmt.Errorf("bind: %w", err)
+	}
+	return b, nil
+}
+
+func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, credentialID string) (Binding, error) {
+	now := s.now()
+	b := Binding{BindingKey: k, CredentialID: credentialID, Active: true, UpdatedAt: now}
+	err := tx.QueryRowContext(ctx, `INSERT INTO resolver_bindings
+		(tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (tier, scope_id, dialect, harness) DO UPDATE SET
+			credential_id = excluded.credential_id, active = excluded.active, updated_at = excluded.updated_at
+		RETURNING created_at`,
+		k.Tier, k.ScopeID, k.Dialect, k.Harness, credentialID, true, now, now).Scan(&b.CreatedAt)
+	b.CreatedAt = b.CreatedAt.UTC()
+	return b, err
+}
+
+// Unbind removes the binding at k, or returns ErrBindingNotFound.
+func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
+	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
+			k.Tier, k.ScopeID, k.Dialect, k.Harness)
+		return mustAffect(res, err, ErrBindingNotFound)
+	})
+	if err != nil {
+		return fmt.Errorf("unbind: %w", err)
+	}
+	return nil
+}
+
+// SetBindingActive activates or deactivates the binding at k. An inactive
+// project binding halts resolution; an inactive user or platform binding
+// is skipped. Activating a binding whose credential was deleted returns
+// ErrCredentialNotFound.
+func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active bool) error {
+	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+		var credID string
+		err := tx.QueryRowContext(ctx, `SELECT credential_id FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
+			k.Tier, k.ScopeID, k.Dialect, k.Harness).Scan(&credID)
+		if isNoRows(err) {
+			return ErrBindingNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if active {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM resolver_credentials WHERE id = $1`, credID).Scan(&n); err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("credential %s: %w", credID, ErrCredentialNotFound)
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2 WHERE tier = $3 AND scope_id = $4 AND dialect = $5 AND harness = $6`,
+			active, s.now(), k.Tier, k.ScopeID, k.Dialect, k.Harness)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set binding active: %w", err)
+	}
+	return nil
+}
+
+// ListBindings lists bindings matching f, in tier order.
+func (s *Service) ListBindings(ctx context.Context, f BindingFilter) ([]Binding, error) {
+	q := `SELECT tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at FROM resolver_bindings WHERE 1 = 1`
+	var args []any
+	add := func(col, v string) {
+		if v != "" {
+			args = append(args, v)
+			q += fmt.Sprintf(" AND %s = $%d", col, len(args))
+		}
+	}
+	add("tier", f.Tier)
+	add("scope_id", f.ScopeID)
+	add("dialect", f.Dialect)
+	add("credential_id", f.CredentialID)
+	q += ` ORDER BY CASE tier WHEN 'project' THEN 0 WHEN 'user' THEN 1 ELSE 2 END, scope_id, dialect, harness`
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list bindings: %w", err)
+	}
+	defer rows.Close()
+	var out []Binding
+	for rows.Next() {
+		var b Binding
+		if err := rows.Scan(&b.Tier, &b.ScopeID, &b.Dialect, &b.Harness, &b.CredentialID, &b.Active, &b.CreatedAt, &b.UpdatedAt); err != nil {
+			return nil, fmt.Errorf("list bindings: %w", err)
+		}
+		b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list bindings: %w", err)
+	}
+	return out, nil
+}
+
+// mustAffect turns "no row changed" into notFound.
+func mustAffect(res sql.Result, err error, notFound error) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return notFound
+	}
+	return nil
+}

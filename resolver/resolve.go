@@ -1,0 +1,357 @@
+package resolver
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/registry"
+)
+
+// Sources of a Resolution: the tier that pays, or why none does.
+const (
+	SourceProject    = TierProject
+	SourceUser       = TierUser
+	SourcePlatform   = TierPlatform
+	SourceHalted     = "halted"
+	SourceUnresolved = "unresolved"
+)
+
+// Reasons a binding was not used. On a halted or unresolved Resolution the
+// reason says why nothing pays; on a resolved one it says why a preferred
+// binding was skipped (empty when none was).
+const (
+	// ReasonBindingInactive: the binding is deactivated (or its credential
+	// was deleted, which deactivates it).
+	ReasonBindingInactive = "binding-inactive"
+	// ReasonCredentialDisabled: the credential is disabled, or missing.
+	ReasonCredentialDisabled = "credential-disabled"
+	// ReasonCredentialUnusable: the credential does not decrypt with the
+	// configured master keys, or its base URL is refused at use. Logged
+	// once, without the secret.
+	ReasonCredentialUnusable = "credential-unusable"
+	// ReasonDialectMismatch: the credential's provider no longer speaks the
+	// dialect (the registry changed after Bind).
+	ReasonDialectMismatch = "dialect-mismatch"
+	// ReasonNone: no binding exists at any tier.
+	ReasonNone = "none"
+)
+
+// Request is what a resolution depends on.
+type Request struct {
+	// Project is the caller's project; empty skips the project tier.
+	Project string
+	// User is the caller; empty skips the user tier.
+	User string
+	// Harness is the calling harness, if known; harness-specific bindings
+	// win over dialect-wide ones at each tier.
+	Harness string
+	// Dialect is the registry dialect of the route. Required.
+	Dialect string
+}
+
+// Target is the upstream credential a request uses.
+type Target struct {
+	// Provider is the registry provider name.
+	Provider string
+	// BaseURL overrides the provider's base URL; empty means the
+	// provider's own.
+	BaseURL string
+	// Secret is the key to inject.
+	Secret Secret
+	// Tier is TierProject, TierUser or TierPlatform.
+	Tier string
+	// CredentialID names the credential, for usage records.
+	CredentialID string
+}
+
+// Resolution explains how one (harness, dialect) resolves for a project
+// and user: the row of the resolution-status view.
+type Resolution struct {
+	// Harness is empty on a dialect-wide row.
+	Harness string `json:"harness"`
+	Dialect string `json:"dialect"`
+	// Source is SourceProject, SourceUser, SourcePlatform, SourceHalted or
+	// SourceUnresolved.
+	Source string `json:"source"`
+	// CredentialID and Provider name the credential that pays or, on a
+	// halted row, the one that halted.
+	CredentialID string `json:"credential_id,omitempty"`
+	Provider     string `json:"provider,omitempty"`
+	// Reason is one of the Reason constants, or empty.
+	Reason string `json:"reason,omitempty"`
+}
+
+// ResolveError is the error of a resolution that found no credential. It
+// wraps ErrHalted or ErrNoCredential.
+type ResolveError struct {
+	Dialect string
+	// Source is SourceHalted or SourceUnresolved.
+	Source string
+	// Reason is one of the Reason constants.
+	Reason string
+	// Err is ErrHalted or ErrNoCredential.
+	Err error
+}
+
+func (e *ResolveError) Error() string {
+	return fmt.Sprintf("resolve %s: %s (%s)", e.Dialect, e.Err, e.Reason)
+}
+
+// Unwrap returns ErrHalted or ErrNoCredential.
+func (e *ResolveError) Unwrap() error { return e.Err }
+
+// resolveKey is comparable, so a cache hit hashes four strings and
+// allocates nothing.
+type resolveKey struct {
+	project, user, harness, dialect string
+}
+
+// resolveEntry is one computed resolution. It is immutable once cached.
+type resolveEntry struct {
+	gen    uint64
+	reg    *registry.Registry // the registry it was computed under
+	until  time.Time
+	res    Resolution
+	target Target
+	err    error
+}
+
+// Resolve picks the credential that pays for req:
+//
+//   - project tier, harness-specific binding before dialect-wide: the first
+//     one present decides; if it is inactive, or its credential missing,
+//     disabled or unusable, resolution halts (ErrHalted) and never falls
+//     through;
+//   - user tier, same order: an unusable binding is skipped;
+//   - platform tier, same order: likewise;
+//   - otherwise ErrNoCredential.
+//
+// Errors are *ResolveError values wrapping those sentinels. Answers are
+// cached per (project, user, harness, dialect): successes for
+// Config.ResolveCacheTTL, failures for Config.NegativeTTL, until a write
+// invalidates them. ResolutionView runs the same code.
+func (s *Service) Resolve(ctx context.Context, req Request) (Target, error) {
+	now := s.now()
+	e, err := s.lookup(ctx, req, now)
+	if err != nil {
+		return Target{}, err
+	}
+	if e.err != nil {
+		return Target{}, e.err
+	}
+	s.usage.markCred(e.target.CredentialID, now)
+	return e.target, nil
+}
+
+// lookup is the one resolution path: Resolve and ResolutionView both use
+// it, so a request and the status view cannot disagree.
+func (s *Service) lookup(ctx context.Context, req Request, now time.Time) (*resolveEntry, error) {
+	reg := s.reg.Current()
+	k := resolveKey{req.Project, req.User, req.Harness, req.Dialect}
+	gen := s.resGen.Load()
+	if e, ok := s.resolved.Get(k); ok && e.gen == gen && e.reg == reg && now.Before(e.until) {
+		return e, nil
+	}
+	// The caller's strings may be views into reused buffers (fiber):
+	// copy before they are kept.
+	req = Request{strings.Clone(req.Project), strings.Clone(req.User), strings.Clone(req.Harness), strings.Clone(req.Dialect)}
+	e, err := s.compute(ctx, reg, req)
+	if err != nil {
+		return nil, err
+	}
+	if s.hookBeforeCache != nil {
+		s.hookBeforeCache()
+	}
+	e.gen, e.reg = gen, reg
+	if e.err != nil {
+		e.until = now.Add(s.cfg.NegativeTTL)
+	} else {
+		e.until = now.Add(s.cfg.ResolveCacheTTL)
+	}
+	s.resolved.Add(resolveKey{req.Project, req.User, req.Harness, req.Dialect}, e)
+	return e, nil
+}
+
+// resolveQuery loads every binding that can apply to a request, with its
+// credential. Project and user scope ids are never empty (Bind checks), so
+// an empty Project or User matches no row of that tier.
+const resolveQuery = `SELECT b.tier, b.harness, b.active, b.credential_id,
+		c.id, c.provider, c.base_url, c.key_id, c.ciphertext, c.disabled
+	FROM resolver_bindings b LEFT JOIN resolver_credentials c ON c.id = b.credential_id
+	WHERE b.dialect = $1 AND (b.harness = $2 OR b.harness = '')
+		AND ((b.tier = 'project' AND b.scope_id = $3) OR (b.tier = 'user' AND b.scope_id = $4) OR (b.tier = 'platform' AND b.scope_id = ''))`
+
+// candidate is a binding that applies to a request, with its credential.
+type candidate struct {
+	tier, harness, credID string
+	active                bool
+	credFound             bool
+	provider, baseURL     string
+	keyID, ciphertext     string
+	disabled              bool
+}
+
+func (s *Service) compute(ctx context.Context, reg *registry.Registry, req Request) (*resolveEntry, error) {
+	if _, err := reg.Dialect(req.Dialect); err != nil {
+		return nil, fmt.Errorf("resolve %q: %w", req.Dialect, err)
+	}
+	rows, err := s.stmtResolve.QueryContext(ctx,
+		req.Dialect, req.Harness, req.Project, req.User)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", req.Dialect, err)
+	}
+	defer rows.Close()
+	// slots: [tier][0 harness-specific, 1 dialect-wide]
+	var slots [3][2]*candidate
+	for rows.Next() {
+		c := &candidate{}
+		var id, provider, baseURL, keyID, ct sql.NullString
+		var disabled sql.NullBool
+		if err := rows.Scan(&c.tier, &c.harness, &c.active, &c.credID, &id, &provider, &baseURL, &keyID, &ct, &disabled); err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", req.Dialect, err)
+		}
+		c.credFound = id.Valid
+		c.provider, c.baseURL, c.keyID, c.ciphertext, c.disabled = provider.String, baseURL.String, keyID.String, ct.String, disabled.Bool
+		t := tierIndex(c.tier)
+		if t < 0 {
+			continue
+		}
+		w := 1
+		if c.harness != "" {
+			w = 0
+		}
+		slots[t][w] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", req.Dialect, err)
+	}
+
+	e := &resolveEntry{res: Resolution{Harness: req.Harness, Dialect: req.Dialect}}
+	if c := preferred(slots[0]); c != nil {
+		t, reason := s.materialise(reg, req, c)
+		if reason != "" {
+			e.res.Source, e.res.Reason, e.res.CredentialID, e.res.Provider = SourceHalted, reason, c.credID, c.provider
+			e.err = &ResolveError{Dialect: req.Dialect, Source: SourceHalted, Reason: reason, Err: ErrHalted}
+			return e, nil
+		}
+		return e.resolved(t, ""), nil
+	}
+	skipped := ""
+	for tier := 1; tier < 3; tier++ {
+		for _, c := range slots[tier] {
+			if c == nil {
+				continue
+			}
+			t, reason := s.materialise(reg, req, c)
+			if reason == "" {
+				return e.resolved(t, skipped), nil
+			}
+			if skipped == "" {
+				skipped = reason
+			}
+		}
+	}
+	if skipped == "" {
+		skipped = ReasonNone
+	}
+	e.res.Source, e.res.Reason = SourceUnresolved, skipped
+	e.err = &ResolveError{Dialect: req.Dialect, Source: SourceUnresolved, Reason: skipped, Err: ErrNoCredential}
+	return e, nil
+}
+
+func (e *resolveEntry) resolved(t Target, skipped string) *resolveEntry {
+	e.target = t
+	e.res.Source, e.res.CredentialID, e.res.Provider, e.res.Reason = t.Tier, t.CredentialID, t.Provider, skipped
+	return e
+}
+
+func tierIndex(t string) int {
+	switch t {
+	case TierProject:
+		return 0
+	case TierUser:
+		return 1
+	case TierPlatform:
+		return 2
+	}
+	return -1
+}
+
+// preferred returns the harness-specific candidate if present, else the
+// dialect-wide one.
+func preferred(slot [2]*candidate) *candidate {
+	if slot[0] != nil {
+		return slot[0]
+	}
+	return slot[1]
+}
+
+// materialise turns a candidate into a Target, or says why it cannot. Only
+// the winning candidate is decrypted.
+func (s *Service) materialise(reg *registry.Registry, req Request, c *candidate) (Target, string) {
+	switch {
+	case !c.active:
+		return Target{}, ReasonBindingInactive
+	case !c.credFound || c.disabled:
+		return Target{}, ReasonCredentialDisabled
+	}
+	if p, err := reg.Provider(c.provider); err != nil || !p.Speaks(req.Dialect) {
+		return Target{}, ReasonDialectMismatch
+	}
+	base, err := s.checkBaseURL(c.baseURL)
+	if err != nil {
+		s.logUnusable(c, "base URL refused at use", err)
+		return Target{}, ReasonCredentialUnusable
+	}
+	plain, err := s.keys.Load().open(c.credID, c.keyID, c.ciphertext)
+	if err != nil {
+		s.logUnusable(c, "credential does not decrypt", err)
+		return Target{}, ReasonCredentialUnusable
+	}
+	return Target{Provider: c.provider, BaseURL: base, Secret: NewSecret(plain), Tier: c.tier, CredentialID: c.credID}, ""
+}
+
+// logUnusable logs a broken credential once per credential, key and
+// ciphertext (the GCM tag at its end changes with every encryption), never
+// the secret: the errors it is given are fixed strings.
+func (s *Service) logUnusable(c *candidate, msg string, err error) {
+	tag := c.ciphertext[max(0, len(c.ciphertext)-16):]
+	if _, seen := s.unreadable.LoadOrStore(c.credID+"/"+c.keyID+"/"+tag, struct{}{}); seen {
+		return
+	}
+	s.log.Error(msg+"; it resolves as unusable", "credential_id", c.credID, "key_id", c.keyID, "tier", c.tier, "err", err)
+}
+
+// ResolutionView explains, for project and user, how every harness ×
+// dialect of the registry resolves, followed by one dialect-wide row
+// (Harness "") per dialect. It runs the same code as Resolve, cache
+// included, so it cannot disagree with what a request gets.
+func (s *Service) ResolutionView(ctx context.Context, project, user string) ([]Resolution, error) {
+	reg := s.reg.Current()
+	now := s.now()
+	var out []Resolution
+	add := func(harness, dialect string) error {
+		e, err := s.lookup(ctx, Request{Project: project, User: user, Harness: harness, Dialect: dialect}, now)
+		if err != nil {
+			return err
+		}
+		out = append(out, e.res)
+		return nil
+	}
+	for _, h := range reg.Harnesses() {
+		for _, d := range h.Dialects {
+			if err := add(h.Name, d); err != nil {
+				return nil, fmt.Errorf("resolution view: %w", err)
+			}
+		}
+	}
+	for _, d := range reg.Dialects() {
+		if err := add("", d.Name); err != nil {
+			return nil, fmt.Errorf("resolution view: %w", err)
+		}
+	}
+	return out, nil
+}
