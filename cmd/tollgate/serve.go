@@ -132,6 +132,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 
+	unregister, err := tel.instruments.RegisterWriter(writer)
+	if err != nil {
+		return err
+	}
+	defer unregister()
+
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -1,0 +1,455 @@
+package metering
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Instrument names: the OTel GenAI client metrics (wire-formats.md §10) and
+// tollgate's own. Prometheus exposes them with dots turned into underscores
+// and unit suffixes added; see docs/grafana-finance.json.
+const (
+	MetricTokenUsage        = "gen_ai.client.token.usage"                   // histogram, {token}
+	MetricOperationDuration = "gen_ai.client.operation.duration"            // histogram, s
+	MetricTimeToFirstChunk  = "gen_ai.client.operation.time_to_first_chunk" // histogram, s; streams only
+	// MetricCost counts US dollars as a float. Dollars rather than integer
+	// micro-USD because every Prometheus sample is a float64 anyway and
+	// dashboards then need no scaling; the exact amount is in the records.
+	MetricCost     = "tollgate.cost"           // counter, {USD}
+	MetricRequests = "tollgate.requests"       // counter, {request}
+	MetricOverhead = "tollgate.proxy.overhead" // histogram, s: time in tollgate, upstream wait excluded
+	// Writer health (RegisterWriter).
+	MetricMeteringRecords = "tollgate.metering.records"       // observable counter, {record}, by tollgate.disposition
+	MetricStoreRetries    = "tollgate.metering.store.retries" // observable counter, {error}
+	MetricSpoolUsage      = "tollgate.metering.spool.usage"   // observable gauge, By
+	MetricQueueSize       = "tollgate.metering.queue.size"    // observable gauge, {record}
+)
+
+// Metric attribute keys. The gen_ai.* ones are the semantic conventions;
+// tollgate.* ones are bounded enums or ids subject to LabelConfig.
+const (
+	AttrOperation = "gen_ai.operation.name"
+	AttrProvider  = "gen_ai.provider.name"
+	AttrReqModel  = "gen_ai.request.model"
+	AttrRespModel = "gen_ai.response.model"
+	AttrTokenType = "gen_ai.token.type"
+	AttrErrorType = "error.type"
+
+	AttrHarness        = "tollgate.harness"
+	AttrProject        = "tollgate.project"
+	AttrCredentialTier = "tollgate.credential_tier"
+	AttrUsageSource    = "tollgate.usage_source"
+	AttrEndReason      = "tollgate.end_reason"
+	// AttrCostStatus is priced, unpriced (tokens but no price) or none (no
+	// tokens), on the request counter, so unknown costs stay visible.
+	AttrCostStatus = "tollgate.cost_status"
+	// AttrUser and AttrWorkspace are ids: unbounded, never on by default.
+	AttrUser      = "tollgate.user"
+	AttrWorkspace = "tollgate.workspace"
+	// AttrDisposition says what became of records in MetricMeteringRecords.
+	AttrDisposition = "tollgate.disposition"
+)
+
+// Token types on MetricTokenUsage. input and output are the conventions'
+// (input includes cache reads and writes, output includes reasoning); the
+// others are custom values that overlap them, so never sum across types.
+const (
+	TokenInput              = "input"
+	TokenOutput             = "output"
+	TokenCachedInput        = "cached_input"
+	TokenCacheCreationInput = "cache_creation_input"
+	TokenReasoning          = "reasoning"
+)
+
+// otelOther replaces attribute values past the cardinality bound, and is
+// error.type's fallback (per the conventions).
+const otelOther = "_OTHER"
+
+// DefaultMaxAttributeSets bounds the distinct identities (operation,
+// provider, models and the enabled tollgate.* labels) Instruments creates
+// series for; the bounded enums multiply it by a small constant.
+const DefaultMaxAttributeSets = 2000
+
+// Bucket boundaries from wire-formats.md §10.
+var (
+	tokenBuckets    = []float64{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864}
+	durationBuckets = []float64{0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92}
+	// overheadBuckets cover tollgate's own time: sub-millisecond when
+	// healthy, up to a second when something is wrong.
+	overheadBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}
+)
+
+// DefaultLabels are the optional attributes used when LabelConfig.Labels is nil.
+var DefaultLabels = []string{AttrHarness, AttrProject}
+
+// optionalLabels are the attributes LabelConfig.Labels may name.
+var optionalLabels = map[string]bool{
+	AttrHarness: true, AttrProject: true, AttrCredentialTier: true, AttrUsageSource: true,
+	AttrEndReason: true, AttrUser: true, AttrWorkspace: true,
+}
+
+// LabelConfig chooses the optional metric attributes.
+type LabelConfig struct {
+	// Labels lists the optional tollgate.* attributes put on every
+	// instrument: AttrHarness, AttrProject, AttrCredentialTier,
+	// AttrUsageSource, AttrEndReason, and — only when named here — AttrUser
+	// and AttrWorkspace, which are unbounded ids. Nil means DefaultLabels;
+	// an empty non-nil slice means none.
+	Labels []string
+	// MaxAttributeSets bounds the distinct combinations of operation,
+	// provider, models and enabled tollgate.* labels. Past it,
+	// new combinations report project, models, user and workspace as
+	// "_OTHER" (and a warning is logged once), so a flood of model names
+	// cannot blow up the metrics backend. Default DefaultMaxAttributeSets.
+	MaxAttributeSets int
+	// Logger receives the cardinality warning. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate reports every unknown label and bad bound, each naming its item.
+func (c LabelConfig) Validate() error {
+	var errs []error
+	for _, l := range c.Labels {
+		if !optionalLabels[l] {
+			errs = append(errs, fmt.Errorf("metering labels: unknown label %q", l))
+		}
+	}
+	if c.MaxAttributeSets < 0 {
+		errs = append(errs, fmt.Errorf("metering labels: MaxAttributeSets is negative (%d)", c.MaxAttributeSets))
+	}
+	return errors.Join(errs...)
+}
+
+// Instruments holds the OTel instruments, created once, and a cache of
+// attribute sets so a steady-state Observe allocates nothing for them.
+type Instruments struct {
+	meter    metric.Meter
+	log      *slog.Logger
+	labels   map[string]bool
+	maxSets  int64
+	tokens   metric.Int64Histogram
+	duration metric.Float64Histogram
+	ttfc     metric.Float64Histogram
+	overhead metric.Float64Histogram
+	cost     metric.Float64Counter
+	requests metric.Int64Counter
+
+	sets     sync.Map // attrKey → *attrEntry
+	ids      sync.Map // attrID → struct{}
+	nids     atomic.Int64
+	warnOnce sync.Once
+}
+
+// NewInstruments creates the instruments on meter. Call it once per meter:
+// the SDK treats a second registration as a duplicate.
+func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	labels := cfg.Labels
+	if labels == nil {
+		labels = DefaultLabels
+	}
+	in := &Instruments{meter: meter, log: cfg.Logger, labels: map[string]bool{}, maxSets: int64(cfg.MaxAttributeSets)}
+	if in.log == nil {
+		in.log = slog.Default()
+	}
+	if in.maxSets == 0 {
+		in.maxSets = DefaultMaxAttributeSets
+	}
+	for _, l := range labels {
+		in.labels[l] = true
+	}
+	var errs [6]error
+	in.tokens, errs[0] = meter.Int64Histogram(MetricTokenUsage,
+		metric.WithUnit("{token}"),
+		metric.WithDescription("Number of input and output tokens used, per request and token type."),
+		metric.WithExplicitBucketBoundaries(tokenBuckets...))
+	in.duration, errs[1] = meter.Float64Histogram(MetricOperationDuration,
+		metric.WithUnit("s"),
+		metric.WithDescription("Duration of the upstream GenAI operation, including the whole stream."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	in.ttfc, errs[2] = meter.Float64Histogram(MetricTimeToFirstChunk,
+		metric.WithUnit("s"),
+		metric.WithDescription("Time to the first chunk of a streamed response."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	in.overhead, errs[3] = meter.Float64Histogram(MetricOverhead,
+		metric.WithUnit("s"),
+		metric.WithDescription("Time spent inside tollgate per request, excluding the wait for the provider."),
+		metric.WithExplicitBucketBoundaries(overheadBuckets...))
+	in.cost, errs[4] = meter.Float64Counter(MetricCost,
+		metric.WithUnit("{USD}"),
+		metric.WithDescription("Cost of priced requests in US dollars; unpriced requests add nothing and are counted in tollgate.requests with tollgate.cost_status=unpriced."))
+	in.requests, errs[5] = meter.Int64Counter(MetricRequests,
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Requests by end reason, usage source and cost status."))
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, fmt.Errorf("metering instruments: %w", err)
+	}
+	return in, nil
+}
+
+// attrKey is everything an attribute set depends on; labels not enabled are
+// left empty so they do not multiply the cache. The bounded enums sit
+// beside the identity, which is what MaxAttributeSets counts.
+type attrKey struct {
+	attrID
+	source, end, errType, cost string
+}
+
+// attrID is the potentially unbounded part of an attribute set.
+type attrID struct {
+	op, provider, reqModel, respModel, harness, project, tier, user, workspace string
+}
+
+// attrEntry holds the precomputed options of one key.
+type attrEntry struct {
+	base     []metric.RecordOption
+	duration []metric.RecordOption
+	tokens   [5][]metric.RecordOption
+	cost     []metric.AddOption
+	requests []metric.AddOption
+}
+
+var otelTokenTypes = [5]string{TokenInput, TokenOutput, TokenCachedInput, TokenCacheCreationInput, TokenReasoning}
+
+// Observe records one request's metrics; the proxy calls it once per
+// request with the time spent inside tollgate (upstream wait excluded).
+// Rejected requests never reached a provider: they count in
+// tollgate.requests and the overhead only. Token usage is recorded when
+// known (any usage_source), cost when priced.
+func (in *Instruments) Observe(r *Record, overhead time.Duration) {
+	if r == nil {
+		return
+	}
+	ctx := context.Background()
+	e := in.entry(in.keyOf(r))
+	in.requests.Add(ctx, 1, e.requests...)
+	if overhead > 0 {
+		in.overhead.Record(ctx, overhead.Seconds(), e.base...)
+	}
+	if r.Outcome == OutcomeRejected {
+		return
+	}
+	in.duration.Record(ctx, r.Duration.Seconds(), e.duration...)
+	if r.Stream && r.TTFB > 0 {
+		in.ttfc.Record(ctx, r.TTFB.Seconds(), e.base...)
+	}
+	if u := r.Usage; u != nil {
+		in.tokens.Record(ctx, u.InputTotal(), e.tokens[0]...)
+		in.tokens.Record(ctx, u.Output, e.tokens[1]...)
+		// The custom types only when present: a zero would add a sample to
+		// every request and make their _count meaningless.
+		if u.CacheRead > 0 {
+			in.tokens.Record(ctx, u.CacheRead, e.tokens[2]...)
+		}
+		if w := u.CacheWrite5m + u.CacheWrite1h; w > 0 {
+			in.tokens.Record(ctx, w, e.tokens[3]...)
+		}
+		if u.Reasoning > 0 {
+			in.tokens.Record(ctx, u.Reasoning, e.tokens[4]...)
+		}
+	}
+	if r.CostMicroUSD != nil && *r.CostMicroUSD > 0 {
+		in.cost.Add(ctx, float64(*r.CostMicroUSD)/1e6, e.cost...)
+	}
+}
+
+func (in *Instruments) keyOf(r *Record) attrKey {
+	k := attrKey{
+		attrID: attrID{op: r.Operation, provider: r.Provider, reqModel: r.ModelRequest, respModel: r.ModelServed},
+		end:    r.Outcome, source: r.Source, errType: otelErrorType(r), cost: otelCostStatus(r),
+	}
+	if in.labels[AttrHarness] {
+		k.harness = r.Harness
+	}
+	if in.labels[AttrProject] {
+		k.project = r.Project
+	}
+	if in.labels[AttrCredentialTier] {
+		k.tier = r.CredTier
+	}
+	if in.labels[AttrUser] {
+		k.user = r.User
+	}
+	if in.labels[AttrWorkspace] {
+		k.workspace = r.Workspace
+	}
+	return k
+}
+
+// entry returns the cached options for k, creating them under the
+// cardinality bound.
+func (in *Instruments) entry(k attrKey) *attrEntry {
+	if e, ok := in.sets.Load(k); ok {
+		return e.(*attrEntry)
+	}
+	if _, known := in.ids.Load(k.attrID); !known {
+		if in.nids.Load() >= in.maxSets {
+			in.warnOnce.Do(func() {
+				in.log.Warn("metering: metric attribute sets reached the bound; new projects, models and ids are reported as _OTHER", "max", in.maxSets)
+			})
+			for _, f := range []*string{&k.project, &k.reqModel, &k.respModel, &k.user, &k.workspace} {
+				if *f != "" {
+					*f = otelOther
+				}
+			}
+			if e, ok := in.sets.Load(k); ok {
+				return e.(*attrEntry)
+			}
+		}
+		// Collapsed identities are stored too: they are bounded by the
+		// enums left in them, so the map stays bounded.
+		if _, loaded := in.ids.LoadOrStore(k.attrID, struct{}{}); !loaded {
+			in.nids.Add(1)
+		}
+	}
+	e, _ := in.sets.LoadOrStore(k, in.newEntry(k))
+	return e.(*attrEntry)
+}
+
+func (in *Instruments) newEntry(k attrKey) *attrEntry {
+	base := []attribute.KeyValue{
+		attribute.String(AttrOperation, k.op),
+		attribute.String(AttrProvider, k.provider),
+	}
+	if k.reqModel != "" {
+		base = append(base, attribute.String(AttrReqModel, k.reqModel))
+	}
+	if k.respModel != "" {
+		base = append(base, attribute.String(AttrRespModel, k.respModel))
+	}
+	for _, l := range []struct {
+		on   bool
+		name string
+		v    string
+	}{
+		{in.labels[AttrHarness], AttrHarness, k.harness},
+		{in.labels[AttrProject], AttrProject, k.project},
+		{in.labels[AttrCredentialTier], AttrCredentialTier, k.tier},
+		{in.labels[AttrUsageSource], AttrUsageSource, k.source},
+		{in.labels[AttrEndReason], AttrEndReason, k.end},
+		{in.labels[AttrUser], AttrUser, k.user},
+		{in.labels[AttrWorkspace], AttrWorkspace, k.workspace},
+	} {
+		if l.on {
+			base = append(base, attribute.String(l.name, l.v))
+		}
+	}
+	with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
+		s := attribute.NewSet(append(append([]attribute.KeyValue(nil), base...), kv...)...)
+		return metric.WithAttributeSet(s)
+	}
+	e := &attrEntry{}
+	b := with()
+	e.base = []metric.RecordOption{b}
+	e.cost = []metric.AddOption{b}
+	e.duration = e.base
+	if k.errType != "" {
+		e.duration = []metric.RecordOption{with(attribute.String(AttrErrorType, k.errType))}
+	}
+	for i, t := range otelTokenTypes {
+		e.tokens[i] = []metric.RecordOption{with(attribute.String(AttrTokenType, t))}
+	}
+	e.requests = []metric.AddOption{with(
+		attribute.String(AttrEndReason, k.end),
+		attribute.String(AttrUsageSource, k.source),
+		attribute.String(AttrCostStatus, k.cost),
+	)}
+	return e
+}
+
+// otelErrorType is error.type for a failed call, "" for a successful one: the
+// provider's HTTP status when it answered with an error, else the outcome.
+func otelErrorType(r *Record) string {
+	switch r.Outcome {
+	case OutcomeOK, OutcomeIncomplete, OutcomeRejected:
+		return ""
+	case OutcomeUpstreamError:
+		if r.Status >= 400 && r.Status <= 599 {
+			return strconv.Itoa(r.Status)
+		}
+		return OutcomeUpstreamError
+	case OutcomeTruncated, OutcomeClientGone, OutcomeUpstreamIdle, OutcomeUnreachable:
+		return r.Outcome
+	}
+	return otelOther
+}
+
+func otelCostStatus(r *Record) string {
+	switch {
+	case r.CostMicroUSD != nil:
+		return "priced"
+	case recordUnpriced(r):
+		return "unpriced"
+	}
+	return "none"
+}
+
+// Dispositions on MetricMeteringRecords.
+var writerDispositions = []struct {
+	name string
+	get  func(*WriterStats) uint64
+}{
+	{"accepted", func(s *WriterStats) uint64 { return s.Accepted }},
+	{"spilled", func(s *WriterStats) uint64 { return s.Spilled }},
+	{"unspooled", func(s *WriterStats) uint64 { return s.Unspooled }},
+	{"dropped", func(s *WriterStats) uint64 { return s.Dropped }},
+	{"inserted", func(s *WriterStats) uint64 { return s.Inserted }},
+	{"duplicate", func(s *WriterStats) uint64 { return s.Duplicates }},
+	{"replayed", func(s *WriterStats) uint64 { return s.Replayed }},
+	{"torn", func(s *WriterStats) uint64 { return s.TornLines }},
+	{"bad", func(s *WriterStats) uint64 { return s.BadLines }},
+	{"quarantined", func(s *WriterStats) uint64 { return s.Quarantined }},
+}
+
+// RegisterWriter exports w's counters as observable instruments on the
+// Instruments' meter, so a dropped or spilled record shows on dashboards.
+// The returned function unregisters the callback; call it before w.Close.
+func (in *Instruments) RegisterWriter(w *Writer) (unregister func() error, err error) {
+	var errs [4]error
+	var records, retries metric.Int64ObservableCounter
+	var spool, queue metric.Int64ObservableGauge
+	records, errs[0] = in.meter.Int64ObservableCounter(MetricMeteringRecords,
+		metric.WithUnit("{record}"),
+		metric.WithDescription("Usage records by disposition in the durable writer; dropped must stay 0."))
+	retries, errs[1] = in.meter.Int64ObservableCounter(MetricStoreRetries,
+		metric.WithUnit("{error}"),
+		metric.WithDescription("Failed usage-store transactions, retried with backoff."))
+	spool, errs[2] = in.meter.Int64ObservableGauge(MetricSpoolUsage,
+		metric.WithUnit("By"),
+		metric.WithDescription("Bytes of usage records in the local spool."))
+	queue, errs[3] = in.meter.Int64ObservableGauge(MetricQueueSize,
+		metric.WithUnit("{record}"),
+		metric.WithDescription("Usage records waiting in memory for the store."))
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, fmt.Errorf("metering writer instruments: %w", err)
+	}
+	opts := make([]metric.ObserveOption, len(writerDispositions))
+	for i, d := range writerDispositions {
+		opts[i] = metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDisposition, d.name)))
+	}
+	reg, err := in.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		st := w.Stats()
+		for i, d := range writerDispositions {
+			o.ObserveInt64(records, int64(d.get(&st)), opts[i])
+		}
+		o.ObserveInt64(retries, int64(st.Retries))
+		o.ObserveInt64(spool, st.SpoolBytes)
+		o.ObserveInt64(queue, int64(st.Queued))
+		return nil
+	}, records, retries, spool, queue)
+	if err != nil {
+		return nil, fmt.Errorf("metering writer instruments: %w", err)
+	}
+	return reg.Unregister, nil
+}

@@ -1,0 +1,250 @@
+package metering
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Group-by dimensions of a usage query.
+const (
+	GroupDay       = "day"       // UTC calendar day, YYYY-MM-DD
+	GroupModel     = "model"     // served model, else the requested one
+	GroupProject   = "project"   // project id
+	GroupUser      = "user"      // user id
+	GroupWorkspace = "workspace" // workspace id
+	GroupHarness   = "harness"   // harness name
+	GroupProvider  = "provider"  // provider name
+)
+
+// GroupByNames lists the valid group-by dimensions in display order.
+var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider}
+
+// ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
+// group_by name, empty or inverted range); the message names the problem.
+var ErrInvalidQuery = errors.New("invalid usage query")
+
+// UsageQuery selects usage records whose start is in [From, To), optionally
+// filtered, aggregated per combination of the GroupBy dimensions.
+type UsageQuery struct {
+	// From and To bound the records' start times: From inclusive, To
+	// exclusive. Both required. When both are UTC midnights the query is
+	// answered from the daily rollup.
+	From, To time.Time
+	// GroupBy names the dimensions of each row, in column order: a subset
+	// of GroupByNames. Empty means one row for the whole range.
+	GroupBy []string
+	// Project, User and Workspace filter by id when not empty.
+	Project, User, Workspace string
+}
+
+// UsageRow is one group of a usage query. Dimensions not grouped by are
+// empty. Token sums skip requests whose usage is unknown; the counters
+// below say how many requests each sum is missing, so an unknown is never
+// read as zero.
+type UsageRow struct {
+	Day       string `json:"day,omitempty"`
+	Model     string `json:"model,omitempty"`
+	Project   string `json:"project,omitempty"`
+	User      string `json:"user,omitempty"`
+	Workspace string `json:"workspace,omitempty"`
+	Harness   string `json:"harness,omitempty"`
+	Provider  string `json:"provider,omitempty"`
+
+	Requests      int64 `json:"requests"`
+	InputUncached int64 `json:"input_uncached"`
+	CacheRead     int64 `json:"cache_read"`
+	CacheWrite5m  int64 `json:"cache_write_5m"`
+	CacheWrite1h  int64 `json:"cache_write_1h"`
+	InputOther    int64 `json:"input_other"`
+	Output        int64 `json:"output"`
+	Reasoning     int64 `json:"reasoning"`
+	// CostMicroUSD sums the priced requests; nil when none was priced.
+	CostMicroUSD *int64 `json:"cost_micro_usd"`
+	// PricedRequests have a cost.
+	PricedRequests int64 `json:"priced_requests"`
+	// UnpricedRequests have tokens but no price: CostMicroUSD leaves them out.
+	UnpricedRequests int64 `json:"unpriced_requests"`
+	// MissingUsageRequests had no usage and no estimate (usage_source
+	// missing): the token sums leave them out.
+	MissingUsageRequests int64 `json:"missing_usage_requests"`
+	// EstimatedRequests carry tollgate's estimate, not provider numbers.
+	EstimatedRequests int64 `json:"estimated_requests"`
+}
+
+// InputTotal is OTel's input: every input bucket.
+func (r UsageRow) InputTotal() int64 {
+	return r.InputUncached + r.CacheRead + r.CacheWrite5m + r.CacheWrite1h + r.InputOther
+}
+
+// dim returns the row's value of a group-by dimension.
+func (r *UsageRow) dim(name string) *string {
+	switch name {
+	case GroupDay:
+		return &r.Day
+	case GroupModel:
+		return &r.Model
+	case GroupProject:
+		return &r.Project
+	case GroupUser:
+		return &r.User
+	case GroupWorkspace:
+		return &r.Workspace
+	case GroupHarness:
+		return &r.Harness
+	case GroupProvider:
+		return &r.Provider
+	}
+	return nil
+}
+
+// Validate reports every problem of q, each naming its item.
+func (q UsageQuery) Validate() error {
+	var errs []error
+	if q.From.IsZero() || q.To.IsZero() {
+		errs = append(errs, fmt.Errorf("%w: from and to are required", ErrInvalidQuery))
+	} else if !q.From.Before(q.To) {
+		errs = append(errs, fmt.Errorf("%w: from %s is not before to %s", ErrInvalidQuery, q.From.UTC().Format(time.RFC3339), q.To.UTC().Format(time.RFC3339)))
+	}
+	seen := map[string]bool{}
+	for _, g := range q.GroupBy {
+		var r UsageRow
+		switch {
+		case r.dim(g) == nil:
+			errs = append(errs, fmt.Errorf("%w: unknown group_by %q (want %s)", ErrInvalidQuery, g, strings.Join(GroupByNames, ", ")))
+		case seen[g]:
+			errs = append(errs, fmt.Errorf("%w: group_by %q repeated", ErrInvalidQuery, g))
+		}
+		seen[g] = true
+	}
+	return errors.Join(errs...)
+}
+
+// wholeDays says whether q can be answered from usage_daily: both bounds
+// are UTC midnights. Every group-by and filter is a rollup column.
+func (q UsageQuery) wholeDays() bool {
+	return isUTCMidnight(q.From) && isUTCMidnight(q.To)
+}
+
+func isUTCMidnight(t time.Time) bool {
+	u := t.UTC()
+	return u.Hour() == 0 && u.Minute() == 0 && u.Second() == 0 && u.Nanosecond() == 0
+}
+
+// Query aggregates usage per q. It reads the daily rollup when the range is
+// whole UTC days, else the raw records; both give the same rows. Rows are
+// ordered by the group-by columns; groups without requests are omitted.
+func (s *Store) Query(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
+	if err := q.Validate(); err != nil {
+		return nil, err
+	}
+	if q.wholeDays() {
+		return s.query(ctx, q, true)
+	}
+	return s.query(ctx, q, false)
+}
+
+// query builds one aggregate SELECT over usage_daily (rollup) or
+// usage_records.
+func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRow, error) {
+	var dims []string
+	for _, g := range q.GroupBy {
+		dims = append(dims, dimExpr(g, rollup))
+	}
+	var sums []string
+	if rollup {
+		for _, c := range dailySums {
+			sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
+		}
+	} else {
+		count := func(cond string) string { return "SUM(CASE WHEN " + cond + " THEN 1 ELSE 0 END)" }
+		for _, e := range []string{
+			"COUNT(*)",
+			"SUM(input_uncached)", "SUM(cache_read)", "SUM(cache_write_5m)", "SUM(cache_write_1h)",
+			"SUM(input_other)", "SUM(output_tokens)", "SUM(reasoning_tokens)", "SUM(cost_micro_usd)",
+			count("cost_micro_usd IS NOT NULL"), count("unpriced"),
+			count("usage_source = '" + SourceMissing + "'"), count("usage_source = '" + SourceEstimated + "'"),
+		} {
+			sums = append(sums, "CAST(COALESCE("+e+", 0) AS BIGINT)")
+		}
+	}
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	table := "usage_records"
+	if rollup {
+		table = "usage_daily"
+		where = append(where, "day >= "+arg(q.From.UTC().Format(usageDayLayout)), "day < "+arg(q.To.UTC().Format(usageDayLayout)))
+	} else {
+		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
+	}
+	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}} {
+		if f.v != "" {
+			where = append(where, f.col+" = "+arg(f.v))
+		}
+	}
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	b.WriteString(strings.Join(append(dims[:len(dims):len(dims)], sums...), ", "))
+	b.WriteString(" FROM " + table + " WHERE " + strings.Join(where, " AND "))
+	if len(dims) > 0 {
+		var pos []string
+		for i := range dims {
+			pos = append(pos, strconv.Itoa(i+1))
+		}
+		// Group and order by position: the model expression is long, and
+		// both engines accept ordinal GROUP BY.
+		b.WriteString(" GROUP BY " + strings.Join(pos, ", ") + " ORDER BY " + strings.Join(pos, ", "))
+	}
+	rows, err := s.db.QueryContext(ctx, b.String(), args...)
+	if err != nil {
+		return nil, fmt.Errorf("usage query: %w", err)
+	}
+	defer rows.Close()
+	var out []UsageRow
+	for rows.Next() {
+		var r UsageRow
+		var cost int64
+		dest := make([]any, 0, len(dims)+len(dailySums))
+		for _, g := range q.GroupBy {
+			dest = append(dest, r.dim(g))
+		}
+		dest = append(dest, &r.Requests, &r.InputUncached, &r.CacheRead, &r.CacheWrite5m, &r.CacheWrite1h,
+			&r.InputOther, &r.Output, &r.Reasoning, &cost,
+			&r.PricedRequests, &r.UnpricedRequests, &r.MissingUsageRequests, &r.EstimatedRequests)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("usage query: %w", err)
+		}
+		if r.Requests == 0 {
+			continue
+		}
+		if r.PricedRequests > 0 {
+			r.CostMicroUSD = &cost
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("usage query: %w", err)
+	}
+	return out, nil
+}
+
+// dimExpr is the SQL of a group-by dimension in usage_daily or usage_records.
+func dimExpr(g string, rollup bool) string {
+	switch g {
+	case GroupModel:
+		if rollup {
+			return "model"
+		}
+		return rawModelExpr
+	case GroupUser:
+		return "user_id"
+	}
+	return g // day, project, workspace, harness, provider: same column name
+}

@@ -1,0 +1,317 @@
+package metering
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// assertRollupMatchesRaw checks that q gives the same rows from usage_daily
+// and from usage_records.
+func assertRollupMatchesRaw(tb testing.TB, s *Store, q UsageQuery) {
+	tb.Helper()
+	ctx := context.Background()
+	daily, err := s.query(ctx, q, true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	raw, err := s.query(ctx, q, false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !reflect.DeepEqual(daily, raw) {
+		tb.Errorf("group by %v: rollup and raw differ:\nrollup %s\nraw    %s", q.GroupBy, rowsJSON(daily), rowsJSON(raw))
+	}
+}
+
+func rowsJSON(rows []UsageRow) string {
+	b, _ := json.Marshal(rows)
+	return string(b)
+}
+
+// expectRows aggregates recs like Query should, as the reference.
+func expectRows(recs []*Record, q UsageQuery) []UsageRow {
+	m := map[string]*UsageRow{}
+	var keys []string
+	for _, r := range recs {
+		if r.Start.Before(q.From) || !r.Start.Before(q.To) ||
+			(q.Project != "" && r.Project != q.Project) || (q.User != "" && r.User != q.User) ||
+			(q.Workspace != "" && r.Workspace != q.Workspace) {
+			continue
+		}
+		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: recordModel(r), Project: r.Project,
+			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider}
+		var row UsageRow
+		var key []string
+		for _, g := range q.GroupBy {
+			*row.dim(g) = *full.dim(g)
+			key = append(key, *full.dim(g))
+		}
+		k := strings.Join(key, "\x00")
+		if m[k] == nil {
+			m[k] = &row
+			keys = append(keys, k)
+		}
+		a := m[k]
+		var d dailyAgg
+		d.add(r)
+		a.add(&UsageRow{Requests: d[0], InputUncached: d[1], CacheRead: d[2], CacheWrite5m: d[3], CacheWrite1h: d[4],
+			InputOther: d[5], Output: d[6], Reasoning: d[7], PricedRequests: d[9], UnpricedRequests: d[10],
+			MissingUsageRequests: d[11], EstimatedRequests: d[12]})
+		if r.CostMicroUSD != nil {
+			if a.CostMicroUSD == nil {
+				a.CostMicroUSD = new(int64)
+			}
+			*a.CostMicroUSD += *r.CostMicroUSD
+		}
+	}
+	slices.Sort(keys)
+	var out []UsageRow
+	for _, k := range keys {
+		out = append(out, *m[k])
+	}
+	return out
+}
+
+// queryFixture stores records over three days, with a fourth day outside
+// the queried ranges, plus one group (model "no-price") never priced.
+func queryFixture(tb testing.TB, s *Store) []*Record {
+	tb.Helper()
+	var recs []*Record
+	for i := range 300 {
+		start := usageDay.Add(time.Duration(i) * 17 * time.Minute) // spans ~3.5 days
+		recs = append(recs, usageRecordN(fmt.Sprintf("q-%d", i), i, start))
+	}
+	for i := range 5 {
+		r := usageRecordN(fmt.Sprintf("np-%d", i), 0, usageDay.Add(time.Duration(i)*time.Hour))
+		r.ModelServed, r.CostMicroUSD, r.Unpriced, r.Project = "no-price", nil, true, "proj-np"
+		recs = append(recs, r)
+	}
+	rej := usageRecordN("rejected", 1, usageDay.Add(time.Hour))
+	rej.ModelServed, rej.Outcome, rej.Source, rej.Usage, rej.CostMicroUSD, rej.Unpriced = "", OutcomeRejected, SourceNone, nil, nil, false
+	recs = append(recs, rej)
+	if _, err := s.InsertBatch(context.Background(), recs); err != nil {
+		tb.Fatal(err)
+	}
+	return recs
+}
+
+func TestQueryGroupsLikeTheRecords(t *testing.T) {
+	for _, engine := range usageEngines(t) {
+		t.Run(engine, func(t *testing.T) {
+			s := mustUsageStore(t, engine)
+			recs := queryFixture(t, s)
+			ctx := context.Background()
+			whole := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 3)}
+			partial := UsageQuery{From: usageDay.Add(6*time.Hour + 30*time.Minute), To: usageDay.Add(50 * time.Hour)}
+			for _, tc := range []struct {
+				name string
+				q    UsageQuery
+			}{
+				{"Total", whole},
+				{"ByDay", grouped(whole, GroupDay)},
+				{"ByModel", grouped(whole, GroupModel)},
+				{"ByProjectAndDay", grouped(whole, GroupProject, GroupDay)},
+				{"ByUserWorkspace", grouped(whole, GroupUser, GroupWorkspace)},
+				{"ByHarnessProvider", grouped(whole, GroupHarness, GroupProvider)},
+				{"ByEverything", grouped(whole, GroupByNames...)},
+				{"FilteredProject", func() UsageQuery { q := grouped(whole, GroupModel); q.Project = "proj1"; return q }()},
+				{"FilteredUserWorkspace", func() UsageQuery { q := grouped(whole, GroupDay); q.User, q.Workspace = "user2", "ws0"; return q }()},
+				{"PartialDaysFromRaw", grouped(partial, GroupDay, GroupModel)},
+				{"PartialDaysTotal", partial},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					got, err := s.Query(ctx, tc.q)
+					if err != nil {
+						t.Fatal(err)
+					}
+					want := expectRows(recs, tc.q)
+					if len(want) == 0 {
+						t.Fatal("fixture selects nothing")
+					}
+					if !reflect.DeepEqual(got, want) {
+						t.Errorf("rows:\n got %s\nwant %s", rowsJSON(got), rowsJSON(want))
+					}
+					if tc.q.wholeDays() {
+						assertRollupMatchesRaw(t, s, tc.q)
+					}
+				})
+			}
+		})
+	}
+}
+
+func grouped(q UsageQuery, groupBy ...string) UsageQuery {
+	q.GroupBy = groupBy
+	return q
+}
+
+func TestQueryShowsUnpricedAsUnknown(t *testing.T) {
+	s := mustUsageStore(t, "sqlite")
+	queryFixture(t, s)
+	rows, err := s.Query(context.Background(), UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{GroupModel}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(rows, func(r UsageRow) bool { return r.Model == "no-price" })
+	if i < 0 {
+		t.Fatalf("no row for the unpriced model in %s", rowsJSON(rows))
+	}
+	np := rows[i]
+	if np.CostMicroUSD != nil || np.UnpricedRequests != 5 || np.PricedRequests != 0 || np.Output == 0 {
+		t.Errorf("unpriced model: %s; want cost null, 5 unpriced, tokens counted", rowsJSON([]UsageRow{np}))
+	}
+	var out bytes.Buffer
+	if err := WriteCSV(&out, []string{GroupModel}, rows[i:i+1]); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := csv.NewReader(&out).ReadAll()
+	head, row := recs[0], recs[1]
+	for _, col := range []string{"cost_micro_usd", "cost_usd"} {
+		if j := slices.Index(head, col); j < 0 || row[j] != "" {
+			t.Errorf("CSV %s of an unpriced row: %q, want empty (not 0)", col, row[j])
+		}
+	}
+	out.Reset()
+	WriteJSON(&out, []string{GroupModel}, rows[i:i+1])
+	if !strings.Contains(out.String(), `"cost_micro_usd": null`) || !strings.Contains(out.String(), `"unpriced_requests": 5`) {
+		t.Errorf("JSON of an unpriced row: %s", out.String())
+	}
+	// The rejected request has no model served: it is reported under the
+	// requested one, with no tokens and no cost.
+	j := slices.IndexFunc(rows, func(r UsageRow) bool { return r.Model == "claude-x" })
+	if j < 0 || rows[j].Requests != 1 || rows[j].CostMicroUSD != nil || rows[j].UnpricedRequests != 0 {
+		t.Errorf("rejected request row: %v", j)
+	}
+}
+
+func TestQueryRejectsBadInput(t *testing.T) {
+	s := mustUsageStore(t, "sqlite")
+	for _, tc := range []struct {
+		name string
+		q    UsageQuery
+		want string
+	}{
+		{"UnknownGroupBy", UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{"model", "modle"}}, `"modle"`},
+		{"RepeatedGroupBy", UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{"day", "day"}}, `"day" repeated`},
+		{"MissingRange", UsageQuery{GroupBy: []string{"day"}}, "required"},
+		{"InvertedRange", UsageQuery{From: usageDay.AddDate(0, 0, 1), To: usageDay}, "not before"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.Query(context.Background(), tc.q)
+			if !errors.Is(err, ErrInvalidQuery) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want ErrInvalidQuery mentioning %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRenderers(t *testing.T) {
+	rows := []UsageRow{
+		{Day: "2026-05-04", Model: "m1", Requests: 3, InputUncached: 1200, CacheRead: 34, Output: 1234567, CostMicroUSD: costPtr(int64(12_345_678)), PricedRequests: 3},
+		{Day: "2026-05-04", Model: "", Requests: 2, InputUncached: 10, UnpricedRequests: 1, MissingUsageRequests: 1},
+	}
+	groupBy := []string{GroupDay, GroupModel}
+	t.Run("JSON", func(t *testing.T) {
+		var b bytes.Buffer
+		if err := WriteJSON(&b, groupBy, rows); err != nil {
+			t.Fatal(err)
+		}
+		var got []map[string]any
+		if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+			t.Fatalf("invalid JSON %s: %v", b.String(), err)
+		}
+		if len(got) != 2 || got[0]["cost_usd"] != "12.345678" || got[0]["output"] != float64(1234567) ||
+			got[1]["model"] != "" || got[1]["cost_usd"] != nil || got[0]["input_total"] != float64(1234) {
+			t.Errorf("JSON: %s", b.String())
+		}
+		if _, ok := got[0]["user"]; ok {
+			t.Errorf("JSON has a dimension not grouped by: %s", b.String())
+		}
+		b.Reset()
+		WriteJSON(&b, groupBy, nil)
+		if strings.TrimSpace(b.String()) != "[]" {
+			t.Errorf("JSON of no rows: %q, want []", b.String())
+		}
+	})
+	t.Run("CSV", func(t *testing.T) {
+		var b bytes.Buffer
+		if err := WriteCSV(&b, groupBy, rows); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := csv.NewReader(&b).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests"
+		if got := strings.Join(recs[0], ","); got != wantHead {
+			t.Errorf("CSV header:\n got %s\nwant %s", got, wantHead)
+		}
+		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,12345678,12.345678,3,0,0,0" {
+			t.Errorf("CSV row: %s", got)
+		}
+		if len(recs) != 3 {
+			t.Errorf("CSV lines: %d, want header + 2", len(recs))
+		}
+	})
+	t.Run("Table", func(t *testing.T) {
+		var b bytes.Buffer
+		if err := WriteTable(&b, groupBy, rows); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+		if len(lines) != 4 {
+			t.Fatalf("table lines: %d, want header, 2 rows, total:\n%s", len(lines), b.String())
+		}
+		for _, want := range []string{"1,234,567", "12.345678", "(none)", "total"} {
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("table lacks %q:\n%s", want, b.String())
+			}
+		}
+		// Right-aligned numbers: every line ends at the same column.
+		// The cost of the unpriced row is "-", not 0.
+		if !strings.Contains(lines[2], " - ") {
+			t.Errorf("unpriced cost not shown as -: %q", lines[2])
+		}
+		col := strings.Index(lines[0], "requests") + len("requests")
+		for _, l := range lines[1:] {
+			if len(l) < col || l[col-1] == ' ' {
+				t.Errorf("requests column not right-aligned at %d:\n%s", col, b.String())
+			}
+		}
+	})
+	t.Run("BadGroupBy", func(t *testing.T) {
+		for name, f := range map[string]func() error{
+			"JSON":  func() error { return WriteJSON(io.Discard, []string{"nope"}, rows) },
+			"CSV":   func() error { return WriteCSV(io.Discard, []string{"nope"}, rows) },
+			"Table": func() error { return WriteTable(io.Discard, []string{"nope"}, rows) },
+		} {
+			if err := f(); !errors.Is(err, ErrInvalidQuery) {
+				t.Errorf("%s: got %v, want ErrInvalidQuery", name, err)
+			}
+		}
+	})
+}
+
+func TestGroupDigits(t *testing.T) {
+	for _, tc := range []struct {
+		in   int64
+		want string
+	}{{0, "0"}, {999, "999"}, {1000, "1,000"}, {-1234567, "-1,234,567"}} {
+		if got := groupDigits(tc.in); got != tc.want {
+			t.Errorf("groupDigits(%d) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := formatMicroUSD(-1_500_000); got != "-1.500000" {
+		t.Errorf("formatMicroUSD(-1.5$) = %q", got)
+	}
+}

@@ -1,0 +1,514 @@
+package metering
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// The spool is a directory of append-only segment files, one JSON record per
+// line, each line prefixed by the CRC-32C of its JSON so a torn or corrupted
+// line is recognised instead of half-parsed:
+//
+//	1a2b3c4d {"request_id":"…",…}\n
+//
+// Record appends to the active segment with one write(2) before it returns,
+// so a record is in the kernel's page cache — safe from kill -9 — as soon as
+// Record returns; fsync runs in groups (spoolSync) so power-loss safety lags
+// by at most the sync interval. A segment is deleted only once every record
+// in it is committed to the store.
+const (
+	spoolPrefix = "usage-"
+	spoolSuffix = ".spool"
+	spoolBad    = ".bad"
+	spoolLock   = "spool.lock"
+	// maxSpoolLine bounds one spool line on replay. A record is about 1 KiB;
+	// anything near this size is corruption, not a record.
+	maxSpoolLine = 1 << 20
+	// spoolCRCLen is the hex CRC plus its separating space.
+	spoolCRCLen = 9
+)
+
+var spoolCRC = crc32.MakeTable(crc32.Castagnoli)
+
+// errSpoolFull is returned by append when the spool reached MaxSpoolBytes.
+var errSpoolFull = errors.New("metering spool full")
+
+// errSpoolClosed is returned by append after close.
+var errSpoolClosed = errors.New("metering spool closed")
+
+// spoolSeg is one segment file. Fields are guarded by spool.mu.
+type spoolSeg struct {
+	seq  uint64
+	path string
+	f    *os.File // nil once sealed
+	size int64
+	// written and committed count this process's appends and the ones the
+	// writer committed from the queue; a sealed segment with committed ==
+	// written and no replay flag is done.
+	written   int
+	committed int
+	// replay says some record of the segment never went through the queue
+	// (a spill, or a previous process wrote it): the segment must be read
+	// back from disk before it can be deleted.
+	replay bool
+	// broken is set when a write failed part-way; the next append rotates so
+	// later lines do not follow a torn one.
+	broken bool
+}
+
+// spool owns the segment files of one directory.
+type spool struct {
+	dir      string
+	segBytes int64
+	maxBytes int64
+	lock     *os.File
+
+	mu       sync.Mutex
+	segs     map[uint64]*spoolSeg
+	active   *spoolSeg
+	nextSeq  uint64
+	total    int64  // bytes of all segment files
+	appended uint64 // lines appended, for group commit
+	closed   bool
+
+	// syncMu guards syncing and syncCond (group commit, see syncTo); synced
+	// is the highest line known to be on stable storage.
+	syncMu   sync.Mutex
+	syncCond *sync.Cond
+	syncing  bool
+	synced   atomic.Uint64
+}
+
+// openSpool locks dir and registers the segments a previous process left
+// there for replay. New segments get higher sequence numbers.
+func openSpool(dir string, segBytes, maxBytes int64) (*spool, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("metering spool: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, spoolLock), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("metering spool: %w", err)
+	}
+	if err := spoolLockFile(lock); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%w: %s: %v", ErrSpoolLocked, dir, err)
+	}
+	s := &spool{dir: dir, segBytes: segBytes, maxBytes: maxBytes, lock: lock, segs: map[uint64]*spoolSeg{}, nextSeq: 1}
+	s.syncCond = sync.NewCond(&s.syncMu)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		s.release()
+		return nil, fmt.Errorf("metering spool: %w", err)
+	}
+	for _, e := range ents {
+		seq, ok := parseSpoolName(e.Name())
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			s.release()
+			return nil, fmt.Errorf("metering spool: %w", err)
+		}
+		s.segs[seq] = &spoolSeg{seq: seq, path: filepath.Join(dir, e.Name()), size: info.Size(), replay: true}
+		s.total += info.Size()
+		if seq >= s.nextSeq {
+			s.nextSeq = seq + 1
+		}
+	}
+	return s, nil
+}
+
+func spoolName(seq uint64) string {
+	return fmt.Sprintf("%s%016x%s", spoolPrefix, seq, spoolSuffix)
+}
+
+func parseSpoolName(name string) (uint64, bool) {
+	if !strings.HasPrefix(name, spoolPrefix) || !strings.HasSuffix(name, spoolSuffix) {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, spoolPrefix), spoolSuffix), 16, 64)
+	return seq, err == nil && seq > 0
+}
+
+// encodeSpoolLine appends r's spool line to buf.
+func encodeSpoolLine(buf *bytes.Buffer, enc *json.Encoder, r *Record) ([]byte, error) {
+	buf.Reset()
+	buf.WriteString("00000000 ")
+	if err := enc.Encode(r); err != nil { // Encode appends the '\n'
+		return nil, err
+	}
+	b := buf.Bytes()
+	var sum [4]byte
+	c := crc32.Checksum(b[spoolCRCLen:len(b)-1], spoolCRC)
+	sum[0], sum[1], sum[2], sum[3] = byte(c>>24), byte(c>>16), byte(c>>8), byte(c)
+	hex.Encode(b[:8], sum[:])
+	return b, nil
+}
+
+// decodeSpoolLine parses one line without its '\n'.
+func decodeSpoolLine(line []byte) (*Record, error) {
+	if len(line) < spoolCRCLen+2 || line[8] != ' ' {
+		return nil, errors.New("short line")
+	}
+	var sum [4]byte
+	if _, err := hex.Decode(sum[:], line[:8]); err != nil {
+		return nil, errors.New("bad checksum field")
+	}
+	want := uint32(sum[0])<<24 | uint32(sum[1])<<16 | uint32(sum[2])<<8 | uint32(sum[3])
+	if crc32.Checksum(line[spoolCRCLen:], spoolCRC) != want {
+		return nil, errors.New("checksum mismatch")
+	}
+	r := new(Record)
+	if err := json.Unmarshal(line[spoolCRCLen:], r); err != nil {
+		return nil, err
+	}
+	if r.RequestID == "" {
+		return nil, errors.New("record without request id")
+	}
+	return r, nil
+}
+
+// append writes line to the active segment and returns the segment's
+// sequence number and the line's global number (for syncTo).
+func (s *spool) append(line []byte) (seq, lineNo uint64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, 0, errSpoolClosed
+	}
+	if s.total+int64(len(line)) > s.maxBytes {
+		return 0, 0, errSpoolFull
+	}
+	if a := s.active; a == nil || a.broken || a.size >= s.segBytes {
+		if err := s.rotateLocked(); err != nil {
+			return 0, 0, err
+		}
+	}
+	a := s.active
+	n, err := a.f.Write(line)
+	a.size += int64(n)
+	s.total += int64(n)
+	if err != nil {
+		a.broken = true
+		return 0, 0, fmt.Errorf("metering spool write %s: %w", a.path, err)
+	}
+	a.written++
+	s.appended++
+	return a.seq, s.appended, nil
+}
+
+// rotateLocked seals the active segment and opens the next one. Sealing
+// fsyncs the file, so every line before the rotation is durable and syncTo
+// only ever has to fsync the active file.
+func (s *spool) rotateLocked() error {
+	if err := s.sealLocked(); err != nil {
+		return err
+	}
+	seg := &spoolSeg{seq: s.nextSeq, path: filepath.Join(s.dir, spoolName(s.nextSeq))}
+	f, err := os.OpenFile(seg.path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("metering spool: %w", err)
+	}
+	// The new file's directory entry must survive a power loss too.
+	if err := spoolSyncDir(s.dir); err != nil {
+		f.Close()
+		os.Remove(seg.path)
+		return fmt.Errorf("metering spool: %w", err)
+	}
+	seg.f = f
+	s.nextSeq++
+	s.segs[seg.seq] = seg
+	s.active = seg
+	return nil
+}
+
+func (s *spool) sealLocked() error {
+	a := s.active
+	if a == nil {
+		return nil
+	}
+	s.active = nil
+	err := a.f.Sync()
+	if cerr := a.f.Close(); err == nil {
+		err = cerr
+	}
+	a.f = nil
+	if err != nil {
+		// The lines are written but maybe not durable; keep them for replay
+		// rather than trusting the queue accounting alone.
+		a.replay = true
+		return fmt.Errorf("metering spool seal %s: %w", a.path, err)
+	}
+	return nil
+}
+
+// markSpilled flags seq for replay: one of its records is not in the queue.
+func (s *spool) markSpilled(seq uint64) {
+	s.mu.Lock()
+	if g := s.segs[seq]; g != nil {
+		g.replay = true
+	}
+	s.mu.Unlock()
+}
+
+// commit credits records committed from the queue to their segments and
+// deletes the segments that are sealed and fully committed.
+func (s *spool) commit(counts map[uint64]int) []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for seq, n := range counts {
+		if g := s.segs[seq]; g != nil {
+			g.committed += n
+		}
+	}
+	return s.collectLocked()
+}
+
+func (s *spool) collectLocked() []error {
+	var errs []error
+	for seq, g := range s.segs {
+		if g.f != nil || g.replay || g.committed < g.written {
+			continue
+		}
+		if err := os.Remove(g.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		s.total -= g.size
+		delete(s.segs, seq)
+	}
+	return errs
+}
+
+// sealForReplay seals the active segment if it holds spilled records, so the
+// writer can read it back.
+func (s *spool) sealForReplay() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active != nil && s.active.replay {
+		return s.sealLocked()
+	}
+	return nil
+}
+
+// nextReplay returns the oldest sealed segment flagged for replay.
+func (s *spool) nextReplay() (seq uint64, path string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for q, g := range s.segs {
+		if g.replay && g.f == nil && (!ok || q < seq) {
+			seq, path, ok = q, g.path, true
+		}
+	}
+	return seq, path, ok
+}
+
+// replayed removes a segment whose every readable record is committed. A
+// segment with corrupt lines (not a torn tail) is kept as *.bad for a human.
+func (s *spool) replayed(seq uint64, keep bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g := s.segs[seq]
+	if g == nil {
+		return nil
+	}
+	var err error
+	if keep {
+		err = os.Rename(g.path, g.path+spoolBad)
+	} else {
+		err = os.Remove(g.path)
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("metering spool: %w", err)
+	}
+	s.total -= g.size
+	delete(s.segs, seq)
+	return nil
+}
+
+// syncTo returns once line lineNo is on stable storage. It is a group
+// commit: one caller at a time fsyncs everything appended so far, without
+// holding syncMu, and the others wait on syncCond and return as soon as an
+// fsync covered their line. (Holding a mutex across the fsync made callers
+// whose line was already covered queue behind the next fsync: one fsync
+// per record.)
+func (s *spool) syncTo(lineNo uint64) error {
+	if s.synced.Load() >= lineNo {
+		return nil
+	}
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	for s.synced.Load() < lineNo {
+		if s.syncing {
+			s.syncCond.Wait()
+			continue
+		}
+		s.syncing = true
+		s.syncMu.Unlock()
+		s.mu.Lock()
+		upto := s.appended
+		var f *os.File
+		if s.active != nil {
+			f = s.active.f
+		}
+		s.mu.Unlock()
+		var err error
+		if f != nil {
+			// A rotation may close f under us; it fsyncs before closing,
+			// so ErrClosed means the lines are already durable.
+			if err = f.Sync(); errors.Is(err, os.ErrClosed) {
+				err = nil
+			}
+		}
+		s.syncMu.Lock()
+		s.syncing = false
+		if err == nil && upto > s.synced.Load() {
+			s.synced.Store(upto)
+		}
+		s.syncCond.Broadcast()
+		if err != nil {
+			return fmt.Errorf("metering spool sync: %w", err)
+		}
+	}
+	return nil
+}
+
+// syncAll fsyncs everything appended so far.
+func (s *spool) syncAll() error {
+	s.mu.Lock()
+	n := s.appended
+	s.mu.Unlock()
+	return s.syncTo(n)
+}
+
+// stats reports the spool's bytes and segment count.
+func (s *spool) stats() (bytes int64, segments int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.total, len(s.segs)
+}
+
+// close seals the active segment, deletes the segments fully committed and
+// releases the directory. Later appends fail with errSpoolClosed.
+func (s *spool) close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	err := s.sealLocked()
+	errs := s.collectLocked()
+	s.mu.Unlock()
+	s.release()
+	return errors.Join(append(errs, err)...)
+}
+
+func (s *spool) release() {
+	spoolUnlockFile(s.lock)
+	s.lock.Close()
+}
+
+// spoolReplayStats counts what one segment replay found.
+type spoolReplayStats struct {
+	records int
+	torn    int // an unterminated last line: a crash mid-append
+	corrupt int // complete lines that fail the checksum or do not parse
+}
+
+// readSpool streams the records of one segment file to fn in chunks of at
+// most batch records. A torn last line is counted and skipped; so is a
+// corrupt complete line. fn's error stops the read.
+func readSpool(path string, batch int, fn func([]*Record) error, onBad func(offset int64, torn bool, err error)) (spoolReplayStats, error) {
+	var st spoolReplayStats
+	f, err := os.Open(path)
+	if err != nil {
+		return st, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	recs := make([]*Record, 0, batch)
+	var off int64
+	for {
+		line, n, err := readSpoolLine(br)
+		start := off
+		off += n
+		if errors.Is(err, io.EOF) {
+			if n > 0 {
+				st.torn++
+				onBad(start, true, errors.New("unterminated last line"))
+			}
+			break
+		}
+		if errors.Is(err, errLineTooLong) {
+			st.corrupt++
+			onBad(start, false, err)
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		r, derr := decodeSpoolLine(line[:len(line)-1])
+		if derr != nil {
+			st.corrupt++
+			onBad(start, false, derr)
+			continue
+		}
+		recs = append(recs, r)
+		st.records++
+		if len(recs) == batch {
+			if err := fn(recs); err != nil {
+				return st, err
+			}
+			recs = make([]*Record, 0, batch)
+		}
+	}
+	if len(recs) > 0 {
+		if err := fn(recs); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+var errLineTooLong = errors.New("spool line too long")
+
+// readSpoolLine returns the next line with its '\n' and the bytes it
+// consumed, or io.EOF with the count of an unterminated rest. A line longer
+// than maxSpoolLine is consumed whole and reported as errLineTooLong.
+func readSpoolLine(br *bufio.Reader) ([]byte, int64, error) {
+	var line []byte
+	var n int64
+	tooLong := false
+	for {
+		frag, err := br.ReadSlice('\n')
+		n += int64(len(frag))
+		if !tooLong {
+			if len(line)+len(frag) > maxSpoolLine {
+				tooLong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if tooLong && err == nil {
+			return nil, n, errLineTooLong
+		}
+		return line, n, err
+	}
+}

@@ -1,0 +1,14 @@
+//go:build !unix
+
+package metering
+
+import "os"
+
+// spoolLockFile is a no-op where flock is unavailable: one Writer per spool
+// directory is then the operator's responsibility.
+func spoolLockFile(*os.File) error { return nil }
+
+func spoolUnlockFile(*os.File) {}
+
+// spoolSyncDir is a no-op where directories cannot be fsync'd.
+func spoolSyncDir(string) error { return nil }

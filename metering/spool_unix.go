@@ -1,0 +1,32 @@
+//go:build unix
+
+package metering
+
+import (
+	"os"
+	"syscall"
+)
+
+// spoolLockFile takes an exclusive, non-blocking flock on f: two processes
+// appending to and deleting from one spool would lose records. The kernel
+// drops the lock when the process dies, even by SIGKILL.
+func spoolLockFile(f *os.File) error {
+	return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+}
+
+func spoolUnlockFile(f *os.File) {
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+}
+
+// spoolSyncDir fsyncs a directory so a new file's entry is durable.
+func spoolSyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

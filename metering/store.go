@@ -1,0 +1,449 @@
+package metering
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tollgate/tollgate/internal/store"
+)
+
+// storeMigrations create metering's tables. Append only: a released
+// migration is never edited (store.Migrate numbers them by position).
+//
+// usage_records has one row per request and every Record field. Token and
+// cost columns are NULL when unknown (wire-formats.md §8: never a silent
+// 0). Times are UTC; day is the UTC date of started_at as YYYY-MM-DD, stored
+// because SQLite and PostgreSQL share no date-truncation function.
+//
+// usage_daily is the rollup the finance queries read, maintained in the
+// insert's transaction for newly inserted rows only.
+var storeMigrations = []string{
+	`CREATE TABLE usage_records (
+	request_id TEXT PRIMARY KEY,
+	started_at TIMESTAMP NOT NULL,
+	day TEXT NOT NULL,
+	duration_ns BIGINT NOT NULL,
+	ttfb_ns BIGINT NOT NULL,
+	workspace TEXT NOT NULL,
+	project TEXT NOT NULL,
+	user_id TEXT NOT NULL,
+	token_id TEXT NOT NULL,
+	session_id TEXT NOT NULL,
+	harness TEXT NOT NULL,
+	dialect TEXT NOT NULL,
+	operation TEXT NOT NULL,
+	path TEXT NOT NULL,
+	provider TEXT NOT NULL,
+	credential_tier TEXT NOT NULL,
+	credential_id TEXT NOT NULL,
+	stream BOOLEAN NOT NULL,
+	model_requested TEXT NOT NULL,
+	model_served TEXT NOT NULL,
+	upstream_id TEXT NOT NULL,
+	status INTEGER NOT NULL,
+	outcome TEXT NOT NULL,
+	usage_source TEXT NOT NULL,
+	usage_injected BOOLEAN NOT NULL,
+	event_overflow BOOLEAN NOT NULL,
+	input_uncached BIGINT,
+	cache_read BIGINT,
+	cache_write_5m BIGINT,
+	cache_write_1h BIGINT,
+	input_other BIGINT,
+	output_tokens BIGINT,
+	reasoning_tokens BIGINT,
+	cost_micro_usd BIGINT,
+	unpriced BOOLEAN NOT NULL,
+	price_version TEXT NOT NULL,
+	bytes_out BIGINT NOT NULL,
+	recorded_at TIMESTAMP NOT NULL
+);
+CREATE INDEX usage_records_started ON usage_records (started_at);
+CREATE INDEX usage_records_project_started ON usage_records (project, started_at);
+CREATE INDEX usage_records_model_started ON usage_records (model_served, started_at);
+CREATE TABLE usage_daily (
+	day TEXT NOT NULL,
+	project TEXT NOT NULL,
+	user_id TEXT NOT NULL,
+	workspace TEXT NOT NULL,
+	harness TEXT NOT NULL,
+	provider TEXT NOT NULL,
+	model TEXT NOT NULL,
+	requests BIGINT NOT NULL,
+	input_uncached BIGINT NOT NULL,
+	cache_read BIGINT NOT NULL,
+	cache_write_5m BIGINT NOT NULL,
+	cache_write_1h BIGINT NOT NULL,
+	input_other BIGINT NOT NULL,
+	output_tokens BIGINT NOT NULL,
+	reasoning_tokens BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	unpriced_requests BIGINT NOT NULL,
+	missing_usage_requests BIGINT NOT NULL,
+	estimated_requests BIGINT NOT NULL,
+	PRIMARY KEY (day, project, user_id, workspace, harness, provider, model)
+)`,
+}
+
+// recordColumns is the insert column order of usage_records; recordArgs
+// must follow it.
+var recordColumns = []string{
+	"request_id", "started_at", "day", "duration_ns", "ttfb_ns",
+	"workspace", "project", "user_id", "token_id", "session_id",
+	"harness", "dialect", "operation", "path", "provider",
+	"credential_tier", "credential_id", "stream", "model_requested", "model_served",
+	"upstream_id", "status", "outcome", "usage_source", "usage_injected",
+	"event_overflow", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
+	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd", "unpriced",
+	"price_version", "bytes_out", "recorded_at",
+}
+
+// dailySums are the additive columns of usage_daily, in dailyAgg order.
+var dailySums = []string{
+	"requests", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
+	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd",
+	"priced_requests", "unpriced_requests", "missing_usage_requests", "estimated_requests",
+}
+
+// usageDayLayout is the usage_daily day format; ISO dates sort as text.
+const usageDayLayout = "2006-01-02"
+
+// sqliteTimeLayout is a fixed-width UTC layout: SQLite compares timestamps
+// as text, and the driver's default (time.Time.String) varies in width.
+const sqliteTimeLayout = "2006-01-02 15:04:05.000000000"
+
+// Store is metering's part of the SQL database: the usage_records table and
+// its daily rollup. It implements Inserter and answers usage queries.
+type Store struct {
+	db        *store.DB
+	upsertSQL string
+	now       func() time.Time
+}
+
+// OpenStore applies metering's migrations to db and returns the Store.
+func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
+	if err := db.Migrate(ctx, "metering", storeMigrations); err != nil {
+		return nil, err
+	}
+	return &Store{db: db, upsertSQL: dailyUpsertSQL(), now: time.Now}, nil
+}
+
+// dailyUpsertSQL adds one aggregate to its usage_daily row.
+func dailyUpsertSQL() string {
+	cols := append([]string{"day", "project", "user_id", "workspace", "harness", "provider", "model"}, dailySums...)
+	var b strings.Builder
+	b.WriteString("INSERT INTO usage_daily (")
+	b.WriteString(strings.Join(cols, ", "))
+	b.WriteString(") VALUES (")
+	for i := range cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("$" + strconv.Itoa(i+1))
+	}
+	b.WriteString(") ON CONFLICT (day, project, user_id, workspace, harness, provider, model) DO UPDATE SET ")
+	for i, c := range dailySums {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s = usage_daily.%s + excluded.%s", c, c, c)
+	}
+	return b.String()
+}
+
+// insertSQL inserts n records, skipping request ids already stored, and
+// returns the ids actually inserted (RETURNING skips DO NOTHING rows on both
+// SQLite ≥ 3.35 and PostgreSQL), so the rollup counts each request once.
+//
+// SQLite gets anonymous "?" parameters: it resolves "$N" names through a
+// linear list, which made a 128-row statement (4864 names) spend 70% of a
+// batch in the parser.
+func insertSQL(engine string, n int) string {
+	var b strings.Builder
+	b.Grow(n * len(recordColumns) * 6)
+	b.WriteString("INSERT INTO usage_records (")
+	b.WriteString(strings.Join(recordColumns, ", "))
+	b.WriteString(") VALUES ")
+	p := 1
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := range recordColumns {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			if engine == store.SQLite {
+				b.WriteByte('?')
+			} else {
+				b.WriteByte('$')
+				b.WriteString(strconv.Itoa(p))
+				p++
+			}
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id")
+	return b.String()
+}
+
+// insertChunk bounds the rows of one INSERT statement: 128 rows × 38
+// columns stays far below SQLite's 32766 and PostgreSQL's 65535 parameters.
+const insertChunk = 128
+
+// ts converts t to the engine's TIMESTAMP parameter, always in UTC.
+func (s *Store) ts(t time.Time) any {
+	if s.db.Engine == store.SQLite {
+		return t.UTC().Format(sqliteTimeLayout)
+	}
+	return t.UTC()
+}
+
+// Ping checks that the database answers; the writer uses it to tell a
+// store outage from a record the store rejects.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.db.PingContext(ctx)
+}
+
+// InsertBatch inserts recs in one transaction, ignoring request ids already
+// stored, and adds the newly inserted ones to usage_daily in the same
+// transaction. It returns how many were new.
+func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("metering insert: %w", err)
+	}
+	defer conn.Close()
+	if s.db.Engine == store.SQLite {
+		// The writer deletes spool segments once a batch commits, so the
+		// commit itself must survive a power loss: store.Open's
+		// synchronous=NORMAL does not promise that in WAL mode. Restore the
+		// pooled connection's setting afterwards.
+		if _, err := conn.ExecContext(ctx, "PRAGMA synchronous=FULL"); err != nil {
+			return 0, fmt.Errorf("metering insert: %w", err)
+		}
+		defer conn.ExecContext(context.Background(), "PRAGMA synchronous=NORMAL")
+	}
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("metering insert: %w", err)
+	}
+	defer tx.Rollback()
+	now := s.now()
+	recs = storeCleanAll(recs)
+	fresh := make(map[string]bool, len(recs))
+	for off := 0; off < len(recs); off += insertChunk {
+		chunk := recs[off:min(off+insertChunk, len(recs))]
+		args := make([]any, 0, len(chunk)*len(recordColumns))
+		for _, r := range chunk {
+			args = s.appendRecordArgs(args, r, now)
+		}
+		rows, err := tx.QueryContext(ctx, insertSQL(s.db.Engine, len(chunk)), args...)
+		if err != nil {
+			return 0, fmt.Errorf("metering insert: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return 0, fmt.Errorf("metering insert: %w", err)
+			}
+			fresh[id] = true
+		}
+		if err := rows.Close(); err != nil {
+			return 0, fmt.Errorf("metering insert: %w", err)
+		}
+		if err := rows.Err(); err != nil {
+			return 0, fmt.Errorf("metering insert: %w", err)
+		}
+	}
+	agg := map[dailyKey]*dailyAgg{}
+	inserted := 0
+	for _, r := range recs {
+		if !fresh[r.RequestID] {
+			continue
+		}
+		delete(fresh, r.RequestID) // a repeat inside the batch was not inserted twice
+		inserted++
+		k := dailyKeyOf(r)
+		a := agg[k]
+		if a == nil {
+			a = new(dailyAgg)
+			agg[k] = a
+		}
+		a.add(r)
+	}
+	// Upsert in key order so concurrent replicas on PostgreSQL lock rollup
+	// rows in the same order and cannot deadlock.
+	keys := make([]dailyKey, 0, len(agg))
+	for k := range agg {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, dailyKey.compare)
+	for _, k := range keys {
+		a := agg[k]
+		args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
+		for _, v := range a {
+			args = append(args, v)
+		}
+		if _, err := tx.ExecContext(ctx, s.upsertSQL, args...); err != nil {
+			return 0, fmt.Errorf("metering rollup: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("metering commit: %w", err)
+	}
+	return inserted, nil
+}
+
+func (s *Store) appendRecordArgs(args []any, r *Record, now time.Time) []any {
+	u := r.Usage
+	tok := func(f func(*Usage) int64) any {
+		if u == nil {
+			return nil
+		}
+		return f(u)
+	}
+	var cost any
+	if r.CostMicroUSD != nil {
+		cost = *r.CostMicroUSD
+	}
+	return append(args,
+		r.RequestID, s.ts(r.Start), r.Start.UTC().Format(usageDayLayout), int64(r.Duration), int64(r.TTFB),
+		r.Workspace, r.Project, r.User, r.TokenID, r.Session,
+		r.Harness, r.Dialect, r.Operation, r.Path, r.Provider,
+		r.CredTier, r.CredentialID, r.Stream, r.ModelRequest, r.ModelServed,
+		r.UpstreamID, r.Status, r.Outcome, r.Source, r.Injected,
+		r.EventOverflow,
+		tok(func(u *Usage) int64 { return u.InputUncached }),
+		tok(func(u *Usage) int64 { return u.CacheRead }),
+		tok(func(u *Usage) int64 { return u.CacheWrite5m }),
+		tok(func(u *Usage) int64 { return u.CacheWrite1h }),
+		tok(func(u *Usage) int64 { return u.InputOther }),
+		tok(func(u *Usage) int64 { return u.Output }),
+		tok(func(u *Usage) int64 { return u.Reasoning }),
+		cost, recordUnpriced(r),
+		r.PriceVersion, r.BytesOut, s.ts(now),
+	)
+}
+
+// storeCleanAll returns recs with every text field valid UTF-8 without NUL
+// bytes, copying only the records that need it. PostgreSQL rejects both in
+// TEXT columns, and one such record would otherwise fail its batch forever.
+func storeCleanAll(recs []*Record) []*Record {
+	var out []*Record
+	for i, r := range recs {
+		c := storeClean(r)
+		if c != r && out == nil {
+			out = append(make([]*Record, 0, len(recs)), recs[:i]...)
+		}
+		if out != nil {
+			out = append(out, c)
+		}
+	}
+	if out == nil {
+		return recs
+	}
+	return out
+}
+
+func storeClean(r *Record) *Record {
+	fields := func(r *Record) []*string {
+		return []*string{&r.RequestID, &r.Workspace, &r.Project, &r.User, &r.TokenID, &r.Session,
+			&r.Harness, &r.Dialect, &r.Operation, &r.Path, &r.Provider, &r.CredTier, &r.CredentialID,
+			&r.ModelRequest, &r.ModelServed, &r.UpstreamID, &r.Outcome, &r.Source, &r.PriceVersion}
+	}
+	dirty := false
+	for _, f := range fields(r) {
+		if !utf8.ValidString(*f) || strings.IndexByte(*f, 0) >= 0 {
+			dirty = true
+			break
+		}
+	}
+	if !dirty {
+		return r
+	}
+	c := *r
+	for _, f := range fields(&c) {
+		*f = strings.ReplaceAll(strings.ToValidUTF8(*f, "\uFFFD"), "\x00", "\uFFFD")
+	}
+	return &c
+}
+
+// recordUnpriced says the request has tokens but no cost: its cost is unknown,
+// not zero. Requests without tokens (errors, missing usage) are counted
+// elsewhere.
+func recordUnpriced(r *Record) bool {
+	return r.Unpriced || (r.Usage != nil && r.CostMicroUSD == nil)
+}
+
+// recordModel is the model a request is reported under: the served one,
+// else the requested one (rejected or unreachable requests).
+func recordModel(r *Record) string {
+	if r.ModelServed != "" {
+		return r.ModelServed
+	}
+	return r.ModelRequest
+}
+
+// rawModelExpr is recordModel in SQL, for queries over usage_records.
+const rawModelExpr = "CASE WHEN model_served <> '' THEN model_served ELSE model_requested END"
+
+type dailyKey struct {
+	day, project, user, workspace, harness, provider, model string
+}
+
+func dailyKeyOf(r *Record) dailyKey {
+	return dailyKey{
+		day: r.Start.UTC().Format(usageDayLayout), project: r.Project, user: r.User,
+		workspace: r.Workspace, harness: r.Harness, provider: r.Provider, model: recordModel(r),
+	}
+}
+
+func (a dailyKey) compare(b dailyKey) int {
+	return cmp.Or(
+		cmp.Compare(a.day, b.day), cmp.Compare(a.project, b.project), cmp.Compare(a.user, b.user),
+		cmp.Compare(a.workspace, b.workspace), cmp.Compare(a.harness, b.harness),
+		cmp.Compare(a.provider, b.provider), cmp.Compare(a.model, b.model),
+	)
+}
+
+// dailyAgg holds the dailySums of one rollup row, in that order.
+type dailyAgg [13]int64
+
+func (a *dailyAgg) add(r *Record) {
+	a[0]++
+	if u := r.Usage; u != nil {
+		a[1] += u.InputUncached
+		a[2] += u.CacheRead
+		a[3] += u.CacheWrite5m
+		a[4] += u.CacheWrite1h
+		a[5] += u.InputOther
+		a[6] += u.Output
+		a[7] += u.Reasoning
+	}
+	if r.CostMicroUSD != nil {
+		a[8] += *r.CostMicroUSD
+		a[9]++
+	}
+	if recordUnpriced(r) {
+		a[10]++
+	}
+	if r.Source == SourceMissing {
+		a[11]++
+	}
+	if r.Source == SourceEstimated {
+		a[12]++
+	}
+}
