@@ -42,6 +42,14 @@ func (s *Server) adminRoutes(g fiber.Router) {
 			}
 			ttl = d
 		}
+		reg := s.cfg.Registry.Current()
+		if in.Harness != "" {
+			// Render once before issuing: a token is shown once, so it must
+			// not be issued into an answer that then fails.
+			if _, err := reg.Setup(in.Harness, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: "tgw_", Model: in.Model}); err != nil {
+				return newError(kindBadRequest, "%s", err.Error())
+			}
+		}
 		tok, info, err := a.IssueToken(c.UserContext(), resolver.TokenSpec{
 			Workspace: in.Workspace, Project: in.Project, User: in.User, Harness: in.Harness, TTL: ttl,
 		})
@@ -55,9 +63,13 @@ func (s *Server) adminRoutes(g fiber.Router) {
 			// every harness when the token is not tied to one.
 			Setups []*registry.Setup `json:"setups"`
 		}{Token: tok, Info: info}
-		reg := s.cfg.Registry.Current()
 		for _, h := range reg.Harnesses() {
 			if in.Harness != "" && h.Name != in.Harness {
+				continue
+			}
+			// Untied tokens get every harness that can be rendered; one
+			// that must name a model is left out until a model is given.
+			if in.Harness == "" && h.RequiresModel && in.Model == "" {
 				continue
 			}
 			st, err := reg.Setup(h.Name, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model})

@@ -48,12 +48,15 @@ func (r *Registry) Setup(name string, o EnvOptions) (*Setup, error) {
 	if err != nil {
 		return nil, err
 	}
+	if h.RequiresModel && o.Model == "" {
+		return nil, fmt.Errorf("harness %q needs a model: its config must name one (tollgate env --model M)", name)
+	}
 	s := &Setup{
 		Harness: name,
 		Dialect: dn,
 		BaseURL: strings.TrimRight(o.ProxyURL, "/") + "/" + d.Route + h.BaseURLSuffix,
 	}
-	data := struct{ BaseURL, Token, KeyEnv, Model string }{s.BaseURL, o.Token, h.KeyEnv, o.Model}
+	data := struct{ BaseURL, Token, KeyEnv, Model, Dialect string }{s.BaseURL, o.Token, h.KeyEnv, o.Model, dn}
 	if h.BaseURLEnv != "" {
 		s.Env = append(s.Env, EnvVar{Name: h.BaseURLEnv, Value: s.BaseURL})
 	}

@@ -253,6 +253,9 @@ type Harness struct {
 	// Env holds further variables to export, in order (to clear a competing
 	// key variable, or to stop outside traffic).
 	Env []EnvVar `yaml:"env"`
+	// RequiresModel makes `tollgate env` insist on a model, for harnesses
+	// whose config must name one.
+	RequiresModel bool `yaml:"requires_model"`
 	// UserAgentPrefix recognises the harness when the token is not tied to one.
 	UserAgentPrefix string `yaml:"user_agent_prefix"`
 	// Config is a config-file snippet for harnesses that need one.
@@ -266,8 +269,8 @@ type EnvVar struct {
 	Value string `yaml:"value" json:"value"`
 }
 
-// ConfigSnippet is a text/template rendered with .BaseURL, .Token, .KeyEnv
-// and .Model.
+// ConfigSnippet is a text/template rendered with .BaseURL, .Token, .KeyEnv,
+// .Model and .Dialect.
 type ConfigSnippet struct {
 	// File is where the snippet goes, for the reader ("~/.codex/config.toml").
 	File     string `yaml:"file"`

@@ -256,6 +256,18 @@ func TestSetupComesFromTheRegistryAlone(t *testing.T) {
 			t.Errorf("codex config lacks %s:\n%s", want, s.Config)
 		}
 	}
+	s, err = r.Setup("opencode", EnvOptions{ProxyURL: "https://proxy.example", Token: "tgw_x", Model: "claude-sonnet-4-5", Dialect: "anthropic-messages"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"npm": "@ai-sdk/anthropic"`, `"baseURL": "https://proxy.example/anthropic/v1"`, `"model": "tollgate/claude-sonnet-4-5"`} {
+		if !strings.Contains(s.Config, want) {
+			t.Errorf("opencode anthropic config lacks %s:\n%s", want, s.Config)
+		}
+	}
+	if _, err := r.Setup("opencode", EnvOptions{ProxyURL: "https://proxy.example", Token: "tgw_x"}); err == nil || !strings.Contains(err.Error(), "--model") {
+		t.Errorf("opencode without a model: %v", err)
+	}
 	if _, err := r.Setup("nope", EnvOptions{}); !errors.Is(err, ErrUnknownHarness) {
 		t.Errorf("unknown harness: %v", err)
 	}
