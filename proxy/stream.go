@@ -44,8 +44,7 @@ type streamBody struct {
 	// pending is an upstream error held back until the bytes read with it
 	// are forwarded: fasthttp drops the error of a Read that returned bytes.
 	pending error
-	// upErr is the upstream read error, to tell it from a client write error
-	// in CloseWithError.
+	// upErr is the upstream read error, if the body did not end at EOF.
 	upErr error
 	first bool
 	once  sync.Once
@@ -67,6 +66,8 @@ func newStreamBody(cl *call, ctx context.Context, cancel context.CancelCauseFunc
 }
 
 // Read never returns (0, nil): fasthttp's chunked writer would spin on it.
+// Bytes are metered and counted before an upstream error or EOF settles the
+// record.
 func (b *streamBody) Read(p []byte) (int, error) {
 	if b.outOff < len(b.out) {
 		n := copy(p, b.out[b.outOff:])
@@ -80,15 +81,17 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		b.idle.Reset(b.idleD)
 		if !b.hide {
 			n, err := b.up.Read(p)
-			if err != nil {
-				b.pending = b.upstreamErr(err)
-			}
 			if n > 0 {
 				t := time.Now()
 				b.firstByte(t)
 				b.meter.Observe(p[:n])
 				b.cl.rec.BytesOut += int64(n)
 				b.cl.overhead += time.Since(t)
+			}
+			if err != nil {
+				b.pending = b.upstreamErr(err)
+			}
+			if n > 0 {
 				return n, nil
 			}
 			if b.pending != nil {
@@ -99,18 +102,20 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		n, err := b.up.Read(b.scratch)
 		t := time.Now()
 		b.out, b.outOff = b.meter.Filter(b.out[:0], b.scratch[:n]), 0
-		if err != nil {
-			if err == io.EOF {
-				b.out = b.meter.FilterFlush(b.out)
-			}
-			b.pending = b.upstreamErr(err)
+		if err == io.EOF {
+			b.out = b.meter.FilterFlush(b.out)
 		}
-		b.cl.overhead += time.Since(t)
 		if len(b.out) > 0 {
 			b.firstByte(t)
+			b.cl.rec.BytesOut += int64(len(b.out))
+		}
+		b.cl.overhead += time.Since(t)
+		if err != nil {
+			b.pending = b.upstreamErr(err)
+		}
+		if len(b.out) > 0 {
 			c := copy(p, b.out)
 			b.outOff = c
-			b.cl.rec.BytesOut += int64(len(b.out))
 			return c, nil
 		}
 		if b.pending != nil {
@@ -126,11 +131,22 @@ func (b *streamBody) firstByte(t time.Time) {
 	}
 }
 
+// upstreamErr notes how the upstream body ended and settles the record at
+// once, before fasthttp writes the stream's last chunk: a client that saw
+// the whole answer must find its record even if the process dies right
+// after (the record is durable once the sink returns).
 func (b *streamBody) upstreamErr(err error) error {
+	if err != io.EOF {
+		b.upErr = err
+	}
+	end := metering.EndEOF
+	if errors.Is(context.Cause(b.ctx), errIdle) {
+		end = metering.EndIdle
+	}
+	b.settle(end)
 	if err == io.EOF {
 		return io.EOF
 	}
-	b.upErr = err
 	return err
 }
 
@@ -139,19 +155,24 @@ func (b *streamBody) upstreamErr(err error) error {
 // deliberately no Close method: fasthttp calls Close first, and the write
 // error would be lost (measured, streaming-on-fiber.md §2).
 func (b *streamBody) CloseWithError(err error) error {
+	end := metering.EndEOF
+	if err != nil {
+		// The upstream has not ended (else Read settled already), so a
+		// write error means the client went away.
+		end = metering.EndClientGone
+	}
+	b.settle(end)
+	return nil
+}
+
+// settle ends the stream once: stop the timer, cancel and close the
+// upstream, and hand the record to the sink.
+func (b *streamBody) settle(end metering.End) {
 	b.once.Do(func() {
 		b.idle.Stop()
-		end := metering.EndEOF
-		switch {
-		case errors.Is(context.Cause(b.ctx), errIdle):
-			end = metering.EndIdle
-		case err != nil && b.upErr == nil:
-			end = metering.EndClientGone
-		}
 		b.cancel(errStreamDone)
 		b.up.Close()
 		b.cl.settle(b.meter.Settle(end), b.cl.path.Metered)
 		b.cl.finish()
 	})
-	return nil
 }
