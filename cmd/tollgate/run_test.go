@@ -121,6 +121,29 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Errorf("/metrics lacks gen_ai_client_token_usage:\n%.2000s", metrics)
 	}
 
+	// The usage API answers from the store once the writer's batch lands.
+	var csv string
+	waitUntil(t, 10*time.Second, "the usage API to show the request", func() bool {
+		req, _ := http.NewRequest("GET", base+"/admin/v1/usage?group_by=project,model&format=csv", nil)
+		req.Header.Set("Authorization", "Bearer adm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		csv = string(b)
+		return resp.StatusCode == 200 && strings.Contains(csv, "proj,claude-sonnet-4-5,1,")
+	})
+	if !strings.HasPrefix(csv, "project,model,requests,") {
+		t.Errorf("csv header: %q", csv)
+	}
+	req, _ = http.NewRequest("GET", base+"/admin/v1/usage?group_by=colour", nil)
+	req.Header.Set("Authorization", "Bearer adm")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 400 {
+		t.Errorf("bad group_by: %v %v", err, resp.StatusCode)
+	}
+
 	stop()
 	select {
 	case code := <-done:
