@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
@@ -63,9 +65,48 @@ func newCLI(t *testing.T, fakeURL string) *cli {
 // a streamed request through tollgate to the fake provider, shutdown, and
 // the usage report from the database.
 func TestServeEndToEnd(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testServeEndToEnd(t, "") })
+	t.Run("postgres", func(t *testing.T) {
+		pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
+		if pg == "" {
+			t.Skip("TOLLGATE_TEST_POSTGRES is not set (make test-postgres sets it)")
+		}
+		testServeEndToEnd(t, postgresSchema(t, pg))
+	})
+}
+
+// postgresSchema creates a schema of its own for one test and returns a DSN
+// that uses it, so runs never see each other's tables.
+func postgresSchema(t *testing.T, dsn string) string {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := fmt.Sprintf("tg_cmd_%d", time.Now().UnixNano())
+	if _, err := db.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.ExecContext(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+		db.Close()
+	})
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + "search_path=" + schema
+}
+
+func testServeEndToEnd(t *testing.T, dbURL string) {
 	const canary = "sk-ant-api03-CANARYcmdTEST0123456789abcdefgh"
 	fake, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: []string{canary}})
 	c := newCLI(t, fakeURL)
+	if dbURL != "" {
+		c.env["TOLLGATE_DB"] = dbURL
+		c.env["TOLLGATE_MASTER_KEY"] = testMasterKey
+	}
 	ctx := context.Background()
 
 	if out, errs, code := c.run(ctx, canary+"\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
