@@ -379,3 +379,28 @@ func dropUsageOnlyChunk(t *testing.T, b []byte) []byte {
 	}
 	return out
 }
+
+// TestProviderOptOutOfUsageInjection: a backend that rejects stream_options
+// gets the body unchanged; with no usage in the stream the record says
+// missing, never zero.
+func TestProviderOptOutOfUsageInjection(t *testing.T) {
+	e := newEnv(t, envOptions{registryEdit: func(y string) string {
+		return strings.Replace(y, "  openai:\n    base_url:", "  openai:\n    include_usage: false\n    base_url:", 1)
+	}})
+	tok := e.token("ws", "p", "u", "")
+	const body = `{"model":"gpt-4o","stream":true,"messages":[]}`
+	resp := e.do("POST", "/openai/v1/chat/completions", tok, body)
+	got := readAll(t, resp.Body)
+	resp.Body.Close()
+	up := e.lastFake()
+	if string(up.Body) != body || up.IncludeUsage {
+		t.Errorf("body was edited for an opted-out provider: %s", up.Body)
+	}
+	if !bytes.Equal(got, up.Response) {
+		t.Errorf("client bytes differ from the provider's")
+	}
+	rec := e.record(resp)
+	if rec.Injected || rec.Usage != nil || rec.Source != metering.SourceMissing || rec.Outcome != metering.OutcomeOK {
+		t.Errorf("record injected=%v usage=%+v source=%s outcome=%s", rec.Injected, rec.Usage, rec.Source, rec.Outcome)
+	}
+}
