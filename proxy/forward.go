@@ -7,6 +7,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -301,10 +302,18 @@ func (cl *call) finish() {
 	s := cl.s
 	r := &cl.rec
 	r.Duration = s.cfg.timeNow().Sub(cl.start)
-	s.cfg.Sink.Record(r)
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.Observe(r, cl.overhead)
 	}
+	if s.log.Enabled(context.Background(), slog.LevelInfo) {
+		s.logRecord(r)
+	}
+	// Record takes ownership of r: nothing may touch it afterwards.
+	s.cfg.Sink.Record(r)
+}
+
+// logRecord writes the one access-log line of a request.
+func (s *Server) logRecord(r *metering.Record) {
 	attrs := []any{
 		"request_id", r.RequestID, "status", r.Status, "outcome", r.Outcome,
 		"dialect", r.Dialect, "path", r.Path, "harness", r.Harness, "provider", r.Provider,

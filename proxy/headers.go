@@ -47,9 +47,36 @@ var responseHeaders = map[string]bool{
 
 var responseHeaderPrefixes = []string{"anthropic-ratelimit-", "x-ratelimit-"}
 
+func responseHeaderAllowed(k string) bool {
+	for name := range responseHeaders {
+		if strings.EqualFold(k, name) {
+			return true
+		}
+	}
+	for _, p := range responseHeaderPrefixes {
+		if len(k) >= len(p) && strings.EqualFold(k[:len(p)], p) {
+			return true
+		}
+	}
+	return false
+}
+
 func copyRequestHeaders(dst http.Header, c *fiber.Ctx, p *registry.Provider) {
+	var buf [64]byte
 	c.Request().Header.VisitAll(func(k, v []byte) {
-		if canon, ok := upstreamHeaders[strings.ToLower(string(k))]; ok {
+		if len(k) > len(buf) {
+			return
+		}
+		// A lower-cased copy on the stack: the map lookup with string(b)
+		// does not allocate.
+		b := buf[:len(k)]
+		for i, ch := range k {
+			if 'A' <= ch && ch <= 'Z' {
+				ch += 'a' - 'A'
+			}
+			b[i] = ch
+		}
+		if canon, ok := upstreamHeaders[string(b)]; ok {
 			dst[canon] = append(dst[canon], string(v))
 		}
 	})
@@ -62,11 +89,9 @@ func copyRequestHeaders(dst http.Header, c *fiber.Ctx, p *registry.Provider) {
 
 func copyResponseHeaders(c *fiber.Ctx, h http.Header) {
 	for k, vs := range h {
-		lk := strings.ToLower(k)
-		allowed := responseHeaders[lk]
-		for _, p := range responseHeaderPrefixes {
-			allowed = allowed || strings.HasPrefix(lk, p)
-		}
+		// net/http canonicalises keys, so the allow-list is checked
+		// case-insensitively without building a lower-case copy.
+		allowed := responseHeaderAllowed(k)
 		if !allowed {
 			continue
 		}
