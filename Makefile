@@ -55,12 +55,17 @@ golden: ## Rewrite metering golden files, then show what changed
 	git diff --stat testdata/
 
 .PHONY: bench
-bench: ## Go micro-benchmarks of the hot path, with allocations
+bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1-S5, ~13 min; writes docs/bench/latest.{md,json})
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	$(GO) run ./cmd/tollgate-bench $(BENCHFLAGS)
+
+.PHONY: bench-quick
+bench-quick: ## Loopback proxy benchmark smoke run: every scenario once, ~1-2 s each (docs/bench/quick.{md,json})
+	$(GO) run ./cmd/tollgate-bench -quick $(BENCHFLAGS)
 
 .PHONY: e2e-harness
-e2e-harness: build ## Real Claude Code, Codex and OpenCode through tollgate to the fake provider (installs them from npm)
-	bash e2e/harness.sh
+e2e-harness: ## Real Claude Code, Codex, OpenCode and Gemini CLI through tollgate to the fake provider (installs them from npm)
+	$(GO) test -tags e2e -count=1 -v -timeout 45m -run TestHarness ./cmd/tollgate/
 
 .PHONY: clean
 clean: ## Remove build output and local data
