@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
@@ -202,4 +203,22 @@ func TestModelsListingPassesThrough(t *testing.T) {
 func asMetering(u upstreamtest.Usage) metering.Usage {
 	return metering.Usage{InputUncached: u.InputUncached, CacheRead: u.CacheRead, CacheWrite5m: u.CacheWrite5m,
 		CacheWrite1h: u.CacheWrite1h, Output: u.Output, Reasoning: u.Reasoning}
+}
+
+// TestRequestIDsSortByTime: ids are unique and sort in time order, which
+// keeps the usage table's primary-key inserts at its end.
+func TestRequestIDsSortByTime(t *testing.T) {
+	t0 := time.Date(2026, 11, 22, 7, 0, 0, 0, time.UTC)
+	seen := map[string]bool{}
+	prev := ""
+	for i := 0; i < 1000; i++ {
+		id := newRequestID(t0.Add(time.Duration(i) * time.Millisecond))
+		if len(id) != 30 || !strings.HasPrefix(id, "req_") || seen[id] {
+			t.Fatalf("bad or repeated id %q", id)
+		}
+		if id <= prev {
+			t.Fatalf("%q does not sort after %q", id, prev)
+		}
+		seen[id], prev = true, id
+	}
 }
