@@ -226,12 +226,11 @@ func (cl *call) buffered(c *fiber.Ctx, resp *http.Response, limit int, t0 time.T
 	}
 	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.BytesOut = int64(len(body))
-	end := metering.EndEOF
 	mt := metering.NewMeter(cl.dialect, 0)
 	if cl.path.Metered {
 		mt.Body(body)
 	}
-	cl.settle(mt.Settle(end), cl.path.Metered)
+	cl.settle(mt.Settle(metering.EndEOF), cl.path.Metered)
 	c.Response().SetBodyRaw(body)
 	cl.overhead += s.cfg.timeNow().Sub(t1)
 	cl.finish()

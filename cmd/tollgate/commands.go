@@ -30,8 +30,8 @@ func cmdCheckConfig(args []string, stdout io.Writer) error {
 	return nil
 }
 
-func cmdEnv(args []string, stdout io.Writer) error {
-	fs := newFlags("env", io.Discard)
+func cmdEnv(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("env", stderr)
 	harness := fs.String("harness", "", "harness name from harnesses.yaml")
 	token := fs.String("token", "", "workspace-scoped token")
 	url := fs.String("url", envOr("TOLLGATE_PUBLIC_URL", ""), "tollgate's URL as the workspace reaches it")
@@ -77,11 +77,9 @@ func writeSetup(w io.Writer, s *registry.Setup) {
 	}
 }
 
-// withDeps parses the shared flags plus fs's own, opens the database and
-// runs f.
-func withDeps(ctx context.Context, fs interface {
-	Parse([]string) error
-}, o *options, stderr io.Writer, f func(d *deps) error) error {
+// withDeps opens the registry, the database and the resolver as o says,
+// runs f and closes them.
+func withDeps(ctx context.Context, o *options, stderr io.Writer, f func(d *deps) error) error {
 	d, err := openDeps(ctx, o, o.logger(stderr))
 	if err != nil {
 		return err
@@ -108,7 +106,7 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	return withDeps(ctx, fs, &o, stderr, func(d *deps) error {
+	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		switch args[0] {
 		case "issue":
 			if *workspace == "" || *project == "" || *user == "" {
@@ -165,7 +163,7 @@ func cmdResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *project == "" || *user == "" {
 		return usageErr("resolve needs --project and --user")
 	}
-	return withDeps(ctx, fs, &o, stderr, func(d *deps) error {
+	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		rows, err := d.resolver.ResolutionView(ctx, *project, *user)
 		if err != nil {
 			return err
@@ -201,7 +199,7 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageErr("%v", err)
 	}
 	q.Project = *project
-	return withDeps(ctx, fs, &o, stderr, func(d *deps) error {
+	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		st, err := metering.OpenStore(ctx, d.db)
 		if err != nil {
 			return err

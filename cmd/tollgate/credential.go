@@ -75,7 +75,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		// Opening the store with the new key needs the old one accepted.
 		o.PreviousKeys = strings.Trim(o.PreviousKeys+","+strings.TrimSpace(string(raw)), ",")
 	}
-	return withDeps(ctx, fs, &o, stderr, func(d *deps) error {
+	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		svc := d.resolver
 		switch sub {
 		case "set":

@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "check-config":
 		err = cmdCheckConfig(rest, stdout)
 	case "env":
-		err = cmdEnv(rest, stdout)
+		err = cmdEnv(rest, stdout, stderr)
 	case "token":
 		err = cmdToken(ctx, rest, stdout, stderr)
 	case "credential":

@@ -176,8 +176,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			case <-bg.Done():
 				return
 			case s := <-hup:
-				regHUP <- s
-				priceHUP <- s
+				// A reload already pending covers this signal too.
+				for _, ch := range []chan os.Signal{regHUP, priceHUP} {
+					select {
+					case ch <- s:
+					default:
+					}
+				}
 			}
 		}
 	}()
