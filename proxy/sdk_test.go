@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/anthropics/anthropic-sdk-go"
@@ -123,10 +125,16 @@ func TestGoOpenAIChat(t *testing.T) {
 	if int64(resp.Usage.PromptTokens) != want.InputTotal() || len(resp.Choices) != 1 {
 		t.Errorf("usage %+v choices %d", resp.Usage, len(resp.Choices))
 	}
-	// A harness-bound token on a route its harness does not speak is a
-	// typed API error the SDK surfaces.
-	_, err = cli.CreateChatCompletion(context.Background(), goopenai.ChatCompletionRequest{Model: "gpt-4o"})
-	if err != nil {
-		t.Logf("empty-messages request: %v", err)
+	// A token tied to another harness is refused in OpenAI's envelope, which
+	// the SDK parses into a typed error a program can act on.
+	cfg = goopenai.DefaultConfig(e.token("ws", "p", "u", "claude-code"))
+	cfg.BaseURL = e.URL + "/openai/v1"
+	_, err = goopenai.NewClientWithConfig(cfg).CreateChatCompletion(context.Background(), goopenai.ChatCompletionRequest{
+		Model:    "gpt-4o",
+		Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
+	})
+	var apiErr *goopenai.APIError
+	if !errors.As(err, &apiErr) || apiErr.HTTPStatusCode != 403 || !strings.Contains(apiErr.Message, "does not speak") {
+		t.Errorf("wrong-harness error as the SDK sees it: %v", err)
 	}
 }
