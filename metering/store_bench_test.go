@@ -7,15 +7,21 @@ import (
 	"time"
 )
 
-// BenchmarkStoreInsertBatch measures one 256-record transaction into
-// SQLite, rollup included.
+// BenchmarkStoreInsertBatch measures one transaction into SQLite, rollup
+// included, at the writer's default batch size and at a larger one.
 func BenchmarkStoreInsertBatch(b *testing.B) {
+	for _, size := range []int{DefaultBatchSize, 256} {
+		b.Run(fmt.Sprintf("rows=%d", size), func(b *testing.B) { benchInsertBatch(b, size) })
+	}
+}
+
+func benchInsertBatch(b *testing.B, size int) {
 	s := mustUsageStore(b, "sqlite")
 	ctx := context.Background()
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
-		recs := make([]*Record, 256)
+		recs := make([]*Record, size)
 		for i := range recs {
 			recs[i] = usageRecordN(fmt.Sprintf("ib-%d", n), n, usageDay.Add(time.Duration(n)*time.Second))
 			n++
