@@ -260,9 +260,6 @@ func (s *Server) shapeFor(c *fiber.Ctx) string {
 	return registry.ShapeOpenAI
 }
 
-// App exposes the fiber app, for Listener and Shutdown.
-func (s *Server) App() *fiber.App { return s.app }
-
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(ln) }
 

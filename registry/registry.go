@@ -403,24 +403,6 @@ func (r *Registry) RouteKnown(path string) (*Dialect, bool) {
 	return ds[0], true
 }
 
-// ProviderFor picks the provider that serves dialect d for harness h (nil
-// when no harness is known): the harness's provider tag if it speaks d, else
-// the first provider in name order that speaks d and whose name equals the
-// dialect's default.
-func (r *Registry) ProviderFor(h *Harness, d *Dialect) *Provider {
-	if h != nil {
-		if p, ok := r.providers[h.Provider]; ok && p.Speaks(d.Name) {
-			return p
-		}
-	}
-	for _, p := range r.Providers() {
-		if p.Speaks(d.Name) {
-			return p
-		}
-	}
-	return nil
-}
-
 type segment struct {
 	literal string
 	param   string // "model" or another placeholder name
