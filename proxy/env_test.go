@@ -56,6 +56,8 @@ type envOptions struct {
 	// registryEdit rewrites the registry YAML before loading.
 	registryEdit func(string) string
 	pricer       Pricer
+	// upstreamURL, if set, replaces the fake provider in the registry.
+	upstreamURL string
 }
 
 // syncBuffer is a goroutine-safe log sink.
@@ -95,6 +97,9 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		o.fake.Keys = canaries
 	}
 	fake, fakeURL := upstreamtest.MustStart(tb, o.fake)
+	if o.upstreamURL != "" {
+		fakeURL = o.upstreamURL
+	}
 	y := mustRegistryYAML(tb, fakeURL)
 	if o.registryEdit != nil {
 		y = o.registryEdit(y)

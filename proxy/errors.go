@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 
@@ -124,8 +123,9 @@ func classify(err error) *apiError {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return &apiError{kind: kindUpstreamTimeout, msg: "the provider did not answer in time", cause: err}
 	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	// net.Error, and fasthttp's ErrTimeout, which has only this method.
+	var te interface{ Timeout() bool }
+	if errors.As(err, &te) && te.Timeout() {
 		return &apiError{kind: kindUpstreamTimeout, msg: "the provider did not answer in time", cause: err}
 	}
 	return &apiError{kind: kindInternal, msg: "internal error", cause: err}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/tidwall/gjson"
+	"github.com/valyala/fasthttp"
 
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/registry"
@@ -165,89 +166,133 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		upURL += "?" + stripTokenParams(string(q))
 	}
 
+	cl.overhead += s.cfg.timeNow().Sub(start)
+	if !cl.rec.Stream {
+		return cl.sendWhole(c, method, upURL, out, provider, target.Secret, reg.Limits)
+	}
+	return cl.sendStreamed(c, method, upURL, out, provider, target.Secret, reg.Limits)
+}
+
+// sendWhole forwards a request whose answer is not streamed, through the
+// fasthttp client (upstream.go), and answers once it is read whole. A
+// non-streamed answer's headers come with its body, so the header timeout
+// bounds the whole exchange.
+func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
+	s := cl.s
+	t0 := s.cfg.timeNow()
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod(method)
+	req.SetRequestURI(url)
+	req.Header.SetNoDefaultContentType(true)
+	writeUpstreamHeaders(fastHeader{&req.Header}, c, p, secret)
+	req.SetBodyRaw(body)
+	cl.overhead += s.cfg.timeNow().Sub(t0)
+
+	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
+	t1 := s.cfg.timeNow()
+	if err != nil {
+		return cl.upstreamFailed(err)
+	}
+	status := resp.StatusCode()
+	cl.rec.Status = status
+	copyFastResponseHeaders(c, &resp.Header)
+	c.Status(status)
+	if status < 200 || status > 299 {
+		b := resp.Body()
+		return cl.upstreamError(c, status, b[:min(len(b), lim.MaxErrorBodyBytes)], secret, t1)
+	}
+	return cl.buffered(c, resp.Body(), isEventStream(string(resp.Header.ContentType())), lim, t1)
+}
+
+// sendStreamed forwards a request that asked for a stream, through
+// net/http, so the stream can be cancelled from the idle timer, a gone
+// client or shutdown (R10). A provider may still answer it whole.
+func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
+	s := cl.s
+	t0 := s.cfg.timeNow()
 	ctx, cancel := context.WithCancelCause(s.cfg.BaseContext)
-	req, err := http.NewRequestWithContext(ctx, method, upURL, bodyReader(out))
+	req, err := http.NewRequestWithContext(ctx, method, url, bodyReader(body))
 	if err != nil {
 		cancel(err)
 		return cl.reject(&apiError{kind: kindInternal, msg: "internal error", cause: errors.New("build upstream request")})
 	}
-	req.ContentLength = int64(len(out))
-	copyRequestHeaders(req.Header, c, provider)
-	for k, v := range provider.Headers {
-		if req.Header.Get(k) == "" {
-			req.Header.Set(k, v)
-		}
-	}
-	setAuth(req.Header, provider.Auth, target.Secret)
-	req.Header.Set("Accept-Encoding", "identity")
+	req.ContentLength = int64(len(body))
+	writeUpstreamHeaders(stdHeader(req.Header), c, p, secret)
+	cl.overhead += s.cfg.timeNow().Sub(t0)
 
-	cl.overhead += s.cfg.timeNow().Sub(start)
 	resp, err := s.upstr.Do(req)
 	if err != nil {
 		cancel(err)
 		return cl.upstreamFailed(err)
 	}
-	t0 := s.cfg.timeNow()
+	t1 := s.cfg.timeNow()
 	cl.rec.Status = resp.StatusCode
 	copyResponseHeaders(c, resp.Header)
 	c.Status(resp.StatusCode)
 
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		defer cancel(nil)
-		defer resp.Body.Close()
-		return cl.upstreamError(c, resp, target.Secret, reg.Limits.MaxErrorBodyBytes)
-	}
-	if isEventStream(resp.Header.Get("Content-Type")) {
-		sb := newStreamBody(cl, ctx, cancel, resp.Body, reg.Limits.MaxEventBytes, cl.rec.Injected)
+	sse := isEventStream(resp.Header.Get("Content-Type"))
+	if sse && resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		sb := newStreamBody(cl, ctx, cancel, resp.Body, lim.MaxEventBytes, cl.rec.Injected)
 		c.Set("X-Accel-Buffering", "no")
 		c.Response().ImmediateHeaderFlush = true
 		c.Context().SetBodyStream(sb, -1)
-		cl.overhead += s.cfg.timeNow().Sub(t0)
+		cl.overhead += s.cfg.timeNow().Sub(t1)
 		return nil
 	}
 	defer cancel(nil)
 	defer resp.Body.Close()
-	return cl.buffered(c, resp, reg.Limits.MaxResponseBodyBytes, t0)
-}
-
-// buffered reads a non-streamed 2xx answer whole, meters it once and sends
-// it with a known length.
-func (cl *call) buffered(c *fiber.Ctx, resp *http.Response, limit int, t0 time.Time) error {
-	s := cl.s
-	waitStart := s.cfg.timeNow()
-	cl.overhead += waitStart.Sub(t0)
-	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
-	t1 := s.cfg.timeNow()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, int64(lim.MaxErrorBodyBytes)))
+		return cl.upstreamError(c, resp.StatusCode, b, secret, s.cfg.timeNow())
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(lim.MaxResponseBodyBytes)+1))
 	if err != nil {
 		return cl.upstreamFailed(err)
 	}
-	if len(body) > limit {
-		return cl.upstreamFailed(errors.New("upstream body over the response limit"))
+	return cl.buffered(c, b, sse, lim, s.cfg.timeNow())
+}
+
+// errResponseTooLarge is the cause when a whole answer is over the limit.
+var errResponseTooLarge = errors.New("upstream answer over the response limit")
+
+// buffered meters a 2xx answer read whole (t1: when its last byte came) and
+// sends it with a known length. An SSE body is framed like a stream.
+func (cl *call) buffered(c *fiber.Ctx, body []byte, sse bool, lim registry.Limits, t1 time.Time) error {
+	s := cl.s
+	if len(body) > lim.MaxResponseBodyBytes {
+		return cl.upstreamFailed(errResponseTooLarge)
 	}
 	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.BytesOut = int64(len(body))
-	mt := metering.NewMeter(cl.dialect, 0)
+	mt := metering.NewMeter(cl.dialect, lim.MaxEventBytes)
 	if cl.path.Metered {
-		mt.Body(body)
+		if sse {
+			mt.Observe(body)
+		} else {
+			mt.Body(body)
+		}
 	}
 	cl.settle(mt.Settle(metering.EndEOF), cl.path.Metered)
-	c.Response().SetBodyRaw(body)
+	c.Response().SetBody(body)
 	cl.overhead += s.cfg.timeNow().Sub(t1)
 	cl.finish()
 	return nil
 }
 
 // upstreamError passes a provider's non-2xx answer through with its status
-// and body, minus anything that could carry our key. 401 and 403 bodies are
-// replaced outright: providers echo key fragments there, and the caller
-// cannot fix our credential anyway (peer-behaviours.md §6).
-func (cl *call) upstreamError(c *fiber.Ctx, resp *http.Response, secret resolver.Secret, limit int) error {
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
-	cl.rec.TTFB = cl.s.cfg.timeNow().Sub(cl.start)
+// and body (read up to the error limit), minus anything that could carry
+// our key. 401 and 403 bodies are replaced outright: providers echo key
+// fragments there, and the caller cannot fix our credential anyway
+// (peer-behaviours.md §6).
+func (cl *call) upstreamError(c *fiber.Ctx, status int, body []byte, secret resolver.Secret, t1 time.Time) error {
+	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.Outcome, cl.rec.Source = metering.OutcomeUpstreamError, metering.SourceNone
-	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-		e := newError(kindUnauthenticated, "the provider rejected the credential tollgate holds for this project (HTTP %d); ask an administrator to check it", resp.StatusCode)
-		if resp.StatusCode == http.StatusForbidden {
+	if status == http.StatusUnauthorized || status == http.StatusForbidden {
+		e := newError(kindUnauthenticated, "the provider rejected the credential tollgate holds for this project (HTTP %d); ask an administrator to check it", status)
+		if status == http.StatusForbidden {
 			e.kind = kindForbidden
 			e.msg = "the provider refused this request with the credential tollgate holds for this project (HTTP 403); ask an administrator to check it"
 		}
@@ -257,8 +302,8 @@ func (cl *call) upstreamError(c *fiber.Ctx, resp *http.Response, secret resolver
 		body = redactSecret(body, secret)
 	}
 	cl.rec.BytesOut = int64(len(body))
-	c.Status(resp.StatusCode)
-	c.Response().SetBodyRaw(body)
+	c.Status(status)
+	c.Response().SetBody(body)
 	cl.finish()
 	return nil
 }
@@ -267,7 +312,10 @@ func (cl *call) upstreamError(c *fiber.Ctx, resp *http.Response, secret resolver
 // transport error may hold the upstream URL, so only its class is kept.
 func (cl *call) upstreamFailed(err error) error {
 	e := classify(err)
-	if e.kind != kindUpstreamTimeout {
+	switch {
+	case errors.Is(err, errResponseTooLarge), errors.Is(err, fasthttp.ErrBodyTooLarge):
+		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider's answer is larger than this gateway's response limit (limits.max_response_body_bytes)", cause: err}
+	case e.kind != kindUpstreamTimeout:
 		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider could not be reached; try again shortly", cause: err}
 	}
 	cl.rec.Status = kindStatus[e.kind]

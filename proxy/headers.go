@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -47,21 +48,65 @@ var responseHeaders = map[string]bool{
 
 var responseHeaderPrefixes = []string{"anthropic-ratelimit-", "x-ratelimit-"}
 
-func responseHeaderAllowed(k string) bool {
+// responseHeaderAllowed takes net/http's string keys and fasthttp's byte
+// keys alike, so neither side converts a key per header.
+func responseHeaderAllowed[K string | []byte](k K) bool {
 	for name := range responseHeaders {
-		if strings.EqualFold(k, name) {
+		if asciiEqualFold(k, name) {
 			return true
 		}
 	}
 	for _, p := range responseHeaderPrefixes {
-		if len(k) >= len(p) && strings.EqualFold(k[:len(p)], p) {
+		if len(k) >= len(p) && asciiEqualFold(k[:len(p)], p) {
 			return true
 		}
 	}
 	return false
 }
 
-func copyRequestHeaders(dst http.Header, c *fiber.Ctx, p *registry.Provider) {
+// asciiEqualFold reports whether k equals the lower-case ASCII name,
+// ignoring k's case; header names are ASCII.
+func asciiEqualFold[K string | []byte](k K, lower string) bool {
+	if len(k) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		ch := k[i]
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		if ch != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// headerSink is an upstream request's header set as tollgate writes it:
+// net/http's for streamed requests, fasthttp's for the rest (upstream.go).
+type headerSink interface {
+	add(k string, v []byte)
+	set(k, v string)
+	has(k string) bool
+}
+
+type stdHeader http.Header
+
+func (h stdHeader) add(k string, v []byte) { h[k] = append(h[k], string(v)) }
+func (h stdHeader) set(k, v string)        { http.Header(h).Set(k, v) }
+func (h stdHeader) has(k string) bool      { return http.Header(h).Get(k) != "" }
+
+type fastHeader struct{ h *fasthttp.RequestHeader }
+
+func (f fastHeader) add(k string, v []byte) { f.h.AddBytesV(k, v) }
+func (f fastHeader) set(k, v string)        { f.h.Set(k, v) }
+func (f fastHeader) has(k string) bool      { return len(f.h.Peek(k)) > 0 }
+
+// writeUpstreamHeaders builds an upstream request's headers from scratch:
+// the client's allow-listed headers, the provider's fixed ones, the real
+// key, and identity encoding (compressed SSE would reach the meter as
+// binary, R5).
+func writeUpstreamHeaders(dst headerSink, c *fiber.Ctx, p *registry.Provider, s resolver.Secret) {
 	var buf [64]byte
 	c.Request().Header.VisitAll(func(k, v []byte) {
 		if len(k) > len(buf) {
@@ -77,32 +122,47 @@ func copyRequestHeaders(dst http.Header, c *fiber.Ctx, p *registry.Provider) {
 			b[i] = ch
 		}
 		if canon, ok := upstreamHeaders[string(b)]; ok {
-			dst[canon] = append(dst[canon], string(v))
+			dst.add(canon, v)
 		}
 	})
 	for _, h := range p.ForwardHeaders {
 		if v := c.Request().Header.Peek(h); len(v) > 0 {
-			dst.Set(h, string(v))
+			dst.set(h, string(v))
 		}
 	}
+	for k, v := range p.Headers {
+		if !dst.has(k) {
+			dst.set(k, v)
+		}
+	}
+	switch p.Auth {
+	case registry.AuthXAPIKey:
+		dst.set("X-Api-Key", s.Reveal())
+	case registry.AuthXGoogAPIKey:
+		dst.set("X-Goog-Api-Key", s.Reveal())
+	default:
+		dst.set("Authorization", "Bearer "+s.Reveal())
+	}
+	dst.set("Accept-Encoding", "identity")
 }
 
 func copyResponseHeaders(c *fiber.Ctx, h http.Header) {
 	for k, vs := range h {
-		// net/http canonicalises keys, so the allow-list is checked
-		// case-insensitively without building a lower-case copy.
-		allowed := responseHeaderAllowed(k)
-		if !allowed {
+		if !responseHeaderAllowed(k) {
 			continue
 		}
-		for i, v := range vs {
-			if i == 0 {
-				c.Set(k, v)
-			} else {
-				c.Append(k, v)
-			}
+		for _, v := range vs {
+			c.Response().Header.Add(k, v)
 		}
 	}
+}
+
+func copyFastResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader) {
+	h.VisitAll(func(k, v []byte) {
+		if responseHeaderAllowed(k) {
+			c.Response().Header.AddBytesKV(k, v)
+		}
+	})
 }
 
 // tokenFrom reads the scoped token from wherever the harness put it.
@@ -132,18 +192,6 @@ func sessionID(c *fiber.Ctx) string {
 		}
 	}
 	return ""
-}
-
-// setAuth injects the real key in the provider's auth style.
-func setAuth(h http.Header, style string, s resolver.Secret) {
-	switch style {
-	case registry.AuthXAPIKey:
-		h.Set("X-Api-Key", s.Reveal())
-	case registry.AuthXGoogAPIKey:
-		h.Set("X-Goog-Api-Key", s.Reveal())
-	default:
-		h.Set("Authorization", "Bearer "+s.Reveal())
-	}
 }
 
 // keyLike matches strings shaped like provider keys, so a provider's error

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -127,6 +128,7 @@ type Server struct {
 	app   *fiber.App
 	log   *slog.Logger
 	upstr *http.Client
+	fast  *fastUpstream
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -162,9 +164,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Transport == nil {
 		cfg.Transport = NewTransport(cfg.ResponseHeaderTimeout)
 	}
+	fast, err := newFastUpstream(cfg.BaseContext, 4*registry.DefaultMaxResponseBodyBytes)
+	if err != nil {
+		return nil, fmt.Errorf("proxy config: upstream proxy from the environment: %w", err)
+	}
 	s := &Server{
-		cfg: cfg,
-		log: cfg.Logger,
+		fast: fast,
+		cfg:  cfg,
+		log:  cfg.Logger,
 		// No Client.Timeout: it would cover the whole streamed body (R1).
 		upstr: &http.Client{
 			Transport:     cfg.Transport,

@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy/upstreamtest"
+)
+
+const chatJSON = `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
+
+// Shutdown step 3 cancels the base context; a non-streamed request parked
+// at the provider must end then, answered 502 and recorded, even though the
+// fasthttp client has no cancellation of its own.
+func TestShutdownEndsNonStreamedRequests(t *testing.T) {
+	e := newEnv(t, envOptions{headerWait: time.Minute})
+	tok := e.token("ws", "p", "u", "")
+	type result struct {
+		resp *http.Response
+		took time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		resp := e.do("POST", "/openai/v1/chat/completions", tok, chatJSON, upstreamtest.HeaderTTFB, "30s")
+		done <- result{resp, time.Since(start)}
+	}()
+	eventually(t, 5*time.Second, "the request to reach the provider", func() bool { return e.fake.Counters().Requests == 1 })
+	e.cancel()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request outlived the base context by 5 s")
+	}
+	body := readAll(t, r.resp.Body)
+	r.resp.Body.Close()
+	if r.resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "could not be reached") {
+		t.Errorf("status %d body %s, want 502 in the OpenAI envelope", r.resp.StatusCode, body)
+	}
+	rec := e.record(r.resp)
+	if rec.Outcome != metering.OutcomeUnreachable || rec.Status != http.StatusBadGateway {
+		t.Errorf("record outcome %s status %d, want unreachable 502", rec.Outcome, rec.Status)
+	}
+	// A request after the base context ended must not dial at all.
+	resp := e.do("POST", "/openai/v1/chat/completions", tok, chatJSON)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || e.fake.Counters().Requests != 1 {
+		t.Errorf("after cancel: status %d, provider saw %d requests; want 502 and 1", resp.StatusCode, e.fake.Counters().Requests)
+	}
+}
+
+// closingUpstream is a provider whose first connection answers one request
+// and then closes on the second without a byte, the way a provider drops a
+// keep-alive connection it considers idle. Later connections answer all.
+type closingUpstream struct {
+	ln       net.Listener
+	requests atomic.Int64
+	conns    atomic.Int64
+	wg       sync.WaitGroup
+}
+
+func startClosingUpstream(t *testing.T) *closingUpstream {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &closingUpstream{ln: ln}
+	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			first := u.conns.Add(1) == 1
+			u.wg.Add(1)
+			go func() {
+				defer u.wg.Done()
+				u.serve(c, first)
+			}()
+		}
+	}()
+	return u
+}
+
+func (u *closingUpstream) serve(c net.Conn, first bool) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for n := 0; ; n++ {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		u.requests.Add(1)
+		if first && n == 1 {
+			return
+		}
+		body := `{"object":"list","data":[]}`
+		if req.Method == http.MethodPost {
+			body = `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	}
+}
+
+// A kept-alive connection the provider closed: a GET is sent again on a
+// new connection, a billed POST never is (net/http's rule: only replayable
+// requests are retried once written), so a request is never charged twice.
+func TestDroppedKeepAliveRetriesOnlyReplayableRequests(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, path, body string
+		wantStatus               int
+		wantRequests             int64
+	}{
+		{"GET", "GET", "/openai/v1/models", "", http.StatusOK, 3},
+		{"POST", "POST", "/openai/v1/chat/completions", chatJSON, http.StatusBadGateway, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := startClosingUpstream(t)
+			e := newEnv(t, envOptions{upstreamURL: "http://" + up.ln.Addr().String()})
+			tok := e.token("ws", "p", "u", "")
+			resp := e.do(tc.method, tc.path, tok, tc.body)
+			readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("first request: status %d", resp.StatusCode)
+			}
+			resp = e.do(tc.method, tc.path, tok, tc.body)
+			b := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.wantStatus {
+				t.Errorf("second request: status %d, want %d: %s", resp.StatusCode, tc.wantStatus, b)
+			}
+			if got := up.requests.Load(); got != tc.wantRequests {
+				t.Errorf("provider saw %d requests, want %d", got, tc.wantRequests)
+			}
+		})
+	}
+}
+
+// A non-streamed answer over the response limit is refused with a message
+// that names the limit, not passed on unmetered.
+func TestNonStreamedAnswerOverTheLimit(t *testing.T) {
+	e := newEnv(t, envOptions{registryEdit: func(y string) string {
+		return strings.Replace(y, "max_response_body_bytes: 67108864", "max_response_body_bytes: 200", 1)
+	}})
+	tok := e.token("ws", "p", "u", "")
+	resp := e.do("POST", "/openai/v1/chat/completions", tok, chatJSON)
+	b := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "max_response_body_bytes") {
+		t.Errorf("status %d body %s, want 502 naming the limit", resp.StatusCode, b)
+	}
+	if e.fake.Counters().Requests != 1 {
+		t.Errorf("provider saw %d requests, want 1", e.fake.Counters().Requests)
+	}
+}
