@@ -1,7 +1,6 @@
 package metering
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,11 +20,14 @@ const (
 	// DefaultQueueSize bounds the records held in memory between Record and
 	// the batching goroutine (about 1 KiB each).
 	DefaultQueueSize = 4096
-	// DefaultBatchSize caps one store transaction. A batch runs on the same
-	// cores as the proxy: with SQLite a record costs 40-80 µs of CPU, so 256
-	// rows held one core for 10-20 ms and every request queued behind them
-	// (make bench, S2 added p99). 64 rows keep a commit near 3 ms.
-	DefaultBatchSize = 64
+	// DefaultBatchSize caps one store transaction. Each commit writes the
+	// batch's pages to the WAL and fsyncs, so on SQLite a record costs 16-20
+	// µs of CPU in batches of 64 and 13 µs in batches of 256
+	// (BenchmarkStoreInsertBatch). A batch shares the proxy's cores but
+	// yields every yieldEvery rows, so its length no longer holds requests
+	// up; only the commit (WAL write, fsync) runs in one piece, and that
+	// grows with the batch: 512 rows saved little more CPU.
+	DefaultBatchSize = 256
 	// DefaultBatchInterval is the longest a record waits for its batch to fill.
 	DefaultBatchInterval = 200 * time.Millisecond
 	// DefaultSyncInterval is the group-commit period of the spool: the window
@@ -228,11 +230,6 @@ type queued struct {
 	seg uint64 // spool segment holding r; 0 when r is only in memory
 }
 
-type spoolBuf struct {
-	buf bytes.Buffer
-	enc *json.Encoder
-}
-
 // NewWriter opens (and locks) the spool in cfg.SpoolDir, and starts the
 // batching and fsync goroutines, which Close stops. Segments left by a
 // previous process are replayed into ins first; the store may be down, in
@@ -260,12 +257,7 @@ func NewWriter(cfg WriterConfig, ins Inserter) (*Writer, error) {
 		syncStop: make(chan struct{}),
 		syncDone: make(chan struct{}),
 	}
-	w.bufs.New = func() any {
-		b := new(spoolBuf)
-		b.enc = json.NewEncoder(&b.buf)
-		b.enc.SetEscapeHTML(false)
-		return b
-	}
+	w.bufs.New = func() any { return new([]byte) }
 	go w.run(ctx)
 	go w.syncLoop()
 	return w, nil
@@ -297,13 +289,14 @@ func (w *Writer) Record(r *Record) {
 		w.drop(r, "writer closed")
 		return
 	}
-	b := w.bufs.Get().(*spoolBuf)
-	line, err := encodeSpoolLine(&b.buf, b.enc, r)
+	b := w.bufs.Get().(*[]byte)
+	line, err := appendSpoolLine((*b)[:0], r)
 	var seg, lineNo uint64
 	if err == nil {
 		seg, lineNo, err = w.sp.append(line)
+		*b = line
 	}
-	if b.buf.Cap() <= 64<<10 { // don't keep a pathological buffer pooled
+	if cap(*b) <= 64<<10 { // don't keep a pathological buffer pooled
 		w.bufs.Put(b)
 	}
 	if err == nil && w.cfg.SyncEveryRecord {

@@ -2,9 +2,12 @@ package metering
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
+	"hash/crc32"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -12,13 +15,11 @@ import (
 
 func spoolLine(tb testing.TB, r *Record) []byte {
 	tb.Helper()
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	line, err := encodeSpoolLine(&buf, enc, r)
+	line, err := appendSpoolLine(nil, r)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return append([]byte(nil), line...)
+	return line
 }
 
 func TestSpoolLineRoundTrip(t *testing.T) {
@@ -52,6 +53,104 @@ func TestSpoolLineRoundTrip(t *testing.T) {
 			}
 		})
 	}
+}
+
+// jsonSpoolLine is a spool line as encoding/json writes it, the encoder the
+// spool used before appendSpoolLine.
+func jsonSpoolLine(tb testing.TB, r *Record) ([]byte, error) {
+	tb.Helper()
+	var buf bytes.Buffer
+	buf.WriteString("00000000 ")
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(r); err != nil {
+		return nil, err
+	}
+	b := buf.Bytes()
+	c := crc32.Checksum(b[spoolCRCLen:len(b)-1], spoolCRC)
+	hex.Encode(b[:8], []byte{byte(c >> 24), byte(c >> 16), byte(c >> 8), byte(c)})
+	return b, nil
+}
+
+// fullRecord sets every Record field, so a field added to Record but not to
+// appendSpoolLine fails TestSpoolLineMatchesEncodingJSON.
+func fullRecord() *Record {
+	r := usageRecordN("full", 2, time.Date(2026, 5, 4, 13, 14, 15, 123456789, time.FixedZone("", -7*3600)))
+	r.Session, r.EventOverflow, r.Unpriced, r.Injected, r.Stream = "sess", true, true, true, true
+	r.Usage = &Usage{1, 2, 3, 4, 5, 6, 7}
+	r.CostMicroUSD = costPtr(-42)
+	return r
+}
+
+func TestSpoolLineMatchesEncodingJSON(t *testing.T) {
+	full := fullRecord()
+	v := reflect.ValueOf(full).Elem()
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Errorf("fullRecord leaves %s unset", v.Type().Field(i).Name)
+		}
+	}
+	sparse := usageRecordN("sparse", 3, usageDay) // no usage, no cost
+	odd := usageRecordN("odd \"\\ <&> \x00\x1f\x7f \b\f\n\r\t \u2028\u2029 \xff\xc3 é 🦊", 1, usageDay)
+	odd.Project = "\xed\xa0\x80" // a UTF-16 surrogate: invalid UTF-8
+	for _, tc := range []struct {
+		name string
+		r    *Record
+	}{{"EveryField", full}, {"NullUsageAndCost", sparse}, {"EscapedText", odd}} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := jsonSpoolLine(t, tc.r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := spoolLine(t, tc.r); !bytes.Equal(got, want) {
+				t.Errorf("spool line:\n got %s\nwant %s", got, want)
+			}
+		})
+	}
+}
+
+func TestSpoolLineRejectsUnencodableStart(t *testing.T) {
+	r := usageRecordN("y10k", 1, time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC))
+	if _, err := appendSpoolLine(nil, r); err == nil {
+		t.Error("a start time encoding/json rejects was encoded")
+	}
+}
+
+// FuzzSpoolLine checks that a line replays to the record encoding/json
+// would have given back, for any text (invalid UTF-8, NUL, quotes, control
+// characters, U+2028) and any time, and fails exactly when encoding/json does.
+func FuzzSpoolLine(f *testing.F) {
+	f.Add("id", "proj", "", "model", int64(1777900000), int64(5), 0, int64(1), false)
+	f.Add("a\"b\\c", "\x00\x01\x1f", "\u2028\u2029", "\xff\xfe\xc3", int64(-62135596800), int64(999999999), -1439, int64(-1), true)
+	f.Add("<&>", "\xed\xa0\x80", "\t\n\r\b\f", "\x7f é", int64(253402300800), int64(0), 1439, int64(1)<<62, true)
+	f.Fuzz(func(t *testing.T, id, project, session, model string, sec, nsec int64, offMin int, n int64, flag bool) {
+		r := usageRecordN("r"+id, int(n&0xff), time.Unix(sec, nsec).In(time.FixedZone("", offMin%1440*60)))
+		r.Project, r.Session, r.ModelServed, r.UpstreamID = project, session, model, id+model
+		r.Duration, r.BytesOut, r.Status = time.Duration(n), -n, int(n>>1)
+		r.EventOverflow, r.Unpriced = flag, !flag
+		want, wantErr := jsonSpoolLine(t, r)
+		got, err := appendSpoolLine(nil, r)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("encode error %v, encoding/json's %v", err, wantErr)
+		}
+		if err != nil {
+			return
+		}
+		dec, err := decodeSpoolLine(got[:len(got)-1])
+		if err != nil {
+			t.Fatalf("decode %q: %v", got, err)
+		}
+		var viaJSON Record
+		if err := json.Unmarshal(want[spoolCRCLen:], &viaJSON); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(*dec, viaJSON) {
+			t.Errorf("replayed record differs from encoding/json's round trip:\n got %+v\nwant %+v", *dec, viaJSON)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("spool line:\n got %q\nwant %q", got, want)
+		}
+	})
 }
 
 // writeSegment writes a previous process's segment file by hand.
@@ -137,4 +236,27 @@ func TestSpoolRotatesAndDeletesCommittedSegments(t *testing.T) {
 	if st := w.Stats(); st.Spilled != 0 || st.Replayed != 0 {
 		t.Errorf("stats %+v: rotation alone should need no replay", st)
 	}
+}
+
+// BenchmarkSpoolLine compares appendSpoolLine with the encoding/json
+// encoder it replaced, on Record's request path.
+func BenchmarkSpoolLine(b *testing.B) {
+	r := fullRecord()
+	b.Run("append", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			buf, _ = appendSpoolLine(buf[:0], r)
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		for b.Loop() {
+			buf.Reset()
+			enc.Encode(r)
+		}
+	})
 }

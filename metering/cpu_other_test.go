@@ -1,0 +1,8 @@
+//go:build !unix
+
+package metering
+
+import "time"
+
+// processCPU is unavailable without getrusage; CPU metrics are then omitted.
+func processCPU() (time.Duration, bool) { return 0, false }
