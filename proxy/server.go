@@ -186,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 		// limit; fasthttp's own bound is a hard ceiling above it.
 		BodyLimit:             registry.DefaultMaxBodyBytes * 4,
 		ReadBufferSize:        serverReadBufferSize,
+		ReduceMemoryUsage:     true,
 		StreamRequestBody:     false, // true disables BodyLimit (R6)
 		DisableStartupMessage: true,
 		ErrorHandler:          s.errorHandler,
@@ -211,9 +212,12 @@ func NewTransport(headerTimeout time.Duration) *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: headerTimeout,
 		ExpectContinueTimeout: time.Second,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
-		IdleConnTimeout:       90 * time.Second,
+		// A held stream keeps both buffers for its connection's life; 2 KiB
+		// holds a request's headers, and larger writes bypass the buffer.
+		WriteBufferSize:     2 << 10,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: maxIdleConnsPerHost,
+		IdleConnTimeout:     90 * time.Second,
 		// Compressed SSE would reach the meter as binary (R5); we also send
 		// Accept-Encoding: identity explicitly.
 		DisableCompression: true,
