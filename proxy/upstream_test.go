@@ -67,6 +67,7 @@ type closingUpstream struct {
 	requests atomic.Int64
 	conns    atomic.Int64
 	wg       sync.WaitGroup
+	lastURI  atomic.Value // string: the request target as received
 }
 
 func startClosingUpstream(t *testing.T) *closingUpstream {
@@ -104,6 +105,7 @@ func (u *closingUpstream) serve(c net.Conn, first bool) {
 			return
 		}
 		io.Copy(io.Discard, req.Body)
+		u.lastURI.Store(req.RequestURI)
 		u.requests.Add(1)
 		if first && n == 1 {
 			return
@@ -166,5 +168,23 @@ func TestNonStreamedAnswerOverTheLimit(t *testing.T) {
 	}
 	if e.fake.Counters().Requests != 1 {
 		t.Errorf("provider saw %d requests, want 1", e.fake.Counters().Requests)
+	}
+}
+
+// The request target reaches the provider byte for byte: fasthttp would
+// otherwise decode and re-encode the path (DisablePathNormalizing).
+func TestNonStreamedPathIsNotNormalised(t *testing.T) {
+	up := startClosingUpstream(t)
+	e := newEnv(t, envOptions{upstreamURL: "http://" + up.ln.Addr().String()})
+	tok := e.token("ws", "p", "u", "")
+	const rest = "/v1/models/ft%3Agpt-4o%20x?limit=2&after=a%2Bb"
+	resp := e.do("GET", "/openai"+rest, tok, "")
+	readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if got, _ := up.lastURI.Load().(string); got != rest {
+		t.Errorf("provider got request target %q, want %q", got, rest)
 	}
 }
