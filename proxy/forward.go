@@ -173,22 +173,28 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	return cl.sendStreamed(c, method, upURL, out, provider, target.Secret, reg.Limits)
 }
 
-// sendWhole forwards a request whose answer is not streamed, through the
-// fasthttp client (upstream.go), and answers once it is read whole. A
-// non-streamed answer's headers come with its body, so the header timeout
-// bounds the whole exchange.
-func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
-	s := cl.s
-	t0 := s.cfg.timeNow()
+// newUpstreamRequest builds the upstream request from scratch; body must
+// stay untouched until the request is released.
+func (cl *call) newUpstreamRequest(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
 	req.Header.SetMethod(method)
 	req.SetRequestURI(url)
 	req.Header.SetNoDefaultContentType(true)
-	writeUpstreamHeaders(fastHeader{&req.Header}, c, p, secret)
+	writeUpstreamHeaders(&req.Header, c, p, secret)
 	req.SetBodyRaw(body)
+	return req
+}
+
+// sendWhole forwards a request whose answer is not streamed and answers
+// once it is read whole. A non-streamed answer's headers come with its
+// body, so the header timeout bounds the whole exchange.
+func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
+	s := cl.s
+	t0 := s.cfg.timeNow()
+	req := cl.newUpstreamRequest(c, method, url, body, p, secret)
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
 	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
@@ -196,10 +202,7 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	if err != nil {
 		return cl.upstreamFailed(err)
 	}
-	status := resp.StatusCode()
-	cl.rec.Status = status
-	copyFastResponseHeaders(c, &resp.Header)
-	c.Status(status)
+	status := cl.answerHeaders(c, resp)
 	if status < 200 || status > 299 {
 		b := resp.Body()
 		return cl.upstreamError(c, status, b[:min(len(b), lim.MaxErrorBodyBytes)], secret, t1)
@@ -207,52 +210,55 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	return cl.buffered(c, resp.Body(), isEventStream(string(resp.Header.ContentType())), lim, t1)
 }
 
-// sendStreamed forwards a request that asked for a stream, through
-// net/http, so the stream can be cancelled from the idle timer, a gone
-// client or shutdown (R10). A provider may still answer it whole.
+// sendStreamed forwards a request that asked for a stream. The header
+// timeout bounds the wait for headers only; the body then has an idle
+// timeout and no total one (R1). A provider may still answer it whole.
 func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
 	s := cl.s
 	t0 := s.cfg.timeNow()
-	ctx, cancel := context.WithCancelCause(s.cfg.BaseContext)
-	req, err := http.NewRequestWithContext(ctx, method, url, bodyReader(body))
-	if err != nil {
-		cancel(err)
-		return cl.reject(&apiError{kind: kindInternal, msg: "internal error", cause: errors.New("build upstream request")})
-	}
-	req.ContentLength = int64(len(body))
-	writeUpstreamHeaders(stdHeader(req.Header), c, p, secret)
+	req := cl.newUpstreamRequest(c, method, url, body, p, secret)
+	resp := fasthttp.AcquireResponse()
+	resp.StreamBody = true
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
-	resp, err := s.upstr.Do(req)
+	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
 	if err != nil {
-		cancel(err)
+		fasthttp.ReleaseResponse(resp)
+		fasthttp.ReleaseRequest(req)
 		return cl.upstreamFailed(err)
 	}
 	t1 := s.cfg.timeNow()
-	cl.rec.Status = resp.StatusCode
-	copyResponseHeaders(c, resp.Header)
-	c.Status(resp.StatusCode)
-
-	sse := isEventStream(resp.Header.Get("Content-Type"))
-	if sse && resp.StatusCode >= 200 && resp.StatusCode <= 299 {
-		sb := newStreamBody(cl, ctx, cancel, resp.Body, lim.MaxEventBytes, cl.rec.Injected)
+	up := s.fast.stream(req, resp)
+	status := cl.answerHeaders(c, resp)
+	sse := isEventStream(string(resp.Header.ContentType()))
+	if sse && status >= 200 && status <= 299 {
+		sb := newStreamBody(cl, up, lim.MaxEventBytes, cl.rec.Injected)
 		c.Set("X-Accel-Buffering", "no")
 		c.Response().ImmediateHeaderFlush = true
 		c.Context().SetBodyStream(sb, -1)
 		cl.overhead += s.cfg.timeNow().Sub(t1)
 		return nil
 	}
-	defer cancel(nil)
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, int64(lim.MaxErrorBodyBytes)))
-		return cl.upstreamError(c, resp.StatusCode, b, secret, s.cfg.timeNow())
+	defer up.Close()
+	if status < 200 || status > 299 {
+		b, _ := io.ReadAll(io.LimitReader(up, int64(lim.MaxErrorBodyBytes)))
+		return cl.upstreamError(c, status, b, secret, s.cfg.timeNow())
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(lim.MaxResponseBodyBytes)+1))
+	b, err := io.ReadAll(io.LimitReader(up, int64(lim.MaxResponseBodyBytes)+1))
 	if err != nil {
 		return cl.upstreamFailed(err)
 	}
 	return cl.buffered(c, b, sse, lim, s.cfg.timeNow())
+}
+
+// answerHeaders copies the provider's status and allowed headers to the
+// client response and the record.
+func (cl *call) answerHeaders(c *fiber.Ctx, resp *fasthttp.Response) int {
+	status := resp.StatusCode()
+	cl.rec.Status = status
+	copyResponseHeaders(c, &resp.Header)
+	c.Status(status)
+	return status
 }
 
 // errResponseTooLarge is the cause when a whole answer is over the limit.
@@ -386,13 +392,6 @@ func (s *Server) logRecord(r *metering.Record) {
 	s.log.Info("request", attrs...)
 }
 
-func bodyReader(b []byte) io.Reader {
-	if len(b) == 0 {
-		return http.NoBody
-	}
-	return bytes.NewReader(b)
-}
-
 func isEventStream(ct string) bool {
 	return strings.HasPrefix(strings.ToLower(strings.TrimSpace(ct)), "text/event-stream")
 }
@@ -461,10 +460,6 @@ func errClass(err error) string {
 	e := classify(err)
 	if e.kind == kindUpstreamTimeout {
 		return "timeout"
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
 	}
 	s := err.Error()
 	switch {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"net/http"
 	"regexp"
 	"strings"
 
@@ -48,9 +47,7 @@ var responseHeaders = map[string]bool{
 
 var responseHeaderPrefixes = []string{"anthropic-ratelimit-", "x-ratelimit-"}
 
-// responseHeaderAllowed takes net/http's string keys and fasthttp's byte
-// keys alike, so neither side converts a key per header.
-func responseHeaderAllowed[K string | []byte](k K) bool {
+func responseHeaderAllowed(k []byte) bool {
 	for name := range responseHeaders {
 		if asciiEqualFold(k, name) {
 			return true
@@ -65,8 +62,8 @@ func responseHeaderAllowed[K string | []byte](k K) bool {
 }
 
 // asciiEqualFold reports whether k equals the lower-case ASCII name,
-// ignoring k's case; header names are ASCII.
-func asciiEqualFold[K string | []byte](k K, lower string) bool {
+// ignoring k's case, without converting k to a string per header.
+func asciiEqualFold(k []byte, lower string) bool {
 	if len(k) != len(lower) {
 		return false
 	}
@@ -82,31 +79,11 @@ func asciiEqualFold[K string | []byte](k K, lower string) bool {
 	return true
 }
 
-// headerSink is an upstream request's header set as tollgate writes it:
-// net/http's for streamed requests, fasthttp's for the rest (upstream.go).
-type headerSink interface {
-	add(k string, v []byte)
-	set(k, v string)
-	has(k string) bool
-}
-
-type stdHeader http.Header
-
-func (h stdHeader) add(k string, v []byte) { h[k] = append(h[k], string(v)) }
-func (h stdHeader) set(k, v string)        { http.Header(h).Set(k, v) }
-func (h stdHeader) has(k string) bool      { return http.Header(h).Get(k) != "" }
-
-type fastHeader struct{ h *fasthttp.RequestHeader }
-
-func (f fastHeader) add(k string, v []byte) { f.h.AddBytesV(k, v) }
-func (f fastHeader) set(k, v string)        { f.h.Set(k, v) }
-func (f fastHeader) has(k string) bool      { return len(f.h.Peek(k)) > 0 }
-
 // writeUpstreamHeaders builds an upstream request's headers from scratch:
 // the client's allow-listed headers, the provider's fixed ones, the real
 // key, and identity encoding (compressed SSE would reach the meter as
 // binary, R5).
-func writeUpstreamHeaders(dst headerSink, c *fiber.Ctx, p *registry.Provider, s resolver.Secret) {
+func writeUpstreamHeaders(dst *fasthttp.RequestHeader, c *fiber.Ctx, p *registry.Provider, s resolver.Secret) {
 	var buf [64]byte
 	c.Request().Header.VisitAll(func(k, v []byte) {
 		if len(k) > len(buf) {
@@ -122,42 +99,31 @@ func writeUpstreamHeaders(dst headerSink, c *fiber.Ctx, p *registry.Provider, s 
 			b[i] = ch
 		}
 		if canon, ok := upstreamHeaders[string(b)]; ok {
-			dst.add(canon, v)
+			dst.AddBytesV(canon, v)
 		}
 	})
 	for _, h := range p.ForwardHeaders {
 		if v := c.Request().Header.Peek(h); len(v) > 0 {
-			dst.set(h, string(v))
+			dst.SetBytesV(h, v)
 		}
 	}
 	for k, v := range p.Headers {
-		if !dst.has(k) {
-			dst.set(k, v)
+		if len(dst.Peek(k)) == 0 {
+			dst.Set(k, v)
 		}
 	}
 	switch p.Auth {
 	case registry.AuthXAPIKey:
-		dst.set("X-Api-Key", s.Reveal())
+		dst.Set("X-Api-Key", s.Reveal())
 	case registry.AuthXGoogAPIKey:
-		dst.set("X-Goog-Api-Key", s.Reveal())
+		dst.Set("X-Goog-Api-Key", s.Reveal())
 	default:
-		dst.set("Authorization", "Bearer "+s.Reveal())
+		dst.Set("Authorization", "Bearer "+s.Reveal())
 	}
-	dst.set("Accept-Encoding", "identity")
+	dst.Set("Accept-Encoding", "identity")
 }
 
-func copyResponseHeaders(c *fiber.Ctx, h http.Header) {
-	for k, vs := range h {
-		if !responseHeaderAllowed(k) {
-			continue
-		}
-		for _, v := range vs {
-			c.Response().Header.Add(k, v)
-		}
-	}
-}
-
-func copyFastResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader) {
+func copyResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader) {
 	h.VisitAll(func(k, v []byte) {
 		if responseHeaderAllowed(k) {
 			c.Response().Header.AddBytesKV(k, v)

@@ -1,7 +1,7 @@
 // Package proxy is tollgate's only HTTP adapter: it serves agents with fiber,
 // authenticates their scoped tokens, swaps in the resolved credential,
-// forwards to the provider with net/http and streams the answer back byte for
-// byte while metering it. Nothing else in tollgate imports fiber.
+// forwards to the provider with fasthttp's client (upstream.go) and streams
+// the answer back byte for byte while metering it. Nothing else in tollgate imports fiber.
 package proxy
 
 import (
@@ -69,9 +69,6 @@ const (
 	// serverReadBufferSize also caps request header size
 	// (valyala/fasthttp#1007); harness requests carry many headers.
 	serverReadBufferSize = 16 << 10
-	// maxIdleConnsPerHost: every concurrent stream holds its own HTTP/1.1
-	// connection; net/http's default of 2 is far too low for a proxy (R7).
-	maxIdleConnsPerHost = 256
 )
 
 // Config configures a Server. Zero values take the defaults named per field.
@@ -102,12 +99,11 @@ type Config struct {
 	// BaseContext is the parent of every upstream request; cancelling it
 	// ends every open stream (shutdown step 3). Default context.Background().
 	BaseContext context.Context
-	// Transport sends upstream requests. Default: a tuned http.Transport.
-	Transport http.RoundTripper
 	// StreamIdleTimeout, default DefaultStreamIdleTimeout.
 	StreamIdleTimeout time.Duration
-	// ResponseHeaderTimeout, default DefaultResponseHeaderTimeout; only
-	// applied to the default Transport.
+	// ResponseHeaderTimeout, default DefaultResponseHeaderTimeout, bounds
+	// the wait for a streamed answer's headers and for a whole non-streamed
+	// answer.
 	ResponseHeaderTimeout time.Duration
 	// Logger receives one line per request; default slog.Default().
 	Logger *slog.Logger
@@ -124,11 +120,10 @@ func (c *Config) timeNow() time.Time {
 
 // Server is the HTTP front of tollgate.
 type Server struct {
-	cfg   Config
-	app   *fiber.App
-	log   *slog.Logger
-	upstr *http.Client
-	fast  *fastUpstream
+	cfg  Config
+	app  *fiber.App
+	log  *slog.Logger
+	fast *fastUpstream
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -161,9 +156,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Transport == nil {
-		cfg.Transport = NewTransport(cfg.ResponseHeaderTimeout)
-	}
 	fast, err := newFastUpstream(cfg.BaseContext, 4*registry.DefaultMaxResponseBodyBytes)
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: upstream proxy from the environment: %w", err)
@@ -172,11 +164,6 @@ func New(cfg Config) (*Server, error) {
 		fast: fast,
 		cfg:  cfg,
 		log:  cfg.Logger,
-		// No Client.Timeout: it would cover the whole streamed body (R1).
-		upstr: &http.Client{
-			Transport:     cfg.Transport,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
 	}
 	s.app = fiber.New(fiber.Config{
 		ReadTimeout:  serverReadTimeout,
@@ -198,33 +185,6 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.routes()
 	return s, nil
-}
-
-// NewTransport returns the upstream transport tollgate uses: pooled, with
-// a bound on time to headers and none on the body.
-func NewTransport(headerTimeout time.Duration) *http.Transport {
-	return &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout:   5 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: headerTimeout,
-		ExpectContinueTimeout: time.Second,
-		// A held stream keeps both buffers for its connection's life; 2 KiB
-		// holds a request's headers, and larger writes bypass the buffer.
-		WriteBufferSize:     2 << 10,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: maxIdleConnsPerHost,
-		IdleConnTimeout:     90 * time.Second,
-		// Compressed SSE would reach the meter as binary (R5); we also send
-		// Accept-Encoding: identity explicitly.
-		DisableCompression: true,
-		// HTTP/2 multiplexes long streams on one connection; keep HTTP/1.1
-		// until measured (R8).
-		ForceAttemptHTTP2: false,
-	}
 }
 
 func (s *Server) routes() {

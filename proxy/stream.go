@@ -1,20 +1,17 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/metering"
 )
 
-// errIdle is the cancel cause when the idle timer fires.
+// errIdle is the close cause when the idle timer fires.
 var errIdle = errors.New("upstream idle")
-
-// errStreamDone is the cancel cause once a stream is closed normally.
-var errStreamDone = errors.New("stream done")
 
 // streamReadBuffer is the hidden-usage mode's read size: one upstream read,
 // then whole frames out. SSE events are small; 4 KiB keeps a held stream
@@ -49,14 +46,14 @@ func putStreamBuf(b *[]byte) {
 // mode does it forward whole frames and leave out the usage-only chunk
 // tollgate asked for (streaming-on-fiber.md §4.7, R14).
 type streamBody struct {
-	cl     *call
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	up     io.ReadCloser
-	meter  *metering.Meter
-	idle   *time.Timer
-	idleD  time.Duration
-	hide   bool
+	cl    *call
+	up    *fastStream
+	meter *metering.Meter
+	idle  *time.Timer
+	idleD time.Duration
+	hide  bool
+	// idled is set by the idle timer before it closes the upstream body.
+	idled atomic.Bool
 
 	// hidden-usage mode: bytes ready to forward, and the read buffer, both
 	// pooled (outBuf and scratchBuf own them until CloseWithError).
@@ -75,15 +72,18 @@ type streamBody struct {
 	once  sync.Once
 }
 
-func newStreamBody(cl *call, ctx context.Context, cancel context.CancelCauseFunc, up io.ReadCloser, maxEvent int, hide bool) *streamBody {
+func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBody {
 	b := &streamBody{
-		cl: cl, ctx: ctx, cancel: cancel, up: up, hide: hide,
+		cl: cl, up: up, hide: hide,
 		meter: metering.NewMeter(cl.dialect, maxEvent),
 		idleD: cl.s.cfg.StreamIdleTimeout,
 	}
-	// Cancelling the request context is how the idle timer stops a parked
-	// Read; that is safe with net/http, unlike the fasthttp client (R10).
-	b.idle = time.AfterFunc(b.idleD, func() { cancel(errIdle) })
+	// Closing the body from the timer's goroutine unblocks a parked Read;
+	// fasthttp waits for that Read before it pools anything (upstream.go).
+	b.idle = time.AfterFunc(b.idleD, func() {
+		b.idled.Store(true)
+		up.closeBody(errIdle)
+	})
 	if hide {
 		b.scratchBuf, b.outBuf = getStreamBuf(streamReadBuffer), getStreamBuf(0)
 		b.scratch, b.out = *b.scratchBuf, *b.outBuf
@@ -167,7 +167,7 @@ func (b *streamBody) upstreamErr(err error) error {
 		b.upErr = err
 	}
 	end := metering.EndEOF
-	if errors.Is(context.Cause(b.ctx), errIdle) {
+	if b.idled.Load() {
 		end = metering.EndIdle
 	}
 	b.settle(end)
@@ -198,12 +198,12 @@ func (b *streamBody) CloseWithError(err error) error {
 	return nil
 }
 
-// settle ends the stream once: stop the timer, cancel and close the
-// upstream, and hand the record to the sink.
+// settle ends the stream once: stop the timer, close the upstream body
+// (pooling its connection if it was read to the end), and hand the record
+// to the sink.
 func (b *streamBody) settle(end metering.End) {
 	b.once.Do(func() {
 		b.idle.Stop()
-		b.cancel(errStreamDone)
 		b.up.Close()
 		b.cl.settle(b.meter.Settle(end), b.cl.path.Metered)
 		b.cl.finish()

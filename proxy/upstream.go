@@ -1,45 +1,58 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpproxy"
 )
 
-// Two upstream clients, one per answer shape:
+// tollgate sends every upstream request through fasthttp's client. For a
+// stream it asks for the body as a stream (Response.StreamBody) and reads
+// it as the client response is written. fasthttp 1.74 made that safe to
+// cancel from another goroutine (streaming-on-fiber.md R10; the fixes of
+// valyala/fasthttp#2353 and #2379): closing a body stream closes the
+// connection to unblock a Read in flight and waits for that Read before it
+// pools anything. Against net/http a held stream costs no read and write
+// goroutines and a request half the CPU (make bench, S1, S3, S4).
 //
-//   - Streamed requests go through net/http (Config.Transport). A stream is
-//     cancelled from other goroutines (idle timer, client gone, shutdown),
-//     which the fasthttp client cannot do safely (streaming-on-fiber.md R10).
-//   - Non-streamed requests go through fasthttp's client: the body is read
-//     whole inside Do, so nothing closes it from another goroutine, and it
-//     costs about half of net/http's CPU per request (make bench, S1): no
-//     read and write goroutines per connection, no header maps.
-//
-// Both honour HTTP_PROXY, HTTPS_PROXY and NO_PROXY and speak HTTP/1.1.
+// Requests go out over HTTP/1.1 and honour HTTP_PROXY, HTTPS_PROXY and
+// NO_PROXY.
 
 // fastUpstreamReadBuffer bounds one upstream response's headers; providers
-// behind CDNs send several KiB of them, over fasthttp's 4 KiB default.
-const fastUpstreamReadBuffer = 16 << 10
+// behind CDNs send a few KiB of them, near fasthttp's 4 KiB default. A
+// held stream keeps this buffer, so it is not larger.
+const fastUpstreamReadBuffer = 8 << 10
 
 // errUpstreamClosed is what a dial returns once shutdown has begun.
 var errUpstreamClosed = errors.New("upstream client closed")
 
-// fastUpstream is the non-streamed client plus the set of its connections,
-// so that shutdown can end requests in flight: fasthttp has no
-// cancellation, but a closed connection fails its Do at once.
+// fastUpstream is the client plus the set of its connections, so that
+// shutdown can end requests in flight: fasthttp has no cancellation, but a
+// closed connection fails its Do or body Read at once.
 type fastUpstream struct {
 	client *fasthttp.Client
 	dial   fasthttp.DialFunc
 
 	mu     sync.Mutex
-	conns  map[*trackedConn]struct{}
+	conns  map[string]*trackedConn // by connKey
 	closed bool
+}
+
+// connKey names a TCP connection by its two ends, which a fasthttp
+// Response also knows (LocalAddr, RemoteAddr).
+func connKey(local, remote net.Addr) string {
+	if local == nil || remote == nil {
+		return ""
+	}
+	return local.String() + ">" + remote.String()
 }
 
 func newFastUpstream(base context.Context, responseLimit int) (*fastUpstream, error) {
@@ -52,14 +65,14 @@ func newFastUpstream(base context.Context, responseLimit int) (*fastUpstream, er
 	if err != nil {
 		return nil, err
 	}
-	u := &fastUpstream{dial: dial, conns: map[*trackedConn]struct{}{}}
+	u := &fastUpstream{dial: dial, conns: map[string]*trackedConn{}}
 	u.client = &fasthttp.Client{
 		Dial:                u.trackedDial,
 		MaxConnsPerHost:     1 << 16,
 		MaxIdleConnDuration: 10 * time.Second,
 		ReadBufferSize:      fastUpstreamReadBuffer,
 		// The live registry's limit is checked per request (call.buffered);
-		// this is the hard ceiling above it.
+		// this is the hard ceiling above it. Streams are not bounded.
 		MaxResponseBodySize:           responseLimit,
 		NoDefaultUserAgentHeader:      true,
 		DisableHeaderNamesNormalizing: false,
@@ -100,15 +113,32 @@ func (u *fastUpstream) trackedDial(addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, u: u}
+	tc := &trackedConn{Conn: c, u: u, key: connKey(c.LocalAddr(), c.RemoteAddr())}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
 		c.Close()
 		return nil, errUpstreamClosed
 	}
-	u.conns[tc] = struct{}{}
+	u.conns[tc.key] = tc
 	return tc, nil
+}
+
+// stream wraps a streamed answer's body. It lifts the deadline DoTimeout
+// left on the connection, which bounded the wait for headers: a stream has
+// an idle timeout only, never a total one (R1).
+func (u *fastUpstream) stream(req *fasthttp.Request, resp *fasthttp.Response) *fastStream {
+	u.mu.Lock()
+	tc := u.conns[connKey(resp.LocalAddr(), resp.RemoteAddr())]
+	u.mu.Unlock()
+	if tc != nil {
+		_ = tc.Conn.SetReadDeadline(time.Time{})
+	}
+	f := &fastStream{req: req, resp: resp, conn: tc, body: resp.BodyStream(), length: resp.Header.ContentLength()}
+	if f.body == nil {
+		f.body = bytes.NewReader(resp.Body())
+	}
+	return f
 }
 
 // close ends every request in flight and refuses new connections; it runs
@@ -117,9 +147,9 @@ func (u *fastUpstream) close() {
 	u.mu.Lock()
 	u.closed = true
 	conns := u.conns
-	u.conns = map[*trackedConn]struct{}{}
+	u.conns = map[string]*trackedConn{}
 	u.mu.Unlock()
-	for c := range conns {
+	for _, c := range conns {
 		c.Conn.Close()
 	}
 }
@@ -127,14 +157,75 @@ func (u *fastUpstream) close() {
 type trackedConn struct {
 	net.Conn
 	u    *fastUpstream
+	key  string
 	once sync.Once
+	// peerClosed is set when a Read met the end of the connection.
+	peerClosed atomic.Bool
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		c.peerClosed.Store(true)
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
 		c.u.mu.Lock()
-		delete(c.u.conns, c)
+		if c.u.conns[c.key] == c {
+			delete(c.u.conns, c.key)
+		}
 		c.u.mu.Unlock()
 	})
 	return c.Conn.Close()
+}
+
+// fastStream is a streamed answer's body. Read and Close belong to the
+// goroutine writing the client response; interrupt may come from any
+// goroutine (the idle timer).
+type fastStream struct {
+	req    *fasthttp.Request
+	resp   *fasthttp.Response
+	conn   *trackedConn // nil if the connection was not found
+	body   io.Reader
+	length int // Content-Length, or -1 when chunked
+	read   int
+}
+
+// Read reports a cut body as io.ErrUnexpectedEOF, as net/http does:
+// fasthttp returns a plain io.EOF when the provider closes the connection
+// between two chunks (streaming-on-fiber.md R10), which would pass a
+// truncated stream off as complete.
+func (f *fastStream) Read(p []byte) (int, error) {
+	n, err := f.body.Read(p)
+	f.read += n
+	if err == io.EOF {
+		switch {
+		case f.length >= 0 && f.read < f.length:
+			err = io.ErrUnexpectedEOF
+		case f.length == -1 && f.conn != nil && f.conn.peerClosed.Load():
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	return n, err
+}
+
+// closeBody closes the body stream once: with a cause (the idle timer,
+// from any goroutine) the connection is closed and a Read in flight returns
+// an error; without one it is pooled if the body was read to its end.
+func (f *fastStream) closeBody(cause error) {
+	if c, ok := f.body.(interface{ CloseWithError(error) error }); ok {
+		_ = c.CloseWithError(cause)
+	}
+}
+
+// Close ends the stream and releases the request and response; only the
+// goroutine that reads may call it.
+func (f *fastStream) Close() error {
+	f.closeBody(nil)
+	fasthttp.ReleaseResponse(f.resp)
+	fasthttp.ReleaseRequest(f.req)
+	return nil
 }

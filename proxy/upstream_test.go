@@ -188,3 +188,91 @@ func TestNonStreamedPathIsNotNormalised(t *testing.T) {
 		t.Errorf("provider got request target %q, want %q", got, rest)
 	}
 }
+
+// connectProxy is an HTTP CONNECT proxy that sends every tunnel to target,
+// whatever host the client named, and remembers the names.
+type connectProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	hosts  []string
+}
+
+func startConnectProxy(t *testing.T, target string) *connectProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &connectProxy{ln: ln, target: target}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.tunnel(c)
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *connectProxy) tunnel(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil || req.Method != http.MethodConnect {
+		return
+	}
+	p.mu.Lock()
+	p.hosts = append(p.hosts, req.Host)
+	p.mu.Unlock()
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+	go func() {
+		io.Copy(up, br)
+		up.Close()
+	}()
+	io.Copy(c, up)
+}
+
+// A gateway deployed behind a corporate proxy reaches providers through
+// it, streamed or not. Loopback is never proxied, so the provider gets a
+// name only the proxy can resolve.
+func TestUpstreamHonoursProxyEnvironment(t *testing.T) {
+	fake, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: canaries})
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(fakeURL, "http://"))
+	px := startConnectProxy(t, "127.0.0.1:"+port)
+	t.Setenv("HTTP_PROXY", "http://"+px.ln.Addr().String())
+	t.Setenv("HTTPS_PROXY", "http://"+px.ln.Addr().String())
+	t.Setenv("NO_PROXY", "")
+	e := newEnv(t, envOptions{upstreamURL: "http://provider.test:" + port})
+	tok := e.token("ws", "p", "u", "")
+	for _, body := range []string{chatJSON, `{"model":"gpt-4o","stream":true,"messages":[]}`} {
+		resp := e.do("POST", "/openai/v1/chat/completions", tok, body)
+		b := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d through the proxy: %s", resp.StatusCode, b)
+		}
+	}
+	if n := fake.Counters().Requests; n != 2 {
+		t.Errorf("provider saw %d requests, want 2", n)
+	}
+	px.mu.Lock()
+	defer px.mu.Unlock()
+	if len(px.hosts) == 0 || px.hosts[0] != "provider.test:"+port {
+		t.Errorf("proxy tunnels %v, want provider.test:%s", px.hosts, port)
+	}
+}
