@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -584,4 +585,108 @@ func TestWriterNamesRecordsWithoutID(t *testing.T) {
 		t.Fatalf("generated ids %q and %q", a.RequestID, b.RequestID)
 	}
 	assertAllOnce(t, s, []string{a.RequestID, b.RequestID})
+}
+
+// durableSpy wraps the store and notes, at each Durable call, how many
+// spool segments are still on disk; it can be made to fail.
+type durableSpy struct {
+	*Store
+	dir   string
+	fail  atomic.Bool
+	mu    sync.Mutex
+	calls []int
+}
+
+func (d *durableSpy) Durable(ctx context.Context) error {
+	segs, _ := filepath.Glob(filepath.Join(d.dir, "*.spool"))
+	d.mu.Lock()
+	d.calls = append(d.calls, len(segs))
+	d.mu.Unlock()
+	if d.fail.Load() {
+		return errors.New("disk gone")
+	}
+	return d.Store.Durable(ctx)
+}
+
+// Commits are not fsync'd one by one; a spool segment is the only copy
+// until the store has synced, so the store syncs before any segment is
+// deleted, and a failed sync keeps every segment.
+func TestWriterSyncsTheStoreBeforeDeletingSpool(t *testing.T) {
+	dir := t.TempDir()
+	spy := &durableSpy{Store: mustUsageStore(t, "sqlite"), dir: dir}
+	spy.fail.Store(true)
+	cfg := fastWriterConfig(dir)
+	cfg.SegmentBytes = 2 << 10 // a few records per segment
+	w, err := NewWriter(cfg, spy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		w.Record(usageRecordN(fmt.Sprintf("sd-%d", i), i, usageDay))
+	}
+	mustFlush(t, w)
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.spool"))
+	if len(segs) < 2 {
+		t.Fatalf("%d segments on disk with the store unsynced, want them all kept", len(segs))
+	}
+	spy.fail.Store(false)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ = filepath.Glob(filepath.Join(dir, "*.spool"))
+	if len(segs) != 0 {
+		t.Errorf("%d segments left after a synced close, want 0", len(segs))
+	}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	if len(spy.calls) == 0 || spy.calls[len(spy.calls)-1] == 0 {
+		t.Errorf("Durable calls saw %v segments on disk; the last must precede the deletes", spy.calls)
+	}
+	raw, _ := usageSums(t, spy.Store)
+	if raw.requests != 40 {
+		t.Errorf("rows: %d, want 40", raw.requests)
+	}
+}
+
+// batchSizes records the size of every transaction.
+type batchSizes struct {
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (b *batchSizes) InsertBatch(_ context.Context, recs []*Record) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sizes = append(b.sizes, len(recs))
+	return len(recs), nil
+}
+
+func (b *batchSizes) get() []int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.sizes)
+}
+
+// Light load commits a batch once it holds MinBatch records, is
+// MinBatchAge old and nothing is queued behind it, instead of waiting for
+// BatchSize or BatchInterval; fewer records wait for the interval.
+func TestWriterCommitsSmallBatchesUnderLightLoad(t *testing.T) {
+	ins := &batchSizes{}
+	cfg := fastWriterConfig(t.TempDir())
+	cfg.BatchInterval = time.Hour
+	cfg.BatchSize, cfg.MinBatch, cfg.MinBatchAge = 256, 4, time.Millisecond
+	w := mustWriter(t, cfg, ins)
+	for i := range 3 {
+		w.Record(usageRecordN(fmt.Sprintf("lb-%d", i), i, usageDay))
+		time.Sleep(2 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := ins.get(); len(got) != 0 {
+		t.Fatalf("committed %v below MinBatch", got)
+	}
+	w.Record(usageRecordN("lb-3", 3, usageDay))
+	writerEventually(t, 5*time.Second, func() bool { return len(ins.get()) == 1 })
+	if got := ins.get(); got[0] != 4 {
+		t.Errorf("batches %v, want one of 4", got)
+	}
 }

@@ -74,6 +74,10 @@ type spool struct {
 	segBytes int64
 	maxBytes int64
 	lock     *os.File
+	// beforeDelete, if set, runs before committed segments are deleted and
+	// must make their records durable in the store (Writer sets it from
+	// Store.Durable); if it fails nothing is deleted.
+	beforeDelete func() error
 
 	mu       sync.Mutex
 	segs     map[uint64]*spoolSeg
@@ -390,19 +394,47 @@ func (s *spool) markSpilled(seq uint64) {
 // deletes the segments that are sealed and fully committed.
 func (s *spool) commit(counts map[uint64]int) []error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	done := false
 	for seq, n := range counts {
 		if g := s.segs[seq]; g != nil {
 			g.committed += n
 		}
 	}
+	for _, g := range s.segs {
+		done = done || segDone(g)
+	}
+	s.mu.Unlock()
+	if !done {
+		return nil
+	}
+	// Outside the lock: Record appends while the store syncs.
+	if err := s.durable(); err != nil {
+		return []error{err}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.collectLocked()
+}
+
+func (s *spool) durable() error {
+	if s.beforeDelete == nil {
+		return nil
+	}
+	if err := s.beforeDelete(); err != nil {
+		return fmt.Errorf("metering spool: store not synced, segments kept: %w", err)
+	}
+	return nil
+}
+
+// segDone says every record of a sealed segment is committed.
+func segDone(g *spoolSeg) bool {
+	return g.f == nil && !g.replay && g.committed >= g.written
 }
 
 func (s *spool) collectLocked() []error {
 	var errs []error
 	for seq, g := range s.segs {
-		if g.f != nil || g.replay || g.committed < g.written {
+		if !segDone(g) {
 			continue
 		}
 		if err := os.Remove(g.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -441,6 +473,11 @@ func (s *spool) nextReplay() (seq uint64, path string, ok bool) {
 // replayed removes a segment whose every readable record is committed. A
 // segment with corrupt lines (not a torn tail) is kept as *.bad for a human.
 func (s *spool) replayed(seq uint64, keep bool) error {
+	if !keep {
+		if err := s.durable(); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g := s.segs[seq]
@@ -533,10 +570,18 @@ func (s *spool) close() error {
 	}
 	s.closed = true
 	err := s.sealLocked()
-	errs := s.collectLocked()
 	s.mu.Unlock()
+	// The writer has committed its last batch: sync the store before any
+	// segment goes.
+	derr := s.durable()
+	var errs []error
+	if derr == nil {
+		s.mu.Lock()
+		errs = s.collectLocked()
+		s.mu.Unlock()
+	}
 	s.release()
-	return errors.Join(append(errs, err)...)
+	return errors.Join(append(errs, err, derr)...)
 }
 
 func (s *spool) release() {
