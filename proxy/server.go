@@ -171,8 +171,11 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:  serverIdleTimeout,
 		// BodyLimit is enforced per request against the live registry's
 		// limit; fasthttp's own bound is a hard ceiling above it.
-		BodyLimit:             registry.DefaultMaxBodyBytes * 4,
-		ReadBufferSize:        serverReadBufferSize,
+		BodyLimit:      registry.DefaultMaxBodyBytes * 4,
+		ReadBufferSize: serverReadBufferSize,
+		// A streamed response holds its writer for the stream's life; SSE
+		// events are far smaller, and larger writes bypass the buffer.
+		WriteBufferSize:       2 << 10,
 		ReduceMemoryUsage:     true,
 		StreamRequestBody:     false, // true disables BodyLimit (R6)
 		DisableStartupMessage: true,

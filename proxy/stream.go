@@ -13,13 +13,12 @@ import (
 // errIdle is the close cause when the idle timer fires.
 var errIdle = errors.New("upstream idle")
 
-// streamReadBuffer is the hidden-usage mode's read size: one upstream read,
-// then whole frames out. SSE events are small; 4 KiB keeps a held stream
-// cheap (make bench, S4) while a large event simply takes several reads.
-const streamReadBuffer = 4 << 10
+// streamOutBuffer bounds the output buffers kept in the pool; one that grew
+// around a huge event is left to the GC.
+const streamOutBuffer = 16 << 10
 
-// streamBufs recycles the hidden-usage mode's two buffers. Fresh ones were
-// about 10 KiB of garbage per stream, the largest share of the GC work
+// streamBufs recycles the hidden-usage mode's output buffers. Fresh ones
+// were several KiB of garbage per stream, the largest share of the GC work
 // under S3 (make bench, allocation profile).
 var streamBufs = sync.Pool{New: func() any { return new([]byte) }}
 
@@ -33,8 +32,7 @@ func getStreamBuf(size int) *[]byte {
 }
 
 func putStreamBuf(b *[]byte) {
-	// A buffer that grew around one huge event is left to the GC.
-	if b != nil && cap(*b) <= 4*streamReadBuffer {
+	if b != nil && cap(*b) <= streamOutBuffer {
 		streamBufs.Put(b)
 	}
 }
@@ -55,21 +53,17 @@ type streamBody struct {
 	// idled is set by the idle timer before it closes the upstream body.
 	idled atomic.Bool
 
-	// hidden-usage mode: bytes ready to forward, and the read buffer, both
-	// pooled (outBuf and scratchBuf own them until CloseWithError).
-	out        []byte
-	outOff     int
-	scratch    []byte
-	outBuf     *[]byte
-	scratchBuf *[]byte
+	// hidden-usage mode: filtered bytes not yet forwarded, in a pooled
+	// buffer (outBuf) held only while some are left.
+	out    []byte
+	outOff int
+	outBuf *[]byte
 
 	// pending is an upstream error held back until the bytes read with it
 	// are forwarded: fasthttp drops the error of a Read that returned bytes.
 	pending error
-	// upErr is the upstream read error, if the body did not end at EOF.
-	upErr error
-	first bool
-	once  sync.Once
+	first   bool
+	once    sync.Once
 }
 
 func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBody {
@@ -84,10 +78,6 @@ func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBod
 		b.idled.Store(true)
 		up.closeBody(errIdle)
 	})
-	if hide {
-		b.scratchBuf, b.outBuf = getStreamBuf(streamReadBuffer), getStreamBuf(0)
-		b.scratch, b.out = *b.scratchBuf, *b.outBuf
-	}
 	return b
 }
 
@@ -98,6 +88,9 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	if b.outOff < len(b.out) {
 		n := copy(p, b.out[b.outOff:])
 		b.outOff += n
+		if b.outOff == len(b.out) {
+			b.releaseOut()
+		}
 		return n, nil
 	}
 	if b.pending != nil {
@@ -125,30 +118,46 @@ func (b *streamBody) Read(p []byte) (int, error) {
 			}
 			continue
 		}
-		n, err := b.up.Read(b.scratch)
+		// Read straight into fasthttp's buffer; the filtered frames go to a
+		// pooled buffer held only until they are copied back, so a parked
+		// stream holds no buffer of its own (make bench, S4).
+		n, err := b.up.Read(p)
 		t := time.Now()
-		b.out, b.outOff = b.meter.Filter(b.out[:0], b.scratch[:n]), 0
-		*b.outBuf = b.out
-		if err == io.EOF {
-			b.out = b.meter.FilterFlush(b.out)
+		if b.outBuf == nil {
+			b.outBuf = getStreamBuf(0)
 		}
-		if len(b.out) > 0 {
+		out := b.meter.Filter((*b.outBuf)[:0], p[:n])
+		if err == io.EOF {
+			out = b.meter.FilterFlush(out)
+		}
+		*b.outBuf = out
+		if len(out) > 0 {
 			b.firstByte(t)
-			b.cl.rec.BytesOut += int64(len(b.out))
+			b.cl.rec.BytesOut += int64(len(out))
 		}
 		b.cl.overhead += time.Since(t)
 		if err != nil {
 			b.pending = b.upstreamErr(err)
 		}
-		if len(b.out) > 0 {
-			c := copy(p, b.out)
-			b.outOff = c
+		if len(out) > 0 {
+			c := copy(p, out)
+			b.out, b.outOff = out, c
+			if c == len(out) {
+				b.releaseOut()
+			}
 			return c, nil
 		}
+		b.releaseOut()
 		if b.pending != nil {
 			return 0, b.pending
 		}
 	}
+}
+
+// releaseOut returns the hidden-usage output buffer to the pool.
+func (b *streamBody) releaseOut() {
+	putStreamBuf(b.outBuf)
+	b.outBuf, b.out, b.outOff = nil, nil, 0
 }
 
 func (b *streamBody) firstByte(t time.Time) {
@@ -163,17 +172,11 @@ func (b *streamBody) firstByte(t time.Time) {
 // the whole answer must find its record even if the process dies right
 // after (the record is durable once the sink returns).
 func (b *streamBody) upstreamErr(err error) error {
-	if err != io.EOF {
-		b.upErr = err
-	}
 	end := metering.EndEOF
 	if b.idled.Load() {
 		end = metering.EndIdle
 	}
 	b.settle(end)
-	if err == io.EOF {
-		return io.EOF
-	}
 	return err
 }
 
@@ -189,12 +192,8 @@ func (b *streamBody) CloseWithError(err error) error {
 		end = metering.EndClientGone
 	}
 	b.settle(end)
-	// fasthttp reads no more after this call, so the buffers can go back.
-	if b.hide {
-		putStreamBuf(b.scratchBuf)
-		putStreamBuf(b.outBuf)
-		b.scratch, b.out, b.scratchBuf, b.outBuf = nil, nil, nil, nil
-	}
+	// fasthttp reads no more after this call.
+	b.releaseOut()
 	return nil
 }
 
