@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -150,9 +149,10 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	}
 	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = provider.Name, target.Tier, target.CredentialID
 
-	// The body is sent after this handler's buffers may be reused, and the
-	// include_usage edit must not touch fiber's buffer: copy once.
-	out := bytes.Clone(body)
+	// The upstream request is written inside this handler, while fiber's
+	// body buffer is still ours, so agent contexts (often megabytes) are not
+	// copied; the include_usage edit returns a new slice.
+	out := body
 	if m.Path.IncludeUsage && cl.rec.Stream && provider.InjectsUsage() {
 		out, cl.rec.Injected, _ = metering.InjectIncludeUsage(out)
 	}
@@ -173,8 +173,8 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	return cl.sendStreamed(c, method, upURL, out, provider, target.Secret, reg.Limits)
 }
 
-// newUpstreamRequest builds the upstream request from scratch; body must
-// stay untouched until the request is released.
+// newUpstreamRequest builds the upstream request from scratch. It holds
+// body, not a copy: release it before the handler returns.
 func (cl *call) newUpstreamRequest(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(method)
@@ -222,13 +222,14 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
 	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
+	// The request is written: a long stream need not hold the body.
+	fasthttp.ReleaseRequest(req)
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
-		fasthttp.ReleaseRequest(req)
 		return cl.upstreamFailed(err)
 	}
 	t1 := s.cfg.timeNow()
-	up := s.fast.stream(req, resp)
+	up := s.fast.stream(resp)
 	status := cl.answerHeaders(c, resp)
 	sse := isEventStream(string(resp.Header.ContentType()))
 	if sse && status >= 200 && status <= 299 {

@@ -128,14 +128,14 @@ func (u *fastUpstream) trackedDial(addr string) (net.Conn, error) {
 // stream wraps a streamed answer's body. It lifts the deadline DoTimeout
 // left on the connection, which bounded the wait for headers: a stream has
 // an idle timeout only, never a total one (R1).
-func (u *fastUpstream) stream(req *fasthttp.Request, resp *fasthttp.Response) *fastStream {
+func (u *fastUpstream) stream(resp *fasthttp.Response) *fastStream {
 	u.mu.Lock()
 	tc := u.conns[connKey(resp.LocalAddr(), resp.RemoteAddr())]
 	u.mu.Unlock()
 	if tc != nil {
 		_ = tc.Conn.SetReadDeadline(time.Time{})
 	}
-	f := &fastStream{req: req, resp: resp, conn: tc, body: resp.BodyStream(), length: resp.Header.ContentLength()}
+	f := &fastStream{resp: resp, conn: tc, body: resp.BodyStream(), length: resp.Header.ContentLength()}
 	if f.body == nil {
 		f.body = bytes.NewReader(resp.Body())
 	}
@@ -187,7 +187,6 @@ func (c *trackedConn) Close() error {
 // goroutine writing the client response; closeBody may also come from any
 // other goroutine (the idle timer).
 type fastStream struct {
-	req    *fasthttp.Request
 	resp   *fasthttp.Response
 	conn   *trackedConn // nil only if fasthttp dialled around trackedDial
 	body   io.Reader
@@ -222,11 +221,10 @@ func (f *fastStream) closeBody(cause error) {
 	}
 }
 
-// Close ends the stream and releases the request and response; only the
-// goroutine that reads may call it.
+// Close ends the stream and releases the response; only the goroutine
+// that reads may call it.
 func (f *fastStream) Close() error {
 	f.closeBody(nil)
 	fasthttp.ReleaseResponse(f.resp)
-	fasthttp.ReleaseRequest(f.req)
 	return nil
 }

@@ -276,3 +276,25 @@ func TestUpstreamHonoursProxyEnvironment(t *testing.T) {
 		t.Errorf("proxy tunnels %v, want provider.test:%s", px.hosts, port)
 	}
 }
+
+// Agent contexts run to megabytes; the request body reaches the provider
+// byte for byte without a copy, streamed or not.
+func TestLargeRequestBodiesArriveIntact(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	big := strings.Repeat("0123456789abcdef", 1<<17) // 2 MiB
+	for _, body := range []string{
+		`{"model":"gpt-4o","messages":[{"role":"user","content":"` + big + `"}]}`,
+		`{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"` + big + `"}]}`,
+	} {
+		resp := e.do("POST", "/openai/v1/chat/completions", tok, body)
+		readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if up := e.lastFake(); string(up.Body) != body {
+			t.Errorf("provider got %d bytes, want the %d sent", len(up.Body), len(body))
+		}
+	}
+}
