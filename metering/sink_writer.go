@@ -31,7 +31,7 @@ const (
 	// made ready waits for the whole batch: runtime.Gosched does not poll
 	// the network while the writer is still runnable. So light load commits
 	// small batches (S2 at 500 req/s: added p99 1.6 ms with 256-row
-	// batches, 0.5 ms with these), and heavy load, which fills a batch
+	// batches, about 0.6 ms with these), and heavy load, which fills a batch
 	// within the age, still commits full ones (S1: small batches cost 15%
 	// more CPU per request).
 	DefaultMinBatch    = 16

@@ -22,12 +22,10 @@ const streamOutBuffer = 16 << 10
 // under S3 (make bench, allocation profile).
 var streamBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-func getStreamBuf(size int) *[]byte {
+// getStreamBuf returns an empty pooled buffer; appending grows it.
+func getStreamBuf() *[]byte {
 	b := streamBufs.Get().(*[]byte)
-	if cap(*b) < size {
-		*b = make([]byte, size)
-	}
-	*b = (*b)[:size]
+	*b = (*b)[:0]
 	return b
 }
 
@@ -124,7 +122,7 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		n, err := b.up.Read(p)
 		t := time.Now()
 		if b.outBuf == nil {
-			b.outBuf = getStreamBuf(0)
+			b.outBuf = getStreamBuf()
 		}
 		out := b.meter.Filter((*b.outBuf)[:0], p[:n])
 		if err == io.EOF {

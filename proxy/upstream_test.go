@@ -66,34 +66,40 @@ type closingUpstream struct {
 	ln       net.Listener
 	requests atomic.Int64
 	conns    atomic.Int64
-	wg       sync.WaitGroup
 	lastURI  atomic.Value // string: the request target as received
 }
 
 func startClosingUpstream(t *testing.T) *closingUpstream {
+	u := &closingUpstream{}
+	u.ln = serveTCP(t, func(c net.Conn) { u.serve(c, u.conns.Add(1) == 1) })
+	return u
+}
+
+// serveTCP runs handle for every connection to a loopback listener, each
+// on its own goroutine, until the test ends.
+func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &closingUpstream{ln: ln}
-	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
-	u.wg.Add(1)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
 	go func() {
-		defer u.wg.Done()
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			first := u.conns.Add(1) == 1
-			u.wg.Add(1)
+			wg.Add(1)
 			go func() {
-				defer u.wg.Done()
-				u.serve(c, first)
+				defer wg.Done()
+				handle(c)
 			}()
 		}
 	}()
-	return u
+	return ln
 }
 
 func (u *closingUpstream) serve(c net.Conn, first bool) {
@@ -199,28 +205,8 @@ type connectProxy struct {
 }
 
 func startConnectProxy(t *testing.T, target string) *connectProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &connectProxy{ln: ln, target: target}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.tunnel(c)
-			}()
-		}
-	}()
+	p := &connectProxy{target: target}
+	p.ln = serveTCP(t, p.tunnel)
 	return p
 }
 
