@@ -13,16 +13,23 @@ import (
 // errIdle is the close cause when the idle timer fires.
 var errIdle = errors.New("upstream idle")
 
-// streamOutBuffer bounds the output buffers kept in the pool; one that grew
-// around a huge event is left to the GC.
-const streamOutBuffer = 16 << 10
+const (
+	// streamReadBuffer is what one upstream Read fills. A parked stream
+	// holds it, as it held fasthttp's copy buffer of the same size before.
+	streamReadBuffer = 4 << 10
+	// streamOutBuffer bounds what is held for the client before a write,
+	// and the output buffers kept in the pool.
+	streamOutBuffer = 16 << 10
+)
 
-// streamBufs recycles the hidden-usage mode's output buffers. Fresh ones
-// were several KiB of garbage per stream, the largest share of the GC work
-// under S3 (make bench, allocation profile).
-var streamBufs = sync.Pool{New: func() any { return new([]byte) }}
+var (
+	readBufs   = sync.Pool{New: func() any { b := make([]byte, streamReadBuffer); return &b }}
+	streamBufs = sync.Pool{New: func() any { return new([]byte) }}
+)
 
-// getStreamBuf returns an empty pooled buffer; appending grows it.
+// getStreamBuf returns an empty pooled output buffer; appending grows it.
+// Fresh ones were several KiB of garbage per stream, the largest share of
+// the GC work under S3 (make bench, allocation profile).
 func getStreamBuf() *[]byte {
 	b := streamBufs.Get().(*[]byte)
 	*b = (*b)[:0]
@@ -36,11 +43,18 @@ func putStreamBuf(b *[]byte) {
 }
 
 // streamBody is the response body of a streamed answer. fasthttp's
-// connection goroutine drives Read after the handler returned, so it owns
+// connection goroutine drives it after the handler returned, so it owns
 // copies of every request fact (in call). It passes upstream bytes through
 // unchanged while the meter frames them on the side; only in hidden-usage
 // mode does it forward whole frames and leave out the usage-only chunk
 // tollgate asked for (streaming-on-fiber.md §4.7, R14).
+//
+// fasthttp writes it with WriteTo, and every client write is a chunk and a
+// flush. Upstream bytes are gathered and written when nothing more is in
+// hand: just before a read has to wait on the provider's socket (the
+// connection's read hook), or at the end. A provider's burst of events
+// then costs one client write instead of one per chunk, as with net/http's
+// chunked reader, and no byte that has arrived waits for the next one.
 type streamBody struct {
 	cl    *call
 	up    *fastStream
@@ -51,17 +65,16 @@ type streamBody struct {
 	// idled is set by the idle timer before it closes the upstream body.
 	idled atomic.Bool
 
-	// hidden-usage mode: filtered bytes not yet forwarded, in a pooled
-	// buffer (outBuf) held only while some are left.
-	out    []byte
-	outOff int
-	outBuf *[]byte
-
-	// pending is an upstream error held back until the bytes read with it
-	// are forwarded: fasthttp drops the error of a Read that returned bytes.
-	pending error
-	first   bool
-	once    sync.Once
+	rd     *[]byte // pooled read buffer, held for the whole stream
+	outBuf *[]byte // pooled client bytes not yet written; nil when none
+	outOff int     // how much of outBuf Read has handed out
+	w      io.Writer
+	// end is how the upstream body ended (io.EOF or its error); clientErr is
+	// a failed client write. Either ends the stream.
+	end       error
+	clientErr error
+	first     bool
+	once      sync.Once
 }
 
 func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBody {
@@ -79,83 +92,123 @@ func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBod
 	return b
 }
 
-// Read never returns (0, nil): fasthttp's chunked writer would spin on it.
-// Bytes are metered and counted before an upstream error or EOF settles the
-// record.
+// SupportsBodyWriteTo tells fasthttp to use WriteTo.
+func (b *streamBody) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo forwards the stream to w, which fasthttp frames as one chunk and
+// one flush per Write.
+func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
+	b.w = w
+	// fastStream.Close takes the hook off before the connection is pooled.
+	hooked := b.up.setReadHook(b)
+	var written int64
+	for b.end == nil && b.clientErr == nil {
+		b.step()
+		// The next read must fit in a buffer the pool keeps.
+		if !hooked || b.end != nil || b.pending() > streamOutBuffer-streamReadBuffer {
+			written += int64(b.pending())
+			b.flush()
+		}
+	}
+	switch {
+	case b.clientErr != nil:
+		return written, b.clientErr
+	case b.end == io.EOF:
+		return written, nil
+	}
+	return written, b.end
+}
+
+// beforeSocketRead is the connection's read hook: the upstream Read is
+// about to wait for the provider, so what is in hand goes to the client
+// first. A failed write fails that Read, which ends the stream at once.
+func (b *streamBody) beforeSocketRead() error {
+	b.flush()
+	return b.clientErr
+}
+
+// Read serves callers that copy the body without WriteTo: one upstream
+// read at a time. It never returns (0, nil): fasthttp's chunked writer
+// would spin on it.
 func (b *streamBody) Read(p []byte) (int, error) {
-	if b.outOff < len(b.out) {
-		n := copy(p, b.out[b.outOff:])
-		b.outOff += n
-		if b.outOff == len(b.out) {
-			b.releaseOut()
+	for b.pending() == 0 {
+		if b.end != nil {
+			return 0, b.end
 		}
-		return n, nil
+		b.step()
 	}
-	if b.pending != nil {
-		return 0, b.pending
+	out := *b.outBuf
+	n := copy(p, out[b.outOff:])
+	b.outOff += n
+	if b.outOff == len(out) {
+		b.releaseOut()
 	}
-	for {
-		b.idle.Reset(b.idleD)
-		if !b.hide {
-			n, err := b.up.Read(p)
-			if n > 0 {
-				t := time.Now()
-				b.firstByte(t)
-				b.meter.Observe(p[:n])
-				b.cl.rec.BytesOut += int64(n)
-				b.cl.overhead += time.Since(t)
-			}
-			if err != nil {
-				b.pending = b.upstreamErr(err)
-			}
-			if n > 0 {
-				return n, nil
-			}
-			if b.pending != nil {
-				return 0, b.pending
-			}
-			continue
-		}
-		// Read straight into fasthttp's buffer; the filtered frames go to a
-		// pooled buffer held only until they are copied back, so a parked
-		// stream holds no buffer of its own (make bench, S4).
-		n, err := b.up.Read(p)
-		t := time.Now()
-		if b.outBuf == nil {
-			b.outBuf = getStreamBuf()
-		}
-		out := b.meter.Filter((*b.outBuf)[:0], p[:n])
+	return n, nil
+}
+
+// step reads the upstream once and adds what the client is to get to the
+// output buffer. Bytes are metered and counted before an upstream error or
+// EOF settles the record.
+func (b *streamBody) step() {
+	b.idle.Reset(b.idleD)
+	if b.rd == nil {
+		b.rd = readBufs.Get().(*[]byte)
+	}
+	p := *b.rd
+	n, err := b.up.Read(p)
+	if b.clientErr != nil {
+		// The read hook failed this Read; the client is gone.
+		return
+	}
+	t := time.Now()
+	if b.outBuf == nil {
+		b.outBuf = getStreamBuf()
+	}
+	out := *b.outBuf
+	before := len(out)
+	if b.hide {
+		out = b.meter.Filter(out, p[:n])
 		if err == io.EOF {
 			out = b.meter.FilterFlush(out)
 		}
-		*b.outBuf = out
-		if len(out) > 0 {
-			b.firstByte(t)
-			b.cl.rec.BytesOut += int64(len(out))
-		}
-		b.cl.overhead += time.Since(t)
-		if err != nil {
-			b.pending = b.upstreamErr(err)
-		}
-		if len(out) > 0 {
-			c := copy(p, out)
-			b.out, b.outOff = out, c
-			if c == len(out) {
-				b.releaseOut()
-			}
-			return c, nil
-		}
-		b.releaseOut()
-		if b.pending != nil {
-			return 0, b.pending
-		}
+	} else if n > 0 {
+		b.meter.Observe(p[:n])
+		out = append(out, p[:n]...)
+	}
+	*b.outBuf = out
+	if len(out) > before {
+		b.firstByte(t)
+		b.cl.rec.BytesOut += int64(len(out) - before)
+	}
+	b.cl.overhead += time.Since(t)
+	if err != nil {
+		b.end = err
+		b.settleUpstream()
 	}
 }
 
-// releaseOut returns the hidden-usage output buffer to the pool.
+func (b *streamBody) pending() int {
+	if b.outBuf == nil {
+		return 0
+	}
+	return len(*b.outBuf) - b.outOff
+}
+
+// flush writes what is in hand to the client and gives the buffer back.
+func (b *streamBody) flush() {
+	if b.pending() == 0 || b.clientErr != nil {
+		return
+	}
+	if _, err := b.w.Write((*b.outBuf)[b.outOff:]); err != nil {
+		b.clientErr = err
+	}
+	b.releaseOut()
+}
+
+// releaseOut returns the output buffer to the pool.
 func (b *streamBody) releaseOut() {
 	putStreamBuf(b.outBuf)
-	b.outBuf, b.out, b.outOff = nil, nil, 0
+	b.outBuf, b.outOff = nil, 0
 }
 
 func (b *streamBody) firstByte(t time.Time) {
@@ -165,17 +218,16 @@ func (b *streamBody) firstByte(t time.Time) {
 	}
 }
 
-// upstreamErr notes how the upstream body ended and settles the record at
-// once, before fasthttp writes the stream's last chunk: a client that saw
-// the whole answer must find its record even if the process dies right
-// after (the record is durable once the sink returns).
-func (b *streamBody) upstreamErr(err error) error {
+// settleUpstream notes how the upstream body ended and settles the record
+// at once, before the last bytes and the stream's last chunk are written: a
+// client that saw the whole answer must find its record even if the process
+// dies right after (the record is durable once the sink returns).
+func (b *streamBody) settleUpstream() {
 	end := metering.EndEOF
 	if b.idled.Load() {
 		end = metering.EndIdle
 	}
 	b.settle(end)
-	return err
 }
 
 // CloseWithError is called once by fasthttp when the body ends: err is nil
@@ -185,13 +237,17 @@ func (b *streamBody) upstreamErr(err error) error {
 func (b *streamBody) CloseWithError(err error) error {
 	end := metering.EndEOF
 	if err != nil {
-		// The upstream has not ended (else Read settled already), so a
-		// write error means the client went away.
+		// The upstream has not ended (else it settled already), so a write
+		// error means the client went away.
 		end = metering.EndClientGone
 	}
 	b.settle(end)
 	// fasthttp reads no more after this call.
 	b.releaseOut()
+	if b.rd != nil {
+		readBufs.Put(b.rd)
+		b.rd = nil
+	}
 	return nil
 }
 

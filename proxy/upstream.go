@@ -163,9 +163,22 @@ type trackedConn struct {
 	once sync.Once
 	// peerClosed is set when a Read met the end of the connection.
 	peerClosed atomic.Bool
+	// hook, when set, runs before every socket Read. Only the goroutine
+	// reading a stream's body sets and clears it, before the connection
+	// goes back to fasthttp's pool.
+	hook readHook
 }
 
+// readHook is told when fasthttp's read buffer is empty and the next read
+// goes to the socket, where it may wait. An error fails that read.
+type readHook interface{ beforeSocketRead() error }
+
 func (c *trackedConn) Read(p []byte) (int, error) {
+	if c.hook != nil {
+		if err := c.hook.beforeSocketRead(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := c.Conn.Read(p)
 	if err == io.EOF {
 		c.peerClosed.Store(true)
@@ -222,9 +235,20 @@ func (f *fastStream) closeBody(cause error) {
 	}
 }
 
+// setReadHook puts h on the stream's connection, or takes it off (nil).
+// It reports false when the connection is not one tollgate tracks.
+func (f *fastStream) setReadHook(h readHook) bool {
+	if f.conn == nil {
+		return false
+	}
+	f.conn.hook = h
+	return true
+}
+
 // Close ends the stream and releases the response; only the goroutine
 // that reads may call it.
 func (f *fastStream) Close() error {
+	f.setReadHook(nil)
 	f.closeBody(nil)
 	fasthttp.ReleaseResponse(f.resp)
 	return nil
