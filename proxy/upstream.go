@@ -206,6 +206,8 @@ type fastStream struct {
 	body   io.Reader
 	length int // Content-Length, or -1 when chunked
 	read   int
+	// cut is set once Read has reported a cut body.
+	cut bool
 }
 
 // Read reports a cut body as io.ErrUnexpectedEOF, as net/http does:
@@ -222,6 +224,7 @@ func (f *fastStream) Read(p []byte) (int, error) {
 		case f.length == -1 && f.conn != nil && f.conn.peerClosed.Load():
 			err = io.ErrUnexpectedEOF
 		}
+		f.cut = err == io.ErrUnexpectedEOF
 	}
 	return n, err
 }
@@ -249,7 +252,13 @@ func (f *fastStream) setReadHook(h readHook) bool {
 // that reads may call it.
 func (f *fastStream) Close() error {
 	f.setReadHook(nil)
-	f.closeBody(nil)
+	if f.cut {
+		// fasthttp took the EOF for the body's end and would pool the dead
+		// connection; the next request on it would fail with a 502.
+		f.closeBody(io.ErrUnexpectedEOF)
+	} else {
+		f.closeBody(nil)
+	}
 	fasthttp.ReleaseResponse(f.resp)
 	return nil
 }

@@ -284,3 +284,22 @@ func TestLargeRequestBodiesArriveIntact(t *testing.T) {
 		}
 	}
 }
+
+// A provider that cuts a stream between two chunks leaves a dead
+// connection. fasthttp takes that EOF for the body's end and pooled the
+// connection, so the next request to the provider failed with a 502.
+func TestCutStreamLeavesNoDeadConnectionInThePool(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	for i := 0; i < 3; i++ {
+		resp := e.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","stream":true,"messages":[]}`, upstreamtest.HeaderFault, "cut=3")
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		resp = e.do("POST", "/openai/v1/chat/completions", tok, chatJSON)
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d after a cut stream: %d %s", i+1, resp.StatusCode, body)
+		}
+	}
+}
