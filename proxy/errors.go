@@ -155,6 +155,31 @@ func errorBody(shape string, e *apiError) []byte {
 	}
 }
 
+// streamErrorEvent renders e as the SSE event that tells a client of d,
+// mid-stream, that the answer it is reading failed: once headers are out, a
+// status can no longer say it, and a stream that just stops reads as a
+// network fault or, worse, as complete (harness-clients.md §7.3).
+func streamErrorEvent(d *registry.Dialect, e *apiError, responseID string) []byte {
+	var b []byte
+	switch d.StreamError {
+	case registry.StreamErrorResponseFailed:
+		code, _ := openAIType(e.kind)
+		resp := map[string]any{"object": "response", "status": "failed", "error": map[string]any{"code": code, "message": e.msg}}
+		if responseID != "" {
+			resp["id"] = responseID
+		}
+		b = append(b, "event: response.failed\ndata: "...)
+		b = append(b, mustJSON(map[string]any{"type": "response.failed", "response": resp})...)
+	case registry.StreamErrorEvent:
+		b = append(b, "event: error\ndata: "...)
+		b = append(b, errorBody(d.ErrorShape, e)...)
+	default:
+		b = append(b, "data: "...)
+		b = append(b, errorBody(d.ErrorShape, e)...)
+	}
+	return append(b, "\n\n"...)
+}
+
 func anthropicType(k kind) string {
 	switch k {
 	case kindUnauthenticated:

@@ -138,3 +138,57 @@ func TestGoOpenAIChat(t *testing.T) {
 		t.Errorf("wrong-harness error as the SDK sees it: %v", err)
 	}
 }
+
+// A stream the provider cuts ends, for each SDK, in an error that says
+// why, read from the dialect's own error event (harness-clients.md §7.3),
+// not in a bare network fault.
+func TestSDKsReadWhyAStreamWasCut(t *testing.T) {
+	e := newEnv(t, envOptions{fake: upstreamtest.Config{Keys: canaries, Fault: "cut=3"}})
+	tok := e.token("ws", "p", "u", "")
+	ctx := context.Background()
+	const why = "stream broke off before its end"
+
+	t.Run("anthropic-sdk-go", func(t *testing.T) {
+		cli := anthropic.NewClient(anthropicopt.WithBaseURL(e.URL+"/anthropic"), anthropicopt.WithAPIKey(tok), anthropicopt.WithMaxRetries(0))
+		st := cli.Messages.NewStreaming(ctx, anthropic.MessageNewParams{
+			Model: "claude-sonnet-4-5", MaxTokens: 64,
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+		})
+		for st.Next() {
+		}
+		if err := st.Err(); err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("stream error = %v, want one saying %q", err, why)
+		}
+	})
+	t.Run("go-openai chat", func(t *testing.T) {
+		cfg := goopenai.DefaultConfig(tok)
+		cfg.BaseURL = e.URL + "/openai/v1"
+		st, err := goopenai.NewClientWithConfig(cfg).CreateChatCompletionStream(ctx, goopenai.ChatCompletionRequest{
+			Model: "gpt-4o", Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		for err == nil {
+			_, err = st.Recv()
+		}
+		if !strings.Contains(err.Error(), why) {
+			t.Errorf("stream error = %v, want one saying %q", err, why)
+		}
+	})
+	t.Run("openai-go responses", func(t *testing.T) {
+		cli := oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(tok), oaiopt.WithMaxRetries(0))
+		st := cli.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
+		var failed *responses.ResponseFailedEvent
+		for st.Next() {
+			if ev := st.Current(); ev.Type == "response.failed" {
+				f := ev.AsResponseFailed()
+				failed = &f
+			}
+		}
+		if failed == nil || failed.Response.Status != "failed" || !strings.Contains(failed.Response.Error.Message, why) || failed.Response.ID == "" {
+			t.Errorf("response.failed event = %+v (stream error %v)", failed, st.Err())
+		}
+	})
+}

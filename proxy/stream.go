@@ -74,7 +74,14 @@ type streamBody struct {
 	end       error
 	clientErr error
 	first     bool
-	once      sync.Once
+	// tail holds the last four bytes the client got: whether they end an
+	// event decides if a cut notice needs a blank line before it.
+	tail uint32
+	// outcome and upstreamID are the settled record's, kept because the
+	// record belongs to the sink once settled.
+	outcome    string
+	upstreamID string
+	once       sync.Once
 }
 
 func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBody {
@@ -82,6 +89,7 @@ func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBod
 		cl: cl, up: up, hide: hide,
 		meter: metering.NewMeter(cl.dialect, maxEvent),
 		idleD: cl.s.cfg.StreamIdleTimeout,
+		tail:  '\n'<<8 | '\n',
 	}
 	// Closing the body from the timer's goroutine unblocks a parked Read;
 	// fasthttp waits for that Read before it pools anything (upstream.go).
@@ -110,13 +118,55 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 			b.flush()
 		}
 	}
-	switch {
-	case b.clientErr != nil:
+	if b.clientErr != nil {
 		return written, b.clientErr
-	case b.end == io.EOF:
+	}
+	notice := b.cutNotice()
+	if notice == nil {
+		// The provider's terminal event went through: the answer is whole
+		// even if the connection failed after it, and a clean end keeps a
+		// client from retrying, and paying for, a finished request.
 		return written, nil
 	}
+	if !b.endsEvent() {
+		notice = append([]byte("\n\n"), notice...)
+	}
+	if _, err := w.Write(notice); err != nil {
+		return written, err
+	}
+	written += int64(len(notice))
+	if b.end == io.EOF {
+		return written, nil
+	}
+	// The connection is still cut after the notice, so no client can take
+	// the stream for a complete one.
 	return written, b.end
+}
+
+// cutNotice is the dialect's error event for a stream that ended without
+// its terminal event, or nil: the client gets a reason it can act on, not
+// just a stream that stops.
+func (b *streamBody) cutNotice() []byte {
+	var e *apiError
+	switch b.outcome {
+	case metering.OutcomeUpstreamIdle:
+		e = newError(kindUpstreamTimeout, "the provider sent nothing for %s, so tollgate ended the stream; the answer is incomplete", b.idleD)
+	case metering.OutcomeTruncated:
+		if b.cl.s.cfg.BaseContext.Err() != nil {
+			e = newError(kindUnavailable, "tollgate is shutting down and ended the stream; the answer is incomplete: send the request again")
+		} else {
+			e = newError(kindUpstreamUnreachable, "the provider's stream broke off before its end; the answer is incomplete")
+		}
+	default:
+		return nil
+	}
+	return streamErrorEvent(b.cl.dialect, e, b.upstreamID)
+}
+
+// endsEvent reports whether the client's bytes so far end with a blank
+// line (LF LF, CR CR or CRLF CRLF) or are none.
+func (b *streamBody) endsEvent() bool {
+	return b.tail&0xffff == '\n'<<8|'\n' || b.tail&0xffff == '\r'<<8|'\r' || b.tail == '\r'<<24|'\n'<<16|'\r'<<8|'\n'
 }
 
 // beforeSocketRead is the connection's read hook: the upstream Read is
@@ -179,6 +229,9 @@ func (b *streamBody) step() {
 	if len(out) > before {
 		b.firstByte(t)
 		b.cl.rec.BytesOut += int64(len(out) - before)
+		for _, c := range out[max(before, len(out)-4):] {
+			b.tail = b.tail<<8 | uint32(c)
+		}
 	}
 	b.cl.overhead += time.Since(t)
 	if err != nil {
@@ -258,7 +311,9 @@ func (b *streamBody) settle(end metering.End) {
 	b.once.Do(func() {
 		b.idle.Stop()
 		b.up.Close()
-		b.cl.settle(b.meter.Settle(end), b.cl.path.Metered)
+		st := b.meter.Settle(end)
+		b.outcome, b.upstreamID = st.Outcome, st.UpstreamID
+		b.cl.settle(st, b.cl.path.Metered)
 		b.cl.finish()
 	})
 }

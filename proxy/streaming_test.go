@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -117,10 +118,13 @@ func TestIdleTimeoutEndsSilentStreamsOnly(t *testing.T) {
 	t.Run("SilentUpstreamIsCut", func(t *testing.T) {
 		start := time.Now()
 		resp := e.do("POST", "/anthropic/v1/messages", tok, anthropicStreamBody, upstreamtest.HeaderFault, "silence")
-		_, err := io.ReadAll(resp.Body)
+		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err == nil {
 			t.Errorf("a stream cut by the idle timer ended cleanly; the client cannot tell it from a complete one")
+		}
+		if _, notice := lastEvent(string(body)); !strings.HasPrefix(notice, "event: error\ndata: ") || !strings.Contains(notice, "the provider sent nothing for 300ms, so tollgate ended the stream") {
+			t.Errorf("last event %q, want the idle notice", notice)
 		}
 		if d := time.Since(start); d > 3*time.Second {
 			t.Errorf("idle stream lasted %s", d)
@@ -251,8 +255,12 @@ func TestShutdownEndsOpenStreams(t *testing.T) {
 	if d := time.Since(start); d > grace+time.Second {
 		t.Errorf("shutdown took %s", d)
 	}
-	if _, err := io.ReadAll(br); err == nil {
+	rest, err := io.ReadAll(br)
+	if err == nil {
 		t.Errorf("the open stream ended cleanly instead of being cut")
+	}
+	if _, notice := lastEvent(string(rest)); !strings.Contains(notice, "tollgate is shutting down and ended the stream") {
+		t.Errorf("last event %q, want the shutdown notice", notice)
 	}
 	resp.Body.Close()
 	if rec := e.record(resp); rec.Outcome == metering.OutcomeOK {
@@ -409,13 +417,16 @@ func TestProviderOptOutOfUsageInjection(t *testing.T) {
 
 // burstUpstream answers every request with one SSE stream sent in a single
 // write: headers and every event, each event its own chunk, the way a
-// provider's events arrive when they were produced faster than read.
-func burstUpstream(t *testing.T, events []string) string {
+// provider's events arrive when they were produced faster than read. With
+// cut, the body's last chunk is left out and the connection closed.
+func burstUpstream(t *testing.T, events []string, cut bool) string {
 	var body strings.Builder
 	for _, ev := range events {
 		fmt.Fprintf(&body, "%x\r\n%s\r\n", len(ev), ev)
 	}
-	body.WriteString("0\r\n\r\n")
+	if !cut {
+		body.WriteString("0\r\n\r\n")
+	}
 	resp := "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body.String()
 	ln := serveTCP(t, func(c net.Conn) {
 		defer c.Close()
@@ -426,7 +437,7 @@ func burstUpstream(t *testing.T, events []string) string {
 				return
 			}
 			io.Copy(io.Discard, req.Body)
-			if _, err := io.WriteString(c, resp); err != nil {
+			if _, err := io.WriteString(c, resp); err != nil || cut {
 				return
 			}
 		}
@@ -501,7 +512,7 @@ func TestBurstOfEventsIsOneClientWrite(t *testing.T) {
 			strings.Replace(strings.Join(chat, ""), usageChunk, "", 1), metering.Usage{InputUncached: 7, Output: 18}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, tc.events)})
+			e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, tc.events, false)})
 			tok := e.token("ws", "p", "u", "")
 			chunks := rawChunks(t, e.URL, tc.path, tok, tc.body)
 			if got := strings.Join(chunks, ""); got != tc.want {
@@ -516,5 +527,100 @@ func TestBurstOfEventsIsOneClientWrite(t *testing.T) {
 				t.Errorf("record outcome %s usage %+v bytes_out %d, want ok %+v %d", rec.Outcome, rec.Usage, rec.BytesOut, tc.usage, len(tc.want))
 			}
 		})
+	}
+}
+
+// lastEvent splits an SSE body at blank lines and returns its last event
+// and everything before it.
+func lastEvent(body string) (before, last string) {
+	evs := strings.SplitAfter(strings.TrimSuffix(body, "\n\n"), "\n\n")
+	last = evs[len(evs)-1]
+	return strings.Join(evs[:len(evs)-1], ""), strings.TrimSuffix(last, "\n\n") + "\n\n"
+}
+
+// A stream the provider cuts before its terminal event ends, for every
+// dialect, with that dialect's error event after the provider's bytes; the
+// connection is still cut after it, so no client takes it for complete.
+func TestCutStreamEndsWithTheDialectsErrorEvent(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	const why = "the provider's stream broke off before its end; the answer is incomplete"
+	for _, tc := range []struct {
+		name, path, body string
+		prefix           string // the notice's lines before its JSON
+		message          string // gjson-like path to the message, as a Go accessor below
+	}{
+		{"anthropic", "/anthropic/v1/messages", anthropicStreamBody, "event: error\ndata: ", "error.message"},
+		{"chat", "/openai/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[]}`, "data: ", "error.message"},
+		{"responses", "/openai/v1/responses", `{"model":"gpt-5","input":"hi","stream":true}`, "event: response.failed\ndata: ", "response.error.message"},
+		{"gemini", "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", `{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}`, "data: ", "error.message"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do("POST", tc.path, tok, tc.body, upstreamtest.HeaderFault, "cut=3")
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				t.Errorf("the cut stream ended cleanly")
+			}
+			up := e.lastFake()
+			if !bytes.HasPrefix(got, up.Response) {
+				t.Fatalf("client bytes do not start with the provider's:\n%q\n%q", got, up.Response)
+			}
+			before, notice := lastEvent(string(got))
+			if before != string(up.Response) || !strings.HasPrefix(notice, tc.prefix) {
+				t.Fatalf("after the provider's bytes the client got %q, want one event starting %q", got[len(up.Response):], tc.prefix)
+			}
+			var doc map[string]any
+			if err := json.Unmarshal([]byte(strings.TrimSuffix(strings.TrimPrefix(notice, tc.prefix), "\n\n")), &doc); err != nil {
+				t.Fatalf("notice %q: %v", notice, err)
+			}
+			v := any(doc)
+			for _, k := range strings.Split(tc.message, ".") {
+				m, _ := v.(map[string]any)
+				v = m[k]
+			}
+			if v != why {
+				t.Errorf("notice %s: message %v, want %q", notice, v, why)
+			}
+			if rec := e.record(resp); rec.Outcome != metering.OutcomeTruncated || rec.BytesOut != int64(len(up.Response)) {
+				t.Errorf("record outcome %s bytes_out %d, want truncated %d", rec.Outcome, rec.BytesOut, len(up.Response))
+			}
+		})
+	}
+}
+
+// A provider cut inside an event: the notice still arrives as an event of
+// its own, after a blank line that ends the broken one.
+func TestCutNoticeStartsItsOwnEvent(t *testing.T) {
+	start := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n"
+	partial := "event: content_block_delta\ndata: {\"type\":\"content_bl"
+	e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, []string{start, partial}, true)})
+	resp := e.do("POST", "/anthropic/v1/messages", e.token("ws", "p", "u", ""), anthropicStreamBody)
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := start + partial + "\n\nevent: error\ndata: "
+	if !strings.HasPrefix(string(got), want) || !strings.HasSuffix(string(got), "}\n\n") {
+		t.Errorf("client got %q, want it to start %q and end the notice's event", got, want)
+	}
+}
+
+// The provider's terminal event arrived, then its connection broke before
+// the body's last chunk: the answer is whole, so the client's stream ends
+// cleanly, with no notice, and nobody retries (and pays for) it.
+func TestTerminalEventThenCutEndsCleanly(t *testing.T) {
+	events := []string{
+		"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+		"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n",
+		"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+	}
+	e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, events, true)})
+	resp := e.do("POST", "/anthropic/v1/messages", e.token("ws", "p", "u", ""), anthropicStreamBody)
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(got) != strings.Join(events, "") {
+		t.Errorf("client got %q, %v; want the provider's events and a clean end", got, err)
+	}
+	if rec := e.record(resp); rec.Outcome != metering.OutcomeOK {
+		t.Errorf("outcome %s, want ok", rec.Outcome)
 	}
 }

@@ -210,6 +210,12 @@ func applyDefaults(f *file) {
 		if d.Operation == "" {
 			d.Operation = "chat"
 		}
+		if d.StreamError == "" {
+			d.StreamError = StreamErrorChunk
+			if d.ErrorShape == ShapeAnthropic {
+				d.StreamError = StreamErrorEvent
+			}
+		}
 		for i := range d.Paths {
 			p := &d.Paths[i]
 			if p.Stream == "" {
@@ -284,6 +290,11 @@ func validate(f *file) []string {
 		case ShapeOpenAI, ShapeAnthropic, ShapeGemini:
 		default:
 			add("%s.error_shape: %q is not one of openai, anthropic, gemini", at, d.ErrorShape)
+		}
+		switch d.StreamError {
+		case StreamErrorEvent, StreamErrorChunk, StreamErrorResponseFailed:
+		default:
+			add("%s.stream_error: %q is not one of event, chunk, response.failed", at, d.StreamError)
 		}
 		if len(d.Paths) == 0 {
 			add("%s.paths: at least one path is required", at)

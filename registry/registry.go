@@ -33,6 +33,17 @@ const (
 	ShapeGemini    = "gemini"
 )
 
+// How a dialect's client is told, mid-stream, that tollgate ended the
+// stream before the provider's terminal event (harness-clients.md §7.3).
+const (
+	// StreamErrorEvent: "event: error" and the error_shape envelope (Anthropic).
+	StreamErrorEvent = "event"
+	// StreamErrorChunk: a data-only event holding the envelope (Chat, Gemini).
+	StreamErrorChunk = "chunk"
+	// StreamErrorResponseFailed: a Responses "response.failed" event.
+	StreamErrorResponseFailed = "response.failed"
+)
+
 // Stream modes: how a request says it wants a stream.
 const (
 	// StreamBody reads the boolean "stream" field of the JSON body.
@@ -98,6 +109,10 @@ type Dialect struct {
 	Route string `yaml:"route"`
 	// ErrorShape is the envelope of tollgate's own errors on this dialect.
 	ErrorShape string `yaml:"error_shape"`
+	// StreamError is the event that ends a stream tollgate had to cut: event,
+	// chunk or response.failed. Default event for the anthropic error shape,
+	// chunk otherwise.
+	StreamError string `yaml:"stream_error"`
 	// Operation is the gen_ai.operation.name of metered calls ("chat").
 	Operation string `yaml:"operation"`
 	// Paths are the upstream paths forwarded, relative to the route.

@@ -24,7 +24,7 @@ func TestShippedRegistryIsValid(t *testing.T) {
 	}
 	var b strings.Builder
 	for _, d := range r.Dialects() {
-		b.WriteString("dialect " + d.Name + " /" + d.Route + " shape=" + d.ErrorShape + "\n")
+		b.WriteString("dialect " + d.Name + " /" + d.Route + " shape=" + d.ErrorShape + " stream_error=" + d.StreamError + "\n")
 		for _, p := range d.Paths {
 			b.WriteString("  " + strings.Join(p.Methods, ",") + " " + p.Pattern + " stream=" + p.Stream)
 			if p.Metered {
@@ -135,6 +135,9 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 			`dialects.openai-chat.usage.stream.events: end "maybe" is not completed, incomplete or failed`,
 			`dialects.openai-chat.usage.stream.events: rule for type "x" needs stream.type_path`,
 		}},
+		{"UnknownStreamError", func(s string) string {
+			return strings.Replace(s, "    error_shape: openai", "    error_shape: openai\n    stream_error: close", 1)
+		}, []string{`dialects.openai-chat.stream_error: "close" is not one of event, chunk, response.failed`}},
 		{"AuthHeaderForwarded", func(s string) string {
 			return strings.Replace(s, "    auth: bearer", "    auth: bearer\n    forward_headers: [Authorization]", 1)
 		}, []string{`providers.openai.forward_headers: "Authorization" carries credentials and is never forwarded`}},
@@ -150,8 +153,12 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Parse([]byte(minimal)); err != nil {
+	r, err := Parse([]byte(minimal))
+	if err != nil {
 		t.Fatalf("the minimal file itself is invalid: %v", err)
+	}
+	if d := r.Dialects()[0]; d.StreamError != StreamErrorChunk {
+		t.Errorf("stream_error defaults to %q for the openai shape, want chunk", d.StreamError)
 	}
 }
 
