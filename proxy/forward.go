@@ -319,14 +319,23 @@ func (cl *call) upstreamError(c *fiber.Ctx, status int, body []byte, secret reso
 // transport error may hold the upstream URL, so only its class is kept.
 func (cl *call) upstreamFailed(err error) error {
 	e := classify(err)
+	outcome, source := metering.OutcomeUnreachable, metering.SourceNone
 	switch {
 	case errors.Is(err, errResponseTooLarge), errors.Is(err, fasthttp.ErrBodyTooLarge):
 		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider's answer is larger than this gateway's response limit (limits.max_response_body_bytes)", cause: err}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		// The headers came, then the body broke off: the provider was
+		// reached and may bill the request, so its usage is unknown, not none.
+		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider's answer broke off before its end; try again", cause: err}
+		outcome = metering.OutcomeTruncated
+		if cl.path.Metered {
+			source = metering.SourceMissing
+		}
 	case e.kind != kindUpstreamTimeout:
 		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider could not be reached; try again shortly", cause: err}
 	}
 	cl.rec.Status = kindStatus[e.kind]
-	cl.rec.Outcome, cl.rec.Source = metering.OutcomeUnreachable, metering.SourceNone
+	cl.rec.Outcome, cl.rec.Source = outcome, source
 	cl.s.log.Warn("upstream request failed", "request_id", cl.rec.RequestID, "provider", cl.rec.Provider, "err_class", errClass(err))
 	cl.finish()
 	return &apiError{kind: e.kind, msg: e.msg}

@@ -135,12 +135,16 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 		return written, err
 	}
 	written += int64(len(notice))
-	if b.end == io.EOF {
-		return written, nil
+	if b.cl.dialect.CutAfterStreamError {
+		if b.end == io.EOF {
+			return written, io.ErrUnexpectedEOF
+		}
+		return written, b.end
 	}
-	// The connection is still cut after the notice, so no client can take
-	// the stream for a complete one.
-	return written, b.end
+	// The notice is the dialect's terminal event for a failed stream, so the
+	// stream ends there, cleanly: SDKs read the event instead of reporting
+	// the cut connection (Codex showed only "error decoding response body").
+	return written, nil
 }
 
 // cutNotice is the dialect's error event for a stream that ended without

@@ -303,3 +303,21 @@ func TestCutStreamLeavesNoDeadConnectionInThePool(t *testing.T) {
 		}
 	}
 }
+
+// A non-streamed answer whose body breaks off after its headers: the
+// client's 502 says so, not "could not be reached", and the record is
+// truncated with unknown usage, since the provider may bill it.
+func TestNonStreamedAnswerThatBreaksOff(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	resp := e.do("POST", "/anthropic/v1/messages", tok, `{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[]}`, upstreamtest.HeaderFault, "cut=3")
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "the provider's answer broke off before its end") || !strings.Contains(string(body), `"type":"api_error"`) {
+		t.Errorf("status %d body %s", resp.StatusCode, body)
+	}
+	rec := e.record(resp)
+	if rec.Outcome != metering.OutcomeTruncated || rec.Source != metering.SourceMissing || rec.Usage != nil {
+		t.Errorf("record outcome %s source %s usage %+v, want truncated, missing, nil", rec.Outcome, rec.Source, rec.Usage)
+	}
+}

@@ -113,6 +113,10 @@ type Dialect struct {
 	// chunk or response.failed. Default event for the anthropic error shape,
 	// chunk otherwise.
 	StreamError string `yaml:"stream_error"`
+	// CutAfterStreamError also breaks the connection after that event, for
+	// clients that take a clean end as a finished answer whatever came
+	// before it.
+	CutAfterStreamError bool `yaml:"cut_after_stream_error"`
 	// Operation is the gen_ai.operation.name of metered calls ("chat").
 	Operation string `yaml:"operation"`
 	// Paths are the upstream paths forwarded, relative to the route.

@@ -24,7 +24,11 @@ func TestShippedRegistryIsValid(t *testing.T) {
 	}
 	var b strings.Builder
 	for _, d := range r.Dialects() {
-		b.WriteString("dialect " + d.Name + " /" + d.Route + " shape=" + d.ErrorShape + " stream_error=" + d.StreamError + "\n")
+		b.WriteString("dialect " + d.Name + " /" + d.Route + " shape=" + d.ErrorShape + " stream_error=" + d.StreamError)
+		if d.CutAfterStreamError {
+			b.WriteString(" cut_after_stream_error")
+		}
+		b.WriteString("\n")
 		for _, p := range d.Paths {
 			b.WriteString("  " + strings.Join(p.Methods, ",") + " " + p.Pattern + " stream=" + p.Stream)
 			if p.Metered {

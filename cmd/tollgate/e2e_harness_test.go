@@ -123,6 +123,40 @@ var harnessCases = []harnessCase{
 	},
 }
 
+// cutProject's credentials lead to the provider that cuts every answer.
+const cutProject = "e2e-cut"
+
+// cutCase is how one CLI meets a provider that cuts every answer, and
+// what it must then do (measured with the pinned versions).
+type cutCase struct {
+	// env and args set a small retry budget, so the run ends in seconds.
+	env, args []string
+	// givesUp: the CLI exits non-zero by itself; otherwise it retries
+	// without end and is killed after timeout.
+	givesUp bool
+	timeout time.Duration
+	// maxRequests bounds what it sends meanwhile: no hot loop.
+	maxRequests int64
+	// says: the CLI prints tollgate's reason for the failure.
+	says bool
+}
+
+var cutCases = map[string]cutCase{
+	// One stream, then its non-streaming fallback, both cut; the 502 of the
+	// last names the cause.
+	"claude-code": {env: []string{"CLAUDE_CODE_MAX_RETRIES=2"}, givesUp: true, timeout: time.Minute, maxRequests: 3, says: true},
+	// Reads the message of tollgate's response.failed event.
+	"codex": {args: []string{"-c", "model_providers.tollgate.stream_max_retries=2",
+		"-c", "model_providers.tollgate.request_max_retries=2"}, givesUp: true, timeout: time.Minute, maxRequests: 3, says: true},
+	// Retries a server_error without end, backing off: 6 or 7 requests in
+	// 45 s, with or without the error chunk (harness-clients.md §5 saw a
+	// request every 50-70 ms from a fake that cut streams directly).
+	"opencode": {timeout: 20 * time.Second, maxRequests: 8},
+	// A broken connection makes it fail at once (cut_after_stream_error in
+	// harnesses.yaml); after a clean end it retried three times and exited 0.
+	"gemini-cli": {givesUp: true, timeout: time.Minute, maxRequests: 1},
+}
+
 func TestHarness(t *testing.T) {
 	start := time.Now()
 	npm, err := exec.LookPath("npm")
@@ -151,6 +185,11 @@ func TestHarness(t *testing.T) {
 			s.runHarness(t, hc, prefixes, filepath.Dir(node))
 		})
 	}
+	for _, hc := range harnessCases {
+		t.Run("cut/"+hc.name, func(t *testing.T) {
+			s.runCut(t, hc, prefixes, filepath.Dir(node))
+		})
+	}
 	s.checkNoSecretsLogged(t)
 	t.Logf("timing: npm %v, harnesses %v, total %v",
 		installed.Sub(start).Round(time.Second), time.Since(installed).Round(time.Second), time.Since(start).Round(time.Second))
@@ -171,10 +210,13 @@ func cacheRoot(tb testing.TB) string {
 
 // stack is the fake provider plus tollgate serving in front of it.
 type stack struct {
-	bin      string   // the tollgate binary
-	env      []string // environment of every tollgate process
-	url      string   // tollgate's URL
-	fakeURL  string
+	bin     string   // the tollgate binary
+	env     []string // environment of every tollgate process
+	url     string   // tollgate's URL
+	fakeURL string
+	// cutURL is a second fake provider that cuts every answer after three
+	// events (-fault cut=3); project cutProject's credentials point at it.
+	cutURL   string
 	canaries map[string]string // provider name → its platform key
 	credIDs  map[string]string // provider name → its platform credential id
 	serve    *daemon
@@ -216,6 +258,10 @@ func startStack(t *testing.T) *stack {
 		"-output", itoa(u.Output), "-reasoning", itoa(u.Reasoning),
 	}, []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir})
 	s.fakeURL = fake.mustListenURL(t)
+	cut := mustStartDaemon(t, "fakeprovider -fault cut=3", filepath.Join(bins, "fakeprovider"), []string{
+		"-addr", "127.0.0.1:0", "-keys", strings.Join(keys, ","), "-fault", "cut=3",
+	}, []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir})
+	s.cutURL = cut.mustListenURL(t)
 
 	reg := filepath.Join(dir, "harnesses.yaml")
 	mustWriteRegistry(t, reg, s.fakeURL)
@@ -240,6 +286,8 @@ func startStack(t *testing.T) *stack {
 		// Debug logging gives a leaked secret the most chances to show.
 		"TOLLGATE_LOG_LEVEL=debug",
 		"TOLLGATE_SHUTDOWN_GRACE=5s",
+		// The cut provider's credentials name it by an http:// base URL.
+		"TOLLGATE_ALLOW_HTTP_BASE_URL=true",
 	}
 	s.tollgate(t, "", "check-config", reg)
 	s.serve = mustStartDaemon(t, "tollgate serve", s.bin, []string{"serve", "--addr", "127.0.0.1:0"}, s.env)
@@ -253,6 +301,19 @@ func startStack(t *testing.T) *stack {
 			t.Fatalf("credential set --provider %s printed %q", provider, out)
 		}
 		s.credIDs[provider] = m[1]
+	}
+	// Project cutProject overrides every dialect with a credential for the
+	// cut provider: the resolver's project tier, as an admin would set it.
+	for provider, dialects := range map[string][]string{
+		"anthropic": {"anthropic-messages"},
+		"openai":    {"openai-chat", "openai-responses"},
+		"gemini":    {"gemini"},
+	} {
+		id := strings.TrimSpace(s.tollgate(t, s.canaries[provider], "credential", "add", "--provider", provider,
+			"--name", "cut-"+provider, "--base-url", s.cutURL, "--key-stdin"))
+		for _, d := range dialects {
+			s.tollgate(t, "", "credential", "bind", "--credential", id, "--dialect", d, "--project", cutProject)
+		}
 	}
 
 	db, err := store.Open(context.Background(), dbPath)
@@ -387,10 +448,19 @@ type envSetup struct {
 	Config     string `json:"config"`
 }
 
-func (s *stack) runHarness(t *testing.T, hc harnessCase, prefixes map[string]string, nodeDir string) {
-	workspace := "e2e-" + hc.name
+// harnessRun is one CLI, configured for one project from `tollgate env`
+// alone, in its own isolated home.
+type harnessRun struct {
+	setup envSetup
+	home  *harnessHome
+	env   []string
+	sink  *sinkhole
+	bin   string
+}
+
+func (s *stack) prepareHarness(t *testing.T, hc harnessCase, workspace, project string, prefixes map[string]string, nodeDir string) harnessRun {
 	tok := strings.TrimSpace(s.tollgate(t, "", "token", "issue",
-		"--workspace", workspace, "--project", "e2e", "--user", "e2e-user", "--harness", hc.name))
+		"--workspace", workspace, "--project", project, "--user", "e2e-user", "--harness", hc.name))
 	if tok == "" {
 		t.Fatal("token issue printed no token")
 	}
@@ -428,9 +498,16 @@ func (s *stack) runHarness(t *testing.T, hc harnessCase, prefixes map[string]str
 	if hc.prepare != nil {
 		hc.prepare(t, h, prefixes)
 	}
-
-	before := s.fakeCounters(t)
 	bin := filepath.Join(prefixes[hc.pkg.Name], "node_modules", ".bin", hc.pkg.Bin)
+	return harnessRun{setup: setup, home: h, env: env, sink: sink, bin: bin}
+}
+
+func (s *stack) runHarness(t *testing.T, hc harnessCase, prefixes map[string]string, nodeDir string) {
+	workspace := "e2e-" + hc.name
+	run := s.prepareHarness(t, hc, workspace, "e2e", prefixes, nodeDir)
+	setup, h, env, sink, bin := run.setup, run.home, run.env, run.sink, run.bin
+
+	before := s.fakeCounters(t, s.fakeURL)
 	res := runCLI(h.work, env, cliTimeout, bin, hc.args...)
 	t.Logf("%s %s: %v in %v", hc.pkg.Bin, strings.Join(hc.args, " "), errOr(res.err, "exit 0"), res.elapsed.Round(100*time.Millisecond))
 	out := "stdout:\n" + tail(res.stdout, 3000) + "\nstderr:\n" + tail(res.stderr, 3000)
@@ -449,7 +526,7 @@ func (s *stack) runHarness(t *testing.T, hc harnessCase, prefixes map[string]str
 		t.Errorf("%s tried to reach the outside world (refused by the sinkhole proxy): %q", hc.pkg.Bin, hits)
 	}
 
-	after := s.fakeCounters(t)
+	after := s.fakeCounters(t, s.fakeURL)
 	upstream := after.Requests - before.Requests
 	if upstream < 1 {
 		t.Fatalf("the fake provider got no request from %s through tollgate", hc.pkg.Bin)
@@ -462,6 +539,59 @@ func (s *stack) runHarness(t *testing.T, hc harnessCase, prefixes map[string]str
 	s.checkRecords(t, hc, setup, workspace, upstream)
 	s.checkUsageReport(t, workspace, setup.Dialect, upstream)
 	s.checkNoSecretsLogged(t)
+}
+
+// runCut runs a CLI against a provider that cuts every answer after three
+// events. tollgate ends each such stream with the dialect's error event
+// (harness-clients.md §7.3). The CLI must fail, or keep retrying calmly,
+// as its cutCase says; every request is recorded as truncated, through the
+// project tier that leads to the cutting provider.
+func (s *stack) runCut(t *testing.T, hc harnessCase, prefixes map[string]string, nodeDir string) {
+	workspace := "e2e-cut-" + hc.name
+	run := s.prepareHarness(t, hc, workspace, cutProject, prefixes, nodeDir)
+	cc, ok := cutCases[hc.name]
+	if !ok {
+		t.Fatalf("no cut case for %s", hc.name)
+	}
+	env := append(run.env, cc.env...)
+	args := append(append(slices.Clone(hc.args[:len(hc.args)-1]), cc.args...), hc.args[len(hc.args)-1])
+
+	before := s.fakeCounters(t, s.cutURL)
+	res := runCLI(run.home.work, env, cc.timeout, run.bin, args...)
+	after := s.fakeCounters(t, s.cutURL)
+	n := after.Requests - before.Requests
+	out := res.stdout + res.stderr
+	t.Logf("%s against a cutting provider: %v in %v, %d requests", hc.pkg.Bin, errOr(res.err, "exit 0"), res.elapsed.Round(100*time.Millisecond), n)
+	show := "output:\n" + tail(out, 2000)
+	switch {
+	case n < 1:
+		t.Fatalf("the cutting provider got no request from %s", hc.pkg.Bin)
+	case n > cc.maxRequests:
+		t.Errorf("%s sent %d requests, want at most %d\n%s", hc.pkg.Bin, n, cc.maxRequests, show)
+	}
+	timedOut := res.elapsed >= cc.timeout
+	switch {
+	case cc.givesUp && (res.err == nil || timedOut):
+		t.Errorf("%s did not fail by itself on cut answers: %v\n%s", hc.pkg.Bin, errOr(res.err, "exit 0"), show)
+	case !cc.givesUp && !timedOut:
+		t.Logf("%s now gives up by itself (%v): tighten its cut case", hc.pkg.Bin, errOr(res.err, "exit 0"))
+	}
+	if cc.says && !strings.Contains(out, "broke off before its end") {
+		t.Errorf("%s did not print tollgate's reason\n%s", hc.pkg.Bin, show)
+	}
+	var recs []usageRecord
+	eventually(recordWait, func() bool {
+		recs = s.records(t, workspace)
+		return int64(len(recs)) >= n
+	})
+	if int64(len(recs)) != n {
+		t.Fatalf("tollgate recorded %d requests for workspace %s, the cutting provider got %d", len(recs), workspace, n)
+	}
+	for _, r := range recs {
+		if r.outcome != "truncated" || r.tier != "project" {
+			t.Errorf("record %s %s via the %s tier: outcome %s, want truncated via the project tier", r.path, r.dialect, r.tier, r.outcome)
+		}
+	}
 }
 
 // seedOpenCodePlugin puts package.json, package-lock.json and node_modules
@@ -482,9 +612,9 @@ type counters struct {
 	StreamsCompleted int64 `json:"streams_completed"`
 }
 
-func (s *stack) fakeCounters(tb testing.TB) counters {
+func (s *stack) fakeCounters(tb testing.TB, fakeURL string) counters {
 	tb.Helper()
-	resp, err := http.Get(s.fakeURL + upstreamtest.CountersPath)
+	resp, err := http.Get(fakeURL + upstreamtest.CountersPath)
 	if err != nil {
 		tb.Fatalf("fake counters: %v", err)
 	}

@@ -9,9 +9,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/tollgate/tollgate/metering"
 )
@@ -41,6 +43,15 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 		}
 		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(otlp)))
 	}
+	// service.name is "tollgate" unless OTEL_SERVICE_NAME or
+	// OTEL_RESOURCE_ATTRIBUTES say otherwise; the SDK's own default is
+	// "unknown_service:<binary>", which dashboards cannot group by.
+	res, err := resource.New(ctx, resource.WithTelemetrySDK(),
+		resource.WithAttributes(attribute.String("service.name", "tollgate")), resource.WithFromEnv())
+	if err != nil {
+		return nil, fmt.Errorf("otel resource: %w", err)
+	}
+	opts = append(opts, sdkmetric.WithResource(res))
 	mp := sdkmetric.NewMeterProvider(opts...)
 	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log})
 	if err != nil {
