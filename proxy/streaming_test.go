@@ -493,8 +493,13 @@ func TestBurstOfEventsIsOneClientWrite(t *testing.T) {
 	anthropic := []string{"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n"}
 	chat := []string{}
 	for i := 0; i < 18; i++ {
-		anthropic = append(anthropic, fmt.Sprintf("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"w%d \"}}\n\n", i))
-		chat = append(chat, fmt.Sprintf("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w%d \"}}]}\n\n", i))
+		// One event is several times tollgate's read buffer.
+		text := fmt.Sprintf("w%d ", i)
+		if i == 9 {
+			text = strings.Repeat("long ", 1000)
+		}
+		anthropic = append(anthropic, fmt.Sprintf("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n", text))
+		chat = append(chat, fmt.Sprintf("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"%s\"}}]}\n\n", text))
 	}
 	anthropic = append(anthropic, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":18}}\n\n", "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
 	usageChunk := "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":18,\"total_tokens\":25}}\n\n"
