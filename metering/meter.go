@@ -74,6 +74,9 @@ type Settlement struct {
 	Usage       *Usage `json:"usage"`
 	ModelServed string `json:"model_served"`
 	UpstreamID  string `json:"upstream_id"`
+	// ServiceTier is the tier the provider says served the response
+	// ("default", "standard", "priority", "flex"); empty when it says none.
+	ServiceTier string `json:"service_tier,omitempty"`
 	// Overflow is set when an event exceeded the framing bound and was
 	// forwarded unmetered (streaming-on-fiber.md R13).
 	Overflow bool `json:"event_overflow"`
@@ -126,6 +129,7 @@ type Meter struct {
 	term        int
 	model       []byte
 	id          []byte
+	tier        []byte
 	overflow    bool
 	flushed     bool
 
@@ -154,10 +158,10 @@ type meterPlan struct {
 
 // meterRule is a registry.EventRule with its paths resolved to references.
 type meterRule struct {
-	typ                   string
-	has, usage, model, id int
-	assign, final         bool
-	end                   int
+	typ                         string
+	has, usage, model, id, tier int
+	assign, final               bool
+	end                         int
 }
 
 // meterPlans caches compiled plans by dialect. Dialects are immutable and a
@@ -199,6 +203,7 @@ func compilePlan(d *registry.Dialect) *meterPlan {
 			usage:  p.top.add(r.Usage),
 			model:  p.top.add(r.Model),
 			id:     p.top.add(r.ID),
+			tier:   p.top.add(r.ServiceTier),
 			assign: r.Merge == registry.MergeAssign,
 			final:  r.Final,
 		}
@@ -352,6 +357,9 @@ func (m *Meter) bodyDoc(doc gjson.Result, loc registry.Locator) {
 	if loc.ID != "" {
 		meterSetIdent(&m.id, doc.Get(loc.ID).Raw)
 	}
+	if loc.ServiceTier != "" {
+		meterSetIdent(&m.tier, doc.Get(loc.ServiceTier).Raw)
+	}
 }
 
 // Settle concludes the response (wire-formats.md §6 and §8). A terminal
@@ -366,6 +374,7 @@ func (m *Meter) Settle(how End) Settlement {
 	s := Settlement{
 		ModelServed: string(m.model),
 		UpstreamID:  string(m.id),
+		ServiceTier: string(m.tier),
 		Overflow:    m.overflow,
 	}
 	switch m.term {
@@ -469,6 +478,9 @@ func (m *Meter) event(fr Frame) {
 		}
 		if r.id >= 0 {
 			meterSetIdent(&m.id, p.top.get(&m.top, r.id))
+		}
+		if r.tier >= 0 {
+			meterSetIdent(&m.tier, p.top.get(&m.top, r.tier))
 		}
 		if r.end != seenNone {
 			m.setTerm(r.end)

@@ -219,7 +219,7 @@ func TestGolden(t *testing.T) {
 				g.Mode = "filter"
 			}
 			if got.Usage != nil {
-				g.CostMicroUSD, g.PriceVersion = prices.Cost(g.PriceProvider, got.ModelServed, *got.Usage)
+				g.CostMicroUSD, g.PriceVersion = prices.Cost(g.PriceProvider, got.ModelServed, got.ServiceTier, *got.Usage)
 			}
 			gotJSON, err := json.MarshalIndent(g, "", "  ")
 			if err != nil {

@@ -66,6 +66,21 @@ type ModelPrice struct {
 	Rates
 	// LongContext is nil for models with one tier.
 	LongContext *LongContext
+	// ServiceTiers prices responses the provider served in a non-standard
+	// service tier (flex, priority, …), by the tier's name.
+	ServiceTiers map[string]*ModelPrice
+}
+
+// StandardServiceTier reports whether a provider's service_tier names its
+// standard tier, priced by a model's base rates: OpenAI's "default" (and
+// "auto", the request-side value some events echo), Anthropic's
+// "standard", or none given.
+func StandardServiceTier(tier string) bool {
+	switch tier {
+	case "", "default", "auto", "standard":
+		return true
+	}
+	return false
 }
 
 // RatesFor returns the rates that apply to u.
@@ -196,17 +211,24 @@ func priceAllDigits(s string) bool {
 	return true
 }
 
-// Cost prices u for a model served by provider (the registry provider name).
-// micro is the cost in micro-USD, rounded half up, or nil when the model is
-// not in the table: the record is then flagged unpriced, never costed at 0.
-// version is the table's version, for the record's price_version.
-func (t *PriceTable) Cost(provider, model string, u Usage) (micro *int64, version string) {
+// Cost prices u for a model served by provider (the registry provider name)
+// in a service tier. micro is the cost in micro-USD, rounded half up, or nil
+// when the table has no price for the model, or for a non-standard tier of
+// it: the record is then flagged unpriced, never costed at 0 nor at the
+// standard rate of a tier that bills differently. version is the table's
+// version, for the record's price_version.
+func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, version string) {
 	if t == nil {
 		return nil, ""
 	}
 	p, ok := t.Lookup(provider, model)
 	if !ok {
 		return nil, t.Version
+	}
+	if !StandardServiceTier(tier) {
+		if p, ok = p.ServiceTiers[tier]; !ok {
+			return nil, t.Version
+		}
 	}
 	c := p.CostMicroUSD(u)
 	return &c, t.Version
@@ -253,6 +275,8 @@ type priceFile struct {
 type priceModelEntry struct {
 	Rates       priceRateEntry  `yaml:",inline"`
 	LongContext *priceLongEntry `yaml:"long_context"`
+	// ServiceTiers are flat rates for non-standard service tiers.
+	ServiceTiers map[string]*priceRateEntry `yaml:"service_tiers"`
 	// Note is free text for the reader (source, caveats).
 	Note string `yaml:"note"`
 }
@@ -358,6 +382,20 @@ func ParsePrices(src []byte) (*PriceTable, error) {
 				mp.LongContext = &LongContext{AboveInputTokens: lc.AboveInputTokens, Rates: lc.Rates.rates(lat, add)}
 				if lc.Rates.Reasoning.set != e.Rates.Reasoning.set {
 					add("%s.reasoning_per_mtok: must be set in both tiers or neither", lat)
+				}
+			}
+			for _, tier := range priceSortedKeys(e.ServiceTiers) {
+				tat := mat + ".service_tiers." + tier
+				switch {
+				case StandardServiceTier(tier):
+					add("%s: %q is the standard tier, priced by the model's own rates", tat, tier)
+				case e.ServiceTiers[tier] == nil:
+					add("%s: prices are required", tat)
+				default:
+					if mp.ServiceTiers == nil {
+						mp.ServiceTiers = map[string]*ModelPrice{}
+					}
+					mp.ServiceTiers[tier] = &ModelPrice{Rates: e.ServiceTiers[tier].rates(tat, add)}
 				}
 			}
 			pp.models[name] = mp

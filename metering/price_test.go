@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -127,7 +128,7 @@ func TestCost(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, version := p.Cost(tc.provider, tc.model, tc.u)
+			got, version := p.Cost(tc.provider, tc.model, "", tc.u)
 			if got == nil {
 				t.Fatalf("unpriced")
 			}
@@ -167,9 +168,71 @@ providers:
 		t.Fatal(err)
 	}
 	// 600×10 + 400×20: reasoning leaves output before output is priced.
-	got, _ := p.Cost("acme", "thinker", Usage{Output: 1000, Reasoning: 400})
+	got, _ := p.Cost("acme", "thinker", "", Usage{Output: 1000, Reasoning: 400})
 	if got == nil || *got != 14000 {
 		t.Errorf("got %v, want 14000", got)
+	}
+}
+
+// A response served in a non-standard tier is priced from that tier's row,
+// and is unpriced where the model has none: never at the standard rate of a
+// tier that bills differently.
+func TestCostByServiceTier(t *testing.T) {
+	p, err := ParsePrices([]byte(`version: t1
+date: "2026-01-02"
+unit: usd_per_mtok
+providers:
+  openai:
+    m:
+      input_per_mtok: 2
+      cache_read_per_mtok: 0.2
+      cache_write_5m_per_mtok: 2
+      cache_write_1h_per_mtok: 2
+      output_per_mtok: 10
+      service_tiers:
+        flex: {input_per_mtok: 1, cache_read_per_mtok: 0.1, cache_write_5m_per_mtok: 1, cache_write_1h_per_mtok: 1, output_per_mtok: 5}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := Usage{InputUncached: 1000, Output: 100}
+	for _, tc := range []struct {
+		tier string
+		want int64 // -1: unpriced
+	}{{"", 3000}, {"default", 3000}, {"auto", 3000}, {"standard", 3000}, {"flex", 1500}, {"priority", -1}, {"scale", -1}} {
+		got, _ := p.Cost("openai", "m-2026-01-01", tc.tier, u)
+		switch {
+		case tc.want < 0 && got != nil:
+			t.Errorf("tier %q: costed %d, want unpriced", tc.tier, *got)
+		case tc.want >= 0 && (got == nil || *got != tc.want):
+			t.Errorf("tier %q: got %v, want %d", tc.tier, got, tc.want)
+		}
+	}
+	_, err = ParsePrices([]byte(`version: t1
+date: "2026-01-02"
+unit: usd_per_mtok
+providers:
+  openai:
+    m:
+      input_per_mtok: 2
+      cache_read_per_mtok: 0.2
+      cache_write_5m_per_mtok: 2
+      cache_write_1h_per_mtok: 2
+      output_per_mtok: 10
+      service_tiers:
+        default: {input_per_mtok: 1, cache_read_per_mtok: 0.1, cache_write_5m_per_mtok: 1, cache_write_1h_per_mtok: 1, output_per_mtok: 5}
+        priority: {input_per_mtok: 4}
+`))
+	var pe *PriceError
+	want := []string{
+		`providers.openai.m.service_tiers.default: "default" is the standard tier, priced by the model's own rates`,
+		"providers.openai.m.service_tiers.priority.cache_read_per_mtok: is required (pin every price; none defaults)",
+		"providers.openai.m.service_tiers.priority.cache_write_5m_per_mtok: is required (pin every price; none defaults)",
+		"providers.openai.m.service_tiers.priority.cache_write_1h_per_mtok: is required (pin every price; none defaults)",
+		"providers.openai.m.service_tiers.priority.output_per_mtok: is required (pin every price; none defaults)",
+	}
+	if !errors.As(err, &pe) || !reflect.DeepEqual(pe.Problems, want) {
+		t.Errorf("problems:\n got %v\nwant %q", err, want)
 	}
 }
 
@@ -212,11 +275,11 @@ func TestLookup(t *testing.T) {
 			t.Errorf("Lookup(%s, %s) = %q, want %q", tc.provider, tc.model, got, tc.want)
 		}
 	}
-	if c, v := p.Cost("openai", "gpt-9-ultra", Usage{Output: 1}); c != nil || v != p.Version {
+	if c, v := p.Cost("openai", "gpt-9-ultra", "", Usage{Output: 1}); c != nil || v != p.Version {
 		t.Errorf("unknown model costed %v (version %q); want nil, never 0", c, v)
 	}
 	var nilTable *PriceTable
-	if c, _ := nilTable.Cost("openai", "gpt-4o", Usage{}); c != nil {
+	if c, _ := nilTable.Cost("openai", "gpt-4o", "", Usage{}); c != nil {
 		t.Error("nil table priced a model")
 	}
 }
@@ -297,7 +360,7 @@ func BenchmarkCost(b *testing.B) {
 	u := Usage{InputUncached: 1200, CacheRead: 30000, CacheWrite5m: 2000, Output: 800}
 	b.ReportAllocs()
 	for b.Loop() {
-		p.Cost("anthropic", "claude-sonnet-4-5-20250929", u)
+		p.Cost("anthropic", "claude-sonnet-4-5-20250929", "", u)
 	}
 }
 

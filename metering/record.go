@@ -68,10 +68,13 @@ type Record struct {
 	ModelRequest string        `json:"model_requested"`
 	ModelServed  string        `json:"model_served"`
 	UpstreamID   string        `json:"upstream_id"`
-	Status       int           `json:"status"`
-	Outcome      string        `json:"outcome"`
-	Source       string        `json:"usage_source"`
-	Injected     bool          `json:"usage_injected"`
+	// ServiceTier is the tier the provider says served the request
+	// ("default", "standard", "priority", "flex"); empty when it says none.
+	ServiceTier string `json:"service_tier,omitempty"`
+	Status      int    `json:"status"`
+	Outcome     string `json:"outcome"`
+	Source      string `json:"usage_source"`
+	Injected    bool   `json:"usage_injected"`
 	// EventOverflow is set when an SSE event exceeded the framing bound and
 	// was forwarded unmetered.
 	EventOverflow bool   `json:"event_overflow,omitempty"`

@@ -184,6 +184,9 @@ func appendSpoolLine(dst []byte, r *Record) ([]byte, error) {
 	dst = appendJSONStringField(dst, `,"model_requested":`, r.ModelRequest)
 	dst = appendJSONStringField(dst, `,"model_served":`, r.ModelServed)
 	dst = appendJSONStringField(dst, `,"upstream_id":`, r.UpstreamID)
+	if r.ServiceTier != "" {
+		dst = appendJSONStringField(dst, `,"service_tier":`, r.ServiceTier)
+	}
 	dst = appendJSONIntField(dst, `,"status":`, int64(r.Status))
 	dst = appendJSONStringField(dst, `,"outcome":`, r.Outcome)
 	dst = appendJSONStringField(dst, `,"usage_source":`, r.Source)

@@ -77,6 +77,7 @@ func jsonSpoolLine(tb testing.TB, r *Record) ([]byte, error) {
 func fullRecord() *Record {
 	r := usageRecordN("full", 2, time.Date(2026, 5, 4, 13, 14, 15, 123456789, time.FixedZone("", -7*3600)))
 	r.Session, r.EventOverflow, r.Unpriced, r.Injected, r.Stream = "sess", true, true, true, true
+	r.ServiceTier = "flex"
 	r.Usage = &Usage{1, 2, 3, 4, 5, 6, 7}
 	r.CostMicroUSD = costPtr(-42)
 	return r

@@ -98,6 +98,9 @@ CREATE TABLE usage_daily (
 	estimated_requests BIGINT NOT NULL,
 	PRIMARY KEY (day, project, user_id, workspace, harness, provider, model)
 )`,
+	// service_tier: the tier the provider says served the request; '' when
+	// it says none (records written before this column, too).
+	`ALTER TABLE usage_records ADD COLUMN service_tier TEXT NOT NULL DEFAULT ''`,
 }
 
 // recordColumns is the insert column order of usage_records; recordArgs
@@ -110,7 +113,7 @@ var recordColumns = []string{
 	"upstream_id", "status", "outcome", "usage_source", "usage_injected",
 	"event_overflow", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
 	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd", "unpriced",
-	"price_version", "bytes_out", "recorded_at",
+	"price_version", "bytes_out", "recorded_at", "service_tier",
 }
 
 // dailySums are the additive columns of usage_daily, in dailyAgg order.
@@ -441,7 +444,7 @@ func (s *Store) appendRecordArgs(args []any, r *Record, now any) []any {
 		tok(func(u *Usage) int64 { return u.Output }),
 		tok(func(u *Usage) int64 { return u.Reasoning }),
 		cost, recordUnpriced(r),
-		r.PriceVersion, r.BytesOut, now,
+		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
 	)
 }
 
@@ -469,7 +472,7 @@ func storeClean(r *Record) *Record {
 	fields := func(r *Record) []*string {
 		return []*string{&r.RequestID, &r.Workspace, &r.Project, &r.User, &r.TokenID, &r.Session,
 			&r.Harness, &r.Dialect, &r.Operation, &r.Path, &r.Provider, &r.CredTier, &r.CredentialID,
-			&r.ModelRequest, &r.ModelServed, &r.UpstreamID, &r.Outcome, &r.Source, &r.PriceVersion}
+			&r.ModelRequest, &r.ModelServed, &r.UpstreamID, &r.ServiceTier, &r.Outcome, &r.Source, &r.PriceVersion}
 	}
 	dirty := false
 	for _, f := range fields(r) {

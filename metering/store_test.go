@@ -142,7 +142,7 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 			ctx := context.Background()
 			start := time.Date(2026, 5, 4, 13, 14, 15, 123456789, time.FixedZone("CEST", 2*3600))
 			r := usageRecordN("rt-1", 2, start)
-			r.Session, r.Injected, r.EventOverflow = "sess-1", true, true
+			r.Session, r.Injected, r.EventOverflow, r.ServiceTier = "sess-1", true, true, "priority"
 			if n, err := s.InsertBatch(ctx, []*Record{r}); err != nil || n != 1 {
 				t.Fatalf("InsertBatch: %d, %v", n, err)
 			}
@@ -159,12 +159,12 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 			err := s.db.QueryRowContext(ctx, `SELECT request_id, started_at, day, duration_ns, ttfb_ns, workspace, project, user_id, token_id, session_id,
 				harness, dialect, operation, path, provider, credential_tier, credential_id, stream, model_requested, model_served,
 				upstream_id, status, outcome, usage_source, usage_injected, event_overflow, input_uncached, cache_read, cache_write_5m,
-				cache_write_1h, input_other, output_tokens, reasoning_tokens, cost_micro_usd, unpriced, price_version, bytes_out
+				cache_write_1h, input_other, output_tokens, reasoning_tokens, cost_micro_usd, unpriced, price_version, bytes_out, service_tier
 				FROM usage_records WHERE request_id = $1`, "rt-1").Scan(
 				&got.RequestID, &started, &day, &durNS, &ttfbNS, &got.Workspace, &got.Project, &got.User, &got.TokenID, &got.Session,
 				&got.Harness, &got.Dialect, &got.Operation, &got.Path, &got.Provider, &got.CredTier, &got.CredentialID, &got.Stream,
 				&got.ModelRequest, &got.ModelServed, &got.UpstreamID, &got.Status, &got.Outcome, &got.Source, &got.Injected,
-				&got.EventOverflow, &inUnc, &cr, &cw5, &cw1, &io, &o, &reason, &cost, &unpriced, &got.PriceVersion, &got.BytesOut)
+				&got.EventOverflow, &inUnc, &cr, &cw5, &cw1, &io, &o, &reason, &cost, &unpriced, &got.PriceVersion, &got.BytesOut, &got.ServiceTier)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -354,7 +354,7 @@ func (cl *call) reject(err error) error {
 // settle copies a meter's settlement into the record.
 func (cl *call) settle(st metering.Settlement, metered bool) {
 	cl.rec.Outcome = st.Outcome
-	cl.rec.ModelServed, cl.rec.UpstreamID = st.ModelServed, st.UpstreamID
+	cl.rec.ModelServed, cl.rec.UpstreamID, cl.rec.ServiceTier = st.ModelServed, st.UpstreamID, st.ServiceTier
 	cl.rec.EventOverflow = st.Overflow
 	if !metered {
 		cl.rec.Source = metering.SourceNone
@@ -366,7 +366,7 @@ func (cl *call) settle(st metering.Settlement, metered bool) {
 		if model == "" {
 			model = cl.rec.ModelRequest
 		}
-		cl.rec.CostMicroUSD, cl.rec.PriceVersion = cl.s.cfg.Pricer.Cost(cl.rec.Provider, model, *cl.rec.Usage)
+		cl.rec.CostMicroUSD, cl.rec.PriceVersion = cl.s.cfg.Pricer.Cost(cl.rec.Provider, model, cl.rec.ServiceTier, *cl.rec.Usage)
 		cl.rec.Unpriced = cl.rec.CostMicroUSD == nil
 	}
 }

@@ -40,7 +40,7 @@ type Sink interface {
 
 // Pricer prices usage; a nil cost means the model is not priced.
 type Pricer interface {
-	Cost(provider, model string, u metering.Usage) (microUSD *int64, version string)
+	Cost(provider, model, serviceTier string, u metering.Usage) (microUSD *int64, version string)
 }
 
 // Observer receives each finished record with the time spent inside tollgate

@@ -632,3 +632,31 @@ func TestTerminalEventThenCutEndsCleanly(t *testing.T) {
 		t.Errorf("outcome %s, want ok", rec.Outcome)
 	}
 }
+
+// The service tier the provider says served a stream is recorded and picks
+// the price row: a priority answer is unpriced, not costed at the standard
+// rate (the shipped table has no priority rows).
+func TestServiceTierIsRecordedAndPriced(t *testing.T) {
+	chat := func(tier string) []string {
+		return []string{
+			`data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-2024-08-06","service_tier":"` + tier + `","choices":[{"index":0,"delta":{"content":"hi"}}]}` + "\n\n",
+			`data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-2024-08-06","service_tier":"` + tier + `","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":100,"total_tokens":1100}}` + "\n\n",
+			"data: [DONE]\n\n",
+		}
+	}
+	for _, tc := range []struct {
+		tier   string
+		priced bool
+	}{{"default", true}, {"priority", false}} {
+		t.Run(tc.tier, func(t *testing.T) {
+			e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, chat(tc.tier), false), pricer: metering.DefaultPrices()})
+			resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), `{"model":"gpt-4o","stream":true,"messages":[]}`)
+			readAll(t, resp.Body)
+			resp.Body.Close()
+			rec := e.record(resp)
+			if rec.ServiceTier != tc.tier || rec.Usage == nil || (rec.CostMicroUSD != nil) != tc.priced || rec.Unpriced == tc.priced {
+				t.Errorf("record tier %q usage %+v cost %v unpriced %v; want tier %q, priced %v", rec.ServiceTier, rec.Usage, rec.CostMicroUSD, rec.Unpriced, tc.tier, tc.priced)
+			}
+		})
+	}
+}

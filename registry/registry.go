@@ -177,11 +177,13 @@ type UsageFields struct {
 }
 
 // Locator names gjson paths, relative to a JSON document, of the usage
-// object, the served model and the provider's response id.
+// object, the served model, the provider's response id and the service tier
+// that served it (which selects the price row).
 type Locator struct {
-	Usage string `yaml:"usage"`
-	Model string `yaml:"model"`
-	ID    string `yaml:"id"`
+	Usage       string `yaml:"usage"`
+	Model       string `yaml:"model"`
+	ID          string `yaml:"id"`
+	ServiceTier string `yaml:"service_tier"`
 }
 
 // StreamRules describe a dialect's SSE stream.

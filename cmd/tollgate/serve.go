@@ -240,8 +240,8 @@ type pricer struct {
 	v *hotfile.Value[metering.PriceTable]
 }
 
-func (p pricer) Cost(provider, model string, u metering.Usage) (*int64, string) {
-	return p.v.Current().Cost(provider, model, u)
+func (p pricer) Cost(provider, model, serviceTier string, u metering.Usage) (*int64, string) {
+	return p.v.Current().Cost(provider, model, serviceTier, u)
 }
 
 func loadPrices(o *options, log *slog.Logger) (*hotfile.Value[metering.PriceTable], error) {
