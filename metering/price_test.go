@@ -174,11 +174,8 @@ providers:
 	}
 }
 
-// A response served in a non-standard tier is priced from that tier's row,
-// and is unpriced where the model has none: never at the standard rate of a
-// tier that bills differently.
-func TestCostByServiceTier(t *testing.T) {
-	p, err := ParsePrices([]byte(`version: t1
+// tierModel is a price file with one model, up to its service_tiers key.
+const tierModel = `version: t1
 date: "2026-01-02"
 unit: usd_per_mtok
 providers:
@@ -190,7 +187,13 @@ providers:
       cache_write_1h_per_mtok: 2
       output_per_mtok: 10
       service_tiers:
-        flex: {input_per_mtok: 1, cache_read_per_mtok: 0.1, cache_write_5m_per_mtok: 1, cache_write_1h_per_mtok: 1, output_per_mtok: 5}
+`
+
+// A response served in a non-standard tier is priced from that tier's row,
+// and is unpriced where the model has none: never at the standard rate of a
+// tier that bills differently.
+func TestCostByServiceTier(t *testing.T) {
+	p, err := ParsePrices([]byte(tierModel + `        flex: {input_per_mtok: 1, cache_read_per_mtok: 0.1, cache_write_5m_per_mtok: 1, cache_write_1h_per_mtok: 1, output_per_mtok: 5}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -208,19 +211,7 @@ providers:
 			t.Errorf("tier %q: got %v, want %d", tc.tier, got, tc.want)
 		}
 	}
-	_, err = ParsePrices([]byte(`version: t1
-date: "2026-01-02"
-unit: usd_per_mtok
-providers:
-  openai:
-    m:
-      input_per_mtok: 2
-      cache_read_per_mtok: 0.2
-      cache_write_5m_per_mtok: 2
-      cache_write_1h_per_mtok: 2
-      output_per_mtok: 10
-      service_tiers:
-        default: {input_per_mtok: 1, cache_read_per_mtok: 0.1, cache_write_5m_per_mtok: 1, cache_write_1h_per_mtok: 1, output_per_mtok: 5}
+	_, err = ParsePrices([]byte(tierModel + `        default: {input_per_mtok: 1, cache_read_per_mtok: 0.1, cache_write_5m_per_mtok: 1, cache_write_1h_per_mtok: 1, output_per_mtok: 5}
         priority: {input_per_mtok: 4}
 `))
 	var pe *PriceError
