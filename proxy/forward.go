@@ -200,7 +200,7 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
 	t1 := s.cfg.timeNow()
 	if err != nil {
-		return cl.upstreamFailed(err)
+		return cl.upstreamFailed(err, headersRead(resp))
 	}
 	status := cl.answerHeaders(c, resp)
 	if status < 200 || status > 299 {
@@ -225,8 +225,9 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	// The request is written: a long stream need not hold the body.
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
+		answered := headersRead(resp)
 		fasthttp.ReleaseResponse(resp)
-		return cl.upstreamFailed(err)
+		return cl.upstreamFailed(err, answered)
 	}
 	t1 := s.cfg.timeNow()
 	up := s.fast.stream(resp)
@@ -247,7 +248,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	}
 	b, err := io.ReadAll(io.LimitReader(up, int64(lim.MaxResponseBodyBytes)+1))
 	if err != nil {
-		return cl.upstreamFailed(err)
+		return cl.upstreamFailed(err, true)
 	}
 	return cl.buffered(c, b, sse, lim, s.cfg.timeNow())
 }
@@ -270,7 +271,7 @@ var errResponseTooLarge = errors.New("upstream answer over the response limit")
 func (cl *call) buffered(c *fiber.Ctx, body []byte, sse bool, lim registry.Limits, t1 time.Time) error {
 	s := cl.s
 	if len(body) > lim.MaxResponseBodyBytes {
-		return cl.upstreamFailed(errResponseTooLarge)
+		return cl.upstreamFailed(errResponseTooLarge, true)
 	}
 	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.BytesOut = int64(len(body))
@@ -315,15 +316,25 @@ func (cl *call) upstreamError(c *fiber.Ctx, status int, body []byte, secret reso
 	return nil
 }
 
-// upstreamFailed answers 502 or 504 when no usable answer came back. The
-// transport error may hold the upstream URL, so only its class is kept.
-func (cl *call) upstreamFailed(err error) error {
+// headersRead reports whether fasthttp parsed the answer's headers before
+// an error. It resets them when their read fails, and a parsed answer has a
+// non-zero content length: a length, -1 (chunked) or -2 (until close). A
+// parsed answer of length 0 cannot fail after its headers, so it does not
+// matter that it looks unparsed.
+func headersRead(resp *fasthttp.Response) bool {
+	return resp.Header.ContentLength() != 0
+}
+
+// upstreamFailed answers 502 or 504 when no usable answer came back;
+// answered says the provider's headers had arrived. The transport error may
+// hold the upstream URL, so only its class is kept.
+func (cl *call) upstreamFailed(err error, answered bool) error {
 	e := classify(err)
 	outcome, source := metering.OutcomeUnreachable, metering.SourceNone
 	switch {
 	case errors.Is(err, errResponseTooLarge), errors.Is(err, fasthttp.ErrBodyTooLarge):
 		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider's answer is larger than this gateway's response limit (limits.max_response_body_bytes)", cause: err}
-	case errors.Is(err, io.ErrUnexpectedEOF):
+	case answered && e.kind != kindUpstreamTimeout:
 		// The headers came, then the body broke off: the provider was
 		// reached and may bill the request, so its usage is unknown, not none.
 		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider's answer broke off before its end; try again", cause: err}

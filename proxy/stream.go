@@ -53,11 +53,12 @@ func putStreamBuf(b *[]byte) {
 // tollgate asked for (streaming-on-fiber.md §4.7, R14).
 //
 // fasthttp writes it with WriteTo, and every client write is a chunk and a
-// flush. Upstream bytes are gathered and written when nothing more is in
-// hand: just before a read has to wait on the provider's socket (the
-// connection's read hook), or at the end. A provider's burst of events
-// then costs one client write instead of one per chunk, as with net/http's
-// chunked reader, and no byte that has arrived waits for the next one.
+// flush. Upstream bytes are gathered and written when fasthttp's buffer of
+// the provider's bytes is empty: just before each read from the provider's
+// socket, where it may wait (the connection's read hook), or at the end. A
+// provider's burst of events then costs one client write instead of one per
+// chunk, as with net/http's chunked reader, and nothing tollgate has
+// decoded waits on the network.
 type streamBody struct {
 	cl    *call
 	up    *fastStream
@@ -84,6 +85,7 @@ type streamBody struct {
 	// record belongs to the sink once settled.
 	outcome    string
 	upstreamID string
+	overflow   bool
 	once       sync.Once
 }
 
@@ -115,8 +117,8 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	var written int64
 	for b.end == nil && b.clientErr == nil {
 		b.step()
-		// The next read must fit in a buffer the pool keeps.
-		if !hooked || b.end != nil || b.pending() > streamOutBuffer-streamReadBuffer {
+		// Half the pool's bound, so the next append stays within it.
+		if !hooked || b.end != nil || b.pending() >= streamOutBuffer/2 {
 			written += int64(b.pending())
 			b.flush()
 		}
@@ -125,40 +127,50 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 		return written, b.clientErr
 	}
 	notice := b.cutNotice()
-	if notice == nil {
-		// The provider's terminal event went through: the answer is whole
-		// even if the connection failed after it, and a clean end keeps a
-		// client from retrying, and paying for, a finished request.
-		return written, nil
+	if notice != nil {
+		if !b.endsEvent() {
+			notice = append([]byte("\n\n"), notice...)
+		}
+		if _, err := w.Write(notice); err != nil {
+			return written, err
+		}
+		written += int64(len(notice))
 	}
-	if !b.endsEvent() {
-		notice = append([]byte("\n\n"), notice...)
-	}
-	if _, err := w.Write(notice); err != nil {
-		return written, err
-	}
-	written += int64(len(notice))
-	if b.cl.dialect.CutAfterStreamError {
+	terminal := b.outcome == metering.OutcomeOK || b.outcome == metering.OutcomeIncomplete || b.outcome == metering.OutcomeUpstreamError
+	failed := notice != nil || b.outcome == metering.OutcomeUpstreamError
+	switch {
+	case failed && b.cl.dialect.CutAfterStreamError:
+		// This dialect's clients take a clean end for a finished answer,
+		// whatever error event came before it.
 		if b.end == io.EOF {
 			return written, io.ErrUnexpectedEOF
 		}
 		return written, b.end
+	case notice != nil || terminal || b.end == io.EOF:
+		// A terminal event ends the stream cleanly, tollgate's notice (the
+		// dialect's event for a failed stream) included: SDKs then read the
+		// event instead of reporting a cut connection (Codex showed only
+		// "error decoding response body"). After the provider's own terminal
+		// event the answer is whole even if its connection then failed, and
+		// a clean end keeps a client from retrying, and paying for, it. A
+		// provider's clean end without one passes through as it came.
+		return written, nil
 	}
-	// The notice is the dialect's terminal event for a failed stream, so the
-	// stream ends there, cleanly: SDKs read the event instead of reporting
-	// the cut connection (Codex showed only "error decoding response body").
-	return written, nil
+	// A cut tollgate has nothing to say about passes through as a cut.
+	return written, b.end
 }
 
-// cutNotice is the dialect's error event for a stream that ended without
-// its terminal event, or nil: the client gets a reason it can act on, not
-// just a stream that stops.
+// cutNotice is the dialect's error event for a stream cut before its
+// terminal event, or nil: the client gets a reason it can act on, not just
+// a stream that stops. A provider's clean end without a terminal event gets
+// none (some compatible backends never send [DONE]), nor does a stream with
+// an event too large to meter, whose terminal event may have gone unseen.
 func (b *streamBody) cutNotice() []byte {
 	var e *apiError
-	switch b.outcome {
-	case metering.OutcomeUpstreamIdle:
+	switch {
+	case b.outcome == metering.OutcomeUpstreamIdle:
 		e = newError(kindUpstreamTimeout, "the provider sent nothing for %s, so tollgate ended the stream; the answer is incomplete", b.idleD)
-	case metering.OutcomeTruncated:
+	case b.outcome == metering.OutcomeTruncated && b.end != io.EOF && !b.overflow:
 		if b.cl.s.cfg.BaseContext.Err() != nil {
 			e = newError(kindUnavailable, "tollgate is shutting down and ended the stream; the answer is incomplete: send the request again")
 		} else {
@@ -177,8 +189,9 @@ func (b *streamBody) endsEvent() bool {
 }
 
 // beforeSocketRead is the connection's read hook: the upstream Read is
-// about to wait for the provider, so what is in hand goes to the client
-// first. A failed write fails that Read, which ends the stream at once.
+// about to read the provider's socket, where it may wait, so what is in
+// hand goes to the client first. A failed write fails that Read, which ends
+// the stream at once.
 func (b *streamBody) beforeSocketRead() error {
 	b.flush()
 	return b.clientErr
@@ -259,8 +272,15 @@ func (b *streamBody) flush() {
 	if b.pending() == 0 || b.clientErr != nil {
 		return
 	}
+	// A slow client is not a silent provider: the idle timer waits while
+	// tollgate writes. Stop fails once the stream is settled; it then stays
+	// stopped.
+	active := b.idle.Stop()
 	if _, err := b.w.Write((*b.outBuf)[b.outOff:]); err != nil {
 		b.clientErr = err
+	}
+	if active {
+		b.idle.Reset(b.idleD)
 	}
 	b.releaseOut()
 }
@@ -279,9 +299,10 @@ func (b *streamBody) firstByte(t time.Time) {
 }
 
 // settleUpstream notes how the upstream body ended and settles the record
-// at once, before the last bytes and the stream's last chunk are written: a
-// client that saw the whole answer must find its record even if the process
-// dies right after (the record is durable once the sink returns).
+// at once, before the bytes still in hand and the stream's last chunk are
+// written: a client that saw the whole answer must find its record even if
+// the process dies right after (the record is durable once the sink
+// returns). Bytes the read hook wrote earlier may already be out.
 func (b *streamBody) settleUpstream() {
 	end := metering.EndEOF
 	if b.idled.Load() {
@@ -319,7 +340,7 @@ func (b *streamBody) settle(end metering.End) {
 		b.idle.Stop()
 		b.up.Close()
 		st := b.meter.Settle(end)
-		b.outcome, b.upstreamID = st.Outcome, st.UpstreamID
+		b.outcome, b.upstreamID, b.overflow = st.Outcome, st.UpstreamID, st.Overflow
 		b.cl.settle(st, b.cl.path.Metered)
 		b.cl.finish()
 	})

@@ -660,3 +660,53 @@ func TestServiceTierIsRecordedAndPriced(t *testing.T) {
 		})
 	}
 }
+
+// A provider's own error event ends the stream: tollgate adds nothing, and
+// the end is clean except for dialects whose clients need the cut
+// (Gemini, cut_after_stream_error).
+func TestProvidersErrorEventEndsTheStream(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	for _, tc := range []struct {
+		name, path, body string
+		cut              bool
+	}{
+		{"anthropic", "/anthropic/v1/messages", anthropicStreamBody, false},
+		{"gemini", "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", `{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do("POST", tc.path, tok, tc.body, upstreamtest.HeaderFault, "midstream-error")
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if (err != nil) != tc.cut {
+				t.Errorf("read error %v, want a cut: %v", err, tc.cut)
+			}
+			if up := e.lastFake(); !bytes.Equal(got, up.Response) {
+				t.Errorf("client got\n%q\nwant the provider's bytes only\n%q", got, up.Response)
+			}
+			if rec := e.record(resp); rec.Outcome != metering.OutcomeUpstreamError {
+				t.Errorf("outcome %s, want upstream_error", rec.Outcome)
+			}
+		})
+	}
+}
+
+// A provider that ends its stream cleanly without the terminal event (some
+// compatible backends never send [DONE]) is passed through as it came: a
+// notice there would turn a whole answer into an SDK error.
+func TestCleanEndWithoutTerminalEventPassesThrough(t *testing.T) {
+	events := []string{
+		`data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"hi"}}]}` + "\n\n",
+		`data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n\n",
+	}
+	e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, events, false)})
+	resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), `{"model":"gpt-4o","stream":true,"messages":[]}`)
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(got) != strings.Join(events, "") {
+		t.Errorf("client got %q, %v; want the provider's events and a clean end", got, err)
+	}
+	if rec := e.record(resp); rec.Outcome != metering.OutcomeTruncated {
+		t.Errorf("outcome %s, want truncated", rec.Outcome)
+	}
+}

@@ -321,3 +321,25 @@ func TestNonStreamedAnswerThatBreaksOff(t *testing.T) {
 		t.Errorf("record outcome %s source %s usage %+v, want truncated, missing, nil", rec.Outcome, rec.Source, rec.Usage)
 	}
 }
+
+// The same for a chunked answer cut between two chunks, which fasthttp
+// reports unlike a short Content-Length body.
+func TestNonStreamedChunkedAnswerThatBreaksOff(t *testing.T) {
+	ln := serveTCP(t, func(c net.Conn) {
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"id\"\r\n")
+	})
+	e := newEnv(t, envOptions{upstreamURL: "http://" + ln.Addr().String()})
+	resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), chatJSON)
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "broke off before its end") {
+		t.Errorf("status %d body %s", resp.StatusCode, body)
+	}
+	if rec := e.record(resp); rec.Outcome != metering.OutcomeTruncated || rec.Source != metering.SourceMissing {
+		t.Errorf("record outcome %s source %s, want truncated, missing", rec.Outcome, rec.Source)
+	}
+}

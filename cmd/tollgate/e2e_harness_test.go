@@ -588,7 +588,9 @@ func (s *stack) runCut(t *testing.T, hc harnessCase, prefixes map[string]string,
 		t.Fatalf("tollgate recorded %d requests for workspace %s, the cutting provider got %d", len(recs), workspace, n)
 	}
 	for _, r := range recs {
-		if r.outcome != "truncated" || r.tier != "project" {
+		// A CLI killed at the timeout may leave its last request behind.
+		killed := !cc.givesUp && r.outcome == "client_gone"
+		if (r.outcome != "truncated" && !killed) || r.tier != "project" {
 			t.Errorf("record %s %s via the %s tier: outcome %s, want truncated via the project tier", r.path, r.dialect, r.tier, r.outcome)
 		}
 	}
