@@ -69,10 +69,11 @@ type streamBody struct {
 	// idled is set by the idle timer before it closes the upstream body.
 	idled atomic.Bool
 
-	rd     *[]byte // pooled read buffer, held for the whole stream
-	outBuf *[]byte // pooled client bytes not yet written; nil when none
-	outOff int     // how much of outBuf Read has handed out
-	w      io.Writer
+	rd      *[]byte // pooled read buffer, held for the whole stream
+	outBuf  *[]byte // pooled client bytes not yet written; nil when none
+	outOff  int     // how much of outBuf Read has handed out
+	w       io.Writer
+	written int64 // bytes WriteTo has written, the read hook's included
 	// end is how the upstream body ended (io.EOF or its error); clientErr is
 	// a failed client write. Either ends the stream.
 	end       error
@@ -114,17 +115,15 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	b.w = w
 	// fastStream.Close takes the hook off before the connection is pooled.
 	hooked := b.up.setReadHook(b)
-	var written int64
 	for b.end == nil && b.clientErr == nil {
 		b.step()
 		// Half the pool's bound, so the next append stays within it.
 		if !hooked || b.end != nil || b.pending() >= streamOutBuffer/2 {
-			written += int64(b.pending())
 			b.flush()
 		}
 	}
 	if b.clientErr != nil {
-		return written, b.clientErr
+		return b.written, b.clientErr
 	}
 	notice := b.cutNotice()
 	if notice != nil {
@@ -132,9 +131,9 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 			notice = append([]byte("\n\n"), notice...)
 		}
 		if _, err := w.Write(notice); err != nil {
-			return written, err
+			return b.written, err
 		}
-		written += int64(len(notice))
+		b.written += int64(len(notice))
 	}
 	terminal := b.outcome == metering.OutcomeOK || b.outcome == metering.OutcomeIncomplete || b.outcome == metering.OutcomeUpstreamError
 	failed := notice != nil || b.outcome == metering.OutcomeUpstreamError
@@ -143,9 +142,9 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 		// This dialect's clients take a clean end for a finished answer,
 		// whatever error event came before it.
 		if b.end == io.EOF {
-			return written, io.ErrUnexpectedEOF
+			return b.written, io.ErrUnexpectedEOF
 		}
-		return written, b.end
+		return b.written, b.end
 	case notice != nil || terminal || b.end == io.EOF:
 		// A terminal event ends the stream cleanly, tollgate's notice (the
 		// dialect's event for a failed stream) included: SDKs then read the
@@ -154,10 +153,10 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 		// event the answer is whole even if its connection then failed, and
 		// a clean end keeps a client from retrying, and paying for, it. A
 		// provider's clean end without one passes through as it came.
-		return written, nil
+		return b.written, nil
 	}
 	// A cut tollgate has nothing to say about passes through as a cut.
-	return written, b.end
+	return b.written, b.end
 }
 
 // cutNotice is the dialect's error event for a stream cut before its
@@ -276,7 +275,9 @@ func (b *streamBody) flush() {
 	// tollgate writes. Stop fails once the stream is settled; it then stays
 	// stopped.
 	active := b.idle.Stop()
-	if _, err := b.w.Write((*b.outBuf)[b.outOff:]); err != nil {
+	n, err := b.w.Write((*b.outBuf)[b.outOff:])
+	b.written += int64(n)
+	if err != nil {
 		b.clientErr = err
 	}
 	if active {
