@@ -234,7 +234,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	status := cl.answerHeaders(c, resp)
 	sse := isEventStream(string(resp.Header.ContentType()))
 	if sse && status >= 200 && status <= 299 {
-		sb := newStreamBody(cl, up, lim.MaxEventBytes, cl.rec.Injected)
+		sb := newStreamBody(cl, up, c.Context().Conn(), lim.MaxEventBytes, cl.rec.Injected)
 		c.Set("X-Accel-Buffering", "no")
 		c.Response().ImmediateHeaderFlush = true
 		c.Context().SetBodyStream(sb, -1)

@@ -55,6 +55,7 @@ const (
 	// this long. Reasoning models pause, but Anthropic pings every few
 	// seconds and OpenAI streams keep-alive comments; five minutes of
 	// silence is a dead upstream. Idle, never total (caddyserver/caddy#7913).
+	// A client write that makes no progress for as long ends the stream too.
 	DefaultStreamIdleTimeout = 5 * time.Minute
 	// DefaultResponseHeaderTimeout bounds the wait for upstream headers. A
 	// non-streamed answer sends its headers only when generation ends, and

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,12 +61,15 @@ func putStreamBuf(b *[]byte) {
 // chunk, as with net/http's chunked reader, and nothing tollgate has
 // decoded waits on the network.
 type streamBody struct {
-	cl    *call
-	up    *fastStream
-	meter *metering.Meter
-	idle  *time.Timer
-	idleD time.Duration
-	hide  bool
+	cl *call
+	up *fastStream
+	// client is the client's connection, whose write deadline bounds each
+	// write (nil in tests that drive the body directly).
+	client net.Conn
+	meter  *metering.Meter
+	idle   *time.Timer
+	idleD  time.Duration
+	hide   bool
 	// idled is set by the idle timer before it closes the upstream body.
 	idled atomic.Bool
 
@@ -90,9 +94,9 @@ type streamBody struct {
 	once       sync.Once
 }
 
-func newStreamBody(cl *call, up *fastStream, maxEvent int, hide bool) *streamBody {
+func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide bool) *streamBody {
 	b := &streamBody{
-		cl: cl, up: up, hide: hide,
+		cl: cl, up: up, client: client, hide: hide,
 		meter: metering.NewMeter(cl.dialect, maxEvent),
 		idleD: cl.s.cfg.StreamIdleTimeout,
 		tail:  '\n'<<8 | '\n',
@@ -113,6 +117,10 @@ func (b *streamBody) SupportsBodyWriteTo() bool { return true }
 // one flush per Write.
 func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	b.w = w
+	if b.client != nil {
+		// The connection serves further requests after this stream.
+		defer b.client.SetWriteDeadline(time.Time{})
+	}
 	// fastStream.Close takes the hook off before the connection is pooled.
 	hooked := b.up.setReadHook(b)
 	for b.end == nil && b.clientErr == nil {
@@ -130,10 +138,9 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 		if !b.endsEvent() {
 			notice = append([]byte("\n\n"), notice...)
 		}
-		if _, err := w.Write(notice); err != nil {
+		if err := b.write(notice); err != nil {
 			return b.written, err
 		}
-		b.written += int64(len(notice))
 	}
 	terminal := b.outcome == metering.OutcomeOK || b.outcome == metering.OutcomeIncomplete || b.outcome == metering.OutcomeUpstreamError
 	failed := notice != nil || b.outcome == metering.OutcomeUpstreamError
@@ -273,17 +280,27 @@ func (b *streamBody) flush() {
 	}
 	// A slow client is not a silent provider: the idle timer waits while
 	// tollgate writes. Stop fails once the stream is settled; it then stays
-	// stopped.
+	// stopped. A client that takes nothing for as long is gone: without a
+	// deadline it would hold the stream, and the provider's connection,
+	// for good.
 	active := b.idle.Stop()
-	n, err := b.w.Write((*b.outBuf)[b.outOff:])
-	b.written += int64(n)
-	if err != nil {
+	if err := b.write((*b.outBuf)[b.outOff:]); err != nil {
 		b.clientErr = err
 	}
 	if active {
 		b.idle.Reset(b.idleD)
 	}
 	b.releaseOut()
+}
+
+// write sends p to the client as one chunk, allowing it the idle window.
+func (b *streamBody) write(p []byte) error {
+	if b.client != nil {
+		_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
+	}
+	n, err := b.w.Write(p)
+	b.written += int64(n)
+	return err
 }
 
 // releaseOut returns the output buffer to the pool.

@@ -710,3 +710,26 @@ func TestCleanEndWithoutTerminalEventPassesThrough(t *testing.T) {
 		t.Errorf("outcome %s, want truncated", rec.Outcome)
 	}
 }
+
+// A client that stops reading is gone once its writes have made no
+// progress for the idle window: it no longer holds the stream and the
+// provider's connection for good.
+func TestStalledClientIsCut(t *testing.T) {
+	e := newEnv(t, envOptions{idle: 300 * time.Millisecond})
+	tok := e.token("ws", "p", "u", "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	// 40 MB of stream, far more than the sockets between can hold.
+	fmt.Fprintf(c, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s: 10000\r\n%s: 4096\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		tok, upstreamtest.HeaderEvents, upstreamtest.HeaderChunkBytes, len(anthropicStreamBody), anthropicStreamBody)
+	// Read nothing.
+	eventually(t, 10*time.Second, "the stalled stream's record", func() bool { return e.sink.Len() == 1 })
+	if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeClientGone {
+		t.Errorf("outcome %s, want client_gone", rec.Outcome)
+	}
+	eventually(t, 5*time.Second, "the provider's stream to be cancelled", func() bool { return e.fake.Counters().StreamsCancelled == 1 })
+}

@@ -90,7 +90,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.PublicURL, "public-url", envOr("TOLLGATE_PUBLIC_URL", ""), "URL workspaces use to reach tollgate (TOLLGATE_PUBLIC_URL)")
 	fs.StringVar(&o.Spool, "spool", envOr("TOLLGATE_SPOOL", "./data/spool"), "usage spool directory (TOLLGATE_SPOOL)")
 	fs.BoolVar(&o.AllowHTTPBaseURL, "allow-http-base-url", envOr("TOLLGATE_ALLOW_HTTP_BASE_URL", "") == "true", "allow http:// credential base URLs (TOLLGATE_ALLOW_HTTP_BASE_URL)")
-	fs.DurationVar(&o.StreamIdle, "stream-idle-timeout", envDuration("TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute), "end a stream silent for this long (TOLLGATE_STREAM_IDLE_TIMEOUT)")
+	fs.DurationVar(&o.StreamIdle, "stream-idle-timeout", envDuration("TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute), "end a stream whose provider sent, or whose client took, nothing for this long (TOLLGATE_STREAM_IDLE_TIMEOUT)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", envDuration("TOLLGATE_SHUTDOWN_GRACE", 30*time.Second), "time open streams get after SIGTERM (TOLLGATE_SHUTDOWN_GRACE)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("TOLLGATE_LOG_LEVEL", "info"), "debug, info, warn or error (TOLLGATE_LOG_LEVEL)")
 	fs.StringVar(&o.MetricLabels, "metric-labels", envOr("TOLLGATE_METRIC_LABELS", ""), "extra metric labels, comma separated (TOLLGATE_METRIC_LABELS)")
