@@ -38,7 +38,8 @@ type Sink interface {
 	Record(r *metering.Record)
 }
 
-// Pricer prices usage; a nil cost means the model is not priced.
+// Pricer prices usage; a nil cost means the model, or the service tier it
+// was served in, is not priced.
 type Pricer interface {
 	Cost(provider, model, serviceTier string, u metering.Usage) (microUSD *int64, version string)
 }

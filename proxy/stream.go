@@ -64,7 +64,7 @@ type streamBody struct {
 	cl *call
 	up *fastStream
 	// client is the client's connection, whose write deadline bounds each
-	// write (nil in tests that drive the body directly).
+	// write.
 	client net.Conn
 	meter  *metering.Meter
 	idle   *time.Timer
@@ -117,10 +117,8 @@ func (b *streamBody) SupportsBodyWriteTo() bool { return true }
 // one flush per Write.
 func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	b.w = w
-	if b.client != nil {
-		// The connection serves further requests after this stream.
-		defer b.client.SetWriteDeadline(time.Time{})
-	}
+	// The connection serves further requests after this stream.
+	defer b.client.SetWriteDeadline(time.Time{})
 	// fastStream.Close takes the hook off before the connection is pooled.
 	hooked := b.up.setReadHook(b)
 	for b.end == nil && b.clientErr == nil {
@@ -295,9 +293,7 @@ func (b *streamBody) flush() {
 
 // write sends p to the client as one chunk, allowing it the idle window.
 func (b *streamBody) write(p []byte) error {
-	if b.client != nil {
-		_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
-	}
+	_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
 	n, err := b.w.Write(p)
 	b.written += int64(n)
 	return err
