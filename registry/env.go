@@ -3,7 +3,6 @@ package registry
 import (
 	"fmt"
 	"strings"
-	"text/template"
 )
 
 // Setup is what a workspace needs to point a harness at tollgate: variables
@@ -56,7 +55,7 @@ func (r *Registry) Setup(name string, o EnvOptions) (*Setup, error) {
 		Dialect: dn,
 		BaseURL: strings.TrimRight(o.ProxyURL, "/") + "/" + d.Route + h.BaseURLSuffix,
 	}
-	data := struct{ BaseURL, Token, KeyEnv, Model, Dialect string }{s.BaseURL, o.Token, h.KeyEnv, o.Model, dn}
+	data := map[string]string{"BaseURL": s.BaseURL, "Token": o.Token, "KeyEnv": h.KeyEnv, "Model": o.Model, "Dialect": dn}
 	if h.BaseURLEnv != "" {
 		s.Env = append(s.Env, EnvVar{Name: h.BaseURLEnv, Value: s.BaseURL})
 	}
@@ -81,16 +80,12 @@ func (r *Registry) Setup(name string, o EnvOptions) (*Setup, error) {
 	return s, nil
 }
 
-func render(tmpl string, data any) (string, error) {
-	t, err := template.New("").Option("missingkey=error").Parse(tmpl)
+func render(src string, data map[string]string) (string, error) {
+	t, err := parseTemplate(src)
 	if err != nil {
 		return "", err
 	}
-	var b strings.Builder
-	if err := t.Execute(&b, data); err != nil {
-		return "", err
-	}
-	return b.String(), nil
+	return t.execute(data), nil
 }
 
 // ShellQuote quotes v for a POSIX shell export line.

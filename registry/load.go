@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"text/template"
 
 	"gopkg.in/yaml.v3"
 )
@@ -420,14 +419,14 @@ func validate(f *file) []string {
 			if !envRE.MatchString(e.Name) {
 				add("%s.env[%d]: %q is not an environment variable name", at, i, e.Name)
 			}
-			if _, err := template.New("").Parse(e.Value); err != nil {
+			if _, err := parseTemplate(e.Value); err != nil {
 				add("%s.env[%d]: value is not a valid template: %v", at, i, err)
 			}
 		}
 		if h.Config != nil {
 			if h.Config.Template == "" {
 				add("%s.config.template: is required", at)
-			} else if _, err := template.New("").Option("missingkey=error").Parse(h.Config.Template); err != nil {
+			} else if _, err := parseTemplate(h.Config.Template); err != nil {
 				add("%s.config.template: %v", at, err)
 			}
 		}
