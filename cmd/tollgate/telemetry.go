@@ -6,11 +6,11 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -27,8 +27,9 @@ type telemetry struct {
 
 // newTelemetry exposes metrics on /metrics in Prometheus format and, when
 // OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics-specific variable) is set,
-// also pushes them by OTLP/HTTP; the exporter reads the standard OTEL_*
-// variables itself.
+// also pushes them by OTLP/HTTP; the exporter (otlp.go) reads the standard
+// OTEL_EXPORTER_OTLP_* variables itself, the periodic reader
+// OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
 func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
 	reg := prometheus.NewRegistry()
 	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
@@ -37,9 +38,15 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 	}
 	opts := []sdkmetric.Option{sdkmetric.WithReader(exp)}
 	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" {
-		otlp, err := otlpmetrichttp.New(ctx)
+		otlp, err := newOTLPExporter()
 		if err != nil {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
+		}
+		// Our exporter keeps the SDK's default aggregation; say so rather
+		// than let an operator wonder where their exponential histograms went.
+		const aggVar = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+		if v := strings.TrimSpace(os.Getenv(aggVar)); v != "" && !strings.EqualFold(v, "explicit_bucket_histogram") {
+			log.Warn("ignored: tollgate exports explicit-bucket histograms only", "variable", aggVar, "value", v)
 		}
 		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(otlp)))
 	}
