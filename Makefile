@@ -13,9 +13,9 @@ help: ## List targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/tollgate and bin/fakeprovider
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tollgate
-	$(GO) build -trimpath -o bin/fakeprovider ./cmd/fakeprovider
+build: ## Build bin/tollgate and bin/fakeprovider (static: CGO_ENABLED=0)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tollgate
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/fakeprovider ./cmd/fakeprovider
 
 .PHONY: run
 run: build ## Run tollgate on the embedded default (SQLite under ./data, ./harnesses.yaml)

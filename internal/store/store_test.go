@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"testing"
@@ -49,5 +50,35 @@ func TestMigrateAppliesOnceInOrder(t *testing.T) {
 				t.Fatal("a broken migration was accepted")
 			}
 		})
+	}
+}
+
+// Every SQLite connection gets the same settings, not just the first: the
+// pool opens more under concurrency, and a connection without WAL or the
+// busy timeout fails writes with "database is locked".
+func TestSQLiteConnectionSettings(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conns := make([]*sql.Conn, 3)
+	for i := range conns {
+		if conns[i], err = db.Conn(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer conns[i].Close()
+	}
+	for i, c := range conns {
+		for pragma, want := range map[string]string{"cache_size": "-256", "journal_mode": "wal", "busy_timeout": "10000", "foreign_keys": "1", "synchronous": "1"} {
+			var got string
+			if err := c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("connection %d: PRAGMA %s = %s, want %s", i, pragma, got, want)
+			}
+		}
 	}
 }
