@@ -290,8 +290,8 @@ type EnvVar struct {
 	Value string `yaml:"value" json:"value"`
 }
 
-// ConfigSnippet is a text/template rendered with .BaseURL, .Token, .KeyEnv,
-// .Model and .Dialect.
+// ConfigSnippet is a template (template.go: a small part of text/template)
+// rendered with .BaseURL, .Token, .KeyEnv, .Model and .Dialect.
 type ConfigSnippet struct {
 	// File is where the snippet goes, for the reader ("~/.codex/config.toml").
 	File     string `yaml:"file"`

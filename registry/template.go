@@ -163,7 +163,8 @@ func (p *tmplParser) list() ([]tmplNode, error) {
 // the {{end}}.
 func (p *tmplParser) ifNode() (*tmplIf, error) {
 	n := &tmplIf{}
-	cond := p.items[p.i].words[1:]
+	cond, line := p.items[p.i].words[1:], p.items[p.i].line
+	unclosed := func() error { return fmt.Errorf("line %d: {{if}} without {{end}}", line) }
 	for {
 		c, err := p.cond(cond)
 		if err != nil {
@@ -176,7 +177,7 @@ func (p *tmplParser) ifNode() (*tmplIf, error) {
 		}
 		n.branches = append(n.branches, tmplBranch{cond: c, body: body})
 		if p.i == len(p.items) {
-			return nil, p.errorf("{{if}} without {{end}}")
+			return nil, unclosed()
 		}
 		w := p.items[p.i].words
 		switch {
@@ -194,7 +195,7 @@ func (p *tmplParser) ifNode() (*tmplIf, error) {
 			return nil, err
 		}
 		if p.i == len(p.items) {
-			return nil, p.errorf("{{if}} without {{end}}")
+			return nil, unclosed()
 		}
 		if w := p.items[p.i].words; w[0] != "end" || len(w) > 1 {
 			return nil, p.errorf("{{%s}} after {{else}}: only {{end}} may follow it", strings.Join(w, " "))
@@ -309,10 +310,11 @@ func lexTemplate(src string) ([]tmplItem, error) {
 // with the right trim marker.
 func lexAction(s string) (words []string, n int, trim bool, err error) {
 	if strings.HasPrefix(s, "/*") {
-		end := strings.Index(s, "*/")
+		end := strings.Index(s[2:], "*/") // after the /*, so /*/ is not closed
 		if end < 0 {
 			return nil, 0, false, fmt.Errorf("unclosed comment")
 		}
+		end += 2
 		n, trim, ok := closing(s, end+2)
 		if !ok && end+3 <= len(s) && isSpace(s[end+2]) {
 			n, trim, ok = closing(s, end+3)
@@ -341,27 +343,31 @@ func lexAction(s string) (words []string, n int, trim bool, err error) {
 		switch s[i] {
 		case '"':
 			for i++; i < len(s) && s[i] != '"' && s[i] != '\n'; i++ {
-				if s[i] == '\\' {
+				if s[i] == '\\' && i+1 < len(s) && s[i+1] != '\n' {
 					i++
 				}
 			}
-		case '`':
-			i = strings.IndexByte(s[i+1:], '`') + i + 1
-			if i == start {
-				i = len(s)
+			if i >= len(s) || s[i] != '"' {
+				return nil, 0, false, fmt.Errorf("unterminated quoted string")
 			}
+			i++
+		case '`':
+			end := strings.IndexByte(s[i+1:], '`')
+			if end < 0 {
+				return nil, 0, false, fmt.Errorf("unterminated raw quoted string")
+			}
+			i += end + 2
 		default:
-			for i < len(s) && strings.IndexByte(tmplSpace+"\"`", s[i]) < 0 && !strings.HasPrefix(s[i:], "}}") {
+			for i < len(s) && !isSpace(s[i]) && !strings.HasPrefix(s[i:], "}}") {
 				i++
 			}
-			words = append(words, s[start:i])
-			continue
 		}
-		if i >= len(s) || s[i] == '\n' {
-			return nil, 0, false, fmt.Errorf("unterminated quoted string")
-		}
-		i++
 		words = append(words, s[start:i])
+		// Words are separated by white space, as text/template wants:
+		// `.Model"m"` or `"a""b"` are errors there, so they are here.
+		if _, _, ok := closing(s, i); !ok && i < len(s) && !isSpace(s[i]) {
+			return nil, 0, false, fmt.Errorf("unexpected %q right after %s: separate words with a space", s[i], s[start:i])
+		}
 	}
 }
 

@@ -57,6 +57,9 @@ func TestTemplateRendersLikeTextTemplate(t *testing.T) {
 		{"{{\n.Model\n}}", tmplData, "gpt-5"},
 		{`{{if eq .Model "}}"}}braces{{else}}no{{end}}`, tmplData, "no"},
 		{"100%{{.Model}}", tmplData, "100%gpt-5"},
+		{"{{/*/ note */}}x", tmplData, "x"},
+		{"{{/*/v1 is added below */}}{{.BaseURL}}", tmplData, "http://127.0.0.1:8787/openai/v1"},
+		{"{{if eq .Model \"gpt-5\"}}{{.Model}}{{end}}", tmplData, "gpt-5"},
 	}
 	for _, c := range cases {
 		tp, err := parseTemplate(c.src)
@@ -100,6 +103,17 @@ func TestTemplateRefusesWhatItDoesNotSupport(t *testing.T) {
 		{"{{/* open", "unclosed comment"},
 		{"{{/* c */ }}", "comment ends before closing delimiter"},
 		{"{{ }}", "empty action"},
+		{"{{if .Model}}\nline2\n{{.Token}}\nline4\n", "line 1: {{if}} without {{end}}"},
+		// Words run together are errors in text/template too.
+		{`{{if eq .Model"m"}}yes{{end}}`, "unknown field .Model\"m\""},
+		{"{{if eq .Model`m`}}a{{end}}", "unknown field .Model`m`"},
+		{`{{if eq .Model "x""m"}}yes{{end}}`, `unexpected '"' right after "x"`},
+		{"{{if eq .Model `x``m`}}yes{{end}}", "unexpected '`' right after `x`"},
+		{`{{if .Token}}a{{else if eq .Model "b""c"}}b{{end}}`, "right after"},
+		{"{{/*/}}", "unclosed comment"},
+		{"{{- /*/}}", "unclosed comment"},
+		{"{{if eq .Model \"a\\\nb\"}}x{{end}}", "unterminated quoted string"},
+		{"{{if eq .Model `a}}x{{end}}", "unterminated raw quoted string"},
 	}
 	for _, c := range cases {
 		_, err := parseTemplate(c.src)
@@ -149,6 +163,8 @@ func FuzzTemplateMatchesTextTemplate(f *testing.F) {
 	}
 	f.Add("{{- if ne .Model `x` -}} {{.Model}} {{- else -}} y {{- end -}}", "x", "")
 	f.Add("{{if eq .Dialect \"a\" \"b\"}}{{/* c */}}{{end}}", "", "b")
+	f.Add("{{if eq .Model\"m\"}}yes{{end}}", "m", "")
+	f.Add("{{if eq .Model `x``m`}}yes{{end}}{{/*/}}", "m", "")
 	f.Fuzz(func(t *testing.T, src, model, dialect string) {
 		tp, err := parseTemplate(src)
 		if err != nil {
