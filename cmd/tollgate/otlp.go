@@ -5,11 +5,13 @@ package main
 // (open-telemetry/opentelemetry-go#2579): 4.6 MB of binary and 3.5 MB of
 // idle RSS for a transport tollgate never uses. It speaks only
 // http/protobuf, reads the standard OTEL_EXPORTER_OTLP_* variables, and is
-// held byte-for-byte to the official exporter's output by a differential
-// test, so a collector cannot tell the two apart.
+// held byte-for-byte to the official exporter's output (the request body
+// before compression) by a differential test, so a collector cannot tell
+// the two apart.
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"crypto/tls"
@@ -23,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -47,7 +50,7 @@ type otlpExporter struct {
 	target      string      // full URL, query included; never printed, it may carry a key
 	where       string      // target without its query, for error messages
 	header      http.Header // sent with every push; values may be credentials
-	secrets     []string    // header values and their parts, cut from anything the collector echoes
+	secrets     []string    // header values and their parts, squeezed, longest first; cut from anything the collector echoes
 	gzip        bool
 	temporality sdkmetric.TemporalitySelector
 	client      *http.Client
@@ -150,6 +153,14 @@ func otlpEnv(key string) (name, value string) {
 	return "", ""
 }
 
+// otlpConfigured reports whether an OTLP endpoint is set, and so whether
+// to push at all. Blank is unset here as it is in otlpTarget: " " must not
+// turn the push on only to fail startup as a bad URL.
+func otlpConfigured() bool {
+	return strings.TrimSpace(os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")) != "" ||
+		strings.TrimSpace(os.Getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) != ""
+}
+
 // otlpTarget follows the OTLP spec: the metrics-specific endpoint is used
 // as is, the generic one is a base that /v1/metrics is appended to.
 func otlpTarget() (*url.URL, error) {
@@ -205,18 +216,25 @@ func otlpHeaders() (http.Header, []string, error) {
 			return nil, nil, fmt.Errorf("%s: entry %d (%s): the value holds control characters", name, i+1, k)
 		}
 		h.Set(k, v)
+		// sanitize matches secrets against squeezed text, so they are
+		// kept squeezed too: "abc1  def2" echoed is "abc1 def2" by then.
+		sv := squeeze(v)
 		// No credential is under 4 bytes, and redacting "1" (a tenant id,
 		// say) would garble every number the collector tells us.
-		if len(v) >= 4 {
-			secrets = append(secrets, v)
+		if len(sv) >= 4 {
+			secrets = append(secrets, sv)
 		}
 		// "Bearer sk-…" may come back as just the key.
-		for _, part := range strings.Fields(v) {
-			if len(part) >= 8 && part != v {
+		for _, part := range strings.Split(sv, " ") {
+			if len(part) >= 8 && part != sv {
 				secrets = append(secrets, part)
 			}
 		}
 	}
+	// Longest first, so a value that holds another is cut whole rather
+	// than around the shorter one.
+	slices.SortFunc(secrets, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })
+	secrets = slices.Compact(secrets)
 	h.Set("Content-Type", "application/x-protobuf")
 	return h, secrets, nil
 }
@@ -247,7 +265,7 @@ func otlpTLS() (*tls.Config, string, error) {
 	// The certificate and key come as a pair: the metrics-specific pair if
 	// either half is set, else the generic one.
 	prefix := "OTEL_EXPORTER_OTLP_METRICS_"
-	if os.Getenv(prefix+"CLIENT_CERTIFICATE") == "" && os.Getenv(prefix+"CLIENT_KEY") == "" {
+	if strings.TrimSpace(os.Getenv(prefix+"CLIENT_CERTIFICATE")) == "" && strings.TrimSpace(os.Getenv(prefix+"CLIENT_KEY")) == "" {
 		prefix = "OTEL_EXPORTER_OTLP_"
 	}
 	certVar, keyVar := prefix+"CLIENT_CERTIFICATE", prefix+"CLIENT_KEY"
@@ -416,14 +434,25 @@ func (e *otlpExporter) post(ctx context.Context, body []byte) error {
 	return e.partialSuccess(resp)
 }
 
-// retryAfter reads the delay-seconds form; an HTTP date or garbage falls
-// back to our own backoff.
+// otlpMaxRetryAfter caps the wait a collector can ask for. send gives up
+// long before it, at retryElapsed or the export deadline, whichever is
+// first; the cap keeps an absurd value from overflowing the arithmetic.
+const otlpMaxRetryAfter = time.Hour
+
+// retryAfter reads both forms RFC 9110 allows, delay-seconds and an HTTP
+// date, as the official exporter does; a date in the past is no wait, and
+// garbage falls back to our own backoff. send still never waits past the
+// context's deadline, whatever this returns.
 func retryAfter(v string) time.Duration {
-	s, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil || s < 0 {
-		return 0
+	v = strings.TrimSpace(v)
+	var d time.Duration
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		// On overflow s is ±MaxInt64: clamped like any other value.
+		d = time.Duration(min(max(s, 0), int64(otlpMaxRetryAfter/time.Second))) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = time.Until(t)
 	}
-	return time.Duration(min(s, int64(time.Hour/time.Second))) * time.Second
+	return min(max(d, 0), otlpMaxRetryAfter)
 }
 
 // otlpPartialSuccess is the collector accepting an export but dropping
@@ -437,14 +466,26 @@ func (p *otlpPartialSuccess) Error() string {
 	return fmt.Sprintf("otlp: partial success: the collector rejected %d data point(s): %q", p.rejected, p.message)
 }
 
+// otlpMaxReply bounds how much of a success reply is read. An
+// ExportMetricsServiceResponse is a count and a message, and the message
+// is cut to 200 bytes for the log anyway, so a real one is far under this.
+// The official exporter reads up to 4 MiB; holding megabytes on every push
+// only to throw them away buys nothing, so a bigger reply is reported as
+// too large rather than read.
+const otlpMaxReply = 64 << 10
+
 // partialSuccess decodes ExportMetricsServiceResponse.partial_success
 // (field 1: rejected_data_points = 1, error_message = 2) by hand, for the
 // same reason encode exists.
 func (e *otlpExporter) partialSuccess(resp *http.Response) error {
-	// Read even a reply we ignore, so the connection can be reused.
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	// Read even a reply we ignore, so the connection can be reused; one
+	// byte past the limit tells a reply that fits from one that does not.
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, otlpMaxReply+1))
 	if err != nil || !isProtobuf(resp.Header) {
 		return nil // the data was accepted; an unreadable reply loses nothing
+	}
+	if len(raw) > otlpMaxReply {
+		return fmt.Errorf("otlp: POST %s: the export was accepted but the reply is too large to read (over %d KiB), so any partial success it reports is unknown", e.where, otlpMaxReply>>10)
 	}
 	var p otlpPartialSuccess
 	err = protoFields(raw, func(num protowire.Number, _ uint64, ps []byte) error {
@@ -510,9 +551,14 @@ func protoFields(msg []byte, fn func(num protowire.Number, v uint64, b []byte) e
 // when there is none worth showing. A protobuf reply is a google.rpc.Status
 // whose message is field 2; anything else is taken as text.
 func (e *otlpExporter) excerpt(resp *http.Response) string {
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	const limit = 4 << 10
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	truncated := len(raw) > limit
+	raw = raw[:min(len(raw), limit)]
 	msg := string(raw)
-	if isProtobuf(resp.Header) {
+	switch {
+	case isProtobuf(resp.Header):
+		// A field cut by the read limit is not decoded.
 		msg = ""
 		protoFields(raw, func(num protowire.Number, _ uint64, b []byte) error {
 			if num == 2 {
@@ -520,6 +566,10 @@ func (e *otlpExporter) excerpt(resp *http.Response) string {
 			}
 			return nil
 		})
+	case truncated:
+		// The read limit may have cut an echoed header value, whose first
+		// part no longer matches it.
+		msg = e.cutSecretStart(msg)
 	}
 	if msg = e.sanitize(msg); msg == "" {
 		return ""
@@ -527,27 +577,58 @@ func (e *otlpExporter) excerpt(resp *http.Response) string {
 	return ": " + strconv.Quote(msg)
 }
 
+// squeeze makes text printable and single-spaced: invalid UTF-8 becomes
+// "?" and every run of white space or non-printables one space. sanitize
+// applies it to the collector's text and otlpHeaders to the secrets, so
+// the two are compared in the same form however either was spaced.
+func squeeze(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }), " ")
+}
+
+// cutSecretStart drops the end of text cut short by a read limit if it is
+// the start of a secret, since the whole secret is not there to match. It
+// returns the text squeezed, which sanitize leaves as it is.
+func (e *otlpExporter) cutSecretStart(s string) string {
+	// An incomplete last rune would turn into "?" and hide what precedes it.
+	for i := len(s) - 1; i >= max(0, len(s)-utf8.UTFMax); i-- {
+		if utf8.RuneStart(s[i]) {
+			if !utf8.FullRuneInString(s[i:]) {
+				s = s[:i]
+			}
+			break
+		}
+	}
+	s = squeeze(s)
+	drop := 0
+	for _, secret := range e.secrets {
+		for k := min(len(secret)-1, len(s)); k > drop; k-- {
+			if strings.HasSuffix(s, secret[:k]) {
+				drop = k
+				break
+			}
+		}
+	}
+	return s[:len(s)-drop]
+}
+
 // sanitize makes collector text safe to log. Collectors sometimes echo
 // what they were sent, so header values are cut out, and the result is
 // short so an echoed payload cannot land in the logs.
 func (e *otlpExporter) sanitize(s string) string {
 	const limit = 200
-	s = strings.ToValidUTF8(s, "?")
-	s = strings.Join(strings.FieldsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }), " ")
+	s = squeeze(s)
 	for _, secret := range e.secrets {
 		s = strings.ReplaceAll(s, secret, "[redacted]")
 	}
 	if len(s) <= limit {
 		return s
 	}
+	// Every secret is already cut out of the whole text, so the cut only
+	// has to keep the last rune whole.
 	cut := limit
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
-	}
-	// Cut at a space: a header value split by the cut would escape the
-	// redaction above.
-	if i := strings.LastIndexByte(s[:cut], ' '); i > 0 {
-		cut = i
 	}
 	return s[:cut] + "…"
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -11,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -23,6 +25,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
@@ -219,6 +222,12 @@ func TestOTLPMatchesOfficialExporter(t *testing.T) {
 				if !proto.Equal(want.req, got.req) {
 					t.Errorf("requests differ\nofficial: %v\nours:     %v", want.req, got.req)
 				}
+				// proto.Equal forgives field order and varint padding; the
+				// file's header promises the bytes themselves (before
+				// compression, which the collector undoes) are the same.
+				if !bytes.Equal(want.body, got.body) {
+					t.Errorf("request bodies differ byte for byte\nofficial: %x\nours:     %x", want.body, got.body)
+				}
 				for _, h := range []string{"Content-Type", "Content-Encoding", "X-Tenant"} {
 					if w, g := want.header.Get(h), got.header.Get(h); w != g {
 						t.Errorf("header %s: official %q, ours %q", h, w, g)
@@ -355,6 +364,14 @@ func TestOTLPEnvironment(t *testing.T) {
 		}},
 		{name: "missing CA file", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c", "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", filepath.Join(dir, "nope.pem")}, wantErr: "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE: open"},
 		{name: "CA file not PEM", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c", "OTEL_EXPORTER_OTLP_CERTIFICATE", notPEM}, wantErr: "OTEL_EXPORTER_OTLP_CERTIFICATE: " + notPEM + " holds no PEM certificate"},
+		// Blank is unset, for the pair choice as for every other variable:
+		// a whitespace-only metrics-specific half must not hide the
+		// generic pair.
+		{name: "blank metrics client cert falls back to generic pair", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c", "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", " \t", "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", " ", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", certFile, "OTEL_EXPORTER_OTLP_CLIENT_KEY", keyFile}, check: func(t *testing.T, e *otlpExporter) {
+			if cfg := e.client.Transport.(*http.Transport).TLSClientConfig; cfg == nil || len(cfg.Certificates) != 1 {
+				t.Errorf("generic client certificate pair not applied: %+v", cfg)
+			}
+		}},
 		{name: "client cert without key", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", certFile}, wantErr: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY must be set together"},
 		{name: "client key not a key", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", certFile, "OTEL_EXPORTER_OTLP_CLIENT_KEY", notPEM}, wantErr: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE/OTEL_EXPORTER_OTLP_CLIENT_KEY: tls:"},
 		{name: "tls with http endpoint", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_CERTIFICATE", certFile}, wantErr: "OTEL_EXPORTER_OTLP_CERTIFICATE is set but the OTLP endpoint is http://"},
@@ -690,5 +707,203 @@ func TestOTLPConcurrentExports(t *testing.T) {
 	wg.Wait()
 	if exports, errs := col.snapshot(); len(exports) != 8 || len(errs) > 0 {
 		t.Errorf("%d exports, collector errors %q", len(exports), errs)
+	}
+}
+
+// The collector's text is squeezed (white space runs to one space) before
+// secrets are cut from it, so the secrets must be squeezed the same way or
+// a header value holding a run of spaces comes back in clear.
+func TestOTLPRedactionSurvivesWhiteSpaceSqueezing(t *testing.T) {
+	_, url := startScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "bad key "+r.Header.Get("X-Api-Key"), http.StatusUnauthorized)
+	})
+	e := testOTLPExporter(t, url, "OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc1%20%20def2")
+	err := e.Export(context.Background(), tinyMetrics())
+	if err == nil {
+		t.Fatal("export succeeded")
+	}
+	if msg := err.Error(); strings.Contains(msg, "abc1") || strings.Contains(msg, "def2") || !strings.Contains(msg, "bad key [redacted]") {
+		t.Errorf("error %q: want the key redacted", msg)
+	}
+
+	// However the value is spaced, and however the echo is, it is cut.
+	for _, value := range []string{"abc1\t\tdef2", "abc1 \t def2", "Bearer  sk-spaced\t\tkey-77", "abc1\u00a0\u00a0def2", "abc1\u200b\u200bdef2"} {
+		setOTLPEnv(t, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_HEADERS", "k="+strings.ReplaceAll(value, "\t", "%09"))
+		e, err := newOTLPExporter()
+		if err != nil {
+			t.Fatalf("%q: %v", value, err)
+		}
+		for _, echo := range []string{value, strings.Join(strings.Fields(value), " "), strings.Join(strings.Fields(value), "\n \r\n")} {
+			if got := e.sanitize("echo: " + echo + " end"); got != "echo: [redacted] end" {
+				t.Errorf("header %q echoed as %q: sanitised to %q", value, echo, got)
+			}
+		}
+	}
+}
+
+// One header value inside another must not cut the longer one in pieces
+// and leave the rest of it in clear.
+func TestOTLPRedactionPrefersLongestSecret(t *testing.T) {
+	setOTLPEnv(t, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_HEADERS", "a=key-1234,b=tenant-key-1234-rest")
+	e, err := newOTLPExporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.sanitize("got tenant-key-1234-rest and key-1234"); got != "got [redacted] and [redacted]" {
+		t.Errorf("sanitised to %q", got)
+	}
+}
+
+// A reply cut by the excerpt's read limit may end in the first part of a
+// header value; that part is as secret as the whole.
+func TestOTLPRedactionOfASecretCutByTheReadLimit(t *testing.T) {
+	const key = "sk-straddling-canary-4242"
+	for cut := 1; cut < len(key); cut++ {
+		_, url := startScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusBadRequest)
+			// Squeezing makes 4 KiB of white space one space, so the
+			// echoed key lands well inside the 200-byte excerpt.
+			io.WriteString(w, "rejected"+strings.Repeat(" ", 4<<10-len("rejected")-cut)+key)
+		})
+		e := testOTLPExporter(t, url, "OTEL_EXPORTER_OTLP_HEADERS", "authorization="+key)
+		err := e.Export(context.Background(), tinyMetrics())
+		if err == nil {
+			t.Fatal("export succeeded")
+		}
+		if msg := err.Error(); !strings.HasSuffix(msg, `400 Bad Request: "rejected"`) {
+			t.Errorf("body cut %d byte(s) into the key: error %q quotes its start", cut, msg)
+		}
+	}
+}
+
+func TestOTLPRetryAfterDate(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		header   string
+		min, max time.Duration
+	}{
+		{"2", 2 * time.Second, 2 * time.Second},
+		{" 0 ", 0, 0},
+		{"-5", 0, 0},
+		{"soon", 0, 0},
+		{"99999999999999999", otlpMaxRetryAfter, otlpMaxRetryAfter},
+		{"99999999999999999999999", otlpMaxRetryAfter, otlpMaxRetryAfter},
+		{now.Add(10 * time.Second).UTC().Format(http.TimeFormat), 8 * time.Second, 10 * time.Second},
+		{now.Add(10 * time.Second).UTC().Format(time.RFC850), 8 * time.Second, 10 * time.Second},
+		{now.Add(10 * time.Second).UTC().Format(time.ANSIC), 8 * time.Second, 10 * time.Second},
+		{now.Add(-time.Hour).UTC().Format(http.TimeFormat), 0, 0},
+		{now.Add(48 * time.Hour).UTC().Format(http.TimeFormat), otlpMaxRetryAfter, otlpMaxRetryAfter},
+	} {
+		if got := retryAfter(tc.header); got < tc.min || got > tc.max {
+			t.Errorf("Retry-After %q: wait %v, want %v to %v", tc.header, got, tc.min, tc.max)
+		}
+	}
+}
+
+// Retry-After may be an HTTP date (RFC 9110 10.2.3); it is honoured like
+// the delay in seconds, and still not waited for past the deadline.
+func TestOTLPRetriesHonouringRetryAfterDate(t *testing.T) {
+	t.Run("honoured", func(t *testing.T) {
+		col, url := startScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				// Whole seconds only, so the wait is between 1s and 2s.
+				w.Header().Set("Retry-After", time.Now().Add(2*time.Second).UTC().Format(http.TimeFormat))
+				http.Error(w, "busy", http.StatusTooManyRequests)
+			}
+		})
+		e := testOTLPExporter(t, url)
+		start := time.Now()
+		if err := e.Export(context.Background(), tinyMetrics()); err != nil {
+			t.Fatalf("export: %v", err)
+		}
+		if d := time.Since(start); col.n.Load() != 2 || d < 900*time.Millisecond {
+			t.Errorf("%d pushes in %v, want 2 at least a second apart", col.n.Load(), d)
+		}
+	})
+	t.Run("past the deadline", func(t *testing.T) {
+		col, url := startScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", time.Now().Add(30*time.Second).UTC().Format(http.TimeFormat))
+			w.WriteHeader(http.StatusServiceUnavailable)
+		})
+		e := testOTLPExporter(t, url)
+		e.retryElapsed = time.Hour
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		start := time.Now()
+		err := e.Export(ctx, tinyMetrics())
+		if err == nil || time.Since(start) > time.Second || col.n.Load() != 1 {
+			t.Errorf("error %v after %v and %d pushes, want an immediate failure", err, time.Since(start), col.n.Load())
+		}
+	})
+}
+
+// A success reply too big to read is not a malformed one: the data was
+// accepted, and the error must say that rather than report a decode
+// failure of a reply it never read whole.
+func TestOTLPOversizedReply(t *testing.T) {
+	reply := func(size int) func(int, http.ResponseWriter, *http.Request) {
+		return func(n int, w http.ResponseWriter, r *http.Request) {
+			resp, _ := proto.Marshal(&colmetricspb.ExportMetricsServiceResponse{PartialSuccess: &colmetricspb.ExportMetricsPartialSuccess{
+				RejectedDataPoints: 1, ErrorMessage: strings.Repeat("m", size),
+			}})
+			w.Header().Set("Content-Type", "application/x-protobuf")
+			w.Write(resp)
+		}
+	}
+	t.Run("over the limit", func(t *testing.T) {
+		col, url := startScripted(t, reply(otlpMaxReply))
+		err := testOTLPExporter(t, url).Export(context.Background(), tinyMetrics())
+		if err == nil || !strings.Contains(err.Error(), "accepted") || !strings.Contains(err.Error(), "too large") || strings.Contains(err.Error(), "EOF") {
+			t.Errorf("error %v, want one saying the export was accepted and the reply too large", err)
+		}
+		if col.n.Load() != 1 {
+			t.Errorf("%d pushes, want 1", col.n.Load())
+		}
+	})
+	t.Run("under the limit", func(t *testing.T) {
+		_, url := startScripted(t, reply(otlpMaxReply-16))
+		var ps *otlpPartialSuccess
+		if err := testOTLPExporter(t, url).Export(context.Background(), tinyMetrics()); !errors.As(err, &ps) || ps.rejected != 1 {
+			t.Errorf("error %v, want the partial success", err)
+		}
+	})
+}
+
+// The excerpt is cut at the length limit, on a rune boundary; redaction
+// has already happened, so there is no reason to cut further back.
+func TestOTLPExcerptCutAtTheLimit(t *testing.T) {
+	setOTLPEnv(t, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")
+	e, err := newOTLPExporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"id " + strings.Repeat("x", 300), "id " + strings.Repeat("é", 200), "é" + strings.Repeat("€", 100)} {
+		got := e.sanitize(s)
+		body, ok := strings.CutSuffix(got, "…")
+		if !ok || !utf8.ValidString(got) || len(body) > 200 || len(body) < 200-utf8.UTFMax+1 || !strings.HasPrefix(s, body) {
+			t.Errorf("sanitize(%.20q…) = %q (%d bytes), want the first 200 bytes or so and …", s, got, len(body))
+		}
+	}
+}
+
+// Blank is unset for the switch that turns the push on, as it is for the
+// exporter: an endpoint of " " must not turn it on and then fail startup.
+func TestTelemetryBlankOTLPEndpointIsUnset(t *testing.T) {
+	for _, kv := range [][]string{
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", " "},
+		{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "\t"},
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", " ", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", " \n"},
+	} {
+		setOTLPEnv(t, kv...)
+		tel, err := newTelemetry(context.Background(), splitList(""), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Errorf("%q: newTelemetry: %v", kv, err)
+			continue
+		}
+		tel.shutdown(context.Background())
+		if otlpConfigured() {
+			t.Errorf("%q: otlpConfigured says yes", kv)
+		}
 	}
 }

@@ -26,10 +26,10 @@ type telemetry struct {
 }
 
 // newTelemetry exposes metrics on /metrics in Prometheus format and, when
-// OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics-specific variable) is set,
-// also pushes them by OTLP/HTTP; the exporter (otlp.go) reads the standard
-// OTEL_EXPORTER_OTLP_* variables itself, the periodic reader
-// OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
+// OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics-specific variable) is set to
+// something other than white space, also pushes them by OTLP/HTTP; the
+// exporter (otlp.go) reads the standard OTEL_EXPORTER_OTLP_* variables
+// itself, the periodic reader OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
 func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
 	reg := prometheus.NewRegistry()
 	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
@@ -37,7 +37,7 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
 	opts := []sdkmetric.Option{sdkmetric.WithReader(exp)}
-	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" {
+	if otlpConfigured() { // blank is unset, as otlpTarget reads it
 		otlp, err := newOTLPExporter()
 		if err != nil {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
