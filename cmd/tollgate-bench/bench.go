@@ -508,27 +508,40 @@ func (b *bench) s5(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// s3 runs SSE streams two ways: a closed loop of conc streams for
+// throughput, and paced starts at S3Rate per second for the added time to
+// first byte.
 func (b *bench) s3(ctx context.Context) error {
-	conc, total := b.cfg.S3Conc, b.cfg.S3Streams
-	b.logf("S3: %d SSE streams of %d events, %d concurrent", total, b.cfg.Events, conc)
+	conc, total, rate := b.cfg.S3Conc, b.cfg.S3Streams, b.cfg.S3Rate
+	b.logf("S3: %d SSE streams of %d events, %d concurrent; then %d stream starts per second for %s", total, b.cfg.Events, conc, rate, b.cfg.Duration)
 	for rep := 1; rep <= b.cfg.Reps; rep++ {
 		for _, tg := range b.targets {
 			client := newHTTPClient(conc)
 			b.load(tg, func() *tally {
 				return streams(ctx, client, tg, b.stream, nil, max(total/10, 2*conc), conc, b.refStream)
 			})
-			r, t := b.measure("S3", "", rep, tg, func() *tally { return streams(ctx, client, tg, b.stream, nil, total, conc, b.refStream) })
+			r, t := b.measure("S3", b.s3Closed(), rep, tg, func() *tally { return streams(ctx, client, tg, b.stream, nil, total, conc, b.refStream) })
+			b.logS3(r, t, rep, tg)
+			b.load(tg, func() *tally { return pacedStreams(ctx, client, tg, b.stream, rate, b.cfg.Warmup, b.refStream) })
+			r, t = b.measure("S3", b.s3Paced(), rep, tg, func() *tally { return pacedStreams(ctx, client, tg, b.stream, rate, b.cfg.Duration, b.refStream) })
+			b.logS3(r, t, rep, tg)
 			client.CloseIdleConnections()
-			r.alias("rps", "streams_per_s")
-			r.alias("p50_ms", "ttfb_p50_ms")
-			r.alias("p99_ms", "ttfb_p99_ms")
-			slices.Sort(t.total)
-			r.Metrics["stream_p50_ms"] = percentile(t.total, 50)
-			b.logf("  S3 %-8s rep %d: %6.0f streams/s, TTFB p50 %.3f ms p99 %.3f ms, %.0f B/stream, CPU %.1f µs/stream, CPU1 %.0f%%", tg.name, rep,
-				r.Metrics["streams_per_s"], r.Metrics["ttfb_p50_ms"], r.Metrics["ttfb_p99_ms"], r.Metrics["bytes_per_resp"], r.Metrics["cpu_us_per_req"], r.Metrics["cpu1_busy_pct"])
 		}
 	}
 	return ctx.Err()
+}
+
+func (b *bench) s3Closed() string { return fmt.Sprintf("%d concurrent", b.cfg.S3Conc) }
+func (b *bench) s3Paced() string  { return fmt.Sprintf("%d streams/s", b.cfg.S3Rate) }
+
+func (b *bench) logS3(r *runRec, t *tally, rep int, tg target) {
+	r.alias("rps", "streams_per_s")
+	r.alias("p50_ms", "ttfb_p50_ms")
+	r.alias("p99_ms", "ttfb_p99_ms")
+	slices.Sort(t.total)
+	r.Metrics["stream_p50_ms"] = percentile(t.total, 50)
+	b.logf("  S3 %-14s %-8s rep %d: %6.0f streams/s, TTFB p50 %.3f ms p99 %.3f ms, %.0f B/stream, CPU %.1f µs/stream, CPU1 %.0f%%", r.Point, tg.name, rep,
+		r.Metrics["streams_per_s"], r.Metrics["ttfb_p50_ms"], r.Metrics["ttfb_p99_ms"], r.Metrics["bytes_per_resp"], r.Metrics["cpu_us_per_req"], r.Metrics["cpu1_busy_pct"])
 }
 
 // warm sends a little of both request shapes through target i, so pools,

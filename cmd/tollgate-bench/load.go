@@ -334,6 +334,45 @@ func streams(ctx context.Context, client *http.Client, tg target, body []byte, h
 	return all
 }
 
+// pacedStreams starts rate streams per second for d, whatever the answers
+// take: S3's latency point. The closed loop keeps the load side's core
+// busy, so its TTFB is mostly that core's queue (benchmark-method.md §1
+// and §8); paced starts measure the time to first byte the way S2
+// measures latency, below saturation.
+func pacedStreams(ctx context.Context, client *http.Client, tg target, body []byte, rate int, d time.Duration, want ref) *tally {
+	n := max(int(d.Seconds()*float64(rate)), 1)
+	outs := make([]streamOut, 0, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	inflight := make(chan struct{}, maxOpenLoopWorkers)
+	bufs := sync.Pool{New: func() any { return make([]byte, 32<<10) }}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		// Each start is due at its own time from the beginning, so a late
+		// one does not push back the rest.
+		if err := sleepCtx(ctx, time.Until(start.Add(time.Duration(i)*time.Second/time.Duration(rate)))); err != nil {
+			break
+		}
+		inflight <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-inflight; wg.Done() }()
+			buf := bufs.Get().([]byte)
+			o := oneStream(ctx, client, tg, body, nil, buf, nil)
+			bufs.Put(buf)
+			mu.Lock()
+			outs = append(outs, o)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	t := &tally{elapsed: time.Since(start)}
+	for _, o := range outs {
+		t.addStream(o, want)
+	}
+	return t
+}
+
 // heldSample is one RSS reading during S4.
 type heldSample struct {
 	at     time.Duration

@@ -71,6 +71,8 @@ type config struct {
 	S2Rates    []int
 	S3Streams  int
 	S3Conc     int
+	S3Rate     int // open-loop stream starts per second, for added TTFB
+	HaltPoll   string
 	S4N        []int
 	S4Gap      time.Duration
 	S4Quiet    time.Duration // quiet time before the idle RSS reading
@@ -104,6 +106,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	rates := fs.String("s2-rates", "500,2000", "S2 open-loop rates (req/s)")
 	fs.IntVar(&c.S3Streams, "s3-streams", 0, "S3 streams per run (default 3000; 400 with -quick)")
 	fs.IntVar(&c.S3Conc, "s3-conc", 32, "S3 concurrent streams")
+	fs.IntVar(&c.S3Rate, "s3-rate", 500, "S3 open-loop stream starts per second (the added TTFB point)")
+	fs.StringVar(&c.HaltPoll, "halt-poll", "off", "idle vCPUs for the run: off (the machine as it is) or kvm (poll 200 µs before halting, KVM's default, where the haltpoll knob is writable; restored after)")
 	s4n := fs.String("s4-n", "", "S4 held-stream counts (default 1000,5000; 250,1000 with -quick)")
 	fs.DurationVar(&c.S4Gap, "s4-gap", 0, "S4 gap between events (default 200ms; 100ms with -quick)")
 	fs.DurationVar(&c.S4Quiet, "s4-quiet", 0, "quiet time before reading idle RSS (default 10s; 1s with -quick)")
@@ -135,6 +139,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 				*d = quick
 			}
 		}
+	}
+	if c.HaltPoll != "off" && c.HaltPoll != "kvm" {
+		return nil, fmt.Errorf("-halt-poll %q: want off or kvm", c.HaltPoll)
 	}
 	if c.Reps == 0 {
 		c.Reps = 3

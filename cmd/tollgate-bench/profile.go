@@ -33,8 +33,9 @@ type hot struct {
 }
 
 // profileTollgate records tollgate with perf (frame-pointer call graphs;
-// Go keeps frame pointers on amd64) while S1 and then S3 load run against
-// it. perf itself runs on the load core. These runs are not in the results.
+// Go keeps frame pointers on amd64) while S1, S3 and S2 at 500 requests/s
+// load run against it. perf itself runs on the load core. These runs are
+// not in the results.
 func (b *bench) profileTollgate(ctx context.Context) error {
 	perf, err := exec.LookPath("perf")
 	if err != nil {
@@ -47,6 +48,13 @@ func (b *bench) profileTollgate(ctx context.Context) error {
 		fn   func() *tally
 	}{
 		{"S1", func() *tally { return closedLoop(ctx, tg, b.chat, b.cfg.S1Conns, d, b.refBody) }},
+		// At a low fixed rate the cost per request is mostly waking up:
+		// this is where S2's CPU per request goes.
+		{"S2", func() *tally {
+			client := newHTTPClient(64)
+			defer client.CloseIdleConnections()
+			return openLoop(ctx, client, tg, b.chat, nil, 500, d, b.refBody)
+		}},
 		{"S3", func() *tally {
 			client := newHTTPClient(b.cfg.S3Conc)
 			defer client.CloseIdleConnections()
