@@ -170,6 +170,9 @@ func newHTTPClient(conns int) *http.Client {
 // measured run so the measured run starts on warm connections.
 func openLoop(ctx context.Context, client *http.Client, tg target, body []byte, hdr http.Header, rate int, d time.Duration, want ref) *tally {
 	h := hdr.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
 	h.Set("Content-Type", "application/json")
 	h.Set("Authorization", tg.auth)
 	tr := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: tg.url, Body: body, Header: h})
