@@ -36,7 +36,13 @@ type hot struct {
 // Go keeps frame pointers on amd64) while S1, S3 and S2 at 500 requests/s
 // load run against it. perf itself runs on the load core. These runs are
 // not in the results.
-func (b *bench) profileTollgate(ctx context.Context) error {
+func (b *bench) profileTollgate(ctx context.Context) (err error) {
+	// The measured runs are done by now: a bug here must not lose them.
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
 	perf, err := exec.LookPath("perf")
 	if err != nil {
 		return errors.New("perf not installed (Debian: apt-get install linux-perf)")
