@@ -18,10 +18,15 @@ const (
 	GroupWorkspace = "workspace" // workspace id
 	GroupHarness   = "harness"   // harness name
 	GroupProvider  = "provider"  // provider name
+	// GroupServiceTier is the tier the provider says served the request
+	// (flex, priority, …), '' when it named none. Whole-day answers also
+	// show '' for requests rolled up before the rollup kept the tier
+	// (metering migration 3), whatever their records say.
+	GroupServiceTier = "service_tier"
 )
 
 // GroupByNames lists the valid group-by dimensions in display order.
-var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider}
+var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier}
 
 // ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
 // group_by name, empty or inverted range); the message names the problem.
@@ -37,8 +42,9 @@ type UsageQuery struct {
 	// GroupBy names the dimensions of each row, in column order: a subset
 	// of GroupByNames. Empty means one row for the whole range.
 	GroupBy []string
-	// Project, User and Workspace filter by id when not empty.
-	Project, User, Workspace string
+	// Project, User and Workspace filter by id, and ServiceTier by tier,
+	// when not empty; the '' tier cannot be selected alone.
+	Project, User, Workspace, ServiceTier string
 }
 
 // UsageRow is one group of a usage query. Dimensions not grouped by are
@@ -53,6 +59,9 @@ type UsageRow struct {
 	Workspace string `json:"workspace,omitempty"`
 	Harness   string `json:"harness,omitempty"`
 	Provider  string `json:"provider,omitempty"`
+	// ServiceTier is "" both when not grouped by and for requests served
+	// without a named tier; the renderers tell the two apart by GroupBy.
+	ServiceTier string `json:"service_tier,omitempty"`
 
 	Requests      int64 `json:"requests"`
 	InputUncached int64 `json:"input_uncached"`
@@ -97,6 +106,8 @@ func (r *UsageRow) dim(name string) *string {
 		return &r.Harness
 	case GroupProvider:
 		return &r.Provider
+	case GroupServiceTier:
+		return &r.ServiceTier
 	}
 	return nil
 }
@@ -184,7 +195,7 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 	} else {
 		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
 	}
-	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}} {
+	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}} {
 		if f.v != "" {
 			where = append(where, f.col+" = "+arg(f.v))
 		}
@@ -246,5 +257,5 @@ func dimExpr(g string, rollup bool) string {
 	case GroupUser:
 		return "user_id"
 	}
-	return g // day, project, workspace, harness, provider: same column name
+	return g // day, project, workspace, harness, provider, service_tier: same column name
 }

@@ -45,11 +45,11 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 	for _, r := range recs {
 		if r.Start.Before(q.From) || !r.Start.Before(q.To) ||
 			(q.Project != "" && r.Project != q.Project) || (q.User != "" && r.User != q.User) ||
-			(q.Workspace != "" && r.Workspace != q.Workspace) {
+			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) {
 			continue
 		}
 		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: recordModel(r), Project: r.Project,
-			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider}
+			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier}
 		var row UsageRow
 		var key []string
 		for _, g := range q.GroupBy {
@@ -83,13 +83,16 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 }
 
 // queryFixture stores records over three days, with a fourth day outside
-// the queried ranges, plus one group (model "no-price") never priced.
+// the queried ranges, plus one group (model "no-price") never priced. Every
+// day has requests in the "", flex and priority service tiers.
 func queryFixture(tb testing.TB, s *Store) []*Record {
 	tb.Helper()
 	var recs []*Record
 	for i := range 300 {
 		start := usageDay.Add(time.Duration(i) * 17 * time.Minute) // spans ~3.5 days
-		recs = append(recs, usageRecordN(fmt.Sprintf("q-%d", i), i, start))
+		r := usageRecordN(fmt.Sprintf("q-%d", i), i, start)
+		r.ServiceTier = []string{"", "flex", "priority", ""}[i%4]
+		recs = append(recs, r)
 	}
 	for i := range 5 {
 		r := usageRecordN(fmt.Sprintf("np-%d", i), 0, usageDay.Add(time.Duration(i)*time.Hour))
@@ -123,10 +126,14 @@ func TestQueryGroupsLikeTheRecords(t *testing.T) {
 				{"ByProjectAndDay", grouped(whole, GroupProject, GroupDay)},
 				{"ByUserWorkspace", grouped(whole, GroupUser, GroupWorkspace)},
 				{"ByHarnessProvider", grouped(whole, GroupHarness, GroupProvider)},
+				{"ByServiceTier", grouped(whole, GroupServiceTier)},
+				{"ByServiceTierAndModel", grouped(whole, GroupServiceTier, GroupModel)},
 				{"ByEverything", grouped(whole, GroupByNames...)},
 				{"FilteredProject", func() UsageQuery { q := grouped(whole, GroupModel); q.Project = "proj1"; return q }()},
 				{"FilteredUserWorkspace", func() UsageQuery { q := grouped(whole, GroupDay); q.User, q.Workspace = "user2", "ws0"; return q }()},
+				{"FilteredServiceTier", func() UsageQuery { q := grouped(whole, GroupDay); q.ServiceTier = "flex"; return q }()},
 				{"PartialDaysFromRaw", grouped(partial, GroupDay, GroupModel)},
+				{"PartialDaysByServiceTier", grouped(partial, GroupDay, GroupServiceTier)},
 				{"PartialDaysTotal", partial},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
@@ -289,6 +296,47 @@ func TestRenderers(t *testing.T) {
 			}
 		}
 	})
+	// A tier is a column like any dimension; the '' tier stays a value
+	// of its own (empty in JSON and CSV, "(none)" in the table).
+	t.Run("ServiceTier", func(t *testing.T) {
+		tiers := []UsageRow{
+			{ServiceTier: "", Requests: 2, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(3000), PricedRequests: 2},
+			{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+		}
+		by := []string{GroupServiceTier}
+		var b bytes.Buffer
+		if err := WriteJSON(&b, by, tiers); err != nil {
+			t.Fatal(err)
+		}
+		var got []map[string]any
+		if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+			t.Fatalf("invalid JSON %s: %v", b.String(), err)
+		}
+		if len(got) != 2 || got[0]["service_tier"] != "" || got[1]["service_tier"] != "flex" || got[1]["cost_usd"] != "0.001500" {
+			t.Errorf("JSON: %s", b.String())
+		}
+		b.Reset()
+		if err := WriteCSV(&b, by, tiers); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := csv.NewReader(&b).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,3000,0.003000,2,0,0,0" ||
+			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,1500,0.001500,1,0,0,0" {
+			t.Errorf("CSV: %q", recs)
+		}
+		b.Reset()
+		if err := WriteTable(&b, by, tiers); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+		if len(lines) != 4 || !strings.HasPrefix(lines[0], "service_tier") || !strings.HasPrefix(lines[1], "(none)") ||
+			!strings.HasPrefix(lines[2], "flex") || !strings.HasPrefix(lines[3], "total") || !strings.Contains(lines[3], " 0.004500 ") {
+			t.Errorf("table:\n%s", b.String())
+		}
+	})
 	t.Run("BadGroupBy", func(t *testing.T) {
 		for name, f := range map[string]func() error{
 			"JSON":  func() error { return WriteJSON(io.Discard, []string{"nope"}, rows) },
@@ -313,5 +361,113 @@ func TestGroupDigits(t *testing.T) {
 	}
 	if got := formatMicroUSD(-1_500_000); got != "-1.500000" {
 		t.Errorf("formatMicroUSD(-1.5$) = %q", got)
+	}
+}
+
+// tierRecord is a priced request of proj0/user0 on claude-x-0 in tier, so
+// that records differ only by their service tier.
+func tierRecord(id, tier string, start time.Time, u Usage, cost *int64) *Record {
+	r := usageRecordN(id, 0, start)
+	r.ServiceTier, r.Source, r.Usage, r.CostMicroUSD, r.Unpriced = tier, SourceUpstream, &u, cost, cost == nil
+	return r
+}
+
+// TestQueryByServiceTier: requests that differ only by service tier land in
+// separate rollup rows, and group_by=service_tier gives their exact tokens
+// and costs, from the rollup (whole days) and from the raw records (a
+// partial day) alike.
+func TestQueryByServiceTier(t *testing.T) {
+	for _, engine := range usageEngines(t) {
+		t.Run(engine, func(t *testing.T) {
+			s := mustUsageStore(t, engine)
+			ctx := context.Background()
+			h := func(n float64) time.Time { return usageDay.Add(time.Duration(n * float64(time.Hour))) }
+			recs := []*Record{
+				tierRecord("t-1", "", h(10), Usage{InputUncached: 100, Output: 10}, costPtr(1000)),
+				tierRecord("t-2", "", h(11), Usage{InputUncached: 200, CacheRead: 50, Output: 20}, costPtr(2000)),
+				tierRecord("t-3", "flex", h(10.5), Usage{InputUncached: 300, Output: 30}, costPtr(1500)),
+				tierRecord("t-4", "priority", h(12), Usage{InputUncached: 400, Output: 40, Reasoning: 5}, costPtr(8000)),
+				tierRecord("t-5", "priority", h(23), Usage{InputUncached: 1, Output: 1}, nil),    // no price for the tier
+				tierRecord("t-6", "flex", h(25), Usage{InputUncached: 7, Output: 7}, costPtr(7)), // the next day
+			}
+			if n, err := s.InsertBatch(ctx, recs[:3]); err != nil || n != 3 {
+				t.Fatalf("InsertBatch: %d, %v", n, err)
+			}
+			// A later batch adds to the tier rows the first one created.
+			if n, err := s.InsertBatch(ctx, recs[3:]); err != nil || n != 3 {
+				t.Fatalf("InsertBatch: %d, %v", n, err)
+			}
+			var tiers []string
+			rows, err := s.db.QueryContext(ctx, `SELECT service_tier, requests FROM usage_daily WHERE day = $1 ORDER BY service_tier`, "2026-05-04")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				var tier string
+				var n int64
+				if err := rows.Scan(&tier, &n); err != nil {
+					t.Fatal(err)
+				}
+				tiers = append(tiers, fmt.Sprintf("%q:%d", tier, n))
+			}
+			rows.Close()
+			if got := strings.Join(tiers, " "); got != `"":2 "flex":1 "priority":2` {
+				t.Errorf("usage_daily rows of the day: %s, want one per tier", got)
+			}
+
+			day := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{GroupServiceTier}}
+			want := []UsageRow{
+				{ServiceTier: "", Requests: 2, InputUncached: 300, CacheRead: 50, Output: 30, CostMicroUSD: costPtr(3000), PricedRequests: 2},
+				{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+				{ServiceTier: "priority", Requests: 2, InputUncached: 401, Output: 41, Reasoning: 5, CostMicroUSD: costPtr(8000), PricedRequests: 1, UnpricedRequests: 1},
+			}
+			got, err := s.Query(ctx, day)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("whole day by tier:\n got %s\nwant %s", rowsJSON(got), rowsJSON(want))
+			}
+			assertRollupMatchesRaw(t, s, day)
+			// The same day less its last nanosecond is answered from the
+			// raw records, and must agree with the rollup.
+			raw := day
+			raw.To = raw.To.Add(-time.Nanosecond)
+			if got, err := s.Query(ctx, raw); err != nil || !reflect.DeepEqual(got, want) {
+				t.Errorf("raw day by tier: %v\n got %s\nwant %s", err, rowsJSON(got), rowsJSON(want))
+			}
+			// 10:15 to 22:00 leaves out t-1 and t-5.
+			partial := UsageQuery{From: h(10.25), To: h(22), GroupBy: []string{GroupServiceTier}}
+			wantPartial := []UsageRow{
+				{ServiceTier: "", Requests: 1, InputUncached: 200, CacheRead: 50, Output: 20, CostMicroUSD: costPtr(2000), PricedRequests: 1},
+				{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+				{ServiceTier: "priority", Requests: 1, InputUncached: 400, Output: 40, Reasoning: 5, CostMicroUSD: costPtr(8000), PricedRequests: 1},
+			}
+			if got, err := s.Query(ctx, partial); err != nil || !reflect.DeepEqual(got, wantPartial) {
+				t.Errorf("partial day by tier: %v\n got %s\nwant %s", err, rowsJSON(got), rowsJSON(wantPartial))
+			}
+			// Two days by tier and day, and one tier alone.
+			two := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 2), GroupBy: []string{GroupDay, GroupServiceTier}}
+			if got, err := s.Query(ctx, two); err != nil || len(got) != 4 || got[3].Day != "2026-05-05" || got[3].ServiceTier != "flex" || got[3].CostMicroUSD == nil || *got[3].CostMicroUSD != 7 {
+				t.Errorf("two days by day and tier: %v %s", err, rowsJSON(got))
+			}
+			assertRollupMatchesRaw(t, s, two)
+			flex := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 2), ServiceTier: "flex"}
+			if got, err := s.Query(ctx, flex); err != nil || len(got) != 1 || got[0].Requests != 2 || got[0].CostMicroUSD == nil || *got[0].CostMicroUSD != 1507 {
+				t.Errorf("flex only: %v %s", err, rowsJSON(got))
+			}
+			assertRollupMatchesRaw(t, s, flex)
+		})
+	}
+}
+
+func TestParseUsageQueryServiceTier(t *testing.T) {
+	q, err := ParseUsageQuery("2026-05-04", "2026-05-04", "service_tier, day", usageDay)
+	if err != nil || !reflect.DeepEqual(q.GroupBy, []string{GroupServiceTier, GroupDay}) || !q.wholeDays() {
+		t.Errorf("got %+v, %v", q, err)
+	}
+	_, err = ParseUsageQuery("2026-05-04", "2026-05-04", "tier", usageDay)
+	if !errors.Is(err, ErrInvalidQuery) || !strings.Contains(err.Error(), `unknown group_by "tier"`) || !strings.Contains(err.Error(), GroupServiceTier) {
+		t.Errorf("unknown group_by: %v, want ErrInvalidQuery naming it and listing service_tier", err)
 	}
 }

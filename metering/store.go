@@ -101,6 +101,46 @@ CREATE TABLE usage_daily (
 	// service_tier: the tier the provider says served the request; '' when
 	// it says none (records written before this column, too).
 	`ALTER TABLE usage_records ADD COLUMN service_tier TEXT NOT NULL DEFAULT ''`,
+	// usage_daily gains service_tier in its key, so finance can split cost
+	// by tier. SQLite cannot change a primary key in place, so the table
+	// is rebuilt (new table, copy, drop, rename), which PostgreSQL runs as
+	// well, in one transaction on both. Existing rows were summed without
+	// a tier and keep ''.
+	// On PostgreSQL the primary key keeps the name usage_daily_v3_pkey;
+	// the rollup upsert names its conflict columns, never the constraint.
+	`CREATE TABLE usage_daily_v3 (
+	day TEXT NOT NULL,
+	project TEXT NOT NULL,
+	user_id TEXT NOT NULL,
+	workspace TEXT NOT NULL,
+	harness TEXT NOT NULL,
+	provider TEXT NOT NULL,
+	model TEXT NOT NULL,
+	service_tier TEXT NOT NULL DEFAULT '',
+	requests BIGINT NOT NULL,
+	input_uncached BIGINT NOT NULL,
+	cache_read BIGINT NOT NULL,
+	cache_write_5m BIGINT NOT NULL,
+	cache_write_1h BIGINT NOT NULL,
+	input_other BIGINT NOT NULL,
+	output_tokens BIGINT NOT NULL,
+	reasoning_tokens BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	unpriced_requests BIGINT NOT NULL,
+	missing_usage_requests BIGINT NOT NULL,
+	estimated_requests BIGINT NOT NULL,
+	PRIMARY KEY (day, project, user_id, workspace, harness, provider, model, service_tier)
+);
+INSERT INTO usage_daily_v3 (day, project, user_id, workspace, harness, provider, model, service_tier,
+	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
+	reasoning_tokens, cost_micro_usd, priced_requests, unpriced_requests, missing_usage_requests, estimated_requests)
+SELECT day, project, user_id, workspace, harness, provider, model, '',
+	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
+	reasoning_tokens, cost_micro_usd, priced_requests, unpriced_requests, missing_usage_requests, estimated_requests
+FROM usage_daily;
+DROP TABLE usage_daily;
+ALTER TABLE usage_daily_v3 RENAME TO usage_daily`,
 }
 
 // recordColumns is the insert column order of usage_records; recordArgs
@@ -197,9 +237,12 @@ func (s *Store) Durable(context.Context) error {
 	return nil
 }
 
+// dailyKeyColumns are the primary key of usage_daily, in dailyKey order.
+var dailyKeyColumns = []string{"day", "project", "user_id", "workspace", "harness", "provider", "model", "service_tier"}
+
 // dailyUpsertSQL adds one aggregate to its usage_daily row.
 func dailyUpsertSQL() string {
-	cols := append([]string{"day", "project", "user_id", "workspace", "harness", "provider", "model"}, dailySums...)
+	cols := append(slices.Clip(dailyKeyColumns), dailySums...)
 	var b strings.Builder
 	b.WriteString("INSERT INTO usage_daily (")
 	b.WriteString(strings.Join(cols, ", "))
@@ -210,7 +253,7 @@ func dailyUpsertSQL() string {
 		}
 		b.WriteString("$" + strconv.Itoa(i+1))
 	}
-	b.WriteString(") ON CONFLICT (day, project, user_id, workspace, harness, provider, model) DO UPDATE SET ")
+	b.WriteString(") ON CONFLICT (" + strings.Join(dailyKeyColumns, ", ") + ") DO UPDATE SET ")
 	for i, c := range dailySums {
 		if i > 0 {
 			b.WriteString(", ")
@@ -336,7 +379,7 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
 	upsert := tx.StmtContext(ctx, s.upsert)
 	for _, k := range keys {
 		a := agg[k]
-		args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
+		args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model, k.tier}
 		for _, v := range a {
 			args = append(args, v)
 		}
@@ -510,14 +553,16 @@ func recordModel(r *Record) string {
 // rawModelExpr is recordModel in SQL, for queries over usage_records.
 const rawModelExpr = "CASE WHEN model_served <> '' THEN model_served ELSE model_requested END"
 
+// dailyKey is a usage_daily primary key, in dailyKeyColumns order.
 type dailyKey struct {
-	day, project, user, workspace, harness, provider, model string
+	day, project, user, workspace, harness, provider, model, tier string
 }
 
 func dailyKeyOf(r *Record) dailyKey {
 	return dailyKey{
 		day: r.Start.UTC().Format(usageDayLayout), project: r.Project, user: r.User,
 		workspace: r.Workspace, harness: r.Harness, provider: r.Provider, model: recordModel(r),
+		tier: r.ServiceTier,
 	}
 }
 
@@ -525,7 +570,7 @@ func (a dailyKey) compare(b dailyKey) int {
 	return cmp.Or(
 		cmp.Compare(a.day, b.day), cmp.Compare(a.project, b.project), cmp.Compare(a.user, b.user),
 		cmp.Compare(a.workspace, b.workspace), cmp.Compare(a.harness, b.harness),
-		cmp.Compare(a.provider, b.provider), cmp.Compare(a.model, b.model),
+		cmp.Compare(a.provider, b.provider), cmp.Compare(a.model, b.model), cmp.Compare(a.tier, b.tier),
 	)
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -246,4 +247,152 @@ func mustUsageFile(tb testing.TB, path string) *store.DB {
 	}
 	tb.Cleanup(func() { db.Close() })
 	return db
+}
+
+// dailyDump returns every usage_daily row as text in key order (with the
+// service_tier column when tier), and the sum of each dailySums column.
+func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals dailyAgg) {
+	tb.Helper()
+	ctx := context.Background()
+	keys := dailyKeyColumns[:len(dailyKeyColumns)-1]
+	if tier {
+		keys = dailyKeyColumns
+	}
+	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums...), ", ")+
+		" FROM usage_daily ORDER BY "+strings.Join(keys, ", "))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer r.Close()
+	for r.Next() {
+		k := make([]string, len(keys))
+		var v dailyAgg
+		dest := make([]any, 0, len(keys)+len(v))
+		for i := range k {
+			dest = append(dest, &k[i])
+		}
+		for i := range v {
+			dest = append(dest, &v[i])
+		}
+		if err := r.Scan(dest...); err != nil {
+			tb.Fatal(err)
+		}
+		rows = append(rows, fmt.Sprintf("%q %v", k, v))
+	}
+	if err := r.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	var sums []string
+	for _, c := range dailySums {
+		sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
+	}
+	dest := make([]any, len(totals))
+	for i := range totals {
+		dest[i] = &totals[i]
+	}
+	if err := db.QueryRowContext(ctx, "SELECT "+strings.Join(sums, ", ")+" FROM usage_daily").Scan(dest...); err != nil {
+		tb.Fatal(err)
+	}
+	return rows, totals
+}
+
+// TestStoreMigratesDailyToServiceTier: a database at metering migration 2,
+// with daily rows summed without a tier, reaches migration 3 with every
+// rollup row and raw record intact under tier "", and then rolls new
+// requests up per tier.
+func TestStoreMigratesDailyToServiceTier(t *testing.T) {
+	for _, engine := range usageEngines(t) {
+		t.Run(engine, func(t *testing.T) {
+			db := mustUsageDB(t, engine)
+			ctx := context.Background()
+			if err := db.Migrate(ctx, "metering", storeMigrations[:2]); err != nil {
+				t.Fatal(err)
+			}
+			// Records as migration 2 stored them: some with a tier (written
+			// after it), some without (before it), over two days.
+			v2 := &Store{db: db, now: time.Now}
+			now := v2.ts(time.Now())
+			var recs []*Record
+			for i := range 60 {
+				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
+				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
+				recs = append(recs, r)
+				if _, err := db.ExecContext(ctx, insertSQL(engine, 1, false), v2.appendRecordArgs(nil, r, now)...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Their rollup as migration 2's upsert wrote it, without a
+			// tier, plus a row whose records are gone.
+			agg := map[dailyKey]*dailyAgg{}
+			for _, r := range recs {
+				k := dailyKeyOf(r)
+				k.tier = ""
+				if agg[k] == nil {
+					agg[k] = new(dailyAgg)
+				}
+				agg[k].add(r)
+			}
+			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = &dailyAgg{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1}
+			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums...)
+			ph := make([]string, len(v2cols))
+			for i := range ph {
+				ph[i] = "$" + fmt.Sprint(i+1)
+			}
+			for k, a := range agg {
+				args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
+				for _, v := range a {
+					args = append(args, v)
+				}
+				if _, err := db.ExecContext(ctx, "INSERT INTO usage_daily ("+strings.Join(v2cols, ", ")+") VALUES ("+strings.Join(ph, ", ")+")", args...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rowsBefore, totalsBefore := dailyDump(t, db, false)
+			rawBefore, _ := usageSums(t, v2)
+			if len(rowsBefore) != len(agg) || totalsBefore[0] != 69 {
+				t.Fatalf("fixture: %d daily rows, %d requests", len(rowsBefore), totalsBefore[0])
+			}
+
+			s, err := OpenStore(ctx, db)
+			if err != nil {
+				t.Fatalf("migrate to 3: %v", err)
+			}
+			var version int
+			if err := db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations WHERE component = $1`, "metering").Scan(&version); err != nil || version != 3 {
+				t.Fatalf("metering schema version %d, %v; want 3", version, err)
+			}
+			rowsAfter, totalsAfter := dailyDump(t, db, false)
+			if totalsAfter != totalsBefore {
+				t.Errorf("daily totals changed:\nbefore %v\nafter  %v", totalsBefore, totalsAfter)
+			}
+			if !slices.Equal(rowsAfter, rowsBefore) {
+				t.Errorf("daily rows changed:\nbefore %q\nafter  %q", rowsBefore, rowsAfter)
+			}
+			tiered, _ := dailyDump(t, db, true)
+			for _, r := range tiered {
+				if !strings.Contains(r, ` ""]`) {
+					t.Errorf("migrated row not in tier '': %s", r)
+				}
+			}
+			if rawAfter, _ := usageSums(t, s); rawAfter != rawBefore {
+				t.Errorf("usage_records changed: before %+v, after %+v", rawBefore, rawAfter)
+			}
+
+			// A new request keyed like a migrated row but in the flex tier
+			// gets a row of its own and leaves the migrated one alone.
+			r := usageRecordN("m3-1", 1, usageDay.Add(time.Minute))
+			r.ServiceTier = "flex"
+			if n, err := s.InsertBatch(ctx, []*Record{r}); err != nil || n != 1 {
+				t.Fatalf("InsertBatch after migration: %d, %v", n, err)
+			}
+			rowsNew, totalsNew := dailyDump(t, db, true)
+			if len(rowsNew) != len(rowsBefore)+1 || totalsNew[0] != totalsBefore[0]+1 {
+				t.Errorf("after one flex request: %d rows (want %d), %d requests", len(rowsNew), len(rowsBefore)+1, totalsNew[0])
+			}
+			got, err := s.Query(ctx, UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{GroupServiceTier}})
+			if err != nil || len(got) != 2 || got[0].ServiceTier != "" || got[1].ServiceTier != "flex" || got[1].Requests != 1 {
+				t.Errorf("by tier after migration: %v %s", err, rowsJSON(got))
+			}
+		})
+	}
 }

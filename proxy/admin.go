@@ -208,13 +208,15 @@ func (s *Server) adminRoutes(g fiber.Router) {
 	}
 }
 
-// usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv.
+// usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv,
+// filtered by project=, user=, workspace= and service_tier=.
 func (s *Server) usage(c *fiber.Ctx) error {
 	q, err := metering.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
 		return newError(kindBadRequest, "%s", err.Error())
 	}
 	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
+	q.ServiceTier = c.Query("service_tier")
 	rows, err := s.cfg.Usage.Query(c.UserContext(), q)
 	if err != nil {
 		return err

@@ -188,7 +188,7 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o.bind(fs)
 	from := fs.String("from", "", "start date or time (default: 7 days ago), e.g. 2026-11-01")
 	to := fs.String("to", "", "end date or time, exclusive (default: now)")
-	groupBy := fs.String("group-by", "model", "comma list of model, project, user, workspace, harness, provider, day")
+	groupBy := fs.String("group-by", "model", "comma list of model, project, user, workspace, harness, provider, service_tier, day")
 	project := fs.String("project", "", "only this project")
 	format := fs.String("format", "table", "table, json or csv")
 	if _, err := parseFlags(fs, args); err != nil {
