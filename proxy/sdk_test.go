@@ -192,3 +192,44 @@ func TestSDKsReadWhyAStreamWasCut(t *testing.T) {
 		}
 	})
 }
+
+// A provider cut inside an event: the SDK still reports why, not a JSON
+// error on the broken event's start (which tollgate no longer forwards).
+func TestSDKsReadWhyAStreamWasCutInsideAnEvent(t *testing.T) {
+	ctx := context.Background()
+	const why = "stream broke off before its end"
+	t.Run("anthropic-sdk-go", func(t *testing.T) {
+		start := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n"
+		partial := "event: content_block_start\ndata: {\"type\":\"content_bl"
+		e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, []string{start, partial}, true)})
+		cli := anthropic.NewClient(anthropicopt.WithBaseURL(e.URL+"/anthropic"), anthropicopt.WithAPIKey(e.token("ws", "p", "u", "")), anthropicopt.WithMaxRetries(0))
+		st := cli.Messages.NewStreaming(ctx, anthropic.MessageNewParams{
+			Model: "claude-sonnet-4-5", MaxTokens: 64,
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+		})
+		for st.Next() {
+		}
+		if err := st.Err(); err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("stream error = %v, want one saying %q", err, why)
+		}
+	})
+	t.Run("go-openai chat", func(t *testing.T) {
+		ev := "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"
+		e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, []string{ev, ev[:30]}, true)})
+		cfg := goopenai.DefaultConfig(e.token("ws", "p", "u", ""))
+		cfg.BaseURL = e.URL + "/openai/v1"
+		st, err := goopenai.NewClientWithConfig(cfg).CreateChatCompletionStream(ctx, goopenai.ChatCompletionRequest{
+			Model: "gpt-4o", Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		for err == nil {
+			_, err = st.Recv()
+		}
+		if !strings.Contains(err.Error(), why) {
+			t.Errorf("stream error = %v, want one saying %q", err, why)
+		}
+	})
+}

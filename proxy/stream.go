@@ -51,15 +51,16 @@ func putStreamBuf(b *[]byte) {
 // copies of every request fact (in call). It passes upstream bytes through
 // unchanged while the meter frames them on the side; only in hidden-usage
 // mode does it forward whole frames and leave out the usage-only chunk
-// tollgate asked for (streaming-on-fiber.md §4.7, R14).
+// tollgate asked for (streaming-on-fiber.md §4.7, R14). Either way events
+// are written whole, and a cut drops the start of an unfinished one.
 //
 // fasthttp writes it with WriteTo, and every client write is a chunk and a
 // flush. Upstream bytes are gathered and written when fasthttp's buffer of
 // the provider's bytes is empty: just before each read from the provider's
 // socket, where it may wait (the connection's read hook), or at the end. A
 // provider's burst of events then costs one client write instead of one per
-// chunk, as with net/http's chunked reader, and nothing tollgate has
-// decoded waits on the network.
+// chunk, as with net/http's chunked reader, and no whole event tollgate
+// has decoded waits on the network.
 type streamBody struct {
 	cl *call
 	up *fastStream
@@ -83,8 +84,8 @@ type streamBody struct {
 	end       error
 	clientErr error
 	first     bool
-	// tail holds the last four bytes the client got: whether they end an
-	// event decides if a cut notice needs a blank line before it.
+	// tail holds the last four bytes written to the client: whether they
+	// end an event decides if a cut notice needs a blank line before it.
 	tail uint32
 	// outcome and upstreamID are the settled record's, kept because the
 	// record belongs to the sink once settled.
@@ -124,10 +125,11 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	for b.end == nil && b.clientErr == nil {
 		b.step()
 		// Half the pool's bound, so the next append stays within it.
-		if !hooked || b.end != nil || b.pending() >= streamOutBuffer/2 {
+		if !hooked || b.pending() >= streamOutBuffer/2 {
 			b.flush()
 		}
 	}
+	b.flushAll()
 	if b.clientErr != nil {
 		return b.written, b.clientErr
 	}
@@ -253,15 +255,30 @@ func (b *streamBody) step() {
 	if len(out) > before {
 		b.firstByte(t)
 		b.cl.rec.BytesOut += int64(len(out) - before)
-		for _, c := range out[max(before, len(out)-4):] {
-			b.tail = b.tail<<8 | uint32(c)
-		}
 	}
 	b.cl.overhead += time.Since(t)
 	if err != nil {
 		b.end = err
+		if err != io.EOF && !b.hide {
+			b.dropBrokenEvent()
+		}
 		b.settleUpstream()
 	}
+}
+
+// dropBrokenEvent forgets the start of an event a cut broke, before the
+// record is settled so that it counts only what the client gets. The
+// client could never parse it, and would read it instead of the notice
+// that follows (an SDK fails on its bad JSON first). A provider's clean
+// end passes everything through as it came.
+func (b *streamBody) dropBrokenEvent() {
+	if b.pending() == 0 {
+		return
+	}
+	p := (*b.outBuf)[b.outOff:]
+	n := eventsEnd(p)
+	b.cl.rec.BytesOut -= int64(len(p) - n)
+	*b.outBuf = (*b.outBuf)[:b.outOff+n]
 }
 
 func (b *streamBody) pending() int {
@@ -271,24 +288,73 @@ func (b *streamBody) pending() int {
 	return len(*b.outBuf) - b.outOff
 }
 
-// flush writes what is in hand to the client and gives the buffer back.
+// flush writes the whole events in hand to the client. The start of an
+// event waits for its end, which the client needs before it can use any of
+// it, unless it has grown past half the buffer's bound; hidden-usage mode
+// holds whole frames only.
 func (b *streamBody) flush() {
 	if b.pending() == 0 || b.clientErr != nil {
 		return
 	}
+	p := (*b.outBuf)[b.outOff:]
+	if n := eventsEnd(p); n < len(p) && !b.hide && len(p) < streamOutBuffer/2 {
+		if n > 0 {
+			b.writeOut(n)
+		}
+		return
+	}
+	b.flushAll()
+}
+
+// flushAll writes everything in hand to the client.
+func (b *streamBody) flushAll() {
+	if b.pending() == 0 || b.clientErr != nil {
+		return
+	}
+	b.writeOut(b.pending())
+}
+
+// writeOut writes the first n bytes in hand and keeps the rest for later.
+func (b *streamBody) writeOut(n int) {
 	// A slow client is not a silent provider: the idle timer waits while
 	// tollgate writes. Stop fails once the stream is settled; it then stays
 	// stopped. A client that takes nothing for as long is gone: without a
 	// deadline it would hold the stream, and the provider's connection,
 	// for good.
 	active := b.idle.Stop()
-	if err := b.write((*b.outBuf)[b.outOff:]); err != nil {
+	out := *b.outBuf
+	if err := b.write(out[b.outOff : b.outOff+n]); err != nil {
 		b.clientErr = err
 	}
 	if active {
 		b.idle.Reset(b.idleD)
 	}
+	if rest := out[b.outOff+n:]; len(rest) > 0 && b.clientErr == nil {
+		*b.outBuf = out[:copy(out, rest)]
+		b.outOff = 0
+		return
+	}
 	b.releaseOut()
+}
+
+// eventsEnd is where the last whole server-sent event in p ends: just past
+// its blank line (LF LF, CR CR, or CRLF CRLF and mixes), or 0.
+func eventsEnd(p []byte) int {
+	for i := len(p) - 1; i > 0; i-- {
+		if p[i] != '\n' && p[i] != '\r' {
+			continue
+		}
+		// p[i] ends a line; the line before it is empty when p[i-1] ends
+		// one too (a CRLF pair counts once).
+		j := i - 1
+		if p[i] == '\n' && p[j] == '\r' {
+			j--
+		}
+		if j >= 0 && (p[j] == '\n' || p[j] == '\r') {
+			return i + 1
+		}
+	}
+	return 0
 }
 
 // write sends p to the client as one chunk, allowing it the idle window.
@@ -296,6 +362,9 @@ func (b *streamBody) write(p []byte) error {
 	_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
 	n, err := b.w.Write(p)
 	b.written += int64(n)
+	for _, c := range p[max(0, n-4):n] {
+		b.tail = b.tail<<8 | uint32(c)
+	}
 	return err
 }
 

@@ -597,18 +597,64 @@ func TestCutStreamEndsWithTheDialectsErrorEvent(t *testing.T) {
 	}
 }
 
-// A provider cut inside an event: the notice still arrives as an event of
-// its own, after a blank line that ends the broken one.
-func TestCutNoticeStartsItsOwnEvent(t *testing.T) {
+// A provider cut inside an event: the client gets the whole events, not
+// the broken start of the next (which it could never parse), then the
+// notice as an event of its own; the record counts what the client got.
+// In one upstream chunk with the cut, and as separate chunks.
+func TestCutInsideAnEventDropsItsStart(t *testing.T) {
 	start := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n"
+	delta := "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\r\n\r\n"
 	partial := "event: content_block_delta\ndata: {\"type\":\"content_bl"
-	e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, []string{start, partial}, true)})
-	resp := e.do("POST", "/anthropic/v1/messages", e.token("ws", "p", "u", ""), anthropicStreamBody)
-	got, _ := io.ReadAll(resp.Body)
+	for name, parts := range map[string][]string{
+		"separate chunks": {start, delta, partial},
+		"one chunk":       {start + delta + partial},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, parts, true)})
+			resp := e.do("POST", "/anthropic/v1/messages", e.token("ws", "p", "u", ""), anthropicStreamBody)
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := start + delta + "event: error\ndata: "
+			if !strings.HasPrefix(string(got), want) || !strings.HasSuffix(string(got), "}\n\n") || strings.Contains(string(got), "content_bl\"") {
+				t.Errorf("client got %q, want it to start %q and end the notice's event", got, want)
+			}
+			if rec := e.record(resp); rec.BytesOut != int64(len(start+delta)) {
+				t.Errorf("bytes_out %d, want %d (what the client got before the notice)", rec.BytesOut, len(start+delta))
+			}
+		})
+	}
+}
+
+// An event split over several upstream chunks reaches the client whole
+// and in order, and a clean end passes a trailing partial event through.
+func TestEventSplitAcrossChunksArrivesWhole(t *testing.T) {
+	ev := "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"
+	parts := []string{ev[:10], ev[10:40], ev[40:], "data: [DONE]\n\n", ": trailing comment without its blank line"}
+	e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, parts, false)})
+	resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}`)
+	got, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	want := start + partial + "\n\nevent: error\ndata: "
-	if !strings.HasPrefix(string(got), want) || !strings.HasSuffix(string(got), "}\n\n") {
-		t.Errorf("client got %q, want it to start %q and end the notice's event", got, want)
+	if err != nil || string(got) != strings.Join(parts, "") {
+		t.Errorf("client got %q, %v; want %q", got, err, strings.Join(parts, ""))
+	}
+}
+
+func TestEventsEnd(t *testing.T) {
+	for in, want := range map[string]int{
+		"":                   0,
+		"data: a":            0,
+		"data: a\n":          0,
+		"data: a\n\n":        9,
+		"data: a\r\r":        9,
+		"data: a\r\n\r\n":    11,
+		"data: a\n\r\n":      10,
+		"data: a\n\ndata: b": 9,
+		"x\n\ny\n\nz":        6,
+		"\n\n":               2,
+	} {
+		if got := eventsEnd([]byte(in)); got != want {
+			t.Errorf("eventsEnd(%q) = %d, want %d", in, got, want)
+		}
 	}
 }
 
