@@ -365,8 +365,15 @@ func (r *otlpRetryable) Unwrap() error { return r.err }
 func (e *otlpExporter) send(ctx context.Context, body []byte) error {
 	start := time.Now()
 	backoff := e.retryInitial
+	var last error
 	for attempt := 1; ; attempt++ {
 		err := e.post(ctx, body)
+		if err != nil && last != nil && ctx.Err() != nil {
+			// The deadline cut this attempt short: the collector's last
+			// answer says more than "context deadline exceeded".
+			return fmt.Errorf("%w (gave up after %d attempt(s): %w)", last, attempt, context.Cause(ctx))
+		}
+		last = err
 		var retry *otlpRetryable
 		if err == nil || !errors.As(err, &retry) {
 			return err

@@ -611,6 +611,24 @@ func TestOTLPRetryStopsAtTheDeadline(t *testing.T) {
 			t.Errorf("error %q: want the status and no header value", err)
 		}
 	})
+	// The deadline falls inside an attempt: the error still gives the
+	// collector's last answer, not just "context deadline exceeded".
+	t.Run("mid-attempt", func(t *testing.T) {
+		_, url := startScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n > 1 {
+				<-r.Context().Done()
+				return
+			}
+			http.Error(w, "echo "+r.Header.Get("X-Api-Key"), http.StatusBadGateway)
+		})
+		e := testOTLPExporter(t, url, "OTEL_EXPORTER_OTLP_HEADERS", "x-api-key="+key)
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		err := e.Export(ctx, tinyMetrics())
+		if err == nil || !strings.Contains(err.Error(), "502 Bad Gateway") || !strings.Contains(err.Error(), "deadline") || strings.Contains(err.Error(), key) {
+			t.Errorf("error %v: want the last status, the deadline and no header value", err)
+		}
+	})
 	// A Retry-After past the deadline is not waited for at all.
 	t.Run("retry-after", func(t *testing.T) {
 		col, url := startScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
