@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -51,15 +52,15 @@ func putStreamBuf(b *[]byte) {
 // copies of every request fact (in call). It passes upstream bytes through
 // unchanged while the meter frames them on the side; only in hidden-usage
 // mode does it forward whole frames and leave out the usage-only chunk
-// tollgate asked for (streaming-on-fiber.md §4.7, R14). Either way events
-// are written whole, and a cut drops the start of an unfinished one.
+// tollgate asked for (streaming-on-fiber.md §4.7, R14). Either way lines
+// are written whole, and a cut drops an unfinished one.
 //
 // fasthttp writes it with WriteTo, and every client write is a chunk and a
 // flush. Upstream bytes are gathered and written when fasthttp's buffer of
 // the provider's bytes is empty: just before each read from the provider's
 // socket, where it may wait (the connection's read hook), or at the end. A
 // provider's burst of events then costs one client write instead of one per
-// chunk, as with net/http's chunked reader, and no whole event tollgate
+// chunk, as with net/http's chunked reader, and no whole line tollgate
 // has decoded waits on the network.
 type streamBody struct {
 	cl *call
@@ -77,6 +78,7 @@ type streamBody struct {
 	rd      *[]byte // pooled read buffer, held for the whole stream
 	outBuf  *[]byte // pooled client bytes not yet written; nil when none
 	outOff  int     // how much of outBuf Read has handed out
+	held    int     // leading bytes in hand known to hold no line end
 	w       io.Writer
 	written int64 // bytes WriteTo has written, the read hook's included
 	// end is how the upstream body ended (io.EOF or its error); clientErr is
@@ -143,6 +145,23 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	terminal := b.outcome == metering.OutcomeOK || b.outcome == metering.OutcomeIncomplete || b.outcome == metering.OutcomeUpstreamError
+	if terminal && notice == nil && b.end != io.EOF && !b.endsEvent() {
+		// The cut came after the terminal event's lines but before its
+		// blank line: the meter counted the event (Framer.Flush), so end
+		// it for the client too, which otherwise never dispatches it.
+		var end []byte
+		switch byte(b.tail) {
+		case '\n':
+			end = []byte("\n")
+		case '\r':
+			end = []byte("\r\n")
+		}
+		if end != nil {
+			if err := b.write(end); err != nil {
+				return b.written, err
+			}
+		}
+	}
 	failed := notice != nil || b.outcome == metering.OutcomeUpstreamError
 	switch {
 	case failed && b.cl.dialect.CutAfterStreamError:
@@ -216,6 +235,7 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	out := *b.outBuf
 	n := copy(p, out[b.outOff:])
 	b.outOff += n
+	b.held = max(b.held-n, 0)
 	if b.outOff == len(out) {
 		b.releaseOut()
 	}
@@ -260,23 +280,25 @@ func (b *streamBody) step() {
 	if err != nil {
 		b.end = err
 		if err != io.EOF && !b.hide {
-			b.dropBrokenEvent()
+			b.dropBrokenLine()
 		}
 		b.settleUpstream()
 	}
 }
 
-// dropBrokenEvent forgets the start of an event a cut broke, before the
+// dropBrokenLine forgets the start of a line a cut broke, before the
 // record is settled so that it counts only what the client gets. The
-// client could never parse it, and would read it instead of the notice
-// that follows (an SDK fails on its bad JSON first). A provider's clean
-// end passes everything through as it came.
-func (b *streamBody) dropBrokenEvent() {
+// meter never counts a partial line either (Framer.Flush); the client
+// could never parse it, and would read it instead of the notice that
+// follows (an SDK fails on its bad JSON first). The event's whole lines
+// stay: the notice's blank line ends that event, as the meter's Flush
+// does. A provider's clean end passes everything through as it came.
+func (b *streamBody) dropBrokenLine() {
 	if b.pending() == 0 {
 		return
 	}
 	p := (*b.outBuf)[b.outOff:]
-	n := eventsEnd(p)
+	n := linesEnd(p, b.held)
 	b.cl.rec.BytesOut -= int64(len(p) - n)
 	*b.outBuf = (*b.outBuf)[:b.outOff+n]
 }
@@ -288,19 +310,20 @@ func (b *streamBody) pending() int {
 	return len(*b.outBuf) - b.outOff
 }
 
-// flush writes the whole events in hand to the client. The start of an
-// event waits for its end, which the client needs before it can use any of
-// it, unless it has grown past half the buffer's bound; hidden-usage mode
+// flush writes the whole lines in hand to the client. The start of a line
+// waits for its end, which the client needs before it can use any of it,
+// unless it has grown past half the buffer's bound; hidden-usage mode
 // holds whole frames only.
 func (b *streamBody) flush() {
 	if b.pending() == 0 || b.clientErr != nil {
 		return
 	}
 	p := (*b.outBuf)[b.outOff:]
-	if n := eventsEnd(p); n < len(p) && !b.hide && len(p) < streamOutBuffer/2 {
+	if n := linesEnd(p, b.held); n < len(p) && !b.hide && len(p) < streamOutBuffer/2 {
 		if n > 0 {
 			b.writeOut(n)
 		}
+		b.held = b.pending()
 		return
 	}
 	b.flushAll()
@@ -337,24 +360,15 @@ func (b *streamBody) writeOut(n int) {
 	b.releaseOut()
 }
 
-// eventsEnd is where the last whole server-sent event in p ends: just past
-// its blank line (LF LF, CR CR, or CRLF CRLF and mixes), or 0.
-func eventsEnd(p []byte) int {
-	for i := len(p) - 1; i > 0; i-- {
-		if p[i] != '\n' && p[i] != '\r' {
-			continue
-		}
-		// p[i] ends a line; the line before it is empty when p[i-1] ends
-		// one too (a CRLF pair counts once).
-		j := i - 1
-		if p[i] == '\n' && p[j] == '\r' {
-			j--
-		}
-		if j >= 0 && (p[j] == '\n' || p[j] == '\r') {
-			return i + 1
-		}
+// linesEnd is where the last whole line in p ends, just past its CR or
+// LF, or 0. p[:from] is known to hold no line end, so a long line that
+// arrives in small pieces is scanned once.
+func linesEnd(p []byte, from int) int {
+	i := max(bytes.LastIndexByte(p[from:], '\n'), bytes.LastIndexByte(p[from:], '\r'))
+	if i < 0 {
+		return 0
 	}
-	return 0
+	return from + i + 1
 }
 
 // write sends p to the client as one chunk, allowing it the idle window.
@@ -371,7 +385,7 @@ func (b *streamBody) write(p []byte) error {
 // releaseOut returns the output buffer to the pool.
 func (b *streamBody) releaseOut() {
 	putStreamBuf(b.outBuf)
-	b.outBuf, b.outOff = nil, 0
+	b.outBuf, b.outOff, b.held = nil, 0, 0
 }
 
 func (b *streamBody) firstByte(t time.Time) {

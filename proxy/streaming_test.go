@@ -597,31 +597,100 @@ func TestCutStreamEndsWithTheDialectsErrorEvent(t *testing.T) {
 	}
 }
 
-// A provider cut inside an event: the client gets the whole events, not
-// the broken start of the next (which it could never parse), then the
-// notice as an event of its own; the record counts what the client got.
-// In one upstream chunk with the cut, and as separate chunks.
-func TestCutInsideAnEventDropsItsStart(t *testing.T) {
+// A provider cut inside a line: the client gets every whole line, not the
+// broken start of the next (which it could never parse), then the notice,
+// whose blank line ends the unfinished event; the record counts what the
+// client got. In one upstream chunk with the cut, and as separate chunks.
+func TestCutInsideALineDropsItsStart(t *testing.T) {
 	start := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n"
 	delta := "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\r\n\r\n"
-	partial := "event: content_block_delta\ndata: {\"type\":\"content_bl"
+	lines := "event: content_block_delta\n"
+	partial := "data: {\"type\":\"content_bl"
 	for name, parts := range map[string][]string{
-		"separate chunks": {start, delta, partial},
-		"one chunk":       {start + delta + partial},
+		"separate chunks": {start, delta, lines + partial},
+		"one chunk":       {start + delta + lines + partial},
 	} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, parts, true)})
 			resp := e.do("POST", "/anthropic/v1/messages", e.token("ws", "p", "u", ""), anthropicStreamBody)
 			got, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			want := start + delta + "event: error\ndata: "
+			want := start + delta + lines + "\n\nevent: error\ndata: "
 			if !strings.HasPrefix(string(got), want) || !strings.HasSuffix(string(got), "}\n\n") || strings.Contains(string(got), "content_bl\"") {
 				t.Errorf("client got %q, want it to start %q and end the notice's event", got, want)
 			}
-			if rec := e.record(resp); rec.BytesOut != int64(len(start+delta)) {
-				t.Errorf("bytes_out %d, want %d (what the client got before the notice)", rec.BytesOut, len(start+delta))
+			if rec := e.record(resp); rec.BytesOut != int64(len(start+delta+lines)) {
+				t.Errorf("bytes_out %d, want %d (what the client got before the notice)", rec.BytesOut, len(start+delta+lines))
 			}
 		})
+	}
+}
+
+// The cut came after the terminal event's lines but before its blank
+// line: the meter counts the event, so the client gets it ended and a
+// clean end, not an event it never dispatches (and a retry it pays for).
+func TestTerminalEventWithoutItsBlankLineThenCut(t *testing.T) {
+	events := []string{
+		"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+		"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n",
+		"event: message_stop\ndata: {\"type\":\"message_stop\"}\n",
+	}
+	e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, events, true)})
+	resp := e.do("POST", "/anthropic/v1/messages", e.token("ws", "p", "u", ""), anthropicStreamBody)
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := strings.Join(events, "") + "\n"; err != nil || string(got) != want {
+		t.Errorf("client got %q, %v; want %q and a clean end", got, err, want)
+	}
+	if rec := e.record(resp); rec.Outcome != metering.OutcomeOK {
+		t.Errorf("outcome %s, want ok", rec.Outcome)
+	}
+}
+
+// A keep-alive comment line without a blank line after it (SSE allows
+// one) reaches the client at once: only a line's start waits. The provider
+// sends the rest only after the client has the comment, so holding it
+// would hang the stream until the test's timeout.
+func TestKeepAliveLineIsNotHeld(t *testing.T) {
+	first := "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"
+	ping := ": keep-alive\n"
+	rest := "data: [DONE]\n\n"
+	seen := make(chan struct{})
+	ln := serveTCP(t, func(c net.Conn) {
+		defer c.Close()
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		chunk := func(s string) { fmt.Fprintf(c, "%x\r\n%s\r\n", len(s), s) }
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+		chunk(first)
+		chunk(ping)
+		select {
+		case <-seen:
+		case <-time.After(5 * time.Second):
+		}
+		chunk(rest)
+		io.WriteString(c, "0\r\n\r\n")
+	})
+	e := newEnv(t, envOptions{upstreamURL: "http://" + ln.Addr().String()})
+	resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}`)
+	defer resp.Body.Close()
+	var got []byte
+	buf := make([]byte, 4096)
+	start := time.Now()
+	for !strings.HasSuffix(string(got), ping) {
+		n, err := resp.Body.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil || time.Since(start) > 4*time.Second {
+			t.Fatalf("client has %q (%v), want the keep-alive line before the provider sends more", got, err)
+		}
+	}
+	close(seen)
+	tail, _ := io.ReadAll(resp.Body)
+	if string(got)+string(tail) != first+ping+rest {
+		t.Errorf("client got %q", string(got)+string(tail))
 	}
 }
 
@@ -639,21 +708,23 @@ func TestEventSplitAcrossChunksArrivesWhole(t *testing.T) {
 	}
 }
 
-func TestEventsEnd(t *testing.T) {
-	for in, want := range map[string]int{
-		"":                   0,
-		"data: a":            0,
-		"data: a\n":          0,
-		"data: a\n\n":        9,
-		"data: a\r\r":        9,
-		"data: a\r\n\r\n":    11,
-		"data: a\n\r\n":      10,
-		"data: a\n\ndata: b": 9,
-		"x\n\ny\n\nz":        6,
-		"\n\n":               2,
+func TestLinesEnd(t *testing.T) {
+	for _, c := range []struct {
+		in         string
+		from, want int
+	}{
+		{"", 0, 0},
+		{"data: a", 0, 0},
+		{"data: a\n", 0, 8},
+		{"data: a\r", 0, 8},
+		{"data: a\r\n", 0, 9},
+		{"a\nb\nc", 0, 4},
+		{"x\n\ny", 0, 3},
+		{"abcdef\n", 3, 7},
+		{"abcdef", 3, 0},
 	} {
-		if got := eventsEnd([]byte(in)); got != want {
-			t.Errorf("eventsEnd(%q) = %d, want %d", in, got, want)
+		if got := linesEnd([]byte(c.in), c.from); got != c.want {
+			t.Errorf("linesEnd(%q, %d) = %d, want %d", c.in, c.from, got, c.want)
 		}
 	}
 }
