@@ -161,19 +161,7 @@ func TestSDKsReadWhyAStreamWasCut(t *testing.T) {
 		}
 	})
 	t.Run("go-openai chat", func(t *testing.T) {
-		cfg := goopenai.DefaultConfig(tok)
-		cfg.BaseURL = e.URL + "/openai/v1"
-		st, err := goopenai.NewClientWithConfig(cfg).CreateChatCompletionStream(ctx, goopenai.ChatCompletionRequest{
-			Model: "gpt-4o", Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		for err == nil {
-			_, err = st.Recv()
-		}
-		if !strings.Contains(err.Error(), why) {
+		if err := chatStreamEnd(t, e.URL, tok); !strings.Contains(err.Error(), why) {
 			t.Errorf("stream error = %v, want one saying %q", err, why)
 		}
 	})
@@ -216,20 +204,27 @@ func TestSDKsReadWhyAStreamWasCutInsideAnEvent(t *testing.T) {
 	t.Run("go-openai chat", func(t *testing.T) {
 		ev := "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"
 		e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, []string{ev, ev[:30]}, true)})
-		cfg := goopenai.DefaultConfig(e.token("ws", "p", "u", ""))
-		cfg.BaseURL = e.URL + "/openai/v1"
-		st, err := goopenai.NewClientWithConfig(cfg).CreateChatCompletionStream(ctx, goopenai.ChatCompletionRequest{
-			Model: "gpt-4o", Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		for err == nil {
-			_, err = st.Recv()
-		}
-		if !strings.Contains(err.Error(), why) {
+		if err := chatStreamEnd(t, e.URL, e.token("ws", "p", "u", "")); !strings.Contains(err.Error(), why) {
 			t.Errorf("stream error = %v, want one saying %q", err, why)
 		}
 	})
+}
+
+// chatStreamEnd reads a go-openai chat stream through tollgate at url to
+// its end and returns the error that ended it (io.EOF for a clean end).
+func chatStreamEnd(t *testing.T, url, token string) error {
+	t.Helper()
+	cfg := goopenai.DefaultConfig(token)
+	cfg.BaseURL = url + "/openai/v1"
+	st, err := goopenai.NewClientWithConfig(cfg).CreateChatCompletionStream(context.Background(), goopenai.ChatCompletionRequest{
+		Model: "gpt-4o", Messages: []goopenai.ChatCompletionMessage{{Role: "user", Content: "hi"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for err == nil {
+		_, err = st.Recv()
+	}
+	return err
 }
