@@ -55,7 +55,7 @@ golden: ## Rewrite metering golden files, then show what changed
 	git diff --stat testdata/
 
 .PHONY: bench
-bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1-S5, ~13 min; writes docs/bench/latest.{md,json})
+bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1-S5, ~17 min; writes docs/bench/latest.{md,json})
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 	$(GO) run ./cmd/tollgate-bench $(BENCHFLAGS)
 

@@ -6,11 +6,41 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"strings"
 )
 
-// version is set by -ldflags at build time.
+// version is set by -ldflags at build time (make build: git describe).
 var version = "dev"
+
+// versionString is what "tollgate version" prints. A binary built without
+// -ldflags (go build, go install) still says which commit it came from,
+// from the VCS stamp the go command embeds.
+func versionString() string {
+	v := version
+	if v == "dev" {
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+				v = bi.Main.Version
+			}
+			var rev, dirty string
+			for _, s := range bi.Settings {
+				switch s.Key {
+				case "vcs.revision":
+					rev = s.Value
+				case "vcs.modified":
+					if s.Value == "true" {
+						dirty = "-dirty"
+					}
+				}
+			}
+			if v == "dev" && rev != "" {
+				v = "dev-" + rev[:min(12, len(rev))] + dirty
+			}
+		}
+	}
+	return v
+}
 
 const usageText = `tollgate: a credential-aware AI inference reverse proxy
 
@@ -30,7 +60,7 @@ Usage:
   tollgate credential rotate-key --from-key-file OLD
   tollgate resolve --project P --user U
   tollgate usage [--from DATE] [--to DATE] [--group-by model,project,...] [--format table|json|csv]
-  tollgate version
+  tollgate version                    (also --version)
 
 Every command reads the TOLLGATE_* variables listed in the README;
 run "tollgate COMMAND -h" for its flags.
@@ -68,8 +98,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdResolve(ctx, rest, stdout, stderr)
 	case "usage":
 		err = cmdUsage(ctx, rest, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "tollgate", version)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "tollgate", versionString())
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 	default:

@@ -275,3 +275,15 @@ func TestRotateKeyKeepsCredentialsReadable(t *testing.T) {
 		t.Fatalf("the old key still opens the store: %d %s", code, errs)
 	}
 }
+
+func TestVersionFlagPrintsVersion(t *testing.T) {
+	for _, arg := range []string{"version", "--version", "-version"} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), []string{arg}, nil, &out, &errb); code != 0 {
+			t.Fatalf("%s: exit %d, stderr %q", arg, code, errb.String())
+		}
+		if !strings.HasPrefix(out.String(), "tollgate ") || len(strings.TrimSpace(out.String())) <= len("tollgate") {
+			t.Errorf("%s: got %q, want \"tollgate <version>\"", arg, out.String())
+		}
+	}
+}
