@@ -427,7 +427,7 @@ func (in *Instruments) RegisterWriter(w *Writer) (unregister func() error, err e
 		metric.WithDescription("Failed usage-store transactions, retried with backoff."))
 	spool, errs[2] = in.meter.Int64ObservableGauge(MetricSpoolUsage,
 		metric.WithUnit("By"),
-		metric.WithDescription("Bytes of usage records in the local spool."))
+		metric.WithDescription("Bytes of spooled usage records not yet in the store (the backlog, not the segment fill)."))
 	queue, errs[3] = in.meter.Int64ObservableGauge(MetricQueueSize,
 		metric.WithUnit("{record}"),
 		metric.WithDescription("Usage records waiting in memory for the store."))

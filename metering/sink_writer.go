@@ -185,7 +185,8 @@ type WriterStats struct {
 	// and in the error log, not in the store.
 	Quarantined uint64
 	Queued      int   // records in the queue now
-	SpoolBytes  int64 // bytes of spool segments on disk now
+	SpoolBytes  int64 // bytes of spooled records not yet in the store (the backlog)
+	SpoolDisk   int64 // bytes of spool segments on disk now, committed records included
 	Segments    int   // spool segments on disk now
 }
 
@@ -248,6 +249,7 @@ type Writer struct {
 type queued struct {
 	r   *Record
 	seg uint64 // spool segment holding r; 0 when r is only in memory
+	n   int64  // bytes of r's spool line
 }
 
 // NewWriter opens (and locks) the spool in cfg.SpoolDir, and starts the
@@ -315,6 +317,7 @@ func (w *Writer) Record(r *Record) {
 	b := w.bufs.Get().(*[]byte)
 	line, err := appendSpoolLine((*b)[:0], r)
 	var seg, lineNo uint64
+	n := int64(len(line))
 	if err == nil {
 		seg, lineNo, err = w.sp.append(line)
 		*b = line
@@ -329,7 +332,7 @@ func (w *Writer) Record(r *Record) {
 		}
 	}
 	select {
-	case w.q <- queued{r: r, seg: seg}:
+	case w.q <- queued{r: r, seg: seg, n: n}:
 		if err != nil {
 			w.unspooled.Add(1)
 			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err)
@@ -397,7 +400,7 @@ func (w *Writer) Close(ctx context.Context) error {
 		<-w.syncDone
 		err := w.sp.close()
 		if ctxErr != nil {
-			n, segs := w.sp.stats()
+			n, _, segs := w.sp.stats()
 			err = errors.Join(fmt.Errorf("metering close: %d bytes in %d spool segments left for replay: %w", n, segs, ctxErr), err)
 		}
 		w.closeErr = err
@@ -407,12 +410,12 @@ func (w *Writer) Close(ctx context.Context) error {
 
 // Stats returns the writer's counters.
 func (w *Writer) Stats() WriterStats {
-	b, n := w.sp.stats()
+	disk, backlog, n := w.sp.stats()
 	return WriterStats{
 		Accepted: w.accepted.Load(), Spilled: w.spilled.Load(), Unspooled: w.unspooled.Load(),
 		Dropped: w.dropped.Load(), Inserted: w.inserted.Load(), Duplicates: w.duplicates.Load(),
 		Retries: w.retries.Load(), Replayed: w.replayed.Load(), TornLines: w.tornLines.Load(),
-		BadLines: w.badLines.Load(), SyncErrors: w.syncErrors.Load(), Quarantined: w.quarantined.Load(), Queued: len(w.q), SpoolBytes: b, Segments: n,
+		BadLines: w.badLines.Load(), SyncErrors: w.syncErrors.Load(), Quarantined: w.quarantined.Load(), Queued: len(w.q), SpoolBytes: backlog, SpoolDisk: disk, Segments: n,
 	}
 }
 
@@ -530,10 +533,13 @@ func (w *Writer) commitQueued(ctx context.Context, batch []queued) bool {
 		return false
 	}
 	w.batchesSince.Add(1)
-	counts := make(map[uint64]int, 2)
+	counts := make(map[uint64]segCommit, 2)
 	for _, q := range batch {
 		if q.seg != 0 {
-			counts[q.seg]++
+			c := counts[q.seg]
+			c.records++
+			c.bytes += q.n
+			counts[q.seg] = c
 		}
 	}
 	for _, err := range w.sp.commit(counts) {

@@ -59,6 +59,9 @@ type spoolSeg struct {
 	// written and no replay flag is done.
 	written   int
 	committed int
+	// committedBytes is the size of the committed lines, so the backlog
+	// (size - committedBytes) is exact and not the segment's fill.
+	committedBytes int64
 	// replay says some record of the segment never went through the queue
 	// (a spill, or a previous process wrote it): the segment must be read
 	// back from disk before it can be deleted.
@@ -393,14 +396,21 @@ func (s *spool) markSpilled(seq uint64) {
 	s.mu.Unlock()
 }
 
+// segCommit is what one batch committed of one segment.
+type segCommit struct {
+	records int
+	bytes   int64
+}
+
 // commit credits records committed from the queue to their segments and
 // deletes the segments that are sealed and fully committed.
-func (s *spool) commit(counts map[uint64]int) []error {
+func (s *spool) commit(counts map[uint64]segCommit) []error {
 	s.mu.Lock()
 	done := false
-	for seq, n := range counts {
+	for seq, c := range counts {
 		if g := s.segs[seq]; g != nil {
-			g.committed += n
+			g.committed += c.records
+			g.committedBytes += c.bytes
 		}
 	}
 	for _, g := range s.segs {
@@ -556,11 +566,23 @@ func (s *spool) syncAll() error {
 	return s.syncTo(n)
 }
 
-// stats reports the spool's bytes and segment count.
-func (s *spool) stats() (bytes int64, segments int) {
+// stats reports the spool's bytes on disk, the bytes of records not yet in
+// the store (the backlog), and the segment count. A committed record stays
+// on disk until its segment is sealed and deleted, so the bytes on disk
+// climb toward the segment size with nothing waiting; the backlog does not.
+// A segment to be read back (a spill, or left by an earlier process) counts
+// whole: which of its records the store holds is known only once replayed.
+func (s *spool) stats() (bytes, backlog int64, segments int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.total, len(s.segs)
+	for _, g := range s.segs {
+		if g.replay {
+			backlog += g.size
+		} else {
+			backlog += max(0, g.size-g.committedBytes)
+		}
+	}
+	return s.total, backlog, len(s.segs)
 }
 
 // close seals the active segment, deletes the segments fully committed and
