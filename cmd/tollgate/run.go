@@ -13,33 +13,19 @@ import (
 // version is set by -ldflags at build time (make build: git describe).
 var version = "dev"
 
-// versionString is what "tollgate version" prints. A binary built without
-// -ldflags (go build, go install) still says which commit it came from,
-// from the VCS stamp the go command embeds.
+// versionString is what "tollgate version" and the serve log print. A
+// binary built without -ldflags (go build, go install) reports the module
+// version the go command stamps: since Go 1.24 a pseudo-version naming the
+// commit (v0.0.0-<time>-<commit>[+dirty]) when VCS stamping is on. It is
+// off on machines that set GOFLAGS=-buildvcs=false, and then "dev" stays.
 func versionString() string {
-	v := version
-	if v == "dev" {
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-				v = bi.Main.Version
-			}
-			var rev, dirty string
-			for _, s := range bi.Settings {
-				switch s.Key {
-				case "vcs.revision":
-					rev = s.Value
-				case "vcs.modified":
-					if s.Value == "true" {
-						dirty = "-dirty"
-					}
-				}
-			}
-			if v == "dev" && rev != "" {
-				v = "dev-" + rev[:min(12, len(rev))] + dirty
-			}
-		}
+	if version != "dev" {
+		return version
 	}
-	return v
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
 }
 
 const usageText = `tollgate: a credential-aware AI inference reverse proxy

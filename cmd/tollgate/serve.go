@@ -193,7 +193,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	go func() { serveErr <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
-		"registry_version", d.registry.Current().Version, "admin_api", o.AdminToken != "", "version", version)
+		"registry_version", d.registry.Current().Version, "admin_api", o.AdminToken != "", "version", versionString())
 
 	select {
 	case err := <-serveErr:
