@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -27,9 +25,9 @@ type telemetry struct {
 
 // newTelemetry exposes metrics on /metrics in Prometheus format and, when
 // OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics-specific variable) is set to
-// something other than white space, also pushes them by OTLP/HTTP; the
-// exporter (otlp.go) reads the standard OTEL_EXPORTER_OTLP_* variables
-// itself, the periodic reader OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
+// something other than white space, also pushes them by OTLP/HTTP; otlp.go
+// checks the standard OTEL_EXPORTER_OTLP_* variables, the periodic reader
+// reads OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
 func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
 	reg := prometheus.NewRegistry()
 	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
@@ -38,15 +36,9 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 	}
 	opts := []sdkmetric.Option{sdkmetric.WithReader(exp)}
 	if otlpConfigured() { // blank is unset, as otlpTarget reads it
-		otlp, err := newOTLPExporter()
+		otlp, err := newOTLPExporter(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
-		}
-		// Our exporter keeps the SDK's default aggregation; say so rather
-		// than let an operator wonder where their exponential histograms went.
-		const aggVar = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
-		if v := strings.TrimSpace(os.Getenv(aggVar)); v != "" && !strings.EqualFold(v, "explicit_bucket_histogram") {
-			log.Warn("ignored: tollgate exports explicit-bucket histograms only", "variable", aggVar, "value", v)
 		}
 		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(otlp)))
 	}

@@ -379,3 +379,35 @@ func testOTLPPush(t *testing.T, compression string) {
 		t.Errorf("after shutdown returned, no export carried the second request's output tokens (count 2, sum 690)")
 	}
 }
+
+// The exporter honours the standard histogram-aggregation variable: an
+// operator who asks for exponential histograms gets them on the wire
+// (tollgate's own exporter used to warn and send explicit buckets).
+func TestOTLPExponentialHistogramsOnRequest(t *testing.T) {
+	col := &otlpCollector{}
+	srv := httptest.NewServer(col)
+	t.Cleanup(srv.Close)
+	setOTLPEnv(t, "OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL,
+		"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "base2_exponential_bucket_histogram")
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
+	tel, err := newTelemetry(context.Background(), splitList(""), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("newTelemetry: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tel.shutdown(ctx)
+	})
+	tel.instruments.Observe(&metering.Record{
+		RequestID: "req-exp", Start: time.Now(), Duration: time.Second, Harness: "claude-code", Dialect: "anthropic",
+		Operation: "chat", Provider: "anthropic", ModelRequest: "m", Status: 200, Outcome: metering.OutcomeOK,
+		Source: metering.SourceUpstream, Usage: &metering.Usage{InputUncached: 10, Output: 5},
+	}, time.Millisecond)
+	got := col.waitFor(t, 5*time.Second, func(r *colmetricspb.ExportMetricsServiceRequest) bool {
+		return findMetric(r, metering.MetricTokenUsage) != nil
+	})
+	if m := findMetric(got.req, metering.MetricTokenUsage); m.GetExponentialHistogram() == nil {
+		t.Errorf("%s is sent as %T, want an exponential histogram", metering.MetricTokenUsage, m.GetData())
+	}
+}
