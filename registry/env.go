@@ -80,14 +80,6 @@ func (r *Registry) Setup(name string, o EnvOptions) (*Setup, error) {
 	return s, nil
 }
 
-func render(src string, data map[string]string) (string, error) {
-	t, err := parseTemplate(src)
-	if err != nil {
-		return "", err
-	}
-	return t.execute(data), nil
-}
-
 // ShellQuote quotes v for a POSIX shell export line.
 func ShellQuote(v string) string {
 	if v == "" {
