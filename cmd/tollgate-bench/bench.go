@@ -582,7 +582,8 @@ func (b *bench) s4(ctx context.Context) error {
 		b.idleRSS[tg.name], _ = memKB(tg.proc.pid)
 		a, f := rssSplit(tg.proc.pid)
 		b.idleSplit[tg.name] = [2]int64{a, f}
-		b.logf("  idle RSS %-8s %.1f MB (one second after the first start %.1f MB)", tg.name, float64(b.idleRSS[tg.name])/1024, float64(b.freshRSS[tg.name])/1024)
+		b.logf("  idle %-8s %.1f MB anonymous + %.1f MB file-backed (VmRSS %.1f MB; one second after the first start %.1f MB)",
+			tg.name, float64(a)/1024, float64(f)/1024, float64(b.idleRSS[tg.name])/1024, float64(b.freshRSS[tg.name])/1024)
 	}
 	settle := min(b.cfg.S4Quiet, 2*time.Second)
 	hdr := http.Header{"X-Fake-Gap": {b.cfg.S4Gap.String()}}
