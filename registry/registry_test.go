@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -240,10 +242,7 @@ func TestReloadKeepsTheOldRegistryOnABadEdit(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go h.Watch(ctx, 10*time.Millisecond, nil)
-	deadline := time.Now().Add(2 * time.Second)
-	for h.Current() == before && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 2*time.Second, "the good edit to be picked up", func() bool { return h.Current() != before })
 	p, _ := h.Current().Provider("openai")
 	if p.BaseURL != "https://example.test" {
 		t.Fatalf("watch did not pick up the good edit: %s", p.BaseURL)

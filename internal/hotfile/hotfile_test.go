@@ -1,7 +1,6 @@
 package hotfile
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,11 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // number is the value under test: a file holding one integer.
@@ -36,23 +36,6 @@ func (p *parser) parse(path string) (*number, error) {
 	return &number{n}, nil
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func write(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -61,11 +44,11 @@ func write(t *testing.T, path, content string) {
 }
 
 // load writes content to a fresh file and loads it.
-func load(t *testing.T, content string) (v *Value[number], path string, p *parser, logs *logBuffer) {
+func load(t *testing.T, content string) (v *Value[number], path string, p *parser, logs *testkit.LogBuffer) {
 	t.Helper()
 	path = filepath.Join(t.TempDir(), "value.txt")
 	write(t, path, content)
-	p, logs = new(parser), new(logBuffer)
+	p, logs = new(parser), new(testkit.LogBuffer)
 	v, err := Load("number", path, p.parse, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -79,18 +62,6 @@ func watch(t *testing.T, v *Value[number], interval time.Duration, signals <-cha
 	done := make(chan struct{})
 	go func() { v.Watch(ctx, interval, signals); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-}
-
-// waitFor polls cond until it holds or two seconds pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 2s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 func TestLoadServesTheFile(t *testing.T) {
@@ -173,7 +144,7 @@ func TestWatchPicksUpAChange(t *testing.T) {
 	watch(t, v, 5*time.Millisecond, nil)
 
 	write(t, path, "22")
-	waitFor(t, "a change of size", func() bool { return v.Current().n == 22 })
+	testkit.Eventually(t, 2*time.Second, "a change of size", func() bool { return v.Current().n == 22 })
 
 	// Same size; only the modification time tells.
 	write(t, path, "33")
@@ -181,7 +152,7 @@ func TestWatchPicksUpAChange(t *testing.T) {
 	if err := os.Chtimes(path, later, later); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a change of modification time", func() bool { return v.Current().n == 33 })
+	testkit.Eventually(t, 2*time.Second, "a change of modification time", func() bool { return v.Current().n == 33 })
 }
 
 // TestWatchReadsAnUnchangedFileOnce: polling costs a stat, not a parse.
@@ -202,7 +173,7 @@ func TestWatchRefusesABadEditOnce(t *testing.T) {
 	watch(t, v, time.Millisecond, nil)
 
 	write(t, path, "bad!")
-	waitFor(t, "the bad edit read", func() bool { return p.calls.Load() == 2 })
+	testkit.Eventually(t, 2*time.Second, "the bad edit read", func() bool { return p.calls.Load() == 2 })
 	time.Sleep(50 * time.Millisecond)
 	if n := p.calls.Load(); n != 2 {
 		t.Errorf("a bad edit was parsed %d times, want once", n-1)
@@ -215,7 +186,7 @@ func TestWatchRefusesABadEditOnce(t *testing.T) {
 	}
 
 	write(t, path, "4")
-	waitFor(t, "the fix", func() bool { return v.Current().n == 4 })
+	testkit.Eventually(t, 2*time.Second, "the fix", func() bool { return v.Current().n == 4 })
 }
 
 // TestWatchReloadsOnSignal: SIGHUP reloads even when polling would not
@@ -234,7 +205,7 @@ func TestWatchReloadsOnSignal(t *testing.T) {
 		t.Fatal(err)
 	}
 	signals <- syscall.SIGHUP
-	waitFor(t, "the reload on SIGHUP", func() bool { return v.Current().n == 5 })
+	testkit.Eventually(t, 2*time.Second, "the reload on SIGHUP", func() bool { return v.Current().n == 5 })
 }
 
 // TestWatchFollowsASymlinkSwap: Kubernetes updates a mounted ConfigMap by
@@ -265,7 +236,7 @@ func TestWatchFollowsASymlinkSwap(t *testing.T) {
 	if err := os.Rename(tmp, filepath.Join(dir, "data")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the symlink swap", func() bool { return v.Current().n == 200 })
+	testkit.Eventually(t, 2*time.Second, "the symlink swap", func() bool { return v.Current().n == 200 })
 }
 
 // TestWatchStopsWithItsContext: Watch returns once ctx ends.
