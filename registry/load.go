@@ -228,6 +228,9 @@ var (
 	nameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)
 	envRE    = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 	headerRE = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+	// routeRE: a path segment that needs no escaping (RFC 3986 unreserved)
+	// and is not "." or "..".
+	routeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._~-]*$`)
 )
 
 // reservedRoutes are path segments tollgate serves itself.
@@ -252,6 +255,7 @@ func validate(f *file) []string {
 
 	routePaths := map[string]string{} // method, route and pattern → the path serving it
 	var served []servedPath
+	routeFold := map[string]*Dialect{} // lower-cased route → first dialect on it
 	for _, name := range f.Dialects.keys {
 		d := f.Dialects.vals[name]
 		at := "dialects." + name
@@ -263,8 +267,18 @@ func validate(f *file) []string {
 			add("%s.route: is required", at)
 		case strings.Contains(d.Route, "/"):
 			add("%s.route: %q must be one path segment", at, d.Route)
-		case reservedRoutes[d.Route]:
+		case !routeRE.MatchString(d.Route):
+			add("%s.route: %q must be letters, digits, dots, dashes, underscores or tildes, starting with a letter or digit", at, d.Route)
+		// fiber matches tollgate's own routes regardless of case.
+		case reservedRoutes[strings.ToLower(d.Route)]:
 			add("%s.route: %q is reserved for tollgate itself", at, d.Route)
+		default:
+			if other, ok := routeFold[strings.ToLower(d.Route)]; ok && other.Route != d.Route {
+				add("%s.route: %q differs from the route %q of dialects.%s only in case; dialects %s and %s must share one spelling or use different routes",
+					at, d.Route, other.Route, other.Name, other.Name, name)
+			} else if !ok {
+				routeFold[strings.ToLower(d.Route)] = d
+			}
 		}
 		switch d.ErrorShape {
 		case ShapeOpenAI, ShapeAnthropic, ShapeGemini:

@@ -135,6 +135,19 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 		{"SyntaxErrorLineInContext", func(s string) string {
 			return strings.Replace(s, "    error_shape: openai", "   error_shape: openai", 1)
 		}, []string{"line 3: did not find expected key"}},
+		// fiber serves /Admin as /admin.
+		{"ReservedRouteInCapitals", func(s string) string { return strings.Replace(s, "route: openai", "route: Admin", 1) },
+			[]string{`dialects.openai-chat.route: "Admin" is reserved for tollgate itself`}},
+		{"RouteNeedsEscaping", func(s string) string { return strings.Replace(s, "route: openai", "route: \"open ai?\"", 1) },
+			[]string{`dialects.openai-chat.route: "open ai?" must be letters, digits, dots, dashes, underscores or tildes, starting with a letter or digit`}},
+		{"RouteDifferingOnlyInCase", func(s string) string {
+			return strings.Replace(s, "providers:", `  openai-responses:
+    route: OpenAI
+    error_shape: openai
+    paths:
+      - {path: /v1/responses, methods: [POST]}
+providers:`, 1)
+		}, []string{`dialects.openai-responses.route: "OpenAI" differs from the route "openai" of dialects.openai-chat only in case; dialects openai-chat and openai-responses must share one spelling or use different routes`}},
 		// Two dialects may share a route segment, never a request.
 		{"SharedRouteOverlap", func(s string) string {
 			return strings.Replace(s, "providers:", `  openai-responses:
