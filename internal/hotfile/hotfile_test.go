@@ -43,6 +43,17 @@ func write(t *testing.T, path, content string) {
 	}
 }
 
+// replace swaps in a new file at path at once, so a poll never sees it
+// half written.
+func replace(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".new"
+	write(t, tmp, content)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // load writes content to a fresh file and loads it.
 func load(t *testing.T, content string) (v *Value[number], path string, p *parser, logs *testkit.LogBuffer) {
 	t.Helper()
@@ -172,7 +183,7 @@ func TestWatchRefusesABadEditOnce(t *testing.T) {
 	good := v.Current()
 	watch(t, v, time.Millisecond, nil)
 
-	write(t, path, "bad!")
+	replace(t, path, "bad!")
 	testkit.Eventually(t, 2*time.Second, "the bad edit read", func() bool { return p.calls.Load() == 2 })
 	time.Sleep(50 * time.Millisecond)
 	if n := p.calls.Load(); n != 2 {
