@@ -134,7 +134,12 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 			[]string{"line 2: did not find expected key"}},
 		{"SyntaxErrorLineInContext", func(s string) string {
 			return strings.Replace(s, "    error_shape: openai", "   error_shape: openai", 1)
-		}, []string{"line 3: did not find expected key"}},
+		}, []string{"line 5: did not find expected key"}},
+		{"SyntaxErrorLineUnclosed", func(s string) string {
+			return strings.Replace(s, "metered: true}", "metered: true", 1)
+		}, []string{"line 7: did not find expected ',' or '}'"}},
+		{"SyntaxErrorLineLast", func(s string) string { return s + " oops: 1\n" },
+			[]string{"line 23: did not find expected key"}},
 		// fiber serves /Admin as /admin.
 		{"ReservedRouteInCapitals", func(s string) string { return strings.Replace(s, "route: openai", "route: Admin", 1) },
 			[]string{`dialects.openai-chat.route: "Admin" is reserved for tollgate itself`}},

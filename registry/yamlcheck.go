@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -190,17 +191,24 @@ func syntaxProblem(err error, src []byte) string {
 	if m == nil || !parserProblems[m[2]] {
 		return msg
 	}
+	lines := strings.SplitAfter(string(src), "\n")
+	if lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
+	}
 	line, _ := strconv.Atoi(m[1])
-	line++
 	// A problem at the end of a file without a final newline is marked on
 	// the line after its last.
-	lines := strings.Count(string(src), "\n")
-	if len(src) > 0 && src[len(src)-1] != '\n' {
-		lines++
-	}
-	if line > lines {
-		line = lines
-	}
+	line = min(line+1, len(lines))
+	// When yaml.v3 knows where the broken block began it names that line,
+	// not the one that broke it ("   route:" indented one space short, two
+	// lines down). The parser reads as a stream, so every prefix of the file
+	// from the line that broke it on fails just as the whole file does;
+	// shorter ones do not.
+	line += sort.Search(len(lines)-line, func(i int) bool {
+		var n yaml.Node
+		err := yaml.Unmarshal([]byte(strings.Join(lines[:line+i], "")), &n)
+		return err != nil && strings.TrimPrefix(err.Error(), "yaml: ") == msg
+	})
 	return fmt.Sprintf("line %d: %s", line, m[2])
 }
 
