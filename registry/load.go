@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -9,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -54,7 +54,7 @@ type orderedMap[T any] struct {
 }
 
 // decodeSection decodes the mapping n of section into m, returning one
-// problem per bad item.
+// problem per unknown key and bad value.
 func decodeSection[T any](section string, n *yaml.Node, m *orderedMap[T]) []string {
 	m.vals = make(map[string]*T)
 	if n.Kind == 0 {
@@ -66,13 +66,15 @@ func decodeSection[T any](section string, n *yaml.Node, m *orderedMap[T]) []stri
 	var probs []string
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k := n.Content[i].Value
+		at := section + "." + k
 		if _, dup := m.vals[k]; dup {
-			probs = append(probs, fmt.Sprintf("%s.%s: line %d: defined twice", section, k, n.Content[i].Line))
+			probs = append(probs, fmt.Sprintf("%s: line %d: defined twice", at, n.Content[i].Line))
 			continue
 		}
+		probs = append(probs, unknownKeys(reflect.TypeFor[T](), n.Content[i+1], at)...)
 		v := new(T)
-		if err := decodeStrict(n.Content[i+1], v); err != nil {
-			probs = append(probs, fmt.Sprintf("%s.%s: %v", section, k, err))
+		for _, p := range decodeProblems(n.Content[i+1].Decode(v)) {
+			probs = append(probs, at+": "+p)
 		}
 		m.keys = append(m.keys, k)
 		m.vals[k] = v
@@ -80,29 +82,21 @@ func decodeSection[T any](section string, n *yaml.Node, m *orderedMap[T]) []stri
 	return probs
 }
 
-// decodeStrict decodes a node refusing unknown fields: yaml.v3's
-// Node.Decode ignores the decoder's KnownFields setting, so the node is
-// re-encoded and decoded again by a strict decoder. Line numbers in its
-// errors would be relative to the snippet, so they are dropped; the caller
-// names the item instead.
-func decodeStrict(n *yaml.Node, v any) error {
-	b, err := yaml.Marshal(n)
-	if err != nil {
-		return err
+// decodeProblems lists the problems in a yaml.v3 decoding error. Unknown
+// keys are found by unknownKeys, so decoding itself is not strict.
+func decodeProblems(err error) []string {
+	if err == nil {
+		return nil
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	err = dec.Decode(v)
 	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		for i, m := range te.Errors {
-			if _, rest, ok := strings.Cut(m, ": "); ok && strings.HasPrefix(m, "line ") {
-				te.Errors[i] = rest
-			}
-		}
-		return errors.New(strings.Join(te.Errors, "; "))
+	if !errors.As(err, &te) {
+		return []string{err.Error()}
 	}
-	return err
+	out := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		out[i] = typeProblem(m)
+	}
+	return out
 }
 
 // ValidationError lists every problem found in a registry file, each naming
@@ -136,14 +130,18 @@ func Load(r io.Reader) (*Registry, error) {
 // Parse validates src and builds a Registry. On failure the error is a
 // *ValidationError listing every problem.
 func Parse(src []byte) (*Registry, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		return nil, &ValidationError{Problems: []string{syntaxProblem(err, src)}}
+	}
 	var raw rawFile
-	dec := yaml.NewDecoder(bytes.NewReader(src))
-	dec.KnownFields(true)
-	if err := dec.Decode(&raw); err != nil {
-		return nil, &ValidationError{Problems: yamlProblems(err)}
+	var probs []string
+	if len(doc.Content) > 0 {
+		probs = unknownKeys(reflect.TypeFor[rawFile](), doc.Content[0], "")
+		probs = append(probs, decodeProblems(doc.Decode(&raw))...)
 	}
 	f := file{Version: raw.Version, Limits: raw.Limits}
-	probs := decodeSection("dialects", &raw.Dialects, &f.Dialects)
+	probs = append(probs, decodeSection("dialects", &raw.Dialects, &f.Dialects)...)
 	probs = append(probs, decodeSection("providers", &raw.Providers, &f.Providers)...)
 	probs = append(probs, decodeSection("harnesses", &raw.Harnesses, &f.Harnesses)...)
 	if len(probs) > 0 {
@@ -169,24 +167,6 @@ func Parse(src []byte) (*Registry, error) {
 		r.byRoute[d.Route] = append(r.byRoute[d.Route], d)
 	}
 	return r, nil
-}
-
-func yamlProblems(err error) []string {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		out := make([]string, len(te.Errors))
-		for i, m := range te.Errors {
-			out[i] = strings.Replace(m, "in type registry.rawFile", "at the top level", 1)
-		}
-		return out
-	}
-	var out []string
-	for _, line := range strings.Split(err.Error(), "\n") {
-		if line = strings.TrimSpace(line); line != "" {
-			out = append(out, strings.TrimPrefix(line, "yaml: "))
-		}
-	}
-	return out
 }
 
 func applyDefaults(f *file) {
@@ -248,6 +228,9 @@ var (
 	nameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)
 	envRE    = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 	headerRE = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+	// routeRE: a path segment that needs no escaping (RFC 3986 unreserved)
+	// and is not "." or "..".
+	routeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._~-]*$`)
 )
 
 // reservedRoutes are path segments tollgate serves itself.
@@ -270,7 +253,9 @@ func validate(f *file) []string {
 		add("providers: at least one provider is required")
 	}
 
-	routePaths := map[string]string{} // route+pattern → dialect, to find overlaps
+	routePaths := map[string]string{} // method, route and pattern → the path serving it
+	var served []servedPath
+	routeFold := map[string]*Dialect{} // lower-cased route → first dialect on it
 	for _, name := range f.Dialects.keys {
 		d := f.Dialects.vals[name]
 		at := "dialects." + name
@@ -282,8 +267,18 @@ func validate(f *file) []string {
 			add("%s.route: is required", at)
 		case strings.Contains(d.Route, "/"):
 			add("%s.route: %q must be one path segment", at, d.Route)
-		case reservedRoutes[d.Route]:
+		case !routeRE.MatchString(d.Route):
+			add("%s.route: %q must be letters, digits, dots, dashes, underscores or tildes, starting with a letter or digit", at, d.Route)
+		// fiber matches tollgate's own routes regardless of case.
+		case reservedRoutes[strings.ToLower(d.Route)]:
 			add("%s.route: %q is reserved for tollgate itself", at, d.Route)
+		default:
+			if other, ok := routeFold[strings.ToLower(d.Route)]; ok && other.Route != d.Route {
+				add("%s.route: %q differs from the route %q of dialects.%s only in case; dialects %s and %s must share one spelling or use different routes",
+					at, d.Route, other.Route, other.Name, other.Name, name)
+			} else if !ok {
+				routeFold[strings.ToLower(d.Route)] = d
+			}
 		}
 		switch d.ErrorShape {
 		case ShapeOpenAI, ShapeAnthropic, ShapeGemini:
@@ -325,9 +320,21 @@ func validate(f *file) []string {
 				key := m + " /" + d.Route + pa.Pattern
 				if other, dup := routePaths[key]; dup {
 					add("%s.path: %s is also served by %s", pat, key, other)
-				} else {
-					routePaths[key] = pat
+					continue
 				}
+				routePaths[key] = pat
+				// Dialects may share a route segment (openai-chat and
+				// openai-responses), but a request must still name one:
+				// the first match would silently take it, with the wrong
+				// error shape and usage rules.
+				for _, o := range served {
+					if o.dialect.Route == d.Route && o.dialect != d && o.method == m && patternsOverlap(o.path.segments, pa.segments) {
+						add("%s.path: %s overlaps %s /%s%s of dialects.%s: dialects %s and %s share route %q and must not serve the same request",
+							pat, key, m, d.Route, o.path.Pattern, o.dialect.Name, o.dialect.Name, name, d.Route)
+						break
+					}
+				}
+				served = append(served, servedPath{d, &d.Paths[i], m})
 			}
 		}
 		p = append(p, validateUsage(at+".usage", &d.Usage)...)
@@ -438,6 +445,59 @@ func validate(f *file) []string {
 		}
 	}
 	return p
+}
+
+type servedPath struct {
+	dialect *Dialect
+	path    *Path
+	method  string
+}
+
+// patternsOverlap reports whether some request path matches both a and b.
+func patternsOverlap(a, b []segment) bool {
+	// Path.match takes "/x/" for the pattern "/x", so one trailing empty
+	// segment does not tell two patterns apart.
+	trim := func(s []segment) []segment {
+		if n := len(s); n > 0 && s[n-1].param == "" && s[n-1].literal == "" {
+			return s[:n-1]
+		}
+		return s
+	}
+	a, b = trim(a), trim(b)
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !segmentsOverlap(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// segmentsOverlap reports whether one path segment can match both, by the
+// rules of Path.match: a placeholder takes a non-empty value ending in its
+// suffix, and without a suffix a value with no colon.
+func segmentsOverlap(a, b segment) bool {
+	if a.param == "" && b.param == "" {
+		return a.literal == b.literal
+	}
+	if a.param == "" {
+		a, b = b, a
+	}
+	if b.param == "" { // a placeholder against a literal
+		v, ok := strings.CutSuffix(b.literal, a.suffix)
+		return ok && v != "" && (a.suffix != "" || !strings.Contains(v, ":"))
+	}
+	switch {
+	case a.suffix == "" && b.suffix == "":
+		return true
+	case a.suffix == "":
+		return !strings.Contains(b.suffix, ":")
+	case b.suffix == "":
+		return !strings.Contains(a.suffix, ":")
+	}
+	return strings.HasSuffix(a.suffix, b.suffix) || strings.HasSuffix(b.suffix, a.suffix)
 }
 
 func validateUsage(at string, u *Usage) []string {

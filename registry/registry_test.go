@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -102,11 +104,73 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 		{"UnknownField", func(s string) string {
 			return strings.Replace(s, "    auth: bearer", "    auth: bearer\n    colour: red", 1)
 		},
-			[]string{"providers.openai: field colour not found in type registry.Provider"}},
+			[]string{`providers.openai: line 16: unknown key "colour"; known keys: base_url, dialects, auth, headers, forward_headers, otel_name, include_usage`}},
 		{"TopLevelTypo", func(s string) string { return strings.Replace(s, "harnesses:", "harnessess:", 1) },
-			[]string{"line 16: field harnessess not found at the top level"}},
+			[]string{`line 16: unknown top-level key "harnessess"; did you mean "harnesses"?`}},
+		// check-config used to stop at the first unknown key; every one is
+		// reported, at every depth, with its line and the key meant.
+		{"EveryUnknownKeyAtOnce", func(s string) string {
+			s = strings.Replace(s, "version: 1\n", "version: 1\nlimit:\n  max_body_bytes: 1\n", 1)
+			s = strings.Replace(s, "metered: true}", "metred: true}", 1)
+			s = strings.Replace(s, "{input: prompt_tokens,", "{inptu: prompt_tokens,", 1)
+			s = strings.Replace(s, "    base_url: https", "    baseurl: https", 1)
+			s = strings.Replace(s, "    key_env: OPENAI", "    key_evn: OPENAI", 1)
+			s = strings.Replace(s, "    key_header: authorization", "    key_header: authorization\n    Provider: openai", 1)
+			return s
+		}, []string{
+			`line 2: unknown top-level key "limit"; did you mean "limits"?`,
+			`dialects.openai-chat.paths[0]: line 9: unknown key "metred"; did you mean "metered"?`,
+			`dialects.openai-chat.usage.fields: line 11: unknown key "inptu"; did you mean "input"?`,
+			`providers.openai: line 15: unknown key "baseurl"; did you mean "base_url"?`,
+			`harnesses.codex: line 23: unknown key "key_evn"; did you mean "key_env"?`,
+			`harnesses.codex: line 25: unknown key "Provider"; did you mean "provider"?`,
+		}},
+		{"WrongTypeHasItsLine", func(s string) string { return strings.Replace(s, "route: openai", "route: [openai]", 1) },
+			[]string{`dialects.openai-chat: line 4: expected text, got a list`}},
 		{"NotYAML", func(string) string { return "version: [1" },
 			[]string{"line 1: did not find expected ',' or ']'"}},
+		// yaml.v3 prints a parser error's line zero-based.
+		{"SyntaxErrorLine", func(s string) string { return strings.Replace(s, "version: 1\n", "version: 1\n- oops\n", 1) },
+			[]string{"line 2: did not find expected key"}},
+		{"SyntaxErrorLineInContext", func(s string) string {
+			return strings.Replace(s, "    error_shape: openai", "   error_shape: openai", 1)
+		}, []string{"line 5: did not find expected key"}},
+		{"SyntaxErrorLineUnclosed", func(s string) string {
+			return strings.Replace(s, "metered: true}", "metered: true", 1)
+		}, []string{"line 7: did not find expected ',' or '}'"}},
+		{"SyntaxErrorLineLast", func(s string) string { return s + " oops: 1\n" },
+			[]string{"line 23: did not find expected key"}},
+		// fiber serves /Admin as /admin.
+		{"ReservedRouteInCapitals", func(s string) string { return strings.Replace(s, "route: openai", "route: Admin", 1) },
+			[]string{`dialects.openai-chat.route: "Admin" is reserved for tollgate itself`}},
+		{"RouteNeedsEscaping", func(s string) string { return strings.Replace(s, "route: openai", "route: \"open ai?\"", 1) },
+			[]string{`dialects.openai-chat.route: "open ai?" must be letters, digits, dots, dashes, underscores or tildes, starting with a letter or digit`}},
+		{"RouteDifferingOnlyInCase", func(s string) string {
+			return strings.Replace(s, "providers:", `  openai-responses:
+    route: OpenAI
+    error_shape: openai
+    paths:
+      - {path: /v1/responses, methods: [POST]}
+providers:`, 1)
+		}, []string{`dialects.openai-responses.route: "OpenAI" differs from the route "openai" of dialects.openai-chat only in case; dialects openai-chat and openai-responses must share one spelling or use different routes`}},
+		// Two dialects may share a route segment, never a request.
+		{"SharedRouteOverlap", func(s string) string {
+			return strings.Replace(s, "providers:", `  openai-responses:
+    route: /openai/
+    error_shape: openai
+    paths:
+      - {path: /v1/responses, methods: [POST]}
+      - {path: "/v1/{id}/completions", methods: [GET, POST]}
+providers:`, 1)
+		}, []string{`dialects.openai-responses.paths[1].path: POST /openai/v1/{id}/completions overlaps POST /openai/v1/chat/completions of dialects.openai-chat: dialects openai-chat and openai-responses share route "openai" and must not serve the same request`}},
+		{"SharedRouteSamePath", func(s string) string {
+			return strings.Replace(s, "providers:", `  openai-responses:
+    route: openai
+    error_shape: openai
+    paths:
+      - {path: /v1/chat/completions, methods: [POST]}
+providers:`, 1)
+		}, []string{`dialects.openai-responses.paths[0].path: POST /openai/v1/chat/completions is also served by dialects.openai-chat.paths[0]`}},
 		{"ManyProblemsAtOnce", func(s string) string {
 			s = strings.Replace(s, "route: openai", "route: admin", 1)
 			s = strings.Replace(s, "auth: bearer", "auth: basic", 1)
@@ -155,6 +219,11 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 			if !reflect.DeepEqual(ve.Problems, tc.want) {
 				t.Errorf("problems:\n got %q\nwant %q", ve.Problems, tc.want)
 			}
+			for _, p := range ve.Problems {
+				if strings.Contains(p, "registry.") || strings.Contains(p, "[]string") || strings.Contains(p, "in type ") {
+					t.Errorf("a problem names a Go type: %s", p)
+				}
+			}
 		})
 	}
 	r, err := Parse([]byte(minimal))
@@ -191,10 +260,7 @@ func TestReloadKeepsTheOldRegistryOnABadEdit(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go h.Watch(ctx, 10*time.Millisecond, nil)
-	deadline := time.Now().Add(2 * time.Second)
-	for h.Current() == before && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 2*time.Second, "the good edit to be picked up", func() bool { return h.Current() != before })
 	p, _ := h.Current().Provider("openai")
 	if p.BaseURL != "https://example.test" {
 		t.Fatalf("watch did not pick up the good edit: %s", p.BaseURL)
@@ -284,5 +350,33 @@ func TestSetupComesFromTheRegistryAlone(t *testing.T) {
 	}
 	if ShellQuote("it's") != `'it'\''s'` || ShellQuote("") != "''" || ShellQuote("a-b") != "a-b" {
 		t.Errorf("ShellQuote")
+	}
+}
+
+// TestPatternsOverlap pins when two path patterns can match one request.
+func TestPatternsOverlap(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"/v1/models", "/v1/models", true},
+		{"/v1/models", "/v1/models/", true},
+		{"/v1/models/{id}", "/v1/models/gpt", true},
+		{"/v1/models/{id}", "/v1/models", false},
+		{"/v1/models/{id}", "/v1/models/{model}:generateContent", false},
+		{"/v1/models/{model}:generateContent", "/v1/models/{model}:streamGenerateContent", false},
+		{"/v1/models/{model}:generateContent", "/v1/models/x:generateContent", true},
+		{"/v1/models/{model}:generateContent", "/v1/models/{id}", false},
+		{"/v1/{id}", "/v1/{model}", true},
+		{"/v1/{a}GenerateContent", "/v1/{b}:streamGenerateContent", true},
+		{"/v1/{a}", "/v1/{b}.json", true},
+		{"/v1/chat", "/v2/chat", false},
+	} {
+		if got := patternsOverlap(parsePattern(tc.a), parsePattern(tc.b)); got != tc.want {
+			t.Errorf("%s vs %s: overlap %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+		if got := patternsOverlap(parsePattern(tc.b), parsePattern(tc.a)); got != tc.want {
+			t.Errorf("%s vs %s: overlap %v, want %v", tc.b, tc.a, got, tc.want)
+		}
 	}
 }

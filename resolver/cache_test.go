@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 var ccAnthropic = Request{Project: "p1", User: "u1", Harness: "claude-code", Dialect: "anthropic-messages"}
@@ -226,14 +228,14 @@ func TestChangeLogReachesOtherProcess(t *testing.T) {
 		if err := a.svc.DisableCredential(ctx, c.ID); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*time.Second, func() bool {
+		testkit.Eventually(t, 2*time.Second, "the disabled credential to be refused on the other process", func() bool {
 			_, err := b.svc.Resolve(ctx, ccAnthropic)
 			return errors.Is(err, ErrNoCredential)
 		})
 		if err := a.svc.EnableCredential(ctx, c.ID); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*time.Second, func() bool {
+		testkit.Eventually(t, 2*time.Second, "the enabled credential to resolve again on the other process", func() bool {
 			_, err := b.svc.Resolve(ctx, ccAnthropic)
 			return err == nil
 		})
@@ -241,7 +243,7 @@ func TestChangeLogReachesOtherProcess(t *testing.T) {
 		if err := a.svc.RevokeToken(ctx, id.TokenID); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*time.Second, func() bool {
+		testkit.Eventually(t, 2*time.Second, "the revoked token to be refused on the other process", func() bool {
 			_, err := b.svc.Authenticate(ctx, token)
 			return errors.Is(err, ErrTokenRevoked)
 		})

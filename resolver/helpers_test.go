@@ -3,17 +3,15 @@ package resolver
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/registry"
 )
 
@@ -72,29 +70,8 @@ func engines(tb testing.TB) map[string]func(testing.TB) string {
 }
 
 func pgSchemaDSN(tb testing.TB, base string) string {
-	tb.Helper()
-	ctx := context.Background()
-	admin, err := store.Open(ctx, base)
-	if err != nil {
-		tb.Fatalf("postgres: %v", err)
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "resolver_test_" + hex.EncodeToString(b[:])
-	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
-		admin.Close()
-		tb.Fatalf("postgres: %v", err)
-	}
-	tb.Cleanup(func() {
-		admin.ExecContext(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-		admin.Close()
-	})
-	sep := "?"
-	if strings.Contains(base, "?") {
-		sep = "&"
-	}
 	// Commits need not wait for the disk in tests.
-	return base + sep + "search_path=" + schema + "&synchronous_commit=off"
+	return testkit.PostgresSchema(tb, base, "resolver_test_") + "&synchronous_commit=off"
 }
 
 // forEachEngine runs fn as a subtest per engine, each with a fresh DSN.
@@ -148,7 +125,7 @@ type env struct {
 	dsn   string
 	reg   *registry.Holder
 	clock *fakeClock
-	logs  *logBuffer
+	logs  *testkit.LogBuffer
 }
 
 type option func(*Config, *Deps)
@@ -174,7 +151,7 @@ func withConfig(f func(*Config)) option {
 // clock and a captured log; it does not fail the test on error.
 func newService(tb testing.TB, dsn string, opts ...option) (*env, error) {
 	tb.Helper()
-	e := &env{dsn: dsn, clock: newFakeClock(), logs: &logBuffer{}}
+	e := &env{dsn: dsn, clock: newFakeClock(), logs: &testkit.LogBuffer{}}
 	cfg := Config{MasterKey: testKey1, AllowHTTPBaseURL: true, now: e.clock.Now}
 	deps := Deps{Registry: mustRegistry(tb), Log: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	for _, o := range opts {
@@ -200,37 +177,6 @@ func mustService(tb testing.TB, dsn string, opts ...option) *env {
 		tb.Fatal(err)
 	}
 	return e
-}
-
-// logBuffer is a concurrency-safe io.Writer for a captured slog handler.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// eventually polls cond until it holds or d passes: the only place tests
-// wait on real time.
-func eventually(tb testing.TB, d time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func mustCred(tb testing.TB, s *Service, provider, secret string) Credential {

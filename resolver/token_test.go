@@ -14,6 +14,8 @@ import (
 
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/registry"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 func mustToken(tb testing.TB, s *Service, spec TokenSpec) (string, TokenInfo) {
@@ -279,7 +281,7 @@ func TestLastUsedFlushedInBatches(t *testing.T) {
 		if _, err := s2.svc.Authenticate(ctx, tok); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 2*time.Second, func() bool {
+		testkit.Eventually(t, 2*time.Second, "the last-used time to be flushed", func() bool {
 			return dbLastUsed("resolver_tokens", info.ID).Time.Equal(s2.clock.Now())
 		})
 		s2.clock.Advance(time.Hour)
