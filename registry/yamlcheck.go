@@ -11,10 +11,10 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// yaml.v3's own strict mode stops at the first unknown key of each value,
-// drops into Go type names and, for decoders fed a re-encoded snippet, loses
-// the line. Walking the node tree against the Go types instead reports every
-// unknown key at once, at its own line, with the nearest known key.
+// yaml.v3's strict mode (KnownFields) words its errors in Go types and does
+// not apply to Node.Decode, which decodes the sections item by item. Walking
+// the node tree against the Go types instead reports every unknown key, at
+// every depth, at its own line, with the nearest known key.
 
 var nodeType = reflect.TypeFor[yaml.Node]()
 
