@@ -73,18 +73,17 @@ func decodeSection[T any](section string, n *yaml.Node, m *orderedMap[T]) []stri
 		}
 		probs = append(probs, unknownKeys(reflect.TypeFor[T](), n.Content[i+1], at)...)
 		v := new(T)
-		for _, p := range decodeProblems(n.Content[i+1].Decode(v)) {
-			probs = append(probs, at+": "+p)
-		}
+		probs = append(probs, decodeProblems(n.Content[i+1].Decode(v), n.Content[i+1], at)...)
 		m.keys = append(m.keys, k)
 		m.vals[k] = v
 	}
 	return probs
 }
 
-// decodeProblems lists the problems in a yaml.v3 decoding error. Unknown
-// keys are found by unknownKeys, so decoding itself is not strict.
-func decodeProblems(err error) []string {
+// decodeProblems lists the problems in a yaml.v3 decoding error of the
+// value n, named at. Unknown keys are found by unknownKeys, so decoding
+// itself is not strict.
+func decodeProblems(err error, n *yaml.Node, at string) []string {
 	if err == nil {
 		return nil
 	}
@@ -94,7 +93,7 @@ func decodeProblems(err error) []string {
 	}
 	out := make([]string, len(te.Errors))
 	for i, m := range te.Errors {
-		out[i] = typeProblem(m)
+		out[i] = typeProblem(m, n, at)
 	}
 	return out
 }
@@ -138,7 +137,7 @@ func Parse(src []byte) (*Registry, error) {
 	var probs []string
 	if len(doc.Content) > 0 {
 		probs = unknownKeys(reflect.TypeFor[rawFile](), doc.Content[0], "")
-		probs = append(probs, decodeProblems(doc.Decode(&raw))...)
+		probs = append(probs, decodeProblems(doc.Decode(&raw), doc.Content[0], "")...)
 	}
 	f := file{Version: raw.Version, Limits: raw.Limits}
 	probs = append(probs, decodeSection("dialects", &raw.Dialects, &f.Dialects)...)

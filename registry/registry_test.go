@@ -126,7 +126,18 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 			`harnesses.codex: line 25: unknown key "Provider"; did you mean "provider"?`,
 		}},
 		{"WrongTypeHasItsLine", func(s string) string { return strings.Replace(s, "route: openai", "route: [openai]", 1) },
-			[]string{`dialects.openai-chat: line 4: expected text, got a list`}},
+			[]string{`dialects.openai-chat.route: line 4: expected text, got a list`}},
+		{"WrongTypesNameTheirKeys", func(s string) string {
+			s = strings.Replace(s, "version: 1\n", "version: 1\nlimits: {max_body_bytes: lots, max_event_bytes: tenmebibytes}\n", 1)
+			s = strings.Replace(s, "methods: [POST]", "methods: POST", 1)
+			s = strings.Replace(s, "    auth: bearer", "    auth: bearer\n    headers: [a, b]", 1)
+			return s
+		}, []string{
+			`limits.max_body_bytes: line 2: expected a whole number, got text "lots"`,
+			`limits.max_event_bytes: line 2: expected a whole number, got text "tenmebi..."`,
+			`dialects.openai-chat.paths[0].methods: line 8: expected a list, got text "POST"`,
+			`providers.openai.headers: line 17: expected a mapping, got a list`,
+		}},
 		{"NotYAML", func(string) string { return "version: [1" },
 			[]string{"line 1: did not find expected ',' or ']'"}},
 		// yaml.v3 prints a parser error's line zero-based.

@@ -11,10 +11,10 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// yaml.v3's own strict mode stops at the first unknown key of each value,
-// drops into Go type names and, for decoders fed a re-encoded snippet, loses
-// the line. Walking the node tree against the Go types instead reports every
-// unknown key at once, at its own line, with the nearest known key.
+// yaml.v3's strict mode (KnownFields) words its errors in Go types and does
+// not apply to Node.Decode, which decodes the sections item by item. Walking
+// the node tree against the Go types instead reports every unknown key, at
+// every depth, at its own line, with the nearest known key.
 
 var nodeType = reflect.TypeFor[yaml.Node]()
 
@@ -217,15 +217,21 @@ var (
 	setTwiceRE  = regexp.MustCompile(`^line (\d+): field (\S+) already set in type .+$`)
 )
 
-// typeProblem rewrites one yaml.v3 decoding error in the file's terms
-// rather than Go's.
-func typeProblem(msg string) string {
+// typeProblem rewrites one yaml.v3 decoding error of the value n, named
+// at, in the file's terms rather than Go's, naming the key at fault.
+func typeProblem(msg string, n *yaml.Node, at string) string {
+	name := func(p string) string {
+		if p == "" {
+			return ""
+		}
+		return p + ": "
+	}
 	if m := setTwiceRE.FindStringSubmatch(msg); m != nil {
-		return fmt.Sprintf("line %s: key %q is given twice", m[1], m[2])
+		return fmt.Sprintf("%sline %s: key %q is given twice", name(at), m[1], m[2])
 	}
 	m := unmarshalRE.FindStringSubmatch(msg)
 	if m == nil {
-		return msg
+		return name(at) + msg
 	}
 	got := map[string]string{"str": "text", "int": "a number", "float": "a number", "bool": "true or false", "seq": "a list", "map": "a mapping", "null": "nothing", "timestamp": "a date"}[m[2]]
 	if got == "" {
@@ -234,7 +240,46 @@ func typeProblem(msg string) string {
 	if m[3] != "" {
 		got += " " + strconv.Quote(m[3])
 	}
-	return fmt.Sprintf("line %s: expected %s, got %s", m[1], goTypeWords(m[4]), got)
+	line, _ := strconv.Atoi(m[1])
+	if p := pathAt(n, line, m[2] == "seq" || m[2] == "map", m[3], at); p != "" {
+		at = p
+	}
+	return fmt.Sprintf("%sline %s: expected %s, got %s", name(at), m[1], goTypeWords(m[4]), got)
+}
+
+// pathAt names the value under n, itself named at, that starts on line,
+// is a collection or not and, for a scalar, shows as value in yaml.v3's
+// message (cut to seven characters and "..." past ten). A flow mapping
+// holds several values on one line; the deepest match wins.
+func pathAt(n *yaml.Node, line int, collection bool, value, at string) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if p := pathAt(n.Content[i+1], line, collection, value, join(at, n.Content[i].Value)); p != "" {
+				return p
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if p := pathAt(c, line, collection, value, fmt.Sprintf("%s[%d]", at, i)); p != "" {
+				return p
+			}
+		}
+	}
+	if n.Line != line {
+		return ""
+	}
+	if isColl := n.Kind == yaml.MappingNode || n.Kind == yaml.SequenceNode; isColl != collection {
+		return ""
+	}
+	if cut, ok := strings.CutSuffix(value, "..."); ok && len(value) == 10 {
+		if !strings.HasPrefix(n.Value, cut) {
+			return ""
+		}
+	} else if !collection && n.Value != value {
+		return ""
+	}
+	return at
 }
 
 // goTypeWords names a Go type as the YAML value it decodes from.
