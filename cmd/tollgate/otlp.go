@@ -1,6 +1,8 @@
 package main
 
-// The OTLP push is the official otlpmetrichttp exporter. What tollgate adds
+// The OTLP push is the official exporter, otlpmetrichttp or, with
+// OTEL_EXPORTER_OTLP_PROTOCOL=grpc, otlpmetricgrpc (the HTTP one links
+// gRPC anyway, so the second transport costs little). What tollgate adds
 // is in front of it and behind it: every OTEL_EXPORTER_OTLP_* value is
 // checked before startup rather than logged and skipped, and every error
 // it returns has the collector credentials cut out before the SDK logs it.
@@ -11,6 +13,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path"
@@ -21,16 +24,18 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc/credentials"
 )
 
 // otlpConfig is the push as the environment asks for it, every value
 // already checked. It is handed to the exporter as explicit options, so
 // what was checked is what is used.
 type otlpConfig struct {
+	grpc        bool
 	target      *url.URL // never printed whole: an operator may have put a key in it
 	header      map[string]string
 	secrets     []string // header values and their parts, squeezed, longest first
@@ -46,17 +51,19 @@ type otlpConfig struct {
 // to the wrong place or in the wrong shape is found much later than a proxy
 // that refuses to start.
 func otlpConfigFromEnv() (*otlpConfig, error) {
-	// OTLP/gRPC would need a second exporter, otlpmetricgrpc, and the gRPC
-	// client it drives; every collector that speaks OTLP takes it over
-	// HTTP too, so one transport is kept and the other refused by name.
-	if name, v := otlpEnv("PROTOCOL"); v != "" && v != "http/protobuf" {
-		return nil, fmt.Errorf("%s=%q: tollgate pushes OTLP over HTTP with protobuf only; unset it or set it to http/protobuf", name, v)
+	c := &otlpConfig{timeout: 10 * time.Second, temporality: sdkmetric.CumulativeTemporalitySelector}
+	switch name, v := otlpEnv("PROTOCOL"); v {
+	case "", "http/protobuf":
+	case "grpc":
+		c.grpc = true
+	default: // http/json: the official exporters have no JSON encoder
+		return nil, fmt.Errorf("%s=%q: want http/protobuf or grpc", name, v)
 	}
-	target, err := otlpTarget()
+	target, err := otlpTarget(c.grpc)
 	if err != nil {
 		return nil, err
 	}
-	c := &otlpConfig{target: target, timeout: 10 * time.Second, temporality: sdkmetric.CumulativeTemporalitySelector}
+	c.target = target
 	if c.header, c.secrets, err = otlpHeaders(); err != nil {
 		return nil, err
 	}
@@ -102,13 +109,29 @@ func otlpConfigFromEnv() (*otlpConfig, error) {
 	return c, nil
 }
 
-// newOTLPExporter builds the exporter the environment asks for; extra
-// options come last, so tests can shrink the retry schedule.
-func newOTLPExporter(ctx context.Context, extra ...otlpmetrichttp.Option) (*otlpExporter, error) {
+// otlpRetry is the backoff between attempts at one export; the zero value
+// is the official exporters' default (5 s growing to 30 s, for 1 min).
+type otlpRetry struct{ initial, max, elapsed time.Duration }
+
+// newOTLPExporter builds the exporter the environment asks for.
+func newOTLPExporter(ctx context.Context, retry otlpRetry) (*otlpExporter, error) {
 	c, err := otlpConfigFromEnv()
 	if err != nil {
 		return nil, err
 	}
+	var exp sdkmetric.Exporter
+	if c.grpc {
+		exp, err = newOTLPGRPC(ctx, c, retry)
+	} else {
+		exp, err = newOTLPHTTP(ctx, c, retry)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &otlpExporter{Exporter: exp, secrets: c.secrets}, nil
+}
+
+func newOTLPHTTP(ctx context.Context, c *otlpConfig, retry otlpRetry) (sdkmetric.Exporter, error) {
 	compression := otlpmetrichttp.NoCompression
 	if c.gzip {
 		compression = otlpmetrichttp.GzipCompression
@@ -123,11 +146,35 @@ func newOTLPExporter(ctx context.Context, extra ...otlpmetrichttp.Option) (*otlp
 	if c.tls != nil {
 		opts = append(opts, otlpmetrichttp.WithTLSClientConfig(c.tls))
 	}
-	exp, err := otlpmetrichttp.New(ctx, append(opts, extra...)...)
-	if err != nil {
-		return nil, err
+	if retry != (otlpRetry{}) {
+		opts = append(opts, otlpmetrichttp.WithRetry(otlpmetrichttp.RetryConfig{
+			Enabled: true, InitialInterval: retry.initial, MaxInterval: retry.max, MaxElapsedTime: retry.elapsed,
+		}))
 	}
-	return &otlpExporter{Exporter: exp, secrets: c.secrets}, nil
+	return otlpmetrichttp.New(ctx, opts...)
+}
+
+func newOTLPGRPC(ctx context.Context, c *otlpConfig, retry otlpRetry) (sdkmetric.Exporter, error) {
+	header := maps.Clone(c.header)
+	delete(header, "User-Agent") // gRPC sets its own, from the exporter
+	opts := []otlpmetricgrpc.Option{
+		otlpmetricgrpc.WithEndpointURL(c.target.String()),
+		otlpmetricgrpc.WithHeaders(header),
+		otlpmetricgrpc.WithTimeout(c.timeout),
+		otlpmetricgrpc.WithTemporalitySelector(c.temporality),
+	}
+	if c.gzip {
+		opts = append(opts, otlpmetricgrpc.WithCompressor("gzip"))
+	}
+	if c.tls != nil {
+		opts = append(opts, otlpmetricgrpc.WithTLSCredentials(credentials.NewTLS(c.tls)))
+	}
+	if retry != (otlpRetry{}) {
+		opts = append(opts, otlpmetricgrpc.WithRetry(otlpmetricgrpc.RetryConfig{
+			Enabled: true, InitialInterval: retry.initial, MaxInterval: retry.max, MaxElapsedTime: retry.elapsed,
+		}))
+	}
+	return otlpmetricgrpc.New(ctx, opts...)
 }
 
 // otlpEnv returns the metrics-specific variable for key if set, else the
@@ -149,9 +196,10 @@ func otlpConfigured() bool {
 		strings.TrimSpace(os.Getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) != ""
 }
 
-// otlpTarget follows the OTLP spec: the metrics-specific endpoint is used
-// as is, the generic one is a base that /v1/metrics is appended to.
-func otlpTarget() (*url.URL, error) {
+// otlpTarget follows the OTLP spec: over HTTP the metrics-specific
+// endpoint is used as is and the generic one is a base that /v1/metrics is
+// appended to; over gRPC either names the collector and nothing more.
+func otlpTarget(grpc bool) (*url.URL, error) {
 	name := "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
 	raw := strings.TrimSpace(os.Getenv(name))
 	perSignal := raw != ""
@@ -174,6 +222,11 @@ func otlpTarget() (*url.URL, error) {
 	}
 	u.Fragment, u.RawFragment = "", ""
 	switch {
+	case grpc && u.Path != "" && u.Path != "/":
+		// gRPC has no path to send it to: a path set here is a mistake,
+		// most likely an HTTP endpoint with the wrong protocol.
+		return nil, fmt.Errorf("%s has a path, which OTLP over gRPC has no use for; give scheme, host and port (https://collector:4317) or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", name)
+	case grpc:
 	case !perSignal:
 		u.Path, u.RawPath = path.Join("/", u.Path, "v1/metrics"), ""
 	case u.Path == "":

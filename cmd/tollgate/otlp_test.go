@@ -18,6 +18,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,12 +27,16 @@ import (
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -61,9 +66,7 @@ func setOTLPEnv(t *testing.T, kv ...string) {
 func testOTLPExporter(t *testing.T, endpoint string, kv ...string) *otlpExporter {
 	t.Helper()
 	setOTLPEnv(t, append([]string{"OTEL_EXPORTER_OTLP_ENDPOINT", endpoint}, kv...)...)
-	e, err := newOTLPExporter(context.Background(), otlpmetrichttp.WithRetry(otlpmetrichttp.RetryConfig{
-		Enabled: true, InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond, MaxElapsedTime: 5 * time.Second,
-	}))
+	e, err := newOTLPExporter(context.Background(), otlpRetry{5 * time.Millisecond, 20 * time.Millisecond, 5 * time.Second})
 	if err != nil {
 		t.Fatalf("newOTLPExporter: %v", err)
 	}
@@ -168,8 +171,13 @@ func TestOTLPEnvironment(t *testing.T) {
 		{name: "bad histogram aggregation", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "exponential"}, wantErr: `OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION="exponential": want explicit_bucket_histogram or base2_exponential_bucket_histogram`},
 
 		{name: "protocol http/protobuf", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"}, check: target("http://c/v1/metrics")},
-		{name: "protocol grpc", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"}, wantErr: `OTEL_EXPORTER_OTLP_PROTOCOL="grpc": tollgate pushes OTLP over HTTP with protobuf only`},
-		{name: "protocol http/json", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"}, wantErr: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=\"http/json\": tollgate pushes OTLP over HTTP with protobuf only"},
+		{name: "protocol grpc", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"}, check: func(t *testing.T, c *otlpConfig) {
+			if !c.grpc || c.target.String() != "http://c:4317" {
+				t.Errorf("grpc %v to %s, want gRPC to http://c:4317 (no /v1/metrics)", c.grpc, c.target)
+			}
+		}},
+		{name: "grpc endpoint with a path", env: []string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://c:4318/v1/metrics", "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"}, wantErr: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT has a path, which OTLP over gRPC has no use for"},
+		{name: "protocol http/json", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"}, wantErr: `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="http/json": want http/protobuf or grpc`},
 		{name: "metrics protocol wins", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c", "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"}, check: target("http://c/v1/metrics")},
 
 		{name: "tls files", env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c", "OTEL_EXPORTER_OTLP_CERTIFICATE", certFile, "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", certFile, "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", keyFile}, check: func(t *testing.T, e *otlpConfig) {
@@ -613,5 +621,100 @@ func TestOTLPConfigReachesTheWire(t *testing.T) {
 	}
 	if s, _ := ua.Load().(string); !strings.HasPrefix(s, "tollgate/") {
 		t.Errorf("User-Agent %q does not name tollgate", s)
+	}
+}
+
+// grpcCollector is an OTLP/gRPC metrics receiver; fail, when set, is
+// what it answers with. As the server's stats handler it also sees the
+// compression each request came with, which metadata does not show.
+type grpcCollector struct {
+	colmetricspb.UnimplementedMetricsServiceServer
+	mu        sync.Mutex
+	reqs      []*colmetricspb.ExportMetricsServiceRequest
+	md        []metadata.MD
+	encodings []string
+	fail      func(metadata.MD) error
+}
+
+func (c *grpcCollector) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if in, ok := s.(*stats.InHeader); ok {
+		c.mu.Lock()
+		c.encodings = append(c.encodings, in.Compression)
+		c.mu.Unlock()
+	}
+}
+func (c *grpcCollector) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (c *grpcCollector) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (c *grpcCollector) HandleConn(context.Context, stats.ConnStats) {}
+
+func (c *grpcCollector) Export(ctx context.Context, req *colmetricspb.ExportMetricsServiceRequest) (*colmetricspb.ExportMetricsServiceResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reqs, c.md = append(c.reqs, req), append(c.md, md)
+	if c.fail != nil {
+		return nil, c.fail(md)
+	}
+	return &colmetricspb.ExportMetricsServiceResponse{}, nil
+}
+
+func startGRPCCollector(t *testing.T, col *grpcCollector) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.StatsHandler(col))
+	colmetricspb.RegisterMetricsServiceServer(srv, col)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return "http://" + lis.Addr().String()
+}
+
+// OTEL_EXPORTER_OTLP_PROTOCOL=grpc pushes to a gRPC collector, with the
+// headers as metadata and either compression.
+func TestOTLPOverGRPC(t *testing.T) {
+	for _, compression := range []string{"none", "gzip"} {
+		t.Run(compression, func(t *testing.T) {
+			col := &grpcCollector{}
+			url := startGRPCCollector(t, col)
+			e := testOTLPExporter(t, url, "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "OTEL_EXPORTER_OTLP_COMPRESSION", compression,
+				"OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")
+			if err := e.Export(context.Background(), tinyMetrics()); err != nil {
+				t.Fatalf("export: %v", err)
+			}
+			col.mu.Lock()
+			defer col.mu.Unlock()
+			if len(col.reqs) != 1 || findMetric(col.reqs[0], "requests") == nil {
+				t.Fatalf("collector got %d requests: %v", len(col.reqs), col.reqs)
+			}
+			if got := col.md[0].Get("x-tenant"); !slices.Equal(got, []string{"acme"}) {
+				t.Errorf("x-tenant metadata %q, want acme", got)
+			}
+			want := map[string]string{"none": "", "gzip": "gzip"}[compression]
+			if !slices.Equal(col.encodings, []string{want}) {
+				t.Errorf("request compression %q, want %q", col.encodings, want)
+			}
+		})
+	}
+}
+
+// A gRPC collector's status message is the collector's own text, and it
+// may echo a header: the error is redacted as over HTTP.
+func TestOTLPOverGRPCRejectionIsRedacted(t *testing.T) {
+	const key = "sk-grpc-canary-5150"
+	col := &grpcCollector{fail: func(md metadata.MD) error {
+		return status.Error(codes.InvalidArgument, "bad token "+strings.Join(md.Get("authorization"), ","))
+	}}
+	url := startGRPCCollector(t, col)
+	e := testOTLPExporter(t, url, "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer "+key)
+	err := e.Export(context.Background(), tinyMetrics())
+	if err == nil || strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "bad token [redacted]") {
+		t.Errorf("error %v: want the collector's message with the header value cut", err)
+	}
+	if len(col.reqs) != 1 {
+		t.Errorf("%d pushes, want 1 (InvalidArgument is not retried)", len(col.reqs))
 	}
 }

@@ -25,7 +25,7 @@ type telemetry struct {
 
 // newTelemetry exposes metrics on /metrics in Prometheus format and, when
 // OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics-specific variable) is set to
-// something other than white space, also pushes them by OTLP/HTTP; otlp.go
+// something other than white space, also pushes them by OTLP; otlp.go
 // checks the standard OTEL_EXPORTER_OTLP_* variables, the periodic reader
 // reads OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
 func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
@@ -36,7 +36,7 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 	}
 	opts := []sdkmetric.Option{sdkmetric.WithReader(exp)}
 	if otlpConfigured() { // blank is unset, as otlpTarget reads it
-		otlp, err := newOTLPExporter(ctx)
+		otlp, err := newOTLPExporter(ctx, otlpRetry{})
 		if err != nil {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
 		}
