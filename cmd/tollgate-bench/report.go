@@ -283,9 +283,9 @@ func (b *bench) verdicts(cs []cellJSON) []verdict {
 	// under pressure, so they are reported beside it, not judged.
 	split, ok := b.idleSplit["tollgate"]
 	anonMB, fileMB := float64(split[0])/1024, float64(split[1])/1024
-	judge("Idle anonymous RSS ≤ 25 MB", ok && split[0] > 0, anonMB,
+	judge("Idle anonymous RSS ≤ 12 MB", ok && split[0] > 0, anonMB,
 		fmt.Sprintf("%.1f MB anonymous + %.1f MB file-backed after warm-up and %s quiet (VmRSS %.1f MB; fresh start %.1f MB)",
-			anonMB, fileMB, b.cfg.S4Quiet, float64(b.idleRSS["tollgate"])/1024, float64(b.freshRSS["tollgate"])/1024), anonMB <= 25)
+			anonMB, fileMB, b.cfg.S4Quiet, float64(b.idleRSS["tollgate"])/1024, float64(b.freshRSS["tollgate"])/1024), anonMB <= 12)
 	return vs
 }
 
