@@ -107,8 +107,9 @@ func (o *options) logger(w io.Writer) *slog.Logger {
 // masterKey returns the configured master key text. With neither the
 // variable nor a file configured, it uses ./data/master.key beside the
 // default database, creating it on first use: `make run` must work with no
-// set-up, and a generated key is safer than a fixed default.
-func (o *options) masterKey(log *slog.Logger) (string, error) {
+// set-up, and a generated key is safer than a fixed default. mayGenerate
+// runs before a key is written and vetoes it by returning an error.
+func (o *options) masterKey(log *slog.Logger, mayGenerate func(path string) error) (string, error) {
 	if o.MasterKey != "" {
 		return o.MasterKey, nil
 	}
@@ -123,6 +124,9 @@ func (o *options) masterKey(log *slog.Logger) (string, error) {
 	}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) && generated {
+		if err := mayGenerate(path); err != nil {
+			return "", err
+		}
 		var k [32]byte
 		if _, err := rand.Read(k[:]); err != nil {
 			return "", err

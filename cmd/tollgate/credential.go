@@ -186,15 +186,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			}
 			return tw.Flush()
 		case "rotate-key":
-			newText, err := o.masterKey(d.log)
-			if err != nil {
-				return err
-			}
-			newKey, err := resolver.ParseMasterKey(newText)
-			if err != nil {
-				return err
-			}
-			if err := svc.RotateKey(ctx, oldKey, newKey); err != nil {
+			if err := svc.RotateKey(ctx, oldKey, d.masterKey); err != nil {
 				return err
 			}
 			fmt.Fprintln(stdout, "every credential is now encrypted with the configured master key.\n"+

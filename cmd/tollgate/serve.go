@@ -33,6 +33,8 @@ type deps struct {
 	db       *store.DB
 	registry *registry.Holder
 	resolver *resolver.Service
+	// masterKey is the decoded key the resolver was opened with.
+	masterKey []byte
 }
 
 func (d *deps) Close() {
@@ -57,7 +59,7 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		return nil, err
 	}
 	d.db = db
-	keyText, err := o.masterKey(log)
+	keyText, err := o.masterKey(log, func(path string) error { return refuseNewKey(ctx, db, o.DB, path) })
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -86,7 +88,24 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		return nil, err
 	}
 	d.resolver = svc
+	d.masterKey = key
 	return d, nil
+}
+
+// refuseNewKey stops a generated key from replacing a lost one: the new key
+// would be written first and the start would then fail with "wrong master
+// key", leaving a key file that reads nothing beside the database.
+func refuseNewKey(ctx context.Context, db *store.DB, dsn, keyPath string) error {
+	u, err := resolver.StoredKeyUse(ctx, db)
+	if err != nil {
+		return err
+	}
+	if u.KeyID == "" && u.Credentials == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s is missing, but the database %s holds %d encrypted credentials and its tokens under master key %s; "+
+		"a new key could read none of them, so none was written. Restore %s from a backup, or set TOLLGATE_MASTER_KEY or "+
+		"TOLLGATE_MASTER_KEY_FILE to the key the database was written with", keyPath, dsn, u.Credentials, u.KeyID, keyPath)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
