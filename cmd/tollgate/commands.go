@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,7 +19,7 @@ import (
 )
 
 func cmdCheckConfig(args []string, stdout io.Writer) error {
-	path := envOr("TOLLGATE_HARNESSES", "./harnesses.yaml")
+	path := cmp.Or(os.Getenv("TOLLGATE_HARNESSES"), defaultHarnesses)
 	if len(args) > 0 {
 		path = args[0]
 	}
@@ -34,10 +36,10 @@ func cmdEnv(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("env", stderr)
 	harness := fs.String("harness", "", "harness name from harnesses.yaml")
 	token := fs.String("token", "", "workspace-scoped token")
-	url := fs.String("url", envOr("TOLLGATE_PUBLIC_URL", ""), "tollgate's URL as the workspace reaches it")
+	url := fs.String("url", os.Getenv("TOLLGATE_PUBLIC_URL"), "tollgate's URL as the workspace reaches it")
 	model := fs.String("model", "", "model to pin (optional)")
 	dialect := fs.String("dialect", "", "dialect, for harnesses that speak several")
-	path := fs.String("harnesses", envOr("TOLLGATE_HARNESSES", "./harnesses.yaml"), "harness registry file")
+	path := fs.String("harnesses", cmp.Or(os.Getenv("TOLLGATE_HARNESSES"), defaultHarnesses), "harness registry file")
 	format := fs.String("format", "shell", "shell or json")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err

@@ -20,6 +20,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	var o options
 	fs := newFlags("credential "+sub, stderr)
 	o.bind(fs)
+	o.bindHTTPBaseURL(fs)
 	platform := fs.Bool("platform", false, "platform tier")
 	project := fs.String("project", "", "project tier: the project id")
 	user := fs.String("user", "", "user tier: the user id")

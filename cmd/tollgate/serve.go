@@ -48,6 +48,9 @@ func (d *deps) Close() {
 
 // openDeps opens the registry, the database and the resolver.
 func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
 	d := &deps{log: log}
 	reg, err := registry.NewHolder(o.Harnesses, log)
 	if err != nil {
@@ -111,8 +114,15 @@ func refuseNewKey(ctx context.Context, db *store.DB, dsn, keyPath string) error 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
 	fs := newFlags("serve", stderr)
-	o.bind(fs)
+	o.bindServe(fs)
 	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	adminToken, err := o.adminToken()
+	if err != nil {
 		return err
 	}
 	log := o.logger(stderr)
@@ -175,7 +185,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
-		AdminToken:        o.AdminToken,
+		AdminToken:        adminToken,
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
@@ -212,7 +222,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	go func() { serveErr <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
-		"registry_version", d.registry.Current().Version, "admin_api", o.AdminToken != "", "version", versionString())
+		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "", "version", versionString())
 
 	select {
 	case err := <-serveErr:
