@@ -47,7 +47,10 @@ func cmdEnv(args []string, stdout, stderr io.Writer) error {
 	if *harness == "" || *token == "" || *url == "" {
 		return usageErr("env needs --harness, --token and --url")
 	}
-	reg, err := registry.LoadFile(*path)
+	reg, err := builtInRegistry(*path, func(s string) { fmt.Fprintln(stderr, "tollgate: note:", s) })
+	if err == nil && reg == nil {
+		reg, err = registry.LoadFile(*path)
+	}
 	if err != nil {
 		return err
 	}
@@ -97,6 +100,9 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var o options
 	fs := newFlags("token "+args[0], stderr)
 	o.bind(fs)
+	if args[0] == "issue" {
+		o.bindRegistry(fs) // to check --harness
+	}
 	workspace := fs.String("workspace", "", "workspace id")
 	project := fs.String("project", "", "project id")
 	user := fs.String("user", "", "user id")
@@ -156,6 +162,7 @@ func cmdResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var o options
 	fs := newFlags("resolve", stderr)
 	o.bind(fs)
+	o.bindRegistry(fs)
 	project := fs.String("project", "", "project id")
 	user := fs.String("user", "", "user id")
 	format := fs.String("format", "table", "table or json")

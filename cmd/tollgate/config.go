@@ -17,6 +17,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tollgate/tollgate"
+	"github.com/tollgate/tollgate/registry"
 )
 
 // options are the settings shared by subcommands. Each has a TOLLGATE_*
@@ -90,7 +93,6 @@ func (o *options) bind(fs *flag.FlagSet) {
 	o.stringVar(fs, &o.LogLevel, "log-level", "TOLLGATE_LOG_LEVEL", "info", "`level`: debug, info, warn or error", checkLogLevel)
 	o.removedFlag(fs, "master-key", "set TOLLGATE_MASTER_KEY, or put the key in a file and pass --master-key-file FILE (TOLLGATE_MASTER_KEY_FILE)")
 	o.removedFlag(fs, "previous-master-keys", "set TOLLGATE_PREVIOUS_MASTER_KEYS")
-	o.bindRegistry(fs)
 }
 
 // bindRegistry registers --harnesses for commands that use the registry.
@@ -108,6 +110,7 @@ func (o *options) bindHTTPBaseURL(fs *flag.FlagSet) {
 // bindServe registers everything serve reads.
 func (o *options) bindServe(fs *flag.FlagSet) {
 	o.bind(fs)
+	o.bindRegistry(fs)
 	o.bindHTTPBaseURL(fs)
 	o.AdminToken = os.Getenv("TOLLGATE_ADMIN_TOKEN")
 	o.stringVar(fs, &o.Addr, "addr", "TOLLGATE_ADDR", "127.0.0.1:8787", "listen `host:port`", checkAddr)
@@ -122,6 +125,24 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 }
 
 const defaultHarnesses = "./harnesses.yaml"
+
+// builtInRegistry returns the registry built into the binary when path is
+// the default and there is no such file, as outside a checkout, and note
+// says so; otherwise nil, and the caller reads the file.
+func builtInRegistry(path string, note func(string)) (*registry.Registry, error) {
+	if path != defaultHarnesses {
+		return nil, nil
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	r, err := registry.Parse(tollgate.DefaultHarnesses)
+	if err != nil {
+		return nil, fmt.Errorf("built-in registry: %w", err)
+	}
+	note("no " + defaultHarnesses + " here: using the registry built into tollgate; set TOLLGATE_HARNESSES or --harnesses to use your own")
+	return r, nil
+}
 
 // check reports every setting that did not parse and every secret given
 // twice; commands call it after parsing their flags.

@@ -20,7 +20,13 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	var o options
 	fs := newFlags("credential "+sub, stderr)
 	o.bind(fs)
-	o.bindHTTPBaseURL(fs)
+	switch sub {
+	case "set", "add", "bind":
+		o.bindRegistry(fs) // to check the provider, the dialect and the harness
+	}
+	if sub == "add" {
+		o.bindHTTPBaseURL(fs)
+	}
 	platform := fs.Bool("platform", false, "platform tier")
 	project := fs.String("project", "", "project tier: the project id")
 	user := fs.String("user", "", "user tier: the user id")
@@ -83,6 +89,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if !*platform || *provider == "" || !*keyStdin {
 				return usageErr("credential set needs --platform, --provider P and --key-stdin")
 			}
+			if err := knownProvider(d, *provider); err != nil {
+				return err
+			}
 			key, err := readKey(stdin)
 			if err != nil {
 				return err
@@ -96,6 +105,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		case "add":
 			if *provider == "" || !*keyStdin {
 				return usageErr("credential add needs --provider P and --key-stdin")
+			}
+			if err := knownProvider(d, *provider); err != nil {
+				return err
 			}
 			key, err := readKey(stdin)
 			if err != nil {
@@ -203,4 +215,18 @@ func scopeText(k resolver.BindingKey) string {
 		return "platform"
 	}
 	return k.Tier + " " + k.ScopeID
+}
+
+// knownProvider refuses a provider the registry lacks, listing the ones it
+// has, before a key is read.
+func knownProvider(d *deps, name string) error {
+	reg := d.registry.Current()
+	if _, err := reg.Provider(name); err == nil {
+		return nil
+	}
+	var names []string
+	for _, p := range reg.Providers() {
+		names = append(names, p.Name)
+	}
+	return usageErr("unknown provider %q: the registry knows %s", name, strings.Join(names, ", "))
 }

@@ -52,7 +52,7 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		return nil, err
 	}
 	d := &deps{log: log}
-	reg, err := registry.NewHolder(o.Harnesses, log)
+	reg, err := openRegistry(o, log)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +93,20 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 	d.resolver = svc
 	d.masterKey = key
 	return d, nil
+}
+
+// openRegistry returns the registry o asks for: none for commands that
+// did not register --harnesses, the file (hot-reloaded by serve), or the
+// built-in one when the default file is absent.
+func openRegistry(o *options, log *slog.Logger) (*registry.Holder, error) {
+	if !o.needRegistry {
+		return registry.NewStatic(&registry.Registry{}), nil
+	}
+	r, err := builtInRegistry(o.Harnesses, func(s string) { log.Warn(s) })
+	if err != nil || r != nil {
+		return registry.NewStatic(r), err
+	}
+	return registry.NewHolder(o.Harnesses, log)
 }
 
 // refuseNewKey stops a generated key from replacing a lost one: the new key
