@@ -37,3 +37,7 @@ func StoredKeyUse(ctx context.Context, db *store.DB) (KeyUse, error) {
 	}
 	return u, nil
 }
+
+// WellFormedToken says whether t has the form of a workspace token, so a
+// caller without the database can refuse a typo or another system's token.
+func WellFormedToken(t string) bool { return wellFormed(t) }

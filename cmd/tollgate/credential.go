@@ -13,10 +13,10 @@ import (
 )
 
 func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageErr("credential needs a subcommand: set, add, list, disable, enable, delete, bind, unbind, activate, deactivate, bindings, rotate-key")
+	sub, err := subcommand("credential", args, stdout)
+	if err != nil {
+		return err
 	}
-	sub := args[0]
 	var o options
 	fs := newFlags("credential "+sub, stderr)
 	o.bind(fs)
@@ -27,19 +27,20 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	if sub == "add" {
 		o.bindHTTPBaseURL(fs)
 	}
-	platform := fs.Bool("platform", false, "platform tier")
-	project := fs.String("project", "", "project tier: the project id")
-	user := fs.String("user", "", "user tier: the user id")
-	provider := fs.String("provider", "", "provider name from harnesses.yaml")
-	name := fs.String("name", "", "a label for listings")
-	keyStdin := fs.Bool("key-stdin", false, "read the key from standard input (never from a flag: flags end up in shell history)")
-	baseURL := fs.String("base-url", "", "override the provider's base URL (https)")
-	credID := fs.String("credential", "", "credential id")
-	dialect := fs.String("dialect", "", "dialect name from harnesses.yaml")
-	harness := fs.String("harness", "", "narrow the binding to one harness")
-	inactive := fs.Bool("inactive", false, "create the binding inactive (on a project: the provider is off for it)")
-	fromKeyFile := fs.String("from-key-file", "", "rotate-key: file holding the OLD master key; the configured master key is the new one")
-	format := fs.String("format", "table", "table or json")
+	f := newCommandFlags(fs)
+	platform := f.Bool("platform", "platform tier")
+	project := f.String("project", "", "project tier: the project id")
+	user := f.String("user", "", "user tier: the user id")
+	provider := f.String("provider", "", "provider name from harnesses.yaml")
+	name := f.String("name", "", "a label for listings")
+	keyStdin := f.Bool("key-stdin", "read the key from standard input (never from a flag: flags end up in shell history)")
+	baseURL := f.String("base-url", "", "override the provider's base URL (https)")
+	credID := f.String("credential", "", "credential id")
+	dialect := f.String("dialect", "", "dialect name from harnesses.yaml")
+	harness := f.String("harness", "", "narrow the binding to one harness")
+	inactive := f.Bool("inactive", "create the binding inactive (on a project: the provider is off for it)")
+	fromKeyFile := f.String("from-key-file", "", "`file` holding the OLD master key; the configured master key is the new one")
+	format := f.String("format", "table", "table or json")
 	pos, err := parseFlags(fs, args[1:])
 	if err != nil {
 		return err
