@@ -78,6 +78,9 @@ func usageFor(prefix string) string {
 	for _, c := range commands {
 		if c.name == prefix || strings.HasPrefix(c.name, prefix+" ") || prefix == "" {
 			fmt.Fprintf(&b, "  tollgate %s\n", strings.TrimSpace(c.name+" "+c.synopsis))
+			if c.summary != "" {
+				fmt.Fprintf(&b, "      %s\n", c.summary)
+			}
 		}
 	}
 	return b.String()
