@@ -218,6 +218,9 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if *workspace == "" || *project == "" || *user == "" {
 				return usageErr("token issue needs --workspace, --project and --user")
 			}
+			if err := knownHarness(d, *harness); err != nil {
+				return err
+			}
 			tok, info, err := d.resolver.IssueToken(ctx, resolver.TokenSpec{
 				Workspace: *workspace, Project: *project, User: *user, Harness: *harness, TTL: *ttl,
 			})

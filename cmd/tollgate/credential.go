@@ -154,6 +154,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err != nil {
 				return err
 			}
+			if err := knownBinding(d, k.Dialect, k.Harness); err != nil {
+				return err
+			}
 			if *credID == "" {
 				return usageErr("credential bind needs --credential ID")
 			}
@@ -229,5 +232,36 @@ func knownProvider(d *deps, name string) error {
 	for _, p := range reg.Providers() {
 		names = append(names, p.Name)
 	}
-	return usageErr("unknown provider %q: the registry knows %s", name, strings.Join(names, ", "))
+	return unknownName("provider", name, names)
+}
+
+// knownBinding refuses a dialect or harness the registry lacks, listing
+// the ones it has.
+func knownBinding(d *deps, dialect, harness string) error {
+	reg := d.registry.Current()
+	if _, err := reg.Dialect(dialect); err != nil {
+		var names []string
+		for _, x := range reg.Dialects() {
+			names = append(names, x.Name)
+		}
+		return unknownName("dialect", dialect, names)
+	}
+	return knownHarness(d, harness)
+}
+
+// knownHarness refuses a harness, if one is named, the registry lacks.
+func knownHarness(d *deps, harness string) error {
+	reg := d.registry.Current()
+	if _, err := reg.Harness(harness); harness == "" || err == nil {
+		return nil
+	}
+	var names []string
+	for _, x := range reg.Harnesses() {
+		names = append(names, x.Name)
+	}
+	return unknownName("harness", harness, names)
+}
+
+func unknownName(kind, name string, known []string) error {
+	return usageErr("unknown %s %q: the registry knows %s", kind, name, strings.Join(known, ", "))
 }

@@ -34,6 +34,14 @@ func TestCommandsOutsideACheckout(t *testing.T) {
 	if code == 0 || !strings.Contains(errs, `unknown provider "anthropik"`) || !strings.Contains(errs, "anthropic, ") {
 		t.Fatalf("unknown provider: %d %s", code, errs)
 	}
+	_, errs, code = c.run(ctx, "", "credential", "bind", "--credential", "c", "--dialect", "anthropic-mesages", "--platform")
+	if code == 0 || !strings.Contains(errs, `unknown dialect "anthropic-mesages"`) || !strings.Contains(errs, "anthropic-messages") {
+		t.Fatalf("unknown dialect: %d %s", code, errs)
+	}
+	_, errs, code = c.run(ctx, "", "token", "issue", "--workspace", "w", "--project", "p", "--user", "u", "--harness", "claud")
+	if code == 0 || !strings.Contains(errs, `unknown harness "claud"`) || !strings.Contains(errs, "claude-code") {
+		t.Fatalf("unknown harness: %d %s", code, errs)
+	}
 	tok, errs, code := c.run(ctx, "", "token", "issue", "--workspace", "w", "--project", "p", "--user", "u", "--harness", "claude-code")
 	if code != 0 {
 		t.Fatalf("token issue: %d %s", code, errs)
