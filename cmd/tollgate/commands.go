@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,10 +19,18 @@ import (
 	"github.com/tollgate/tollgate/resolver"
 )
 
-func cmdCheckConfig(args []string, stdout io.Writer) error {
-	path := envOr("TOLLGATE_HARNESSES", "./harnesses.yaml")
-	if len(args) > 0 {
-		path = args[0]
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("check-config", stderr)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageErr("check-config takes one file")
+	}
+	path := cmp.Or(os.Getenv("TOLLGATE_HARNESSES"), defaultHarnesses)
+	if len(pos) == 1 {
+		path = pos[0]
 	}
 	r, err := registry.LoadFile(path)
 	if err != nil {
@@ -30,28 +41,62 @@ func cmdCheckConfig(args []string, stdout io.Writer) error {
 	return nil
 }
 
-func cmdEnv(args []string, stdout, stderr io.Writer) error {
+func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
 	fs := newFlags("env", stderr)
-	harness := fs.String("harness", "", "harness name from harnesses.yaml")
-	token := fs.String("token", "", "workspace-scoped token")
-	url := fs.String("url", envOr("TOLLGATE_PUBLIC_URL", ""), "tollgate's URL as the workspace reaches it")
-	model := fs.String("model", "", "model to pin (optional)")
-	dialect := fs.String("dialect", "", "dialect, for harnesses that speak several")
-	path := fs.String("harnesses", envOr("TOLLGATE_HARNESSES", "./harnesses.yaml"), "harness registry file")
-	format := fs.String("format", "shell", "shell or json")
+	o.bindRegistry(fs)
+	f := newCommandFlags(fs)
+	harness := f.String("harness", "", "harness name from the registry")
+	token := f.String("token", "", "the workspace token (tgw_...) from \"tollgate token issue\"")
+	url := f.String("url", os.Getenv("TOLLGATE_PUBLIC_URL"), "tollgate's http(s) URL as the workspace reaches it (TOLLGATE_PUBLIC_URL)")
+	model := f.String("model", "", "model to pin (optional)")
+	dialect := f.String("dialect", "", "dialect, for harnesses that speak several")
+	format := f.String("format", "shell", "shell or json")
+	verify := f.Bool("verify", "look the token up in the database (the shared flags say which): refuse an unknown, expired or revoked token or one limited to another harness; without it only the token's form is checked, the database alone knows its harness")
+	write := f.String("write", "", "write the harness's config file under this `directory` (its ~), as well as printing the exports")
+	force := f.Bool("force", "with --write: replace a config file that exists")
+	o.bind(fs)
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *harness == "" || *token == "" || *url == "" {
-		return usageErr("env needs --harness, --token and --url")
+	if err := o.check(); err != nil {
+		return err
 	}
-	reg, err := registry.LoadFile(*path)
+	if *harness == "" || *token == "" || *url == "" {
+		return usageErr("env needs --harness, --token and --url (or TOLLGATE_PUBLIC_URL)")
+	}
+	if err := checkHTTPURL(*url); err != nil {
+		return usageErr("--url %q: %v", *url, err)
+	}
+	if !resolver.WellFormedToken(*token) {
+		return usageErr("--token is not a tollgate workspace token (%s followed by 43 characters): issue one with \"tollgate token issue\"", resolver.TokenPrefix)
+	}
+	if *format != "shell" && *format != "json" {
+		return usageErr("unknown format %q: use shell or json", *format)
+	}
+	if *force && *write == "" {
+		return usageErr("--force goes with --write DIR")
+	}
+	reg, err := builtInRegistry(o.Harnesses, func(s string) { fmt.Fprintln(stderr, "tollgate: note:", s) })
+	if err == nil && reg == nil {
+		reg, err = registry.LoadFile(o.Harnesses)
+	}
 	if err != nil {
 		return err
+	}
+	if *verify {
+		if err := verifyToken(ctx, &o, stderr, reg, *token, *harness); err != nil {
+			return err
+		}
 	}
 	s, err := reg.Setup(*harness, registry.EnvOptions{ProxyURL: *url, Token: *token, Model: *model, Dialect: *dialect})
 	if err != nil {
 		return err
+	}
+	if *write != "" {
+		if err := writeConfigFile(*write, s, *force, stderr); err != nil {
+			return err
+		}
 	}
 	if *format == "json" {
 		enc := json.NewEncoder(stdout)
@@ -59,6 +104,62 @@ func cmdEnv(args []string, stdout, stderr io.Writer) error {
 		return enc.Encode(s)
 	}
 	writeSetup(stdout, s)
+	return nil
+}
+
+// verifyToken authenticates token against the database and checks it may
+// be used with harness.
+func verifyToken(ctx context.Context, o *options, stderr io.Writer, reg *registry.Registry, token, harness string) error {
+	o.needRegistry = false // loaded already; authenticating needs none
+	if path := strings.TrimPrefix(o.DB, "sqlite:"); !strings.Contains(o.DB, "://") {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("--verify needs the database: %w (set TOLLGATE_DB or --db)", err)
+		}
+	}
+	return withDeps(ctx, o, stderr, func(d *deps) error {
+		id, err := d.resolver.Authenticate(ctx, token)
+		if err != nil {
+			return fmt.Errorf("--token: %w", err)
+		}
+		if id.Harness != "" && id.Harness != harness {
+			return usageErr("--token is limited to harness %q, not %q: issue a token with --harness %s", id.Harness, harness, harness)
+		}
+		return nil
+	})
+}
+
+// writeConfigFile writes s's config file under dir, which stands for the
+// workspace's home: "~/.codex/config.toml" becomes dir/.codex/config.toml.
+// It holds the token, so it is private to its owner.
+func writeConfigFile(dir string, s *registry.Setup, force bool, stderr io.Writer) error {
+	if s.ConfigFile == "" {
+		fmt.Fprintln(stderr, "tollgate: note: this harness needs no config file; nothing written")
+		return nil
+	}
+	rel := strings.TrimPrefix(strings.TrimPrefix(s.ConfigFile, "~"), "/")
+	path := filepath.Join(dir, filepath.FromSlash(rel))
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return &exitError{code: 1, err: fmt.Errorf("%s exists: not replaced (--force replaces it)", path)}
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(f, s.Config); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "tollgate: wrote %s\n", path)
 	return nil
 }
 
@@ -89,19 +190,24 @@ func withDeps(ctx context.Context, o *options, stderr io.Writer, f func(d *deps)
 }
 
 func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageErr("token needs a subcommand: issue, list or revoke")
+	sub, err := subcommand("token", args, stdout)
+	if err != nil {
+		return err
 	}
 	var o options
-	fs := newFlags("token "+args[0], stderr)
+	fs := newFlags("token "+sub, stderr)
 	o.bind(fs)
-	workspace := fs.String("workspace", "", "workspace id")
-	project := fs.String("project", "", "project id")
-	user := fs.String("user", "", "user id")
-	harness := fs.String("harness", "", "harness the token is limited to (optional)")
-	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
-	all := fs.Bool("all", false, "list revoked and expired tokens too")
-	format := fs.String("format", "table", "table or json")
+	if sub == "issue" {
+		o.bindRegistry(fs) // to check --harness
+	}
+	f := newCommandFlags(fs)
+	workspace := f.String("workspace", "", "workspace id")
+	project := f.String("project", "", "project id")
+	user := f.String("user", "", "user id")
+	harness := f.String("harness", "", "harness the token is limited to (optional)")
+	ttl := f.Duration("ttl", 24*time.Hour, "token lifetime")
+	all := f.Bool("all", "list revoked and expired tokens too")
+	format := f.String("format", "table", "table or json")
 	pos, err := parseFlags(fs, args[1:])
 	if err != nil {
 		return err
@@ -111,6 +217,9 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		case "issue":
 			if *workspace == "" || *project == "" || *user == "" {
 				return usageErr("token issue needs --workspace, --project and --user")
+			}
+			if err := knownHarness(d, *harness); err != nil {
+				return err
 			}
 			tok, info, err := d.resolver.IssueToken(ctx, resolver.TokenSpec{
 				Workspace: *workspace, Project: *project, User: *user, Harness: *harness, TTL: *ttl,
@@ -154,9 +263,11 @@ func cmdResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var o options
 	fs := newFlags("resolve", stderr)
 	o.bind(fs)
-	project := fs.String("project", "", "project id")
-	user := fs.String("user", "", "user id")
-	format := fs.String("format", "table", "table or json")
+	o.bindRegistry(fs)
+	f := newCommandFlags(fs)
+	project := f.String("project", "", "project id")
+	user := f.String("user", "", "user id")
+	format := f.String("format", "table", "table or json")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -8,14 +8,23 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tollgate/tollgate"
+	"github.com/tollgate/tollgate/registry"
 )
 
-// options are the settings shared by subcommands. Each has a flag and a
-// TOLLGATE_* variable; the flag wins.
+// options are the settings shared by subcommands. Each has a TOLLGATE_*
+// variable and, unless it is a secret, a flag; the flag wins. A value that
+// does not parse is an error naming the variable, never a silent default.
 type options struct {
 	// Addr is where serve listens (TOLLGATE_ADDR, default 127.0.0.1:8787).
 	Addr string
@@ -29,17 +38,20 @@ type options struct {
 	// (TOLLGATE_PRICES).
 	Prices string
 	// MasterKey encrypts credentials at rest: 32 bytes, base64 or hex
-	// (TOLLGATE_MASTER_KEY). MasterKeyFile reads it from a file instead
-	// (TOLLGATE_MASTER_KEY_FILE, default ./data/master.key, created on first
-	// use when neither is set, with a warning).
+	// (TOLLGATE_MASTER_KEY, no flag: flags show in process listings).
+	// MasterKeyFile reads it from a file instead (TOLLGATE_MASTER_KEY_FILE,
+	// default ./data/master.key, created on first use when neither is set,
+	// with a warning).
 	MasterKey     string
 	MasterKeyFile string
 	// PreviousKeys are older master keys still accepted for reading, comma
-	// separated, during a rotation (TOLLGATE_PREVIOUS_MASTER_KEYS).
+	// separated, during a rotation (TOLLGATE_PREVIOUS_MASTER_KEYS, no flag).
 	PreviousKeys string
-	// AdminToken guards /admin/v1 (TOLLGATE_ADMIN_TOKEN); empty disables
-	// the admin HTTP API (the CLI still works against the database).
-	AdminToken string
+	// AdminToken guards /admin/v1 (TOLLGATE_ADMIN_TOKEN, or a file named by
+	// TOLLGATE_ADMIN_TOKEN_FILE / --admin-token-file); empty disables the
+	// admin HTTP API (the CLI still works against the database).
+	AdminToken     string
+	AdminTokenFile string
 	// PublicURL is tollgate's URL as workspaces reach it
 	// (TOLLGATE_PUBLIC_URL, default http://<addr>).
 	PublicURL string
@@ -59,47 +71,263 @@ type options struct {
 	LogLevel string
 	// MetricLabels lists extra metric attributes (TOLLGATE_METRIC_LABELS).
 	MetricLabels string
+
+	// needRegistry says the command registered --harnesses and opens the
+	// registry; the others run without one.
+	needRegistry bool
+	fs           *flag.FlagSet
+	// envErrs are the variables that did not parse, by flag name (a flag
+	// given on the command line overrides its variable, bad or not);
+	// errs are problems no flag overrides.
+	envErrs map[string]error
+	errs    []error
 }
 
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
+// bind registers the flags every database-backed command uses.
+func (o *options) bind(fs *flag.FlagSet) {
+	o.fs = fs
+	o.MasterKey = os.Getenv("TOLLGATE_MASTER_KEY")
+	o.PreviousKeys = os.Getenv("TOLLGATE_PREVIOUS_MASTER_KEYS")
+	o.stringVar(fs, &o.DB, "db", "TOLLGATE_DB", "./data/tollgate.db", "SQLite `file` or postgres:// URL", nil)
+	o.stringVar(fs, &o.MasterKeyFile, "master-key-file", "TOLLGATE_MASTER_KEY_FILE", "", "`file` holding the master key; the key itself is accepted only from TOLLGATE_MASTER_KEY", nil)
+	o.stringVar(fs, &o.LogLevel, "log-level", "TOLLGATE_LOG_LEVEL", "info", "`level`: debug, info, warn or error", checkLogLevel)
+	o.removedFlag(fs, "master-key", "set TOLLGATE_MASTER_KEY, or put the key in a file and pass --master-key-file FILE (TOLLGATE_MASTER_KEY_FILE)")
+	o.removedFlag(fs, "previous-master-keys", "set TOLLGATE_PREVIOUS_MASTER_KEYS")
+}
+
+// bindRegistry registers --harnesses for commands that use the registry.
+func (o *options) bindRegistry(fs *flag.FlagSet) {
+	o.needRegistry = true
+	o.stringVar(fs, &o.Harnesses, "harnesses", "TOLLGATE_HARNESSES", defaultHarnesses, "harness registry `file`; when the default is missing, the built-in registry", nil)
+}
+
+// bindHTTPBaseURL registers --allow-http-base-url, for commands that store
+// or use credential base URLs.
+func (o *options) bindHTTPBaseURL(fs *flag.FlagSet) {
+	o.boolVar(fs, &o.AllowHTTPBaseURL, "allow-http-base-url", "TOLLGATE_ALLOW_HTTP_BASE_URL", "allow http:// credential base URLs")
+}
+
+// bindServe registers everything serve reads.
+func (o *options) bindServe(fs *flag.FlagSet) {
+	o.bind(fs)
+	o.bindRegistry(fs)
+	o.bindHTTPBaseURL(fs)
+	o.AdminToken = os.Getenv("TOLLGATE_ADMIN_TOKEN")
+	o.stringVar(fs, &o.Addr, "addr", "TOLLGATE_ADDR", "127.0.0.1:8787", "listen `host:port`", checkAddr)
+	o.stringVar(fs, &o.Prices, "prices", "TOLLGATE_PRICES", "", "price table `file`; empty uses the built-in one", nil)
+	o.stringVar(fs, &o.AdminTokenFile, "admin-token-file", "TOLLGATE_ADMIN_TOKEN_FILE", "", "`file` holding the bearer token for /admin/v1; or set TOLLGATE_ADMIN_TOKEN", nil)
+	o.stringVar(fs, &o.PublicURL, "public-url", "TOLLGATE_PUBLIC_URL", "", "`URL` workspaces use to reach tollgate", checkHTTPURL)
+	o.stringVar(fs, &o.Spool, "spool", "TOLLGATE_SPOOL", "./data/spool", "usage spool `directory`", nil)
+	o.durationVar(fs, &o.StreamIdle, "stream-idle-timeout", "TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute, "end a stream whose provider sent, or whose client took, nothing for this `long`")
+	o.durationVar(fs, &o.ShutdownGrace, "shutdown-grace", "TOLLGATE_SHUTDOWN_GRACE", 30*time.Second, "`time` open streams get after SIGTERM")
+	o.stringVar(fs, &o.MetricLabels, "metric-labels", "TOLLGATE_METRIC_LABELS", "", "extra metric `labels`, comma separated", nil)
+	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
+}
+
+const defaultHarnesses = "./harnesses.yaml"
+
+// builtInRegistry returns the registry built into the binary when path is
+// the default and there is no such file, as outside a checkout, and note
+// says so; otherwise nil, and the caller reads the file.
+func builtInRegistry(path string, note func(string)) (*registry.Registry, error) {
+	if path != defaultHarnesses {
+		return nil, nil
 	}
-	return def
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	r, err := registry.Parse(tollgate.DefaultHarnesses)
+	if err != nil {
+		return nil, fmt.Errorf("built-in registry: %w", err)
+	}
+	note("no " + defaultHarnesses + " here: using the registry built into tollgate; set TOLLGATE_HARNESSES or --harnesses to use your own")
+	return r, nil
 }
 
-func envDuration(name string, def time.Duration) time.Duration {
-	if v := os.Getenv(name); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
+// check reports every setting that did not parse and every secret given
+// twice; commands call it after parsing their flags.
+func (o *options) check() error {
+	set := map[string]bool{}
+	if o.fs != nil {
+		o.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	}
+	errs := append([]error(nil), o.errs...)
+	for _, name := range slices.Sorted(maps.Keys(o.envErrs)) {
+		if !set[name] {
+			errs = append(errs, o.envErrs[name])
 		}
 	}
-	return def
+	if o.MasterKey != "" && o.MasterKeyFile != "" {
+		errs = append(errs, errors.New("both TOLLGATE_MASTER_KEY and a master key file are set: set one"))
+	}
+	if o.AdminToken != "" && o.AdminTokenFile != "" {
+		errs = append(errs, errors.New("both TOLLGATE_ADMIN_TOKEN and an admin token file are set: set one"))
+	}
+	return errors.Join(errs...)
 }
 
-// bind registers the shared flags on fs, with defaults from the environment.
-func (o *options) bind(fs *flag.FlagSet) {
-	fs.StringVar(&o.Addr, "addr", envOr("TOLLGATE_ADDR", "127.0.0.1:8787"), "listen address (TOLLGATE_ADDR)")
-	fs.StringVar(&o.DB, "db", envOr("TOLLGATE_DB", "./data/tollgate.db"), "SQLite file or postgres:// URL (TOLLGATE_DB)")
-	fs.StringVar(&o.Harnesses, "harnesses", envOr("TOLLGATE_HARNESSES", "./harnesses.yaml"), "harness registry file (TOLLGATE_HARNESSES)")
-	fs.StringVar(&o.Prices, "prices", envOr("TOLLGATE_PRICES", ""), "price table file; empty uses the built-in one (TOLLGATE_PRICES)")
-	fs.StringVar(&o.MasterKey, "master-key", envOr("TOLLGATE_MASTER_KEY", ""), "32-byte master key, base64 or hex (TOLLGATE_MASTER_KEY)")
-	fs.StringVar(&o.MasterKeyFile, "master-key-file", envOr("TOLLGATE_MASTER_KEY_FILE", ""), "file holding the master key (TOLLGATE_MASTER_KEY_FILE)")
-	fs.StringVar(&o.PreviousKeys, "previous-master-keys", envOr("TOLLGATE_PREVIOUS_MASTER_KEYS", ""), "older master keys still accepted, comma separated (TOLLGATE_PREVIOUS_MASTER_KEYS)")
-	fs.StringVar(&o.AdminToken, "admin-token", envOr("TOLLGATE_ADMIN_TOKEN", ""), "bearer token for /admin/v1 (TOLLGATE_ADMIN_TOKEN)")
-	fs.StringVar(&o.PublicURL, "public-url", envOr("TOLLGATE_PUBLIC_URL", ""), "URL workspaces use to reach tollgate (TOLLGATE_PUBLIC_URL)")
-	fs.StringVar(&o.Spool, "spool", envOr("TOLLGATE_SPOOL", "./data/spool"), "usage spool directory (TOLLGATE_SPOOL)")
-	fs.BoolVar(&o.AllowHTTPBaseURL, "allow-http-base-url", envOr("TOLLGATE_ALLOW_HTTP_BASE_URL", "") == "true", "allow http:// credential base URLs (TOLLGATE_ALLOW_HTTP_BASE_URL)")
-	fs.DurationVar(&o.StreamIdle, "stream-idle-timeout", envDuration("TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute), "end a stream whose provider sent, or whose client took, nothing for this long (TOLLGATE_STREAM_IDLE_TIMEOUT)")
-	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", envDuration("TOLLGATE_SHUTDOWN_GRACE", 30*time.Second), "time open streams get after SIGTERM (TOLLGATE_SHUTDOWN_GRACE)")
-	fs.StringVar(&o.LogLevel, "log-level", envOr("TOLLGATE_LOG_LEVEL", "info"), "debug, info, warn or error (TOLLGATE_LOG_LEVEL)")
-	fs.StringVar(&o.MetricLabels, "metric-labels", envOr("TOLLGATE_METRIC_LABELS", ""), "extra metric labels, comma separated (TOLLGATE_METRIC_LABELS)")
+// adminToken returns the admin token from the variable or the file.
+func (o *options) adminToken() (string, error) {
+	if o.AdminTokenFile == "" {
+		return o.AdminToken, nil
+	}
+	b, err := os.ReadFile(o.AdminTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("read admin token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("admin token file %s is empty", o.AdminTokenFile)
+	}
+	return tok, nil
+}
+
+// strictValue is a flag whose variable and command-line value share one
+// parser.
+type strictValue struct {
+	set func(string) error
+	get func() string
+	// isBool makes "--flag" alone mean true.
+	isBool bool
+}
+
+func (v *strictValue) Set(s string) error { return v.set(s) }
+func (v *strictValue) String() string {
+	if v == nil || v.get == nil {
+		return ""
+	}
+	return v.get()
+}
+func (v *strictValue) IsBoolFlag() bool { return v.isBool }
+
+// register applies the variable, if set, then the flag; usage names the
+// variable so -h says where else the setting comes from.
+// An empty variable leaves a checked setting at its default, as if unset.
+func (o *options) register(fs *flag.FlagSet, v *strictValue, name, env, usage string, emptyIsUnset bool) {
+	if raw, ok := os.LookupEnv(env); ok && (raw != "" || !emptyIsUnset) {
+		if err := v.Set(raw); err != nil {
+			if o.envErrs == nil {
+				o.envErrs = map[string]error{}
+			}
+			o.envErrs[name] = fmt.Errorf("%s=%q: %v", env, raw, err)
+		}
+	}
+	fs.Var(v, name, usage+" ("+env+")")
+}
+
+func (o *options) stringVar(fs *flag.FlagSet, p *string, name, env, def, usage string, valid func(string) error) {
+	*p = def
+	o.register(fs, &strictValue{
+		set: func(s string) error {
+			if valid != nil {
+				if err := valid(s); err != nil {
+					return err
+				}
+			}
+			*p = s
+			return nil
+		},
+		get: func() string { return *p },
+	}, name, env, usage, valid != nil)
+}
+
+func (o *options) boolVar(fs *flag.FlagSet, p *bool, name, env, usage string) {
+	o.register(fs, &strictValue{
+		set: func(s string) error {
+			b, err := parseBool(s)
+			if err == nil {
+				*p = b
+			}
+			return err
+		},
+		get:    func() string { return strconv.FormatBool(*p) },
+		isBool: true,
+	}, name, env, usage, true)
+}
+
+func (o *options) durationVar(fs *flag.FlagSet, p *time.Duration, name, env string, def time.Duration, usage string) {
+	*p = def
+	o.register(fs, &strictValue{
+		set: func(s string) error {
+			d, err := parseDuration(s)
+			if err == nil {
+				*p = d
+			}
+			return err
+		},
+		get: func() string { return p.String() },
+	}, name, env, usage, true)
+}
+
+// removedFlag registers a secret's old flag: secrets on a command line
+// show in process listings and shell history. Using it is an error that
+// says what to do instead, and the value is never echoed.
+func (o *options) removedFlag(fs *flag.FlagSet, name, instead string) {
+	fs.Var(&strictValue{set: func(string) error {
+		o.errs = append(o.errs, fmt.Errorf("--%s is not accepted: command-line flags show in process listings; %s", name, instead))
+		return nil
+	}, get: func() string { return "" }}, name, hiddenUsage)
+}
+
+// hiddenUsage marks a flag -h leaves out.
+const hiddenUsage = "(not accepted)"
+
+// parseBool accepts the usual spellings, in any case.
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "true", "yes", "on":
+		return true, nil
+	case "0", "false", "no", "off":
+		return false, nil
+	}
+	return false, errors.New("not a boolean: use 1, true, yes or on; 0, false, no or off")
+}
+
+// parseDuration requires a unit: a bare "5" is as likely seconds as
+// minutes, so it is refused with the likely reading.
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return 0, fmt.Errorf("a duration needs a unit: did you mean %ss? (use e.g. 30s, 5m, 1h30m)", s)
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, errors.New("not a duration: use e.g. 30s, 5m, 1h30m")
+	}
+	if d <= 0 {
+		return 0, errors.New("must be more than zero: use e.g. 30s, 5m, 1h30m")
+	}
+	return d, nil
+}
+
+func checkLogLevel(s string) error {
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+		return nil
+	}
+	return errors.New("not a log level: use debug, info, warn or error")
+}
+
+func checkAddr(s string) error {
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return fmt.Errorf("not a listen address: use host:port, e.g. 127.0.0.1:8787 or :8787 (%v)", err)
+	}
+	return nil
+}
+
+// checkHTTPURL accepts an absolute http or https URL with a host.
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("not an http(s) URL: use e.g. https://tollgate.example.com")
+	}
+	return nil
 }
 
 func (o *options) logger(w io.Writer) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.LogLevel)); err != nil {
-		lvl = slog.LevelInfo
+		lvl = slog.LevelInfo // check has reported it
 	}
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl}))
 }
@@ -107,8 +335,9 @@ func (o *options) logger(w io.Writer) *slog.Logger {
 // masterKey returns the configured master key text. With neither the
 // variable nor a file configured, it uses ./data/master.key beside the
 // default database, creating it on first use: `make run` must work with no
-// set-up, and a generated key is safer than a fixed default.
-func (o *options) masterKey(log *slog.Logger) (string, error) {
+// set-up, and a generated key is safer than a fixed default. mayGenerate
+// runs before a key is written and vetoes it by returning an error.
+func (o *options) masterKey(log *slog.Logger, mayGenerate func(path string) error) (string, error) {
 	if o.MasterKey != "" {
 		return o.MasterKey, nil
 	}
@@ -123,6 +352,9 @@ func (o *options) masterKey(log *slog.Logger) (string, error) {
 	}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) && generated {
+		if err := mayGenerate(path); err != nil {
+			return "", err
+		}
 		var k [32]byte
 		if _, err := rand.Read(k[:]); err != nil {
 			return "", err

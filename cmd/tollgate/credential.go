@@ -13,26 +13,34 @@ import (
 )
 
 func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageErr("credential needs a subcommand: set, add, list, disable, enable, delete, bind, unbind, activate, deactivate, bindings, rotate-key")
+	sub, err := subcommand("credential", args, stdout)
+	if err != nil {
+		return err
 	}
-	sub := args[0]
 	var o options
 	fs := newFlags("credential "+sub, stderr)
 	o.bind(fs)
-	platform := fs.Bool("platform", false, "platform tier")
-	project := fs.String("project", "", "project tier: the project id")
-	user := fs.String("user", "", "user tier: the user id")
-	provider := fs.String("provider", "", "provider name from harnesses.yaml")
-	name := fs.String("name", "", "a label for listings")
-	keyStdin := fs.Bool("key-stdin", false, "read the key from standard input (never from a flag: flags end up in shell history)")
-	baseURL := fs.String("base-url", "", "override the provider's base URL (https)")
-	credID := fs.String("credential", "", "credential id")
-	dialect := fs.String("dialect", "", "dialect name from harnesses.yaml")
-	harness := fs.String("harness", "", "narrow the binding to one harness")
-	inactive := fs.Bool("inactive", false, "create the binding inactive (on a project: the provider is off for it)")
-	fromKeyFile := fs.String("from-key-file", "", "rotate-key: file holding the OLD master key; the configured master key is the new one")
-	format := fs.String("format", "table", "table or json")
+	switch sub {
+	case "set", "add", "bind":
+		o.bindRegistry(fs) // to check the provider, the dialect and the harness
+	}
+	if sub == "add" {
+		o.bindHTTPBaseURL(fs)
+	}
+	f := newCommandFlags(fs)
+	platform := f.Bool("platform", "platform tier")
+	project := f.String("project", "", "project tier: the project id")
+	user := f.String("user", "", "user tier: the user id")
+	provider := f.String("provider", "", "provider name from harnesses.yaml")
+	name := f.String("name", "", "a label for listings")
+	keyStdin := f.Bool("key-stdin", "read the key from standard input (never from a flag: flags end up in shell history)")
+	baseURL := f.String("base-url", "", "override the provider's base URL (https)")
+	credID := f.String("credential", "", "credential id")
+	dialect := f.String("dialect", "", "dialect name from harnesses.yaml")
+	harness := f.String("harness", "", "narrow the binding to one harness")
+	inactive := f.Bool("inactive", "create the binding inactive (on a project: the provider is off for it)")
+	fromKeyFile := f.String("from-key-file", "", "`file` holding the OLD master key; the configured master key is the new one")
+	format := f.String("format", "table", "table or json")
 	pos, err := parseFlags(fs, args[1:])
 	if err != nil {
 		return err
@@ -82,6 +90,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if !*platform || *provider == "" || !*keyStdin {
 				return usageErr("credential set needs --platform, --provider P and --key-stdin")
 			}
+			if err := knownProvider(d, *provider); err != nil {
+				return err
+			}
 			key, err := readKey(stdin)
 			if err != nil {
 				return err
@@ -95,6 +106,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		case "add":
 			if *provider == "" || !*keyStdin {
 				return usageErr("credential add needs --provider P and --key-stdin")
+			}
+			if err := knownProvider(d, *provider); err != nil {
+				return err
 			}
 			key, err := readKey(stdin)
 			if err != nil {
@@ -138,6 +152,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		case "bind":
 			k, err := bindingKey()
 			if err != nil {
+				return err
+			}
+			if err := knownBinding(d, k.Dialect, k.Harness); err != nil {
 				return err
 			}
 			if *credID == "" {
@@ -186,15 +203,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			}
 			return tw.Flush()
 		case "rotate-key":
-			newText, err := o.masterKey(d.log)
-			if err != nil {
-				return err
-			}
-			newKey, err := resolver.ParseMasterKey(newText)
-			if err != nil {
-				return err
-			}
-			if err := svc.RotateKey(ctx, oldKey, newKey); err != nil {
+			if err := svc.RotateKey(ctx, oldKey, d.masterKey); err != nil {
 				return err
 			}
 			fmt.Fprintln(stdout, "every credential is now encrypted with the configured master key.\n"+
@@ -210,4 +219,49 @@ func scopeText(k resolver.BindingKey) string {
 		return "platform"
 	}
 	return k.Tier + " " + k.ScopeID
+}
+
+// knownProvider refuses a provider the registry lacks, listing the ones it
+// has, before a key is read.
+func knownProvider(d *deps, name string) error {
+	reg := d.registry.Current()
+	if _, err := reg.Provider(name); err == nil {
+		return nil
+	}
+	var names []string
+	for _, p := range reg.Providers() {
+		names = append(names, p.Name)
+	}
+	return unknownName("provider", name, names)
+}
+
+// knownBinding refuses a dialect or harness the registry lacks, listing
+// the ones it has.
+func knownBinding(d *deps, dialect, harness string) error {
+	reg := d.registry.Current()
+	if _, err := reg.Dialect(dialect); err != nil {
+		var names []string
+		for _, x := range reg.Dialects() {
+			names = append(names, x.Name)
+		}
+		return unknownName("dialect", dialect, names)
+	}
+	return knownHarness(d, harness)
+}
+
+// knownHarness refuses a harness, if one is named, the registry lacks.
+func knownHarness(d *deps, harness string) error {
+	reg := d.registry.Current()
+	if _, err := reg.Harness(harness); harness == "" || err == nil {
+		return nil
+	}
+	var names []string
+	for _, x := range reg.Harnesses() {
+		names = append(names, x.Name)
+	}
+	return unknownName("harness", harness, names)
+}
+
+func unknownName(kind, name string, known []string) error {
+	return usageErr("unknown %s %q: the registry knows %s", kind, name, strings.Join(known, ", "))
 }

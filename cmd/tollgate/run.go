@@ -8,6 +8,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+	"time"
 )
 
 // version is set by -ldflags at build time (make build: git describe).
@@ -28,29 +29,138 @@ func versionString() string {
 	return version
 }
 
-const usageText = `tollgate: a credential-aware AI inference reverse proxy
+// command is one command of the CLI. Its synopsis is the one place its
+// flags are named: the top-level usage and the command's -h print it, and
+// the command registers exactly the flags it names (see commandFlags), so
+// the three cannot disagree. Shared settings (--db and the like) are not
+// in it; -h lists them.
+type command struct {
+	name, synopsis, summary string
+}
 
-Usage:
-  tollgate serve                      run the proxy
-  tollgate check-config [FILE]        validate harnesses.yaml and exit
-  tollgate env --harness H --token T --url URL
-                                      print what a workspace exports
-  tollgate token issue --workspace W --project P --user U [--harness H] [--ttl 24h]
-  tollgate token list [--workspace W] [--project P] [--user U] [--all]
-  tollgate token revoke ID
-  tollgate credential set --platform --provider P --key-stdin
-  tollgate credential add --provider P --name N --key-stdin [--base-url URL]
-  tollgate credential list | disable ID | enable ID | delete ID
-  tollgate credential bind --credential ID --dialect D (--project P | --user U | --platform) [--harness H] [--inactive]
-  tollgate credential unbind ID | activate ID | deactivate ID | bindings
-  tollgate credential rotate-key --from-key-file OLD
-  tollgate resolve --project P --user U
-  tollgate usage [--from DATE] [--to DATE] [--group-by model,project,...] [--format table|json|csv]
-  tollgate version                    (also --version)
+var commands = []command{
+	{"serve", "", "run the proxy"},
+	{"check-config", "[FILE]", "validate harnesses.yaml and exit"},
+	{"env", "--harness H --token T [--url URL] [--model M] [--dialect D] [--format shell|json] [--verify] [--write DIR [--force]]",
+		"print what a workspace exports; --write DIR writes the harness's config file under DIR (a home directory)"},
+	{"token issue", "--workspace W --project P --user U [--harness H] [--ttl 24h]", "issue a workspace token; it is shown once"},
+	{"token list", "[--workspace W] [--project P] [--user U] [--all] [--format table|json]", ""},
+	{"token revoke", "ID", ""},
+	{"credential set", "--platform --provider P --key-stdin", "set the platform key of a provider"},
+	{"credential add", "--provider P --key-stdin [--name N] [--base-url URL]", "store a credential; prints its id"},
+	{"credential list", "[--format table|json]", ""},
+	{"credential disable", "ID", ""},
+	{"credential enable", "ID", ""},
+	{"credential delete", "ID", ""},
+	{"credential bind", "--credential ID --dialect D (--platform | --project P | --user U) [--harness H] [--inactive]", ""},
+	{"credential unbind", "--dialect D (--platform | --project P | --user U) [--harness H]", ""},
+	{"credential activate", "--dialect D (--platform | --project P | --user U) [--harness H]", ""},
+	{"credential deactivate", "--dialect D (--platform | --project P | --user U) [--harness H]", ""},
+	{"credential bindings", "[--credential ID] [--dialect D] [--format table|json]", ""},
+	{"credential rotate-key", "--from-key-file OLD", "re-encrypt every credential with the configured master key"},
+	{"resolve", "--project P --user U [--format table|json]", "show which credential serves each harness and dialect"},
+	{"usage", "[--from DATE] [--to DATE] [--group-by model,project,...] [--project P] [--format table|json|csv]", "report metered usage"},
+	{"version", "", "print the version (also --version)"},
+}
 
+func lookupCommand(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// usageFor is the usage of every command whose name starts with prefix.
+func usageFor(prefix string) string {
+	var b strings.Builder
+	for _, c := range commands {
+		if c.name == prefix || strings.HasPrefix(c.name, prefix+" ") || prefix == "" {
+			fmt.Fprintf(&b, "  tollgate %s\n", strings.TrimSpace(c.name+" "+c.synopsis))
+			if c.summary != "" {
+				fmt.Fprintf(&b, "      %s\n", c.summary)
+			}
+		}
+	}
+	return b.String()
+}
+
+var usageText = "tollgate: a credential-aware AI inference reverse proxy\n\nUsage:\n" + usageFor("") + `
 Every command reads the TOLLGATE_* variables listed in the README;
 run "tollgate COMMAND -h" for its flags.
 `
+
+// subcommandNames lists the subcommands of group ("credential").
+func subcommandNames(group string) []string {
+	var out []string
+	for _, c := range commands {
+		if sub, ok := strings.CutPrefix(c.name, group+" "); ok {
+			out = append(out, sub)
+		}
+	}
+	return out
+}
+
+// subcommand picks the subcommand of group from args: -h prints the
+// group's usage and ends the command with exit 0.
+func subcommand(group string, args []string, stdout io.Writer) (string, error) {
+	if len(args) == 0 {
+		return "", usageErr("%s needs a subcommand: %s", group, strings.Join(subcommandNames(group), ", "))
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintf(stdout, "Usage:\n%s\nrun \"tollgate %s SUBCOMMAND -h\" for its flags.\n", usageFor(group), group)
+		return "", flag.ErrHelp
+	}
+	if _, ok := lookupCommand(group + " " + args[0]); !ok {
+		return "", usageErr("unknown %s subcommand %q: use %s", group, args[0], strings.Join(subcommandNames(group), ", "))
+	}
+	return args[0], nil
+}
+
+// commandFlags registers the flags a command's synopsis names and no
+// other: a flag the synopsis lacks is left unregistered, its default in
+// force, so using it is an error.
+type commandFlags struct {
+	fs    *flag.FlagSet
+	names map[string]bool
+}
+
+func newCommandFlags(fs *flag.FlagSet) commandFlags {
+	c, _ := lookupCommand(fs.Name())
+	names := map[string]bool{}
+	for _, w := range strings.FieldsFunc(c.synopsis, func(r rune) bool { return strings.ContainsRune(" []()|", r) }) {
+		if n, ok := strings.CutPrefix(w, "--"); ok {
+			names[n] = true
+		}
+	}
+	return commandFlags{fs: fs, names: names}
+}
+
+func (c commandFlags) String(name, def, usage string) *string {
+	p := &def
+	if c.names[name] {
+		c.fs.StringVar(p, name, def, usage)
+	}
+	return p
+}
+
+func (c commandFlags) Bool(name, usage string) *bool {
+	p := new(bool)
+	if c.names[name] {
+		c.fs.BoolVar(p, name, false, usage)
+	}
+	return p
+}
+
+func (c commandFlags) Duration(name string, def time.Duration, usage string) *time.Duration {
+	p := &def
+	if c.names[name] {
+		c.fs.DurationVar(p, name, def, usage)
+	}
+	return p
+}
 
 // exitError carries an exit code; usage errors exit 2.
 type exitError struct {
@@ -73,9 +183,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "serve":
 		err = cmdServe(ctx, rest, stdout, stderr)
 	case "check-config":
-		err = cmdCheckConfig(rest, stdout)
+		err = cmdCheckConfig(rest, stdout, stderr)
 	case "env":
-		err = cmdEnv(rest, stdout, stderr)
+		err = cmdEnv(ctx, rest, stdout, stderr)
 	case "token":
 		err = cmdToken(ctx, rest, stdout, stderr)
 	case "credential":
@@ -113,11 +223,37 @@ func usageErr(format string, args ...any) error {
 	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
 }
 
-// newFlags returns a flag set that reports errors instead of exiting.
+// newFlags returns a flag set that reports errors instead of exiting and
+// leaves removed flags out of its -h.
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		c, _ := lookupCommand(name)
+		fmt.Fprintf(fs.Output(), "Usage: tollgate %s\n", strings.TrimSpace(name+" "+c.synopsis))
+		if c.summary != "" {
+			fmt.Fprintf(fs.Output(), "\n%s.\n", c.summary)
+		}
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(fs.Output(), "\nFlags:")
+			printFlags(fs)
+		}
+	}
 	return fs
+}
+
+// printFlags is fs.PrintDefaults without the hidden flags.
+func printFlags(fs *flag.FlagSet) {
+	shown := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	shown.SetOutput(fs.Output())
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Usage != hiddenUsage {
+			shown.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	shown.PrintDefaults()
 }
 
 // parseFlags parses flags that may come before or after positional

@@ -33,6 +33,8 @@ type deps struct {
 	db       *store.DB
 	registry *registry.Holder
 	resolver *resolver.Service
+	// masterKey is the decoded key the resolver was opened with.
+	masterKey []byte
 }
 
 func (d *deps) Close() {
@@ -46,8 +48,11 @@ func (d *deps) Close() {
 
 // openDeps opens the registry, the database and the resolver.
 func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
 	d := &deps{log: log}
-	reg, err := registry.NewHolder(o.Harnesses, log)
+	reg, err := openRegistry(o, log)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +62,7 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		return nil, err
 	}
 	d.db = db
-	keyText, err := o.masterKey(log)
+	keyText, err := o.masterKey(log, func(path string) error { return refuseNewKey(ctx, db, o.DB, path) })
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -86,14 +91,52 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		return nil, err
 	}
 	d.resolver = svc
+	d.masterKey = key
 	return d, nil
+}
+
+// openRegistry returns the registry o asks for: none for commands that
+// did not register --harnesses, the file (hot-reloaded by serve), or the
+// built-in one when the default file is absent.
+func openRegistry(o *options, log *slog.Logger) (*registry.Holder, error) {
+	if !o.needRegistry {
+		return registry.NewStatic(&registry.Registry{}), nil
+	}
+	r, err := builtInRegistry(o.Harnesses, func(s string) { log.Warn(s) })
+	if err != nil || r != nil {
+		return registry.NewStatic(r), err
+	}
+	return registry.NewHolder(o.Harnesses, log)
+}
+
+// refuseNewKey stops a generated key from replacing a lost one: the new key
+// would be written first and the start would then fail with "wrong master
+// key", leaving a key file that reads nothing beside the database.
+func refuseNewKey(ctx context.Context, db *store.DB, dsn, keyPath string) error {
+	u, err := resolver.StoredKeyUse(ctx, db)
+	if err != nil {
+		return err
+	}
+	if u.KeyID == "" && u.Credentials == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s is missing, but the database %s holds %d encrypted credentials and its tokens under master key %s; "+
+		"a new key could read none of them, so none was written. Restore %s from a backup, or set TOLLGATE_MASTER_KEY or "+
+		"TOLLGATE_MASTER_KEY_FILE to the key the database was written with", keyPath, dsn, u.Credentials, u.KeyID, keyPath)
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o options
 	fs := newFlags("serve", stderr)
-	o.bind(fs)
+	o.bindServe(fs)
 	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	adminToken, err := o.adminToken()
+	if err != nil {
 		return err
 	}
 	log := o.logger(stderr)
@@ -156,7 +199,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
-		AdminToken:        o.AdminToken,
+		AdminToken:        adminToken,
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
@@ -193,7 +236,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	go func() { serveErr <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
-		"registry_version", d.registry.Current().Version, "admin_api", o.AdminToken != "", "version", versionString())
+		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "", "version", versionString())
 
 	select {
 	case err := <-serveErr:
