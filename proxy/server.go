@@ -199,7 +199,7 @@ func (s *Server) routes() {
 		s.app.Get("/metrics", adaptor.HTTPHandler(s.cfg.Metrics))
 	}
 	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
-		s.adminRoutes(s.app.Group("/admin/v1", s.requireAdmin))
+		s.adminRoutes(s.app.Group(adminPrefix, s.requireAdmin))
 	}
 	s.app.Use(s.forward)
 }
