@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -295,5 +296,34 @@ func TestAdminWrongMethodIs405WithAllow(t *testing.T) {
 	}
 	if code, _, msg := e.adminRaw("GET", "/admin/v1/nothing", ""); code != 404 || !strings.Contains(msg, "no admin endpoint") {
 		t.Errorf("unknown admin path: %d %q", code, msg)
+	}
+}
+
+// TestAdminOffSaysHowToTurnItOn: without an admin token, /admin answers
+// that the API is off and which setting turns it on, not "no route".
+func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	srv, err := New(Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	off := &testEnv{t: t, URL: "http://" + ln.Addr().String()}
+	for _, p := range []string{"/admin/v1/tokens", "/admin/v1/credentials", "/admin"} {
+		code, _, msg := off.adminRaw("GET", p, "")
+		if code != 404 || !strings.Contains(msg, "admin API is off") || !strings.Contains(msg, "TOLLGATE_ADMIN_TOKEN") {
+			t.Errorf("GET %s with the admin API off: %d %q", p, code, msg)
+		}
+	}
+	// Inference is untouched.
+	resp := off.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), `{"model":"gpt-5","messages":[]}`)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("inference with the admin API off: %d", resp.StatusCode)
 	}
 }
