@@ -5,7 +5,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -303,17 +302,7 @@ func TestAdminWrongMethodIs405WithAllow(t *testing.T) {
 // that the API is off and which setting turns it on, not "no route".
 func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	srv, err := New(Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	off := &testEnv{t: t, URL: "http://" + ln.Addr().String()}
+	off := serveOn(t, e, Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink})
 	for _, p := range []string{"/admin/v1/tokens", "/admin/v1/credentials", "/admin"} {
 		code, _, msg := off.adminRaw("GET", p, "")
 		if code != 404 || !strings.Contains(msg, "admin API is off") || !strings.Contains(msg, "TOLLGATE_ADMIN_TOKEN") {

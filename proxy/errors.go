@@ -101,6 +101,17 @@ func classify(err error) *apiError {
 			return &apiError{kind: kindBadRequest, msg: "malformed request", cause: err}
 		}
 	}
+	var re *resolver.ResolveError
+	if errors.As(err, &re) && re.Reason == resolver.ReasonCredentialUnusable {
+		// The caller cannot fix this, but it must not read as a project
+		// policy or a missing key: an administrator has a setting to change.
+		switch {
+		case errors.Is(re.Cause, resolver.ErrHTTPBaseURL):
+			return &apiError{kind: kindForbidden, msg: "the credential for this request is unusable: its base URL is http://, which this server refuses; an administrator can set TOLLGATE_ALLOW_HTTP_BASE_URL=true or give it an https base URL", cause: err}
+		case errors.Is(re.Cause, resolver.ErrUndecryptable):
+			return &apiError{kind: kindForbidden, msg: "the credential for this request is unusable: it does not decrypt with this server's master keys; an administrator can check TOLLGATE_MASTER_KEY and TOLLGATE_PREVIOUS_MASTER_KEYS", cause: err}
+		}
+	}
 	switch {
 	case errors.Is(err, resolver.ErrTokenMissing):
 		return &apiError{kind: kindUnauthenticated, msg: "missing tollgate token: send the workspace token as 'Authorization: Bearer', 'x-api-key' or 'x-goog-api-key'", cause: err}
