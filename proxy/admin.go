@@ -230,7 +230,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 func (s *Server) usage(c *fiber.Ctx) error {
 	q, err := metering.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
-		return newError(kindBadRequest, "%s", err.Error())
+		return err
 	}
 	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
 	q.ServiceTier = c.Query("service_tier")
