@@ -318,8 +318,12 @@ func (r adminRoute) matches(segs []string) bool {
 	return true
 }
 
-// decodeJSON strictly decodes the request body into v.
+// decodeJSON strictly decodes the request body into v. An empty body is an
+// empty object, so the answer names each missing field rather than "EOF".
 func decodeJSON(c *fiber.Ctx, v any) error {
+	if len(bytes.TrimSpace(c.Body())) == 0 {
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(c.Body()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

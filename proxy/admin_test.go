@@ -259,6 +259,8 @@ func TestAdminClientMistakesNameEveryField(t *testing.T) {
 		{"POST", "/bindings", `{"tier":"user","dialect":"openai-chat","credential_id":"cred_x"}`,
 			[]string{"scope_id is required"}},
 		{"POST", "/bindings/unbind", `{}`, []string{"tier is required", "dialect is required"}},
+		{"POST", "/bindings/deactivate", ``, []string{"tier is required", "dialect is required"}},
+		{"POST", "/credentials", ``, []string{"provider is required", "key is required"}},
 		{"POST", "/bindings/activate", `{"tier":"team"}`, []string{`tier "team"`, "dialect is required"}},
 		{"POST", "/tokens", `{"harness":"nah","ttl":"soon"}`,
 			[]string{"workspace is required", "user is required", `harness "nah"`, `ttl "soon"`}},
