@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -18,10 +22,15 @@ type UsageQuerier interface {
 	Query(ctx context.Context, q metering.UsageQuery) ([]metering.UsageRow, error)
 }
 
+// adminPrefix is where the admin API lives.
+const adminPrefix = "/admin/v1"
+
 // adminRoutes mounts the admin API. It calls the same resolver methods as
 // the CLI, so the two cannot drift.
-func (s *Server) adminRoutes(g fiber.Router) {
+func (s *Server) adminRoutes(r fiber.Router) {
 	a := s.cfg.Admin
+	g := &adminMux{r: r}
+	defer g.fallback()
 	g.Post("/tokens", func(c *fiber.Ctx) error {
 		var in struct {
 			Workspace string `json:"workspace"`
@@ -34,25 +43,33 @@ func (s *Server) adminRoutes(g fiber.Router) {
 		if err := decodeJSON(c, &in); err != nil {
 			return err
 		}
+		// Every problem is reported at once, before a token exists: a token
+		// is shown once, so it must not be issued into an answer that then
+		// fails.
+		var probs []string
 		var ttl time.Duration
 		if in.TTL != "" {
 			d, err := time.ParseDuration(in.TTL)
 			if err != nil {
-				return newError(kindBadRequest, "ttl %q is not a duration such as 24h", in.TTL)
+				probs = append(probs, fmt.Sprintf("ttl %q is not a duration such as 24h", in.TTL))
 			}
 			ttl = d
 		}
+		spec := resolver.TokenSpec{Workspace: in.Workspace, Project: in.Project, User: in.User, Harness: in.Harness, TTL: ttl}
+		if err := a.CheckTokenSpec(spec); err != nil {
+			probs = append(probs, err.Error())
+		}
 		reg := s.cfg.Registry.Current()
 		if in.Harness != "" {
-			// Render once before issuing: a token is shown once, so it must
-			// not be issued into an answer that then fails.
-			if _, err := reg.Setup(in.Harness, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: "tgw_", Model: in.Model}); err != nil {
-				return newError(kindBadRequest, "%s", err.Error())
+			_, err := reg.Setup(in.Harness, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: "tgw_", Model: in.Model})
+			if err != nil && !errors.Is(err, registry.ErrUnknownHarness) {
+				probs = append(probs, err.Error())
 			}
 		}
-		tok, info, err := a.IssueToken(c.UserContext(), resolver.TokenSpec{
-			Workspace: in.Workspace, Project: in.Project, User: in.User, Harness: in.Harness, TTL: ttl,
-		})
+		if len(probs) > 0 {
+			return newError(kindBadRequest, "%s", strings.Join(probs, "; "))
+		}
+		tok, info, err := a.IssueToken(c.UserContext(), spec)
 		if err != nil {
 			return err
 		}
@@ -213,7 +230,7 @@ func (s *Server) adminRoutes(g fiber.Router) {
 func (s *Server) usage(c *fiber.Ctx) error {
 	q, err := metering.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
-		return newError(kindBadRequest, "%s", err.Error())
+		return err
 	}
 	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
 	q.ServiceTier = c.Query("service_tier")
@@ -239,8 +256,74 @@ func (s *Server) usage(c *fiber.Ctx) error {
 	return c.Send(buf.Bytes())
 }
 
-// decodeJSON strictly decodes the request body into v.
+// adminMux mounts admin routes and remembers them, so a known path asked
+// with the wrong method gets 405 and its Allow header instead of falling
+// through to the proxy's catch-all and a misleading 404.
+type adminMux struct {
+	r      fiber.Router
+	routes []adminRoute
+}
+
+type adminRoute struct {
+	method string
+	// segs is the path split at '/'; ":x" matches any one segment.
+	segs []string
+}
+
+func (m *adminMux) add(method, path string, h fiber.Handler) {
+	m.r.Add(method, path, h)
+	m.routes = append(m.routes, adminRoute{method: method, segs: strings.Split(strings.Trim(path, "/"), "/")})
+	if method == fiber.MethodGet {
+		// fiber answers HEAD on every GET route.
+		m.r.Add(fiber.MethodHead, path, h)
+		m.routes = append(m.routes, adminRoute{method: fiber.MethodHead, segs: m.routes[len(m.routes)-1].segs})
+	}
+}
+
+func (m *adminMux) Get(path string, h fiber.Handler)    { m.add(fiber.MethodGet, path, h) }
+func (m *adminMux) Post(path string, h fiber.Handler)   { m.add(fiber.MethodPost, path, h) }
+func (m *adminMux) Put(path string, h fiber.Handler)    { m.add(fiber.MethodPut, path, h) }
+func (m *adminMux) Delete(path string, h fiber.Handler) { m.add(fiber.MethodDelete, path, h) }
+
+// fallback answers every admin request no route took: 405 naming the
+// methods the path has, or 404 naming none.
+func (m *adminMux) fallback() {
+	prefix := adminPrefix
+	m.r.Use(func(c *fiber.Ctx) error {
+		rest := strings.TrimPrefix(string(c.Request().URI().Path()), prefix)
+		segs := strings.Split(strings.Trim(rest, "/"), "/")
+		var allow []string
+		for _, r := range m.routes {
+			if r.matches(segs) && !slices.Contains(allow, r.method) {
+				allow = append(allow, r.method)
+			}
+		}
+		if len(allow) == 0 {
+			return newError(kindNotFound, "no admin endpoint %s%s; the admin API is described in the README", prefix, rest)
+		}
+		c.Set(fiber.HeaderAllow, strings.Join(allow, ", "))
+		return newError(kindMethodNotAllowed, "%s %s%s is not allowed; use %s", c.Method(), prefix, rest, strings.Join(allow, ", "))
+	})
+}
+
+func (r adminRoute) matches(segs []string) bool {
+	if len(segs) != len(r.segs) {
+		return false
+	}
+	for i, s := range r.segs {
+		if !strings.HasPrefix(s, ":") && !strings.EqualFold(s, segs[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// decodeJSON strictly decodes the request body into v. An empty body is an
+// empty object, so the answer names each missing field rather than "EOF".
 func decodeJSON(c *fiber.Ctx, v any) error {
+	if len(bytes.TrimSpace(c.Body())) == 0 {
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(c.Body()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

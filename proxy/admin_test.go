@@ -209,3 +209,112 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 		t.Errorf("unknown group_by: %d %s", code, body)
 	}
 }
+
+// adminRaw sends one admin request and returns the status, headers and the
+// error message of the envelope, if any.
+func (e *testEnv) adminRaw(method, path, body string) (int, http.Header, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.URL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 400 {
+		if err := json.Unmarshal(b, &v); err != nil {
+			e.t.Errorf("%s %s: %d answer is not a JSON error envelope: %q", method, path, resp.StatusCode, b)
+		}
+	}
+	return resp.StatusCode, resp.Header, v.Error.Message
+}
+
+// TestAdminClientMistakesNameEveryField: a caller's mistake is a 4xx whose
+// message names every field at fault at once (an unknown provider with the
+// known ones), never a 500 "internal error".
+func TestAdminClientMistakesNameEveryField(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, tc := range []struct {
+		method, path, body string
+		want               []string
+	}{
+		{"POST", "/credentials", `{"provider":"nope","key":"sk-test-0123456789abcdef"}`,
+			[]string{`provider "nope"`, "known: anthropic, deepseek, "}},
+		{"POST", "/credentials", `{"provider":"nope","base_url":"ftp://x"}`,
+			[]string{`provider "nope"`, "key is required", "base_url must be https"}},
+		{"POST", "/credentials", `{}`,
+			[]string{"provider is required", "key is required"}},
+		{"PUT", "/platform-keys/nope", `{"key":"sk-test-0123456789abcdef"}`,
+			[]string{`provider "nope"`, "known: anthropic, deepseek, "}},
+		{"PUT", "/platform-keys/nope", `{}`,
+			[]string{`provider "nope"`, "key is required"}},
+		{"POST", "/bindings", `{"dialect":"nope","harness":"nah"}`,
+			[]string{"tier is required", `dialect "nope"`, `harness "nah"`, "credential_id is required"}},
+		{"POST", "/bindings", `{"tier":"user","dialect":"openai-chat","credential_id":"cred_x"}`,
+			[]string{"scope_id is required"}},
+		{"POST", "/bindings/unbind", `{}`, []string{"tier is required", "dialect is required"}},
+		{"POST", "/bindings/deactivate", ``, []string{"tier is required", "dialect is required"}},
+		{"POST", "/credentials", ``, []string{"provider is required", "key is required"}},
+		{"POST", "/bindings/activate", `{"tier":"team"}`, []string{`tier "team"`, "dialect is required"}},
+		{"POST", "/tokens", `{"harness":"nah","ttl":"soon"}`,
+			[]string{"workspace is required", "user is required", `harness "nah"`, `ttl "soon"`}},
+	} {
+		code, _, msg := e.adminRaw(tc.method, "/admin/v1"+tc.path, tc.body)
+		if code != 400 {
+			t.Errorf("%s %s %s: %d %q, want 400", tc.method, tc.path, tc.body, code, msg)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s %s %s: message %q does not say %q", tc.method, tc.path, tc.body, msg, w)
+			}
+		}
+	}
+}
+
+// TestAdminWrongMethodIs405WithAllow: a known admin path asked with the
+// wrong method says which methods it has, instead of the proxy's 404.
+func TestAdminWrongMethodIs405WithAllow(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, tc := range []struct{ method, path, allow string }{
+		{"GET", "/admin/v1/credentials/cred_x/disable", "POST"},
+		{"PUT", "/admin/v1/tokens", "POST, GET, HEAD"},
+		{"POST", "/admin/v1/platform-keys/openai", "PUT"},
+		{"GET", "/admin/v1/tokens/tok_x", "DELETE"},
+		{"DELETE", "/admin/v1/bindings", "POST, GET, HEAD"},
+		{"GET", "/admin/v1/bindings/unbind", "POST"},
+	} {
+		code, h, msg := e.adminRaw(tc.method, tc.path, "")
+		if code != 405 || h.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d Allow %q (%q), want 405 Allow %q", tc.method, tc.path, code, h.Get("Allow"), msg, tc.allow)
+		}
+	}
+	if code, _, msg := e.adminRaw("GET", "/admin/v1/nothing", ""); code != 404 || !strings.Contains(msg, "no admin endpoint") {
+		t.Errorf("unknown admin path: %d %q", code, msg)
+	}
+}
+
+// TestAdminOffSaysHowToTurnItOn: without an admin token, /admin answers
+// that the API is off and which setting turns it on, not "no route".
+func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	off := serveOn(t, e, Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink})
+	for _, p := range []string{"/admin/v1/tokens", "/admin/v1/credentials", "/admin"} {
+		code, _, msg := off.adminRaw("GET", p, "")
+		if code != 404 || !strings.Contains(msg, "admin API is off") || !strings.Contains(msg, "TOLLGATE_ADMIN_TOKEN") {
+			t.Errorf("GET %s with the admin API off: %d %q", p, code, msg)
+		}
+	}
+	// Inference is untouched.
+	resp := off.do("POST", "/openai/v1/chat/completions", e.token("ws", "p", "u", ""), `{"model":"gpt-5","messages":[]}`)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("inference with the admin API off: %d", resp.StatusCode)
+	}
+}

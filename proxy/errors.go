@@ -2,14 +2,21 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
+	"syscall"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -101,6 +108,17 @@ func classify(err error) *apiError {
 			return &apiError{kind: kindBadRequest, msg: "malformed request", cause: err}
 		}
 	}
+	var re *resolver.ResolveError
+	if errors.As(err, &re) && re.Reason == resolver.ReasonCredentialUnusable {
+		// The caller cannot fix this, but it must not read as a project
+		// policy or a missing key: an administrator has a setting to change.
+		switch {
+		case errors.Is(re.Cause, resolver.ErrHTTPBaseURL):
+			return &apiError{kind: kindForbidden, msg: "the credential for this request is unusable: its base URL is http://, which this server refuses; an administrator can set TOLLGATE_ALLOW_HTTP_BASE_URL=true or give it an https base URL", cause: err}
+		case errors.Is(re.Cause, resolver.ErrUndecryptable):
+			return &apiError{kind: kindForbidden, msg: "the credential for this request is unusable: it does not decrypt with this server's master keys; an administrator can check TOLLGATE_MASTER_KEY and TOLLGATE_PREVIOUS_MASTER_KEYS", cause: err}
+		}
+	}
 	switch {
 	case errors.Is(err, resolver.ErrTokenMissing):
 		return &apiError{kind: kindUnauthenticated, msg: "missing tollgate token: send the workspace token as 'Authorization: Bearer', 'x-api-key' or 'x-goog-api-key'", cause: err}
@@ -114,9 +132,9 @@ func classify(err error) *apiError {
 		return &apiError{kind: kindForbidden, msg: "this project has disabled this provider: ask a project administrator to enable it", cause: err}
 	case errors.Is(err, resolver.ErrNoCredential):
 		return &apiError{kind: kindUnauthenticated, msg: "no credential is configured for this project and user on this dialect: ask an administrator to add one", cause: err}
-	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch):
-		// Admin API only: the resolver's messages name the field at fault
-		// and never hold a secret.
+	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, metering.ErrInvalidQuery):
+		// Admin API only: resolver and usage-query messages name the field
+		// at fault and never hold a secret.
 		return &apiError{kind: kindBadRequest, msg: err.Error()}
 	case errors.Is(err, resolver.ErrCredentialNotFound), errors.Is(err, resolver.ErrBindingNotFound), errors.Is(err, resolver.ErrTokenNotFound):
 		return &apiError{kind: kindNotFound, msg: err.Error()}
@@ -129,6 +147,44 @@ func classify(err error) *apiError {
 		return &apiError{kind: kindUpstreamTimeout, msg: "the provider did not answer in time", cause: err}
 	}
 	return &apiError{kind: kindInternal, msg: "internal error", cause: err}
+}
+
+// errClass names a transport error's kind for logs without its text, which
+// may hold the upstream URL. It matches types and sentinels, never message
+// text: a host or path that happens to contain "tls" or "reset" must not
+// change the class.
+func errClass(err error) string {
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	var alertErr tls.AlertError
+	var authErr x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalidErr x509.CertificateInvalidError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected_eof"
+	case errors.Is(err, errResponseTooLarge), errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return "response_too_large"
+	case classify(err).kind == kindUpstreamTimeout, errors.Is(err, fasthttp.ErrDialTimeout):
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection_refused"
+	case errors.As(err, &dnsErr):
+		return "dns"
+	case errors.As(err, &certErr), errors.As(err, &recErr), errors.As(err, &alertErr),
+		errors.As(err, &authErr), errors.As(err, &hostErr), errors.As(err, &invalidErr):
+		return "tls"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection_reset"
+	case errors.Is(err, fasthttp.ErrConnectionClosed), errors.Is(err, io.EOF):
+		return "connection_closed"
+	}
+	return "transport"
 }
 
 // errorBody renders e in the envelope of shape. Types follow each provider's

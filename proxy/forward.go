@@ -466,32 +466,3 @@ func stripTokenParams(q string) string {
 	}
 	return strings.Join(kept, "&")
 }
-
-// errClass names an error's kind for logs without its text, which may hold
-// an upstream URL.
-func errClass(err error) string {
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "deadline"
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return "unexpected_eof"
-	}
-	e := classify(err)
-	if e.kind == kindUpstreamTimeout {
-		return "timeout"
-	}
-	s := err.Error()
-	switch {
-	case strings.Contains(s, "connection refused"):
-		return "connection_refused"
-	case strings.Contains(s, "no such host"):
-		return "dns"
-	case strings.Contains(s, "tls"), strings.Contains(s, "certificate"):
-		return "tls"
-	case strings.Contains(s, "reset"):
-		return "connection_reset"
-	}
-	return "transport"
-}

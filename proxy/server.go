@@ -199,7 +199,12 @@ func (s *Server) routes() {
 		s.app.Get("/metrics", adaptor.HTTPHandler(s.cfg.Metrics))
 	}
 	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
-		s.adminRoutes(s.app.Group("/admin/v1", s.requireAdmin))
+		s.adminRoutes(s.app.Group(adminPrefix, s.requireAdmin))
+	} else {
+		// Said outright: a bare "no route" reads as a wrong path or version.
+		s.app.Use("/admin", func(c *fiber.Ctx) error {
+			return newError(kindNotFound, "the admin API is off on this server: set TOLLGATE_ADMIN_TOKEN to turn it on")
+		})
 	}
 	s.app.Use(s.forward)
 }

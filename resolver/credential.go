@@ -101,13 +101,13 @@ func (s *Service) checkSecret(sec Secret) (string, error) {
 	v := strings.TrimSpace(sec.Reveal())
 	switch {
 	case v == "":
-		return "", fmt.Errorf("%w: secret is empty", ErrInvalidArgument)
+		return "", invalid("key is required")
 	case len(v) > maxSecretLen:
-		return "", fmt.Errorf("%w: secret is longer than %d bytes", ErrInvalidArgument, maxSecretLen)
+		return "", invalid("key is longer than %d bytes", maxSecretLen)
 	}
 	for i := 0; i < len(v); i++ {
 		if v[i] < 0x21 || v[i] > 0x7e {
-			return "", fmt.Errorf("%w: secret must be printable ASCII without spaces", ErrInvalidArgument)
+			return "", invalid("key must be printable ASCII without spaces")
 		}
 	}
 	return v, nil
@@ -122,15 +122,21 @@ func (s *Service) checkBaseURL(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	switch {
 	case err != nil || u.Host == "":
-		return "", fmt.Errorf("%w: base URL is not an absolute URL", ErrInvalidArgument)
+		return "", invalid("base_url is not an absolute URL")
 	case u.User != nil:
-		return "", fmt.Errorf("%w: base URL must not carry credentials", ErrInvalidArgument)
+		return "", invalid("base_url must not carry credentials")
 	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-		return "", fmt.Errorf("%w: base URL must not carry a query or fragment", ErrInvalidArgument)
+		return "", invalid("base_url must not carry a query or fragment")
 	case u.Scheme == "https":
 	case u.Scheme == "http" && s.cfg.AllowHTTPBaseURL:
+	case u.Scheme == "http":
+		// The setting is named: without it an operator cannot tell a typo
+		// from a policy.
+		e := invalid("base_url is http://, which this server refuses unless TOLLGATE_ALLOW_HTTP_BASE_URL=true; use https")
+		e.is = append(e.is, ErrHTTPBaseURL)
+		return "", e
 	default:
-		return "", fmt.Errorf("%w: base URL must be https", ErrInvalidArgument)
+		return "", invalid("base_url must be https")
 	}
 	return strings.TrimRight(raw, "/"), nil
 }
@@ -159,22 +165,20 @@ func (s *Service) CreateCredential(ctx context.Context, spec CredentialSpec) (Cr
 }
 
 func (s *Service) prepareCredential(spec CredentialSpec) (Credential, string, error) {
+	var p argProblems
 	kind := spec.Kind
 	if kind == "" {
 		kind = KindAPIKey
 	}
 	if kind != KindAPIKey {
-		return Credential{}, "", fmt.Errorf("%w: kind %q is not %s", ErrInvalidArgument, kind, KindAPIKey)
+		p.addf("kind %q is not %s", kind, KindAPIKey)
 	}
-	if _, err := s.reg.Current().Provider(spec.Provider); err != nil {
-		return Credential{}, "", fmt.Errorf("provider %q: %w", spec.Provider, err)
-	}
+	p.checkProvider(s.reg.Current(), spec.Provider)
 	plain, err := s.checkSecret(spec.Secret)
-	if err != nil {
-		return Credential{}, "", err
-	}
+	p.add(err)
 	base, err := s.checkBaseURL(spec.BaseURL)
-	if err != nil {
+	p.add(err)
+	if err := p.err(); err != nil {
 		return Credential{}, "", err
 	}
 	id, err := newID("cred_")
@@ -335,13 +339,14 @@ func platformCredentialName(provider string) string { return "platform-" + provi
 // credential. A platform binding another credential held for one of those
 // dialects is replaced: the last provider set wins per dialect.
 func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Secret) (Credential, error) {
-	p, err := s.reg.Current().Provider(provider)
-	if err != nil {
-		return Credential{}, fmt.Errorf("set platform key: provider %q: %w", provider, err)
-	}
 	c, plain, err := s.prepareCredential(CredentialSpec{Name: platformCredentialName(provider), Provider: provider, Secret: secret})
 	if err != nil {
 		return Credential{}, fmt.Errorf("set platform key: %w", err)
+	}
+	p, err := s.reg.Current().Provider(provider)
+	if err != nil {
+		// The registry was reloaded since prepareCredential read it.
+		return Credential{}, fmt.Errorf("set platform key: provider %q: %w", provider, err)
 	}
 	err = s.write(ctx, changeBinding, func(tx *sql.Tx) error {
 		var existing string
@@ -373,36 +378,38 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 	return s.GetCredential(ctx, c.ID)
 }
 
-func (s *Service) validateBindingKey(reg *registry.Registry, k BindingKey) error {
-	var probs []string
+// checkBindingKey adds every problem with k's shape: its tier and scope id,
+// and, when known is set, whether its dialect and harness exist.
+func (p *argProblems) checkBindingKey(reg *registry.Registry, k BindingKey, known bool) {
 	switch k.Tier {
 	case TierProject, TierUser:
 		if k.ScopeID == "" {
-			probs = append(probs, fmt.Sprintf("tier %s needs a scope id", k.Tier))
+			p.addf("scope_id is required for tier %s", k.Tier)
 		}
 	case TierPlatform:
 		if k.ScopeID != "" {
-			probs = append(probs, "tier platform takes no scope id")
+			p.addf("scope_id must be empty for tier platform")
 		}
+	case "":
+		p.addf("tier is required (one of project, user, platform)")
 	default:
-		probs = append(probs, fmt.Sprintf("tier %q is not project, user or platform", k.Tier))
+		p.addf("tier %q is not project, user or platform", k.Tier)
 	}
-	if len(probs) > 0 {
-		return fmt.Errorf("%w: %s", ErrInvalidArgument, strings.Join(probs, "; "))
-	}
-	if _, err := reg.Dialect(k.Dialect); err != nil {
-		return fmt.Errorf("dialect %q: %w", k.Dialect, err)
-	}
-	if k.Harness != "" {
-		h, err := reg.Harness(k.Harness)
-		if err != nil {
-			return fmt.Errorf("harness %q: %w", k.Harness, err)
+	if !known {
+		if k.Dialect == "" {
+			p.addf("dialect is required")
 		}
-		if !h.SpeaksDialect(k.Dialect) {
-			return fmt.Errorf("harness %q does not speak %q: %w", k.Harness, k.Dialect, ErrDialectMismatch)
-		}
+		return
 	}
-	return nil
+	if !p.checkDialect(reg, k.Dialect) || k.Harness == "" {
+		if k.Harness != "" {
+			p.checkHarness(reg, k.Harness)
+		}
+		return
+	}
+	if h := p.checkHarness(reg, k.Harness); h != nil && !h.SpeaksDialect(k.Dialect) {
+		p.add(fmt.Errorf("harness %q does not speak %q: %w", k.Harness, k.Dialect, ErrDialectMismatch))
+	}
 }
 
 // Bind places credentialID at k, active, replacing the credential of an
@@ -411,7 +418,12 @@ func (s *Service) validateBindingKey(reg *registry.Registry, k BindingKey) error
 // (ErrDialectMismatch): checked here, once, not on every request.
 func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (Binding, error) {
 	reg := s.reg.Current()
-	if err := s.validateBindingKey(reg, k); err != nil {
+	var p argProblems
+	p.checkBindingKey(reg, k, true)
+	if credentialID == "" {
+		p.addf("credential_id is required")
+	}
+	if err := p.err(); err != nil {
 		return Binding{}, fmt.Errorf("bind: %w", err)
 	}
 	var b Binding
@@ -455,6 +467,11 @@ func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, c
 
 // Unbind removes the binding at k, or returns ErrBindingNotFound.
 func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
+	var p argProblems
+	p.checkBindingKey(nil, k, false)
+	if err := p.err(); err != nil {
+		return fmt.Errorf("unbind: %w", err)
+	}
 	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
 			k.Tier, k.ScopeID, k.Dialect, k.Harness)
@@ -471,6 +488,11 @@ func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
 // is skipped. Activating a binding whose credential was deleted returns
 // ErrCredentialNotFound.
 func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active bool) error {
+	var p argProblems
+	p.checkBindingKey(nil, k, false)
+	if err := p.err(); err != nil {
+		return fmt.Errorf("set binding active: %w", err)
+	}
 	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
 		var credID string
 		err := tx.QueryRowContext(ctx, `SELECT credential_id FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,

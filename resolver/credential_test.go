@@ -18,7 +18,7 @@ func TestBaseURLRules(t *testing.T) {
 	}{
 		{"HTTPS", "https://llm.example.com/v1/", nil},
 		{"None", "", nil},
-		{"HTTPRefused", "http://127.0.0.1:8080", ErrInvalidArgument},
+		{"HTTPRefused", "http://127.0.0.1:8080", ErrHTTPBaseURL},
 		{"OtherScheme", "ftp://example.com", ErrInvalidArgument},
 		{"Relative", "/v1", ErrInvalidArgument},
 		{"UserInfo", "https://user:pass@example.com", ErrInvalidArgument},
@@ -50,8 +50,8 @@ func TestBaseURLRules(t *testing.T) {
 	}
 	_, err = strict.Resolve(ctx, ccAnthropic)
 	var re *ResolveError
-	if !errors.As(err, &re) || re.Reason != ReasonCredentialUnusable {
-		t.Fatalf("http base URL at use without AllowHTTPBaseURL: got %v, want credential-unusable", err)
+	if !errors.As(err, &re) || re.Reason != ReasonCredentialUnusable || !errors.Is(err, ErrHTTPBaseURL) {
+		t.Fatalf("http base URL at use without AllowHTTPBaseURL: got %v, want credential-unusable by ErrHTTPBaseURL", err)
 	}
 }
 

@@ -231,7 +231,7 @@ func checkAllReadable(t *testing.T, s *Service, secrets map[string]string) {
 		if c.provider == "openai" {
 			d = "openai-chat"
 		}
-		tg, reason := s.materialise(s.reg.Current(), Request{Dialect: d}, c)
+		tg, reason, _ := s.materialise(s.reg.Current(), Request{Dialect: d}, c)
 		if reason != "" || tg.Secret.Reveal() != secrets[c.credID] {
 			t.Fatalf("credential %s: reason %q", c.credID, reason)
 		}

@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -94,14 +95,26 @@ type ResolveError struct {
 	Reason string
 	// Err is ErrHalted or ErrNoCredential.
 	Err error
+	// Cause says why a credential is unusable when Reason is
+	// ReasonCredentialUnusable: ErrHTTPBaseURL or ErrUndecryptable. The
+	// fix differs, so a caller can say which.
+	Cause error
 }
 
 func (e *ResolveError) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("resolve %s: %s (%s: %s)", e.Dialect, e.Err, e.Reason, e.Cause)
+	}
 	return fmt.Sprintf("resolve %s: %s (%s)", e.Dialect, e.Err, e.Reason)
 }
 
-// Unwrap returns ErrHalted or ErrNoCredential.
-func (e *ResolveError) Unwrap() error { return e.Err }
+// Unwrap returns ErrHalted or ErrNoCredential, and Cause if set.
+func (e *ResolveError) Unwrap() []error {
+	if e.Cause != nil {
+		return []error{e.Err, e.Cause}
+	}
+	return []error{e.Err}
+}
 
 // resolveKey is comparable, so a cache hit hashes four strings and
 // allocates nothing.
@@ -231,26 +244,27 @@ func (s *Service) compute(ctx context.Context, reg *registry.Registry, req Reque
 
 	e := &resolveEntry{res: Resolution{Harness: req.Harness, Dialect: req.Dialect}}
 	if c := preferred(slots[0]); c != nil {
-		t, reason := s.materialise(reg, req, c)
+		t, reason, cause := s.materialise(reg, req, c)
 		if reason != "" {
 			e.res.Source, e.res.Reason, e.res.CredentialID, e.res.Provider = SourceHalted, reason, c.credID, c.provider
-			e.err = &ResolveError{Dialect: req.Dialect, Source: SourceHalted, Reason: reason, Err: ErrHalted}
+			e.err = &ResolveError{Dialect: req.Dialect, Source: SourceHalted, Reason: reason, Err: ErrHalted, Cause: cause}
 			return e, nil
 		}
 		return e.resolved(t, ""), nil
 	}
 	skipped := ""
+	var skippedCause error
 	for tier := 1; tier < 3; tier++ {
 		for _, c := range slots[tier] {
 			if c == nil {
 				continue
 			}
-			t, reason := s.materialise(reg, req, c)
+			t, reason, cause := s.materialise(reg, req, c)
 			if reason == "" {
 				return e.resolved(t, skipped), nil
 			}
 			if skipped == "" {
-				skipped = reason
+				skipped, skippedCause = reason, cause
 			}
 		}
 	}
@@ -258,7 +272,7 @@ func (s *Service) compute(ctx context.Context, reg *registry.Registry, req Reque
 		skipped = ReasonNone
 	}
 	e.res.Source, e.res.Reason = SourceUnresolved, skipped
-	e.err = &ResolveError{Dialect: req.Dialect, Source: SourceUnresolved, Reason: skipped, Err: ErrNoCredential}
+	e.err = &ResolveError{Dialect: req.Dialect, Source: SourceUnresolved, Reason: skipped, Err: ErrNoCredential, Cause: skippedCause}
 	return e, nil
 }
 
@@ -289,29 +303,34 @@ func preferred(slot [2]*candidate) *candidate {
 	return slot[1]
 }
 
-// materialise turns a candidate into a Target, or says why it cannot. Only
-// the winning candidate is decrypted.
-func (s *Service) materialise(reg *registry.Registry, req Request, c *candidate) (Target, string) {
+// materialise turns a candidate into a Target, or says why it cannot (and,
+// for an unusable credential, the sentinel of its cause). Only the winning
+// candidate is decrypted.
+func (s *Service) materialise(reg *registry.Registry, req Request, c *candidate) (Target, string, error) {
 	switch {
 	case !c.active:
-		return Target{}, ReasonBindingInactive
+		return Target{}, ReasonBindingInactive, nil
 	case !c.credFound || c.disabled:
-		return Target{}, ReasonCredentialDisabled
+		return Target{}, ReasonCredentialDisabled, nil
 	}
 	if p, err := reg.Provider(c.provider); err != nil || !p.Speaks(req.Dialect) {
-		return Target{}, ReasonDialectMismatch
+		return Target{}, ReasonDialectMismatch, nil
 	}
 	base, err := s.checkBaseURL(c.baseURL)
 	if err != nil {
 		s.logUnusable(c, "base URL refused at use", err)
-		return Target{}, ReasonCredentialUnusable
+		if errors.Is(err, ErrHTTPBaseURL) {
+			return Target{}, ReasonCredentialUnusable, ErrHTTPBaseURL
+		}
+		// Only a database edited by hand gets here.
+		return Target{}, ReasonCredentialUnusable, nil
 	}
 	plain, err := s.keys.Load().open(c.credID, c.keyID, c.ciphertext)
 	if err != nil {
 		s.logUnusable(c, "credential does not decrypt", err)
-		return Target{}, ReasonCredentialUnusable
+		return Target{}, ReasonCredentialUnusable, ErrUndecryptable
 	}
-	return Target{Provider: c.provider, BaseURL: base, Secret: NewSecret(plain), Tier: c.tier, CredentialID: c.credID}, ""
+	return Target{Provider: c.provider, BaseURL: base, Secret: NewSecret(plain), Tier: c.tier, CredentialID: c.credID}, "", nil
 }
 
 // logUnusable logs a broken credential once per credential, key and

@@ -68,6 +68,15 @@ var (
 	// empty workspace, a bad tier, a base URL that is not https); the
 	// message names the offending item.
 	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrHTTPBaseURL is returned, with ErrInvalidArgument, when a
+	// credential's base URL is http:// and Config.AllowHTTPBaseURL is off.
+	// At use, a *ResolveError with ReasonCredentialUnusable wraps it: the
+	// credential was written by a process that allowed http.
+	ErrHTTPBaseURL = errors.New("http base URL not allowed")
+	// ErrUndecryptable is wrapped by a *ResolveError with
+	// ReasonCredentialUnusable when a credential does not decrypt with the
+	// configured master keys.
+	ErrUndecryptable = errors.New("credential does not decrypt")
 
 	// ErrInvalidMasterKey is returned by ParseMasterKey and New when a
 	// master key is not 32 bytes given as base64 or hex.

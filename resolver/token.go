@@ -95,30 +95,34 @@ type tokenEntry struct {
 	err     error // nil for an accepted token
 }
 
+// CheckTokenSpec reports every problem IssueToken would refuse spec for,
+// so a caller can check before doing work that must not follow a refusal.
+func (s *Service) CheckTokenSpec(spec TokenSpec) error {
+	var p argProblems
+	if spec.Workspace == "" {
+		p.addf("workspace is required")
+	}
+	if spec.User == "" {
+		p.addf("user is required")
+	}
+	if spec.TTL < 0 || spec.TTL > MaxTokenTTL {
+		p.addf("ttl %s is not in (0, %s]", spec.TTL, MaxTokenTTL)
+	}
+	if spec.Harness != "" {
+		p.checkHarness(s.reg.Current(), spec.Harness)
+	}
+	return p.err()
+}
+
 // IssueToken creates a token for spec. The token is returned once and
 // stored only as an HMAC-SHA256 under a key derived from the master key.
 func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (string, TokenInfo, error) {
-	var probs []string
-	if spec.Workspace == "" {
-		probs = append(probs, "workspace is required")
-	}
-	if spec.User == "" {
-		probs = append(probs, "user is required")
+	if err := s.CheckTokenSpec(spec); err != nil {
+		return "", TokenInfo{}, fmt.Errorf("issue token: %w", err)
 	}
 	ttl := spec.TTL
-	switch {
-	case ttl == 0:
+	if ttl == 0 {
 		ttl = DefaultTokenTTL
-	case ttl < 0 || ttl > MaxTokenTTL:
-		probs = append(probs, fmt.Sprintf("ttl %s is not in (0, %s]", spec.TTL, MaxTokenTTL))
-	}
-	if len(probs) > 0 {
-		return "", TokenInfo{}, fmt.Errorf("issue token: %w: %s", ErrInvalidArgument, strings.Join(probs, "; "))
-	}
-	if spec.Harness != "" {
-		if _, err := s.reg.Current().Harness(spec.Harness); err != nil {
-			return "", TokenInfo{}, fmt.Errorf("issue token: harness %q: %w", spec.Harness, err)
-		}
 	}
 	var raw [tokenRandomBytes]byte
 	if _, err := rand.Read(raw[:]); err != nil {
