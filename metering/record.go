@@ -1,6 +1,7 @@
 // Package metering turns the bytes tollgate forwards into usage: it frames
 // SSE streams, extracts token counts per dialect from rules in the registry,
-// prices them, and writes one durable record per request.
+// prices them, and builds the one usage Record of each request. Keeping the
+// records (spool, store, queries) is package metering/ledger.
 package metering
 
 import "time"
@@ -85,4 +86,30 @@ type Record struct {
 	Unpriced     bool   `json:"unpriced,omitempty"`
 	PriceVersion string `json:"price_version"`
 	BytesOut     int64  `json:"bytes_out"`
+}
+
+// Sink receives the one usage record of each request. The proxy calls Record
+// once per request, after the response ended; Record must return quickly
+// (a bounded enqueue) and never fails from the caller's point of view: an
+// implementation that cannot keep a record counts and logs it.
+//
+// Record takes ownership of r: the caller must not modify it afterwards.
+type Sink interface {
+	Record(r *Record)
+}
+
+// CostUnknown says the request has tokens but no cost: its cost is unknown,
+// not zero. Requests without tokens (errors, missing usage) are counted
+// elsewhere.
+func (r *Record) CostUnknown() bool {
+	return r.Unpriced || (r.Usage != nil && r.CostMicroUSD == nil)
+}
+
+// Model is the model a request is reported and priced under: the served
+// one, else the requested one (rejected or unreachable requests).
+func (r *Record) Model() string {
+	if r.ModelServed != "" {
+		return r.ModelServed
+	}
+	return r.ModelRequest
 }

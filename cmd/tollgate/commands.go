@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -194,13 +194,13 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	q, err := metering.ParseUsageQuery(*from, *to, *groupBy, time.Now())
+	q, err := ledger.ParseUsageQuery(*from, *to, *groupBy, time.Now())
 	if err != nil {
 		return usageErr("%v", err)
 	}
 	q.Project = *project
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
-		st, err := metering.OpenStore(ctx, d.db)
+		st, err := ledger.OpenStore(ctx, d.db)
 		if err != nil {
 			return err
 		}
@@ -210,11 +210,11 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		switch *format {
 		case "json":
-			return metering.WriteJSON(stdout, q.GroupBy, rows)
+			return ledger.WriteJSON(stdout, q.GroupBy, rows)
 		case "csv":
-			return metering.WriteCSV(stdout, q.GroupBy, rows)
+			return ledger.WriteCSV(stdout, q.GroupBy, rows)
 		case "table":
-			return metering.WriteTable(stdout, q.GroupBy, rows)
+			return ledger.WriteTable(stdout, q.GroupBy, rows)
 		}
 		return usageErr("unknown format %q: use table, json or csv", *format)
 	})

@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // Group-by dimensions of a usage query.
@@ -177,7 +179,7 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 			"SUM(input_uncached)", "SUM(cache_read)", "SUM(cache_write_5m)", "SUM(cache_write_1h)",
 			"SUM(input_other)", "SUM(output_tokens)", "SUM(reasoning_tokens)", "SUM(cost_micro_usd)",
 			count("cost_micro_usd IS NOT NULL"), count("unpriced"),
-			count("usage_source = '" + SourceMissing + "'"), count("usage_source = '" + SourceEstimated + "'"),
+			count("usage_source = '" + metering.SourceMissing + "'"), count("usage_source = '" + metering.SourceEstimated + "'"),
 		} {
 			sums = append(sums, "CAST(COALESCE("+e+", 0) AS BIGINT)")
 		}

@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // assertRollupMatchesRaw checks that q gives the same rows from usage_daily
@@ -39,7 +41,7 @@ func rowsJSON(rows []UsageRow) string {
 }
 
 // expectRows aggregates recs like Query should, as the reference.
-func expectRows(recs []*Record, q UsageQuery) []UsageRow {
+func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 	m := map[string]*UsageRow{}
 	var keys []string
 	for _, r := range recs {
@@ -48,7 +50,7 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) {
 			continue
 		}
-		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: recordModel(r), Project: r.Project,
+		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: r.Model(), Project: r.Project,
 			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier}
 		var row UsageRow
 		var key []string
@@ -85,9 +87,9 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 // queryFixture stores records over three days, with a fourth day outside
 // the queried ranges, plus one group (model "no-price") never priced. Every
 // day has requests in the "", flex and priority service tiers.
-func queryFixture(tb testing.TB, s *Store) []*Record {
+func queryFixture(tb testing.TB, s *Store) []*metering.Record {
 	tb.Helper()
-	var recs []*Record
+	var recs []*metering.Record
 	for i := range 300 {
 		start := usageDay.Add(time.Duration(i) * 17 * time.Minute) // spans ~3.5 days
 		r := usageRecordN(fmt.Sprintf("q-%d", i), i, start)
@@ -100,7 +102,7 @@ func queryFixture(tb testing.TB, s *Store) []*Record {
 		recs = append(recs, r)
 	}
 	rej := usageRecordN("rejected", 1, usageDay.Add(time.Hour))
-	rej.ModelServed, rej.Outcome, rej.Source, rej.Usage, rej.CostMicroUSD, rej.Unpriced = "", OutcomeRejected, SourceNone, nil, nil, false
+	rej.ModelServed, rej.Outcome, rej.Source, rej.Usage, rej.CostMicroUSD, rej.Unpriced = "", metering.OutcomeRejected, metering.SourceNone, nil, nil, false
 	recs = append(recs, rej)
 	if _, err := s.InsertBatch(context.Background(), recs); err != nil {
 		tb.Fatal(err)
@@ -366,9 +368,9 @@ func TestGroupDigits(t *testing.T) {
 
 // tierRecord is a priced request of proj0/user0 on claude-x-0 in tier, so
 // that records differ only by their service tier.
-func tierRecord(id, tier string, start time.Time, u Usage, cost *int64) *Record {
+func tierRecord(id, tier string, start time.Time, u metering.Usage, cost *int64) *metering.Record {
 	r := usageRecordN(id, 0, start)
-	r.ServiceTier, r.Source, r.Usage, r.CostMicroUSD, r.Unpriced = tier, SourceUpstream, &u, cost, cost == nil
+	r.ServiceTier, r.Source, r.Usage, r.CostMicroUSD, r.Unpriced = tier, metering.SourceUpstream, &u, cost, cost == nil
 	return r
 }
 
@@ -382,13 +384,13 @@ func TestQueryByServiceTier(t *testing.T) {
 			s := mustUsageStore(t, engine)
 			ctx := context.Background()
 			h := func(n float64) time.Time { return usageDay.Add(time.Duration(n * float64(time.Hour))) }
-			recs := []*Record{
-				tierRecord("t-1", "", h(10), Usage{InputUncached: 100, Output: 10}, costPtr(1000)),
-				tierRecord("t-2", "", h(11), Usage{InputUncached: 200, CacheRead: 50, Output: 20}, costPtr(2000)),
-				tierRecord("t-3", "flex", h(10.5), Usage{InputUncached: 300, Output: 30}, costPtr(1500)),
-				tierRecord("t-4", "priority", h(12), Usage{InputUncached: 400, Output: 40, Reasoning: 5}, costPtr(8000)),
-				tierRecord("t-5", "priority", h(23), Usage{InputUncached: 1, Output: 1}, nil),    // no price for the tier
-				tierRecord("t-6", "flex", h(25), Usage{InputUncached: 7, Output: 7}, costPtr(7)), // the next day
+			recs := []*metering.Record{
+				tierRecord("t-1", "", h(10), metering.Usage{InputUncached: 100, Output: 10}, costPtr(1000)),
+				tierRecord("t-2", "", h(11), metering.Usage{InputUncached: 200, CacheRead: 50, Output: 20}, costPtr(2000)),
+				tierRecord("t-3", "flex", h(10.5), metering.Usage{InputUncached: 300, Output: 30}, costPtr(1500)),
+				tierRecord("t-4", "priority", h(12), metering.Usage{InputUncached: 400, Output: 40, Reasoning: 5}, costPtr(8000)),
+				tierRecord("t-5", "priority", h(23), metering.Usage{InputUncached: 1, Output: 1}, nil),    // no price for the tier
+				tierRecord("t-6", "flex", h(25), metering.Usage{InputUncached: 7, Output: 7}, costPtr(7)), // the next day
 			}
 			if n, err := s.InsertBatch(ctx, recs[:3]); err != nil || n != 3 {
 				t.Fatalf("InsertBatch: %d, %v", n, err)

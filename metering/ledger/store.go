@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"cmp"
@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering"
 )
 
 // storeMigrations create metering's tables. Append only: a released
@@ -340,7 +341,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // InsertBatch inserts recs in one transaction, ignoring request ids already
 // stored, and adds the newly inserted ones to usage_daily in the same
 // transaction. It returns how many were new.
-func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
+func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
@@ -350,7 +351,7 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
 	}
 	defer tx.Rollback()
 	recs = storeCleanAll(recs)
-	var fresh []*Record
+	var fresh []*metering.Record
 	if s.db.Engine == store.SQLite {
 		fresh, err = s.insertEach(ctx, tx, recs)
 	} else {
@@ -396,11 +397,11 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
 // insertEach inserts recs one prepared row at a time and returns the ones
 // that were new; a request id already stored, or repeated in recs, changes
 // no row.
-func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*Record) ([]*Record, error) {
+func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*metering.Record) ([]*metering.Record, error) {
 	ins := tx.StmtContext(ctx, s.insertRow)
 	now := s.ts(s.now())
 	args := make([]any, 0, len(recordColumns))
-	fresh := make([]*Record, 0, len(recs))
+	fresh := make([]*metering.Record, 0, len(recs))
 	for i, r := range recs {
 		if i > 0 && i%yieldEvery == 0 {
 			runtime.Gosched()
@@ -420,7 +421,7 @@ func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*Record) ([]*
 
 // insertChunks inserts recs in multi-row statements and returns the ones
 // that were new, each request id once.
-func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*Record) ([]*Record, error) {
+func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*metering.Record) ([]*metering.Record, error) {
 	now := s.ts(s.now())
 	ids := make(map[string]bool, len(recs))
 	for off := 0; off < len(recs); off += insertChunk {
@@ -448,7 +449,7 @@ func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*Record) ([
 			return nil, err
 		}
 	}
-	var fresh []*Record
+	var fresh []*metering.Record
 	for _, r := range recs {
 		if ids[r.RequestID] {
 			delete(ids, r.RequestID) // a repeat inside the batch was not inserted twice
@@ -460,9 +461,9 @@ func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*Record) ([
 
 // appendRecordArgs appends r's recordColumns values; now is the recorded_at
 // parameter, converted once per batch.
-func (s *Store) appendRecordArgs(args []any, r *Record, now any) []any {
+func (s *Store) appendRecordArgs(args []any, r *metering.Record, now any) []any {
 	u := r.Usage
-	tok := func(f func(*Usage) int64) any {
+	tok := func(f func(*metering.Usage) int64) any {
 		if u == nil {
 			return nil
 		}
@@ -479,14 +480,14 @@ func (s *Store) appendRecordArgs(args []any, r *Record, now any) []any {
 		r.CredTier, r.CredentialID, r.Stream, r.ModelRequest, r.ModelServed,
 		r.UpstreamID, r.Status, r.Outcome, r.Source, r.Injected,
 		r.EventOverflow,
-		tok(func(u *Usage) int64 { return u.InputUncached }),
-		tok(func(u *Usage) int64 { return u.CacheRead }),
-		tok(func(u *Usage) int64 { return u.CacheWrite5m }),
-		tok(func(u *Usage) int64 { return u.CacheWrite1h }),
-		tok(func(u *Usage) int64 { return u.InputOther }),
-		tok(func(u *Usage) int64 { return u.Output }),
-		tok(func(u *Usage) int64 { return u.Reasoning }),
-		cost, recordUnpriced(r),
+		tok(func(u *metering.Usage) int64 { return u.InputUncached }),
+		tok(func(u *metering.Usage) int64 { return u.CacheRead }),
+		tok(func(u *metering.Usage) int64 { return u.CacheWrite5m }),
+		tok(func(u *metering.Usage) int64 { return u.CacheWrite1h }),
+		tok(func(u *metering.Usage) int64 { return u.InputOther }),
+		tok(func(u *metering.Usage) int64 { return u.Output }),
+		tok(func(u *metering.Usage) int64 { return u.Reasoning }),
+		cost, r.CostUnknown(),
 		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
 	)
 }
@@ -494,12 +495,12 @@ func (s *Store) appendRecordArgs(args []any, r *Record, now any) []any {
 // storeCleanAll returns recs with every text field valid UTF-8 without NUL
 // bytes, copying only the records that need it. PostgreSQL rejects both in
 // TEXT columns, and one such record would otherwise fail its batch forever.
-func storeCleanAll(recs []*Record) []*Record {
-	var out []*Record
+func storeCleanAll(recs []*metering.Record) []*metering.Record {
+	var out []*metering.Record
 	for i, r := range recs {
 		c := storeClean(r)
 		if c != r && out == nil {
-			out = append(make([]*Record, 0, len(recs)), recs[:i]...)
+			out = append(make([]*metering.Record, 0, len(recs)), recs[:i]...)
 		}
 		if out != nil {
 			out = append(out, c)
@@ -511,8 +512,8 @@ func storeCleanAll(recs []*Record) []*Record {
 	return out
 }
 
-func storeClean(r *Record) *Record {
-	fields := func(r *Record) []*string {
+func storeClean(r *metering.Record) *metering.Record {
+	fields := func(r *metering.Record) []*string {
 		return []*string{&r.RequestID, &r.Workspace, &r.Project, &r.User, &r.TokenID, &r.Session,
 			&r.Harness, &r.Dialect, &r.Operation, &r.Path, &r.Provider, &r.CredTier, &r.CredentialID,
 			&r.ModelRequest, &r.ModelServed, &r.UpstreamID, &r.ServiceTier, &r.Outcome, &r.Source, &r.PriceVersion}
@@ -534,22 +535,6 @@ func storeClean(r *Record) *Record {
 	return &c
 }
 
-// recordUnpriced says the request has tokens but no cost: its cost is unknown,
-// not zero. Requests without tokens (errors, missing usage) are counted
-// elsewhere.
-func recordUnpriced(r *Record) bool {
-	return r.Unpriced || (r.Usage != nil && r.CostMicroUSD == nil)
-}
-
-// recordModel is the model a request is reported under: the served one,
-// else the requested one (rejected or unreachable requests).
-func recordModel(r *Record) string {
-	if r.ModelServed != "" {
-		return r.ModelServed
-	}
-	return r.ModelRequest
-}
-
 // rawModelExpr is recordModel in SQL, for queries over usage_records.
 const rawModelExpr = "CASE WHEN model_served <> '' THEN model_served ELSE model_requested END"
 
@@ -558,10 +543,10 @@ type dailyKey struct {
 	day, project, user, workspace, harness, provider, model, tier string
 }
 
-func dailyKeyOf(r *Record) dailyKey {
+func dailyKeyOf(r *metering.Record) dailyKey {
 	return dailyKey{
 		day: r.Start.UTC().Format(usageDayLayout), project: r.Project, user: r.User,
-		workspace: r.Workspace, harness: r.Harness, provider: r.Provider, model: recordModel(r),
+		workspace: r.Workspace, harness: r.Harness, provider: r.Provider, model: r.Model(),
 		tier: r.ServiceTier,
 	}
 }
@@ -577,7 +562,7 @@ func (a dailyKey) compare(b dailyKey) int {
 // dailyAgg holds the dailySums of one rollup row, in that order.
 type dailyAgg [13]int64
 
-func (a *dailyAgg) add(r *Record) {
+func (a *dailyAgg) add(r *metering.Record) {
 	a[0]++
 	if u := r.Usage; u != nil {
 		a[1] += u.InputUncached
@@ -592,13 +577,13 @@ func (a *dailyAgg) add(r *Record) {
 		a[8] += *r.CostMicroUSD
 		a[9]++
 	}
-	if recordUnpriced(r) {
+	if r.CostUnknown() {
 		a[10]++
 	}
-	if r.Source == SourceMissing {
+	if r.Source == metering.SourceMissing {
 		a[11]++
 	}
-	if r.Source == SourceEstimated {
+	if r.Source == metering.SourceEstimated {
 		a[12]++
 	}
 }
