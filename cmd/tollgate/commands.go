@@ -186,10 +186,13 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var o options
 	fs := newFlags("usage", stderr)
 	o.bind(fs)
-	from := fs.String("from", "", "start date or time (default: 7 days ago), e.g. 2026-11-01")
-	to := fs.String("to", "", "end date or time, exclusive (default: now)")
-	groupBy := fs.String("group-by", "model", "comma list of model, project, user, workspace, harness, provider, service_tier, day")
+	from := fs.String("from", "", "start date or RFC 3339 time, inclusive (default: 7 days before --to), e.g. 2026-11-01")
+	to := fs.String("to", "", "end: a date includes that whole UTC day; an RFC 3339 time is exclusive (default: now)")
+	groupBy := fs.String("group-by", "model", "comma list of "+strings.Join(ledger.GroupByNames, ", "))
 	project := fs.String("project", "", "only this project")
+	user := fs.String("user", "", "only this user")
+	workspace := fs.String("workspace", "", "only this workspace")
+	tier := fs.String("service-tier", "", "only requests the provider served in this tier (flex, priority, ...)")
 	format := fs.String("format", "table", "table, json or csv")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
@@ -198,7 +201,7 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	q.Project = *project
+	q.Project, q.User, q.Workspace, q.ServiceTier = *project, *user, *workspace, *tier
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		st, err := ledger.OpenStore(ctx, d.db)
 		if err != nil {

@@ -45,7 +45,7 @@ Usage:
   tollgate credential unbind ID | activate ID | deactivate ID | bindings
   tollgate credential rotate-key --from-key-file OLD
   tollgate resolve --project P --user U
-  tollgate usage [--from DATE] [--to DATE] [--group-by model,project,...] [--format table|json|csv]
+  tollgate usage [--from DATE] [--to DATE] [--group-by model,project,...] [--project|--user|--workspace|--service-tier ID] [--format table|json|csv]
   tollgate version                    (also --version)
 
 Every command reads the TOLLGATE_* variables listed in the README;

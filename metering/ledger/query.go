@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,10 +26,15 @@ const (
 	// show '' for requests rolled up before the rollup kept the tier
 	// (metering migration 3), whatever their records say.
 	GroupServiceTier = "service_tier"
+	// GroupToken and GroupCredential are the tollgate token id and the
+	// provider credential id. The rollup keeps neither, so grouping by them
+	// reads the raw records whatever the range.
+	GroupToken      = "token"
+	GroupCredential = "credential"
 )
 
 // GroupByNames lists the valid group-by dimensions in display order.
-var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier}
+var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential}
 
 // ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
 // group_by name, empty or inverted range); the message names the problem.
@@ -64,6 +70,8 @@ type UsageRow struct {
 	// ServiceTier is "" both when not grouped by and for requests served
 	// without a named tier; the renderers tell the two apart by GroupBy.
 	ServiceTier string `json:"service_tier,omitempty"`
+	Token       string `json:"token,omitempty"`
+	Credential  string `json:"credential,omitempty"`
 
 	Requests      int64 `json:"requests"`
 	InputUncached int64 `json:"input_uncached"`
@@ -84,6 +92,13 @@ type UsageRow struct {
 	MissingUsageRequests int64 `json:"missing_usage_requests"`
 	// EstimatedRequests carry tollgate's estimate, not provider numbers.
 	EstimatedRequests int64 `json:"estimated_requests"`
+	// UnmeteredRequests were not metered calls (usage_source none:
+	// rejected, failed upstream, count_tokens); they have no tokens by
+	// nature, unlike MissingUsageRequests.
+	UnmeteredRequests int64 `json:"unmetered_requests"`
+	// RejectedRequests were refused by tollgate before any upstream call;
+	// they are a subset of UnmeteredRequests.
+	RejectedRequests int64 `json:"rejected_requests"`
 }
 
 // InputTotal is OTel's input: every input bucket.
@@ -110,6 +125,10 @@ func (r *UsageRow) dim(name string) *string {
 		return &r.Provider
 	case GroupServiceTier:
 		return &r.ServiceTier
+	case GroupToken:
+		return &r.Token
+	case GroupCredential:
+		return &r.Credential
 	}
 	return nil
 }
@@ -137,8 +156,11 @@ func (q UsageQuery) Validate() error {
 }
 
 // wholeDays says whether q can be answered from usage_daily: both bounds
-// are UTC midnights. Every group-by and filter is a rollup column.
+// are UTC midnights and every group-by is a rollup column (every filter is).
 func (q UsageQuery) wholeDays() bool {
+	if slices.Contains(q.GroupBy, GroupToken) || slices.Contains(q.GroupBy, GroupCredential) {
+		return false
+	}
 	return isUTCMidnight(q.From) && isUTCMidnight(q.To)
 }
 
@@ -180,6 +202,7 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 			"SUM(input_other)", "SUM(output_tokens)", "SUM(reasoning_tokens)", "SUM(cost_micro_usd)",
 			count("cost_micro_usd IS NOT NULL"), count("unpriced"),
 			count("usage_source = '" + metering.SourceMissing + "'"), count("usage_source = '" + metering.SourceEstimated + "'"),
+			count("usage_source = '" + metering.SourceNone + "'"), count("outcome = '" + metering.OutcomeRejected + "'"),
 		} {
 			sums = append(sums, "CAST(COALESCE("+e+", 0) AS BIGINT)")
 		}
@@ -230,7 +253,8 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 		}
 		dest = append(dest, &r.Requests, &r.InputUncached, &r.CacheRead, &r.CacheWrite5m, &r.CacheWrite1h,
 			&r.InputOther, &r.Output, &r.Reasoning, &cost,
-			&r.PricedRequests, &r.UnpricedRequests, &r.MissingUsageRequests, &r.EstimatedRequests)
+			&r.PricedRequests, &r.UnpricedRequests, &r.MissingUsageRequests, &r.EstimatedRequests,
+			&r.UnmeteredRequests, &r.RejectedRequests)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("usage query: %w", err)
 		}
@@ -258,6 +282,10 @@ func dimExpr(g string, rollup bool) string {
 		return rawModelExpr
 	case GroupUser:
 		return "user_id"
+	case GroupToken:
+		return "token_id"
+	case GroupCredential:
+		return "credential_id"
 	}
 	return g // day, project, workspace, harness, provider, service_tier: same column name
 }

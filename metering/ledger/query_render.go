@@ -38,6 +38,8 @@ var usageCounts = []usageMetric{
 	{"unpriced_requests", func(r *UsageRow) int64 { return r.UnpricedRequests }},
 	{"missing_usage_requests", func(r *UsageRow) int64 { return r.MissingUsageRequests }},
 	{"estimated_requests", func(r *UsageRow) int64 { return r.EstimatedRequests }},
+	{"unmetered_requests", func(r *UsageRow) int64 { return r.UnmeteredRequests }},
+	{"rejected_requests", func(r *UsageRow) int64 { return r.RejectedRequests }},
 }
 
 // formatMicroUSD renders micro-USD as an exact decimal with six places.
@@ -150,7 +152,10 @@ func WriteCSV(w io.Writer, groupBy []string, rows []UsageRow) error {
 // dimensions left-aligned, numbers right-aligned with thousands separators,
 // cost in USD ("-" when nothing was priced), and a total line when there is
 // more than one row. The unpriced and no_usage columns count requests whose
-// cost or tokens are unknown and so absent from the sums.
+// cost or tokens are unknown and so absent from the sums; unmetered counts
+// requests that were never metered calls (rejected, failed upstream,
+// count_tokens). A row of only such requests without a model says why in
+// the model column: (rejected) or (unmetered), not (none).
 func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 	if err := checkGroupBy(groupBy); err != nil {
 		return err
@@ -167,7 +172,7 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 	for _, m := range nums {
 		head = append(head, m.name)
 	}
-	head = append(head, "cost_usd", "unpriced", "no_usage")
+	head = append(head, "cost_usd", "unpriced", "no_usage", "unmetered")
 	cells := [][]string{head}
 	line := func(r *UsageRow, dims []string) {
 		c := append([]string(nil), dims...)
@@ -178,7 +183,7 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 		if r.CostMicroUSD != nil {
 			cost = formatMicroUSD(*r.CostMicroUSD)
 		}
-		c = append(c, cost, groupDigits(r.UnpricedRequests), groupDigits(r.MissingUsageRequests))
+		c = append(c, cost, groupDigits(r.UnpricedRequests), groupDigits(r.MissingUsageRequests), groupDigits(r.UnmeteredRequests))
 		cells = append(cells, c)
 	}
 	var total UsageRow
@@ -187,10 +192,7 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 		r := &rows[i]
 		dims := make([]string, len(groupBy))
 		for j, g := range groupBy {
-			dims[j] = *r.dim(g)
-			if dims[j] == "" {
-				dims[j] = "(none)"
-			}
+			dims[j] = emptyLabel(g, *r.dim(g), r)
 		}
 		line(r, dims)
 		total.add(r)
@@ -234,6 +236,21 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 	return bw.Flush()
 }
 
+// emptyLabel is how the table shows dimension g's value v of row r: an
+// empty value as (none), except a model left empty because no request of
+// the row was a metered call.
+func emptyLabel(g, v string, r *UsageRow) string {
+	switch {
+	case v != "":
+		return v
+	case g == GroupModel && r.RejectedRequests == r.Requests:
+		return "(rejected)"
+	case g == GroupModel && r.UnmeteredRequests == r.Requests:
+		return "(unmetered)"
+	}
+	return "(none)"
+}
+
 // add accumulates o's sums into r (the table's total line).
 func (r *UsageRow) add(o *UsageRow) {
 	r.Requests += o.Requests
@@ -248,6 +265,8 @@ func (r *UsageRow) add(o *UsageRow) {
 	r.UnpricedRequests += o.UnpricedRequests
 	r.MissingUsageRequests += o.MissingUsageRequests
 	r.EstimatedRequests += o.EstimatedRequests
+	r.UnmeteredRequests += o.UnmeteredRequests
+	r.RejectedRequests += o.RejectedRequests
 }
 
 // groupDigits renders n with thousands separators.

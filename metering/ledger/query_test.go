@@ -51,7 +51,8 @@ func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 			continue
 		}
 		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: r.Model(), Project: r.Project,
-			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier}
+			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier,
+			Token: r.TokenID, Credential: r.CredentialID}
 		var row UsageRow
 		var key []string
 		for _, g := range q.GroupBy {
@@ -68,7 +69,7 @@ func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 		d.add(r)
 		a.add(&UsageRow{Requests: d[0], InputUncached: d[1], CacheRead: d[2], CacheWrite5m: d[3], CacheWrite1h: d[4],
 			InputOther: d[5], Output: d[6], Reasoning: d[7], PricedRequests: d[9], UnpricedRequests: d[10],
-			MissingUsageRequests: d[11], EstimatedRequests: d[12]})
+			MissingUsageRequests: d[11], EstimatedRequests: d[12], UnmeteredRequests: d[13], RejectedRequests: d[14]})
 		if r.CostMicroUSD != nil {
 			if a.CostMicroUSD == nil {
 				a.CostMicroUSD = new(int64)
@@ -261,11 +262,11 @@ func TestRenderers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests"
+		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests,unmetered_requests,rejected_requests"
 		if got := strings.Join(recs[0], ","); got != wantHead {
 			t.Errorf("CSV header:\n got %s\nwant %s", got, wantHead)
 		}
-		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,12345678,12.345678,3,0,0,0" {
+		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,12345678,12.345678,3,0,0,0,0,0" {
 			t.Errorf("CSV row: %s", got)
 		}
 		if len(recs) != 3 {
@@ -325,8 +326,8 @@ func TestRenderers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,3000,0.003000,2,0,0,0" ||
-			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,1500,0.001500,1,0,0,0" {
+		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,3000,0.003000,2,0,0,0,0,0" ||
+			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,1500,0.001500,1,0,0,0,0,0" {
 			t.Errorf("CSV: %q", recs)
 		}
 		b.Reset()

@@ -142,6 +142,24 @@ SELECT day, project, user_id, workspace, harness, provider, model, '',
 FROM usage_daily;
 DROP TABLE usage_daily;
 ALTER TABLE usage_daily_v3 RENAME TO usage_daily`,
+	// unmetered_requests counts requests that were not metered calls
+	// (usage_source none: rejected, failed upstream, count_tokens), and
+	// rejected_requests those tollgate refused, so a report can tell them
+	// from requests whose usage went missing. Backfilled from the records;
+	// rows rolled up before migration 3 kept no tier and match only
+	// records without one.
+	`ALTER TABLE usage_daily ADD COLUMN unmetered_requests BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_daily ADD COLUMN rejected_requests BIGINT NOT NULL DEFAULT 0;
+UPDATE usage_daily SET unmetered_requests = u.unmetered, rejected_requests = u.rejected
+FROM (SELECT day, project, user_id, workspace, harness, provider,
+		CASE WHEN model_served <> '' THEN model_served ELSE model_requested END AS model, service_tier,
+		SUM(CASE WHEN usage_source = 'none' THEN 1 ELSE 0 END) AS unmetered,
+		SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS rejected
+	FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8) AS u
+WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_daily.user_id = u.user_id
+	AND usage_daily.workspace = u.workspace AND usage_daily.harness = u.harness
+	AND usage_daily.provider = u.provider AND usage_daily.model = u.model
+	AND usage_daily.service_tier = u.service_tier`,
 }
 
 // recordColumns is the insert column order of usage_records; recordArgs
@@ -162,6 +180,7 @@ var dailySums = []string{
 	"requests", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
 	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd",
 	"priced_requests", "unpriced_requests", "missing_usage_requests", "estimated_requests",
+	"unmetered_requests", "rejected_requests",
 }
 
 // usageDayLayout is the usage_daily day format; ISO dates sort as text.
@@ -560,7 +579,7 @@ func (a dailyKey) compare(b dailyKey) int {
 }
 
 // dailyAgg holds the dailySums of one rollup row, in that order.
-type dailyAgg [13]int64
+type dailyAgg [15]int64
 
 func (a *dailyAgg) add(r *metering.Record) {
 	a[0]++
@@ -585,5 +604,11 @@ func (a *dailyAgg) add(r *metering.Record) {
 	}
 	if r.Source == metering.SourceEstimated {
 		a[12]++
+	}
+	if r.Source == metering.SourceNone {
+		a[13]++
+	}
+	if r.Outcome == metering.OutcomeRejected {
+		a[14]++
 	}
 }

@@ -252,6 +252,11 @@ func mustUsageFile(tb testing.TB, path string) *store.DB {
 
 // dailyDump returns every usage_daily row as text in key order (with the
 // service_tier column when tier), and the sum of each dailySums column.
+// v3Sums is how many of dailySums usage_daily had up to migration 3.
+const v3Sums = 13
+
+// dailyDump reads usage_daily's first v3Sums sums, so it works on every
+// schema version since 2.
 func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals dailyAgg) {
 	tb.Helper()
 	ctx := context.Background()
@@ -259,7 +264,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 	if tier {
 		keys = dailyKeyColumns
 	}
-	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums...), ", ")+
+	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums[:v3Sums]...), ", ")+
 		" FROM usage_daily ORDER BY "+strings.Join(keys, ", "))
 	if err != nil {
 		tb.Fatal(err)
@@ -272,7 +277,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		for i := range k {
 			dest = append(dest, &k[i])
 		}
-		for i := range v {
+		for i := range v3Sums {
 			dest = append(dest, &v[i])
 		}
 		if err := r.Scan(dest...); err != nil {
@@ -284,11 +289,11 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		tb.Fatal(err)
 	}
 	var sums []string
-	for _, c := range dailySums {
+	for _, c := range dailySums[:v3Sums] {
 		sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
 	}
-	dest := make([]any, len(totals))
-	for i := range totals {
+	dest := make([]any, v3Sums)
+	for i := range v3Sums {
 		dest[i] = &totals[i]
 	}
 	if err := db.QueryRowContext(ctx, "SELECT "+strings.Join(sums, ", ")+" FROM usage_daily").Scan(dest...); err != nil {
@@ -334,14 +339,14 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				agg[k].add(r)
 			}
 			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = &dailyAgg{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1}
-			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums...)
+			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums[:v3Sums]...)
 			ph := make([]string, len(v2cols))
 			for i := range ph {
 				ph[i] = "$" + fmt.Sprint(i+1)
 			}
 			for k, a := range agg {
 				args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
-				for _, v := range a {
+				for _, v := range a[:v3Sums] {
 					args = append(args, v)
 				}
 				if _, err := db.ExecContext(ctx, "INSERT INTO usage_daily ("+strings.Join(v2cols, ", ")+") VALUES ("+strings.Join(ph, ", ")+")", args...); err != nil {
@@ -359,8 +364,8 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				t.Fatalf("migrate to 3: %v", err)
 			}
 			var version int
-			if err := db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations WHERE component = $1`, "metering").Scan(&version); err != nil || version != 3 {
-				t.Fatalf("metering schema version %d, %v; want 3", version, err)
+			if err := db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations WHERE component = $1`, "metering").Scan(&version); err != nil || version != len(storeMigrations) {
+				t.Fatalf("metering schema version %d, %v; want %d", version, err, len(storeMigrations))
 			}
 			rowsAfter, totalsAfter := dailyDump(t, db, false)
 			if totalsAfter != totalsBefore {
