@@ -73,14 +73,9 @@ type UsageRow struct {
 	Token       string `json:"token,omitempty"`
 	Credential  string `json:"credential,omitempty"`
 
-	Requests      int64 `json:"requests"`
-	InputUncached int64 `json:"input_uncached"`
-	CacheRead     int64 `json:"cache_read"`
-	CacheWrite5m  int64 `json:"cache_write_5m"`
-	CacheWrite1h  int64 `json:"cache_write_1h"`
-	InputOther    int64 `json:"input_other"`
-	Output        int64 `json:"output"`
-	Reasoning     int64 `json:"reasoning"`
+	Requests int64 `json:"requests"`
+	// Usage sums the token buckets of the requests whose usage is known.
+	metering.Usage
 	// CostMicroUSD sums the priced requests; nil when none was priced.
 	CostMicroUSD *int64 `json:"cost_micro_usd"`
 	// PricedRequests have a cost.
@@ -99,11 +94,6 @@ type UsageRow struct {
 	// RejectedRequests were refused by tollgate before any upstream call;
 	// they are a subset of UnmeteredRequests.
 	RejectedRequests int64 `json:"rejected_requests"`
-}
-
-// InputTotal is OTel's input: every input bucket.
-func (r UsageRow) InputTotal() int64 {
-	return r.InputUncached + r.CacheRead + r.CacheWrite5m + r.CacheWrite1h + r.InputOther
 }
 
 // dim returns the row's value of a group-by dimension.
@@ -195,16 +185,13 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 			sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
 		}
 	} else {
-		count := func(cond string) string { return "SUM(CASE WHEN " + cond + " THEN 1 ELSE 0 END)" }
-		for _, e := range []string{
-			"COUNT(*)",
-			"SUM(input_uncached)", "SUM(cache_read)", "SUM(cache_write_5m)", "SUM(cache_write_1h)",
-			"SUM(input_other)", "SUM(output_tokens)", "SUM(reasoning_tokens)", "SUM(cost_micro_usd)",
-			count("cost_micro_usd IS NOT NULL"), count("unpriced"),
-			count("usage_source = '" + metering.SourceMissing + "'"), count("usage_source = '" + metering.SourceEstimated + "'"),
-			count("usage_source = '" + metering.SourceNone + "'"), count("outcome = '" + metering.OutcomeRejected + "'"),
-		} {
-			sums = append(sums, "CAST(COALESCE("+e+", 0) AS BIGINT)")
+		sums = append(sums, "CAST(COUNT(*) AS BIGINT)")
+		for _, b := range metering.Buckets {
+			sums = append(sums, "CAST(COALESCE(SUM("+b.Column+"), 0) AS BIGINT)")
+		}
+		sums = append(sums, "CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT)")
+		for _, c := range rollupCounts {
+			sums = append(sums, "CAST(COALESCE(SUM(CASE WHEN "+c.raw+" THEN 1 ELSE 0 END), 0) AS BIGINT)")
 		}
 	}
 	var where []string
@@ -251,10 +238,14 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 		for _, g := range q.GroupBy {
 			dest = append(dest, r.dim(g))
 		}
-		dest = append(dest, &r.Requests, &r.InputUncached, &r.CacheRead, &r.CacheWrite5m, &r.CacheWrite1h,
-			&r.InputOther, &r.Output, &r.Reasoning, &cost,
-			&r.PricedRequests, &r.UnpricedRequests, &r.MissingUsageRequests, &r.EstimatedRequests,
-			&r.UnmeteredRequests, &r.RejectedRequests)
+		dest = append(dest, &r.Requests)
+		for _, b := range metering.Buckets {
+			dest = append(dest, b.Of(&r.Usage))
+		}
+		dest = append(dest, &cost)
+		for _, c := range rollupCounts {
+			dest = append(dest, c.row(&r))
+		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("usage query: %w", err)
 		}

@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // The renderers take the query's GroupBy so that exactly the grouped
@@ -21,26 +24,53 @@ type usageMetric struct {
 	get  func(*UsageRow) int64
 }
 
-var usageMetrics = []usageMetric{
-	{"requests", func(r *UsageRow) int64 { return r.Requests }},
-	{"input_uncached", func(r *UsageRow) int64 { return r.InputUncached }},
-	{"cache_read", func(r *UsageRow) int64 { return r.CacheRead }},
-	{"cache_write_5m", func(r *UsageRow) int64 { return r.CacheWrite5m }},
-	{"cache_write_1h", func(r *UsageRow) int64 { return r.CacheWrite1h }},
-	{"input_other", func(r *UsageRow) int64 { return r.InputOther }},
-	{"input_total", func(r *UsageRow) int64 { return r.InputTotal() }},
-	{"output", func(r *UsageRow) int64 { return r.Output }},
-	{"reasoning", func(r *UsageRow) int64 { return r.Reasoning }},
-}
+// usageMetrics are requests, the token buckets and input_total after the
+// last input bucket.
+var usageMetrics = func() []usageMetric {
+	ms := []usageMetric{{"requests", func(r *UsageRow) int64 { return r.Requests }}}
+	last := 0
+	for _, b := range metering.Buckets {
+		ms = append(ms, usageMetric{b.Name, func(r *UsageRow) int64 { return *b.Of(&r.Usage) }})
+		if b.Input {
+			last = len(ms)
+		}
+	}
+	total := usageMetric{"input_total", func(r *UsageRow) int64 { return r.InputTotal() }}
+	return slices.Insert(ms, last, total)
+}()
 
-var usageCounts = []usageMetric{
-	{"priced_requests", func(r *UsageRow) int64 { return r.PricedRequests }},
-	{"unpriced_requests", func(r *UsageRow) int64 { return r.UnpricedRequests }},
-	{"missing_usage_requests", func(r *UsageRow) int64 { return r.MissingUsageRequests }},
-	{"estimated_requests", func(r *UsageRow) int64 { return r.EstimatedRequests }},
-	{"unmetered_requests", func(r *UsageRow) int64 { return r.UnmeteredRequests }},
-	{"rejected_requests", func(r *UsageRow) int64 { return r.RejectedRequests }},
-}
+// usageCounts are the request counters after the cost.
+var usageCounts = func() []usageMetric {
+	ms := make([]usageMetric, len(rollupCounts))
+	for i, c := range rollupCounts {
+		ms[i] = usageMetric{c.column, func(r *UsageRow) int64 { return *c.row(r) }}
+	}
+	return ms
+}()
+
+// tableMetrics are the terminal table's numbers: requests, then the
+// buckets summed by their Table column, in order of first appearance.
+var tableMetrics = func() []usageMetric {
+	ms := []usageMetric{usageMetrics[0]}
+	var names []string
+	for _, b := range metering.Buckets {
+		if !slices.Contains(names, b.Table) {
+			names = append(names, b.Table)
+		}
+	}
+	for _, name := range names {
+		ms = append(ms, usageMetric{name, func(r *UsageRow) int64 {
+			var n int64
+			for _, b := range metering.Buckets {
+				if b.Table == name {
+					n += *b.Of(&r.Usage)
+				}
+			}
+			return n
+		}})
+	}
+	return ms
+}()
 
 // formatMicroUSD renders micro-USD as an exact decimal with six places.
 func formatMicroUSD(micro int64) string {
@@ -161,14 +191,7 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 		return err
 	}
 	head := append([]string(nil), groupBy...)
-	nums := []usageMetric{
-		usageMetrics[0],
-		{"input", func(r *UsageRow) int64 { return r.InputUncached + r.InputOther }},
-		{"cache_read", func(r *UsageRow) int64 { return r.CacheRead }},
-		{"cache_write", func(r *UsageRow) int64 { return r.CacheWrite5m + r.CacheWrite1h }},
-		{"output", func(r *UsageRow) int64 { return r.Output }},
-		{"reasoning", func(r *UsageRow) int64 { return r.Reasoning }},
-	}
+	nums := tableMetrics
 	for _, m := range nums {
 		head = append(head, m.name)
 	}
@@ -254,19 +277,10 @@ func emptyLabel(g, v string, r *UsageRow) string {
 // add accumulates o's sums into r (the table's total line).
 func (r *UsageRow) add(o *UsageRow) {
 	r.Requests += o.Requests
-	r.InputUncached += o.InputUncached
-	r.CacheRead += o.CacheRead
-	r.CacheWrite5m += o.CacheWrite5m
-	r.CacheWrite1h += o.CacheWrite1h
-	r.InputOther += o.InputOther
-	r.Output += o.Output
-	r.Reasoning += o.Reasoning
-	r.PricedRequests += o.PricedRequests
-	r.UnpricedRequests += o.UnpricedRequests
-	r.MissingUsageRequests += o.MissingUsageRequests
-	r.EstimatedRequests += o.EstimatedRequests
-	r.UnmeteredRequests += o.UnmeteredRequests
-	r.RejectedRequests += o.RejectedRequests
+	r.Usage.Add(&o.Usage)
+	for _, c := range rollupCounts {
+		*c.row(r) += *c.row(o)
+	}
 }
 
 // groupDigits renders n with thousands separators.

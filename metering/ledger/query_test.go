@@ -67,9 +67,14 @@ func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 		a := m[k]
 		var d dailyAgg
 		d.add(r)
-		a.add(&UsageRow{Requests: d[0], InputUncached: d[1], CacheRead: d[2], CacheWrite5m: d[3], CacheWrite1h: d[4],
-			InputOther: d[5], Output: d[6], Reasoning: d[7], PricedRequests: d[9], UnpricedRequests: d[10],
-			MissingUsageRequests: d[11], EstimatedRequests: d[12], UnmeteredRequests: d[13], RejectedRequests: d[14]})
+		one := UsageRow{Requests: d[aggRequests]}
+		for i, b := range metering.Buckets {
+			*b.Of(&one.Usage) = d[aggTokens+i]
+		}
+		for i, c := range rollupCounts {
+			*c.row(&one) = d[aggCounts+i]
+		}
+		a.add(&one)
 		if r.CostMicroUSD != nil {
 			if a.CostMicroUSD == nil {
 				a.CostMicroUSD = new(int64)
@@ -227,8 +232,8 @@ func TestQueryRejectsBadInput(t *testing.T) {
 
 func TestRenderers(t *testing.T) {
 	rows := []UsageRow{
-		{Day: "2026-05-04", Model: "m1", Requests: 3, InputUncached: 1200, CacheRead: 34, Output: 1234567, CostMicroUSD: costPtr(int64(12_345_678)), PricedRequests: 3},
-		{Day: "2026-05-04", Model: "", Requests: 2, InputUncached: 10, UnpricedRequests: 1, MissingUsageRequests: 1},
+		{Day: "2026-05-04", Model: "m1", Requests: 3, Usage: metering.Usage{InputUncached: 1200, CacheRead: 34, Output: 1234567}, CostMicroUSD: costPtr(int64(12_345_678)), PricedRequests: 3},
+		{Day: "2026-05-04", Model: "", Requests: 2, Usage: metering.Usage{InputUncached: 10}, UnpricedRequests: 1, MissingUsageRequests: 1},
 	}
 	groupBy := []string{GroupDay, GroupModel}
 	t.Run("JSON", func(t *testing.T) {
@@ -303,8 +308,8 @@ func TestRenderers(t *testing.T) {
 	// of its own (empty in JSON and CSV, "(none)" in the table).
 	t.Run("ServiceTier", func(t *testing.T) {
 		tiers := []UsageRow{
-			{ServiceTier: "", Requests: 2, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(3000), PricedRequests: 2},
-			{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+			{ServiceTier: "", Requests: 2, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(3000), PricedRequests: 2},
+			{ServiceTier: "flex", Requests: 1, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(1500), PricedRequests: 1},
 		}
 		by := []string{GroupServiceTier}
 		var b bytes.Buffer
@@ -420,9 +425,9 @@ func TestQueryByServiceTier(t *testing.T) {
 
 			day := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{GroupServiceTier}}
 			want := []UsageRow{
-				{ServiceTier: "", Requests: 2, InputUncached: 300, CacheRead: 50, Output: 30, CostMicroUSD: costPtr(3000), PricedRequests: 2},
-				{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
-				{ServiceTier: "priority", Requests: 2, InputUncached: 401, Output: 41, Reasoning: 5, CostMicroUSD: costPtr(8000), PricedRequests: 1, UnpricedRequests: 1},
+				{ServiceTier: "", Requests: 2, Usage: metering.Usage{InputUncached: 300, CacheRead: 50, Output: 30}, CostMicroUSD: costPtr(3000), PricedRequests: 2},
+				{ServiceTier: "flex", Requests: 1, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+				{ServiceTier: "priority", Requests: 2, Usage: metering.Usage{InputUncached: 401, Output: 41, Reasoning: 5}, CostMicroUSD: costPtr(8000), PricedRequests: 1, UnpricedRequests: 1},
 			}
 			got, err := s.Query(ctx, day)
 			if err != nil {
@@ -442,9 +447,9 @@ func TestQueryByServiceTier(t *testing.T) {
 			// 10:15 to 22:00 leaves out t-1 and t-5.
 			partial := UsageQuery{From: h(10.25), To: h(22), GroupBy: []string{GroupServiceTier}}
 			wantPartial := []UsageRow{
-				{ServiceTier: "", Requests: 1, InputUncached: 200, CacheRead: 50, Output: 20, CostMicroUSD: costPtr(2000), PricedRequests: 1},
-				{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
-				{ServiceTier: "priority", Requests: 1, InputUncached: 400, Output: 40, Reasoning: 5, CostMicroUSD: costPtr(8000), PricedRequests: 1},
+				{ServiceTier: "", Requests: 1, Usage: metering.Usage{InputUncached: 200, CacheRead: 50, Output: 20}, CostMicroUSD: costPtr(2000), PricedRequests: 1},
+				{ServiceTier: "flex", Requests: 1, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+				{ServiceTier: "priority", Requests: 1, Usage: metering.Usage{InputUncached: 400, Output: 40, Reasoning: 5}, CostMicroUSD: costPtr(8000), PricedRequests: 1},
 			}
 			if got, err := s.Query(ctx, partial); err != nil || !reflect.DeepEqual(got, wantPartial) {
 				t.Errorf("partial day by tier: %v\n got %s\nwant %s", err, rowsJSON(got), rowsJSON(wantPartial))

@@ -202,13 +202,10 @@ func appendSpoolLine(dst []byte, r *metering.Record) ([]byte, error) {
 	if u := r.Usage; u == nil {
 		dst = append(dst, `,"usage":null`...)
 	} else {
-		dst = appendJSONIntField(dst, `,"usage":{"input_uncached":`, u.InputUncached)
-		dst = appendJSONIntField(dst, `,"cache_read":`, u.CacheRead)
-		dst = appendJSONIntField(dst, `,"cache_write_5m":`, u.CacheWrite5m)
-		dst = appendJSONIntField(dst, `,"cache_write_1h":`, u.CacheWrite1h)
-		dst = appendJSONIntField(dst, `,"input_other":`, u.InputOther)
-		dst = appendJSONIntField(dst, `,"output":`, u.Output)
-		dst = appendJSONIntField(dst, `,"reasoning":`, u.Reasoning)
+		for i, b := range metering.Buckets {
+			dst = append(dst, bucketKeys[i]...)
+			dst = strconv.AppendInt(dst, *b.Of(u), 10)
+		}
 		dst = append(dst, '}')
 	}
 	if r.CostMicroUSD == nil {
@@ -228,6 +225,16 @@ func appendSpoolLine(dst []byte, r *metering.Record) ([]byte, error) {
 	hex.Encode(line[:8], sum[:])
 	return dst, nil
 }
+
+// bucketKeys are the usage object's keys with their punctuation, the
+// first opening the object.
+var bucketKeys = func() (keys [len(metering.Buckets)]string) {
+	for i, b := range metering.Buckets {
+		keys[i] = `,"` + b.Name + `":`
+	}
+	keys[0] = `,"usage":{"` + metering.Buckets[0].Name + `":`
+	return keys
+}()
 
 // appendJSONIntField appends key, which carries its punctuation, and v.
 func appendJSONIntField(dst []byte, key string, v int64) []byte {

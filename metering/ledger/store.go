@@ -162,25 +162,72 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	AND usage_daily.service_tier = u.service_tier`,
 }
 
-// recordColumns is the insert column order of usage_records; recordArgs
-// must follow it.
-var recordColumns = []string{
+// recordColumns is the insert column order of usage_records:
+// recordHeadColumns, a column per token bucket, recordTailColumns;
+// appendRecordArgs follows it.
+var recordColumns = slices.Concat(recordHeadColumns, bucketColumns(), recordTailColumns)
+
+var recordHeadColumns = []string{
 	"request_id", "started_at", "day", "duration_ns", "ttfb_ns",
 	"workspace", "project", "user_id", "token_id", "session_id",
 	"harness", "dialect", "operation", "path", "provider",
 	"credential_tier", "credential_id", "stream", "model_requested", "model_served",
 	"upstream_id", "status", "outcome", "usage_source", "usage_injected",
-	"event_overflow", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
-	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd", "unpriced",
-	"price_version", "bytes_out", "recorded_at", "service_tier",
+	"event_overflow",
 }
 
-// dailySums are the additive columns of usage_daily, in dailyAgg order.
-var dailySums = []string{
-	"requests", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
-	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd",
-	"priced_requests", "unpriced_requests", "missing_usage_requests", "estimated_requests",
-	"unmetered_requests", "rejected_requests",
+var recordTailColumns = []string{"cost_micro_usd", "unpriced", "price_version", "bytes_out", "recorded_at", "service_tier"}
+
+// bucketColumns are the token columns of usage_records and usage_daily.
+func bucketColumns() []string {
+	cols := make([]string, len(metering.Buckets))
+	for i, b := range metering.Buckets {
+		cols[i] = b.Column
+	}
+	return cols
+}
+
+// dailySums are the additive columns of usage_daily, in dailyAgg order:
+// requests, the token buckets, cost, then rollupCounts.
+var dailySums = func() []string {
+	cols := append([]string{"requests"}, bucketColumns()...)
+	cols = append(cols, "cost_micro_usd")
+	for _, c := range rollupCounts {
+		cols = append(cols, c.column)
+	}
+	return cols
+}()
+
+// Positions in dailyAgg.
+const (
+	aggRequests = 0
+	aggTokens   = 1
+	aggCost     = aggTokens + len(metering.Buckets)
+	aggCounts   = aggCost + 1
+)
+
+// rollupCount is one request counter of usage_daily: which records it
+// counts, the same test in SQL over usage_records, and its UsageRow field.
+type rollupCount struct {
+	column string
+	raw    string
+	counts func(*metering.Record) bool
+	row    func(*UsageRow) *int64
+}
+
+var rollupCounts = [...]rollupCount{
+	{"priced_requests", "cost_micro_usd IS NOT NULL",
+		func(r *metering.Record) bool { return r.CostMicroUSD != nil }, func(u *UsageRow) *int64 { return &u.PricedRequests }},
+	{"unpriced_requests", "unpriced",
+		(*metering.Record).CostUnknown, func(u *UsageRow) *int64 { return &u.UnpricedRequests }},
+	{"missing_usage_requests", "usage_source = '" + metering.SourceMissing + "'",
+		func(r *metering.Record) bool { return r.Source == metering.SourceMissing }, func(u *UsageRow) *int64 { return &u.MissingUsageRequests }},
+	{"estimated_requests", "usage_source = '" + metering.SourceEstimated + "'",
+		func(r *metering.Record) bool { return r.Source == metering.SourceEstimated }, func(u *UsageRow) *int64 { return &u.EstimatedRequests }},
+	{"unmetered_requests", "usage_source = '" + metering.SourceNone + "'",
+		func(r *metering.Record) bool { return r.Source == metering.SourceNone }, func(u *UsageRow) *int64 { return &u.UnmeteredRequests }},
+	{"rejected_requests", "outcome = '" + metering.OutcomeRejected + "'",
+		func(r *metering.Record) bool { return r.Outcome == metering.OutcomeRejected }, func(u *UsageRow) *int64 { return &u.RejectedRequests }},
 }
 
 // usageDayLayout is the usage_daily day format; ISO dates sort as text.
@@ -481,31 +528,26 @@ func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*metering.R
 // appendRecordArgs appends r's recordColumns values; now is the recorded_at
 // parameter, converted once per batch.
 func (s *Store) appendRecordArgs(args []any, r *metering.Record, now any) []any {
-	u := r.Usage
-	tok := func(f func(*metering.Usage) int64) any {
-		if u == nil {
-			return nil
-		}
-		return f(u)
-	}
 	var cost any
 	if r.CostMicroUSD != nil {
 		cost = *r.CostMicroUSD
 	}
-	return append(args,
+	args = append(args,
 		r.RequestID, s.ts(r.Start), r.Start.UTC().Format(usageDayLayout), int64(r.Duration), int64(r.TTFB),
 		r.Workspace, r.Project, r.User, r.TokenID, r.Session,
 		r.Harness, r.Dialect, r.Operation, r.Path, r.Provider,
 		r.CredTier, r.CredentialID, r.Stream, r.ModelRequest, r.ModelServed,
 		r.UpstreamID, r.Status, r.Outcome, r.Source, r.Injected,
 		r.EventOverflow,
-		tok(func(u *metering.Usage) int64 { return u.InputUncached }),
-		tok(func(u *metering.Usage) int64 { return u.CacheRead }),
-		tok(func(u *metering.Usage) int64 { return u.CacheWrite5m }),
-		tok(func(u *metering.Usage) int64 { return u.CacheWrite1h }),
-		tok(func(u *metering.Usage) int64 { return u.InputOther }),
-		tok(func(u *metering.Usage) int64 { return u.Output }),
-		tok(func(u *metering.Usage) int64 { return u.Reasoning }),
+	)
+	for _, b := range metering.Buckets {
+		if r.Usage == nil {
+			args = append(args, nil)
+		} else {
+			args = append(args, *b.Of(r.Usage))
+		}
+	}
+	return append(args,
 		cost, r.CostUnknown(),
 		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
 	)
@@ -554,7 +596,8 @@ func storeClean(r *metering.Record) *metering.Record {
 	return &c
 }
 
-// rawModelExpr is recordModel in SQL, for queries over usage_records.
+// rawModelExpr is metering.Record.Model in SQL, for queries over
+// usage_records.
 const rawModelExpr = "CASE WHEN model_served <> '' THEN model_served ELSE model_requested END"
 
 // dailyKey is a usage_daily primary key, in dailyKeyColumns order.
@@ -579,36 +622,21 @@ func (a dailyKey) compare(b dailyKey) int {
 }
 
 // dailyAgg holds the dailySums of one rollup row, in that order.
-type dailyAgg [15]int64
+type dailyAgg [aggCounts + len(rollupCounts)]int64
 
 func (a *dailyAgg) add(r *metering.Record) {
-	a[0]++
+	a[aggRequests]++
 	if u := r.Usage; u != nil {
-		a[1] += u.InputUncached
-		a[2] += u.CacheRead
-		a[3] += u.CacheWrite5m
-		a[4] += u.CacheWrite1h
-		a[5] += u.InputOther
-		a[6] += u.Output
-		a[7] += u.Reasoning
+		for i, b := range metering.Buckets {
+			a[aggTokens+i] += *b.Of(u)
+		}
 	}
 	if r.CostMicroUSD != nil {
-		a[8] += *r.CostMicroUSD
-		a[9]++
+		a[aggCost] += *r.CostMicroUSD
 	}
-	if r.CostUnknown() {
-		a[10]++
-	}
-	if r.Source == metering.SourceMissing {
-		a[11]++
-	}
-	if r.Source == metering.SourceEstimated {
-		a[12]++
-	}
-	if r.Source == metering.SourceNone {
-		a[13]++
-	}
-	if r.Outcome == metering.OutcomeRejected {
-		a[14]++
+	for i, c := range rollupCounts {
+		if c.counts(r) {
+			a[aggCounts+i]++
+		}
 	}
 }
