@@ -389,7 +389,7 @@ func otelCostStatus(r *Record) string {
 	switch {
 	case r.CostMicroUSD != nil:
 		return "priced"
-	case recordUnpriced(r):
+	case r.CostUnknown():
 		return "unpriced"
 	}
 	return "none"
@@ -415,7 +415,7 @@ var writerDispositions = []struct {
 // RegisterWriter exports w's counters as observable instruments on the
 // Instruments' meter, so a dropped or spilled record shows on dashboards.
 // The returned function unregisters the callback; call it before w.Close.
-func (in *Instruments) RegisterWriter(w *Writer) (unregister func() error, err error) {
+func (in *Instruments) RegisterWriter(w StatsReporter) (unregister func() error, err error) {
 	var errs [4]error
 	var records, retries metric.Int64ObservableCounter
 	var spool, queue metric.Int64ObservableGauge

@@ -1,6 +1,7 @@
 // Package metering turns the bytes tollgate forwards into usage: it frames
 // SSE streams, extracts token counts per dialect from rules in the registry,
-// prices them, and writes one durable record per request.
+// prices them, and builds the one usage Record of each request. Keeping the
+// records (spool, store, queries) is package metering/ledger.
 package metering
 
 import "time"
@@ -40,9 +41,55 @@ type Usage struct {
 	Reasoning     int64 `json:"reasoning"`
 }
 
+// NumBuckets is the number of token buckets in Usage.
+const NumBuckets = 7
+
+// Bucket describes one token bucket of Usage once, for every layer that
+// stores, sums or shows buckets (spool line, usage_records and usage_daily
+// columns, usage reports). Buckets lists them in Usage's field order,
+// which is also their JSON order. Adding a bucket is a field in Usage, an
+// entry here, and a migration adding its columns (ledger/store.go).
+type Bucket struct {
+	// Name is the JSON key, in Usage, the spool and the reports.
+	Name string
+	// Column is the SQL column in usage_records and usage_daily.
+	Column string
+	// Input says the bucket is part of InputTotal (OTel's input).
+	Input bool
+	// Table is the column of the terminal table that shows it; buckets
+	// sharing one are summed there.
+	Table string
+	// Of returns the bucket's field in u.
+	Of func(u *Usage) *int64
+}
+
+// Buckets are Usage's buckets in field order.
+var Buckets = [NumBuckets]Bucket{
+	{"input_uncached", "input_uncached", true, "input", func(u *Usage) *int64 { return &u.InputUncached }},
+	{"cache_read", "cache_read", true, "cache_read", func(u *Usage) *int64 { return &u.CacheRead }},
+	{"cache_write_5m", "cache_write_5m", true, "cache_write", func(u *Usage) *int64 { return &u.CacheWrite5m }},
+	{"cache_write_1h", "cache_write_1h", true, "cache_write", func(u *Usage) *int64 { return &u.CacheWrite1h }},
+	{"input_other", "input_other", true, "input", func(u *Usage) *int64 { return &u.InputOther }},
+	{"output", "output_tokens", false, "output", func(u *Usage) *int64 { return &u.Output }},
+	{"reasoning", "reasoning_tokens", false, "reasoning", func(u *Usage) *int64 { return &u.Reasoning }},
+}
+
 // InputTotal is OTel's input: uncached, cache reads and writes, and other input.
 func (u Usage) InputTotal() int64 {
-	return u.InputUncached + u.CacheRead + u.CacheWrite5m + u.CacheWrite1h + u.InputOther
+	var n int64
+	for _, b := range Buckets {
+		if b.Input {
+			n += *b.Of(&u)
+		}
+	}
+	return n
+}
+
+// Add adds o's buckets to u.
+func (u *Usage) Add(o *Usage) {
+	for _, b := range Buckets {
+		*b.Of(u) += *b.Of(o)
+	}
 }
 
 // Record is one request's usage row. Token fields are nil when Source is
@@ -85,4 +132,30 @@ type Record struct {
 	Unpriced     bool   `json:"unpriced,omitempty"`
 	PriceVersion string `json:"price_version"`
 	BytesOut     int64  `json:"bytes_out"`
+}
+
+// Sink receives the one usage record of each request. The proxy calls Record
+// once per request, after the response ended; Record must return quickly
+// (a bounded enqueue) and never fails from the caller's point of view: an
+// implementation that cannot keep a record counts and logs it.
+//
+// Record takes ownership of r: the caller must not modify it afterwards.
+type Sink interface {
+	Record(r *Record)
+}
+
+// CostUnknown says the request has tokens but no cost: its cost is unknown,
+// not zero. Requests without tokens (errors, missing usage) are counted
+// elsewhere.
+func (r *Record) CostUnknown() bool {
+	return r.Unpriced || (r.Usage != nil && r.CostMicroUSD == nil)
+}
+
+// Model is the model a request is reported and priced under: the served
+// one, else the requested one (rejected or unreachable requests).
+func (r *Record) Model() string {
+	if r.ModelServed != "" {
+		return r.ModelServed
+	}
+	return r.ModelRequest
 }

@@ -12,14 +12,14 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
 
 // UsageQuerier answers the usage API.
 type UsageQuerier interface {
-	Query(ctx context.Context, q metering.UsageQuery) ([]metering.UsageRow, error)
+	Query(ctx context.Context, q ledger.UsageQuery) ([]ledger.UsageRow, error)
 }
 
 // adminPrefix is where the admin API lives.
@@ -228,7 +228,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 // usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv,
 // filtered by project=, user=, workspace= and service_tier=.
 func (s *Server) usage(c *fiber.Ctx) error {
-	q, err := metering.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
+	q, err := ledger.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
 		return err
 	}
@@ -242,11 +242,11 @@ func (s *Server) usage(c *fiber.Ctx) error {
 	switch c.Query("format", "json") {
 	case "json":
 		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-		err = metering.WriteJSON(&buf, q.GroupBy, rows)
+		err = ledger.WriteJSON(&buf, q.GroupBy, rows)
 	case "csv":
 		c.Set(fiber.HeaderContentType, "text/csv; charset=utf-8")
 		c.Set(fiber.HeaderContentDisposition, `attachment; filename="tollgate-usage.csv"`)
-		err = metering.WriteCSV(&buf, q.GroupBy, rows)
+		err = ledger.WriteCSV(&buf, q.GroupBy, rows)
 	default:
 		return newError(kindBadRequest, "format must be json or csv")
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 )
 
 func (e *testEnv) admin(method, path, body string) (int, map[string]any) {
@@ -135,7 +136,7 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	st, err := metering.OpenStore(ctx, db)
+	st, err := ledger.OpenStore(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
 
-	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -132,7 +132,7 @@ func classify(err error) *apiError {
 		return &apiError{kind: kindForbidden, msg: "this project has disabled this provider: ask a project administrator to enable it", cause: err}
 	case errors.Is(err, resolver.ErrNoCredential):
 		return &apiError{kind: kindUnauthenticated, msg: "no credential is configured for this project and user on this dialect: ask an administrator to add one", cause: err}
-	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, metering.ErrInvalidQuery):
+	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, ledger.ErrInvalidQuery):
 		// Admin API only: resolver and usage-query messages name the field
 		// at fault and never hold a secret.
 		return &apiError{kind: kindBadRequest, msg: err.Error()}

@@ -14,7 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -297,21 +297,25 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var o options
 	fs := newFlags("usage", stderr)
 	o.bind(fs)
-	from := fs.String("from", "", "start date or time (default: 7 days ago), e.g. 2026-11-01")
-	to := fs.String("to", "", "end date or time, exclusive (default: now)")
-	groupBy := fs.String("group-by", "model", "comma list of model, project, user, workspace, harness, provider, service_tier, day")
-	project := fs.String("project", "", "only this project")
-	format := fs.String("format", "table", "table, json or csv")
+	f := newCommandFlags(fs)
+	from := f.String("from", "", "start date or RFC 3339 time, inclusive (default: 7 days before --to), e.g. 2026-11-01")
+	to := f.String("to", "", "end: a date includes that whole UTC day; an RFC 3339 time is exclusive (default: now)")
+	groupBy := f.String("group-by", "model", "comma list of "+strings.Join(ledger.GroupByNames, ", "))
+	project := f.String("project", "", "only this project")
+	user := f.String("user", "", "only this user")
+	workspace := f.String("workspace", "", "only this workspace")
+	tier := f.String("service-tier", "", "only requests the provider served in this tier (flex, priority, ...)")
+	format := f.String("format", "table", "table, json or csv")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	q, err := metering.ParseUsageQuery(*from, *to, *groupBy, time.Now())
+	q, err := ledger.ParseUsageQuery(*from, *to, *groupBy, time.Now())
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	q.Project = *project
+	q.Project, q.User, q.Workspace, q.ServiceTier = *project, *user, *workspace, *tier
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
-		st, err := metering.OpenStore(ctx, d.db)
+		st, err := ledger.OpenStore(ctx, d.db)
 		if err != nil {
 			return err
 		}
@@ -321,11 +325,11 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		switch *format {
 		case "json":
-			return metering.WriteJSON(stdout, q.GroupBy, rows)
+			return ledger.WriteJSON(stdout, q.GroupBy, rows)
 		case "csv":
-			return metering.WriteCSV(stdout, q.GroupBy, rows)
+			return ledger.WriteCSV(stdout, q.GroupBy, rows)
 		case "table":
-			return metering.WriteTable(stdout, q.GroupBy, rows)
+			return ledger.WriteTable(stdout, q.GroupBy, rows)
 		}
 		return usageErr("unknown format %q: use table, json or csv", *format)
 	})

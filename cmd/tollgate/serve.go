@@ -15,6 +15,7 @@ import (
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/proxy"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -162,11 +163,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	usage, err := metering.OpenStore(ctx, d.db)
+	usage, err := ledger.OpenStore(ctx, d.db)
 	if err != nil {
 		return err
 	}
-	writer, err := metering.NewWriter(metering.WriterConfig{SpoolDir: o.Spool, Logger: log}, usage)
+	writer, err := ledger.NewWriter(ledger.WriterConfig{SpoolDir: o.Spool, Logger: log}, usage)
 	if err != nil {
 		return err
 	}
@@ -249,7 +250,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // shutdown runs the ordered, bounded sequence of house rule 14: stop
 // accepting and let streams finish within the grace period; then cancel the
 // base context so the rest end at once; then flush metering and telemetry.
-func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *metering.Writer, tel *telemetry, log *slog.Logger) error {
+func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *ledger.Writer, tel *telemetry, log *slog.Logger) error {
 	log.Info("shutting down", "grace", grace.String())
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(context.Background()) }()

@@ -1,25 +1,20 @@
-package metering
+// Package ledger keeps the usage records metering produces: a crash-safe
+// local spool, the durable Writer that batches them into the SQL store, the
+// daily rollup, and the usage queries and their renderings.
+package ledger
 
 import (
 	"context"
 	"errors"
-)
 
-// Sink receives the one usage record of each request. The proxy calls Record
-// once per request, after the response ended; Record must return quickly
-// (a bounded enqueue) and never fails from the caller's point of view: an
-// implementation that cannot keep a record counts and logs it.
-//
-// Record takes ownership of r: the caller must not modify it afterwards.
-type Sink interface {
-	Record(r *Record)
-}
+	"github.com/tollgate/tollgate/metering"
+)
 
 // Inserter stores a batch of records in one transaction, idempotently by
 // request id, and reports how many of them were new. *Store implements it;
 // tests wrap it to inject failures.
 type Inserter interface {
-	InsertBatch(ctx context.Context, recs []*Record) (inserted int, err error)
+	InsertBatch(ctx context.Context, recs []*metering.Record) (inserted int, err error)
 }
 
 // Sentinel errors of the durable sink.
@@ -32,6 +27,7 @@ var (
 )
 
 var (
-	_ Sink     = (*Writer)(nil)
-	_ Inserter = (*Store)(nil)
+	_ metering.Sink          = (*Writer)(nil)
+	_ metering.StatsReporter = (*Writer)(nil)
+	_ Inserter               = (*Store)(nil)
 )

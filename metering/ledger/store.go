@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"cmp"
@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering"
 )
 
 // storeMigrations create metering's tables. Append only: a released
@@ -141,26 +142,92 @@ SELECT day, project, user_id, workspace, harness, provider, model, '',
 FROM usage_daily;
 DROP TABLE usage_daily;
 ALTER TABLE usage_daily_v3 RENAME TO usage_daily`,
+	// unmetered_requests counts requests that were not metered calls
+	// (usage_source none: rejected, failed upstream, count_tokens), and
+	// rejected_requests those tollgate refused, so a report can tell them
+	// from requests whose usage went missing. Backfilled from the records;
+	// rows rolled up before migration 3 kept no tier and match only
+	// records without one.
+	`ALTER TABLE usage_daily ADD COLUMN unmetered_requests BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_daily ADD COLUMN rejected_requests BIGINT NOT NULL DEFAULT 0;
+UPDATE usage_daily SET unmetered_requests = u.unmetered, rejected_requests = u.rejected
+FROM (SELECT day, project, user_id, workspace, harness, provider,
+		CASE WHEN model_served <> '' THEN model_served ELSE model_requested END AS model, service_tier,
+		SUM(CASE WHEN usage_source = 'none' THEN 1 ELSE 0 END) AS unmetered,
+		SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS rejected
+	FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8) AS u
+WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_daily.user_id = u.user_id
+	AND usage_daily.workspace = u.workspace AND usage_daily.harness = u.harness
+	AND usage_daily.provider = u.provider AND usage_daily.model = u.model
+	AND usage_daily.service_tier = u.service_tier`,
 }
 
-// recordColumns is the insert column order of usage_records; recordArgs
-// must follow it.
-var recordColumns = []string{
+// recordColumns is the insert column order of usage_records:
+// recordHeadColumns, a column per token bucket, recordTailColumns;
+// appendRecordArgs follows it.
+var recordColumns = slices.Concat(recordHeadColumns, bucketColumns(), recordTailColumns)
+
+var recordHeadColumns = []string{
 	"request_id", "started_at", "day", "duration_ns", "ttfb_ns",
 	"workspace", "project", "user_id", "token_id", "session_id",
 	"harness", "dialect", "operation", "path", "provider",
 	"credential_tier", "credential_id", "stream", "model_requested", "model_served",
 	"upstream_id", "status", "outcome", "usage_source", "usage_injected",
-	"event_overflow", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
-	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd", "unpriced",
-	"price_version", "bytes_out", "recorded_at", "service_tier",
+	"event_overflow",
 }
 
-// dailySums are the additive columns of usage_daily, in dailyAgg order.
-var dailySums = []string{
-	"requests", "input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
-	"input_other", "output_tokens", "reasoning_tokens", "cost_micro_usd",
-	"priced_requests", "unpriced_requests", "missing_usage_requests", "estimated_requests",
+var recordTailColumns = []string{"cost_micro_usd", "unpriced", "price_version", "bytes_out", "recorded_at", "service_tier"}
+
+// bucketColumns are the token columns of usage_records and usage_daily.
+func bucketColumns() []string {
+	cols := make([]string, len(metering.Buckets))
+	for i, b := range metering.Buckets {
+		cols[i] = b.Column
+	}
+	return cols
+}
+
+// dailySums are the additive columns of usage_daily, in dailyAgg order:
+// requests, the token buckets, cost, then rollupCounts.
+var dailySums = func() []string {
+	cols := append([]string{"requests"}, bucketColumns()...)
+	cols = append(cols, "cost_micro_usd")
+	for _, c := range rollupCounts {
+		cols = append(cols, c.column)
+	}
+	return cols
+}()
+
+// Positions in dailyAgg.
+const (
+	aggRequests = 0
+	aggTokens   = 1
+	aggCost     = aggTokens + len(metering.Buckets)
+	aggCounts   = aggCost + 1
+)
+
+// rollupCount is one request counter of usage_daily: which records it
+// counts, the same test in SQL over usage_records, and its UsageRow field.
+type rollupCount struct {
+	column string
+	raw    string
+	counts func(*metering.Record) bool
+	row    func(*UsageRow) *int64
+}
+
+var rollupCounts = [...]rollupCount{
+	{"priced_requests", "cost_micro_usd IS NOT NULL",
+		func(r *metering.Record) bool { return r.CostMicroUSD != nil }, func(u *UsageRow) *int64 { return &u.PricedRequests }},
+	{"unpriced_requests", "unpriced",
+		(*metering.Record).CostUnknown, func(u *UsageRow) *int64 { return &u.UnpricedRequests }},
+	{"missing_usage_requests", "usage_source = '" + metering.SourceMissing + "'",
+		func(r *metering.Record) bool { return r.Source == metering.SourceMissing }, func(u *UsageRow) *int64 { return &u.MissingUsageRequests }},
+	{"estimated_requests", "usage_source = '" + metering.SourceEstimated + "'",
+		func(r *metering.Record) bool { return r.Source == metering.SourceEstimated }, func(u *UsageRow) *int64 { return &u.EstimatedRequests }},
+	{"unmetered_requests", "usage_source = '" + metering.SourceNone + "'",
+		func(r *metering.Record) bool { return r.Source == metering.SourceNone }, func(u *UsageRow) *int64 { return &u.UnmeteredRequests }},
+	{"rejected_requests", "outcome = '" + metering.OutcomeRejected + "'",
+		func(r *metering.Record) bool { return r.Outcome == metering.OutcomeRejected }, func(u *UsageRow) *int64 { return &u.RejectedRequests }},
 }
 
 // usageDayLayout is the usage_daily day format; ISO dates sort as text.
@@ -340,7 +407,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // InsertBatch inserts recs in one transaction, ignoring request ids already
 // stored, and adds the newly inserted ones to usage_daily in the same
 // transaction. It returns how many were new.
-func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
+func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
@@ -350,7 +417,7 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
 	}
 	defer tx.Rollback()
 	recs = storeCleanAll(recs)
-	var fresh []*Record
+	var fresh []*metering.Record
 	if s.db.Engine == store.SQLite {
 		fresh, err = s.insertEach(ctx, tx, recs)
 	} else {
@@ -396,11 +463,11 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
 // insertEach inserts recs one prepared row at a time and returns the ones
 // that were new; a request id already stored, or repeated in recs, changes
 // no row.
-func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*Record) ([]*Record, error) {
+func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*metering.Record) ([]*metering.Record, error) {
 	ins := tx.StmtContext(ctx, s.insertRow)
 	now := s.ts(s.now())
 	args := make([]any, 0, len(recordColumns))
-	fresh := make([]*Record, 0, len(recs))
+	fresh := make([]*metering.Record, 0, len(recs))
 	for i, r := range recs {
 		if i > 0 && i%yieldEvery == 0 {
 			runtime.Gosched()
@@ -420,7 +487,7 @@ func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*Record) ([]*
 
 // insertChunks inserts recs in multi-row statements and returns the ones
 // that were new, each request id once.
-func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*Record) ([]*Record, error) {
+func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*metering.Record) ([]*metering.Record, error) {
 	now := s.ts(s.now())
 	ids := make(map[string]bool, len(recs))
 	for off := 0; off < len(recs); off += insertChunk {
@@ -448,7 +515,7 @@ func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*Record) ([
 			return nil, err
 		}
 	}
-	var fresh []*Record
+	var fresh []*metering.Record
 	for _, r := range recs {
 		if ids[r.RequestID] {
 			delete(ids, r.RequestID) // a repeat inside the batch was not inserted twice
@@ -460,33 +527,28 @@ func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*Record) ([
 
 // appendRecordArgs appends r's recordColumns values; now is the recorded_at
 // parameter, converted once per batch.
-func (s *Store) appendRecordArgs(args []any, r *Record, now any) []any {
-	u := r.Usage
-	tok := func(f func(*Usage) int64) any {
-		if u == nil {
-			return nil
-		}
-		return f(u)
-	}
+func (s *Store) appendRecordArgs(args []any, r *metering.Record, now any) []any {
 	var cost any
 	if r.CostMicroUSD != nil {
 		cost = *r.CostMicroUSD
 	}
-	return append(args,
+	args = append(args,
 		r.RequestID, s.ts(r.Start), r.Start.UTC().Format(usageDayLayout), int64(r.Duration), int64(r.TTFB),
 		r.Workspace, r.Project, r.User, r.TokenID, r.Session,
 		r.Harness, r.Dialect, r.Operation, r.Path, r.Provider,
 		r.CredTier, r.CredentialID, r.Stream, r.ModelRequest, r.ModelServed,
 		r.UpstreamID, r.Status, r.Outcome, r.Source, r.Injected,
 		r.EventOverflow,
-		tok(func(u *Usage) int64 { return u.InputUncached }),
-		tok(func(u *Usage) int64 { return u.CacheRead }),
-		tok(func(u *Usage) int64 { return u.CacheWrite5m }),
-		tok(func(u *Usage) int64 { return u.CacheWrite1h }),
-		tok(func(u *Usage) int64 { return u.InputOther }),
-		tok(func(u *Usage) int64 { return u.Output }),
-		tok(func(u *Usage) int64 { return u.Reasoning }),
-		cost, recordUnpriced(r),
+	)
+	for _, b := range metering.Buckets {
+		if r.Usage == nil {
+			args = append(args, nil)
+		} else {
+			args = append(args, *b.Of(r.Usage))
+		}
+	}
+	return append(args,
+		cost, r.CostUnknown(),
 		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
 	)
 }
@@ -494,12 +556,12 @@ func (s *Store) appendRecordArgs(args []any, r *Record, now any) []any {
 // storeCleanAll returns recs with every text field valid UTF-8 without NUL
 // bytes, copying only the records that need it. PostgreSQL rejects both in
 // TEXT columns, and one such record would otherwise fail its batch forever.
-func storeCleanAll(recs []*Record) []*Record {
-	var out []*Record
+func storeCleanAll(recs []*metering.Record) []*metering.Record {
+	var out []*metering.Record
 	for i, r := range recs {
 		c := storeClean(r)
 		if c != r && out == nil {
-			out = append(make([]*Record, 0, len(recs)), recs[:i]...)
+			out = append(make([]*metering.Record, 0, len(recs)), recs[:i]...)
 		}
 		if out != nil {
 			out = append(out, c)
@@ -511,8 +573,8 @@ func storeCleanAll(recs []*Record) []*Record {
 	return out
 }
 
-func storeClean(r *Record) *Record {
-	fields := func(r *Record) []*string {
+func storeClean(r *metering.Record) *metering.Record {
+	fields := func(r *metering.Record) []*string {
 		return []*string{&r.RequestID, &r.Workspace, &r.Project, &r.User, &r.TokenID, &r.Session,
 			&r.Harness, &r.Dialect, &r.Operation, &r.Path, &r.Provider, &r.CredTier, &r.CredentialID,
 			&r.ModelRequest, &r.ModelServed, &r.UpstreamID, &r.ServiceTier, &r.Outcome, &r.Source, &r.PriceVersion}
@@ -534,23 +596,8 @@ func storeClean(r *Record) *Record {
 	return &c
 }
 
-// recordUnpriced says the request has tokens but no cost: its cost is unknown,
-// not zero. Requests without tokens (errors, missing usage) are counted
-// elsewhere.
-func recordUnpriced(r *Record) bool {
-	return r.Unpriced || (r.Usage != nil && r.CostMicroUSD == nil)
-}
-
-// recordModel is the model a request is reported under: the served one,
-// else the requested one (rejected or unreachable requests).
-func recordModel(r *Record) string {
-	if r.ModelServed != "" {
-		return r.ModelServed
-	}
-	return r.ModelRequest
-}
-
-// rawModelExpr is recordModel in SQL, for queries over usage_records.
+// rawModelExpr is metering.Record.Model in SQL, for queries over
+// usage_records.
 const rawModelExpr = "CASE WHEN model_served <> '' THEN model_served ELSE model_requested END"
 
 // dailyKey is a usage_daily primary key, in dailyKeyColumns order.
@@ -558,10 +605,10 @@ type dailyKey struct {
 	day, project, user, workspace, harness, provider, model, tier string
 }
 
-func dailyKeyOf(r *Record) dailyKey {
+func dailyKeyOf(r *metering.Record) dailyKey {
 	return dailyKey{
 		day: r.Start.UTC().Format(usageDayLayout), project: r.Project, user: r.User,
-		workspace: r.Workspace, harness: r.Harness, provider: r.Provider, model: recordModel(r),
+		workspace: r.Workspace, harness: r.Harness, provider: r.Provider, model: r.Model(),
 		tier: r.ServiceTier,
 	}
 }
@@ -575,30 +622,21 @@ func (a dailyKey) compare(b dailyKey) int {
 }
 
 // dailyAgg holds the dailySums of one rollup row, in that order.
-type dailyAgg [13]int64
+type dailyAgg [aggCounts + len(rollupCounts)]int64
 
-func (a *dailyAgg) add(r *Record) {
-	a[0]++
+func (a *dailyAgg) add(r *metering.Record) {
+	a[aggRequests]++
 	if u := r.Usage; u != nil {
-		a[1] += u.InputUncached
-		a[2] += u.CacheRead
-		a[3] += u.CacheWrite5m
-		a[4] += u.CacheWrite1h
-		a[5] += u.InputOther
-		a[6] += u.Output
-		a[7] += u.Reasoning
+		for i, b := range metering.Buckets {
+			a[aggTokens+i] += *b.Of(u)
+		}
 	}
 	if r.CostMicroUSD != nil {
-		a[8] += *r.CostMicroUSD
-		a[9]++
+		a[aggCost] += *r.CostMicroUSD
 	}
-	if recordUnpriced(r) {
-		a[10]++
-	}
-	if r.Source == SourceMissing {
-		a[11]++
-	}
-	if r.Source == SourceEstimated {
-		a[12]++
+	for i, c := range rollupCounts {
+		if c.counts(r) {
+			a[aggCounts+i]++
+		}
 	}
 }

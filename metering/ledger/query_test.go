@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // assertRollupMatchesRaw checks that q gives the same rows from usage_daily
@@ -39,7 +41,7 @@ func rowsJSON(rows []UsageRow) string {
 }
 
 // expectRows aggregates recs like Query should, as the reference.
-func expectRows(recs []*Record, q UsageQuery) []UsageRow {
+func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 	m := map[string]*UsageRow{}
 	var keys []string
 	for _, r := range recs {
@@ -48,8 +50,9 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) {
 			continue
 		}
-		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: recordModel(r), Project: r.Project,
-			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier}
+		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: r.Model(), Project: r.Project,
+			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier,
+			Token: r.TokenID, Credential: r.CredentialID}
 		var row UsageRow
 		var key []string
 		for _, g := range q.GroupBy {
@@ -64,9 +67,14 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 		a := m[k]
 		var d dailyAgg
 		d.add(r)
-		a.add(&UsageRow{Requests: d[0], InputUncached: d[1], CacheRead: d[2], CacheWrite5m: d[3], CacheWrite1h: d[4],
-			InputOther: d[5], Output: d[6], Reasoning: d[7], PricedRequests: d[9], UnpricedRequests: d[10],
-			MissingUsageRequests: d[11], EstimatedRequests: d[12]})
+		one := UsageRow{Requests: d[aggRequests]}
+		for i, b := range metering.Buckets {
+			*b.Of(&one.Usage) = d[aggTokens+i]
+		}
+		for i, c := range rollupCounts {
+			*c.row(&one) = d[aggCounts+i]
+		}
+		a.add(&one)
 		if r.CostMicroUSD != nil {
 			if a.CostMicroUSD == nil {
 				a.CostMicroUSD = new(int64)
@@ -85,9 +93,9 @@ func expectRows(recs []*Record, q UsageQuery) []UsageRow {
 // queryFixture stores records over three days, with a fourth day outside
 // the queried ranges, plus one group (model "no-price") never priced. Every
 // day has requests in the "", flex and priority service tiers.
-func queryFixture(tb testing.TB, s *Store) []*Record {
+func queryFixture(tb testing.TB, s *Store) []*metering.Record {
 	tb.Helper()
-	var recs []*Record
+	var recs []*metering.Record
 	for i := range 300 {
 		start := usageDay.Add(time.Duration(i) * 17 * time.Minute) // spans ~3.5 days
 		r := usageRecordN(fmt.Sprintf("q-%d", i), i, start)
@@ -100,7 +108,7 @@ func queryFixture(tb testing.TB, s *Store) []*Record {
 		recs = append(recs, r)
 	}
 	rej := usageRecordN("rejected", 1, usageDay.Add(time.Hour))
-	rej.ModelServed, rej.Outcome, rej.Source, rej.Usage, rej.CostMicroUSD, rej.Unpriced = "", OutcomeRejected, SourceNone, nil, nil, false
+	rej.ModelServed, rej.Outcome, rej.Source, rej.Usage, rej.CostMicroUSD, rej.Unpriced = "", metering.OutcomeRejected, metering.SourceNone, nil, nil, false
 	recs = append(recs, rej)
 	if _, err := s.InsertBatch(context.Background(), recs); err != nil {
 		tb.Fatal(err)
@@ -224,8 +232,8 @@ func TestQueryRejectsBadInput(t *testing.T) {
 
 func TestRenderers(t *testing.T) {
 	rows := []UsageRow{
-		{Day: "2026-05-04", Model: "m1", Requests: 3, InputUncached: 1200, CacheRead: 34, Output: 1234567, CostMicroUSD: costPtr(int64(12_345_678)), PricedRequests: 3},
-		{Day: "2026-05-04", Model: "", Requests: 2, InputUncached: 10, UnpricedRequests: 1, MissingUsageRequests: 1},
+		{Day: "2026-05-04", Model: "m1", Requests: 3, Usage: metering.Usage{InputUncached: 1200, CacheRead: 34, Output: 1234567}, CostMicroUSD: costPtr(int64(12_345_678)), PricedRequests: 3},
+		{Day: "2026-05-04", Model: "", Requests: 2, Usage: metering.Usage{InputUncached: 10}, UnpricedRequests: 1, MissingUsageRequests: 1},
 	}
 	groupBy := []string{GroupDay, GroupModel}
 	t.Run("JSON", func(t *testing.T) {
@@ -259,11 +267,11 @@ func TestRenderers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests"
+		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests,unmetered_requests,rejected_requests"
 		if got := strings.Join(recs[0], ","); got != wantHead {
 			t.Errorf("CSV header:\n got %s\nwant %s", got, wantHead)
 		}
-		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,12345678,12.345678,3,0,0,0" {
+		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,12345678,12.345678,3,0,0,0,0,0" {
 			t.Errorf("CSV row: %s", got)
 		}
 		if len(recs) != 3 {
@@ -300,8 +308,8 @@ func TestRenderers(t *testing.T) {
 	// of its own (empty in JSON and CSV, "(none)" in the table).
 	t.Run("ServiceTier", func(t *testing.T) {
 		tiers := []UsageRow{
-			{ServiceTier: "", Requests: 2, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(3000), PricedRequests: 2},
-			{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+			{ServiceTier: "", Requests: 2, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(3000), PricedRequests: 2},
+			{ServiceTier: "flex", Requests: 1, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(1500), PricedRequests: 1},
 		}
 		by := []string{GroupServiceTier}
 		var b bytes.Buffer
@@ -323,8 +331,8 @@ func TestRenderers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,3000,0.003000,2,0,0,0" ||
-			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,1500,0.001500,1,0,0,0" {
+		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,3000,0.003000,2,0,0,0,0,0" ||
+			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,1500,0.001500,1,0,0,0,0,0" {
 			t.Errorf("CSV: %q", recs)
 		}
 		b.Reset()
@@ -366,9 +374,9 @@ func TestGroupDigits(t *testing.T) {
 
 // tierRecord is a priced request of proj0/user0 on claude-x-0 in tier, so
 // that records differ only by their service tier.
-func tierRecord(id, tier string, start time.Time, u Usage, cost *int64) *Record {
+func tierRecord(id, tier string, start time.Time, u metering.Usage, cost *int64) *metering.Record {
 	r := usageRecordN(id, 0, start)
-	r.ServiceTier, r.Source, r.Usage, r.CostMicroUSD, r.Unpriced = tier, SourceUpstream, &u, cost, cost == nil
+	r.ServiceTier, r.Source, r.Usage, r.CostMicroUSD, r.Unpriced = tier, metering.SourceUpstream, &u, cost, cost == nil
 	return r
 }
 
@@ -382,13 +390,13 @@ func TestQueryByServiceTier(t *testing.T) {
 			s := mustUsageStore(t, engine)
 			ctx := context.Background()
 			h := func(n float64) time.Time { return usageDay.Add(time.Duration(n * float64(time.Hour))) }
-			recs := []*Record{
-				tierRecord("t-1", "", h(10), Usage{InputUncached: 100, Output: 10}, costPtr(1000)),
-				tierRecord("t-2", "", h(11), Usage{InputUncached: 200, CacheRead: 50, Output: 20}, costPtr(2000)),
-				tierRecord("t-3", "flex", h(10.5), Usage{InputUncached: 300, Output: 30}, costPtr(1500)),
-				tierRecord("t-4", "priority", h(12), Usage{InputUncached: 400, Output: 40, Reasoning: 5}, costPtr(8000)),
-				tierRecord("t-5", "priority", h(23), Usage{InputUncached: 1, Output: 1}, nil),    // no price for the tier
-				tierRecord("t-6", "flex", h(25), Usage{InputUncached: 7, Output: 7}, costPtr(7)), // the next day
+			recs := []*metering.Record{
+				tierRecord("t-1", "", h(10), metering.Usage{InputUncached: 100, Output: 10}, costPtr(1000)),
+				tierRecord("t-2", "", h(11), metering.Usage{InputUncached: 200, CacheRead: 50, Output: 20}, costPtr(2000)),
+				tierRecord("t-3", "flex", h(10.5), metering.Usage{InputUncached: 300, Output: 30}, costPtr(1500)),
+				tierRecord("t-4", "priority", h(12), metering.Usage{InputUncached: 400, Output: 40, Reasoning: 5}, costPtr(8000)),
+				tierRecord("t-5", "priority", h(23), metering.Usage{InputUncached: 1, Output: 1}, nil),    // no price for the tier
+				tierRecord("t-6", "flex", h(25), metering.Usage{InputUncached: 7, Output: 7}, costPtr(7)), // the next day
 			}
 			if n, err := s.InsertBatch(ctx, recs[:3]); err != nil || n != 3 {
 				t.Fatalf("InsertBatch: %d, %v", n, err)
@@ -417,9 +425,9 @@ func TestQueryByServiceTier(t *testing.T) {
 
 			day := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{GroupServiceTier}}
 			want := []UsageRow{
-				{ServiceTier: "", Requests: 2, InputUncached: 300, CacheRead: 50, Output: 30, CostMicroUSD: costPtr(3000), PricedRequests: 2},
-				{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
-				{ServiceTier: "priority", Requests: 2, InputUncached: 401, Output: 41, Reasoning: 5, CostMicroUSD: costPtr(8000), PricedRequests: 1, UnpricedRequests: 1},
+				{ServiceTier: "", Requests: 2, Usage: metering.Usage{InputUncached: 300, CacheRead: 50, Output: 30}, CostMicroUSD: costPtr(3000), PricedRequests: 2},
+				{ServiceTier: "flex", Requests: 1, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+				{ServiceTier: "priority", Requests: 2, Usage: metering.Usage{InputUncached: 401, Output: 41, Reasoning: 5}, CostMicroUSD: costPtr(8000), PricedRequests: 1, UnpricedRequests: 1},
 			}
 			got, err := s.Query(ctx, day)
 			if err != nil {
@@ -439,9 +447,9 @@ func TestQueryByServiceTier(t *testing.T) {
 			// 10:15 to 22:00 leaves out t-1 and t-5.
 			partial := UsageQuery{From: h(10.25), To: h(22), GroupBy: []string{GroupServiceTier}}
 			wantPartial := []UsageRow{
-				{ServiceTier: "", Requests: 1, InputUncached: 200, CacheRead: 50, Output: 20, CostMicroUSD: costPtr(2000), PricedRequests: 1},
-				{ServiceTier: "flex", Requests: 1, InputUncached: 300, Output: 30, CostMicroUSD: costPtr(1500), PricedRequests: 1},
-				{ServiceTier: "priority", Requests: 1, InputUncached: 400, Output: 40, Reasoning: 5, CostMicroUSD: costPtr(8000), PricedRequests: 1},
+				{ServiceTier: "", Requests: 1, Usage: metering.Usage{InputUncached: 200, CacheRead: 50, Output: 20}, CostMicroUSD: costPtr(2000), PricedRequests: 1},
+				{ServiceTier: "flex", Requests: 1, Usage: metering.Usage{InputUncached: 300, Output: 30}, CostMicroUSD: costPtr(1500), PricedRequests: 1},
+				{ServiceTier: "priority", Requests: 1, Usage: metering.Usage{InputUncached: 400, Output: 40, Reasoning: 5}, CostMicroUSD: costPtr(8000), PricedRequests: 1},
 			}
 			if got, err := s.Query(ctx, partial); err != nil || !reflect.DeepEqual(got, wantPartial) {
 				t.Errorf("partial day by tier: %v\n got %s\nwant %s", err, rowsJSON(got), rowsJSON(wantPartial))

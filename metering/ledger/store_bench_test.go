@@ -1,10 +1,12 @@
-package metering
+package ledger
 
 import (
 	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // BenchmarkStoreInsertBatch measures one transaction into SQLite, rollup
@@ -24,7 +26,7 @@ func benchInsertBatch(b *testing.B, size int) {
 	// Only InsertBatch's CPU counts: building the records is the caller's.
 	var cpu time.Duration
 	for b.Loop() {
-		recs := make([]*Record, size)
+		recs := make([]*metering.Record, size)
 		for i := range recs {
 			recs[i] = usageRecordN(fmt.Sprintf("ib-%d", n), n, usageDay.Add(time.Duration(n)*time.Second))
 			n++

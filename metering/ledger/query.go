@@ -1,12 +1,15 @@
-package metering
+package ledger
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // Group-by dimensions of a usage query.
@@ -23,10 +26,15 @@ const (
 	// show '' for requests rolled up before the rollup kept the tier
 	// (metering migration 3), whatever their records say.
 	GroupServiceTier = "service_tier"
+	// GroupToken and GroupCredential are the tollgate token id and the
+	// provider credential id. The rollup keeps neither, so grouping by them
+	// reads the raw records whatever the range.
+	GroupToken      = "token"
+	GroupCredential = "credential"
 )
 
 // GroupByNames lists the valid group-by dimensions in display order.
-var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier}
+var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential}
 
 // ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
 // group_by name, empty or inverted range); the message names the problem.
@@ -62,15 +70,12 @@ type UsageRow struct {
 	// ServiceTier is "" both when not grouped by and for requests served
 	// without a named tier; the renderers tell the two apart by GroupBy.
 	ServiceTier string `json:"service_tier,omitempty"`
+	Token       string `json:"token,omitempty"`
+	Credential  string `json:"credential,omitempty"`
 
-	Requests      int64 `json:"requests"`
-	InputUncached int64 `json:"input_uncached"`
-	CacheRead     int64 `json:"cache_read"`
-	CacheWrite5m  int64 `json:"cache_write_5m"`
-	CacheWrite1h  int64 `json:"cache_write_1h"`
-	InputOther    int64 `json:"input_other"`
-	Output        int64 `json:"output"`
-	Reasoning     int64 `json:"reasoning"`
+	Requests int64 `json:"requests"`
+	// Usage sums the token buckets of the requests whose usage is known.
+	metering.Usage
 	// CostMicroUSD sums the priced requests; nil when none was priced.
 	CostMicroUSD *int64 `json:"cost_micro_usd"`
 	// PricedRequests have a cost.
@@ -82,11 +87,13 @@ type UsageRow struct {
 	MissingUsageRequests int64 `json:"missing_usage_requests"`
 	// EstimatedRequests carry tollgate's estimate, not provider numbers.
 	EstimatedRequests int64 `json:"estimated_requests"`
-}
-
-// InputTotal is OTel's input: every input bucket.
-func (r UsageRow) InputTotal() int64 {
-	return r.InputUncached + r.CacheRead + r.CacheWrite5m + r.CacheWrite1h + r.InputOther
+	// UnmeteredRequests were not metered calls (usage_source none:
+	// rejected, failed upstream, count_tokens); they have no tokens by
+	// nature, unlike MissingUsageRequests.
+	UnmeteredRequests int64 `json:"unmetered_requests"`
+	// RejectedRequests were refused by tollgate before any upstream call;
+	// they are a subset of UnmeteredRequests.
+	RejectedRequests int64 `json:"rejected_requests"`
 }
 
 // dim returns the row's value of a group-by dimension.
@@ -108,6 +115,10 @@ func (r *UsageRow) dim(name string) *string {
 		return &r.Provider
 	case GroupServiceTier:
 		return &r.ServiceTier
+	case GroupToken:
+		return &r.Token
+	case GroupCredential:
+		return &r.Credential
 	}
 	return nil
 }
@@ -135,8 +146,11 @@ func (q UsageQuery) Validate() error {
 }
 
 // wholeDays says whether q can be answered from usage_daily: both bounds
-// are UTC midnights. Every group-by and filter is a rollup column.
+// are UTC midnights and every group-by is a rollup column (every filter is).
 func (q UsageQuery) wholeDays() bool {
+	if slices.Contains(q.GroupBy, GroupToken) || slices.Contains(q.GroupBy, GroupCredential) {
+		return false
+	}
 	return isUTCMidnight(q.From) && isUTCMidnight(q.To)
 }
 
@@ -171,15 +185,13 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 			sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
 		}
 	} else {
-		count := func(cond string) string { return "SUM(CASE WHEN " + cond + " THEN 1 ELSE 0 END)" }
-		for _, e := range []string{
-			"COUNT(*)",
-			"SUM(input_uncached)", "SUM(cache_read)", "SUM(cache_write_5m)", "SUM(cache_write_1h)",
-			"SUM(input_other)", "SUM(output_tokens)", "SUM(reasoning_tokens)", "SUM(cost_micro_usd)",
-			count("cost_micro_usd IS NOT NULL"), count("unpriced"),
-			count("usage_source = '" + SourceMissing + "'"), count("usage_source = '" + SourceEstimated + "'"),
-		} {
-			sums = append(sums, "CAST(COALESCE("+e+", 0) AS BIGINT)")
+		sums = append(sums, "CAST(COUNT(*) AS BIGINT)")
+		for _, b := range metering.Buckets {
+			sums = append(sums, "CAST(COALESCE(SUM("+b.Column+"), 0) AS BIGINT)")
+		}
+		sums = append(sums, "CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT)")
+		for _, c := range rollupCounts {
+			sums = append(sums, "CAST(COALESCE(SUM(CASE WHEN "+c.raw+" THEN 1 ELSE 0 END), 0) AS BIGINT)")
 		}
 	}
 	var where []string
@@ -226,9 +238,14 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 		for _, g := range q.GroupBy {
 			dest = append(dest, r.dim(g))
 		}
-		dest = append(dest, &r.Requests, &r.InputUncached, &r.CacheRead, &r.CacheWrite5m, &r.CacheWrite1h,
-			&r.InputOther, &r.Output, &r.Reasoning, &cost,
-			&r.PricedRequests, &r.UnpricedRequests, &r.MissingUsageRequests, &r.EstimatedRequests)
+		dest = append(dest, &r.Requests)
+		for _, b := range metering.Buckets {
+			dest = append(dest, b.Of(&r.Usage))
+		}
+		dest = append(dest, &cost)
+		for _, c := range rollupCounts {
+			dest = append(dest, c.row(&r))
+		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("usage query: %w", err)
 		}
@@ -256,6 +273,10 @@ func dimExpr(g string, rollup bool) string {
 		return rawModelExpr
 	case GroupUser:
 		return "user_id"
+	case GroupToken:
+		return "token_id"
+	case GroupCredential:
+		return "credential_id"
 	}
 	return g // day, project, workspace, harness, provider, service_tier: same column name
 }

@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // fastWriterConfig is a WriterConfig with short timers so tests never wait long.
@@ -74,7 +76,7 @@ type flakyInserter struct {
 	fails atomic.Int64
 }
 
-func (f *flakyInserter) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
+func (f *flakyInserter) InsertBatch(ctx context.Context, recs []*metering.Record) (int, error) {
 	if f.down.Load() {
 		f.fails.Add(1)
 		return 0, errors.New("store down")
@@ -88,7 +90,7 @@ type gateInserter struct {
 	open chan struct{}
 }
 
-func (g *gateInserter) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
+func (g *gateInserter) InsertBatch(ctx context.Context, recs []*metering.Record) (int, error) {
 	select {
 	case <-g.open:
 	case <-ctx.Done():
@@ -160,7 +162,7 @@ func TestWriterIgnoresRepeatedRequestID(t *testing.T) {
 			// A replay of the same spool (as after a crash) changes nothing.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if _, err := s.InsertBatch(ctx, []*Record{r}); err != nil {
+			if _, err := s.InsertBatch(ctx, []*metering.Record{r}); err != nil {
 				t.Fatal(err)
 			}
 			assertAllOnce(t, s, []string{"same"})
@@ -417,7 +419,7 @@ func TestWriterSpoolIsExclusive(t *testing.T) {
 // discardInserter commits instantly, to measure the writer alone.
 type discardInserter struct{}
 
-func (discardInserter) InsertBatch(_ context.Context, recs []*Record) (int, error) {
+func (discardInserter) InsertBatch(_ context.Context, recs []*metering.Record) (int, error) {
 	return len(recs), nil
 }
 
@@ -427,7 +429,7 @@ func BenchmarkWriterRecord(b *testing.B) {
 	cfg := fastWriterConfig(b.TempDir())
 	cfg.QueueSize = 1 << 16
 	w := mustWriter(b, cfg, discardInserter{})
-	recs := make([]*Record, 1024)
+	recs := make([]*metering.Record, 1024)
 	for i := range recs {
 		recs[i] = usageRecordN(fmt.Sprintf("bench-%d", i), i, usageDay)
 	}
@@ -491,7 +493,7 @@ func BenchmarkWriterThroughputSQLite(b *testing.B) {
 	w := mustWriter(b, cfg, s)
 	// Copies of a few templates keep record construction out of the CPU
 	// figure; a proxy builds its records anyway.
-	tmpl := make([]Record, 64)
+	tmpl := make([]metering.Record, 64)
 	for i := range tmpl {
 		tmpl[i] = *usageRecordN("", i, usageDay.Add(time.Duration(i)*time.Second))
 	}
@@ -500,7 +502,7 @@ func BenchmarkWriterThroughputSQLite(b *testing.B) {
 	start := time.Now()
 	cpu0, _ := processCPU()
 	for i := 0; i < b.N; i++ {
-		r := new(Record)
+		r := new(metering.Record)
 		*r = tmpl[i%len(tmpl)]
 		r.RequestID = "tp-" + strconv.Itoa(i)
 		w.Record(r)
@@ -516,7 +518,7 @@ func BenchmarkWriterThroughputSQLite(b *testing.B) {
 // the store itself answers, like a constraint the record violates.
 type poisonInserter struct{ next *Store }
 
-func (p poisonInserter) InsertBatch(ctx context.Context, recs []*Record) (int, error) {
+func (p poisonInserter) InsertBatch(ctx context.Context, recs []*metering.Record) (int, error) {
 	for _, r := range recs {
 		if r.RequestID == "poison" {
 			return 0, errors.New("value violates a constraint")
@@ -560,7 +562,7 @@ func TestStoreAcceptsTextPostgresWouldReject(t *testing.T) {
 			s := mustUsageStore(t, engine)
 			r := usageRecordN("nul\x00id", 0, usageDay)
 			r.ModelServed = "bad\xffutf8"
-			n, err := s.InsertBatch(context.Background(), []*Record{r})
+			n, err := s.InsertBatch(context.Background(), []*metering.Record{r})
 			if err != nil || n != 1 {
 				t.Fatalf("InsertBatch: %d, %v", n, err)
 			}
@@ -654,7 +656,7 @@ type batchSizes struct {
 	sizes []int
 }
 
-func (b *batchSizes) InsertBatch(_ context.Context, recs []*Record) (int, error) {
+func (b *batchSizes) InsertBatch(_ context.Context, recs []*metering.Record) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sizes = append(b.sizes, len(recs))

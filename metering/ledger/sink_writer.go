@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // Writer defaults. Each bound says what it protects.
@@ -165,31 +167,6 @@ func (c WriterConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// WriterStats counts what a Writer did since it started. Every record that
-// Record accepted ends up Inserted or a Duplicate, or is still in the queue
-// or the spool, or is Quarantined or Dropped (and logged in full).
-type WriterStats struct {
-	Accepted   uint64 // Record calls
-	Spilled    uint64 // queue full: left in the spool for the writer to read back
-	Unspooled  uint64 // spool write failed or spool full: held in memory only
-	Dropped    uint64 // neither spool nor queue could take it; logged with the record
-	Inserted   uint64 // rows newly inserted into the store
-	Duplicates uint64 // records the store already had (spool replays, spills)
-	Retries    uint64 // failed store transactions
-	Replayed   uint64 // records read back from spool segments
-	TornLines  uint64 // unterminated last spool lines skipped (crash mid-append)
-	BadLines   uint64 // complete but unreadable spool lines skipped (segment kept as *.bad)
-	SyncErrors uint64 // failed spool fsyncs
-	// Quarantined records were rejected by a store that otherwise works
-	// (e.g. bad data); they are in quarantine.jsonl in the spool directory
-	// and in the error log, not in the store.
-	Quarantined uint64
-	Queued      int   // records in the queue now
-	SpoolBytes  int64 // bytes of spooled records not yet in the store (the backlog)
-	SpoolDisk   int64 // bytes of spool segments on disk now, committed records included
-	Segments    int   // spool segments on disk now
-}
-
 // Writer is the durable Sink: Record appends the record to a local spool
 // and enqueues it; one goroutine writes batches to the store, one fsyncs
 // the spool. Both stop in Close.
@@ -247,7 +224,7 @@ type Writer struct {
 }
 
 type queued struct {
-	r   *Record
+	r   *metering.Record
 	seg uint64 // spool segment holding r; 0 when r is only in memory
 	n   int64  // bytes of r's spool line
 }
@@ -296,7 +273,7 @@ func NewWriter(cfg WriterConfig, ins Inserter) (*Writer, error) {
 // logged at error level with the whole record so it can be recovered from
 // the logs. After Close every record is dropped that way. Nothing is
 // dropped silently. A record without a RequestID is given one.
-func (w *Writer) Record(r *Record) {
+func (w *Writer) Record(r *metering.Record) {
 	if r == nil {
 		return
 	}
@@ -347,7 +324,7 @@ func (w *Writer) Record(r *Record) {
 	}
 }
 
-func (w *Writer) drop(r *Record, why string) {
+func (w *Writer) drop(r *metering.Record, why string) {
 	w.dropped.Add(1)
 	b, _ := json.Marshal(r)
 	w.log.Error("metering: usage record dropped", "reason", why, "request_id", r.RequestID, "record", string(b))
@@ -409,9 +386,9 @@ func (w *Writer) Close(ctx context.Context) error {
 }
 
 // Stats returns the writer's counters.
-func (w *Writer) Stats() WriterStats {
+func (w *Writer) Stats() metering.WriterStats {
 	disk, backlog, n := w.sp.stats()
-	return WriterStats{
+	return metering.WriterStats{
 		Accepted: w.accepted.Load(), Spilled: w.spilled.Load(), Unspooled: w.unspooled.Load(),
 		Dropped: w.dropped.Load(), Inserted: w.inserted.Load(), Duplicates: w.duplicates.Load(),
 		Retries: w.retries.Load(), Replayed: w.replayed.Load(), TornLines: w.tornLines.Load(),
@@ -525,7 +502,7 @@ func (w *Writer) drain(ctx context.Context, batch *[]queued) bool {
 // commitQueued writes one batch from the queue, retrying until it commits
 // or ctx ends, then credits the spool segments.
 func (w *Writer) commitQueued(ctx context.Context, batch []queued) bool {
-	recs := make([]*Record, len(batch))
+	recs := make([]*metering.Record, len(batch))
 	for i, q := range batch {
 		recs[i] = q.r
 	}
@@ -579,7 +556,7 @@ const (
 
 // insert retries one transaction with exponential backoff and jitter until
 // it commits (true) or ctx ends (false; the records are still spooled).
-func (w *Writer) insert(ctx context.Context, recs []*Record) bool {
+func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 	delay := w.cfg.RetryMin
 	for attempt := 1; ; attempt++ {
 		n, err := w.ins.InsertBatch(ctx, recs)
@@ -627,11 +604,11 @@ func (w *Writer) storeAnswers(ctx context.Context) bool {
 
 // quarantine sets aside a record the store keeps rejecting while it
 // answers: appended and fsync'd to the quarantine file, and logged in full.
-func (w *Writer) quarantine(r *Record, cause error) {
+func (w *Writer) quarantine(r *metering.Record, cause error) {
 	w.quarantined.Add(1)
 	line, err := json.Marshal(struct {
-		Error  string  `json:"error"`
-		Record *Record `json:"record"`
+		Error  string           `json:"error"`
+		Record *metering.Record `json:"record"`
 	}{cause.Error(), r})
 	if err == nil {
 		err = appendSync(filepath.Join(w.cfg.SpoolDir, quarantineName), append(line, '\n'))
@@ -669,7 +646,7 @@ func (w *Writer) replayOne(ctx context.Context) bool {
 	if !ok {
 		return false
 	}
-	st, err := readSpool(path, w.cfg.BatchSize, func(recs []*Record) error {
+	st, err := readSpool(path, w.cfg.BatchSize, func(recs []*metering.Record) error {
 		w.replayed.Add(uint64(len(recs)))
 		if !w.insert(ctx, recs) {
 			return ctx.Err()

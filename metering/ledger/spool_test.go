@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"bytes"
@@ -11,9 +11,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
-func spoolLine(tb testing.TB, r *Record) []byte {
+func spoolLine(tb testing.TB, r *metering.Record) []byte {
 	tb.Helper()
 	line, err := appendSpoolLine(nil, r)
 	if err != nil {
@@ -57,7 +59,7 @@ func TestSpoolLineRoundTrip(t *testing.T) {
 
 // jsonSpoolLine is a spool line as encoding/json writes it, the encoder the
 // spool used before appendSpoolLine.
-func jsonSpoolLine(tb testing.TB, r *Record) ([]byte, error) {
+func jsonSpoolLine(tb testing.TB, r *metering.Record) ([]byte, error) {
 	tb.Helper()
 	var buf bytes.Buffer
 	buf.WriteString("00000000 ")
@@ -74,11 +76,11 @@ func jsonSpoolLine(tb testing.TB, r *Record) ([]byte, error) {
 
 // fullRecord sets every Record field, so a field added to Record but not to
 // appendSpoolLine fails TestSpoolLineMatchesEncodingJSON.
-func fullRecord() *Record {
+func fullRecord() *metering.Record {
 	r := usageRecordN("full", 2, time.Date(2026, 5, 4, 13, 14, 15, 123456789, time.FixedZone("", -7*3600)))
 	r.Session, r.EventOverflow, r.Unpriced, r.Injected, r.Stream = "sess", true, true, true, true
 	r.ServiceTier = "flex"
-	r.Usage = &Usage{1, 2, 3, 4, 5, 6, 7}
+	r.Usage = &metering.Usage{InputUncached: 1, CacheRead: 2, CacheWrite5m: 3, CacheWrite1h: 4, InputOther: 5, Output: 6, Reasoning: 7}
 	r.CostMicroUSD = costPtr(-42)
 	return r
 }
@@ -96,7 +98,7 @@ func TestSpoolLineMatchesEncodingJSON(t *testing.T) {
 	odd.Project = "\xed\xa0\x80" // a UTF-16 surrogate: invalid UTF-8
 	for _, tc := range []struct {
 		name string
-		r    *Record
+		r    *metering.Record
 	}{{"EveryField", full}, {"NullUsageAndCost", sparse}, {"EscapedText", odd}} {
 		t.Run(tc.name, func(t *testing.T) {
 			want, err := jsonSpoolLine(t, tc.r)
@@ -141,7 +143,7 @@ func FuzzSpoolLine(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decode %q: %v", got, err)
 		}
-		var viaJSON Record
+		var viaJSON metering.Record
 		if err := json.Unmarshal(want[spoolCRCLen:], &viaJSON); err != nil {
 			t.Fatal(err)
 		}

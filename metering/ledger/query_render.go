@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"bufio"
@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // The renderers take the query's GroupBy so that exactly the grouped
@@ -21,24 +24,53 @@ type usageMetric struct {
 	get  func(*UsageRow) int64
 }
 
-var usageMetrics = []usageMetric{
-	{"requests", func(r *UsageRow) int64 { return r.Requests }},
-	{"input_uncached", func(r *UsageRow) int64 { return r.InputUncached }},
-	{"cache_read", func(r *UsageRow) int64 { return r.CacheRead }},
-	{"cache_write_5m", func(r *UsageRow) int64 { return r.CacheWrite5m }},
-	{"cache_write_1h", func(r *UsageRow) int64 { return r.CacheWrite1h }},
-	{"input_other", func(r *UsageRow) int64 { return r.InputOther }},
-	{"input_total", func(r *UsageRow) int64 { return r.InputTotal() }},
-	{"output", func(r *UsageRow) int64 { return r.Output }},
-	{"reasoning", func(r *UsageRow) int64 { return r.Reasoning }},
-}
+// usageMetrics are requests, the token buckets and input_total after the
+// last input bucket.
+var usageMetrics = func() []usageMetric {
+	ms := []usageMetric{{"requests", func(r *UsageRow) int64 { return r.Requests }}}
+	last := 0
+	for _, b := range metering.Buckets {
+		ms = append(ms, usageMetric{b.Name, func(r *UsageRow) int64 { return *b.Of(&r.Usage) }})
+		if b.Input {
+			last = len(ms)
+		}
+	}
+	total := usageMetric{"input_total", func(r *UsageRow) int64 { return r.InputTotal() }}
+	return slices.Insert(ms, last, total)
+}()
 
-var usageCounts = []usageMetric{
-	{"priced_requests", func(r *UsageRow) int64 { return r.PricedRequests }},
-	{"unpriced_requests", func(r *UsageRow) int64 { return r.UnpricedRequests }},
-	{"missing_usage_requests", func(r *UsageRow) int64 { return r.MissingUsageRequests }},
-	{"estimated_requests", func(r *UsageRow) int64 { return r.EstimatedRequests }},
-}
+// usageCounts are the request counters after the cost.
+var usageCounts = func() []usageMetric {
+	ms := make([]usageMetric, len(rollupCounts))
+	for i, c := range rollupCounts {
+		ms[i] = usageMetric{c.column, func(r *UsageRow) int64 { return *c.row(r) }}
+	}
+	return ms
+}()
+
+// tableMetrics are the terminal table's numbers: requests, then the
+// buckets summed by their Table column, in order of first appearance.
+var tableMetrics = func() []usageMetric {
+	ms := []usageMetric{usageMetrics[0]}
+	var names []string
+	for _, b := range metering.Buckets {
+		if !slices.Contains(names, b.Table) {
+			names = append(names, b.Table)
+		}
+	}
+	for _, name := range names {
+		ms = append(ms, usageMetric{name, func(r *UsageRow) int64 {
+			var n int64
+			for _, b := range metering.Buckets {
+				if b.Table == name {
+					n += *b.Of(&r.Usage)
+				}
+			}
+			return n
+		}})
+	}
+	return ms
+}()
 
 // formatMicroUSD renders micro-USD as an exact decimal with six places.
 func formatMicroUSD(micro int64) string {
@@ -150,24 +182,20 @@ func WriteCSV(w io.Writer, groupBy []string, rows []UsageRow) error {
 // dimensions left-aligned, numbers right-aligned with thousands separators,
 // cost in USD ("-" when nothing was priced), and a total line when there is
 // more than one row. The unpriced and no_usage columns count requests whose
-// cost or tokens are unknown and so absent from the sums.
+// cost or tokens are unknown and so absent from the sums; unmetered counts
+// requests that were never metered calls (rejected, failed upstream,
+// count_tokens). A row of only such requests without a model says why in
+// the model column: (rejected) or (unmetered), not (none).
 func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 	if err := checkGroupBy(groupBy); err != nil {
 		return err
 	}
 	head := append([]string(nil), groupBy...)
-	nums := []usageMetric{
-		usageMetrics[0],
-		{"input", func(r *UsageRow) int64 { return r.InputUncached + r.InputOther }},
-		{"cache_read", func(r *UsageRow) int64 { return r.CacheRead }},
-		{"cache_write", func(r *UsageRow) int64 { return r.CacheWrite5m + r.CacheWrite1h }},
-		{"output", func(r *UsageRow) int64 { return r.Output }},
-		{"reasoning", func(r *UsageRow) int64 { return r.Reasoning }},
-	}
+	nums := tableMetrics
 	for _, m := range nums {
 		head = append(head, m.name)
 	}
-	head = append(head, "cost_usd", "unpriced", "no_usage")
+	head = append(head, "cost_usd", "unpriced", "no_usage", "unmetered")
 	cells := [][]string{head}
 	line := func(r *UsageRow, dims []string) {
 		c := append([]string(nil), dims...)
@@ -178,7 +206,7 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 		if r.CostMicroUSD != nil {
 			cost = formatMicroUSD(*r.CostMicroUSD)
 		}
-		c = append(c, cost, groupDigits(r.UnpricedRequests), groupDigits(r.MissingUsageRequests))
+		c = append(c, cost, groupDigits(r.UnpricedRequests), groupDigits(r.MissingUsageRequests), groupDigits(r.UnmeteredRequests))
 		cells = append(cells, c)
 	}
 	var total UsageRow
@@ -187,10 +215,7 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 		r := &rows[i]
 		dims := make([]string, len(groupBy))
 		for j, g := range groupBy {
-			dims[j] = *r.dim(g)
-			if dims[j] == "" {
-				dims[j] = "(none)"
-			}
+			dims[j] = emptyLabel(g, *r.dim(g), r)
 		}
 		line(r, dims)
 		total.add(r)
@@ -234,20 +259,28 @@ func WriteTable(w io.Writer, groupBy []string, rows []UsageRow) error {
 	return bw.Flush()
 }
 
+// emptyLabel is how the table shows dimension g's value v of row r: an
+// empty value as (none), except a model left empty because no request of
+// the row was a metered call.
+func emptyLabel(g, v string, r *UsageRow) string {
+	switch {
+	case v != "":
+		return v
+	case g == GroupModel && r.RejectedRequests == r.Requests:
+		return "(rejected)"
+	case g == GroupModel && r.UnmeteredRequests == r.Requests:
+		return "(unmetered)"
+	}
+	return "(none)"
+}
+
 // add accumulates o's sums into r (the table's total line).
 func (r *UsageRow) add(o *UsageRow) {
 	r.Requests += o.Requests
-	r.InputUncached += o.InputUncached
-	r.CacheRead += o.CacheRead
-	r.CacheWrite5m += o.CacheWrite5m
-	r.CacheWrite1h += o.CacheWrite1h
-	r.InputOther += o.InputOther
-	r.Output += o.Output
-	r.Reasoning += o.Reasoning
-	r.PricedRequests += o.PricedRequests
-	r.UnpricedRequests += o.UnpricedRequests
-	r.MissingUsageRequests += o.MissingUsageRequests
-	r.EstimatedRequests += o.EstimatedRequests
+	r.Usage.Add(&o.Usage)
+	for _, c := range rollupCounts {
+		*c.row(r) += *c.row(o)
+	}
 }
 
 // groupDigits renders n with thousands separators.

@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering"
 )
 
 // usageEngines returns the engines to run against: always a SQLite file, and
@@ -84,26 +85,26 @@ func costPtr(v int64) *int64 { return &v }
 // usageRecordN builds a varied but deterministic record: three projects, two
 // models, three users, one request in seven without usage, one in five
 // priced-less.
-func usageRecordN(id string, i int, start time.Time) *Record {
-	r := &Record{
+func usageRecordN(id string, i int, start time.Time) *metering.Record {
+	r := &metering.Record{
 		RequestID: id, Start: start, Duration: time.Duration(100+i%50) * time.Millisecond, TTFB: 30 * time.Millisecond,
 		Workspace: "ws" + fmt.Sprint(i%2), Project: "proj" + fmt.Sprint(i%3), User: "user" + fmt.Sprint(i%3),
 		TokenID: "tok1", Harness: "claude-code", Dialect: "anthropic", Operation: "chat", Path: "/v1/messages",
 		Provider: "anthropic", CredTier: "project", CredentialID: "cred1", Stream: i%2 == 0,
 		ModelRequest: "claude-x", ModelServed: "claude-x-" + fmt.Sprint(i%2), UpstreamID: "msg_" + id,
-		Status: 200, Outcome: OutcomeOK, Source: SourceUpstream, PriceVersion: "v1", BytesOut: 1000,
+		Status: 200, Outcome: metering.OutcomeOK, Source: metering.SourceUpstream, PriceVersion: "v1", BytesOut: 1000,
 	}
 	switch {
 	case i%7 == 3:
-		r.Source = SourceMissing
+		r.Source = metering.SourceMissing
 	case i%5 == 1:
-		r.Usage = &Usage{InputUncached: int64(10 + i), Output: int64(5 + i)}
+		r.Usage = &metering.Usage{InputUncached: int64(10 + i), Output: int64(5 + i)}
 		r.Unpriced = true
 	default:
-		r.Usage = &Usage{InputUncached: int64(100 + i), CacheRead: int64(i), CacheWrite5m: 3, CacheWrite1h: 1, InputOther: 2, Output: int64(50 + i), Reasoning: int64(i % 10)}
+		r.Usage = &metering.Usage{InputUncached: int64(100 + i), CacheRead: int64(i), CacheWrite5m: 3, CacheWrite1h: 1, InputOther: 2, Output: int64(50 + i), Reasoning: int64(i % 10)}
 		r.CostMicroUSD = costPtr(int64(1000 + i))
 		if i%11 == 0 {
-			r.Source = SourceEstimated
+			r.Source = metering.SourceEstimated
 		}
 	}
 	return r
@@ -144,12 +145,12 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 			start := time.Date(2026, 5, 4, 13, 14, 15, 123456789, time.FixedZone("CEST", 2*3600))
 			r := usageRecordN("rt-1", 2, start)
 			r.Session, r.Injected, r.EventOverflow, r.ServiceTier = "sess-1", true, true, "priority"
-			if n, err := s.InsertBatch(ctx, []*Record{r}); err != nil || n != 1 {
+			if n, err := s.InsertBatch(ctx, []*metering.Record{r}); err != nil || n != 1 {
 				t.Fatalf("InsertBatch: %d, %v", n, err)
 			}
 			var (
-				got                        Record
-				u                          Usage
+				got                        metering.Record
+				u                          metering.Usage
 				started                    time.Time
 				day                        string
 				durNS, ttfbNS, cost        int64
@@ -175,7 +176,7 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 			if day != "2026-05-04" {
 				t.Errorf("day: got %q, want 2026-05-04 (UTC date)", day)
 			}
-			u = Usage{inUnc.Int64, cr.Int64, cw5.Int64, cw1.Int64, io.Int64, o.Int64, reason.Int64}
+			u = metering.Usage{InputUncached: inUnc.Int64, CacheRead: cr.Int64, CacheWrite5m: cw5.Int64, CacheWrite1h: cw1.Int64, InputOther: io.Int64, Output: o.Int64, Reasoning: reason.Int64}
 			got.Usage, got.CostMicroUSD = &u, &cost
 			got.Duration, got.TTFB = time.Duration(durNS), time.Duration(ttfbNS)
 			got.Start, got.Unpriced = r.Start, unpriced
@@ -199,7 +200,7 @@ func TestStoreNullsStayNull(t *testing.T) {
 			if r.Usage != nil || r.CostMicroUSD != nil {
 				t.Fatal("fixture: want a record without usage")
 			}
-			if _, err := s.InsertBatch(ctx, []*Record{r}); err != nil {
+			if _, err := s.InsertBatch(ctx, []*metering.Record{r}); err != nil {
 				t.Fatal(err)
 			}
 			var in, cost sql.NullInt64
@@ -221,10 +222,10 @@ func TestStoreInsertIsIdempotent(t *testing.T) {
 			a := usageRecordN("dup-1", 0, usageDay.Add(time.Hour))
 			b := usageRecordN("dup-2", 2, usageDay.Add(2*time.Hour))
 			// The same id twice in one batch, then again in a later batch.
-			if n, err := s.InsertBatch(ctx, []*Record{a, b, a}); err != nil || n != 2 {
+			if n, err := s.InsertBatch(ctx, []*metering.Record{a, b, a}); err != nil || n != 2 {
 				t.Fatalf("first batch: inserted %d, %v; want 2", n, err)
 			}
-			if n, err := s.InsertBatch(ctx, []*Record{a}); err != nil || n != 0 {
+			if n, err := s.InsertBatch(ctx, []*metering.Record{a}); err != nil || n != 0 {
 				t.Fatalf("second batch: inserted %d, %v; want 0", n, err)
 			}
 			if got := usageRowCount(t, s, "dup-1"); got != 1 {
@@ -251,6 +252,11 @@ func mustUsageFile(tb testing.TB, path string) *store.DB {
 
 // dailyDump returns every usage_daily row as text in key order (with the
 // service_tier column when tier), and the sum of each dailySums column.
+// v3Sums is how many of dailySums usage_daily had up to migration 3.
+const v3Sums = 13
+
+// dailyDump reads usage_daily's first v3Sums sums, so it works on every
+// schema version since 2.
 func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals dailyAgg) {
 	tb.Helper()
 	ctx := context.Background()
@@ -258,7 +264,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 	if tier {
 		keys = dailyKeyColumns
 	}
-	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums...), ", ")+
+	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums[:v3Sums]...), ", ")+
 		" FROM usage_daily ORDER BY "+strings.Join(keys, ", "))
 	if err != nil {
 		tb.Fatal(err)
@@ -271,7 +277,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		for i := range k {
 			dest = append(dest, &k[i])
 		}
-		for i := range v {
+		for i := range v3Sums {
 			dest = append(dest, &v[i])
 		}
 		if err := r.Scan(dest...); err != nil {
@@ -283,11 +289,11 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		tb.Fatal(err)
 	}
 	var sums []string
-	for _, c := range dailySums {
+	for _, c := range dailySums[:v3Sums] {
 		sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
 	}
-	dest := make([]any, len(totals))
-	for i := range totals {
+	dest := make([]any, v3Sums)
+	for i := range v3Sums {
 		dest[i] = &totals[i]
 	}
 	if err := db.QueryRowContext(ctx, "SELECT "+strings.Join(sums, ", ")+" FROM usage_daily").Scan(dest...); err != nil {
@@ -312,7 +318,7 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 			// after it), some without (before it), over two days.
 			v2 := &Store{db: db, now: time.Now}
 			now := v2.ts(time.Now())
-			var recs []*Record
+			var recs []*metering.Record
 			for i := range 60 {
 				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
 				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
@@ -333,14 +339,14 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				agg[k].add(r)
 			}
 			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = &dailyAgg{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1}
-			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums...)
+			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums[:v3Sums]...)
 			ph := make([]string, len(v2cols))
 			for i := range ph {
 				ph[i] = "$" + fmt.Sprint(i+1)
 			}
 			for k, a := range agg {
 				args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
-				for _, v := range a {
+				for _, v := range a[:v3Sums] {
 					args = append(args, v)
 				}
 				if _, err := db.ExecContext(ctx, "INSERT INTO usage_daily ("+strings.Join(v2cols, ", ")+") VALUES ("+strings.Join(ph, ", ")+")", args...); err != nil {
@@ -358,8 +364,8 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				t.Fatalf("migrate to 3: %v", err)
 			}
 			var version int
-			if err := db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations WHERE component = $1`, "metering").Scan(&version); err != nil || version != 3 {
-				t.Fatalf("metering schema version %d, %v; want 3", version, err)
+			if err := db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations WHERE component = $1`, "metering").Scan(&version); err != nil || version != len(storeMigrations) {
+				t.Fatalf("metering schema version %d, %v; want %d", version, err, len(storeMigrations))
 			}
 			rowsAfter, totalsAfter := dailyDump(t, db, false)
 			if totalsAfter != totalsBefore {
@@ -382,7 +388,7 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 			// gets a row of its own and leaves the migrated one alone.
 			r := usageRecordN("m3-1", 1, usageDay.Add(time.Minute))
 			r.ServiceTier = "flex"
-			if n, err := s.InsertBatch(ctx, []*Record{r}); err != nil || n != 1 {
+			if n, err := s.InsertBatch(ctx, []*metering.Record{r}); err != nil || n != 1 {
 				t.Fatalf("InsertBatch after migration: %d, %v", n, err)
 			}
 			rowsNew, totalsNew := dailyDump(t, db, true)

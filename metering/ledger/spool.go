@@ -1,4 +1,4 @@
-package metering
+package ledger
 
 import (
 	"bufio"
@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
+
+	"github.com/tollgate/tollgate/metering"
 )
 
 // The spool is a directory of append-only segment files, one JSON record per
@@ -155,7 +157,7 @@ func parseSpoolName(name string) (uint64, bool) {
 // encoding/json's reflection was over half of Record's CPU under load.
 // decodeSpoolLine still uses encoding/json, so lines written before the
 // change replay as before.
-func appendSpoolLine(dst []byte, r *Record) ([]byte, error) {
+func appendSpoolLine(dst []byte, r *metering.Record) ([]byte, error) {
 	n0 := len(dst)
 	dst = append(dst, "00000000 "...)
 	dst = appendJSONStringField(dst, `{"request_id":`, r.RequestID)
@@ -200,13 +202,10 @@ func appendSpoolLine(dst []byte, r *Record) ([]byte, error) {
 	if u := r.Usage; u == nil {
 		dst = append(dst, `,"usage":null`...)
 	} else {
-		dst = appendJSONIntField(dst, `,"usage":{"input_uncached":`, u.InputUncached)
-		dst = appendJSONIntField(dst, `,"cache_read":`, u.CacheRead)
-		dst = appendJSONIntField(dst, `,"cache_write_5m":`, u.CacheWrite5m)
-		dst = appendJSONIntField(dst, `,"cache_write_1h":`, u.CacheWrite1h)
-		dst = appendJSONIntField(dst, `,"input_other":`, u.InputOther)
-		dst = appendJSONIntField(dst, `,"output":`, u.Output)
-		dst = appendJSONIntField(dst, `,"reasoning":`, u.Reasoning)
+		for i, b := range metering.Buckets {
+			dst = append(dst, bucketKeys[i]...)
+			dst = strconv.AppendInt(dst, *b.Of(u), 10)
+		}
 		dst = append(dst, '}')
 	}
 	if r.CostMicroUSD == nil {
@@ -226,6 +225,16 @@ func appendSpoolLine(dst []byte, r *Record) ([]byte, error) {
 	hex.Encode(line[:8], sum[:])
 	return dst, nil
 }
+
+// bucketKeys are the usage object's keys with their punctuation, the
+// first opening the object.
+var bucketKeys = func() (keys [len(metering.Buckets)]string) {
+	for i, b := range metering.Buckets {
+		keys[i] = `,"` + b.Name + `":`
+	}
+	keys[0] = `,"usage":{"` + metering.Buckets[0].Name + `":`
+	return keys
+}()
 
 // appendJSONIntField appends key, which carries its punctuation, and v.
 func appendJSONIntField(dst []byte, key string, v int64) []byte {
@@ -291,7 +300,7 @@ func appendJSONString(dst []byte, s string) []byte {
 }
 
 // decodeSpoolLine parses one line without its '\n'.
-func decodeSpoolLine(line []byte) (*Record, error) {
+func decodeSpoolLine(line []byte) (*metering.Record, error) {
 	if len(line) < spoolCRCLen+2 || line[8] != ' ' {
 		return nil, errors.New("short line")
 	}
@@ -303,7 +312,7 @@ func decodeSpoolLine(line []byte) (*Record, error) {
 	if crc32.Checksum(line[spoolCRCLen:], spoolCRC) != want {
 		return nil, errors.New("checksum mismatch")
 	}
-	r := new(Record)
+	r := new(metering.Record)
 	if err := json.Unmarshal(line[spoolCRCLen:], r); err != nil {
 		return nil, err
 	}
@@ -624,7 +633,7 @@ type spoolReplayStats struct {
 // readSpool streams the records of one segment file to fn in chunks of at
 // most batch records. A torn last line is counted and skipped; so is a
 // corrupt complete line. fn's error stops the read.
-func readSpool(path string, batch int, fn func([]*Record) error, onBad func(offset int64, torn bool, err error)) (spoolReplayStats, error) {
+func readSpool(path string, batch int, fn func([]*metering.Record) error, onBad func(offset int64, torn bool, err error)) (spoolReplayStats, error) {
 	var st spoolReplayStats
 	f, err := os.Open(path)
 	if err != nil {
@@ -632,7 +641,7 @@ func readSpool(path string, batch int, fn func([]*Record) error, onBad func(offs
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 64<<10)
-	recs := make([]*Record, 0, batch)
+	recs := make([]*metering.Record, 0, batch)
 	var off int64
 	for {
 		line, n, err := readSpoolLine(br)
@@ -665,7 +674,7 @@ func readSpool(path string, batch int, fn func([]*Record) error, onBad func(offs
 			if err := fn(recs); err != nil {
 				return st, err
 			}
-			recs = make([]*Record, 0, batch)
+			recs = make([]*metering.Record, 0, batch)
 		}
 	}
 	if len(recs) > 0 {

@@ -1,0 +1,35 @@
+package metering
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+// TestBucketsMatchUsage: the table names every Usage field once, in field
+// order, under its JSON key, and each accessor reaches its own field.
+func TestBucketsMatchUsage(t *testing.T) {
+	ty := reflect.TypeFor[Usage]()
+	if ty.NumField() != NumBuckets {
+		t.Fatalf("Usage has %d fields, Buckets %d", ty.NumField(), NumBuckets)
+	}
+	for i, b := range Buckets {
+		f := ty.Field(i)
+		if tag := f.Tag.Get("json"); tag != b.Name {
+			t.Errorf("bucket %d is %q, field %s has JSON key %q", i, b.Name, f.Name, tag)
+		}
+		var u Usage
+		*b.Of(&u) = int64(i + 1)
+		if got := reflect.ValueOf(u).Field(i).Int(); got != int64(i+1) {
+			t.Errorf("bucket %q reaches the wrong field", b.Name)
+		}
+	}
+	u := Usage{1, 2, 3, 4, 5, 6, 7}
+	if got := u.InputTotal(); got != 1+2+3+4+5 {
+		t.Errorf("InputTotal = %d", got)
+	}
+	b, _ := json.Marshal(u)
+	if string(b) != `{"input_uncached":1,"cache_read":2,"cache_write_5m":3,"cache_write_1h":4,"input_other":5,"output":6,"reasoning":7}` {
+		t.Errorf("JSON: %s", b)
+	}
+}
