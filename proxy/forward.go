@@ -275,15 +275,19 @@ func (cl *call) buffered(c *fiber.Ctx, body []byte, sse bool, lim registry.Limit
 	}
 	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.BytesOut = int64(len(body))
-	mt := metering.NewMeter(cl.dialect, lim.MaxEventBytes)
 	if cl.path.Metered {
+		mt := metering.NewMeter(cl.dialect, lim.MaxEventBytes)
 		if sse {
 			mt.Observe(body)
 		} else {
 			mt.Body(body)
 		}
+		cl.settle(mt.Settle(metering.EndEOF), true)
+	} else {
+		// Nothing was metered, so no terminal event was looked for: an
+		// unfed meter settles as truncated, but a whole 2xx answer is ok.
+		cl.rec.Outcome, cl.rec.Source = metering.OutcomeOK, metering.SourceNone
 	}
-	cl.settle(mt.Settle(metering.EndEOF), cl.path.Metered)
 	c.Response().SetBody(body)
 	cl.overhead += s.cfg.timeNow().Sub(t1)
 	cl.finish()

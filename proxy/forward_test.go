@@ -200,6 +200,35 @@ func TestModelsListingPassesThrough(t *testing.T) {
 	}
 }
 
+// TestUnmeteredAnswersAreRecordedOK: a 2xx on a path tollgate does not
+// meter (count_tokens, model listings) completed; no meter was fed, so no
+// terminal event could be missed, and the record must not say truncated.
+func TestUnmeteredAnswersAreRecordedOK(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
+	for _, tc := range []struct{ name, method, path, body string }{
+		{"AnthropicCountTokens", "POST", "/anthropic/v1/messages/count_tokens", `{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}`},
+		{"AnthropicModels", "GET", "/anthropic/v1/models", ""},
+		{"OpenAIModels", "GET", "/openai/v1/models", ""},
+		{"GeminiModels", "GET", "/gemini/v1beta/models", ""},
+		{"GeminiCountTokens", "POST", "/gemini/v1beta/models/gemini-2.5-flash:countTokens", `{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}`},
+		{"ResponsesInputTokens", "POST", "/openai/v1/responses/input_tokens", `{"model":"gpt-5","input":"hi"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(tc.method, tc.path, tok, tc.body)
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			rec := e.record(resp)
+			if rec.Outcome != metering.OutcomeOK || rec.Source != metering.SourceNone || rec.Usage != nil {
+				t.Errorf("record outcome/source/usage = %s/%s/%+v, want ok/none/nil", rec.Outcome, rec.Source, rec.Usage)
+			}
+		})
+	}
+}
+
 func asMetering(u upstreamtest.Usage) metering.Usage {
 	return metering.Usage{InputUncached: u.InputUncached, CacheRead: u.CacheRead, CacheWrite5m: u.CacheWrite5m,
 		CacheWrite1h: u.CacheWrite1h, Output: u.Output, Reasoning: u.Reasoning}
