@@ -134,6 +134,8 @@ func decideStreamEnd(e streamEnd) streamEndPlan {
 		p.notice = noticeShutdown
 	case !e.cleanEOF:
 		p.notice = noticeCut
+	case requiresTerminal(e.style):
+		p.notice = noticeNoTerminal
 	}
 	if p.notice != noNotice {
 		p.blankFirst = e.tail != atEventEnd
