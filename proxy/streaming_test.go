@@ -872,24 +872,32 @@ func TestCleanEndWithoutTerminalEventGetsTollgatesReason(t *testing.T) {
 			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\"}\n\n",
 		}
 		e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, events, false)})
-		cli := oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(e.token("ws", "p", "u", "")), oaiopt.WithMaxRetries(0))
-		st := cli.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
-		var failed *responses.ResponseFailedEvent
-		for st.Next() {
-			if ev := st.Current(); ev.Type == "response.failed" {
-				f := ev.AsResponseFailed()
-				failed = &f
-			}
-		}
-		st.Close()
+		failed, err := responsesFailedEvent(e.URL, e.token("ws", "p", "u", ""))
 		if failed == nil || !strings.Contains(failed.Response.Error.Message, why) || failed.Response.ID != "resp_1" {
-			t.Errorf("response.failed event = %+v (stream error %v), want tollgate's %q", failed, st.Err(), why)
+			t.Errorf("response.failed event = %+v (stream error %v), want tollgate's %q", failed, err, why)
 		}
 		eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
 		if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeTruncated {
 			t.Errorf("record outcome %s, want truncated", rec.Outcome)
 		}
 	})
+}
+
+// responsesFailedEvent streams a Responses request through tollgate at url
+// with openai-go and returns the response.failed event it read, if any,
+// and the stream's error.
+func responsesFailedEvent(url, token string) (*responses.ResponseFailedEvent, error) {
+	cli := oai.NewClient(oaiopt.WithBaseURL(url+"/openai/v1/"), oaiopt.WithAPIKey(token), oaiopt.WithMaxRetries(0))
+	st := cli.Responses.NewStreaming(context.Background(), responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
+	defer st.Close()
+	var failed *responses.ResponseFailedEvent
+	for st.Next() {
+		if ev := st.Current(); ev.Type == "response.failed" {
+			f := ev.AsResponseFailed()
+			failed = &f
+		}
+	}
+	return failed, st.Err()
 }
 
 // A client that stops reading is gone once its writes have made no
