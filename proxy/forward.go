@@ -56,6 +56,32 @@ func newRequestID(now time.Time) string {
 	return "req_" + requestIDEncoding.EncodeToString(b[:])
 }
 
+// preUpstreamTimeout bounds authentication and credential resolution. A
+// cache hit takes microseconds and a store query milliseconds; a store that
+// does not answer in this long is down, and the request must not hold its
+// connection, and the client, until it recovers.
+const preUpstreamTimeout = 10 * time.Second
+
+// lookupError is the error of a failed authentication or resolution. One
+// that came from ctx ending is tollgate's own unavailability, not an
+// internal error or the provider's timeout, which is how the store's
+// context errors would otherwise read.
+func lookupError(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	switch classify(err).kind {
+	case kindInternal, kindUpstreamTimeout:
+	default:
+		// The lookup's own answer (a bad token, no credential) stands.
+		return err
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &apiError{kind: kindUnavailable, msg: "tollgate could not check this request's token and credential in time; try again shortly", cause: err}
+	}
+	return &apiError{kind: kindUnavailable, msg: "tollgate is shutting down; send the request again", cause: err}
+}
+
 // forward is the inference handler: route, authenticate, resolve, forward.
 func (s *Server) forward(c *fiber.Ctx) error {
 	start := s.cfg.timeNow()
@@ -89,9 +115,15 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	}
 	c.Set(RequestIDHeader, cl.rec.RequestID)
 
-	ident, err := s.cfg.Auth.Authenticate(c.UserContext(), tokenFrom(c, m.Dialect))
+	// On a cache miss, authentication and resolution query the store: bound
+	// them, and end them when tollgate shuts down. fiber's UserContext is
+	// context.Background(), and fasthttp's request context never ends per
+	// request (R4).
+	ctx, cancel := context.WithTimeout(s.cfg.BaseContext, preUpstreamTimeout)
+	defer cancel()
+	ident, err := s.cfg.Auth.Authenticate(ctx, tokenFrom(c, m.Dialect))
 	if err != nil {
-		return cl.reject(err)
+		return cl.reject(lookupError(ctx, err))
 	}
 	cl.rec.TokenID, cl.rec.Workspace, cl.rec.Project, cl.rec.User = ident.TokenID, ident.Workspace, ident.Project, ident.User
 	cl.rec.Session = strings.Clone(sessionID(c))
@@ -137,11 +169,11 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	}
 	cl.rec.Stream = m.Path.Streams(bodyStream)
 
-	target, err := s.cfg.Resolver.Resolve(c.UserContext(), resolver.Request{
+	target, err := s.cfg.Resolver.Resolve(ctx, resolver.Request{
 		Project: ident.Project, User: ident.User, Harness: cl.rec.Harness, Dialect: m.Dialect.Name,
 	})
 	if err != nil {
-		return cl.reject(err)
+		return cl.reject(lookupError(ctx, err))
 	}
 	provider, err := reg.Provider(target.Provider)
 	if err != nil {
@@ -275,15 +307,19 @@ func (cl *call) buffered(c *fiber.Ctx, body []byte, sse bool, lim registry.Limit
 	}
 	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.BytesOut = int64(len(body))
-	mt := metering.NewMeter(cl.dialect, lim.MaxEventBytes)
 	if cl.path.Metered {
+		mt := metering.NewMeter(cl.dialect, lim.MaxEventBytes)
 		if sse {
 			mt.Observe(body)
 		} else {
 			mt.Body(body)
 		}
+		cl.settle(mt.Settle(metering.EndEOF), true)
+	} else {
+		// Nothing was metered, so no terminal event was looked for: an
+		// unfed meter settles as truncated, but a whole 2xx answer is ok.
+		cl.rec.Outcome, cl.rec.Source = metering.OutcomeOK, metering.SourceNone
 	}
-	cl.settle(mt.Settle(metering.EndEOF), cl.path.Metered)
 	c.Response().SetBody(body)
 	cl.overhead += s.cfg.timeNow().Sub(t1)
 	cl.finish()

@@ -2,6 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -9,6 +13,7 @@ import (
 
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
+	"github.com/tollgate/tollgate/resolver"
 )
 
 // dialectCase is one metered request shape per dialect.
@@ -200,6 +205,35 @@ func TestModelsListingPassesThrough(t *testing.T) {
 	}
 }
 
+// TestUnmeteredAnswersAreRecordedOK: a 2xx on a path tollgate does not
+// meter (count_tokens, model listings) completed; no meter was fed, so no
+// terminal event could be missed, and the record must not say truncated.
+func TestUnmeteredAnswersAreRecordedOK(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
+	for _, tc := range []struct{ name, method, path, body string }{
+		{"AnthropicCountTokens", "POST", "/anthropic/v1/messages/count_tokens", `{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}`},
+		{"AnthropicModels", "GET", "/anthropic/v1/models", ""},
+		{"OpenAIModels", "GET", "/openai/v1/models", ""},
+		{"GeminiModels", "GET", "/gemini/v1beta/models", ""},
+		{"GeminiCountTokens", "POST", "/gemini/v1beta/models/gemini-2.5-flash:countTokens", `{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}`},
+		{"ResponsesInputTokens", "POST", "/openai/v1/responses/input_tokens", `{"model":"gpt-5","input":"hi"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := e.do(tc.method, tc.path, tok, tc.body)
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			rec := e.record(resp)
+			if rec.Outcome != metering.OutcomeOK || rec.Source != metering.SourceNone || rec.Usage != nil {
+				t.Errorf("record outcome/source/usage = %s/%s/%+v, want ok/none/nil", rec.Outcome, rec.Source, rec.Usage)
+			}
+		})
+	}
+}
+
 func asMetering(u upstreamtest.Usage) metering.Usage {
 	return metering.Usage{InputUncached: u.InputUncached, CacheRead: u.CacheRead, CacheWrite5m: u.CacheWrite5m,
 		CacheWrite1h: u.CacheWrite1h, Output: u.Output, Reasoning: u.Reasoning}
@@ -220,5 +254,84 @@ func TestRequestIDsSortByTime(t *testing.T) {
 			t.Fatalf("%q does not sort after %q", id, prev)
 		}
 		seen[id], prev = true, id
+	}
+}
+
+// hungStore is a credential resolver whose store does not answer: Resolve
+// returns only when its context ends (or the test does, so that a context
+// that never ends fails the test instead of hanging it), and hands that
+// context to the test.
+type hungStore struct {
+	ctxs     chan context.Context
+	testDone chan struct{}
+}
+
+func (h hungStore) Resolve(ctx context.Context, _ resolver.Request) (resolver.Target, error) {
+	h.ctxs <- ctx
+	select {
+	case <-ctx.Done():
+		return resolver.Target{}, ctx.Err()
+	case <-h.testDone:
+		return resolver.Target{}, errors.New("the test ended")
+	}
+}
+
+// TestLookupsHaveADeadlineAndEndAtShutdown: the store lookups before the
+// upstream call get a context with a deadline, which shutdown (cancelling
+// the base context) ends; the client then gets a 503 in its dialect, not
+// a request held until the store recovers.
+func TestLookupsHaveADeadlineAndEndAtShutdown(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
+	hung := hungStore{ctxs: make(chan context.Context, 1), testDone: make(chan struct{})}
+	base, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Registry: e.reg, Auth: e.svc, Resolver: hung, Sink: e.sink, BaseContext: base, Logger: e.srv.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	// Before Shutdown, which waits for the handler.
+	defer close(hung.testDone)
+
+	type answer struct {
+		status int
+		body   string
+	}
+	got := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/anthropic/v1/messages", strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[]}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- answer{body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- answer{resp.StatusCode, string(b)}
+	}()
+	var ctx context.Context
+	select {
+	case ctx = <-hung.ctxs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the resolver was not called")
+	}
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > preUpstreamTimeout {
+		t.Errorf("lookup context deadline %v (set: %v), want one within %s", d, ok, preUpstreamTimeout)
+	}
+	cancel()
+	select {
+	case a := <-got:
+		if a.status != http.StatusServiceUnavailable || !strings.Contains(a.body, "shutting down") || !strings.Contains(a.body, `"type":"error"`) {
+			t.Errorf("client got %d %s, want 503 saying tollgate is shutting down", a.status, a.body)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the request still waits on the store after shutdown")
 	}
 }

@@ -166,17 +166,9 @@ func TestSDKsReadWhyAStreamWasCut(t *testing.T) {
 		}
 	})
 	t.Run("openai-go responses", func(t *testing.T) {
-		cli := oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(tok), oaiopt.WithMaxRetries(0))
-		st := cli.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
-		var failed *responses.ResponseFailedEvent
-		for st.Next() {
-			if ev := st.Current(); ev.Type == "response.failed" {
-				f := ev.AsResponseFailed()
-				failed = &f
-			}
-		}
+		failed, err := responsesFailedEvent(e.URL, tok)
 		if failed == nil || failed.Response.Status != "failed" || !strings.Contains(failed.Response.Error.Message, why) || failed.Response.ID == "" {
-			t.Errorf("response.failed event = %+v (stream error %v)", failed, st.Err())
+			t.Errorf("response.failed event = %+v (stream error %v)", failed, err)
 		}
 	})
 }

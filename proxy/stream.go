@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -53,7 +52,8 @@ func putStreamBuf(b *[]byte) {
 // unchanged while the meter frames them on the side; only in hidden-usage
 // mode does it forward whole frames and leave out the usage-only chunk
 // tollgate asked for (streaming-on-fiber.md §4.7, R14). Either way lines
-// are written whole, and a cut drops an unfinished one.
+// are written whole (lineHolder), and how the stream ends is decided in
+// one place (decideStreamEnd).
 //
 // fasthttp writes it with WriteTo, and every client write is a chunk and a
 // flush. Upstream bytes are gathered and written when fasthttp's buffer of
@@ -76,9 +76,7 @@ type streamBody struct {
 	idled atomic.Bool
 
 	rd      *[]byte // pooled read buffer, held for the whole stream
-	outBuf  *[]byte // pooled client bytes not yet written; nil when none
-	outOff  int     // how much of outBuf Read has handed out
-	held    int     // leading bytes in hand known to hold no line end
+	lines   lineHolder
 	w       io.Writer
 	written int64 // bytes WriteTo has written, the read hook's included
 	// end is how the upstream body ended (io.EOF or its error); clientErr is
@@ -86,15 +84,11 @@ type streamBody struct {
 	end       error
 	clientErr error
 	first     bool
-	// tail holds the last four bytes written to the client: whether they
-	// end an event decides if a cut notice needs a blank line before it.
-	tail uint32
-	// outcome and upstreamID are the settled record's, kept because the
-	// record belongs to the sink once settled.
-	outcome    string
-	upstreamID string
-	overflow   bool
-	once       sync.Once
+	tail      tailBytes
+	// settled is the record's settlement, kept because the record belongs
+	// to the sink once settled.
+	settled metering.Settlement
+	once    sync.Once
 }
 
 func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide bool) *streamBody {
@@ -102,7 +96,8 @@ func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide
 		cl: cl, up: up, client: client, hide: hide,
 		meter: metering.NewMeter(cl.dialect, maxEvent),
 		idleD: cl.s.cfg.StreamIdleTimeout,
-		tail:  '\n'<<8 | '\n',
+		lines: lineHolder{max: streamOutBuffer / 2},
+		tail:  noTail,
 	}
 	// Closing the body from the timer's goroutine unblocks a parked Read;
 	// fasthttp waits for that Read before it pools anything (upstream.go).
@@ -127,90 +122,35 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	for b.end == nil && b.clientErr == nil {
 		b.step()
 		// Half the pool's bound, so the next append stays within it.
-		if !hooked || b.pending() >= streamOutBuffer/2 {
+		if !hooked || b.lines.pending() >= streamOutBuffer/2 {
 			b.flush()
 		}
 	}
 	b.flushAll()
-	if b.clientErr != nil {
-		return b.written, b.clientErr
-	}
-	notice := b.cutNotice()
-	if notice != nil {
-		if !b.endsEvent() {
-			notice = append([]byte("\n\n"), notice...)
-		}
-		if err := b.write(notice); err != nil {
+	plan := decideStreamEnd(streamEnd{
+		outcome:       b.settled.Outcome,
+		cleanEOF:      b.end == io.EOF,
+		clientGone:    b.clientErr != nil,
+		overflow:      b.settled.Overflow,
+		shutdown:      b.cl.s.cfg.BaseContext.Err() != nil,
+		tail:          b.tail.state(),
+		style:         b.cl.dialect.StreamError,
+		cutAfterError: b.cl.dialect.CutAfterStreamError,
+	})
+	if end := plan.suffix(b.cl.dialect, b.idleD, b.settled.UpstreamID); end != nil {
+		if err := b.write(end); err != nil {
 			return b.written, err
 		}
 	}
-	terminal := b.outcome == metering.OutcomeOK || b.outcome == metering.OutcomeIncomplete || b.outcome == metering.OutcomeUpstreamError
-	if terminal && notice == nil && b.end != io.EOF && !b.endsEvent() {
-		// The cut came after the terminal event's lines but before its
-		// blank line: the meter counted the event (Framer.Flush), so end
-		// it for the client too, which otherwise never dispatches it.
-		var end []byte
-		switch byte(b.tail) {
-		case '\n':
-			end = []byte("\n")
-		case '\r':
-			end = []byte("\r\n")
-		}
-		if end != nil {
-			if err := b.write(end); err != nil {
-				return b.written, err
-			}
-		}
-	}
-	failed := notice != nil || b.outcome == metering.OutcomeUpstreamError
 	switch {
-	case failed && b.cl.dialect.CutAfterStreamError:
-		// This dialect's clients take a clean end for a finished answer,
-		// whatever error event came before it.
-		if b.end == io.EOF {
-			return b.written, io.ErrUnexpectedEOF
-		}
-		return b.written, b.end
-	case notice != nil || terminal || b.end == io.EOF:
-		// A terminal event ends the stream cleanly, tollgate's notice (the
-		// dialect's event for a failed stream) included: SDKs then read the
-		// event instead of reporting a cut connection (Codex showed only
-		// "error decoding response body"). After the provider's own terminal
-		// event the answer is whole even if its connection then failed, and
-		// a clean end keeps a client from retrying, and paying for, it. A
-		// provider's clean end without one passes through as it came.
+	case !plan.cut:
 		return b.written, nil
+	case b.clientErr != nil:
+		return b.written, b.clientErr
+	case b.end == io.EOF:
+		return b.written, io.ErrUnexpectedEOF
 	}
-	// A cut tollgate has nothing to say about passes through as a cut.
 	return b.written, b.end
-}
-
-// cutNotice is the dialect's error event for a stream cut before its
-// terminal event, or nil: the client gets a reason it can act on, not just
-// a stream that stops. A provider's clean end without a terminal event gets
-// none (some compatible backends never send [DONE]), nor does a stream with
-// an event too large to meter, whose terminal event may have gone unseen.
-func (b *streamBody) cutNotice() []byte {
-	var e *apiError
-	switch {
-	case b.outcome == metering.OutcomeUpstreamIdle:
-		e = newError(kindUpstreamTimeout, "the provider sent nothing for %s, so tollgate ended the stream; the answer is incomplete", b.idleD)
-	case b.outcome == metering.OutcomeTruncated && b.end != io.EOF && !b.overflow:
-		if b.cl.s.cfg.BaseContext.Err() != nil {
-			e = newError(kindUnavailable, "tollgate is shutting down and ended the stream; the answer is incomplete: send the request again")
-		} else {
-			e = newError(kindUpstreamUnreachable, "the provider's stream broke off before its end; the answer is incomplete")
-		}
-	default:
-		return nil
-	}
-	return streamErrorEvent(b.cl.dialect, e, b.upstreamID)
-}
-
-// endsEvent reports whether the client's bytes so far end with a blank
-// line (LF LF, CR CR or CRLF CRLF) or are none.
-func (b *streamBody) endsEvent() bool {
-	return b.tail&0xffff == '\n'<<8|'\n' || b.tail&0xffff == '\r'<<8|'\r' || b.tail == '\r'<<24|'\n'<<16|'\r'<<8|'\n'
 }
 
 // beforeSocketRead is the connection's read hook: the upstream Read is
@@ -226,24 +166,17 @@ func (b *streamBody) beforeSocketRead() error {
 // read at a time. It never returns (0, nil): fasthttp's chunked writer
 // would spin on it.
 func (b *streamBody) Read(p []byte) (int, error) {
-	for b.pending() == 0 {
+	for b.lines.pending() == 0 {
 		if b.end != nil {
 			return 0, b.end
 		}
 		b.step()
 	}
-	out := *b.outBuf
-	n := copy(p, out[b.outOff:])
-	b.outOff += n
-	b.held = max(b.held-n, 0)
-	if b.outOff == len(out) {
-		b.releaseOut()
-	}
-	return n, nil
+	return b.lines.take(p), nil
 }
 
 // step reads the upstream once and adds what the client is to get to the
-// output buffer. Bytes are metered and counted before an upstream error or
+// bytes in hand. Bytes are metered and counted before an upstream error or
 // EOF settles the record.
 func (b *streamBody) step() {
 	b.idle.Reset(b.idleD)
@@ -257,10 +190,7 @@ func (b *streamBody) step() {
 		return
 	}
 	t := time.Now()
-	if b.outBuf == nil {
-		b.outBuf = getStreamBuf()
-	}
-	out := *b.outBuf
+	out := b.lines.appendable()
 	before := len(out)
 	if b.hide {
 		out = b.meter.Filter(out, p[:n])
@@ -271,7 +201,7 @@ func (b *streamBody) step() {
 		b.meter.Observe(p[:n])
 		out = append(out, p[:n]...)
 	}
-	*b.outBuf = out
+	b.lines.set(out)
 	if len(out) > before {
 		b.firstByte(t)
 		b.cl.rec.BytesOut += int64(len(out) - before)
@@ -280,95 +210,47 @@ func (b *streamBody) step() {
 	if err != nil {
 		b.end = err
 		if err != io.EOF && !b.hide {
-			b.dropBrokenLine()
+			// Before the record is settled, so that it counts only what
+			// the client gets. The meter never counts a partial line
+			// either (Framer.Flush); the client could never parse it, and
+			// would read it instead of the notice that follows (an SDK
+			// fails on its bad JSON first). The event's whole lines stay:
+			// the notice's blank line ends that event, as the meter's
+			// Flush does. A provider's clean end passes everything through
+			// as it came.
+			b.cl.rec.BytesOut -= int64(b.lines.dropPartial())
 		}
 		b.settleUpstream()
 	}
 }
 
-// dropBrokenLine forgets the start of a line a cut broke, before the
-// record is settled so that it counts only what the client gets. The
-// meter never counts a partial line either (Framer.Flush); the client
-// could never parse it, and would read it instead of the notice that
-// follows (an SDK fails on its bad JSON first). The event's whole lines
-// stay: the notice's blank line ends that event, as the meter's Flush
-// does. A provider's clean end passes everything through as it came.
-func (b *streamBody) dropBrokenLine() {
-	if b.pending() == 0 {
-		return
-	}
-	p := (*b.outBuf)[b.outOff:]
-	n := linesEnd(p, b.held)
-	b.cl.rec.BytesOut -= int64(len(p) - n)
-	*b.outBuf = (*b.outBuf)[:b.outOff+n]
-}
-
-func (b *streamBody) pending() int {
-	if b.outBuf == nil {
-		return 0
-	}
-	return len(*b.outBuf) - b.outOff
-}
-
-// flush writes the whole lines in hand to the client. The start of a line
-// waits for its end, which the client needs before it can use any of it,
-// unless it has grown past half the buffer's bound; hidden-usage mode
-// holds whole frames only.
+// flush writes the whole lines in hand to the client; hidden-usage mode
+// holds whole frames only, so it writes them all.
 func (b *streamBody) flush() {
-	if b.pending() == 0 || b.clientErr != nil {
-		return
+	if b.clientErr == nil {
+		b.clientErr = b.lines.flush(b.writeLines, b.hide)
 	}
-	p := (*b.outBuf)[b.outOff:]
-	if n := linesEnd(p, b.held); n < len(p) && !b.hide && len(p) < streamOutBuffer/2 {
-		if n > 0 {
-			b.writeOut(n)
-		}
-		b.held = b.pending()
-		return
-	}
-	b.flushAll()
 }
 
 // flushAll writes everything in hand to the client.
 func (b *streamBody) flushAll() {
-	if b.pending() == 0 || b.clientErr != nil {
-		return
+	if b.clientErr == nil {
+		b.clientErr = b.lines.flush(b.writeLines, true)
 	}
-	b.writeOut(b.pending())
 }
 
-// writeOut writes the first n bytes in hand and keeps the rest for later.
-func (b *streamBody) writeOut(n int) {
-	// A slow client is not a silent provider: the idle timer waits while
-	// tollgate writes. Stop fails once the stream is settled; it then stays
-	// stopped. A client that takes nothing for as long is gone: without a
-	// deadline it would hold the stream, and the provider's connection,
-	// for good.
+// writeLines writes bytes in hand. A slow client is not a silent
+// provider: the idle timer waits while tollgate writes. Stop fails once
+// the stream is settled; it then stays stopped. A client that takes
+// nothing for as long is gone: without a deadline it would hold the
+// stream, and the provider's connection, for good.
+func (b *streamBody) writeLines(p []byte) error {
 	active := b.idle.Stop()
-	out := *b.outBuf
-	if err := b.write(out[b.outOff : b.outOff+n]); err != nil {
-		b.clientErr = err
-	}
+	err := b.write(p)
 	if active {
 		b.idle.Reset(b.idleD)
 	}
-	if rest := out[b.outOff+n:]; len(rest) > 0 && b.clientErr == nil {
-		*b.outBuf = out[:copy(out, rest)]
-		b.outOff = 0
-		return
-	}
-	b.releaseOut()
-}
-
-// linesEnd is where the last whole line in p ends, just past its CR or
-// LF, or 0. p[:from] is known to hold no line end, so a long line that
-// arrives in small pieces is scanned once.
-func linesEnd(p []byte, from int) int {
-	i := max(bytes.LastIndexByte(p[from:], '\n'), bytes.LastIndexByte(p[from:], '\r'))
-	if i < 0 {
-		return 0
-	}
-	return from + i + 1
+	return err
 }
 
 // write sends p to the client as one chunk, allowing it the idle window.
@@ -376,16 +258,8 @@ func (b *streamBody) write(p []byte) error {
 	_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
 	n, err := b.w.Write(p)
 	b.written += int64(n)
-	for _, c := range p[max(0, n-4):n] {
-		b.tail = b.tail<<8 | uint32(c)
-	}
+	b.tail.add(p[:n])
 	return err
-}
-
-// releaseOut returns the output buffer to the pool.
-func (b *streamBody) releaseOut() {
-	putStreamBuf(b.outBuf)
-	b.outBuf, b.outOff, b.held = nil, 0, 0
 }
 
 func (b *streamBody) firstByte(t time.Time) {
@@ -421,7 +295,7 @@ func (b *streamBody) CloseWithError(err error) error {
 	}
 	b.settle(end)
 	// fasthttp reads no more after this call.
-	b.releaseOut()
+	b.lines.release()
 	if b.rd != nil {
 		readBufs.Put(b.rd)
 		b.rd = nil
@@ -437,7 +311,7 @@ func (b *streamBody) settle(end metering.End) {
 		b.idle.Stop()
 		b.up.Close()
 		st := b.meter.Settle(end)
-		b.outcome, b.upstreamID, b.overflow = st.Outcome, st.UpstreamID, st.Overflow
+		b.settled = metering.Settlement{Outcome: st.Outcome, UpstreamID: st.UpstreamID, Overflow: st.Overflow}
 		b.cl.settle(st, b.cl.path.Metered)
 		b.cl.finish()
 	})

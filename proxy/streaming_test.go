@@ -15,6 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anthropics/anthropic-sdk-go"
+	anthropicopt "github.com/anthropics/anthropic-sdk-go/option"
+	oai "github.com/openai/openai-go/v3"
+	oaiopt "github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/tollgate/tollgate/metering"
@@ -826,6 +831,73 @@ func TestCleanEndWithoutTerminalEventPassesThrough(t *testing.T) {
 	if rec := e.record(resp); rec.Outcome != metering.OutcomeTruncated {
 		t.Errorf("outcome %s, want truncated", rec.Outcome)
 	}
+}
+
+// A provider that ends its stream cleanly without the terminal event its
+// dialect's SDKs wait for (Anthropic message_stop, Responses
+// response.completed): the client reads tollgate's reason, in the
+// dialect's error event, instead of its SDK's own "stream ended without
+// producing a Message", and the record says truncated.
+func TestCleanEndWithoutTerminalEventGetsTollgatesReason(t *testing.T) {
+	const why = "the provider ended the stream without its final event"
+	ctx := context.Background()
+	t.Run("anthropic-sdk-go", func(t *testing.T) {
+		events := []string{
+			"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+			"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+		}
+		e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, events, false)})
+		cli := anthropic.NewClient(anthropicopt.WithBaseURL(e.URL+"/anthropic"), anthropicopt.WithAPIKey(e.token("ws", "p", "u", "")), anthropicopt.WithMaxRetries(0))
+		st := cli.Messages.NewStreaming(ctx, anthropic.MessageNewParams{
+			Model: "claude-sonnet-4-5", MaxTokens: 64,
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+		})
+		var acc anthropic.Message
+		for st.Next() {
+			_ = acc.Accumulate(st.Current())
+		}
+		if err := st.Err(); err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("stream error = %v, want tollgate's %q", err, why)
+		}
+		st.Close()
+		eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
+		if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeTruncated || rec.Source != metering.SourcePartial {
+			t.Errorf("record %s/%s, want truncated/partial", rec.Outcome, rec.Source)
+		}
+	})
+	t.Run("openai-go responses", func(t *testing.T) {
+		events := []string{
+			"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"model\":\"gpt-5\",\"output\":[]}}\n\n",
+			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\"}\n\n",
+		}
+		e := newEnv(t, envOptions{upstreamURL: burstUpstream(t, events, false)})
+		failed, err := responsesFailedEvent(e.URL, e.token("ws", "p", "u", ""))
+		if failed == nil || !strings.Contains(failed.Response.Error.Message, why) || failed.Response.ID != "resp_1" {
+			t.Errorf("response.failed event = %+v (stream error %v), want tollgate's %q", failed, err, why)
+		}
+		eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
+		if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeTruncated {
+			t.Errorf("record outcome %s, want truncated", rec.Outcome)
+		}
+	})
+}
+
+// responsesFailedEvent streams a Responses request through tollgate at url
+// with openai-go and returns the response.failed event it read, if any,
+// and the stream's error.
+func responsesFailedEvent(url, token string) (*responses.ResponseFailedEvent, error) {
+	cli := oai.NewClient(oaiopt.WithBaseURL(url+"/openai/v1/"), oaiopt.WithAPIKey(token), oaiopt.WithMaxRetries(0))
+	st := cli.Responses.NewStreaming(context.Background(), responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
+	defer st.Close()
+	var failed *responses.ResponseFailedEvent
+	for st.Next() {
+		if ev := st.Current(); ev.Type == "response.failed" {
+			f := ev.AsResponseFailed()
+			failed = &f
+		}
+	}
+	return failed, st.Err()
 }
 
 // A client that stops reading is gone once its writes have made no
