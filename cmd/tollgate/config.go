@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -59,6 +60,14 @@ type options struct {
 	LogLevel string
 	// MetricLabels lists extra metric attributes (TOLLGATE_METRIC_LABELS).
 	MetricLabels string
+
+	// Connection caps at the listener (proxy.Listener). MaxConns caps open
+	// client connections (TOLLGATE_MAX_CONNS; 0 derives it from the
+	// descriptor limit, at most 4096; negative: no cap). MaxConnsPerIP caps
+	// them per IPv4 address or IPv6 /64 (TOLLGATE_MAX_CONNS_PER_IP, 256;
+	// negative: no cap).
+	MaxConns      int
+	MaxConnsPerIP int
 }
 
 func envOr(name, def string) string {
@@ -72,6 +81,15 @@ func envDuration(name string, def time.Duration) time.Duration {
 	if v := os.Getenv(name); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
 			return d
+		}
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if v := os.Getenv(name); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
 		}
 	}
 	return def
@@ -94,6 +112,9 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", envDuration("TOLLGATE_SHUTDOWN_GRACE", 30*time.Second), "time open streams get after SIGTERM (TOLLGATE_SHUTDOWN_GRACE)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("TOLLGATE_LOG_LEVEL", "info"), "debug, info, warn or error (TOLLGATE_LOG_LEVEL)")
 	fs.StringVar(&o.MetricLabels, "metric-labels", envOr("TOLLGATE_METRIC_LABELS", ""), "extra metric labels, comma separated (TOLLGATE_METRIC_LABELS)")
+
+	fs.IntVar(&o.MaxConns, "max-conns", envInt("TOLLGATE_MAX_CONNS", 0), "cap on open client connections; 0 derives it from the descriptor limit, negative: none (TOLLGATE_MAX_CONNS)")
+	fs.IntVar(&o.MaxConnsPerIP, "max-conns-per-ip", envInt("TOLLGATE_MAX_CONNS_PER_IP", 256), "cap on open connections per client IPv4 address or IPv6 /64; negative: none (TOLLGATE_MAX_CONNS_PER_IP)")
 }
 
 func (o *options) logger(w io.Writer) *slog.Logger {
