@@ -176,3 +176,29 @@ func TestClaimedBodyPipelinedAfterASmallBodyIsStillServed(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimedBodyThatDoesNotArriveIsCut: a body that stalls after its
+// first bytes is cut at its own deadline (bodyGrace for a small body), not
+// held for the whole read timeout.
+func TestClaimedBodyThatDoesNotArriveIsCut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the body deadline")
+	}
+	e := newEnv(t, envOptions{})
+	c := rawConn(t, e)
+	start := time.Now()
+	fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+	_ = c.SetReadDeadline(time.Now().Add(bodyGrace + 5*time.Second))
+	resps := readResponses(t, c)
+	took := time.Since(start)
+	if len(resps) != 1 {
+		t.Fatalf("%d responses after %s, want one refusal at the body deadline", len(resps), took)
+	}
+	b, _ := io.ReadAll(resps[0].Body)
+	if resps[0].StatusCode != http.StatusBadRequest || !strings.Contains(checkEnvelope(t, "openai", b), "in time") {
+		t.Errorf("got %d %s, want 400 saying it did not arrive in time", resps[0].StatusCode, b)
+	}
+	if took < bodyGrace-time.Second || took > bodyGrace+3*time.Second {
+		t.Errorf("cut after %s, want about %s", took, bodyGrace)
+	}
+}
