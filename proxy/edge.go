@@ -110,22 +110,32 @@ func hasBothFramings(raw []byte) bool {
 }
 
 // edge is the first middleware of every route. It renders the framing
-// refusal headerReceived flagged, then reads the body, bounded, so that no handler
-// ever sees a stream: the body costs what has arrived, never what the
-// client claimed (fasthttp's buffered mode allocates a declared length
-// before reading a byte).
+// refusal headerReceived flagged; then, except on inference routes, it
+// reads the body, bounded, so that no other handler sees a stream. A body
+// costs what has arrived, never what the client claimed (fasthttp's
+// buffered mode allocates a declared length before reading a byte).
 func (s *Server) edge(c *fiber.Ctx) error {
 	switch string(c.Request().Header.Peek(edgeRefusalHeader)) {
 	case refusalFraming:
 		c.Response().SetConnectionClose()
 		return newError(kindBadRequest, "request has both Content-Length and Transfer-Encoding; send exactly one (RFC 9112 §6.1)")
 	}
-	if err := s.readBody(c); err != nil {
-		// The rest of the body, unread, would be parsed as the next request.
-		c.Response().SetConnectionClose()
-		return err
+	req := c.Request()
+	if _, inference := s.cfg.Registry.Current().RouteKnown(string(req.URI().PathOriginal())); !inference {
+		if err := s.readBody(c); err != nil {
+			c.Response().SetConnectionClose()
+			return err
+		}
 	}
-	return c.Next()
+	// Inference routes read the body after authentication (forward), so
+	// a caller without a valid token costs its headers only.
+	err := c.Next()
+	if req.IsBodyStream() && req.Header.ContentLength() != 0 {
+		// Refused before its body was read: the rest of it would be parsed
+		// as the next request (valyala/fasthttp#2368), so close instead.
+		c.Response().SetConnectionClose()
+	}
+	return err
 }
 
 // bodyLimit is the largest body path may carry.
@@ -138,7 +148,9 @@ func (s *Server) bodyLimit(path string) int {
 }
 
 // readBody replaces the request's body stream with its bytes, read up to
-// the route's limit into a buffer that grows as they arrive.
+// the route's limit into a buffer that grows as they arrive. A handler
+// that reads the body calls it first; c.Body() on a stream reads without
+// a bound.
 func (s *Server) readBody(c *fiber.Ctx) error {
 	req := c.Request()
 	if !req.IsBodyStream() {

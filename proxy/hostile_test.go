@@ -113,15 +113,16 @@ func heapInuse() uint64 {
 // sent, not what they claimed.
 func TestClaimedBodySizeReservesNoMemory(t *testing.T) {
 	e := newEnv(t, envOptions{})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
 	const conns = 8
 	claimed := e.reg.Current().Limits.MaxBodyBytes - 1
 	before := heapInuse()
 	for i := range conns {
 		c := rawConn(t, e)
 		if i%2 == 0 {
-			fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":", claimed)
+			fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":", tok, claimed)
 		} else {
-			fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n{\"model\":", claimed)
+			fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n{\"model\":", tok, claimed)
 		}
 	}
 	// Let the server read what was sent (old code: allocate what was claimed).
@@ -139,9 +140,10 @@ func TestClaimedBodySizeReservesNoMemory(t *testing.T) {
 // any of the body arrives, and the connection closes.
 func TestClaimedBodyOverTheLimitIs413WithoutWaiting(t *testing.T) {
 	e := newEnv(t, envOptions{})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
 	c := rawConn(t, e)
 	start := time.Now()
-	fmt.Fprintf(c, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 134000000\r\n\r\n{\"model\":")
+	fmt.Fprintf(c, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: %s\r\nContent-Type: application/json\r\nContent-Length: 134000000\r\n\r\n{\"model\":", tok)
 	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	resps := readResponses(t, c)
 	if len(resps) != 1 {
@@ -185,10 +187,11 @@ func TestClaimedBodyThatDoesNotArriveIsCut(t *testing.T) {
 		t.Skip("waits for the body deadline")
 	}
 	e := newEnv(t, envOptions{})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
 	c := rawConn(t, e)
 	start := time.Now()
-	fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
-	_ = c.SetReadDeadline(time.Now().Add(bodyGrace + 5*time.Second))
+	fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"model\":", tok)
+	_ = c.SetReadDeadline(time.Now().Add(bodyDeadline(100000) + 5*time.Second))
 	resps := readResponses(t, c)
 	took := time.Since(start)
 	if len(resps) != 1 {
@@ -198,7 +201,36 @@ func TestClaimedBodyThatDoesNotArriveIsCut(t *testing.T) {
 	if resps[0].StatusCode != http.StatusBadRequest || !strings.Contains(checkEnvelope(t, "openai", b), "in time") {
 		t.Errorf("got %d %s, want 400 saying it did not arrive in time", resps[0].StatusCode, b)
 	}
-	if took < bodyGrace-time.Second || took > bodyGrace+3*time.Second {
-		t.Errorf("cut after %s, want about %s", took, bodyGrace)
+	if want := bodyDeadline(100000); took < want-time.Second || took > want+3*time.Second {
+		t.Errorf("cut after %s, want about %s", took, want)
+	}
+}
+
+// TestUnauthenticatedBodyIsNeverRead: a caller without a valid token is
+// refused from its headers while its body is still arriving, and the
+// connection closes, so the unread rest (here holding a request line) is
+// never parsed as a request.
+func TestUnauthenticatedBodyIsNeverRead(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, tc := range []struct{ name, framing, first string }{
+		{"Length", "Content-Length: 1000000", `{"model":"gpt-4o","messages":[{"role":"user","content":"`},
+		{"Chunked", "Transfer-Encoding: chunked", "f4240\r\n" + `{"model":"gpt-4o","messages":[{"role":"user","content":"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := rawConn(t, e)
+			fmt.Fprintf(c, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tgw_not-a-real-token-at-all\r\nContent-Type: application/json\r\n%s\r\n\r\n%s", tc.framing, tc.first)
+			// Past fasthttp's 8 KiB prefetch, a request line inside the body.
+			fmt.Fprint(c, strings.Repeat("x", 9000)+"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			resps := readResponses(t, c)
+			if len(resps) != 1 {
+				t.Fatalf("%d responses, want one 401 before the body is complete, then EOF", len(resps))
+			}
+			b, _ := io.ReadAll(resps[0].Body)
+			if resps[0].StatusCode != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401: %s", resps[0].StatusCode, b)
+			}
+			checkEnvelope(t, "openai", b)
+		})
 	}
 }

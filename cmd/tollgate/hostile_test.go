@@ -235,9 +235,9 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 		}
 		claims = append(claims, conn)
 		if i%2 == 0 {
-			fmt.Fprintf(conn, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":", 32<<20-1)
+			fmt.Fprintf(conn, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":", tok, 32<<20-1)
 		} else {
-			fmt.Fprintf(conn, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n{\"model\":", 32<<20-1)
+			fmt.Fprintf(conn, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: %s\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n{\"model\":", tok, 32<<20-1)
 		}
 	}
 	var rssPeakDuring int64
@@ -253,7 +253,7 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 			t.Fatal(err)
 		}
 		t0 := time.Now()
-		fmt.Fprintf(conn, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 134000000\r\n\r\n{\"model\":")
+		fmt.Fprintf(conn, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: %s\r\nContent-Length: 134000000\r\n\r\n{\"model\":", tok)
 		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge || time.Since(t0) > 2*time.Second {
