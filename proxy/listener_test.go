@@ -148,3 +148,61 @@ func TestListenerDefaultCapFollowsTheDescriptorBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestListenerKeysClientsByIPv4AddressOrIPv6Slash64: a host rotating
+// addresses inside its /64 shares one per-IP budget; IPv4-mapped addresses
+// count as the IPv4 address.
+func TestListenerKeysClientsByIPv4AddressOrIPv6Slash64(t *testing.T) {
+	key := func(ip string) string {
+		p, ok := clientPrefix(&net.TCPAddr{IP: net.ParseIP(ip), Port: 1})
+		if !ok {
+			t.Fatalf("no key for %s", ip)
+		}
+		return p.String()
+	}
+	if a, b := key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"); a != b {
+		t.Errorf("one /64, two keys: %s, %s", a, b)
+	}
+	if a, b := key("2001:db8:1:2::1"), key("2001:db8:1:3::1"); a == b {
+		t.Errorf("two /64s, one key %s", a)
+	}
+	if a, b := key("::ffff:192.0.2.7"), key("192.0.2.7"); a != b {
+		t.Errorf("IPv4-mapped %s is not IPv4 %s", a, b)
+	}
+	if a, b := key("192.0.2.7"), key("192.0.2.8"); a == b {
+		t.Errorf("two IPv4 addresses, one key %s", a)
+	}
+}
+
+// TestListenerConnKeepsTheSocket: the wrapper still exposes the socket.
+func TestListenerConnKeepsTheSocket(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := NewListener(inner, ListenerConfig{})
+	defer ln.Close()
+	go func() {
+		if c, err := net.Dial("tcp", inner.Addr().String()); err == nil {
+			defer c.Close()
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		t.Fatal("accepted conn hides SyscallConn")
+	}
+	if _, err := sc.SyscallConn(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c.Close()
+	if ln.Open() != 0 {
+		t.Errorf("open %d after a double close, want 0", ln.Open())
+	}
+}
