@@ -27,6 +27,10 @@ test: ## vet + all tests under the race detector (what CI runs)
 	$(GO) test -race -count=1 $(PKGS)
 	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS) > /dev/null
 
+.PHONY: test-hostile
+test-hostile: build ## Hostile-client floods (descriptors past a low ulimit, claimed body sizes) against bin/tollgate on loopback; not in `make test` (<2 min)
+	TOLLGATE_HOSTILE_BIN=$(CURDIR)/$(BIN) $(GO) test -tags hostile -count=1 -v -timeout 2m -run TestHostile ./cmd/tollgate/
+
 .PHONY: test-postgres
 test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POSTGRES)
 	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \

@@ -144,6 +144,10 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		cl.rec.Harness = harness.Name
 	}
 
+	// Only now, authenticated, is the body read, bounded (edge.go).
+	if err := s.readBody(c); err != nil {
+		return cl.reject(err)
+	}
 	body := c.Body()
 	if len(body) > reg.Limits.MaxBodyBytes {
 		return cl.reject(newError(kindTooLarge, "request body is %d bytes; this gateway accepts at most %d", len(body), reg.Limits.MaxBodyBytes))

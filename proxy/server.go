@@ -171,15 +171,18 @@ func New(cfg Config) (*Server, error) {
 		ReadTimeout:  serverReadTimeout,
 		WriteTimeout: 0, // absolute over a streamed body: would cut long streams (R1)
 		IdleTimeout:  serverIdleTimeout,
-		// BodyLimit is enforced per request against the live registry's
-		// limit; fasthttp's own bound is a hard ceiling above it.
+		// With a streamed request body, BodyLimit only bounds what fasthttp
+		// prefetches (at most 8 KiB); the edge middleware enforces the live
+		// registry's limit while reading (edge.go).
 		BodyLimit:      registry.DefaultMaxBodyBytes * 4,
 		ReadBufferSize: serverReadBufferSize,
 		// A streamed response holds its writer for the stream's life; SSE
 		// events are far smaller, and larger writes bypass the buffer.
-		WriteBufferSize:       2 << 10,
-		ReduceMemoryUsage:     true,
-		StreamRequestBody:     false, // true disables BodyLimit (R6)
+		WriteBufferSize:   2 << 10,
+		ReduceMemoryUsage: true,
+		// Buffered mode allocates a declared Content-Length before reading
+		// a byte; streamed, the edge reads what arrives (hostile-clients.md §1).
+		StreamRequestBody:     true,
 		DisableStartupMessage: true,
 		ErrorHandler:          s.errorHandler,
 		// Only used for the Server header; keep it anonymous.
@@ -188,6 +191,10 @@ func New(cfg Config) (*Server, error) {
 		DisableDefaultDate:           true,
 		DisablePreParseMultipartForm: true,
 	})
+	// Not in fiber.Config: set on the fasthttp server before it serves.
+	s.app.Server().HeaderReceived = s.headerReceived
+	s.app.Server().Handler = s.refuseHTTP2(s.app.Server().Handler)
+	s.app.Use(s.edge)
 	s.routes()
 	return s, nil
 }

@@ -81,6 +81,14 @@ type options struct {
 	// errs are problems no flag overrides.
 	envErrs map[string]error
 	errs    []error
+
+	// Connection caps at the listener (proxy.Listener). MaxConns caps open
+	// client connections (TOLLGATE_MAX_CONNS; 0 derives it from the
+	// descriptor limit, at most 4096; negative: no cap). MaxConnsPerIP caps
+	// them per IPv4 address or IPv6 /64 (TOLLGATE_MAX_CONNS_PER_IP, 256;
+	// negative: no cap).
+	MaxConns      int
+	MaxConnsPerIP int
 }
 
 // bind registers the flags every database-backed command uses.
@@ -121,6 +129,8 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.durationVar(fs, &o.StreamIdle, "stream-idle-timeout", "TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute, "end a stream whose provider sent, or whose client took, nothing for this `long`")
 	o.durationVar(fs, &o.ShutdownGrace, "shutdown-grace", "TOLLGATE_SHUTDOWN_GRACE", 30*time.Second, "`time` open streams get after SIGTERM")
 	o.stringVar(fs, &o.MetricLabels, "metric-labels", "TOLLGATE_METRIC_LABELS", "", "extra metric `labels`, comma separated", nil)
+	o.intVar(fs, &o.MaxConns, "max-conns", "TOLLGATE_MAX_CONNS", 0, "cap on open client `connections`; 0 derives it from the descriptor limit (at most 4096), negative: none")
+	o.intVar(fs, &o.MaxConnsPerIP, "max-conns-per-ip", "TOLLGATE_MAX_CONNS_PER_IP", 256, "cap on open `connections` per client IPv4 address or IPv6 /64; negative: none")
 	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
 }
 
@@ -256,6 +266,22 @@ func (o *options) durationVar(fs *flag.FlagSet, p *time.Duration, name, env stri
 			return err
 		},
 		get: func() string { return p.String() },
+	}, name, env, usage, true)
+}
+
+// intVar registers a whole-number setting, strict like the others.
+func (o *options) intVar(fs *flag.FlagSet, p *int, name, env string, def int, usage string) {
+	*p = def
+	o.register(fs, &strictValue{
+		set: func(s string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil {
+				return fmt.Errorf("not a whole number")
+			}
+			*p = n
+			return nil
+		},
+		get: func() string { return strconv.Itoa(*p) },
 	}, name, env, usage, true)
 }
 

@@ -413,8 +413,12 @@ func TestOTLPRetryStopsAtTheDeadline(t *testing.T) {
 		if col.n.Load() < 2 {
 			t.Errorf("%d pushes, want retries until the deadline", col.n.Load())
 		}
-		if !strings.Contains(err.Error(), "echo [redacted]") || strings.Contains(err.Error(), key) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("error %q: want the deadline and the collector's reply without the header value", err)
+		// Whether the collector's reply is quoted depends on where the
+		// deadline falls (between attempts, or inside one on a loaded
+		// machine); TestOTLPRejectionIsPermanentAndRedacted pins the
+		// quoting. Here: the deadline, and never the header value.
+		if strings.Contains(err.Error(), key) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("error %q: want the deadline and no header value", err)
 		}
 	})
 	// A Retry-After past the deadline, in seconds or as an HTTP date

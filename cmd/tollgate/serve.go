@@ -186,6 +186,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// Out of descriptors, accept backs off instead of ending Serve, and the
+	// caps keep it from getting there (proxy.Listener).
+	nofile, nofileMax, err := proxy.RaiseFileLimit()
+	if err != nil {
+		log.Warn("cannot read the descriptor limit", "err", err)
+	}
+	capped := proxy.NewListener(ln, proxy.ListenerConfig{MaxConns: o.MaxConns, MaxConnsPerIP: o.MaxConnsPerIP, Logger: log})
+	log.Info("connection caps", "nofile", nofile, "nofile_max", nofileMax, "max_conns", capped.MaxConns(), "max_conns_per_ip", o.MaxConnsPerIP)
 	publicURL := o.PublicURL
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
@@ -234,14 +242,16 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	go prices.Watch(bg, reloadPollInterval, priceHUP)
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(capped) }()
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
 		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "", "version", versionString())
 
 	select {
 	case err := <-serveErr:
-		return fmt.Errorf("serve: %w", err)
+		// Records in flight still need the flush: shut down, then fail.
+		log.Error("serve stopped; shutting down", "err", err)
+		return errors.Join(fmt.Errorf("serve: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log))
 	case <-ctx.Done():
 	}
 	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log)
