@@ -132,6 +132,9 @@ func (s *Service) checkBaseURL(raw string) (string, error) {
 	default:
 		return "", fmt.Errorf("%w: base URL must be https", ErrInvalidArgument)
 	}
+	if err := s.baseURLPolicy().CheckHost(u.Hostname()); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
 	return strings.TrimRight(raw, "/"), nil
 }
 
