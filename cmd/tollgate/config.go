@@ -50,6 +50,10 @@ type options struct {
 	// http base URL, for local endpoints and tests
 	// (TOLLGATE_ALLOW_HTTP_BASE_URL).
 	AllowHTTPBaseURL bool
+	// AllowPrivateBaseURL lets credential base URLs reach loopback and
+	// private addresses, for local model servers and tests; link-local ones
+	// (cloud metadata) stay refused (TOLLGATE_ALLOW_PRIVATE_BASE_URL).
+	AllowPrivateBaseURL bool
 	// StreamIdle ends a silent stream (TOLLGATE_STREAM_IDLE_TIMEOUT, 5m).
 	StreamIdle time.Duration
 	// ShutdownGrace is how long open streams may finish after SIGTERM
@@ -90,6 +94,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.PublicURL, "public-url", envOr("TOLLGATE_PUBLIC_URL", ""), "URL workspaces use to reach tollgate (TOLLGATE_PUBLIC_URL)")
 	fs.StringVar(&o.Spool, "spool", envOr("TOLLGATE_SPOOL", "./data/spool"), "usage spool directory (TOLLGATE_SPOOL)")
 	fs.BoolVar(&o.AllowHTTPBaseURL, "allow-http-base-url", envOr("TOLLGATE_ALLOW_HTTP_BASE_URL", "") == "true", "allow http:// credential base URLs (TOLLGATE_ALLOW_HTTP_BASE_URL)")
+	fs.BoolVar(&o.AllowPrivateBaseURL, "allow-private-base-url", envOr("TOLLGATE_ALLOW_PRIVATE_BASE_URL", "") == "true", "allow credential base URLs on loopback and private addresses (TOLLGATE_ALLOW_PRIVATE_BASE_URL)")
 	fs.DurationVar(&o.StreamIdle, "stream-idle-timeout", envDuration("TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute), "end a stream whose provider sent, or whose client took, nothing for this long (TOLLGATE_STREAM_IDLE_TIMEOUT)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", envDuration("TOLLGATE_SHUTDOWN_GRACE", 30*time.Second), "time open streams get after SIGTERM (TOLLGATE_SHUTDOWN_GRACE)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("TOLLGATE_LOG_LEVEL", "info"), "debug, info, warn or error (TOLLGATE_LOG_LEVEL)")

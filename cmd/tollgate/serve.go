@@ -80,6 +80,8 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		MasterKey:        key,
 		PreviousKeys:     prev,
 		AllowHTTPBaseURL: o.AllowHTTPBaseURL,
+
+		AllowPrivateBaseURL: o.AllowPrivateBaseURL,
 	}, resolver.Deps{DB: db, Registry: reg, Log: log})
 	if err != nil {
 		d.Close()
@@ -161,6 +163,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
 		Logger:            log,
+
+		AllowPrivateBaseURL: o.AllowPrivateBaseURL,
 	})
 	if err != nil {
 		return err
