@@ -197,7 +197,11 @@ func (g *dialGuard) dial(addr string, dial fasthttp.DialFunc) (net.Conn, error) 
 func (g *dialGuard) checkResolved(host string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), upstreamDialTimeout)
 	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	r := g.direct.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
 	if err != nil {
 		return nil
 	}

@@ -413,6 +413,41 @@ func TestCredentialBaseURLRebindingRefusedAtDial(t *testing.T) {
 	}
 }
 
+// Behind an HTTP proxy the proxy resolves and connects, so tollgate checks
+// what the name resolves to before it asks the proxy for a tunnel.
+func TestCredentialBaseURLOnLoopbackRefusedBeforeTheProxy(t *testing.T) {
+	fake, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: canaries})
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(fakeURL, "http://"))
+	px := startConnectProxy(t, "127.0.0.1:"+port)
+	t.Setenv("HTTP_PROXY", "http://"+px.ln.Addr().String())
+	t.Setenv("HTTPS_PROXY", "http://"+px.ln.Addr().String())
+	t.Setenv("NO_PROXY", "")
+	e := newEnv(t, envOptions{strictBaseURL: true})
+	e.srv.fast.guard.direct.Resolver = loopbackDNS(t)
+	ctx := context.Background()
+	cr, err := e.svc.CreateCredential(ctx, resolver.CredentialSpec{Name: "rebind", Provider: "openai", Secret: resolver.NewSecret(canaryOpenAI), BaseURL: "http://rebind.test:" + port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Bind(ctx, resolver.BindingKey{Tier: resolver.TierProject, ScopeID: "proj-rebind", Dialect: "openai-chat"}, cr.ID); err != nil {
+		t.Fatal(err)
+	}
+	resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "proj-rebind", "u", ""), chatJSON)
+	b := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "refuses to reach") {
+		t.Errorf("status %d body %s, want 502 saying the address is refused", resp.StatusCode, b)
+	}
+	if n := fake.Counters().Requests; n != 0 {
+		t.Errorf("the provider behind the proxy saw %d requests, want 0", n)
+	}
+	px.mu.Lock()
+	defer px.mu.Unlock()
+	if len(px.hosts) != 0 {
+		t.Errorf("the proxy was asked to tunnel to %v", px.hosts)
+	}
+}
+
 // loopbackDNS is a DNS server on loopback that answers every A query with
 // 127.0.0.1, and a resolver that asks only it.
 func loopbackDNS(t *testing.T) *net.Resolver {
