@@ -58,6 +58,9 @@ type envOptions struct {
 	pricer       Pricer
 	// upstreamURL, if set, replaces the fake provider in the registry.
 	upstreamURL string
+	// strictBaseURL refuses credential base URLs on loopback and private
+	// addresses, as a default deployment does; tests point them at fakes.
+	strictBaseURL bool
 }
 
 // syncBuffer is a goroutine-safe log sink.
@@ -121,7 +124,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	}
 	tb.Cleanup(func() { db.Close() })
 	key := bytes.Repeat([]byte{7}, 32)
-	svc, err := resolver.New(ctx, resolver.Config{MasterKey: key, AllowHTTPBaseURL: true}, resolver.Deps{DB: db, Registry: reg, Log: log})
+	svc, err := resolver.New(ctx, resolver.Config{MasterKey: key, AllowHTTPBaseURL: true, AllowPrivateBaseURL: !o.strictBaseURL}, resolver.Deps{DB: db, Registry: reg, Log: log})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -150,6 +153,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		StreamIdleTimeout:     o.idle,
 		ResponseHeaderTimeout: o.headerWait,
 		Logger:                log,
+		AllowPrivateBaseURL:   !o.strictBaseURL,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -168,6 +169,8 @@ func errClass(err error) string {
 		return "deadline"
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "unexpected_eof"
+	case errors.Is(err, netguard.ErrRefused):
+		return "address_refused"
 	case errors.Is(err, errResponseTooLarge), errors.Is(err, fasthttp.ErrBodyTooLarge):
 		return "response_too_large"
 	case classify(err).kind == kindUpstreamTimeout, errors.Is(err, fasthttp.ErrDialTimeout):

@@ -16,6 +16,7 @@ import (
 	"github.com/tidwall/gjson"
 	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -372,6 +373,11 @@ func (cl *call) upstreamFailed(err error, answered bool) error {
 	e := classify(err)
 	outcome, source := metering.OutcomeUnreachable, metering.SourceNone
 	switch {
+	case errors.Is(err, netguard.ErrRefused):
+		// Nothing was sent: the credential's base URL resolved to an
+		// address tollgate does not reach (upstream.go, dialGuard).
+		e = &apiError{kind: kindUpstreamUnreachable, msg: "the credential for this request has a base URL on an address this gateway refuses to reach (loopback, private or link-local); ask an administrator", cause: err}
+		outcome = metering.OutcomeRejected
 	case errors.Is(err, errResponseTooLarge), errors.Is(err, fasthttp.ErrBodyTooLarge):
 		e = &apiError{kind: kindUpstreamUnreachable, msg: "the provider's answer is larger than this gateway's response limit (limits.max_response_body_bytes)", cause: err}
 	case answered && e.kind != kindUpstreamTimeout:

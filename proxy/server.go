@@ -18,6 +18,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 
+	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -109,6 +110,10 @@ type Config struct {
 	ResponseHeaderTimeout time.Duration
 	// Logger receives one line per request; default slog.Default().
 	Logger *slog.Logger
+	// AllowPrivateBaseURL lets credential base URL overrides reach loopback
+	// and private addresses when dialled (resolver.Config has the same
+	// setting for when they are written). Default false.
+	AllowPrivateBaseURL bool
 	// now is injectable for tests.
 	now func() time.Time
 }
@@ -158,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	fast, err := newFastUpstream(cfg.BaseContext, 4*registry.DefaultMaxResponseBodyBytes)
+	fast, err := newFastUpstream(cfg.BaseContext, 4*registry.DefaultMaxResponseBodyBytes, cfg.Registry, netguard.Policy{AllowPrivate: cfg.AllowPrivateBaseURL}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: upstream proxy from the environment: %w", err)
 	}

@@ -4,14 +4,23 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpproxy"
+	"golang.org/x/net/http/httpproxy"
+
+	"github.com/tollgate/tollgate/internal/netguard"
+	"github.com/tollgate/tollgate/registry"
 )
 
 // tollgate sends every upstream request through fasthttp's client. For a
@@ -28,6 +37,9 @@ import (
 // Requests go out over HTTP/1.1 and honour HTTP_PROXY, HTTPS_PROXY and
 // NO_PROXY.
 
+// upstreamDialTimeout bounds one TCP connect, proxied or not.
+const upstreamDialTimeout = 5 * time.Second
+
 // fastUpstreamReadBuffer bounds one upstream response's headers; providers
 // behind CDNs send a few KiB of them, near fasthttp's 4 KiB default. A
 // held stream keeps this buffer, so it is not larger.
@@ -42,6 +54,7 @@ var errUpstreamClosed = errors.New("upstream client closed")
 type fastUpstream struct {
 	client *fasthttp.Client
 	dial   fasthttp.DialFunc
+	guard  dialGuard
 
 	mu     sync.Mutex
 	conns  map[string]*trackedConn // by connKey
@@ -57,17 +70,26 @@ func connKey(local, remote net.Addr) string {
 	return local.String() + ">" + remote.String()
 }
 
-func newFastUpstream(base context.Context, responseLimit int) (*fastUpstream, error) {
+// newFastUpstream builds the client. Hosts named by reg's provider base
+// URLs are dialled as they are; any other host is a credential's base URL
+// override and is dialled under policy (dialGuard).
+func newFastUpstream(base context.Context, responseLimit int, reg *registry.Holder, policy netguard.Policy, log *slog.Logger) (*fastUpstream, error) {
 	d := &fasthttpproxy.Dialer{
 		TCPDialer:     fasthttp.TCPDialer{Concurrency: 0, DNSCacheDuration: time.Minute},
-		Timeout:       5 * time.Second,
+		Timeout:       upstreamDialTimeout,
 		DialDualStack: true,
 	}
 	dial, err := d.GetDialFunc(true)
 	if err != nil {
 		return nil, err
 	}
-	u := &fastUpstream{dial: dial, conns: map[string]*trackedConn{}}
+	u := &fastUpstream{dial: dial, conns: map[string]*trackedConn{}, guard: dialGuard{
+		reg:     reg,
+		policy:  policy,
+		log:     log,
+		proxyOf: httpproxy.FromEnvironment().ProxyFunc(),
+		direct:  net.Dialer{Timeout: upstreamDialTimeout, Control: policy.Control},
+	}}
 	u.client = &fasthttp.Client{
 		Dial:                u.trackedDial,
 		MaxConnsPerHost:     1 << 16,
@@ -111,7 +133,7 @@ func (u *fastUpstream) trackedDial(addr string) (net.Conn, error) {
 	if closed {
 		return nil, errUpstreamClosed
 	}
-	c, err := u.dial(addr)
+	c, err := u.guard.dial(addr, u.dial)
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +146,114 @@ func (u *fastUpstream) trackedDial(addr string) (net.Conn, error) {
 	}
 	u.conns[tc.key] = tc
 	return tc, nil
+}
+
+// dialGuard keeps credential base URL overrides off the addresses
+// netguard refuses. A base URL is checked when it is written, but a name
+// can resolve elsewhere by the time it is dialled (DNS rebinding), so the
+// address actually connected to is checked too, after resolution and
+// before connect. Only hosts in the registry, which the operator wrote,
+// are dialled unchecked: the test fakes on 127.0.0.1, a self-hosted
+// provider on the private network.
+type dialGuard struct {
+	reg     *registry.Holder
+	policy  netguard.Policy
+	log     *slog.Logger
+	proxyOf func(*url.URL) (*url.URL, error)
+	direct  net.Dialer
+}
+
+func (g *dialGuard) dial(addr string, dial fasthttp.DialFunc) (net.Conn, error) {
+	if g.registryHost(addr) {
+		return dial(addr)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.policy.CheckHost(host); err != nil {
+		return nil, g.refused(addr, err)
+	}
+	scheme := "http"
+	if port == "443" {
+		scheme = "https"
+	}
+	if px, err := g.proxyOf(&url.URL{Scheme: scheme, Host: addr}); err == nil && px != nil {
+		// The proxy resolves the name and connects, so tollgate cannot
+		// see the address; it refuses what it resolves the name to now,
+		// and a name it cannot resolve is left to the proxy's policy.
+		if err := g.checkResolved(host); err != nil {
+			return nil, g.refused(addr, err)
+		}
+		return dial(addr)
+	}
+	c, err := g.direct.Dial("tcp", addr)
+	if errors.Is(err, netguard.ErrRefused) {
+		return nil, g.refused(addr, err)
+	}
+	return c, err
+}
+
+func (g *dialGuard) checkResolved(host string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), upstreamDialTimeout)
+	defer cancel()
+	r := g.direct.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil
+	}
+	for _, a := range addrs {
+		if err := g.policy.CheckAddr(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refused logs the refusal with the address, which the caller is not
+// told, and returns an error that is still netguard.ErrRefused.
+func (g *dialGuard) refused(addr string, err error) error {
+	g.log.Warn("credential base URL refused at dial", "addr", addr, "err", err.Error())
+	return fmt.Errorf("dial %s: %w", addr, err)
+}
+
+// registryHost reports whether addr (host:port, as fasthttp dials it) is
+// the host of one of the live registry's providers.
+func (g *dialGuard) registryHost(addr string) bool {
+	if g.reg == nil {
+		return false
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	for _, p := range g.reg.Current().Providers() {
+		u, err := url.Parse(p.BaseURL)
+		if err != nil {
+			continue
+		}
+		pp := u.Port()
+		if pp == "" {
+			pp = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		}
+		if pp == port && sameHost(u.Hostname(), host) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameHost compares names case-insensitively and addresses by value, so
+// [::1] and the dialled ::1 agree.
+func sameHost(a, b string) bool {
+	if x, err := netip.ParseAddr(a); err == nil {
+		y, err := netip.ParseAddr(b)
+		return err == nil && x == y
+	}
+	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
 }
 
 // stream wraps a streamed answer's body. It lifts the deadline DoTimeout

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -12,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
+	"github.com/tollgate/tollgate/resolver"
 )
 
 const chatJSON = `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
@@ -342,4 +347,145 @@ func TestNonStreamedChunkedAnswerThatBreaksOff(t *testing.T) {
 	if rec := e.record(resp); rec.Outcome != metering.OutcomeTruncated || rec.Source != metering.SourceMissing {
 		t.Errorf("record outcome %s source %s, want truncated, missing", rec.Outcome, rec.Source)
 	}
+}
+
+// A credential whose base URL names the cloud metadata service is refused
+// when it is created through the admin API, even where loopback and
+// private base URLs are allowed; without that setting a loopback one is
+// refused too, and the answer names the setting.
+func TestCredentialBaseURLOnMetadataRefusedAtCreation(t *testing.T) {
+	for _, tc := range []struct {
+		name, url, want string
+		strict          bool
+	}{
+		{"Metadata", "http://169.254.169.254", "link-local", false},
+		{"MetadataV6", "http://[fd00:ec2::254]/latest", "link-local", false},
+		{"LoopbackStrict", "http://127.0.0.1:8080", netguard.AllowPrivateSetting, true},
+		{"LocalhostStrict", "http://localhost:11434/v1", netguard.AllowPrivateSetting, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{strictBaseURL: tc.strict})
+			code, v := e.admin("POST", "/credentials", `{"name":"meta","provider":"openai","key":"sk-meta-0000000000","base_url":"`+tc.url+`"}`)
+			if code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(v), tc.want) {
+				t.Fatalf("create with base URL %s: %d %v, want 400 naming %q", tc.url, code, v, tc.want)
+			}
+		})
+	}
+}
+
+// TestCredentialBaseURLRebindingRefusedAtDial: a base URL whose name was
+// public when it was written and resolves to loopback when dialled (DNS
+// rebinding) is refused at connect, in a gateway that does not allow
+// private base URLs; the provider on that address sees nothing, and the
+// caller and the record say why.
+func TestCredentialBaseURLRebindingRefusedAtDial(t *testing.T) {
+	for _, v := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
+		t.Setenv(v, "")
+	}
+	e := newEnv(t, envOptions{strictBaseURL: true})
+	e.srv.fast.guard.direct.Resolver = loopbackDNS(t)
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(e.fakeURL, "http://"))
+	ctx := context.Background()
+	cr, err := e.svc.CreateCredential(ctx, resolver.CredentialSpec{Name: "rebind", Provider: "openai", Secret: resolver.NewSecret(canaryOpenAI), BaseURL: "http://rebind.test:" + port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Bind(ctx, resolver.BindingKey{Tier: resolver.TierProject, ScopeID: "proj-rebind", Dialect: "openai-chat"}, cr.ID); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.token("ws", "proj-rebind", "u", "")
+	for _, body := range []string{chatJSON, `{"model":"gpt-4o","stream":true,"messages":[]}`} {
+		resp := e.do("POST", "/openai/v1/chat/completions", tok, body)
+		b := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "refuses to reach") {
+			t.Errorf("status %d body %s, want 502 saying the address is refused", resp.StatusCode, b)
+		}
+		if rec := e.record(resp); rec.Outcome != metering.OutcomeRejected {
+			t.Errorf("record outcome %s, want %s", rec.Outcome, metering.OutcomeRejected)
+		}
+	}
+	if n := e.fake.Counters().Requests; n != 0 {
+		t.Errorf("the provider on loopback saw %d requests, want 0", n)
+	}
+	if !strings.Contains(e.logs.String(), "refused at dial") {
+		t.Errorf("no log line names the refused dial")
+	}
+}
+
+// Behind an HTTP proxy the proxy resolves and connects, so tollgate checks
+// what the name resolves to before it asks the proxy for a tunnel.
+func TestCredentialBaseURLOnLoopbackRefusedBeforeTheProxy(t *testing.T) {
+	fake, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: canaries})
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(fakeURL, "http://"))
+	px := startConnectProxy(t, "127.0.0.1:"+port)
+	t.Setenv("HTTP_PROXY", "http://"+px.ln.Addr().String())
+	t.Setenv("HTTPS_PROXY", "http://"+px.ln.Addr().String())
+	t.Setenv("NO_PROXY", "")
+	e := newEnv(t, envOptions{strictBaseURL: true})
+	e.srv.fast.guard.direct.Resolver = loopbackDNS(t)
+	ctx := context.Background()
+	cr, err := e.svc.CreateCredential(ctx, resolver.CredentialSpec{Name: "rebind", Provider: "openai", Secret: resolver.NewSecret(canaryOpenAI), BaseURL: "http://rebind.test:" + port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Bind(ctx, resolver.BindingKey{Tier: resolver.TierProject, ScopeID: "proj-rebind", Dialect: "openai-chat"}, cr.ID); err != nil {
+		t.Fatal(err)
+	}
+	resp := e.do("POST", "/openai/v1/chat/completions", e.token("ws", "proj-rebind", "u", ""), chatJSON)
+	b := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "refuses to reach") {
+		t.Errorf("status %d body %s, want 502 saying the address is refused", resp.StatusCode, b)
+	}
+	if n := fake.Counters().Requests; n != 0 {
+		t.Errorf("the provider behind the proxy saw %d requests, want 0", n)
+	}
+	px.mu.Lock()
+	defer px.mu.Unlock()
+	if len(px.hosts) != 0 {
+		t.Errorf("the proxy was asked to tunnel to %v", px.hosts)
+	}
+}
+
+// loopbackDNS is a DNS server on loopback that answers every A query with
+// 127.0.0.1, and a resolver that asks only it.
+func loopbackDNS(t *testing.T) *net.Resolver {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
+			b.StartQuestions()
+			b.Question(q)
+			b.StartAnswers()
+			if q.Type == dnsmessage.TypeA {
+				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: [4]byte{127, 0, 0, 1}})
+			}
+			if out, err := b.Finish(); err == nil {
+				pc.WriteTo(out, from)
+			}
+		}
+	}()
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", pc.LocalAddr().String())
+	}}
 }

@@ -138,6 +138,9 @@ func (s *Service) checkBaseURL(raw string) (string, error) {
 	default:
 		return "", invalid("base_url must be https")
 	}
+	if err := s.baseURLPolicy().CheckHost(u.Hostname()); err != nil {
+		return "", &argError{problems: []string{"base_url: " + err.Error()}, is: []error{err}}
+	}
 	return strings.TrimRight(raw, "/"), nil
 }
 

@@ -152,7 +152,7 @@ func withConfig(f func(*Config)) option {
 func newService(tb testing.TB, dsn string, opts ...option) (*env, error) {
 	tb.Helper()
 	e := &env{dsn: dsn, clock: newFakeClock(), logs: &testkit.LogBuffer{}}
-	cfg := Config{MasterKey: testKey1, AllowHTTPBaseURL: true, now: e.clock.Now}
+	cfg := Config{MasterKey: testKey1, AllowHTTPBaseURL: true, AllowPrivateBaseURL: true, now: e.clock.Now}
 	deps := Deps{Registry: mustRegistry(tb), Log: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	for _, o := range opts {
 		o(&cfg, &deps)

@@ -141,6 +141,10 @@ type Config struct {
 	// endpoints and tests. Default false: only https is accepted, when a
 	// credential is written and again when it is used.
 	AllowHTTPBaseURL bool
+	// AllowPrivateBaseURL accepts credential base URLs on loopback and
+	// private addresses (netguard.Policy.AllowPrivate). Default false.
+	// Link-local addresses (cloud metadata) are refused regardless.
+	AllowPrivateBaseURL bool
 	// TokenCacheSize bounds the number of accepted tokens cached. Default
 	// DefaultTokenCacheSize.
 	TokenCacheSize int

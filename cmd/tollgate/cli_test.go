@@ -59,7 +59,7 @@ func TestSubcommandHelp(t *testing.T) {
 // TestSynopsisNamesEveryFlag: each command's -h lists the flags its
 // synopsis names and, past the shared settings, no other.
 func TestSynopsisNamesEveryFlag(t *testing.T) {
-	shared := map[string]bool{"db": true, "master-key-file": true, "log-level": true, "harnesses": true, "allow-http-base-url": true}
+	shared := map[string]bool{"db": true, "master-key-file": true, "log-level": true, "harnesses": true, "allow-http-base-url": true, "allow-private-base-url": true}
 	for _, c := range commands {
 		if c.name == "version" {
 			continue

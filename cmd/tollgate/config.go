@@ -62,6 +62,10 @@ type options struct {
 	// http base URL, for local endpoints and tests
 	// (TOLLGATE_ALLOW_HTTP_BASE_URL).
 	AllowHTTPBaseURL bool
+	// AllowPrivateBaseURL lets credential base URLs reach loopback and
+	// private addresses, for local model servers and tests; link-local ones
+	// (cloud metadata) stay refused (TOLLGATE_ALLOW_PRIVATE_BASE_URL).
+	AllowPrivateBaseURL bool
 	// StreamIdle ends a silent stream (TOLLGATE_STREAM_IDLE_TIMEOUT, 5m).
 	StreamIdle time.Duration
 	// ShutdownGrace is how long open streams may finish after SIGTERM
@@ -113,6 +117,7 @@ func (o *options) bindRegistry(fs *flag.FlagSet) {
 // or use credential base URLs.
 func (o *options) bindHTTPBaseURL(fs *flag.FlagSet) {
 	o.boolVar(fs, &o.AllowHTTPBaseURL, "allow-http-base-url", "TOLLGATE_ALLOW_HTTP_BASE_URL", "allow http:// credential base URLs")
+	o.boolVar(fs, &o.AllowPrivateBaseURL, "allow-private-base-url", "TOLLGATE_ALLOW_PRIVATE_BASE_URL", "allow credential base URLs on loopback and private addresses (link-local and cloud metadata stay refused)")
 }
 
 // bindServe registers everything serve reads.

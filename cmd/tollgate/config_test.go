@@ -85,6 +85,7 @@ func TestBooleanSpellings(t *testing.T) {
 	for _, v := range []string{"1", "true", "YES", "On"} {
 		c := newCLI(t, fakeURL)
 		c.env["TOLLGATE_ALLOW_HTTP_BASE_URL"] = v
+		c.env["TOLLGATE_ALLOW_PRIVATE_BASE_URL"] = v
 		if out, errs, code := c.run(context.Background(), "sk-ant-api03-local-000000000000\n", "credential", "add", "--provider", "anthropic", "--name", "local", "--base-url", "http://127.0.0.1:9", "--key-stdin"); code != 0 {
 			t.Errorf("TOLLGATE_ALLOW_HTTP_BASE_URL=%s: an http base URL is refused: %d %s %s", v, code, out, errs)
 		}

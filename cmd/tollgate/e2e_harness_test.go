@@ -286,8 +286,10 @@ func startStack(t *testing.T) *stack {
 		// Debug logging gives a leaked secret the most chances to show.
 		"TOLLGATE_LOG_LEVEL=debug",
 		"TOLLGATE_SHUTDOWN_GRACE=5s",
-		// The cut provider's credentials name it by an http:// base URL.
+		// The cut provider's credentials name it by an http:// base URL
+		// on loopback.
 		"TOLLGATE_ALLOW_HTTP_BASE_URL=true",
+		"TOLLGATE_ALLOW_PRIVATE_BASE_URL=true",
 	}
 	s.tollgate(t, "", "check-config", reg)
 	s.serve = mustStartDaemon(t, "tollgate serve", s.bin, []string{"serve", "--addr", "127.0.0.1:0"}, s.env)

@@ -86,6 +86,8 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		MasterKey:        key,
 		PreviousKeys:     prev,
 		AllowHTTPBaseURL: o.AllowHTTPBaseURL,
+
+		AllowPrivateBaseURL: o.AllowPrivateBaseURL,
 	}, resolver.Deps{DB: db, Registry: reg, Log: log})
 	if err != nil {
 		d.Close()
@@ -213,6 +215,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
 		Logger:            log,
+
+		AllowPrivateBaseURL: o.AllowPrivateBaseURL,
 	})
 	if err != nil {
 		return err
