@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -264,27 +267,83 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 	}
 }
 
+// keyOf sanitises every value before the cardinality bookkeeping, so the
+// cache key and the exported attributes agree: model names come from
+// clients, and one value the exporter rejects fails every scrape (and every
+// OTLP batch) for as long as the series lives.
 func (in *Instruments) keyOf(r *Record) attrKey {
 	k := attrKey{
-		attrID: attrID{op: r.Operation, provider: r.Provider, reqModel: r.ModelRequest, respModel: r.ModelServed},
-		end:    r.Outcome, source: r.Source, errType: otelErrorType(r), cost: otelCostStatus(r),
+		attrID: attrID{op: labelValue(r.Operation), provider: labelValue(r.Provider),
+			reqModel: labelValue(r.ModelRequest), respModel: labelValue(r.ModelServed)},
+		end: labelValue(r.Outcome), source: labelValue(r.Source), errType: otelErrorType(r), cost: otelCostStatus(r),
 	}
 	if in.labels[AttrHarness] {
-		k.harness = r.Harness
+		k.harness = labelValue(r.Harness)
 	}
 	if in.labels[AttrProject] {
-		k.project = r.Project
+		k.project = labelValue(r.Project)
 	}
 	if in.labels[AttrCredentialTier] {
-		k.tier = r.CredTier
+		k.tier = labelValue(r.CredTier)
 	}
 	if in.labels[AttrUser] {
-		k.user = r.User
+		k.user = labelValue(r.User)
 	}
 	if in.labels[AttrWorkspace] {
-		k.workspace = r.Workspace
+		k.workspace = labelValue(r.Workspace)
 	}
 	return k
+}
+
+// maxLabelBytes bounds one attribute value, "…" included.
+const maxLabelBytes = 128
+
+// labelValue makes v safe as a metric attribute: valid UTF-8 (invalid runs
+// become U+FFFD, as the store keeps them), no control characters, at most
+// maxLabelBytes cut at a rune boundary. A clean value is returned as is, so
+// the steady state allocates nothing.
+func labelValue(v string) string {
+	if labelClean(v) {
+		return v
+	}
+	v = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return utf8.RuneError
+		}
+		return r
+	}, strings.ToValidUTF8(v, "\uFFFD"))
+	if len(v) > maxLabelBytes {
+		const ellipsis = "…"
+		cut := maxLabelBytes - len(ellipsis)
+		for cut > 0 && !utf8.RuneStart(v[cut]) {
+			cut--
+		}
+		v = v[:cut] + ellipsis
+	}
+	return v
+}
+
+func labelClean(v string) bool {
+	if len(v) > maxLabelBytes {
+		return false
+	}
+	for i, r := range v {
+		if r < utf8.RuneSelf {
+			if r < 0x20 || r == 0x7f {
+				return false
+			}
+			continue
+		}
+		if r == utf8.RuneError {
+			if _, w := utf8.DecodeRuneInString(v[i:]); w == 1 {
+				return false
+			}
+		}
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // entry returns the cached options for k, creating them under the
