@@ -30,6 +30,9 @@ const (
 	MetricCost     = "tollgate.cost"           // counter, {USD}
 	MetricRequests = "tollgate.requests"       // counter, {request}
 	MetricOverhead = "tollgate.proxy.overhead" // histogram, s: time in tollgate, upstream wait excluded
+	// MetricLabelsFolded counts requests whose labels were reported as
+	// "_OTHER" because a cardinality budget was spent, by tollgate.dimension.
+	MetricLabelsFolded = "tollgate.metrics.labels.folded" // counter, {request}
 	// Writer health (RegisterWriter).
 	MetricMeteringRecords = "tollgate.metering.records"       // observable counter, {record}, by tollgate.disposition
 	MetricStoreRetries    = "tollgate.metering.store.retries" // observable counter, {error}
@@ -60,6 +63,18 @@ const (
 	AttrWorkspace = "tollgate.workspace"
 	// AttrDisposition says what became of records in MetricMeteringRecords.
 	AttrDisposition = "tollgate.disposition"
+	// AttrDimension says which budget MetricLabelsFolded's requests hit:
+	// FoldModel (their project's own) or FoldProject (the global one).
+	AttrDimension = "tollgate.dimension"
+)
+
+// Values of AttrDimension.
+const (
+	// FoldModel: the project had spent its own budget, so its models, user
+	// and workspace were folded; the project itself kept its name.
+	FoldModel = "model"
+	// FoldProject: the global budget was spent, so the project was folded too.
+	FoldProject = "project"
 )
 
 // Token types on MetricTokenUsage. input and output are the conventions'
@@ -81,6 +96,11 @@ const otelOther = "_OTHER"
 // provider, models and the enabled tollgate.* labels) Instruments creates
 // series for; the bounded enums multiply it by a small constant.
 const DefaultMaxAttributeSets = 2000
+
+// DefaultMaxAttributeSetsPerProject bounds the identities one project may
+// create, so a single token sending thousands of model names folds only its
+// own series into "_OTHER" and never spends every other tenant's budget.
+const DefaultMaxAttributeSetsPerProject = 200
 
 // Bucket boundaries from wire-formats.md §10.
 var (
@@ -114,6 +134,12 @@ type LabelConfig struct {
 	// "_OTHER" (and a warning is logged once), so a flood of model names
 	// cannot blow up the metrics backend. Default DefaultMaxAttributeSets.
 	MaxAttributeSets int
+	// MaxAttributeSetsPerProject bounds the combinations one project (the
+	// record's project, whether or not it is a label) may add. Past it, that
+	// project's new combinations report models, user and workspace as
+	// "_OTHER"; other projects are unaffected. Default
+	// DefaultMaxAttributeSetsPerProject, at most MaxAttributeSets.
+	MaxAttributeSetsPerProject int
 	// Logger receives the cardinality warning. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -129,6 +155,9 @@ func (c LabelConfig) Validate() error {
 	if c.MaxAttributeSets < 0 {
 		errs = append(errs, fmt.Errorf("metering labels: MaxAttributeSets is negative (%d)", c.MaxAttributeSets))
 	}
+	if c.MaxAttributeSetsPerProject < 0 {
+		errs = append(errs, fmt.Errorf("metering labels: MaxAttributeSetsPerProject is negative (%d)", c.MaxAttributeSetsPerProject))
+	}
 	return errors.Join(errs...)
 }
 
@@ -139,16 +168,27 @@ type Instruments struct {
 	log      *slog.Logger
 	labels   map[string]bool
 	maxSets  int64
+	maxPer   int64
 	tokens   metric.Int64Histogram
 	duration metric.Float64Histogram
 	ttfc     metric.Float64Histogram
 	overhead metric.Float64Histogram
 	cost     metric.Float64Counter
 	requests metric.Int64Counter
+	folded   metric.Int64Counter
+	// foldOpts are the attribute options of folded, by dimension.
+	foldModel, foldProject []metric.AddOption
 
 	sets     sync.Map // attrKey → *attrEntry
 	ids      sync.Map // attrID → struct{}
 	nids     atomic.Int64
+	warnOnce sync.Once
+	tenants  sync.Map // project → *tenantBudget
+}
+
+// tenantBudget counts the identities one project has added.
+type tenantBudget struct {
+	n        atomic.Int64
 	warnOnce sync.Once
 }
 
@@ -169,10 +209,15 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	if in.maxSets == 0 {
 		in.maxSets = DefaultMaxAttributeSets
 	}
+	in.maxPer = int64(cfg.MaxAttributeSetsPerProject)
+	if in.maxPer == 0 {
+		in.maxPer = DefaultMaxAttributeSetsPerProject
+	}
+	in.maxPer = min(in.maxPer, in.maxSets)
 	for _, l := range labels {
 		in.labels[l] = true
 	}
-	var errs [6]error
+	var errs [7]error
 	in.tokens, errs[0] = meter.Int64Histogram(MetricTokenUsage,
 		metric.WithUnit("{token}"),
 		metric.WithDescription("Number of input and output tokens used, per request and token type."),
@@ -195,9 +240,18 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	in.requests, errs[5] = meter.Int64Counter(MetricRequests,
 		metric.WithUnit("{request}"),
 		metric.WithDescription("Requests by end reason, usage source and cost status."))
+	in.folded, errs[6] = meter.Int64Counter(MetricLabelsFolded,
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Requests whose metric labels were reported as _OTHER because a cardinality budget was spent: model (the project's own) or project (the global one)."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("metering instruments: %w", err)
 	}
+	in.foldModel = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldModel)))}
+	in.foldProject = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldProject)))}
+	// Zeros so both series exist before the first fold and alerts on their
+	// rate have something to read.
+	in.folded.Add(context.Background(), 0, in.foldModel...)
+	in.folded.Add(context.Background(), 0, in.foldProject...)
 	return in, nil
 }
 
@@ -235,7 +289,7 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 		return
 	}
 	ctx := context.Background()
-	e := in.entry(in.keyOf(r))
+	e := in.entry(in.keyOf(r), labelValue(r.Project))
 	in.requests.Add(ctx, 1, e.requests...)
 	if overhead > 0 {
 		in.overhead.Record(ctx, overhead.Seconds(), e.base...)
@@ -347,33 +401,74 @@ func labelClean(v string) bool {
 }
 
 // entry returns the cached options for k, creating them under the
-// cardinality bound.
-func (in *Instruments) entry(k attrKey) *attrEntry {
+// cardinality budgets: first the tenant's own (tenant is the record's
+// project, labelled or not), then the global one.
+func (in *Instruments) entry(k attrKey, tenant string) *attrEntry {
 	if e, ok := in.sets.Load(k); ok {
 		return e.(*attrEntry)
 	}
 	if _, known := in.ids.Load(k.attrID); !known {
-		if in.nids.Load() >= in.maxSets {
+		var budget *tenantBudget
+		if b, ok := in.tenants.Load(tenant); ok {
+			budget = b.(*tenantBudget)
+		}
+		fold := ""
+		if budget != nil && budget.n.Load() >= in.maxPer {
+			budget.warnOnce.Do(func() {
+				in.log.Warn("metering: a project reached its metric attribute budget; its new models and ids are reported as _OTHER", "project", tenant, "max", in.maxPer)
+			})
+			foldIDs(&k, false)
+			fold = FoldModel
+			budget = nil // identities of the folded form are bounded by the enums
+			_, known = in.ids.Load(k.attrID)
+		}
+		if !known && in.nids.Load() >= in.maxSets {
 			in.warnOnce.Do(func() {
 				in.log.Warn("metering: metric attribute sets reached the bound; new projects, models and ids are reported as _OTHER", "max", in.maxSets)
 			})
-			for _, f := range []*string{&k.project, &k.reqModel, &k.respModel, &k.user, &k.workspace} {
-				if *f != "" {
-					*f = otelOther
-				}
-			}
+			foldIDs(&k, true)
+			fold = FoldProject
+			budget = nil
+		}
+		switch fold {
+		case FoldModel:
+			in.folded.Add(context.Background(), 1, in.foldModel...)
+		case FoldProject:
+			in.folded.Add(context.Background(), 1, in.foldProject...)
+		}
+		if fold != "" {
 			if e, ok := in.sets.Load(k); ok {
 				return e.(*attrEntry)
 			}
+		} else if budget == nil {
+			b, _ := in.tenants.LoadOrStore(tenant, &tenantBudget{})
+			budget = b.(*tenantBudget)
 		}
 		// Collapsed identities are stored too: they are bounded by the
 		// enums left in them, so the map stays bounded.
 		if _, loaded := in.ids.LoadOrStore(k.attrID, struct{}{}); !loaded {
 			in.nids.Add(1)
+			if budget != nil {
+				budget.n.Add(1)
+			}
 		}
 	}
 	e, _ := in.sets.LoadOrStore(k, in.newEntry(k))
 	return e.(*attrEntry)
+}
+
+// foldIDs reports k's client- and id-valued labels as _OTHER, and its
+// project too when project is set.
+func foldIDs(k *attrKey, project bool) {
+	fs := []*string{&k.reqModel, &k.respModel, &k.user, &k.workspace}
+	if project {
+		fs = append(fs, &k.project)
+	}
+	for _, f := range fs {
+		if *f != "" {
+			*f = otelOther
+		}
+	}
 }
 
 func (in *Instruments) newEntry(k attrKey) *attrEntry {

@@ -24,17 +24,7 @@ import (
 // the instruments: metric family name → label names.
 func promSeries(tb testing.TB) map[string]map[string]bool {
 	tb.Helper()
-	reg := prometheus.NewRegistry()
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
-	defer mp.Shutdown(context.Background())
-	in, err := NewInstruments(mp.Meter("github.com/tollgate/tollgate/metering"), LabelConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	in, reg := promInstruments(tb, LabelConfig{})
 	in.Observe(otelRecord(), time.Millisecond)
 	s := mustUsageStore(tb, "sqlite")
 	w := mustWriter(tb, fastWriterConfig(tb.TempDir()), s)
@@ -74,6 +64,7 @@ func TestPrometheusNames(t *testing.T) {
 		"tollgate_requests_total COUNTER":                               {"tollgate_end_reason", "tollgate_usage_source", "tollgate_cost_status"},
 		"tollgate_proxy_overhead_seconds HISTOGRAM":                     {"tollgate_harness"},
 		"tollgate_metering_records_total COUNTER":                       {"tollgate_disposition"},
+		"tollgate_metrics_labels_folded_total COUNTER":                  {"tollgate_dimension"},
 		"tollgate_metering_store_retries_total COUNTER":                 nil,
 		"tollgate_metering_spool_usage_bytes GAUGE":                     nil,
 		"tollgate_metering_queue_size GAUGE":                            nil,
