@@ -15,6 +15,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/tollgate/tollgate/registry"
 )
 
 // Instrument names: the OTel GenAI client metrics (wire-formats.md §10) and
@@ -142,6 +144,10 @@ type LabelConfig struct {
 	MaxAttributeSetsPerProject int
 	// Logger receives the cardinality warning. Default slog.Default().
 	Logger *slog.Logger
+	// Registry maps a record's provider to gen_ai.provider.name through its
+	// otel_name (gemini is gcp.gemini), read per request so a reload
+	// applies. Nil reports the provider's registry name.
+	Registry *registry.Holder
 }
 
 // Validate reports every unknown label and bad bound, each naming its item.
@@ -166,6 +172,7 @@ func (c LabelConfig) Validate() error {
 type Instruments struct {
 	meter    metric.Meter
 	log      *slog.Logger
+	reg      *registry.Holder
 	labels   map[string]bool
 	maxSets  int64
 	maxPer   int64
@@ -202,7 +209,7 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	if labels == nil {
 		labels = DefaultLabels
 	}
-	in := &Instruments{meter: meter, log: cfg.Logger, labels: map[string]bool{}, maxSets: int64(cfg.MaxAttributeSets)}
+	in := &Instruments{meter: meter, log: cfg.Logger, reg: cfg.Registry, labels: map[string]bool{}, maxSets: int64(cfg.MaxAttributeSets)}
 	if in.log == nil {
 		in.log = slog.Default()
 	}
@@ -327,7 +334,7 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 // OTLP batch) for as long as the series lives.
 func (in *Instruments) keyOf(r *Record) attrKey {
 	k := attrKey{
-		attrID: attrID{op: labelValue(r.Operation), provider: labelValue(r.Provider),
+		attrID: attrID{op: labelValue(r.Operation), provider: labelValue(in.providerName(r.Provider)),
 			reqModel: labelValue(r.ModelRequest), respModel: labelValue(r.ModelServed)},
 		end: labelValue(r.Outcome), source: labelValue(r.Source), errType: otelErrorType(r), cost: otelCostStatus(r),
 	}
@@ -347,6 +354,13 @@ func (in *Instruments) keyOf(r *Record) attrKey {
 		k.workspace = labelValue(r.Workspace)
 	}
 	return k
+}
+
+func (in *Instruments) providerName(p string) string {
+	if in.reg == nil {
+		return p
+	}
+	return in.reg.Current().OTelName(p)
 }
 
 // maxLabelBytes bounds one attribute value, "…" included.

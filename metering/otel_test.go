@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/tollgate/tollgate/registry"
 )
 
 // otelPoint is one collected data point, flattened for assertions.
@@ -361,6 +363,25 @@ func TestLabelBudgetIsPerProject(t *testing.T) {
 				t.Errorf("no warning naming the project that hit its budget: %s", logs.String())
 			}
 		})
+	}
+}
+
+// TestOtelProviderNameFromRegistry: otel_name in harnesses.yaml was parsed
+// and never used, so Gemini's metrics said gemini, not gcp.gemini.
+func TestOtelProviderNameFromRegistry(t *testing.T) {
+	in, reader := mustInstruments(t, LabelConfig{Registry: registry.NewStatic(mustRegistry(t))})
+	for _, p := range []string{"gemini", "deepseek-anthropic", "anthropic", "gone-since-reload"} {
+		r := otelRecord()
+		r.Provider = p
+		in.Observe(r, time.Millisecond)
+	}
+	got := map[string]bool{}
+	for _, p := range findPoints(collectPoints(t, reader), MetricRequests, nil) {
+		got[p.attrs[AttrProvider]] = true
+	}
+	want := map[string]bool{"gcp.gemini": true, "deepseek": true, "anthropic": true, "gone-since-reload": true}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s values: %v, want %v", AttrProvider, got, want)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
 )
 
 // telemetry owns the OTel SDK: only cmd installs it (house rule 18).
@@ -30,9 +31,9 @@ type telemetry struct {
 // something other than white space, also pushes them by OTLP/HTTP; the
 // exporter (otlp.go) reads the standard OTEL_EXPORTER_OTLP_* variables
 // itself, the periodic reader OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
-func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
-	reg := prometheus.NewRegistry()
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+func newTelemetry(ctx context.Context, labels []string, reg *registry.Holder, log *slog.Logger) (*telemetry, error) {
+	prom := prometheus.NewRegistry()
+	exp, err := otelprom.New(otelprom.WithRegisterer(prom))
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
@@ -60,13 +61,13 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 	}
 	opts = append(opts, sdkmetric.WithResource(res))
 	mp := sdkmetric.NewMeterProvider(opts...)
-	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log})
+	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log, Registry: reg})
 	if err != nil {
 		return nil, err
 	}
 	return &telemetry{
 		provider:    mp,
-		handler:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		handler:     promhttp.HandlerFor(prom, promhttp.HandlerOpts{}),
 		instruments: inst,
 	}, nil
 }

@@ -211,7 +211,7 @@ func testOTLPPush(t *testing.T, compression string) {
 
 	// The labels argument is what serve passes when TOLLGATE_METRIC_LABELS
 	// is unset, so the attributes checked below are the shipped defaults.
-	tel, err := newTelemetry(context.Background(), splitList(""), slog.New(slog.DiscardHandler))
+	tel, err := newTelemetry(context.Background(), splitList(""), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newTelemetry: %v", err)
 	}
