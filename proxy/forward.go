@@ -112,7 +112,10 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		cl.rec.Harness = harness.Name
 	}
 
-	body := c.Body()
+	body, err := requestBody(c, reg.Limits.MaxBodyBytes)
+	if err != nil {
+		return cl.reject(err)
+	}
 	if len(body) > reg.Limits.MaxBodyBytes {
 		return cl.reject(newError(kindTooLarge, "request body is %d bytes; this gateway accepts at most %d", len(body), reg.Limits.MaxBodyBytes))
 	}
