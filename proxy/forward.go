@@ -310,7 +310,7 @@ func (cl *call) upstreamError(c *fiber.Ctx, status int, body []byte, secret reso
 		body = errorBody(cl.dialect.ErrorShape, e)
 		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	} else {
-		body = redactSecret(body, secret)
+		body = redactErrorBody(body, secret, cl.dialect.ErrorShape, status)
 	}
 	cl.rec.BytesOut = int64(len(body))
 	c.Status(status)

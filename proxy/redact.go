@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"regexp"
+	"strings"
+
+	"github.com/tollgate/tollgate/resolver"
+)
+
+// keyLike matches strings shaped like provider keys, in any case, so a
+// provider's error body that echoes some other key does not reach the
+// client. The word boundary and the length keep "task-management" and a
+// mention of the "sk-ant-api03-" format intact; echoes of tollgate's own
+// key, shorter ones included, are echoesSecret's job.
+var keyLike = regexp.MustCompile(`(?i)\b(?:sk-|sk_|gsk_|tgw_|aiza)[a-z0-9_\-]{16,}`)
+
+// publicKeyPrefixes are the fixed, documented starts of provider keys
+// (folded): a window wholly inside one names the key format, not the key.
+var publicKeyPrefixes = []string{"sk-ant-api03-", "sk-ant-admin01-", "sk-proj-", "sk-svcacct-", "sk-or-v1-", "sk-", "gsk_", "aiza", "xai-", "tgw_"}
+
+// gram is the echo length that counts as the key: 8 folded characters of a
+// key are about 41 bits, far beyond chance, while a "last 4" mask passes.
+const gram = 8
+
+// redactErrorBody returns a provider's error body fit for the client. The
+// credential itself and anything key-shaped are replaced in place. Echoes
+// only visible once decoded — JSON \u escapes, %XX, another case, the key
+// without its prefix, base64 — cannot be cut out of the raw bytes, so the
+// body is then replaced by tollgate's envelope with the provider's status.
+func redactErrorBody(body []byte, s resolver.Secret, shape string, status int) []byte {
+	k := s.Reveal()
+	if len(k) >= 4 {
+		body = bytes.ReplaceAll(body, []byte(k), []byte("[redacted]"))
+	}
+	body = keyLike.ReplaceAll(body, []byte("[redacted]"))
+	if !echoesSecret(body, k) {
+		return body
+	}
+	e := newError(kindBadRequest, "the provider's error message was withheld because it quoted the credential (HTTP %d)", status)
+	if status >= 500 {
+		e.kind = kindUnavailable
+	}
+	return errorBody(shape, e)
+}
+
+// echoesSecret reports whether b, once normalised, holds gram consecutive
+// characters of the key outside its public prefix, the key's base64 form,
+// or something else key-shaped.
+func echoesSecret(b []byte, key string) bool {
+	norm := normaliseForMatch(b)
+	if keyLike.Match(norm) {
+		return true
+	}
+	if len(key) < gram+4 {
+		return false
+	}
+	grams := secretGrams(key)
+	for i := 0; i+gram <= len(norm); i++ {
+		if _, ok := grams[binary.LittleEndian.Uint64(norm[i:])]; ok {
+			return true
+		}
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		for o := range 3 {
+			n := (len(key) - o) / 3 * 3
+			if n < 9 {
+				continue
+			}
+			if bytes.Contains(b, []byte(enc.EncodeToString([]byte(key[o:o+n])))) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// secretGrams is every gram-byte window of the folded key that is not
+// wholly inside its public prefix.
+func secretGrams(key string) map[uint64]struct{} {
+	folded := []byte(strings.ToLower(key))
+	pub := 0
+	for _, p := range publicKeyPrefixes {
+		if bytes.HasPrefix(folded, []byte(p)) && len(p) > pub {
+			pub = len(p)
+		}
+	}
+	out := make(map[uint64]struct{}, len(folded))
+	for i := 0; i+gram <= len(folded); i++ {
+		if i+gram <= pub {
+			continue
+		}
+		out[binary.LittleEndian.Uint64(folded[i:])] = struct{}{}
+	}
+	return out
+}
+
+// normaliseForMatch is a copy of b for matching only: JSON escapes decoded
+// (\uXXXX to its ASCII byte, \/ \\ \" to themselves), then %XX, then ASCII
+// folded to lower case. Non-ASCII escapes become '?': keys are ASCII.
+func normaliseForMatch(b []byte) []byte {
+	j := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c == '\\' && i+1 < len(b) {
+			switch n := b[i+1]; {
+			case n == 'u' && i+5 < len(b):
+				if v, ok := hexVal(b[i+2 : i+6]); ok {
+					if v >= 0x80 {
+						v = '?'
+					}
+					j = append(j, byte(v))
+					i += 5
+					continue
+				}
+			case n == '/' || n == '\\' || n == '"':
+				j = append(j, n)
+				i++
+				continue
+			}
+		}
+		j = append(j, c)
+	}
+	out := j[:0]
+	for i := 0; i < len(j); i++ {
+		c := j[i]
+		if c == '%' && i+2 < len(j) {
+			if v, ok := hexVal(j[i+1 : i+3]); ok {
+				c = byte(v)
+				i += 2
+			}
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func hexVal(h []byte) (int, bool) {
+	v := 0
+	for _, c := range h {
+		switch {
+		case '0' <= c && c <= '9':
+			v = v<<4 | int(c-'0')
+		case 'a' <= c && c <= 'f':
+			v = v<<4 | int(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			v = v<<4 | int(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, true
+}

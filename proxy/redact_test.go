@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/tollgate/tollgate/resolver"
+)
+
+// keyEchoes are the forms in which providers and their middleboxes quote a
+// key back: each hides the literal from a byte search.
+func keyEchoes(key string) map[string]string {
+	jsonEscaped := strings.ReplaceAll(key, "-", `\u002d`)
+	var fully strings.Builder
+	for _, r := range key {
+		fmt.Fprintf(&fully, `\u%04x`, r)
+	}
+	inner := key[strings.LastIndex(key, "-")+1:]
+	if inner == key {
+		inner = key[4:] // AIza
+	}
+	return map[string]string{
+		"Plain":         key,
+		"JSONEscaped":   jsonEscaped,
+		"FullyEscaped":  fully.String(),
+		"UpperCased":    strings.ToUpper(key),
+		"WithoutPrefix": inner,
+		"URLEncoded":    url.QueryEscape(strings.ReplaceAll(key, "-", "%2D")),
+		"PercentDash":   strings.ReplaceAll(key, "-", "%2D"),
+		"Base64":        base64.StdEncoding.EncodeToString([]byte("Bearer " + key)),
+	}
+}
+
+// TestRedactCanaryInEveryForm: the redactor matched only the literal key
+// and a case-sensitive key shape, so escaped, re-cased, prefix-less, URL-
+// or base64-encoded echoes reached the client.
+func TestRedactCanaryInEveryForm(t *testing.T) {
+	for _, key := range canaries {
+		s := resolver.NewSecret(key)
+		for form, echo := range keyEchoes(key) {
+			t.Run(key[:6]+"/"+form, func(t *testing.T) {
+				body := `{"error":{"message":"Incorrect API key provided: ` + echo + `","type":"invalid_request_error"}}`
+				out := string(redactErrorBody([]byte(body), s, "openai", 400))
+				if leaksGram(out, key) {
+					t.Fatalf("%s echo passed: %s", form, out)
+				}
+				if !strings.Contains(out, "invalid_request_error") {
+					t.Errorf("error type lost: %s", out)
+				}
+			})
+		}
+	}
+	// What names only the key format or a last-4 mask is not the key.
+	for _, benign := range []string{
+		`{"error":{"message":"keys start with sk-ant-api03- and end in ...cdef","type":"invalid_request_error"}}`,
+		`{"error":{"message":"Incorrect API key provided: sk-proj-****cdef","type":"invalid_request_error"}}`,
+		`{"error":{"message":"task-management quota exceeded","type":"rate_limit_error"}}`,
+	} {
+		if out := string(redactErrorBody([]byte(benign), resolver.NewSecret(canaryAnthropic), "anthropic", 429)); out != benign {
+			t.Errorf("benign body changed:\n%s\n%s", benign, out)
+		}
+	}
+}
+
+// leaksGram reports whether a client decoding s as JSON, then as URL
+// encoding or base64, finds 8 consecutive characters of key (any case)
+// after its 8 first, the part no format description shares.
+func leaksGram(s, key string) bool {
+	var v any
+	decoded := []string{s}
+	if json.Unmarshal([]byte(s), &v) == nil {
+		b, _ := json.Marshal(v) // re-encoded with \u escapes resolved
+		decoded = append(decoded, string(b))
+		var m struct {
+			Error struct{ Message string } `json:"error"`
+		}
+		if json.Unmarshal([]byte(s), &m) == nil {
+			decoded = append(decoded, m.Error.Message)
+			if u, err := url.QueryUnescape(m.Error.Message); err == nil {
+				decoded = append(decoded, u)
+			}
+			for _, w := range strings.Fields(m.Error.Message) {
+				if b, err := base64.StdEncoding.DecodeString(w); err == nil {
+					decoded = append(decoded, string(b))
+				}
+			}
+		}
+	}
+	lk := strings.ToLower(key)
+	for _, d := range decoded {
+		ld := strings.ToLower(d)
+		for i := 8; i+8 <= len(lk); i++ {
+			if strings.Contains(ld, lk[i:i+8]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestRedactEchoesThroughTollgate: a provider answering 400 with the key it
+// was sent, in each form, never shows it to the client, which keeps the
+// status and an envelope of its dialect.
+func TestRedactEchoesThroughTollgate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`, keyEchoes(key)[r.Header.Get("X-Fake-Fault")])
+	})}
+	go echo.Serve(ln)
+	t.Cleanup(func() { echo.Close() })
+	e := newEnv(t, envOptions{upstreamURL: "http://" + ln.Addr().String()})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
+	for form := range keyEchoes(canaryOpenAI) {
+		t.Run(form, func(t *testing.T) {
+			resp := e.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","messages":[]}`, "X-Fake-Fault", form)
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			checkEnvelope(t, "openai", body)
+			if leaksGram(string(body), canaryOpenAI) {
+				t.Errorf("the client saw the key (%s): %s", form, body)
+			}
+		})
+	}
+}
