@@ -38,17 +38,7 @@ func requestBody(c *fiber.Ctx, limit int) ([]byte, error) {
 		}
 		return raw, err
 	}
-	var out []byte
-	switch coding {
-	case "gzip", "x-gzip":
-		out, err = req.BodyGunzipWithLimit(limit)
-	case "deflate":
-		out, err = req.BodyInflateWithLimit(limit)
-	case "br":
-		out, err = req.BodyUnbrotliWithLimit(limit)
-	case "zstd":
-		out, err = unzstdWithLimit(raw, limit)
-	}
+	out, err := decodeBody(raw, coding, limit)
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge), errors.Is(err, zstd.ErrDecoderSizeExceeded):
 		return nil, newError(kindTooLarge, "request body decodes (Content-Encoding: %s) to more than %d bytes, the most this gateway accepts", coding, limit)
@@ -118,6 +108,27 @@ func truncateForMessage(s string) string {
 		return s[:32] + "…"
 	}
 	return s
+}
+
+// decodeBody decodes raw from one content coding into a new buffer of at
+// most limit bytes; past it, fasthttp.ErrBodyTooLarge.
+func decodeBody(raw []byte, coding string, limit int) ([]byte, error) {
+	// fasthttp's bounded decoders hang off a message's body; this one only
+	// lends them raw.
+	m := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(m)
+	m.SetBodyRaw(raw)
+	switch coding {
+	case "gzip", "x-gzip":
+		return m.BodyGunzipWithLimit(limit)
+	case "deflate":
+		return m.BodyInflateWithLimit(limit)
+	case "br":
+		return m.BodyUnbrotliWithLimit(limit)
+	case "zstd":
+		return unzstdWithLimit(raw, limit)
+	}
+	return nil, fasthttp.ErrContentEncodingUnsupported
 }
 
 // unzstdWithLimit decodes a zstd body with bounded window and memory:

@@ -207,7 +207,7 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	}
 	status := cl.answerHeaders(c, resp)
 	if status < 200 || status > 299 {
-		b := resp.Body()
+		b := upstreamErrorBody(resp.Body(), resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
 		return cl.upstreamError(c, status, b[:min(len(b), lim.MaxErrorBodyBytes)], secret, t1)
 	}
 	return cl.buffered(c, resp.Body(), isEventStream(string(resp.Header.ContentType())), lim, t1)
@@ -247,6 +247,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	defer up.Close()
 	if status < 200 || status > 299 {
 		b, _ := io.ReadAll(io.LimitReader(up, int64(lim.MaxErrorBodyBytes)))
+		b = upstreamErrorBody(b, resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
 		return cl.upstreamError(c, status, b, secret, s.cfg.timeNow())
 	}
 	b, err := io.ReadAll(io.LimitReader(up, int64(lim.MaxResponseBodyBytes)+1))

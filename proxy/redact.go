@@ -39,7 +39,13 @@ func redactErrorBody(body []byte, s resolver.Secret, shape string, status int) [
 	if !echoesSecret(body, k) {
 		return body
 	}
-	e := newError(kindBadRequest, "the provider's error message was withheld because it quoted the credential (HTTP %d)", status)
+	return providerErrorEnvelope(shape, status, "the provider's error message was withheld because it quoted the credential (HTTP %d)", status)
+}
+
+// providerErrorEnvelope renders tollgate's envelope in place of a provider's
+// error body; the caller keeps the provider's status.
+func providerErrorEnvelope(shape string, status int, format string, args ...any) []byte {
+	e := newError(kindBadRequest, format, args...)
 	if status >= 500 {
 		e.kind = kindUnavailable
 	}
@@ -155,4 +161,21 @@ func hexVal(h []byte) (int, bool) {
 		}
 	}
 	return v, true
+}
+
+// upstreamErrorBody decodes a provider's error body from its
+// Content-Encoding, at most limit bytes out, so redaction reads what the
+// client would: the encoding header is not passed on, and redacting
+// compressed bytes found nothing while the client could still gunzip the
+// key out of them. What cannot be decoded becomes tollgate's envelope.
+func upstreamErrorBody(raw, coding []byte, shape string, status, limit int) []byte {
+	c := strings.ToLower(strings.TrimSpace(string(coding)))
+	if c == "" || c == "identity" {
+		return raw
+	}
+	out, err := decodeBody(raw, c, limit)
+	if err != nil {
+		return providerErrorEnvelope(shape, status, "the provider's error answer (HTTP %d) could not be decoded (Content-Encoding: %s)", status, truncateForMessage(c))
+	}
+	return out
 }

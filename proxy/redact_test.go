@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -114,26 +117,46 @@ func TestRedactEchoesThroughTollgate(t *testing.T) {
 	}
 	echo := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		form, gz := strings.CutPrefix(r.Header.Get("X-Fake-Fault"), "gzip:")
+		body := []byte(fmt.Sprintf(`{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`, keyEchoes(key)[form]))
 		w.Header().Set("Content-Type", "application/json")
+		if gz {
+			w.Header().Set("Content-Encoding", "gzip")
+			body = gzipBytes(t, body)
+		}
 		w.WriteHeader(http.StatusBadRequest)
-		fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`, keyEchoes(key)[r.Header.Get("X-Fake-Fault")])
+		w.Write(body)
 	})}
 	go echo.Serve(ln)
 	t.Cleanup(func() { echo.Close() })
 	e := newEnv(t, envOptions{upstreamURL: "http://" + ln.Addr().String()})
 	tok := e.token("ws-1", "proj-1", "user-1", "")
+	var forms []string
 	for form := range keyEchoes(canaryOpenAI) {
-		t.Run(form, func(t *testing.T) {
-			resp := e.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","messages":[]}`, "X-Fake-Fault", form)
-			body := readAll(t, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusBadRequest {
-				t.Fatalf("status %d: %s", resp.StatusCode, body)
-			}
-			checkEnvelope(t, "openai", body)
-			if leaksGram(string(body), canaryOpenAI) {
-				t.Errorf("the client saw the key (%s): %s", form, body)
-			}
-		})
+		forms = append(forms, form)
+	}
+	// A compressed error answer: redacting the gzip bytes found nothing,
+	// and the client, told no Content-Encoding, could still gunzip the key.
+	forms = append(forms, "gzip:Plain", "gzip:UpperCased")
+	for _, form := range forms {
+		for _, stream := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/stream=%v", form, stream), func(t *testing.T) {
+				resp := e.do("POST", "/openai/v1/chat/completions", tok, fmt.Sprintf(`{"model":"gpt-4o","stream":%v,"messages":[]}`, stream), "X-Fake-Fault", form)
+				body := readAll(t, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Fatalf("status %d: %s", resp.StatusCode, body)
+				}
+				if zr, err := gzip.NewReader(bytes.NewReader(body)); err == nil {
+					if plain, err := io.ReadAll(zr); err == nil && leaksGram(string(plain), canaryOpenAI) {
+						t.Fatalf("the client can gunzip the key out of the body (%s)", form)
+					}
+				}
+				checkEnvelope(t, "openai", body)
+				if leaksGram(string(body), canaryOpenAI) {
+					t.Errorf("the client saw the key (%s): %s", form, body)
+				}
+			})
+		}
 	}
 }
