@@ -36,6 +36,8 @@ type call struct {
 	path    *registry.Path
 	// overhead accumulates time spent inside tollgate, upstream waits excluded.
 	overhead time.Duration
+	// secret is the provider key, for redacting what the provider echoes.
+	secret resolver.Secret
 }
 
 // requestIDEncoding is lower-case base32 (0-9, a-v), which sorts like the
@@ -151,6 +153,7 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		return cl.reject(&apiError{kind: kindUnavailable, msg: "the credential for this request names a provider this gateway does not know; ask an administrator", cause: err})
 	}
 	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = provider.Name, target.Tier, target.CredentialID
+	cl.secret = target.Secret
 
 	// The upstream request is written inside this handler, while fiber's
 	// body buffer is still ours, so agent contexts (often megabytes) are not

@@ -179,3 +179,49 @@ func upstreamErrorBody(raw, coding []byte, shape string, status, limit int) []by
 	}
 	return out
 }
+
+// redactStreamLines returns the whole SSE lines p with every line that
+// quotes the credential replaced: a data line by tollgate's error envelope
+// of the dialect (it sits where the provider's error event put its
+// payload), any other line by a comment. Providers' in-stream errors all
+// carry the word "error", so other chunks cost one search.
+func redactStreamLines(p []byte, s resolver.Secret, shape string) []byte {
+	if !bytes.Contains(p, []byte("error")) {
+		return p
+	}
+	k := s.Reveal()
+	var out []byte
+	for rest := p; len(rest) > 0; {
+		n := bytes.IndexAny(rest, "\r\n")
+		if n < 0 {
+			n = len(rest)
+		} else {
+			n++
+		}
+		line := rest[:n]
+		rest = rest[n:]
+		content := bytes.TrimRight(line, "\r\n")
+		hit := bytes.Contains(content, []byte("error")) &&
+			((len(k) >= 4 && bytes.Contains(content, []byte(k))) || keyLike.Match(content) || echoesSecret(content, k))
+		if !hit {
+			if out != nil {
+				out = append(out, line...)
+			}
+			continue
+		}
+		if out == nil {
+			out = append(make([]byte, 0, len(p)), p[:len(p)-len(rest)-len(line)]...)
+		}
+		if bytes.HasPrefix(content, []byte("data:")) {
+			out = append(out, "data: "...)
+			out = append(out, errorBody(shape, newError(kindUnavailable, "the provider's error event was withheld because it quoted the credential"))...)
+		} else {
+			out = append(out, ": [redacted]"...)
+		}
+		out = append(out, line[len(content):]...)
+	}
+	if out == nil {
+		return p
+	}
+	return out
+}

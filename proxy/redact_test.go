@@ -117,6 +117,12 @@ func TestRedactEchoesThroughTollgate(t *testing.T) {
 	}
 	echo := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if form, sse := strings.CutPrefix(r.Header.Get("X-Fake-Fault"), "sse:"); sse {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprintf(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n"+
+				"data: {\"error\":{\"message\":\"Incorrect API key provided: %s\",\"type\":\"invalid_request_error\"}}\n\n", keyEchoes(key)[form])
+			return
+		}
 		form, gz := strings.CutPrefix(r.Header.Get("X-Fake-Fault"), "gzip:")
 		body := []byte(fmt.Sprintf(`{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`, keyEchoes(key)[form]))
 		w.Header().Set("Content-Type", "application/json")
@@ -158,5 +164,24 @@ func TestRedactEchoesThroughTollgate(t *testing.T) {
 				}
 			})
 		}
+	}
+	// An error event inside a 200 stream was never scanned.
+	for _, form := range []string{"Plain", "JSONEscaped", "UpperCased", "WithoutPrefix"} {
+		t.Run("sse:"+form, func(t *testing.T) {
+			resp := e.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","stream":true,"messages":[]}`, "X-Fake-Fault", "sse:"+form)
+			body := string(readAll(t, resp.Body))
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"content":"hi"`) {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			for _, ev := range strings.Split(body, "\n\n") {
+				if d, ok := strings.CutPrefix(ev, "data: "); ok && leaksGram(d, canaryOpenAI) {
+					t.Errorf("the client saw the key in a stream event (%s): %s", form, ev)
+				}
+			}
+			if !strings.Contains(body, "withheld") {
+				t.Errorf("the error event was not replaced: %s", body)
+			}
+		})
 	}
 }

@@ -373,6 +373,7 @@ func linesEnd(p []byte, from int) int {
 
 // write sends p to the client as one chunk, allowing it the idle window.
 func (b *streamBody) write(p []byte) error {
+	p = redactStreamLines(p, b.cl.secret, b.cl.dialect.ErrorShape)
 	_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
 	n, err := b.w.Write(p)
 	b.written += int64(n)
