@@ -265,7 +265,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 func (cl *call) answerHeaders(c *fiber.Ctx, resp *fasthttp.Response) int {
 	status := resp.StatusCode()
 	cl.rec.Status = status
-	copyResponseHeaders(c, &resp.Header)
+	copyResponseHeaders(c, &resp.Header, cl.secret)
 	c.Status(status)
 	return status
 }

@@ -121,10 +121,14 @@ func writeUpstreamHeaders(dst *fasthttp.RequestHeader, c *fiber.Ctx, p *registry
 	dst.Set("Accept-Encoding", "identity")
 }
 
-func copyResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader) {
+func copyResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader, secret resolver.Secret) {
+	var m *secretMatcher
 	h.VisitAll(func(k, v []byte) {
 		if responseHeaderAllowed(k) {
-			c.Response().Header.AddBytesKV(k, v)
+			if m == nil {
+				m = newSecretMatcher(secret.Reveal())
+			}
+			c.Response().Header.AddBytesKV(k, m.redactHeader(v))
 		}
 	})
 }

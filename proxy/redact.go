@@ -55,37 +55,20 @@ func providerErrorEnvelope(shape string, status int, format string, args ...any)
 // echoesSecret reports whether b, once normalised, holds gram consecutive
 // characters of the key outside its public prefix, the key's base64 form,
 // or something else key-shaped.
-func echoesSecret(b []byte, key string) bool {
-	norm := normaliseForMatch(b)
-	if keyLike.Match(norm) {
-		return true
-	}
-	if len(key) < gram+4 {
-		return false
-	}
-	grams := secretGrams(key)
-	for i := 0; i+gram <= len(norm); i++ {
-		if _, ok := grams[binary.LittleEndian.Uint64(norm[i:])]; ok {
-			return true
-		}
-	}
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
-		for o := range 3 {
-			n := (len(key) - o) / 3 * 3
-			if n < 9 {
-				continue
-			}
-			if bytes.Contains(b, []byte(enc.EncodeToString([]byte(key[o:o+n])))) {
-				return true
-			}
-		}
-	}
-	return false
+func echoesSecret(b []byte, key string) bool { return newSecretMatcher(key).echoed(b) }
+
+// secretMatcher holds what echoesSecret looks for, built once per key.
+type secretMatcher struct {
+	key    string
+	grams  map[uint64]struct{} // gram-byte windows of the folded key outside its public prefix
+	base64 [][]byte            // the key's base64 forms at the three alignments, both alphabets
 }
 
-// secretGrams is every gram-byte window of the folded key that is not
-// wholly inside its public prefix.
-func secretGrams(key string) map[uint64]struct{} {
+func newSecretMatcher(key string) *secretMatcher {
+	m := &secretMatcher{key: key}
+	if len(key) < gram+4 {
+		return m
+	}
 	folded := []byte(strings.ToLower(key))
 	pub := 0
 	for _, p := range publicKeyPrefixes {
@@ -93,14 +76,45 @@ func secretGrams(key string) map[uint64]struct{} {
 			pub = len(p)
 		}
 	}
-	out := make(map[uint64]struct{}, len(folded))
-	for i := 0; i+gram <= len(folded); i++ {
-		if i+gram <= pub {
-			continue
-		}
-		out[binary.LittleEndian.Uint64(folded[i:])] = struct{}{}
+	m.grams = make(map[uint64]struct{}, len(folded))
+	for i := max(pub-gram+1, 0); i+gram <= len(folded); i++ {
+		m.grams[binary.LittleEndian.Uint64(folded[i:])] = struct{}{}
 	}
-	return out
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		for o := range 3 {
+			if n := (len(key) - o) / 3 * 3; n >= 9 {
+				m.base64 = append(m.base64, []byte(enc.EncodeToString([]byte(key[o:o+n]))))
+			}
+		}
+	}
+	return m
+}
+
+func (m *secretMatcher) echoed(b []byte) bool {
+	norm := normaliseForMatch(b)
+	if keyLike.Match(norm) {
+		return true
+	}
+	for i := 0; m.grams != nil && i+gram <= len(norm); i++ {
+		if _, ok := m.grams[binary.LittleEndian.Uint64(norm[i:])]; ok {
+			return true
+		}
+	}
+	for _, f := range m.base64 {
+		if bytes.Contains(b, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// redactHeader returns v, or "[redacted]" when it quotes the key in any
+// form the matcher knows.
+func (m *secretMatcher) redactHeader(v []byte) []byte {
+	if (len(m.key) >= 4 && bytes.Contains(v, []byte(m.key))) || keyLike.Match(v) || m.echoed(v) {
+		return []byte("[redacted]")
+	}
+	return v
 }
 
 // normaliseForMatch is a copy of b for matching only: JSON escapes decoded

@@ -126,6 +126,7 @@ func TestRedactEchoesThroughTollgate(t *testing.T) {
 		form, gz := strings.CutPrefix(r.Header.Get("X-Fake-Fault"), "gzip:")
 		body := []byte(fmt.Sprintf(`{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`, keyEchoes(key)[form]))
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Request-Id", "req "+keyEchoes(key)[form])
 		if gz {
 			w.Header().Set("Content-Encoding", "gzip")
 			body = gzipBytes(t, body)
@@ -161,6 +162,9 @@ func TestRedactEchoesThroughTollgate(t *testing.T) {
 				checkEnvelope(t, "openai", body)
 				if leaksGram(string(body), canaryOpenAI) {
 					t.Errorf("the client saw the key (%s): %s", form, body)
+				}
+				if id := resp.Header.Get("X-Request-Id"); id == "" || leaksGram(`{"error":{"message":"`+id+`"}}`, canaryOpenAI) {
+					t.Errorf("the client saw the key in a header (%s): %q", form, id)
 				}
 			})
 		}
