@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/tollgate/tollgate/registry"
 )
 
 // Instrument names: the OTel GenAI client metrics (wire-formats.md §10) and
@@ -27,6 +32,9 @@ const (
 	MetricCost     = "tollgate.cost"           // counter, {USD}
 	MetricRequests = "tollgate.requests"       // counter, {request}
 	MetricOverhead = "tollgate.proxy.overhead" // histogram, s: time in tollgate, upstream wait excluded
+	// MetricLabelsFolded counts requests whose labels were reported as
+	// "_OTHER" because a cardinality budget was spent, by tollgate.dimension.
+	MetricLabelsFolded = "tollgate.metrics.labels.folded" // counter, {request}
 	// Writer health (RegisterWriter).
 	MetricMeteringRecords = "tollgate.metering.records"       // observable counter, {record}, by tollgate.disposition
 	MetricStoreRetries    = "tollgate.metering.store.retries" // observable counter, {error}
@@ -57,6 +65,18 @@ const (
 	AttrWorkspace = "tollgate.workspace"
 	// AttrDisposition says what became of records in MetricMeteringRecords.
 	AttrDisposition = "tollgate.disposition"
+	// AttrDimension says which budget MetricLabelsFolded's requests hit:
+	// FoldModel (their project's own) or FoldProject (the global one).
+	AttrDimension = "tollgate.dimension"
+)
+
+// Values of AttrDimension.
+const (
+	// FoldModel: the project had spent its own budget, so its models, user
+	// and workspace were folded; the project itself kept its name.
+	FoldModel = "model"
+	// FoldProject: the global budget was spent, so the project was folded too.
+	FoldProject = "project"
 )
 
 // Token types on MetricTokenUsage. input and output are the conventions'
@@ -78,6 +98,11 @@ const otelOther = "_OTHER"
 // provider, models and the enabled tollgate.* labels) Instruments creates
 // series for; the bounded enums multiply it by a small constant.
 const DefaultMaxAttributeSets = 2000
+
+// DefaultMaxAttributeSetsPerProject bounds the identities one project may
+// create, so a single token sending thousands of model names folds only its
+// own series into "_OTHER" and never spends every other tenant's budget.
+const DefaultMaxAttributeSetsPerProject = 200
 
 // Bucket boundaries from wire-formats.md §10.
 var (
@@ -111,8 +136,18 @@ type LabelConfig struct {
 	// "_OTHER" (and a warning is logged once), so a flood of model names
 	// cannot blow up the metrics backend. Default DefaultMaxAttributeSets.
 	MaxAttributeSets int
+	// MaxAttributeSetsPerProject bounds the combinations one project (the
+	// record's project, whether or not it is a label) may add. Past it, that
+	// project's new combinations report models, user and workspace as
+	// "_OTHER"; other projects are unaffected. Default
+	// DefaultMaxAttributeSetsPerProject, at most MaxAttributeSets.
+	MaxAttributeSetsPerProject int
 	// Logger receives the cardinality warning. Default slog.Default().
 	Logger *slog.Logger
+	// Registry maps a record's provider to gen_ai.provider.name through its
+	// otel_name (gemini is gcp.gemini), read per request so a reload
+	// applies. Nil reports the provider's registry name.
+	Registry *registry.Holder
 }
 
 // Validate reports every unknown label and bad bound, each naming its item.
@@ -126,6 +161,9 @@ func (c LabelConfig) Validate() error {
 	if c.MaxAttributeSets < 0 {
 		errs = append(errs, fmt.Errorf("metering labels: MaxAttributeSets is negative (%d)", c.MaxAttributeSets))
 	}
+	if c.MaxAttributeSetsPerProject < 0 {
+		errs = append(errs, fmt.Errorf("metering labels: MaxAttributeSetsPerProject is negative (%d)", c.MaxAttributeSetsPerProject))
+	}
 	return errors.Join(errs...)
 }
 
@@ -134,18 +172,30 @@ func (c LabelConfig) Validate() error {
 type Instruments struct {
 	meter    metric.Meter
 	log      *slog.Logger
+	reg      *registry.Holder
 	labels   map[string]bool
 	maxSets  int64
+	maxPer   int64
 	tokens   metric.Int64Histogram
 	duration metric.Float64Histogram
 	ttfc     metric.Float64Histogram
 	overhead metric.Float64Histogram
 	cost     metric.Float64Counter
 	requests metric.Int64Counter
+	folded   metric.Int64Counter
+	// foldOpts are the attribute options of folded, by dimension.
+	foldModel, foldProject []metric.AddOption
 
 	sets     sync.Map // attrKey → *attrEntry
 	ids      sync.Map // attrID → struct{}
 	nids     atomic.Int64
+	warnOnce sync.Once
+	tenants  sync.Map // project → *tenantBudget
+}
+
+// tenantBudget counts the identities one project has added.
+type tenantBudget struct {
+	n        atomic.Int64
 	warnOnce sync.Once
 }
 
@@ -159,17 +209,22 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	if labels == nil {
 		labels = DefaultLabels
 	}
-	in := &Instruments{meter: meter, log: cfg.Logger, labels: map[string]bool{}, maxSets: int64(cfg.MaxAttributeSets)}
+	in := &Instruments{meter: meter, log: cfg.Logger, reg: cfg.Registry, labels: map[string]bool{}, maxSets: int64(cfg.MaxAttributeSets)}
 	if in.log == nil {
 		in.log = slog.Default()
 	}
 	if in.maxSets == 0 {
 		in.maxSets = DefaultMaxAttributeSets
 	}
+	in.maxPer = int64(cfg.MaxAttributeSetsPerProject)
+	if in.maxPer == 0 {
+		in.maxPer = DefaultMaxAttributeSetsPerProject
+	}
+	in.maxPer = min(in.maxPer, in.maxSets)
 	for _, l := range labels {
 		in.labels[l] = true
 	}
-	var errs [6]error
+	var errs [7]error
 	in.tokens, errs[0] = meter.Int64Histogram(MetricTokenUsage,
 		metric.WithUnit("{token}"),
 		metric.WithDescription("Number of input and output tokens used, per request and token type."),
@@ -192,9 +247,18 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	in.requests, errs[5] = meter.Int64Counter(MetricRequests,
 		metric.WithUnit("{request}"),
 		metric.WithDescription("Requests by end reason, usage source and cost status."))
+	in.folded, errs[6] = meter.Int64Counter(MetricLabelsFolded,
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Requests whose metric labels were reported as _OTHER because a cardinality budget was spent: model (the project's own) or project (the global one)."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("metering instruments: %w", err)
 	}
+	in.foldModel = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldModel)))}
+	in.foldProject = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldProject)))}
+	// Zeros so both series exist before the first fold and alerts on their
+	// rate have something to read.
+	in.folded.Add(context.Background(), 0, in.foldModel...)
+	in.folded.Add(context.Background(), 0, in.foldProject...)
 	return in, nil
 }
 
@@ -232,7 +296,7 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 		return
 	}
 	ctx := context.Background()
-	e := in.entry(in.keyOf(r))
+	e := in.entry(in.keyOf(r), labelValue(r.Project))
 	in.requests.Add(ctx, 1, e.requests...)
 	if overhead > 0 {
 		in.overhead.Record(ctx, overhead.Seconds(), e.base...)
@@ -264,57 +328,161 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 	}
 }
 
+// keyOf sanitises every value before the cardinality bookkeeping, so the
+// cache key and the exported attributes agree: model names come from
+// clients, and one value the exporter rejects fails every scrape (and every
+// OTLP batch) for as long as the series lives.
 func (in *Instruments) keyOf(r *Record) attrKey {
 	k := attrKey{
-		attrID: attrID{op: r.Operation, provider: r.Provider, reqModel: r.ModelRequest, respModel: r.ModelServed},
-		end:    r.Outcome, source: r.Source, errType: otelErrorType(r), cost: otelCostStatus(r),
+		attrID: attrID{op: labelValue(r.Operation), provider: labelValue(in.providerName(r.Provider)),
+			reqModel: labelValue(r.ModelRequest), respModel: labelValue(r.ModelServed)},
+		end: labelValue(r.Outcome), source: labelValue(r.Source), errType: otelErrorType(r), cost: otelCostStatus(r),
 	}
 	if in.labels[AttrHarness] {
-		k.harness = r.Harness
+		k.harness = labelValue(r.Harness)
 	}
 	if in.labels[AttrProject] {
-		k.project = r.Project
+		k.project = labelValue(r.Project)
 	}
 	if in.labels[AttrCredentialTier] {
-		k.tier = r.CredTier
+		k.tier = labelValue(r.CredTier)
 	}
 	if in.labels[AttrUser] {
-		k.user = r.User
+		k.user = labelValue(r.User)
 	}
 	if in.labels[AttrWorkspace] {
-		k.workspace = r.Workspace
+		k.workspace = labelValue(r.Workspace)
 	}
 	return k
 }
 
+func (in *Instruments) providerName(p string) string {
+	if in.reg == nil {
+		return p
+	}
+	return in.reg.Current().OTelName(p)
+}
+
+// maxLabelBytes bounds one attribute value, "…" included.
+const maxLabelBytes = 128
+
+// labelValue makes v safe as a metric attribute: valid UTF-8 (invalid runs
+// become U+FFFD, as the store keeps them), no control characters, at most
+// maxLabelBytes cut at a rune boundary. A clean value is returned as is, so
+// the steady state allocates nothing.
+func labelValue(v string) string {
+	if labelClean(v) {
+		return v
+	}
+	v = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return utf8.RuneError
+		}
+		return r
+	}, strings.ToValidUTF8(v, "\uFFFD"))
+	if len(v) > maxLabelBytes {
+		const ellipsis = "…"
+		cut := maxLabelBytes - len(ellipsis)
+		for cut > 0 && !utf8.RuneStart(v[cut]) {
+			cut--
+		}
+		v = v[:cut] + ellipsis
+	}
+	return v
+}
+
+func labelClean(v string) bool {
+	if len(v) > maxLabelBytes {
+		return false
+	}
+	for i, r := range v {
+		if r < utf8.RuneSelf {
+			if r < 0x20 || r == 0x7f {
+				return false
+			}
+			continue
+		}
+		if r == utf8.RuneError {
+			if _, w := utf8.DecodeRuneInString(v[i:]); w == 1 {
+				return false
+			}
+		}
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}
+
 // entry returns the cached options for k, creating them under the
-// cardinality bound.
-func (in *Instruments) entry(k attrKey) *attrEntry {
+// cardinality budgets: first the tenant's own (tenant is the record's
+// project, labelled or not), then the global one.
+func (in *Instruments) entry(k attrKey, tenant string) *attrEntry {
 	if e, ok := in.sets.Load(k); ok {
 		return e.(*attrEntry)
 	}
 	if _, known := in.ids.Load(k.attrID); !known {
-		if in.nids.Load() >= in.maxSets {
+		var budget *tenantBudget
+		if b, ok := in.tenants.Load(tenant); ok {
+			budget = b.(*tenantBudget)
+		}
+		fold := ""
+		if budget != nil && budget.n.Load() >= in.maxPer {
+			budget.warnOnce.Do(func() {
+				in.log.Warn("metering: a project reached its metric attribute budget; its new models and ids are reported as _OTHER", "project", tenant, "max", in.maxPer)
+			})
+			foldIDs(&k, false)
+			fold = FoldModel
+			budget = nil // identities of the folded form are bounded by the enums
+			_, known = in.ids.Load(k.attrID)
+		}
+		if !known && in.nids.Load() >= in.maxSets {
 			in.warnOnce.Do(func() {
 				in.log.Warn("metering: metric attribute sets reached the bound; new projects, models and ids are reported as _OTHER", "max", in.maxSets)
 			})
-			for _, f := range []*string{&k.project, &k.reqModel, &k.respModel, &k.user, &k.workspace} {
-				if *f != "" {
-					*f = otelOther
-				}
-			}
+			foldIDs(&k, true)
+			fold = FoldProject
+			budget = nil
+		}
+		switch fold {
+		case FoldModel:
+			in.folded.Add(context.Background(), 1, in.foldModel...)
+		case FoldProject:
+			in.folded.Add(context.Background(), 1, in.foldProject...)
+		}
+		if fold != "" {
 			if e, ok := in.sets.Load(k); ok {
 				return e.(*attrEntry)
 			}
+		} else if budget == nil {
+			b, _ := in.tenants.LoadOrStore(tenant, &tenantBudget{})
+			budget = b.(*tenantBudget)
 		}
 		// Collapsed identities are stored too: they are bounded by the
 		// enums left in them, so the map stays bounded.
 		if _, loaded := in.ids.LoadOrStore(k.attrID, struct{}{}); !loaded {
 			in.nids.Add(1)
+			if budget != nil {
+				budget.n.Add(1)
+			}
 		}
 	}
 	e, _ := in.sets.LoadOrStore(k, in.newEntry(k))
 	return e.(*attrEntry)
+}
+
+// foldIDs reports k's client- and id-valued labels as _OTHER, and its
+// project too when project is set.
+func foldIDs(k *attrKey, project bool) {
+	fs := []*string{&k.reqModel, &k.respModel, &k.user, &k.workspace}
+	if project {
+		fs = append(fs, &k.project)
+	}
+	for _, f := range fs {
+		if *f != "" {
+			*f = otelOther
+		}
+	}
 }
 
 func (in *Instruments) newEntry(k attrKey) *attrEntry {

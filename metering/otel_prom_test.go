@@ -3,13 +3,19 @@ package metering
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
@@ -18,17 +24,7 @@ import (
 // the instruments: metric family name → label names.
 func promSeries(tb testing.TB) map[string]map[string]bool {
 	tb.Helper()
-	reg := prometheus.NewRegistry()
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
-	defer mp.Shutdown(context.Background())
-	in, err := NewInstruments(mp.Meter("github.com/tollgate/tollgate/metering"), LabelConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	in, reg := promInstruments(tb, LabelConfig{})
 	in.Observe(otelRecord(), time.Millisecond)
 	unregister, err := in.RegisterWriter(&fixedStats{})
 	if err != nil {
@@ -66,6 +62,7 @@ func TestPrometheusNames(t *testing.T) {
 		"tollgate_requests_total COUNTER":                               {"tollgate_end_reason", "tollgate_usage_source", "tollgate_cost_status"},
 		"tollgate_proxy_overhead_seconds HISTOGRAM":                     {"tollgate_harness"},
 		"tollgate_metering_records_total COUNTER":                       {"tollgate_disposition"},
+		"tollgate_metrics_labels_folded_total COUNTER":                  {"tollgate_dimension"},
 		"tollgate_metering_store_retries_total COUNTER":                 nil,
 		"tollgate_metering_spool_usage_bytes GAUGE":                     nil,
 		"tollgate_metering_queue_size GAUGE":                            nil,
@@ -153,6 +150,74 @@ func TestGrafanaDashboardUsesEmittedNames(t *testing.T) {
 	for _, need := range []string{"gen_ai_client_token_usage_sum", "tollgate_cost_total", "tollgate_requests_total"} {
 		if !used[need] {
 			t.Errorf("dashboard never queries %s", need)
+		}
+	}
+}
+
+// scrape serves reg as cmd/tollgate does (promhttp defaults) on a real
+// loopback listener and returns the status and body of one GET /metrics.
+func scrape(tb testing.TB, reg *prometheus.Registry) (int, string) {
+	tb.Helper()
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func promInstruments(tb testing.TB, cfg LabelConfig) (*Instruments, *prometheus.Registry) {
+	tb.Helper()
+	reg := prometheus.NewRegistry()
+	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
+	tb.Cleanup(func() { mp.Shutdown(context.Background()) })
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	in, err := NewInstruments(mp.Meter("github.com/tollgate/tollgate/metering"), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return in, reg
+}
+
+// TestNonUTF8ModelDoesNotBreakMetrics: one client-chosen model name that is
+// not UTF-8 used to make every later scrape a 500.
+func TestNonUTF8ModelDoesNotBreakMetrics(t *testing.T) {
+	in, reg := promInstruments(t, LabelConfig{Labels: []string{AttrHarness, AttrProject, AttrUser}})
+	in.Observe(otelRecord(), time.Millisecond)
+	r := otelRecord()
+	r.ModelRequest, r.ModelServed, r.Project, r.User = "\xff\xfe", "bad\xff", "p\xfe", "u\x00\x1b[31m"
+	in.Observe(r, time.Millisecond)
+	long := otelRecord()
+	long.ModelRequest = strings.Repeat("é", 300)
+	in.Observe(long, time.Millisecond)
+
+	status, body := scrape(t, reg)
+	if status != http.StatusOK {
+		t.Fatalf("scrape: %d\n%s", status, body)
+	}
+	for _, want := range []string{"gen_ai_request_model=\"\uFFFD\"", "gen_ai_response_model=\"bad\uFFFD\"", "tollgate_project=\"p\uFFFD\"", "tollgate_user=\"u\uFFFD\uFFFD[31m\"", `gen_ai_request_model="claude-sonnet"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if i := strings.Index(line, `gen_ai_request_model="éé`); i >= 0 {
+			v, _, _ := strings.Cut(line[i+len(`gen_ai_request_model="`):], `"`)
+			if len(v) > maxLabelBytes || !utf8.ValidString(v) || !strings.HasSuffix(v, "…") {
+				t.Errorf("long model label: %d bytes, valid %v: %q", len(v), utf8.ValidString(v), v)
+			}
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/tollgate/tollgate/registry"
 )
 
 // otelPoint is one collected data point, flattened for assertions.
@@ -198,6 +200,9 @@ func TestInstrumentsNeverLabelIDsByDefault(t *testing.T) {
 				t.Fatal("no points")
 			}
 			for _, p := range ps {
+				if p.name == MetricLabelsFolded {
+					continue // about the labels, not a request
+				}
 				_, hasUser := p.attrs[AttrUser]
 				_, hasWS := p.attrs[AttrWorkspace]
 				_, hasProj := p.attrs[AttrProject]
@@ -303,9 +308,86 @@ func TestInstrumentsBoundCardinality(t *testing.T) {
 	}
 }
 
+// TestLabelBudgetIsPerProject: one token sending 2,100 model names used to
+// spend the whole 2,000-set budget, so every later tenant showed as _OTHER.
+func TestLabelBudgetIsPerProject(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		labels []string
+	}{
+		{"ProjectLabelled", nil},
+		{"ProjectNotLabelled", []string{AttrHarness}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs logBuf
+			in, reader := mustInstruments(t, LabelConfig{Labels: tc.labels, Logger: slogTo(&logs)})
+			for i := range 2100 {
+				r := otelRecord()
+				r.Project, r.ModelRequest, r.ModelServed = "flood", fmt.Sprintf("model-%d", i), fmt.Sprintf("model-%d", i)
+				in.Observe(r, 0)
+			}
+			quiet := otelRecord()
+			quiet.Project, quiet.ModelRequest, quiet.ModelServed = "quiet", "claude-opus", "claude-opus-20261101"
+			in.Observe(quiet, 0)
+			ps := collectPoints(t, reader)
+
+			if got := findPoints(ps, MetricRequests, map[string]string{AttrReqModel: "claude-opus", AttrRespModel: "claude-opus-20261101"}); len(got) != 1 {
+				t.Errorf("the quiet project's model is not labelled by name: %+v", got)
+			}
+			var total float64
+			flooded := map[string]bool{}
+			for _, p := range findPoints(ps, MetricRequests, nil) {
+				total += p.value
+				flooded[p.attrs[AttrReqModel]] = true
+			}
+			if total != 2101 {
+				t.Errorf("requests counted: %v, want all 2101", total)
+			}
+			if n := len(flooded); n > DefaultMaxAttributeSetsPerProject+2 || !flooded[otelOther] {
+				t.Errorf("%d distinct request models labelled (want at most the project budget and _OTHER)", n)
+			}
+			if tc.labels == nil {
+				if got := findPoints(ps, MetricRequests, map[string]string{AttrProject: "flood", AttrReqModel: otelOther}); len(got) != 1 {
+					t.Errorf("the flooding project lost its own name when folded: %+v", got)
+				}
+			}
+			fm := findPoints(ps, MetricLabelsFolded, map[string]string{AttrDimension: FoldModel})
+			fp := findPoints(ps, MetricLabelsFolded, map[string]string{AttrDimension: FoldProject})
+			if want := float64(2100 - DefaultMaxAttributeSetsPerProject); len(fm) != 1 || fm[0].value != want {
+				t.Errorf("folded{model}: %+v, want %v", fm, want)
+			}
+			if len(fp) != 1 || fp[0].value != 0 {
+				t.Errorf("folded{project}: %+v, want 0", fp)
+			}
+			if !strings.Contains(logs.String(), "flood") {
+				t.Errorf("no warning naming the project that hit its budget: %s", logs.String())
+			}
+		})
+	}
+}
+
+// TestOtelProviderNameFromRegistry: otel_name in harnesses.yaml was parsed
+// and never used, so Gemini's metrics said gemini, not gcp.gemini.
+func TestOtelProviderNameFromRegistry(t *testing.T) {
+	in, reader := mustInstruments(t, LabelConfig{Registry: registry.NewStatic(mustRegistry(t))})
+	for _, p := range []string{"gemini", "deepseek-anthropic", "anthropic", "gone-since-reload"} {
+		r := otelRecord()
+		r.Provider = p
+		in.Observe(r, time.Millisecond)
+	}
+	got := map[string]bool{}
+	for _, p := range findPoints(collectPoints(t, reader), MetricRequests, nil) {
+		got[p.attrs[AttrProvider]] = true
+	}
+	want := map[string]bool{"gcp.gemini": true, "deepseek": true, "anthropic": true, "gone-since-reload": true}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s values: %v, want %v", AttrProvider, got, want)
+	}
+}
+
 func TestLabelConfigValidate(t *testing.T) {
-	err := LabelConfig{Labels: []string{AttrHarness, "tollgate.session", "user"}, MaxAttributeSets: -1}.Validate()
-	for _, want := range []string{`"tollgate.session"`, `"user"`, "MaxAttributeSets"} {
+	err := LabelConfig{Labels: []string{AttrHarness, "tollgate.session", "user"}, MaxAttributeSets: -1, MaxAttributeSetsPerProject: -2}.Validate()
+	for _, want := range []string{`"tollgate.session"`, `"user"`, "MaxAttributeSets is", "MaxAttributeSetsPerProject is"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v, want a problem naming %s", err, want)
 		}

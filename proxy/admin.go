@@ -321,10 +321,15 @@ func (r adminRoute) matches(segs []string) bool {
 // decodeJSON strictly decodes the request body into v. An empty body is an
 // empty object, so the answer names each missing field rather than "EOF".
 func decodeJSON(c *fiber.Ctx, v any) error {
-	if len(bytes.TrimSpace(c.Body())) == 0 {
+	// Not c.Body(): it would decode a Content-Encoding with no bound.
+	body, err := requestBody(c, adminBodyLimit)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(c.Body()))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return newError(kindBadRequest, "request body: %s", err.Error())

@@ -33,6 +33,7 @@ const (
 	kindNotFound
 	kindMethodNotAllowed
 	kindTooLarge
+	kindUnsupportedMediaType
 	kindHeadersTooLarge
 	kindUpgradeRequired
 	kindUpstreamUnreachable
@@ -82,6 +83,9 @@ var kindStatus = map[kind]int{
 	kindClientGone:          statusClientClosed,
 	kindUnavailable:         http.StatusServiceUnavailable,
 	kindInternal:            http.StatusInternalServerError,
+
+	// A Content-Encoding tollgate will not decode (proxy/decompress.go).
+	kindUnsupportedMediaType: http.StatusUnsupportedMediaType,
 }
 
 // classify turns any error into an apiError. This is the one place where

@@ -37,6 +37,8 @@ type call struct {
 	path    *registry.Path
 	// overhead accumulates time spent inside tollgate, upstream waits excluded.
 	overhead time.Duration
+	// secret is the provider key, for redacting what the provider echoes.
+	secret resolver.Secret
 }
 
 // requestIDEncoding is lower-case base32 (0-9, a-v), which sorts like the
@@ -145,11 +147,15 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		cl.rec.Harness = harness.Name
 	}
 
-	// Only now, authenticated, is the body read, bounded (edge.go).
+	// Only now, authenticated, is the body read: bounded as it arrives
+	// (edge.go), then decoded within the same bound (decompress.go).
 	if err := s.readBody(c); err != nil {
 		return cl.reject(err)
 	}
-	body := c.Body()
+	body, err := requestBody(c, reg.Limits.MaxBodyBytes)
+	if err != nil {
+		return cl.reject(err)
+	}
 	if len(body) > reg.Limits.MaxBodyBytes {
 		return cl.reject(newError(kindTooLarge, "request body is %d bytes; this gateway accepts at most %d", len(body), reg.Limits.MaxBodyBytes))
 	}
@@ -185,6 +191,7 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		return cl.reject(&apiError{kind: kindUnavailable, msg: "the credential for this request names a provider this gateway does not know; ask an administrator", cause: err})
 	}
 	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = provider.Name, target.Tier, target.CredentialID
+	cl.secret = target.Secret
 
 	// The upstream request is written inside this handler, while fiber's
 	// body buffer is still ours, so agent contexts (often megabytes) are not
@@ -241,7 +248,7 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	}
 	status := cl.answerHeaders(c, resp)
 	if status < 200 || status > 299 {
-		b := resp.Body()
+		b := upstreamErrorBody(resp.Body(), resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
 		return cl.upstreamError(c, status, b[:min(len(b), lim.MaxErrorBodyBytes)], secret, t1)
 	}
 	return cl.buffered(c, resp.Body(), isEventStream(string(resp.Header.ContentType())), lim, t1)
@@ -281,6 +288,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	defer up.Close()
 	if status < 200 || status > 299 {
 		b, _ := io.ReadAll(io.LimitReader(up, int64(lim.MaxErrorBodyBytes)))
+		b = upstreamErrorBody(b, resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
 		return cl.upstreamError(c, status, b, secret, s.cfg.timeNow())
 	}
 	b, err := io.ReadAll(io.LimitReader(up, int64(lim.MaxResponseBodyBytes)+1))
@@ -295,7 +303,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 func (cl *call) answerHeaders(c *fiber.Ctx, resp *fasthttp.Response) int {
 	status := resp.StatusCode()
 	cl.rec.Status = status
-	copyResponseHeaders(c, &resp.Header)
+	copyResponseHeaders(c, &resp.Header, cl.secret)
 	c.Status(status)
 	return status
 }
@@ -348,7 +356,7 @@ func (cl *call) upstreamError(c *fiber.Ctx, status int, body []byte, secret reso
 		body = errorBody(cl.dialect.ErrorShape, e)
 		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	} else {
-		body = redactSecret(body, secret)
+		body = redactErrorBody(body, secret, cl.dialect.ErrorShape, status)
 	}
 	cl.rec.BytesOut = int64(len(body))
 	c.Status(status)

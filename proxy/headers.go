@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bytes"
-	"regexp"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
@@ -123,10 +121,14 @@ func writeUpstreamHeaders(dst *fasthttp.RequestHeader, c *fiber.Ctx, p *registry
 	dst.Set("Accept-Encoding", "identity")
 }
 
-func copyResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader) {
+func copyResponseHeaders(c *fiber.Ctx, h *fasthttp.ResponseHeader, secret resolver.Secret) {
+	var m *secretMatcher
 	h.VisitAll(func(k, v []byte) {
 		if responseHeaderAllowed(k) {
-			c.Response().Header.AddBytesKV(k, v)
+			if m == nil {
+				m = newSecretMatcher(secret.Reveal())
+			}
+			c.Response().Header.AddBytesKV(k, m.redactHeader(v))
 		}
 	})
 }
@@ -158,17 +160,4 @@ func sessionID(c *fiber.Ctx) string {
 		}
 	}
 	return ""
-}
-
-// keyLike matches strings shaped like provider keys, so a provider's error
-// body that echoes a fragment of a key does not reach the client.
-var keyLike = regexp.MustCompile(`(sk-[A-Za-z0-9_\-]{6,}|sk_[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{10,}|tgw_[A-Za-z0-9_\-]{6,}|gsk_[A-Za-z0-9]{6,})`)
-
-// redactSecret removes the credential and anything key-shaped from an
-// upstream error body before it is passed on.
-func redactSecret(body []byte, s resolver.Secret) []byte {
-	if k := s.Reveal(); len(k) >= 4 {
-		body = bytes.ReplaceAll(body, []byte(k), []byte("[redacted]"))
-	}
-	return keyLike.ReplaceAll(body, []byte("[redacted]"))
 }

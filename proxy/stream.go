@@ -255,6 +255,7 @@ func (b *streamBody) writeLines(p []byte) error {
 
 // write sends p to the client as one chunk, allowing it the idle window.
 func (b *streamBody) write(p []byte) error {
+	p = redactStreamLines(p, b.cl.secret, b.cl.dialect.ErrorShape)
 	_ = b.client.SetWriteDeadline(time.Now().Add(b.idleD))
 	n, err := b.w.Write(p)
 	b.written += int64(n)

@@ -57,7 +57,7 @@ func TestHTTPBaseURLRefusedAtUseSaysWhy(t *testing.T) {
 	t.Cleanup(func() { db.Close() })
 	key := bytes.Repeat([]byte{9}, 32)
 	open := func(allowHTTP bool) *resolver.Service {
-		svc, err := resolver.New(ctx, resolver.Config{MasterKey: key, AllowHTTPBaseURL: allowHTTP}, resolver.Deps{DB: db, Registry: e.reg, Log: testLogger(e)})
+		svc, err := resolver.New(ctx, resolver.Config{MasterKey: key, AllowHTTPBaseURL: allowHTTP, AllowPrivateBaseURL: true}, resolver.Deps{DB: db, Registry: e.reg, Log: testLogger(e)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -593,7 +593,7 @@ func TestTelemetryBlankOTLPEndpointIsUnset(t *testing.T) {
 		{"OTEL_EXPORTER_OTLP_ENDPOINT", " ", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", " \n"},
 	} {
 		setOTLPEnv(t, kv...)
-		tel, err := newTelemetry(context.Background(), splitList(""), slog.New(slog.DiscardHandler))
+		tel, err := newTelemetry(context.Background(), splitList(""), nil, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Errorf("%q: newTelemetry: %v", kv, err)
 			continue

@@ -173,7 +173,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	tel, err := newTelemetry(ctx, splitList(o.MetricLabels), log)
+	tel, err := newTelemetry(ctx, splitList(o.MetricLabels), d.registry, log)
 	if err != nil {
 		return err
 	}

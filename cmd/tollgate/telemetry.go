@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
 )
 
 // telemetry owns the OTel SDK: only cmd installs it (house rule 18).
@@ -28,9 +29,9 @@ type telemetry struct {
 // something other than white space, also pushes them by OTLP; otlp.go
 // checks the standard OTEL_EXPORTER_OTLP_* variables, the periodic reader
 // reads OTEL_METRIC_EXPORT_INTERVAL and _TIMEOUT.
-func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*telemetry, error) {
-	reg := prometheus.NewRegistry()
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+func newTelemetry(ctx context.Context, labels []string, reg *registry.Holder, log *slog.Logger) (*telemetry, error) {
+	prom := prometheus.NewRegistry()
+	exp, err := otelprom.New(otelprom.WithRegisterer(prom))
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
@@ -52,15 +53,23 @@ func newTelemetry(ctx context.Context, labels []string, log *slog.Logger) (*tele
 	}
 	opts = append(opts, sdkmetric.WithResource(res))
 	mp := sdkmetric.NewMeterProvider(opts...)
-	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log})
+	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log, Registry: reg})
 	if err != nil {
 		return nil, err
 	}
 	return &telemetry{
 		provider:    mp,
-		handler:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		handler:     promhttp.HandlerFor(prom, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: promLog{log}}),
 		instruments: inst,
 	}, nil
 }
 
 func (t *telemetry) shutdown(ctx context.Context) error { return t.provider.Shutdown(ctx) }
+
+// promLog carries the Prometheus handler's gather errors to slog. With
+// ContinueOnError a scrape that meets one bad series still serves the rest
+// (labels are sanitised where recorded; this is defence in depth), and the
+// error is logged rather than turned into a 500 for every scrape.
+type promLog struct{ log *slog.Logger }
+
+func (p promLog) Println(v ...any) { p.log.Warn("metrics gather", "err", fmt.Sprint(v...)) }

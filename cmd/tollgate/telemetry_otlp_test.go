@@ -211,7 +211,7 @@ func testOTLPPush(t *testing.T, compression string) {
 
 	// The labels argument is what serve passes when TOLLGATE_METRIC_LABELS
 	// is unset, so the attributes checked below are the shipped defaults.
-	tel, err := newTelemetry(context.Background(), splitList(""), slog.New(slog.DiscardHandler))
+	tel, err := newTelemetry(context.Background(), splitList(""), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newTelemetry: %v", err)
 	}
@@ -390,7 +390,7 @@ func TestOTLPExponentialHistogramsOnRequest(t *testing.T) {
 	setOTLPEnv(t, "OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL,
 		"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "base2_exponential_bucket_histogram")
 	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
-	tel, err := newTelemetry(context.Background(), splitList(""), slog.New(slog.DiscardHandler))
+	tel, err := newTelemetry(context.Background(), splitList(""), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newTelemetry: %v", err)
 	}
