@@ -22,10 +22,14 @@ run: build ## Run tollgate on the embedded default (SQLite under ./data, ./harne
 	./$(BIN) serve
 
 .PHONY: test
-test: ## vet + all tests under the race detector (what CI runs)
+test: ## vet + all tests under the race detector, then each benchmark once (what CI runs)
+	@echo "== go vet"
 	$(GO) vet $(PKGS)
+	@echo "== tests under -race: compiling first (a cold cache takes minutes), then one line per package as it finishes"
 	$(GO) test -race -count=1 $(PKGS)
-	$(GO) test -run '^$$' -bench . -benchtime=1x $(PKGS) > /dev/null
+	@echo "== each benchmark once, under -race (reuses the test binaries just built)"
+	$(GO) test -race -run '^$$' -bench . -benchtime=1x $(PKGS) > /dev/null
+	@echo "== make test: ok"
 
 .PHONY: test-hostile
 test-hostile: build ## Hostile-client floods (descriptors past a low ulimit, claimed body sizes) against bin/tollgate on loopback; not in `make test` (<2 min)
@@ -60,7 +64,7 @@ golden: ## Rewrite metering golden files, then show what changed
 
 .PHONY: bench
 bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1-S5, ~17 min; writes docs/bench/latest.{md,json})
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	$(GO) test -run 'DoNotAllocate' -bench . -benchmem $(PKGS)
 	$(GO) run ./cmd/tollgate-bench $(BENCHFLAGS)
 
 .PHONY: bench-quick
