@@ -139,6 +139,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	metricsToken, err := o.metricsToken()
+	if err != nil {
+		return err
+	}
 	log := o.logger(stderr)
 
 	d, err := openDeps(ctx, &o, log)
@@ -185,6 +189,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	adminLn, err := listenAdmin(&o, metricsToken != "", log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	publicURL := o.PublicURL
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
@@ -199,6 +208,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
+		MetricsToken:      metricsToken,
+		AdminOnProxy:      o.AdminAddr == adminAddrSame,
 		AdminToken:        adminToken,
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
@@ -234,16 +245,49 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	// nil without an admin listener: that case of the select never fires.
+	var adminErr chan error
+	adminAddr := o.AdminAddr
+	if adminLn != nil {
+		adminErr = make(chan error, 1)
+		go func() { adminErr <- srv.ServeAdmin(adminLn) }()
+		adminAddr = adminLn.Addr().String()
+	}
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
-	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
+	if adminLn != nil {
+		fmt.Fprintf(stdout, "admin API and metrics on http://%s\n", adminLn.Addr())
+	}
+	log.Info("tollgate serving", "addr", ln.Addr().String(), "admin_addr", adminAddr, "db_engine", d.db.Engine,
 		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "", "version", versionString())
 
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
+	case err := <-adminErr:
+		return fmt.Errorf("serve admin: %w", err)
 	case <-ctx.Done():
 	}
 	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log)
+}
+
+// listenAdmin opens the listener of the admin API and /metrics that
+// TOLLGATE_ADMIN_ADDR names; none for off, and for same, whose routes the
+// proxy listener then serves.
+func listenAdmin(o *options, metricsToken bool, log *slog.Logger) (net.Listener, error) {
+	switch o.AdminAddr {
+	case adminAddrOff:
+		log.Info("admin listener off: no admin HTTP API and no /metrics", "setting", "TOLLGATE_ADMIN_ADDR="+adminAddrOff)
+		return nil, nil
+	case adminAddrSame:
+		log.Warn("the admin API and /metrics are served on the proxy port, which every workspace reaches: metrics name every project, model and cost",
+			"setting", "TOLLGATE_ADMIN_ADDR="+adminAddrSame, "metrics_token", metricsToken)
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", o.AdminAddr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listen (TOLLGATE_ADMIN_ADDR): %w", err)
+	}
+	return ln, nil
 }
 
 // shutdown runs the ordered, bounded sequence of house rule 14: stop
