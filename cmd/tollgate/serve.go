@@ -258,7 +258,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "admin API and metrics on http://%s\n", adminLn.Addr())
 	}
 	log.Info("tollgate serving", "addr", ln.Addr().String(), "admin_addr", adminAddr, "db_engine", d.db.Engine,
-		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "", "version", versionString())
+		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "" && o.AdminAddr != adminAddrOff, "version", versionString())
 
 	select {
 	case err := <-serveErr:
