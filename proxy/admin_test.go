@@ -19,7 +19,7 @@ import (
 
 func (e *testEnv) admin(method, path, body string) (int, map[string]any) {
 	e.t.Helper()
-	req, _ := http.NewRequest(method, e.URL+"/admin/v1"+path, strings.NewReader(body))
+	req, _ := http.NewRequest(method, e.AdminURL+"/admin/v1"+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer admin-secret")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -73,7 +73,7 @@ func TestAdminIssuesATokenWithItsEnvironment(t *testing.T) {
 	if code, _ := e.admin("POST", "/tokens", `{"workspace":"x","colour":"red"}`); code != 400 {
 		t.Errorf("unknown field accepted: %d", code)
 	}
-	req, _ := http.NewRequest("GET", e.URL+"/admin/v1/tokens", nil)
+	req, _ := http.NewRequest("GET", e.AdminURL+"/admin/v1/tokens", nil)
 	req.Header.Set("Authorization", "Bearer wrong")
 	resp, _ = http.DefaultClient.Do(req)
 	resp.Body.Close()
@@ -164,7 +164,7 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 		t.Helper()
 		req := httptest.NewRequest("GET", "/admin/v1/usage?"+query, nil)
 		req.Header.Set("Authorization", "Bearer admin-secret")
-		resp, err := srv.app.Test(req, -1)
+		resp, err := srv.admin.Test(req, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,7 +215,7 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 // error message of the envelope, if any.
 func (e *testEnv) adminRaw(method, path, body string) (int, http.Header, string) {
 	e.t.Helper()
-	req, _ := http.NewRequest(method, e.URL+path, strings.NewReader(body))
+	req, _ := http.NewRequest(method, e.AdminURL+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer admin-secret")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -35,8 +35,10 @@ var canaries = []string{canaryAnthropic, canaryOpenAI, canaryGemini}
 // testEnv is a running tollgate in front of a fake provider: the real fiber
 // server on 127.0.0.1, the real resolver on a SQLite file.
 type testEnv struct {
-	t        testing.TB
-	URL      string
+	t   testing.TB
+	URL string
+	// AdminURL is the admin listener's: the admin API and /metrics.
+	AdminURL string
 	fake     *upstreamtest.Server
 	fakeURL  string
 	svc      *resolver.Service
@@ -158,9 +160,14 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	done := make(chan error, 1)
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan error, 2)
 	go func() { done <- srv.Serve(ln) }()
-	e := &testEnv{t: tb, URL: "http://" + ln.Addr().String(), fake: fake, fakeURL: fakeURL, svc: svc, sink: sink, srv: srv, logs: logs, reg: reg, cancel: cancel, baseCtx: baseCtx}
+	go func() { done <- srv.ServeAdmin(adminLn) }()
+	e := &testEnv{t: tb, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: fake, fakeURL: fakeURL, svc: svc, sink: sink, srv: srv, logs: logs, reg: reg, cancel: cancel, baseCtx: baseCtx}
 	var once sync.Once
 	e.shutdown = func() {
 		once.Do(func() {
@@ -168,6 +175,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 			defer c()
 			_ = srv.Shutdown(ctx)
 			cancel()
+			<-done
 			<-done
 		})
 	}

@@ -92,9 +92,18 @@ type Config struct {
 	Pricer Pricer
 	// Observer receives records for metrics; may be nil.
 	Observer Observer
-	// Metrics, if set, is served on GET /metrics (Prometheus exposition).
+	// Metrics, if set, is served on GET /metrics (Prometheus exposition)
+	// of the admin listener.
 	Metrics http.Handler
+	// MetricsToken, if set, is the bearer token GET /metrics needs:
+	// metrics name every project and model and what each spent.
+	MetricsToken string
+	// AdminOnProxy serves the admin API and /metrics on the proxy listener
+	// too, as tollgate did before it had an admin listener: any workspace
+	// that reaches the proxy then reaches them.
+	AdminOnProxy bool
 	// AdminToken guards /admin/v1; empty disables the admin API.
+	// The admin API is served by ServeAdmin, apart from the proxy.
 	AdminToken string
 	// PublicURL is tollgate's URL as workspaces reach it, used to render the
 	// environment returned with a new token. Default http://<listen address>.
@@ -127,10 +136,14 @@ func (c *Config) timeNow() time.Time {
 
 // Server is the HTTP front of tollgate.
 type Server struct {
-	cfg  Config
-	app  *fiber.App
-	log  *slog.Logger
-	fast *fastUpstream
+	cfg Config
+	// app serves inference (Serve); admin serves the admin API and
+	// metrics (ServeAdmin). Two apps, so that no route of one is reachable
+	// through the other's listener, whatever the path spelling.
+	app   *fiber.App
+	admin *fiber.App
+	log   *slog.Logger
+	fast  *fastUpstream
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -172,7 +185,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:  cfg,
 		log:  cfg.Logger,
 	}
-	s.app = fiber.New(fiber.Config{
+	appConfig := fiber.Config{
 		ReadTimeout:  serverReadTimeout,
 		WriteTimeout: 0, // absolute over a streamed body: would cut long streams (R1)
 		IdleTimeout:  serverIdleTimeout,
@@ -195,38 +208,78 @@ func New(cfg Config) (*Server, error) {
 		DisableKeepalive:             false,
 		DisableDefaultDate:           true,
 		DisablePreParseMultipartForm: true,
-	})
-	// Not in fiber.Config: set on the fasthttp server before it serves.
-	s.app.Server().HeaderReceived = s.headerReceived
-	s.app.Server().Handler = s.refuseHTTP2(s.app.Server().Handler)
-	s.app.Use(s.edge)
+	}
+	s.app = fiber.New(appConfig)
+	s.admin = fiber.New(appConfig)
+	// Not in fiber.Config: set on each fasthttp server before it serves.
+	// The admin listener gets the same edge: bounded bodies, framing and
+	// HTTP/2 refusals hold on every port.
+	for _, app := range []*fiber.App{s.app, s.admin} {
+		app.Server().HeaderReceived = s.headerReceived
+		app.Server().Handler = s.refuseHTTP2(app.Server().Handler)
+		app.Use(s.edge)
+	}
 	s.routes()
+	s.adminListenerRoutes()
 	return s, nil
 }
 
+// routes are the proxy listener's: health and inference. The admin API
+// and metrics answer here only with AdminOnProxy; otherwise a clear 404
+// says where they are, rather than the proxy's "no route".
 func (s *Server) routes() {
-	s.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
-	s.app.Get("/readyz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
-	if s.cfg.Metrics != nil {
-		s.app.Get("/metrics", adaptor.HTTPHandler(s.cfg.Metrics))
-	}
-	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
-		s.adminRoutes(s.app.Group(adminPrefix, s.requireAdmin))
+	healthRoutes(s.app)
+	if s.cfg.AdminOnProxy {
+		s.operatorRoutes(s.app)
 	} else {
-		// Said outright: a bare "no route" reads as a wrong path or version.
-		s.app.Use("/admin", func(c *fiber.Ctx) error {
-			return newError(kindNotFound, "the admin API is off on this server: set TOLLGATE_ADMIN_TOKEN to turn it on")
-		})
+		notHere := func(c *fiber.Ctx) error {
+			return newError(kindNotFound, "the admin API and /metrics are not served on this port: they are on the admin listener (TOLLGATE_ADMIN_ADDR)")
+		}
+		s.app.Use("/admin", notHere)
+		s.app.Use("/metrics", notHere)
 	}
 	s.app.Use(s.forward)
 }
 
+func healthRoutes(r fiber.Router) {
+	r.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
+	r.Get("/readyz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
+}
+
+// operatorRoutes are /metrics and the admin API, wherever they are served.
+func (s *Server) operatorRoutes(r fiber.Router) {
+	if s.cfg.Metrics != nil {
+		r.Get("/metrics", s.requireMetricsToken, adaptor.HTTPHandler(s.cfg.Metrics))
+	}
+	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
+		s.adminRoutes(r.Group(adminPrefix, s.requireAdmin))
+	} else {
+		// Said outright: a bare "no route" reads as a wrong path or version.
+		r.Use("/admin", func(c *fiber.Ctx) error {
+			return newError(kindNotFound, "the admin API is off on this server: set TOLLGATE_ADMIN_TOKEN to turn it on")
+		})
+	}
+}
+
 func (s *Server) requireAdmin(c *fiber.Ctx) error {
-	got := strings.TrimSpace(strings.TrimPrefix(c.Get(fiber.HeaderAuthorization), "Bearer "))
-	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.AdminToken)) != 1 {
+	if !bearerIs(c, s.cfg.AdminToken) {
 		return newError(kindUnauthenticated, "admin API needs 'Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>'")
 	}
 	return c.Next()
+}
+
+func (s *Server) requireMetricsToken(c *fiber.Ctx) error {
+	if s.cfg.MetricsToken != "" && !bearerIs(c, s.cfg.MetricsToken) {
+		return newError(kindUnauthenticated, "/metrics needs 'Authorization: Bearer <TOLLGATE_METRICS_TOKEN>'")
+	}
+	return c.Next()
+}
+
+// bearerIs says whether the request's bearer token is want, in constant
+// time; an empty want matches nothing.
+func bearerIs(c *fiber.Ctx, want string) bool {
+	got := strings.TrimSpace(strings.TrimPrefix(c.Get(fiber.HeaderAuthorization), "Bearer "))
+	return got != "" && want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
 // errorHandler is fiber's error handler: every error a client sees passes
@@ -253,10 +306,16 @@ func (s *Server) shapeFor(c *fiber.Ctx) string {
 	return registry.ShapeOpenAI
 }
 
-// Serve serves on ln until Shutdown.
+// Serve serves the proxy on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(ln) }
 
-// Shutdown stops accepting, then waits for open connections until ctx ends.
-// Streams still open then are ended by cancelling Config.BaseContext, which
-// the caller owns (streaming-on-fiber.md R3).
-func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWithContext(ctx) }
+// Shutdown stops accepting on both listeners, then waits for their open
+// connections until ctx ends. Streams still open then are ended by
+// cancelling Config.BaseContext, which the caller owns
+// (streaming-on-fiber.md R3). A listener never served stops at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- s.admin.ShutdownWithContext(ctx) }()
+	err := s.app.ShutdownWithContext(ctx)
+	return errors.Join(err, <-adminDone)
+}

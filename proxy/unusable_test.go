@@ -28,13 +28,19 @@ func serveOn(t *testing.T, e *testEnv, cfg Config) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
 	go func() { done <- srv.Serve(ln) }()
+	go func() { done <- srv.ServeAdmin(adminLn) }()
 	t.Cleanup(func() {
 		srv.Shutdown(context.Background())
 		<-done
+		<-done
 	})
-	return &testEnv{t: t, URL: "http://" + ln.Addr().String(), fake: e.fake, sink: e.sink, reg: e.reg, logs: e.logs}
+	return &testEnv{t: t, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: e.fake, sink: e.sink, reg: e.reg, logs: e.logs}
 }
 
 // testLogger writes to e's log buffer, which the canary check reads.

@@ -291,6 +291,9 @@ func (b *bench) setupTollgate(ctx context.Context) ([]string, string, error) {
 		"TOLLGATE_LOG_LEVEL=" + b.cfg.LogLevel,
 		"TOLLGATE_SHUTDOWN_GRACE=5s",
 		"TOLLGATE_ADDR=127.0.0.1:0",
+		// The bench uses neither the admin API nor /metrics; the default
+		// fixed admin port would clash with a tollgate already running.
+		"TOLLGATE_ADMIN_ADDR=off",
 	}
 	bin := filepath.Join(b.bin, "tollgate")
 	cli := func(stdin string, args ...string) (string, error) {

@@ -28,6 +28,16 @@ import (
 type options struct {
 	// Addr is where serve listens (TOLLGATE_ADDR, default 127.0.0.1:8787).
 	Addr string
+	// AdminAddr is where serve answers the admin API and /metrics
+	// (TOLLGATE_ADMIN_ADDR, default 127.0.0.1:8788): apart from Addr,
+	// which every workspace reaches. adminAddrOff serves neither;
+	// adminAddrSame serves them on Addr, as before.
+	AdminAddr string
+	// MetricsToken, when set, is the bearer token /metrics needs
+	// (TOLLGATE_METRICS_TOKEN, no flag, or a file named by
+	// TOLLGATE_METRICS_TOKEN_FILE / --metrics-token-file).
+	MetricsToken     string
+	MetricsTokenFile string
 	// DB is a SQLite file path or a postgres:// URL (TOLLGATE_DB, default
 	// ./data/tollgate.db).
 	DB string
@@ -126,7 +136,11 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.bindRegistry(fs)
 	o.bindHTTPBaseURL(fs)
 	o.AdminToken = os.Getenv("TOLLGATE_ADMIN_TOKEN")
+	o.MetricsToken = os.Getenv("TOLLGATE_METRICS_TOKEN")
 	o.stringVar(fs, &o.Addr, "addr", "TOLLGATE_ADDR", "127.0.0.1:8787", "listen `host:port`", checkAddr)
+	o.stringVar(fs, &o.AdminAddr, "admin-addr", "TOLLGATE_ADMIN_ADDR", "127.0.0.1:8788",
+		"`host:port` of the admin API and /metrics; "+adminAddrOff+" serves neither, "+adminAddrSame+" serves them on the proxy port", checkAdminAddr)
+	o.stringVar(fs, &o.MetricsTokenFile, "metrics-token-file", "TOLLGATE_METRICS_TOKEN_FILE", "", "`file` holding the bearer token /metrics needs; or set TOLLGATE_METRICS_TOKEN", nil)
 	o.stringVar(fs, &o.Prices, "prices", "TOLLGATE_PRICES", "", "price table `file`; empty uses the built-in one", nil)
 	o.stringVar(fs, &o.AdminTokenFile, "admin-token-file", "TOLLGATE_ADMIN_TOKEN_FILE", "", "`file` holding the bearer token for /admin/v1; or set TOLLGATE_ADMIN_TOKEN", nil)
 	o.stringVar(fs, &o.PublicURL, "public-url", "TOLLGATE_PUBLIC_URL", "", "`URL` workspaces use to reach tollgate", checkHTTPURL)
@@ -137,9 +151,16 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.intVar(fs, &o.MaxConns, "max-conns", "TOLLGATE_MAX_CONNS", 0, "cap on open client `connections`; 0 derives it from the descriptor limit (at most 4096), negative: none")
 	o.intVar(fs, &o.MaxConnsPerIP, "max-conns-per-ip", "TOLLGATE_MAX_CONNS_PER_IP", 256, "cap on open `connections` per client IPv4 address or IPv6 /64; negative: none")
 	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
+	o.removedFlag(fs, "metrics-token", "set TOLLGATE_METRICS_TOKEN, or put the token in a file and pass --metrics-token-file FILE (TOLLGATE_METRICS_TOKEN_FILE)")
 }
 
 const defaultHarnesses = "./harnesses.yaml"
+
+// The TOLLGATE_ADMIN_ADDR values that are not addresses.
+const (
+	adminAddrOff  = "off"
+	adminAddrSame = "same"
+)
 
 // builtInRegistry returns the registry built into the binary when path is
 // the default and there is no such file, as outside a checkout, and note
@@ -178,21 +199,40 @@ func (o *options) check() error {
 	if o.AdminToken != "" && o.AdminTokenFile != "" {
 		errs = append(errs, errors.New("both TOLLGATE_ADMIN_TOKEN and an admin token file are set: set one"))
 	}
+	// One fixed port for both would fail as "address already in use",
+	// which does not say which setting to change.
+	if _, port, err := net.SplitHostPort(o.Addr); err == nil && port != "0" && o.AdminAddr == o.Addr {
+		errs = append(errs, fmt.Errorf("TOLLGATE_ADMIN_ADDR and TOLLGATE_ADDR are both %s: give the admin listener a port of its own, or set TOLLGATE_ADMIN_ADDR=%s", o.Addr, adminAddrSame))
+	}
+	if o.MetricsToken != "" && o.MetricsTokenFile != "" {
+		errs = append(errs, errors.New("both TOLLGATE_METRICS_TOKEN and a metrics token file are set: set one"))
+	}
 	return errors.Join(errs...)
 }
 
 // adminToken returns the admin token from the variable or the file.
 func (o *options) adminToken() (string, error) {
-	if o.AdminTokenFile == "" {
-		return o.AdminToken, nil
+	return tokenFrom("admin", o.AdminToken, o.AdminTokenFile)
+}
+
+// metricsToken returns the metrics token from the variable or the file.
+func (o *options) metricsToken() (string, error) {
+	return tokenFrom("metrics", o.MetricsToken, o.MetricsTokenFile)
+}
+
+// tokenFrom returns value, or the trimmed content of file when one is
+// named; an empty file is an error, never an open door.
+func tokenFrom(what, value, file string) (string, error) {
+	if file == "" {
+		return value, nil
 	}
-	b, err := os.ReadFile(o.AdminTokenFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
-		return "", fmt.Errorf("read admin token file: %w", err)
+		return "", fmt.Errorf("read %s token file: %w", what, err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return "", fmt.Errorf("admin token file %s is empty", o.AdminTokenFile)
+		return "", fmt.Errorf("%s token file %s is empty", what, file)
 	}
 	return tok, nil
 }
@@ -342,6 +382,16 @@ func checkLogLevel(s string) error {
 func checkAddr(s string) error {
 	if _, _, err := net.SplitHostPort(s); err != nil {
 		return fmt.Errorf("not a listen address: use host:port, e.g. 127.0.0.1:8787 or :8787 (%v)", err)
+	}
+	return nil
+}
+
+func checkAdminAddr(s string) error {
+	if s == adminAddrOff || s == adminAddrSame {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return fmt.Errorf("not an admin listen address: use host:port, e.g. 127.0.0.1:8788; %s to serve no admin API and no /metrics; or %s to serve them on the proxy port (%v)", adminAddrOff, adminAddrSame, err)
 	}
 	return nil
 }

@@ -292,7 +292,7 @@ func startStack(t *testing.T) *stack {
 		"TOLLGATE_ALLOW_PRIVATE_BASE_URL=true",
 	}
 	s.tollgate(t, "", "check-config", reg)
-	s.serve = mustStartDaemon(t, "tollgate serve", s.bin, []string{"serve", "--addr", "127.0.0.1:0"}, s.env)
+	s.serve = mustStartDaemon(t, "tollgate serve", s.bin, []string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}, s.env)
 	s.url = s.serve.mustListenURL(t)
 
 	credRE := regexp.MustCompile(`platform credential (\S+) set for (\S+)`)

@@ -57,6 +57,7 @@ func newCLI(t *testing.T, fakeURL string) *cli {
 		"TOLLGATE_SPOOL":       filepath.Join(dir, "spool"),
 		"TOLLGATE_ADMIN_TOKEN": "adm",
 		"TOLLGATE_ADDR":        "127.0.0.1:0",
+		"TOLLGATE_ADMIN_ADDR":  "127.0.0.1:0",
 		"TOLLGATE_LOG_LEVEL":   "info",
 	}}
 }
@@ -130,12 +131,7 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 		t.Setenv(k, v)
 	}
 	go func() { done <- run(sctx, []string{"serve"}, strings.NewReader(""), pw, logs); pw.Close() }()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		t.Fatalf("serve printed nothing: %v %s", err, logs)
-	}
-	go io.Copy(io.Discard, pr)
-	base := strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	base, adminBase := serveAddrs(t, pr, logs)
 
 	req, _ := http.NewRequest("POST", base+"/anthropic/v1/messages?beta=true", strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	req.Header.Set("Authorization", "Bearer "+tok)
@@ -152,7 +148,22 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 	if last, _ := fake.Last(); last.Key != canary {
 		t.Fatalf("provider saw %q", last.Key)
 	}
-	mresp, err := http.Get(base + "/metrics")
+	// What a workspace can reach, the proxy port, shows neither metrics nor
+	// the admin API.
+	for _, p := range []string{"/metrics", "/admin/v1/usage"} {
+		req, _ := http.NewRequest("GET", base+p, nil)
+		req.Header.Set("Authorization", "Bearer adm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 || !strings.Contains(string(b), "TOLLGATE_ADMIN_ADDR") {
+			t.Errorf("proxy port GET %s: %d %s, want 404 naming the admin listener", p, resp.StatusCode, b)
+		}
+	}
+	mresp, err := http.Get(adminBase + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +176,7 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 	// The usage API answers from the store once the writer's batch lands.
 	var csv string
 	waitUntil(t, 10*time.Second, "the usage API to show the request", func() bool {
-		req, _ := http.NewRequest("GET", base+"/admin/v1/usage?group_by=project,model&format=csv", nil)
+		req, _ := http.NewRequest("GET", adminBase+"/admin/v1/usage?group_by=project,model&format=csv", nil)
 		req.Header.Set("Authorization", "Bearer adm")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -179,7 +190,7 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 	if !strings.HasPrefix(csv, "project,model,requests,") {
 		t.Errorf("csv header: %q", csv)
 	}
-	req, _ = http.NewRequest("GET", base+"/admin/v1/usage?group_by=colour", nil)
+	req, _ = http.NewRequest("GET", adminBase+"/admin/v1/usage?group_by=colour", nil)
 	req.Header.Set("Authorization", "Bearer adm")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 400 {
 		t.Errorf("bad group_by: %v %v", err, resp.StatusCode)
@@ -216,6 +227,25 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 			t.Errorf("the provider key leaked into output")
 		}
 	}
+}
+
+// serveAddrs reads serve's stdout: the proxy's "listening on URL" line,
+// then, when there is an admin listener, its "admin API and metrics on URL"
+// line; the rest is drained.
+func serveAddrs(t *testing.T, stdout io.Reader, logs *bytes.Buffer) (proxyURL, adminURL string) {
+	t.Helper()
+	r := bufio.NewReader(stdout)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("serve printed nothing: %v %s", err, logs)
+	}
+	proxyURL = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	if line, err = r.ReadString('\n'); err != nil {
+		t.Fatalf("serve printed no admin address: %v %s", err, logs)
+	}
+	adminURL = strings.TrimSpace(strings.TrimPrefix(line, "admin API and metrics on "))
+	go io.Copy(io.Discard, r)
+	return proxyURL, adminURL
 }
 
 // TestWrongMasterKeyFailsLoudly: credentials written under one key make a

@@ -142,6 +142,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	metricsToken, err := o.metricsToken()
+	if err != nil {
+		return err
+	}
 	log := o.logger(stderr)
 
 	d, err := openDeps(ctx, &o, log)
@@ -196,6 +200,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	capped := proxy.NewListener(ln, proxy.ListenerConfig{MaxConns: o.MaxConns, MaxConnsPerIP: o.MaxConnsPerIP, Logger: log})
 	log.Info("connection caps", "nofile", nofile, "nofile_max", nofileMax, "max_conns", capped.MaxConns(), "max_conns_per_ip", o.MaxConnsPerIP)
+	adminRaw, err := listenAdmin(&o, metricsToken != "", log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	// The admin listener survives running out of descriptors too; it is
+	// for operators and scrapers, so a small total cap and no per-IP one.
+	var adminLn net.Listener
+	if adminRaw != nil {
+		adminLn = proxy.NewListener(adminRaw, proxy.ListenerConfig{MaxConns: 256, MaxConnsPerIP: -1, Logger: log})
+	}
 	publicURL := o.PublicURL
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
@@ -210,6 +225,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
+		MetricsToken:      metricsToken,
+		AdminOnProxy:      o.AdminAddr == adminAddrSame,
 		AdminToken:        adminToken,
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
@@ -247,18 +264,52 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(capped) }()
+	// nil without an admin listener: that case of the select never fires.
+	var adminErr chan error
+	adminAddr := o.AdminAddr
+	if adminLn != nil {
+		adminErr = make(chan error, 1)
+		go func() { adminErr <- srv.ServeAdmin(adminLn) }()
+		adminAddr = adminLn.Addr().String()
+	}
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
-	log.Info("tollgate serving", "addr", ln.Addr().String(), "db_engine", d.db.Engine,
-		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "", "version", versionString())
+	if adminLn != nil {
+		fmt.Fprintf(stdout, "admin API and metrics on http://%s\n", adminLn.Addr())
+	}
+	log.Info("tollgate serving", "addr", ln.Addr().String(), "admin_addr", adminAddr, "db_engine", d.db.Engine,
+		"registry_version", d.registry.Current().Version, "admin_api", adminToken != "" && o.AdminAddr != adminAddrOff, "version", versionString())
 
 	select {
 	case err := <-serveErr:
 		// Records in flight still need the flush: shut down, then fail.
 		log.Error("serve stopped; shutting down", "err", err)
 		return errors.Join(fmt.Errorf("serve: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log))
+	case err := <-adminErr:
+		log.Error("admin listener stopped; shutting down", "err", err)
+		return errors.Join(fmt.Errorf("serve admin: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log))
 	case <-ctx.Done():
 	}
 	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log)
+}
+
+// listenAdmin opens the listener of the admin API and /metrics that
+// TOLLGATE_ADMIN_ADDR names; none for off, and for same, whose routes the
+// proxy listener then serves.
+func listenAdmin(o *options, metricsToken bool, log *slog.Logger) (net.Listener, error) {
+	switch o.AdminAddr {
+	case adminAddrOff:
+		log.Info("admin listener off: no admin HTTP API and no /metrics", "setting", "TOLLGATE_ADMIN_ADDR="+adminAddrOff)
+		return nil, nil
+	case adminAddrSame:
+		log.Warn("the admin API and /metrics are served on the proxy port, which every workspace reaches: metrics name every project, model and cost",
+			"setting", "TOLLGATE_ADMIN_ADDR="+adminAddrSame, "metrics_token", metricsToken)
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", o.AdminAddr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listen (TOLLGATE_ADMIN_ADDR): %w", err)
+	}
+	return ln, nil
 }
 
 // shutdown runs the ordered, bounded sequence of house rule 14: stop
