@@ -15,6 +15,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/registry"
 )
 
@@ -283,7 +284,7 @@ func TestInstrumentsFailuresAndRejections(t *testing.T) {
 }
 
 func TestInstrumentsBoundCardinality(t *testing.T) {
-	var logs logBuf
+	var logs testkit.LogBuffer
 	in, reader := mustInstruments(t, LabelConfig{MaxAttributeSets: 3, Logger: slogTo(&logs)})
 	for i := range 20 {
 		r := otelRecord()
@@ -319,7 +320,7 @@ func TestLabelBudgetIsPerProject(t *testing.T) {
 		{"ProjectNotLabelled", []string{AttrHarness}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs logBuf
+			var logs testkit.LogBuffer
 			in, reader := mustInstruments(t, LabelConfig{Labels: tc.labels, Logger: slogTo(&logs)})
 			for i := range 2100 {
 				r := otelRecord()
