@@ -1,10 +1,10 @@
 package metering
 
 import (
-	"bytes"
 	"log/slog"
-	"sync"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // usageDay is the fixtures' UTC day.
@@ -12,25 +12,7 @@ var usageDay = time.Date(2026, 5, 4, 0, 0, 0, 0, time.UTC)
 
 func costPtr(v int64) *int64 { return &v }
 
-// logBuf collects log output from concurrent goroutines.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func slogTo(l *logBuf) *slog.Logger {
+func slogTo(l *testkit.LogBuffer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(l, nil))
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -279,12 +280,33 @@ type attrID struct {
 type attrEntry struct {
 	base     []metric.RecordOption
 	duration []metric.RecordOption
-	tokens   [5][]metric.RecordOption
+	tokens   [][]metric.RecordOption // per otelTokenTypes
 	cost     []metric.AddOption
 	requests []metric.AddOption
 }
 
-var otelTokenTypes = [5]string{TokenInput, TokenOutput, TokenCachedInput, TokenCacheCreationInput, TokenReasoning}
+// otelTokenTypes are the token types Observe records: input (the Input
+// buckets), then each bucket's TokenType once, in Buckets order;
+// otelBucketType[i] is the index of Buckets[i]'s type, -1 for none.
+var otelTokenTypes, otelBucketType = tokenTypesOf(&Buckets)
+
+func tokenTypesOf(bs *[NumBuckets]Bucket) ([]string, [NumBuckets]int) {
+	types := []string{TokenInput}
+	var idx [NumBuckets]int
+	for i, b := range bs {
+		idx[i] = -1
+		if b.TokenType == "" {
+			continue
+		}
+		j := slices.Index(types, b.TokenType)
+		if j < 0 {
+			j = len(types)
+			types = append(types, b.TokenType)
+		}
+		idx[i] = j
+	}
+	return types, idx
+}
 
 // Observe records one request's metrics; the proxy calls it once per
 // request with the time spent inside tollgate (upstream wait excluded).
@@ -309,18 +331,22 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 		in.ttfc.Record(ctx, r.TTFB.Seconds(), e.base...)
 	}
 	if u := r.Usage; u != nil {
-		in.tokens.Record(ctx, u.InputTotal(), e.tokens[0]...)
-		in.tokens.Record(ctx, u.Output, e.tokens[1]...)
-		// The custom types only when present: a zero would add a sample to
-		// every request and make their _count meaningless.
-		if u.CacheRead > 0 {
-			in.tokens.Record(ctx, u.CacheRead, e.tokens[2]...)
+		var n [NumBuckets + 1]int64 // per otelTokenTypes
+		for i, b := range &Buckets {
+			v := *b.Of(u)
+			if b.Input {
+				n[0] += v
+			}
+			if j := otelBucketType[i]; j >= 0 {
+				n[j] += v
+			}
 		}
-		if w := u.CacheWrite5m + u.CacheWrite1h; w > 0 {
-			in.tokens.Record(ctx, w, e.tokens[3]...)
-		}
-		if u.Reasoning > 0 {
-			in.tokens.Record(ctx, u.Reasoning, e.tokens[4]...)
+		for j, t := range otelTokenTypes {
+			// The custom types only when present: a zero would add a
+			// sample to every request and make their _count meaningless.
+			if n[j] > 0 || t == TokenInput || t == TokenOutput {
+				in.tokens.Record(ctx, n[j], e.tokens[j]...)
+			}
 		}
 	}
 	if r.CostMicroUSD != nil && *r.CostMicroUSD > 0 {
@@ -525,6 +551,7 @@ func (in *Instruments) newEntry(k attrKey) *attrEntry {
 	if k.errType != "" {
 		e.duration = []metric.RecordOption{with(attribute.String(AttrErrorType, k.errType))}
 	}
+	e.tokens = make([][]metric.RecordOption, len(otelTokenTypes))
 	for i, t := range otelTokenTypes {
 		e.tokens[i] = []metric.RecordOption{with(attribute.String(AttrTokenType, t))}
 	}

@@ -15,6 +15,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/registry"
 )
 
@@ -178,6 +179,54 @@ func TestInstrumentsRecordGenAIMetrics(t *testing.T) {
 	}
 }
 
+// TestInstrumentsCountEveryBucket: a bucket alone reaches the token
+// histogram (input for an input bucket, its own type otherwise), so a new
+// bucket cannot vanish from the metrics, and none is counted in input twice.
+func TestInstrumentsCountEveryBucket(t *testing.T) {
+	for i, b := range Buckets {
+		t.Run(b.Name, func(t *testing.T) {
+			if b.TokenType == TokenInput {
+				t.Fatalf("token type %q: the Input flag already counts it there", b.TokenType)
+			}
+			in, reader := mustInstruments(t, LabelConfig{})
+			r := otelRecord()
+			r.Usage = &Usage{}
+			*Buckets[i].Of(r.Usage) = 7
+			in.Observe(r, time.Millisecond)
+			byType := map[string]float64{}
+			for _, p := range findPoints(collectPoints(t, reader), MetricTokenUsage, nil) {
+				byType[p.attrs[AttrTokenType]] += p.value
+			}
+			if want := map[bool]float64{true: 7}[b.Input]; byType[TokenInput] != want {
+				t.Errorf("input %v, want %v", byType[TokenInput], want)
+			}
+			if b.TokenType != "" && byType[b.TokenType] != 7 {
+				t.Errorf("%s %v, want 7", b.TokenType, byType[b.TokenType])
+			}
+			if !b.Input && b.TokenType == "" {
+				t.Errorf("counted under no token type: %v", byType)
+			}
+		})
+	}
+}
+
+// TestInstrumentsSkipAbsentCustomTokenTypes: input and output always get a
+// sample; the custom types only when the request had such tokens.
+func TestInstrumentsSkipAbsentCustomTokenTypes(t *testing.T) {
+	in, reader := mustInstruments(t, LabelConfig{})
+	r := otelRecord()
+	r.Usage = &Usage{InputUncached: 5}
+	in.Observe(r, time.Millisecond)
+	var types []string
+	for _, p := range findPoints(collectPoints(t, reader), MetricTokenUsage, nil) {
+		types = append(types, p.attrs[AttrTokenType])
+	}
+	slices.Sort(types)
+	if !slices.Equal(types, []string{TokenInput, TokenOutput}) {
+		t.Errorf("token types %v, want input and output only", types)
+	}
+}
+
 func TestInstrumentsNeverLabelIDsByDefault(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -283,7 +332,7 @@ func TestInstrumentsFailuresAndRejections(t *testing.T) {
 }
 
 func TestInstrumentsBoundCardinality(t *testing.T) {
-	var logs logBuf
+	var logs testkit.LogBuffer
 	in, reader := mustInstruments(t, LabelConfig{MaxAttributeSets: 3, Logger: slogTo(&logs)})
 	for i := range 20 {
 		r := otelRecord()
@@ -319,7 +368,7 @@ func TestLabelBudgetIsPerProject(t *testing.T) {
 		{"ProjectNotLabelled", []string{AttrHarness}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs logBuf
+			var logs testkit.LogBuffer
 			in, reader := mustInstruments(t, LabelConfig{Labels: tc.labels, Logger: slogTo(&logs)})
 			for i := range 2100 {
 				r := otelRecord()

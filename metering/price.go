@@ -94,6 +94,12 @@ func (p *ModelPrice) RatesFor(u Usage) *Rates {
 // CostMicroUSD prices u in micro-USD, rounded half up. The products are
 // summed exactly in 128 bits (units of 1e-15 USD: tokens × nano-USD per 1M)
 // and rounded once, so no line item loses a fraction.
+//
+// It names the buckets rather than looping over Buckets: rates are not one
+// per bucket (input_uncached and input_other share Input, reasoning is
+// carved out of output only when ReasoningApart), and a new bucket needs a
+// price decision (a rate in prices.yaml, a default) that no table can make
+// for it.
 func (p *ModelPrice) CostMicroUSD(u Usage) int64 {
 	r := p.RatesFor(u)
 	c := func(n int64) uint64 { return uint64(min(max(n, 0), maxTokenCount)) }

@@ -48,7 +48,8 @@ const NumBuckets = 7
 // stores, sums or shows buckets (spool line, usage_records and usage_daily
 // columns, usage reports). Buckets lists them in Usage's field order,
 // which is also their JSON order. Adding a bucket is a field in Usage, an
-// entry here, and a migration adding its columns (ledger/store.go).
+// entry here, and a migration adding its columns (ledger/store.go); what
+// it costs is a decision in price.go.
 type Bucket struct {
 	// Name is the JSON key, in Usage, the spool and the reports.
 	Name string
@@ -59,19 +60,23 @@ type Bucket struct {
 	// Table is the column of the terminal table that shows it; buckets
 	// sharing one are summed there.
 	Table string
+	// TokenType is the gen_ai.token.type it is also counted under on
+	// OTel's token histogram, beside input for the Input buckets; buckets
+	// sharing one are summed there, and none leaves it in input only.
+	TokenType string
 	// Of returns the bucket's field in u.
 	Of func(u *Usage) *int64
 }
 
 // Buckets are Usage's buckets in field order.
 var Buckets = [NumBuckets]Bucket{
-	{"input_uncached", "input_uncached", true, "input", func(u *Usage) *int64 { return &u.InputUncached }},
-	{"cache_read", "cache_read", true, "cache_read", func(u *Usage) *int64 { return &u.CacheRead }},
-	{"cache_write_5m", "cache_write_5m", true, "cache_write", func(u *Usage) *int64 { return &u.CacheWrite5m }},
-	{"cache_write_1h", "cache_write_1h", true, "cache_write", func(u *Usage) *int64 { return &u.CacheWrite1h }},
-	{"input_other", "input_other", true, "input", func(u *Usage) *int64 { return &u.InputOther }},
-	{"output", "output_tokens", false, "output", func(u *Usage) *int64 { return &u.Output }},
-	{"reasoning", "reasoning_tokens", false, "reasoning", func(u *Usage) *int64 { return &u.Reasoning }},
+	{"input_uncached", "input_uncached", true, "input", "", func(u *Usage) *int64 { return &u.InputUncached }},
+	{"cache_read", "cache_read", true, "cache_read", TokenCachedInput, func(u *Usage) *int64 { return &u.CacheRead }},
+	{"cache_write_5m", "cache_write_5m", true, "cache_write", TokenCacheCreationInput, func(u *Usage) *int64 { return &u.CacheWrite5m }},
+	{"cache_write_1h", "cache_write_1h", true, "cache_write", TokenCacheCreationInput, func(u *Usage) *int64 { return &u.CacheWrite1h }},
+	{"input_other", "input_other", true, "input", "", func(u *Usage) *int64 { return &u.InputOther }},
+	{"output", "output_tokens", false, "output", TokenOutput, func(u *Usage) *int64 { return &u.Output }},
+	{"reasoning", "reasoning_tokens", false, "reasoning", TokenReasoning, func(u *Usage) *int64 { return &u.Reasoning }},
 }
 
 // InputTotal is OTel's input: uncached, cache reads and writes, and other input.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/meteringtest"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
@@ -44,7 +45,7 @@ type testEnv struct {
 	svc      *resolver.Service
 	sink     *meteringtest.Sink
 	srv      *Server
-	logs     *syncBuffer
+	logs     *testkit.LogBuffer
 	reg      *registry.Holder
 	cancel   context.CancelFunc
 	baseCtx  context.Context
@@ -63,24 +64,6 @@ type envOptions struct {
 	// strictBaseURL refuses credential base URLs on loopback and private
 	// addresses, as a default deployment does; tests point them at fakes.
 	strictBaseURL bool
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -113,7 +96,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	if err := os.WriteFile(regPath, []byte(y), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg, err := registry.NewHolder(regPath, log)
 	if err != nil {
@@ -253,23 +236,11 @@ func readAll(tb testing.TB, r io.Reader) []byte {
 	return b
 }
 
-// eventually polls cond until it holds or the bound passes.
-func eventually(tb testing.TB, within time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // lastFake returns the fake's most recent exchange once it has finished.
 func (e *testEnv) lastFake() upstreamtest.Request {
 	e.t.Helper()
 	var r upstreamtest.Request
-	eventually(e.t, 5*time.Second, "the fake provider to finish the exchange", func() bool {
+	testkit.Eventually(e.t, 5*time.Second, "the fake provider to finish the exchange", func() bool {
 		var ok bool
 		r, ok = e.fake.Last()
 		return ok && r.Outcome != upstreamtest.OutcomeInFlight
@@ -285,7 +256,7 @@ func (e *testEnv) record(resp *http.Response) metering.Record {
 		e.t.Fatalf("response has no %s header", RequestIDHeader)
 	}
 	var rec metering.Record
-	eventually(e.t, 5*time.Second, "usage record "+id, func() bool {
+	testkit.Eventually(e.t, 5*time.Second, "usage record "+id, func() bool {
 		var ok bool
 		rec, ok = e.sink.ByID(id)
 		return ok

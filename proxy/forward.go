@@ -427,11 +427,7 @@ func (cl *call) settle(st metering.Settlement, metered bool) {
 	}
 	cl.rec.Source, cl.rec.Usage = st.Source, st.Usage
 	if cl.rec.Usage != nil && cl.s.cfg.Pricer != nil {
-		model := cl.rec.ModelServed
-		if model == "" {
-			model = cl.rec.ModelRequest
-		}
-		cl.rec.CostMicroUSD, cl.rec.PriceVersion = cl.s.cfg.Pricer.Cost(cl.rec.Provider, model, cl.rec.ServiceTier, *cl.rec.Usage)
+		cl.rec.CostMicroUSD, cl.rec.PriceVersion = cl.s.cfg.Pricer.Cost(cl.rec.Provider, cl.rec.Model(), cl.rec.ServiceTier, *cl.rec.Usage)
 		cl.rec.Unpriced = cl.rec.CostMicroUSD == nil
 	}
 }

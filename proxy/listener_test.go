@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // emfileListener fails its first n Accepts as accept4 does when the process
@@ -100,7 +102,7 @@ func TestListenerCapsOpenConnections(t *testing.T) {
 				defer c.Close()
 				held = append(held, c)
 			}
-			eventually(t, 2*time.Second, "two open connections", func() bool { return ln.Open() == 2 })
+			testkit.Eventually(t, 2*time.Second, "two open connections", func() bool { return ln.Open() == 2 })
 			over, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
@@ -125,7 +127,7 @@ func TestListenerCapsOpenConnections(t *testing.T) {
 			}
 			// Each held connection still serves; closing one frees a slot.
 			held[0].Close()
-			eventually(t, 2*time.Second, "the slot to free", func() bool { return ln.Open() == 1 })
+			testkit.Eventually(t, 2*time.Second, "the slot to free", func() bool { return ln.Open() == 1 })
 			resp2, err := http.Get("http://" + addr + "/healthz")
 			if err != nil {
 				t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 	openai "github.com/sashabaranov/go-openai"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
@@ -76,7 +77,7 @@ func TestStreamDeliversEachEventBeforeTheNextExists(t *testing.T) {
 	}
 	// The fake flushes the event, then parks in the gate; the event can
 	// win that race, so wait for the park rather than assume it.
-	eventually(t, 5*time.Second, "the upstream to park in the gate", func() bool { return gate.Waiting() == 1 })
+	testkit.Eventually(t, 5*time.Second, "the upstream to park in the gate", func() bool { return gate.Waiting() == 1 })
 	gate.Release()
 	rest, err := io.ReadAll(br)
 	if err != nil || !strings.Contains(string(rest), "message_stop") {
@@ -103,7 +104,7 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	}
 	cancel()
 	resp.Body.Close()
-	eventually(t, 3*time.Second, "the upstream stream to be cancelled", func() bool {
+	testkit.Eventually(t, 3*time.Second, "the upstream stream to be cancelled", func() bool {
 		return e.fake.Counters().StreamsCancelled == 1
 	})
 	rec := e.record(resp)
@@ -297,15 +298,15 @@ func TestStreamsLeaveNoGoroutines(t *testing.T) {
 		resp.Body.Close()
 	}
 	run("", false) // warm up pools before the baseline
-	eventually(t, 5*time.Second, "the warm-up record", func() bool { return e.sink.Len() == 1 })
+	testkit.Eventually(t, 5*time.Second, "the warm-up record", func() bool { return e.sink.Len() == 1 })
 	base := runtime.NumGoroutine()
 	faults := []string{"", "cut=2", "silence", "status=500", "midstream-error"}
 	for i := 0; i < 100; i++ {
 		run(faults[i%len(faults)], i%7 == 3)
 	}
-	eventually(t, 10*time.Second, "101 records", func() bool { return e.sink.Len() == 101 })
+	testkit.Eventually(t, 10*time.Second, "101 records", func() bool { return e.sink.Len() == 101 })
 	client.CloseIdleConnections()
-	eventually(t, 10*time.Second, "goroutines back to baseline", func() bool {
+	testkit.Eventually(t, 10*time.Second, "goroutines back to baseline", func() bool {
 		return runtime.NumGoroutine() <= base+2
 	})
 }
@@ -373,7 +374,7 @@ func TestInjectedUsageIsInvisibleToTheClient(t *testing.T) {
 
 func waitLast(t *testing.T, e *testEnv) metering.Record {
 	t.Helper()
-	eventually(t, 5*time.Second, "a record", func() bool { return e.sink.Len() > 0 })
+	testkit.Eventually(t, 5*time.Second, "a record", func() bool { return e.sink.Len() > 0 })
 	rs := e.sink.Records()
 	return rs[len(rs)-1]
 }
@@ -531,7 +532,7 @@ func TestBurstOfEventsIsOneClientWrite(t *testing.T) {
 			if len(chunks) != 1 {
 				t.Errorf("%d upstream chunks reached the client in %d writes, want 1", len(tc.events), len(chunks))
 			}
-			eventually(t, 5*time.Second, "the usage record", func() bool { return e.sink.Len() == 1 })
+			testkit.Eventually(t, 5*time.Second, "the usage record", func() bool { return e.sink.Len() == 1 })
 			rec := e.sink.Records()[0]
 			if rec.Outcome != metering.OutcomeOK || rec.Usage == nil || *rec.Usage != tc.usage || rec.BytesOut != int64(len(tc.want)) {
 				t.Errorf("record outcome %s usage %+v bytes_out %d, want ok %+v %d", rec.Outcome, rec.Usage, rec.BytesOut, tc.usage, len(tc.want))
@@ -861,7 +862,7 @@ func TestCleanEndWithoutTerminalEventGetsTollgatesReason(t *testing.T) {
 			t.Errorf("stream error = %v, want tollgate's %q", err, why)
 		}
 		st.Close()
-		eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
+		testkit.Eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
 		if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeTruncated || rec.Source != metering.SourcePartial {
 			t.Errorf("record %s/%s, want truncated/partial", rec.Outcome, rec.Source)
 		}
@@ -876,7 +877,7 @@ func TestCleanEndWithoutTerminalEventGetsTollgatesReason(t *testing.T) {
 		if failed == nil || !strings.Contains(failed.Response.Error.Message, why) || failed.Response.ID != "resp_1" {
 			t.Errorf("response.failed event = %+v (stream error %v), want tollgate's %q", failed, err, why)
 		}
-		eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
+		testkit.Eventually(t, 5*time.Second, "the record", func() bool { return e.sink.Len() == 1 })
 		if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeTruncated {
 			t.Errorf("record outcome %s, want truncated", rec.Outcome)
 		}
@@ -916,9 +917,9 @@ func TestStalledClientIsCut(t *testing.T) {
 	fmt.Fprintf(c, "POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s: 10000\r\n%s: 4096\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
 		tok, upstreamtest.HeaderEvents, upstreamtest.HeaderChunkBytes, len(anthropicStreamBody), anthropicStreamBody)
 	// Read nothing.
-	eventually(t, 10*time.Second, "the stalled stream's record", func() bool { return e.sink.Len() == 1 })
+	testkit.Eventually(t, 10*time.Second, "the stalled stream's record", func() bool { return e.sink.Len() == 1 })
 	if rec := e.sink.Records()[0]; rec.Outcome != metering.OutcomeClientGone {
 		t.Errorf("outcome %s, want client_gone", rec.Outcome)
 	}
-	eventually(t, 5*time.Second, "the provider's stream to be cancelled", func() bool { return e.fake.Counters().StreamsCancelled == 1 })
+	testkit.Eventually(t, 5*time.Second, "the provider's stream to be cancelled", func() bool { return e.fake.Counters().StreamsCancelled == 1 })
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -77,7 +78,7 @@ func TestEachWorkspaceGetsTheKeyItsTierSays(t *testing.T) {
 			t.Errorf("%s: provider saw keys %v, want only its %s key 5 times", c.workspace, keysOf(seen[c.workspace]), c.tier)
 		}
 	}
-	eventually(t, 5*time.Second, "15 records", func() bool { return e.sink.Len() == 15 })
+	testkit.Eventually(t, 5*time.Second, "15 records", func() bool { return e.sink.Len() == 15 })
 	for _, r := range e.sink.Records() {
 		for _, c := range cases {
 			if r.Workspace == c.workspace && (r.CredTier != c.tier || (c.cred != "" && r.CredentialID != c.cred)) {

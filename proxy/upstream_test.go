@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/tollgate/tollgate/internal/netguard"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 	"github.com/tollgate/tollgate/resolver"
@@ -39,7 +40,7 @@ func TestShutdownEndsNonStreamedRequests(t *testing.T) {
 		resp := e.do("POST", "/openai/v1/chat/completions", tok, chatJSON, upstreamtest.HeaderTTFB, "30s")
 		done <- result{resp, time.Since(start)}
 	}()
-	eventually(t, 5*time.Second, "the request to reach the provider", func() bool { return e.fake.Counters().Requests == 1 })
+	testkit.Eventually(t, 5*time.Second, "the request to reach the provider", func() bool { return e.fake.Counters().Requests == 1 })
 	e.cancel()
 	var r result
 	select {

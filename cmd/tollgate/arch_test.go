@@ -2,20 +2,33 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
 
 // TestDependenciesPointInward enforces the package map: cmd → proxy →
-// resolver/metering → registry, and frameworks stay at the edge. It walks
-// `go list -deps`, so an indirect edge fails as well as a direct one.
+// resolver/metering → registry, metering/ledger beside metering and
+// never under it, internal/* leaves that import none of these, and
+// frameworks at the edge. It walks `go list -deps`, so an indirect edge
+// fails as well as a direct one. internal/testkit is for tests only: no
+// package's own (non-test) imports may reach it.
 func TestDependenciesPointInward(t *testing.T) {
 	const mod = "github.com/tollgate/tollgate/"
 	forbidden := map[string][]string{
 		"registry": {mod + "proxy", mod + "resolver", mod + "metering", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
 		"resolver": {mod + "proxy", mod + "metering", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
-		"metering": {mod + "proxy", mod + "resolver", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
-		"proxy":    {mod + "cmd", "go.opentelemetry.io/otel/sdk"},
+		"metering": {mod + "proxy", mod + "resolver", mod + "metering/ledger", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
+		// The ledger keeps records; it is fed through metering.Sink and
+		// never learns where they came from.
+		"metering/ledger": {mod + "proxy", mod + "resolver", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
+		"proxy":           {mod + "cmd", "go.opentelemetry.io/otel/sdk"},
+		// The dial guard is a leaf: the proxy and the server's setup both
+		// use it, so it can import neither.
+		"internal/netguard": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
+		// Any package's tests import testkit, so testkit imports none of
+		// them (an import cycle otherwise).
+		"internal/testkit": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
 	}
 	for pkg, bad := range forbidden {
 		out, err := exec.Command("go", "list", "-deps", mod+pkg).Output()
@@ -28,6 +41,16 @@ func TestDependenciesPointInward(t *testing.T) {
 					t.Errorf("%s depends on %s", pkg, dep)
 				}
 			}
+		}
+	}
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, mod+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for line := range strings.Lines(string(out)) {
+		pkg, imports, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if slices.Contains(strings.Fields(imports), mod+"internal/testkit") {
+			t.Errorf("%s imports internal/testkit outside its tests", pkg)
 		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
@@ -221,8 +222,8 @@ type stack struct {
 	credIDs  map[string]string // provider name → its platform credential id
 	serve    *daemon
 	db       *store.DB
-	cmdLog   *syncBuffer // stderr of every tollgate subcommand
-	tokens   []string    // workspace tokens issued, which must never be logged
+	cmdLog   *testkit.LogBuffer // stderr of every tollgate subcommand
+	tokens   []string           // workspace tokens issued, which must never be logged
 }
 
 func startStack(t *testing.T) *stack {
@@ -243,7 +244,7 @@ func startStack(t *testing.T) *stack {
 			"gemini":    "AIzaSyE2E-CANARY-" + suffix,
 		},
 		credIDs: map[string]string{},
-		cmdLog:  new(syncBuffer),
+		cmdLog:  new(testkit.LogBuffer),
 	}
 	keys := make([]string, 0, len(s.canaries))
 	for _, k := range s.canaries {
@@ -582,7 +583,7 @@ func (s *stack) runCut(t *testing.T, hc harnessCase, prefixes map[string]string,
 		t.Errorf("%s did not print tollgate's reason\n%s", hc.pkg.Bin, show)
 	}
 	var recs []usageRecord
-	eventually(recordWait, func() bool {
+	testkit.Poll(recordWait, 100*time.Millisecond, func() bool {
 		recs = s.records(t, workspace)
 		return int64(len(recs)) >= n
 	})
@@ -675,7 +676,7 @@ func (s *stack) records(tb testing.TB, workspace string) []usageRecord {
 func (s *stack) checkRecords(t *testing.T, hc harnessCase, setup envSetup, workspace string, upstream int64) {
 	t.Helper()
 	var recs []usageRecord
-	eventually(recordWait, func() bool {
+	testkit.Poll(recordWait, 100*time.Millisecond, func() bool {
 		recs = s.records(t, workspace)
 		return int64(len(recs)) >= upstream
 	})

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // Bounds of the end-to-end run's helpers. Each is generous for a cold
@@ -38,40 +40,6 @@ const (
 	sinkholeConnDeadline = 5 * time.Second
 )
 
-// syncBuffer is a bytes.Buffer that processes can write to while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// eventually polls cond every 100 ms until it returns true or d passes, and
-// reports whether it did.
-func eventually(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // groupAttr puts a child in its own process group, so that it and whatever
 // it spawns can be killed together, and kills it if the test binary dies.
 func groupAttr() *syscall.SysProcAttr {
@@ -90,7 +58,7 @@ func killGroup(cmd *exec.Cmd, sig syscall.Signal) {
 type daemon struct {
 	name           string
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testkit.LogBuffer
 	done           chan struct{}
 	err            error // set before done closes
 }
@@ -99,7 +67,7 @@ type daemon struct {
 // SIGTERM to its process group, then SIGKILL after daemonStopTimeout.
 func mustStartDaemon(tb testing.TB, name, bin string, args, env []string) *daemon {
 	tb.Helper()
-	d := &daemon{name: name, stdout: new(syncBuffer), stderr: new(syncBuffer), done: make(chan struct{})}
+	d := &daemon{name: name, stdout: new(testkit.LogBuffer), stderr: new(testkit.LogBuffer), done: make(chan struct{})}
 	d.cmd = exec.Command(bin, args...)
 	d.cmd.Env = env
 	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
@@ -138,7 +106,7 @@ func (d *daemon) stop(tb testing.TB) {
 func (d *daemon) mustListenURL(tb testing.TB) string {
 	tb.Helper()
 	var url string
-	eventually(daemonStartTimeout, func() bool {
+	testkit.Poll(daemonStartTimeout, 100*time.Millisecond, func() bool {
 		sc := bufio.NewScanner(strings.NewReader(d.stdout.String()))
 		for sc.Scan() {
 			if u, found := strings.CutPrefix(sc.Text(), "listening on "); found {

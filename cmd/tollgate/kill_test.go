@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
@@ -127,7 +128,7 @@ func TestKillDuringLoadLosesNoRecord(t *testing.T) {
 			}
 		}(w)
 	}
-	waitUntil(t, 20*time.Second, "some answered requests", func() bool {
+	testkit.Eventually(t, 20*time.Second, "some answered requests", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(answered) >= 100
@@ -178,17 +179,5 @@ func TestKillDuringLoadLosesNoRecord(t *testing.T) {
 	db.QueryRowContext(ctx, `SELECT COUNT(*) FROM usage_records WHERE workspace = $1 AND output_tokens IS NOT NULL`, "ws-kill").Scan(&withUsage)
 	if withUsage < len(answered) {
 		t.Errorf("%d records with usage, want at least %d", withUsage, len(answered))
-	}
-}
-
-// waitUntil polls cond until it holds or the bound passes.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

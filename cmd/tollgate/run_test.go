@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -14,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
@@ -72,32 +71,8 @@ func TestServeEndToEnd(t *testing.T) {
 		if pg == "" {
 			t.Skip("TOLLGATE_TEST_POSTGRES is not set (make test-postgres sets it)")
 		}
-		testServeEndToEnd(t, postgresSchema(t, pg))
+		testServeEndToEnd(t, testkit.PostgresSchema(t, pg, "tg_cmd_"))
 	})
-}
-
-// postgresSchema creates a schema of its own for one test and returns a DSN
-// that uses it, so runs never see each other's tables.
-func postgresSchema(t *testing.T, dsn string) string {
-	t.Helper()
-	ctx := context.Background()
-	db, err := store.Open(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	schema := fmt.Sprintf("tg_cmd_%d", time.Now().UnixNano())
-	if _, err := db.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db.ExecContext(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-		db.Close()
-	})
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	return dsn + sep + "search_path=" + schema
 }
 
 func testServeEndToEnd(t *testing.T, dbURL string) {
@@ -175,7 +150,7 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 
 	// The usage API answers from the store once the writer's batch lands.
 	var csv string
-	waitUntil(t, 10*time.Second, "the usage API to show the request", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the usage API to show the request", func() bool {
 		req, _ := http.NewRequest("GET", adminBase+"/admin/v1/usage?group_by=project,model&format=csv", nil)
 		req.Header.Set("Authorization", "Bearer adm")
 		resp, err := http.DefaultClient.Do(req)

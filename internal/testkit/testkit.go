@@ -41,13 +41,24 @@ func (l *LogBuffer) String() string {
 // the test naming what it waited for if within passes first.
 func Eventually(tb testing.TB, within time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	if !Poll(within, 5*time.Millisecond, cond) {
+		tb.Fatalf("timed out after %s waiting for %s", within, what)
+	}
+}
+
+// Poll checks cond every interval until it holds or within passes, and
+// reports whether it held. It is for callers that explain a timeout
+// better than Eventually can (what they got against what they wanted), or
+// whose cond is costly enough to want a slower poll.
+func Poll(within, interval time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", within, what)
+			return false
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(interval)
 	}
+	return true
 }
 
 // PostgresSchema creates an empty schema named prefix plus a random suffix

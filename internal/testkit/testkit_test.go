@@ -47,6 +47,25 @@ func TestEventuallyWaitsForTheCondition(t *testing.T) {
 	Eventually(t, 2*time.Second, "the flag", func() bool { return n.Load() == 1 })
 }
 
+// TestPollReportsATimeout: a condition that never holds is reported, not
+// fatal, once the bound passes, and the poll checks it more than once.
+func TestPollReportsATimeout(t *testing.T) {
+	var calls atomic.Int32
+	start := time.Now()
+	if Poll(50*time.Millisecond, 10*time.Millisecond, func() bool { calls.Add(1); return false }) {
+		t.Fatal("Poll says a condition that never holds held")
+	}
+	if took := time.Since(start); took < 50*time.Millisecond {
+		t.Errorf("Poll gave up after %s, before its bound", took)
+	}
+	if n := calls.Load(); n < 3 {
+		t.Errorf("cond checked %d times in 50 ms at a 10 ms interval", n)
+	}
+	if !Poll(time.Second, time.Millisecond, func() bool { return true }) {
+		t.Error("Poll says a condition that holds at once did not")
+	}
+}
+
 // TestPostgresSchemaIsolatesAndDrops: a table made through one DSN is not
 // seen through another, and the schema is gone after the test.
 func TestPostgresSchemaIsolatesAndDrops(t *testing.T) {

@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -261,7 +261,7 @@ func TestWriterFullQueueSpillsToSpool(t *testing.T) {
 func TestWriterDropsOnlyWhenSpoolAndQueueAreFull(t *testing.T) {
 	s := mustUsageStore(t, "sqlite")
 	gate := &gateInserter{next: s, open: make(chan struct{})}
-	var logs logBuf
+	var logs testkit.LogBuffer
 	cfg := fastWriterConfig(t.TempDir())
 	cfg.QueueSize = 2
 	cfg.BatchSize = 1
@@ -288,26 +288,8 @@ func TestWriterDropsOnlyWhenSpoolAndQueueAreFull(t *testing.T) {
 	}
 }
 
-// logBuf collects log output written from the writer's goroutines.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // slogTo returns a JSON logger writing to l.
-func slogTo(l *logBuf) *slog.Logger {
+func slogTo(l *testkit.LogBuffer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(l, nil))
 }
 

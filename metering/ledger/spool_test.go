@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -182,7 +183,7 @@ func TestWriterReplaySkipsTornAndCorruptLines(t *testing.T) {
 	seg2 := writeSegment(t, dir, 2, rec("c"), bad, rec("d"), []byte("garbage\n"))
 	// Segment 3: an oversized line (no newline for > maxSpoolLine) then a good one.
 	writeSegment(t, dir, 3, bytes.Repeat([]byte("x"), maxSpoolLine+10), []byte("\n"), rec("e"))
-	var logs logBuf
+	var logs testkit.LogBuffer
 	cfg := fastWriterConfig(dir)
 	cfg.Logger = slogTo(&logs)
 	w := mustWriter(t, cfg, s)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // errorKind classifies a provider error body by its own envelope, failing
@@ -110,7 +112,7 @@ func TestCutBreaksTheConnectionBeforeTheTerminalEvent(t *testing.T) {
 				if !strings.HasPrefix(string(full), string(got)) {
 					t.Errorf("cut stream is not a prefix of the full one")
 				}
-				eventually(t, 2*time.Second, func() bool { return s.Counters().StreamsCut == 1 })
+				testkit.Eventually(t, 2*time.Second, "the stream to be cut", func() bool { return s.Counters().StreamsCut == 1 })
 				if r, _ := s.Last(); r.Outcome != OutcomeCut || string(r.Response) != string(got) {
 					t.Errorf("record: outcome %q, %d bytes; want cut, %d bytes", r.Outcome, len(r.Response), len(got))
 				}
@@ -156,7 +158,7 @@ func TestSilenceSendsTheFirstEventThenNothingUntilTheClientLeaves(t *testing.T) 
 	}
 	cancel()
 	<-more
-	eventually(t, 2*time.Second, func() bool {
+	testkit.Eventually(t, 2*time.Second, "the stream to be cancelled", func() bool {
 		c := s.Counters()
 		return c.StreamsCancelled == 1 && c.StreamsActive == 0
 	})

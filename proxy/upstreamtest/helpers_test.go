@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
 
 // call is one request to the fake: which dialect endpoint, stream or not.
@@ -208,18 +207,6 @@ func num(v any, path string) int64 {
 func str(v any, path string) string {
 	s, _ := at(v, path).(string)
 	return s
-}
-
-// eventually polls cond until it holds or timeout passes.
-func eventually(tb testing.TB, timeout time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatal("condition not met in time")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // extractUsage is a reference meter written from wire-formats.md alone: it

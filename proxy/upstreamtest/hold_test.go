@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 func TestGateHoldsAStreamAfterHeadersAndTheFirstEvent(t *testing.T) {
@@ -43,7 +45,7 @@ func TestGateHoldsAStreamAfterHeadersAndTheFirstEvent(t *testing.T) {
 			if len(parseSSE(t, []byte(first+string(rest)))) < 3 {
 				t.Errorf("released stream is short: %q", rest)
 			}
-			eventually(t, 2*time.Second, func() bool { return s.Counters().StreamsCompleted == 1 })
+			testkit.Eventually(t, 2*time.Second, "the stream to complete", func() bool { return s.Counters().StreamsCompleted == 1 })
 		})
 	}
 }
@@ -64,7 +66,7 @@ func TestClientLeavingAHeldStreamCountsAsCancelled(t *testing.T) {
 	defer resp.Body.Close()
 	<-gate.Reached()
 	cancel()
-	eventually(t, 2*time.Second, func() bool {
+	testkit.Eventually(t, 2*time.Second, "the held stream to be cancelled", func() bool {
 		c := s.Counters()
 		return c.StreamsCancelled == 1 && c.StreamsActive == 0 && gate.Waiting() == 0
 	})

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 func TestRecordsEachRequestAndTheExactBytesWritten(t *testing.T) {
@@ -86,10 +88,10 @@ func TestCountersAddUpAcrossStreamEndings(t *testing.T) {
 	}
 	do(t, base, withFault(call{dialect: OpenAIChat, stream: true}, "status=429"))
 	resp := send(t, base, withFault(call{dialect: OpenAIChat, stream: true}, "silence"))
-	eventually(t, 2*time.Second, func() bool { return s.Counters().StreamsActive == 1 })
+	testkit.Eventually(t, 2*time.Second, "one active stream", func() bool { return s.Counters().StreamsActive == 1 })
 	resp.Body.Close() // the client leaves a silent stream
 	want := Counters{Requests: 5, Streams: 3, StreamsCompleted: 1, StreamsCut: 1, StreamsCancelled: 1}
-	eventually(t, 2*time.Second, func() bool { return s.Counters() == want })
+	testkit.Eventually(t, 2*time.Second, "the counters to settle", func() bool { return s.Counters() == want })
 
 	// The counters endpoint serves the same numbers and does not count itself.
 	r, err := http.Get(base + CountersPath)
