@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -190,10 +189,14 @@ func (c WriterConfig) Validate() error {
 // is full too it is dropped (Dropped). Every unspooled or dropped record is
 // logged at error level, dropped ones with the full record.
 //
-// Poison records. A batch the store keeps rejecting while it answers Ping
-// is split; a single record rejected quarantineAfter times is appended to
-// quarantine.jsonl in the spool directory (Quarantined) instead of stalling
-// every later record.
+// Poison records. A batch the store keeps refusing is split; a single
+// record refused quarantineAfter times is appended to quarantine.jsonl in
+// the spool directory (Quarantined) instead of stalling every later record.
+// Refusing means an error that is the record's fault (a constraint, a data
+// exception; see classifyStoreErr), or an unclassified one while the store
+// answers Ping. A store that cannot take any record (disk full, I/O error,
+// locked, unreachable) never quarantines: the records wait in the spool
+// until it recovers. ImportQuarantine replays the file once fixed.
 type Writer struct {
 	cfg  WriterConfig
 	ins  Inserter
@@ -311,8 +314,11 @@ func (w *Writer) Record(r *metering.Record) {
 	select {
 	case w.q <- queued{r: r, seg: seg, n: n}:
 		if err != nil {
+			// The whole record: if the store cannot take it before the
+			// process ends, this line is its only copy.
 			w.unspooled.Add(1)
-			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err)
+			b, _ := json.Marshal(r)
+			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err, "record", string(b))
 		}
 	default:
 		if err != nil {
@@ -417,6 +423,7 @@ func (w *Writer) syncLoop() {
 func (w *Writer) run(ctx context.Context) {
 	defer close(w.done)
 	batch := make([]queued, 0, w.cfg.BatchSize)
+	defer func() { w.dropUnspooled(batch) }()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -475,6 +482,29 @@ func (w *Writer) run(ctx context.Context) {
 			}
 			return
 		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// dropUnspooled logs as dropped, each in full, the records of batch and of
+// the queue that only memory holds, when the writer stops (Close's
+// deadline) before the store took them. Spooled ones stay for the next
+// Writer. A record a split batch already committed may be among them: a
+// duplicate in the logs, not a loss.
+func (w *Writer) dropUnspooled(batch []queued) {
+	for _, q := range batch {
+		if q.seg == 0 {
+			w.drop(q.r, "writer stopped before the store took it, and it is not in the spool")
+		}
+	}
+	for {
+		select {
+		case q := <-w.q:
+			if q.seg == 0 {
+				w.drop(q.r, "writer stopped before the store took it, and it is not in the spool")
+			}
+		default:
 			return
 		}
 	}
@@ -550,7 +580,8 @@ const (
 	quarantineAfter = 8
 	// quarantineName is the file, in the spool directory, of records the
 	// store rejected: JSON lines with the error, for a human to fix and
-	// re-import. Replay ignores it.
+	// re-import (ImportQuarantine, tollgate usage import-quarantine).
+	// Replay ignores it.
 	quarantineName = "quarantine.jsonl"
 )
 
@@ -577,13 +608,15 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 		if attempt == 1 || attempt%10 == 0 {
 			w.log.Error("metering: store write failed; records stay in the spool", "attempt", attempt, "records", len(recs), "retry_in", delay, "err", err)
 		}
-		if len(recs) > 1 && attempt >= splitAfter && w.storeAnswers(ctx) {
-			mid := len(recs) / 2
-			return w.insert(ctx, recs[:mid]) && w.insert(ctx, recs[mid:])
-		}
-		if len(recs) == 1 && attempt >= quarantineAfter && w.storeAnswers(ctx) {
-			w.quarantine(recs[0], err)
-			return true
+		if w.refuses(ctx, err) {
+			if len(recs) > 1 && attempt >= splitAfter {
+				mid := len(recs) / 2
+				return w.insert(ctx, recs[:mid]) && w.insert(ctx, recs[mid:])
+			}
+			if len(recs) == 1 && attempt >= quarantineAfter {
+				w.quarantine(recs[0], err)
+				return true
+			}
 		}
 		sleep := delay/2 + rand.N(delay/2+1)
 		t := time.NewTimer(sleep)
@@ -597,7 +630,17 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 	}
 }
 
-func (w *Writer) storeAnswers(ctx context.Context) bool {
+// refuses says err is the records' fault, not the store's: only then may a
+// batch be split and a record quarantined. A disk-full, locked or
+// unreachable store is never the records' fault, even while it answers
+// Ping (SQLite on a full disk does): they wait in the spool.
+func (w *Writer) refuses(ctx context.Context, err error) bool {
+	switch classifyStoreErr(err) {
+	case faultStore:
+		return false
+	case faultRecord:
+		return true
+	}
 	p, ok := w.ins.(pinger)
 	return ok && p.Ping(ctx) == nil
 }
@@ -606,12 +649,9 @@ func (w *Writer) storeAnswers(ctx context.Context) bool {
 // answers: appended and fsync'd to the quarantine file, and logged in full.
 func (w *Writer) quarantine(r *metering.Record, cause error) {
 	w.quarantined.Add(1)
-	line, err := json.Marshal(struct {
-		Error  string           `json:"error"`
-		Record *metering.Record `json:"record"`
-	}{cause.Error(), r})
+	line, err := json.Marshal(quarantineEntry{cause.Error(), r})
 	if err == nil {
-		err = appendSync(filepath.Join(w.cfg.SpoolDir, quarantineName), append(line, '\n'))
+		err = appendQuarantine(w.cfg.SpoolDir, append(line, '\n'))
 	}
 	if err != nil {
 		w.drop(r, "store rejects it and quarantine failed: "+err.Error())
