@@ -102,6 +102,8 @@ type QuarantineReport struct {
 	Present  int                 `json:"already_present"`
 	Refused  []QuarantineRefusal `json:"refused"`
 	DryRun   bool                `json:"dry_run"`
+	// File is the quarantine file read.
+	File string `json:"file"`
 }
 
 // ImportQuarantine replays the quarantine file of the spool directory dir
@@ -115,7 +117,7 @@ type QuarantineReport struct {
 // stays. With dryRun nothing is written. It holds the quarantine lock
 // throughout, so a server writing to the same spool waits to quarantine.
 func ImportQuarantine(ctx context.Context, dir string, s *Store, dryRun bool) (QuarantineReport, error) {
-	rep := QuarantineReport{DryRun: dryRun}
+	rep := QuarantineReport{DryRun: dryRun, File: filepath.Join(dir, quarantineName)}
 	if _, err := os.Stat(dir); err != nil {
 		return rep, fmt.Errorf("metering quarantine: spool directory: %w", err)
 	}
