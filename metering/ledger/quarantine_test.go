@@ -186,3 +186,40 @@ func jsonLine(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b) + "\n", err
 }
+
+// TestWriterKeepsARefusedRecordItCannotQuarantine: when the quarantine
+// file cannot be written (here a directory stands in its way, as a full
+// disk would), a refused record is not dropped: it stays in the spool and
+// is quarantined once the file can be written.
+func TestWriterKeepsARefusedRecordItCannotQuarantine(t *testing.T) {
+	s := mustUsageStore(t, "sqlite")
+	refuseProject(t, s, "refused")
+	dir := t.TempDir()
+	qpath := filepath.Join(dir, quarantineName)
+	if err := os.Mkdir(qpath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fastWriterConfig(dir)
+	cfg.RetryMax = 2 * time.Millisecond
+	w := mustWriter(t, cfg, s)
+	r := usageRecordN("stuck", 1, usageDay)
+	r.Project = "refused"
+	w.Record(r)
+	writerEventually(t, 10*time.Second, func() bool {
+		st := w.Stats()
+		return st.Retries >= 2*quarantineAfter || st.Dropped+st.Quarantined > 0
+	})
+	if st := w.Stats(); st.Dropped != 0 || st.Quarantined != 0 {
+		t.Fatalf("stats %+v: want the record neither dropped nor quarantined yet", st)
+	}
+	if err := os.Remove(qpath); err != nil {
+		t.Fatal(err)
+	}
+	mustFlush(t, w)
+	if st := w.Stats(); st.Dropped != 0 || st.Quarantined != 1 {
+		t.Errorf("stats %+v: want the record quarantined once the file can be written", st)
+	}
+	if lines, err := readQuarantine(dir); err != nil || len(lines) != 1 || lines[0].entry.Record.RequestID != "stuck" {
+		t.Errorf("quarantine file: %+v, %v", lines, err)
+	}
+}

@@ -187,7 +187,8 @@ func (c WriterConfig) Validate() error {
 // (write error, MaxSpoolBytes reached during a long outage) it goes to the
 // queue only (Unspooled: lost if the process then dies), and if the queue
 // is full too it is dropped (Dropped). Every unspooled or dropped record is
-// logged at error level, dropped ones with the full record.
+// logged at error level with the full record; an unspooled one still in
+// memory when Close gives up on the store is logged and counted as dropped.
 //
 // Poison records. A batch the store keeps refusing is split; a single
 // record refused quarantineAfter times is appended to quarantine.jsonl in
@@ -317,8 +318,7 @@ func (w *Writer) Record(r *metering.Record) {
 			// The whole record: if the store cannot take it before the
 			// process ends, this line is its only copy.
 			w.unspooled.Add(1)
-			b, _ := json.Marshal(r)
-			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err, "record", string(b))
+			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err, "record", recordForLog(r))
 		}
 	default:
 		if err != nil {
@@ -332,8 +332,17 @@ func (w *Writer) Record(r *metering.Record) {
 
 func (w *Writer) drop(r *metering.Record, why string) {
 	w.dropped.Add(1)
-	b, _ := json.Marshal(r)
-	w.log.Error("metering: usage record dropped", "reason", why, "request_id", r.RequestID, "record", string(b))
+	w.log.Error("metering: usage record dropped", "reason", why, "request_id", r.RequestID, "record", recordForLog(r))
+}
+
+// recordForLog is r whole for a log line, from which it can be recovered
+// by hand: its JSON, or Go's rendering of it when it has none (a start
+// time past year 9999). Records hold no secret (ids, not keys or tokens).
+func recordForLog(r *metering.Record) string {
+	if b, err := json.Marshal(r); err == nil {
+		return string(b)
+	}
+	return fmt.Sprintf("%+v", *r)
 }
 
 // Flush returns once every record accepted before the call is committed to
@@ -614,8 +623,11 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 				return w.insert(ctx, recs[:mid]) && w.insert(ctx, recs[mid:])
 			}
 			if len(recs) == 1 && attempt >= quarantineAfter {
-				w.quarantine(recs[0], err)
-				return true
+				if w.quarantine(recs[0], err) {
+					return true
+				}
+				// Not set aside (the spool's disk is full too?): the
+				// record stays in the spool and is retried.
 			}
 		}
 		sleep := delay/2 + rand.N(delay/2+1)
@@ -647,17 +659,22 @@ func (w *Writer) refuses(ctx context.Context, err error) bool {
 
 // quarantine sets aside a record the store keeps rejecting while it
 // answers: appended and fsync'd to the quarantine file, and logged in full.
-func (w *Writer) quarantine(r *metering.Record, cause error) {
-	w.quarantined.Add(1)
+// It reports false when the file cannot be written: the record is then
+// still in the spool, and dropping it would lose it to a full disk.
+func (w *Writer) quarantine(r *metering.Record, cause error) bool {
 	line, err := json.Marshal(quarantineEntry{cause.Error(), r})
-	if err == nil {
-		err = appendQuarantine(w.cfg.SpoolDir, append(line, '\n'))
-	}
 	if err != nil {
-		w.drop(r, "store rejects it and quarantine failed: "+err.Error())
-		return
+		// No line to keep, and a retry would have none either.
+		w.drop(r, "store rejects it ("+cause.Error()+") and it does not encode: "+err.Error())
+		return true
 	}
+	if err := appendQuarantine(w.cfg.SpoolDir, append(line, '\n')); err != nil {
+		w.log.Error("metering: store rejects usage record and quarantine failed; it stays in the spool", "request_id", r.RequestID, "err", cause, "quarantine_err", err, "record", string(line))
+		return false
+	}
+	w.quarantined.Add(1)
 	w.log.Error("metering: store rejects usage record; quarantined", "request_id", r.RequestID, "file", quarantineName, "err", cause, "record", string(line))
+	return true
 }
 
 func appendSync(path string, b []byte) error {
@@ -665,7 +682,15 @@ func appendSync(path string, b []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(b)
+	var size int64
+	if st, serr := f.Stat(); serr == nil {
+		size = st.Size()
+	}
+	if _, err = f.Write(b); err != nil {
+		// Cut a partial line off so the next attempt's line starts
+		// on a line of its own.
+		f.Truncate(size)
+	}
 	if serr := f.Sync(); err == nil {
 		err = serr
 	}
