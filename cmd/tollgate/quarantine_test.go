@@ -19,8 +19,22 @@ import (
 // names by line what it still refuses (exit 1), imports that once fixed,
 // and is a no-op when run again; "usage --from" still reports.
 func TestUsageImportQuarantine(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testUsageImportQuarantine(t, "") })
+	t.Run("postgres", func(t *testing.T) {
+		pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
+		if pg == "" {
+			t.Skip("TOLLGATE_TEST_POSTGRES is not set (make test-postgres sets it)")
+		}
+		testUsageImportQuarantine(t, postgresSchema(t, pg))
+	})
+}
+
+func testUsageImportQuarantine(t *testing.T, dsn string) {
 	ctx := context.Background()
 	c := newCLI(t, "http://127.0.0.1:1")
+	if dsn != "" {
+		c.env["TOLLGATE_DB"] = dsn
+	}
 	db, err := store.Open(ctx, c.env["TOLLGATE_DB"])
 	if err != nil {
 		t.Fatal(err)
@@ -30,8 +44,14 @@ func TestUsageImportQuarantine(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A real refusal, as a constraint the record violates.
-	if _, err := db.ExecContext(ctx, `CREATE TRIGGER test_refuse BEFORE INSERT ON usage_records WHEN NEW.project = 'refused'
-BEGIN SELECT RAISE(ABORT, 'project refused'); END`); err != nil {
+	refuse := `CREATE TRIGGER test_refuse BEFORE INSERT ON usage_records WHEN NEW.project = 'refused'
+BEGIN SELECT RAISE(ABORT, 'project refused'); END`
+	fix := `DROP TRIGGER test_refuse`
+	if db.Engine == store.Postgres {
+		refuse = `ALTER TABLE usage_records ADD CONSTRAINT test_project_refused CHECK (project <> 'refused')`
+		fix = `ALTER TABLE usage_records DROP CONSTRAINT test_project_refused`
+	}
+	if _, err := db.ExecContext(ctx, refuse); err != nil {
 		t.Fatal(err)
 	}
 	day := time.Date(2026, 5, 4, 15, 0, 0, 0, time.UTC)
@@ -64,13 +84,13 @@ BEGIN SELECT RAISE(ABORT, 'project refused'); END`); err != nil {
 	}
 	out, errs, code = c.run(ctx, "", "usage", "import-quarantine", "--spool", spool)
 	if code != 1 || !strings.Contains(out, "imported 1, already present 0, still refused 1") ||
-		!strings.Contains(out, "line 2 q-refused:") || !strings.Contains(out, "project refused") {
+		!strings.Contains(out, "line 2 q-refused: metering insert:") || !strings.Contains(out, "project") {
 		t.Fatalf("import while refused: exit %d\n%s%s", code, out, errs)
 	}
 	if b, _ := os.ReadFile(qfile); strings.Count(string(b), "\n") != 1 || !strings.Contains(string(b), `"q-refused"`) {
 		t.Fatalf("quarantine file after a partial import: %q; want only the refused record", b)
 	}
-	if _, err := db.ExecContext(ctx, `DROP TRIGGER test_refuse`); err != nil {
+	if _, err := db.ExecContext(ctx, fix); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"imported 1, already present 0, still refused 0", "imported 0, already present 0, still refused 0"} {
