@@ -682,11 +682,11 @@ func appendSync(path string, b []byte) error {
 	if err != nil {
 		return err
 	}
-	var size int64
+	size := int64(-1)
 	if st, serr := f.Stat(); serr == nil {
 		size = st.Size()
 	}
-	if _, err = f.Write(b); err != nil {
+	if _, err = f.Write(b); err != nil && size >= 0 {
 		// Cut a partial line off so the next attempt's line starts
 		// on a line of its own.
 		f.Truncate(size)
