@@ -60,6 +60,7 @@ var commands = []command{
 	{"credential rotate-key", "--from-key-file OLD", "re-encrypt every credential with the configured master key"},
 	{"resolve", "--project P --user U [--format table|json]", "show which credential serves each harness and dialect"},
 	{"usage", "[--from DATE] [--to DATE] [--group-by model,project,...] [--project P] [--user U] [--workspace W] [--service-tier T] [--format table|json|csv]", "report metered usage; --to DATE includes that whole UTC day"},
+	{"usage import-quarantine", "[--spool DIR] [--dry-run]", "replay the spool's quarantine.jsonl into the database once its cause is fixed; keeps what is still refused"},
 	{"version", "", "print the version (also --version)"},
 }
 
@@ -193,7 +194,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "resolve":
 		err = cmdResolve(ctx, rest, stdout, stderr)
 	case "usage":
-		err = cmdUsage(ctx, rest, stdout, stderr)
+		if len(rest) > 0 && rest[0] == "import-quarantine" {
+			err = cmdImportQuarantine(ctx, rest[1:], stdout, stderr)
+		} else {
+			err = cmdUsage(ctx, rest, stdout, stderr)
+		}
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "tollgate", versionString())
 	case "help", "-h", "--help":

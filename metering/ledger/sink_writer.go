@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -188,12 +187,17 @@ func (c WriterConfig) Validate() error {
 // (write error, MaxSpoolBytes reached during a long outage) it goes to the
 // queue only (Unspooled: lost if the process then dies), and if the queue
 // is full too it is dropped (Dropped). Every unspooled or dropped record is
-// logged at error level, dropped ones with the full record.
+// logged at error level with the full record; an unspooled one still in
+// memory when Close gives up on the store is logged and counted as dropped.
 //
-// Poison records. A batch the store keeps rejecting while it answers Ping
-// is split; a single record rejected quarantineAfter times is appended to
-// quarantine.jsonl in the spool directory (Quarantined) instead of stalling
-// every later record.
+// Poison records. A batch the store keeps refusing is split; a single
+// record refused quarantineAfter times is appended to quarantine.jsonl in
+// the spool directory (Quarantined) instead of stalling every later record.
+// Refusing means an error that is the record's fault (a constraint, a data
+// exception; see classifyStoreErr), or an unclassified one while the store
+// answers Ping. A store that cannot take any record (disk full, I/O error,
+// locked, unreachable) never quarantines: the records wait in the spool
+// until it recovers. ImportQuarantine replays the file once fixed.
 type Writer struct {
 	cfg  WriterConfig
 	ins  Inserter
@@ -311,8 +315,10 @@ func (w *Writer) Record(r *metering.Record) {
 	select {
 	case w.q <- queued{r: r, seg: seg, n: n}:
 		if err != nil {
+			// The whole record: if the store cannot take it before the
+			// process ends, this line is its only copy.
 			w.unspooled.Add(1)
-			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err)
+			w.log.Error("metering: spool append failed; record held in memory only", "request_id", r.RequestID, "err", err, "record", recordForLog(r))
 		}
 	default:
 		if err != nil {
@@ -326,8 +332,17 @@ func (w *Writer) Record(r *metering.Record) {
 
 func (w *Writer) drop(r *metering.Record, why string) {
 	w.dropped.Add(1)
-	b, _ := json.Marshal(r)
-	w.log.Error("metering: usage record dropped", "reason", why, "request_id", r.RequestID, "record", string(b))
+	w.log.Error("metering: usage record dropped", "reason", why, "request_id", r.RequestID, "record", recordForLog(r))
+}
+
+// recordForLog is r whole for a log line, from which it can be recovered
+// by hand: its JSON, or Go's rendering of it when it has none (a start
+// time past year 9999). Records hold no secret (ids, not keys or tokens).
+func recordForLog(r *metering.Record) string {
+	if b, err := json.Marshal(r); err == nil {
+		return string(b)
+	}
+	return fmt.Sprintf("%+v", *r)
 }
 
 // Flush returns once every record accepted before the call is committed to
@@ -417,6 +432,7 @@ func (w *Writer) syncLoop() {
 func (w *Writer) run(ctx context.Context) {
 	defer close(w.done)
 	batch := make([]queued, 0, w.cfg.BatchSize)
+	defer func() { w.dropUnspooled(batch) }()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -475,6 +491,29 @@ func (w *Writer) run(ctx context.Context) {
 			}
 			return
 		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// dropUnspooled logs as dropped, each in full, the records of batch and of
+// the queue that only memory holds, when the writer stops (Close's
+// deadline) before the store took them. Spooled ones stay for the next
+// Writer. A record a split batch already committed may be among them: a
+// duplicate in the logs, not a loss.
+func (w *Writer) dropUnspooled(batch []queued) {
+	for _, q := range batch {
+		if q.seg == 0 {
+			w.drop(q.r, "writer stopped before the store took it, and it is not in the spool")
+		}
+	}
+	for {
+		select {
+		case q := <-w.q:
+			if q.seg == 0 {
+				w.drop(q.r, "writer stopped before the store took it, and it is not in the spool")
+			}
+		default:
 			return
 		}
 	}
@@ -550,7 +589,8 @@ const (
 	quarantineAfter = 8
 	// quarantineName is the file, in the spool directory, of records the
 	// store rejected: JSON lines with the error, for a human to fix and
-	// re-import. Replay ignores it.
+	// re-import (ImportQuarantine, tollgate usage import-quarantine).
+	// Replay ignores it.
 	quarantineName = "quarantine.jsonl"
 )
 
@@ -577,13 +617,18 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 		if attempt == 1 || attempt%10 == 0 {
 			w.log.Error("metering: store write failed; records stay in the spool", "attempt", attempt, "records", len(recs), "retry_in", delay, "err", err)
 		}
-		if len(recs) > 1 && attempt >= splitAfter && w.storeAnswers(ctx) {
-			mid := len(recs) / 2
-			return w.insert(ctx, recs[:mid]) && w.insert(ctx, recs[mid:])
-		}
-		if len(recs) == 1 && attempt >= quarantineAfter && w.storeAnswers(ctx) {
-			w.quarantine(recs[0], err)
-			return true
+		if w.refuses(ctx, err) {
+			if len(recs) > 1 && attempt >= splitAfter {
+				mid := len(recs) / 2
+				return w.insert(ctx, recs[:mid]) && w.insert(ctx, recs[mid:])
+			}
+			if len(recs) == 1 && attempt >= quarantineAfter {
+				if w.quarantine(recs[0], err) {
+					return true
+				}
+				// Not set aside (the spool's disk is full too?): the
+				// record stays in the spool and is retried.
+			}
 		}
 		sleep := delay/2 + rand.N(delay/2+1)
 		t := time.NewTimer(sleep)
@@ -597,27 +642,39 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 	}
 }
 
-func (w *Writer) storeAnswers(ctx context.Context) bool {
+// refuses says err is the records' fault, not the store's: only then may a
+// batch be split and a record quarantined. A disk-full, locked or
+// unreachable store is never the records' fault, even while it answers
+// Ping (SQLite on a full disk does): they wait in the spool.
+func (w *Writer) refuses(ctx context.Context, err error) bool {
+	switch classifyStoreErr(err) {
+	case faultStore:
+		return false
+	case faultRecord:
+		return true
+	}
 	p, ok := w.ins.(pinger)
 	return ok && p.Ping(ctx) == nil
 }
 
 // quarantine sets aside a record the store keeps rejecting while it
 // answers: appended and fsync'd to the quarantine file, and logged in full.
-func (w *Writer) quarantine(r *metering.Record, cause error) {
-	w.quarantined.Add(1)
-	line, err := json.Marshal(struct {
-		Error  string           `json:"error"`
-		Record *metering.Record `json:"record"`
-	}{cause.Error(), r})
-	if err == nil {
-		err = appendSync(filepath.Join(w.cfg.SpoolDir, quarantineName), append(line, '\n'))
-	}
+// It reports false when the file cannot be written: the record is then
+// still in the spool, and dropping it would lose it to a full disk.
+func (w *Writer) quarantine(r *metering.Record, cause error) bool {
+	line, err := json.Marshal(quarantineEntry{cause.Error(), r})
 	if err != nil {
-		w.drop(r, "store rejects it and quarantine failed: "+err.Error())
-		return
+		// No line to keep, and a retry would have none either.
+		w.drop(r, "store rejects it ("+cause.Error()+") and it does not encode: "+err.Error())
+		return true
 	}
+	if err := appendQuarantine(w.cfg.SpoolDir, append(line, '\n')); err != nil {
+		w.log.Error("metering: store rejects usage record and quarantine failed; it stays in the spool", "request_id", r.RequestID, "err", cause, "quarantine_err", err, "record", string(line))
+		return false
+	}
+	w.quarantined.Add(1)
 	w.log.Error("metering: store rejects usage record; quarantined", "request_id", r.RequestID, "file", quarantineName, "err", cause, "record", string(line))
+	return true
 }
 
 func appendSync(path string, b []byte) error {
@@ -625,7 +682,15 @@ func appendSync(path string, b []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(b)
+	size := int64(-1)
+	if st, serr := f.Stat(); serr == nil {
+		size = st.Size()
+	}
+	if _, err = f.Write(b); err != nil && size >= 0 {
+		// Cut a partial line off so the next attempt's line starts
+		// on a line of its own.
+		f.Truncate(size)
+	}
 	if serr := f.Sync(); err == nil {
 		err = serr
 	}

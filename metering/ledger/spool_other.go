@@ -10,5 +10,7 @@ func spoolLockFile(*os.File) error { return nil }
 
 func spoolUnlockFile(*os.File) {}
 
+func lockFileWait(*os.File) error { return nil }
+
 // spoolSyncDir is a no-op where directories cannot be fsync'd.
 func spoolSyncDir(string) error { return nil }

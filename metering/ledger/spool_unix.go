@@ -14,6 +14,12 @@ func spoolLockFile(f *os.File) error {
 	return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 }
 
+// lockFileWait takes an exclusive flock on f, waiting for its holder: the
+// quarantine lock is held briefly, or for one import.
+func lockFileWait(f *os.File) error {
+	return syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+}
+
 func spoolUnlockFile(f *os.File) {
 	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 }
