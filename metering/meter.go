@@ -253,6 +253,12 @@ func (m *Meter) Body(body []byte) {
 	if len(b) == 0 {
 		return
 	}
+	if !gjson.Valid(jsonView(b)) {
+		// A 2xx the client cannot parse is the provider's fault, and any
+		// counts gjson could pick out of it are not the provider's word.
+		m.setTerm(seenFailed)
+		return
+	}
 	loc := m.d.Usage.Body
 	doc := gjson.Parse(jsonView(b))
 	if b[0] == '[' {
