@@ -160,6 +160,11 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	AND usage_daily.workspace = u.workspace AND usage_daily.harness = u.harness
 	AND usage_daily.provider = u.provider AND usage_daily.model = u.model
 	AND usage_daily.service_tier = u.service_tier`,
+	// The owner of a stored provider object (a Responses response) is
+	// looked up by the upstream id its creating request recorded
+	// (owner.go). Partial, so the many records without an id (errors,
+	// rejections, count_tokens) cost the insert nothing here.
+	`CREATE INDEX usage_records_upstream ON usage_records (upstream_id) WHERE upstream_id <> ''`,
 }
 
 // recordColumns is the insert column order of usage_records:
