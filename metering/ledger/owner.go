@@ -19,7 +19,7 @@ type ObjectRef struct {
 // ownersSQL reads at most two projects: one is an owner, two is a
 // conflict the caller must refuse, and more would only cost a scan.
 // The test for a non-empty id repeats the partial index's condition
-// (migration 5): SQLite uses the index only when the query implies it.
+// (usage_records_upstream): SQLite uses it only when the query implies it.
 const ownersSQL = `SELECT DISTINCT project FROM usage_records
 	WHERE upstream_id = $1 AND upstream_id <> '' AND provider = $2 AND dialect = $3 AND credential_tier = $4
 	LIMIT 2`
