@@ -340,6 +340,12 @@ func (m *Meter) Settle(how End) Settlement {
 	return s
 }
 
+// UpstreamID returns the provider's id seen so far, "" before one, so a
+// stream's id is known from its first event rather than at its end.
+func (m *Meter) UpstreamID() string {
+	return string(m.id)
+}
+
 // flush meters a final frame that lacked its blank line, once.
 func (m *Meter) flush() (Frame, bool) {
 	if m.flushed {

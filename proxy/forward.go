@@ -424,7 +424,7 @@ func (cl *call) settle(st metering.Settlement, metered bool) {
 	cl.rec.Outcome = st.Outcome
 	cl.rec.ModelServed, cl.rec.UpstreamID, cl.rec.ServiceTier = st.ModelServed, st.UpstreamID, st.ServiceTier
 	cl.rec.EventOverflow = st.Overflow
-	cl.noteOwner()
+	cl.noteOwner(cl.rec.UpstreamID)
 	if !metered {
 		cl.rec.Source = metering.SourceNone
 		return

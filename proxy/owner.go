@@ -144,11 +144,14 @@ func (s *Server) checkOwner(ctx context.Context, cl *call, rest string, body []b
 	return nil
 }
 
-// noteOwner remembers the project that created the object a metered answer
-// names, when it was made on a platform key.
-func (cl *call) noteOwner() {
-	if cl.rec.UpstreamID == "" || cl.rec.CredTier != resolver.TierPlatform || !storesObjects(cl.dialect) {
-		return
+// noteOwner remembers the project that created the object id names, when
+// it was made on a platform key. It reports whether there was an id.
+func (cl *call) noteOwner(id string) bool {
+	if id == "" {
+		return false
 	}
-	cl.s.owners.note(ownerKey{provider: cl.rec.Provider, dialect: cl.dialect.Name, id: cl.rec.UpstreamID}, cl.rec.Project)
+	if cl.rec.CredTier == resolver.TierPlatform && storesObjects(cl.dialect) {
+		cl.s.owners.note(ownerKey{provider: cl.rec.Provider, dialect: cl.dialect.Name, id: id}, cl.rec.Project)
+	}
+	return true
 }

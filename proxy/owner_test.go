@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -219,4 +220,28 @@ func TestStoredResponseOwnerUnknownFailsClosed(t *testing.T) {
 	if e.fake.Counters().Requests != before {
 		t.Errorf("the request reached the provider")
 	}
+}
+
+// TestStreamedResponseCancellableMidStream: a background stream's id is
+// its project's from its first event, so the project can cancel it while
+// it runs, and another project cannot.
+func TestStreamedResponseCancellableMidStream(t *testing.T) {
+	e := newEnv(t, envOptions{registryEdit: withStoredResponsePaths})
+	tokA := e.token("ws-a", "proj-a", "alice", "")
+	resp := e.do("POST", "/openai/v1/responses", tokA, `{"model":"gpt-5","input":"hi","stream":true,"background":true}`,
+		upstreamtest.HeaderGap, "300ms", upstreamtest.HeaderEvents, "10")
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before response.created: %v", err)
+		}
+		if strings.Contains(line, `"response.created"`) {
+			break
+		}
+	}
+	cancel := storedCall{"POST", "/openai/v1/responses/" + upstreamtest.ResponseID + "/cancel", ""}
+	refusedAsMissing(t, e, e.token("ws-b", "proj-b", "bob", ""), cancel)
+	forwarded(t, e, tokA, cancel)
 }
