@@ -253,6 +253,12 @@ func (m *Meter) Body(body []byte) {
 	if len(b) == 0 {
 		return
 	}
+	if !gjson.Valid(jsonView(b)) {
+		// A 2xx the client cannot parse is the provider's fault, and any
+		// counts gjson could pick out of it are not the provider's word.
+		m.setTerm(seenFailed)
+		return
+	}
 	loc := m.d.Usage.Body
 	doc := gjson.Parse(jsonView(b))
 	if b[0] == '[' {
@@ -332,6 +338,12 @@ func (m *Meter) Settle(how End) Settlement {
 		s.Usage = &u
 	}
 	return s
+}
+
+// UpstreamID returns the provider's id seen so far, "" before one, so a
+// stream's id is known from its first event rather than at its end.
+func (m *Meter) UpstreamID() string {
+	return string(m.id)
 }
 
 // flush meters a final frame that lacked its blank line, once.

@@ -438,10 +438,18 @@ func TestBody(t *testing.T) {
 			want:    Settlement{Outcome: OutcomeOK, Source: SourceMissing, UpstreamID: "chatcmpl-2"},
 		},
 		{
-			name:    "NotJSONIsMissing",
+			name:    "NotJSONIsAnUpstreamError",
 			dialect: "openai-chat",
 			body:    `<html>502</html>`,
-			want:    Settlement{Outcome: OutcomeOK, Source: SourceMissing},
+			want:    Settlement{Outcome: OutcomeUpstreamError, Source: SourceMissing},
+		},
+		{
+			// gjson reads counts out of a cut document; they are not the
+			// provider's word, and the client cannot parse the answer.
+			name:    "InvalidJSONWithUsageIsMissing",
+			dialect: "openai-responses",
+			body:    `{"id":"resp_1","status":"completed","usage":{"input_tokens":50,"output_tokens":8}`,
+			want:    Settlement{Outcome: OutcomeUpstreamError, Source: SourceMissing},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -64,6 +64,8 @@ type envOptions struct {
 	// strictBaseURL refuses credential base URLs on loopback and private
 	// addresses, as a default deployment does; tests point them at fakes.
 	strictBaseURL bool
+	// owners backs the stored-object owner check (Config.Owners).
+	owners OwnerLookup
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -139,6 +141,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		ResponseHeaderTimeout: o.headerWait,
 		Logger:                log,
 		AllowPrivateBaseURL:   !o.strictBaseURL,
+		Owners:                o.owners,
 	})
 	if err != nil {
 		tb.Fatal(err)

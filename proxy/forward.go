@@ -192,6 +192,9 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	}
 	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = provider.Name, target.Tier, target.CredentialID
 	cl.secret = target.Secret
+	if err := s.checkOwner(ctx, cl, m.Rest, body); err != nil {
+		return cl.reject(err)
+	}
 
 	// The upstream request is written inside this handler, while fiber's
 	// body buffer is still ours, so agent contexts (often megabytes) are not
@@ -421,6 +424,7 @@ func (cl *call) settle(st metering.Settlement, metered bool) {
 	cl.rec.Outcome = st.Outcome
 	cl.rec.ModelServed, cl.rec.UpstreamID, cl.rec.ServiceTier = st.ModelServed, st.UpstreamID, st.ServiceTier
 	cl.rec.EventOverflow = st.Overflow
+	cl.noteOwner(cl.rec.UpstreamID)
 	if !metered {
 		cl.rec.Source = metering.SourceNone
 		return

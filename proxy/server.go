@@ -86,6 +86,10 @@ type Config struct {
 	Admin *resolver.Service
 	// Usage answers the usage API; nil disables /admin/v1/usage.
 	Usage UsageQuerier
+	// Owners finds who created a stored provider object (a response) the
+	// in-memory index no longer holds; nil leaves only the index, so on a
+	// platform key such ids are refused once it forgets them.
+	Owners OwnerLookup
 	// Sink receives usage records. Required.
 	Sink Sink
 	// Pricer prices records; nil leaves every record unpriced.
@@ -144,6 +148,8 @@ type Server struct {
 	admin *fiber.App
 	log   *slog.Logger
 	fast  *fastUpstream
+	// owners is who created each stored object on a platform key (owner.go).
+	owners *owners
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -181,9 +187,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("proxy config: upstream proxy from the environment: %w", err)
 	}
 	s := &Server{
-		fast: fast,
-		cfg:  cfg,
-		log:  cfg.Logger,
+		fast:   fast,
+		cfg:    cfg,
+		log:    cfg.Logger,
+		owners: newOwners(cfg.Owners),
 	}
 	appConfig := fiber.Config{
 		ReadTimeout:  serverReadTimeout,

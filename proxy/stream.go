@@ -89,6 +89,9 @@ type streamBody struct {
 	// to the sink once settled.
 	settled metering.Settlement
 	once    sync.Once
+	// ownerNoted: the response's id was seen and its owner noted, so a
+	// cancel or GET mid-stream finds it (owner.go).
+	ownerNoted bool
 }
 
 func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide bool) *streamBody {
@@ -202,6 +205,9 @@ func (b *streamBody) step() {
 		out = append(out, p[:n]...)
 	}
 	b.lines.set(out)
+	if !b.ownerNoted {
+		b.ownerNoted = b.cl.noteOwner(b.meter.UpstreamID())
+	}
 	if len(out) > before {
 		b.firstByte(t)
 		b.cl.rec.BytesOut += int64(len(out) - before)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
 )
@@ -25,7 +26,7 @@ func TestUsageImportQuarantine(t *testing.T) {
 		if pg == "" {
 			t.Skip("TOLLGATE_TEST_POSTGRES is not set (make test-postgres sets it)")
 		}
-		testUsageImportQuarantine(t, postgresSchema(t, pg))
+		testUsageImportQuarantine(t, testkit.PostgresSchema(t, pg, "tg_cmd_"))
 	})
 }
 

@@ -221,6 +221,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Resolver:          d.resolver,
 		Admin:             d.resolver,
 		Usage:             usage,
+		Owners:            usage,
 		Sink:              writer,
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,

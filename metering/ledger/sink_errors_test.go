@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // fullDiskStore is a real SQLite store whose database cannot grow past its
@@ -43,7 +44,7 @@ func fullDiskStore(t *testing.T) (s *Store, setFull func(bool)) {
 // returns; none is quarantined.
 func TestWriterWaitsOutAFullDisk(t *testing.T) {
 	s, setFull := fullDiskStore(t)
-	var logs logBuf
+	var logs testkit.LogBuffer
 	dir := t.TempDir()
 	cfg := fastWriterConfig(dir)
 	cfg.RetryMax = 2 * time.Millisecond
@@ -105,7 +106,7 @@ func TestWriterLogsRecordsItCannotKeep(t *testing.T) {
 	s := mustUsageStore(t, "sqlite")
 	flaky := &flakyInserter{next: s}
 	flaky.down.Store(true)
-	var logs logBuf
+	var logs testkit.LogBuffer
 	cfg := fastWriterConfig(t.TempDir())
 	cfg.MaxSpoolBytes = 1 // no record fits
 	cfg.Logger = slogTo(&logs)

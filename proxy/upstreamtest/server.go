@@ -158,6 +158,7 @@ const (
 	epCount
 	epListModels
 	epGetModel
+	epStored // a stored Responses response (stored.go)
 )
 
 // route is what a request's method and path name.
@@ -165,6 +166,9 @@ type route struct {
 	dialect Dialect
 	ep      endpoint
 	model   string // Gemini's path model, or the id of a model lookup
+	// id and action are a stored-response path's response id and what it
+	// asks of it (stored.go).
+	id, action string
 }
 
 // routeOf matches by path suffix, so any base-URL prefix works. The
@@ -172,6 +176,9 @@ type route struct {
 // the client sent tells them apart.
 func routeOf(r *http.Request) route {
 	p := strings.TrimSuffix(r.URL.Path, "/")
+	if rt, ok := storedRoute(r.Method, p); ok {
+		return rt
+	}
 	switch r.Method {
 	case http.MethodPost:
 		switch {
@@ -372,6 +379,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.json(p, s.listBodies[rt.dialect])
 	case epGetModel:
 		x.json(p, modelObject(rt.dialect, rt.model))
+	case epStored:
+		x.stored(p, rt)
 	default:
 		if sh.stream {
 			x.stream(p, s.rn.get(sh).frames, sh)
