@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
 // holdingProvider accepts connections, reads what comes and never
@@ -221,5 +222,34 @@ func TestPipelinedRequestSurvivesTheWatcher(t *testing.T) {
 		if r.Outcome != metering.OutcomeOK {
 			t.Errorf("record %s outcome %q, want ok", r.RequestID, r.Outcome)
 		}
+	}
+}
+
+// TestClientLeavingASilentStreamEndsIt: a client that leaves a stream
+// while the provider pauses between events (a reasoning model thinking)
+// ends the stream within a second, not at the next event's write.
+func TestClientLeavingASilentStreamEndsIt(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.token("ws", "p", "u", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", e.URL+"/anthropic/v1/messages", strings.NewReader(anthropicStreamBody))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set(upstreamtest.HeaderGap, "20s")
+	req.Header.Set(upstreamtest.HeaderEvents, "3")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readEvent(bufio.NewReader(resp.Body)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	resp.Body.Close()
+	eventually(t, time.Second, "the upstream stream to be cancelled", func() bool {
+		return e.fake.Counters().StreamsCancelled == 1
+	})
+	if rec := e.record(resp); rec.Outcome != metering.OutcomeClientGone {
+		t.Errorf("outcome = %s, want client_gone", rec.Outcome)
 	}
 }

@@ -300,6 +300,10 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	status := cl.answerHeaders(c, resp)
 	sse := isEventStream(string(resp.Header.ContentType()))
 	if sse && status >= 200 && status <= 299 {
+		// The stream's own watcher takes over; two would contend for the
+		// socket's read lock.
+		cl.watch.stop(time.Time{})
+		cl.watch = nil
 		sb := newStreamBody(cl, up, c.Context().Conn(), lim.MaxEventBytes, cl.rec.Injected)
 		c.Set("X-Accel-Buffering", "no")
 		c.Response().ImmediateHeaderFlush = true
