@@ -253,3 +253,45 @@ func TestClientLeavingASilentStreamEndsIt(t *testing.T) {
 		t.Errorf("outcome = %s, want client_gone", rec.Outcome)
 	}
 }
+
+// TestClientLeavingDuringAWholeBodyFreesTheUpstream: a stream request
+// answered whole (JSON) whose body stalls after its headers: the client
+// leaving frees the upstream connection within a second, too.
+func TestClientLeavingDuringAWholeBodyFreesTheUpstream(t *testing.T) {
+	closed := make(chan time.Time, 1)
+	ln := serveTCP(t, func(c net.Conn) {
+		defer c.Close()
+		stop := context.AfterFunc(t.Context(), func() { c.Close() })
+		defer stop()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+		_, _ = io.Copy(io.Discard, c)
+		closed <- time.Now()
+	})
+	e := newEnv(t, envOptions{upstreamURL: "http://" + ln.Addr().String(), headerWait: 30 * time.Second, idle: 30 * time.Second})
+	tok := e.token("ws-1", "proj-1", "user-1", "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, rawRequest(tok, true)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	left := time.Now()
+	c.Close()
+	select {
+	case at := <-closed:
+		if d := at.Sub(left); d > time.Second {
+			t.Errorf("upstream connection closed %v after the client left, want within 1s", d)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the upstream connection is still open 3s after the client left")
+	}
+	if rec := waitRecord(t, e, 2*time.Second); rec.Outcome != metering.OutcomeClientGone {
+		t.Errorf("record outcome %q, want %q", rec.Outcome, metering.OutcomeClientGone)
+	}
+}

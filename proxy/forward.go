@@ -312,6 +312,8 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 		return nil
 	}
 	defer up.Close()
+	// do's abort ended with the headers; the body is read here.
+	defer context.AfterFunc(cl.ctx, func() { up.closeBody(errClientGone) })()
 	if status < 200 || status > 299 {
 		b, _ := io.ReadAll(io.LimitReader(up, int64(lim.MaxErrorBodyBytes)))
 		b = upstreamErrorBody(b, resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
@@ -407,7 +409,7 @@ func (cl *call) upstreamFailed(err error, answered bool) error {
 	e := classify(err)
 	outcome, source := metering.OutcomeUnreachable, metering.SourceNone
 	switch {
-	case errors.Is(err, errClientGone):
+	case errors.Is(err, errClientGone), errors.Is(context.Cause(cl.ctx), errClientGone):
 		// Nobody will read the answer; the time spent is up to the leave.
 		e = &apiError{kind: kindClientGone, msg: "the client went away", cause: err}
 		outcome = metering.OutcomeClientGone
