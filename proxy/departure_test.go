@@ -75,6 +75,20 @@ func rawRequest(tok string, stream bool) string {
 		"\r\nContent-Type: application/json\r\nContent-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body
 }
 
+// sendRaw dials addr and writes raw; the test's end closes the conn.
+func sendRaw(t *testing.T, addr, raw string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // waitRecord waits for the only usage record the sink holds.
 func waitRecord(t *testing.T, e *testEnv, within time.Duration) metering.Record {
 	t.Helper()
@@ -99,14 +113,7 @@ func TestClientLeavingBeforeHeadersFreesTheUpstream(t *testing.T) {
 			h := startHoldingProvider(t)
 			e := newEnv(t, envOptions{upstreamURL: h.URL(), headerWait: 30 * time.Second})
 			tok := e.token("ws-1", "proj-1", "user-1", "")
-			c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if _, err := io.WriteString(c, rawRequest(tok, stream)); err != nil {
-				t.Fatal(err)
-			}
+			c := sendRaw(t, strings.TrimPrefix(e.URL, "http://"), rawRequest(tok, stream))
 			select {
 			case <-h.read:
 			case <-time.After(5 * time.Second):
@@ -153,14 +160,7 @@ func TestClientLeavingDuringLookupCancelsIt(t *testing.T) {
 	defer srv.Shutdown(context.Background())
 	defer close(hung.testDone)
 
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, rawRequest(tok, false)); err != nil {
-		t.Fatal(err)
-	}
+	c := sendRaw(t, ln.Addr().String(), rawRequest(tok, false))
 	var ctx context.Context
 	select {
 	case ctx = <-hung.ctxs:
@@ -189,16 +189,9 @@ func TestClientLeavingDuringLookupCancelsIt(t *testing.T) {
 func TestPipelinedRequestSurvivesTheWatcher(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	tok := e.token("ws-1", "proj-1", "user-1", "")
-	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	req := rawRequest(tok, false)
 	slow := strings.Replace(req, "\r\nContent-Type:", "\r\nX-Fake-TTFB: 400ms\r\nContent-Type:", 1)
-	if _, err := io.WriteString(c, slow); err != nil {
-		t.Fatal(err)
-	}
+	c := sendRaw(t, strings.TrimPrefix(e.URL, "http://"), slow)
 	// The first request is in the provider's wait when the second arrives.
 	time.Sleep(150 * time.Millisecond)
 	if _, err := io.WriteString(c, req); err != nil {
@@ -272,14 +265,7 @@ func TestClientLeavingDuringAWholeBodyFreesTheUpstream(t *testing.T) {
 	})
 	e := newEnv(t, envOptions{upstreamURL: "http://" + ln.Addr().String(), headerWait: 30 * time.Second, idle: 30 * time.Second})
 	tok := e.token("ws-1", "proj-1", "user-1", "")
-	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, rawRequest(tok, true)); err != nil {
-		t.Fatal(err)
-	}
+	c := sendRaw(t, strings.TrimPrefix(e.URL, "http://"), rawRequest(tok, true))
 	time.Sleep(300 * time.Millisecond)
 	left := time.Now()
 	c.Close()
