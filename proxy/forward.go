@@ -39,6 +39,11 @@ type call struct {
 	overhead time.Duration
 	// secret is the provider key, for redacting what the provider echoes.
 	secret resolver.Secret
+	// ctx ends when the client leaves or tollgate shuts down; watch is the
+	// departure watcher that ends it, running until the answer's headers
+	// (a stream) or its end (a whole answer).
+	ctx   context.Context
+	watch *departure
 }
 
 // requestIDEncoding is lower-case base32 (0-9, a-v), which sorts like the
@@ -79,6 +84,9 @@ func lookupError(ctx context.Context, err error) error {
 		// The lookup's own answer (a bad token, no credential) stands.
 		return err
 	}
+	if errors.Is(context.Cause(ctx), errClientGone) {
+		return &apiError{kind: kindClientGone, msg: "the client went away", cause: err}
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return &apiError{kind: kindUnavailable, msg: "tollgate could not check this request's token and credential in time; try again shortly", cause: err}
 	}
@@ -118,13 +126,23 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	}
 	c.Set(RequestIDHeader, cl.rec.RequestID)
 
+	// The request's context ends when tollgate shuts down or the client
+	// leaves (departure.go). fiber's UserContext is context.Background(),
+	// and fasthttp's request context never ends per request (R4).
+	reqCtx, leave := context.WithCancelCause(s.cfg.BaseContext)
+	defer leave(nil)
+	cl.ctx = reqCtx
+	// Until the body is read, the watcher must give the socket back, and
+	// the body's deadline with it, restarted (at most preUpstreamTimeout
+	// later than fasthttp set it).
+	watch := watchDeparture(c.Context().Conn(), leave)
+	bodyWait := bodyDeadline(c.Request().Header.ContentLength())
 	// On a cache miss, authentication and resolution query the store: bound
-	// them, and end them when tollgate shuts down. fiber's UserContext is
-	// context.Background(), and fasthttp's request context never ends per
-	// request (R4).
-	ctx, cancel := context.WithTimeout(s.cfg.BaseContext, preUpstreamTimeout)
+	// them.
+	ctx, cancel := context.WithTimeout(reqCtx, preUpstreamTimeout)
 	defer cancel()
 	ident, err := s.cfg.Auth.Authenticate(ctx, tokenFrom(c, m.Dialect))
+	watch.stop(time.Now().Add(bodyWait))
 	if err != nil {
 		return cl.reject(lookupError(ctx, err))
 	}
@@ -152,6 +170,10 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	if err := s.readBody(c); err != nil {
 		return cl.reject(err)
 	}
+	// The body is read: from here on, any byte on the socket is a
+	// pipelined request, and the end of it a departure.
+	cl.watch = watchDeparture(c.Context().Conn(), leave)
+	defer func() { cl.watch.stop(time.Time{}) }()
 	body, err := requestBody(c, reg.Limits.MaxBodyBytes)
 	if err != nil {
 		return cl.reject(err)
@@ -244,7 +266,7 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	defer fasthttp.ReleaseResponse(resp)
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
-	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
+	_, err := s.fast.do(cl.ctx, req, resp, s.cfg.ResponseHeaderTimeout)
 	t1 := s.cfg.timeNow()
 	if err != nil {
 		return cl.upstreamFailed(err, headersRead(resp))
@@ -268,7 +290,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	resp.StreamBody = true
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
-	err := s.fast.client.DoTimeout(req, resp, s.cfg.ResponseHeaderTimeout)
+	upBody, err := s.fast.do(cl.ctx, req, resp, s.cfg.ResponseHeaderTimeout)
 	// The request is written: a long stream need not hold the body.
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
@@ -277,10 +299,14 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 		return cl.upstreamFailed(err, answered)
 	}
 	t1 := s.cfg.timeNow()
-	up := s.fast.stream(resp)
+	up := s.fast.stream(resp, upBody)
 	status := cl.answerHeaders(c, resp)
 	sse := isEventStream(string(resp.Header.ContentType()))
 	if sse && status >= 200 && status <= 299 {
+		// The stream's own watcher takes over; two would contend for the
+		// socket's read lock.
+		cl.watch.stop(time.Time{})
+		cl.watch = nil
 		sb := newStreamBody(cl, up, c.Context().Conn(), lim.MaxEventBytes, cl.rec.Injected)
 		c.Set("X-Accel-Buffering", "no")
 		c.Response().ImmediateHeaderFlush = true
@@ -289,6 +315,8 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 		return nil
 	}
 	defer up.Close()
+	// do's abort ended with the headers; the body is read here.
+	defer context.AfterFunc(cl.ctx, func() { up.closeBody(errClientGone) })()
 	if status < 200 || status > 299 {
 		b, _ := io.ReadAll(io.LimitReader(up, int64(lim.MaxErrorBodyBytes)))
 		b = upstreamErrorBody(b, resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
@@ -384,6 +412,13 @@ func (cl *call) upstreamFailed(err error, answered bool) error {
 	e := classify(err)
 	outcome, source := metering.OutcomeUnreachable, metering.SourceNone
 	switch {
+	case errors.Is(err, errClientGone), errors.Is(context.Cause(cl.ctx), errClientGone):
+		// Nobody will read the answer; the time spent is up to the leave.
+		e = &apiError{kind: kindClientGone, msg: "the client went away", cause: err}
+		outcome = metering.OutcomeClientGone
+		if answered && cl.path.Metered {
+			source = metering.SourceMissing
+		}
 	case errors.Is(err, netguard.ErrRefused):
 		// Nothing was sent: the credential's base URL resolved to an
 		// address tollgate does not reach (upstream.go, dialGuard).
@@ -415,6 +450,9 @@ func (cl *call) reject(err error) error {
 	e := classify(err)
 	cl.rec.Status = kindStatus[e.kind]
 	cl.rec.Outcome, cl.rec.Source = metering.OutcomeRejected, metering.SourceNone
+	if e.kind == kindClientGone {
+		cl.rec.Outcome = metering.OutcomeClientGone
+	}
 	cl.finish()
 	return e
 }

@@ -72,8 +72,13 @@ type streamBody struct {
 	idle   *time.Timer
 	idleD  time.Duration
 	hide   bool
-	// idled is set by the idle timer before it closes the upstream body.
-	idled atomic.Bool
+	// idled is set by the idle timer before it closes the upstream body,
+	// departed by the departure watcher, which runs while the stream does:
+	// a provider may be silent for minutes, and only a write would notice.
+	idled    atomic.Bool
+	departed atomic.Bool
+	watch    *departure
+	unwatch  sync.Once
 
 	rd      *[]byte // pooled read buffer, held for the whole stream
 	lines   lineHolder
@@ -108,7 +113,17 @@ func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide
 		b.idled.Store(true)
 		up.closeBody(errIdle)
 	})
+	b.watch = watchDeparture(client, func(error) {
+		b.departed.Store(true)
+		up.closeBody(errClientGone)
+	})
 	return b
+}
+
+// stopWatch ends the departure watch before fasthttp reads the connection
+// again: after the stream, or when it is closed without being written.
+func (b *streamBody) stopWatch() {
+	b.unwatch.Do(func() { b.watch.stop(time.Time{}) })
 }
 
 // SupportsBodyWriteTo tells fasthttp to use WriteTo.
@@ -120,6 +135,7 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	b.w = w
 	// The connection serves further requests after this stream.
 	defer b.client.SetWriteDeadline(time.Time{})
+	defer b.stopWatch()
 	// fastStream.Close takes the hook off before the connection is pooled.
 	hooked := b.up.setReadHook(b)
 	for b.end == nil && b.clientErr == nil {
@@ -133,7 +149,7 @@ func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
 	plan := decideStreamEnd(streamEnd{
 		outcome:       b.settled.Outcome,
 		cleanEOF:      b.end == io.EOF,
-		clientGone:    b.clientErr != nil,
+		clientGone:    b.clientErr != nil || b.departed.Load(),
 		overflow:      b.settled.Overflow,
 		shutdown:      b.cl.s.cfg.BaseContext.Err() != nil,
 		tail:          b.tail.state(),
@@ -283,7 +299,10 @@ func (b *streamBody) firstByte(t time.Time) {
 // returns). Bytes the read hook wrote earlier may already be out.
 func (b *streamBody) settleUpstream() {
 	end := metering.EndEOF
-	if b.idled.Load() {
+	switch {
+	case b.departed.Load():
+		end = metering.EndClientGone
+	case b.idled.Load():
 		end = metering.EndIdle
 	}
 	b.settle(end)
@@ -294,6 +313,7 @@ func (b *streamBody) settleUpstream() {
 // deliberately no Close method: fasthttp calls Close first, and the write
 // error would be lost (measured, streaming-on-fiber.md §2).
 func (b *streamBody) CloseWithError(err error) error {
+	b.stopWatch()
 	end := metering.EndEOF
 	if err != nil {
 		// The upstream has not ended (else it settled already), so a write

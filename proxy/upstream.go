@@ -59,6 +59,8 @@ type fastUpstream struct {
 	mu     sync.Mutex
 	conns  map[string]*trackedConn // by connKey
 	closed bool
+	// slots holds the abort slot of each call in flight (do), by request.
+	slots map[*fasthttp.Request]*abortSlot
 }
 
 // connKey names a TCP connection by its two ends, which a fasthttp
@@ -83,7 +85,7 @@ func newFastUpstream(base context.Context, responseLimit int, reg *registry.Hold
 	if err != nil {
 		return nil, err
 	}
-	u := &fastUpstream{dial: dial, conns: map[string]*trackedConn{}, guard: dialGuard{
+	u := &fastUpstream{dial: dial, conns: map[string]*trackedConn{}, slots: map[*fasthttp.Request]*abortSlot{}, guard: dialGuard{
 		reg:     reg,
 		policy:  policy,
 		log:     log,
@@ -103,10 +105,22 @@ func newFastUpstream(base context.Context, responseLimit int, reg *registry.Hold
 		// Paths were checked as received (uncanonical) and must reach the
 		// provider byte for byte.
 		DisablePathNormalizing: true,
-		RetryIfErr:             retryReplayable,
+		RetryIfErr:             u.retryIf,
+		// Lets a call be aborted on its own connection (transport.go).
+		Transport: u,
 	}
 	context.AfterFunc(base, u.close)
 	return u, nil
+}
+
+// retryIf is retryReplayable, except that an aborted call is never sent
+// again: its abort surfaces as a closed connection, which fasthttp offers
+// for a retry.
+func (u *fastUpstream) retryIf(req *fasthttp.Request, attempts int, err error) (bool, bool) {
+	if sl := u.slot(req); sl != nil && sl.isAborted() {
+		return false, false
+	}
+	return retryReplayable(req, attempts, err)
 }
 
 // retryReplayable sends a request a second time only if it is replayable
@@ -259,14 +273,17 @@ func sameHost(a, b string) bool {
 // stream wraps a streamed answer's body. It lifts the deadline DoTimeout
 // left on the connection, which bounded the wait for headers: a stream has
 // an idle timeout only, never a total one (R1).
-func (u *fastUpstream) stream(resp *fasthttp.Response) *fastStream {
+func (u *fastUpstream) stream(resp *fasthttp.Response, body io.Reader) *fastStream {
 	u.mu.Lock()
 	tc := u.conns[connKey(resp.LocalAddr(), resp.RemoteAddr())]
 	u.mu.Unlock()
 	if tc != nil {
 		_ = tc.Conn.SetReadDeadline(time.Time{})
 	}
-	f := &fastStream{resp: resp, conn: tc, body: resp.BodyStream(), length: resp.Header.ContentLength()}
+	f := &fastStream{resp: resp, conn: tc, body: body, length: resp.Header.ContentLength()}
+	if f.body == nil {
+		f.body = resp.BodyStream()
+	}
 	if f.body == nil {
 		f.body = bytes.NewReader(resp.Body())
 	}
