@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
@@ -93,7 +94,7 @@ func sendRaw(t *testing.T, addr, raw string) net.Conn {
 func waitRecord(t *testing.T, e *testEnv, within time.Duration) metering.Record {
 	t.Helper()
 	var rec metering.Record
-	eventually(t, within, "a usage record", func() bool {
+	testkit.Eventually(t, within, "a usage record", func() bool {
 		rs := e.sink.Records()
 		if len(rs) == 1 {
 			rec = rs[0]
@@ -210,7 +211,7 @@ func TestPipelinedRequestSurvivesTheWatcher(t *testing.T) {
 			t.Errorf("response %d: %d %s, want 200", i+1, resp.StatusCode, b)
 		}
 	}
-	eventually(t, 2*time.Second, "two records", func() bool { return len(e.sink.Records()) == 2 })
+	testkit.Eventually(t, 2*time.Second, "two records", func() bool { return len(e.sink.Records()) == 2 })
 	for _, r := range e.sink.Records() {
 		if r.Outcome != metering.OutcomeOK {
 			t.Errorf("record %s outcome %q, want ok", r.RequestID, r.Outcome)
@@ -239,7 +240,7 @@ func TestClientLeavingASilentStreamEndsIt(t *testing.T) {
 	}
 	cancel()
 	resp.Body.Close()
-	eventually(t, time.Second, "the upstream stream to be cancelled", func() bool {
+	testkit.Eventually(t, time.Second, "the upstream stream to be cancelled", func() bool {
 		return e.fake.Counters().StreamsCancelled == 1
 	})
 	if rec := e.record(resp); rec.Outcome != metering.OutcomeClientGone {
