@@ -61,6 +61,9 @@ type envOptions struct {
 	// strictBaseURL refuses credential base URLs on loopback and private
 	// addresses, as a default deployment does; tests point them at fakes.
 	strictBaseURL bool
+	// authLimits and refusals set the Config fields of the same names.
+	authLimits AuthLimitConfig
+	refusals   RefusalCounter
 }
 
 // syncBuffer is a goroutine-safe log sink.
@@ -154,6 +157,8 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		ResponseHeaderTimeout: o.headerWait,
 		Logger:                log,
 		AllowPrivateBaseURL:   !o.strictBaseURL,
+		AuthLimits:            o.authLimits,
+		Refusals:              o.refusals,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -36,6 +36,7 @@ const (
 	kindUnsupportedMediaType
 	kindHeadersTooLarge
 	kindUpgradeRequired
+	kindTooManyRequests
 	kindUpstreamUnreachable
 	kindUpstreamTimeout
 	kindClientGone
@@ -78,6 +79,7 @@ var kindStatus = map[kind]int{
 	kindTooLarge:            http.StatusRequestEntityTooLarge,
 	kindHeadersTooLarge:     http.StatusRequestHeaderFieldsTooLarge,
 	kindUpgradeRequired:     http.StatusUpgradeRequired,
+	kindTooManyRequests:     http.StatusTooManyRequests,
 	kindUpstreamUnreachable: http.StatusBadGateway,
 	kindUpstreamTimeout:     http.StatusGatewayTimeout,
 	kindClientGone:          statusClientClosed,
@@ -253,6 +255,8 @@ func anthropicType(k kind) string {
 		return "not_found_error"
 	case kindTooLarge:
 		return "request_too_large"
+	case kindTooManyRequests:
+		return "rate_limit_error"
 	case kindUpstreamUnreachable, kindUpstreamTimeout, kindInternal, kindUnavailable:
 		return "api_error"
 	}
@@ -269,6 +273,9 @@ func openAIType(k kind) (typ string, code string) {
 		return "invalid_request_error", "not_found"
 	case kindTooLarge:
 		return "invalid_request_error", "request_too_large"
+	case kindTooManyRequests:
+		// OpenAI's own rate-limit shape (governance.md §6.2).
+		return "requests", "rate_limit_exceeded"
 	case kindUpstreamUnreachable:
 		return "server_error", "upstream_unreachable"
 	case kindUpstreamTimeout:
@@ -287,6 +294,8 @@ func geminiStatus(k kind) string {
 		return "PERMISSION_DENIED"
 	case kindNotFound:
 		return "NOT_FOUND"
+	case kindTooManyRequests:
+		return "RESOURCE_EXHAUSTED"
 	case kindUpstreamUnreachable, kindUnavailable:
 		return "UNAVAILABLE"
 	case kindUpstreamTimeout:

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -37,6 +38,12 @@ type CredentialResolver interface {
 // Sink receives one usage record per request. Record must not block.
 type Sink interface {
 	Record(r *metering.Record)
+}
+
+// RefusalCounter counts authentication refusals, which get no usage record
+// (ledger.RefusalCounter). Add must not block.
+type RefusalCounter interface {
+	Add(r ledger.Refusal)
 }
 
 // Pricer prices usage; a nil cost means the model, or the service tier it
@@ -88,6 +95,13 @@ type Config struct {
 	Usage UsageQuerier
 	// Sink receives usage records. Required.
 	Sink Sink
+	// Refusals counts authentication refusals (no, bad, revoked or expired
+	// token, wrong harness, throttled); they reach neither Sink nor the
+	// access log. Nil: they are only seen by Observer.
+	Refusals RefusalCounter
+	// AuthLimits throttles authentication failures per client address and
+	// globally (authlimit.go); zero fields take the defaults.
+	AuthLimits AuthLimitConfig
 	// Pricer prices records; nil leaves every record unpriced.
 	Pricer Pricer
 	// Observer receives records for metrics; may be nil.
@@ -131,6 +145,8 @@ type Server struct {
 	app  *fiber.App
 	log  *slog.Logger
 	fast *fastUpstream
+	// limiter is nil when both authentication limits are off.
+	limiter *authLimiter
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -172,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:  cfg,
 		log:  cfg.Logger,
 	}
+	s.limiter = newAuthLimiter(cfg.AuthLimits, cfg.timeNow())
 	s.app = fiber.New(fiber.Config{
 		ReadTimeout:  serverReadTimeout,
 		WriteTimeout: 0, // absolute over a streamed body: would cut long streams (R1)

@@ -173,6 +173,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// Authentication refusals are counted per minute, not recorded one by
+	// one (proxy.Config.Refusals).
+	refusals := ledger.NewRefusalCounter(usage, log)
+	refusals.Start()
 	tel, err := newTelemetry(ctx, splitList(o.MetricLabels), d.registry, log)
 	if err != nil {
 		return err
@@ -201,12 +205,16 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		publicURL = "http://" + ln.Addr().String()
 	}
 	srv, err := proxy.New(proxy.Config{
-		Registry:          d.registry,
-		Auth:              d.resolver,
-		Resolver:          d.resolver,
-		Admin:             d.resolver,
-		Usage:             usage,
-		Sink:              writer,
+		Registry: d.registry,
+		Auth:     d.resolver,
+		Resolver: d.resolver,
+		Admin:    d.resolver,
+		Usage:    usage,
+		Sink:     writer,
+		Refusals: refusals,
+		AuthLimits: proxy.AuthLimitConfig{
+			Burst: o.AuthFailureBurst, PerMinute: o.AuthFailuresPerMin, GlobalPerSecond: o.AuthFailuresGlobal,
+		},
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
@@ -255,16 +263,16 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case err := <-serveErr:
 		// Records in flight still need the flush: shut down, then fail.
 		log.Error("serve stopped; shutting down", "err", err)
-		return errors.Join(fmt.Errorf("serve: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log))
+		return errors.Join(fmt.Errorf("serve: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, refusals, tel, log))
 	case <-ctx.Done():
 	}
-	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log)
+	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, refusals, tel, log)
 }
 
 // shutdown runs the ordered, bounded sequence of house rule 14: stop
 // accepting and let streams finish within the grace period; then cancel the
 // base context so the rest end at once; then flush metering and telemetry.
-func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *ledger.Writer, tel *telemetry, log *slog.Logger) error {
+func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *ledger.Writer, refusals *ledger.RefusalCounter, tel *telemetry, log *slog.Logger) error {
 	log.Info("shutting down", "grace", grace.String())
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(context.Background()) }()
@@ -285,6 +293,9 @@ func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelF
 	var errs []error
 	if err := w.Close(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush usage: %w", err))
+	}
+	if err := refusals.Close(fctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush refusal counts: %w", err))
 	}
 	if err := tel.shutdown(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush telemetry: %w", err))
