@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -73,7 +75,7 @@ func refusalRows(t *testing.T, st *ledger.Store, rc *ledger.RefusalCounter) []le
 	if err := rc.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := st.Refusals(context.Background(), time.Now().Add(-time.Hour), 100)
+	rows, err := st.Refusals(context.Background(), time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "", 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,5 +273,13 @@ func TestAuthLimiterBucketsRefillAndStayBounded(t *testing.T) {
 	}
 	if newAuthLimiter(AuthLimitConfig{Burst: -1, GlobalPerSecond: -1}, now) != nil {
 		t.Error("both limits off still builds a limiter")
+	}
+}
+
+func TestRefusalReasonsHaveTheirOwnMetricSeries(t *testing.T) {
+	for _, r := range []string{refusedMissing, refusedInvalid, refusedExpired, refusedRevoked, refusedHarness, refusedThrottled} {
+		if !slices.Contains(metering.AuthRefusalReasons, r) {
+			t.Errorf("refusal reason %q is counted as metering's \"other\"", r)
+		}
 	}
 }

@@ -204,17 +204,16 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
 	}
+	authLimits := proxy.AuthLimitConfig{Burst: o.AuthFailureBurst, PerMinute: o.AuthFailuresPerMin, GlobalPerSecond: o.AuthFailuresGlobal}
 	srv, err := proxy.New(proxy.Config{
-		Registry: d.registry,
-		Auth:     d.resolver,
-		Resolver: d.resolver,
-		Admin:    d.resolver,
-		Usage:    usage,
-		Sink:     writer,
-		Refusals: refusals,
-		AuthLimits: proxy.AuthLimitConfig{
-			Burst: o.AuthFailureBurst, PerMinute: o.AuthFailuresPerMin, GlobalPerSecond: o.AuthFailuresGlobal,
-		},
+		Registry:          d.registry,
+		Auth:              d.resolver,
+		Resolver:          d.resolver,
+		Admin:             d.resolver,
+		Usage:             usage,
+		Sink:              writer,
+		Refusals:          refusalSinks{refusals, tel.instruments},
+		AuthLimits:        authLimits,
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
@@ -302,6 +301,18 @@ func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelF
 	}
 	log.Info("stopped")
 	return errors.Join(errs...)
+}
+
+// refusalSinks counts each refused authentication in the refusals table
+// and in tollgate_auth_refusals_total.
+type refusalSinks struct {
+	counter *ledger.RefusalCounter
+	metrics *metering.Instruments
+}
+
+func (r refusalSinks) Add(f ledger.Refusal) {
+	r.counter.Add(f)
+	r.metrics.Refused(f.Reason)
 }
 
 // pricer adapts the hot-reloaded price table to proxy.Pricer.

@@ -174,11 +174,12 @@ type RefusalRow struct {
 	Count int64 `json:"count"`
 }
 
-// Refusals returns the refusal counts from since on, newest first, at most
-// limit rows.
-func (s *Store) Refusals(ctx context.Context, since time.Time, limit int) ([]RefusalRow, error) {
+// Refusals returns the refusal counts of minutes in [from, to), of one
+// workspace if workspace is not empty, newest first, at most limit rows.
+func (s *Store) Refusals(ctx context.Context, from, to time.Time, workspace string, limit int) ([]RefusalRow, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT minute, client, token_id, workspace, reason, dialect, count
-		FROM refusals WHERE minute >= $1 ORDER BY minute DESC, count DESC LIMIT $2`, s.ts(since), limit)
+		FROM refusals WHERE minute >= $1 AND minute < $2 AND ($3 = '' OR workspace = $3)
+		ORDER BY minute DESC, count DESC LIMIT $4`, s.ts(from), s.ts(to), workspace, limit)
 	if err != nil {
 		return nil, fmt.Errorf("refusals: %w", err)
 	}

@@ -34,7 +34,7 @@ func TestRefusalCounterAggregatesPerMinute(t *testing.T) {
 			if err := c.Close(ctx); err != nil {
 				t.Fatal(err)
 			}
-			rows, err := s.Refusals(ctx, now.Add(-time.Hour), 10)
+			rows, err := s.Refusals(ctx, now.Add(-time.Hour), now.Add(time.Hour), "", 10)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -49,6 +49,10 @@ func TestRefusalCounterAggregatesPerMinute(t *testing.T) {
 			}
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("refusal rows\n got %v\nwant %v", got, want)
+			}
+			ws, err := s.Refusals(ctx, now.Add(-time.Hour), now.Add(time.Hour), "ws-1", 10)
+			if err != nil || len(ws) != 1 || ws[0].TokenID != "tok_1" {
+				t.Errorf("refusals of ws-1: %v, %v", ws, err)
 			}
 		})
 	}
