@@ -35,7 +35,9 @@ type CredentialResolver interface {
 	Resolve(ctx context.Context, req resolver.Request) (resolver.Target, error)
 }
 
-// Sink receives one usage record per request. Record must not block.
+// Sink receives one usage record per request, except authentication
+// refusals, which go to Config.Refusals as counts: anyone can send those at
+// line rate. Record must not block.
 type Sink interface {
 	Record(r *metering.Record)
 }

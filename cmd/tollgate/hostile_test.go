@@ -383,6 +383,12 @@ func badTokenFlood(ctx context.Context, base string, guessers int, d time.Durati
 	return statuses
 }
 
+func readAllString(resp *http.Response) []byte {
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}
+
 func answered(statuses map[int]int) (n int) {
 	for code, k := range statuses {
 		if code != -1 {
@@ -431,6 +437,10 @@ func TestHostileBadTokenFlood(t *testing.T) {
 	stopLegit()
 	lwg.Wait()
 	hs.alive("the second bad-token flood")
+	var metrics string
+	if resp, err := http.Get(hs.base + "/metrics"); err == nil {
+		metrics = string(readAllString(resp))
+	}
 	hs.stop() // flushes the writer and the refusal counts
 
 	db, err := store.Open(ctx, c.env["TOLLGATE_DB"])
@@ -460,6 +470,9 @@ func TestHostileBadTokenFlood(t *testing.T) {
 	}
 	if rejected != 0 {
 		t.Errorf("%d usage records for refused authentications", rejected)
+	}
+	if !strings.Contains(metrics, `tollgate_auth_refusals_total{`) || !strings.Contains(metrics, `tollgate_refusal_reason="throttled"`) {
+		t.Errorf("/metrics has no throttled series of tollgate_auth_refusals_total")
 	}
 	if alone[http.StatusTooManyRequests] == 0 || refused < int64(sent) {
 		t.Errorf("the flood was not throttled and counted: statuses %v, %d counted of %d answered", alone, refused, sent)
