@@ -118,6 +118,7 @@ func TestBadTokenFloodIsThrottledAndUnrecorded(t *testing.T) {
 		{anthropicPath, anthropicBody, "anthropic"},
 		// No body: a request whose body is left unread closes anyway.
 		{"/openai/v1/models", "", "openai"},
+		{"/gemini/v1beta/models/gemini-2.5-flash:generateContent", `{"contents":[]}`, "gemini"},
 	} {
 		code, h, b := e.doFrom(flooder, tc.path, badToken(99), tc.body)
 		if code != 429 {
@@ -133,8 +134,13 @@ func TestBadTokenFloodIsThrottledAndUnrecorded(t *testing.T) {
 			Type  string `json:"type"`
 			Error struct {
 				Type    string `json:"type"`
-				Code    string `json:"code"`
+				Code    any    `json:"code"`
+				Status  string `json:"status"`
 				Message string `json:"message"`
+				Details []struct {
+					Type       string `json:"@type"`
+					RetryDelay string `json:"retryDelay"`
+				} `json:"details"`
 			} `json:"error"`
 		}
 		if err := json.Unmarshal(b, &env); err != nil {
@@ -148,6 +154,11 @@ func TestBadTokenFloodIsThrottledAndUnrecorded(t *testing.T) {
 		case "openai":
 			if env.Error.Type != "requests" || env.Error.Code != "rate_limit_exceeded" {
 				t.Errorf("openai envelope: %s", b)
+			}
+		case "gemini":
+			if env.Error.Status != "RESOURCE_EXHAUSTED" || env.Error.Code != 429.0 || len(env.Error.Details) != 1 ||
+				env.Error.Details[0].Type != "type.googleapis.com/google.rpc.RetryInfo" || env.Error.Details[0].RetryDelay != h.Get("Retry-After")+"s" {
+				t.Errorf("gemini envelope: %s", b)
 			}
 		}
 		if !strings.Contains(env.Error.Message, "failed authentications from this address") {
@@ -181,7 +192,7 @@ func TestBadTokenFloodIsThrottledAndUnrecorded(t *testing.T) {
 		}
 		counts[r.Reason+"/"+r.Dialect] += r.Count
 	}
-	want := map[string]int64{"invalid/anthropic-messages": burst, "throttled/anthropic-messages": 1, "throttled/openai-chat": 2}
+	want := map[string]int64{"invalid/anthropic-messages": burst, "throttled/anthropic-messages": 1, "throttled/openai-chat": 2, "throttled/gemini": 1}
 	for k, n := range want {
 		if counts[k] != n {
 			t.Errorf("refusals %s = %d, want %d (all: %v)", k, counts[k], n, counts)

@@ -51,6 +51,9 @@ type apiError struct {
 	msg  string
 	// cause is logged, never sent.
 	cause error
+	// retryAfter is the seconds a kindTooManyRequests caller should wait;
+	// Gemini clients read it from the body, not from Retry-After.
+	retryAfter int
 }
 
 func (e *apiError) Error() string {
@@ -209,9 +212,13 @@ func errorBody(shape string, e *apiError) []byte {
 			"error": map[string]any{"type": anthropicType(e.kind), "message": e.msg},
 		})
 	case registry.ShapeGemini:
-		return mustJSON(map[string]any{
-			"error": map[string]any{"code": status, "message": e.msg, "status": geminiStatus(e.kind)},
-		})
+		ge := map[string]any{"code": status, "message": e.msg, "status": geminiStatus(e.kind)}
+		if e.kind == kindTooManyRequests && e.retryAfter > 0 {
+			// Gemini CLI ignores Retry-After and waits RetryInfo's delay
+			// (governance.md §6.2).
+			ge["details"] = []any{map[string]any{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": fmt.Sprintf("%ds", e.retryAfter)}}
+		}
+		return mustJSON(map[string]any{"error": ge})
 	default:
 		t, code := openAIType(e.kind)
 		return mustJSON(map[string]any{

@@ -504,6 +504,7 @@ func (cl *call) throttle(c *fiber.Ctx, d limitDecision) error {
 	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(wait))
 	c.Context().SetConnectionClose()
 	e := newError(kindTooManyRequests, "too many failed authentications from this address; retry in %d s with a valid tollgate token", wait)
+	e.retryAfter = wait
 	if d.global {
 		e.msg = fmt.Sprintf("too many failed authentications at this gateway; retry in %d s", wait)
 	}
