@@ -7,6 +7,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering/ledger"
+	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
 func TestUsageRefusalsListsTheAggregate(t *testing.T) {
@@ -45,5 +46,19 @@ func TestUsageRefusalsListsTheAggregate(t *testing.T) {
 	out, _, _ = c.run(ctx, "", "usage", "--refusals", "--workspace", "ws-r", "--format", "json")
 	if !strings.Contains(out, `"token_id": "tok_rev"`) || strings.Contains(out, "192.0.2.8") || !strings.Contains(out, `"count": 3`) {
 		t.Errorf("usage --refusals --workspace ws-r --format json:\n%s", out)
+	}
+}
+
+func TestAuthLimitSettingsAreStrict(t *testing.T) {
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // if serve accepted the value, it returns 0 at once
+	for _, env := range []string{"TOLLGATE_AUTH_FAILURE_BURST", "TOLLGATE_AUTH_FAILURES_PER_MIN", "TOLLGATE_AUTH_FAILURES_GLOBAL"} {
+		c := newCLI(t, fakeURL)
+		c.env[env] = "20/min"
+		_, errs, code := c.run(ctx, "", "serve")
+		if code == 0 || !strings.Contains(errs, env+`="20/min"`) || !strings.Contains(errs, "not a whole number") {
+			t.Errorf("%s=20/min: code %d, stderr %s", env, code, errs)
+		}
 	}
 }
