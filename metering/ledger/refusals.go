@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -51,8 +52,9 @@ type RefusalCounter struct {
 	mu      sync.Mutex
 	pending map[refusalKey]int64
 
-	stop chan struct{}
-	done chan struct{}
+	started atomic.Bool
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // NewRefusalCounter returns a counter flushing to s; Start runs it.
@@ -75,8 +77,9 @@ func (c *RefusalCounter) Add(r Refusal) {
 	c.mu.Unlock()
 }
 
-// Start flushes every refusalFlushEvery until Close.
+// Start flushes every refusalFlushEvery until Close. Call it once.
 func (c *RefusalCounter) Start() {
+	c.started.Store(true)
 	go func() {
 		defer close(c.done)
 		t := time.NewTicker(refusalFlushEvery)
@@ -102,9 +105,11 @@ func (c *RefusalCounter) Close(ctx context.Context) error {
 	case <-c.stop:
 	default:
 		close(c.stop)
-		select {
-		case <-c.done:
-		case <-ctx.Done():
+		if c.started.Load() {
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+			}
 		}
 	}
 	return c.Flush(ctx)

@@ -72,4 +72,13 @@ func TestRefusalCounterIsBoundedAcrossAddresses(t *testing.T) {
 	if n > maxPendingRefusals+1 || other != 500 {
 		t.Errorf("%d pending rows (cap %d), %d under %s, want 500", n, maxPendingRefusals, other, refusalOverflowClient)
 	}
+	// Never started, Close still flushes at once.
+	c = NewRefusalCounter(s, nil)
+	c.Add(Refusal{Client: "192.0.2.9", Reason: "missing", Dialect: "gemini"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if err := c.Close(ctx); err != nil || time.Since(t0) > 2*time.Second {
+		t.Errorf("Close of a counter never started: %v after %s", err, time.Since(t0))
+	}
 }
