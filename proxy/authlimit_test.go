@@ -294,8 +294,14 @@ func TestAuthLimiterBucketsRefillAndStayBounded(t *testing.T) {
 	if l.addrs.Contains(netip.MustParsePrefix("192.0.2.1/32")) {
 		t.Error("the oldest address was not evicted")
 	}
-	if newAuthLimiter(AuthLimitConfig{Burst: -1, GlobalPerSecond: -1}, now) != nil {
+	off := newAuthLimiter(AuthLimitConfig{Burst: -1, GlobalPerSecond: -1}, now)
+	if off != nil {
 		t.Error("both limits off still builds a limiter")
+	}
+	for range 100 {
+		if d := off.take(v4, "t", now); !d.ok {
+			t.Fatal("limits off, a check was refused")
+		}
 	}
 }
 

@@ -131,19 +131,15 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	// Failures are throttled before the token is checked, so a guesser
 	// costs neither a store query nor a record (hostile-clients.md §4).
 	token := tokenFrom(c, m.Dialect)
-	var lim limitDecision
-	if s.limiter != nil {
-		if lim = s.limiter.take(c.Context().RemoteAddr(), token, start); !lim.ok {
-			return cl.throttle(c, lim)
-		}
+	lim := s.limiter.take(c.Context().RemoteAddr(), token, start)
+	if !lim.ok {
+		return cl.throttle(c, lim)
 	}
 	ident, err := s.cfg.Auth.Authenticate(ctx, token)
 	if err != nil {
 		err = lookupError(ctx, err)
 		if reason := authFailure(err); reason != "" {
-			if s.limiter != nil {
-				s.limiter.failed(lim, token)
-			}
+			s.limiter.failed(lim, token)
 			var tr *resolver.TokenRefusedError
 			r := ledger.Refusal{Reason: reason}
 			if errors.As(err, &tr) {
@@ -152,14 +148,10 @@ func (s *Server) forward(c *fiber.Ctx) error {
 			return cl.refuse(c, err, r)
 		}
 		// The store, not the caller, failed: that is no guess.
-		if s.limiter != nil {
-			s.limiter.accepted(lim, "", start)
-		}
+		s.limiter.accepted(lim, "", start)
 		return cl.reject(err)
 	}
-	if s.limiter != nil {
-		s.limiter.accepted(lim, token, start)
-	}
+	s.limiter.accepted(lim, token, start)
 	cl.rec.TokenID, cl.rec.Workspace, cl.rec.Project, cl.rec.User = ident.TokenID, ident.Workspace, ident.Project, ident.User
 	cl.rec.Session = strings.Clone(sessionID(c))
 
