@@ -36,6 +36,10 @@ const (
 	// MetricLabelsFolded counts requests whose labels were reported as
 	// "_OTHER" because a cardinality budget was spent, by tollgate.dimension.
 	MetricLabelsFolded = "tollgate.metrics.labels.folded" // counter, {request}
+	// MetricAuthRefusals counts refused authentications, which get no usage
+	// record, by tollgate.refusal.reason (Prometheus:
+	// tollgate_auth_refusals_total).
+	MetricAuthRefusals = "tollgate.auth.refusals" // counter, {request}
 	// Writer health (RegisterWriter).
 	MetricMeteringRecords = "tollgate.metering.records"       // observable counter, {record}, by tollgate.disposition
 	MetricStoreRetries    = "tollgate.metering.store.retries" // observable counter, {error}
@@ -184,6 +188,9 @@ type Instruments struct {
 	cost     metric.Float64Counter
 	requests metric.Int64Counter
 	folded   metric.Int64Counter
+	refused  metric.Int64Counter
+	// refusedOpts are the attribute options of refused, by reason.
+	refusedOpts map[string][]metric.AddOption
 	// foldOpts are the attribute options of folded, by dimension.
 	foldModel, foldProject []metric.AddOption
 
@@ -225,7 +232,7 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	for _, l := range labels {
 		in.labels[l] = true
 	}
-	var errs [7]error
+	var errs [8]error
 	in.tokens, errs[0] = meter.Int64Histogram(MetricTokenUsage,
 		metric.WithUnit("{token}"),
 		metric.WithDescription("Number of input and output tokens used, per request and token type."),
@@ -251,8 +258,15 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	in.folded, errs[6] = meter.Int64Counter(MetricLabelsFolded,
 		metric.WithUnit("{request}"),
 		metric.WithDescription("Requests whose metric labels were reported as _OTHER because a cardinality budget was spent: model (the project's own) or project (the global one)."))
+	in.refused, errs[7] = meter.Int64Counter(MetricAuthRefusals,
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Refused authentications (no, unknown, expired or revoked token, wrong harness, throttled); they have no usage record."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("metering instruments: %w", err)
+	}
+	in.refusedOpts = map[string][]metric.AddOption{}
+	for _, r := range append(slices.Clip(AuthRefusalReasons), refusalOther) {
+		in.refusedOpts[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrRefusalReason, r)))}
 	}
 	in.foldModel = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldModel)))}
 	in.foldProject = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldProject)))}
@@ -261,6 +275,24 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	in.folded.Add(context.Background(), 0, in.foldModel...)
 	in.folded.Add(context.Background(), 0, in.foldProject...)
 	return in, nil
+}
+
+// AttrRefusalReason is the attribute of MetricAuthRefusals.
+const AttrRefusalReason = "tollgate.refusal.reason"
+
+// AuthRefusalReasons are the values of AttrRefusalReason; any other reason
+// is counted as refusalOther, so the series stay bounded.
+var AuthRefusalReasons = []string{"missing", "invalid", "expired", "revoked", "wrong_harness", "throttled"}
+
+const refusalOther = "other"
+
+// Refused counts one refused authentication.
+func (in *Instruments) Refused(reason string) {
+	opts, ok := in.refusedOpts[reason]
+	if !ok {
+		opts = in.refusedOpts[refusalOther]
+	}
+	in.refused.Add(context.Background(), 1, opts...)
 }
 
 // attrKey is everything an attribute set depends on; labels not enabled are

@@ -66,6 +66,9 @@ type envOptions struct {
 	strictBaseURL bool
 	// owners backs the stored-object owner check (Config.Owners).
 	owners OwnerLookup
+	// authLimits and refusals set the Config fields of the same names.
+	authLimits AuthLimitConfig
+	refusals   RefusalCounter
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -142,6 +145,8 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		Logger:                log,
 		AllowPrivateBaseURL:   !o.strictBaseURL,
 		Owners:                o.owners,
+		AuthLimits:            o.authLimits,
+		Refusals:              o.refusals,
 	})
 	if err != nil {
 		tb.Fatal(err)

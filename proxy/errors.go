@@ -36,6 +36,7 @@ const (
 	kindUnsupportedMediaType
 	kindHeadersTooLarge
 	kindUpgradeRequired
+	kindTooManyRequests
 	kindUpstreamUnreachable
 	kindUpstreamTimeout
 	kindClientGone
@@ -50,6 +51,9 @@ type apiError struct {
 	msg  string
 	// cause is logged, never sent.
 	cause error
+	// retryAfter is the seconds a kindTooManyRequests caller should wait;
+	// Gemini clients read it from the body, not from Retry-After.
+	retryAfter int
 }
 
 func (e *apiError) Error() string {
@@ -78,6 +82,7 @@ var kindStatus = map[kind]int{
 	kindTooLarge:            http.StatusRequestEntityTooLarge,
 	kindHeadersTooLarge:     http.StatusRequestHeaderFieldsTooLarge,
 	kindUpgradeRequired:     http.StatusUpgradeRequired,
+	kindTooManyRequests:     http.StatusTooManyRequests,
 	kindUpstreamUnreachable: http.StatusBadGateway,
 	kindUpstreamTimeout:     http.StatusGatewayTimeout,
 	kindClientGone:          statusClientClosed,
@@ -207,9 +212,13 @@ func errorBody(shape string, e *apiError) []byte {
 			"error": map[string]any{"type": anthropicType(e.kind), "message": e.msg},
 		})
 	case registry.ShapeGemini:
-		return mustJSON(map[string]any{
-			"error": map[string]any{"code": status, "message": e.msg, "status": geminiStatus(e.kind)},
-		})
+		ge := map[string]any{"code": status, "message": e.msg, "status": geminiStatus(e.kind)}
+		if e.kind == kindTooManyRequests && e.retryAfter > 0 {
+			// Gemini CLI ignores Retry-After and waits RetryInfo's delay
+			// (governance.md §6.2).
+			ge["details"] = []any{map[string]any{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": fmt.Sprintf("%ds", e.retryAfter)}}
+		}
+		return mustJSON(map[string]any{"error": ge})
 	default:
 		t, code := openAIType(e.kind)
 		return mustJSON(map[string]any{
@@ -253,6 +262,8 @@ func anthropicType(k kind) string {
 		return "not_found_error"
 	case kindTooLarge:
 		return "request_too_large"
+	case kindTooManyRequests:
+		return "rate_limit_error"
 	case kindUpstreamUnreachable, kindUpstreamTimeout, kindInternal, kindUnavailable:
 		return "api_error"
 	}
@@ -269,6 +280,9 @@ func openAIType(k kind) (typ string, code string) {
 		return "invalid_request_error", "not_found"
 	case kindTooLarge:
 		return "invalid_request_error", "request_too_large"
+	case kindTooManyRequests:
+		// OpenAI's own rate-limit shape (governance.md §6.2).
+		return "requests", "rate_limit_exceeded"
 	case kindUpstreamUnreachable:
 		return "server_error", "upstream_unreachable"
 	case kindUpstreamTimeout:
@@ -287,6 +301,8 @@ func geminiStatus(k kind) string {
 		return "PERMISSION_DENIED"
 	case kindNotFound:
 		return "NOT_FOUND"
+	case kindTooManyRequests:
+		return "RESOURCE_EXHAUSTED"
 	case kindUpstreamUnreachable, kindUnavailable:
 		return "UNAVAILABLE"
 	case kindUpstreamTimeout:

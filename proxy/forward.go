@@ -5,10 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -141,11 +145,32 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	// them.
 	ctx, cancel := context.WithTimeout(reqCtx, preUpstreamTimeout)
 	defer cancel()
-	ident, err := s.cfg.Auth.Authenticate(ctx, tokenFrom(c, m.Dialect))
+	// Failures are throttled before the token is checked, so a guesser
+	// costs neither a store query nor a record (hostile-clients.md §4).
+	token := tokenFrom(c, m.Dialect)
+	lim := s.limiter.take(c.Context().RemoteAddr(), token, start)
+	if !lim.ok {
+		watch.stop(time.Now().Add(bodyWait))
+		return cl.throttle(c, lim)
+	}
+	ident, err := s.cfg.Auth.Authenticate(ctx, token)
 	watch.stop(time.Now().Add(bodyWait))
 	if err != nil {
-		return cl.reject(lookupError(ctx, err))
+		err = lookupError(ctx, err)
+		if reason := authFailure(err); reason != "" {
+			s.limiter.failed(lim, token)
+			var tr *resolver.TokenRefusedError
+			r := ledger.Refusal{Reason: reason}
+			if errors.As(err, &tr) {
+				r.TokenID, r.Workspace = tr.TokenID, tr.Workspace
+			}
+			return cl.refuse(c, err, r)
+		}
+		// The store, not the caller, failed: that is no guess.
+		s.limiter.accepted(lim, "", start)
+		return cl.reject(err)
 	}
+	s.limiter.accepted(lim, token, start)
 	cl.rec.TokenID, cl.rec.Workspace, cl.rec.Project, cl.rec.User = ident.TokenID, ident.Workspace, ident.Project, ident.User
 	cl.rec.Session = strings.Clone(sessionID(c))
 
@@ -153,10 +178,12 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	if ident.Harness != "" {
 		harness, err = reg.Harness(ident.Harness)
 		if err != nil {
-			return cl.reject(newError(kindForbidden, "this token was issued for harness %q, which this gateway no longer knows", ident.Harness))
+			return cl.refuse(c, newError(kindForbidden, "this token was issued for harness %q, which this gateway no longer knows", ident.Harness),
+				ledger.Refusal{Reason: refusedHarness, TokenID: ident.TokenID, Workspace: ident.Workspace})
 		}
 		if !harness.SpeaksDialect(m.Dialect.Name) {
-			return cl.reject(newError(kindForbidden, "this token was issued for %s, which does not speak %s; use the base URL `tollgate env --harness %s` prints", harness.Name, m.Dialect.Name, harness.Name))
+			return cl.refuse(c, newError(kindForbidden, "this token was issued for %s, which does not speak %s; use the base URL `tollgate env --harness %s` prints", harness.Name, m.Dialect.Name, harness.Name),
+				ledger.Refusal{Reason: refusedHarness, TokenID: ident.TokenID, Workspace: ident.Workspace})
 		}
 	} else {
 		harness = reg.HarnessByUserAgent(c.Get(fiber.HeaderUserAgent))
@@ -455,6 +482,80 @@ func (cl *call) reject(err error) error {
 	}
 	cl.finish()
 	return e
+}
+
+// Refusal reasons of the refusals table.
+const (
+	refusedMissing   = "missing"
+	refusedInvalid   = "invalid"
+	refusedExpired   = "expired"
+	refusedRevoked   = "revoked"
+	refusedHarness   = "wrong_harness"
+	refusedThrottled = "throttled"
+)
+
+// authFailure names the reason of an authentication refusal, or returns
+// "" for any other error (the store failing is tollgate's fault).
+func authFailure(err error) string {
+	switch {
+	case errors.Is(err, resolver.ErrTokenMissing):
+		return refusedMissing
+	case errors.Is(err, resolver.ErrTokenInvalid):
+		return refusedInvalid
+	case errors.Is(err, resolver.ErrTokenExpired):
+		return refusedExpired
+	case errors.Is(err, resolver.ErrTokenRevoked):
+		return refusedRevoked
+	}
+	return ""
+}
+
+// refuse ends a request refused for who is calling. Unlike reject it
+// writes no usage record and no access-log line: anyone can send these
+// at line rate, so they are counted per minute (Config.Refusals) and in
+// metrics, and a flood cannot fill the disk.
+func (cl *call) refuse(c *fiber.Ctx, err error, r ledger.Refusal) error {
+	s := cl.s
+	e := classify(err)
+	cl.rec.Status = kindStatus[e.kind]
+	cl.rec.Outcome, cl.rec.Source = metering.OutcomeRejected, metering.SourceNone
+	cl.rec.Duration = s.cfg.timeNow().Sub(cl.start)
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Observe(&cl.rec, cl.overhead)
+	}
+	if s.cfg.Refusals != nil {
+		r.Client, r.Dialect = clientKey(c.Context().RemoteAddr()), cl.dialect.Name
+		s.cfg.Refusals.Add(r)
+	}
+	return e
+}
+
+// throttle refuses a request from a client over its failure budget with
+// 429 and Retry-After, before its token is looked at. The connection is
+// closed, so each further burst costs the guesser a new handshake.
+func (cl *call) throttle(c *fiber.Ctx, d limitDecision) error {
+	wait := retryAfterSeconds(d.wait)
+	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(wait))
+	c.Context().SetConnectionClose()
+	e := newError(kindTooManyRequests, "too many failed authentications from this address; retry in %d s with a valid tollgate token", wait)
+	e.retryAfter = wait
+	if d.global {
+		e.msg = fmt.Sprintf("too many failed authentications at this gateway; retry in %d s", wait)
+	}
+	return cl.refuse(c, e, ledger.Refusal{Reason: refusedThrottled})
+}
+
+// clientKey renders a client's limiter key: the IPv4 address or the IPv6
+// /64.
+func clientKey(a net.Addr) string {
+	p, ok := clientPrefix(a)
+	switch {
+	case !ok:
+		return ""
+	case p.Addr().Is4():
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // settle copies a meter's settlement into the record.

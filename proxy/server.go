@@ -20,6 +20,7 @@ import (
 
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -34,9 +35,17 @@ type CredentialResolver interface {
 	Resolve(ctx context.Context, req resolver.Request) (resolver.Target, error)
 }
 
-// Sink receives one usage record per request. Record must not block.
+// Sink receives one usage record per request, except authentication
+// refusals, which go to Config.Refusals as counts: anyone can send those at
+// line rate. Record must not block.
 type Sink interface {
 	Record(r *metering.Record)
+}
+
+// RefusalCounter counts authentication refusals, which get no usage record
+// (ledger.RefusalCounter). Add must not block.
+type RefusalCounter interface {
+	Add(r ledger.Refusal)
 }
 
 // Pricer prices usage; a nil cost means the model, or the service tier it
@@ -92,6 +101,13 @@ type Config struct {
 	Owners OwnerLookup
 	// Sink receives usage records. Required.
 	Sink Sink
+	// Refusals counts authentication refusals (no, bad, revoked or expired
+	// token, wrong harness, throttled); they reach neither Sink nor the
+	// access log. Nil: they are only seen by Observer.
+	Refusals RefusalCounter
+	// AuthLimits throttles authentication failures per client address and
+	// globally (authlimit.go); zero fields take the defaults.
+	AuthLimits AuthLimitConfig
 	// Pricer prices records; nil leaves every record unpriced.
 	Pricer Pricer
 	// Observer receives records for metrics; may be nil.
@@ -150,6 +166,8 @@ type Server struct {
 	fast  *fastUpstream
 	// owners is who created each stored object on a platform key (owner.go).
 	owners *owners
+	// limiter is nil when both authentication limits are off.
+	limiter *authLimiter
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -192,6 +210,7 @@ func New(cfg Config) (*Server, error) {
 		log:    cfg.Logger,
 		owners: newOwners(cfg.Owners),
 	}
+	s.limiter = newAuthLimiter(cfg.AuthLimits, cfg.timeNow())
 	appConfig := fiber.Config{
 		ReadTimeout:  serverReadTimeout,
 		WriteTimeout: 0, // absolute over a streamed body: would cut long streams (R1)

@@ -64,6 +64,18 @@ type TokenInfo struct {
 	LastUsedAt time.Time `json:"last_used_at,omitzero"`
 }
 
+// TokenRefusedError is Authenticate's error for a token that exists but may
+// not be used: Err is ErrTokenRevoked or ErrTokenExpired. It names the
+// token and its workspace so the refusal stays traceable; Authenticate
+// still returns no Identity, so nothing can act on the caller's behalf.
+type TokenRefusedError struct {
+	TokenID, Workspace string
+	Err                error
+}
+
+func (e *TokenRefusedError) Error() string { return e.Err.Error() }
+func (e *TokenRefusedError) Unwrap() error { return e.Err }
+
 // Identity is who is calling, as established by a token.
 type Identity struct {
 	TokenID   string
@@ -208,7 +220,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Identity, err
 
 func (s *Service) accept(e *tokenEntry, now time.Time) (Identity, error) {
 	if !now.Before(e.expires) {
-		return Identity{}, ErrTokenExpired
+		return Identity{}, &TokenRefusedError{TokenID: e.id.TokenID, Workspace: e.id.Workspace, Err: ErrTokenExpired}
 	}
 	s.usage.markToken(e.id.TokenID, now)
 	return e.id, nil
@@ -241,9 +253,9 @@ func (s *Service) lookupToken(ctx context.Context, kr *keyring, token string, ma
 		}
 		switch {
 		case revoked.Valid:
-			e.err = ErrTokenRevoked
+			e.err = &TokenRefusedError{TokenID: e.id.TokenID, Workspace: e.id.Workspace, Err: ErrTokenRevoked}
 		case !now.Before(e.expires):
-			e.err = ErrTokenExpired
+			e.err = &TokenRefusedError{TokenID: e.id.TokenID, Workspace: e.id.Workspace, Err: ErrTokenExpired}
 		}
 		return e, nil
 	}

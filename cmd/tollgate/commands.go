@@ -306,6 +306,7 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	workspace := f.String("workspace", "", "only this workspace")
 	tier := f.String("service-tier", "", "only requests the provider served in this tier (flex, priority, ...)")
 	format := f.String("format", "table", "table, json or csv")
+	refusals := f.Bool("refusals", "list refused authentications per minute, client address, token and reason instead (--from, --to, --workspace apply)")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -318,6 +319,9 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		st, err := ledger.OpenStore(ctx, d.db)
 		if err != nil {
 			return err
+		}
+		if *refusals {
+			return writeRefusals(ctx, st, q, *format, stdout)
 		}
 		rows, err := st.Query(ctx, q)
 		if err != nil {
@@ -333,6 +337,31 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return usageErr("unknown format %q: use table, json or csv", *format)
 	})
+}
+
+// maxRefusalRows bounds `usage --refusals`: a spray from many addresses
+// has a row per address a minute.
+const maxRefusalRows = 10_000
+
+func writeRefusals(ctx context.Context, st *ledger.Store, q ledger.UsageQuery, format string, stdout io.Writer) error {
+	rows, err := st.Refusals(ctx, q.From, q.To, q.Workspace, maxRefusalRows)
+	if err != nil {
+		return err
+	}
+	switch format {
+	case "json":
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	case "table":
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "MINUTE\tCLIENT\tREASON\tDIALECT\tWORKSPACE\tTOKEN\tCOUNT")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", fmtTime(r.Minute), dash(r.Client), r.Reason, r.Dialect, dash(r.Workspace), dash(r.TokenID), r.Count)
+		}
+		return tw.Flush()
+	}
+	return usageErr("unknown format %q for --refusals: use table or json", format)
 }
 
 func dash(s string) string {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate"
+	"github.com/tollgate/tollgate/proxy"
 	"github.com/tollgate/tollgate/registry"
 )
 
@@ -103,6 +104,15 @@ type options struct {
 	// negative: no cap).
 	MaxConns      int
 	MaxConnsPerIP int
+
+	// Authentication-failure limits (proxy.AuthLimitConfig): a client
+	// address's burst (TOLLGATE_AUTH_FAILURE_BURST, 20) and refill
+	// (TOLLGATE_AUTH_FAILURES_PER_MIN, 60), and failures per second over
+	// every address (TOLLGATE_AUTH_FAILURES_GLOBAL, 1000). 0 takes the
+	// default; negative turns that limit off.
+	AuthFailureBurst   int
+	AuthFailuresPerMin int
+	AuthFailuresGlobal int
 }
 
 // bind registers the flags every database-backed command uses.
@@ -150,6 +160,9 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.stringVar(fs, &o.MetricLabels, "metric-labels", "TOLLGATE_METRIC_LABELS", "", "extra metric `labels`, comma separated", nil)
 	o.intVar(fs, &o.MaxConns, "max-conns", "TOLLGATE_MAX_CONNS", 0, "cap on open client `connections`; 0 derives it from the descriptor limit (at most 4096), negative: none")
 	o.intVar(fs, &o.MaxConnsPerIP, "max-conns-per-ip", "TOLLGATE_MAX_CONNS_PER_IP", 256, "cap on open `connections` per client IPv4 address or IPv6 /64; negative: none")
+	o.intVar(fs, &o.AuthFailureBurst, "auth-failure-burst", "TOLLGATE_AUTH_FAILURE_BURST", proxy.DefaultAuthFailureBurst, "failed token checks a client IPv4 address or IPv6 /64 may make before it gets 429; negative: no per-address limit")
+	o.intVar(fs, &o.AuthFailuresPerMin, "auth-failures-per-min", "TOLLGATE_AUTH_FAILURES_PER_MIN", proxy.DefaultAuthFailuresPerMinute, "failed token checks a minute a client address may sustain after its burst")
+	o.intVar(fs, &o.AuthFailuresGlobal, "auth-failures-global", "TOLLGATE_AUTH_FAILURES_GLOBAL", proxy.DefaultAuthFailuresGlobal, "failed token checks a second over all addresses before clients without a recently accepted token get 429; negative: no global limit")
 	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
 	o.removedFlag(fs, "metrics-token", "set TOLLGATE_METRICS_TOKEN, or put the token in a file and pass --metrics-token-file FILE (TOLLGATE_METRICS_TOKEN_FILE)")
 }

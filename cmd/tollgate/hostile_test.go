@@ -9,6 +9,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
@@ -86,6 +88,8 @@ func procStatusKiB(pid int, field string) int64 {
 // legitClient sends one small request at a time from 127.0.0.2 (its own
 // per-IP budget) and records each latency, or a failure.
 type legitClient struct {
+	// pause between requests; 0 means 20 ms.
+	pause    time.Duration
 	mu       sync.Mutex
 	ok, fail int
 	lat      []time.Duration
@@ -113,7 +117,7 @@ func (lc *legitClient) run(ctx context.Context, base, tok string) {
 			lc.fail++
 		}
 		lc.mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(cmp.Or(lc.pause, 20*time.Millisecond))
 	}
 }
 
@@ -145,43 +149,8 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 
 	// No connection cap: the descriptor flood must meet EMFILE, which the
 	// listener has to survive; the caps are the subject of the unit tests.
-	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, hostileNofile), bin)
-	cmd.Env = append(os.Environ(), "TOLLGATE_MAX_CONNS=-1", "TOLLGATE_MAX_CONNS_PER_IP=-1")
-	for k, v := range c.env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("server printed no address: %v\n%s", err, logs.String())
-	}
-	go io.Copy(io.Discard, stdout)
-	base := strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	addr := strings.TrimPrefix(base, "http://")
-	pid := cmd.Process.Pid
-	alive := func(stage string) {
-		t.Helper()
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("server exited during %s: %v\nlast log lines:\n%s", stage, err, logTail(logs.String(), 5))
-		default:
-		}
-	}
+	hs := startHostile(t, bin, c, "TOLLGATE_MAX_CONNS=-1", "TOLLGATE_MAX_CONNS_PER_IP=-1")
+	base, addr, pid, logs, alive := hs.base, hs.addr, hs.pid, hs.logs, hs.alive
 
 	lctx, stopLegit := context.WithCancel(ctx)
 	lc := &legitClient{}
@@ -293,14 +262,222 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 
 	// The server never exited, and still stops cleanly.
 	alive("the run")
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	hs.stop()
+}
+
+// hostileServer is the binary serving under hostileNofile descriptors.
+type hostileServer struct {
+	t          *testing.T
+	cmd        *exec.Cmd
+	exited     chan error
+	base, addr string
+	pid        int
+	logs       *lockedBuffer
+}
+
+// startHostile starts bin serving with c's environment plus env.
+func startHostile(t *testing.T, bin string, c *cli, env ...string) *hostileServer {
+	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, hostileNofile), bin)
+	cmd.Env = append(os.Environ(), env...)
+	for k, v := range c.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &hostileServer{t: t, cmd: cmd, exited: make(chan error, 1), logs: &lockedBuffer{}}
+	cmd.Stderr = hs.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { hs.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		err := <-hs.exited
+		hs.exited <- err
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("server printed no address: %v\n%s", err, hs.logs.String())
+	}
+	go io.Copy(io.Discard, stdout)
+	hs.base = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	hs.addr = strings.TrimPrefix(hs.base, "http://")
+	hs.pid = cmd.Process.Pid
+	return hs
+}
+
+// alive fails the test if the server has exited.
+func (hs *hostileServer) alive(stage string) {
+	hs.t.Helper()
 	select {
-	case err := <-exited:
-		exited <- err
+	case err := <-hs.exited:
+		hs.exited <- err
+		hs.t.Fatalf("server exited during %s: %v\nlast log lines:\n%s", stage, err, logTail(hs.logs.String(), 5))
+	default:
+	}
+}
+
+// stop sends SIGTERM and checks the server stops cleanly.
+func (hs *hostileServer) stop() {
+	hs.t.Helper()
+	_ = hs.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-hs.exited:
+		hs.exited <- err
 		if err != nil {
-			t.Errorf("server did not stop cleanly: %v", err)
+			hs.t.Errorf("server did not stop cleanly: %v", err)
 		}
 	case <-time.After(45 * time.Second):
-		t.Errorf("server did not stop within 45 s of SIGTERM")
+		hs.t.Errorf("server did not stop within 45 s of SIGTERM")
+	}
+}
+
+// dirBytes sums the sizes of the files under dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// badTokenFlood sends well-formed unknown tokens from guessers clients on
+// 127.0.0.1, as fast as each gets answers, for d; it returns the count of
+// each status (-1: no answer).
+func badTokenFlood(ctx context.Context, base string, guessers int, d time.Duration, seq int) map[int]int {
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	fctx, stop := context.WithTimeout(ctx, d)
+	defer stop()
+	var wg sync.WaitGroup
+	for g := range guessers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			body := `{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[]}`
+			for i := 0; fctx.Err() == nil; i++ {
+				req, _ := http.NewRequestWithContext(fctx, "POST", base+"/anthropic/v1/messages", strings.NewReader(body))
+				req.Header.Set("x-api-key", fmt.Sprintf("tgw_%d%02d%040d", seq, g, i))
+				resp, err := client.Do(req)
+				code := -1
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+				}
+				mu.Lock()
+				statuses[code]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return statuses
+}
+
+func readAllString(resp *http.Response) []byte {
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}
+
+func answered(statuses map[int]int) (n int) {
+	for code, k := range statuses {
+		if code != -1 {
+			n += k
+		}
+	}
+	return n
+}
+
+// TestHostileBadTokenFlood: guessers on 127.0.0.1 send well-formed unknown
+// tokens as fast as they can. Refusals are throttled and counted, not
+// recorded: over a 10 s flood alone the database, its WAL and the spool
+// grow by less than 1 MiB. Then, flooded again, a legitimate client on
+// 127.0.0.2 keeps working (its own records are what the disk grows by).
+func TestHostileBadTokenFlood(t *testing.T) {
+	bin := hostileBinary(t)
+	const canary = "sk-ant-api03-CANARYhostile0123456789abcdefgh"
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: []string{canary}, RecordLimit: -1})
+	c := newCLI(t, fakeURL)
+	ctx := context.Background()
+	if _, errs, code := c.run(ctx, canary+"\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
+		t.Fatalf("credential set: %s", errs)
+	}
+	tok, _, _ := c.run(ctx, "", "token", "issue", "--workspace", "ws-hostile", "--project", "p", "--user", "u")
+	tok = strings.TrimSpace(tok)
+	dbDir, spool := filepath.Dir(c.env["TOLLGATE_DB"]), c.env["TOLLGATE_SPOOL"]
+	disk := func() int64 { return dirBytes(dbDir) + dirBytes(spool) }
+
+	hs := startHostile(t, bin, c)
+	const guessers, floodFor = 4, 10 * time.Second
+
+	// 1. The flood alone, for its cost on disk, flush included (every 5 s).
+	before := disk()
+	alone := badTokenFlood(ctx, hs.base, guessers, floodFor, 1)
+	time.Sleep(6 * time.Second)
+	grown := disk() - before
+	hs.alive("the bad-token flood")
+
+	// 2. Flooded again, with a legitimate client beside it.
+	lctx, stopLegit := context.WithCancel(ctx)
+	lc := &legitClient{}
+	var lwg sync.WaitGroup
+	lwg.Add(1)
+	go func() { defer lwg.Done(); lc.run(lctx, hs.base, tok) }()
+	beside := badTokenFlood(ctx, hs.base, guessers, floodFor, 2)
+	stopLegit()
+	lwg.Wait()
+	hs.alive("the second bad-token flood")
+	var metrics string
+	if resp, err := http.Get(hs.base + "/metrics"); err == nil {
+		metrics = string(readAllString(resp))
+	}
+	hs.stop() // flushes the writer and the refusal counts
+
+	db, err := store.Open(ctx, c.env["TOLLGATE_DB"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var rejected, refusalRows, refused int64
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM usage_records WHERE outcome = 'rejected'`).Scan(&rejected); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(count), 0) FROM refusals`).Scan(&refusalRows, &refused); err != nil {
+		t.Fatal(err)
+	}
+	sent := answered(alone) + answered(beside)
+	ok, fail, p99 := lc.summary()
+	report := fmt.Sprintf("hostile: bad-token flood, %d guessers x %s from 127.0.0.1: %d requests (%.0f/s), statuses %v\n"+
+		"hostile: disk (database + WAL + spool) grew %d KiB over it; %d usage records of refusals; %d refusal rows counting %d refusals (both floods)\n"+
+		"hostile: legitimate client during a second flood (%d requests, statuses %v): %d ok, %d failed, p99 latency %s\n",
+		guessers, floodFor, answered(alone), float64(answered(alone))/floodFor.Seconds(), alone, grown>>10, rejected, refusalRows, refused,
+		answered(beside), beside, ok, fail, p99)
+	fmt.Print(report)
+	t.Log(report)
+
+	if grown >= 1<<20 {
+		t.Errorf("disk grew %d KiB during a 10 s bad-token flood, want < 1 MiB", grown>>10)
+	}
+	if rejected != 0 {
+		t.Errorf("%d usage records for refused authentications", rejected)
+	}
+	if !strings.Contains(metrics, `tollgate_auth_refusals_total{`) || !strings.Contains(metrics, `tollgate_refusal_reason="throttled"`) {
+		t.Errorf("/metrics has no throttled series of tollgate_auth_refusals_total")
+	}
+	if alone[http.StatusTooManyRequests] == 0 || refused < int64(sent) {
+		t.Errorf("the flood was not throttled and counted: statuses %v, %d counted of %d answered", alone, refused, sent)
+	}
+	if ok == 0 || fail > 0 {
+		t.Errorf("the legitimate client: %d ok, %d failed", ok, fail)
 	}
 }

@@ -177,6 +177,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// Authentication refusals are counted per minute, not recorded one by
+	// one (proxy.Config.Refusals).
+	refusals := ledger.NewRefusalCounter(usage, log)
+	refusals.Start()
 	tel, err := newTelemetry(ctx, splitList(o.MetricLabels), d.registry, log)
 	if err != nil {
 		return err
@@ -215,6 +219,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
 	}
+	authLimits := proxy.AuthLimitConfig{Burst: o.AuthFailureBurst, PerMinute: o.AuthFailuresPerMin, GlobalPerSecond: o.AuthFailuresGlobal}
 	srv, err := proxy.New(proxy.Config{
 		Registry:          d.registry,
 		Auth:              d.resolver,
@@ -223,6 +228,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Usage:             usage,
 		Owners:            usage,
 		Sink:              writer,
+		Refusals:          refusalSinks{refusals, tel.instruments},
+		AuthLimits:        authLimits,
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Metrics:           tel.handler,
@@ -284,13 +291,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case err := <-serveErr:
 		// Records in flight still need the flush: shut down, then fail.
 		log.Error("serve stopped; shutting down", "err", err)
-		return errors.Join(fmt.Errorf("serve: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log))
+		return errors.Join(fmt.Errorf("serve: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, refusals, tel, log))
 	case err := <-adminErr:
 		log.Error("admin listener stopped; shutting down", "err", err)
-		return errors.Join(fmt.Errorf("serve admin: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log))
+		return errors.Join(fmt.Errorf("serve admin: %w", err), shutdown(srv, o.ShutdownGrace, cancelBase, writer, refusals, tel, log))
 	case <-ctx.Done():
 	}
-	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, tel, log)
+	return shutdown(srv, o.ShutdownGrace, cancelBase, writer, refusals, tel, log)
 }
 
 // listenAdmin opens the listener of the admin API and /metrics that
@@ -316,7 +323,7 @@ func listenAdmin(o *options, metricsToken bool, log *slog.Logger) (net.Listener,
 // shutdown runs the ordered, bounded sequence of house rule 14: stop
 // accepting and let streams finish within the grace period; then cancel the
 // base context so the rest end at once; then flush metering and telemetry.
-func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *ledger.Writer, tel *telemetry, log *slog.Logger) error {
+func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *ledger.Writer, refusals *ledger.RefusalCounter, tel *telemetry, log *slog.Logger) error {
 	log.Info("shutting down", "grace", grace.String())
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(context.Background()) }()
@@ -338,11 +345,26 @@ func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelF
 	if err := w.Close(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush usage: %w", err))
 	}
+	if err := refusals.Close(fctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush refusal counts: %w", err))
+	}
 	if err := tel.shutdown(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush telemetry: %w", err))
 	}
 	log.Info("stopped")
 	return errors.Join(errs...)
+}
+
+// refusalSinks counts each refused authentication in the refusals table
+// and in tollgate_auth_refusals_total.
+type refusalSinks struct {
+	counter *ledger.RefusalCounter
+	metrics *metering.Instruments
+}
+
+func (r refusalSinks) Add(f ledger.Refusal) {
+	r.counter.Add(f)
+	r.metrics.Refused(f.Reason)
 }
 
 // pricer adapts the hot-reloaded price table to proxy.Pricer.

@@ -168,6 +168,21 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	// (owner.go). Partial, so the many records without an id (errors,
 	// rejections, count_tokens) cost the insert nothing here.
 	`CREATE INDEX usage_records_upstream ON usage_records (upstream_id) WHERE upstream_id <> ''`,
+	// refusals counts authentication refusals (no, bad, revoked or expired
+	// token, wrong harness, throttled) per UTC minute, client address,
+	// token, reason and dialect, instead of a usage record per refusal: a
+	// flood of guesses adds a row a minute, not a row a guess. token_id and
+	// workspace are '' when the token named none.
+	`CREATE TABLE refusals (
+	minute TIMESTAMP NOT NULL,
+	client TEXT NOT NULL,
+	token_id TEXT NOT NULL,
+	workspace TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	dialect TEXT NOT NULL,
+	count BIGINT NOT NULL,
+	PRIMARY KEY (minute, client, token_id, workspace, reason, dialect)
+)`,
 }
 
 // recordColumns is the insert column order of usage_records:
