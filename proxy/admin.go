@@ -322,7 +322,9 @@ func (r adminRoute) matches(segs []string) bool {
 // empty object, so the answer names each missing field rather than "EOF".
 func decodeJSON(c *fiber.Ctx, v any) error {
 	// Not c.Body(): it would decode a Content-Encoding with no bound.
-	body, err := requestBody(c, adminBodyLimit)
+	// Admin bodies are at most adminBodyLimit decoded, from an admin:
+	// no shared decode budget.
+	body, _, err := requestBody(c, adminBodyLimit, nil)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"compress/zlib"
+	"context"
+	"errors"
 	"net/http"
 	"runtime"
 	"strings"
@@ -155,4 +157,38 @@ func TestDecompressCodings(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDecodeBudgetBoundsConcurrentDecodes: the budget is what keeps many
+// concurrent bombs, each stopping at the limit, from adding up (make
+// test-hostile measured 1 GB for 20 of them without it). A decode that
+// finds no room is refused with a 503 once its wait ends, and room comes
+// back when a body is released.
+func TestDecodeBudgetBoundsConcurrentDecodes(t *testing.T) {
+	b := newDecodeBudget(100)
+	first, err := b.reserve(context.Background(), 59)
+	if err != nil || first != 60 {
+		t.Fatalf("first reserve: %d, %v", first, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = b.reserve(ctx, 59)
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.kind != kindUnavailable {
+		t.Fatalf("second reserve over the budget: %v, want a 503", err)
+	}
+	b.release(first)
+	if n, err := b.reserve(context.Background(), 59); err != nil || n != 60 {
+		t.Fatalf("after release: %d, %v", n, err)
+	}
+	// A limit past the whole budget reserves the budget, never blocks forever.
+	b.release(60)
+	if n, err := b.reserve(context.Background(), 1000); err != nil || n != 100 {
+		t.Fatalf("limit over the budget: %d, %v", n, err)
+	}
+	var nilBudget *decodeBudget
+	if n, err := nilBudget.reserve(ctx, 1<<30); n != 0 || err != nil {
+		t.Fatalf("nil budget: %d, %v", n, err)
+	}
+	nilBudget.release(5)
 }

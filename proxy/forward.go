@@ -201,7 +201,8 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	// pipelined request, and the end of it a departure.
 	cl.watch = watchDeparture(c.Context().Conn(), leave)
 	defer func() { cl.watch.stop(time.Time{}) }()
-	body, err := requestBody(c, reg.Limits.MaxBodyBytes)
+	body, releaseBody, err := requestBody(c, reg.Limits.MaxBodyBytes, s.decodes)
+	defer releaseBody()
 	if err != nil {
 		return cl.reject(err)
 	}

@@ -168,6 +168,8 @@ type Server struct {
 	owners *owners
 	// limiter is nil when both authentication limits are off.
 	limiter *authLimiter
+	// decodes bounds the memory of decoded request bodies (decompress.go).
+	decodes *decodeBudget
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -211,6 +213,7 @@ func New(cfg Config) (*Server, error) {
 		owners: newOwners(cfg.Owners),
 	}
 	s.limiter = newAuthLimiter(cfg.AuthLimits, cfg.timeNow())
+	s.decodes = newDecodeBudget(max(decodeBudgetMin, 2*int64(cfg.Registry.Current().Limits.MaxBodyBytes)))
 	appConfig := fiber.Config{
 		ReadTimeout:  serverReadTimeout,
 		WriteTimeout: 0, // absolute over a streamed body: would cut long streams (R1)

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -234,6 +236,65 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 		conn.Close()
 	}
 	alive("the claimed-size flood")
+
+	// 3. Compression bombs: 256 MiB of zeros as a 256 KB gzip body, from
+	// 20 clients at once, each with a valid token so the body is read; and
+	// the stacked "gzip, gzip" shape. Decoding must stop at the limit.
+	var zbuf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&zbuf, gzip.BestCompression)
+	zeros := make([]byte, 1<<20)
+	for range 256 {
+		zw.Write(zeros)
+	}
+	zw.Close()
+	bomb := zbuf.Bytes()
+	bombRSSBefore := procStatusKiB(pid, "VmRSS")
+	var bombPeak atomic.Int64
+	var bombNot413, stackedNotRefused atomic.Int32
+	var bwg sync.WaitGroup
+	stopPeak := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stopPeak:
+				return
+			case <-time.After(20 * time.Millisecond):
+				if v := procStatusKiB(pid, "VmRSS"); v > bombPeak.Load() {
+					bombPeak.Store(v)
+				}
+			}
+		}
+	}()
+	for i := range 20 {
+		bwg.Add(1)
+		go func() {
+			defer bwg.Done()
+			coding := "gzip"
+			if i%5 == 4 {
+				coding = "gzip, gzip"
+			}
+			req, _ := http.NewRequest("POST", base+"/anthropic/v1/messages", bytes.NewReader(bomb))
+			req.Header.Set("x-api-key", tok)
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Content-Encoding", coding)
+			resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+			status := 0
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				status = resp.StatusCode
+			}
+			switch {
+			case coding == "gzip" && status != http.StatusRequestEntityTooLarge:
+				bombNot413.Add(1)
+			case coding != "gzip" && status != http.StatusUnsupportedMediaType:
+				stackedNotRefused.Add(1)
+			}
+		}()
+	}
+	bwg.Wait()
+	close(stopPeak)
+	alive("the compression bombs")
 	stopLegit()
 	lwg.Wait()
 	hwm := procStatusKiB(pid, "VmHWM")
@@ -241,9 +302,11 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 	ok, fail, p99 := lc.summary()
 	report := fmt.Sprintf("hostile: descriptor flood held %d connections at RLIMIT_NOFILE=%d; %d rate-limited accept-retry log lines; fresh client after it: %v\n"+
 		"hostile: claimed-size flood 80 x 32 MiB claimed, 10 B sent: RSS %d MiB before, %d MiB peak during; %d of 10 over-limit claims not refused at once with 413\n"+
+		"hostile: gzip bombs 20 x %d KiB (256 MiB decoded; 4 of them \"gzip, gzip\"): RSS %d MiB before, %d MiB peak; %d not 413, %d stacked not 415\n"+
 		"hostile: peak RSS (VmHWM) %d MiB\n"+
 		"hostile: legitimate client: %d ok, %d failed, p99 latency %s\n",
-		len(held), hostileNofile, acceptRetries, fresh == nil, rssBefore>>10, rssPeakDuring>>10, slow413, hwm>>10, ok, fail, p99)
+		len(held), hostileNofile, acceptRetries, fresh == nil, rssBefore>>10, rssPeakDuring>>10, slow413,
+		len(bomb)>>10, bombRSSBefore>>10, bombPeak.Load()>>10, bombNot413.Load(), stackedNotRefused.Load(), hwm>>10, ok, fail, p99)
 	fmt.Print(report)
 	t.Log(report)
 
@@ -255,6 +318,12 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 	}
 	if rssPeakDuring-rssBefore > 64<<10 {
 		t.Errorf("RSS grew %d MiB for 80 connections that sent 10 bytes each", (rssPeakDuring-rssBefore)>>10)
+	}
+	if bombNot413.Load() > 0 || stackedNotRefused.Load() > 0 {
+		t.Errorf("compression bombs: %d not refused with 413, %d stacked not refused with 415", bombNot413.Load(), stackedNotRefused.Load())
+	}
+	if hwm > 300<<10 {
+		t.Errorf("peak RSS %d MiB, want under 300 MiB through the claimed-size and gzip floods", hwm>>10)
 	}
 	if ok == 0 || fail > ok/10 {
 		t.Errorf("the legitimate client: %d ok, %d failed", ok, fail)
@@ -271,14 +340,17 @@ type hostileServer struct {
 	cmd        *exec.Cmd
 	exited     chan error
 	base, addr string
-	pid        int
-	logs       *lockedBuffer
+	// adminBase is the admin listener (admin API, /metrics).
+	adminBase string
+	pid       int
+	logs      *lockedBuffer
 }
 
 // startHostile starts bin serving with c's environment plus env.
 func startHostile(t *testing.T, bin string, c *cli, env ...string) *hostileServer {
 	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, hostileNofile), bin)
-	cmd.Env = append(os.Environ(), env...)
+	// A free admin port, so floods never clash with a tollgate on 8788.
+	cmd.Env = append(append(os.Environ(), "TOLLGATE_ADMIN_ADDR=127.0.0.1:0"), env...)
 	for k, v := range c.env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -297,11 +369,15 @@ func startHostile(t *testing.T, bin string, c *cli, env ...string) *hostileServe
 		err := <-hs.exited
 		hs.exited <- err
 	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
 	if err != nil {
 		t.Fatalf("server printed no address: %v\n%s", err, hs.logs.String())
 	}
-	go io.Copy(io.Discard, stdout)
+	if admin, err := out.ReadString('\n'); err == nil {
+		hs.adminBase = strings.TrimSpace(strings.TrimPrefix(admin, "admin API and metrics on "))
+	}
+	go io.Copy(io.Discard, out)
 	hs.base = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
 	hs.addr = strings.TrimPrefix(hs.base, "http://")
 	hs.pid = cmd.Process.Pid
@@ -438,7 +514,7 @@ func TestHostileBadTokenFlood(t *testing.T) {
 	lwg.Wait()
 	hs.alive("the second bad-token flood")
 	var metrics string
-	if resp, err := http.Get(hs.base + "/metrics"); err == nil {
+	if resp, err := http.Get(hs.adminBase + "/metrics"); err == nil {
 		metrics = string(readAllString(resp))
 	}
 	hs.stop() // flushes the writer and the refusal counts
