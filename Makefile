@@ -32,8 +32,8 @@ test: ## vet + all tests under the race detector, then each benchmark once (what
 	@echo "== make test: ok"
 
 .PHONY: test-hostile
-test-hostile: build ## Hostile-client floods (descriptors past a low ulimit, claimed body sizes) against bin/tollgate on loopback; not in `make test` (<2 min)
-	TOLLGATE_HOSTILE_BIN=$(CURDIR)/$(BIN) $(GO) test -tags hostile -count=1 -v -timeout 2m -run TestHostile ./cmd/tollgate/
+test-hostile: build ## Hostile-client floods against bin/tollgate on loopback (descriptors, claimed sizes, gzip bombs, bad tokens, departing clients; ~45 s); not in `make test`
+	TOLLGATE_HOSTILE_BIN=$(CURDIR)/$(BIN) $(GO) test -tags hostile -count=1 -v -timeout 3m -run TestHostile ./cmd/tollgate/
 
 .PHONY: test-postgres
 test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POSTGRES)
