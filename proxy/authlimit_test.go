@@ -313,3 +313,26 @@ func TestRefusalReasonsHaveTheirOwnMetricSeries(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminTokenGuessesAreLimited: the admin token is the most valuable
+// guess, so its failures count against the same per-address bucket.
+func TestAdminTokenGuessesAreLimited(t *testing.T) {
+	e := newEnv(t, envOptions{authLimits: AuthLimitConfig{Burst: 3, PerMinute: 1, GlobalPerSecond: 1000}})
+	statuses := map[int]int{}
+	for range 6 {
+		req, _ := http.NewRequest("GET", e.AdminURL+"/admin/v1/tokens", nil)
+		req.Header.Set("Authorization", "Bearer not-the-admin-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		statuses[resp.StatusCode]++
+		if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
+			t.Error("429 without Retry-After")
+		}
+	}
+	if statuses[http.StatusUnauthorized] != 3 || statuses[http.StatusTooManyRequests] != 3 {
+		t.Fatalf("statuses %v: want 3 × 401 then 3 × 429", statuses)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -290,10 +291,25 @@ func (s *Server) operatorRoutes(r fiber.Router) {
 	}
 }
 
+// requireAdmin checks the admin token, under the same failure limits as
+// workspace tokens: guesses at the admin token are the most valuable ones.
 func (s *Server) requireAdmin(c *fiber.Ctx) error {
+	now := s.cfg.timeNow()
+	got := strings.TrimSpace(strings.TrimPrefix(c.Get(fiber.HeaderAuthorization), "Bearer "))
+	lim := s.limiter.take(c.Context().RemoteAddr(), got, now)
+	if !lim.ok {
+		wait := retryAfterSeconds(lim.wait)
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(wait))
+		c.Context().SetConnectionClose()
+		e := newError(kindTooManyRequests, "too many failed admin authentications from this address; retry in %d s", wait)
+		e.retryAfter = wait
+		return e
+	}
 	if !bearerIs(c, s.cfg.AdminToken) {
+		s.limiter.failed(lim, got)
 		return newError(kindUnauthenticated, "admin API needs 'Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>'")
 	}
+	s.limiter.accepted(lim, got, now)
 	return c.Next()
 }
 
