@@ -115,6 +115,8 @@ func hasBothFramings(raw []byte) bool {
 // costs what has arrived, never what the client claimed (fasthttp's
 // buffered mode allocates a declared length before reading a byte).
 func (s *Server) edge(c *fiber.Ctx) error {
+	// In a handler: not to be shed at the connection cap (listener.go).
+	markBusy(c.Context().Conn())
 	switch string(c.Request().Header.Peek(edgeRefusalHeader)) {
 	case refusalFraming:
 		c.Response().SetConnectionClose()

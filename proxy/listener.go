@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // Listener bounds, each with its reason.
@@ -79,9 +81,13 @@ type Listener struct {
 	maxConns, maxPerIP int
 	log                *slog.Logger
 
-	open    atomic.Int64
-	mu      sync.Mutex
-	perIP   map[netip.Prefix]int
+	open  atomic.Int64
+	mu    sync.Mutex
+	perIP map[netip.Prefix]int
+	// conns are the open connections, for shedding an idle one at the cap.
+	conns map[*countedConn]struct{}
+	// Shed counts idle or half-open connections closed to admit a new one.
+	shed    atomic.Int64
 	lastLog time.Time
 	// AcceptErrors counts the temporary accept errors retried.
 	acceptErrors atomic.Int64
@@ -99,7 +105,7 @@ func NewListener(ln net.Listener, cfg ListenerConfig) *Listener {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Listener{Listener: ln, maxConns: cfg.MaxConns, maxPerIP: cfg.MaxConnsPerIP, log: cfg.Logger, perIP: map[netip.Prefix]int{}}
+	return &Listener{Listener: ln, maxConns: cfg.MaxConns, maxPerIP: cfg.MaxConnsPerIP, log: cfg.Logger, perIP: map[netip.Prefix]int{}, conns: map[*countedConn]struct{}{}}
 }
 
 // MaxConns is the effective total cap (negative: none).
@@ -110,6 +116,10 @@ func (l *Listener) Open() int64 { return l.open.Load() }
 
 // AcceptErrors is the number of temporary accept errors retried.
 func (l *Listener) AcceptErrors() int64 { return l.acceptErrors.Load() }
+
+// Shed is the number of idle or half-open connections closed at the total
+// cap to admit a new one.
+func (l *Listener) Shed() int64 { return l.shed.Load() }
 
 // Refused is the number of connections closed at once for a cap.
 func (l *Listener) Refused() int64 { return l.refused.Load() }
@@ -143,19 +153,32 @@ func (l *Listener) admit(c net.Conn) (net.Conn, bool) {
 	key, keyed := clientPrefix(c.RemoteAddr())
 	l.mu.Lock()
 	over := ""
+	var victim *countedConn
 	switch {
 	case l.maxConns > 0 && l.open.Load() >= int64(l.maxConns):
-		over = "total"
+		// Shed first what serves nobody: the connection idle longest, or
+		// one that never finished sending its headers (a slow or half-open
+		// client), so holding connections cannot lock everyone out.
+		if victim = l.idlest(); victim == nil {
+			over = "total"
+		}
 	case keyed && l.maxPerIP > 0 && l.perIP[key] >= l.maxPerIP:
 		over = "per_ip"
 	}
+	cc := &countedConn{Conn: c, l: l, key: key, keyed: keyed}
 	if over == "" {
 		l.open.Add(1)
 		if keyed {
 			l.perIP[key]++
 		}
+		cc.since.Store(time.Now().UnixNano())
+		l.conns[cc] = struct{}{}
 	}
 	l.mu.Unlock()
+	if victim != nil {
+		l.shed.Add(1)
+		_ = victim.Close()
+	}
 	if over != "" {
 		l.refused.Add(1)
 		l.logRateLimited("connection refused over the cap", "cap", over, "client", key.String(), "open_conns", l.open.Load())
@@ -164,20 +187,56 @@ func (l *Listener) admit(c net.Conn) (net.Conn, bool) {
 		_ = c.Close()
 		return nil, false
 	}
-	return &countedConn{Conn: c, l: l, key: key, keyed: keyed}, true
+	return cc, true
 }
 
-func (l *Listener) release(key netip.Prefix, keyed bool) {
+// idlest is the open connection not in a handler that has waited longest
+// since it was accepted or last finished a request; l.mu is held.
+func (l *Listener) idlest() *countedConn {
+	var best *countedConn
+	var bestSince int64
+	for c := range l.conns {
+		if c.busy.Load() || c.closed.Load() {
+			continue
+		}
+		if since := c.since.Load(); best == nil || since < bestSince {
+			best, bestSince = c, since
+		}
+	}
+	return best
+}
+
+func (l *Listener) release(c *countedConn) {
 	l.mu.Lock()
 	l.open.Add(-1)
-	if keyed {
-		if n := l.perIP[key] - 1; n > 0 {
-			l.perIP[key] = n
+	delete(l.conns, c)
+	if c.keyed {
+		if n := l.perIP[c.key] - 1; n > 0 {
+			l.perIP[c.key] = n
 		} else {
-			delete(l.perIP, key)
+			delete(l.perIP, c.key)
 		}
 	}
 	l.mu.Unlock()
+}
+
+// markBusy says c is in a handler: not to be shed. The edge middleware
+// calls it for every request; fasthttp's StateIdle (connState) clears it.
+func markBusy(c net.Conn) {
+	if cc, ok := c.(*countedConn); ok {
+		cc.busy.Store(true)
+	}
+}
+
+// connState is fasthttp's connection-state hook for the listener's
+// connections: one that finished its request is idle again, from now.
+func connState(c net.Conn, st fasthttp.ConnState) {
+	cc, ok := c.(*countedConn)
+	if !ok || st != fasthttp.StateIdle {
+		return
+	}
+	cc.since.Store(time.Now().UnixNano())
+	cc.busy.Store(false)
 }
 
 func (l *Listener) logRateLimited(msg string, args ...any) {
@@ -232,12 +291,16 @@ type countedConn struct {
 	key    netip.Prefix
 	keyed  bool
 	closed atomic.Bool
+	// busy is set while a handler runs; since is when the connection was
+	// accepted or last went idle (unix nanoseconds).
+	busy  atomic.Bool
+	since atomic.Int64
 }
 
 func (c *countedConn) Close() error {
 	err := c.Conn.Close()
 	if c.closed.CompareAndSwap(false, true) {
-		c.l.release(c.key, c.keyed)
+		c.l.release(c)
 	}
 	return err
 }

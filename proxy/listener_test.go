@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -82,7 +84,6 @@ func TestListenerCapsOpenConnections(t *testing.T) {
 		name string
 		cfg  ListenerConfig
 	}{
-		{"Total", ListenerConfig{MaxConns: 2, MaxConnsPerIP: -1}},
 		{"PerIP", ListenerConfig{MaxConns: -1, MaxConnsPerIP: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,6 +138,66 @@ func TestListenerCapsOpenConnections(t *testing.T) {
 				t.Errorf("after a slot freed: %d", resp2.StatusCode)
 			}
 		})
+	}
+}
+
+// TestListenerShedsIdleConnectionsFirst: at the total cap, a connection
+// that serves nobody (idle, or half-open: headers never finished) is closed
+// to admit the new one, so holding connections cannot lock clients out; a
+// connection inside a handler is never shed, and when every one is, the new
+// one is refused.
+func TestListenerShedsIdleConnectionsFirst(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, ln, _ := serveWrapped(t, e, inner, ListenerConfig{MaxConns: 2, MaxConnsPerIP: -1, Logger: e.srv.log})
+	half, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	fmt.Fprintf(half, "GET /healthz HTTP/1.1\r\nHost: x\r\n") // never finished
+	testkit.Eventually(t, 2*time.Second, "one open connection", func() bool { return ln.Open() == 1 })
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	testkit.Eventually(t, 2*time.Second, "two open connections", func() bool { return ln.Open() == 2 })
+
+	// At the cap: the half-open connection, accepted first, is shed.
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatalf("a client at the cap: %v, want the half-open connection shed for it", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a client at the cap: %d", resp.StatusCode)
+	}
+	if ln.Shed() != 1 || ln.Refused() != 0 {
+		t.Errorf("shed %d, refused %d; want 1 shed, 0 refused", ln.Shed(), ln.Refused())
+	}
+	_ = half.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := half.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the half-open connection was not shed: %v", err)
+	}
+
+	// A connection inside a handler is never chosen; the longest idle is.
+	l := NewListener(inner, ListenerConfig{MaxConns: 3, MaxConnsPerIP: -1})
+	busy, older, newer := &countedConn{l: l}, &countedConn{l: l}, &countedConn{l: l}
+	busy.busy.Store(true)
+	busy.since.Store(1)
+	older.since.Store(2)
+	newer.since.Store(3)
+	l.conns[busy] = struct{}{}
+	if got := l.idlest(); got != nil {
+		t.Errorf("idlest among busy connections: %p, want none (the new client is refused)", got)
+	}
+	l.conns[newer], l.conns[older] = struct{}{}, struct{}{}
+	if got := l.idlest(); got != older {
+		t.Errorf("idlest: %p, want the one idle longest (%p)", got, older)
 	}
 }
 

@@ -246,6 +246,7 @@ func New(cfg Config) (*Server, error) {
 	// HTTP/2 refusals hold on every port.
 	for _, app := range []*fiber.App{s.app, s.admin} {
 		app.Server().HeaderReceived = s.headerReceived
+		app.Server().ConnState = connState
 		app.Server().Handler = s.refuseHTTP2(app.Server().Handler)
 		app.Use(s.edge)
 	}

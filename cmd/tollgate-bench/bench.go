@@ -294,6 +294,12 @@ func (b *bench) setupTollgate(ctx context.Context) ([]string, string, error) {
 		// The bench uses neither the admin API nor /metrics; the default
 		// fixed admin port would clash with a tollgate already running.
 		"TOLLGATE_ADMIN_ADDR=off",
+		// Every load client is 127.0.0.1: the per-client connection cap
+		// (256) would refuse S4's 5,000 held streams. The bench measures
+		// capacity, not the cap; make test-hostile measures the caps.
+		"TOLLGATE_MAX_CONNS=-1",
+		"TOLLGATE_MAX_CONNS_PER_IP=-1",
+		// Nor is it an authentication flood: every request has a valid token.
 	}
 	bin := filepath.Join(b.bin, "tollgate")
 	cli := func(stdin string, args ...string) (string, error) {
