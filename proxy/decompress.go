@@ -212,22 +212,26 @@ func decodeBody(raw []byte, coding string, limit int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return readBounded(r, limit)
+	return readBounded(r, limit, len(raw))
 }
 
-// decodeChunk is the step in which a decoded body grows.
+// decodeChunk is the largest step in which a decoded body grows; the
+// first is a few times the compressed size, so a small body does not cost
+// a whole chunk.
 const decodeChunk = 1 << 20
 
-// readBounded reads r to its end into one buffer of exactly its size, or
+// readBounded reads r to its end into one buffer, or
 // fails with fasthttp.ErrBodyTooLarge past limit bytes. It reads in
-// chunks rather than into a doubling buffer or a pooled one (fasthttp's
+// growing chunks rather than into a doubling buffer or a pooled one (fasthttp's
 // decoders do both), so a bomb costs at most limit plus a chunk while it
 // decodes, and nothing stays pooled after: measured by make test-hostile.
-func readBounded(r io.Reader, limit int) ([]byte, error) {
+func readBounded(r io.Reader, limit, compressed int) ([]byte, error) {
 	var chunks [][]byte
 	total := 0
+	step := min(decodeChunk, max(4<<10, 4*compressed))
 	for {
-		chunk := make([]byte, min(decodeChunk, limit+1-total))
+		chunk := make([]byte, min(step, limit+1-total))
+		step = min(2*step, decodeChunk)
 		n, err := io.ReadFull(r, chunk)
 		chunks = append(chunks, chunk[:n])
 		total += n

@@ -192,3 +192,23 @@ func TestDecodeBudgetBoundsConcurrentDecodes(t *testing.T) {
 	}
 	nilBudget.release(5)
 }
+
+// TestReadBoundedAcrossChunks: a body decoded over several growing chunks
+// comes back whole and in order, exactly at the limit too; one byte over
+// is refused.
+func TestReadBoundedAcrossChunks(t *testing.T) {
+	body := make([]byte, 3*decodeChunk+12345)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	got, err := readBounded(bytes.NewReader(body), len(body), 100)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("at the limit: %d bytes, %v; want the body back whole", len(got), err)
+	}
+	if _, err := readBounded(bytes.NewReader(body), len(body)-1, 100); !errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		t.Fatalf("one byte over: %v, want ErrBodyTooLarge", err)
+	}
+	if got, err := readBounded(bytes.NewReader(nil), 10, 0); err != nil || len(got) != 0 {
+		t.Fatalf("empty: %q, %v", got, err)
+	}
+}
