@@ -10,12 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -86,43 +83,14 @@ func (h *holdingProvider) serve(t *testing.T, c net.Conn) {
 func TestHostileDepartingClientsFreeTheProvider(t *testing.T) {
 	const clients = 60
 	bin := hostileBinary(t)
-	const canary = "sk-ant-api03-CANARYdeparture0123456789abcdefg"
 	h := startHoldingProvider(t)
-	c := newCLI(t, "http://"+h.ln.Addr().String())
+	c, tok := hostileCLI(t, "http://"+h.ln.Addr().String())
 	ctx := context.Background()
-	if _, errs, code := c.run(ctx, canary+"\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
-		t.Fatalf("credential set: %s", errs)
-	}
-	tok, _, _ := c.run(ctx, "", "token", "issue", "--workspace", "ws-hostile", "--project", "p", "--user", "u")
-	tok = strings.TrimSpace(tok)
 
 	// At hostileNofile the default connection cap is 16; this descriptor
 	// limit keeps the default caps (384 connections) above the flood.
-	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, 1024), bin)
-	for k, v := range c.env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	cmd.Env = append(os.Environ(), cmd.Env...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("server printed no address: %v\n%s", err, logs.String())
-	}
-	go io.Copy(io.Discard, stdout)
-	base := strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	addr := strings.TrimPrefix(base, "http://")
-	pid := cmd.Process.Pid
+	hs := startHostileAt(t, bin, 1024, c)
+	base, addr, pid, logs := hs.base, hs.addr, hs.pid, hs.logs
 
 	lctx, stopLegit := context.WithCancel(ctx)
 	lc := &legitClient{}
@@ -197,14 +165,5 @@ func TestHostileDepartingClientsFreeTheProvider(t *testing.T) {
 		t.Errorf("the legitimate client: %d ok, %d failed", ok, fail)
 	}
 
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Errorf("server did not stop cleanly: %v", err)
-		}
-	case <-time.After(45 * time.Second):
-		t.Errorf("server did not stop within 45 s of SIGTERM")
-	}
+	hs.stop()
 }

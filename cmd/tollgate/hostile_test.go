@@ -139,15 +139,9 @@ func (lc *legitClient) summary() (ok, fail int, p99 time.Duration) {
 // client, its RSS stays bounded, and it never exits.
 func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 	bin := hostileBinary(t)
-	const canary = "sk-ant-api03-CANARYhostile0123456789abcdefgh"
-	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: []string{canary}, RecordLimit: -1})
-	c := newCLI(t, fakeURL)
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: []string{hostileCanary}, RecordLimit: -1})
+	c, tok := hostileCLI(t, fakeURL)
 	ctx := context.Background()
-	if _, errs, code := c.run(ctx, canary+"\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
-		t.Fatalf("credential set: %s", errs)
-	}
-	tok, _, _ := c.run(ctx, "", "token", "issue", "--workspace", "ws-hostile", "--project", "p", "--user", "u")
-	tok = strings.TrimSpace(tok)
 
 	// No connection cap: the descriptor flood must meet EMFILE, which the
 	// listener has to survive; the caps are the subject of the unit tests.
@@ -346,9 +340,30 @@ type hostileServer struct {
 	logs      *lockedBuffer
 }
 
+const hostileCanary = "sk-ant-api03-CANARYhostile0123456789abcdefgh"
+
+// hostileCLI is a CLI against a fresh database whose platform Anthropic
+// credential is hostileCanary (for a fake provider at providerURL), and a
+// workspace token.
+func hostileCLI(t *testing.T, providerURL string) (*cli, string) {
+	t.Helper()
+	c := newCLI(t, providerURL)
+	ctx := context.Background()
+	if _, errs, code := c.run(ctx, hostileCanary+"\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
+		t.Fatalf("credential set: %s", errs)
+	}
+	tok, _, _ := c.run(ctx, "", "token", "issue", "--workspace", "ws-hostile", "--project", "p", "--user", "u")
+	return c, strings.TrimSpace(tok)
+}
+
 // startHostile starts bin serving with c's environment plus env.
 func startHostile(t *testing.T, bin string, c *cli, env ...string) *hostileServer {
-	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, hostileNofile), bin)
+	return startHostileAt(t, bin, hostileNofile, c, env...)
+}
+
+// startHostileAt is startHostile under a descriptor limit of nofile.
+func startHostileAt(t *testing.T, bin string, nofile int, c *cli, env ...string) *hostileServer {
+	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, nofile), bin)
 	// A free admin port, so floods never clash with a tollgate on 8788.
 	cmd.Env = append(append(os.Environ(), "TOLLGATE_ADMIN_ADDR=127.0.0.1:0"), env...)
 	for k, v := range c.env {
@@ -481,15 +496,9 @@ func answered(statuses map[int]int) (n int) {
 // 127.0.0.2 keeps working (its own records are what the disk grows by).
 func TestHostileBadTokenFlood(t *testing.T) {
 	bin := hostileBinary(t)
-	const canary = "sk-ant-api03-CANARYhostile0123456789abcdefgh"
-	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: []string{canary}, RecordLimit: -1})
-	c := newCLI(t, fakeURL)
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{Keys: []string{hostileCanary}, RecordLimit: -1})
+	c, tok := hostileCLI(t, fakeURL)
 	ctx := context.Background()
-	if _, errs, code := c.run(ctx, canary+"\n", "credential", "set", "--platform", "--provider", "anthropic", "--key-stdin"); code != 0 {
-		t.Fatalf("credential set: %s", errs)
-	}
-	tok, _, _ := c.run(ctx, "", "token", "issue", "--workspace", "ws-hostile", "--project", "p", "--user", "u")
-	tok = strings.TrimSpace(tok)
 	dbDir, spool := filepath.Dir(c.env["TOLLGATE_DB"]), c.env["TOLLGATE_SPOOL"]
 	disk := func() int64 { return dirBytes(dbDir) + dirBytes(spool) }
 
