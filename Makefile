@@ -17,6 +17,17 @@ build: ## Build bin/tollgate and bin/fakeprovider (static: CGO_ENABLED=0)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tollgate
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/fakeprovider ./cmd/fakeprovider
 
+IMAGE_NAME ?= tollgate
+CA_BUNDLE  ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: image
+image: build ## Container image FROM scratch (no pull, builds offline): tollgate:VERSION and tollgate:latest; see Dockerfile
+	rm -rf bin/image && mkdir -p bin/image/data
+	cp $(CA_BUNDLE) bin/image/ca-certificates.crt
+	printf 'nonroot:x:65532:65532:nonroot:/data:/sbin/nologin\n' > bin/image/passwd
+	printf 'nonroot:x:65532:\n' > bin/image/group
+	docker build --label org.opencontainers.image.version=$(VERSION) -t $(IMAGE_NAME):$(VERSION) -t $(IMAGE_NAME):latest .
+
 .PHONY: run
 run: build ## Run tollgate on the embedded default (SQLite under ./data, ./harnesses.yaml)
 	./$(BIN) serve
