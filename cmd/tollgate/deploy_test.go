@@ -322,18 +322,23 @@ func (p k8sPod) mountFor(path string) (volume string, readOnly bool) {
 	return volume, readOnly
 }
 
-// volumeKind says which source the pod's volume has: secret, configMap,
-// emptyDir, or "" (a claim from the StatefulSet's templates).
-func (p k8sPod) volumeKind(name string) string {
+// volume is the pod's volume of that name, or nil.
+func (p k8sPod) volume(name string) any {
 	vols, _ := dig(p.template, "spec", "volumes").([]any)
 	for _, v := range vols {
-		if digString(v, "name") != name {
-			continue
+		if digString(v, "name") == name {
+			return v
 		}
-		for _, kind := range []string{"secret", "configMap", "emptyDir", "persistentVolumeClaim"} {
-			if dig(v, kind) != nil {
-				return kind
-			}
+	}
+	return nil
+}
+
+// volumeKind says which source the pod's volume has: secret, configMap,
+// emptyDir, or "" (none: a claim from the StatefulSet's templates).
+func (p k8sPod) volumeKind(name string) string {
+	for _, kind := range []string{"secret", "configMap", "emptyDir", "persistentVolumeClaim"} {
+		if dig(p.volume(name), kind) != nil {
+			return kind
 		}
 	}
 	return ""
@@ -443,7 +448,8 @@ func TestDeployKubernetes(t *testing.T) {
 		t.Errorf("pdb.yaml: %v does not select the tollgate pods", dig(pdb, "spec", "selector"))
 	}
 	secret := yamlDocs(t, filepath.Join(deployDir, "kubernetes", "secret.example.yaml"))[0]
-	secretName := digString(dig(sts.template, "spec", "volumes").([]any)[0], "secret", "secretName")
+	keyVolume, _ := sts.mountFor(sts.env["TOLLGATE_MASTER_KEY_FILE"])
+	secretName := digString(sts.volume(keyVolume), "secret", "secretName")
 	if secret["kind"] != "Secret" || digString(secret, "metadata", "name") != secretName {
 		t.Errorf("secret.example.yaml is not the Secret %q the pods mount", secretName)
 	}
