@@ -163,6 +163,17 @@ func (f *pgFixture) partition(replicas ...int) {
 	}
 }
 
+// terminate ends the sessions whose application_name is LIKE pattern and
+// returns how many it ended.
+func (f *pgFixture) terminate(pattern string) int {
+	f.t.Helper()
+	var n int
+	if err := f.admin.QueryRow(`SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE $1 AND usename = ANY($2)`, pattern, f.roles).Scan(&n); err != nil {
+		f.t.Fatalf("postgres: terminate %s: %v", pattern, err)
+	}
+	return n
+}
+
 // heal lets the replicas log in again.
 func (f *pgFixture) heal(replicas ...int) {
 	f.t.Helper()
@@ -513,11 +524,16 @@ func fmtPct(ds []time.Duration) string {
 	return fmt.Sprintf("p50 %v p99 %v max %v (n=%d)", r(p50), r(p99), r(top), len(ds))
 }
 
-// readyz is replica i's /readyz on the proxy port.
-func (c *cluster) readyz(i int) (int, string) {
+// readyz is replica i's /readyz on the proxy port, or with admin on the
+// admin port.
+func (c *cluster) readyz(i int, admin bool) (int, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", c.rep(i).base+"/readyz", nil)
+	base := c.rep(i).base
+	if admin {
+		base = c.rep(i).adminBase
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/readyz", nil)
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return 0, err.Error()

@@ -25,14 +25,19 @@ import (
 )
 
 // TestClusterColdStart: three replicas and a CLI command that migrates,
-// started at the same moment on an empty database, 10 times: every one
-// comes up, and every component's migrations are recorded once each.
+// started at the same moment on an empty database, 10 times (and 8
+// replicas, 3 times): every one comes up, and every component's
+// migrations are recorded once each.
 func TestClusterColdStart(t *testing.T) {
-	pg := newPGFixture(t, clusterReplicas)
+	t.Run("3-replicas", func(t *testing.T) { testColdStart(t, clusterReplicas, 10) })
+	t.Run("8-replicas", func(t *testing.T) { testColdStart(t, 8, 3) })
+}
+
+func testColdStart(t *testing.T, replicas, trials int) {
+	pg := newPGFixture(t, replicas)
 	fake := startFake(t)
 	env := clusterEnv(t, fake.url)
 	bin := clusterBinary(t)
-	const trials = 10
 	var started, cliOK int
 	var failures []string
 	var slowest time.Duration
@@ -48,7 +53,7 @@ func TestClusterColdStart(t *testing.T) {
 			failures = append(failures, fmt.Sprintf("trial %d %s: %v", trial, who, err))
 		}
 		t0 := time.Now()
-		for i := range clusterReplicas {
+		for i := range replicas {
 			cmd := serveCmd(bin, env, pg.dsn(db, i, fmt.Sprintf("tollgate-r%d", i)), t.TempDir())
 			wg.Go(func() {
 				<-release
@@ -93,13 +98,13 @@ func TestClusterColdStart(t *testing.T) {
 		swg.Wait()
 	}
 	t.Logf("cold start: %d trials of %d replicas + 1 CLI at once on an empty database: %d of %d replicas started (slowest %v), %d of %d CLI commands succeeded",
-		trials, clusterReplicas, started, trials*clusterReplicas, slowest.Round(time.Millisecond), cliOK, trials)
+		trials, replicas, started, trials*replicas, slowest.Round(time.Millisecond), cliOK, trials)
 	for _, f := range failures {
 		t.Logf("cold start: %s", f)
 	}
 	if len(failures) > 0 {
 		t.Errorf("%d of %d processes started together on an empty database failed (store.Migrate takes no lock and reads the version outside its transaction: issue 12 defect 2): first: %s",
-			len(failures), trials*(clusterReplicas+1), failures[0])
+			len(failures), trials*(replicas+1), failures[0])
 	}
 }
 
@@ -156,6 +161,58 @@ func unlockPhase() {
 func TestClusterRevokePropagation(t *testing.T) {
 	t.Run("notify", func(t *testing.T) { testRevokePropagation(t, "on", 50, propagationTarget) })
 	t.Run("poll-only", func(t *testing.T) { testRevokePropagation(t, "off", 20, pollOnlyBound) })
+	t.Run("listener-lost", testRevokeListenerLost)
+}
+
+// testRevokeListenerLost: the listening sessions of r1 and r2 are
+// terminated just before each revocation, which the notification then
+// misses; the poll (and the catch-up after reconnecting) still lands it
+// within the poll interval.
+func testRevokeListenerLost(t *testing.T) {
+	c := newCluster(t, []string{"TOLLGATE_PG_NOTIFY=on"})
+	const trials = 10
+	var lat []time.Duration
+	var never []string
+	listeners := 0
+	for trial := range trials {
+		tok, id := c.issueToken(0, "ws-revoke", "p")
+		for i := 1; i < clusterReplicas; i++ {
+			if _, ok, odd := c.waitFor(i, tok, time.Now(), propagationBound, func(a answer) bool { return a.status == http.StatusOK }); !ok {
+				t.Fatalf("trial %d: a new token is not served by r%d within %v (statuses %v)", trial, i, propagationBound, odd)
+			}
+		}
+		unlockPhase()
+		for i := 1; i < clusterReplicas; i++ {
+			listeners += c.pg.terminate(fmt.Sprintf("tollgate-r%d", i) + "%listen%")
+		}
+		c.admin(0, "DELETE", "/tokens/"+id, nil, nil)
+		revoked := time.Now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := 1; i < clusterReplicas; i++ {
+			wg.Go(func() {
+				d, ok, _ := c.waitFor(i, tok, revoked, propagationBound, func(a answer) bool { return a.status == http.StatusUnauthorized })
+				mu.Lock()
+				defer mu.Unlock()
+				if !ok {
+					never = append(never, fmt.Sprintf("trial %d r%d", trial, i))
+					return
+				}
+				lat = append(lat, d)
+			})
+		}
+		wg.Wait()
+	}
+	t.Logf("revoke with the listeners of r1 and r2 just terminated (%d sessions ended over %d trials): first 401 %s", listeners, trials, fmtPct(lat))
+	if len(never) > 0 {
+		t.Errorf("%d times a revoked token was still accepted %v after the revoke: %v", len(never), propagationBound, never)
+	}
+	if _, _, top := percentiles(lat); top > pollOnlyBound {
+		t.Errorf("with the listener lost, revocation took up to %v, over the poll interval + slack (%v)", top, pollOnlyBound)
+	}
+	if listeners == 0 {
+		t.Errorf("r1 and r2 hold no listening session (application_name tollgate-rN...listen): no LISTEN/NOTIFY (issue 12 defect 3)")
+	}
 }
 
 func testRevokePropagation(t *testing.T, notify string, trials int, bound time.Duration) {
@@ -316,8 +373,10 @@ func TestClusterPartition(t *testing.T) {
 			}
 		}
 	}
-	if code, body := c.readyz(cut); code != http.StatusOK {
-		t.Fatalf("r%d /readyz before the partition: %d %s", cut, code, body)
+	for _, admin := range []bool{false, true} {
+		if code, body := c.readyz(cut, admin); code != http.StatusOK {
+			t.Fatalf("r%d /readyz (admin port %v) before the partition: %d %s", cut, admin, code, body)
+		}
 	}
 	c.pg.partition(cut)
 	healed := false
@@ -334,17 +393,21 @@ func TestClusterPartition(t *testing.T) {
 	// During the partition: r2 with the revoked token, r2's /readyz.
 	var after []answer
 	var lastAccepted time.Duration = -1
-	var firstUnready time.Duration = -1
+	// The first store-stale /readyz on the proxy port and on the admin
+	// port, and what they said past the bound.
+	firstUnready := [2]time.Duration{-1, -1}
 	var readyAfter []string
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for time.Since(revoked) < hold {
-			code, body := c.readyz(cut)
-			if time.Now().After(bound) && len(readyAfter) < 3 {
-				readyAfter = append(readyAfter, fmt.Sprintf("%d %s", code, body))
-			}
-			if code == http.StatusServiceUnavailable && strings.Contains(body, `"store-stale"`) && firstUnready < 0 {
-				firstUnready = time.Since(revoked)
+			for p, admin := range []bool{false, true} {
+				code, body := c.readyz(cut, admin)
+				if time.Now().After(bound) && len(readyAfter) < 4 {
+					readyAfter = append(readyAfter, fmt.Sprintf("%d %s", code, body))
+				}
+				if code == http.StatusServiceUnavailable && strings.Contains(body, `"store-stale"`) && firstUnready[p] < 0 {
+					firstUnready[p] = time.Since(revoked)
+				}
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -388,7 +451,7 @@ func TestClusterPartition(t *testing.T) {
 
 	t.Logf("partition of r%d (bound %v), revoked token: last accepted %s after the revoke; from bound+1 s on %d requests, statuses %v (%d of the 503s without Retry-After)",
 		cut, clusterStaleness, orNever(lastAccepted), len(after), statusCounts(after), noRetryAfter)
-	t.Logf("partition: /readyz store-stale %s after the revoke; past the bound it said %q", orNever(firstUnready), readyAfter)
+	t.Logf("partition: /readyz store-stale %s (admin port %s) after the revoke; past the bound it said %q", orNever(firstUnready[0]), orNever(firstUnready[1]), readyAfter)
 	t.Logf("partition healed: revoked token 401 after %v (%v, statuses before %v); other token 200 after %v (%v, %v)",
 		refusedIn.Round(time.Millisecond), refusedOK, odd, servedIn.Round(time.Millisecond), servedOK, oddOther)
 
@@ -398,8 +461,9 @@ func TestClusterPartition(t *testing.T) {
 	if len(after) == 0 || unavailable != len(after) || noRetryAfter > 0 {
 		t.Errorf("past the bound the partitioned replica must answer 503 with Retry-After: got %v, %d without Retry-After", statusCounts(after), noRetryAfter)
 	}
-	if firstUnready < 0 || firstUnready > clusterStaleness+time.Second {
-		t.Errorf("/readyz of the partitioned replica did not say 503 store-stale within the bound + 1 s (first %s; it said %q): a load balancer keeps routing to it (issue 12 defect 1)", orNever(firstUnready), readyAfter)
+	if u := slices.Max(firstUnready[:]); slices.Min(firstUnready[:]) < 0 || u > clusterStaleness+time.Second {
+		t.Errorf("/readyz of the partitioned replica did not say 503 store-stale on both ports within the bound + 1 s (first %s, admin port %s; it said %q): a load balancer keeps routing to it (issue 12 defect 1)",
+			orNever(firstUnready[0]), orNever(firstUnready[1]), readyAfter)
 	}
 	if !refusedOK || refusedIn > 2*time.Second {
 		t.Errorf("healed, the replica refused the revoked token only after %v (%v), want 401 within 2 s", refusedIn, refusedOK)
@@ -519,6 +583,23 @@ func TestClusterOutage(t *testing.T) {
 	t.Logf("outage: writers caught up with the %d requests the provider had seen at healing %s after it (%d records at the end of the wait); in the end %d records for %d requests the provider saw",
 		sawAtHeal, orNever(caughtUp), recs, final, saw)
 
+	var early, lateAfterHeal []answer
+	for _, a := range within {
+		if a.sent.Before(down.Add(clusterStaleness-1200*time.Millisecond)) && a.status != http.StatusOK {
+			early = append(early, a)
+		}
+	}
+	for _, a := range post {
+		if a.sent.After(up.Add(2*time.Second)) && a.status != http.StatusOK {
+			lateAfterHeal = append(lateAfterHeal, a)
+		}
+	}
+	if len(early) > 0 {
+		t.Errorf("%d requests failed early in the outage, within the freshness bound (statuses %v): a cached answer known fresh enough must be served (stale-if-error, issue 12 defect 4)", len(early), statusCounts(early))
+	}
+	if len(lateAfterHeal) > 0 {
+		t.Errorf("%d requests failed more than 2 s after healing (statuses %v)", len(lateAfterHeal), statusCounts(lateAfterHeal))
+	}
 	if errors500 > 0 {
 		t.Errorf("%d requests answered 500 during the outage: database errors are internal errors, not 503 (issue 12 defect 4)", errors500)
 	}
