@@ -393,7 +393,6 @@ type answer struct {
 	// complete: the whole body arrived (for a stream, its message_stop).
 	complete bool
 	err      error
-	body     string
 }
 
 // inferOpts shape one request.
@@ -430,7 +429,6 @@ func (c *cluster) infer(ctx context.Context, i int, tok string, o inferOpts) ans
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	a.took = time.Since(a.sent)
-	a.body = string(b[:min(len(b), 300)])
 	a.err = err
 	a.complete = err == nil && resp.StatusCode == http.StatusOK && (!o.stream || bytes.Contains(b, []byte("message_stop")))
 	return a
