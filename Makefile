@@ -51,6 +51,12 @@ test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POST
 	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
 		$(GO) test -race -count=1 ./internal/... ./resolver/... ./metering/... ./cmd/...
 
+.PHONY: test-cluster
+test-cluster: build ## 3 bin/tollgate replicas on PostgreSQL (TOLLGATE_TEST_POSTGRES) under faults: cold start, propagation, partition, outage, kill -9 (~5 min); not in `make test`
+	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
+	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
+		$(GO) test -tags cluster -count=1 -v -timeout 9m -run 'TestCluster$(CLUSTER_RUN)' ./cmd/tollgate/
+
 .PHONY: lint
 lint: ## gofmt (fails on output) and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

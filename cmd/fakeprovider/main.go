@@ -1,7 +1,9 @@
 // Command fakeprovider serves tollgate's fake AI provider
 // (proxy/upstreamtest) on a real port, for the end-to-end harness runs and
 // the benchmark. Its first line on stdout is "listening on http://ADDR";
-// scripts parse it. GET /_fake/counters returns the stream counters.
+// scripts parse it. GET /_fake/counters returns the stream counters; with
+// -client-ids, GET /_fake/client-ids returns what each client request id
+// got, and -key-tags marks each answer with the key that paid for it.
 package main
 
 import (
@@ -61,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.TTFB, "ttfb", 0, "delay before response headers")
 	fs.StringVar(&cfg.Fault, "fault", "", "default fault list (see X-Fake-Fault)")
 	fs.BoolVar(&cfg.UsageOnFinishChunk, "usage-on-finish-chunk", false, "OpenAI Chat: put usage on the finish_reason chunk")
+	keyTags := fs.Bool("key-tags", false, "append a tag of the provider key (a hash prefix) to the request-id response headers")
+	clientIDs := fs.Bool("client-ids", false, "count each X-Client-Request-Id, served at "+ClientIDsPath)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -86,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: fake, ReadHeaderTimeout: readHeaderTimeout}
+	srv := &http.Server{Handler: &tracer{next: fake, keyTags: *keyTags, ids: *clientIDs}, ReadHeaderTimeout: readHeaderTimeout}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 

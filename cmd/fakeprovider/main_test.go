@@ -122,3 +122,40 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestRunTracesKeysAndClientIDs: -key-tags marks the request id with the
+// key's tag, and -client-ids counts each client request id, answered or
+// not.
+func TestRunTracesKeysAndClientIDs(t *testing.T) {
+	base, _ := mustRun(t, "-key-tags", "-client-ids", "-events", "2")
+	resp := post(t, base, "k1", map[string]string{clientIDHeader: "c-1"})
+	io.Copy(io.Discard, resp.Body)
+	if got := resp.Header.Get("X-Request-Id"); !strings.HasSuffix(got, "-"+KeyTag("k1")) || KeyTag("k1") == KeyTag("k2") {
+		t.Errorf("X-Request-Id %q, want the tag %s of k1", got, KeyTag("k1"))
+	}
+	// A client that goes away mid-stream is seen, not answered.
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-5","stream":true}`))
+	req.Header.Set("Authorization", "Bearer k2")
+	req.Header.Set(clientIDHeader, "c-2")
+	req.Header.Set(upstreamtest.HeaderFault, "silence")
+	r2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	var got map[string]idCount
+	ok := false
+	for deadline := time.Now().Add(5 * time.Second); !ok && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		r, err := http.Get(base + ClientIDsPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = nil
+		json.NewDecoder(r.Body).Decode(&got)
+		r.Body.Close()
+		ok = got["c-1"] == idCount{Seen: 1, Answered: 1} && got["c-2"] == idCount{Seen: 1}
+	}
+	if !ok {
+		t.Errorf("client ids %v, want c-1 seen and answered, c-2 seen only", got)
+	}
+}

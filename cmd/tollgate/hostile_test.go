@@ -24,7 +24,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,39 +36,7 @@ const hostileNofile = 256
 // hostileBinary is the binary under test: TOLLGATE_HOSTILE_BIN (make builds
 // bin/tollgate), else a fresh build.
 func hostileBinary(t *testing.T) string {
-	if p := os.Getenv("TOLLGATE_HOSTILE_BIN"); p != "" {
-		return p
-	}
-	p := filepath.Join(t.TempDir(), "tollgate")
-	out, err := exec.Command("go", "build", "-o", p, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return p
-}
-
-// lockedBuffer collects the server's log.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// logTail is the last n lines of a log.
-func logTail(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return testBinary(t, "TOLLGATE_HOSTILE_BIN", ".")
 }
 
 // procStatusKiB reads a kB field of /proc/<pid>/status.
@@ -328,18 +295,6 @@ func TestHostileFloodsAgainstTheBinary(t *testing.T) {
 	hs.stop()
 }
 
-// hostileServer is the binary serving under hostileNofile descriptors.
-type hostileServer struct {
-	t          *testing.T
-	cmd        *exec.Cmd
-	exited     chan error
-	base, addr string
-	// adminBase is the admin listener (admin API, /metrics).
-	adminBase string
-	pid       int
-	logs      *lockedBuffer
-}
-
 const hostileCanary = "sk-ant-api03-CANARYhostile0123456789abcdefgh"
 
 // hostileCLI is a CLI against a fresh database whose platform Anthropic
@@ -357,72 +312,19 @@ func hostileCLI(t *testing.T, providerURL string) (*cli, string) {
 }
 
 // startHostile starts bin serving with c's environment plus env.
-func startHostile(t *testing.T, bin string, c *cli, env ...string) *hostileServer {
+func startHostile(t *testing.T, bin string, c *cli, env ...string) *serveProc {
 	return startHostileAt(t, bin, hostileNofile, c, env...)
 }
 
 // startHostileAt is startHostile under a descriptor limit of nofile.
-func startHostileAt(t *testing.T, bin string, nofile int, c *cli, env ...string) *hostileServer {
+func startHostileAt(t *testing.T, bin string, nofile int, c *cli, env ...string) *serveProc {
 	cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" serve`, nofile), bin)
 	// A free admin port, so floods never clash with a tollgate on 8788.
 	cmd.Env = append(append(os.Environ(), "TOLLGATE_ADMIN_ADDR=127.0.0.1:0"), env...)
 	for k, v := range c.env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &hostileServer{t: t, cmd: cmd, exited: make(chan error, 1), logs: &lockedBuffer{}}
-	cmd.Stderr = hs.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { hs.exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		err := <-hs.exited
-		hs.exited <- err
-	})
-	out := bufio.NewReader(stdout)
-	line, err := out.ReadString('\n')
-	if err != nil {
-		t.Fatalf("server printed no address: %v\n%s", err, hs.logs.String())
-	}
-	if admin, err := out.ReadString('\n'); err == nil {
-		hs.adminBase = strings.TrimSpace(strings.TrimPrefix(admin, "admin API and metrics on "))
-	}
-	go io.Copy(io.Discard, out)
-	hs.base = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	hs.addr = strings.TrimPrefix(hs.base, "http://")
-	hs.pid = cmd.Process.Pid
-	return hs
-}
-
-// alive fails the test if the server has exited.
-func (hs *hostileServer) alive(stage string) {
-	hs.t.Helper()
-	select {
-	case err := <-hs.exited:
-		hs.exited <- err
-		hs.t.Fatalf("server exited during %s: %v\nlast log lines:\n%s", stage, err, logTail(hs.logs.String(), 5))
-	default:
-	}
-}
-
-// stop sends SIGTERM and checks the server stops cleanly.
-func (hs *hostileServer) stop() {
-	hs.t.Helper()
-	_ = hs.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-hs.exited:
-		hs.exited <- err
-		if err != nil {
-			hs.t.Errorf("server did not stop cleanly: %v", err)
-		}
-	case <-time.After(45 * time.Second):
-		hs.t.Errorf("server did not stop within 45 s of SIGTERM")
-	}
+	return mustStartServe(t, cmd)
 }
 
 // dirBytes sums the sizes of the files under dir.
