@@ -52,6 +52,10 @@ const (
 	// store transactions.
 	DefaultRetryMin = 100 * time.Millisecond
 	DefaultRetryMax = 30 * time.Second
+	// DefaultProbeInterval is how often the writer pings a store it cannot
+	// reach, and so about how long it takes to notice the store is back.
+	// RetryMax applies only while the store answers.
+	DefaultProbeInterval = time.Second
 	// replayEvery lets spool catch-up progress under sustained load: after
 	// this many queue batches, one spool segment is replayed even if the
 	// queue is not empty.
@@ -98,6 +102,11 @@ type WriterConfig struct {
 	// between failed store transactions. Defaults DefaultRetryMin and
 	// DefaultRetryMax; RetryMax must not be below RetryMin.
 	RetryMin, RetryMax time.Duration
+	// ProbeInterval caps the backoff while the store cannot be reached (a
+	// lost connection, or a failed Ping): the writer then pings it this
+	// often and retries as soon as a ping succeeds, however long the
+	// outage lasted. Default DefaultProbeInterval.
+	ProbeInterval time.Duration
 	// Logger receives store and spool errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -134,6 +143,9 @@ func (c WriterConfig) withDefaults() WriterConfig {
 	if c.RetryMax == 0 {
 		c.RetryMax = DefaultRetryMax
 	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = DefaultProbeInterval
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -154,7 +166,7 @@ func (c WriterConfig) Validate() error {
 		{"QueueSize", int64(c.QueueSize)}, {"BatchSize", int64(c.BatchSize)}, {"MinBatch", int64(c.MinBatch)}, {"MinBatchAge", int64(c.MinBatchAge)},
 		{"BatchInterval", int64(c.BatchInterval)}, {"SyncInterval", int64(c.SyncInterval)},
 		{"SegmentBytes", c.SegmentBytes}, {"MaxSpoolBytes", c.MaxSpoolBytes},
-		{"RetryMin", int64(c.RetryMin)}, {"RetryMax", int64(c.RetryMax)},
+		{"RetryMin", int64(c.RetryMin)}, {"RetryMax", int64(c.RetryMax)}, {"ProbeInterval", int64(c.ProbeInterval)},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("metering writer: %s is negative (%d)", f.name, f.v))
@@ -596,6 +608,9 @@ const (
 
 // insert retries one transaction with exponential backoff and jitter until
 // it commits (true) or ctx ends (false; the records are still spooled).
+// The backoff grows to RetryMax only while the store answers; a store that
+// cannot be reached is pinged every ProbeInterval instead, and the
+// transaction retried as soon as it answers.
 func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 	delay := w.cfg.RetryMin
 	for attempt := 1; ; attempt++ {
@@ -612,12 +627,19 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 			return false
 		}
 		w.retries.Add(1)
+		fault := classifyStoreErr(err)
+		// answers: the store was reached and said no, rather than not reached.
+		answers := fault == faultRecord || (!storeUnreachable(err) && w.ping(ctx) == nil)
+		sleep := delay/2 + rand.N(delay/2+1)
+		if !answers {
+			sleep = min(sleep, w.cfg.ProbeInterval)
+		}
 		// Log the first failure and then every tenth so an outage is visible
 		// without one line per retry.
 		if attempt == 1 || attempt%10 == 0 {
-			w.log.Error("metering: store write failed; records stay in the spool", "attempt", attempt, "records", len(recs), "retry_in", delay, "err", err)
+			w.log.Error("metering: store write failed; records stay in the spool", "attempt", attempt, "records", len(recs), "store_answers", answers, "retry_in", sleep, "err", err)
 		}
-		if w.refuses(ctx, err) {
+		if w.refuses(fault, answers) {
 			if len(recs) > 1 && attempt >= splitAfter {
 				mid := len(recs) / 2
 				return w.insert(ctx, recs[:mid]) && w.insert(ctx, recs[mid:])
@@ -630,31 +652,76 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 				// record stays in the spool and is retried.
 			}
 		}
-		sleep := delay/2 + rand.N(delay/2+1)
-		t := time.NewTimer(sleep)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, sleep) || !answers && !w.awaitStore(ctx) {
 			return false
 		}
 		delay = min(delay*2, w.cfg.RetryMax)
 	}
 }
 
-// refuses says err is the records' fault, not the store's: only then may a
-// batch be split and a record quarantined. A disk-full, locked or
-// unreachable store is never the records' fault, even while it answers
-// Ping (SQLite on a full disk does): they wait in the spool.
-func (w *Writer) refuses(ctx context.Context, err error) bool {
-	switch classifyStoreErr(err) {
+// awaitStore pings a store that could not be reached, every ProbeInterval,
+// until it answers (true) or ctx ends (false). An inserter without Ping
+// is retried instead: its next transaction is the probe.
+func (w *Writer) awaitStore(ctx context.Context) bool {
+	since := time.Now()
+	for probe := 1; ; probe++ {
+		start := time.Now()
+		err := w.ping(ctx)
+		if err == nil || errors.Is(err, errNoPing) {
+			return true
+		}
+		// The outage stays visible in the log without a line per probe.
+		if probe%60 == 0 {
+			w.log.Error("metering: store still unreachable; records stay in the spool", "for", time.Since(since).Round(time.Second), "probes", probe, "err", err)
+		}
+		if !sleepCtx(ctx, w.cfg.ProbeInterval-time.Since(start)) {
+			return false
+		}
+	}
+}
+
+var errNoPing = errors.New("metering store has no Ping")
+
+// ping asks the store whether it answers, within ProbeInterval: a store
+// whose host is gone lets a connection attempt hang far longer.
+func (w *Writer) ping(ctx context.Context) error {
+	p, ok := w.ins.(pinger)
+	if !ok {
+		return errNoPing
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.ProbeInterval)
+	defer cancel()
+	return p.Ping(ctx)
+}
+
+// sleepCtx sleeps d, or until ctx ends (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// refuses says a failure of fault is the records' fault, not the store's:
+// only then may a batch be split and a record quarantined. A disk-full,
+// locked or unreachable store is never the records' fault, even while it
+// answers Ping (SQLite on a full disk does): they wait in the spool. An
+// unclassified error is the records' only while the store answers.
+func (w *Writer) refuses(fault storeFault, answers bool) bool {
+	switch fault {
 	case faultStore:
 		return false
 	case faultRecord:
 		return true
 	}
-	p, ok := w.ins.(pinger)
-	return ok && p.Ping(ctx) == nil
+	return answers
 }
 
 // quarantine sets aside a record the store keeps rejecting while it
