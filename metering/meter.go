@@ -352,9 +352,11 @@ func (m *Meter) UsageVersion() uint32 {
 
 // InFlight is what the response has shown so far, without concluding it:
 // the usage seen (Source partial), the model, id and tier. ok is false
-// before any usage was seen. Unlike Settle it leaves the meter as it is.
+// before any usage was seen, and once the usage is final or a terminal
+// event came: the response is settling then. Unlike Settle it leaves the
+// meter as it is.
 func (m *Meter) InFlight() (s Settlement, ok bool) {
-	if !m.haveUsage {
+	if !m.haveUsage || m.final || m.term != seenNone {
 		return Settlement{}, false
 	}
 	u := m.usage()
