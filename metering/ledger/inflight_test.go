@@ -314,3 +314,69 @@ func TestJournalTornAndCorruptLines(t *testing.T) {
 	}
 	j2.close(nil)
 }
+
+// BenchmarkWriterBeginRecord is a request's whole metering cost on the
+// request path with the in-flight journal: Begin (start line), Record
+// (spool line, end noted), and the end lines the sync loop writes per
+// tick. Compare BenchmarkWriterRecord, the same without Begin.
+func BenchmarkWriterBeginRecord(b *testing.B) {
+	cfg := fastWriterConfig(b.TempDir())
+	cfg.QueueSize = 1 << 16
+	w := mustWriter(b, cfg, discardInserter{})
+	starts := make([]*metering.Record, 1024)
+	finals := make([]*metering.Record, len(starts))
+	for i := range starts {
+		starts[i] = startRecord(fmt.Sprintf("bench-%d", i))
+		finals[i] = finalRecord(starts[i])
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		w.Begin(starts[i%len(starts)])
+		w.Record(finals[i%len(finals)])
+	}
+	b.StopTimer()
+	if st := w.Stats(); st.Dropped != 0 {
+		b.Fatalf("dropped %d", st.Dropped)
+	}
+}
+
+// BenchmarkWriterProgress is one progress line of an open stream.
+func BenchmarkWriterProgress(b *testing.B) {
+	w := mustWriter(b, fastWriterConfig(b.TempDir()), discardInserter{})
+	r := startRecord("bench")
+	w.Begin(r)
+	p := progressRecord(r, 1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Progress(p)
+	}
+}
+
+// BenchmarkJournalBeginEnd is the journal's own cost per request: the
+// start line, the end noted, and its share of a tick's end lines (one
+// write per 64 requests here).
+func BenchmarkJournalBeginEnd(b *testing.B) {
+	j, _, err := openJournal(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.close(nil)
+	starts := make([]*metering.Record, 1024)
+	for i := range starts {
+		starts[i] = startRecord(fmt.Sprintf("req_06h3lc03kljb3t9jfufqhk%04d", i))
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		r := starts[i%len(starts)]
+		if err := j.begin(r); err != nil {
+			b.Fatal(err)
+		}
+		j.end(r.RequestID)
+		if i%64 == 63 {
+			if err := j.writeEnds(j.takeEnds()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
