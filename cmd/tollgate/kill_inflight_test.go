@@ -80,16 +80,7 @@ func TestKillWithStreamsOpenRecordsEveryRequestTheProviderReceived(t *testing.T)
 	child.Wait()
 	received := fake.Counters().Requests
 
-	child2, _ := startChild(t, c.env)
-	child2.Process.Signal(syscall.SIGTERM)
-	if err := child2.Wait(); err != nil {
-		t.Fatalf("restarted server did not stop cleanly: %v", err)
-	}
-	db, err := store.Open(ctx, c.env["TOLLGATE_DB"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := restartToReplay(t, c)
 	var records, ids int64
 	db.QueryRowContext(ctx, `SELECT COUNT(*), COUNT(DISTINCT request_id) FROM usage_records WHERE workspace = $1`, "ws-inflight").Scan(&records, &ids)
 	t.Logf("provider received %d requests (%d open at the kill); %d records", received, open, records)
@@ -107,4 +98,22 @@ func TestKillWithStreamsOpenRecordsEveryRequestTheProviderReceived(t *testing.T)
 			t.Errorf("stream %s open at the kill: %s/%s input %v, want interrupted/partial with input tokens", id, outcome, source, input)
 		}
 	}
+}
+
+// restartToReplay starts tollgate again on c's spool and database, so that
+// it replays what a killed one left, stops it cleanly, and opens the
+// database (closed at cleanup).
+func restartToReplay(t *testing.T, c *cli) *store.DB {
+	t.Helper()
+	child, _ := startChild(t, c.env)
+	child.Process.Signal(syscall.SIGTERM)
+	if err := child.Wait(); err != nil {
+		t.Fatalf("restarted server did not stop cleanly: %v", err)
+	}
+	db, err := store.Open(context.Background(), c.env["TOLLGATE_DB"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }

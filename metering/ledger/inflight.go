@@ -10,8 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/tollgate/tollgate/metering"
@@ -133,11 +131,18 @@ func journalName(seq uint64) string {
 }
 
 func parseJournalName(name string) (uint64, bool) {
-	if !strings.HasPrefix(name, journalPrefix) || !strings.HasSuffix(name, journalSuffix) {
-		return 0, false
+	return parseSeqName(name, journalPrefix, journalSuffix)
+}
+
+// removeFiles deletes paths; one already gone is no error.
+func removeFiles(paths []string) error {
+	var errs []error
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
-	seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, journalPrefix), journalSuffix), 16, 64)
-	return seq, err == nil && seq > 0
+	return errors.Join(errs...)
 }
 
 // journalEntry is one decoded journal line: exactly one field is set.
@@ -298,7 +303,8 @@ func (j *journal) begin(r *metering.Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
-		return errSpoolClosed
+		// After Close: the request's record will be dropped and logged.
+		return nil
 	}
 	if o, ok := j.open[r.RequestID]; ok {
 		j.openBytes -= int64(len(o.start) + len(o.progress))
@@ -474,13 +480,7 @@ func (j *journal) sync() error {
 		}
 		return fmt.Errorf("metering journal sync: %w", err)
 	}
-	var errs []error
-	for _, p := range sup {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return removeFiles(sup)
 }
 
 // interrupted returns the records of the requests earlier processes left
@@ -498,13 +498,7 @@ func (j *journal) settled() error {
 	old := j.old
 	j.old, j.pending = nil, nil
 	j.mu.Unlock()
-	var errs []error
-	for _, p := range old {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return removeFiles(old)
 }
 
 // close writes the last ends and closes the journal. With no request left
@@ -538,11 +532,5 @@ func (j *journal) close(ends []string) error {
 	} else if err := spoolSyncDir(j.dir); err != nil {
 		return fmt.Errorf("metering journal close: %w", err)
 	}
-	var errs []error
-	for _, p := range sup {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return removeFiles(sup)
 }

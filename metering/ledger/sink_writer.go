@@ -359,30 +359,18 @@ func (w *Writer) Record(r *metering.Record) {
 // and not kept. Begin never waits for the disk to sync (it rides the group
 // fsync, even with SyncEveryRecord) nor for the store.
 func (w *Writer) Begin(r *metering.Record) {
-	if r == nil {
-		return
+	if r != nil {
+		w.journalErr(w.jr.begin(r))
 	}
-	w.mu.RLock()
-	defer w.mu.RUnlock()
-	if w.closed {
-		return
-	}
-	w.journalErr(w.jr.begin(r))
 }
 
 // Progress notes the usage r's open request has shown so far (r.Usage, and
 // its cost), replacing what an interrupted record would carry. The caller
 // rate-limits it; it costs one write(2). r is read and not kept.
 func (w *Writer) Progress(r *metering.Record) {
-	if r == nil {
-		return
+	if r != nil {
+		w.journalErr(w.jr.progress(r))
 	}
-	w.mu.RLock()
-	defer w.mu.RUnlock()
-	if w.closed {
-		return
-	}
-	w.journalErr(w.jr.progress(r))
 }
 
 // journalErr logs a failed journal write: the first, then every 1000th.

@@ -160,10 +160,15 @@ func spoolName(seq uint64) string {
 }
 
 func parseSpoolName(name string) (uint64, bool) {
-	if !strings.HasPrefix(name, spoolPrefix) || !strings.HasSuffix(name, spoolSuffix) {
+	return parseSeqName(name, spoolPrefix, spoolSuffix)
+}
+
+// parseSeqName reads the hex sequence number of a prefix<seq>suffix file.
+func parseSeqName(name, prefix, suffix string) (uint64, bool) {
+	if !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, suffix) {
 		return 0, false
 	}
-	seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, spoolPrefix), spoolSuffix), 16, 64)
+	seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, prefix), suffix), 16, 64)
 	return seq, err == nil && seq > 0
 }
 
