@@ -30,7 +30,7 @@ func TestKillWithStreamsOpenRecordsEveryRequestTheProviderReceived(t *testing.T)
 	const (
 		canary   = "sk-ant-api03-CANARYkill0123456789abcdefghij"
 		finished = 20
-		open     = 16
+		open     = 64
 	)
 	gate := upstreamtest.NewGate()
 	t.Cleanup(gate.Release)
