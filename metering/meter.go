@@ -122,13 +122,16 @@ type Meter struct {
 	lastReplace []byte
 	replaceBuf  []byte
 	haveUsage   bool
-	final       bool
-	term        int
-	model       []byte
-	id          []byte
-	tier        []byte
-	overflow    bool
-	flushed     bool
+	// usageVer changes whenever a merge set counts, so a caller can tell
+	// cheaply that the usage seen so far changed (InFlight).
+	usageVer uint32
+	final    bool
+	term     int
+	model    []byte
+	id       []byte
+	tier     []byte
+	overflow bool
+	flushed  bool
 
 	// Filter state: the raw bytes of the frame not yet forwarded.
 	pend        []byte
@@ -340,6 +343,29 @@ func (m *Meter) Settle(how End) Settlement {
 	return s
 }
 
+// UsageVersion changes whenever usage counts are seen; it stays 0 until
+// the first. Comparing it costs nothing, so a stream can check after every
+// read whether InFlight has something new.
+func (m *Meter) UsageVersion() uint32 {
+	return m.usageVer
+}
+
+// InFlight is what the response has shown so far, without concluding it:
+// the usage seen (Source partial), the model, id and tier. ok is false
+// before any usage was seen, and once the usage is final or a terminal
+// event came: the response is settling then. Unlike Settle it leaves the
+// meter as it is.
+func (m *Meter) InFlight() (s Settlement, ok bool) {
+	if !m.haveUsage || m.final || m.term != seenNone {
+		return Settlement{}, false
+	}
+	u := m.usage()
+	return Settlement{
+		Source: SourcePartial, Usage: &u,
+		ModelServed: string(m.model), UpstreamID: string(m.id), ServiceTier: string(m.tier),
+	}, true
+}
+
 // UpstreamID returns the provider's id seen so far, "" before one, so a
 // stream's id is known from its first event rather than at its end.
 func (m *Meter) UpstreamID() string {
@@ -482,6 +508,7 @@ func (m *Meter) merge(u string, assign bool) bool {
 		}
 	}
 	m.haveUsage = true
+	m.usageVer++
 	m.lastReplace = nil
 	if !assign && len(u) <= maxReplaceMemo {
 		m.lastReplace = append(m.replaceBuf[:0], u...)

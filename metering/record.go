@@ -26,6 +26,11 @@ const (
 	OutcomeUpstreamError = "upstream_error" // provider answered non-2xx, or failed mid-stream
 	OutcomeUnreachable   = "unreachable"    // no answer from the provider (dial, TLS, timeout)
 	OutcomeRejected      = "rejected"       // tollgate refused the request before any upstream call
+	// OutcomeInterrupted: the request was forwarded to the provider and the
+	// process died before it ended; its record is made on the next start
+	// from the in-flight journal, with usage partial (last values seen) or
+	// missing.
+	OutcomeInterrupted = "interrupted"
 )
 
 // Usage is the normalised token count of one response. The buckets are

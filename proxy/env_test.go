@@ -69,6 +69,8 @@ type envOptions struct {
 	// authLimits and refusals set the Config fields of the same names.
 	authLimits AuthLimitConfig
 	refusals   RefusalCounter
+	// sink, if set, wraps the in-memory sink as the server's Sink.
+	sink func(*meteringtest.Sink) Sink
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -125,6 +127,10 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		}
 	}
 	sink := &meteringtest.Sink{}
+	var serverSink Sink = sink
+	if o.sink != nil {
+		serverSink = o.sink(sink)
+	}
 	baseCtx, cancel := context.WithCancel(context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -135,7 +141,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		Auth:                  svc,
 		Resolver:              svc,
 		Admin:                 svc,
-		Sink:                  sink,
+		Sink:                  serverSink,
 		Pricer:                o.pricer,
 		AdminToken:            "admin-secret",
 		PublicURL:             "http://" + ln.Addr().String(),

@@ -292,6 +292,7 @@ func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *regi
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
+	cl.begin()
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
 	_, err := s.fast.do(cl.ctx, req, resp, s.cfg.ResponseHeaderTimeout)
@@ -316,6 +317,7 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 	req := cl.newUpstreamRequest(c, method, url, body, p, secret)
 	resp := fasthttp.AcquireResponse()
 	resp.StreamBody = true
+	cl.begin()
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
 	upBody, err := s.fast.do(cl.ctx, req, resp, s.cfg.ResponseHeaderTimeout)
@@ -355,6 +357,26 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 		return cl.upstreamFailed(err, true)
 	}
 	return cl.buffered(c, b, sse, lim, s.cfg.timeNow())
+}
+
+// begin tells an InflightSink that the request is about to reach the
+// provider, which may bill it from then on even if tollgate dies before
+// the answer ends.
+func (cl *call) begin() {
+	if in := cl.s.inflight; in != nil {
+		in.Begin(&cl.rec)
+	}
+}
+
+// progress hands an InflightSink the record as it would be if the request
+// ended now with the usage seen so far (st), priced.
+func (cl *call) progress(st metering.Settlement, elapsed time.Duration) {
+	r := cl.rec
+	r.Duration = elapsed
+	r.ModelServed, r.UpstreamID, r.ServiceTier = st.ModelServed, st.UpstreamID, st.ServiceTier
+	r.Source, r.Usage = st.Source, st.Usage
+	cl.price(&r)
+	cl.s.inflight.Progress(&r)
 }
 
 // answerHeaders copies the provider's status and allowed headers to the
@@ -570,9 +592,14 @@ func (cl *call) settle(st metering.Settlement, metered bool) {
 		return
 	}
 	cl.rec.Source, cl.rec.Usage = st.Source, st.Usage
-	if cl.rec.Usage != nil && cl.s.cfg.Pricer != nil {
-		cl.rec.CostMicroUSD, cl.rec.PriceVersion = cl.s.cfg.Pricer.Cost(cl.rec.Provider, cl.rec.Model(), cl.rec.ServiceTier, *cl.rec.Usage)
-		cl.rec.Unpriced = cl.rec.CostMicroUSD == nil
+	cl.price(&cl.rec)
+}
+
+// price sets r's cost from its usage.
+func (cl *call) price(r *metering.Record) {
+	if r.Usage != nil && cl.s.cfg.Pricer != nil {
+		r.CostMicroUSD, r.PriceVersion = cl.s.cfg.Pricer.Cost(r.Provider, r.Model(), r.ServiceTier, *r.Usage)
+		r.Unpriced = r.CostMicroUSD == nil
 	}
 }
 

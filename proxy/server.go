@@ -43,6 +43,19 @@ type Sink interface {
 	Record(r *metering.Record)
 }
 
+// InflightSink is a Sink that also keeps the requests in flight, so that a
+// process killed mid-request still leaves one record of each request the
+// provider received (replicas.md §4; *ledger.Writer). The proxy calls
+// Begin once per request just before it is sent upstream, and, for a
+// stream, Progress with the usage seen so far when it first appears and
+// then at most every inflightProgressEvery; Record with the same request id
+// ends it. r is read during the call and not kept. Neither may block.
+type InflightSink interface {
+	Sink
+	Begin(r *metering.Record)
+	Progress(r *metering.Record)
+}
+
 // RefusalCounter counts authentication refusals, which get no usage record
 // (ledger.RefusalCounter). Add must not block.
 type RefusalCounter interface {
@@ -171,6 +184,8 @@ type Server struct {
 	limiter *authLimiter
 	// decodes bounds the memory of decoded request bodies (decompress.go).
 	decodes *decodeBudget
+	// inflight is cfg.Sink when it keeps requests in flight, else nil.
+	inflight InflightSink
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -213,6 +228,7 @@ func New(cfg Config) (*Server, error) {
 		log:    cfg.Logger,
 		owners: newOwners(cfg.Owners),
 	}
+	s.inflight, _ = cfg.Sink.(InflightSink)
 	s.limiter = newAuthLimiter(cfg.AuthLimits, cfg.timeNow())
 	s.decodes = newDecodeBudget(max(decodeBudgetMin, 2*int64(cfg.Registry.Current().Limits.MaxBodyBytes)))
 	appConfig := fiber.Config{

@@ -24,6 +24,11 @@ const (
 	// streamOutBuffer bounds what is held for the client before a write,
 	// and the output buffers kept in the pool.
 	streamOutBuffer = 16 << 10
+	// inflightProgressEvery spaces a stream's progress lines in the
+	// in-flight journal after the first usage: a crash then loses at most
+	// this much of a growing count (Gemini, Responses), at one write(2) per
+	// stream per period, not one per event.
+	inflightProgressEvery = 5 * time.Second
 )
 
 var (
@@ -97,6 +102,10 @@ type streamBody struct {
 	// ownerNoted: the response's id was seen and its owner noted, so a
 	// cancel or GET mid-stream finds it (owner.go).
 	ownerNoted bool
+	// progressVer is the meter's usage version last handed to the
+	// InflightSink, at progressAt.
+	progressVer uint32
+	progressAt  time.Time
 }
 
 func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide bool) *streamBody {
@@ -228,6 +237,9 @@ func (b *streamBody) step() {
 		b.firstByte(t)
 		b.cl.rec.BytesOut += int64(len(out) - before)
 	}
+	if err == nil && b.cl.s.inflight != nil && b.cl.path.Metered {
+		b.noteProgress(t)
+	}
 	b.cl.overhead += time.Since(t)
 	if err != nil {
 		b.end = err
@@ -244,6 +256,25 @@ func (b *streamBody) step() {
 		}
 		b.settleUpstream()
 	}
+}
+
+// noteProgress hands the usage seen so far to the InflightSink when it
+// changed: at once the first time, then at most every
+// inflightProgressEvery. Usage that comes with the end (Anthropic's
+// message_delta, Responses' terminal event) writes none: the record
+// follows at once. Chat's usage chunk does when [DONE] comes in a later
+// read.
+func (b *streamBody) noteProgress(t time.Time) {
+	v := b.meter.UsageVersion()
+	if v == b.progressVer || (!b.progressAt.IsZero() && t.Sub(b.progressAt) < inflightProgressEvery) {
+		return
+	}
+	st, ok := b.meter.InFlight()
+	if !ok {
+		return
+	}
+	b.progressVer, b.progressAt = v, t
+	b.cl.progress(st, t.Sub(b.cl.start))
 }
 
 // flush writes the whole lines in hand to the client; hidden-usage mode

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
@@ -139,17 +138,7 @@ func TestKillDuringLoadLosesNoRecord(t *testing.T) {
 	wg.Wait()
 
 	// Restart: the spool is replayed into the store; then stop cleanly.
-	child2, _ := startChild(t, c.env)
-	child2.Process.Signal(syscall.SIGTERM)
-	if err := child2.Wait(); err != nil {
-		t.Fatalf("restarted server did not stop cleanly: %v", err)
-	}
-
-	db, err := store.Open(ctx, c.env["TOLLGATE_DB"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := restartToReplay(t, c)
 	counts := map[string]int{}
 	rows, err := db.QueryContext(ctx, `SELECT request_id FROM usage_records WHERE workspace = $1`, "ws-kill")
 	if err != nil {

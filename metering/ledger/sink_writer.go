@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -214,6 +215,7 @@ type Writer struct {
 	cfg  WriterConfig
 	ins  Inserter
 	sp   *spool
+	jr   *journal
 	q    chan queued
 	log  *slog.Logger
 	bufs sync.Pool
@@ -237,6 +239,7 @@ type Writer struct {
 	inserted, duplicates, retries, replayed atomic.Uint64
 	tornLines, badLines, quarantined        atomic.Uint64
 	syncErrors, batchesSince                atomic.Uint64
+	journalErrors                           atomic.Uint64
 }
 
 type queued struct {
@@ -264,9 +267,20 @@ func NewWriter(cfg WriterConfig, ins Inserter) (*Writer, error) {
 	if d, ok := ins.(durabler); ok {
 		sp.beforeDelete = func() error { return d.Durable(context.Background()) }
 	}
+	jr, jst, err := openJournal(cfg.SpoolDir, func(path string, off int64, torn bool, err error) {
+		if torn {
+			cfg.Logger.Warn("metering: torn last in-flight journal line skipped (crash mid-write)", "file", path, "offset", off)
+		} else {
+			cfg.Logger.Error("metering: unreadable in-flight journal line skipped", "file", path, "offset", off, "err", err)
+		}
+	})
+	if err != nil {
+		sp.release()
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Writer{
-		cfg: cfg, ins: ins, sp: sp, log: cfg.Logger,
+		cfg: cfg, ins: ins, sp: sp, jr: jr, log: cfg.Logger,
 		q:        make(chan queued, cfg.QueueSize),
 		flushReq: make(chan chan struct{}),
 		stop:     make(chan struct{}),
@@ -276,6 +290,8 @@ func NewWriter(cfg WriterConfig, ins Inserter) (*Writer, error) {
 		syncDone: make(chan struct{}),
 	}
 	w.bufs.New = func() any { return new([]byte) }
+	w.tornLines.Add(uint64(jst.torn))
+	w.badLines.Add(uint64(jst.corrupt))
 	go w.run(ctx)
 	go w.syncLoop()
 	return w, nil
@@ -315,6 +331,11 @@ func (w *Writer) Record(r *metering.Record) {
 		seg, lineNo, err = w.sp.append(line)
 		*b = line
 	}
+	if err == nil {
+		// The record is in the spool: its request may leave the journal.
+		// (One only memory holds leaves it once committed.)
+		w.jr.end(r.RequestID)
+	}
 	if cap(*b) <= 64<<10 { // don't keep a pathological buffer pooled
 		w.bufs.Put(b)
 	}
@@ -339,6 +360,39 @@ func (w *Writer) Record(r *metering.Record) {
 		}
 		w.spilled.Add(1)
 		w.sp.markSpilled(seg)
+	}
+}
+
+// Begin notes that r's request is being sent to the provider: its start
+// line goes to the in-flight journal with one write(2), so that if the
+// process dies before r's record is made, the next Writer on the spool
+// records the request as interrupted (with usage missing, or what Progress
+// last saw), under r's request id. Record of the same id ends it. r is read
+// and not kept. Begin never waits for the disk to sync (it rides the group
+// fsync, even with SyncEveryRecord) nor for the store.
+func (w *Writer) Begin(r *metering.Record) {
+	if r != nil {
+		w.journalErr(w.jr.begin(r))
+	}
+}
+
+// Progress notes the usage r's open request has shown so far (r.Usage, and
+// its cost), replacing what an interrupted record would carry. The caller
+// rate-limits it; it costs one write(2). r is read and not kept.
+func (w *Writer) Progress(r *metering.Record) {
+	if r != nil {
+		w.journalErr(w.jr.progress(r))
+	}
+}
+
+// journalErr logs a failed journal write: the first, then every 1000th.
+// The request is not failed for it; only its crash record is at risk.
+func (w *Writer) journalErr(err error) {
+	if err == nil {
+		return
+	}
+	if n := w.journalErrors.Add(1); n == 1 || n%1000 == 0 {
+		w.log.Error("metering: in-flight journal write failed; a crash now may leave these requests without a record", "errors", n, "err", err)
 	}
 }
 
@@ -402,7 +456,10 @@ func (w *Writer) Close(ctx context.Context) error {
 		w.cancel()
 		close(w.syncStop)
 		<-w.syncDone
+		ends := w.jr.takeEnds()
 		err := w.sp.close()
+		// After the spool's last fsync, so no end outlives its record.
+		err = errors.Join(err, w.jr.close(ends))
 		if ctxErr != nil {
 			n, _, segs := w.sp.stats()
 			err = errors.Join(fmt.Errorf("metering close: %d bytes in %d spool segments left for replay: %w", n, segs, ctxErr), err)
@@ -430,9 +487,16 @@ func (w *Writer) syncLoop() {
 	for {
 		select {
 		case <-t.C:
+			// Ends taken before the spool's fsync are of records it covers.
+			ends := w.jr.takeEnds()
 			if err := w.sp.syncAll(); err != nil {
 				w.syncErrors.Add(1)
 				w.log.Error("metering: spool fsync failed", "err", err)
+			}
+			w.journalErr(w.jr.writeEnds(ends))
+			if err := w.jr.sync(); err != nil {
+				w.syncErrors.Add(1)
+				w.log.Error("metering: in-flight journal fsync failed", "err", err)
 			}
 		case <-w.syncStop:
 			return
@@ -471,7 +535,7 @@ func (w *Writer) run(ctx context.Context) {
 		// under load so spills and a previous process's records progress.
 		if len(batch) == 0 && (len(w.q) == 0 || w.batchesSince.Load() >= replayEvery) {
 			w.batchesSince.Store(0)
-			if w.replayOne(ctx) {
+			if w.replayOne(ctx) || w.settleInterrupted(ctx) {
 				continue
 			}
 		}
@@ -547,6 +611,7 @@ func (w *Writer) drain(ctx context.Context, batch *[]queued) bool {
 	}
 	for w.replayOne(ctx) {
 	}
+	w.settleInterrupted(ctx)
 	return ctx.Err() == nil
 }
 
@@ -563,6 +628,10 @@ func (w *Writer) commitQueued(ctx context.Context, batch []queued) bool {
 	w.batchesSince.Add(1)
 	counts := make(map[uint64]segCommit, 2)
 	for _, q := range batch {
+		if q.seg == 0 {
+			// Only memory held it, and now the store does.
+			w.jr.end(q.r.RequestID)
+		}
 		if q.seg != 0 {
 			c := counts[q.seg]
 			c.records++
@@ -804,6 +873,36 @@ func (w *Writer) replayOne(ctx context.Context) bool {
 	}
 	if err := w.sp.replayed(seq, st.corrupt > 0); err != nil {
 		w.log.Error("metering: spool segment delete failed", "err", err)
+	}
+	return true
+}
+
+// settleInterrupted records the requests an earlier process left in flight
+// as interrupted, once its spool segments are replayed: a final record that
+// made it to the spool wins, and one already committed makes the
+// interrupted one a no-op (same request id). Then the journal files go.
+// It reports whether there was anything to settle and it is done.
+func (w *Writer) settleInterrupted(ctx context.Context) bool {
+	recs, ok := w.jr.interrupted()
+	if !ok || w.sp.oldLeft() {
+		return false
+	}
+	before := w.inserted.Load()
+	for chunk := range slices.Chunk(recs, w.cfg.BatchSize) {
+		if !w.insert(ctx, chunk) {
+			return false
+		}
+	}
+	if err := w.sp.durable(); err != nil {
+		w.log.Error("metering: interrupted requests recorded but the store is not synced; journal kept", "err", err)
+		return false
+	}
+	if len(recs) > 0 {
+		w.log.Warn("metering: requests in flight when the previous process ended recorded as interrupted",
+			"requests", len(recs), "new_rows", w.inserted.Load()-before)
+	}
+	if err := w.jr.settled(); err != nil {
+		w.log.Error("metering: in-flight journal delete failed", "err", err)
 	}
 	return true
 }

@@ -84,10 +84,12 @@ type spool struct {
 	// Store.Durable); if it fails nothing is deleted.
 	beforeDelete func() error
 
-	mu       sync.Mutex
-	segs     map[uint64]*spoolSeg
-	active   *spoolSeg
-	nextSeq  uint64
+	mu      sync.Mutex
+	segs    map[uint64]*spoolSeg
+	active  *spoolSeg
+	nextSeq uint64
+	// oldMax is the highest sequence number a previous process left.
+	oldMax   uint64
 	total    int64  // bytes of all segment files
 	appended uint64 // lines appended, for group commit
 	closed   bool
@@ -137,7 +139,20 @@ func openSpool(dir string, segBytes, maxBytes int64) (*spool, error) {
 			s.nextSeq = seq + 1
 		}
 	}
+	s.oldMax = s.nextSeq - 1
 	return s, nil
+}
+
+// oldLeft says segments a previous process left are still to be replayed.
+func (s *spool) oldLeft() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for seq := range s.segs {
+		if seq <= s.oldMax {
+			return true
+		}
+	}
+	return false
 }
 
 func spoolName(seq uint64) string {
@@ -145,10 +160,15 @@ func spoolName(seq uint64) string {
 }
 
 func parseSpoolName(name string) (uint64, bool) {
-	if !strings.HasPrefix(name, spoolPrefix) || !strings.HasSuffix(name, spoolSuffix) {
+	return parseSeqName(name, spoolPrefix, spoolSuffix)
+}
+
+// parseSeqName reads the hex sequence number of a prefix<seq>suffix file.
+func parseSeqName(name, prefix, suffix string) (uint64, bool) {
+	if !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, suffix) {
 		return 0, false
 	}
-	seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, spoolPrefix), spoolSuffix), 16, 64)
+	seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, prefix), suffix), 16, 64)
 	return seq, err == nil && seq > 0
 }
 
@@ -160,6 +180,25 @@ func parseSpoolName(name string) (uint64, bool) {
 func appendSpoolLine(dst []byte, r *metering.Record) ([]byte, error) {
 	n0 := len(dst)
 	dst = append(dst, "00000000 "...)
+	dst, err := appendRecordJSON(dst, r)
+	if err != nil {
+		return nil, err
+	}
+	return sealLine(dst, n0), nil
+}
+
+// sealLine ends the line started at dst[n0] (a "00000000 " placeholder,
+// then JSON) with its newline and fills in the JSON's checksum.
+func sealLine(dst []byte, n0 int) []byte {
+	line := dst[n0:]
+	c := crc32.Checksum(line[spoolCRCLen:], spoolCRC)
+	sum := [4]byte{byte(c >> 24), byte(c >> 16), byte(c >> 8), byte(c)}
+	hex.Encode(line[:8], sum[:])
+	return append(dst, '\n')
+}
+
+// appendRecordJSON appends r's JSON object (appendSpoolLine).
+func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 	dst = appendJSONStringField(dst, `{"request_id":`, r.RequestID)
 	dst = append(dst, `,"start":"`...)
 	// AppendText is time.Time.MarshalJSON without the quotes and, like it,
@@ -218,12 +257,7 @@ func appendSpoolLine(dst []byte, r *metering.Record) ([]byte, error) {
 	}
 	dst = appendJSONStringField(dst, `,"price_version":`, r.PriceVersion)
 	dst = appendJSONIntField(dst, `,"bytes_out":`, r.BytesOut)
-	dst = append(dst, "}\n"...)
-	line := dst[n0:]
-	c := crc32.Checksum(line[spoolCRCLen:len(line)-1], spoolCRC)
-	sum := [4]byte{byte(c >> 24), byte(c >> 16), byte(c >> 8), byte(c)}
-	hex.Encode(line[:8], sum[:])
-	return dst, nil
+	return append(dst, '}'), nil
 }
 
 // bucketKeys are the usage object's keys with their punctuation, the
@@ -301,6 +335,23 @@ func appendJSONString(dst []byte, s string) []byte {
 
 // decodeSpoolLine parses one line without its '\n'.
 func decodeSpoolLine(line []byte) (*metering.Record, error) {
+	payload, err := checkedLine(line)
+	if err != nil {
+		return nil, err
+	}
+	r := new(metering.Record)
+	if err := json.Unmarshal(payload, r); err != nil {
+		return nil, err
+	}
+	if r.RequestID == "" {
+		return nil, errors.New("record without request id")
+	}
+	return r, nil
+}
+
+// checkedLine returns the JSON of a line (without its '\n') whose checksum
+// matches.
+func checkedLine(line []byte) ([]byte, error) {
 	if len(line) < spoolCRCLen+2 || line[8] != ' ' {
 		return nil, errors.New("short line")
 	}
@@ -312,14 +363,7 @@ func decodeSpoolLine(line []byte) (*metering.Record, error) {
 	if crc32.Checksum(line[spoolCRCLen:], spoolCRC) != want {
 		return nil, errors.New("checksum mismatch")
 	}
-	r := new(metering.Record)
-	if err := json.Unmarshal(line[spoolCRCLen:], r); err != nil {
-		return nil, err
-	}
-	if r.RequestID == "" {
-		return nil, errors.New("record without request id")
-	}
-	return r, nil
+	return line[spoolCRCLen:], nil
 }
 
 // append writes line to the active segment and returns the segment's

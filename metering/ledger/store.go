@@ -243,8 +243,12 @@ var rollupCounts = [...]rollupCount{
 		func(r *metering.Record) bool { return r.CostMicroUSD != nil }, func(u *UsageRow) *int64 { return &u.PricedRequests }},
 	{"unpriced_requests", "unpriced",
 		(*metering.Record).CostUnknown, func(u *UsageRow) *int64 { return &u.UnpricedRequests }},
-	{"missing_usage_requests", "usage_source = '" + metering.SourceMissing + "'",
-		func(r *metering.Record) bool { return r.Source == metering.SourceMissing }, func(u *UsageRow) *int64 { return &u.MissingUsageRequests }},
+	// An interrupted request's usage is at best partial: it counts as
+	// missing usage whatever its source (replicas.md §4).
+	{"missing_usage_requests", "(usage_source = '" + metering.SourceMissing + "' OR outcome = '" + metering.OutcomeInterrupted + "')",
+		func(r *metering.Record) bool {
+			return r.Source == metering.SourceMissing || r.Outcome == metering.OutcomeInterrupted
+		}, func(u *UsageRow) *int64 { return &u.MissingUsageRequests }},
 	{"estimated_requests", "usage_source = '" + metering.SourceEstimated + "'",
 		func(r *metering.Record) bool { return r.Source == metering.SourceEstimated }, func(u *UsageRow) *int64 { return &u.EstimatedRequests }},
 	{"unmetered_requests", "usage_source = '" + metering.SourceNone + "'",
