@@ -14,8 +14,9 @@ import (
 	"strings"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
-	_ "modernc.org/sqlite"             // pure-Go SQLite driver "sqlite": no cgo in CI
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite": no cgo in CI
 )
 
 // Engines.
@@ -28,7 +29,16 @@ const (
 type DB struct {
 	*sql.DB
 	Engine string
+
+	// pgConfig is the parsed PostgreSQL DSN (nil on SQLite), kept so Listen
+	// can open its own connection outside the pool.
+	pgConfig *pgx.ConnConfig
 }
+
+// defaultAppName is the application_name of tollgate's PostgreSQL sessions
+// when the DSN sets none, so operators can tell replicas apart from other
+// clients in pg_stat_activity.
+const defaultAppName = "tollgate"
 
 // sqliteBusyTimeout lets concurrent writers wait for the single SQLite write
 // lock instead of failing with "database is locked".
@@ -43,17 +53,21 @@ const sqliteCacheKiB = -128
 // The SQLite file's directory is created if missing.
 func Open(ctx context.Context, dsn string) (*DB, error) {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		db, err := sql.Open("pgx", dsn)
+		cfg, err := pgx.ParseConfig(dsn) // its errors mask the password
 		if err != nil {
 			return nil, fmt.Errorf("open postgres: %w", err)
 		}
+		if cfg.RuntimeParams["application_name"] == "" {
+			cfg.RuntimeParams["application_name"] = defaultAppName
+		}
+		db := stdlib.OpenDB(*cfg.Copy())
 		db.SetMaxOpenConns(32)
 		db.SetMaxIdleConns(8)
 		if err := db.PingContext(ctx); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("connect postgres: %w", err)
 		}
-		return &DB{DB: db, Engine: Postgres}, nil
+		return &DB{DB: db, Engine: Postgres, pgConfig: cfg}, nil
 	}
 	path := strings.TrimPrefix(dsn, "sqlite:")
 	if path == "" {
