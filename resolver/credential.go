@@ -158,7 +158,7 @@ func (s *Service) CreateCredential(ctx context.Context, spec CredentialSpec) (Cr
 	if err != nil {
 		return Credential{}, fmt.Errorf("create credential: %w", err)
 	}
-	err = s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err = s.write(ctx, change{changeCredential, c.ID}, func(tx *sql.Tx) error {
 		return s.insertCredential(ctx, tx, &c, plain)
 	})
 	if err != nil {
@@ -275,7 +275,7 @@ func (s *Service) EnableCredential(ctx context.Context, id string) error {
 }
 
 func (s *Service) setDisabled(ctx context.Context, id string, disabled bool) error {
-	err := s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE resolver_credentials SET disabled = $1, updated_at = $2 WHERE id = $3`, disabled, s.now(), id)
 		return mustAffect(res, err, ErrCredentialNotFound)
 	})
@@ -292,7 +292,7 @@ func (s *Service) SetCredentialSecret(ctx context.Context, id string, secret Sec
 	if err != nil {
 		return fmt.Errorf("credential %s: %w", id, err)
 	}
-	err = s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err = s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		return s.updateSecret(ctx, tx, id, plain)
 	})
 	if err != nil {
@@ -319,7 +319,7 @@ func (s *Service) updateSecret(ctx context.Context, tx *sql.Tx, id, plain string
 // them to let the project fall through; SetBindingActive refuses to
 // reactivate a binding whose credential is gone.
 func (s *Service) DeleteCredential(ctx context.Context, id string) error {
-	err := s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_credentials WHERE id = $1`, id)
 		if err := mustAffect(res, err, ErrCredentialNotFound); err != nil {
 			return err
@@ -351,7 +351,8 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 		// The registry was reloaded since prepareCredential read it.
 		return Credential{}, fmt.Errorf("set platform key: provider %q: %w", provider, err)
 	}
-	err = s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	// Platform bindings apply to every resolution.
+	err = s.write(ctx, change{changeBinding, ""}, func(tx *sql.Tx) error {
 		var existing string
 		err := tx.QueryRowContext(ctx, `SELECT id FROM resolver_credentials WHERE name = $1 AND provider = $2 ORDER BY created_at, id LIMIT 1`,
 			c.Name, provider).Scan(&existing)
@@ -430,7 +431,7 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (
 		return Binding{}, fmt.Errorf("bind: %w", err)
 	}
 	var b Binding
-	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		var provider string
 		if err := tx.QueryRowContext(ctx, `SELECT provider FROM resolver_credentials WHERE id = $1`, credentialID).Scan(&provider); err != nil {
 			if isNoRows(err) {
@@ -475,7 +476,7 @@ func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
 	if err := p.err(); err != nil {
 		return fmt.Errorf("unbind: %w", err)
 	}
-	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
 			k.Tier, k.ScopeID, k.Dialect, k.Harness)
 		return mustAffect(res, err, ErrBindingNotFound)
@@ -496,7 +497,7 @@ func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active boo
 	if err := p.err(); err != nil {
 		return fmt.Errorf("set binding active: %w", err)
 	}
-	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		var credID string
 		err := tx.QueryRowContext(ctx, `SELECT credential_id FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
 			k.Tier, k.ScopeID, k.Dialect, k.Harness).Scan(&credID)
