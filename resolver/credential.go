@@ -370,7 +370,7 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 			}
 		}
 		for _, d := range p.Dialects {
-			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, c.ID); err != nil {
+			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, c.ID, true); err != nil {
 				return err
 			}
 		}
@@ -416,11 +416,24 @@ func (p *argProblems) checkBindingKey(reg *registry.Registry, k BindingKey, know
 	}
 }
 
-// Bind places credentialID at k, active, replacing the credential of an
-// existing binding with the same key. The credential's provider must speak
-// k.Dialect and the harness, if any, must exist and speak it
-// (ErrDialectMismatch): checked here, once, not on every request.
-func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (Binding, error) {
+// BindOptions are Bind's optional settings; the zero value binds active.
+type BindOptions struct {
+	// Inactive creates (or replaces) the binding deactivated, in the same
+	// transaction: no reader, here or on another replica, ever sees it
+	// active.
+	Inactive bool
+}
+
+// Bind places credentialID at k, active unless opts says Inactive,
+// replacing the credential of an existing binding with the same key. The
+// credential's provider must speak k.Dialect and the harness, if any, must
+// exist and speak it (ErrDialectMismatch): checked here, once, not on
+// every request. At most one BindOptions is read.
+func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string, opts ...BindOptions) (Binding, error) {
+	var o BindOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	reg := s.reg.Current()
 	var p argProblems
 	p.checkBindingKey(reg, k, true)
@@ -446,7 +459,7 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (
 		if !p.Speaks(k.Dialect) {
 			return fmt.Errorf("provider %q of credential %s does not speak %q: %w", provider, credentialID, k.Dialect, ErrDialectMismatch)
 		}
-		b, err = s.upsertBinding(ctx, tx, k, credentialID)
+		b, err = s.upsertBinding(ctx, tx, k, credentialID, !o.Inactive)
 		return err
 	})
 	if err != nil {
@@ -455,16 +468,16 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (
 	return b, nil
 }
 
-func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, credentialID string) (Binding, error) {
+func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, credentialID string, active bool) (Binding, error) {
 	now := s.now()
-	b := Binding{BindingKey: k, CredentialID: credentialID, Active: true, UpdatedAt: now}
+	b := Binding{BindingKey: k, CredentialID: credentialID, Active: active, UpdatedAt: now}
 	err := tx.QueryRowContext(ctx, `INSERT INTO resolver_bindings
 		(tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (tier, scope_id, dialect, harness) DO UPDATE SET
 			credential_id = excluded.credential_id, active = excluded.active, updated_at = excluded.updated_at
 		RETURNING created_at`,
-		k.Tier, k.ScopeID, k.Dialect, k.Harness, credentialID, true, now, now).Scan(&b.CreatedAt)
+		k.Tier, k.ScopeID, k.Dialect, k.Harness, credentialID, active, now, now).Scan(&b.CreatedAt)
 	b.CreatedAt = b.CreatedAt.UTC()
 	return b, err
 }
