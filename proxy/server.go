@@ -333,7 +333,9 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 	return c.JSON(st)
 }
 
-func roundSeconds(d time.Duration) float64 { return float64(d.Round(time.Millisecond)) / float64(time.Second) }
+func roundSeconds(d time.Duration) float64 {
+	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
 
 // Unready makes /readyz answer 503 "shutting-down" on both listeners from
 // now on; serve calls it on SIGTERM, before it stops accepting and drains.
