@@ -77,6 +77,15 @@ func (s *Service) write(ctx context.Context, c change, fn func(tx *sql.Tx) error
 		return err
 	}
 	s.invalidate(c)
+	// Applied here already: the next poll need not apply it again (for a
+	// platform binding that would drop every resolution twice). Only when
+	// nothing is in between, or the poll would skip another's change.
+	if s.pollMu.TryLock() {
+		if s.lastSeq == seq-1 {
+			s.lastSeq = seq
+		}
+		s.pollMu.Unlock()
+	}
 	return nil
 }
 

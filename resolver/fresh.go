@@ -134,12 +134,18 @@ func (s *Service) checkFresh(ctx context.Context) error {
 		defer cancel()
 		return nil, s.pollChanges(rctx)
 	})
+	// The flight may first wait for a background poll in progress; the
+	// caller waits no longer than the budget either way.
+	wait := time.NewTimer(refreshBudget)
+	defer wait.Stop()
 	select {
 	case r := <-ch:
 		if r.Err != nil {
 			return s.unavailable(s.cfg.timeNow(), r.Err)
 		}
 		return nil
+	case <-wait.C:
+		return s.unavailable(s.cfg.timeNow(), context.DeadlineExceeded)
 	case <-ctx.Done():
 		return ctx.Err()
 	}

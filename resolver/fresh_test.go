@@ -324,8 +324,11 @@ func TestMissesDuringOutageShareOneAttempt(t *testing.T) {
 			t.Fatalf("miss %d took %s, want within the %s budget", i, took[i], missBudget)
 		}
 	}
-	if d := r.dials.Load() - before; d > 1 {
-		t.Fatalf("%d concurrent misses for one token dialled %d times, want at most 1", n, d)
+	// One attempt; database/sql may open a second connection for it (a
+	// dead pooled one retried, or its background opener), never one per
+	// caller.
+	if d := r.dials.Load() - before; d > 2 {
+		t.Fatalf("%d concurrent misses for one token dialled %d times, want one attempt", n, d)
 	}
 	before = r.dials.Load()
 	for i := range n {

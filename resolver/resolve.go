@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -191,9 +192,11 @@ func (s *Service) lookup(ctx context.Context, req Request, now time.Time) (*reso
 	// The caller's strings may be views into reused buffers (fiber):
 	// copy before they are kept.
 	req = Request{strings.Clone(req.Project), strings.Clone(req.User), strings.Clone(req.Harness), strings.Clone(req.Dialect)}
-	flightKey := "res:" + strings.Join([]string{req.Project, req.User, req.Harness, req.Dialect}, "\x00")
+	// The gen is part of the flight's key: a caller that arrives after an
+	// invalidation must not join a read that began before it.
+	gen := s.resGen.Load()
+	flightKey := "res:" + strings.Join([]string{strconv.FormatUint(gen, 10), req.Project, req.User, req.Harness, req.Dialect}, "\x00")
 	v, err := s.miss(ctx, flightKey, func(ctx context.Context) (any, error) {
-		gen := s.resGen.Load()
 		e, err := s.compute(ctx, reg, req)
 		if err != nil {
 			return nil, err

@@ -167,16 +167,19 @@ type Config struct {
 	// DefaultResolveCacheSize.
 	ResolveCacheSize int
 	// TokenCacheTTL is how long an accepted token is served from memory
-	// before the database is read again. Expiry is checked on every call
-	// regardless. Default DefaultTokenCacheTTL.
+	// before the database is read again, without Start. While Start runs,
+	// the change log invalidates entries and MaxStaleness bounds them, and
+	// positive entries live about 10 minutes (a memory bound). Expiry is
+	// checked on every call regardless. Default DefaultTokenCacheTTL.
 	TokenCacheTTL time.Duration
 	// NegativeTTL is how long a refused token or a failed resolution is
 	// served from memory. Default DefaultNegativeTTL.
 	NegativeTTL time.Duration
 	// ResolveCacheTTL is how long a successful resolution is served from
-	// memory. Writes through this Service invalidate at once, and writes by
-	// other processes within PollInterval while Start runs. Default
-	// DefaultResolveCacheTTL.
+	// memory without Start (about 10 minutes while Start runs, as for
+	// TokenCacheTTL). Writes through this Service invalidate at once, and
+	// writes by other processes within PollInterval while Start runs.
+	// Default DefaultResolveCacheTTL.
 	ResolveCacheTTL time.Duration
 	// PollInterval is how often Start's goroutine reads the change log to
 	// see writes made by other processes. Default DefaultPollInterval.
@@ -485,9 +488,13 @@ func (s *Service) run(ctx context.Context) {
 			}
 			continue
 		}
-		// One line when the store goes away and one when it is back, not
-		// one a second.
-		err := s.pollChanges(ctx)
+		// Bounded, so that a hung connection cannot hold pollMu (and the
+		// synchronous refreshes behind it) past the next tick. One line
+		// when the store goes away and one when it is back, not one a
+		// second.
+		pctx, cancel := context.WithTimeout(ctx, max(s.cfg.PollInterval, time.Second))
+		err := s.pollChanges(pctx)
+		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil && !warned:
 			warned = true

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -229,8 +230,10 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Identity, err
 // tokenMiss answers a cache miss from the database and caches the answer.
 // Apart from Authenticate so that the cached path allocates nothing.
 func (s *Service) tokenMiss(ctx context.Context, kr *keyring, token string, mac [32]byte, now time.Time) (*tokenEntry, error) {
-	v, err := s.miss(ctx, "tok:"+string(mac[:]), func(ctx context.Context) (any, error) {
-		gen := s.tokGen.Load()
+	// The gen is part of the flight's key: a caller that arrives after an
+	// invalidation must not join a read that began before it.
+	gen := s.tokGen.Load()
+	v, err := s.miss(ctx, "tok:"+strconv.FormatUint(gen, 10)+":"+string(mac[:]), func(ctx context.Context) (any, error) {
 		e, err := s.lookupToken(ctx, kr, token, mac, now)
 		if err != nil {
 			return nil, err
