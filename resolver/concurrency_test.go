@@ -110,11 +110,7 @@ func TestWriteDuringMissIsNotUndone(t *testing.T) {
 	t.Parallel()
 	forEachEngine(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s := mustService(t, dsn).svc
-		c, err := s.SetPlatformKey(ctx, "anthropic", NewSecret("sk-platform-anthropic-1"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, c := withPlatformKey(t, dsn)
 		tok, info := mustToken(t, s, TokenSpec{Workspace: "w1", User: "u1"})
 
 		s.hookBeforeCache = func() {
@@ -148,11 +144,7 @@ func TestMissAfterWriteDoesNotJoinEarlierRead(t *testing.T) {
 	t.Parallel()
 	forEachEngine(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s := mustService(t, dsn).svc
-		c, err := s.SetPlatformKey(ctx, "anthropic", NewSecret("sk-platform-anthropic-1"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, c := withPlatformKey(t, dsn)
 		var first atomic.Bool
 		entered, release := make(chan struct{}), make(chan struct{})
 		s.hookBeforeCache = func() {
@@ -180,4 +172,15 @@ func TestMissAfterWriteDoesNotJoinEarlierRead(t *testing.T) {
 		close(release)
 		<-doneA
 	})
+}
+
+// withPlatformKey is a Service whose anthropic platform key is c.
+func withPlatformKey(t *testing.T, dsn string) (*Service, Credential) {
+	t.Helper()
+	s := mustService(t, dsn).svc
+	c, err := s.SetPlatformKey(context.Background(), "anthropic", NewSecret("sk-platform-anthropic-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c
 }
