@@ -171,15 +171,11 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err := decodeJSON(c, &in); err != nil {
 			return err
 		}
-		b, err := a.Bind(c.UserContext(), in.BindingKey, in.CredentialID)
+		// One transaction: bound and then deactivated would be live, and
+		// cacheable by another replica, in between.
+		b, err := a.Bind(c.UserContext(), in.BindingKey, in.CredentialID, resolver.BindOptions{Inactive: in.Active != nil && !*in.Active})
 		if err != nil {
 			return err
-		}
-		if in.Active != nil && !*in.Active {
-			if err := a.SetBindingActive(c.UserContext(), in.BindingKey, false); err != nil {
-				return err
-			}
-			b.Active = false
 		}
 		return c.Status(fiber.StatusCreated).JSON(b)
 	})

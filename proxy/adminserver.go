@@ -15,7 +15,7 @@ import (
 // adminListenerRoutes are the admin listener's: health, metrics, the admin
 // API and a 404 that names what this listener serves. No proxy route.
 func (s *Server) adminListenerRoutes() {
-	healthRoutes(s.admin)
+	s.healthRoutes(s.admin)
 	s.operatorRoutes(s.admin)
 	s.admin.Use(func(c *fiber.Ctx) error {
 		return newError(kindNotFound, "the admin listener serves only /admin/v1, /metrics, /healthz and /readyz: inference is on the proxy port (TOLLGATE_ADDR)")

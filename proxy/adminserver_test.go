@@ -64,10 +64,10 @@ func TestListenerProxyPortServesNoAdminOrMetrics(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{"/healthz", "/readyz"} {
+	for _, p := range []struct{ path, body string }{{"/healthz", "ok\n"}, {"/readyz", `{"status":"ok","staleness_s":0}`}} {
 		for _, base := range []string{se.URL, se.AdminURL} {
-			if code, body, _ := get(t, base+p, ""); code != 200 || body != "ok\n" {
-				t.Errorf("GET %s%s: %d %q", base, p, code, body)
+			if code, body, _ := get(t, base+p.path, ""); code != 200 || body != p.body {
+				t.Errorf("GET %s%s: %d %q, want 200 %q", base, p.path, code, body, p.body)
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/valyala/fasthttp"
 
 	"github.com/tollgate/tollgate/internal/netguard"
@@ -51,8 +52,9 @@ type apiError struct {
 	msg  string
 	// cause is logged, never sent.
 	cause error
-	// retryAfter is the seconds a kindTooManyRequests caller should wait;
-	// Gemini clients read it from the body, not from Retry-After.
+	// retryAfter is the seconds a kindTooManyRequests or kindUnavailable
+	// caller should wait, sent as Retry-After; Gemini clients read it from
+	// the body, not from Retry-After.
 	retryAfter int
 }
 
@@ -118,6 +120,9 @@ func classify(err error) *apiError {
 			return &apiError{kind: kindBadRequest, msg: "malformed request", cause: err}
 		}
 	}
+	if storeUnreachable(err) {
+		return unavailableError(err)
+	}
 	var re *resolver.ResolveError
 	if errors.As(err, &re) && re.Reason == resolver.ReasonCredentialUnusable {
 		// The caller cannot fix this, but it must not read as a project
@@ -157,6 +162,36 @@ func classify(err error) *apiError {
 		return &apiError{kind: kindUpstreamTimeout, msg: "the provider did not answer in time", cause: err}
 	}
 	return &apiError{kind: kindInternal, msg: "internal error", cause: err}
+}
+
+// storeRetryAfter is the Retry-After of a refusal while the credential
+// store is unreachable: about two polls, by which a healed store is seen.
+const storeRetryAfter = 2
+
+// storeUnreachable reports the resolver refusing to vouch for its view, or
+// a database error of the connection kind (refused login or connection,
+// SQLSTATE class 08, 57P0x shutdown), from inference or the admin API.
+// Only errors the database produced are considered, so an upstream network
+// error never reads as a store outage.
+func storeUnreachable(err error) bool {
+	if errors.Is(err, resolver.ErrUnavailable) {
+		return true
+	}
+	var pe *pgconn.PgError
+	var ce *pgconn.ConnectError
+	return (errors.As(err, &ce) || errors.As(err, &pe)) && resolver.IsStoreUnavailable(err)
+}
+
+// unavailableError is a 503 that says the store is unreachable and, when
+// the resolver said, for how long; never a 500, so harnesses retry.
+func unavailableError(err error) *apiError {
+	msg := fmt.Sprintf("tollgate cannot reach its credential store; retry in %d s", storeRetryAfter)
+	var ue *resolver.UnavailableError
+	if errors.As(err, &ue) && ue.Staleness > ue.Bound {
+		msg = fmt.Sprintf("tollgate cannot reach its credential store: it has not confirmed tokens and credentials for %.1f s (it refuses after %s); retry in %d s",
+			ue.Staleness.Seconds(), ue.Bound, storeRetryAfter)
+	}
+	return &apiError{kind: kindUnavailable, msg: msg, cause: err, retryAfter: storeRetryAfter}
 }
 
 // errClass names a transport error's kind for logs without its text, which
@@ -213,7 +248,7 @@ func errorBody(shape string, e *apiError) []byte {
 		})
 	case registry.ShapeGemini:
 		ge := map[string]any{"code": status, "message": e.msg, "status": geminiStatus(e.kind)}
-		if e.kind == kindTooManyRequests && e.retryAfter > 0 {
+		if e.retryAfter > 0 {
 			// Gemini CLI ignores Retry-After and waits RetryInfo's delay
 			// (governance.md §6.2).
 			ge["details"] = []any{map[string]any{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": fmt.Sprintf("%ds", e.retryAfter)}}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -66,6 +67,13 @@ type RefusalCounter interface {
 // was served in, is not priced.
 type Pricer interface {
 	Cost(provider, model, serviceTier string, u metering.Usage) (microUSD *int64, version string)
+}
+
+// Freshness says how current this replica's view of tokens and
+// credentials is (resolver.Service.Freshness): ok is false once staleness
+// exceeds bound, when the resolver refuses lookups.
+type Freshness interface {
+	Freshness() (staleness, bound time.Duration, ok bool)
 }
 
 // Observer receives each finished record with the time spent inside tollgate
@@ -126,6 +134,9 @@ type Config struct {
 	Pricer Pricer
 	// Observer receives records for metrics; may be nil.
 	Observer Observer
+	// Freshness, if set, decides /readyz on both listeners: 503 with reason
+	// store-stale while it is not ok. Nil: ready until Unready.
+	Freshness Freshness
 	// Metrics, if set, is served on GET /metrics (Prometheus exposition)
 	// of the admin listener.
 	Metrics http.Handler
@@ -186,6 +197,8 @@ type Server struct {
 	decodes *decodeBudget
 	// inflight is cfg.Sink when it keeps requests in flight, else nil.
 	inflight InflightSink
+	// unready is set by Unready, from SIGTERM on.
+	unready atomic.Bool
 }
 
 // New validates cfg, applies defaults and builds the fiber app.
@@ -275,7 +288,7 @@ func New(cfg Config) (*Server, error) {
 // and metrics answer here only with AdminOnProxy; otherwise a clear 404
 // says where they are, rather than the proxy's "no route".
 func (s *Server) routes() {
-	healthRoutes(s.app)
+	s.healthRoutes(s.app)
 	if s.cfg.AdminOnProxy {
 		s.operatorRoutes(s.app)
 	} else {
@@ -288,10 +301,61 @@ func (s *Server) routes() {
 	s.app.Use(s.forward)
 }
 
-func healthRoutes(r fiber.Router) {
+// healthRoutes: /healthz is liveness and always ok: a database outage
+// reflected there would restart the whole fleet. /readyz is readiness: it
+// fails while the resolver's view is past its freshness bound, when
+// inference is refused anyway, and from SIGTERM on, so load balancers stop
+// sending new work before the drain.
+func (s *Server) healthRoutes(r fiber.Router) {
 	r.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
-	r.Get("/readyz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
+	r.Get("/readyz", s.readyz)
 }
+
+// readyState is /readyz's body.
+type readyState struct {
+	Status     string   `json:"status"`
+	Reason     string   `json:"reason,omitempty"`
+	StalenessS float64  `json:"staleness_s"`
+	BoundS     *float64 `json:"bound_s,omitempty"`
+}
+
+// Readiness reasons.
+const (
+	readyStoreStale   = "store-stale"
+	readyShuttingDown = "shutting-down"
+)
+
+func (s *Server) readyz(c *fiber.Ctx) error {
+	st := readyState{Status: "ok"}
+	var staleness, bound time.Duration
+	fresh := true
+	if s.cfg.Freshness != nil {
+		staleness, bound, fresh = s.cfg.Freshness.Freshness()
+		st.StalenessS = roundSeconds(staleness)
+	}
+	switch {
+	case s.unready.Load():
+		st.Status, st.Reason = "unready", readyShuttingDown
+	case !fresh:
+		st.Status, st.Reason = "unready", readyStoreStale
+	}
+	if st.Reason != "" {
+		if s.cfg.Freshness != nil {
+			b := roundSeconds(bound)
+			st.BoundS = &b
+		}
+		c.Status(fiber.StatusServiceUnavailable)
+	}
+	return c.JSON(st)
+}
+
+func roundSeconds(d time.Duration) float64 {
+	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
+
+// Unready makes /readyz answer 503 "shutting-down" on both listeners from
+// now on; serve calls it on SIGTERM, before it stops accepting and drains.
+func (s *Server) Unready() { s.unready.Store(true) }
 
 // operatorRoutes are /metrics and the admin API, wherever they are served.
 func (s *Server) operatorRoutes(r fiber.Router) {
@@ -355,6 +419,9 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	}
 	c.Status(status)
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	if e.retryAfter > 0 {
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(e.retryAfter))
+	}
 	return c.Send(errorBody(s.shapeFor(c), e))
 }
 

@@ -40,7 +40,7 @@ func serveOn(t *testing.T, e *testEnv, cfg Config) *testEnv {
 		<-done
 		<-done
 	})
-	return &testEnv{t: t, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: e.fake, sink: e.sink, reg: e.reg, logs: e.logs}
+	return &testEnv{t: t, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: e.fake, sink: e.sink, reg: e.reg, logs: e.logs, srv: srv}
 }
 
 // testLogger writes to e's log buffer, which the canary check reads.

@@ -63,39 +63,55 @@ func TestCacheServesUntilTTL(t *testing.T) {
 	})
 }
 
-// Every kind of write through a Service purges its resolution cache at
-// once. Each case first hides a change from the cache (raw SQL disables the
-// paying credential), proves the cache still serves the old answer, then
-// makes an unrelated write: the hidden change must show at once.
-func TestEveryWriteInvalidatesResolutions(t *testing.T) {
+// Every kind of write through a Service drops the cached resolutions it
+// can affect, and only those. Each case first hides a change from the
+// cache (raw SQL disables the paying platform credential of p1/u1), proves
+// the cache still serves the old answer, then makes the write: if the
+// write can affect p1/u1's resolution the hidden change shows at once;
+// otherwise the cached answer must survive, so a write elsewhere sends no
+// one back to the database.
+func TestWritesInvalidateOnlyWhatTheyAffect(t *testing.T) {
 	t.Parallel()
 	other := BindingKey{Tier: TierUser, ScopeID: "u9", Dialect: "openai-chat"}
 	for _, tc := range []struct {
 		name  string
+		drops bool
 		write func(ctx context.Context, s *Service, otherCred string) error
 	}{
-		{"CreateCredential", func(ctx context.Context, s *Service, _ string) error {
+		{"CreateCredential", false, func(ctx context.Context, s *Service, _ string) error {
 			_, err := s.CreateCredential(ctx, CredentialSpec{Provider: "openai", Secret: NewSecret("sk-new-openai-key")})
 			return err
 		}},
-		{"DisableCredential", func(ctx context.Context, s *Service, o string) error { return s.DisableCredential(ctx, o) }},
-		{"EnableCredential", func(ctx context.Context, s *Service, o string) error { return s.EnableCredential(ctx, o) }},
-		{"DeleteCredential", func(ctx context.Context, s *Service, o string) error { return s.DeleteCredential(ctx, o) }},
-		{"SetCredentialSecret", func(ctx context.Context, s *Service, o string) error {
+		{"DisableCredential", false, func(ctx context.Context, s *Service, o string) error { return s.DisableCredential(ctx, o) }},
+		{"EnableCredential", false, func(ctx context.Context, s *Service, o string) error { return s.EnableCredential(ctx, o) }},
+		{"DeleteCredential", false, func(ctx context.Context, s *Service, o string) error { return s.DeleteCredential(ctx, o) }},
+		{"SetCredentialSecret", false, func(ctx context.Context, s *Service, o string) error {
 			return s.SetCredentialSecret(ctx, o, NewSecret("sk-rotated-openai-key"))
 		}},
-		{"Bind", func(ctx context.Context, s *Service, o string) error {
+		{"BindOtherUser", false, func(ctx context.Context, s *Service, o string) error {
 			_, err := s.Bind(ctx, BindingKey{Tier: TierUser, ScopeID: "u8", Dialect: "openai-chat"}, o)
 			return err
 		}},
-		{"Unbind", func(ctx context.Context, s *Service, _ string) error { return s.Unbind(ctx, other) }},
-		{"Deactivate", func(ctx context.Context, s *Service, _ string) error { return s.SetBindingActive(ctx, other, false) }},
-		{"Activate", func(ctx context.Context, s *Service, _ string) error { return s.SetBindingActive(ctx, other, true) }},
-		{"SetPlatformKey", func(ctx context.Context, s *Service, _ string) error {
+		{"BindSameUser", true, func(ctx context.Context, s *Service, o string) error {
+			_, err := s.Bind(ctx, BindingKey{Tier: TierUser, ScopeID: "u1", Dialect: "openai-chat"}, o)
+			return err
+		}},
+		{"BindSameProject", true, func(ctx context.Context, s *Service, o string) error {
+			_, err := s.Bind(ctx, BindingKey{Tier: TierProject, ScopeID: "p1", Dialect: "openai-chat"}, o)
+			return err
+		}},
+		{"Unbind", false, func(ctx context.Context, s *Service, _ string) error { return s.Unbind(ctx, other) }},
+		{"Deactivate", false, func(ctx context.Context, s *Service, _ string) error { return s.SetBindingActive(ctx, other, false) }},
+		{"Activate", false, func(ctx context.Context, s *Service, _ string) error { return s.SetBindingActive(ctx, other, true) }},
+		{"RevokeWorkspaceTokens", false, func(ctx context.Context, s *Service, _ string) error {
+			_, err := s.RevokeWorkspaceTokens(ctx, "w1")
+			return err
+		}},
+		{"SetPlatformKey", true, func(ctx context.Context, s *Service, _ string) error {
 			_, err := s.SetPlatformKey(ctx, "openai", NewSecret("sk-platform-openai-key"))
 			return err
 		}},
-		{"RotateKey", func(ctx context.Context, s *Service, _ string) error { return s.RotateKey(ctx, testKey1, testKey2) }},
+		{"RotateKey", true, func(ctx context.Context, s *Service, _ string) error { return s.RotateKey(ctx, testKey1, testKey2) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			forEachEngine(t, func(t *testing.T, dsn string) {
@@ -118,7 +134,11 @@ func TestEveryWriteInvalidatesResolutions(t *testing.T) {
 				if err := tc.write(ctx, s, o.ID); err != nil {
 					t.Fatal(err)
 				}
-				wantErr(t, s, ccAnthropic, ErrNoCredential)
+				if tc.drops {
+					wantErr(t, s, ccAnthropic, ErrNoCredential)
+				} else {
+					wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1")
+				}
 			})
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -109,11 +110,7 @@ func TestWriteDuringMissIsNotUndone(t *testing.T) {
 	t.Parallel()
 	forEachEngine(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s := mustService(t, dsn).svc
-		c, err := s.SetPlatformKey(ctx, "anthropic", NewSecret("sk-platform-anthropic-1"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, c := withPlatformKey(t, dsn)
 		tok, info := mustToken(t, s, TokenSpec{Workspace: "w1", User: "u1"})
 
 		s.hookBeforeCache = func() {
@@ -138,4 +135,52 @@ func TestWriteDuringMissIsNotUndone(t *testing.T) {
 			t.Fatalf("after a revoke during the miss: got %v, want ErrTokenRevoked", err)
 		}
 	})
+}
+
+// A lookup that begins after a write committed must see it, even while a
+// read of the same key that began before the write is still in flight: it
+// must not join that read's shared answer.
+func TestMissAfterWriteDoesNotJoinEarlierRead(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s, c := withPlatformKey(t, dsn)
+		var first atomic.Bool
+		entered, release := make(chan struct{}), make(chan struct{})
+		s.hookBeforeCache = func() {
+			if first.CompareAndSwap(false, true) {
+				close(entered)
+				<-release
+			}
+		}
+		doneA := make(chan struct{})
+		go func() { defer close(doneA); s.Resolve(ctx, ccAnthropic) }()
+		<-entered // A has read the enabled credential and is held
+		if err := s.DisableCredential(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		gotB := make(chan error, 1)
+		go func() { _, err := s.Resolve(ctx, ccAnthropic); gotB <- err }()
+		select {
+		case err := <-gotB:
+			if !errors.Is(err, ErrNoCredential) {
+				t.Errorf("a lookup after the write: %v, want ErrNoCredential", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("a lookup after the write waited for a read that began before it")
+		}
+		close(release)
+		<-doneA
+	})
+}
+
+// withPlatformKey is a Service whose anthropic platform key is c.
+func withPlatformKey(t *testing.T, dsn string) (*Service, Credential) {
+	t.Helper()
+	s := mustService(t, dsn).svc
+	c, err := s.SetPlatformKey(context.Background(), "anthropic", NewSecret("sk-platform-anthropic-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c
 }

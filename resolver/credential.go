@@ -158,7 +158,7 @@ func (s *Service) CreateCredential(ctx context.Context, spec CredentialSpec) (Cr
 	if err != nil {
 		return Credential{}, fmt.Errorf("create credential: %w", err)
 	}
-	err = s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err = s.write(ctx, change{changeCredential, c.ID}, func(tx *sql.Tx) error {
 		return s.insertCredential(ctx, tx, &c, plain)
 	})
 	if err != nil {
@@ -275,7 +275,7 @@ func (s *Service) EnableCredential(ctx context.Context, id string) error {
 }
 
 func (s *Service) setDisabled(ctx context.Context, id string, disabled bool) error {
-	err := s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE resolver_credentials SET disabled = $1, updated_at = $2 WHERE id = $3`, disabled, s.now(), id)
 		return mustAffect(res, err, ErrCredentialNotFound)
 	})
@@ -292,7 +292,7 @@ func (s *Service) SetCredentialSecret(ctx context.Context, id string, secret Sec
 	if err != nil {
 		return fmt.Errorf("credential %s: %w", id, err)
 	}
-	err = s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err = s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		return s.updateSecret(ctx, tx, id, plain)
 	})
 	if err != nil {
@@ -319,7 +319,7 @@ func (s *Service) updateSecret(ctx context.Context, tx *sql.Tx, id, plain string
 // them to let the project fall through; SetBindingActive refuses to
 // reactivate a binding whose credential is gone.
 func (s *Service) DeleteCredential(ctx context.Context, id string) error {
-	err := s.write(ctx, changeCredential, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_credentials WHERE id = $1`, id)
 		if err := mustAffect(res, err, ErrCredentialNotFound); err != nil {
 			return err
@@ -351,7 +351,8 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 		// The registry was reloaded since prepareCredential read it.
 		return Credential{}, fmt.Errorf("set platform key: provider %q: %w", provider, err)
 	}
-	err = s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	// Platform bindings apply to every resolution.
+	err = s.write(ctx, change{changeBinding, ""}, func(tx *sql.Tx) error {
 		var existing string
 		err := tx.QueryRowContext(ctx, `SELECT id FROM resolver_credentials WHERE name = $1 AND provider = $2 ORDER BY created_at, id LIMIT 1`,
 			c.Name, provider).Scan(&existing)
@@ -369,7 +370,7 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 			}
 		}
 		for _, d := range p.Dialects {
-			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, c.ID); err != nil {
+			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, c.ID, true); err != nil {
 				return err
 			}
 		}
@@ -415,11 +416,24 @@ func (p *argProblems) checkBindingKey(reg *registry.Registry, k BindingKey, know
 	}
 }
 
-// Bind places credentialID at k, active, replacing the credential of an
-// existing binding with the same key. The credential's provider must speak
-// k.Dialect and the harness, if any, must exist and speak it
-// (ErrDialectMismatch): checked here, once, not on every request.
-func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (Binding, error) {
+// BindOptions are Bind's optional settings; the zero value binds active.
+type BindOptions struct {
+	// Inactive creates (or replaces) the binding deactivated, in the same
+	// transaction: no reader, here or on another replica, ever sees it
+	// active.
+	Inactive bool
+}
+
+// Bind places credentialID at k, active unless opts says Inactive,
+// replacing the credential of an existing binding with the same key. The
+// credential's provider must speak k.Dialect and the harness, if any, must
+// exist and speak it (ErrDialectMismatch): checked here, once, not on
+// every request. At most one BindOptions is read.
+func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string, opts ...BindOptions) (Binding, error) {
+	var o BindOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	reg := s.reg.Current()
 	var p argProblems
 	p.checkBindingKey(reg, k, true)
@@ -430,7 +444,7 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (
 		return Binding{}, fmt.Errorf("bind: %w", err)
 	}
 	var b Binding
-	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		var provider string
 		if err := tx.QueryRowContext(ctx, `SELECT provider FROM resolver_credentials WHERE id = $1`, credentialID).Scan(&provider); err != nil {
 			if isNoRows(err) {
@@ -445,7 +459,7 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (
 		if !p.Speaks(k.Dialect) {
 			return fmt.Errorf("provider %q of credential %s does not speak %q: %w", provider, credentialID, k.Dialect, ErrDialectMismatch)
 		}
-		b, err = s.upsertBinding(ctx, tx, k, credentialID)
+		b, err = s.upsertBinding(ctx, tx, k, credentialID, !o.Inactive)
 		return err
 	})
 	if err != nil {
@@ -454,16 +468,16 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string) (
 	return b, nil
 }
 
-func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, credentialID string) (Binding, error) {
+func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, credentialID string, active bool) (Binding, error) {
 	now := s.now()
-	b := Binding{BindingKey: k, CredentialID: credentialID, Active: true, UpdatedAt: now}
+	b := Binding{BindingKey: k, CredentialID: credentialID, Active: active, UpdatedAt: now}
 	err := tx.QueryRowContext(ctx, `INSERT INTO resolver_bindings
 		(tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (tier, scope_id, dialect, harness) DO UPDATE SET
 			credential_id = excluded.credential_id, active = excluded.active, updated_at = excluded.updated_at
 		RETURNING created_at`,
-		k.Tier, k.ScopeID, k.Dialect, k.Harness, credentialID, true, now, now).Scan(&b.CreatedAt)
+		k.Tier, k.ScopeID, k.Dialect, k.Harness, credentialID, active, now, now).Scan(&b.CreatedAt)
 	b.CreatedAt = b.CreatedAt.UTC()
 	return b, err
 }
@@ -475,7 +489,7 @@ func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
 	if err := p.err(); err != nil {
 		return fmt.Errorf("unbind: %w", err)
 	}
-	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
 			k.Tier, k.ScopeID, k.Dialect, k.Harness)
 		return mustAffect(res, err, ErrBindingNotFound)
@@ -496,7 +510,7 @@ func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active boo
 	if err := p.err(); err != nil {
 		return fmt.Errorf("set binding active: %w", err)
 	}
-	err := s.write(ctx, changeBinding, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		var credID string
 		err := tx.QueryRowContext(ctx, `SELECT credential_id FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
 			k.Tier, k.ScopeID, k.Dialect, k.Harness).Scan(&credID)

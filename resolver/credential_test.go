@@ -5,6 +5,9 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 func TestBaseURLRules(t *testing.T) {
@@ -120,4 +123,70 @@ func TestAdminNotFound(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Bind with Inactive writes the binding deactivated in one transaction
+// (one change-log entry), so no reader anywhere sees it live (defect 7:
+// bind, then deactivate, was two commits).
+func TestBindInactiveIsOneCommit(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		w := mustService(t, dsn)
+		r := mustService(t, dsn, withConfig(func(c *Config) { c.PollInterval = 5 * time.Millisecond; c.PollOnly = true }))
+		if err := r.svc.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.svc.SetPlatformKey(ctx, "anthropic", NewSecret("sk-platform-anthropic-1")); err != nil {
+			t.Fatal(err)
+		}
+		p := mustCred(t, w.svc, "anthropic", "sk-project-anthropic-1")
+		before, err := w.svc.changeSeq(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		saw := make(chan string, 1)
+		go func() {
+			defer close(saw)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if got, err := r.svc.Resolve(ctx, ccAnthropic); err == nil && got.Tier == TierProject {
+					saw <- got.CredentialID
+					return
+				}
+			}
+		}()
+		k := BindingKey{Tier: TierProject, ScopeID: "p1", Dialect: "anthropic-messages"}
+		b, err := w.svc.Bind(ctx, k, p.ID, BindOptions{Inactive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Active {
+			t.Fatal("Bind Inactive returned an active binding")
+		}
+		after, err := w.svc.changeSeq(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after-before != 1 {
+			t.Fatalf("Bind Inactive wrote %d changes, want 1 (one transaction)", after-before)
+		}
+		testkit.Eventually(t, 2*time.Second, "the other process to see the inactive project binding halt", func() bool {
+			_, err := r.svc.Resolve(ctx, ccAnthropic)
+			return errors.Is(err, ErrHalted)
+		})
+		close(stop)
+		if id, ok := <-saw; ok {
+			t.Fatalf("a reader saw the inactive binding's credential %s pay", id)
+		}
+		bs, err := w.svc.ListBindings(ctx, BindingFilter{CredentialID: p.ID})
+		if err != nil || len(bs) != 1 || bs[0].Active {
+			t.Fatalf("bindings: %+v, %v; want one, inactive", bs, err)
+		}
+	})
 }

@@ -244,7 +244,7 @@ func (s *Service) RotateKey(ctx context.Context, oldKey, newKey []byte) error {
 		return fmt.Errorf("rotate key: new key: %w", err)
 	}
 	now := s.now()
-	err = s.write(ctx, changeKey, func(tx *sql.Tx) error {
+	err = s.write(ctx, change{changeKey, ""}, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT id, key_id, ciphertext FROM resolver_credentials ORDER BY id`)
 		if err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -130,6 +131,18 @@ type resolveEntry struct {
 	res    Resolution
 	target Target
 	err    error
+	// creds are the credentials of every binding considered, the skipped
+	// ones included: a change to any of them can change the answer.
+	creds []string
+}
+
+func (e *resolveEntry) considered(credID string) bool {
+	for _, c := range e.creds {
+		if c == credID {
+			return true
+		}
+	}
+	return false
 }
 
 // Resolve picks the credential that pays for req:
@@ -142,10 +155,12 @@ type resolveEntry struct {
 //   - platform tier, same order: likewise;
 //   - otherwise ErrNoCredential.
 //
-// Errors are *ResolveError values wrapping those sentinels. Answers are
-// cached per (project, user, harness, dialect): successes for
-// Config.ResolveCacheTTL, failures for Config.NegativeTTL, until a write
-// invalidates them. ResolutionView runs the same code.
+// Errors are *ResolveError values wrapping those sentinels, or, while
+// Start runs, ErrUnavailable (as for Authenticate). Answers are cached per
+// (project, user, harness, dialect): successes for Config.ResolveCacheTTL
+// (with Start, until a change names them), failures for
+// Config.NegativeTTL, until a write invalidates them. ResolutionView runs
+// the same code.
 func (s *Service) Resolve(ctx context.Context, req Request) (Target, error) {
 	now := s.now()
 	e, err := s.lookup(ctx, req, now)
@@ -162,30 +177,49 @@ func (s *Service) Resolve(ctx context.Context, req Request) (Target, error) {
 // lookup is the one resolution path: Resolve and ResolutionView both use
 // it, so a request and the status view cannot disagree.
 func (s *Service) lookup(ctx context.Context, req Request, now time.Time) (*resolveEntry, error) {
+	if err := s.checkFresh(ctx); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", req.Dialect, err)
+	}
 	reg := s.reg.Current()
 	k := resolveKey{req.Project, req.User, req.Harness, req.Dialect}
-	gen := s.resGen.Load()
-	if e, ok := s.resolved.Get(k); ok && e.gen == gen && e.reg == reg && now.Before(e.until) {
-		return e, nil
+	var stale *resolveEntry
+	if e, ok := s.resolved.Get(k); ok && e.reg == reg {
+		if now.Before(e.until) {
+			return e, nil
+		}
+		stale = e
 	}
 	// The caller's strings may be views into reused buffers (fiber):
 	// copy before they are kept.
 	req = Request{strings.Clone(req.Project), strings.Clone(req.User), strings.Clone(req.Harness), strings.Clone(req.Dialect)}
-	e, err := s.compute(ctx, reg, req)
+	// The gen is part of the flight's key: a caller that arrives after an
+	// invalidation must not join a read that began before it.
+	gen := s.resGen.Load()
+	flightKey := "res:" + strings.Join([]string{strconv.FormatUint(gen, 10), req.Project, req.User, req.Harness, req.Dialect}, "\x00")
+	v, err := s.miss(ctx, flightKey, func(ctx context.Context) (any, error) {
+		e, err := s.compute(ctx, reg, req)
+		if err != nil {
+			return nil, err
+		}
+		if s.hookBeforeCache != nil {
+			s.hookBeforeCache()
+		}
+		e.gen, e.reg = gen, reg
+		if e.err != nil {
+			e.until = now.Add(s.cfg.NegativeTTL)
+		} else {
+			e.until = now.Add(s.positiveTTL(s.cfg.ResolveCacheTTL))
+		}
+		s.cacheResolution(resolveKey{req.Project, req.User, req.Harness, req.Dialect}, e)
+		return e, nil
+	})
 	if err != nil {
-		return nil, err
+		if stale == nil || !s.serveStale(err) {
+			return nil, err
+		}
+		return stale, nil
 	}
-	if s.hookBeforeCache != nil {
-		s.hookBeforeCache()
-	}
-	e.gen, e.reg = gen, reg
-	if e.err != nil {
-		e.until = now.Add(s.cfg.NegativeTTL)
-	} else {
-		e.until = now.Add(s.cfg.ResolveCacheTTL)
-	}
-	s.resolved.Add(resolveKey{req.Project, req.User, req.Harness, req.Dialect}, e)
-	return e, nil
+	return v.(*resolveEntry), nil
 }
 
 // resolveQuery loads every binding that can apply to a request, with its
@@ -243,6 +277,13 @@ func (s *Service) compute(ctx context.Context, reg *registry.Registry, req Reque
 	}
 
 	e := &resolveEntry{res: Resolution{Harness: req.Harness, Dialect: req.Dialect}}
+	for _, slot := range slots {
+		for _, c := range slot {
+			if c != nil {
+				e.creds = append(e.creds, c.credID)
+			}
+		}
+	}
 	if c := preferred(slots[0]); c != nil {
 		t, reason, cause := s.materialise(reg, req, c)
 		if reason != "" {

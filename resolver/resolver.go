@@ -4,11 +4,19 @@
 // bindings, and resolves a request to the credential that pays for it.
 //
 // Consistency: a write made through a Service applies to that Service's
-// caches at once. Every write also appends to the resolver_change_log table;
-// other Services on the same database (replicas, the CLI) see it within
-// Config.PollInterval once their Start has been called. Without Start, they
-// see it when the cached answer expires (Config.TokenCacheTTL,
-// Config.ResolveCacheTTL, Config.NegativeTTL).
+// caches at once. Every write also appends to the resolver_change_log table,
+// naming what changed, and (PostgreSQL) notifies "tollgate_changes"; other
+// Services on the same database (replicas) whose Start runs drop exactly
+// the affected cache entries on the notification, or at the latest within
+// Config.PollInterval. Without Start (the CLI), they see it when the cached
+// answer expires (Config.TokenCacheTTL, Config.ResolveCacheTTL,
+// Config.NegativeTTL).
+//
+// Fail-closed: while Start runs, cached answers are served only while the
+// last successful poll is at most Config.MaxStaleness old. Past that bound,
+// a revoked token may have been missed, so lookups return ErrUnavailable:
+// a replica cut off from the database accepts a revoked token for at most
+// MaxStaleness, then refuses everything.
 package resolver
 
 import (
@@ -23,6 +31,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/registry"
@@ -89,6 +98,12 @@ var (
 	// ErrClosed is returned by Start after Close, or when Start is called
 	// twice.
 	ErrClosed = errors.New("resolver closed or already started")
+	// ErrUnavailable is returned by Authenticate and Resolve while Start
+	// runs when this process cannot confirm its view is fresh (no
+	// successful change-log poll for Config.MaxStaleness, and a synchronous
+	// one failed too), or when a cache miss could not reach the database.
+	// An *UnavailableError in the chain says for how long.
+	ErrUnavailable = errors.New("credential store unavailable")
 )
 
 // Defaults applied by Config.withDefaults, each with its reason.
@@ -152,16 +167,19 @@ type Config struct {
 	// DefaultResolveCacheSize.
 	ResolveCacheSize int
 	// TokenCacheTTL is how long an accepted token is served from memory
-	// before the database is read again. Expiry is checked on every call
-	// regardless. Default DefaultTokenCacheTTL.
+	// before the database is read again, without Start. While Start runs,
+	// the change log invalidates entries and MaxStaleness bounds them, and
+	// positive entries live about 10 minutes (a memory bound). Expiry is
+	// checked on every call regardless. Default DefaultTokenCacheTTL.
 	TokenCacheTTL time.Duration
 	// NegativeTTL is how long a refused token or a failed resolution is
 	// served from memory. Default DefaultNegativeTTL.
 	NegativeTTL time.Duration
 	// ResolveCacheTTL is how long a successful resolution is served from
-	// memory. Writes through this Service invalidate at once, and writes by
-	// other processes within PollInterval while Start runs. Default
-	// DefaultResolveCacheTTL.
+	// memory without Start (about 10 minutes while Start runs, as for
+	// TokenCacheTTL). Writes through this Service invalidate at once, and
+	// writes by other processes within PollInterval while Start runs.
+	// Default DefaultResolveCacheTTL.
 	ResolveCacheTTL time.Duration
 	// PollInterval is how often Start's goroutine reads the change log to
 	// see writes made by other processes. Default DefaultPollInterval.
@@ -170,6 +188,18 @@ type Config struct {
 	// last-used times of tokens and credentials, in one batch. Close
 	// flushes once more. Default DefaultUsageFlushInterval.
 	UsageFlushInterval time.Duration
+	// MaxStaleness bounds, while Start runs, how long after the last
+	// successful change-log poll cached answers are still served: past it
+	// Authenticate and Resolve return ErrUnavailable. It is both the
+	// longest a partitioned process accepts a revoked token and the
+	// longest a database outage is ridden out. Default
+	// DefaultMaxStalenessPolls × PollInterval; must exceed 2 × PollInterval.
+	MaxStaleness time.Duration
+	// PollOnly turns LISTEN/NOTIFY off: writes notify nobody and Start
+	// only polls (PgBouncer in transaction mode, comparisons). Default
+	// false: on PostgreSQL, a write reaches other processes in about a
+	// millisecond instead of up to PollInterval.
+	PollOnly bool
 
 	// now is the clock for token expiry, cache deadlines and stored
 	// times; nil means time.Now (house rule 11).
@@ -198,6 +228,9 @@ func (c Config) withDefaults() Config {
 	if c.UsageFlushInterval == 0 {
 		c.UsageFlushInterval = DefaultUsageFlushInterval
 	}
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = DefaultMaxStalenessPolls * c.PollInterval
+	}
 	return c
 }
 
@@ -225,11 +258,15 @@ func (c Config) Validate() error {
 		v    time.Duration
 	}{
 		{"TokenCacheTTL", c.TokenCacheTTL}, {"NegativeTTL", c.NegativeTTL}, {"ResolveCacheTTL", c.ResolveCacheTTL},
-		{"PollInterval", c.PollInterval}, {"UsageFlushInterval", c.UsageFlushInterval},
+		{"PollInterval", c.PollInterval}, {"UsageFlushInterval", c.UsageFlushInterval}, {"MaxStaleness", c.MaxStaleness},
 	} {
 		if f.v < 0 {
 			p = append(p, fmt.Sprintf("%s: must not be negative, got %s", f.name, f.v))
 		}
+	}
+	// One slow poll must not make a healthy process refuse traffic.
+	if d := c.withDefaults(); c.MaxStaleness > 0 && d.PollInterval > 0 && d.MaxStaleness <= 2*d.PollInterval {
+		p = append(p, fmt.Sprintf("MaxStaleness: must exceed 2 x PollInterval (%s), got %s", 2*d.PollInterval, d.MaxStaleness))
 	}
 	if len(p) == 0 {
 		return nil
@@ -262,11 +299,14 @@ type Service struct {
 
 	keys atomic.Pointer[keyring]
 
-	// tokGen and resGen are bumped after every committed write to tokens
-	// and to credentials or bindings respectively (here or, seen by the
-	// poller, elsewhere). A cache entry remembers the gen it was computed
-	// under and is ignored once the gen moves on, so a lookup that raced a
-	// write can never reinstate a stale answer.
+	// tokGen and resGen are bumped, under invalMu, by every invalidation
+	// of the token and resolution caches, targeted or not (a write here or,
+	// seen by the poller, elsewhere); the invalidation removes the affected
+	// entries in the same critical section. A cache miss remembers the gen
+	// it started under and caches its answer, under invalMu, only if the
+	// gen has not moved: a lookup that raced a write can never reinstate a
+	// stale answer, and unrelated entries survive a targeted change.
+	invalMu   sync.Mutex
 	tokGen    atomic.Uint64
 	resGen    atomic.Uint64
 	tokens    *lru.Cache[[32]byte, *tokenEntry]
@@ -289,12 +329,30 @@ type Service struct {
 	// so each is logged once per ciphertext.
 	unreadable sync.Map
 
+	// polling is set while Start's goroutine runs: the freshness bound
+	// and the long TTLs apply only then. freshAt is the time (injectable
+	// clock, Unix ns) of the last successful poll; storeDown is set when a
+	// poll or a miss failed to reach the database and cleared by the next
+	// successful poll.
+	polling   atomic.Bool
+	freshAt   atomic.Int64
+	storeDown atomic.Bool
+	// flight shares synchronous polls and cache misses between concurrent
+	// callers.
+	flight singleflight.Group
+	// wake makes the poller poll now (a notification arrived); one slot
+	// coalesces a burst into one poll.
+	wake chan struct{}
+	// pollMu serialises polls (the ticker's and the synchronous ones) and
+	// guards lastSeq.
+	pollMu  sync.Mutex
+	lastSeq int64
+
 	mu       sync.Mutex
 	started  bool
 	closed   bool
 	cancel   context.CancelFunc
 	done     chan struct{}
-	lastSeq  int64
 	closeErr error
 }
 
@@ -317,7 +375,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, db: deps.DB, reg: deps.Registry, log: log.With("component", "resolver")}
+	s := &Service{cfg: cfg, db: deps.DB, reg: deps.Registry, log: log.With("component", "resolver"), wake: make(chan struct{}, 1)}
 	s.keys.Store(kr)
 	// Plain size-bounded LRUs with a deadline per entry, not golang-lru's
 	// expirable LRU: that one starts a cleanup goroutine nothing can stop
@@ -342,6 +400,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if s.lastSeq, err = s.changeSeq(ctx); err != nil {
 		return nil, err
 	}
+	s.freshAt.Store(cfg.timeNow().UnixNano())
 	if s.stmtResolve, err = s.db.PrepareContext(ctx, resolveQuery); err != nil {
 		return nil, fmt.Errorf("prepare resolve: %w", err)
 	}
@@ -352,10 +411,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	return s, nil
 }
 
-// Start runs the Service's one background goroutine until ctx ends or Close
-// is called: it polls the change log every Config.PollInterval, purging the
-// caches when another process wrote, and flushes last-used times every
-// Config.UsageFlushInterval. Close stops it.
+// Start runs the Service's background goroutines until ctx ends or Close
+// is called: one polls the change log every Config.PollInterval (and at
+// once when a notification arrives), dropping the cache entries another
+// process's writes affect, and flushes last-used times every
+// Config.UsageFlushInterval; on PostgreSQL, unless Config.PollOnly, a
+// second listens for those notifications. From Start on, lookups honour
+// Config.MaxStaleness. Close stops them.
 func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -365,28 +427,82 @@ func (s *Service) Start(ctx context.Context) error {
 	s.started = true
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.done = make(chan struct{})
-	go s.run(ctx)
+	// The view is as fresh as the last read: New's, or an earlier poll's.
+	s.polling.Store(true)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.run(ctx) }()
+	if !s.cfg.PollOnly && s.db.Engine == store.Postgres {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.listen(ctx) }()
+	}
+	go func() { wg.Wait(); close(s.done) }()
 	return nil
 }
 
+// notifyChannel is the channel writes notify and Start listens on.
+const notifyChannel = "tollgate_changes"
+
+// listen wakes the poller on every notification and after every
+// (re)connect, when notifications sent meanwhile are lost and the poll
+// catches up. The poll, not the notification, proves freshness.
+func (s *Service) listen(ctx context.Context) {
+	err := s.db.Listen(ctx, notifyChannel, store.ListenHandler{
+		OnNotify:  func(string) { s.wakePoll() },
+		OnConnect: s.wakePoll,
+		OnDown: func(err error) {
+			s.log.Warn("change notifications lost; polling every interval until the listener reconnects", "err", err)
+		},
+	})
+	switch {
+	case errors.Is(err, store.ErrListenUnsupported):
+		s.log.Info("change notifications unsupported here; polling only", "poll_interval", s.cfg.PollInterval.String(), "err", err)
+	case err != nil && ctx.Err() == nil:
+		s.log.Warn("change listener stopped; polling only", "err", err)
+	}
+}
+
+func (s *Service) wakePoll() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
 func (s *Service) run(ctx context.Context) {
-	defer close(s.done)
+	defer s.polling.Store(false)
 	poll := time.NewTicker(s.cfg.PollInterval)
 	defer poll.Stop()
 	flush := time.NewTicker(s.cfg.UsageFlushInterval)
 	defer flush.Stop()
+	warned := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-poll.C:
-			if err := s.pollChanges(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("change log poll failed", "err", err)
-			}
+		case <-s.wake:
 		case <-flush.C:
 			if err := s.flushUsage(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("last-used flush failed", "err", err)
 			}
+			continue
+		}
+		// Bounded, so that a hung connection cannot hold pollMu (and the
+		// synchronous refreshes behind it) past the next tick. One line
+		// when the store goes away and one when it is back, not one a
+		// second.
+		pctx, cancel := context.WithTimeout(ctx, max(s.cfg.PollInterval, time.Second))
+		err := s.pollChanges(pctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !warned:
+			warned = true
+			s.log.Warn("change log poll failed; serving from memory until the freshness bound, then refusing",
+				"max_staleness", s.cfg.MaxStaleness.String(), "err", err)
+		case err == nil && warned:
+			warned = false
+			s.log.Info("change log poll succeeded again")
 		}
 	}
 }
@@ -417,20 +533,63 @@ func (s *Service) Close() error {
 	return err
 }
 
-// invalidateTokens makes every cached token answer stale, after a write
-// committed. The gen bump comes first: entries are checked against it, and
-// Purge only frees memory.
+// invalidateTokens drops every cached token answer.
 func (s *Service) invalidateTokens() {
+	s.invalMu.Lock()
+	defer s.invalMu.Unlock()
 	s.tokGen.Add(1)
 	s.tokens.Purge()
 	s.tokensNeg.Purge()
 }
 
-// invalidateResolutions makes every cached resolution stale. Purging all
-// of them on any credential or binding write is deliberate: writes are
-// rare, and working out which (project, user, harness, dialect) keys a
-// write affects would duplicate the precedence rules.
+// invalidateResolutions drops every cached resolution.
 func (s *Service) invalidateResolutions() {
+	s.invalMu.Lock()
+	defer s.invalMu.Unlock()
 	s.resGen.Add(1)
 	s.resolved.Purge()
+}
+
+// dropTokens drops the cached token answers match selects.
+func (s *Service) dropTokens(match func(*tokenEntry) bool) {
+	s.invalMu.Lock()
+	defer s.invalMu.Unlock()
+	s.tokGen.Add(1)
+	for _, c := range []*lru.Cache[[32]byte, *tokenEntry]{s.tokens, s.tokensNeg} {
+		for _, k := range c.Keys() {
+			if e, ok := c.Peek(k); ok && match(e) {
+				c.Remove(k)
+			}
+		}
+	}
+}
+
+// dropResolutions drops the cached resolutions match selects.
+func (s *Service) dropResolutions(match func(resolveKey, *resolveEntry) bool) {
+	s.invalMu.Lock()
+	defer s.invalMu.Unlock()
+	s.resGen.Add(1)
+	for _, k := range s.resolved.Keys() {
+		if e, ok := s.resolved.Peek(k); ok && match(k, e) {
+			s.resolved.Remove(k)
+		}
+	}
+}
+
+// cacheToken caches e unless an invalidation ran since its lookup began.
+func (s *Service) cacheToken(c *lru.Cache[[32]byte, *tokenEntry], mac [32]byte, e *tokenEntry) {
+	s.invalMu.Lock()
+	defer s.invalMu.Unlock()
+	if s.tokGen.Load() == e.gen {
+		c.Add(mac, e)
+	}
+}
+
+// cacheResolution caches e unless an invalidation ran since its lookup began.
+func (s *Service) cacheResolution(k resolveKey, e *resolveEntry) {
+	s.invalMu.Lock()
+	defer s.invalMu.Unlock()
+	if s.resGen.Load() == e.gen {
+		s.resolved.Add(k, e)
+	}
 }

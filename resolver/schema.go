@@ -62,6 +62,9 @@ CREATE TABLE resolver_change_log (
 		seq BIGINT PRIMARY KEY,
 		kind TEXT NOT NULL,
 		at TIMESTAMP NOT NULL)`,
+	// What each change names (changelog.go change.scope), so pollers drop
+	// only the cache entries it affects. Rows from before have none: all.
+	`ALTER TABLE resolver_change_log ADD COLUMN scope TEXT NOT NULL DEFAULT ''`,
 }
 
 // now is the injectable clock, in UTC and truncated to the microsecond so

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -177,11 +178,15 @@ func wellFormed(t string) bool {
 
 // Authenticate returns the identity token stands for. It returns
 // ErrTokenMissing for an empty token, ErrTokenInvalid for a malformed or
-// unknown one, ErrTokenExpired and ErrTokenRevoked. Answers are cached by
-// the token's HMAC (never the token): accepted tokens for
-// Config.TokenCacheTTL (expiry is still checked on every call), refusals
-// for Config.NegativeTTL. A revocation through this Service applies at
-// once. The cached path does not allocate or touch the database: the
+// unknown one, ErrTokenExpired and ErrTokenRevoked, and, while Start runs,
+// ErrUnavailable when this process cannot vouch for its view (see
+// Config.MaxStaleness) or a cache miss cannot reach the database. Answers
+// are cached by the token's HMAC (never the token): accepted tokens for
+// Config.TokenCacheTTL (with Start, until a change names them; expiry is
+// still checked on every call), refusals for Config.NegativeTTL. With
+// Start, an expired entry whose refresh cannot reach the database is
+// served while within the bound. A revocation through this Service applies
+// at once. The cached path does not allocate or touch the database: the
 // last-used time is kept in memory and flushed in batches.
 func (s *Service) Authenticate(ctx context.Context, token string) (Identity, error) {
 	if token == "" {
@@ -190,32 +195,66 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Identity, err
 	if !wellFormed(token) {
 		return Identity{}, ErrTokenInvalid
 	}
-	kr := s.keys.Load()
-	mac := kr.current.mac.sum(token)
-	gen := s.tokGen.Load()
-	now := s.now()
-	if e, ok := s.tokens.Get(mac); ok && e.gen == gen && now.Before(e.until) {
-		return s.accept(e, now)
-	}
-	if e, ok := s.tokensNeg.Get(mac); ok && e.gen == gen && now.Before(e.until) {
-		return Identity{}, e.err
-	}
-	e, err := s.lookupToken(ctx, kr, token, mac, now)
-	if err != nil {
+	if err := s.checkFresh(ctx); err != nil {
 		return Identity{}, fmt.Errorf("authenticate: %w", err)
 	}
-	if s.hookBeforeCache != nil {
-		s.hookBeforeCache()
+	kr := s.keys.Load()
+	mac := kr.current.mac.sum(token)
+	now := s.now()
+	var stale *tokenEntry
+	if e, ok := s.tokens.Get(mac); ok {
+		if now.Before(e.until) {
+			return s.accept(e, now)
+		}
+		stale = e
 	}
-	e.gen = gen
+	if e, ok := s.tokensNeg.Get(mac); ok {
+		if now.Before(e.until) {
+			return Identity{}, e.err
+		}
+		stale = e
+	}
+	e, err := s.tokenMiss(ctx, kr, token, mac, now)
+	if err != nil {
+		if stale == nil || !s.serveStale(err) {
+			return Identity{}, fmt.Errorf("authenticate: %w", err)
+		}
+		e = stale
+	}
 	if e.err != nil {
-		e.until = now.Add(s.cfg.NegativeTTL)
-		s.tokensNeg.Add(mac, e)
 		return Identity{}, e.err
 	}
-	e.until = now.Add(s.cfg.TokenCacheTTL)
-	s.tokens.Add(mac, e)
 	return s.accept(e, now)
+}
+
+// tokenMiss answers a cache miss from the database and caches the answer.
+// Apart from Authenticate so that the cached path allocates nothing.
+func (s *Service) tokenMiss(ctx context.Context, kr *keyring, token string, mac [32]byte, now time.Time) (*tokenEntry, error) {
+	// The gen is part of the flight's key: a caller that arrives after an
+	// invalidation must not join a read that began before it.
+	gen := s.tokGen.Load()
+	v, err := s.miss(ctx, "tok:"+strconv.FormatUint(gen, 10)+":"+string(mac[:]), func(ctx context.Context) (any, error) {
+		e, err := s.lookupToken(ctx, kr, token, mac, now)
+		if err != nil {
+			return nil, err
+		}
+		if s.hookBeforeCache != nil {
+			s.hookBeforeCache()
+		}
+		e.gen = gen
+		if e.err != nil {
+			e.until = now.Add(s.cfg.NegativeTTL)
+			s.cacheToken(s.tokensNeg, mac, e)
+		} else {
+			e.until = now.Add(s.positiveTTL(s.cfg.TokenCacheTTL))
+			s.cacheToken(s.tokens, mac, e)
+		}
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*tokenEntry), nil
 }
 
 func (s *Service) accept(e *tokenEntry, now time.Time) (Identity, error) {
@@ -266,7 +305,7 @@ func (s *Service) lookupToken(ctx context.Context, kr *keyring, token string, ma
 // within Config.PollInterval elsewhere. Revoking a revoked token is a no-op;
 // an unknown id gives ErrTokenNotFound.
 func (s *Service) RevokeToken(ctx context.Context, id string) error {
-	err := s.write(ctx, changeToken, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeToken, id}, func(tx *sql.Tx) error {
 		var revoked sql.NullTime
 		if err := tx.QueryRowContext(ctx, `SELECT revoked_at FROM resolver_tokens WHERE id = $1`, id).Scan(&revoked); err != nil {
 			if isNoRows(err) {
@@ -293,7 +332,7 @@ func (s *Service) RevokeWorkspaceTokens(ctx context.Context, workspace string) (
 		return 0, fmt.Errorf("revoke tokens: %w: workspace is required", ErrInvalidArgument)
 	}
 	var n int64
-	err := s.write(ctx, changeToken, func(tx *sql.Tx) error {
+	err := s.write(ctx, change{changeWorkspace, workspace}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE resolver_tokens SET revoked_at = $1 WHERE workspace = $2 AND revoked_at IS NULL`, s.now(), workspace)
 		if err != nil {
 			return err

@@ -21,6 +21,7 @@ import (
 	"github.com/tollgate/tollgate"
 	"github.com/tollgate/tollgate/proxy"
 	"github.com/tollgate/tollgate/registry"
+	"github.com/tollgate/tollgate/resolver"
 )
 
 // options are the settings shared by subcommands. Each has a TOLLGATE_*
@@ -86,6 +87,15 @@ type options struct {
 	LogLevel string
 	// MetricLabels lists extra metric attributes (TOLLGATE_METRIC_LABELS).
 	MetricLabels string
+	// MaxStaleness is how long after its last successful read of the
+	// change log serve still answers from memory; past it, inference gets
+	// 503 and /readyz fails (TOLLGATE_MAX_STALENESS, 5s; more than 2 x
+	// the 1 s poll). Zero, for commands that do not serve: the default.
+	MaxStaleness time.Duration
+	// PGNotify is on or off (TOLLGATE_PG_NOTIFY, on): off makes serve
+	// poll only and its writes notify no one (PgBouncer in transaction
+	// mode, comparisons). Empty, for commands that do not serve: on.
+	PGNotify string
 
 	// needRegistry says the command registered --harnesses and opens the
 	// registry; the others run without one.
@@ -157,6 +167,9 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.stringVar(fs, &o.Spool, "spool", "TOLLGATE_SPOOL", "./data/spool", "usage spool `directory`", nil)
 	o.durationVar(fs, &o.StreamIdle, "stream-idle-timeout", "TOLLGATE_STREAM_IDLE_TIMEOUT", 5*time.Minute, "end a stream whose provider sent, or whose client took, nothing for this `long`")
 	o.durationVar(fs, &o.ShutdownGrace, "shutdown-grace", "TOLLGATE_SHUTDOWN_GRACE", 30*time.Second, "`time` open streams get after SIGTERM")
+	o.durationVar(fs, &o.MaxStaleness, "max-staleness", "TOLLGATE_MAX_STALENESS", resolver.DefaultMaxStalenessPolls*resolver.DefaultPollInterval,
+		"answer from memory for at most this `long` after the last successful read of the credential store; then refuse with 503 and fail /readyz")
+	o.stringVar(fs, &o.PGNotify, "pg-notify", "TOLLGATE_PG_NOTIFY", "on", "`on` or off: PostgreSQL LISTEN/NOTIFY carries changes between replicas at once; off polls only", checkOnOff)
 	o.stringVar(fs, &o.MetricLabels, "metric-labels", "TOLLGATE_METRIC_LABELS", "", "extra metric `labels`, comma separated", nil)
 	o.intVar(fs, &o.MaxConns, "max-conns", "TOLLGATE_MAX_CONNS", 0, "cap on open client `connections`; 0 derives it from the descriptor limit (at most 4096), negative: none")
 	o.intVar(fs, &o.MaxConnsPerIP, "max-conns-per-ip", "TOLLGATE_MAX_CONNS_PER_IP", 256, "cap on open `connections` per client IPv4 address or IPv6 /64; negative: none")
@@ -216,6 +229,9 @@ func (o *options) check() error {
 	// which does not say which setting to change.
 	if _, port, err := net.SplitHostPort(o.Addr); err == nil && port != "0" && o.AdminAddr == o.Addr {
 		errs = append(errs, fmt.Errorf("TOLLGATE_ADMIN_ADDR and TOLLGATE_ADDR are both %s: give the admin listener a port of its own, or set TOLLGATE_ADMIN_ADDR=%s", o.Addr, adminAddrSame))
+	}
+	if o.MaxStaleness != 0 && o.MaxStaleness <= 2*resolver.DefaultPollInterval {
+		errs = append(errs, fmt.Errorf("TOLLGATE_MAX_STALENESS=%q: must be more than 2 x the %s poll interval, or one slow poll makes the replica refuse traffic", o.MaxStaleness.String(), resolver.DefaultPollInterval))
 	}
 	if o.MetricsToken != "" && o.MetricsTokenFile != "" {
 		errs = append(errs, errors.New("both TOLLGATE_METRICS_TOKEN and a metrics token file are set: set one"))
@@ -382,6 +398,13 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, errors.New("must be more than zero: use e.g. 30s, 5m, 1h30m")
 	}
 	return d, nil
+}
+
+func checkOnOff(s string) error {
+	if s == "on" || s == "off" {
+		return nil
+	}
+	return errors.New("use on or off")
 }
 
 func checkLogLevel(s string) error {

@@ -55,6 +55,9 @@ func TestBadSettingsAreStartupErrors(t *testing.T) {
 		{"TOLLGATE_ALLOW_HTTP_BASE_URL", "maybe", "1, true, yes or on"},
 		{"TOLLGATE_ADDR", "8787", "host:port"},
 		{"TOLLGATE_PUBLIC_URL", "ftp://x", "http(s) URL"},
+		{"TOLLGATE_MAX_STALENESS", "2s", "more than 2 x the 1s poll interval"},
+		{"TOLLGATE_MAX_STALENESS", "5", "did you mean 5s?"},
+		{"TOLLGATE_PG_NOTIFY", "maybe", "on or off"},
 	}
 	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
 	// Cancelled: if serve accepted the value, it returns 0 at once.

@@ -160,15 +160,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if *credID == "" {
 				return usageErr("credential bind needs --credential ID")
 			}
-			b, err := svc.Bind(ctx, k, *credID)
+			b, err := svc.Bind(ctx, k, *credID, resolver.BindOptions{Inactive: *inactive})
 			if err != nil {
 				return err
-			}
-			if *inactive {
-				if err := svc.SetBindingActive(ctx, k, false); err != nil {
-					return err
-				}
-				b.Active = false
 			}
 			fmt.Fprintf(stdout, "bound %s at %s for %s (active=%v)\n", b.CredentialID, scopeText(k), k.Dialect, b.Active)
 			return nil

@@ -86,6 +86,8 @@ func openDeps(ctx context.Context, o *options, log *slog.Logger) (*deps, error) 
 		MasterKey:        key,
 		PreviousKeys:     prev,
 		AllowHTTPBaseURL: o.AllowHTTPBaseURL,
+		MaxStaleness:     o.MaxStaleness,
+		PollOnly:         o.PGNotify == "off",
 
 		AllowPrivateBaseURL: o.AllowPrivateBaseURL,
 	}, resolver.Deps{DB: db, Registry: reg, Log: log})
@@ -186,6 +188,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 
+	if err := tel.registerStaleness(d.resolver); err != nil {
+		return err
+	}
 	unregister, err := tel.instruments.RegisterWriter(writer)
 	if err != nil {
 		return err
@@ -232,6 +237,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		AuthLimits:        authLimits,
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
+		Freshness:         d.resolver,
 		Metrics:           tel.handler,
 		MetricsToken:      metricsToken,
 		AdminOnProxy:      o.AdminAddr == adminAddrSame,
@@ -324,6 +330,9 @@ func listenAdmin(o *options, metricsToken bool, log *slog.Logger) (net.Listener,
 // accepting and let streams finish within the grace period; then cancel the
 // base context so the rest end at once; then flush metering and telemetry.
 func shutdown(srv *proxy.Server, grace time.Duration, cancelBase context.CancelFunc, w *ledger.Writer, refusals *ledger.RefusalCounter, tel *telemetry, log *slog.Logger) error {
+	// Unready first: load balancers stop sending new work while the open
+	// streams drain.
+	srv.Unready()
 	log.Info("shutting down", "grace", grace.String())
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(context.Background()) }()

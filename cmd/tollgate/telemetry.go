@@ -10,12 +10,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/proxy"
 	"github.com/tollgate/tollgate/registry"
 )
+
+// meterName is the instrumentation scope of every tollgate instrument.
+const meterName = "github.com/tollgate/tollgate"
 
 // telemetry owns the OTel SDK: only cmd installs it (house rule 18).
 type telemetry struct {
@@ -53,7 +58,7 @@ func newTelemetry(ctx context.Context, labels []string, reg *registry.Holder, lo
 	}
 	opts = append(opts, sdkmetric.WithResource(res))
 	mp := sdkmetric.NewMeterProvider(opts...)
-	inst, err := metering.NewInstruments(mp.Meter("github.com/tollgate/tollgate"), metering.LabelConfig{Labels: labels, Logger: log, Registry: reg})
+	inst, err := metering.NewInstruments(mp.Meter(meterName), metering.LabelConfig{Labels: labels, Logger: log, Registry: reg})
 	if err != nil {
 		return nil, err
 	}
@@ -65,6 +70,28 @@ func newTelemetry(ctx context.Context, labels []string, reg *registry.Holder, lo
 }
 
 func (t *telemetry) shutdown(ctx context.Context) error { return t.provider.Shutdown(ctx) }
+
+// metricStaleness is how long ago the resolver last confirmed its view of
+// tokens and credentials (Prometheus: tollgate_config_staleness_seconds);
+// past TOLLGATE_MAX_STALENESS the replica refuses inference.
+const metricStaleness = "tollgate.config.staleness"
+
+// registerStaleness exports f's staleness as an observable gauge, read at
+// each collection.
+func (t *telemetry) registerStaleness(f proxy.Freshness) error {
+	_, err := t.provider.Meter(meterName).Float64ObservableGauge(metricStaleness,
+		metric.WithUnit("s"),
+		metric.WithDescription("Seconds since the last successful read of the credential change log; inference is refused past TOLLGATE_MAX_STALENESS."),
+		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
+			st, _, _ := f.Freshness()
+			o.Observe(st.Seconds())
+			return nil
+		}))
+	if err != nil {
+		return fmt.Errorf("staleness gauge: %w", err)
+	}
+	return nil
+}
 
 // promLog carries the Prometheus handler's gather errors to slog. With
 // ContinueOnError a scrape that meets one bad series still serves the rest
