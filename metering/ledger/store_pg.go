@@ -21,6 +21,12 @@ import (
 // host whose fsync takes 10 ms that wait capped 16-row batches near 1.5k
 // records/s. Durable makes those commits durable before the spool deletes
 // their segment, so a PostgreSQL crash loses nothing the spool dropped.
+//
+// BenchmarkStoreInsertBatch on a shared 2-core host (load 4-5), one writer:
+// 16 rows 3.8k -> 10.8k records/s, 256 rows 12.6k -> 20.8k, client CPU 90 ->
+// 31 and 33 -> 18 µs a record. Multi-row VALUES in the same statement was
+// as fast as unnest, and COPY into a temporary staging table no faster at
+// 256 rows and twice as slow at 16 (three round trips).
 
 // pgColumnTypes are the PostgreSQL types of recordColumns that are not text,
 // for the array parameters of pgInsertSQL.
