@@ -183,6 +183,10 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	count BIGINT NOT NULL,
 	PRIMARY KEY (minute, client, token_id, workspace, reason, dialect)
 )`,
+	// metering_durable is written, and emptied again, by Durable on
+	// PostgreSQL (store_pg.go): a synchronous commit needs a write to flush
+	// the writer's asynchronous ones. SQLite creates it and never uses it.
+	`CREATE TABLE metering_durable (mark BIGINT NOT NULL)`,
 }
 
 // recordColumns is the insert column order of usage_records:
@@ -268,7 +272,7 @@ const sqliteTimeLayout = "2006-01-02 15:04:05.000000000"
 // its daily rollup. It implements Inserter and answers usage queries.
 type Store struct {
 	db *store.DB
-	// insertRow (SQLite only) and upsert are prepared once on the pool;
+	// insertRow and upsert (SQLite only) are prepared once on the pool;
 	// database/sql keeps each connection's prepared copy, so a batch parses
 	// no SQL.
 	insertRow *sql.Stmt
@@ -285,10 +289,10 @@ func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
 	}
 	s := &Store{db: db, now: time.Now}
 	var err error
-	if s.upsert, err = db.PrepareContext(ctx, dailyUpsertSQL()); err != nil {
-		return nil, fmt.Errorf("metering prepare: %w", err)
-	}
 	if db.Engine == store.SQLite {
+		if s.upsert, err = db.PrepareContext(ctx, dailyUpsertSQL()); err != nil {
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
 		if s.insertRow, err = db.PrepareContext(ctx, insertRowSQL); err != nil {
 			s.upsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
@@ -309,8 +313,13 @@ func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
 // it deletes spool segments, the only moment it relies on the store alone.
 // An fsync of the WAL covers every commit not yet checkpointed, and SQLite
 // syncs the database file after each completed checkpoint; syncing both
-// files here does not depend on that. PostgreSQL is durable at commit.
-func (s *Store) Durable(context.Context) error {
+// files here does not depend on that. PostgreSQL commits the writer's
+// batches asynchronously too (store_pg.go) and flushes them here with one
+// synchronous commit.
+func (s *Store) Durable(ctx context.Context) error {
+	if s.db.Engine == store.Postgres {
+		return s.durablePG(ctx)
+	}
 	if s.path == "" {
 		return nil
 	}
@@ -404,11 +413,6 @@ func insertSQL(engine string, n int, returning bool) string {
 // to a temporary file past 64 KiB; a prepared single row does neither.
 var insertRowSQL = insertSQL(store.SQLite, 1, false)
 
-// insertChunk bounds the rows of one PostgreSQL INSERT statement: 128 rows
-// × 38 columns stays far below its 65535 parameters. One statement per
-// chunk saves PostgreSQL a network round trip per row.
-const insertChunk = 128
-
 // yieldEvery is the rows a SQLite batch inserts between yields of the
 // processor. With GOMAXPROCS=1 a batch (10-20 µs of CPU a row) otherwise
 // holds the only P until the runtime preempts it after 10 ms. Yielding every
@@ -438,18 +442,16 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 	if len(recs) == 0 {
 		return 0, nil
 	}
+	recs = storeCleanAll(recs)
+	if s.db.Engine == store.Postgres {
+		return s.insertBatchPG(ctx, recs)
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("metering insert: %w", err)
 	}
 	defer tx.Rollback()
-	recs = storeCleanAll(recs)
-	var fresh []*metering.Record
-	if s.db.Engine == store.SQLite {
-		fresh, err = s.insertEach(ctx, tx, recs)
-	} else {
-		fresh, err = s.insertChunks(ctx, tx, recs)
-	}
+	fresh, err := s.insertEach(ctx, tx, recs)
 	if err != nil {
 		return 0, fmt.Errorf("metering insert: %w", err)
 	}
@@ -463,8 +465,7 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 		}
 		a.add(r)
 	}
-	// Upsert in key order so concurrent replicas on PostgreSQL lock rollup
-	// rows in the same order and cannot deadlock.
+	// Upsert in key order, as PostgreSQL's pgInsertSQL does.
 	keys := make([]dailyKey, 0, len(agg))
 	for k := range agg {
 		keys = append(keys, k)
@@ -506,46 +507,6 @@ func (s *Store) insertEach(ctx context.Context, tx *sql.Tx, recs []*metering.Rec
 		if n, err := res.RowsAffected(); err != nil {
 			return nil, err
 		} else if n == 1 {
-			fresh = append(fresh, r)
-		}
-	}
-	return fresh, nil
-}
-
-// insertChunks inserts recs in multi-row statements and returns the ones
-// that were new, each request id once.
-func (s *Store) insertChunks(ctx context.Context, tx *sql.Tx, recs []*metering.Record) ([]*metering.Record, error) {
-	now := s.ts(s.now())
-	ids := make(map[string]bool, len(recs))
-	for off := 0; off < len(recs); off += insertChunk {
-		chunk := recs[off:min(off+insertChunk, len(recs))]
-		args := make([]any, 0, len(chunk)*len(recordColumns))
-		for _, r := range chunk {
-			args = s.appendRecordArgs(args, r, now)
-		}
-		rows, err := tx.QueryContext(ctx, insertSQL(s.db.Engine, len(chunk), true), args...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			ids[id] = true
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-	}
-	var fresh []*metering.Record
-	for _, r := range recs {
-		if ids[r.RequestID] {
-			delete(ids, r.RequestID) // a repeat inside the batch was not inserted twice
 			fresh = append(fresh, r)
 		}
 	}
