@@ -646,7 +646,8 @@ func (w *Writer) commitQueued(ctx context.Context, batch []queued) bool {
 }
 
 // durabler is implemented by inserters whose commits may not be on stable
-// storage yet (*Store on SQLite); the spool keeps a segment until Durable
+// storage yet (*Store: SQLite skips the fsync per commit, PostgreSQL commits
+// without waiting for the WAL flush); the spool keeps a segment until Durable
 // returned without error.
 type durabler interface {
 	Durable(ctx context.Context) error
