@@ -2,16 +2,12 @@ package resolver
 
 import (
 	"context"
-	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
-	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/tollgate/tollgate/internal/store"
 )
 
 // Fail-closed bounds while Start runs (replicas.md §3). A replica cannot
@@ -66,31 +62,7 @@ func (e *UnavailableError) Unwrap() []error {
 // login refused, a deadline), as opposed to one it returned while
 // answering. It matches types and codes, never message text.
 func IsStoreUnavailable(err error) bool {
-	if err == nil {
-		return false
-	}
-	var ce *pgconn.ConnectError
-	if errors.Is(err, ErrUnavailable) || errors.As(err, &ce) {
-		// A refused login (NOLOGIN, 28000) comes wrapped in a ConnectError.
-		return true
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		switch {
-		case len(pe.Code) >= 2 && pe.Code[:2] == "08": // connection exception
-			return true
-		case len(pe.Code) == 5 && pe.Code[:4] == "57P0": // shutdown, cannot connect now, database dropped
-			return true
-		case pe.Code == "53300": // too many connections
-			return true
-		}
-		return false
-	}
-	var ne net.Error
-	return errors.As(err, &ne) || pgconn.Timeout(err) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return errors.Is(err, ErrUnavailable) || store.Unreachable(err)
 }
 
 // Freshness reports how long ago the change log was last read

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -113,33 +112,4 @@ func postgresFault(code string) storeFault {
 		return faultRecord
 	}
 	return faultUnknown
-}
-
-// storeUnreachable says err is the store not being reached at all: no
-// connection (refused, reset, lost, timed out), or a PostgreSQL that is
-// shutting down, starting or out of connection slots. The writer then
-// probes it every ProbeInterval rather than backing off further. A store
-// that answers with an error of its own (a full disk) is reachable.
-func storeUnreachable(err error) bool {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		switch pe.Code {
-		case "57P01", "57P02", "57P03", "53300": // shutdown, crash shutdown, cannot connect now, too many connections
-			return true
-		}
-		return strings.HasPrefix(pe.Code, "08") // connection exception
-	}
-	var se *sqlite.Error
-	if errors.As(err, &se) {
-		return false // a local file: Ping tells
-	}
-	// Not any net.Error: a syscall.Errno is one too, ENOSPC included.
-	var ce *pgconn.ConnectError
-	var oe *net.OpError
-	var ne net.Error
-	return errors.As(err, &ce) || errors.As(err, &oe) || errors.As(err, &ne) && ne.Timeout() ||
-		errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.ETIMEDOUT) ||
-		pgconn.Timeout(err) || pgconn.SafeToRetry(err)
 }

@@ -2,8 +2,6 @@ package ledger
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -204,28 +202,6 @@ func TestWriterResumesAfterPostgresReturns(t *testing.T) {
 		t.Errorf("the write resumed %v after PostgreSQL returned, want within %v", lag, bound)
 	}
 	assertAllOnce(t, s, []string{"pg-outage-0", "pg-outage-1"})
-}
-
-func TestStoreUnreachable(t *testing.T) {
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, true},
-		{syscall.ECONNRESET, true},
-		{io.ErrUnexpectedEOF, true},
-		{&pgconn.PgError{Code: "08006"}, true},  // connection failure
-		{&pgconn.PgError{Code: "57P01"}, true},  // admin shutdown
-		{&pgconn.PgError{Code: "53300"}, true},  // too many connections
-		{&pgconn.PgError{Code: "53100"}, false}, // disk full: it answers
-		{&pgconn.PgError{Code: "23514"}, false},
-		{syscall.ENOSPC, false},
-		{errors.New("something else"), false},
-	} {
-		if got := storeUnreachable(fmt.Errorf("metering insert: %w", tc.err)); got != tc.want {
-			t.Errorf("%v: got %v, want %v", tc.err, got, tc.want)
-		}
-	}
 }
 
 // answeringStore fails every transaction with an error of its own (a full

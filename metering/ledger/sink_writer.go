@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -699,7 +700,7 @@ func (w *Writer) insert(ctx context.Context, recs []*metering.Record) bool {
 		w.retries.Add(1)
 		fault := classifyStoreErr(err)
 		// answers: the store was reached and said no, rather than not reached.
-		answers := fault == faultRecord || (!storeUnreachable(err) && w.ping(ctx) == nil)
+		answers := fault == faultRecord || (!store.Unreachable(err) && w.ping(ctx) == nil)
 		sleep := delay/2 + rand.N(delay/2+1)
 		if !answers {
 			sleep = min(sleep, w.cfg.ProbeInterval)
