@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
@@ -28,6 +29,11 @@ const (
 	// missBudget bounds a cache miss's database read. The report measured
 	// 0.5 s per request in connection attempts during an outage.
 	missBudget = 500 * time.Millisecond
+	// refreshAhead is how long before a positive entry's deadline a hit
+	// starts one background refresh, while Start runs: a hot entry is
+	// renewed while the database answers, so no request waits on its
+	// read, and an outage does not find it expired.
+	refreshAhead = time.Minute
 )
 
 // UnavailableError is the error of a refused lookup: the replica cannot
@@ -168,4 +174,12 @@ func (s *Service) positiveTTL(configured time.Duration) time.Duration {
 // only when the store could not be reached (RFC 5861 stale-if-error).
 func (s *Service) serveStale(err error) bool {
 	return s.polling.Load() && errors.Is(err, ErrUnavailable)
+}
+
+// dueForRefresh says whether a hit on an entry valid until until should
+// start its background refresh, and claims it: one refresh per entry at a
+// time (refreshing is the entry's flag; a failed refresh clears it so a
+// later hit tries again).
+func (s *Service) dueForRefresh(until, now time.Time, refreshing *atomic.Bool) bool {
+	return s.polling.Load() && until.Sub(now) < refreshAhead && refreshing.CompareAndSwap(false, true)
 }

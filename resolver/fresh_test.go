@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // relay forwards TCP to PostgreSQL so a test can cut a Service off from the
@@ -461,5 +463,57 @@ func TestSkippedCredentialChangeReachesResolution(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantSecret(t, s, ccAnthropic, "sk-user-anthropic-1")
+	})
+}
+
+// A hot entry is renewed in the background before its deadline, so the
+// request that finds it near expiry, and the ones after its old deadline,
+// never wait on the database (replicas.md §3: refresh hot entries before
+// they expire).
+func TestHotEntriesRefreshBeforeTheyExpire(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		e := startedService(t, dsn)
+		s := e.svc
+		if _, err := s.SetPlatformKey(ctx, "anthropic", NewSecret("sk-platform-anthropic-1")); err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := mustToken(t, s, TokenSpec{Workspace: "w1", Project: "p1", User: "u1"})
+		var lookups atomic.Int64
+		s.hookBeforeCache = func() { lookups.Add(1) }
+		if _, err := s.Authenticate(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1")
+		if got := lookups.Load(); got != 2 {
+			t.Fatalf("warming: %d lookups, want 2", got)
+		}
+		mac := s.keys.Load().current.mac.sum(tok)
+		te, _ := s.tokens.Peek(mac)
+		re, _ := s.resolved.Peek(resolveKey{ccAnthropic.Project, ccAnthropic.User, ccAnthropic.Harness, ccAnthropic.Dialect})
+		deadline := te.until
+		if re.until.Before(deadline) {
+			deadline = re.until
+		}
+		// Both entries are hit inside their last refreshAhead: each hit is
+		// answered from memory and starts one background refresh.
+		e.clock.Advance(deadline.Add(-refreshAhead / 2).Sub(e.clock.Now()))
+		for range 3 {
+			if _, err := s.Authenticate(ctx, tok); err != nil {
+				t.Fatal(err)
+			}
+			wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1")
+		}
+		testkit.Eventually(t, 5*time.Second, "both background refreshes", func() bool { return lookups.Load() == 4 })
+		// Past the old deadlines, the renewed entries answer without a read.
+		e.clock.Advance(refreshAhead)
+		if _, err := s.Authenticate(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1")
+		if got := lookups.Load(); got != 4 {
+			t.Fatalf("after the old deadlines: %d lookups, want 4 (no read on the request path)", got)
+		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/registry"
@@ -123,14 +124,17 @@ type resolveKey struct {
 	project, user, harness, dialect string
 }
 
-// resolveEntry is one computed resolution. It is immutable once cached.
+// resolveEntry is one computed resolution. It is immutable once cached,
+// but for refreshing, set while a background refresh of it runs
+// (dueForRefresh).
 type resolveEntry struct {
-	gen    uint64
-	reg    *registry.Registry // the registry it was computed under
-	until  time.Time
-	res    Resolution
-	target Target
-	err    error
+	refreshing atomic.Bool
+	gen        uint64
+	reg        *registry.Registry // the registry it was computed under
+	until      time.Time
+	res        Resolution
+	target     Target
+	err        error
 	// creds are the credentials of every binding considered, the skipped
 	// ones included: a change to any of them can change the answer.
 	creds []string
@@ -185,13 +189,39 @@ func (s *Service) lookup(ctx context.Context, req Request, now time.Time) (*reso
 	var stale *resolveEntry
 	if e, ok := s.resolved.Get(k); ok && e.reg == reg {
 		if now.Before(e.until) {
+			if e.err == nil && s.dueForRefresh(e.until, now, &e.refreshing) {
+				go s.refreshResolution(e, reg, cloneRequest(req))
+			}
 			return e, nil
 		}
 		stale = e
 	}
-	// The caller's strings may be views into reused buffers (fiber):
-	// copy before they are kept.
-	req = Request{strings.Clone(req.Project), strings.Clone(req.User), strings.Clone(req.Harness), strings.Clone(req.Dialect)}
+	v, err := s.resolveMiss(ctx, reg, cloneRequest(req), now)
+	if err != nil {
+		if stale == nil || !s.serveStale(err) {
+			return nil, err
+		}
+		return stale, nil
+	}
+	return v, nil
+}
+
+// cloneRequest copies the caller's strings, which may be views into reused
+// buffers (fiber), before they are kept.
+func cloneRequest(req Request) Request {
+	return Request{strings.Clone(req.Project), strings.Clone(req.User), strings.Clone(req.Harness), strings.Clone(req.Dialect)}
+}
+
+// refreshResolution renews a hot entry before its deadline (dueForRefresh).
+func (s *Service) refreshResolution(e *resolveEntry, reg *registry.Registry, req Request) {
+	if _, err := s.resolveMiss(context.Background(), reg, req, s.now()); err != nil {
+		e.refreshing.Store(false)
+	}
+}
+
+// resolveMiss computes req's resolution from the database, shared with
+// every concurrent caller of the same key, and caches it.
+func (s *Service) resolveMiss(ctx context.Context, reg *registry.Registry, req Request, now time.Time) (*resolveEntry, error) {
 	// The gen is part of the flight's key: a caller that arrives after an
 	// invalidation must not join a read that began before it.
 	gen := s.resGen.Load()
@@ -214,10 +244,7 @@ func (s *Service) lookup(ctx context.Context, req Request, now time.Time) (*reso
 		return e, nil
 	})
 	if err != nil {
-		if stale == nil || !s.serveStale(err) {
-			return nil, err
-		}
-		return stale, nil
+		return nil, err
 	}
 	return v.(*resolveEntry), nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -106,6 +107,9 @@ type tokenEntry struct {
 	id      Identity
 	expires time.Time
 	err     error // nil for an accepted token
+	// refreshing is set while a background refresh of this entry runs
+	// (dueForRefresh); the rest of the entry is immutable once cached.
+	refreshing atomic.Bool
 }
 
 // CheckTokenSpec reports every problem IssueToken would refuse spec for,
@@ -204,6 +208,10 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Identity, err
 	var stale *tokenEntry
 	if e, ok := s.tokens.Get(mac); ok {
 		if now.Before(e.until) {
+			if s.dueForRefresh(e.until, now, &e.refreshing) {
+				// The token may be a view into a reused request buffer.
+				go s.refreshToken(e, kr, strings.Clone(token), mac)
+			}
 			return s.accept(e, now)
 		}
 		stale = e
@@ -255,6 +263,13 @@ func (s *Service) tokenMiss(ctx context.Context, kr *keyring, token string, mac 
 		return nil, err
 	}
 	return v.(*tokenEntry), nil
+}
+
+// refreshToken renews a hot entry before its deadline (dueForRefresh).
+func (s *Service) refreshToken(e *tokenEntry, kr *keyring, token string, mac [32]byte) {
+	if _, err := s.tokenMiss(context.Background(), kr, token, mac, s.now()); err != nil {
+		e.refreshing.Store(false)
+	}
 }
 
 func (s *Service) accept(e *tokenEntry, now time.Time) (Identity, error) {
