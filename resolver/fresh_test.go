@@ -489,29 +489,39 @@ func TestHotEntriesRefreshBeforeTheyExpire(t *testing.T) {
 		if got := lookups.Load(); got != 2 {
 			t.Fatalf("warming: %d lookups, want 2", got)
 		}
-		mac := s.keys.Load().current.mac.sum(tok)
-		te, _ := s.tokens.Peek(mac)
-		re, _ := s.resolved.Peek(resolveKey{ccAnthropic.Project, ccAnthropic.User, ccAnthropic.Harness, ccAnthropic.Dialect})
-		deadline := te.until
-		if re.until.Before(deadline) {
-			deadline = re.until
-		}
-		// Both entries are hit inside their last refreshAhead: each hit is
-		// answered from memory and starts one background refresh.
-		e.clock.Advance(deadline.Add(-refreshAhead / 2).Sub(e.clock.Now()))
-		for range 3 {
+		hitToken := func() {
+			t.Helper()
 			if _, err := s.Authenticate(ctx, tok); err != nil {
 				t.Fatal(err)
 			}
-			wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1")
 		}
-		testkit.Eventually(t, 5*time.Second, "both background refreshes", func() bool { return lookups.Load() == 4 })
+		hitResolution := func() { t.Helper(); wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1") }
+		mac := s.keys.Load().current.mac.sum(tok)
+		te, _ := s.tokens.Peek(mac)
+		re, _ := s.resolved.Peek(resolveKey{ccAnthropic.Project, ccAnthropic.User, ccAnthropic.Harness, ccAnthropic.Dialect})
+		// The TTLs are jittered: visit each entry's last refreshAhead in
+		// deadline order. Each hit there is answered from memory, and the
+		// first one starts the entry's one background refresh.
+		type hot struct {
+			until time.Time
+			hit   func()
+		}
+		entries := []hot{{te.until, hitToken}, {re.until, hitResolution}}
+		if re.until.Before(te.until) {
+			entries[0], entries[1] = entries[1], entries[0]
+		}
+		for i, h := range entries {
+			e.clock.Advance(h.until.Add(-refreshAhead / 2).Sub(e.clock.Now()))
+			for range 3 {
+				h.hit()
+			}
+			want := int64(3 + i)
+			testkit.Eventually(t, 5*time.Second, "the background refresh", func() bool { return lookups.Load() == want })
+		}
 		// Past the old deadlines, the renewed entries answer without a read.
 		e.clock.Advance(refreshAhead)
-		if _, err := s.Authenticate(ctx, tok); err != nil {
-			t.Fatal(err)
-		}
-		wantSecret(t, s, ccAnthropic, "sk-platform-anthropic-1")
+		hitToken()
+		hitResolution()
 		if got := lookups.Load(); got != 4 {
 			t.Fatalf("after the old deadlines: %d lookups, want 4 (no read on the request path)", got)
 		}
