@@ -33,11 +33,6 @@ import (
 // grace periods must agree with what serve does.
 const deployDir = "../../deploy"
 
-// pendingVariables are named in deploy/ (commented out, or in its README)
-// before the branch that adds them lands (CONTRACT.md, issue 12). Once serve
-// knows one, delete it here.
-var pendingVariables = map[string]bool{"TOLLGATE_MAX_STALENESS": true, "TOLLGATE_PG_NOTIFY": true}
-
 var (
 	envInUsage = regexp.MustCompile(`\((TOLLGATE_[A-Z0-9_]+)\)$`)
 	envName    = regexp.MustCompile(`TOLLGATE_[A-Z0-9_]+`)
@@ -243,7 +238,7 @@ func TestDeployVariablesAreKnown(t *testing.T) {
 		}
 		for i, line := range strings.Split(text, "\n") {
 			for _, v := range envName.FindAllString(line, -1) {
-				if !known[v] && !pendingVariables[v] {
+				if !known[v] {
 					t.Errorf("%s:%d: %s is not a variable tollgate serve reads", path, i+1, v)
 				}
 			}
