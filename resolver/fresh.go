@@ -96,11 +96,11 @@ func (s *Service) unavailable(now time.Time, cause error) error {
 // that moment, and refuses if that fails too. When the store is already
 // known to be down it refuses at once: the poller will notice the store
 // is back within PollInterval, and a request must not wait on a dial.
-func (s *Service) checkFresh(ctx context.Context) error {
+// now is the caller's clock reading, so a lookup reads the clock once.
+func (s *Service) checkFresh(ctx context.Context, now time.Time) error {
 	if !s.polling.Load() {
 		return nil
 	}
-	now := s.cfg.timeNow()
 	if s.staleness(now) <= s.cfg.MaxStaleness {
 		return nil
 	}

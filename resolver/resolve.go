@@ -181,7 +181,7 @@ func (s *Service) Resolve(ctx context.Context, req Request) (Target, error) {
 // lookup is the one resolution path: Resolve and ResolutionView both use
 // it, so a request and the status view cannot disagree.
 func (s *Service) lookup(ctx context.Context, req Request, now time.Time) (*resolveEntry, error) {
-	if err := s.checkFresh(ctx); err != nil {
+	if err := s.checkFresh(ctx, now); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", req.Dialect, err)
 	}
 	reg := s.reg.Current()

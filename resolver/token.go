@@ -199,12 +199,12 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Identity, err
 	if !wellFormed(token) {
 		return Identity{}, ErrTokenInvalid
 	}
-	if err := s.checkFresh(ctx); err != nil {
+	now := s.now()
+	if err := s.checkFresh(ctx, now); err != nil {
 		return Identity{}, fmt.Errorf("authenticate: %w", err)
 	}
 	kr := s.keys.Load()
 	mac := kr.current.mac.sum(token)
-	now := s.now()
 	var stale *tokenEntry
 	if e, ok := s.tokens.Get(mac); ok {
 		if now.Before(e.until) {
