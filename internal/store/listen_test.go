@@ -133,6 +133,23 @@ func startListen(t *testing.T, db *store.DB, channel string, h store.ListenHandl
 	return cancel, done
 }
 
+// stopListen cancels a Listen started by startListen and fails unless it
+// returns nil within 5 s; it reports how long the return took.
+func stopListen(t *testing.T, cancel context.CancelFunc, done <-chan error, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: Listen returned %v after its context ended, want nil", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: Listen still running 5s after its context ended", what)
+	}
+	return time.Since(start)
+}
+
 func waitConnects(t *testing.T, r *recorder, n int) {
 	t.Helper()
 	testkit.Eventually(t, 15*time.Second, "OnConnect #"+strconv.Itoa(n), func() bool {
@@ -312,17 +329,8 @@ func TestListenCancelClosesConnection(t *testing.T) {
 	if got := listenBackends(t, db, app); got != 1 {
 		t.Fatalf("%d backends named %s-listen, want 1", got, app)
 	}
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Listen returned %v after its context ended, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Listen still running 5s after its context ended")
-	}
-	t.Logf("Listen returned %v after cancel", time.Since(start).Round(time.Microsecond))
+	took := stopListen(t, cancel, done, "idle")
+	t.Logf("Listen returned %v after cancel", took.Round(time.Microsecond))
 	testkit.Eventually(t, 5*time.Second, "the listener's backend to end", func() bool { return listenBackends(t, db, app) == 0 })
 	if _, d := r.counts(); d != 0 {
 		t.Fatalf("OnDown called %d times for a cancel, want 0", d)
@@ -530,17 +538,8 @@ func TestListenRetriesWhileUnreachable(t *testing.T) {
 
 	p.closePort()
 	time.Sleep(500 * time.Millisecond)
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Listen returned %v, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Listen, retrying, still running 5s after its context ended")
-	}
-	t.Logf("Listen returned %v after cancel while retrying", time.Since(start).Round(time.Microsecond))
+	took := stopListen(t, cancel, done, "retrying")
+	t.Logf("Listen returned %v after cancel while retrying", took.Round(time.Microsecond))
 }
 
 // A connection that goes silent without closing (a dead network path,
