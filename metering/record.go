@@ -123,8 +123,11 @@ type Record struct {
 	CredentialID string        `json:"credential_id"`
 	Stream       bool          `json:"stream"`
 	ModelRequest string        `json:"model_requested"`
-	ModelServed  string        `json:"model_served"`
-	UpstreamID   string        `json:"upstream_id"`
+	// ModelSent is the model forwarded when a model alias rewrote the
+	// request (governance); empty when it is ModelRequest.
+	ModelSent   string `json:"model_sent,omitempty"`
+	ModelServed string `json:"model_served"`
+	UpstreamID  string `json:"upstream_id"`
 	// ServiceTier is the tier the provider says served the request
 	// ("default", "standard", "priority", "flex"); empty when it says none.
 	ServiceTier string `json:"service_tier,omitempty"`
@@ -142,6 +145,15 @@ type Record struct {
 	Unpriced     bool   `json:"unpriced,omitempty"`
 	PriceVersion string `json:"price_version"`
 	BytesOut     int64  `json:"bytes_out"`
+	// Reserved says a budget reservation is held under RequestID; storing
+	// the record settles it (governance.Ledger).
+	Reserved bool `json:"reserved,omitempty"`
+	// ReservedMicroUSD is the cost ceiling reserved before forwarding.
+	ReservedMicroUSD int64 `json:"reserved_micro_usd,omitempty"`
+	// Governance is why governance refused the request (budget,
+	// rate_limit, concurrency, model_policy, governance_unavailable);
+	// empty when it did not.
+	Governance string `json:"governance,omitempty"`
 }
 
 // Sink receives the one usage record of each request. The proxy calls Record
@@ -162,10 +174,14 @@ func (r *Record) CostUnknown() bool {
 }
 
 // Model is the model a request is reported and priced under: the served
-// one, else the requested one (rejected or unreachable requests).
+// one, else the one sent (an alias's target), else the requested one
+// (rejected or unreachable requests).
 func (r *Record) Model() string {
 	if r.ModelServed != "" {
 		return r.ModelServed
+	}
+	if r.ModelSent != "" {
+		return r.ModelSent
 	}
 	return r.ModelRequest
 }

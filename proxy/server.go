@@ -20,6 +20,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -137,6 +138,15 @@ type Config struct {
 	// Freshness, if set, decides /readyz on both listeners: 503 with reason
 	// store-stale while it is not ok. Nil: ready until Unready.
 	Freshness Freshness
+	// Governor admits requests under budgets, rate limits and model
+	// policy before they are forwarded; nil: nothing is governed.
+	Governor *governance.Governor
+	// Policies, if set, backs the admin API's /budgets, /limits and
+	// /model-rules (the same store as the CLI's); its watcher is refreshed
+	// after each write so this replica enforces it before answering.
+	Policies *governance.Store
+	// PolicyWatcher is refreshed after each policy write; may be nil.
+	PolicyWatcher *governance.Watcher
 	// Metrics, if set, is served on GET /metrics (Prometheus exposition)
 	// of the admin listener.
 	Metrics http.Handler

@@ -18,11 +18,14 @@ func TestDependenciesPointInward(t *testing.T) {
 	forbidden := map[string][]string{
 		"registry": {mod + "proxy", mod + "resolver", mod + "metering", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
 		"resolver": {mod + "proxy", mod + "metering", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
-		"metering": {mod + "proxy", mod + "resolver", mod + "metering/ledger", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
+		"metering": {mod + "proxy", mod + "resolver", mod + "metering/ledger", mod + "governance", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
 		// The ledger keeps records; it is fed through metering.Sink and
 		// never learns where they came from.
-		"metering/ledger": {mod + "proxy", mod + "resolver", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
-		"proxy":           {mod + "cmd", "go.opentelemetry.io/otel/sdk"},
+		"metering/ledger": {mod + "proxy", mod + "resolver", mod + "governance", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk", "net/http"},
+		// Governance decides; the proxy renders. It knows no HTTP server
+		// and no credential (net/http only to send alert webhooks).
+		"governance": {mod + "proxy", mod + "resolver", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk"},
+		"proxy":      {mod + "cmd", "go.opentelemetry.io/otel/sdk"},
 		// The dial guard is a leaf: the proxy and the server's setup both
 		// use it, so it can import neither.
 		"internal/netguard": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},

@@ -280,6 +280,9 @@ type Store struct {
 	now       func() time.Time
 	// path is the SQLite database file, for Durable; "" on PostgreSQL.
 	path string
+	// settler, if set, settles budget reservations in each batch's
+	// transaction (settle.go).
+	settler Settler
 }
 
 // OpenStore applies metering's migrations to db and returns the Store.
