@@ -99,7 +99,7 @@ func newGovCluster(t *testing.T, o govOpts) *govCluster {
 		}
 		f := startFake(t, args...)
 		g.fakes = append(g.fakes, f)
-		e := clusterEnv(t, f.url, append([]string{"TOLLGATE_HARNESSES=" + govRegistry(t, f.url), fmt.Sprintf("TOLLGATE_REPLICA_ID=r%d", i)}, env...)...)
+		e := clusterEnv(t, f.url, append([]string{"TOLLGATE_HARNESSES=" + govRegistry(t, f.url)}, env...)...)
 		g.envs = append(g.envs, e)
 		g.spools = append(g.spools, filepath.Join(t.TempDir(), "spool"))
 	}
