@@ -411,8 +411,9 @@ func TestGovRateRedis(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	var rpmRun, tpmRun rateRun
-	wg.Go(func() { rpmRun = g.driveRate(g.issue(rpmScope), "rpm", 10, 80*time.Second) })
-	wg.Go(func() { tpmRun = g.driveRate(g.issue(tpmScope), "tpm", 10, 80*time.Second) })
+	rpmTok, tpmTok := g.issue(rpmScope), g.issue(tpmScope)
+	wg.Go(func() { rpmRun = g.driveRate(rpmTok, "rpm", 10, 80*time.Second) })
+	wg.Go(func() { tpmRun = g.driveRate(tpmTok, "tpm", 10, 80*time.Second) })
 	wg.Wait()
 
 	lo, hi := rpmRun.windowCounts(rateWindow)
@@ -444,7 +445,6 @@ func TestGovRateRedis(t *testing.T) {
 // limiter at 60/3; a hard RPM 60 refuses every request with the retryable
 // shape and calls nothing upstream.
 func TestGovRedisDown(t *testing.T) {
-	clusterPostgres(t)
 	g := newGovCluster(t, govOpts{
 		env:      []string{"TOLLGATE_REDIS_URL=redis://" + closedPort(t) + "/0", "TOLLGATE_REDIS_PREFIX=tgtest:down:", "TOLLGATE_RATE_MAX_WAIT=0"},
 		fakeArgs: func(int) []string { return govFakeArgs(100) },
