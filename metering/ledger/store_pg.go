@@ -33,8 +33,7 @@ import (
 var pgColumnTypes = map[string]string{
 	"started_at": "timestamp", "recorded_at": "timestamp",
 	"duration_ns": "int8", "ttfb_ns": "int8", "bytes_out": "int8", "cost_micro_usd": "int8", "status": "int8",
-	"reserved_micro_usd": "int8",
-	"stream":             "bool", "usage_injected": "bool", "event_overflow": "bool", "unpriced": "bool",
+	"reserved_micro_usd": "int8", "stream": "bool", "usage_injected": "bool", "event_overflow": "bool", "unpriced": "bool",
 }
 
 func pgColumnType(col string) string {
