@@ -132,6 +132,10 @@ type Ledger struct {
 	started  time.Time
 	replicas atomic.Int64
 	start    sync.Once
+	// sqliteMu queues this process's ledger transactions on SQLite, where
+	// the database takes one writer at a time anyway: waiting here is a
+	// handoff, where SQLite's busy handler would sleep and poll.
+	sqliteMu sync.Mutex
 }
 
 // OpenLedger applies the ledger's migrations and returns it.
@@ -277,6 +281,10 @@ func (l *Ledger) inTx(ctx context.Context, async bool, f func(tx *sql.Tx) error)
 var errRollback = errors.New("rollback")
 
 func (l *Ledger) tryTx(ctx context.Context, async bool, f func(tx *sql.Tx) error) error {
+	if l.db.Engine == store.SQLite {
+		l.sqliteMu.Lock()
+		defer l.sqliteMu.Unlock()
+	}
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -668,12 +676,17 @@ func (l *Ledger) Sweep(ctx context.Context) (int, error) {
 		if len(ids) == 0 {
 			return nil
 		}
+		// A reservation settled since the SELECT is left alone: the
+		// transition's last statement, the state change, counts the others.
 		for _, st := range l.transition(l.db.Engine, ids, nil, nil, now.UnixMilli(), transReclaim) {
-			if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
+			res, err := tx.ExecContext(ctx, st.SQL, st.Args...)
+			if err != nil {
 				return err
 			}
+			if c, err := res.RowsAffected(); err == nil {
+				n = int(c)
+			}
 		}
-		n = len(ids)
 		return nil
 	})
 	if err != nil {

@@ -607,3 +607,50 @@ func TestLedgerReserveErrors(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkLedgerReserveSettle: one request's reserve against a project
+// and a platform budget, and its settlement in a batch of one.
+func BenchmarkLedgerReserveSettle(b *testing.B) {
+	for _, engine := range ledgerEngines() {
+		b.Run(engine, func(b *testing.B) {
+			clk := newClock(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+			var dsn string
+			if engine == store.Postgres {
+				dsn = testkit.PostgresSchema(b, os.Getenv("TOLLGATE_TEST_POSTGRES"), "gov_bench_")
+			} else {
+				dsn = filepath.Join(b.TempDir(), "bench.db")
+			}
+			ctx := context.Background()
+			db, err := store.Open(ctx, dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			l, err := OpenLedger(ctx, db, LedgerConfig{Now: clk.Now})
+			if err != nil {
+				b.Fatal(err)
+			}
+			us, err := ledger.OpenStore(ctx, db)
+			if err != nil {
+				b.Fatal(err)
+			}
+			us.SetSettler(l)
+			p := costBudget("bench-p", 1<<50, ModeSoft, day)
+			plat := Budget{ID: "bench-platform", Selector: Selector{ScopeType: ScopePlatform}, Metric: MetricCost, Limit: 1 << 50, Window: Window{Kind: WindowMonth}, Mode: ModeHard}
+			var reserving time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprint("bench-", i)
+				t0 := time.Now()
+				if ref, err := l.Reserve(ctx, id, []Charge{{p, 2_810_000}, {plat, 2_810_000}}); err != nil || ref != nil {
+					b.Fatal(ref, err)
+				}
+				reserving += time.Since(t0)
+				if _, err := us.InsertBatch(ctx, []*metering.Record{okRecord(id, 20_000)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(reserving.Microseconds())/float64(b.N), "reserve-µs/op")
+		})
+	}
+}
