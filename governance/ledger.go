@@ -347,19 +347,9 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 	ms := now.UnixMilli()
 	// Missing counter rows first, so concurrent first requests of a new
 	// window meet one row (N12).
-	var q strings.Builder
-	var args []any
-	q.WriteString("INSERT INTO gov_counters (budget_id, window_start, spent, reserved, updated_at) VALUES ")
-	for i, p := range ps {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		n := len(args)
-		fmt.Fprintf(&q, "($%d, $%d, 0, 0, $%d)", n+1, n+2, n+3)
-		args = append(args, p.Budget.ID, p.w.cur, ms)
-	}
-	q.WriteString(" ON CONFLICT (budget_id, window_start) DO NOTHING")
-	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+	q, args := sqlEach("INSERT INTO gov_counters (budget_id, window_start, spent, reserved, updated_at) VALUES ", ", ", nil, ps,
+		func(p planned) (string, []any) { return "($%d, $%d, 0, 0, $%d)", []any{p.Budget.ID, p.w.cur, ms} })
+	if _, err := tx.ExecContext(ctx, q+" ON CONFLICT (budget_id, window_start) DO NOTHING", args...); err != nil {
 		return nil, err
 	}
 
@@ -367,24 +357,21 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 	// and a rolling window's earlier buckets. Holding them, the sums below
 	// are exact, even for a peer whose clock is still in the previous
 	// bucket.
-	q.Reset()
-	args = args[:0]
-	q.WriteString("SELECT budget_id, window_start, spent, reserved FROM gov_counters WHERE ")
-	for i, p := range ps {
-		if i > 0 {
-			q.WriteString(" OR ")
-		}
-		n := len(args)
-		fmt.Fprintf(&q, "(budget_id = $%d AND window_start >= $%d AND window_start <= $%d)", n+1, n+2, n+3)
-		args = append(args, p.Budget.ID, p.w.lo, p.w.cur)
-	}
-	q.WriteString(" ORDER BY budget_id, window_start")
+	q, args = sqlEach("SELECT budget_id, window_start, spent, reserved FROM gov_counters WHERE ", " OR ", nil, ps,
+		func(p planned) (string, []any) {
+			return "(budget_id = $%d AND window_start >= $%d AND window_start <= $%d)", []any{p.Budget.ID, p.w.lo, p.w.cur}
+		})
+	q += " ORDER BY budget_id, window_start"
 	if l.db.Engine == store.Postgres {
-		q.WriteString(" FOR UPDATE")
+		q += " FOR UPDATE"
 	}
 	type sums struct{ spent, reserved, other int64 }
 	got := map[string]*sums{}
-	rows, err := tx.QueryContext(ctx, q.String(), args...)
+	cur := map[string]int64{}
+	for _, p := range ps {
+		got[p.Budget.ID], cur[p.Budget.ID] = new(sums), p.w.cur
+	}
+	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -396,13 +383,9 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 			return nil, err
 		}
 		s := got[id]
-		if s == nil {
-			s = new(sums)
-			got[id] = s
-		}
 		s.spent += spent
 		s.reserved += reserved
-		if i := slices.IndexFunc(ps, func(p planned) bool { return p.Budget.ID == id }); i >= 0 && ws != ps[i].w.cur {
+		if ws != cur[id] {
 			s.other += spent + reserved
 		}
 	}
@@ -412,41 +395,22 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 
 	// One conditional UPDATE admits against every budget or reports which
 	// ones refuse: the rows it returns are the budgets that admit.
-	q.Reset()
-	args = args[:0]
-	q.WriteString("UPDATE gov_counters SET reserved = reserved + CASE")
-	for _, p := range ps {
-		n := len(args)
-		fmt.Fprintf(&q, " WHEN budget_id = $%d THEN CAST($%d AS BIGINT)", n+1, n+2)
-		args = append(args, p.Budget.ID, p.Amount)
-	}
-	n := len(args)
-	fmt.Fprintf(&q, " ELSE 0 END, updated_at = $%d WHERE ", n+1)
+	q, args = sqlEach("UPDATE gov_counters SET reserved = reserved + CASE", "", nil, ps,
+		func(p planned) (string, []any) { return " WHEN budget_id = $%d THEN CAST($%d AS BIGINT)", []any{p.Budget.ID, p.Amount} })
 	args = append(args, ms)
-	for i, p := range ps {
-		if i > 0 {
-			q.WriteString(" OR ")
-		}
-		n := len(args)
-		fmt.Fprintf(&q, "(budget_id = $%d AND window_start = $%d", n+1, n+2)
-		args = append(args, p.Budget.ID, p.w.cur)
-		var other int64
-		if s := got[p.Budget.ID]; s != nil {
-			other = s.other
-		}
+	q += fmt.Sprintf(" ELSE 0 END, updated_at = $%d WHERE ", len(args))
+	q, args = sqlEach(q, " OR ", args, ps, func(p planned) (string, []any) {
+		key := "(budget_id = $%d AND window_start = $%d"
+		other := got[p.Budget.ID].other
 		switch p.Budget.Mode {
 		case ModeAlert:
+			return key + ")", []any{p.Budget.ID, p.w.cur}
 		case ModeHard:
-			fmt.Fprintf(&q, " AND spent + reserved + CAST($%d AS BIGINT) <= CAST($%d AS BIGINT)", n+3, n+4)
-			args = append(args, p.Amount+other, p.Budget.Limit)
-		default: // soft
-			fmt.Fprintf(&q, " AND spent + reserved + CAST($%d AS BIGINT) < CAST($%d AS BIGINT)", n+3, n+4)
-			args = append(args, other, p.Budget.Limit)
+			return key + " AND spent + reserved + CAST($%d AS BIGINT) <= CAST($%d AS BIGINT))", []any{p.Budget.ID, p.w.cur, p.Amount + other, p.Budget.Limit}
 		}
-		q.WriteString(")")
-	}
-	q.WriteString(" RETURNING budget_id")
-	rows, err = tx.QueryContext(ctx, q.String(), args...)
+		return key + " AND spent + reserved + CAST($%d AS BIGINT) < CAST($%d AS BIGINT))", []any{p.Budget.ID, p.w.cur, other, p.Budget.Limit}
+	})
+	rows, err = tx.QueryContext(ctx, q+" RETURNING budget_id", args...)
 	if err != nil {
 		return nil, err
 	}
@@ -464,10 +428,7 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 	}
 	for _, p := range ps {
 		if !admitted[p.Budget.ID] {
-			var s sums
-			if g := got[p.Budget.ID]; g != nil {
-				s = *g
-			}
+			s := got[p.Budget.ID]
 			return refusalFor(p, s.spent, s.reserved, now), nil
 		}
 	}
@@ -476,19 +437,33 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 		requestID, l.cfg.ReplicaID, ms); err != nil {
 		return nil, err
 	}
-	q.Reset()
-	args = args[:0]
-	q.WriteString("INSERT INTO gov_reservation_items (request_id, budget_id, window_start, metric, amount) VALUES ")
+	q, args = sqlEach("INSERT INTO gov_reservation_items (request_id, budget_id, window_start, metric, amount) VALUES ", ", ", nil, ps,
+		func(p planned) (string, []any) {
+			return "($%d, $%d, $%d, $%d, $%d)", []any{requestID, p.Budget.ID, p.w.cur, string(p.Budget.Metric), p.Amount}
+		})
+	_, err = tx.ExecContext(ctx, q, args...)
+	return nil, err
+}
+
+// sqlEach appends to head one group per plan, joined by sep: each group's
+// format has a %d per argument, numbered on from the args already taken,
+// and its arguments are appended to args.
+func sqlEach(head, sep string, args []any, ps []planned, group func(planned) (string, []any)) (string, []any) {
+	var q strings.Builder
+	q.WriteString(head)
 	for i, p := range ps {
 		if i > 0 {
-			q.WriteString(", ")
+			q.WriteString(sep)
 		}
-		n := len(args)
-		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5)
-		args = append(args, requestID, p.Budget.ID, p.w.cur, string(p.Budget.Metric), p.Amount)
+		format, vals := group(p)
+		nums := make([]any, len(vals))
+		for j := range vals {
+			nums[j] = len(args) + j + 1
+		}
+		fmt.Fprintf(&q, format, nums...)
+		args = append(args, vals...)
 	}
-	_, err = tx.ExecContext(ctx, q.String(), args...)
-	return nil, err
+	return q.String(), args
 }
 
 // refusalFor is the refusal of budget p, which stood at spent and reserved

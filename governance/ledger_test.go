@@ -50,7 +50,7 @@ func ledgerEngines() []string {
 }
 
 // ledgerDSN is a fresh database of engine for one test.
-func ledgerDSN(t *testing.T, engine string) string {
+func ledgerDSN(t testing.TB, engine string) string {
 	t.Helper()
 	if engine == store.Postgres {
 		return testkit.PostgresSchema(t, os.Getenv("TOLLGATE_TEST_POSTGRES"), "gov_ledger_")
@@ -66,7 +66,7 @@ type rig struct {
 	clk   *clock
 }
 
-func openRig(t *testing.T, dsn string, clk *clock, replica string) *rig {
+func openRig(t testing.TB, dsn string, clk *clock, replica string) *rig {
 	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, dsn)
@@ -613,28 +613,8 @@ func TestLedgerReserveErrors(t *testing.T) {
 func BenchmarkLedgerReserveSettle(b *testing.B) {
 	for _, engine := range ledgerEngines() {
 		b.Run(engine, func(b *testing.B) {
-			clk := newClock(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
-			var dsn string
-			if engine == store.Postgres {
-				dsn = testkit.PostgresSchema(b, os.Getenv("TOLLGATE_TEST_POSTGRES"), "gov_bench_")
-			} else {
-				dsn = filepath.Join(b.TempDir(), "bench.db")
-			}
-			ctx := context.Background()
-			db, err := store.Open(ctx, dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
-			l, err := OpenLedger(ctx, db, LedgerConfig{Now: clk.Now})
-			if err != nil {
-				b.Fatal(err)
-			}
-			us, err := ledger.OpenStore(ctx, db)
-			if err != nil {
-				b.Fatal(err)
-			}
-			us.SetSettler(l)
+			r := openRig(b, ledgerDSN(b, engine), newClock(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)), "bench")
+			l, us, ctx := r.l, r.usage, context.Background()
 			p := costBudget("bench-p", 1<<50, ModeSoft, day)
 			plat := Budget{ID: "bench-platform", Selector: Selector{ScopeType: ScopePlatform}, Metric: MetricCost, Limit: 1 << 50, Window: Window{Kind: WindowMonth}, Mode: ModeHard}
 			var reserving time.Duration
