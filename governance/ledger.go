@@ -396,7 +396,9 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 	// One conditional UPDATE admits against every budget or reports which
 	// ones refuse: the rows it returns are the budgets that admit.
 	q, args = sqlEach("UPDATE gov_counters SET reserved = reserved + CASE", "", nil, ps,
-		func(p planned) (string, []any) { return " WHEN budget_id = $%d THEN CAST($%d AS BIGINT)", []any{p.Budget.ID, p.Amount} })
+		func(p planned) (string, []any) {
+			return " WHEN budget_id = $%d THEN CAST($%d AS BIGINT)", []any{p.Budget.ID, p.Amount}
+		})
 	args = append(args, ms)
 	q += fmt.Sprintf(" ELSE 0 END, updated_at = $%d WHERE ", len(args))
 	q, args = sqlEach(q, " OR ", args, ps, func(p planned) (string, []any) {
