@@ -634,3 +634,97 @@ func BenchmarkLedgerReserveSettle(b *testing.B) {
 		})
 	}
 }
+
+// TestLedgerConcurrentMix: replicas reserving against shared, private and
+// rolling budgets at once, settling in batches, releasing, and sweeping
+// all the while, never deadlock or fail, and end with nothing reserved
+// and exactly what was settled spent.
+func TestLedgerConcurrentMix(t *testing.T) {
+	for _, engine := range ledgerEngines() {
+		t.Run(engine, func(t *testing.T) {
+			clk := newClock(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+			dsn := ledgerDSN(t, engine)
+			rigs := []*rig{openRig(t, dsn, clk, "mix-a"), openRig(t, dsn, clk, "mix-b")}
+			roll, _ := ParseWindow("rolling:1h")
+			shared := costBudget("mix-shared", 1<<50, ModeHard, day)
+			rolling := costBudget("mix-rolling", 1<<50, ModeSoft, roll)
+			// A dead replica's reservations, reclaimed while the others run.
+			dead := openRig(t, dsn, clk, "mix-dead")
+			for i := range 20 {
+				dead.reserve(t, fmt.Sprint("mix-dead-", i), Charge{shared, 500}, Charge{rolling, 500})
+			}
+			clk.Add(time.Minute)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			sweeping := make(chan struct{})
+			var reclaimed atomic.Int64
+			busy := make(chan struct{})
+			var busyOnce sync.Once
+			go func() {
+				defer close(sweeping)
+				select { // reclaim while the live replicas are at work
+				case <-busy:
+				case <-ctx.Done():
+				}
+				for ctx.Err() == nil {
+					for _, r := range rigs {
+						n, err := r.l.Sweep(ctx)
+						if err != nil && ctx.Err() == nil {
+							t.Error(err)
+						}
+						reclaimed.Add(int64(n))
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}()
+			var settled atomic.Int64
+			var wg sync.WaitGroup
+			for g := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r := rigs[g%2]
+					own := costBudget(fmt.Sprint("mix-own-", g), 1<<50, ModeSoft, day)
+					var batch []*metering.Record
+					for i := range 25 {
+						id := fmt.Sprintf("mix-%d-%d", g, i)
+						ref, err := r.l.Reserve(ctx, id, []Charge{{own, 1000}, {rolling, 1000}, {shared, 1000}})
+						if err != nil || ref != nil {
+							t.Error(ref, err)
+							return
+						}
+						if i == 2 {
+							busyOnce.Do(func() { close(busy) })
+						}
+						if i%5 == 4 {
+							if err := r.l.Release(ctx, id); err != nil {
+								t.Error(err)
+							}
+							continue
+						}
+						batch = append(batch, okRecord(id, int64(i)))
+						settled.Add(int64(i))
+						if len(batch) == 4 {
+							if _, err := r.usage.InsertBatch(ctx, batch); err != nil {
+								t.Error(err)
+							}
+							batch = nil
+						}
+					}
+					if len(batch) > 0 {
+						if _, err := r.usage.InsertBatch(ctx, batch); err != nil {
+							t.Error(err)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			testkit.Eventually(t, 5*time.Second, "the dead replica's reservations reclaimed", func() bool { return reclaimed.Load() == 20 })
+			cancel()
+			<-sweeping
+			for _, b := range []Budget{shared, rolling} {
+				rigs[0].want(t, b, settled.Load()+20*500, 0)
+			}
+		})
+	}
+}
