@@ -377,25 +377,35 @@ func (l *Ledger) Reserve(ctx context.Context, requestID string, charges []Charge
 	now := l.cfg.Now()
 	ps := planCharges(charges, now)
 	var refusal *Refusal
-	err := l.inTx(ctx, true, func(tx *sql.Tx) error {
-		refusal = nil
-		var err error
-		refusal, err = l.reserveTx(ctx, tx, requestID, ps, now)
-		if err == nil && refusal != nil {
-			return errRollback
+	for attempt := 0; ; attempt++ {
+		var vanished bool
+		err := l.inTx(ctx, true, func(tx *sql.Tx) error {
+			var err error
+			refusal, vanished, err = l.reserveTx(ctx, tx, requestID, ps, now)
+			if err == nil && refusal != nil {
+				return errRollback
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("budget ledger: reserve: %w", err)
 		}
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("budget ledger: reserve: %w", err)
+		if refusal == nil {
+			l.remember(ps)
+			return nil, nil
+		}
+		if !vanished || attempt > 0 {
+			return refusal, nil
+		}
+		// A row remembered as existing is gone (a restored database):
+		// forget what this process knows and insert again.
+		l.forget()
 	}
-	if refusal == nil {
-		l.remember(ps)
-	}
-	return refusal, nil
 }
 
-func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps []planned, now time.Time) (*Refusal, error) {
+// reserveTx reserves ps in tx. vanished reports a refusal by a budget
+// whose current counter row does not exist (its insert was skipped).
+func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps []planned, now time.Time) (refusal *Refusal, vanished bool, err error) {
 	ms := now.UnixMilli()
 	// Missing counter rows first, so concurrent first requests of a new
 	// window meet one row (N12). Rows are never deleted: one this process
@@ -410,7 +420,7 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 		q, args := sqlEach("INSERT INTO gov_counters (budget_id, window_start, spent, reserved, updated_at) VALUES ", ", ", nil, missing,
 			func(p planned) (string, []any) { return "($%d, $%d, 0, 0, $%d)", []any{p.Budget.ID, p.w.cur, ms} })
 		if _, err := l.exec(ctx, tx, q+" ON CONFLICT (budget_id, window_start) DO NOTHING", args...); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 
@@ -428,7 +438,7 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 	if read {
 		var err error
 		if got, err = l.readCounters(ctx, tx, ps); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 
@@ -472,45 +482,49 @@ func (l *Ledger) reserveTx(ctx context.Context, tx *sql.Tx, requestID string, ps
 	}
 	rows, err := l.query(ctx, tx, q, args...)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	admitted := map[string]bool{}
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
 			rows.Close()
-			return nil, err
+			return nil, false, err
 		}
 		admitted[id] = true
 	}
 	if err := rows.Close(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for _, p := range ps {
 		if !admitted[p.Budget.ID] {
 			if !read {
 				if got, err = l.readCounters(ctx, tx, ps); err != nil {
-					return nil, err
+					return nil, false, err
 				}
 			}
 			s := got[p.Budget.ID]
-			return refusalFor(p, s.spent, s.reserved, now), nil
+			return refusalFor(p, s.spent, s.reserved, now), !s.found, nil
 		}
 	}
 	if combined {
-		return nil, nil
+		return nil, false, nil
 	}
 	if _, err := l.exec(ctx, tx, resSQL+"VALUES ($1, $2, $3, $3, 'held')", requestID, l.cfg.ReplicaID, ms); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	q, args = sqlEach(itemSQL+"VALUES ", ", ", nil, ps, item)
 	_, err = l.exec(ctx, tx, q, args...)
-	return nil, err
+	return nil, false, err
 }
 
 // counterSums is a budget's counters in its window: other is what the
 // rows before the current one (a rolling window's older buckets) hold.
-type counterSums struct{ spent, reserved, other int64 }
+// found says the current row exists.
+type counterSums struct {
+	spent, reserved, other int64
+	found                  bool
+}
 
 // readCounters reads, and on PostgreSQL locks in key order, every counter
 // row in the windows of ps.
@@ -544,6 +558,8 @@ func (l *Ledger) readCounters(ctx context.Context, tx *sql.Tx, ps []planned) (ma
 		s.reserved += reserved
 		if ws != cur[id] {
 			s.other += spent + reserved
+		} else {
+			s.found = true
 		}
 	}
 	return got, rows.Close()
@@ -562,6 +578,12 @@ func (l *Ledger) isKnown(p planned) bool {
 	l.knownMu.Lock()
 	defer l.knownMu.Unlock()
 	return l.known[counterKey{p.Budget.ID, p.w.cur}]
+}
+
+func (l *Ledger) forget() {
+	l.knownMu.Lock()
+	l.known = nil
+	l.knownMu.Unlock()
 }
 
 // remember notes that the current rows of ps exist, once committed.

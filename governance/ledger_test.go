@@ -728,3 +728,20 @@ func TestLedgerConcurrentMix(t *testing.T) {
 		})
 	}
 }
+
+// TestLedgerCounterRowGone: a counter row this process remembers as
+// existing but that is gone (a database restored from a backup) is
+// inserted again rather than refusing with nothing spent.
+func TestLedgerCounterRowGone(t *testing.T) {
+	eachEngine(t, func(t *testing.T, r *rig) {
+		b := costBudget("b-gone", 1_000_000, ModeSoft, day)
+		r.reserve(t, "g1", Charge{b, 100})
+		if _, err := r.db.ExecContext(context.Background(), `DELETE FROM gov_counters`); err != nil {
+			t.Fatal(err)
+		}
+		if ref := r.reserve(t, "g2", Charge{b, 100}); ref != nil {
+			t.Fatalf("refused after the row vanished: %v", ref)
+		}
+		r.want(t, b, 0, 100)
+	})
+}
