@@ -658,7 +658,8 @@ func refusalFor(p planned, spent, reserved int64, now time.Time) *Refusal {
 
 // Release drops requestID's reservation: the request was refused or failed
 // before anything was sent upstream. Releasing twice, or a request that
-// reserved nothing, is a no-op.
+// reserved nothing, is a no-op. A reservation the sweeper reclaimed in the
+// meantime (this replica looked dead) gives its ceiling back off spent.
 func (l *Ledger) Release(ctx context.Context, requestID string) error {
 	ms := l.cfg.Now().UnixMilli()
 	ids := []string{requestID}
@@ -876,7 +877,8 @@ func Actuals(r *metering.Record) (cost, tokens *int64) {
 
 // A transition moves reservations out of their state and their amounts in
 // the counters: settle (held → settled, reclaimed → settled_late), release
-// (held → released) or reclaim (held → reclaimed).
+// (held → released, reclaimed → settled_late at 0) or reclaim (held →
+// reclaimed).
 type transKind int
 
 const (
@@ -922,7 +924,12 @@ func (l *Ledger) transition(engine string, ids []string, costs, tokens []*int64,
 		dres = "CASE WHEN r.state = 'held' THEN i.amount ELSE 0 END"
 		to = "CASE WHEN state = 'held' THEN 'settled' ELSE 'settled_late' END"
 	case transRelease:
-		from, dspent, dres, to = "'held'", "0", "i.amount", "'released'"
+		// A reservation reclaimed from a replica thought dead, then
+		// released by it, was never forwarded: the ceiling comes back off.
+		from = "'held', 'reclaimed'"
+		dspent = "CASE WHEN r.state = 'held' THEN 0 ELSE -i.amount END"
+		dres = "CASE WHEN r.state = 'held' THEN i.amount ELSE 0 END"
+		to = "CASE WHEN state = 'held' THEN 'released' ELSE 'settled_late' END"
 	case transReclaim:
 		from, dspent, dres, to = "'held'", "i.amount", "i.amount", "'reclaimed'"
 	}

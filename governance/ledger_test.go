@@ -500,6 +500,17 @@ func TestLedgerSweepReclaims(t *testing.T) {
 			}
 			live.settle(t, okRecord("l1", 10))
 			live.want(t, b, 3_500_010, 0)
+			// d2 was never forwarded after all: released, its ceiling comes
+			// back off, once.
+			for range 2 {
+				if err := dead.l.Release(ctx, "d2"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			live.want(t, b, 500_010, 0)
+			if st := dead.reservationState(t, "d2"); st != stateSettledLate {
+				t.Errorf("d2 is %s", st)
+			}
 		})
 	}
 }
