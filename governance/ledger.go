@@ -138,10 +138,11 @@ type Ledger struct {
 	known   map[counterKey]bool
 	stmtMu  sync.Mutex
 	stmts   map[string]*sql.Stmt
-	// sqliteMu queues this process's ledger transactions on SQLite, where
-	// the database takes one writer at a time anyway: waiting here is a
-	// handoff, where SQLite's busy handler would sleep and poll.
-	sqliteMu sync.Mutex
+	// sqliteTurn (one slot) queues this process's ledger transactions on
+	// SQLite, where the database takes one writer at a time anyway:
+	// waiting here is a handoff, where SQLite's busy handler would sleep
+	// and poll, and it gives up when the request does.
+	sqliteTurn chan struct{}
 }
 
 // OpenLedger applies the ledger's migrations and returns it.
@@ -165,7 +166,7 @@ func OpenLedger(ctx context.Context, db *store.DB, cfg LedgerConfig) (*Ledger, e
 	if err := db.Migrate(ctx, "governance_ledger", ledgerMigrations); err != nil {
 		return nil, err
 	}
-	l := &Ledger{db: db, cfg: cfg, started: cfg.Now()}
+	l := &Ledger{db: db, cfg: cfg, started: cfg.Now(), sqliteTurn: make(chan struct{}, 1)}
 	l.replicas.Store(1)
 	return l, nil
 }
@@ -331,8 +332,12 @@ var errRollback = errors.New("rollback")
 
 func (l *Ledger) tryTx(ctx context.Context, async bool, f func(tx *sql.Tx) error) error {
 	if l.db.Engine == store.SQLite {
-		l.sqliteMu.Lock()
-		defer l.sqliteMu.Unlock()
+		select {
+		case l.sqliteTurn <- struct{}{}:
+			defer func() { <-l.sqliteTurn }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {

@@ -607,6 +607,11 @@ func TestActualsRule(t *testing.T) {
 // and not an admission.
 func TestLedgerReserveErrors(t *testing.T) {
 	eachEngine(t, func(t *testing.T, r *rig) {
+		gone, cancel := context.WithCancel(context.Background())
+		cancel()
+		if ref, err := r.l.Reserve(gone, "z0", []Charge{{costBudget("b", 1, ModeSoft, day), 1}}); !errors.Is(err, context.Canceled) || ref != nil {
+			t.Errorf("cancelled request: refusal %v error %v", ref, err)
+		}
 		r.db.Close()
 		ref, err := r.l.Reserve(context.Background(), "z", []Charge{{costBudget("b", 1, ModeSoft, day), 1}})
 		if err == nil || ref != nil {
