@@ -531,6 +531,20 @@ func TestLedgerStartHeartbeats(t *testing.T) {
 		if seen != r.clk.Now().UnixMilli() {
 			t.Errorf("last_seen %d, want %d", seen, r.clk.Now().UnixMilli())
 		}
+		// And keeps beating, every Heartbeat.
+		fast, err := OpenLedger(ctx, r.db, LedgerConfig{ReplicaID: "fast", Now: r.clk.Now, Heartbeat: 10 * time.Millisecond, Lease: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fast.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r.clk.Add(time.Minute)
+		testkit.Eventually(t, 5*time.Second, "a later heartbeat", func() bool {
+			var seen int64
+			r.db.QueryRowContext(ctx, `SELECT last_seen FROM gov_replicas WHERE replica_id = 'fast'`).Scan(&seen)
+			return seen == r.clk.Now().UnixMilli()
+		})
 	})
 }
 
