@@ -74,6 +74,9 @@ func (cl *call) governed(c *fiber.Ctx, h *registry.Harness, r *governance.Refusa
 		ms := min(max(r.RetryAfter.Milliseconds(), 1), int64(wait)*1000)
 		c.Set("retry-after-ms", strconv.FormatInt(ms, 10))
 	}
+	if shape.Hint != "" {
+		e.msg += " " + shape.Hint
+	}
 	if wait > 0 && shape.TryAgain {
 		e.msg += fmt.Sprintf(" Please try again in %ds.", wait)
 	}

@@ -81,7 +81,7 @@ func TestGovernanceRefusalShapes(t *testing.T) {
 			`{"error":{"message":"` + budgetMsg + `","type":"billing_error"},"type":"error"}`},
 		{"ClaudeCodeModel", "claude-code", anthropic, model, 403,
 			hdr{"Content-Type": json, "X-Should-Retry": "false", "X-Tollgate-Limit": "project:acme/model"},
-			`{"error":{"message":"` + modelMsg + `","type":"permission_error"},"type":"error"}`},
+			`{"error":{"message":"` + modelMsg + ` Use /model or --model.","type":"permission_error"},"type":"error"}`},
 		{"ClaudeCodeUnavailable", "claude-code", anthropic, unavailable, 429,
 			hdr{"Content-Type": json, "Retry-After": "10", "X-Should-Retry": "true", "X-Tollgate-Limit": "project:acme/budget"},
 			`{"error":{"message":"tollgate cannot reach its budget ledger; retry in 10 s","type":"rate_limit_error"},"type":"error"}`},

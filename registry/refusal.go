@@ -43,6 +43,9 @@ type RefusalTemplate struct {
 	// TryAgain ends the message with "Please try again in Ns.", the text
 	// Codex reads a retry delay from.
 	TryAgain *bool `yaml:"try_again"`
+	// Hint ends the message with what the harness's user can do ("Use
+	// /model or --model."): each client prints the message as sent.
+	Hint string `yaml:"hint"`
 }
 
 // Refusals holds a dialect's or a harness's templates, by kind.
@@ -66,8 +69,8 @@ func (rs Refusals) of(kind string) *RefusalTemplate {
 
 // RefusalShape is a resolved template: what tollgate sends.
 type RefusalShape struct {
-	Status            int
-	Type, Code, Param string
+	Status                  int
+	Type, Code, Param, Hint string
 	// ShouldRetry is nil when no x-should-retry header is sent.
 	ShouldRetry                      *bool
 	RetryAfterMS, ResetsAt, TryAgain bool
@@ -103,7 +106,7 @@ func (t RefusalTemplate) over(o *RefusalTemplate) RefusalTemplate {
 	if o.Status != 0 {
 		t.Status = o.Status
 	}
-	for _, f := range []struct{ dst, src *string }{{&t.Type, &o.Type}, {&t.Code, &o.Code}, {&t.Param, &o.Param}} {
+	for _, f := range []struct{ dst, src *string }{{&t.Type, &o.Type}, {&t.Code, &o.Code}, {&t.Param, &o.Param}, {&t.Hint, &o.Hint}} {
 		if *f.src != "" {
 			*f.dst = *f.src
 		}
@@ -118,7 +121,7 @@ func (t RefusalTemplate) over(o *RefusalTemplate) RefusalTemplate {
 
 func (t RefusalTemplate) shape() RefusalShape {
 	is := func(b *bool) bool { return b != nil && *b }
-	return RefusalShape{Status: t.Status, Type: t.Type, Code: t.Code, Param: t.Param,
+	return RefusalShape{Status: t.Status, Type: t.Type, Code: t.Code, Param: t.Param, Hint: t.Hint,
 		ShouldRetry: t.ShouldRetry, RetryAfterMS: is(t.RetryAfterMS), ResetsAt: is(t.ResetsAt), TryAgain: is(t.TryAgain)}
 }
 
@@ -172,6 +175,9 @@ func refusalProblems(at, shape, kind string, t RefusalTemplate) []string {
 		if v != "" && !openAITypeRE.MatchString(v) {
 			add("%q must be lowercase letters, digits, _ . -", v)
 		}
+	}
+	if len(t.Hint) > 200 || strings.ContainsFunc(t.Hint, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		add("hint must be one line of at most 200 bytes")
 	}
 	for _, v := range []string{t.Type, t.Code} {
 		lv := strings.ToLower(v)

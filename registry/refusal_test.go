@@ -42,6 +42,8 @@ func TestRefusalTemplatesAreValidated(t *testing.T) {
 			[]string{`harnesses.codex.refusals.model: "model_unavailable" contains "unavailable", which OpenCode retries: a model refusal must read as final`}},
 		{"BadType", "      model: {type: \"Not Allowed\"}\n",
 			[]string{`harnesses.codex.refusals.model: type "Not Allowed" is not a openai error type`}},
+		{"HintOnOneLine", "      model: {hint: \"Use\\n/model\"}\n",
+			[]string{`harnesses.codex.refusals.model: hint must be one line of at most 200 bytes`}},
 		{"WrongValueType", "      budget: {status: lots}\n",
 			[]string{`harnesses.codex.refusals.budget.status: line 24: expected a whole number, got text "lots"`}},
 	} {
@@ -99,7 +101,7 @@ func TestShippedRefusalShapes(t *testing.T) {
 	}{
 		{"claude-code", "anthropic-messages", RefusalRateLimit, RefusalShape{Status: 429, Type: "rate_limit_error", ShouldRetry: &yes}},
 		{"claude-code", "anthropic-messages", RefusalBudget, RefusalShape{Status: 429, Type: "billing_error", ShouldRetry: &no}},
-		{"claude-code", "anthropic-messages", RefusalModel, RefusalShape{Status: 403, Type: "permission_error", ShouldRetry: &no}},
+		{"claude-code", "anthropic-messages", RefusalModel, RefusalShape{Status: 403, Type: "permission_error", Hint: "Use /model or --model.", ShouldRetry: &no}},
 		{"codex", "openai-responses", RefusalRateLimit, RefusalShape{Status: 429, Type: "requests", Code: "rate_limit_exceeded", TryAgain: true}},
 		{"codex", "openai-responses", RefusalBudget, RefusalShape{Status: 429, Type: "usage_limit_reached", Code: "budget_exceeded", ResetsAt: true}},
 		{"codex", "openai-responses", RefusalModel, RefusalShape{Status: 400, Type: "invalid_request_error", Code: "model_not_allowed", Param: "model"}},

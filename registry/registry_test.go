@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -404,8 +405,8 @@ func refusalSummary(d *Dialect, h *Harness) string {
 	for _, k := range RefusalKinds {
 		s := RefusalFor(d, h, k)
 		b.WriteString(fmt.Sprintf("  refusal %s on %s: %d %s", k, d.Name, s.Status, s.Type))
-		for _, f := range []struct{ name, v string }{{"code", s.Code}, {"param", s.Param}} {
-			if f.v != "" {
+		for _, f := range []struct{ name, v string }{{"code", s.Code}, {"param", s.Param}, {"hint", strconv.Quote(s.Hint)}} {
+			if f.v != "" && f.v != `""` {
 				b.WriteString(" " + f.name + "=" + f.v)
 			}
 		}
