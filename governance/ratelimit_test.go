@@ -149,8 +149,10 @@ func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
 				admitted++
 			}
 		}
-		if burst := int(rpmBurst(rpm)); admitted > rpm+burst {
-			t.Fatalf("edge burst admitted %d of %d, want <= limit + burst = %d", admitted, 2*rpm, rpm+burst)
+		// The burst at RPM 60 is 2 (a constant here, so a bigger burst
+		// fails): a fresh bucket admits 2 at once and 1 more a second later.
+		if admitted > rpm+2 || rg.exact && admitted != 3 {
+			t.Fatalf("edge burst admitted %d of %d, want <= limit + burst = %d (3 on a fresh bucket)", admitted, 2*rpm, rpm+2)
 		}
 
 		lims = []Limit{{ID: "sustained", Selector: acme, RPM: rpm}}

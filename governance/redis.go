@@ -49,6 +49,8 @@ type RedisLimiter struct {
 	wg       sync.WaitGroup
 }
 
+var _ Limiter = (*RedisLimiter)(nil)
+
 // defaultRedisTimeout bounds one Redis call (§5: 25–50 ms).
 const defaultRedisTimeout = 50 * time.Millisecond
 
@@ -138,8 +140,40 @@ func (r *RedisLimiter) Acquire(ctx context.Context, requestID string, limits []L
 			}
 		}
 		p, d := r.fallback.try(shares, tokens)
+		if p != nil {
+			p = r.withSlotCleanup(p, requestID, limits)
+		}
 		return p, d, nil
 	})
+}
+
+// withSlotCleanup makes a fallback permit also free the request's Redis
+// concurrency slots when it is released: a call that timed out may still
+// have run, and its slot would otherwise hold until the lease ends. While
+// Redis stays down the extra release is skipped like any other.
+func (r *RedisLimiter) withSlotCleanup(p Permit, id string, limits []Limit) Permit {
+	rp := &redisPermit{r: r, id: id}
+	for _, l := range limits {
+		if l.Concurrency > 0 {
+			base := r.keyBase(l)
+			rp.slots = append(rp.slots, base+"conc")
+			rp.keys = append(rp.keys, base+"tpm", base+"conc", base+"clock")
+			rp.args = append(rp.args, int64(0), int64(1))
+		}
+	}
+	if len(rp.keys) == 0 {
+		return p
+	}
+	return bothPermits{p, rp}
+}
+
+// bothPermits releases two permits; only the first sees the tokens (the
+// second holds slots alone).
+type bothPermits [2]Permit
+
+func (b bothPermits) Release(actualTokens int64) {
+	b[0].Release(actualTokens)
+	b[1].Release(-1)
 }
 
 // try runs the acquire script once.

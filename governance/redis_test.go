@@ -227,6 +227,10 @@ func TestRedisDownFallsBackN17(t *testing.T) {
 		}
 		time.Sleep(25 * time.Millisecond) // let the next try reach for Redis
 	}
+	// A slot taken in fallback: were the timed-out call to have run in
+	// Redis after all, its release frees the Redis slot too.
+	slot := []Limit{{ID: "slot", Selector: acme, Concurrency: 3}}
+	held := mustAdmit(t, r, "ambiguous", slot, 0)
 	if n := strings.Count(logs.String(), "redis unreachable"); n != 1 {
 		t.Fatalf("%d outage lines, want 1:\n%s", n, logs.String())
 	}
@@ -240,6 +244,11 @@ func TestRedisDownFallsBackN17(t *testing.T) {
 		p, _, _ := r.Acquire(context.Background(), "h", hard, 0)
 		return p != nil
 	})
+	m.ZAdd("tg:{limit:slot}:conc", float64(time.Now().Add(time.Minute).UnixMicro()), "ambiguous")
+	held.Release(0)
+	if ok, _ := m.SortedSet("tg:{limit:slot}:conc"); len(ok) != 0 {
+		t.Fatalf("the fallback permit left its Redis slot: %v", ok)
+	}
 	if !r.Healthy() || !m.Exists("tg:{limit:hard}:rpm") || !strings.Contains(logs.String(), "redis reachable again") {
 		t.Fatalf("after recovery: healthy %v keys %v logs %s", r.Healthy(), m.Keys(), logs.String())
 	}
