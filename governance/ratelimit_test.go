@@ -3,6 +3,7 @@ package governance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -376,4 +377,60 @@ func TestRateNoLimitsNoPermit(t *testing.T) {
 	lp.Release(1)
 	var rp *redisPermit
 	rp.Release(1)
+}
+
+// Ten racing requests across three replicas against Concurrency 3: three
+// are admitted.
+func TestRateConcurrencyRace(t *testing.T) {
+	eachRig(t, false, func(t *testing.T, rg *rig) {
+		lims := []Limit{{ID: "conc-race", Selector: acme, Concurrency: 3}}
+		replicas := []Limiter{rg.limiter(t, -1), rg.limiter(t, -1), rg.limiter(t, -1)}
+		var wg sync.WaitGroup
+		var admitted atomic.Int64
+		for i := range 10 {
+			wg.Go(func() {
+				if p, _, _ := replicas[i%3].Acquire(context.Background(), fmt.Sprint("cr", i), lims, 0); p != nil {
+					admitted.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if got := admitted.Load(); got != 3 {
+			t.Fatalf("%d admitted, want 3", got)
+		}
+	})
+}
+
+// A request waiting for a concurrency slot is admitted when one frees
+// within MaxWait.
+func TestRateConcurrencyWaitThenAdmit(t *testing.T) {
+	eachRig(t, true, func(t *testing.T, rg *rig) {
+		lims := []Limit{{ID: "conc-wait", Selector: acme, Concurrency: 1}}
+		l := rg.limiter(t, 5*time.Second)
+		held := mustAdmit(t, l, "held", lims, 0)
+		polls := 0
+		wrapSleep(l, func(ctx context.Context, d time.Duration, next func(context.Context, time.Duration) error) error {
+			if polls++; polls == 3 {
+				held.Release(0)
+			}
+			return next(ctx, d)
+		})
+		before := rg.now()
+		mustAdmit(t, l, "waiter", lims, 0)
+		if waited := rg.now().Sub(before); polls != 3 || waited != 3*concurrencyPoll {
+			t.Fatalf("admitted after %d polls and %v", polls, waited)
+		}
+	})
+}
+
+// wrapSleep puts f in front of a limiter's sleep.
+func wrapSleep(l Limiter, f func(context.Context, time.Duration, func(context.Context, time.Duration) error) error) {
+	switch l := l.(type) {
+	case *localLimiter:
+		next := l.sleep
+		l.sleep = func(ctx context.Context, d time.Duration) error { return f(ctx, d, next) }
+	case *RedisLimiter:
+		next := l.sleep
+		l.sleep = func(ctx context.Context, d time.Duration) error { return f(ctx, d, next) }
+	}
 }

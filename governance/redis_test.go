@@ -366,3 +366,33 @@ func BenchmarkRedisAcquireRelease(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 	}
 }
+
+// The same keys and TTLs on real Redis (Lua 5.1's string.format, not
+// gopher-lua's, renders the numbers).
+func TestRedisRealKeysExpire(t *testing.T) {
+	url := os.Getenv("TOLLGATE_TEST_REDIS")
+	if url == "" {
+		t.Skip("TOLLGATE_TEST_REDIS is not set")
+	}
+	prefix := testPrefix(t, url)
+	r := newRedis(t, url, prefix, -1, nil, nil)
+	lims := []Limit{{ID: "lim_1", Selector: acme, RPM: 60, TPM: 1000, Concurrency: 3}}
+	p := mustAdmit(t, r, "req-1", lims, 10)
+	opt, _ := redis.ParseURL(url)
+	c := redis.NewClient(opt)
+	defer c.Close()
+	ctx := context.Background()
+	if got, _ := c.PTTL(ctx, prefix+"{limit:lim_1}:conc").Result(); got <= 4*time.Minute-2*time.Second || got > 4*time.Minute {
+		t.Errorf("conc: pttl %v, want about 4m", got)
+	}
+	p.Release(2000) // 1990 tokens of debt: the TPM key must outlive it
+	for key, ttl := range map[string]time.Duration{"rpm": 2 * time.Minute, "tpm": 180 * time.Second, "clock": 2 * time.Minute} {
+		got, err := c.PTTL(ctx, prefix+"{limit:lim_1}:"+key).Result()
+		if err != nil || got <= ttl-2*time.Second || got > ttl {
+			t.Errorf("%s: pttl %v (%v), want about %v", key, got, err, ttl)
+		}
+	}
+	if n, _ := c.ZCard(ctx, prefix+"{limit:lim_1}:conc").Result(); n != 0 {
+		t.Errorf("released slot still in the set (%d)", n)
+	}
+}
