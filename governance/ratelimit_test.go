@@ -295,8 +295,12 @@ func TestRateConcurrency(t *testing.T) {
 		}
 		p1.Release(0)
 		p1.Release(0)
-		mustAdmit(t, l, "c3", lims, 0)
+		p3 := mustAdmit(t, l, "c3", lims, 0)
 		mustRefuse(t, l, "c4", lims, 0)
+		// Requests without an id still take a slot each.
+		p3.Release(0)
+		mustAdmit(t, l, "", lims, 0)
+		mustRefuse(t, l, "", lims, 0)
 	})
 }
 

@@ -3,6 +3,8 @@ package governance
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -111,6 +113,13 @@ func (r *RedisLimiter) Acquire(ctx context.Context, requestID string, limits []L
 		return NoPermit, nil, nil
 	}
 	tokens = max(0, tokens)
+	if requestID == "" {
+		// The id is the slot's member: requests sharing one would share
+		// a slot.
+		b := make([]byte, 12)
+		rand.Read(b)
+		requestID = "anon-" + hex.EncodeToString(b)
+	}
 	var shares []Limit
 	return admit(ctx, r.cfg.MaxWait, r.now, r.sleep, limits, func(ctx context.Context) (Permit, *denial, error) {
 		if r.reachable() {
