@@ -136,7 +136,7 @@ func openAlertDB(t *testing.T, dsn string) *store.DB {
 	return db
 }
 
-func costBudget(id string, limit int64) Budget {
+func alertCostBudget(id string, limit int64) Budget {
 	b := Budget{ID: id, Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Metric: MetricCost, Limit: limit,
 		Window: Window{Kind: WindowDay}}
 	b.Normalize()
@@ -163,7 +163,7 @@ func TestAlertsCrossingThresholdsSendsEachOnce(t *testing.T) {
 		t.Run(engine, func(t *testing.T) {
 			rcv, srv := newReceiver(t, "s3cret")
 			db := openAlertDB(t, alertDSN(t, engine))
-			b := costBudget("b_acme", 10_000_000) // $10
+			b := alertCostBudget("b_acme", 10_000_000) // $10
 			h := &fakeHeadroom{spent: map[string]int64{}, window: alertDay}
 			a := newTestAlerter(t, db, &Policies{Budgets: []Budget{b}}, h, srv.URL+"/hook", nil)
 			ctx := context.Background()
@@ -234,7 +234,7 @@ func TestAlertsTwoReplicasSendEachOnce(t *testing.T) {
 			var budgets []Budget
 			h := &fakeHeadroom{spent: map[string]int64{}, window: alertDay}
 			for _, id := range []string{"b1", "b2", "b3", "b4"} {
-				budgets = append(budgets, costBudget(id, 1_000_000))
+				budgets = append(budgets, alertCostBudget(id, 1_000_000))
 				h.set(id, 2_000_000)
 			}
 			pol := &Policies{Budgets: budgets}
@@ -274,7 +274,7 @@ func TestAlertsRetryWithBackoff(t *testing.T) {
 			rcv, srv := newReceiver(t, "s3cret")
 			rcv.fail.Store(2)
 			db := openAlertDB(t, alertDSN(t, engine))
-			b := costBudget("b_retry", 1_000_000)
+			b := alertCostBudget("b_retry", 1_000_000)
 			b.Alerts = []int{100}
 			h := &fakeHeadroom{spent: map[string]int64{"b_retry": 1_000_000}, window: alertDay}
 			a := newTestAlerter(t, db, &Policies{Budgets: []Budget{b}}, h, srv.URL, func(c *AlertConfig) {
@@ -326,7 +326,7 @@ func TestAlertsGiveUpAndNeverStoreTheSecret(t *testing.T) {
 	rcv, srv := newReceiver(t, "s3cret")
 	rcv.fail.Store(1 << 30)
 	db := openAlertDB(t, alertDSN(t, store.SQLite))
-	b := costBudget("b_fail", 1_000_000)
+	b := alertCostBudget("b_fail", 1_000_000)
 	b.Alerts = []int{50}
 	h := &fakeHeadroom{spent: map[string]int64{"b_fail": 1_000_000}, window: alertDay}
 	now := alertDay.Add(time.Hour)
@@ -362,7 +362,7 @@ func TestAlertsPendingRowOfACrashedReplicaIsTakenOver(t *testing.T) {
 		t.Run(engine, func(t *testing.T) {
 			rcv, srv := newReceiver(t, "s3cret")
 			dsn := alertDSN(t, engine)
-			b := costBudget("b_crash", 1_000_000)
+			b := alertCostBudget("b_crash", 1_000_000)
 			b.Alerts = []int{80}
 			h := &fakeHeadroom{spent: map[string]int64{"b_crash": 900_000}, window: alertDay}
 			pol := &Policies{Budgets: []Budget{b}}
@@ -430,7 +430,7 @@ func TestAlertsDoNotFollowRedirectsElsewhere(t *testing.T) {
 	}))
 	defer redir.Close()
 	db := openAlertDB(t, alertDSN(t, store.SQLite))
-	b := costBudget("b_redir", 1_000_000)
+	b := alertCostBudget("b_redir", 1_000_000)
 	b.Alerts = []int{50}
 	h := &fakeHeadroom{spent: map[string]int64{"b_redir": 1_000_000}, window: alertDay}
 	a := newTestAlerter(t, db, &Policies{Budgets: []Budget{b}}, h, redir.URL, nil)
@@ -457,7 +457,7 @@ func TestCrossedAndRollingWindowKey(t *testing.T) {
 			t.Errorf("crossed(%d, %d, %d) = %v", tc.spent, tc.limit, tc.t, got)
 		}
 	}
-	b := costBudget("r", 1)
+	b := alertCostBudget("r", 1)
 	b.Window = Window{Kind: WindowRolling, Every: 5 * time.Hour}
 	k1 := windowKey(Headroom{Budget: b, WindowStart: alertDay.Add(time.Hour)})
 	k2 := windowKey(Headroom{Budget: b, WindowStart: alertDay.Add(4 * time.Hour)})
@@ -468,3 +468,50 @@ func TestCrossedAndRollingWindowKey(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestAlertsFromTheRealLedger: spend settled through the budget ledger by
+// usage records crosses 50, 80 and 100 % and sends three alerts; the next
+// day's window sends its own.
+func TestAlertsFromTheRealLedger(t *testing.T) {
+	eachEngine(t, func(t *testing.T, r *rig) {
+		rcv, srv := newReceiver(t, "s3cret")
+		b := costBudget("b_real", 10_000_000, ModeSoft, day)
+		b.Normalize()
+		a, err := NewAlerter(context.Background(), r.db, staticPolicies{&Policies{Budgets: []Budget{b}}}, r.l,
+			AlertConfig{URL: srv.URL, Secret: []byte("s3cret"), Now: r.clk.Now, Log: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, step := range []struct {
+			cost int64
+			want int
+		}{{4_000_000, 0}, {1_000_000, 1}, {3_500_000, 2}, {1_500_000, 3}} {
+			id := "req-" + strconv.Itoa(i)
+			if ref := r.reserve(t, id, Charge{Budget: b, Amount: 2_810_000}); ref != nil {
+				t.Fatalf("%s refused: %v", id, ref)
+			}
+			rec := okRecord(id, step.cost)
+			rec.Start = r.clk.Now()
+			r.settle(t, rec)
+			a.tick(context.Background())
+			if d, _, _, _ := rcv.snapshot(); len(d) != step.want {
+				t.Fatalf("after %s: %d alerts %v, want %d", id, len(d), d, step.want)
+			}
+		}
+		_, payloads, _, bad := rcv.snapshot()
+		if bad != 0 || payloads[2]["threshold_percent"] != float64(100) || payloads[2]["spent_usd"] != "10.00" {
+			t.Errorf("100%% alert: %v (%d badly signed)", payloads[2], bad)
+		}
+		r.clk.Add(24 * time.Hour)
+		if ref := r.reserve(t, "next-day", Charge{Budget: b, Amount: 2_810_000}); ref != nil {
+			t.Fatal(ref)
+		}
+		rec := okRecord("next-day", 6_000_000)
+		rec.Start = r.clk.Now()
+		r.settle(t, rec)
+		a.tick(context.Background())
+		if d, _, _, _ := rcv.snapshot(); len(d) != 4 || !strings.HasSuffix(d[3], ":50") {
+			t.Errorf("next day: %v, want one more alert at 50%%", d)
+		}
+	})
+}
