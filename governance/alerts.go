@@ -2,6 +2,7 @@ package governance
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -452,19 +454,32 @@ func (a *Alerter) claimDue(ctx context.Context) ([]claimed, error) {
 	return out, rows.Err()
 }
 
-// sendAll delivers cs, a few at a time, and records each outcome.
+// sendAll delivers cs and records each outcome: budgets a few at a time,
+// each budget's alerts in threshold order, so a receiver sees 50 % before
+// 80 % when both were crossed at once.
 func (a *Alerter) sendAll(ctx context.Context, cs []claimed) {
 	if len(cs) == 0 || a.cfg.URL == "" {
 		return
 	}
+	slices.SortFunc(cs, func(x, y claimed) int {
+		return cmp.Or(strings.Compare(x.key.budget, y.key.budget), cmp.Compare(x.key.window, y.key.window), cmp.Compare(x.key.threshold, y.key.threshold))
+	})
 	sem := make(chan struct{}, alertSenders)
 	var wg sync.WaitGroup
-	for _, c := range cs {
+	for i := 0; i < len(cs); {
+		j := i + 1
+		for j < len(cs) && cs[j].key.budget == cs[i].key.budget {
+			j++
+		}
+		group := cs[i:j]
+		i = j
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			a.finish(ctx, c, a.send(ctx, c))
+			for _, c := range group {
+				a.finish(ctx, c, a.send(ctx, c))
+			}
 		}()
 	}
 	wg.Wait()
