@@ -56,6 +56,20 @@ type apiError struct {
 	// caller should wait, sent as Retry-After; Gemini clients read it from
 	// the body, not from Retry-After.
 	retryAfter int
+	// refusal, for a governance refusal (govrefusal.go), replaces the
+	// kind's status and error type and code with the harness's template.
+	refusal *registry.RefusalShape
+	// resetsAt is sent as error.resets_at (Unix seconds) when the
+	// refusal's template asks for it and it is not zero.
+	resetsAt int64
+}
+
+// status is the HTTP status e is answered with.
+func (e *apiError) status() int {
+	if e.refusal != nil {
+		return e.refusal.Status
+	}
+	return kindStatus[e.kind]
 }
 
 func (e *apiError) Error() string {
@@ -239,15 +253,24 @@ func errClass(err error) string {
 // server_error or api_error, because OpenCode retries those without end
 // (harness-clients.md §5).
 func errorBody(shape string, e *apiError) []byte {
-	status := kindStatus[e.kind]
+	status := e.status()
+	rs := e.refusal
 	switch shape {
 	case registry.ShapeAnthropic:
+		t := anthropicType(e.kind)
+		if rs != nil {
+			t = rs.Type
+		}
 		return mustJSON(map[string]any{
 			"type":  "error",
-			"error": map[string]any{"type": anthropicType(e.kind), "message": e.msg},
+			"error": map[string]any{"type": t, "message": e.msg},
 		})
 	case registry.ShapeGemini:
-		ge := map[string]any{"code": status, "message": e.msg, "status": geminiStatus(e.kind)}
+		st := geminiStatus(e.kind)
+		if rs != nil {
+			st = rs.Type
+		}
+		ge := map[string]any{"code": status, "message": e.msg, "status": st}
 		if e.retryAfter > 0 {
 			// Gemini CLI ignores Retry-After and waits RetryInfo's delay
 			// (governance.md §6.2).
@@ -256,10 +279,24 @@ func errorBody(shape string, e *apiError) []byte {
 		return mustJSON(map[string]any{"error": ge})
 	default:
 		t, code := openAIType(e.kind)
-		return mustJSON(map[string]any{
-			"error": map[string]any{"message": e.msg, "type": t, "param": nil, "code": code},
-		})
+		oe := map[string]any{"message": e.msg, "type": t, "param": nil, "code": code}
+		if rs != nil {
+			oe["type"], oe["code"] = rs.Type, nilIfEmpty(rs.Code)
+			oe["param"] = nilIfEmpty(rs.Param)
+			if rs.ResetsAt && e.resetsAt > 0 {
+				oe["resets_at"] = e.resetsAt
+			}
+		}
+		return mustJSON(map[string]any{"error": oe})
 	}
+}
+
+// nilIfEmpty renders an unset OpenAI error field as null, as OpenAI does.
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // streamErrorEvent renders e as the SSE event that tells a client of d,

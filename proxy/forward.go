@@ -498,7 +498,7 @@ func (cl *call) upstreamFailed(err error, answered bool) error {
 // returns the error for the error handler to render.
 func (cl *call) reject(err error) error {
 	e := classify(err)
-	cl.rec.Status = kindStatus[e.kind]
+	cl.rec.Status = e.status()
 	cl.rec.Outcome, cl.rec.Source = metering.OutcomeRejected, metering.SourceNone
 	if e.kind == kindClientGone {
 		cl.rec.Outcome = metering.OutcomeClientGone

@@ -423,7 +423,7 @@ func bearerIs(c *fiber.Ctx, want string) bool {
 // fiber's default would send err.Error(), which can leak URLs or hints.
 func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	e := classify(err)
-	status := kindStatus[e.kind]
+	status := e.status()
 	if e.kind == kindInternal {
 		s.log.Error("internal error", "path", c.Path(), "err", err)
 	}

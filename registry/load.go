@@ -443,7 +443,7 @@ func validate(f *file) []string {
 			uas[h.UserAgentPrefix] = at
 		}
 	}
-	return p
+	return append(p, validateRefusals(f)...)
 }
 
 type servedPath struct {

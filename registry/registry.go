@@ -123,6 +123,9 @@ type Dialect struct {
 	Paths []Path `yaml:"paths"`
 	// Usage says where usage lives in bodies and streams.
 	Usage Usage `yaml:"usage"`
+	// Refusals override, for every client of the dialect, the built-in
+	// answers to governance refusals of its error shape (refusal.go).
+	Refusals Refusals `yaml:"refusals"`
 }
 
 // Path is one forwarded path pattern. Segments may be literal or a
@@ -281,6 +284,10 @@ type Harness struct {
 	UserAgentPrefix string `yaml:"user_agent_prefix"`
 	// Config is a config-file snippet for harnesses that need one.
 	Config *ConfigSnippet `yaml:"config"`
+	// Refusals are how this harness is told of a governance refusal, on
+	// every dialect it speaks, over its dialect's (refusal.go): the shape
+	// decides whether it backs off, stops, or loops (governance.md §6).
+	Refusals Refusals `yaml:"refusals"`
 }
 
 // EnvVar is one exported variable; Value may use the template fields of

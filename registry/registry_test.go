@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,7 @@ func TestShippedRegistryIsValid(t *testing.T) {
 			b.WriteString(" cut_after_stream_error")
 		}
 		b.WriteString("\n")
+		b.WriteString(refusalSummary(d, nil))
 		for _, p := range d.Paths {
 			b.WriteString("  " + strings.Join(p.Methods, ",") + " " + p.Pattern + " stream=" + p.Stream)
 			if p.Metered {
@@ -50,6 +53,10 @@ func TestShippedRegistryIsValid(t *testing.T) {
 	}
 	for _, h := range r.Harnesses() {
 		b.WriteString("harness " + h.Name + " dialects=" + strings.Join(h.Dialects, ",") + " provider=" + h.Provider + " base_env=" + h.BaseURLEnv + " key_env=" + h.KeyEnv + "\n")
+		for _, dn := range h.Dialects {
+			d, _ := r.Dialect(dn)
+			b.WriteString(refusalSummary(d, h))
+		}
 	}
 	golden := filepath.Join("testdata", "registry.golden.txt")
 	if *update {
@@ -390,4 +397,31 @@ func TestPatternsOverlap(t *testing.T) {
 			t.Errorf("%s vs %s: overlap %v, want %v", tc.b, tc.a, got, tc.want)
 		}
 	}
+}
+
+// refusalSummary lists the refusal shapes of d for h (nil: the dialect's).
+func refusalSummary(d *Dialect, h *Harness) string {
+	var b strings.Builder
+	for _, k := range RefusalKinds {
+		s := RefusalFor(d, h, k)
+		b.WriteString(fmt.Sprintf("  refusal %s on %s: %d %s", k, d.Name, s.Status, s.Type))
+		for _, f := range []struct{ name, v string }{{"code", s.Code}, {"param", s.Param}, {"hint", strconv.Quote(s.Hint)}} {
+			if f.v != "" && f.v != `""` {
+				b.WriteString(" " + f.name + "=" + f.v)
+			}
+		}
+		if s.ShouldRetry != nil {
+			b.WriteString(fmt.Sprintf(" should_retry=%t", *s.ShouldRetry))
+		}
+		for _, f := range []struct {
+			name string
+			on   bool
+		}{{"retry_after_ms", s.RetryAfterMS}, {"resets_at", s.ResetsAt}, {"try_again", s.TryAgain}} {
+			if f.on {
+				b.WriteString(" " + f.name)
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }

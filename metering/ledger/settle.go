@@ -2,8 +2,8 @@ package ledger
 
 import "github.com/tollgate/tollgate/metering"
 
-// SKELETON (h2 owns this file): the hook through which budget reservations
-// settle in the usage batch's transaction.
+// The hook through which budget reservations settle in the usage batch's
+// transaction: a record and what it settles commit together, once.
 
 // Statement is one SQL statement and its arguments.
 type Statement struct {
@@ -13,8 +13,10 @@ type Statement struct {
 
 // Settler settles what records reserved (governance.Ledger). The Store
 // runs its statements inside the transaction that inserts the batch, after
-// the insert, on both engines; they must be idempotent (a replayed record
-// settles nothing twice).
+// the insert, on both engines (on PostgreSQL in the same pipelined round
+// trip); they get every record of the batch, stored before or not, so they
+// must be idempotent (a replayed record settles nothing twice). A failing
+// statement fails the batch.
 type Settler interface {
 	SettleStatements(engine string, recs []*metering.Record) []Statement
 }

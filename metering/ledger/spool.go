@@ -226,6 +226,9 @@ func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 	dst = appendJSONStringField(dst, `,"credential_id":`, r.CredentialID)
 	dst = strconv.AppendBool(append(dst, `,"stream":`...), r.Stream)
 	dst = appendJSONStringField(dst, `,"model_requested":`, r.ModelRequest)
+	if r.ModelSent != "" {
+		dst = appendJSONStringField(dst, `,"model_sent":`, r.ModelSent)
+	}
 	dst = appendJSONStringField(dst, `,"model_served":`, r.ModelServed)
 	dst = appendJSONStringField(dst, `,"upstream_id":`, r.UpstreamID)
 	if r.ServiceTier != "" {
@@ -257,6 +260,16 @@ func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 	}
 	dst = appendJSONStringField(dst, `,"price_version":`, r.PriceVersion)
 	dst = appendJSONIntField(dst, `,"bytes_out":`, r.BytesOut)
+	// reserved is what makes a replayed record settle its reservation.
+	if r.Reserved {
+		dst = append(dst, `,"reserved":true`...)
+	}
+	if r.ReservedMicroUSD != 0 {
+		dst = appendJSONIntField(dst, `,"reserved_micro_usd":`, r.ReservedMicroUSD)
+	}
+	if r.Governance != "" {
+		dst = appendJSONStringField(dst, `,"governance":`, r.Governance)
+	}
 	return append(dst, '}'), nil
 }
 

@@ -81,6 +81,7 @@ func fullRecord() *metering.Record {
 	r := usageRecordN("full", 2, time.Date(2026, 5, 4, 13, 14, 15, 123456789, time.FixedZone("", -7*3600)))
 	r.Session, r.EventOverflow, r.Unpriced, r.Injected, r.Stream = "sess", true, true, true, true
 	r.ServiceTier = "flex"
+	r.ModelSent, r.Reserved, r.ReservedMicroUSD, r.Governance = "alias-target", true, 2810000, "budget"
 	r.Usage = &metering.Usage{InputUncached: 1, CacheRead: 2, CacheWrite5m: 3, CacheWrite1h: 4, InputOther: 5, Output: 6, Reasoning: 7}
 	r.CostMicroUSD = costPtr(-42)
 	return r

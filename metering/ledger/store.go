@@ -187,6 +187,13 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	// PostgreSQL (store_pg.go): a synchronous commit needs a write to flush
 	// the writer's asynchronous ones. SQLite creates it and never uses it.
 	`CREATE TABLE metering_durable (mark BIGINT NOT NULL)`,
+	// Governance: model_sent is the alias target forwarded ('' when the
+	// requested model went as is), reserved_micro_usd the cost ceiling
+	// reserved before forwarding (0 when none), governance why governance
+	// refused the request ('' when it did not).
+	`ALTER TABLE usage_records ADD COLUMN model_sent TEXT NOT NULL DEFAULT '';
+ALTER TABLE usage_records ADD COLUMN reserved_micro_usd BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN governance TEXT NOT NULL DEFAULT ''`,
 }
 
 // recordColumns is the insert column order of usage_records:
@@ -203,7 +210,11 @@ var recordHeadColumns = []string{
 	"event_overflow",
 }
 
-var recordTailColumns = []string{"cost_micro_usd", "unpriced", "price_version", "bytes_out", "recorded_at", "service_tier"}
+var recordTailColumns = slices.Concat([]string{"cost_micro_usd", "unpriced", "price_version", "bytes_out", "recorded_at", "service_tier"},
+	governanceColumns)
+
+// governanceColumns (metering migration 8) end recordTailColumns.
+var governanceColumns = []string{"model_sent", "reserved_micro_usd", "governance"}
 
 // bucketColumns are the token columns of usage_records and usage_daily.
 func bucketColumns() []string {
@@ -485,6 +496,13 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 			return 0, fmt.Errorf("metering rollup: %w", err)
 		}
 	}
+	if s.settler != nil {
+		for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
+			if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
+				return 0, fmt.Errorf("metering settle: %w", err)
+			}
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("metering commit: %w", err)
 	}
@@ -541,6 +559,7 @@ func (s *Store) appendRecordArgs(args []any, r *metering.Record, now any) []any 
 	return append(args,
 		cost, r.CostUnknown(),
 		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
+		r.ModelSent, r.ReservedMicroUSD, r.Governance,
 	)
 }
 
@@ -568,7 +587,7 @@ func storeClean(r *metering.Record) *metering.Record {
 	fields := func(r *metering.Record) []*string {
 		return []*string{&r.RequestID, &r.Workspace, &r.Project, &r.User, &r.TokenID, &r.Session,
 			&r.Harness, &r.Dialect, &r.Operation, &r.Path, &r.Provider, &r.CredTier, &r.CredentialID,
-			&r.ModelRequest, &r.ModelServed, &r.UpstreamID, &r.ServiceTier, &r.Outcome, &r.Source, &r.PriceVersion}
+			&r.ModelRequest, &r.ModelSent, &r.ModelServed, &r.UpstreamID, &r.ServiceTier, &r.Outcome, &r.Source, &r.PriceVersion, &r.Governance}
 	}
 	dirty := false
 	for _, f := range fields(r) {

@@ -33,7 +33,7 @@ import (
 var pgColumnTypes = map[string]string{
 	"started_at": "timestamp", "recorded_at": "timestamp",
 	"duration_ns": "int8", "ttfb_ns": "int8", "bytes_out": "int8", "cost_micro_usd": "int8", "status": "int8",
-	"stream": "bool", "usage_injected": "bool", "event_overflow": "bool", "unpriced": "bool",
+	"reserved_micro_usd": "int8", "stream": "bool", "usage_injected": "bool", "event_overflow": "bool", "unpriced": "bool",
 }
 
 func pgColumnType(col string) string {
@@ -171,6 +171,13 @@ func (s *Store) insertBatchPG(ctx context.Context, recs []*metering.Record) (int
 		// before the spool lets go of these records.
 		b.Queue("SET LOCAL synchronous_commit = off")
 		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
+		// Settlement rides in the same transaction and round trip: a
+		// record and what it settles commit together, once.
+		if s.settler != nil {
+			for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
+				b.Queue(st.SQL, st.Args...)
+			}
+		}
 		b.Queue("COMMIT").Exec(func(tag pgconn.CommandTag) error {
 			if tag.String() != "COMMIT" { // ROLLBACK: the transaction had failed
 				return errors.New("transaction rolled back")

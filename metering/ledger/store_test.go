@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -303,7 +304,10 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
 				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
 				recs = append(recs, r)
-				if _, err := db.ExecContext(ctx, insertSQL(engine, 1, false), v2.appendRecordArgs(nil, r, now)...); err != nil {
+				// Migration 2's columns: the governance ones came later.
+				cols := recordColumns[:len(recordColumns)-len(governanceColumns)]
+				q := "INSERT INTO usage_records (" + strings.Join(cols, ", ") + ") VALUES (" + placeholders(len(cols)) + ")"
+				if _, err := db.ExecContext(ctx, q, v2.appendRecordArgs(nil, r, now)[:len(cols)]...); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -381,4 +385,13 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 			}
 		})
 	}
+}
+
+// placeholders is "$1, $2, …, $n".
+func placeholders(n int) string {
+	ph := make([]string, n)
+	for i := range ph {
+		ph[i] = "$" + strconv.Itoa(i+1)
+	}
+	return strings.Join(ph, ", ")
 }
