@@ -11,19 +11,19 @@ func TestLocalForgetsIdleLimits(t *testing.T) {
 	rg := localRig()
 	l := rg.limiter(t, -1).(*localLimiter)
 	for i := range 1000 {
-		lims := []Limit{{ID: fmt.Sprint("idle-", i), Selector: acme, RPM: 60, TPM: 1000}}
-		mustAdmit(t, l, "r", lims, 10).Release(10)
+		lims := []Limit{{ID: fmt.Sprint("idle-", i), Selector: acmeProject, RPM: 60, TPM: 1000}}
+		limitAdmits(t, l, "r", lims, 10).Release(10)
 	}
-	conc := []Limit{{ID: "busy", Selector: acme, Concurrency: 1}}
-	held := mustAdmit(t, l, "held", conc, 0)
+	conc := []Limit{{ID: "busy", Selector: acmeProject, Concurrency: 1}}
+	held := limitAdmits(t, l, "held", conc, 0)
 	rg.advance(2 * rg.period)
-	mustAdmit(t, l, "x", []Limit{{ID: "new", Selector: acme, RPM: 60}}, 0)
+	limitAdmits(t, l, "x", []Limit{{ID: "new", Selector: acmeProject, RPM: 60}}, 0)
 	if n := len(l.states); n != 2 {
 		t.Fatalf("%d states after two idle periods, want 2 (busy, new)", n)
 	}
-	mustRefuse(t, l, "second", conc, 0) // the busy slot survived the sweep
+	limitRefuses(t, l, "second", conc, 0) // the busy slot survived the sweep
 	held.Release(0)
-	mustAdmit(t, l, "second", conc, 0)
+	limitAdmits(t, l, "second", conc, 0)
 }
 
 // A replica's share of a limit while Redis is down: limit / replicas, at

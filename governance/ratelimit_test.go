@@ -16,28 +16,28 @@ import (
 // period scaled down to a second (the scripts only ever use period/limit,
 // so a second of RPM 60 is a minute of it at 1/60 scale).
 
-type fakeClock struct {
+type rateClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)}
+func newRateClock() *rateClock {
+	return &rateClock{t: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)}
 }
 
-func (c *fakeClock) Now() time.Time {
+func (c *rateClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
-func (c *fakeClock) Advance(d time.Duration) {
+func (c *rateClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
 }
 
-type rig struct {
+type rateRig struct {
 	name string
 	// exact rigs run on a fake clock: waits and balances are asserted to
 	// the microsecond.
@@ -50,10 +50,10 @@ type rig struct {
 	limiter func(t *testing.T, maxWait time.Duration) Limiter
 }
 
-func localRig() *rig {
-	c := newFakeClock()
+func localRig() *rateRig {
+	c := newRateClock()
 	var l *localLimiter
-	return &rig{
+	return &rateRig{
 		name: "local", exact: true, period: ratePeriod, now: c.Now, advance: c.Advance,
 		limiter: func(t *testing.T, maxWait time.Duration) Limiter {
 			if l == nil {
@@ -65,9 +65,9 @@ func localRig() *rig {
 	}
 }
 
-// eachRig runs f on every rig: real Redis only when TOLLGATE_TEST_REDIS is
+// eachRateRig runs f on every rig: real Redis only when TOLLGATE_TEST_REDIS is
 // set, and only for scenarios that hold in real time (exactOnly false).
-func eachRig(t *testing.T, exactOnly bool, f func(t *testing.T, rg *rig)) {
+func eachRateRig(t *testing.T, exactOnly bool, f func(t *testing.T, rg *rateRig)) {
 	t.Run("local", func(t *testing.T) { f(t, localRig()) })
 	t.Run("miniredis", func(t *testing.T) { f(t, miniRig(t)) })
 	if !exactOnly {
@@ -81,9 +81,9 @@ func eachRig(t *testing.T, exactOnly bool, f func(t *testing.T, rg *rig)) {
 	}
 }
 
-var acme = Selector{ScopeType: ScopeProject, ScopeID: "acme"}
+var acmeProject = Selector{ScopeType: ScopeProject, ScopeID: "acme"}
 
-func mustAdmit(t *testing.T, l Limiter, id string, lims []Limit, tokens int64) Permit {
+func limitAdmits(t *testing.T, l Limiter, id string, lims []Limit, tokens int64) Permit {
 	t.Helper()
 	p, ref, err := l.Acquire(context.Background(), id, lims, tokens)
 	if err != nil || ref != nil || p == nil {
@@ -92,7 +92,7 @@ func mustAdmit(t *testing.T, l Limiter, id string, lims []Limit, tokens int64) P
 	return p
 }
 
-func mustRefuse(t *testing.T, l Limiter, id string, lims []Limit, tokens int64) *Refusal {
+func limitRefuses(t *testing.T, l Limiter, id string, lims []Limit, tokens int64) *Refusal {
 	t.Helper()
 	p, ref, err := l.Acquire(context.Background(), id, lims, tokens)
 	if err != nil || ref == nil || p != nil {
@@ -104,31 +104,31 @@ func mustRefuse(t *testing.T, l Limiter, id string, lims []Limit, tokens int64) 
 // GCRA: RPM 60 is one request a second with a burst of two; the refusal
 // carries the exact wait and names the policy.
 func TestRateGCRAExactAccounting(t *testing.T) {
-	eachRig(t, true, func(t *testing.T, rg *rig) {
+	eachRateRig(t, true, func(t *testing.T, rg *rateRig) {
 		step := rg.period / 60
-		lims := []Limit{{ID: "gcra", Selector: acme, RPM: 60}}
+		lims := []Limit{{ID: "gcra", Selector: acmeProject, RPM: 60}}
 		l := rg.limiter(t, -1)
-		mustAdmit(t, l, "r1", lims, 0)
-		mustAdmit(t, l, "r2", lims, 0)
+		limitAdmits(t, l, "r1", lims, 0)
+		limitAdmits(t, l, "r2", lims, 0)
 		start := rg.now()
-		ref := mustRefuse(t, l, "r3", lims, 0)
+		ref := limitRefuses(t, l, "r3", lims, 0)
 		want := Refusal{Kind: RefuseRateLimit, RetryAfter: step, ResetAt: start.Add(2 * step), Policy: "project:acme/rpm",
 			Limit: 60, Remaining: 0, Unit: "requests", Message: "tollgate: project acme is over 60 requests/min; retry in 1 s"}
 		if *ref != want {
 			t.Fatalf("refusal\n got %+v\nwant %+v", *ref, want)
 		}
 		rg.advance(step / 2)
-		if ref := mustRefuse(t, l, "r4", lims, 0); ref.RetryAfter != step/2 {
+		if ref := limitRefuses(t, l, "r4", lims, 0); ref.RetryAfter != step/2 {
 			t.Fatalf("half a step later the wait is %v, want %v", ref.RetryAfter, step/2)
 		}
 		rg.advance(step / 2)
-		mustAdmit(t, l, "r5", lims, 0)
-		mustRefuse(t, l, "r6", lims, 0)
+		limitAdmits(t, l, "r5", lims, 0)
+		limitRefuses(t, l, "r6", lims, 0)
 		// Idle for ten minutes refills the burst, not ten minutes' worth.
 		rg.advance(10 * rg.period)
-		mustAdmit(t, l, "r7", lims, 0)
-		mustAdmit(t, l, "r8", lims, 0)
-		mustRefuse(t, l, "r9", lims, 0)
+		limitAdmits(t, l, "r7", lims, 0)
+		limitAdmits(t, l, "r8", lims, 0)
+		limitRefuses(t, l, "r9", lims, 0)
 	})
 }
 
@@ -136,9 +136,9 @@ func TestRateGCRAExactAccounting(t *testing.T) {
 // and a sustained overload across three replicas gets 60 ± 2 a minute,
 // never more than rpm + burst − 1 in any sliding minute.
 func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
-	eachRig(t, true, func(t *testing.T, rg *rig) {
+	eachRateRig(t, true, func(t *testing.T, rg *rateRig) {
 		const rpm = 60
-		lims := []Limit{{ID: "edge", Selector: acme, RPM: rpm}}
+		lims := []Limit{{ID: "edge", Selector: acmeProject, RPM: rpm}}
 		replicas := []Limiter{rg.limiter(t, -1), rg.limiter(t, -1), rg.limiter(t, -1)}
 		rg.advance(rg.period - rg.period/120) // half a second before the edge
 		admitted := 0
@@ -156,7 +156,7 @@ func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
 			t.Fatalf("edge burst admitted %d of %d, want <= limit + burst = %d (3 on a fresh bucket)", admitted, 2*rpm, rpm+2)
 		}
 
-		lims = []Limit{{ID: "sustained", Selector: acme, RPM: rpm}}
+		lims = []Limit{{ID: "sustained", Selector: acmeProject, RPM: rpm}}
 		start := rg.now()
 		tick := rg.period / 300
 		var at []time.Duration
@@ -206,13 +206,13 @@ func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm
 // adds 10k of debt, and a bucket in debt makes later requests wait for
 // the refill.
 func TestRateTPMRefundAndDebtN20(t *testing.T) {
-	eachRig(t, true, func(t *testing.T, rg *rig) {
-		lims := []Limit{{ID: "tpm", Selector: acme, TPM: 60000}}
+	eachRateRig(t, true, func(t *testing.T, rg *rateRig) {
+		lims := []Limit{{ID: "tpm", Selector: acmeProject, TPM: 60000}}
 		l := rg.limiter(t, -1)
 		// A request for the whole bucket is refused unless it is full, and
 		// the refusal says what is left.
-		left := func() int64 { t.Helper(); return mustRefuse(t, l, "probe", lims, 60000).Remaining }
-		p := mustAdmit(t, l, "a", lims, 10000)
+		left := func() int64 { t.Helper(); return limitRefuses(t, l, "probe", lims, 60000).Remaining }
+		p := limitAdmits(t, l, "a", lims, 10000)
 		if got := left(); got != 50000 {
 			t.Fatalf("after reserving 10000: %d left, want 50000", got)
 		}
@@ -224,19 +224,19 @@ func TestRateTPMRefundAndDebtN20(t *testing.T) {
 		if got := left(); got != 59000 {
 			t.Fatalf("a second Release moved the bucket: %d left", got)
 		}
-		mustAdmit(t, l, "b", lims, 10000).Release(20000)
+		limitAdmits(t, l, "b", lims, 10000).Release(20000)
 		if got := left(); got != 39000 {
 			t.Fatalf("after settling 10000 at 20000: %d left, want 39000 (10000 debt)", got)
 		}
-		mustAdmit(t, l, "c", lims, 5000).Release(-1) // unknown: the estimate stands
+		limitAdmits(t, l, "c", lims, 5000).Release(-1) // unknown: the estimate stands
 		if got := left(); got != 34000 {
 			t.Fatalf("after an unknown settlement: %d left, want 34000", got)
 		}
 
-		small := []Limit{{ID: "debt", Selector: acme, TPM: 10000}}
+		small := []Limit{{ID: "debt", Selector: acmeProject, TPM: 10000}}
 		perToken := rg.period / 10000
-		mustAdmit(t, l, "d", small, 10000).Release(20000) // the bucket is at −10000
-		ref := mustRefuse(t, l, "e", small, 1)
+		limitAdmits(t, l, "d", small, 10000).Release(20000) // the bucket is at −10000
+		ref := limitRefuses(t, l, "e", small, 1)
 		if want := 10001 * perToken; ref.RetryAfter != want || ref.Remaining != 0 || ref.Unit != "tokens" || ref.Policy != "project:acme/tpm" {
 			t.Fatalf("in debt: %+v, want a wait of %v for 10001 tokens", *ref, want)
 		}
@@ -244,16 +244,16 @@ func TestRateTPMRefundAndDebtN20(t *testing.T) {
 			t.Fatalf("message %q", ref.Message)
 		}
 		rg.advance(rg.period)
-		if ref := mustRefuse(t, l, "f", small, 1); ref.RetryAfter != perToken {
+		if ref := limitRefuses(t, l, "f", small, 1); ref.RetryAfter != perToken {
 			t.Fatalf("after a minute of refill the wait is %v, want %v", ref.RetryAfter, perToken)
 		}
 		rg.advance(perToken)
-		mustAdmit(t, l, "g", small, 1)
+		limitAdmits(t, l, "g", small, 1)
 		// An estimate above the whole bucket waits for a full bucket rather
 		// than forever, and is charged in full.
 		rg.advance(2 * rg.period)
-		mustAdmit(t, l, "h", small, 25000)
-		if ref := mustRefuse(t, l, "i", small, 1); ref.RetryAfter != 15001*perToken {
+		limitAdmits(t, l, "h", small, 25000)
+		if ref := limitRefuses(t, l, "i", small, 1); ref.RetryAfter != 15001*perToken {
 			t.Fatalf("after an oversized request the wait is %v, want %v", ref.RetryAfter, 15001*perToken)
 		}
 	})
@@ -262,8 +262,8 @@ func TestRateTPMRefundAndDebtN20(t *testing.T) {
 // N15: five concurrent requests of 30 tokens against 100 TPM, across
 // replicas: the admitted estimate never passes 100 + one request.
 func TestRateTPMRaceN15(t *testing.T) {
-	eachRig(t, false, func(t *testing.T, rg *rig) {
-		lims := []Limit{{ID: "race", Selector: acme, TPM: 100}}
+	eachRateRig(t, false, func(t *testing.T, rg *rateRig) {
+		lims := []Limit{{ID: "race", Selector: acmeProject, TPM: 100}}
 		var wg sync.WaitGroup
 		var admitted atomic.Int64
 		for i := range 5 {
@@ -284,68 +284,68 @@ func TestRateTPMRaceN15(t *testing.T) {
 // Concurrency: slots are counted, a refusal is the concurrency kind, and
 // a permit released twice frees one slot.
 func TestRateConcurrency(t *testing.T) {
-	eachRig(t, false, func(t *testing.T, rg *rig) {
-		lims := []Limit{{ID: "conc", Selector: acme, Concurrency: 2}}
+	eachRateRig(t, false, func(t *testing.T, rg *rateRig) {
+		lims := []Limit{{ID: "conc", Selector: acmeProject, Concurrency: 2}}
 		l := rg.limiter(t, -1)
-		p1 := mustAdmit(t, l, "c1", lims, 0)
-		mustAdmit(t, l, "c2", lims, 0)
-		ref := mustRefuse(t, l, "c3", lims, 0)
+		p1 := limitAdmits(t, l, "c1", lims, 0)
+		limitAdmits(t, l, "c2", lims, 0)
+		ref := limitRefuses(t, l, "c3", lims, 0)
 		if ref.Kind != RefuseConcurrency || ref.Policy != "project:acme/concurrency" || ref.Limit != 2 || ref.RetryAfter != time.Second {
 			t.Fatalf("concurrency refusal %+v", *ref)
 		}
 		p1.Release(0)
 		p1.Release(0)
-		p3 := mustAdmit(t, l, "c3", lims, 0)
-		mustRefuse(t, l, "c4", lims, 0)
+		p3 := limitAdmits(t, l, "c3", lims, 0)
+		limitRefuses(t, l, "c4", lims, 0)
 		// Requests without an id still take a slot each.
 		p3.Release(0)
-		mustAdmit(t, l, "", lims, 0)
-		mustRefuse(t, l, "", lims, 0)
+		limitAdmits(t, l, "", lims, 0)
+		limitRefuses(t, l, "", lims, 0)
 	})
 }
 
 // All or nothing: a request one limit refuses consumes nothing from the
 // others.
 func TestRateAllOrNothing(t *testing.T) {
-	eachRig(t, false, func(t *testing.T, rg *rig) {
-		rpm := Limit{ID: "aon-rpm", Selector: acme, RPM: 60}
+	eachRateRig(t, false, func(t *testing.T, rg *rateRig) {
+		rpm := Limit{ID: "aon-rpm", Selector: acmeProject, RPM: 60}
 		one := Limit{ID: "aon-conc", Selector: Selector{ScopeType: ScopeUser, ScopeID: "u1"}, Concurrency: 1}
-		tpm := Limit{ID: "aon-tpm", Selector: acme, TPM: 1000}
+		tpm := Limit{ID: "aon-tpm", Selector: acmeProject, TPM: 1000}
 		l := rg.limiter(t, -1)
-		held := mustAdmit(t, l, "hold", []Limit{one}, 0)
+		held := limitAdmits(t, l, "hold", []Limit{one}, 0)
 		for i := range 5 {
-			if ref := mustRefuse(t, l, "both", []Limit{rpm, tpm, one}, 100); ref.Kind != RefuseConcurrency || ref.Policy != "user:u1/concurrency" {
+			if ref := limitRefuses(t, l, "both", []Limit{rpm, tpm, one}, 100); ref.Kind != RefuseConcurrency || ref.Policy != "user:u1/concurrency" {
 				t.Fatalf("try %d: %+v", i, *ref)
 			}
 		}
-		mustAdmit(t, l, "pre", []Limit{tpm}, 600)
-		if ref := mustRefuse(t, l, "big", []Limit{rpm, tpm}, 500); ref.Policy != "project:acme/tpm" {
+		limitAdmits(t, l, "pre", []Limit{tpm}, 600)
+		if ref := limitRefuses(t, l, "big", []Limit{rpm, tpm}, 500); ref.Policy != "project:acme/tpm" {
 			t.Fatalf("over TPM: %+v", *ref)
 		}
 		// The refusals took nothing: the RPM burst of two and the 400
 		// tokens left are all still there.
-		mustAdmit(t, l, "a", []Limit{rpm, tpm}, 400)
-		mustAdmit(t, l, "b", []Limit{rpm}, 0)
+		limitAdmits(t, l, "a", []Limit{rpm, tpm}, 400)
+		limitAdmits(t, l, "b", []Limit{rpm}, 0)
 		held.Release(0)
 	})
 }
 
 // A wait within MaxWait is absorbed; a longer one is refused at once.
 func TestRateWaitThenAdmit(t *testing.T) {
-	eachRig(t, true, func(t *testing.T, rg *rig) {
-		lims := []Limit{{ID: "wait", Selector: acme, RPM: 60}}
+	eachRateRig(t, true, func(t *testing.T, rg *rateRig) {
+		lims := []Limit{{ID: "wait", Selector: acmeProject, RPM: 60}}
 		l := rg.limiter(t, 5*time.Second)
-		mustAdmit(t, l, "w1", lims, 0)
-		mustAdmit(t, l, "w2", lims, 0)
+		limitAdmits(t, l, "w1", lims, 0)
+		limitAdmits(t, l, "w2", lims, 0)
 		before := rg.now()
-		mustAdmit(t, l, "w3", lims, 0)
+		limitAdmits(t, l, "w3", lims, 0)
 		if waited := rg.now().Sub(before); waited != rg.period/60 {
 			t.Fatalf("waited %v, want one step %v", waited, rg.period/60)
 		}
-		slow := []Limit{{ID: "slow", Selector: acme, RPM: 6}}
-		mustAdmit(t, l, "s1", slow, 0)
+		slow := []Limit{{ID: "slow", Selector: acmeProject, RPM: 6}}
+		limitAdmits(t, l, "s1", slow, 0)
 		before = rg.now()
-		if ref := mustRefuse(t, l, "s2", slow, 0); ref.RetryAfter != rg.period/6 || !rg.now().Equal(before) {
+		if ref := limitRefuses(t, l, "s2", slow, 0); ref.RetryAfter != rg.period/6 || !rg.now().Equal(before) {
 			t.Fatalf("a 10 s wait against a 5 s max: %+v after waiting %v", *ref, rg.now().Sub(before))
 		}
 	})
@@ -354,8 +354,8 @@ func TestRateWaitThenAdmit(t *testing.T) {
 // A client that leaves while waiting gets ctx's error, promptly, and holds
 // nothing.
 func testCancelWhileWaiting(t *testing.T, l Limiter) {
-	lims := []Limit{{ID: "cancel", Selector: acme, Concurrency: 1}}
-	held := mustAdmit(t, l, "held", lims, 0)
+	lims := []Limit{{ID: "cancel", Selector: acmeProject, Concurrency: 1}}
+	held := limitAdmits(t, l, "held", lims, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
@@ -367,7 +367,7 @@ func testCancelWhileWaiting(t *testing.T, l Limiter) {
 		t.Fatalf("cancel took %v", d)
 	}
 	held.Release(0)
-	mustAdmit(t, l, "after", lims, 0).Release(0)
+	limitAdmits(t, l, "after", lims, 0).Release(0)
 }
 
 func TestRateNoLimitsNoPermit(t *testing.T) {
@@ -387,8 +387,8 @@ func TestRateNoLimitsNoPermit(t *testing.T) {
 // Ten racing requests across three replicas against Concurrency 3: three
 // are admitted.
 func TestRateConcurrencyRace(t *testing.T) {
-	eachRig(t, false, func(t *testing.T, rg *rig) {
-		lims := []Limit{{ID: "conc-race", Selector: acme, Concurrency: 3}}
+	eachRateRig(t, false, func(t *testing.T, rg *rateRig) {
+		lims := []Limit{{ID: "conc-race", Selector: acmeProject, Concurrency: 3}}
 		replicas := []Limiter{rg.limiter(t, -1), rg.limiter(t, -1), rg.limiter(t, -1)}
 		var wg sync.WaitGroup
 		var admitted atomic.Int64
@@ -409,10 +409,10 @@ func TestRateConcurrencyRace(t *testing.T) {
 // A request waiting for a concurrency slot is admitted when one frees
 // within MaxWait.
 func TestRateConcurrencyWaitThenAdmit(t *testing.T) {
-	eachRig(t, true, func(t *testing.T, rg *rig) {
-		lims := []Limit{{ID: "conc-wait", Selector: acme, Concurrency: 1}}
+	eachRateRig(t, true, func(t *testing.T, rg *rateRig) {
+		lims := []Limit{{ID: "conc-wait", Selector: acmeProject, Concurrency: 1}}
 		l := rg.limiter(t, 5*time.Second)
-		held := mustAdmit(t, l, "held", lims, 0)
+		held := limitAdmits(t, l, "held", lims, 0)
 		polls := 0
 		wrapSleep(l, func(ctx context.Context, d time.Duration, next func(context.Context, time.Duration) error) error {
 			if polls++; polls == 3 {
@@ -421,7 +421,7 @@ func TestRateConcurrencyWaitThenAdmit(t *testing.T) {
 			return next(ctx, d)
 		})
 		before := rg.now()
-		mustAdmit(t, l, "waiter", lims, 0)
+		limitAdmits(t, l, "waiter", lims, 0)
 		if waited := rg.now().Sub(before); polls != 3 || waited != 3*concurrencyPoll {
 			t.Fatalf("admitted after %d polls and %v", polls, waited)
 		}

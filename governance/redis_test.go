@@ -20,13 +20,13 @@ import (
 	"github.com/tollgate/tollgate/internal/testkit"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newRedis returns a limiter on url; with a clock, its waits advance the
 // clock (and whatever else advance moves) instead of sleeping.
 func newRedis(t testing.TB, url, prefix string, maxWait time.Duration, now func() time.Time, advance func(time.Duration)) *RedisLimiter {
 	t.Helper()
-	r, err := NewRedisLimiter(RedisConfig{URL: url, Prefix: prefix, MaxWait: maxWait, Log: quiet})
+	r, err := NewRedisLimiter(RedisConfig{URL: url, Prefix: prefix, MaxWait: maxWait, Log: discardLog})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,13 +41,13 @@ func newRedis(t testing.TB, url, prefix string, maxWait time.Duration, now func(
 // miniRig runs the Redis limiter on miniredis with TIME and TTLs both
 // following a fake clock (SetTime + ClockTTL: FastForward alone would
 // move TTLs but not TIME).
-func miniRig(t *testing.T) *rig {
+func miniRig(t *testing.T) *rateRig {
 	m := miniredis.RunT(t)
-	c := newFakeClock()
+	c := newRateClock()
 	m.SetTime(c.Now())
 	m.ClockTTL(true)
 	advance := func(d time.Duration) { c.Advance(d); m.SetTime(c.Now()) }
-	return &rig{
+	return &rateRig{
 		name: "miniredis", exact: true, period: ratePeriod, now: c.Now, advance: advance,
 		limiter: func(t *testing.T, maxWait time.Duration) Limiter {
 			return newRedis(t, "redis://"+m.Addr(), "tg:", maxWait, c.Now, advance)
@@ -64,13 +64,13 @@ func miniLimiter(t *testing.T, m *miniredis.Miniredis) *RedisLimiter {
 
 // realRig is real Redis in real time, a period of one second, and a key
 // prefix of its own that is deleted afterwards.
-func realRig(t *testing.T) *rig {
+func realRig(t *testing.T) *rateRig {
 	url := os.Getenv("TOLLGATE_TEST_REDIS")
 	if url == "" {
 		return nil
 	}
 	prefix := testPrefix(t, url)
-	return &rig{
+	return &rateRig{
 		name: "redis", period: time.Second, now: time.Now, advance: time.Sleep,
 		limiter: func(t *testing.T, maxWait time.Duration) Limiter {
 			r := newRedis(t, url, prefix, maxWait, nil, nil)
@@ -104,8 +104,8 @@ func testPrefix(t testing.TB, url string) string {
 func TestRedisKeysAreTaggedAndExpire(t *testing.T) {
 	m := miniredis.RunT(t)
 	r := miniLimiter(t, m)
-	lims := []Limit{{ID: "lim_1", Selector: acme, RPM: 60, TPM: 1000, Concurrency: 3}}
-	mustAdmit(t, r, "req-1", lims, 10)
+	lims := []Limit{{ID: "lim_1", Selector: acmeProject, RPM: 60, TPM: 1000, Concurrency: 3}}
+	limitAdmits(t, r, "req-1", lims, 10)
 	for key, ttl := range map[string]time.Duration{
 		"tg:{limit:lim_1}:rpm":   2 * time.Minute,
 		"tg:{limit:lim_1}:tpm":   2 * time.Minute,
@@ -128,11 +128,11 @@ func TestRedisKeysAreTaggedAndExpire(t *testing.T) {
 func TestRedisClockStepBackIsClamped(t *testing.T) {
 	rg := miniRig(t)
 	l := rg.limiter(t, -1)
-	lims := []Limit{{ID: "clock", Selector: acme, RPM: 60}}
-	mustAdmit(t, l, "a", lims, 0)
-	mustAdmit(t, l, "b", lims, 0)
+	lims := []Limit{{ID: "clock", Selector: acmeProject, RPM: 60}}
+	limitAdmits(t, l, "a", lims, 0)
+	limitAdmits(t, l, "b", lims, 0)
 	rg.advance(-time.Hour)
-	if ref := mustRefuse(t, l, "c", lims, 0); ref.RetryAfter != time.Second {
+	if ref := limitRefuses(t, l, "c", lims, 0); ref.RetryAfter != time.Second {
 		t.Fatalf("after the clock stepped back an hour: %+v", *ref)
 	}
 }
@@ -140,28 +140,28 @@ func TestRedisClockStepBackIsClamped(t *testing.T) {
 // A permit never released (its replica crashed) frees its slot when the
 // lease ends; a held permit's lease is renewed.
 func TestRedisConcurrencyLease(t *testing.T) {
-	lims := []Limit{{ID: "lease", Selector: acme, Concurrency: 1}}
+	lims := []Limit{{ID: "lease", Selector: acmeProject, Concurrency: 1}}
 	t.Run("expiry", func(t *testing.T) {
 		rg := miniRig(t)
 		l := rg.limiter(t, -1)
-		mustAdmit(t, l, "crashed", lims, 0) // never released
+		limitAdmits(t, l, "crashed", lims, 0) // never released
 		rg.advance(concurrencyLease - time.Second)
-		mustRefuse(t, l, "early", lims, 0)
+		limitRefuses(t, l, "early", lims, 0)
 		rg.advance(time.Second + time.Microsecond)
-		mustAdmit(t, l, "after", lims, 0)
+		limitAdmits(t, l, "after", lims, 0)
 	})
 	t.Run("renewal", func(t *testing.T) {
 		rg := miniRig(t)
 		r := rg.limiter(t, -1).(*RedisLimiter)
 		r.renew = 10 * time.Millisecond
-		p := mustAdmit(t, r, "streaming", lims, 0)
+		p := limitAdmits(t, r, "streaming", lims, 0)
 		for range 3 { // three times 90 s: well past one lease
 			rg.advance(90 * time.Second)
 			time.Sleep(50 * time.Millisecond) // the renewer runs on real time
-			mustRefuse(t, r, "other", lims, 0)
+			limitRefuses(t, r, "other", lims, 0)
 		}
 		p.Release(0)
-		mustAdmit(t, r, "other", lims, 0)
+		limitAdmits(t, r, "other", lims, 0)
 	})
 	t.Run("real", func(t *testing.T) {
 		url := os.Getenv("TOLLGATE_TEST_REDIS")
@@ -170,10 +170,10 @@ func TestRedisConcurrencyLease(t *testing.T) {
 		}
 		r := newRedis(t, url, testPrefix(t, url), -1, nil, nil)
 		r.lease = 300 * time.Millisecond
-		mustAdmit(t, r, "crashed", lims, 0)
-		mustRefuse(t, r, "early", lims, 0)
+		limitAdmits(t, r, "crashed", lims, 0)
+		limitRefuses(t, r, "early", lims, 0)
 		time.Sleep(350 * time.Millisecond)
-		mustAdmit(t, r, "after", lims, 0)
+		limitAdmits(t, r, "after", lims, 0)
 	})
 }
 
@@ -185,8 +185,8 @@ func TestRateCancelWhileWaiting(t *testing.T) {
 	})
 }
 
-// freeAddr is a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
+// closedAddr is a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +200,7 @@ func freeAddr(t *testing.T) string {
 // limits refuse retryably, one log line per outage; Redis back → shared
 // again.
 func TestRedisDownFallsBackN17(t *testing.T) {
-	addr := freeAddr(t)
+	addr := closedAddr(t)
 	logs := &testkit.LogBuffer{}
 	r, err := NewRedisLimiter(RedisConfig{URL: "redis://" + addr, MaxWait: -1, Replicas: func() int { return 3 },
 		Log: slog.New(slog.NewTextHandler(logs, nil))})
@@ -212,16 +212,16 @@ func TestRedisDownFallsBackN17(t *testing.T) {
 	if r.Healthy() {
 		t.Fatal("healthy with nothing listening")
 	}
-	soft := []Limit{{ID: "soft", Selector: acme, RPM: 60, Mode: ModeSoft}}
-	hard := []Limit{{ID: "hard", Selector: acme, RPM: 60, Mode: ModeHard}}
+	soft := []Limit{{ID: "soft", Selector: acmeProject, RPM: 60, Mode: ModeSoft}}
+	hard := []Limit{{ID: "hard", Selector: acmeProject, RPM: 60, Mode: ModeHard}}
 	// 60 / 3 replicas = 20 RPM here: a burst of one, then a 3 s wait.
-	mustAdmit(t, r, "s", soft, 0).Release(0)
+	limitAdmits(t, r, "s", soft, 0).Release(0)
 	for range 3 {
-		ref := mustRefuse(t, r, "s2", soft, 0)
+		ref := limitRefuses(t, r, "s2", soft, 0)
 		if ref.Kind != RefuseRateLimit || ref.Limit != 60 || ref.RetryAfter < 2900*time.Millisecond || !strings.Contains(ref.Message, "60 requests/min") {
 			t.Fatalf("fallback refusal %+v", *ref)
 		}
-		ref = mustRefuse(t, r, "h", hard, 0)
+		ref = limitRefuses(t, r, "h", hard, 0)
 		if ref.Kind != RefuseUnavailable || ref.RetryAfter != UnavailableRetryAfter || ref.Policy != "project:acme/rpm" {
 			t.Fatalf("hard refusal %+v", *ref)
 		}
@@ -229,8 +229,8 @@ func TestRedisDownFallsBackN17(t *testing.T) {
 	}
 	// A slot taken in fallback: were the timed-out call to have run in
 	// Redis after all, its release frees the Redis slot too.
-	slot := []Limit{{ID: "slot", Selector: acme, Concurrency: 3}}
-	held := mustAdmit(t, r, "ambiguous", slot, 0)
+	slot := []Limit{{ID: "slot", Selector: acmeProject, Concurrency: 3}}
+	held := limitAdmits(t, r, "ambiguous", slot, 0)
 	if n := strings.Count(logs.String(), "redis unreachable"); n != 1 {
 		t.Fatalf("%d outage lines, want 1:\n%s", n, logs.String())
 	}
@@ -283,21 +283,21 @@ func TestRedisTimeoutFallsBack(t *testing.T) {
 		mu.Unlock()
 	}()
 	start := time.Now()
-	r, err := NewRedisLimiter(RedisConfig{URL: "redis://" + ln.Addr().String(), Timeout: 50 * time.Millisecond, MaxWait: -1, Log: quiet})
+	r, err := NewRedisLimiter(RedisConfig{URL: "redis://" + ln.Addr().String(), Timeout: 50 * time.Millisecond, MaxWait: -1, Log: discardLog})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	r.healthy.Store(true) // as if the ping had passed: the first request pays
 	r.retryAt.Store(0)
-	lims := []Limit{{ID: "t", Selector: acme, RPM: 600}}
-	mustAdmit(t, r, "a", lims, 0)
+	lims := []Limit{{ID: "t", Selector: acmeProject, RPM: 600}}
+	limitAdmits(t, r, "a", lims, 0)
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Fatalf("first request took %v with a 50 ms timeout", d)
 	}
 	start = time.Now()
 	for i := range 10 {
-		mustAdmit(t, r, "b"+string(rune('0'+i)), lims, 0)
+		limitAdmits(t, r, "b"+string(rune('0'+i)), lims, 0)
 	}
 	if d := time.Since(start); d > 20*time.Millisecond || r.Healthy() {
 		t.Fatalf("ten requests during the outage took %v (healthy %v)", d, r.Healthy())
@@ -312,7 +312,7 @@ func TestRedisRealRPMAccuracy(t *testing.T) {
 	if rg == nil {
 		t.Skip("TOLLGATE_TEST_REDIS is not set")
 	}
-	lims := []Limit{{ID: "accuracy", Selector: acme, RPM: 60}}
+	lims := []Limit{{ID: "accuracy", Selector: acmeProject, RPM: 60}}
 	replicas := []Limiter{rg.limiter(t, 500*time.Millisecond), rg.limiter(t, 500*time.Millisecond), rg.limiter(t, 500*time.Millisecond)}
 	var mu sync.Mutex
 	var at []time.Duration
@@ -344,7 +344,7 @@ func BenchmarkRedisAcquireRelease(b *testing.B) {
 		b.Skip("TOLLGATE_TEST_REDIS is not set")
 	}
 	r := newRedis(b, url, testPrefix(b, url), -1, nil, nil)
-	lims := []Limit{{ID: "bench", Selector: acme, RPM: 1 << 40, TPM: 1 << 50, Concurrency: 1 << 20}}
+	lims := []Limit{{ID: "bench", Selector: acmeProject, RPM: 1 << 40, TPM: 1 << 50, Concurrency: 1 << 20}}
 	ctx := context.Background()
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
@@ -376,8 +376,8 @@ func TestRedisRealKeysExpire(t *testing.T) {
 	}
 	prefix := testPrefix(t, url)
 	r := newRedis(t, url, prefix, -1, nil, nil)
-	lims := []Limit{{ID: "lim_1", Selector: acme, RPM: 60, TPM: 1000, Concurrency: 3}}
-	p := mustAdmit(t, r, "req-1", lims, 10)
+	lims := []Limit{{ID: "lim_1", Selector: acmeProject, RPM: 60, TPM: 1000, Concurrency: 3}}
+	p := limitAdmits(t, r, "req-1", lims, 10)
 	opt, _ := redis.ParseURL(url)
 	c := redis.NewClient(opt)
 	defer c.Close()
@@ -405,7 +405,7 @@ func BenchmarkRedisAcquireRPM(b *testing.B) {
 		b.Skip("TOLLGATE_TEST_REDIS is not set")
 	}
 	r := newRedis(b, url, testPrefix(b, url), -1, nil, nil)
-	lims := []Limit{{ID: "bench-rpm", Selector: acme, RPM: 1 << 40}}
+	lims := []Limit{{ID: "bench-rpm", Selector: acmeProject, RPM: 1 << 40}}
 	ctx := context.Background()
 	var lat []time.Duration
 	for b.Loop() {
