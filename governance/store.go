@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -475,5 +476,20 @@ func (p *Policies) InForce(sc Scope, model string) []PolicyState {
 			out = append(out, PolicyState{Kind: "budget", Budget: &b})
 		}
 	}
+	// Widest scope first within each kind, then by id: a stable order for
+	// readers and tests.
+	level := func(ps PolicyState) int {
+		switch {
+		case ps.Rule != nil:
+			return slices.Index(ScopeTypes, ps.Rule.ScopeType)
+		case ps.Limit != nil:
+			return slices.Index(ScopeTypes, ps.Limit.ScopeType)
+		}
+		return slices.Index(ScopeTypes, ps.Budget.ScopeType)
+	}
+	rank := map[string]int{"model_rule": 0, "limit": 1, "budget": 2}
+	slices.SortStableFunc(out, func(a, b PolicyState) int {
+		return cmp.Or(rank[a.Kind]-rank[b.Kind], level(a)-level(b))
+	})
 	return out
 }

@@ -270,9 +270,9 @@ func TestInForce(t *testing.T) {
 		model string
 		want  string
 	}{
-		{Scope{Project: "acme", User: "u"}, "", "r1,b1,b2,b4"},
+		{Scope{Project: "acme", User: "u"}, "", "r1,b2,b1,b4"},
 		{Scope{Project: "acme", User: "u"}, "gpt-5", "r1,b2,b4"},
-		{Scope{Project: "acme", User: "u", Harness: "claude-code"}, "claude-sonnet-4-5", "r1,b1,b2"},
+		{Scope{Project: "acme", User: "u", Harness: "claude-code"}, "claude-sonnet-4-5", "r1,b2,b1"},
 		{Scope{Project: "x", Workspace: "ws"}, "", "l1,b2"},
 	} {
 		if got := ids(p.InForce(tc.sc, tc.model)); got != tc.want {
