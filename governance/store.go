@@ -20,13 +20,13 @@ import (
 // replica reloads at once (the same propagation as token revocation).
 const NotifyChannel = "tollgate_governance"
 
-// migrations are governance's policy tables, applied under the component
+// policyMigrations are governance's policy tables, applied under the component
 // "governance". Append only. The SQL runs unchanged on SQLite and
 // PostgreSQL: "limit" and "window" are PostgreSQL keywords, hence
 // limit_value and window_spec. gov_version is a one-row counter bumped by
 // every write, so a poll reads one integer to know whether anything
 // changed. The ledger's tables (counters, reservations) are its own.
-var migrations = []string{
+var policyMigrations = []string{
 	`CREATE TABLE gov_budgets (
 		id TEXT PRIMARY KEY,
 		scope_type TEXT NOT NULL,
@@ -80,7 +80,7 @@ type Store struct {
 
 // OpenStore applies governance's policy migrations to db.
 func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
-	if err := db.Migrate(ctx, "governance", migrations); err != nil {
+	if err := db.Migrate(ctx, "governance", policyMigrations); err != nil {
 		return nil, err
 	}
 	return &Store{db: db, now: time.Now}, nil
@@ -110,8 +110,8 @@ func (f Filter) where() (string, []any) {
 // time read back from PostgreSQL equals the one written.
 func (s *Store) stamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
 
-// newID returns prefix and 16 random lower-case base32 characters.
-func newID(prefix string) string {
+// newPolicyID returns prefix and 16 random lower-case base32 characters.
+func newPolicyID(prefix string) string {
 	var b [10]byte
 	rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
 	return prefix + strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
@@ -147,7 +147,7 @@ func (s *Store) put(ctx context.Context, table, prefix, id string, cols []string
 	created := now
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		if id == "" {
-			id = newID(prefix)
+			id = newPolicyID(prefix)
 			ph := make([]string, len(cols)+3)
 			for i := range ph {
 				ph[i] = "$" + strconv.Itoa(i+1)
@@ -188,12 +188,12 @@ func (s *Store) del(ctx context.Context, table, id string) error {
 	})
 }
 
-type queryer interface {
+type policyQueryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// list reads rows of q with scan, one value per row.
-func list[T any](ctx context.Context, db queryer, q string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
+// listRows reads rows of q with scan, one value per row.
+func listRows[T any](ctx context.Context, db policyQueryer, q string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
 	rows, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -210,9 +210,9 @@ func list[T any](ctx context.Context, db queryer, q string, args []any, scan fun
 	return out, rows.Err()
 }
 
-// one returns the single row of q with id, or ErrNotFound.
-func one[T any](ctx context.Context, db queryer, q, id string, scan func(*sql.Rows) (T, error)) (T, error) {
-	vs, err := list(ctx, db, q+" WHERE id = $1", []any{id}, scan)
+// oneRow returns the single row of q with id, or ErrNotFound.
+func oneRow[T any](ctx context.Context, db policyQueryer, q, id string, scan func(*sql.Rows) (T, error)) (T, error) {
+	vs, err := listRows(ctx, db, q+" WHERE id = $1", []any{id}, scan)
 	if err == nil && len(vs) == 0 {
 		err = fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -298,13 +298,13 @@ func (s *Store) PutBudget(ctx context.Context, b Budget) (Budget, error) {
 
 // Budget returns one budget, or ErrNotFound.
 func (s *Store) Budget(ctx context.Context, id string) (Budget, error) {
-	return one(ctx, s.db, budgetSelect, id, scanBudget)
+	return oneRow(ctx, s.db, budgetSelect, id, scanBudget)
 }
 
 // ListBudgets returns budgets matching f (zero value: all), sorted by id.
 func (s *Store) ListBudgets(ctx context.Context, f Filter) ([]Budget, error) {
 	w, args := f.where()
-	return list(ctx, s.db, budgetSelect+w, args, scanBudget)
+	return listRows(ctx, s.db, budgetSelect+w, args, scanBudget)
 }
 
 // DeleteBudget deletes a budget, or returns ErrNotFound. Its counters stay
@@ -345,13 +345,13 @@ func (s *Store) PutLimit(ctx context.Context, l Limit) (Limit, error) {
 
 // Limit returns one rate limit, or ErrNotFound.
 func (s *Store) Limit(ctx context.Context, id string) (Limit, error) {
-	return one(ctx, s.db, limitSelect, id, scanLimit)
+	return oneRow(ctx, s.db, limitSelect, id, scanLimit)
 }
 
 // ListLimits returns rate limits matching f, sorted by id.
 func (s *Store) ListLimits(ctx context.Context, f Filter) ([]Limit, error) {
 	w, args := f.where()
-	return list(ctx, s.db, limitSelect+w, args, scanLimit)
+	return listRows(ctx, s.db, limitSelect+w, args, scanLimit)
 }
 
 // DeleteLimit deletes a rate limit, or returns ErrNotFound.
@@ -390,13 +390,13 @@ func (s *Store) PutRule(ctx context.Context, r ModelRule) (ModelRule, error) {
 
 // Rule returns one model rule, or ErrNotFound.
 func (s *Store) Rule(ctx context.Context, id string) (ModelRule, error) {
-	return one(ctx, s.db, ruleSelect, id, scanRule)
+	return oneRow(ctx, s.db, ruleSelect, id, scanRule)
 }
 
 // ListRules returns model rules matching f, sorted by id.
 func (s *Store) ListRules(ctx context.Context, f Filter) ([]ModelRule, error) {
 	w, args := f.where()
-	return list(ctx, s.db, ruleSelect+w, args, scanRule)
+	return listRows(ctx, s.db, ruleSelect+w, args, scanRule)
 }
 
 // DeleteRule deletes a model rule, or returns ErrNotFound.
@@ -430,13 +430,13 @@ func (s *Store) Load(ctx context.Context) (*Policies, error) {
 	if err := tx.QueryRowContext(ctx, `SELECT version FROM gov_version WHERE id = 1`).Scan(&p.Version); err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
-	if p.Budgets, err = list(ctx, tx, budgetSelect+" ORDER BY id", nil, scanBudget); err != nil {
+	if p.Budgets, err = listRows(ctx, tx, budgetSelect+" ORDER BY id", nil, scanBudget); err != nil {
 		return nil, fmt.Errorf("load budgets: %w", err)
 	}
-	if p.Limits, err = list(ctx, tx, limitSelect+" ORDER BY id", nil, scanLimit); err != nil {
+	if p.Limits, err = listRows(ctx, tx, limitSelect+" ORDER BY id", nil, scanLimit); err != nil {
 		return nil, fmt.Errorf("load limits: %w", err)
 	}
-	if p.Rules, err = list(ctx, tx, ruleSelect+" ORDER BY id", nil, scanRule); err != nil {
+	if p.Rules, err = listRows(ctx, tx, ruleSelect+" ORDER BY id", nil, scanRule); err != nil {
 		return nil, fmt.Errorf("load model rules: %w", err)
 	}
 	return p, nil

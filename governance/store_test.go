@@ -43,18 +43,18 @@ func policyStore(t *testing.T, db *store.DB) *Store {
 	return st
 }
 
-func forEachEngine(t *testing.T, f func(t *testing.T, db *store.DB)) {
+func forEachPolicyEngine(t *testing.T, f func(t *testing.T, db *store.DB)) {
 	t.Run("sqlite", func(t *testing.T) { f(t, policyDB(t, false)) })
 	t.Run("postgres", func(t *testing.T) { f(t, policyDB(t, true)) })
 }
 
-var idForm = regexp.MustCompile(`^(bud|lim|rule)_[a-z2-7]{16}$`)
+var policyIDForm = regexp.MustCompile(`^(bud|lim|rule)_[a-z2-7]{16}$`)
 
 // TestStoreBudgetCRUD: create, read, list, edit and delete a budget; the
 // edit keeps the id and created_at (the ledger's spend is keyed by the id,
 // N13), and every write moves the version.
 func TestStoreBudgetCRUD(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, db *store.DB) {
+	forEachPolicyEngine(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()
 		st := policyStore(t, db)
 		clock := time.Date(2026, 12, 3, 10, 0, 0, 123456789, time.UTC)
@@ -66,7 +66,7 @@ func TestStoreBudgetCRUD(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !idForm.MatchString(b.ID) || !strings.HasPrefix(b.ID, "bud_") {
+		if !policyIDForm.MatchString(b.ID) || !strings.HasPrefix(b.ID, "bud_") {
 			t.Errorf("id %q", b.ID)
 		}
 		if b.Mode != ModeSoft || b.Unpriced != UnpricedRefuse || len(b.Alerts) != 3 {
@@ -138,14 +138,14 @@ func TestStoreBudgetCRUD(t *testing.T) {
 
 // TestStoreLimitsAndRules: the same for rate limits and model rules.
 func TestStoreLimitsAndRules(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, db *store.DB) {
+	forEachPolicyEngine(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()
 		st := policyStore(t, db)
 		l, err := st.PutLimit(ctx, Limit{Selector: Selector{ScopeType: ScopeWorkspace, ScopeID: "ws-42"}, RPM: 60, TPM: 200_000})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(l.ID, "lim_") || !idForm.MatchString(l.ID) || l.Mode != ModeSoft {
+		if !strings.HasPrefix(l.ID, "lim_") || !policyIDForm.MatchString(l.ID) || l.Mode != ModeSoft {
 			t.Errorf("limit %+v", l)
 		}
 		l.Concurrency = 4
@@ -159,7 +159,7 @@ func TestStoreLimitsAndRules(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(r.ID, "rule_") || !idForm.MatchString(r.ID) {
+		if !strings.HasPrefix(r.ID, "rule_") || !policyIDForm.MatchString(r.ID) {
 			t.Errorf("rule id %q", r.ID)
 		}
 		if rs, _ := st.ListRules(ctx, Filter{ScopeType: ScopeProject, ScopeID: "acme"}); len(rs) != 1 || rs[0].Target != "gpt-5-mini" {

@@ -12,8 +12,8 @@ import (
 	"github.com/tollgate/tollgate/internal/testkit"
 )
 
-// startWatcher starts a watcher over st until the test ends.
-func startWatcher(t *testing.T, st *Store, cfg WatchConfig) *Watcher {
+// startPolicyWatcher starts a watcher over st until the test ends.
+func startPolicyWatcher(t *testing.T, st *Store, cfg WatchConfig) *Watcher {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	w := NewWatcher(st, cfg)
@@ -27,7 +27,7 @@ func startWatcher(t *testing.T, st *Store, cfg WatchConfig) *Watcher {
 
 // seen waits until w's snapshot holds limit id and returns how long that
 // took, or fails after within.
-func seen(t *testing.T, w *Watcher, id string, within time.Duration) time.Duration {
+func seenLimit(t *testing.T, w *Watcher, id string, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < within {
@@ -64,25 +64,25 @@ func TestWatcherAcrossReplicasPostgres(t *testing.T) {
 
 	t.Run("notify", func(t *testing.T) {
 		// A poll far longer than the bound: only the notification can win.
-		w := startWatcher(t, b, WatchConfig{Poll: time.Minute})
+		w := startPolicyWatcher(t, b, WatchConfig{Poll: time.Minute})
 		time.Sleep(300 * time.Millisecond) // the listener's connect and self-test
 		for i := range 5 {
 			l, err := a.PutLimit(ctx, Limit{Selector: Selector{ScopeType: ScopeProject, ScopeID: "p"}, RPM: int64(i + 1)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			d := seen(t, w, l.ID, 100*time.Millisecond)
+			d := seenLimit(t, w, l.ID, 100*time.Millisecond)
 			t.Logf("write %d seen by the other replica after %s", i, d)
 		}
 	})
 	t.Run("poll only", func(t *testing.T) {
 		const poll = 100 * time.Millisecond
-		w := startWatcher(t, b, WatchConfig{Poll: poll, PollOnly: true})
+		w := startPolicyWatcher(t, b, WatchConfig{Poll: poll, PollOnly: true})
 		l, err := a.PutLimit(ctx, Limit{Selector: Selector{ScopeType: ScopePlatform}, RPM: 9})
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := seen(t, w, l.ID, 2*poll+50*time.Millisecond)
+		d := seenLimit(t, w, l.ID, 2*poll+50*time.Millisecond)
 		t.Logf("seen after %s polling every %s", d, poll)
 	})
 }
@@ -94,7 +94,7 @@ func TestWatcherPollsSQLite(t *testing.T) {
 	ctx := context.Background()
 	writer, reader := policyStore(t, db), policyStore(t, db)
 	const poll = 50 * time.Millisecond
-	w := startWatcher(t, reader, WatchConfig{Poll: poll})
+	w := startPolicyWatcher(t, reader, WatchConfig{Poll: poll})
 	if p := w.Current(); p == nil || !p.Empty() {
 		t.Fatalf("first snapshot %+v", p)
 	}
@@ -102,7 +102,7 @@ func TestWatcherPollsSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen(t, w, l.ID, 2*poll+50*time.Millisecond)
+	seenLimit(t, w, l.ID, 2*poll+50*time.Millisecond)
 	if w.Current().Version != 1 {
 		t.Errorf("version %d", w.Current().Version)
 	}
@@ -130,7 +130,7 @@ func TestWatcherKeepsPoliciesThroughAnOutage(t *testing.T) {
 	}
 	logs := &testkit.LogBuffer{}
 	const poll = 20 * time.Millisecond
-	w := startWatcher(t, st, WatchConfig{Poll: poll, Log: slog.New(slog.NewTextHandler(logs, nil))})
+	w := startPolicyWatcher(t, st, WatchConfig{Poll: poll, Log: slog.New(slog.NewTextHandler(logs, nil))})
 	before := w.Current()
 	if _, err := db.ExecContext(ctx, `ALTER TABLE gov_version RENAME TO gov_version_away`); err != nil {
 		t.Fatal(err)
@@ -149,7 +149,7 @@ func TestWatcherKeepsPoliciesThroughAnOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen(t, w, l.ID, 5*poll)
+	seenLimit(t, w, l.ID, 5*poll)
 	testkit.Eventually(t, time.Second, "a recovery line", func() bool { return strings.Contains(logs.String(), "policy reload succeeded again") })
 }
 

@@ -192,14 +192,14 @@ type budgetOut struct {
 func renderBudget(b governance.Budget) budgetOut {
 	out := budgetOut{Budget: b}
 	if b.Metric == governance.MetricCost {
-		out.LimitUSD = dollars(b.Limit)
+		out.LimitUSD = usdText(b.Limit)
 	}
 	return out
 }
 
-// dollars renders micro-USD exactly, with at least two decimals: 50000000
+// usdText renders micro-USD exactly, with at least two decimals: 50000000
 // is "50.00", 1234567 is "1.234567" (FormatUSD rounds to cents).
-func dollars(micro int64) string {
+func usdText(micro int64) string {
 	sign := ""
 	if micro < 0 {
 		sign, micro = "-", -micro

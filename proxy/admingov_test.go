@@ -14,15 +14,15 @@ import (
 	"github.com/tollgate/tollgate/resolver"
 )
 
-// govEnv is a server with the policy admin API on a real SQLite store, its
+// policyAdminEnv is a server with the policy admin API on a real SQLite store, its
 // watcher refreshed by each write, in front of newEnv's resolver.
-type govEnv struct {
+type policyAdminEnv struct {
 	*testEnv
 	st *governance.Store
 	w  *governance.Watcher
 }
 
-func newGovEnv(t *testing.T) *govEnv {
+func newPolicyAdminEnv(t *testing.T) *policyAdminEnv {
 	t.Helper()
 	e := newEnv(t, envOptions{})
 	ctx := context.Background()
@@ -42,11 +42,11 @@ func newGovEnv(t *testing.T) *govEnv {
 	g := serveOn(t, e, Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink,
 		AdminToken: "admin-secret", Policies: st, PolicyWatcher: w})
 	g.svc = e.svc
-	return &govEnv{testEnv: g, st: st, w: w}
+	return &policyAdminEnv{testEnv: g, st: st, w: w}
 }
 
 // call sends one admin request and returns the status and the raw body.
-func (e *govEnv) call(method, path, body string) (int, string) {
+func (e *policyAdminEnv) call(method, path, body string) (int, string) {
 	e.t.Helper()
 	req, _ := http.NewRequest(method, e.AdminURL+"/admin/v1"+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer admin-secret")
@@ -59,7 +59,7 @@ func (e *govEnv) call(method, path, body string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func decodeMap(t *testing.T, body string) map[string]any {
+func policyAnswer(t *testing.T, body string) map[string]any {
 	t.Helper()
 	var v map[string]any
 	if err := json.Unmarshal([]byte(body), &v); err != nil {
@@ -72,7 +72,7 @@ func decodeMap(t *testing.T, body string) map[string]any {
 // policy over HTTP; each write is in this replica's snapshot before the
 // answer returns, and a budget's edit keeps its id.
 func TestAdminPolicyCRUD(t *testing.T) {
-	e := newGovEnv(t)
+	e := newPolicyAdminEnv(t)
 	for _, tc := range []struct {
 		path, one, many, create, replace string
 		check                            func(t *testing.T, created, replaced map[string]any)
@@ -118,24 +118,24 @@ func TestAdminPolicyCRUD(t *testing.T) {
 		if code != 201 {
 			t.Fatalf("POST %s: %d %s", tc.path, code, body)
 		}
-		created := decodeMap(t, body)[tc.one].(map[string]any)
+		created := policyAnswer(t, body)[tc.one].(map[string]any)
 		id := created["id"].(string)
 		code, body = e.call("GET", tc.path, "")
-		if list := decodeMap(t, body)[tc.many].([]any); code != 200 || len(list) != 1 || list[0].(map[string]any)["id"] != id {
+		if list := policyAnswer(t, body)[tc.many].([]any); code != 200 || len(list) != 1 || list[0].(map[string]any)["id"] != id {
 			t.Errorf("GET %s: %d %s", tc.path, code, body)
 		}
 		code, body = e.call("GET", tc.path+"?scope_type=user", "")
-		if list := decodeMap(t, body)[tc.many].([]any); code != 200 || len(list) != 0 {
+		if list := policyAnswer(t, body)[tc.many].([]any); code != 200 || len(list) != 0 {
 			t.Errorf("GET %s?scope_type=user: %d %s", tc.path, code, body)
 		}
-		if code, body := e.call("GET", tc.path+"/"+id, ""); code != 200 || decodeMap(t, body)[tc.one].(map[string]any)["id"] != id {
+		if code, body := e.call("GET", tc.path+"/"+id, ""); code != 200 || policyAnswer(t, body)[tc.one].(map[string]any)["id"] != id {
 			t.Errorf("GET %s/%s: %d %s", tc.path, id, code, body)
 		}
 		code, body = e.call("PUT", tc.path+"/"+id, tc.replace)
 		if code != 200 {
 			t.Fatalf("PUT %s/%s: %d %s", tc.path, id, code, body)
 		}
-		replaced := decodeMap(t, body)[tc.one].(map[string]any)
+		replaced := policyAnswer(t, body)[tc.one].(map[string]any)
 		if replaced["id"] != id || replaced["created_at"] != created["created_at"] {
 			t.Errorf("PUT changed the id or created_at: %v, was %v", replaced, created)
 		}
@@ -161,7 +161,7 @@ func TestAdminPolicyCRUD(t *testing.T) {
 // modes and metrics are 400s naming every field at once (N10); nothing is
 // stored.
 func TestAdminPolicyMistakes(t *testing.T) {
-	e := newGovEnv(t)
+	e := newPolicyAdminEnv(t)
 	for _, tc := range []struct {
 		method, path, body string
 		want               []string
@@ -207,7 +207,7 @@ func TestAdminPolicyMistakes(t *testing.T) {
 
 // TestAdminPolicyMethods: wrong methods are 405 with the path's methods.
 func TestAdminPolicyMethods(t *testing.T) {
-	e := newGovEnv(t)
+	e := newPolicyAdminEnv(t)
 	for _, tc := range []struct{ method, path, allow string }{
 		{"PUT", "/admin/v1/budgets", "POST, GET, HEAD"},
 		{"DELETE", "/admin/v1/limits", "POST, GET, HEAD"},
@@ -233,7 +233,7 @@ func TestAdminPolicyMethods(t *testing.T) {
 // the policies in force for a scope (from the snapshot when no Governor
 // runs), and nothing of the credential tables: no key, no credential id.
 func TestAdminEffectiveAndResolution(t *testing.T) {
-	e := newGovEnv(t)
+	e := newPolicyAdminEnv(t)
 	ctx := context.Background()
 	cr, err := e.svc.CreateCredential(ctx, resolver.CredentialSpec{Name: "acme", Provider: "openai", Secret: resolver.NewSecret(canaryOpenAI)})
 	if err != nil {

@@ -285,8 +285,8 @@ func cmdResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		if *format == "json" {
 			// The shape of GET /admin/v1/resolution.
-			return writeJSON(stdout, map[string]any{"project": *project, "user": *user,
-				"resolutions": nonNilSlice(rows), "policies": nonNilSlice(policies)})
+			return writePolicyJSON(stdout, map[string]any{"project": *project, "user": *user,
+				"resolutions": nonNilPolicies(rows), "policies": nonNilPolicies(policies)})
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "HARNESS\tDIALECT\tSOURCE\tCREDENTIAL\tPROVIDER\tREASON")

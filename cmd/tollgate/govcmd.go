@@ -81,8 +81,8 @@ func (p *policyFlags) scope(cmd string, required bool) (governance.ScopeType, st
 	return t, id, nil
 }
 
-// count parses a whole-number flag; "" is not given.
-func count(name, v string) (int64, bool, error) {
+// policyCount parses a whole-number flag; "" is not given.
+func policyCount(name, v string) (int64, bool, error) {
 	if v == "" {
 		return 0, false, nil
 	}
@@ -127,14 +127,14 @@ func policyCommand(ctx context.Context, group string, args []string, stdout, std
 	})
 }
 
-func oneID(cmd string, pos []string) (string, error) {
+func onePolicyID(cmd string, pos []string) (string, error) {
 	if len(pos) != 1 {
 		return "", usageErr("%s needs one policy id", cmd)
 	}
 	return pos[0], nil
 }
 
-func writeJSON(w io.Writer, v any) error {
+func writePolicyJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
@@ -156,7 +156,7 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 			return writeBudgets(stdout, *p.format, bs)
 		case "show":
-			id, err := oneID("budget show", pos)
+			id, err := onePolicyID("budget show", pos)
 			if err != nil {
 				return err
 			}
@@ -166,7 +166,7 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 			return writeBudgets(stdout, *p.format, []governance.Budget{b})
 		case "delete":
-			id, err := oneID("budget delete", pos)
+			id, err := onePolicyID("budget delete", pos)
 			if err != nil {
 				return err
 			}
@@ -187,40 +187,45 @@ func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []
 	if len(pos) != 0 {
 		return usageErr("budget set takes no arguments, only flags (got %q)", pos[0])
 	}
+	// Every flag at fault is named at once.
+	var probs []string
 	t, sid, err := p.scope("budget set", true)
 	if err != nil {
-		return err
+		probs = append(probs, err.Error())
 	}
 	b := governance.Budget{Selector: governance.Selector{ScopeType: t, ScopeID: sid, Model: *p.model, Harness: *p.harness}}
 	switch {
 	case (*p.cost == "") == (*p.tokens == ""):
-		return usageErr("budget set needs one of --cost USD or --tokens N")
+		probs = append(probs, "budget set needs one of --cost USD or --tokens N")
 	case *p.cost != "":
 		if b.Limit, err = governance.ParseUSD(*p.cost); err != nil {
-			return usageErr("--cost: %v", err)
+			probs = append(probs, "--cost: "+err.Error())
 		}
 		b.Metric = governance.MetricCost
 	default:
-		if b.Limit, _, err = count("tokens", *p.tokens); err != nil {
-			return err
+		if b.Limit, _, err = policyCount("tokens", *p.tokens); err != nil {
+			probs = append(probs, err.Error())
 		}
 		b.Metric = governance.MetricTokens
 	}
 	if *p.window == "" {
-		return usageErr("budget set needs --window (day, week, month, lifetime or rolling:<duration>)")
-	}
-	if b.Window, err = governance.ParseWindow(*p.window); err != nil {
-		return usageErr("--window: %v", err)
+		probs = append(probs, "budget set needs --window (day, week, month, lifetime or rolling:<duration>)")
+	} else if b.Window, err = governance.ParseWindow(*p.window); err != nil {
+		probs = append(probs, "--window: "+err.Error())
 	}
 	if *p.alerts != "" {
 		b.Alerts = []int{}
 		for _, a := range splitList(*p.alerts) {
 			v, err := strconv.Atoi(a)
 			if err != nil {
-				return usageErr("--alerts %q is not a comma list of percentages such as 50,80,100", *p.alerts)
+				probs = append(probs, fmt.Sprintf("--alerts %q is not a comma list of percentages such as 50,80,100", *p.alerts))
+				break
 			}
 			b.Alerts = append(b.Alerts, v)
 		}
+	}
+	if len(probs) > 0 {
+		return usageErr("%s", strings.Join(probs, "; "))
 	}
 	b.Mode, b.Unpriced = governance.Mode(*p.mode), *p.unpriced
 
@@ -279,7 +284,7 @@ func policyScope(t governance.ScopeType, id string) string {
 	return strings.TrimSpace(string(t) + " " + id)
 }
 
-func ints(v []int) string {
+func intsText(v []int) string {
 	if len(v) == 0 {
 		return "-"
 	}
@@ -292,18 +297,18 @@ func ints(v []int) string {
 
 func writeBudgets(w io.Writer, format string, bs []governance.Budget) error {
 	if format == "json" {
-		return writeJSON(w, nonNilSlice(bs))
+		return writePolicyJSON(w, nonNilPolicies(bs))
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSCOPE\tMODEL\tHARNESS\tLIMIT\tWINDOW\tMODE\tALERTS %\tUNPRICED")
 	for _, b := range bs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, policyScope(b.ScopeType, b.ScopeID), dash(b.Model), dash(b.Harness),
-			budgetLimit(b), b.Window, b.Mode, ints(b.Alerts), dash(b.Unpriced))
+			budgetLimit(b), b.Window, b.Mode, intsText(b.Alerts), dash(b.Unpriced))
 	}
 	return tw.Flush()
 }
 
-func nonNilSlice[T any](s []T) []T {
+func nonNilPolicies[T any](s []T) []T {
 	if s == nil {
 		return []T{}
 	}
@@ -326,7 +331,7 @@ func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return writeLimits(stdout, *p.format, ls)
 		case "show":
-			id, err := oneID("limit show", pos)
+			id, err := onePolicyID("limit show", pos)
 			if err != nil {
 				return err
 			}
@@ -336,7 +341,7 @@ func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return writeLimits(stdout, *p.format, []governance.Limit{l})
 		case "delete":
-			id, err := oneID("limit delete", pos)
+			id, err := onePolicyID("limit delete", pos)
 			if err != nil {
 				return err
 			}
@@ -393,7 +398,7 @@ func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []s
 		name, v string
 		dst     *int64
 	}{{"rpm", *p.rpm, &l.RPM}, {"tpm", *p.tpm, &l.TPM}, {"concurrency", *p.concurrency, &l.Concurrency}} {
-		n, ok, err := count(r.name, r.v)
+		n, ok, err := policyCount(r.name, r.v)
 		if err != nil {
 			return err
 		}
@@ -425,7 +430,7 @@ func describeRates(l governance.Limit) string {
 	return strings.Join(parts, ", ") + ", " + string(l.Mode)
 }
 
-func rate(v int64) string {
+func rateText(v int64) string {
 	if v == 0 {
 		return "-"
 	}
@@ -434,13 +439,13 @@ func rate(v int64) string {
 
 func writeLimits(w io.Writer, format string, ls []governance.Limit) error {
 	if format == "json" {
-		return writeJSON(w, nonNilSlice(ls))
+		return writePolicyJSON(w, nonNilPolicies(ls))
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSCOPE\tMODEL\tHARNESS\tRPM\tTPM\tCONCURRENCY\tMODE")
 	for _, l := range ls {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, policyScope(l.ScopeType, l.ScopeID), dash(l.Model), dash(l.Harness),
-			rate(l.RPM), rate(l.TPM), rate(l.Concurrency), l.Mode)
+			rateText(l.RPM), rateText(l.TPM), rateText(l.Concurrency), l.Mode)
 	}
 	return tw.Flush()
 }
@@ -460,7 +465,7 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				return err
 			}
 			if *p.format == "json" {
-				return writeJSON(stdout, nonNilSlice(rs))
+				return writePolicyJSON(stdout, nonNilPolicies(rs))
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSCOPE\tKIND\tPATTERN\tTARGET")
@@ -469,7 +474,7 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 			return tw.Flush()
 		case "delete":
-			id, err := oneID("models delete", pos)
+			id, err := onePolicyID("models delete", pos)
 			if err != nil {
 				return err
 			}

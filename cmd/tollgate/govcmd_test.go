@@ -162,6 +162,13 @@ func TestPolicyCommandMistakes(t *testing.T) {
 			t.Errorf("%v: exit %d, out %q, stderr %q; want an error with %q", tc.args, code, out, errs, tc.want)
 		}
 	}
+	// Every flag at fault at once, not one per attempt.
+	_, errs, _ := c.run(ctx, "", "budget", "set", "--cost", "five", "--window", "fortnight", "--alerts", "x")
+	for _, want := range []string{"exactly one of --platform", "--cost", `--window: window "fortnight"`, "--alerts"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("budget set with four mistakes: %q does not say %q", errs, want)
+		}
+	}
 	for _, g := range []string{"budget", "limit", "models"} {
 		out, errs, code := c.run(ctx, "", g, "list", "--format", "json")
 		if code != 0 || strings.TrimSpace(out) != "[]" {
