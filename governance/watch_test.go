@@ -82,7 +82,7 @@ func TestWatcherAcrossReplicasPostgres(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := seenLimit(t, w, l.ID, 2*poll+50*time.Millisecond)
+		d := seenLimit(t, w, l.ID, 2*poll+100*time.Millisecond)
 		t.Logf("seen after %s polling every %s", d, poll)
 	})
 }
@@ -93,7 +93,7 @@ func TestWatcherPollsSQLite(t *testing.T) {
 	db := policyDB(t, false)
 	ctx := context.Background()
 	writer, reader := policyStore(t, db), policyStore(t, db)
-	const poll = 50 * time.Millisecond
+	const poll = 100 * time.Millisecond
 	w := startPolicyWatcher(t, reader, WatchConfig{Poll: poll})
 	if p := w.Current(); p == nil || !p.Empty() {
 		t.Fatalf("first snapshot %+v", p)
@@ -102,7 +102,7 @@ func TestWatcherPollsSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seenLimit(t, w, l.ID, 2*poll+50*time.Millisecond)
+	seenLimit(t, w, l.ID, 2*poll+100*time.Millisecond)
 	if w.Current().Version != 1 {
 		t.Errorf("version %d", w.Current().Version)
 	}

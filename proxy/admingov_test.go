@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/resolver"
 )
 
@@ -24,9 +27,15 @@ type policyAdminEnv struct {
 
 func newPolicyAdminEnv(t *testing.T) *policyAdminEnv {
 	t.Helper()
-	e := newEnv(t, envOptions{})
+	return newPolicyAdminEnvOn(t, newEnv(t, envOptions{}), filepath.Join(t.TempDir(), "gov.db"), nil)
+}
+
+// newPolicyAdminEnvOn serves e's resolver with a policy store on dsn; with
+// cfg, its watcher runs (Start) until the test ends.
+func newPolicyAdminEnvOn(t *testing.T, e *testEnv, dsn string, cfg *governance.WatchConfig) *policyAdminEnv {
+	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "gov.db"))
+	db, err := store.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +45,14 @@ func newPolicyAdminEnv(t *testing.T) *policyAdminEnv {
 		t.Fatal(err)
 	}
 	w := governance.NewWatcher(st, governance.WatchConfig{})
-	if err := w.Refresh(ctx); err != nil {
+	if cfg != nil {
+		w = governance.NewWatcher(st, *cfg)
+		wctx, cancel := context.WithCancel(ctx)
+		if err := w.Start(wctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); <-w.Done() })
+	} else if err := w.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
 	g := serveOn(t, e, Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink,
@@ -296,4 +312,50 @@ func TestAdminEffectiveAndResolution(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAdminPolicyReachesEveryReplica: two servers, each with its own store
+// and watcher on one PostgreSQL schema. A budget created through one
+// server's admin API is enforced by the other within 100 ms (NOTIFY, as
+// token revocation), and so is its deletion.
+func TestAdminPolicyReachesEveryReplica(t *testing.T) {
+	pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
+	if pg == "" {
+		t.Skip("TOLLGATE_TEST_POSTGRES is not set")
+	}
+	dsn := testkit.PostgresSchema(t, pg, "gov_admin_")
+	e := newEnv(t, envOptions{})
+	cfg := &governance.WatchConfig{Poll: time.Minute} // only a notification can be in time
+	a := newPolicyAdminEnvOn(t, e, dsn, cfg)
+	b := newPolicyAdminEnvOn(t, e, dsn, cfg)
+	time.Sleep(300 * time.Millisecond) // the listeners' connect and self-test
+	has := func(id string) bool {
+		for _, x := range b.w.Current().Budgets {
+			if x.ID == id {
+				return true
+			}
+		}
+		return false
+	}
+	code, body := a.call("POST", "/budgets", `{"scope_type":"workspace","scope_id":"ws-1","metric":"tokens","limit":1000,"window":"day"}`)
+	if code != 201 {
+		t.Fatalf("POST on replica a: %d %s", code, body)
+	}
+	id := policyAnswer(t, body)["budget"].(map[string]any)["id"].(string)
+	start := time.Now()
+	if !testkit.Poll(100*time.Millisecond, time.Millisecond, func() bool { return has(id) }) {
+		t.Fatalf("replica b has not seen %s after 100 ms", id)
+	}
+	t.Logf("create seen by replica b after %s", time.Since(start))
+	if code, body := b.call("GET", "/budgets/effective?workspace=ws-1", ""); code != 200 || !strings.Contains(body, id) {
+		t.Errorf("effective on replica b: %d %s", code, body)
+	}
+	if code, body := a.call("DELETE", "/budgets/"+id, ""); code != 200 {
+		t.Fatalf("DELETE on replica a: %d %s", code, body)
+	}
+	start = time.Now()
+	if !testkit.Poll(100*time.Millisecond, time.Millisecond, func() bool { return !has(id) }) {
+		t.Fatalf("replica b still enforces %s 100 ms after its deletion", id)
+	}
+	t.Logf("delete seen by replica b after %s", time.Since(start))
 }

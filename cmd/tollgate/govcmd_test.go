@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
 )
 
@@ -28,8 +30,22 @@ func mustPolicy(t *testing.T, c *cli, args ...string) (id, verb string) {
 // set of the same selector updates (one budget, same id) instead of adding
 // one; resolve shows the policies in force.
 func TestPolicyCommands(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testPolicyCommands(t, "") })
+	t.Run("postgres", func(t *testing.T) {
+		pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
+		if pg == "" {
+			t.Skip("TOLLGATE_TEST_POSTGRES is not set")
+		}
+		testPolicyCommands(t, testkit.PostgresSchema(t, pg, "gov_cmd_"))
+	})
+}
+
+func testPolicyCommands(t *testing.T, dbURL string) {
 	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
 	c := newCLI(t, fakeURL)
+	if dbURL != "" {
+		c.env["TOLLGATE_DB"] = dbURL
+	}
 	ctx := context.Background()
 
 	bud, verb := mustPolicy(t, c, "budget", "set", "--project", "acme", "--cost", "50", "--window", "month")
