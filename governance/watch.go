@@ -36,9 +36,10 @@ type Watcher struct {
 	cur atomic.Pointer[Policies]
 	// reload serializes loads, so a slower older load never replaces a
 	// newer snapshot.
-	reload sync.Mutex
-	wake   chan struct{}
-	done   chan struct{}
+	reload  sync.Mutex
+	wake    chan struct{}
+	done    chan struct{}
+	started atomic.Bool
 }
 
 // NewWatcher returns a watcher over st; Start loads the first snapshot.
@@ -56,10 +57,14 @@ func NewWatcher(st *Store, cfg WatchConfig) *Watcher {
 
 // Start loads the policies (an error if the store cannot be read) and
 // keeps them current until ctx ends, in goroutines; Done is closed once
-// they have returned.
+// they have returned. A failed Start may be retried; a second successful
+// one is refused.
 func (w *Watcher) Start(ctx context.Context) error {
+	if !w.started.CompareAndSwap(false, true) {
+		return errors.New("governance: Watcher started twice")
+	}
 	if err := w.Refresh(ctx); err != nil {
-		close(w.done)
+		w.started.Store(false) // a caller may retry
 		return err
 	}
 	var wg sync.WaitGroup
@@ -73,7 +78,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// Done is closed when the goroutines Start began have stopped.
+// Done is closed when the goroutines of a successful Start have stopped.
 func (w *Watcher) Done() <-chan struct{} { return w.done }
 
 // Current returns the latest snapshot; never nil.

@@ -163,7 +163,6 @@ func TestWatcherStartFailsWithoutStore(t *testing.T) {
 	if err := w.Start(context.Background()); err == nil {
 		t.Fatal("Start succeeded on a closed database")
 	}
-	<-w.Done()
 	if w.Current() == nil {
 		t.Fatal("Current is nil")
 	}
