@@ -147,8 +147,12 @@ func (g *govCluster) budgetRace(metric, mode string, run int, body string, ceili
 
 	var refusedClient, noAnswer int
 	statuses := map[int]int{}
+	bodies := map[int]string{}
 	for _, a := range answers {
 		statuses[a.status]++
+		if _, ok := bodies[a.status]; !ok && a.status != http.StatusOK {
+			bodies[a.status] = fmt.Sprintf("r%d %.160s", a.replica, a.body)
+		}
 		if a.err != nil && a.status == 0 {
 			noAnswer++
 		}
@@ -165,9 +169,11 @@ func (g *govCluster) budgetRace(metric, mode string, run int, body string, ceili
 	var admitted, refused int
 	var expected, sumCost, maxRes int64
 	outcomes := map[string]int{}
+	kinds := map[string]int{}
 	for _, r := range recs {
 		if r.governance != "" {
 			refused++
+			kinds[r.governance]++
 			continue
 		}
 		admitted++
@@ -194,8 +200,17 @@ func (g *govCluster) budgetRace(metric, mode string, run int, body string, ceili
 		metric, mode, run, len(reqs), took.Round(time.Millisecond), admitted, outcomes, refused, refusedClient, statuses, calls, seen,
 		h.Spent, limit, bound, expected, apiCost, h.Reserved, settleTook.Round(time.Millisecond), maxRes)
 
+	if len(kinds) > 1 || len(bodies) > 0 && (statuses[http.StatusTooManyRequests] != refusedClient || len(statuses) > 3) {
+		t.Logf("%s %s run %d: refusals by kind %v; first answer per status %v", metric, mode, run, kinds, bodies)
+	}
 	if noAnswer > 0 {
 		t.Errorf("%s %s run %d: %d requests got no answer", metric, mode, run, noAnswer)
+	}
+	if n := refused - kinds["budget"]; n > 0 {
+		t.Errorf("%s %s run %d: %d refusals were not budget refusals (%v): with no rate limit, the ledger refused for another reason", metric, mode, run, n, kinds)
+		for i := range clusterReplicas {
+			t.Logf("r%d log tail:\n%s", i, logTail(g.rep(i).logs.String(), 3))
+		}
 	}
 	if !stored || len(recs) != len(reqs) {
 		t.Errorf("%s %s run %d: %d usage records for %d requests", metric, mode, run, len(recs), len(reqs))
