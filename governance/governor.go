@@ -29,7 +29,10 @@ type Config struct {
 	Limiter Limiter
 	// Prices bound and price reservations.
 	Prices *metering.PriceTable
-	Log    *slog.Logger
+	// CurrentPrices, if set, is read per request instead of Prices: serve's
+	// price table is hot-reloaded.
+	CurrentPrices func() *metering.PriceTable
+	Log           *slog.Logger
 }
 
 // budgetLedger is what the Governor needs of a *Ledger; an interface so a
@@ -208,7 +211,11 @@ func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charg
 	if len(budgets) == 0 {
 		return nil, false, nil
 	}
-	ceil := EstimateCeiling(g.cfg.Prices, req.Dialect, req.Provider, model, req.Body, false)
+	prices := g.cfg.Prices
+	if g.cfg.CurrentPrices != nil {
+		prices = g.cfg.CurrentPrices()
+	}
+	ceil := EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, false)
 	var fallback *Ceiling
 	capped := false
 	charges := make([]Charge, 0, len(budgets))
@@ -223,7 +230,7 @@ func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charg
 		c := ceil
 		if !c.Priced && b.Unpriced == UnpricedFallback {
 			if fallback == nil {
-				f := EstimateCeiling(g.cfg.Prices, req.Dialect, req.Provider, model, req.Body, true)
+				f := EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, true)
 				fallback = &f
 			}
 			c = *fallback
