@@ -248,3 +248,17 @@ func TestGovernorReleaseAndEffective(t *testing.T) {
 		t.Fatalf("effective for acme and gemini: %d states, %v", len(states), err)
 	}
 }
+
+// BenchmarkGovernorUngoverned is Admit's cost on every request while no
+// policy applies to it.
+func BenchmarkGovernorUngoverned(b *testing.B) {
+	pol := &govPolicies{}
+	pol.set(Policies{Budgets: []Budget{tokensBudget("b", "other", 10, ModeHard)}})
+	g := New(Config{Policies: pol})
+	req := govRequest("req_1", "acme", "claude-sonnet-4-5")
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = g.Admit(ctx, req)
+	}
+}

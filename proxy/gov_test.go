@@ -359,3 +359,27 @@ func TestGovHardBudgetRefusesOnEveryDialect(t *testing.T) {
 		})
 	}
 }
+
+// TestGovReadyzShowsWhereRateLimitsAreCounted: /readyz names the rate
+// limits' state, local by configuration or local-fallback while Redis is
+// unreachable, without failing readiness (the fallback still enforces).
+func TestGovReadyzShowsWhereRateLimitsAreCounted(t *testing.T) {
+	down, err := governance.NewRedisLimiter(governance.RedisConfig{URL: "redis://127.0.0.1:1/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { down.Close() })
+	for _, tc := range []struct {
+		limiter governance.Limiter
+		want    string
+	}{
+		{governance.NewLocalLimiter(governance.LocalConfig{}), `"rate_limits":"local"`},
+		{down, `"rate_limits":"local-fallback"`},
+	} {
+		e := newEnv(t, envOptions{governor: governance.New(governance.Config{Limiter: tc.limiter})})
+		code, body, _ := get(t, e.URL+"/readyz", "")
+		if code != 200 || !strings.Contains(body, tc.want) {
+			t.Fatalf("/readyz: %d %s, want 200 with %s", code, body, tc.want)
+		}
+	}
+}
