@@ -294,11 +294,14 @@ func (a *Admission) Finish(rec *metering.Record) {
 	if a == nil || !a.ended.CompareAndSwap(false, true) || a.permit == nil {
 		return
 	}
-	tokens := int64(-1) // unknown: the paced estimate stands
-	if rec != nil && rec.Usage != nil {
-		tokens = rec.Usage.InputTotal() + rec.Usage.Output
-	} else if rec != nil && rec.Source == metering.SourceNone && rec.Outcome == metering.OutcomeRejected {
-		tokens = 0
+	// TPM is corrected by the settlement rule's token count: the usage,
+	// 0 when nothing can have been billed, else unknown (-1: the paced
+	// estimate stands).
+	tokens := int64(-1)
+	if rec != nil {
+		if _, t := Actuals(rec); t != nil {
+			tokens = *t
+		}
 	}
 	a.permit.Release(tokens)
 }

@@ -383,3 +383,35 @@ func TestGovReadyzShowsWhereRateLimitsAreCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestGovRateLimitRefusesBeforeTheProvider: over a project's RPM the next
+// request is refused with the rate-limit shape (429, Retry-After) and no
+// upstream call; a request of another project passes.
+func TestGovRateLimitRefusesBeforeTheProvider(t *testing.T) {
+	g := newGovRig(t, envOptions{})
+	g.pol.set(governance.Policies{Limits: []governance.Limit{
+		{ID: "rpm", Selector: projectSel("proj-1"), RPM: 1},
+	}})
+	tok := g.token("ws-1", "proj-1", "user-1", "")
+	body := `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
+	send := func(tok string) (*http.Response, []byte) {
+		resp := g.do("POST", "/openai/v1/chat/completions", tok, body)
+		b := readAll(t, resp.Body)
+		resp.Body.Close()
+		return resp, b
+	}
+	if resp, b := send(tok); resp.StatusCode != 200 {
+		t.Fatalf("first request: %d %s", resp.StatusCode, b)
+	}
+	before := g.fake.Counters().Requests
+	resp, b := send(tok)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || g.fake.Counters().Requests != before {
+		t.Fatalf("over RPM: %d retry-after %q, %d upstream calls: %s", resp.StatusCode, resp.Header.Get("Retry-After"), g.fake.Counters().Requests-before, b)
+	}
+	if rec := g.record(resp); rec.Governance != string(governance.RefuseRateLimit) {
+		t.Fatalf("record governance %q", rec.Governance)
+	}
+	if resp, b := send(g.token("ws-2", "proj-2", "user-2", "")); resp.StatusCode != 200 {
+		t.Fatalf("another project: %d %s", resp.StatusCode, b)
+	}
+}
