@@ -420,7 +420,7 @@ type governanceDeps struct {
 // limiter and the alerter. Background work runs on bg.
 func startGovernance(ctx, bg context.Context, o *options, d *deps, prices *hotfile.Value[metering.PriceTable], usage *ledger.Store, log *slog.Logger) (*governanceDeps, error) {
 	g := &governanceDeps{}
-	st, err := governance.OpenStore(ctx, d.db)
+	st, err := openPolicies(ctx, d.db)
 	if err != nil {
 		return nil, err
 	}
@@ -484,10 +484,14 @@ func startGovernance(ctx, bg context.Context, o *options, d *deps, prices *hotfi
 }
 
 // stop ends governance's background work (stopBG ends the watcher, the
-// ledger's heartbeat and the alerter), waits for the alerter and closes
-// the Redis pool.
+// ledger's heartbeat and the alerter), waits for the watcher (bounded) and
+// the alerter, and closes the Redis pool.
 func (g *governanceDeps) stop(stopBG context.CancelFunc) {
 	stopBG()
+	select {
+	case <-g.watcher.Done():
+	case <-time.After(shutdownCancelBound):
+	}
 	if g.alerter != nil {
 		g.alerter.Wait()
 	}
