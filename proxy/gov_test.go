@@ -415,3 +415,62 @@ func TestGovRateLimitRefusesBeforeTheProvider(t *testing.T) {
 		t.Fatalf("another project: %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestGovRefusedAfterAdmitIsReleased: the one refusal after admission, a
+// body with two "model" keys (the policy judged one, the provider might
+// serve the other), answers 400 with no upstream call and releases the
+// reservation at once.
+func TestGovRefusedAfterAdmitIsReleased(t *testing.T) {
+	g := newGovRig(t, envOptions{})
+	b := tokenBudget("proj-day", projectSel("proj-1"), 1<<40, governance.ModeHard)
+	g.pol.set(governance.Policies{Budgets: []governance.Budget{b}})
+	tok := g.token("ws-1", "proj-1", "user-1", "")
+	before := g.fake.Counters().Requests
+	resp := g.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"model":"gpt-5"}`)
+	got := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || g.fake.Counters().Requests != before || !strings.Contains(string(got), "more than one") {
+		t.Fatalf("duplicate model keys: %d, %d upstream calls: %s", resp.StatusCode, g.fake.Counters().Requests-before, got)
+	}
+	rec := g.record(resp)
+	if state, _ := g.reservation(rec.RequestID); state != "released" {
+		t.Fatalf("reservation %q, want released", state)
+	}
+	if _, reserved := g.headroom(b); reserved != 0 {
+		t.Fatalf("%d still reserved", reserved)
+	}
+}
+
+// TestGovStoredPolicyIsEnforced: a budget written to the policy store is
+// enforced once the watcher has it (the admin API refreshes it before it
+// answers), through the same Governor serve builds.
+func TestGovStoredPolicyIsEnforced(t *testing.T) {
+	g := newGovRig(t, envOptions{})
+	ctx := context.Background()
+	st, err := governance.OpenStore(ctx, g.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := governance.NewWatcher(st, governance.WatchConfig{Poll: time.Hour, PollOnly: true})
+	wctx, stop := context.WithCancel(ctx)
+	t.Cleanup(stop)
+	if err := w.Start(wctx); err != nil {
+		t.Fatal(err)
+	}
+	srvGov := governance.New(governance.Config{Policies: w, Ledger: g.ledger})
+	e := newEnv(t, envOptions{governor: srvGov})
+	if _, err := st.PutRule(ctx, governance.ModelRule{ScopeType: governance.ScopeProject, ScopeID: "proj-1", Kind: governance.RuleDeny, Pattern: "gpt-*"}); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.token("ws-1", "proj-1", "user-1", "")
+	body := `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
+	if err := w.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp := e.do("POST", "/openai/v1/chat/completions", tok, body)
+	got := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode < 400 || resp.StatusCode > 499 || e.fake.Counters().Requests != 0 {
+		t.Fatalf("stored deny rule not enforced: %d %s", resp.StatusCode, got)
+	}
+}
