@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -369,13 +370,25 @@ func TestGovReadyzShowsWhereRateLimitsAreCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { down.Close() })
-	for _, tc := range []struct {
+	cases := []struct {
 		limiter governance.Limiter
 		want    string
 	}{
 		{governance.NewLocalLimiter(governance.LocalConfig{}), `"rate_limits":"local"`},
 		{down, `"rate_limits":"local-fallback"`},
-	} {
+	}
+	if u := os.Getenv("TOLLGATE_TEST_REDIS"); u != "" {
+		up, err := governance.NewRedisLimiter(governance.RedisConfig{URL: u, Prefix: "tg-readyz-test:"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { up.Close() })
+		cases = append(cases, struct {
+			limiter governance.Limiter
+			want    string
+		}{up, `"rate_limits":"shared"`})
+	}
+	for _, tc := range cases {
 		e := newEnv(t, envOptions{governor: governance.New(governance.Config{Limiter: tc.limiter})})
 		code, body, _ := get(t, e.URL+"/readyz", "")
 		if code != 200 || !strings.Contains(body, tc.want) {
