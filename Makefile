@@ -72,7 +72,7 @@ test-governance: build ## Budgets and rate limits across 3 bin/tollgate replicas
 	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
 	TOLLGATE_TEST_REDIS=$${TOLLGATE_TEST_REDIS:-redis://127.0.0.1:6379/0} \
 	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
-		$(GO) test -tags cluster -count=1 -v -timeout 15m -run 'TestGov$(GOV_RUN)' ./cmd/tollgate/
+		$(GO) test -tags cluster -count=1 -v -timeout 15m -run 'TestGov[A-Z]$(GOV_RUN)' ./cmd/tollgate/
 
 .PHONY: lint
 lint: ## gofmt (fails on output) and go vet (under -race, so CI's `make test` reuses what it compiled)

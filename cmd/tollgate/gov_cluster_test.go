@@ -72,17 +72,23 @@ func testGovBudgetRace(t *testing.T, metric string) {
 	}
 }
 
+// needCeilings skips the test while the ceilings (h3) are the skeleton:
+// the binary under test is built from this tree, so a zero ceiling here
+// means every capped request is refused as unpriced and no budget proof
+// can run.
+func needCeilings(t *testing.T, body string) {
+	t.Helper()
+	if c := governance.EstimateCeiling(metering.DefaultPrices(), "anthropic-messages", "anthropic", govModel, []byte(body), false); c.Tokens() == 0 || !c.Priced {
+		t.Skipf("governance.EstimateCeiling returns %+v for the proofs' request: the ceilings (h3) are not in this build", c)
+	}
+}
+
 // probeCeiling measures what one request of body reserves against a
 // budget of metric: the reserved amount of a budget of its own while one
 // slow stream is held.
 func (g *govCluster) probeCeiling(metric, body string) int64 {
 	g.t.Helper()
-	// The binary under test is built from this tree: a zero ceiling here
-	// means the ceilings (h3) are still the skeleton, and no budget proof
-	// can run.
-	if c := governance.EstimateCeiling(metering.DefaultPrices(), "anthropic-messages", "anthropic", govModel, []byte(body), false); c.Tokens() == 0 || !c.Priced {
-		g.t.Skipf("governance.EstimateCeiling returns %+v for the proofs' request: the ceilings (h3) are not in this build", c)
-	}
+	needCeilings(g.t, body)
 	s := govScope{project: "probe-" + metric, user: "u", workspace: "ws-probe-" + metric}
 	id := g.createPolicy(0, "budgets", map[string]any{"scope_type": "project", "scope_id": s.project, "metric": metric, "limit": 1_000_000_000, "window": "day", "mode": "soft"})
 	g.waitVisible(s, id)
@@ -269,6 +275,7 @@ func (g *govCluster) usageCost(project string) string {
 // same spool, r1 replays the ten as interrupted records, which settle
 // late: spent moves to their settled partial usage, once.
 func TestGovKillReservations(t *testing.T) {
+	needCeilings(t, messagesBody(2000, true))
 	g := newGovCluster(t, govOpts{fakeArgs: func(int) []string { return govFakeArgs(100) }})
 	s := govScope{project: "kill", user: "u", workspace: "ws-kill"}
 	id := g.createPolicy(0, "budgets", map[string]any{"scope_type": "project", "scope_id": s.project, "metric": "cost", "limit_usd": "100", "window": "day", "mode": "soft"})
