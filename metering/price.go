@@ -112,6 +112,22 @@ func (p *ModelPrice) RatesFor(u Usage) *Rates {
 // price decision (a rate in prices.yaml, a default) that no table can make
 // for it.
 func (p *ModelPrice) CostMicroUSD(u Usage) int64 {
+	acc := p.sum(u)
+	acc.add(femtoPerMicro / 2)
+	q, _ := bits.Div64(acc.hi, acc.lo, femtoPerMicro)
+	return int64(q)
+}
+
+// CeilMicroUSD prices u like CostMicroUSD but rounds up: a reservation
+// ceiling must never fall a fraction under what the meter can charge.
+func (p *ModelPrice) CeilMicroUSD(u Usage) int64 {
+	acc := p.sum(u)
+	acc.add(femtoPerMicro - 1)
+	q, _ := bits.Div64(acc.hi, acc.lo, femtoPerMicro)
+	return int64(q)
+}
+
+func (p *ModelPrice) sum(u Usage) priceAcc {
 	r := p.RatesFor(u)
 	c := func(n int64) uint64 { return uint64(min(max(n, 0), maxTokenCount)) }
 	out, reasoning := c(u.Output), uint64(0)
@@ -126,9 +142,7 @@ func (p *ModelPrice) CostMicroUSD(u Usage) int64 {
 	acc.addMul(c(u.CacheWrite1h), r.CacheWrite1h)
 	acc.addMul(out, r.Output)
 	acc.addMul(reasoning, r.Reasoning)
-	acc.add(femtoPerMicro / 2)
-	q, _ := bits.Div64(acc.hi, acc.lo, femtoPerMicro)
-	return int64(q)
+	return acc
 }
 
 // priceAcc is an unsigned 128-bit accumulator. Counts are clamped under 2^41
