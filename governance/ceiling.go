@@ -36,6 +36,11 @@ const (
 	// body bounds it; Anthropic pauses a server-tool loop after about 10
 	// iterations (pause_turn), and OpenAI and Gemini publish no bound.
 	defaultToolCalls = 10
+	// searchInputTokens is the input one server-side search adds (its
+	// results), which the body does not show: the fixed 8,000-token block
+	// OpenAI bills mini models per call (governance.md §7). An allowance,
+	// not a proven bound: result sizes are not published.
+	searchInputTokens = 8000
 	// maxCopies caps n / candidateCount (OpenAI allows n ≤ 128) so that a
 	// hostile value cannot overflow the products.
 	maxCopies = 128
@@ -144,6 +149,8 @@ func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model strin
 	default:
 		output = lim.MaxOutput
 	}
+	searches = min(searches, maxTokens/searchInputTokens)
+	input += searches * searchInputTokens
 	if bytes.Contains(body, []byte(`"file_id"`)) {
 		// An uploaded file is billed at its tokens, not at its id's bytes.
 		input = lim.Context

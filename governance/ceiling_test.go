@@ -76,9 +76,10 @@ func loadCeilingCases(t *testing.T) map[string]struct {
 //     write rate $5 because the body carries cache_control: $0.25012; output
 //     128,000 × $20 = $2.56; total 2,810,120 µUSD, the §4.1 $2.81.
 //   - codex-gpt-6-1-sol: no max_output_tokens → the model's 128,000 at $10 =
-//     $1.28; 30,000 bytes at the dearest input rate, the $2.50 cache write =
-//     $0.075; a web_search tool with no bound → 10 searches × $0.01 = $0.10;
-//     total 1,455,000 µUSD.
+//     $1.28; a web_search tool with no bound → 10 searches × $0.01 = $0.10,
+//     each adding 8,000 result tokens of input; input 30,000 bytes + 80,000
+//     at the dearest input rate, the $2.50 cache write = $0.275; total
+//     1,655,000 µUSD.
 //   - anthropic-haiku-long-context: 150,000 bytes > 100k, so the long row
 //     prices the whole request: 150,000 × $0.50 + 8,192 × $2.50 = $0.075 +
 //     $0.02048 = 95,480 µUSD (under the threshold, 90,000 bytes cost
@@ -116,7 +117,7 @@ func TestCeilingWorkedExamples(t *testing.T) {
 	cases := loadCeilingCases(t)
 	for name, want := range map[string]int64{
 		"claude-code-opus-5-5":            2_810_120,
-		"codex-gpt-6-1-sol":               1_455_000,
+		"codex-gpt-6-1-sol":               1_655_000,
 		"anthropic-haiku-long-context":    95_480,
 		"anthropic-haiku-under-threshold": 13_096,
 	} {
