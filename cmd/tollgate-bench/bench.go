@@ -331,7 +331,7 @@ func (b *bench) cli(ctx context.Context, env []string, stdin string, args ...str
 	cmd.Stderr = &se
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("tollgate %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(se.String()))
+		return "", fmt.Errorf("tollgate %s: %v: %s", strings.Join(args, " "), err, firstLine(se.String()))
 	}
 	return strings.TrimSpace(string(out)), nil
 }
