@@ -40,6 +40,10 @@ const (
 	// record, by tollgate.refusal.reason (Prometheus:
 	// tollgate_auth_refusals_total).
 	MetricAuthRefusals = "tollgate.auth.refusals" // counter, {request}
+	// MetricGovernanceRefusals counts requests governance refused (the
+	// record's Governance), by AttrGovernanceKind (Prometheus:
+	// tollgate_governance_refusals_total{kind}).
+	MetricGovernanceRefusals = "tollgate.governance.refusals" // counter, {request}
 	// Writer health (RegisterWriter).
 	MetricMeteringRecords = "tollgate.metering.records"       // observable counter, {record}, by tollgate.disposition
 	MetricStoreRetries    = "tollgate.metering.store.retries" // observable counter, {error}
@@ -189,6 +193,9 @@ type Instruments struct {
 	requests metric.Int64Counter
 	folded   metric.Int64Counter
 	refused  metric.Int64Counter
+	governed metric.Int64Counter
+	// governedOpts are the attribute options of governed, by kind.
+	governedOpts map[string][]metric.AddOption
 	// refusedOpts are the attribute options of refused, by reason.
 	refusedOpts map[string][]metric.AddOption
 	// foldOpts are the attribute options of folded, by dimension.
@@ -232,7 +239,7 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	for _, l := range labels {
 		in.labels[l] = true
 	}
-	var errs [8]error
+	var errs [9]error
 	in.tokens, errs[0] = meter.Int64Histogram(MetricTokenUsage,
 		metric.WithUnit("{token}"),
 		metric.WithDescription("Number of input and output tokens used, per request and token type."),
@@ -261,12 +268,22 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	in.refused, errs[7] = meter.Int64Counter(MetricAuthRefusals,
 		metric.WithUnit("{request}"),
 		metric.WithDescription("Refused authentications (no, unknown, expired or revoked token, wrong harness, throttled); they have no usage record."))
+	in.governed, errs[8] = meter.Int64Counter(MetricGovernanceRefusals,
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Requests refused by governance before any upstream call, by kind: rate_limit, concurrency, budget, model_policy, governance_unavailable."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("metering instruments: %w", err)
 	}
 	in.refusedOpts = map[string][]metric.AddOption{}
 	for _, r := range append(slices.Clip(AuthRefusalReasons), refusalOther) {
 		in.refusedOpts[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrRefusalReason, r)))}
+	}
+	in.governedOpts = map[string][]metric.AddOption{}
+	for _, k := range append(slices.Clip(GovernanceRefusalKinds), refusalOther) {
+		in.governedOpts[k] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrGovernanceKind, k)))}
+		// Zeros, so a rate over any kind has a series before its first
+		// refusal.
+		in.governed.Add(context.Background(), 0, in.governedOpts[k]...)
 	}
 	in.foldModel = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldModel)))}
 	in.foldProject = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrDimension, FoldProject)))}
@@ -285,6 +302,15 @@ const AttrRefusalReason = "tollgate.refusal.reason"
 var AuthRefusalReasons = []string{"missing", "invalid", "expired", "revoked", "wrong_harness", "throttled"}
 
 const refusalOther = "other"
+
+// AttrGovernanceKind is the attribute of MetricGovernanceRefusals.
+const AttrGovernanceKind = "kind"
+
+// GovernanceRefusalKinds are the values of AttrGovernanceKind: governance's
+// RefusalKinds (metering cannot import governance; a test in cmd keeps the
+// two lists equal). Any other value counts as "other", so the series stay
+// bounded.
+var GovernanceRefusalKinds = []string{"rate_limit", "concurrency", "budget", "model_policy", "governance_unavailable"}
 
 // Refused counts one refused authentication.
 func (in *Instruments) Refused(reason string) {
@@ -352,6 +378,13 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 	ctx := context.Background()
 	e := in.entry(in.keyOf(r), labelValue(r.Project))
 	in.requests.Add(ctx, 1, e.requests...)
+	if r.Governance != "" {
+		opts, ok := in.governedOpts[r.Governance]
+		if !ok {
+			opts = in.governedOpts[refusalOther]
+		}
+		in.governed.Add(ctx, 1, opts...)
+	}
 	if overhead > 0 {
 		in.overhead.Record(ctx, overhead.Seconds(), e.base...)
 	}

@@ -63,6 +63,7 @@ func TestPrometheusNames(t *testing.T) {
 		"tollgate_proxy_overhead_seconds HISTOGRAM":                     {"tollgate_harness"},
 		"tollgate_metering_records_total COUNTER":                       {"tollgate_disposition"},
 		"tollgate_metrics_labels_folded_total COUNTER":                  {"tollgate_dimension"},
+		"tollgate_governance_refusals_total COUNTER":                    {"kind"},
 		"tollgate_metering_store_retries_total COUNTER":                 nil,
 		"tollgate_metering_spool_usage_bytes GAUGE":                     nil,
 		"tollgate_metering_queue_size GAUGE":                            nil,

@@ -17,3 +17,27 @@ func TestAuthRefusalsAreCountedByBoundedReason(t *testing.T) {
 		}
 	}
 }
+
+func TestGovernanceRefusalsAreCountedByBoundedKind(t *testing.T) {
+	in, reader := mustInstruments(t, LabelConfig{})
+	rec := func(kind string) *Record {
+		return &Record{RequestID: "r", Operation: "chat", Provider: "anthropic", Outcome: OutcomeRejected, Source: SourceNone, Governance: kind}
+	}
+	for range 2 {
+		in.Observe(rec("budget"), 0)
+	}
+	in.Observe(rec("rate_limit"), 0)
+	in.Observe(rec("not-a-kind"), 0)
+	in.Observe(rec(""), 0) // not a governance refusal
+	ps := collectPoints(t, reader)
+	want := map[string]float64{"budget": 2, "rate_limit": 1, "concurrency": 0, "model_policy": 0, "governance_unavailable": 0, "other": 1}
+	for kind, n := range want {
+		got := findPoints(ps, MetricGovernanceRefusals, map[string]string{AttrGovernanceKind: kind})
+		if len(got) != 1 || got[0].value != n {
+			t.Errorf("%s{kind=%s}: %+v, want %v", MetricGovernanceRefusals, kind, got, n)
+		}
+	}
+	if all := findPoints(ps, MetricGovernanceRefusals, nil); len(all) != len(want) {
+		t.Errorf("%d series, want exactly %d (the kinds and other)", len(all), len(want))
+	}
+}

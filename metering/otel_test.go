@@ -249,8 +249,8 @@ func TestInstrumentsNeverLabelIDsByDefault(t *testing.T) {
 				t.Fatal("no points")
 			}
 			for _, p := range ps {
-				if p.name == MetricLabelsFolded {
-					continue // about the labels, not a request
+				if p.name == MetricLabelsFolded || p.name == MetricGovernanceRefusals {
+					continue // about the labels, or only by kind
 				}
 				_, hasUser := p.attrs[AttrUser]
 				_, hasWS := p.attrs[AttrWorkspace]

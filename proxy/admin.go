@@ -222,14 +222,14 @@ func (s *Server) adminRoutes(r fiber.Router) {
 }
 
 // usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv,
-// filtered by project=, user=, workspace= and service_tier=.
+// filtered by project=, user=, workspace=, service_tier= and session=.
 func (s *Server) usage(c *fiber.Ctx) error {
 	q, err := ledger.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
 		return err
 	}
 	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
-	q.ServiceTier = c.Query("service_tier")
+	q.ServiceTier, q.Session = c.Query("service_tier"), c.Query("session")
 	rows, err := s.cfg.Usage.Query(c.UserContext(), q)
 	if err != nil {
 		return err

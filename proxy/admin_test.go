@@ -145,7 +145,7 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 		return &metering.Record{
 			RequestID: id, Start: day.Add(time.Duration(hour) * time.Hour), Workspace: "ws", Project: "p", User: "u",
 			Harness: "codex", Provider: "openai", ModelServed: "gpt-5", Status: 200, Outcome: metering.OutcomeOK,
-			Source: metering.SourceUpstream, ServiceTier: tier,
+			Source: metering.SourceUpstream, ServiceTier: tier, Session: "sess-" + tier,
 			Usage: &metering.Usage{InputUncached: in, Output: out}, CostMicroUSD: &cost,
 		}
 	}
@@ -205,6 +205,12 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 	code, body = get("from=2026-05-04&to=2026-05-04&group_by=service_tier&service_tier=priority")
 	if code != 200 || !strings.Contains(body, `"service_tier": "priority"`) || strings.Contains(body, "flex") {
 		t.Errorf("filtered by tier: %d %s", code, body)
+	}
+	// Cost per session ("this task cost $…"): group_by=session and the
+	// session= filter pass through to the query.
+	code, body = get("from=2026-05-04&to=2026-05-04&group_by=session&session=sess-flex")
+	if code != 200 || !strings.Contains(body, `"session": "sess-flex"`) || !strings.Contains(body, `"cost_usd": "0.001750"`) || strings.Contains(body, "sess-priority") {
+		t.Errorf("filtered by session: %d %s", code, body)
 	}
 	if code, body := get("group_by=tier"); code != 400 || !strings.Contains(body, `unknown group_by \"tier\"`) {
 		t.Errorf("unknown group_by: %d %s", code, body)

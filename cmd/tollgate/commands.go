@@ -305,6 +305,7 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	user := f.String("user", "", "only this user")
 	workspace := f.String("workspace", "", "only this workspace")
 	tier := f.String("service-tier", "", "only requests the provider served in this tier (flex, priority, ...)")
+	session := f.String("session", "", "only this harness session (what one agent task cost; see --group-by session)")
 	format := f.String("format", "table", "table, json or csv")
 	refusals := f.Bool("refusals", "list refused authentications per minute, client address, token and reason instead (--from, --to, --workspace apply)")
 	if _, err := parseFlags(fs, args); err != nil {
@@ -314,7 +315,7 @@ func cmdUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	q.Project, q.User, q.Workspace, q.ServiceTier = *project, *user, *workspace, *tier
+	q.Project, q.User, q.Workspace, q.ServiceTier, q.Session = *project, *user, *workspace, *tier, *session
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		st, err := ledger.OpenStore(ctx, d.db)
 		if err != nil {

@@ -59,7 +59,7 @@ var commands = []command{
 	{"credential bindings", "[--credential ID] [--dialect D] [--format table|json]", ""},
 	{"credential rotate-key", "--from-key-file OLD", "re-encrypt every credential with the configured master key"},
 	{"resolve", "--project P --user U [--format table|json]", "show which credential serves each harness and dialect"},
-	{"usage", "[--from DATE] [--to DATE] [--group-by model,project,...] [--project P] [--user U] [--workspace W] [--service-tier T] [--format table|json|csv] [--refusals]", "report metered usage, or with --refusals the refused authentications per minute; --to DATE includes that whole UTC day"},
+	{"usage", "[--from DATE] [--to DATE] [--group-by model,project,...] [--project P] [--user U] [--workspace W] [--service-tier T] [--session ID] [--format table|json|csv] [--refusals]", "report metered usage, or with --refusals the refused authentications per minute; --to DATE includes that whole UTC day"},
 	{"usage import-quarantine", "[--spool DIR] [--dry-run]", "replay the spool's quarantine.jsonl into the database once its cause is fixed; keeps what is still refused"},
 	{"version", "", "print the version (also --version)"},
 }

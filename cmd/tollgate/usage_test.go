@@ -14,7 +14,7 @@ import (
 )
 
 // TestUsageCommandFiltersAndGroups: the CLI takes every filter the API
-// does, groups by token and credential, keeps a to date inclusive, and
+// does, groups by token, credential and session, keeps a to date inclusive, and
 // echoes a bad range as typed.
 func TestUsageCommandFiltersAndGroups(t *testing.T) {
 	ctx := context.Background()
@@ -34,11 +34,13 @@ func TestUsageCommandFiltersAndGroups(t *testing.T) {
 			Outcome: metering.OutcomeOK, Source: metering.SourceUpstream, ServiceTier: tier,
 			Usage: &metering.Usage{InputUncached: 10, Output: out}}
 	}
-	if _, err := st.InsertBatch(ctx, []*metering.Record{
+	recs := []*metering.Record{
 		rec("a", "ws1", "u1", "flex", "tok-a", "cred-1", 1),
 		rec("b", "ws1", "u1", "", "tok-b", "cred-1", 10),
 		rec("c", "ws2", "u2", "flex", "tok-a", "cred-2", 100),
-	}); err != nil {
+	}
+	recs[0].Session, recs[1].Session, recs[2].Session = "sess-1", "sess-1", "sess-2"
+	if _, err := st.InsertBatch(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
@@ -63,6 +65,8 @@ func TestUsageCommandFiltersAndGroups(t *testing.T) {
 		{[]string{"--group-by", "credential", "--workspace", "ws2"}, "cred-2:100"},
 		{[]string{"--group-by", "token", "--service-tier", "flex"}, "tok-a:101"},
 		{[]string{"--group-by", "credential"}, "cred-1:11 cred-2:100"},
+		{[]string{"--group-by", "session"}, "sess-1:11 sess-2:100"},
+		{[]string{"--group-by", "token", "--session", "sess-1"}, "tok-a:1 tok-b:10"},
 	} {
 		rows := csvRows(tc.args...)
 		out := slices.Index(rows[0], "output")

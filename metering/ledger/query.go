@@ -31,10 +31,14 @@ const (
 	// reads the raw records whatever the range.
 	GroupToken      = "token"
 	GroupCredential = "credential"
+	// GroupSession is the harness's session id (Claude Code's session, a
+	// Codex conversation): what one agent task cost. Raw records only,
+	// like token.
+	GroupSession = "session"
 )
 
 // GroupByNames lists the valid group-by dimensions in display order.
-var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential}
+var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential, GroupSession}
 
 // ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
 // group_by name, empty or inverted range); the message names the problem.
@@ -53,6 +57,9 @@ type UsageQuery struct {
 	// Project, User and Workspace filter by id, and ServiceTier by tier,
 	// when not empty; the '' tier cannot be selected alone.
 	Project, User, Workspace, ServiceTier string
+	// Session filters by the harness's session id when not empty; the
+	// rollup keeps no session, so it is answered from the raw records.
+	Session string
 }
 
 // UsageRow is one group of a usage query. Dimensions not grouped by are
@@ -72,6 +79,7 @@ type UsageRow struct {
 	ServiceTier string `json:"service_tier,omitempty"`
 	Token       string `json:"token,omitempty"`
 	Credential  string `json:"credential,omitempty"`
+	Session     string `json:"session,omitempty"`
 
 	Requests int64 `json:"requests"`
 	// Usage sums the token buckets of the requests whose usage is known.
@@ -119,6 +127,8 @@ func (r *UsageRow) dim(name string) *string {
 		return &r.Token
 	case GroupCredential:
 		return &r.Credential
+	case GroupSession:
+		return &r.Session
 	}
 	return nil
 }
@@ -146,9 +156,14 @@ func (q UsageQuery) Validate() error {
 }
 
 // wholeDays says whether q can be answered from usage_daily: both bounds
-// are UTC midnights and every group-by is a rollup column (every filter is).
+// are UTC midnights and every group-by and filter is a rollup column.
 func (q UsageQuery) wholeDays() bool {
-	if slices.Contains(q.GroupBy, GroupToken) || slices.Contains(q.GroupBy, GroupCredential) {
+	for _, g := range []string{GroupToken, GroupCredential, GroupSession} {
+		if slices.Contains(q.GroupBy, g) {
+			return false
+		}
+	}
+	if q.Session != "" {
 		return false
 	}
 	return isUTCMidnight(q.From) && isUTCMidnight(q.To)
@@ -207,7 +222,7 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 	} else {
 		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
 	}
-	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}} {
+	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}, {"session_id", q.Session}} {
 		if f.v != "" {
 			where = append(where, f.col+" = "+arg(f.v))
 		}
@@ -277,6 +292,8 @@ func dimExpr(g string, rollup bool) string {
 		return "token_id"
 	case GroupCredential:
 		return "credential_id"
+	case GroupSession:
+		return "session_id"
 	}
 	return g // day, project, workspace, harness, provider, service_tier: same column name
 }

@@ -47,12 +47,13 @@ func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 	for _, r := range recs {
 		if r.Start.Before(q.From) || !r.Start.Before(q.To) ||
 			(q.Project != "" && r.Project != q.Project) || (q.User != "" && r.User != q.User) ||
-			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) {
+			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) ||
+			(q.Session != "" && r.Session != q.Session) {
 			continue
 		}
 		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: r.Model(), Project: r.Project,
 			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier,
-			Token: r.TokenID, Credential: r.CredentialID}
+			Token: r.TokenID, Credential: r.CredentialID, Session: r.Session}
 		var row UsageRow
 		var key []string
 		for _, g := range q.GroupBy {
@@ -100,6 +101,7 @@ func queryFixture(tb testing.TB, s *Store) []*metering.Record {
 		start := usageDay.Add(time.Duration(i) * 17 * time.Minute) // spans ~3.5 days
 		r := usageRecordN(fmt.Sprintf("q-%d", i), i, start)
 		r.ServiceTier = []string{"", "flex", "priority", ""}[i%4]
+		r.Session = []string{"sess-a", "sess-b", "", "sess-c", "sess-a"}[i%5]
 		recs = append(recs, r)
 	}
 	for i := range 5 {
@@ -140,6 +142,11 @@ func TestQueryGroupsLikeTheRecords(t *testing.T) {
 				{"FilteredProject", func() UsageQuery { q := grouped(whole, GroupModel); q.Project = "proj1"; return q }()},
 				{"FilteredUserWorkspace", func() UsageQuery { q := grouped(whole, GroupDay); q.User, q.Workspace = "user2", "ws0"; return q }()},
 				{"FilteredServiceTier", func() UsageQuery { q := grouped(whole, GroupDay); q.ServiceTier = "flex"; return q }()},
+				{"BySession", grouped(whole, GroupSession)},
+				{"BySessionAndModel", grouped(whole, GroupSession, GroupModel)},
+				{"FilteredSessionWholeDays", func() UsageQuery { q := grouped(whole, GroupDay); q.Session = "sess-b"; return q }()},
+				{"FilteredSessionTotal", func() UsageQuery { q := whole; q.Session = "sess-a"; return q }()},
+				{"PartialDaysBySession", grouped(partial, GroupSession)},
 				{"PartialDaysFromRaw", grouped(partial, GroupDay, GroupModel)},
 				{"PartialDaysByServiceTier", grouped(partial, GroupDay, GroupServiceTier)},
 				{"PartialDaysTotal", partial},
@@ -477,5 +484,79 @@ func TestParseUsageQueryServiceTier(t *testing.T) {
 	_, err = ParseUsageQuery("2026-05-04", "2026-05-04", "tier", usageDay)
 	if !errors.Is(err, ErrInvalidQuery) || !strings.Contains(err.Error(), `unknown group_by "tier"`) || !strings.Contains(err.Error(), GroupServiceTier) {
 		t.Errorf("unknown group_by: %v, want ErrInvalidQuery naming it and listing service_tier", err)
+	}
+}
+
+// TestQueryCostPerSession is the agent manager's question, "what did this
+// task cost": per session, the answer is the sum of that session's records,
+// on every engine, and a session filter selects exactly one of them.
+func TestQueryCostPerSession(t *testing.T) {
+	for _, engine := range usageEngines(t) {
+		t.Run(engine, func(t *testing.T) {
+			s := mustUsageStore(t, engine)
+			ctx := context.Background()
+			start := usageDay.Add(10 * time.Hour)
+			costs := map[string][]int64{"task-1": {1_000_000, 820_000}, "task-2": {5, 7, 11}, "": {300}}
+			var recs []*metering.Record
+			want := map[string]int64{}
+			for sess, cs := range costs {
+				for i, c := range cs {
+					r := usageRecordN(fmt.Sprintf("%s-%d", sess, i), 0, start.Add(time.Duration(i)*time.Minute))
+					r.Session, r.CostMicroUSD, r.Unpriced = sess, costPtr(c), false
+					recs = append(recs, r)
+					want[sess] += c
+				}
+			}
+			// Another session a day later: outside the queried day.
+			late := usageRecordN("late", 0, usageDay.AddDate(0, 0, 1).Add(time.Hour))
+			late.Session, late.CostMicroUSD = "task-1", costPtr(999)
+			recs = append(recs, late)
+			if _, err := s.InsertBatch(ctx, recs); err != nil {
+				t.Fatal(err)
+			}
+			day := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1), GroupBy: []string{GroupSession}}
+			rows, err := s.Query(ctx, day)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]int64{}
+			for _, r := range rows {
+				if r.CostMicroUSD == nil || r.Requests != int64(len(costs[r.Session])) {
+					t.Errorf("session %q: %s", r.Session, rowsJSON([]UsageRow{r}))
+					continue
+				}
+				got[r.Session] = *r.CostMicroUSD
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("cost per session %v, want %v", got, want)
+			}
+			one := day
+			one.GroupBy, one.Session = nil, "task-1"
+			rows, err = s.Query(ctx, one)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) != 1 || rows[0].Requests != 2 || rows[0].CostMicroUSD == nil || *rows[0].CostMicroUSD != 1_820_000 {
+				t.Fatalf("session=task-1 over the day: %s, want 2 requests costing 1820000", rowsJSON(rows))
+			}
+			var out bytes.Buffer
+			if err := WriteTable(&out, []string{GroupSession}, []UsageRow{{Session: "task-1", Requests: 2, CostMicroUSD: costPtr(1_820_000), PricedRequests: 2}}); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out.String(), "task-1") || !strings.Contains(out.String(), "1.820000") {
+				t.Errorf("table:\n%s", out.String())
+			}
+			out.Reset()
+			if err := WriteCSV(&out, []string{GroupSession}, rows); err != nil {
+				t.Fatal(err)
+			}
+			if lines := strings.Split(out.String(), "\n"); !strings.HasPrefix(lines[0], "session,") {
+				t.Errorf("CSV header %q does not start with session", lines[0])
+			}
+			q, err := ParseUsageQuery("2026-05-04", "2026-05-04", "session", time.Now())
+			if err != nil || !slices.Equal(q.GroupBy, []string{GroupSession}) {
+				t.Errorf("ParseUsageQuery group_by=session: %v %v", q.GroupBy, err)
+			}
+		})
 	}
 }
