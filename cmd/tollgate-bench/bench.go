@@ -365,21 +365,30 @@ func (b *bench) references(ctx context.Context) error {
 	b.refStream = ref{size: int(so.bytes), sum: so.sum}
 	b.logf("reference: JSON body %d bytes, stream %d bytes (%d events)", b.refBody.size, b.refStream.size, b.cfg.Events)
 	for _, tg := range b.targets[1:] {
-		t := b.load(tg, func() *tally {
-			t := &tally{}
-			body, status, err := post(ctx, client, tg, b.chat)
-			t.requests++
-			if err != nil {
-				t.err(err.Error())
-			} else {
-				t.check(status, body, b.refBody)
-			}
-			t.addStream(oneStream(ctx, client, tg, b.stream, nil, make([]byte, 32<<10), nil), b.refStream)
-			return t
-		})
-		if t.errors+t.non2xx+t.mismatch > 0 {
-			return fmt.Errorf("%s does not answer like the fake: %s", tg.name, t.firstErr)
+		if err := b.answersLikeDirect(ctx, client, tg); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// answersLikeDirect sends one JSON request and one stream through tg; both
+// must equal direct's answers.
+func (b *bench) answersLikeDirect(ctx context.Context, client *http.Client, tg target) error {
+	t := b.load(tg, func() *tally {
+		t := &tally{}
+		body, status, err := post(ctx, client, tg, b.chat)
+		t.requests++
+		if err != nil {
+			t.err(err.Error())
+		} else {
+			t.check(status, body, b.refBody)
+		}
+		t.addStream(oneStream(ctx, client, tg, b.stream, nil, make([]byte, 32<<10), nil), b.refStream)
+		return t
+	})
+	if t.errors+t.non2xx+t.mismatch > 0 {
+		return fmt.Errorf("%s does not answer like the fake: %s", tg.name, t.firstErr)
 	}
 	return nil
 }

@@ -111,6 +111,18 @@ func (b *bench) s1gRun(ctx context.Context, g *govRun) error {
 	var p [6]byte
 	_, _ = rand.Read(p[:])
 	g.prefix = "tgbench-" + hex.EncodeToString(p[:]) + ":"
+	// Runs after tollgate stopped, on every path: a shared Redis keeps
+	// nothing of the run.
+	cleaned := false
+	defer func() {
+		if cleaned {
+			return
+		}
+		if rc, err := dialRedis(context.WithoutCancel(ctx), g.redisURL); err == nil {
+			_, _ = rc.deleteKeys(g.prefix)
+			rc.close()
+		}
+	}()
 	dir, env, tok, err := b.setupTollgate(ctx, govTarget)
 	if err != nil {
 		return err
@@ -200,7 +212,7 @@ func (b *bench) s1gRun(ctx context.Context, g *govRun) error {
 	if n, err := rc.deleteKeys(g.prefix); err != nil {
 		b.note("S1g: deleting Redis keys under %s: %v", g.prefix, err)
 	} else {
-		g.keysDeleted = n
+		g.keysDeleted, cleaned = n, true
 	}
 	db := filepath.Join(g.dir, "tollgate.db")
 	if g.usage, err = checkUsage(ctx, db, filepath.Join(g.dir, "spool"), b.refBody, b.refStream); err != nil {
@@ -250,25 +262,14 @@ func (g *govRun) redisWhere() string {
 }
 
 // govProbe checks the governed tollgate once before load: the bench model
-// answers exactly like the fake, and a model outside the allow rule is
-// refused without reaching the fake.
+// answers exactly like the fake (a JSON answer and a stream), and a model
+// outside the allow rule is refused without reaching the fake.
 func (b *bench) govProbe(ctx context.Context, g *govRun) error {
 	client := newHTTPClient(2)
 	defer client.CloseIdleConnections()
 	tg := g.target
-	t := b.load(tg, func() *tally {
-		t := &tally{}
-		body, status, err := post(ctx, client, tg, b.chat)
-		t.requests++
-		if err != nil {
-			t.err(err.Error())
-		} else {
-			t.check(status, body, b.refBody)
-		}
-		return t
-	})
-	if t.errors+t.non2xx+t.mismatch > 0 {
-		return fmt.Errorf("%s does not answer like the fake with its policies in force: %s", govTarget, t.firstErr)
+	if err := b.answersLikeDirect(ctx, client, tg); err != nil {
+		return fmt.Errorf("with its policies in force, %w", err)
 	}
 	f0 := b.fakeRequests()
 	body, status, err := post(ctx, client, tg, []byte(strings.Replace(chatBody, `"`+govModel+`"`, `"`+probeModel+`"`, 1)))
