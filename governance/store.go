@@ -1,56 +1,90 @@
 package governance
 
 import (
+	"cmp"
 	"context"
-	"log/slog"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
 )
 
-// SKELETON (h1 owns this file): policy storage. Replace the bodies; keep
-// the exported names, or say in your report what changed and why.
-
 // NotifyChannel is the PostgreSQL channel a policy write notifies, so every
 // replica reloads at once (the same propagation as token revocation).
 const NotifyChannel = "tollgate_governance"
 
+// policyMigrations are governance's policy tables, applied under the component
+// "governance". Append only. The SQL runs unchanged on SQLite and
+// PostgreSQL: "limit" and "window" are PostgreSQL keywords, hence
+// limit_value and window_spec. gov_version is a one-row counter bumped by
+// every write, so a poll reads one integer to know whether anything
+// changed. The ledger's tables (counters, reservations) are its own.
+var policyMigrations = []string{
+	`CREATE TABLE gov_budgets (
+		id TEXT PRIMARY KEY,
+		scope_type TEXT NOT NULL,
+		scope_id TEXT NOT NULL,
+		model TEXT NOT NULL,
+		harness TEXT NOT NULL,
+		metric TEXT NOT NULL,
+		limit_value BIGINT NOT NULL,
+		window_spec TEXT NOT NULL,
+		mode TEXT NOT NULL,
+		unpriced TEXT NOT NULL,
+		alert_thresholds TEXT NOT NULL,
+		created_at TIMESTAMP NOT NULL,
+		updated_at TIMESTAMP NOT NULL);
+CREATE INDEX gov_budgets_scope ON gov_budgets (scope_type, scope_id);
+CREATE TABLE gov_limits (
+		id TEXT PRIMARY KEY,
+		scope_type TEXT NOT NULL,
+		scope_id TEXT NOT NULL,
+		model TEXT NOT NULL,
+		harness TEXT NOT NULL,
+		rpm BIGINT NOT NULL,
+		tpm BIGINT NOT NULL,
+		concurrency BIGINT NOT NULL,
+		mode TEXT NOT NULL,
+		created_at TIMESTAMP NOT NULL,
+		updated_at TIMESTAMP NOT NULL);
+CREATE INDEX gov_limits_scope ON gov_limits (scope_type, scope_id);
+CREATE TABLE gov_model_rules (
+		id TEXT PRIMARY KEY,
+		scope_type TEXT NOT NULL,
+		scope_id TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		pattern TEXT NOT NULL,
+		target TEXT NOT NULL,
+		created_at TIMESTAMP NOT NULL,
+		updated_at TIMESTAMP NOT NULL);
+CREATE INDEX gov_model_rules_scope ON gov_model_rules (scope_type, scope_id);
+CREATE TABLE gov_version (
+		id INTEGER PRIMARY KEY,
+		version BIGINT NOT NULL);
+INSERT INTO gov_version (id, version) VALUES (1, 0)`,
+}
+
 // Store keeps budgets, limits and model rules in the SQL database, shared by
 // the admin API and the CLI (one implementation behind both).
 type Store struct {
-	db *store.DB
+	db  *store.DB
+	now func() time.Time
 }
 
 // OpenStore applies governance's policy migrations to db.
 func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
-	return &Store{db: db}, nil
+	if err := db.Migrate(ctx, "governance", policyMigrations); err != nil {
+		return nil, err
+	}
+	return &Store{db: db, now: time.Now}, nil
 }
-
-// PutBudget creates b (empty ID: a new id is assigned) or replaces the
-// budget with b.ID. It validates b and returns it as stored. Editing a
-// budget's limit, mode or selector never resets its spend.
-func (s *Store) PutBudget(ctx context.Context, b Budget) (Budget, error) { return b, nil }
-
-// Budget returns one budget, or ErrNotFound.
-func (s *Store) Budget(ctx context.Context, id string) (Budget, error) { return Budget{}, ErrNotFound }
-
-// ListBudgets returns budgets matching f (zero value: all), sorted by id.
-func (s *Store) ListBudgets(ctx context.Context, f Filter) ([]Budget, error) { return nil, nil }
-
-// DeleteBudget deletes a budget, or returns ErrNotFound.
-func (s *Store) DeleteBudget(ctx context.Context, id string) error { return ErrNotFound }
-
-// PutLimit, Limit, ListLimits and DeleteLimit are the same for rate limits.
-func (s *Store) PutLimit(ctx context.Context, l Limit) (Limit, error)        { return l, nil }
-func (s *Store) Limit(ctx context.Context, id string) (Limit, error)         { return Limit{}, ErrNotFound }
-func (s *Store) ListLimits(ctx context.Context, f Filter) ([]Limit, error)   { return nil, nil }
-func (s *Store) DeleteLimit(ctx context.Context, id string) error            { return ErrNotFound }
-func (s *Store) PutRule(ctx context.Context, r ModelRule) (ModelRule, error) { return r, nil }
-func (s *Store) Rule(ctx context.Context, id string) (ModelRule, error) {
-	return ModelRule{}, ErrNotFound
-}
-func (s *Store) ListRules(ctx context.Context, f Filter) ([]ModelRule, error) { return nil, nil }
-func (s *Store) DeleteRule(ctx context.Context, id string) error              { return ErrNotFound }
 
 // Filter narrows a list: empty fields match everything.
 type Filter struct {
@@ -58,40 +92,404 @@ type Filter struct {
 	ScopeID   string
 }
 
-// Load reads every policy as one consistent snapshot.
-func (s *Store) Load(ctx context.Context) (*Policies, error) { return &Policies{}, nil }
-
-// WatchConfig configures a Watcher.
-type WatchConfig struct {
-	// Poll is how often the policy version is checked when no notification
-	// arrives (default 1 s, TOLLGATE_POLL_INTERVAL like the resolver's).
-	Poll time.Duration
-	// PollOnly skips LISTEN (TOLLGATE_PG_NOTIFY=off).
-	PollOnly bool
-	Log      *slog.Logger
+// where renders f as a WHERE clause over scope_type and scope_id.
+func (f Filter) where() (string, []any) {
+	q, args := " WHERE 1 = 1", []any(nil)
+	if f.ScopeType != "" {
+		args = append(args, string(f.ScopeType))
+		q += " AND scope_type = $" + strconv.Itoa(len(args))
+	}
+	if f.ScopeID != "" {
+		args = append(args, f.ScopeID)
+		q += " AND scope_id = $" + strconv.Itoa(len(args))
+	}
+	return q + " ORDER BY id", args
 }
 
-// Watcher holds the current Policies of this replica and reloads them when
-// the store changes: on a NOTIFY on NotifyChannel (PostgreSQL), else when a
-// poll sees a new version.
-type Watcher struct {
-	st  *Store
-	cfg WatchConfig
-	cur *Policies
+// stamp is the store's clock in UTC, truncated to the microsecond so a
+// time read back from PostgreSQL equals the one written.
+func (s *Store) stamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
+
+// newPolicyID returns prefix and 16 random lower-case base32 characters.
+func newPolicyID(prefix string) string {
+	var b [10]byte
+	rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+	return prefix + strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
 }
 
-// NewWatcher returns a watcher over st; Start loads the first snapshot.
-func NewWatcher(st *Store, cfg WatchConfig) *Watcher {
-	return &Watcher{st: st, cfg: cfg, cur: &Policies{}}
+// write runs fn in a transaction that also bumps gov_version and, on
+// PostgreSQL, notifies NotifyChannel with the new version (delivered only
+// if the transaction commits). The UPDATE's row lock orders concurrent
+// writers, so versions commit in order.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	var v int64
+	if err := tx.QueryRowContext(ctx, `UPDATE gov_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&v); err != nil {
+		return fmt.Errorf("policy version: %w", err)
+	}
+	if err := s.db.Notify(ctx, tx, NotifyChannel, strconv.FormatInt(v, 10)); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
-// Start loads the policies (an error if the store cannot be read) and
-// keeps them current until ctx ends.
-func (w *Watcher) Start(ctx context.Context) error { return nil }
+// put inserts a new row (id "") or updates the row id, in one write. It
+// returns the id and created_at stored; an update of an id that does not
+// exist is ErrNotFound. cols and vals exclude id and the timestamps.
+func (s *Store) put(ctx context.Context, table, prefix, id string, cols []string, vals []any, now time.Time) (string, time.Time, error) {
+	created := now
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if id == "" {
+			id = newPolicyID(prefix)
+			ph := make([]string, len(cols)+3)
+			for i := range ph {
+				ph[i] = "$" + strconv.Itoa(i+1)
+			}
+			q := "INSERT INTO " + table + " (id, " + strings.Join(cols, ", ") + ", created_at, updated_at) VALUES (" + strings.Join(ph, ", ") + ")"
+			_, err := tx.ExecContext(ctx, q, append(append([]any{id}, vals...), now, now)...)
+			return err
+		}
+		set := make([]string, len(cols))
+		for i, c := range cols {
+			set[i] = c + " = $" + strconv.Itoa(i+1)
+		}
+		n := len(cols)
+		q := "UPDATE " + table + " SET " + strings.Join(set, ", ") + ", updated_at = $" + strconv.Itoa(n+1) +
+			" WHERE id = $" + strconv.Itoa(n+2) + " RETURNING created_at"
+		err := tx.QueryRowContext(ctx, q, append(vals, now, id)...).Scan(&created)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return err
+	})
+	return id, created.UTC(), err
+}
 
-// Current returns the latest snapshot; never nil.
-func (w *Watcher) Current() *Policies { return w.cur }
+// del deletes the row id of table in one write, or returns ErrNotFound.
+func (s *Store) del(ctx context.Context, table, id string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM "+table+" WHERE id = $1", id)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil
+	})
+}
 
-// Refresh reloads now (tests, and the admin API after its own write, so a
-// write is enforced on this replica before the answer returns).
-func (w *Watcher) Refresh(ctx context.Context) error { return nil }
+type policyQueryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// listRows reads rows of q with scan, one value per row.
+func listRows[T any](ctx context.Context, db policyQueryer, q string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// oneRow returns the single row of q with id, or ErrNotFound.
+func oneRow[T any](ctx context.Context, db policyQueryer, q, id string, scan func(*sql.Rows) (T, error)) (T, error) {
+	vs, err := listRows(ctx, db, q+" WHERE id = $1", []any{id}, scan)
+	if err == nil && len(vs) == 0 {
+		err = fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return vs[0], nil
+}
+
+// Budgets.
+
+const budgetSelect = `SELECT id, scope_type, scope_id, model, harness, metric, limit_value, window_spec, mode, unpriced, alert_thresholds, created_at, updated_at FROM gov_budgets`
+
+var budgetCols = []string{"scope_type", "scope_id", "model", "harness", "metric", "limit_value", "window_spec", "mode", "unpriced", "alert_thresholds"}
+
+func scanBudget(r *sql.Rows) (Budget, error) {
+	var b Budget
+	var window, alerts string
+	if err := r.Scan(&b.ID, &b.ScopeType, &b.ScopeID, &b.Model, &b.Harness, &b.Metric, &b.Limit, &window, &b.Mode, &b.Unpriced, &alerts, &b.CreatedAt, &b.UpdatedAt); err != nil {
+		return b, err
+	}
+	w, err := ParseWindow(window)
+	if err != nil {
+		return b, fmt.Errorf("budget %s: stored %w", b.ID, err)
+	}
+	b.Window = w
+	if b.Alerts, err = parseAlerts(alerts); err != nil {
+		return b, fmt.Errorf("budget %s: stored alert_thresholds: %w", b.ID, err)
+	}
+	b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
+	return b, nil
+}
+
+// formatAlerts stores thresholds as "50,80,100"; "" is none.
+func formatAlerts(a []int) string {
+	s := make([]string, len(a))
+	for i, v := range a {
+		s[i] = strconv.Itoa(v)
+	}
+	return strings.Join(s, ",")
+}
+
+// parseAlerts reads formatAlerts. None is an empty, not nil, list, so that
+// Normalize on a budget read back does not put the defaults in again.
+func parseAlerts(s string) ([]int, error) {
+	out := []int{}
+	for _, p := range strings.Split(s, ",") {
+		if p == "" {
+			continue
+		}
+		v, err := strconv.Atoi(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// PutBudget creates b (empty ID: a new id is assigned) or replaces the
+// budget with b.ID. It validates b and returns it as stored. Editing a
+// budget's limit, mode or selector never resets its spend: the id, which
+// the ledger's counters are keyed by, stays.
+func (s *Store) PutBudget(ctx context.Context, b Budget) (Budget, error) {
+	b.Normalize()
+	if err := b.Validate(); err != nil {
+		return Budget{}, err
+	}
+	b.Alerts = slices.Clone(b.Alerts)
+	slices.Sort(b.Alerts)
+	b.Alerts = slices.Compact(b.Alerts)
+	now := s.stamp()
+	id, created, err := s.put(ctx, "gov_budgets", "bud_", b.ID, budgetCols, []any{
+		string(b.ScopeType), b.ScopeID, b.Model, b.Harness, string(b.Metric), b.Limit, b.Window.String(), string(b.Mode), b.Unpriced, formatAlerts(b.Alerts),
+	}, now)
+	if err != nil {
+		return Budget{}, err
+	}
+	b.ID, b.CreatedAt, b.UpdatedAt = id, created, now
+	return b, nil
+}
+
+// Budget returns one budget, or ErrNotFound.
+func (s *Store) Budget(ctx context.Context, id string) (Budget, error) {
+	return oneRow(ctx, s.db, budgetSelect, id, scanBudget)
+}
+
+// ListBudgets returns budgets matching f (zero value: all), sorted by id.
+func (s *Store) ListBudgets(ctx context.Context, f Filter) ([]Budget, error) {
+	w, args := f.where()
+	return listRows(ctx, s.db, budgetSelect+w, args, scanBudget)
+}
+
+// DeleteBudget deletes a budget, or returns ErrNotFound. Its counters stay
+// in the ledger; a new budget gets a new id and starts at zero.
+func (s *Store) DeleteBudget(ctx context.Context, id string) error {
+	return s.del(ctx, "gov_budgets", id)
+}
+
+// Rate limits.
+
+const limitSelect = `SELECT id, scope_type, scope_id, model, harness, rpm, tpm, concurrency, mode, created_at, updated_at FROM gov_limits`
+
+var limitCols = []string{"scope_type", "scope_id", "model", "harness", "rpm", "tpm", "concurrency", "mode"}
+
+func scanLimit(r *sql.Rows) (Limit, error) {
+	var l Limit
+	err := r.Scan(&l.ID, &l.ScopeType, &l.ScopeID, &l.Model, &l.Harness, &l.RPM, &l.TPM, &l.Concurrency, &l.Mode, &l.CreatedAt, &l.UpdatedAt)
+	l.CreatedAt, l.UpdatedAt = l.CreatedAt.UTC(), l.UpdatedAt.UTC()
+	return l, err
+}
+
+// PutLimit creates l (empty ID) or replaces the limit with l.ID.
+func (s *Store) PutLimit(ctx context.Context, l Limit) (Limit, error) {
+	l.Normalize()
+	if err := l.Validate(); err != nil {
+		return Limit{}, err
+	}
+	now := s.stamp()
+	id, created, err := s.put(ctx, "gov_limits", "lim_", l.ID, limitCols, []any{
+		string(l.ScopeType), l.ScopeID, l.Model, l.Harness, l.RPM, l.TPM, l.Concurrency, string(l.Mode),
+	}, now)
+	if err != nil {
+		return Limit{}, err
+	}
+	l.ID, l.CreatedAt, l.UpdatedAt = id, created, now
+	return l, nil
+}
+
+// Limit returns one rate limit, or ErrNotFound.
+func (s *Store) Limit(ctx context.Context, id string) (Limit, error) {
+	return oneRow(ctx, s.db, limitSelect, id, scanLimit)
+}
+
+// ListLimits returns rate limits matching f, sorted by id.
+func (s *Store) ListLimits(ctx context.Context, f Filter) ([]Limit, error) {
+	w, args := f.where()
+	return listRows(ctx, s.db, limitSelect+w, args, scanLimit)
+}
+
+// DeleteLimit deletes a rate limit, or returns ErrNotFound.
+func (s *Store) DeleteLimit(ctx context.Context, id string) error {
+	return s.del(ctx, "gov_limits", id)
+}
+
+// Model rules.
+
+const ruleSelect = `SELECT id, scope_type, scope_id, kind, pattern, target, created_at, updated_at FROM gov_model_rules`
+
+var ruleCols = []string{"scope_type", "scope_id", "kind", "pattern", "target"}
+
+func scanRule(r *sql.Rows) (ModelRule, error) {
+	var m ModelRule
+	err := r.Scan(&m.ID, &m.ScopeType, &m.ScopeID, &m.Kind, &m.Pattern, &m.Target, &m.CreatedAt, &m.UpdatedAt)
+	m.CreatedAt, m.UpdatedAt = m.CreatedAt.UTC(), m.UpdatedAt.UTC()
+	return m, err
+}
+
+// PutRule creates r (empty ID) or replaces the rule with r.ID.
+func (s *Store) PutRule(ctx context.Context, r ModelRule) (ModelRule, error) {
+	if err := r.Validate(); err != nil {
+		return ModelRule{}, err
+	}
+	now := s.stamp()
+	id, created, err := s.put(ctx, "gov_model_rules", "rule_", r.ID, ruleCols, []any{
+		string(r.ScopeType), r.ScopeID, string(r.Kind), r.Pattern, r.Target,
+	}, now)
+	if err != nil {
+		return ModelRule{}, err
+	}
+	r.ID, r.CreatedAt, r.UpdatedAt = id, created, now
+	return r, nil
+}
+
+// Rule returns one model rule, or ErrNotFound.
+func (s *Store) Rule(ctx context.Context, id string) (ModelRule, error) {
+	return oneRow(ctx, s.db, ruleSelect, id, scanRule)
+}
+
+// ListRules returns model rules matching f, sorted by id.
+func (s *Store) ListRules(ctx context.Context, f Filter) ([]ModelRule, error) {
+	w, args := f.where()
+	return listRows(ctx, s.db, ruleSelect+w, args, scanRule)
+}
+
+// DeleteRule deletes a model rule, or returns ErrNotFound.
+func (s *Store) DeleteRule(ctx context.Context, id string) error {
+	return s.del(ctx, "gov_model_rules", id)
+}
+
+// Snapshots.
+
+// Version is the policy version: it moves with every write.
+func (s *Store) Version(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.db.QueryRowContext(ctx, `SELECT version FROM gov_version WHERE id = 1`).Scan(&v)
+	return v, err
+}
+
+// Load reads every policy as one consistent snapshot: one read-only
+// transaction, REPEATABLE READ on PostgreSQL so its four statements see the
+// same commit (SQLite's deferred read transaction does that already).
+func (s *Store) Load(ctx context.Context) (*Policies, error) {
+	opts := &sql.TxOptions{ReadOnly: true}
+	if s.db.Engine == store.Postgres {
+		opts.Isolation = sql.LevelRepeatableRead
+	}
+	tx, err := s.db.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	defer tx.Rollback()
+	p := &Policies{}
+	if err := tx.QueryRowContext(ctx, `SELECT version FROM gov_version WHERE id = 1`).Scan(&p.Version); err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	if p.Budgets, err = listRows(ctx, tx, budgetSelect+" ORDER BY id", nil, scanBudget); err != nil {
+		return nil, fmt.Errorf("load budgets: %w", err)
+	}
+	if p.Limits, err = listRows(ctx, tx, limitSelect+" ORDER BY id", nil, scanLimit); err != nil {
+		return nil, fmt.Errorf("load limits: %w", err)
+	}
+	if p.Rules, err = listRows(ctx, tx, ruleSelect+" ORDER BY id", nil, scanRule); err != nil {
+		return nil, fmt.Errorf("load model rules: %w", err)
+	}
+	return p, nil
+}
+
+// InForce lists the policies of p that apply to sc, without headroom: the
+// effective view when no ledger is at hand (the CLI's resolve, the admin
+// API without a Governor). An empty model or harness is a view over all of
+// them, so a policy narrowed to one model or harness is listed too.
+func (p *Policies) InForce(sc Scope, model string) []PolicyState {
+	if p == nil {
+		return nil
+	}
+	applies := func(s Selector) bool {
+		if model == "" {
+			s.Model = ""
+		}
+		if sc.Harness == "" {
+			s.Harness = ""
+		}
+		return s.Matches(sc, model)
+	}
+	var out []PolicyState
+	for i := range p.Rules {
+		r := p.Rules[i]
+		if applies(Selector{ScopeType: r.ScopeType, ScopeID: r.ScopeID}) {
+			out = append(out, PolicyState{Kind: "model_rule", Rule: &r})
+		}
+	}
+	for i := range p.Limits {
+		if l := p.Limits[i]; applies(l.Selector) {
+			out = append(out, PolicyState{Kind: "limit", Limit: &l})
+		}
+	}
+	for i := range p.Budgets {
+		if b := p.Budgets[i]; applies(b.Selector) {
+			out = append(out, PolicyState{Kind: "budget", Budget: &b})
+		}
+	}
+	// Widest scope first within each kind, then by id: a stable order for
+	// readers and tests.
+	level := func(ps PolicyState) int {
+		switch {
+		case ps.Rule != nil:
+			return slices.Index(ScopeTypes, ps.Rule.ScopeType)
+		case ps.Limit != nil:
+			return slices.Index(ScopeTypes, ps.Limit.ScopeType)
+		}
+		return slices.Index(ScopeTypes, ps.Budget.ScopeType)
+	}
+	rank := map[string]int{"model_rule": 0, "limit": 1, "budget": 2}
+	slices.SortStableFunc(out, func(a, b PolicyState) int {
+		return cmp.Or(rank[a.Kind]-rank[b.Kind], level(a)-level(b))
+	})
+	return out
+}

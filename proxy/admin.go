@@ -12,6 +12,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -213,8 +214,19 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
-		return c.JSON(fiber.Map{"project": c.Query("project"), "user": c.Query("user"), "resolutions": nonNil(rows)})
+		out := fiber.Map{"project": c.Query("project"), "user": c.Query("user"), "resolutions": nonNil(rows)}
+		if s.cfg.Policies != nil || s.cfg.Governor != nil {
+			ps, err := s.effectivePolicies(c.UserContext(), governance.Scope{Project: c.Query("project"), User: c.Query("user")}, "")
+			if err != nil {
+				return err
+			}
+			out["policies"] = ps
+		}
+		return c.JSON(out)
 	})
+	if s.cfg.Policies != nil {
+		s.governanceRoutes(g)
+	}
 
 	if s.cfg.Usage != nil {
 		g.Get("/usage", s.usage)

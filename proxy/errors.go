@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
@@ -165,7 +166,11 @@ func classify(err error) *apiError {
 		// Admin API only: resolver and usage-query messages name the field
 		// at fault and never hold a secret.
 		return &apiError{kind: kindBadRequest, msg: err.Error()}
-	case errors.Is(err, resolver.ErrCredentialNotFound), errors.Is(err, resolver.ErrBindingNotFound), errors.Is(err, resolver.ErrTokenNotFound):
+	case errors.Is(err, governance.ErrInvalid):
+		// Admin API only: the message names every field at fault.
+		return &apiError{kind: kindBadRequest, msg: err.Error()}
+	case errors.Is(err, resolver.ErrCredentialNotFound), errors.Is(err, resolver.ErrBindingNotFound), errors.Is(err, resolver.ErrTokenNotFound),
+		errors.Is(err, governance.ErrNotFound):
 		return &apiError{kind: kindNotFound, msg: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return &apiError{kind: kindUpstreamTimeout, msg: "the provider did not answer in time", cause: err}

@@ -279,17 +279,29 @@ func cmdResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
+		policies, err := resolvePolicies(ctx, d, *project, *user)
+		if err != nil {
+			return err
+		}
 		if *format == "json" {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(rows)
+			// The shape of GET /admin/v1/resolution.
+			return writePolicyJSON(stdout, map[string]any{"project": *project, "user": *user,
+				"resolutions": nonNilPolicies(rows), "policies": nonNilPolicies(policies)})
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "HARNESS\tDIALECT\tSOURCE\tCREDENTIAL\tPROVIDER\tREASON")
 		for _, r := range rows {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Harness), r.Dialect, r.Source, dash(r.CredentialID), dash(r.Provider), dash(r.Reason))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if len(policies) == 0 {
+			fmt.Fprintln(stdout, "\nno budget, rate limit or model rule applies")
+			return nil
+		}
+		fmt.Fprintln(stdout)
+		return writePolicyStates(stdout, policies)
 	})
 }
 

@@ -58,7 +58,22 @@ var commands = []command{
 	{"credential deactivate", "--dialect D (--platform | --project P | --user U) [--harness H]", ""},
 	{"credential bindings", "[--credential ID] [--dialect D] [--format table|json]", ""},
 	{"credential rotate-key", "--from-key-file OLD", "re-encrypt every credential with the configured master key"},
-	{"resolve", "--project P --user U [--format table|json]", "show which credential serves each harness and dialect"},
+	{"resolve", "--project P --user U [--format table|json]", "show which credential serves each harness and dialect, and the policies in force"},
+	{"budget set", scopeSynopsis + " (--cost USD | --tokens N) --window W [--mode hard|soft|alert] [--model GLOB] [--harness H] [--unpriced refuse|fallback] [--alerts 50,80,100] [--id ID]",
+		"create a budget, or update the one with the same scope, model, harness, metric and window (or --id): its spend is kept"},
+	{"budget list", "[" + scopeSynopsis + "] [--format table|json]", ""},
+	{"budget show", "ID [--format table|json]", ""},
+	{"budget delete", "ID", ""},
+	{"limit set", scopeSynopsis + " [--rpm N] [--tpm N] [--concurrency N] [--mode hard|soft] [--model GLOB] [--harness H] [--id ID]",
+		"create a rate limit, or update the one with the same scope, model and harness (or --id)"},
+	{"limit list", "[" + scopeSynopsis + "] [--format table|json]", ""},
+	{"limit show", "ID [--format table|json]", ""},
+	{"limit delete", "ID", ""},
+	{"models allow", scopeSynopsis + " PATTERN", "only models matching PATTERN (a glob; quote it) pass at this scope"},
+	{"models deny", scopeSynopsis + " PATTERN", "models matching PATTERN are refused at this scope"},
+	{"models alias", "(--platform | --project P) NAME TARGET", "a request for model NAME is sent as TARGET"},
+	{"models list", "[" + scopeSynopsis + "] [--format table|json]", ""},
+	{"models delete", "ID", ""},
 	{"usage", "[--from DATE] [--to DATE] [--group-by model,project,...] [--project P] [--user U] [--workspace W] [--service-tier T] [--session ID] [--format table|json|csv] [--refusals]", "report metered usage, or with --refusals the refused authentications per minute; --to DATE includes that whole UTC day"},
 	{"usage import-quarantine", "[--spool DIR] [--dry-run]", "replay the spool's quarantine.jsonl into the database once its cause is fixed; keeps what is still refused"},
 	{"version", "", "print the version (also --version)"},
@@ -193,6 +208,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdCredential(ctx, rest, stdin, stdout, stderr)
 	case "resolve":
 		err = cmdResolve(ctx, rest, stdout, stderr)
+	case "budget":
+		err = cmdBudget(ctx, rest, stdout, stderr)
+	case "limit":
+		err = cmdLimit(ctx, rest, stdout, stderr)
+	case "models":
+		err = cmdModels(ctx, rest, stdout, stderr)
 	case "usage":
 		if len(rest) > 0 && rest[0] == "import-quarantine" {
 			err = cmdImportQuarantine(ctx, rest[1:], stdout, stderr)
