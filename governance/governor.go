@@ -2,12 +2,17 @@ package governance
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"sync/atomic"
+	"time"
 
 	"github.com/tollgate/tollgate/metering"
 )
 
-// SKELETON (h6 owns this file): the one entry point the proxy calls.
+// The one entry point the proxy calls (governance.md §3): model policy,
+// then rate limits, then budgets, each refusing before any cost is paid.
 
 // PolicySource serves the current policies (*Watcher).
 type PolicySource interface {
@@ -24,14 +29,42 @@ type Config struct {
 	Limiter Limiter
 	// Prices bound and price reservations.
 	Prices *metering.PriceTable
-	Log    *slog.Logger
+	// CurrentPrices, if set, is read per request instead of Prices: serve's
+	// price table is hot-reloaded.
+	CurrentPrices func() *metering.PriceTable
+	Log           *slog.Logger
+}
+
+// budgetLedger is what the Governor needs of a *Ledger; an interface so a
+// nil *Ledger is told apart from a missing one once, in New.
+type budgetLedger interface {
+	Reserve(ctx context.Context, requestID string, charges []Charge) (*Refusal, error)
+	Release(ctx context.Context, requestID string) error
+	Headroom(ctx context.Context, budgets []Budget) ([]Headroom, error)
 }
 
 // Governor admits requests under every policy that applies to them.
-type Governor struct{ cfg Config }
+type Governor struct {
+	cfg     Config
+	ledger  budgetLedger
+	limiter Limiter
+	log     *slog.Logger
+}
 
 // New returns a Governor.
-func New(cfg Config) *Governor { return &Governor{cfg: cfg} }
+func New(cfg Config) *Governor {
+	g := &Governor{cfg: cfg, limiter: cfg.Limiter, log: cfg.Log}
+	if cfg.Ledger != nil {
+		g.ledger = cfg.Ledger
+	}
+	if g.limiter == nil {
+		g.limiter = NewLocalLimiter(LocalConfig{})
+	}
+	if g.log == nil {
+		g.log = slog.Default()
+	}
+	return g
+}
 
 // Request is what the Governor needs to know about a request.
 type Request struct {
@@ -57,20 +90,221 @@ type Admission struct {
 	Reserved bool
 	// ReservedMicroUSD is the cost reserved (the largest over cost budgets).
 	ReservedMicroUSD int64
+
+	id     string
+	ledger budgetLedger
+	permit Permit
+	// ended makes Finish and Release count once, whichever comes first.
+	ended atomic.Bool
+}
+
+// releaseTimeout bounds the ledger call of Release. It runs on a context
+// that outlives the request's: a client that left must not leave its
+// reservation held until the sweeper.
+const releaseTimeout = 5 * time.Second
+
+// policies returns the current snapshot, nil when there is no source.
+func (g *Governor) policies() *Policies {
+	if g == nil || g.cfg.Policies == nil {
+		return nil
+	}
+	return g.cfg.Policies.Current()
 }
 
 // Admit checks model policy, rate limits and budgets, in that order, and
 // reserves. A refusal is returned as a *Refusal error; it has reserved and
-// acquired nothing.
-func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) { return nil, nil }
+// acquired nothing. Another error is ctx's: the caller left while waiting.
+//
+// A request no policy applies to returns (nil, nil) without allocating:
+// with governance off that is every request.
+func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
+	if !req.Metered {
+		return nil, nil
+	}
+	p := g.policies()
+	if p.Empty() {
+		return nil, nil
+	}
+	model := req.Model
+	if rules := p.RulesFor(req.Scope); len(rules) > 0 {
+		m, ref := ResolveModel(rules, req.Scope, req.Model)
+		if ref != nil {
+			return nil, ref
+		}
+		model = m
+	}
+	// Budgets and limits select on the model sent: an alias cannot dodge
+	// a budget on its target.
+	limits := p.LimitsFor(req.Scope, model)
+	budgets := p.BudgetsFor(req.Scope, model)
+	if len(limits) == 0 && len(budgets) == 0 {
+		if model == req.Model {
+			return nil, nil
+		}
+		return &Admission{Model: model}, nil
+	}
+	a := &Admission{Model: model, id: req.RequestID, permit: NoPermit}
+
+	// Charges are computed before anything is held: an unpriced model
+	// refused here has cost no rate-limit slot.
+	charges, capped, ref := g.charges(req, model, budgets)
+	if ref != nil {
+		return nil, ref
+	}
+	if len(charges) > 0 && g.ledger == nil && capped {
+		return nil, unavailable(budgets, "the budget ledger is not configured")
+	}
+
+	if len(limits) > 0 {
+		permit, ref, err := g.limiter.Acquire(ctx, req.RequestID, limits, PacingTokens(req.Body))
+		switch {
+		case ref != nil:
+			return nil, ref
+		case err != nil && ctx.Err() != nil:
+			return nil, ctx.Err()
+		case err != nil:
+			// The limiter failed in a way it did not shape: fail closed,
+			// retryably.
+			g.log.Warn("rate limiter failed", "request_id", req.RequestID, "err", err)
+			return nil, &Refusal{Kind: RefuseUnavailable, RetryAfter: UnavailableRetryAfter,
+				Message: "tollgate cannot check this request's rate limits right now; retry shortly"}
+		}
+		if permit != nil {
+			a.permit = permit
+		}
+	}
+
+	if len(charges) > 0 && g.ledger != nil {
+		ref, err := g.ledger.Reserve(ctx, req.RequestID, charges)
+		switch {
+		case ref != nil:
+			a.permit.Release(0)
+			return nil, ref
+		case err != nil && ctx.Err() != nil:
+			a.permit.Release(0)
+			return nil, ctx.Err()
+		case err != nil && capped:
+			a.permit.Release(0)
+			g.log.Warn("budget ledger unreachable: capped request refused", "request_id", req.RequestID, "err", err)
+			return nil, unavailable(budgets, "the budget ledger cannot be reached")
+		case err != nil:
+			// Alert-only budgets never refuse, not even for an outage.
+			g.log.Warn("budget ledger unreachable: alert-only budgets not accounted", "request_id", req.RequestID, "err", err)
+		default:
+			a.Reserved = true
+			a.ledger = g.ledger
+			for _, c := range charges {
+				if c.Budget.Metric == MetricCost {
+					a.ReservedMicroUSD = max(a.ReservedMicroUSD, c.Amount)
+				}
+			}
+		}
+	}
+	return a, nil
+}
+
+// charges returns what the request reserves against each budget, and
+// whether any of them can refuse (hard or soft: an outage of the ledger
+// then refuses too). An unpriced model under a cost budget that refuses
+// unpriced models is refused here.
+func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charge, bool, *Refusal) {
+	if len(budgets) == 0 {
+		return nil, false, nil
+	}
+	prices := g.cfg.Prices
+	if g.cfg.CurrentPrices != nil {
+		prices = g.cfg.CurrentPrices()
+	}
+	ceil := EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, false)
+	var fallback *Ceiling
+	capped := false
+	charges := make([]Charge, 0, len(budgets))
+	for _, b := range budgets {
+		if b.Mode != ModeAlert {
+			capped = true
+		}
+		if b.Metric == MetricTokens {
+			charges = append(charges, Charge{Budget: b, Amount: ceil.Tokens()})
+			continue
+		}
+		c := ceil
+		if !c.Priced && b.Unpriced == UnpricedFallback {
+			if fallback == nil {
+				f := EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, true)
+				fallback = &f
+			}
+			c = *fallback
+		}
+		if !c.Priced {
+			if b.Mode == ModeAlert {
+				// Nothing to account in dollars; alerts never refuse.
+				continue
+			}
+			return nil, capped, &Refusal{
+				Kind:   RefuseBudget,
+				Policy: b.policyName(),
+				Limit:  b.Limit,
+				Unit:   b.unit(),
+				Message: fmt.Sprintf("model %q has no price, and the cost budget of %s refuses unpriced models; use a priced model or ask an administrator to price it (or set the budget's unpriced to fallback)",
+					model, b.Selector.String()),
+			}
+		}
+		charges = append(charges, Charge{Budget: b, Amount: c.CostMicroUSD})
+	}
+	return charges, capped, nil
+}
+
+// unavailable is the retryable refusal of a capped request the ledger
+// cannot check: failing open would let a capped scope spend unbounded.
+func unavailable(budgets []Budget, why string) *Refusal {
+	r := &Refusal{Kind: RefuseUnavailable, RetryAfter: UnavailableRetryAfter,
+		Message: why + ", so tollgate cannot check this request's budget; retry shortly"}
+	for _, b := range budgets {
+		if b.Mode != ModeAlert {
+			r.Policy = b.policyName()
+			break
+		}
+	}
+	return r
+}
 
 // Release gives everything back: the request was not forwarded.
-func (a *Admission) Release(ctx context.Context) {}
+func (a *Admission) Release(ctx context.Context) {
+	if a == nil || !a.ended.CompareAndSwap(false, true) {
+		return
+	}
+	if a.permit != nil {
+		a.permit.Release(0)
+	}
+	if a.Reserved && a.ledger != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+		// A failed release is reclaimed by the sweeper once this
+		// reservation's lease runs out; nothing better can be done here.
+		if err := a.ledger.Release(rctx, a.id); err != nil {
+			slog.Default().Warn("budget release failed; the sweeper will reclaim it", "request_id", a.id, "err", err)
+		}
+	}
+}
 
 // Finish ends an admitted request once its record is final: it frees the
 // concurrency slot and corrects TPM to the record's tokens. The budget
 // settles with the record in the ledger's transaction, not here.
-func (a *Admission) Finish(rec *metering.Record) {}
+func (a *Admission) Finish(rec *metering.Record) {
+	if a == nil || !a.ended.CompareAndSwap(false, true) || a.permit == nil {
+		return
+	}
+	// TPM is corrected by the settlement rule's token count: the usage,
+	// 0 when nothing can have been billed, else unknown (-1: the paced
+	// estimate stands).
+	tokens := int64(-1)
+	if rec != nil {
+		if _, t := Actuals(rec); t != nil {
+			tokens = *t
+		}
+	}
+	a.permit.Release(tokens)
+}
 
 // PolicyState is one policy in force for a scope, with its headroom.
 type PolicyState struct {
@@ -81,9 +315,73 @@ type PolicyState struct {
 	Headroom *Headroom  `json:"headroom,omitempty"`
 }
 
+// ErrNoLedger is Effective's error for budgets it cannot show headroom of.
+var ErrNoLedger = errors.New("governance: budgets are configured but no budget ledger is")
+
 // Effective lists the policies in force for sc (and model, when not empty)
 // with each budget's headroom: the resolution view, computed by the same
-// matching as enforcement.
+// matching as enforcement. With no model, policies narrowed to a model are
+// listed too: they apply to some of the scope's requests.
 func (g *Governor) Effective(ctx context.Context, sc Scope, model string) ([]PolicyState, error) {
-	return nil, nil
+	p := g.policies()
+	if p.Empty() {
+		return nil, nil
+	}
+	matches := func(s Selector) bool {
+		if model == "" {
+			s.Model = ""
+		}
+		return s.Matches(sc, model)
+	}
+	var out []PolicyState
+	var budgets []Budget
+	for _, b := range p.Budgets {
+		if matches(b.Selector) {
+			budgets = append(budgets, b)
+		}
+	}
+	if len(budgets) > 0 {
+		if g.ledger == nil {
+			return nil, ErrNoLedger
+		}
+		hs, err := g.ledger.Headroom(ctx, budgets)
+		if err != nil {
+			return nil, err
+		}
+		for i := range hs {
+			out = append(out, PolicyState{Kind: "budget", Budget: &hs[i].Budget, Headroom: &hs[i]})
+		}
+	}
+	for _, l := range p.Limits {
+		if matches(l.Selector) {
+			out = append(out, PolicyState{Kind: "limit", Limit: &l})
+		}
+	}
+	for _, r := range p.RulesFor(sc) {
+		out = append(out, PolicyState{Kind: "model_rule", Rule: &r})
+	}
+	return out, nil
+}
+
+// Rate-limit states, for /readyz and metrics.
+const (
+	RateLimitsShared        = "shared"
+	RateLimitsLocalFallback = "local-fallback"
+	RateLimitsLocal         = "local"
+)
+
+// RateLimits says where rate limits are counted now: in Redis (shared), in
+// this process because Redis is unreachable (local-fallback: limit / live
+// replicas), or in this process by configuration (local).
+func (g *Governor) RateLimits() string {
+	if g == nil {
+		return ""
+	}
+	if r, ok := g.limiter.(*RedisLimiter); ok {
+		if r.Healthy() {
+			return RateLimitsShared
+		}
+		return RateLimitsLocalFallback
+	}
+	return RateLimitsLocal
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/metering"
@@ -71,6 +72,8 @@ type envOptions struct {
 	refusals   RefusalCounter
 	// sink, if set, wraps the in-memory sink as the server's Sink.
 	sink func(*meteringtest.Sink) Sink
+	// governor sets Config.Governor (gov_*_test.go).
+	governor *governance.Governor
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -153,6 +156,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		Owners:                o.owners,
 		AuthLimits:            o.authLimits,
 		Refusals:              o.refusals,
+		Governor:              o.governor,
 	})
 	if err != nil {
 		tb.Fatal(err)

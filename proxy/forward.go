@@ -19,6 +19,7 @@ import (
 	"github.com/tidwall/gjson"
 	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -48,6 +49,9 @@ type call struct {
 	// (a stream) or its end (a whole answer).
 	ctx   context.Context
 	watch *departure
+	// adm is governance's hold on the request (nil: no policy applied);
+	// finish ends it before the record leaves.
+	adm *governance.Admission
 }
 
 // requestIDEncoding is lower-case base32 (0-9, a-v), which sorts like the
@@ -246,10 +250,37 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		return cl.reject(err)
 	}
 
+	// Governance comes last before the upstream request, after the
+	// credential is known, so that nothing between a reservation and the
+	// forward can fail but the rewrite below (which releases).
+	out, rest := body, m.Rest
+	if g := s.cfg.Governor; g != nil {
+		adm, err := g.Admit(ctx, governance.Request{
+			RequestID: cl.rec.RequestID,
+			Scope: governance.Scope{Project: ident.Project, User: ident.User, Workspace: ident.Workspace,
+				TokenID: ident.TokenID, Harness: cl.rec.Harness},
+			Dialect: m.Dialect.Name, Provider: provider.Name,
+			Model: cl.rec.ModelRequest, Body: body, Metered: m.Path.Metered,
+		})
+		if err != nil {
+			var ref *governance.Refusal
+			if errors.As(err, &ref) {
+				return cl.governed(c, harness, ref)
+			}
+			return cl.reject(lookupError(ctx, err))
+		}
+		if adm != nil {
+			if out, rest, err = cl.applyAdmission(adm, body, m); err != nil {
+				adm.Release(ctx)
+				return cl.reject(err)
+			}
+			cl.adm = adm
+		}
+	}
+
 	// The upstream request is written inside this handler, while fiber's
 	// body buffer is still ours, so agent contexts (often megabytes) are not
 	// copied; the include_usage edit returns a new slice.
-	out := body
 	if m.Path.IncludeUsage && cl.rec.Stream && provider.InjectsUsage() {
 		out, cl.rec.Injected, _ = metering.InjectIncludeUsage(out)
 	}
@@ -258,7 +289,7 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	if target.BaseURL != "" {
 		base = strings.TrimRight(target.BaseURL, "/")
 	}
-	upURL := base + m.Rest
+	upURL := base + rest
 	if q := c.Request().URI().QueryString(); len(q) > 0 {
 		upURL += "?" + stripTokenParams(string(q))
 	}
@@ -268,6 +299,34 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		return cl.sendWhole(c, method, upURL, out, provider, target.Secret, reg.Limits)
 	}
 	return cl.sendStreamed(c, method, upURL, out, provider, target.Secret, reg.Limits)
+}
+
+// applyAdmission puts an admission in the request: the model to send, in
+// the body or Gemini's path, and the reservation in the record before
+// begin, so the in-flight journal carries it. The body keeps every other
+// byte (prompt caches match on them). Whenever a policy applied, a body
+// with two "model" keys is refused: the policy judged one, and the
+// provider might serve the other.
+func (cl *call) applyAdmission(adm *governance.Admission, body []byte, m registry.Match) ([]byte, string, error) {
+	out, rest := body, m.Rest
+	if m.Model == "" && len(body) > 0 {
+		if _, err := governance.BodyModel(body); err != nil {
+			return nil, "", newError(kindBadRequest, "%s", err.Error())
+		}
+	}
+	if adm.Model != "" && adm.Model != cl.rec.ModelRequest {
+		if m.Model != "" {
+			rest = governance.RewritePathModel(m.Rest, adm.Model)
+		} else {
+			var err error
+			if out, err = governance.RewriteModel(body, adm.Model); err != nil {
+				return nil, "", newError(kindBadRequest, "%s", err.Error())
+			}
+		}
+		cl.rec.ModelSent = adm.Model
+	}
+	cl.rec.Reserved, cl.rec.ReservedMicroUSD = adm.Reserved, adm.ReservedMicroUSD
+	return out, rest, nil
 }
 
 // newUpstreamRequest builds the upstream request from scratch. It holds
@@ -615,6 +674,9 @@ func (cl *call) finish() {
 	if s.log.Enabled(context.Background(), slog.LevelInfo) {
 		s.logRecord(r)
 	}
+	// The concurrency slot frees and TPM is corrected now; the budget
+	// settles with the record, in the ledger's transaction.
+	cl.adm.Finish(r)
 	// Record takes ownership of r: nothing may touch it afterwards.
 	s.cfg.Sink.Record(r)
 }

@@ -327,6 +327,10 @@ type readyState struct {
 	Reason     string   `json:"reason,omitempty"`
 	StalenessS float64  `json:"staleness_s"`
 	BoundS     *float64 `json:"bound_s,omitempty"`
+	// RateLimits is where rate limits are counted (shared, local-fallback,
+	// local): a Redis outage is visible here without failing readiness,
+	// since the local fallback still enforces limit / replicas.
+	RateLimits string `json:"rate_limits,omitempty"`
 }
 
 // Readiness reasons.
@@ -336,7 +340,7 @@ const (
 )
 
 func (s *Server) readyz(c *fiber.Ctx) error {
-	st := readyState{Status: "ok"}
+	st := readyState{Status: "ok", RateLimits: s.cfg.Governor.RateLimits()}
 	var staleness, bound time.Duration
 	fresh := true
 	if s.cfg.Freshness != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate"
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/proxy"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -123,6 +124,30 @@ type options struct {
 	AuthFailureBurst   int
 	AuthFailuresPerMin int
 	AuthFailuresGlobal int
+
+	// Governance (governance.md). RedisURL shares rate limits across
+	// replicas (TOLLGATE_REDIS_URL, no flag: it may hold a password);
+	// empty counts them in process. RedisPrefix starts every key
+	// (TOLLGATE_REDIS_PREFIX, tg:). RateMaxWait is how long a rate-limited
+	// request may wait inside tollgate (TOLLGATE_RATE_MAX_WAIT, 5s; 0:
+	// never).
+	RedisURL    string
+	RedisPrefix string
+	RateMaxWait time.Duration
+	// BudgetLease and BudgetHeartbeat are the budget ledger's lease and
+	// heartbeat (TOLLGATE_BUDGET_LEASE, 30s; TOLLGATE_BUDGET_HEARTBEAT,
+	// 5s); ReplicaID names this replica's reservations
+	// (TOLLGATE_REPLICA_ID, default random per start).
+	BudgetLease     time.Duration
+	BudgetHeartbeat time.Duration
+	ReplicaID       string
+	// AlertWebhookURL receives budget alerts (TOLLGATE_ALERT_WEBHOOK_URL,
+	// no flag); AlertWebhookSecret signs them (TOLLGATE_ALERT_WEBHOOK_SECRET,
+	// or a file named by TOLLGATE_ALERT_WEBHOOK_SECRET_FILE /
+	// --alert-webhook-secret-file).
+	AlertWebhookURL        string
+	AlertWebhookSecret     string
+	AlertWebhookSecretFile string
 }
 
 // bind registers the flags every database-backed command uses.
@@ -176,11 +201,101 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.intVar(fs, &o.AuthFailureBurst, "auth-failure-burst", "TOLLGATE_AUTH_FAILURE_BURST", proxy.DefaultAuthFailureBurst, "failed token checks a client IPv4 address or IPv6 /64 may make before it gets 429; negative: no per-address limit")
 	o.intVar(fs, &o.AuthFailuresPerMin, "auth-failures-per-min", "TOLLGATE_AUTH_FAILURES_PER_MIN", proxy.DefaultAuthFailuresPerMinute, "failed token checks a minute a client address may sustain after its burst")
 	o.intVar(fs, &o.AuthFailuresGlobal, "auth-failures-global", "TOLLGATE_AUTH_FAILURES_GLOBAL", proxy.DefaultAuthFailuresGlobal, "failed token checks a second over all addresses before clients without a recently accepted token get 429; negative: no global limit")
+	o.bindGovernance(fs)
 	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
 	o.removedFlag(fs, "metrics-token", "set TOLLGATE_METRICS_TOKEN, or put the token in a file and pass --metrics-token-file FILE (TOLLGATE_METRICS_TOKEN_FILE)")
 }
 
 const defaultHarnesses = "./harnesses.yaml"
+
+// bindGovernance registers serve's budget, rate-limit and alert settings.
+// The Redis and webhook URLs come from the environment only: either may
+// carry a password.
+func (o *options) bindGovernance(fs *flag.FlagSet) {
+	o.RedisURL = os.Getenv("TOLLGATE_REDIS_URL")
+	o.AlertWebhookURL = os.Getenv("TOLLGATE_ALERT_WEBHOOK_URL")
+	o.AlertWebhookSecret = os.Getenv("TOLLGATE_ALERT_WEBHOOK_SECRET")
+	o.stringVar(fs, &o.RedisPrefix, "redis-prefix", "TOLLGATE_REDIS_PREFIX", "tg:", "`prefix` of every Redis key", checkRedisPrefix)
+	o.waitVar(fs, &o.RateMaxWait, "rate-max-wait", "TOLLGATE_RATE_MAX_WAIT", governance.DefaultMaxWait, "how `long` a rate-limited request may wait inside tollgate before it is refused; 0: never wait")
+	o.durationVar(fs, &o.BudgetLease, "budget-lease", "TOLLGATE_BUDGET_LEASE", governance.DefaultLease, "how `long` a silent replica keeps its budget reservations before a peer reclaims them at their ceiling")
+	o.durationVar(fs, &o.BudgetHeartbeat, "budget-heartbeat", "TOLLGATE_BUDGET_HEARTBEAT", governance.DefaultHeartbeat, "how `often` this replica proves to the budget ledger it is alive")
+	o.stringVar(fs, &o.ReplicaID, "replica-id", "TOLLGATE_REPLICA_ID", "", "`name` of this replica's budget reservations; default random per start", checkReplicaID)
+	o.stringVar(fs, &o.AlertWebhookSecretFile, "alert-webhook-secret-file", "TOLLGATE_ALERT_WEBHOOK_SECRET_FILE", "", "`file` holding the secret budget alerts are signed with; or set TOLLGATE_ALERT_WEBHOOK_SECRET", nil)
+}
+
+// checkGovernance reports the governance settings that do not fit
+// together or do not parse. URLs are never quoted: they may hold a
+// password.
+func (o *options) checkGovernance() []error {
+	var errs []error
+	if o.RedisURL != "" {
+		u, err := url.Parse(o.RedisURL)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			errs = append(errs, errors.New("TOLLGATE_REDIS_URL is not a Redis URL: use redis://[user:password@]host:port/db or rediss://... (the value is not shown: it may hold a password)"))
+		}
+	}
+	if o.AlertWebhookURL != "" {
+		u, err := url.Parse(o.AlertWebhookURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, errors.New("TOLLGATE_ALERT_WEBHOOK_URL is not an http(s) URL (the value is not shown: it may hold a secret)"))
+		}
+	}
+	if o.AlertWebhookSecret != "" && o.AlertWebhookSecretFile != "" {
+		errs = append(errs, errors.New("both TOLLGATE_ALERT_WEBHOOK_SECRET and an alert webhook secret file are set: set one"))
+	}
+	if o.AlertWebhookURL == "" && (o.AlertWebhookSecret != "" || o.AlertWebhookSecretFile != "") {
+		errs = append(errs, errors.New("an alert webhook secret is set without TOLLGATE_ALERT_WEBHOOK_URL: set the URL, or unset the secret"))
+	}
+	// Two missed heartbeats must not lose a live replica's reservations.
+	if o.BudgetLease > 0 && o.BudgetHeartbeat > 0 && o.BudgetLease < 2*o.BudgetHeartbeat {
+		errs = append(errs, fmt.Errorf("TOLLGATE_BUDGET_LEASE=%q must be at least 2 x TOLLGATE_BUDGET_HEARTBEAT=%q, or a live replica's reservations are reclaimed between two heartbeats",
+			o.BudgetLease.String(), o.BudgetHeartbeat.String()))
+	}
+	return errs
+}
+
+// alertSecret returns the webhook secret from the variable or the file.
+func (o *options) alertSecret() (string, error) {
+	return tokenFrom("alert webhook secret", o.AlertWebhookSecret, o.AlertWebhookSecretFile)
+}
+
+func checkRedisPrefix(s string) error {
+	if s == "" || len(s) > 64 || strings.ContainsAny(s, " \t\r\n") {
+		return errors.New("a Redis key prefix is 1 to 64 characters without spaces, e.g. tg:")
+	}
+	return nil
+}
+
+func checkReplicaID(s string) error {
+	if len(s) > 128 {
+		return errors.New("at most 128 characters")
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._-:", c)) {
+			return errors.New("use letters, digits and . _ - : only")
+		}
+	}
+	return nil
+}
+
+// waitVar is a duration that may be zero ("0" or "0s": never wait).
+func (o *options) waitVar(fs *flag.FlagSet, p *time.Duration, name, env string, def time.Duration, usage string) {
+	*p = def
+	o.register(fs, &strictValue{
+		set: func(s string) error {
+			if t := strings.TrimSpace(s); t == "0" || t == "0s" {
+				*p = 0
+				return nil
+			}
+			d, err := parseDuration(s)
+			if err == nil {
+				*p = d
+			}
+			return err
+		},
+		get: func() string { return p.String() },
+	}, name, env, usage, true)
+}
 
 // The TOLLGATE_ADMIN_ADDR values that are not addresses.
 const (
@@ -236,6 +351,7 @@ func (o *options) check() error {
 	if o.MetricsToken != "" && o.MetricsTokenFile != "" {
 		errs = append(errs, errors.New("both TOLLGATE_METRICS_TOKEN and a metrics token file are set: set one"))
 	}
+	errs = append(errs, o.checkGovernance()...)
 	return errors.Join(errs...)
 }
 

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
@@ -175,6 +176,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	gov, err := startGovernance(ctx, bg, &o, d, prices, usage, log)
+	if err != nil {
+		return err
+	}
+	// After the shutdown sequence (writer drained: settlement needs only
+	// the ledger's tables), stop the background work, then wait for it.
+	defer gov.stop(stopBG)
 	writer, err := ledger.NewWriter(ledger.WriterConfig{SpoolDir: o.Spool, Logger: log}, usage)
 	if err != nil {
 		return err
@@ -238,6 +246,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Pricer:            pricer{prices},
 		Observer:          tel.instruments,
 		Freshness:         d.resolver,
+		Governor:          gov.governor,
+		Policies:          gov.store,
+		PolicyWatcher:     gov.watcher,
 		Metrics:           tel.handler,
 		MetricsToken:      metricsToken,
 		AdminOnProxy:      o.AdminAddr == adminAddrSame,
@@ -390,4 +401,101 @@ func loadPrices(o *options, log *slog.Logger) (*hotfile.Value[metering.PriceTabl
 		return hotfile.Static(metering.DefaultPrices()), nil
 	}
 	return hotfile.Load("prices", o.Prices, metering.LoadPrices, log)
+}
+
+// governanceDeps are serve's budget, rate-limit and policy pieces.
+type governanceDeps struct {
+	store    *governance.Store
+	watcher  *governance.Watcher
+	ledger   *governance.Ledger
+	limiter  governance.Limiter
+	redis    *governance.RedisLimiter
+	alerter  *governance.Alerter
+	governor *governance.Governor
+}
+
+// startGovernance opens the policy store and its watcher, the budget
+// ledger (installed as the usage store's settler before any writer replays
+// the spool: a replayed record must settle its reservation), the rate
+// limiter and the alerter. Background work runs on bg.
+func startGovernance(ctx, bg context.Context, o *options, d *deps, prices *hotfile.Value[metering.PriceTable], usage *ledger.Store, log *slog.Logger) (*governanceDeps, error) {
+	g := &governanceDeps{}
+	st, err := openPolicies(ctx, d.db)
+	if err != nil {
+		return nil, err
+	}
+	g.store = st
+	g.watcher = governance.NewWatcher(st, governance.WatchConfig{
+		Poll: resolver.DefaultPollInterval, PollOnly: o.PGNotify == "off", Log: log,
+	})
+	if err := g.watcher.Start(bg); err != nil {
+		return nil, fmt.Errorf("governance policies: %w", err)
+	}
+	l, err := governance.OpenLedger(ctx, d.db, governance.LedgerConfig{
+		ReplicaID: o.ReplicaID, Lease: o.BudgetLease, Heartbeat: o.BudgetHeartbeat, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.ledger = l
+	usage.SetSettler(l)
+	if err := l.Start(bg); err != nil {
+		// A ledger that cannot heartbeat now refuses capped requests
+		// retryably later; the replica still serves uncapped ones.
+		log.Warn("budget ledger: first heartbeat failed", "err", err)
+	}
+	maxWait := o.RateMaxWait
+	if maxWait == 0 {
+		maxWait = -1 // the limiters read 0 as the default, negative as never
+	}
+	if o.RedisURL != "" {
+		r, err := governance.NewRedisLimiter(governance.RedisConfig{
+			URL: o.RedisURL, Prefix: o.RedisPrefix, MaxWait: maxWait, Replicas: l.Replicas, Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		g.redis, g.limiter = r, r
+	} else {
+		g.limiter = governance.NewLocalLimiter(governance.LocalConfig{MaxWait: maxWait})
+	}
+	if o.AlertWebhookURL != "" {
+		secret, err := o.alertSecret()
+		if err != nil {
+			return nil, err
+		}
+		a, err := governance.NewAlerter(ctx, d.db, g.watcher, l, governance.AlertConfig{
+			URL: o.AlertWebhookURL, Secret: []byte(secret), Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := a.Start(bg); err != nil {
+			return nil, err
+		}
+		g.alerter = a
+	}
+	g.governor = governance.New(governance.Config{
+		Policies: g.watcher, Ledger: l, Limiter: g.limiter,
+		CurrentPrices: prices.Current, Log: log,
+	})
+	log.Info("governance", "rate_limits", g.governor.RateLimits(), "replica", l.ReplicaID(), "alerts", g.alerter != nil)
+	return g, nil
+}
+
+// stop ends governance's background work (stopBG ends the watcher, the
+// ledger's heartbeat and the alerter), waits for the watcher (bounded) and
+// the alerter, and closes the Redis pool.
+func (g *governanceDeps) stop(stopBG context.CancelFunc) {
+	stopBG()
+	select {
+	case <-g.watcher.Done():
+	case <-time.After(shutdownCancelBound):
+	}
+	if g.alerter != nil {
+		g.alerter.Wait()
+	}
+	if g.redis != nil {
+		_ = g.redis.Close()
+	}
 }

@@ -1,0 +1,264 @@
+package governance
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// govPolicies is a swappable PolicySource (the Watcher is tested with the
+// store).
+type govPolicies struct{ p atomic.Pointer[Policies] }
+
+func (s *govPolicies) Current() *Policies { return s.p.Load() }
+
+func (s *govPolicies) set(p Policies) {
+	for i := range p.Budgets {
+		p.Budgets[i].Normalize()
+	}
+	for i := range p.Limits {
+		p.Limits[i].Normalize()
+	}
+	s.p.Store(&p)
+}
+
+func govRequest(id, project, model string) Request {
+	return Request{RequestID: id, Scope: Scope{Project: project, User: "u", Workspace: "ws", TokenID: "t"},
+		Dialect: "anthropic-messages", Provider: "anthropic", Model: model, Metered: true,
+		Body: []byte(`{"model":"` + model + `","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`)}
+}
+
+func tokensBudget(id, project string, limit int64, mode Mode) Budget {
+	return Budget{ID: id, Selector: Selector{ScopeType: ScopeProject, ScopeID: project}, Metric: MetricTokens,
+		Limit: limit, Window: Window{Kind: WindowDay}, Mode: mode}
+}
+
+func refusalOf(t *testing.T, err error) *Refusal {
+	t.Helper()
+	var ref *Refusal
+	if !errors.As(err, &ref) {
+		t.Fatalf("want a *Refusal, got %v", err)
+	}
+	return ref
+}
+
+// TestGovernorUngovernedAllocatesNothing: with no policy, with policies
+// for other scopes, and on non-metered paths, Admit returns nil without an
+// allocation: governance off costs the request path nothing.
+func TestGovernorUngovernedAllocatesNothing(t *testing.T) {
+	pol := &govPolicies{}
+	g := New(Config{Policies: pol})
+	req := govRequest("req_1", "acme", "claude-sonnet-4-5")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		p    Policies
+		req  Request
+	}{
+		{"no policy", Policies{}, req},
+		{"other scopes' policies", Policies{
+			Budgets: []Budget{tokensBudget("b", "other", 10, ModeHard)},
+			Limits:  []Limit{{ID: "l", Selector: Selector{ScopeType: ScopeProject, ScopeID: "other"}, RPM: 1}},
+			Rules:   []ModelRule{{ID: "r", ScopeType: ScopeProject, ScopeID: "other", Kind: RuleDeny, Pattern: "*"}},
+		}, req},
+		{"not metered", Policies{Rules: []ModelRule{{ID: "r", ScopeType: ScopePlatform, Kind: RuleDeny, Pattern: "*"}}},
+			func() Request { r := req; r.Metered = false; return r }()},
+	} {
+		pol.set(tc.p)
+		allocs := testing.AllocsPerRun(200, func() {
+			if a, err := g.Admit(ctx, tc.req); a != nil || err != nil {
+				t.Fatalf("%s: admission %+v err %v", tc.name, a, err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%s: %v allocations per Admit, want 0", tc.name, allocs)
+		}
+	}
+	var nilGov *Governor
+	if a, err := nilGov.Admit(ctx, req); a != nil || err != nil {
+		t.Fatalf("nil governor: %v %v", a, err)
+	}
+}
+
+// TestGovernorModelPolicyComesFirst: a denied model is refused before any
+// limit or budget is touched, and an alias's target is what budgets and
+// limits select on.
+func TestGovernorModelPolicyComesFirst(t *testing.T) {
+	r := openRig(t, ledgerDSN(t, "sqlite"), newClock(time.Now()), "a")
+	pol := &govPolicies{}
+	g := New(Config{Policies: pol, Ledger: r.l, Limiter: NewLocalLimiter(LocalConfig{MaxWait: -1})})
+	b := tokensBudget("opus", "acme", 1<<40, ModeSoft)
+	b.Model = "claude-opus-*"
+	pol.set(Policies{
+		Budgets: []Budget{b},
+		Limits:  []Limit{{ID: "one", Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Concurrency: 1}},
+		Rules: []ModelRule{
+			{ID: "deny", ScopeType: ScopePlatform, Kind: RuleDeny, Pattern: "gpt-*"},
+			{ID: "alias", ScopeType: ScopeProject, ScopeID: "acme", Kind: RuleAlias, Pattern: "big", Target: "claude-opus-4-5"},
+		},
+	})
+	ctx := context.Background()
+	_, err := g.Admit(ctx, govRequest("req_d", "acme", "gpt-5"))
+	if ref := refusalOf(t, err); ref.Kind != RefuseModel {
+		t.Fatalf("denied model: %+v", ref)
+	}
+	a, err := g.Admit(ctx, govRequest("req_a", "acme", "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Model != "claude-opus-4-5" || !a.Reserved {
+		t.Fatalf("alias admission %+v: want the target, reserved against the opus budget", a)
+	}
+	// The refused request took no slot; this one holds the only one.
+	_, err = g.Admit(ctx, govRequest("req_b", "acme", "claude-opus-4-5"))
+	if ref := refusalOf(t, err); ref.Kind != RefuseConcurrency {
+		t.Fatalf("second in flight: %+v", ref)
+	}
+	a.Finish(okRecord("req_a", 0))
+	if _, err := g.Admit(ctx, govRequest("req_c", "acme", "claude-opus-4-5")); err != nil {
+		t.Fatalf("after Finish the slot is free: %v", err)
+	}
+}
+
+// TestGovernorBudgetRefusalReleasesThePermit: a request the budget refuses
+// gives its rate-limit slot back.
+func TestGovernorBudgetRefusalReleasesThePermit(t *testing.T) {
+	r := openRig(t, ledgerDSN(t, "sqlite"), newClock(time.Now()), "a")
+	pol := &govPolicies{}
+	g := New(Config{Policies: pol, Ledger: r.l, Limiter: NewLocalLimiter(LocalConfig{MaxWait: -1})})
+	b := tokensBudget("b", "acme", 1, ModeSoft)
+	lim := Limit{ID: "one", Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Concurrency: 1}
+	pol.set(Policies{Budgets: []Budget{b}, Limits: []Limit{lim}})
+	ctx := context.Background()
+	// Spend the budget: 15 tokens settled against a limit of 1.
+	a, err := g.Admit(ctx, govRequest("req_1", "acme", "m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Finish(okRecord("req_1", 0))
+	r.settle(t, okRecord("req_1", 0))
+	for i := range 3 {
+		_, err := g.Admit(ctx, govRequest("req_x"+string(rune('a'+i)), "acme", "m"))
+		if ref := refusalOf(t, err); ref.Kind != RefuseBudget {
+			t.Fatalf("spent budget: %+v", ref)
+		}
+	}
+	pol.set(Policies{Limits: []Limit{lim}})
+	if _, err := g.Admit(ctx, govRequest("req_2", "acme", "m")); err != nil {
+		t.Fatalf("the budget's refusals kept the concurrency slot: %v", err)
+	}
+}
+
+// TestGovernorUnpricedUnderCostBudget (N6): a model the price table does
+// not know is refused under a cost budget that refuses unpriced models,
+// naming the model; an alert budget never refuses.
+func TestGovernorUnpricedUnderCostBudget(t *testing.T) {
+	r := openRig(t, ledgerDSN(t, "sqlite"), newClock(time.Now()), "a")
+	pol := &govPolicies{}
+	g := New(Config{Policies: pol, Ledger: r.l})
+	b := Budget{ID: "cost", Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Metric: MetricCost,
+		Limit: 50_000_000, Window: Window{Kind: WindowMonth}, Mode: ModeHard}
+	pol.set(Policies{Budgets: []Budget{b}})
+	_, err := g.Admit(context.Background(), govRequest("req_1", "acme", "model-nobody-prices"))
+	ref := refusalOf(t, err)
+	if ref.Kind != RefuseBudget || !strings.Contains(ref.Message, "model-nobody-prices") || ref.Policy != "project:acme/budget" {
+		t.Fatalf("unpriced: %+v", ref)
+	}
+	b.Mode = ModeAlert
+	pol.set(Policies{Budgets: []Budget{b}})
+	if _, err := g.Admit(context.Background(), govRequest("req_2", "acme", "model-nobody-prices")); err != nil {
+		t.Fatalf("alert budget refused: %v", err)
+	}
+}
+
+// TestGovernorWithoutLedgerFailsClosed (N18): budgets with no reachable
+// ledger refuse capped requests retryably; alert-only budgets pass.
+func TestGovernorWithoutLedgerFailsClosed(t *testing.T) {
+	pol := &govPolicies{}
+	g := New(Config{Policies: pol})
+	pol.set(Policies{Budgets: []Budget{tokensBudget("b", "acme", 100, ModeSoft)}})
+	_, err := g.Admit(context.Background(), govRequest("req_1", "acme", "m"))
+	if ref := refusalOf(t, err); ref.Kind != RefuseUnavailable || ref.RetryAfter != UnavailableRetryAfter {
+		t.Fatalf("no ledger: %+v", ref)
+	}
+	pol.set(Policies{Budgets: []Budget{tokensBudget("b", "acme", 100, ModeAlert)}})
+	if _, err := g.Admit(context.Background(), govRequest("req_2", "acme", "m")); err != nil {
+		t.Fatalf("alert-only with no ledger: %v", err)
+	}
+
+	r := openRig(t, ledgerDSN(t, "sqlite"), newClock(time.Now()), "a")
+	g = New(Config{Policies: pol, Ledger: r.l})
+	pol.set(Policies{Budgets: []Budget{tokensBudget("b", "acme", 100, ModeHard)}})
+	r.db.Close()
+	_, err = g.Admit(context.Background(), govRequest("req_3", "acme", "m"))
+	if ref := refusalOf(t, err); ref.Kind != RefuseUnavailable {
+		t.Fatalf("ledger down: %+v", ref)
+	}
+}
+
+// TestGovernorReleaseAndEffective: Release gives the reservation back
+// (released, nothing reserved) and counts once; Effective lists every
+// policy in force with each budget's headroom.
+func TestGovernorReleaseAndEffective(t *testing.T) {
+	r := openRig(t, ledgerDSN(t, "sqlite"), newClock(time.Now()), "a")
+	pol := &govPolicies{}
+	g := New(Config{Policies: pol, Ledger: r.l})
+	b := tokensBudget("b", "acme", 100, ModeSoft)
+	other := tokensBudget("o", "other", 100, ModeSoft)
+	narrow := tokensBudget("n", "acme", 100, ModeSoft)
+	narrow.Model = "claude-*"
+	pol.set(Policies{
+		Budgets: []Budget{b, other, narrow},
+		Limits:  []Limit{{ID: "l", Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, RPM: 60}},
+		Rules:   []ModelRule{{ID: "r", ScopeType: ScopePlatform, Kind: RuleDeny, Pattern: "gpt-3*"}},
+	})
+	ctx := context.Background()
+	a, err := g.Admit(ctx, govRequest("req_1", "acme", "gemini-2.5-flash"))
+	if err != nil || !a.Reserved {
+		t.Fatalf("admit: %+v %v", a, err)
+	}
+	if st := r.reservationState(t, "req_1"); st != "held" {
+		t.Fatalf("state %q", st)
+	}
+	a.Release(ctx)
+	a.Release(ctx)
+	a.Finish(nil)
+	if st := r.reservationState(t, "req_1"); st != "released" {
+		t.Fatalf("after Release: state %q", st)
+	}
+	states, err := g.Effective(ctx, Scope{Project: "acme"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, s := range states {
+		kinds[s.Kind]++
+		if s.Kind == "budget" && (s.Headroom == nil || s.Headroom.Limit != 100 || s.Headroom.Reserved != 0) {
+			t.Fatalf("budget state %+v", s)
+		}
+	}
+	if kinds["budget"] != 2 || kinds["limit"] != 1 || kinds["model_rule"] != 1 {
+		t.Fatalf("effective for acme: %v", kinds)
+	}
+	states, err = g.Effective(ctx, Scope{Project: "acme"}, "gemini-2.5-flash")
+	if err != nil || len(states) != 3 {
+		t.Fatalf("effective for acme and gemini: %d states, %v", len(states), err)
+	}
+}
+
+// BenchmarkGovernorUngoverned is Admit's cost on every request while no
+// policy applies to it.
+func BenchmarkGovernorUngoverned(b *testing.B) {
+	pol := &govPolicies{}
+	pol.set(Policies{Budgets: []Budget{tokensBudget("b", "other", 10, ModeHard)}})
+	g := New(Config{Policies: pol})
+	req := govRequest("req_1", "acme", "claude-sonnet-4-5")
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = g.Admit(ctx, req)
+	}
+}
