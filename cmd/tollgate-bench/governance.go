@@ -289,16 +289,17 @@ func (b *bench) govProbe(ctx context.Context, g *govRun) error {
 // when governance is on.
 func (b *bench) govMeasure(rc *redisConn, g *govRun, cmds map[string][]float64, point string, rep int, tg target, fn func() *tally) {
 	on := tg.name == govTarget
-	var c0 int64
+	var c0 redisCalls
 	if on {
-		c0, _ = rc.commandsProcessed()
+		c0, _ = rc.calls()
 	}
 	r, _ := b.measure("S1g", point, rep, tg, fn)
 	if on {
-		// The INFO that read the counter is itself a command.
-		if c1, err := rc.commandsProcessed(); err == nil && c0 > 0 && r.Requests > 0 {
-			v := float64(c1-c0-1) / float64(r.Requests)
+		// The INFO that read the counters is itself a command.
+		if c1, err := rc.calls(); err == nil && c0.commands > 0 && r.Requests > 0 {
+			v := float64(c1.commands-c0.commands-1) / float64(r.Requests)
 			r.Metrics["redis_cmds_per_req"] = v
+			r.Metrics["redis_scripts_per_req"] = float64(c1.scripts-c0.scripts) / float64(r.Requests)
 			cmds[point] = append(cmds[point], v)
 		}
 	}
@@ -423,7 +424,8 @@ func (b *bench) govRows(point string) []govRow {
 		{"CPU µs/req", "cpu_us_per_req", 1, true},
 		{"proxy CPU % (of CPU0)", "proxy_cpu_pct", 0, true},
 		{"CPU1 busy % (load, fake, Redis)", "cpu1_busy_pct", 0, true},
-		{"Redis commands/req", "redis_cmds_per_req", 2, false},
+		{"Redis script calls/req", "redis_scripts_per_req", 2, false},
+		{"Redis commands/req (scripts' own included)", "redis_cmds_per_req", 2, false},
 	}
 	if point == b.s1gClosed() {
 		rows[0].label, rows[1].label = "latency p50 ms (closed loop)", "latency p99 ms (closed loop)"

@@ -132,19 +132,32 @@ func (r *redisConn) reply() (any, error) {
 	return nil, fmt.Errorf("unexpected reply %q", line)
 }
 
-// commandsProcessed is INFO stats' total_commands_processed.
-func (r *redisConn) commandsProcessed() (int64, error) {
-	v, err := r.do("INFO", "stats")
+// redisCalls is what Redis served: every command, those a script ran
+// included (Redis counts a script's redis.call commands too), and the
+// script calls themselves, which are what a client's round trips carry.
+type redisCalls struct{ commands, scripts int64 }
+
+// calls reads INFO commandstats.
+func (r *redisConn) calls() (redisCalls, error) {
+	v, err := r.do("INFO", "commandstats")
 	if err != nil {
-		return 0, err
+		return redisCalls{}, err
 	}
 	s, _ := v.(string)
+	var c redisCalls
 	for _, l := range strings.Split(s, "\n") {
-		if n, ok := strings.CutPrefix(strings.TrimSpace(l), "total_commands_processed:"); ok {
-			return strconv.ParseInt(n, 10, 64)
+		name, rest, ok := strings.Cut(strings.TrimSpace(l), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
+		c.commands += n
+		switch strings.TrimPrefix(name, "cmdstat_") {
+		case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro":
+			c.scripts += n
 		}
 	}
-	return 0, errors.New("INFO stats has no total_commands_processed")
+	return c, nil
 }
 
 // keys lists the keys under prefix (SCAN, so a shared Redis is not
