@@ -69,6 +69,17 @@ type ModelPrice struct {
 	// ServiceTiers prices responses the provider served in a non-standard
 	// service tier (flex, priority, …), by the tier's name.
 	ServiceTiers map[string]*ModelPrice
+	// Limits are the model's context window and maximum output, which bound
+	// budget reservations (governance); zero where the file states none.
+	Limits ModelLimits
+}
+
+// ModelLimits are a model's token limits as the price file states them.
+type ModelLimits struct {
+	// Context is the context window in tokens.
+	Context int64
+	// MaxOutput is the most a response can generate, reasoning included.
+	MaxOutput int64
 }
 
 // StandardServiceTier reports whether a provider's service_tier names its
@@ -285,6 +296,13 @@ type priceModelEntry struct {
 	ServiceTiers map[string]*priceRateEntry `yaml:"service_tiers"`
 	// Note is free text for the reader (source, caveats).
 	Note string `yaml:"note"`
+	// Limits bound budget reservations: context window and max output.
+	Limits *priceLimitsEntry `yaml:"limits"`
+}
+
+type priceLimitsEntry struct {
+	Context   int64 `yaml:"context"`
+	MaxOutput int64 `yaml:"max_output"`
 }
 
 type priceLongEntry struct {
@@ -380,6 +398,12 @@ func ParsePrices(src []byte) (*PriceTable, error) {
 				continue
 			}
 			mp := &ModelPrice{Rates: e.Rates.rates(mat, add)}
+			if l := e.Limits; l != nil {
+				if l.Context <= 0 || l.MaxOutput <= 0 || l.MaxOutput > l.Context {
+					add("%s.limits: context and max_output must be positive token counts, max_output at most context", mat)
+				}
+				mp.Limits = ModelLimits{Context: l.Context, MaxOutput: l.MaxOutput}
+			}
 			if lc := e.LongContext; lc != nil {
 				lat := mat + ".long_context"
 				if lc.AboveInputTokens <= 0 {
