@@ -576,7 +576,7 @@ func (b *bench) govMarkdown(p func(string, ...any), j *govJSON) {
 	}
 	for _, c := range j.Results {
 		r := rows[c.Point+"\x00"+c.Metric]
-		p("| S1g %s | %s | %s | %s | %s | %s |\n", c.Point, c.Metric, fmtSpread(c.Off, r.prec), fmtSpread(c.On, r.prec), fmtRatio(c.Ratio), fmtSpread(c.Added, max(r.prec, 1)))
+		p("| S1g %s | %s | %s | %s | %s | %s |\n", c.Point, c.Metric, fmtSpread(c.Off, r.prec), fmtSpread(c.On, r.prec), fmtRatio(c.Ratio), fmtSpread(c.Added, r.prec))
 	}
 	if c := j.Correctness; c != nil {
 		p("\nGoverned instance: %d requests (warm-ups included), %d non-2xx, %d errors, %d bodies unlike direct's; the fake saw %d of them. ", c.Requests, c.Non2xx, c.Errors, c.Mismatch, j.FakeSaw)
