@@ -178,3 +178,14 @@ func TestRedisAddrNeedsPlainRedisURL(t *testing.T) {
 		}
 	}
 }
+
+func TestFmtNumHasNoNegativeZero(t *testing.T) {
+	for v, want := range map[float64]string{-0.2: "0", -0.0004: "0", -1.6: "-2", 0.4: "0"} {
+		if got := fmtNum(v, 0); got != want {
+			t.Errorf("fmtNum(%v, 0) = %q, want %q", v, got, want)
+		}
+	}
+	if got := fmtNum(-0.0004, 3); got != "0.000" {
+		t.Errorf("fmtNum(-0.0004, 3) = %q, want 0.000", got)
+	}
+}

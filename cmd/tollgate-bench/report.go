@@ -180,6 +180,9 @@ func fmtNum(v float64, prec int) string {
 		return "–"
 	}
 	s := fmt.Sprintf("%.*f", prec, v)
+	if strings.Trim(s, "-0.") == "" {
+		s = strings.TrimPrefix(s, "-") // -0.2 at no decimals is 0, not -0
+	}
 	if prec == 0 && math.Abs(v) >= 10000 {
 		// Thin grouping keeps wide throughput figures readable.
 		neg := strings.HasPrefix(s, "-")
