@@ -1,8 +1,16 @@
 package governance
 
-import "github.com/tollgate/tollgate/metering"
+import (
+	"bytes"
+	"strings"
 
-// SKELETON (h3 owns this file): the worst case a request can cost.
+	"github.com/tidwall/gjson"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+// The worst case a request can cost (governance.md §4.1). Every choice here
+// errs high: a ceiling that guesses low lets a hard budget pass its limit.
 
 // Ceiling is an upper bound on what a request can use and cost.
 type Ceiling struct {
@@ -16,6 +24,28 @@ type Ceiling struct {
 // Tokens is the token bound (input + output), what a token budget reserves.
 func (c Ceiling) Tokens() int64 { return c.InputTokens + c.OutputTokens }
 
+const (
+	// defaultMaxOutput bounds output when neither the request, the model's
+	// row nor a fallback row says: the largest max_output in prices.yaml.
+	defaultMaxOutput = 131072
+	// anthropicToolOverhead is the tool-use system prompt Anthropic adds to
+	// a request that declares tools, not in the body (§4.1: ≤ ~1k tokens).
+	anthropicToolOverhead = 1024
+	// defaultToolCalls is how many server-side searches a request declaring
+	// a search tool without a max_uses is assumed to make. Nothing in the
+	// body bounds it; Anthropic pauses a server-tool loop after about 10
+	// iterations (pause_turn), and OpenAI and Gemini publish no bound.
+	defaultToolCalls = 10
+	// searchInputTokens is the input one server-side search adds (its
+	// results), which the body does not show: the fixed 8,000-token block
+	// OpenAI bills mini models per call (governance.md §7). An allowance,
+	// not a proven bound: result sizes are not published.
+	searchInputTokens = 8000
+	// maxCopies caps n / candidateCount (OpenAI allows n ≤ 128) so that a
+	// hostile value cannot overflow the products.
+	maxCopies = 128
+)
+
 // EstimateCeiling bounds a request to model on provider in dialect (the
 // registry's dialect name: anthropic-messages, openai-chat,
 // openai-responses, gemini; others are bounded by the generic rule) from its
@@ -25,7 +55,214 @@ func (c Ceiling) Tokens() int64 { return c.InputTokens + c.OutputTokens }
 // long-context tier and server-tool fees included. fallback prices a model
 // the table does not know at the table's fallback rates.
 func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model string, body []byte, fallback bool) Ceiling {
-	return Ceiling{}
+	price, priced := prices.Lookup(provider, model)
+	lim, hasLim := prices.Limits(provider, model)
+	fbPrice, fbLim, hasFB := prices.Fallback()
+	if !priced && fallback && hasFB {
+		price, priced, lim, hasLim = fbPrice, true, fbLim, true
+	}
+	if !hasLim && hasFB {
+		// A priced row without limits is bounded by the fallback's, which
+		// are the largest in the built-in table.
+		lim, hasLim = fbLim, true
+	}
+	if !hasLim {
+		lim = metering.ModelLimits{Context: int64(len(body)) + anthropicToolOverhead, MaxOutput: defaultMaxOutput}
+	}
+
+	// Tokens ≤ bytes is the only safe bound (§4.1 "Bytes per token").
+	input := int64(len(body))
+	var output, searches int64
+	// inputRate picks the synthetic bucket the input ceiling is priced in.
+	inputRate := rateMax
+	tier := gjson.GetBytes(body, "service_tier").String()
+	switch dialect {
+	case "anthropic-messages":
+		output = positive(gjson.GetBytes(body, "max_tokens"), lim.MaxOutput)
+		inputRate = rateInput
+		if bytes.Contains(body, []byte(`"cache_control"`)) {
+			inputRate = rate5m
+			if hasKeyString(body, "ttl", "1h") {
+				inputRate = rate1h
+			}
+		}
+		tools := gjson.GetBytes(body, "tools")
+		if tools.IsArray() && len(tools.Array()) > 0 {
+			input += anthropicToolOverhead
+		}
+		tools.ForEach(func(_, t gjson.Result) bool {
+			if typ := t.Get("type").String(); strings.HasPrefix(typ, "web_search") {
+				searches += positive(t.Get("max_uses"), defaultToolCalls)
+			}
+			return true
+		})
+		if tier == "standard_only" {
+			tier = ""
+		}
+		if gjson.GetBytes(body, "speed").String() == "fast" {
+			tier = "fast"
+		}
+	case "openai-chat":
+		out := gjson.GetBytes(body, "max_completion_tokens")
+		if !out.Exists() || out.Type == gjson.Null {
+			out = gjson.GetBytes(body, "max_tokens")
+		}
+		output = positive(out, lim.MaxOutput) * copies(gjson.GetBytes(body, "n"))
+		if gjson.GetBytes(body, "web_search_options").Exists() {
+			searches += defaultToolCalls
+		}
+	case "openai-responses":
+		output = positive(gjson.GetBytes(body, "max_output_tokens"), lim.MaxOutput)
+		if nonEmpty(gjson.GetBytes(body, "previous_response_id")) || nonEmpty(gjson.GetBytes(body, "conversation")) {
+			// Server-side state the body does not show: anything up to the window.
+			input = lim.Context
+		}
+		gjson.GetBytes(body, "tools").ForEach(func(_, t gjson.Result) bool {
+			if strings.HasPrefix(t.Get("type").String(), "web_search") {
+				searches += defaultToolCalls
+			}
+			return true
+		})
+	case "gemini":
+		gc := gjson.GetBytes(body, "generationConfig")
+		output = positive(gc.Get("maxOutputTokens"), lim.MaxOutput)
+		// Thinking is added on top of the cap: whether a model counts it
+		// inside maxOutputTokens is not documented for every model, so the
+		// ceiling assumes it does not. A budget of -1 (dynamic) or none
+		// means the model's maximum; 0 turns thinking off.
+		switch tb := gc.Get("thinkingConfig.thinkingBudget"); {
+		case tb.Type == gjson.Number && tb.Int() >= 0:
+			output += min(tb.Int(), maxTokens)
+		default:
+			output += lim.MaxThinking
+		}
+		output *= copies(gc.Get("candidateCount"))
+		if nonEmpty(gjson.GetBytes(body, "cachedContent")) {
+			input = lim.Context
+		}
+		gjson.GetBytes(body, "tools").ForEach(func(_, t gjson.Result) bool {
+			if t.Get("googleSearch").Exists() || t.Get("google_search").Exists() || t.Get("googleSearchRetrieval").Exists() {
+				searches += defaultToolCalls
+			}
+			return true
+		})
+	default:
+		output = lim.MaxOutput
+	}
+	searches = min(searches, maxTokens/searchInputTokens)
+	input += searches * searchInputTokens
+	if bytes.Contains(body, []byte(`"file_id"`)) {
+		// An uploaded file is billed at its tokens, not at its id's bytes.
+		input = lim.Context
+	}
+	input = min(input, lim.Context)
+	c := Ceiling{InputTokens: input, OutputTokens: output}
+	if !priced {
+		return c
+	}
+	if !metering.StandardServiceTier(tier) {
+		// A tier the table has no row for is unpriced, as the meter does.
+		if price = price.ServiceTiers[tier]; price == nil {
+			return c
+		}
+	}
+	cost := price.CeilMicroUSD(ceilingUsage(price, input, output, inputRate))
+	if searches > 0 {
+		fee, ok := prices.ToolFeeMicroUSD(provider, "web_search", searches)
+		if !ok {
+			return c
+		}
+		cost += fee
+	}
+	c.CostMicroUSD, c.Priced = cost, true
+	return c
+}
+
+// maxTokens clamps a count read from a body so products stay in range.
+const maxTokens = 1 << 30
+
+type inputRateKind int
+
+const (
+	rateMax inputRateKind = iota
+	rateInput
+	rate5m
+	rate1h
+)
+
+// ceilingUsage is the usage the ceiling prices: all input in the bucket with
+// the rate chosen (for rateMax the dearest of input and both writes of the
+// tier the input ceiling selects), all output at the dearer of output and
+// reasoning. The input total alone picks the long-context tier, so the tier
+// is the one the whole input ceiling falls in.
+func ceilingUsage(p *metering.ModelPrice, input, output int64, kind inputRateKind) metering.Usage {
+	u := metering.Usage{Output: output}
+	r := p.RatesFor(metering.Usage{InputUncached: input})
+	if kind == rateMax {
+		kind = rateInput
+		if r.CacheWrite5m > r.Input {
+			kind = rate5m
+		}
+		if r.CacheWrite1h > max(r.Input, r.CacheWrite5m) {
+			kind = rate1h
+		}
+	}
+	switch kind {
+	case rate5m:
+		u.CacheWrite5m = input
+	case rate1h:
+		u.CacheWrite1h = input
+	default:
+		u.InputUncached = input
+	}
+	if r.ReasoningApart && r.Reasoning > r.Output {
+		u.Reasoning = output
+	}
+	return u
+}
+
+// positive reads a positive token count, else def (absent, null, zero,
+// negative or not a number: the provider then applies the model's maximum).
+func positive(r gjson.Result, def int64) int64 {
+	if r.Type == gjson.Number {
+		if n := r.Int(); n > 0 {
+			return min(n, maxTokens)
+		}
+	}
+	return def
+}
+
+func copies(r gjson.Result) int64 { return min(positive(r, 1), maxCopies) }
+
+func nonEmpty(r gjson.Result) bool {
+	switch r.Type {
+	case gjson.Null, gjson.False:
+		return false
+	case gjson.String:
+		return r.Str != ""
+	}
+	return r.Exists()
+}
+
+// hasKeyString reports whether body holds "key" : "val" anywhere, spaces
+// allowed around the colon. A match inside a string value only raises the
+// ceiling, so a byte scan is safe where a full parse would cost more.
+func hasKeyString(body []byte, key, val string) bool {
+	k := []byte(`"` + key + `"`)
+	for i := 0; ; {
+		j := bytes.Index(body[i:], k)
+		if j < 0 {
+			return false
+		}
+		rest := bytes.TrimLeft(body[i+j+len(k):], " \t\r\n")
+		if len(rest) > 0 && rest[0] == ':' {
+			rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+			if bytes.HasPrefix(rest, []byte(`"`+val+`"`)) {
+				return true
+			}
+		}
+		i += j + len(k)
+	}
 }
 
 // PacingTokens is the input estimate a TPM limit reserves (about 3.5 bytes

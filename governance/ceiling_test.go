@@ -1,0 +1,203 @@
+package governance
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tollgate/tollgate/metering"
+)
+
+var updateCeilings = flag.Bool("update", false, "rewrite governance/testdata/ceiling/*.want.json (review every number by hand)")
+
+// ceilingCase is a golden: the request is <name>.json, the want (which
+// also names the dialect, provider and model) <name>.want.json.
+type ceilingCase struct {
+	Dialect      string `json:"dialect"`
+	Provider     string `json:"provider"`
+	Model        string `json:"model"`
+	Fallback     bool   `json:"fallback,omitempty"`
+	InputTokens  int64  `json:"input_tokens"`
+	OutputTokens int64  `json:"output_tokens"`
+	CostMicroUSD int64  `json:"cost_micro_usd"`
+	Priced       bool   `json:"priced"`
+}
+
+func loadCeilingCases(t *testing.T) map[string]struct {
+	want ceilingCase
+	body []byte
+	path string
+} {
+	t.Helper()
+	wants, err := filepath.Glob("testdata/ceiling/*.want.json")
+	if err != nil || len(wants) < 4 {
+		t.Fatalf("ceiling goldens: %v (%d found)", err, len(wants))
+	}
+	out := map[string]struct {
+		want ceilingCase
+		body []byte
+		path string
+	}{}
+	for _, wp := range wants {
+		name := strings.TrimSuffix(filepath.Base(wp), ".want.json")
+		wb, err := os.ReadFile(wp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c ceilingCase
+		dec := json.NewDecoder(bytes.NewReader(wb))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			t.Fatalf("%s: %v", wp, err)
+		}
+		body, err := os.ReadFile(filepath.Join("testdata/ceiling", name+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = struct {
+			want ceilingCase
+			body []byte
+			path string
+		}{c, body, wp}
+	}
+	return out
+}
+
+// TestCeilingGoldens checks every request body in testdata/ceiling against
+// its reviewed ceiling. Three worked by hand (prices per 1M tokens):
+//
+//   - claude-code-opus-5-5 (§4.1's worked example): 49,000 body bytes plus
+//     1,024 tokens of tool prompt = 50,024 input tokens, priced at the 5m
+//     write rate $5 because the body carries cache_control: $0.25012; output
+//     128,000 × $20 = $2.56; total 2,810,120 µUSD, the §4.1 $2.81.
+//   - codex-gpt-6-1-sol: no max_output_tokens → the model's 128,000 at $10 =
+//     $1.28; a web_search tool with no bound → 10 searches × $0.01 = $0.10,
+//     each adding 8,000 result tokens of input; input 30,000 bytes + 80,000
+//     at the dearest input rate, the $2.50 cache write = $0.275; total
+//     1,655,000 µUSD.
+//   - anthropic-haiku-long-context: 150,000 bytes > 100k, so the long row
+//     prices the whole request: 150,000 × $0.50 + 8,192 × $2.50 = $0.075 +
+//     $0.02048 = 95,480 µUSD (under the threshold, 90,000 bytes cost
+//     90,000 × $0.10 + 8,192 × $0.50 = 13,096 µUSD).
+//
+// Others: gemini-cli-3-8-flash has no maxOutputTokens, so 65,536 output +
+// 65,536 thinking = 131,072 × $3.75 plus 25,000 × $0.75; chat-n3 takes
+// max_completion_tokens (1,000, not max_tokens) × n 3; chat-over-context
+// caps 200,000 bytes at gpt-4o's 128,000 window; the unpriced and fast-mode
+// cases keep their token bounds with priced false.
+func TestCeilingGoldens(t *testing.T) {
+	prices := metering.DefaultPrices()
+	for name, c := range loadCeilingCases(t) {
+		t.Run(name, func(t *testing.T) {
+			got := EstimateCeiling(prices, c.want.Dialect, c.want.Provider, c.want.Model, c.body, c.want.Fallback)
+			gotCase := c.want
+			gotCase.InputTokens, gotCase.OutputTokens, gotCase.CostMicroUSD, gotCase.Priced = got.InputTokens, got.OutputTokens, got.CostMicroUSD, got.Priced
+			if *updateCeilings {
+				b, _ := json.MarshalIndent(gotCase, "", "  ")
+				if err := os.WriteFile(c.path, append(b, '\n'), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if gotCase != c.want {
+				t.Errorf("ceiling %+v\nwant    %+v", gotCase, c.want)
+			}
+		})
+	}
+}
+
+// TestCeilingWorkedExamples pins the hand-checked numbers independently of
+// the want files, so an -update cannot silently move them.
+func TestCeilingWorkedExamples(t *testing.T) {
+	cases := loadCeilingCases(t)
+	for name, want := range map[string]int64{
+		"claude-code-opus-5-5":            2_810_120,
+		"codex-gpt-6-1-sol":               1_655_000,
+		"anthropic-haiku-long-context":    95_480,
+		"anthropic-haiku-under-threshold": 13_096,
+	} {
+		c := cases[name]
+		got := EstimateCeiling(metering.DefaultPrices(), c.want.Dialect, c.want.Provider, c.want.Model, c.body, c.want.Fallback)
+		if !got.Priced || got.CostMicroUSD != want {
+			t.Errorf("%s: %d µUSD (priced %v), want %d", name, got.CostMicroUSD, got.Priced, want)
+		}
+	}
+}
+
+// TestCeilingBoundsMeteredCost: for random usage within a golden's token
+// bounds, what the meter charges (PriceTable.Cost) never exceeds the
+// ceiling. Anthropic cache writes are drawn only where the body asks for
+// caching (and 1h writes only with a 1h TTL), as the provider bills them.
+func TestCeilingBoundsMeteredCost(t *testing.T) {
+	prices := metering.DefaultPrices()
+	rng := rand.New(rand.NewPCG(16, 3))
+	for name, c := range loadCeilingCases(t) {
+		ceil := EstimateCeiling(prices, c.want.Dialect, c.want.Provider, c.want.Model, c.body, c.want.Fallback)
+		if !ceil.Priced || c.want.Fallback {
+			continue
+		}
+		writes5m, writes1h := true, true
+		if c.want.Dialect == "anthropic-messages" {
+			writes5m = bytes.Contains(c.body, []byte(`"cache_control"`))
+			writes1h = hasKeyString(c.body, "ttl", "1h")
+		}
+		for i := 0; i < 500; i++ {
+			in := rng.Int64N(ceil.InputTokens + 1)
+			if i == 0 {
+				in = ceil.InputTokens
+			}
+			var u metering.Usage
+			parts := []*int64{&u.InputUncached, &u.CacheRead, &u.InputOther}
+			if writes5m {
+				parts = append(parts, &u.CacheWrite5m)
+			}
+			if writes1h {
+				parts = append(parts, &u.CacheWrite1h)
+			}
+			for left := in; left > 0; {
+				n := rng.Int64N(left + 1)
+				if i%3 == 0 {
+					n = left
+				}
+				*parts[rng.IntN(len(parts))] += n
+				left -= n
+			}
+			u.Output = rng.Int64N(ceil.OutputTokens + 1)
+			if i == 0 {
+				u.Output = ceil.OutputTokens
+			}
+			u.Reasoning = rng.Int64N(u.Output + 1)
+			cost, _ := prices.Cost(c.want.Provider, c.want.Model, "", u)
+			if cost == nil || *cost > ceil.CostMicroUSD {
+				t.Fatalf("%s: usage %+v metered %v µUSD above the ceiling %d", name, u, cost, ceil.CostMicroUSD)
+			}
+		}
+	}
+}
+
+func TestCeilingNilTableAndEdges(t *testing.T) {
+	c := EstimateCeiling(nil, "openai-chat", "openai", "gpt-4o", []byte(`{"max_tokens":-5,"n":1e9}`), true)
+	if c.Priced || c.OutputTokens != defaultMaxOutput*maxCopies || c.InputTokens != int64(len(`{"max_tokens":-5,"n":1e9}`)) {
+		t.Errorf("nil table: %+v", c)
+	}
+	// Hostile counts are clamped, never overflow into a small ceiling.
+	c = EstimateCeiling(metering.DefaultPrices(), "openai-chat", "openai", "gpt-4o", []byte(`{"max_tokens":9223372036854775807,"n":100000}`), false)
+	if !c.Priced || c.OutputTokens != maxTokens*maxCopies || c.CostMicroUSD <= 0 {
+		t.Errorf("huge request: %+v", c)
+	}
+	if !hasKeyString([]byte(`{"cache_control":{"type":"ephemeral","ttl" :  "1h"}}`), "ttl", "1h") ||
+		hasKeyString([]byte(`{"cache_control":{"ttl":"5m"},"x":"ttl"}`), "ttl", "1h") {
+		t.Error("hasKeyString")
+	}
+}
+
+func TestPacingTokens(t *testing.T) {
+	if got := PacingTokens(make([]byte, 7000)); got != 2001 {
+		t.Errorf("PacingTokens(7000 bytes) = %d, want 2001", got)
+	}
+}
