@@ -475,6 +475,9 @@ func (s *stack) probeOther(t *testing.T, hc harnessCase, project, model string) 
 	s.tokens = append(s.tokens, tok)
 	var setup envSetup
 	envArgs := []string{"env", "--harness", hc.name, "--token", tok, "--url", s.url, "--format", "json"}
+	if hc.model != "" {
+		envArgs = append(envArgs, "--model", hc.model)
+	}
 	if err := json.Unmarshal([]byte(s.tollgate(t, "", envArgs...)), &setup); err != nil {
 		t.Fatalf("tollgate env --format json: %v", err)
 	}
@@ -504,7 +507,7 @@ func showsMessage(text, msg string) bool {
 // tollgate's message, else the CLI's own budget text, else its last
 // non-empty line.
 func shownLine(text, msg string, ex govExpect, sc string) string {
-	lines := strings.Split(text, "\n")
+	lines := strings.Split(ansiEscape.ReplaceAllString(text, ""), "\n")
 	pick := func(match func(string) bool) string {
 		for _, l := range lines {
 			if match(l) {
@@ -538,6 +541,9 @@ func shownLine(text, msg string, ex govExpect, sc string) string {
 	}
 	return ""
 }
+
+// ansiEscape is a terminal colour sequence (OpenCode colours "Error:").
+var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;]*m`)
 
 func clip(s string, n int) string {
 	if len(s) <= n {
