@@ -517,8 +517,17 @@ func shownLine(text, msg string, ex govExpect, sc string) string {
 		return ""
 	}
 	k := messageKey(msg)
-	if l := pick(func(l string) bool { return k != "" && strings.Contains(unquote(l), k) }); l != "" {
-		return l
+	if k != "" {
+		for _, l := range lines {
+			// From just before the message: Gemini CLI puts a report path
+			// in front of it on the same line.
+			if u := unquote(strings.TrimSpace(l)); strings.Contains(u, k) {
+				if i := strings.Index(u, k); i > 40 {
+					u = "…" + u[i-40:]
+				}
+				return clip(u, 260)
+			}
+		}
 	}
 	if sc == govBudget && ex.ownBudgetText != "" {
 		re := regexp.MustCompile(ex.ownBudgetText)
