@@ -67,6 +67,13 @@ test-cluster: build ## 3 bin/tollgate replicas on PostgreSQL (TOLLGATE_TEST_POST
 	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
 		$(GO) test -tags cluster -count=1 -v -timeout 9m -run 'TestCluster$(CLUSTER_RUN)' ./cmd/tollgate/
 
+.PHONY: test-governance
+test-governance: build ## Budgets and rate limits across 3 bin/tollgate replicas on PostgreSQL and Redis (TOLLGATE_TEST_POSTGRES, TOLLGATE_TEST_REDIS): budget races, kill -9 holding reservations, first contact, RPM/TPM, Redis down (~8 min); not in `make test`
+	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
+	TOLLGATE_TEST_REDIS=$${TOLLGATE_TEST_REDIS:-redis://127.0.0.1:6379/0} \
+	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
+		$(GO) test -tags cluster -count=1 -v -timeout 15m -run 'TestGov[A-Z]$(GOV_RUN)' ./cmd/tollgate/
+
 .PHONY: lint
 lint: ## gofmt (fails on output) and go vet (under -race, so CI's `make test` reuses what it compiled)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -90,7 +97,7 @@ golden: ## Rewrite metering golden files, then show what changed
 	git diff --stat testdata/
 
 .PHONY: bench
-bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1-S5, ~17 min; writes docs/bench/latest.{md,json})
+bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1, S1g = S1 with governance on, S2-S5; ~20 min; writes docs/bench/latest.{md,json})
 	$(GO) test -run 'DoNotAllocate' -bench . -benchmem $(PKGS)
 	$(GO) run ./cmd/tollgate-bench $(BENCHFLAGS)
 

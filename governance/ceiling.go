@@ -2,20 +2,15 @@ package governance
 
 import (
 	"bytes"
+	"strings"
 
 	"github.com/tidwall/gjson"
 
 	"github.com/tollgate/tollgate/metering"
 )
 
-// The worst case a request can cost (governance.md §4.1). A reservation
-// that guesses low lets concurrency overshoot a hard budget, so every
-// choice here errs high: input is bounded by the body's bytes (a byte-level
-// BPE emits at least one byte per token; Claude's and Gemini's tokenizers
-// are unpublished, and bytes/2 or /4 is not safe for CJK, digits or hex),
-// priced at the dearest rate input could be billed at (cache writes cost
-// more than uncached input); output is the request's own maximum, else the
-// model's, priced at the dearest output rate.
+// The worst case a request can cost (governance.md §4.1). Every choice here
+// errs high: a ceiling that guesses low lets a hard budget pass its limit.
 
 // Ceiling is an upper bound on what a request can use and cost.
 type Ceiling struct {
@@ -29,40 +24,27 @@ type Ceiling struct {
 // Tokens is the token bound (input + output), what a token budget reserves.
 func (c Ceiling) Tokens() int64 { return c.InputTokens + c.OutputTokens }
 
-// Bounds used when the price table does not know a model's limits. They
-// are high on purpose: a ceiling must never guess low.
 const (
-	// defaultMaxOutput is the output bound of a request that names no
-	// maximum for a model whose maximum is unknown: above every current
-	// model's (Claude 128k, GPT-6.x 128k, Gemini 64k plus thinking).
-	defaultMaxOutput = 200_000
-	// defaultContext caps the input bound of a request that pulls
-	// server-side state (previous_response_id, cachedContent) for a model
-	// whose context window is unknown.
-	defaultContext = 2_000_000
-	// serverStateTokens is added when a request pulls server-side state the
-	// body does not bound (Responses previous_response_id or conversation,
-	// Gemini cachedContent): the context window, else defaultContext.
-	serverStateTokens = defaultContext
-	// toolOverheadTokens covers the tool-use system prompt providers add
-	// (Anthropic documents a few hundred tokens).
-	toolOverheadTokens = 1_000
-	// maxChoices bounds n / candidateCount as read from the body; providers
-	// cap it lower.
-	maxChoices = 128
+	// defaultMaxOutput bounds output when neither the request, the model's
+	// row nor a fallback row says: the largest max_output in prices.yaml.
+	defaultMaxOutput = 131072
+	// anthropicToolOverhead is the tool-use system prompt Anthropic adds to
+	// a request that declares tools, not in the body (§4.1: ≤ ~1k tokens).
+	anthropicToolOverhead = 1024
+	// defaultToolCalls is how many server-side searches a request declaring
+	// a search tool without a max_uses is assumed to make. Nothing in the
+	// body bounds it; Anthropic pauses a server-tool loop after about 10
+	// iterations (pause_turn), and OpenAI and Gemini publish no bound.
+	defaultToolCalls = 10
+	// searchInputTokens is the input one server-side search adds (its
+	// results), which the body does not show: the fixed 8,000-token block
+	// OpenAI bills mini models per call (governance.md §7). An allowance,
+	// not a proven bound: result sizes are not published.
+	searchInputTokens = 8000
+	// maxCopies caps n / candidateCount (OpenAI allows n ≤ 128) so that a
+	// hostile value cannot overflow the products.
+	maxCopies = 128
 )
-
-// fallbackPrice is the price of a model the table does not know under a
-// budget with unpriced: fallback, the Claude apps gateway's convention for
-// unknown models ($5 input, $25 output per 1M tokens), with cache writes at
-// twice input as Anthropic's 1h write.
-var fallbackPrice = &metering.ModelPrice{Rates: metering.Rates{
-	Input:        5_000_000_000,
-	CacheRead:    5_000_000_000,
-	CacheWrite5m: 10_000_000_000,
-	CacheWrite1h: 10_000_000_000,
-	Output:       25_000_000_000,
-}}
 
 // EstimateCeiling bounds a request to model on provider in dialect (the
 // registry's dialect name: anthropic-messages, openai-chat,
@@ -70,152 +52,217 @@ var fallbackPrice = &metering.ModelPrice{Rates: metering.Rates{
 // body: input ≤ body bytes capped by the context window, output from the
 // request's maximum (× n / candidateCount) else the model's maximum output,
 // priced at the highest input rate that could apply and the output rate,
-// long-context tier included. fallback prices a model the table does not
-// know at fallback rates.
+// long-context tier and server-tool fees included. fallback prices a model
+// the table does not know at the table's fallback rates.
 func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model string, body []byte, fallback bool) Ceiling {
-	lim := modelLimits(prices, provider, model)
-	input := int64(len(body))
-	if lim.Context > 0 {
-		input = min(input, lim.Context)
+	price, priced := prices.Lookup(provider, model)
+	lim, hasLim := prices.Limits(provider, model)
+	fbPrice, fbLim, hasFB := prices.Fallback()
+	if !priced && fallback && hasFB {
+		price, priced, lim, hasLim = fbPrice, true, fbLim, true
 	}
-	var out, choices int64 = 0, 1
-	tier := ""
-	serverState := false
-	// writes are the cache-write rates input may be billed at: both,
-	// except where the body shows which (Anthropic writes only at
-	// cache_control breakpoints, for 1 h only when asked).
-	writes := write5m | write1h
+	if !hasLim && hasFB {
+		// A priced row without limits is bounded by the fallback's, which
+		// are the largest in the built-in table.
+		lim, hasLim = fbLim, true
+	}
+	if !hasLim {
+		lim = metering.ModelLimits{Context: int64(len(body)) + anthropicToolOverhead, MaxOutput: defaultMaxOutput}
+	}
+
+	// Tokens ≤ bytes is the only safe bound (§4.1 "Bytes per token").
+	input := int64(len(body))
+	var output, searches int64
+	// inputRate picks the synthetic bucket the input ceiling is priced in.
+	inputRate := rateMax
+	tier := gjson.GetBytes(body, "service_tier").String()
 	switch dialect {
 	case "anthropic-messages":
-		writes = 0
+		output = positive(gjson.GetBytes(body, "max_tokens"), lim.MaxOutput)
+		inputRate = rateInput
 		if bytes.Contains(body, []byte(`"cache_control"`)) {
-			writes = write5m
-			if bytes.Contains(body, []byte(`"1h"`)) {
-				writes |= write1h
+			inputRate = rate5m
+			if hasKeyString(body, "ttl", "1h") {
+				inputRate = rate1h
 			}
 		}
-		out = positive(gjson.GetBytes(body, "max_tokens"))
-		if gjson.GetBytes(body, "tools").IsArray() {
-			input += toolOverheadTokens
+		tools := gjson.GetBytes(body, "tools")
+		if tools.IsArray() && len(tools.Array()) > 0 {
+			input += anthropicToolOverhead
 		}
-		tier = gjson.GetBytes(body, "service_tier").Str
-		if tier == "auto" || tier == "standard_only" {
+		tools.ForEach(func(_, t gjson.Result) bool {
+			if typ := t.Get("type").String(); strings.HasPrefix(typ, "web_search") {
+				searches += positive(t.Get("max_uses"), defaultToolCalls)
+			}
+			return true
+		})
+		if tier == "standard_only" {
 			tier = ""
 		}
-	case "openai-chat":
-		out = positive(gjson.GetBytes(body, "max_completion_tokens"))
-		if out == 0 {
-			out = positive(gjson.GetBytes(body, "max_tokens"))
+		if gjson.GetBytes(body, "speed").String() == "fast" {
+			tier = "fast"
 		}
-		choices = max(1, min(positive(gjson.GetBytes(body, "n")), maxChoices))
-		tier = gjson.GetBytes(body, "service_tier").Str
+	case "openai-chat":
+		out := gjson.GetBytes(body, "max_completion_tokens")
+		if !out.Exists() || out.Type == gjson.Null {
+			out = gjson.GetBytes(body, "max_tokens")
+		}
+		output = positive(out, lim.MaxOutput) * copies(gjson.GetBytes(body, "n"))
+		if gjson.GetBytes(body, "web_search_options").Exists() {
+			searches += defaultToolCalls
+		}
 	case "openai-responses":
-		out = positive(gjson.GetBytes(body, "max_output_tokens"))
-		tier = gjson.GetBytes(body, "service_tier").Str
-		serverState = gjson.GetBytes(body, "previous_response_id").Str != "" || gjson.GetBytes(body, "conversation").Exists()
+		output = positive(gjson.GetBytes(body, "max_output_tokens"), lim.MaxOutput)
+		if nonEmpty(gjson.GetBytes(body, "previous_response_id")) || nonEmpty(gjson.GetBytes(body, "conversation")) {
+			// Server-side state the body does not show: anything up to the window.
+			input = lim.Context
+		}
+		gjson.GetBytes(body, "tools").ForEach(func(_, t gjson.Result) bool {
+			if strings.HasPrefix(t.Get("type").String(), "web_search") {
+				searches += defaultToolCalls
+			}
+			return true
+		})
 	case "gemini":
 		gc := gjson.GetBytes(body, "generationConfig")
-		out = positive(gc.Get("maxOutputTokens"))
-		choices = max(1, min(positive(gc.Get("candidateCount")), maxChoices))
-		if out == 0 {
-			// Gemini CLI sends no maximum; thinking is billed as output on
-			// top of the visible answer.
-			out = lim.MaxOutput + positive(gc.Get("thinkingConfig.thinkingBudget"))
+		output = positive(gc.Get("maxOutputTokens"), lim.MaxOutput)
+		// Thinking is added on top of the cap: whether a model counts it
+		// inside maxOutputTokens is not documented for every model, so the
+		// ceiling assumes it does not. A budget of -1 (dynamic) or none
+		// means the model's maximum; 0 turns thinking off.
+		switch tb := gc.Get("thinkingConfig.thinkingBudget"); {
+		case tb.Type == gjson.Number && tb.Int() >= 0:
+			output += min(tb.Int(), maxTokens)
+		default:
+			output += lim.MaxThinking
 		}
-		serverState = gjson.GetBytes(body, "cachedContent").Str != ""
-	}
-	switch {
-	case out == 0:
-		out = lim.MaxOutput
-	case lim.known && dialect != "gemini" && out > lim.MaxOutput:
-		// A maximum above what the model can produce: the model's bounds it.
-		out = lim.MaxOutput
-	}
-	if serverState {
-		input += cmpPositive(lim.Context, serverStateTokens)
-	}
-	c := Ceiling{InputTokens: input, OutputTokens: out * choices}
-
-	p, ok := prices.Lookup(provider, model)
-	if !ok {
-		if !fallback {
-			return c
+		output *= copies(gc.Get("candidateCount"))
+		if nonEmpty(gjson.GetBytes(body, "cachedContent")) {
+			input = lim.Context
 		}
-		p = fallbackPrice
+		gjson.GetBytes(body, "tools").ForEach(func(_, t gjson.Result) bool {
+			if t.Get("googleSearch").Exists() || t.Get("google_search").Exists() || t.Get("googleSearchRetrieval").Exists() {
+				searches += defaultToolCalls
+			}
+			return true
+		})
+	default:
+		output = lim.MaxOutput
+	}
+	searches = min(searches, maxTokens/searchInputTokens)
+	input += searches * searchInputTokens
+	if bytes.Contains(body, []byte(`"file_id"`)) {
+		// An uploaded file is billed at its tokens, not at its id's bytes.
+		input = lim.Context
+	}
+	input = min(input, lim.Context)
+	c := Ceiling{InputTokens: input, OutputTokens: output}
+	if !priced {
+		return c
 	}
 	if !metering.StandardServiceTier(tier) {
-		tp, ok := p.ServiceTiers[tier]
-		if !ok {
-			return c // billed in a tier the table does not price
+		// A tier the table has no row for is unpriced, as the meter does.
+		if price = price.ServiceTiers[tier]; price == nil {
+			return c
 		}
-		p = tp
 	}
-	c.CostMicroUSD, c.Priced = ceilingCost(p, c.InputTokens, c.OutputTokens, writes), true
+	cost := price.CeilMicroUSD(ceilingUsage(price, input, output, inputRate))
+	if searches > 0 {
+		fee, ok := prices.ToolFeeMicroUSD(provider, "web_search", searches)
+		if !ok {
+			return c
+		}
+		cost += fee
+	}
+	c.CostMicroUSD, c.Priced = cost, true
 	return c
 }
 
-// ceilingCost prices input tokens at the dearest input rate of the tier
-// they select (long-context when the input bound crosses its threshold) and
-// output at the dearest output rate, with the price table's own exact
-// arithmetic, rounded up.
-func ceilingCost(p *metering.ModelPrice, input, output int64, writes cacheWrites) int64 {
-	u := metering.Usage{InputUncached: input}
-	r := p.RatesFor(u)
-	best := r.Input
-	if writes&write5m != 0 && r.CacheWrite5m > best {
-		best, u = r.CacheWrite5m, metering.Usage{CacheWrite5m: input}
+// maxTokens clamps a count read from a body so products stay in range.
+const maxTokens = 1 << 30
+
+type inputRateKind int
+
+const (
+	rateMax inputRateKind = iota
+	rateInput
+	rate5m
+	rate1h
+)
+
+// ceilingUsage is the usage the ceiling prices: all input in the bucket with
+// the rate chosen (for rateMax the dearest of input and both writes of the
+// tier the input ceiling selects), all output at the dearer of output and
+// reasoning. The input total alone picks the long-context tier, so the tier
+// is the one the whole input ceiling falls in.
+func ceilingUsage(p *metering.ModelPrice, input, output int64, kind inputRateKind) metering.Usage {
+	u := metering.Usage{Output: output}
+	r := p.RatesFor(metering.Usage{InputUncached: input})
+	if kind == rateMax {
+		kind = rateInput
+		if r.CacheWrite5m > r.Input {
+			kind = rate5m
+		}
+		if r.CacheWrite1h > max(r.Input, r.CacheWrite5m) {
+			kind = rate1h
+		}
 	}
-	if writes&write1h != 0 && r.CacheWrite1h > best {
-		u = metering.Usage{CacheWrite1h: input}
+	switch kind {
+	case rate5m:
+		u.CacheWrite5m = input
+	case rate1h:
+		u.CacheWrite1h = input
+	default:
+		u.InputUncached = input
 	}
-	u.Output = output
 	if r.ReasoningApart && r.Reasoning > r.Output {
 		u.Reasoning = output
 	}
-	// CostMicroUSD rounds half up; one micro-dollar more makes it a bound.
-	return p.CostMicroUSD(u) + 1
+	return u
 }
 
-// cacheWrites says which cache-write rates a request's input may be
-// billed at.
-type cacheWrites uint8
-
-const (
-	write5m cacheWrites = 1 << iota
-	write1h
-)
-
-// limits is what the price table says of a model's context and output,
-// with the defaults when it says nothing.
-type limits struct {
-	Context, MaxOutput int64
-	known              bool
+// positive reads a positive token count, else def (absent, null, zero,
+// negative or not a number: the provider then applies the model's maximum).
+func positive(r gjson.Result, def int64) int64 {
+	if r.Type == gjson.Number {
+		if n := r.Int(); n > 0 {
+			return min(n, maxTokens)
+		}
+	}
+	return def
 }
 
-func modelLimits(prices *metering.PriceTable, provider, model string) limits {
-	if p, ok := prices.Lookup(provider, model); ok && p.Limits.MaxOutput > 0 {
-		return limits{Context: p.Limits.Context, MaxOutput: p.Limits.MaxOutput, known: true}
+func copies(r gjson.Result) int64 { return min(positive(r, 1), maxCopies) }
+
+func nonEmpty(r gjson.Result) bool {
+	switch r.Type {
+	case gjson.Null, gjson.False:
+		return false
+	case gjson.String:
+		return r.Str != ""
 	}
-	return limits{MaxOutput: defaultMaxOutput}
+	return r.Exists()
 }
 
-// positive reads a JSON number as a non-negative whole number (0 when
-// absent, negative or not a number).
-func positive(r gjson.Result) int64 {
-	if r.Type != gjson.Number || r.Num <= 0 {
-		return 0
+// hasKeyString reports whether body holds "key" : "val" anywhere, spaces
+// allowed around the colon. A match inside a string value only raises the
+// ceiling, so a byte scan is safe where a full parse would cost more.
+func hasKeyString(body []byte, key, val string) bool {
+	k := []byte(`"` + key + `"`)
+	for i := 0; ; {
+		j := bytes.Index(body[i:], k)
+		if j < 0 {
+			return false
+		}
+		rest := bytes.TrimLeft(body[i+j+len(k):], " \t\r\n")
+		if len(rest) > 0 && rest[0] == ':' {
+			rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+			if bytes.HasPrefix(rest, []byte(`"`+val+`"`)) {
+				return true
+			}
+		}
+		i += j + len(k)
 	}
-	if r.Num > 1e12 {
-		return 1e12
-	}
-	return int64(r.Num)
-}
-
-func cmpPositive(a, b int64) int64 {
-	if a > 0 {
-		return a
-	}
-	return b
 }
 
 // PacingTokens is the input estimate a TPM limit reserves (about 3.5 bytes

@@ -69,17 +69,17 @@ type ModelPrice struct {
 	// ServiceTiers prices responses the provider served in a non-standard
 	// service tier (flex, priority, …), by the tier's name.
 	ServiceTiers map[string]*ModelPrice
-	// Limits are the model's context window and maximum output, which bound
-	// budget reservations (governance); zero where the file states none.
-	Limits ModelLimits
+	// limits bound a request to the model; set reports whether the file gave them.
+	limits    ModelLimits
+	hasLimits bool
 }
 
-// ModelLimits are a model's token limits as the price file states them.
+// ModelLimits bound what one request to a model can use, for budget
+// ceilings: the context window, the largest output, and the thinking
+// budget a model may spend outside MaxOutput (0: thinking is inside it).
 type ModelLimits struct {
-	// Context is the context window in tokens.
-	Context int64
-	// MaxOutput is the most a response can generate, reasoning included.
-	MaxOutput int64
+	Context, MaxOutput int64
+	MaxThinking        int64
 }
 
 // StandardServiceTier reports whether a provider's service_tier names its
@@ -112,6 +112,22 @@ func (p *ModelPrice) RatesFor(u Usage) *Rates {
 // price decision (a rate in prices.yaml, a default) that no table can make
 // for it.
 func (p *ModelPrice) CostMicroUSD(u Usage) int64 {
+	acc := p.sum(u)
+	acc.add(femtoPerMicro / 2)
+	q, _ := bits.Div64(acc.hi, acc.lo, femtoPerMicro)
+	return int64(q)
+}
+
+// CeilMicroUSD prices u like CostMicroUSD but rounds up: a reservation
+// ceiling must never fall a fraction under what the meter can charge.
+func (p *ModelPrice) CeilMicroUSD(u Usage) int64 {
+	acc := p.sum(u)
+	acc.add(femtoPerMicro - 1)
+	q, _ := bits.Div64(acc.hi, acc.lo, femtoPerMicro)
+	return int64(q)
+}
+
+func (p *ModelPrice) sum(u Usage) priceAcc {
 	r := p.RatesFor(u)
 	c := func(n int64) uint64 { return uint64(min(max(n, 0), maxTokenCount)) }
 	out, reasoning := c(u.Output), uint64(0)
@@ -126,9 +142,7 @@ func (p *ModelPrice) CostMicroUSD(u Usage) int64 {
 	acc.addMul(c(u.CacheWrite1h), r.CacheWrite1h)
 	acc.addMul(out, r.Output)
 	acc.addMul(reasoning, r.Reasoning)
-	acc.add(femtoPerMicro / 2)
-	q, _ := bits.Div64(acc.hi, acc.lo, femtoPerMicro)
-	return int64(q)
+	return acc
 }
 
 // priceAcc is an unsigned 128-bit accumulator. Counts are clamped under 2^41
@@ -159,6 +173,45 @@ type PriceTable struct {
 	// Date is the day the prices were last checked, YYYY-MM-DD.
 	Date      string
 	providers map[string]*providerPrices
+	fallback  *ModelPrice
+	// toolFees is nano-USD per 1,000 calls, by provider then tool.
+	toolFees map[string]map[string]int64
+}
+
+// Limits finds a model's limits with Lookup's matching (snapshot suffixes).
+// ok is false for an unknown model or a row without limits.
+func (t *PriceTable) Limits(provider, model string) (ModelLimits, bool) {
+	p, ok := t.Lookup(provider, model)
+	if !ok || !p.hasLimits {
+		return ModelLimits{}, false
+	}
+	return p.limits, true
+}
+
+// Fallback is the row budgets with `unpriced: fallback` price unknown
+// models at, with its limits; ok is false when the file has none.
+func (t *PriceTable) Fallback() (*ModelPrice, ModelLimits, bool) {
+	if t == nil || t.fallback == nil {
+		return nil, ModelLimits{}, false
+	}
+	return t.fallback, t.fallback.limits, true
+}
+
+// ToolFeeMicroUSD is what n calls of a provider's server-side tool (for
+// now "web_search") cost, in micro-USD rounded up; ok is false when the
+// table prices no such tool for the provider.
+func (t *PriceTable) ToolFeeMicroUSD(provider, tool string, n int64) (micro int64, ok bool) {
+	if t == nil {
+		return 0, false
+	}
+	per1k, ok := t.toolFees[provider][tool]
+	if !ok {
+		return 0, false
+	}
+	// nano-USD per 1k calls: n × per1k / 1e6 micro-USD; n is clamped so the
+	// product fits (per1k < 2^44 by the price bounds).
+	n = min(max(n, 0), 1<<18)
+	return (n*per1k + 999_999) / 1_000_000, true
 }
 
 type providerPrices struct {
@@ -287,6 +340,45 @@ type priceFile struct {
 	Date      priceScalar                            `yaml:"date"`
 	Unit      priceScalar                            `yaml:"unit"`
 	Providers map[string]map[string]*priceModelEntry `yaml:"providers"`
+	Fallback  *priceModelEntry                       `yaml:"fallback"`
+	ToolFees  map[string]*priceToolFees              `yaml:"tool_fees"`
+}
+
+type priceToolFees struct {
+	WebSearchPer1k priceField `yaml:"web_search_per_1k"`
+}
+
+type priceLimitsEntry struct {
+	Context     *int64 `yaml:"context"`
+	MaxOutput   *int64 `yaml:"max_output"`
+	MaxThinking *int64 `yaml:"max_thinking"`
+}
+
+// limits checks one limits entry: context and max_output are required and
+// positive, max_thinking optional and non-negative.
+func (e *priceLimitsEntry) limits(at string, add func(string, ...any)) ModelLimits {
+	var l ModelLimits
+	for _, f := range []struct {
+		name     string
+		v        *int64
+		dst      *int64
+		required bool
+	}{
+		{"context", e.Context, &l.Context, true},
+		{"max_output", e.MaxOutput, &l.MaxOutput, true},
+		{"max_thinking", e.MaxThinking, &l.MaxThinking, false},
+	} {
+		switch {
+		case f.v == nil && f.required:
+			add("%s.limits.%s: is required (a positive token count)", at, f.name)
+		case f.v == nil:
+		case *f.v <= 0 && f.required, *f.v < 0, *f.v > maxTokenCount:
+			add("%s.limits.%s: %d is not a plausible token count", at, f.name, *f.v)
+		default:
+			*f.dst = *f.v
+		}
+	}
+	return l
 }
 
 type priceModelEntry struct {
@@ -295,14 +387,8 @@ type priceModelEntry struct {
 	// ServiceTiers are flat rates for non-standard service tiers.
 	ServiceTiers map[string]*priceRateEntry `yaml:"service_tiers"`
 	// Note is free text for the reader (source, caveats).
-	Note string `yaml:"note"`
-	// Limits bound budget reservations: context window and max output.
+	Note   string            `yaml:"note"`
 	Limits *priceLimitsEntry `yaml:"limits"`
-}
-
-type priceLimitsEntry struct {
-	Context   int64 `yaml:"context"`
-	MaxOutput int64 `yaml:"max_output"`
 }
 
 type priceLongEntry struct {
@@ -397,47 +483,73 @@ func ParsePrices(src []byte) (*PriceTable, error) {
 				add("%s: prices are required", mat)
 				continue
 			}
-			mp := &ModelPrice{Rates: e.Rates.rates(mat, add)}
-			if l := e.Limits; l != nil {
-				if l.Context <= 0 || l.MaxOutput <= 0 || l.MaxOutput > l.Context {
-					add("%s.limits: context and max_output must be positive token counts, max_output at most context", mat)
-				}
-				mp.Limits = ModelLimits{Context: l.Context, MaxOutput: l.MaxOutput}
-			}
-			if lc := e.LongContext; lc != nil {
-				lat := mat + ".long_context"
-				if lc.AboveInputTokens <= 0 {
-					add("%s.above_input_tokens: must be a positive token count", lat)
-				}
-				mp.LongContext = &LongContext{AboveInputTokens: lc.AboveInputTokens, Rates: lc.Rates.rates(lat, add)}
-				if lc.Rates.Reasoning.set != e.Rates.Reasoning.set {
-					add("%s.reasoning_per_mtok: must be set in both tiers or neither", lat)
-				}
-			}
-			for _, tier := range priceSortedKeys(e.ServiceTiers) {
-				tat := mat + ".service_tiers." + tier
-				switch {
-				case StandardServiceTier(tier):
-					add("%s: %q is the standard tier, priced by the model's own rates", tat, tier)
-				case e.ServiceTiers[tier] == nil:
-					add("%s: prices are required", tat)
-				default:
-					if mp.ServiceTiers == nil {
-						mp.ServiceTiers = map[string]*ModelPrice{}
-					}
-					mp.ServiceTiers[tier] = &ModelPrice{Rates: e.ServiceTiers[tier].rates(tat, add)}
-				}
-			}
+			mp := e.model(mat, add)
 			pp.models[name] = mp
 			pp.byLen = append(pp.byLen, name)
 		}
 		sort.SliceStable(pp.byLen, func(i, j int) bool { return len(pp.byLen[i]) > len(pp.byLen[j]) })
 		t.providers[prov] = pp
 	}
+	if e := f.Fallback; e != nil {
+		t.fallback = e.model("fallback", add)
+		if e.Limits == nil {
+			add("fallback.limits: is required (a ceiling needs context and max_output)")
+		}
+	}
+	for _, prov := range priceSortedKeys(f.ToolFees) {
+		at := "tool_fees." + prov
+		e := f.ToolFees[prov]
+		if e == nil || !e.WebSearchPer1k.set {
+			add("%s.web_search_per_1k: is required", at)
+			continue
+		}
+		n, err := priceParseUSD(e.WebSearchPer1k)
+		if err != nil {
+			add("%s.web_search_per_1k: %v", at, err)
+			continue
+		}
+		if t.toolFees == nil {
+			t.toolFees = map[string]map[string]int64{}
+		}
+		t.toolFees[prov] = map[string]int64{"web_search": int64(n)}
+	}
 	if len(probs) > 0 {
 		return nil, &PriceError{Problems: probs}
 	}
 	return t, nil
+}
+
+// model converts and checks one model row (or the fallback row).
+func (e *priceModelEntry) model(mat string, add func(string, ...any)) *ModelPrice {
+	mp := &ModelPrice{Rates: e.Rates.rates(mat, add)}
+	if lc := e.LongContext; lc != nil {
+		lat := mat + ".long_context"
+		if lc.AboveInputTokens <= 0 {
+			add("%s.above_input_tokens: must be a positive token count", lat)
+		}
+		mp.LongContext = &LongContext{AboveInputTokens: lc.AboveInputTokens, Rates: lc.Rates.rates(lat, add)}
+		if lc.Rates.Reasoning.set != e.Rates.Reasoning.set {
+			add("%s.reasoning_per_mtok: must be set in both tiers or neither", lat)
+		}
+	}
+	for _, tier := range priceSortedKeys(e.ServiceTiers) {
+		tat := mat + ".service_tiers." + tier
+		switch {
+		case StandardServiceTier(tier):
+			add("%s: %q is the standard tier, priced by the model's own rates", tat, tier)
+		case e.ServiceTiers[tier] == nil:
+			add("%s: prices are required", tat)
+		default:
+			if mp.ServiceTiers == nil {
+				mp.ServiceTiers = map[string]*ModelPrice{}
+			}
+			mp.ServiceTiers[tier] = &ModelPrice{Rates: e.ServiceTiers[tier].rates(tat, add)}
+		}
+	}
+	if e.Limits != nil {
+		mp.limits, mp.hasLimits = e.Limits.limits(mat, add), true
+	}
+	return mp
 }
 
 var priceProviderRE = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)

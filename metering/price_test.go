@@ -31,23 +31,21 @@ func TestDefaultPricesValid(t *testing.T) {
 }
 
 // TestAnthropicCacheMultipliers pins the table to Anthropic's published
-// ratios: 5m write 1.25x input, 1h write 2x, read 0.1x, in every tier,
-// except the reads the pricing page gives apart (governance.md §7: Opus 5.5
-// and Sonnet 5.5 since 2026-10-07 at 0.05x, Fable 5.1 at 0.025x).
+// ratios: 5m write 1.25x input, 1h write 2x, read 0.1x, in every tier of the
+// pre-5 rows. The Claude 5.x rows are pinned from their sources instead:
+// their reads are not 0.1x (Opus 5.5 0.05x, Fable 5.1 0.025x).
 func TestAnthropicCacheMultipliers(t *testing.T) {
 	p := DefaultPrices()
-	readPerMille := map[string]NanoUSDPerMTok{"claude-opus-5-5": 50, "claude-sonnet-5-5": 50, "claude-fable-5-1": 25}
 	for name, mp := range p.providers["anthropic"].models {
+		if strings.Contains(name, "-5") && !strings.HasSuffix(name, "-4-5") {
+			continue
+		}
 		tiers := []*Rates{&mp.Rates}
 		if mp.LongContext != nil {
 			tiers = append(tiers, &mp.LongContext.Rates)
 		}
-		read := readPerMille[name]
-		if read == 0 {
-			read = 100
-		}
 		for _, r := range tiers {
-			if r.CacheWrite5m*4 != r.Input*5 || r.CacheWrite1h != r.Input*2 || r.CacheRead*1000 != r.Input*read {
+			if r.CacheWrite5m*4 != r.Input*5 || r.CacheWrite1h != r.Input*2 || r.CacheRead*10 != r.Input {
 				t.Errorf("%s: input %d, 5m %d, 1h %d, read %d break the 1.25x/2x/0.1x ratios", name, r.Input, r.CacheWrite5m, r.CacheWrite1h, r.CacheRead)
 			}
 		}
@@ -366,5 +364,87 @@ func TestCostClampsHandBuiltPrices(t *testing.T) {
 	mp := &ModelPrice{Rates: Rates{Input: 1 << 62, Output: -1}}
 	if got, want := mp.CostMicroUSD(Usage{InputUncached: 1 << 62, Output: 5}), int64(1<<40)*10_000; got != want {
 		t.Errorf("got %d, want %d", got, want)
+	}
+}
+
+// TestDefaultPricesCurrentModels: the models the four CLIs send by default
+// today are priced and bounded, so a cost budget does not refuse them all
+// (governance.md §0 item 12).
+func TestDefaultPricesCurrentModels(t *testing.T) {
+	p := DefaultPrices()
+	for _, want := range []struct{ provider, model string }{
+		{"anthropic", "claude-opus-5-5"}, {"anthropic", "claude-sonnet-5-5"}, {"anthropic", "claude-haiku-5-5"},
+		{"anthropic", "claude-fable-5-1"}, {"anthropic", "claude-opus-5"}, {"anthropic", "claude-sonnet-5"},
+		{"anthropic", "claude-opus-5-5-20260922"},
+		{"openai", "gpt-6.1-sol"}, {"openai", "gpt-6-sol"}, {"openai", "gpt-6-luna"}, {"openai", "gpt-6-astra"},
+		{"openai", "gpt-5.6-sol"}, {"openai", "gpt-5.6-terra"}, {"openai", "gpt-5.6-luna"},
+		{"openai", "gpt-5.5"}, {"openai", "gpt-5.4"}, {"openai", "gpt-5.4-mini"}, {"openai", "gpt-5.4-nano"},
+		{"gemini", "gemini-3.8-flash"}, {"gemini", "gemini-3.5-flash"}, {"gemini", "gemini-3.5-flash-lite"},
+		{"gemini", "gemini-3.1-pro-preview"}, {"gemini", "models/gemini-3.8-flash"},
+	} {
+		if _, ok := p.Lookup(want.provider, want.model); !ok {
+			t.Errorf("%s/%s not priced", want.provider, want.model)
+		}
+		if l, ok := p.Limits(want.provider, want.model); !ok || l.Context <= 0 || l.MaxOutput <= 0 {
+			t.Errorf("%s/%s limits %+v ok=%v", want.provider, want.model, l, ok)
+		}
+	}
+	// Every built-in row carries limits: a ceiling never falls back to a guess.
+	for prov, pp := range p.providers {
+		for name, mp := range pp.models {
+			if !mp.hasLimits {
+				t.Errorf("%s/%s has no limits", prov, name)
+			}
+		}
+	}
+	if l, _ := p.Limits("openai", "gpt-6.1-sol"); l.MaxOutput != 128000 {
+		t.Errorf("gpt-6.1-sol max_output %d, want 128000 (governance.md §4.1)", l.MaxOutput)
+	}
+	if _, ok := p.Limits("openai", "gpt-6.1-sol-mini"); ok {
+		t.Error("a sibling model borrowed gpt-6.1-sol's limits")
+	}
+	fb, fl, ok := p.Fallback()
+	if !ok || fb.Input != 5_000_000_000 || fb.Output != 25_000_000_000 || fl.MaxOutput < 128000 {
+		t.Errorf("fallback %+v %+v %v, want $5/$25 and max_output >= 128k", fb, fl, ok)
+	}
+	for _, tc := range []struct {
+		provider string
+		n, want  int64
+	}{{"anthropic", 3, 30_000}, {"openai", 1, 10_000}, {"gemini", 10, 140_000}} {
+		if got, ok := p.ToolFeeMicroUSD(tc.provider, "web_search", tc.n); !ok || got != tc.want {
+			t.Errorf("%s web_search ×%d = %d µUSD (%v), want %d", tc.provider, tc.n, got, ok, tc.want)
+		}
+	}
+	if _, ok := p.ToolFeeMicroUSD("mistral", "web_search", 1); ok {
+		t.Error("unknown provider has a tool fee")
+	}
+}
+
+func TestParsePricesLimitsStrict(t *testing.T) {
+	const base = "version: v\ndate: \"2026-12-03\"\nunit: usd_per_mtok\nproviders:\n  p:\n    m:\n      input_per_mtok: \"1\"\n      cache_read_per_mtok: \"1\"\n      cache_write_5m_per_mtok: \"1\"\n      cache_write_1h_per_mtok: \"1\"\n      output_per_mtok: \"1\"\n"
+	for name, tc := range map[string]struct{ extra, want string }{
+		"zero context":     {"      limits: {context: 0, max_output: 10}\n", "providers.p.m.limits.context"},
+		"missing output":   {"      limits: {context: 10}\n", "providers.p.m.limits.max_output: is required"},
+		"negative think":   {"      limits: {context: 10, max_output: 10, max_thinking: -1}\n", "max_thinking"},
+		"unknown field":    {"      limits: {context: 10, max_output: 10, max_input: 3}\n", "max_input"},
+		"fallback limits":  {"fallback: {input_per_mtok: \"1\", cache_read_per_mtok: \"1\", cache_write_5m_per_mtok: \"1\", cache_write_1h_per_mtok: \"1\", output_per_mtok: \"1\"}\n", "fallback.limits: is required"},
+		"fallback rates":   {"fallback: {input_per_mtok: \"1\", limits: {context: 1, max_output: 1}}\n", "fallback.output_per_mtok: is required"},
+		"tool fee unknown": {"tool_fees: {p: {web_fetch_per_1k: \"1\"}}\n", "web_fetch_per_1k"},
+		"tool fee bad":     {"tool_fees: {p: {web_search_per_1k: \"ten\"}}\n", "tool_fees.p.web_search_per_1k"},
+	} {
+		_, err := ParsePrices([]byte(base + tc.extra))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want it to name %q", name, err, tc.want)
+		}
+	}
+	p, err := ParsePrices([]byte(base + "      limits: {context: 10, max_output: 5}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := p.Limits("p", "m"); !ok || l != (ModelLimits{Context: 10, MaxOutput: 5}) {
+		t.Errorf("limits %+v %v", l, ok)
+	}
+	if _, _, ok := p.Fallback(); ok {
+		t.Error("fallback without a fallback row")
 	}
 }

@@ -92,7 +92,7 @@ func newGovRig(t *testing.T, o envOptions) *govRig {
 	pol := &staticPolicies{}
 	pol.set(governance.Policies{})
 	o.governor = governance.New(governance.Config{
-		Policies: pol, Ledger: led,
+		Policies: pol, Ledger: led, Prices: metering.DefaultPrices(),
 		Limiter: governance.NewLocalLimiter(governance.LocalConfig{MaxWait: -1}),
 	})
 	o.sink = func(m *meteringtest.Sink) Sink { return teeSink{mem: m, w: w} }

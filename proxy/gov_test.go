@@ -487,3 +487,46 @@ func TestGovStoredPolicyIsEnforced(t *testing.T) {
 		t.Fatalf("stored deny rule not enforced: %d %s", resp.StatusCode, got)
 	}
 }
+
+// TestGovCostBudgetHoldsTheCeilingInFlight: while a stream runs, a cost
+// budget holds the request's ceiling (the record's reserved_micro_usd, far
+// above what the request costs); once the record is stored, the budget
+// holds nothing and has spent exactly the record's cost.
+func TestGovCostBudgetHoldsTheCeilingInFlight(t *testing.T) {
+	g := newGovRig(t, envOptions{pricer: metering.DefaultPrices()})
+	b := governance.Budget{ID: "proj-cost", Selector: projectSel("proj-1"), Metric: governance.MetricCost, Limit: 1 << 40,
+		Window: governance.Window{Kind: governance.WindowDay}, Mode: governance.ModeSoft}
+	g.pol.set(governance.Policies{Budgets: []governance.Budget{b}})
+	tok := g.token("ws-1", "proj-1", "user-1", "")
+	req, _ := http.NewRequest("POST", g.URL+"/anthropic/v1/messages",
+		strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":4096,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("anthropic-version", "2023-06-01")
+	req.Header.Set(upstreamtest.HeaderGap, "50ms")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	buf := make([]byte, 64)
+	_, _ = resp.Body.Read(buf)
+	_, reserved := g.headroom(b)
+	// 4096 output tokens at Sonnet 4.5's $15 alone are 61,440 micro-USD.
+	if reserved < 61_440 {
+		t.Fatalf("a stream in flight holds %d micro-USD, want at least its output ceiling 61440", reserved)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	rec := g.waitRecord(resp.Header.Get(RequestIDHeader))
+	if rec.ReservedMicroUSD != reserved || rec.CostMicroUSD == nil || *rec.CostMicroUSD >= reserved {
+		t.Fatalf("record reserved %d (budget held %d), cost %v", rec.ReservedMicroUSD, reserved, rec.CostMicroUSD)
+	}
+	g.settled()
+	spent, left := g.headroom(b)
+	if left != 0 || spent != *rec.CostMicroUSD {
+		t.Fatalf("after settlement: spent %d reserved %d, want spent %d reserved 0", spent, left, *rec.CostMicroUSD)
+	}
+}

@@ -56,17 +56,18 @@ type bench struct {
 
 	runs   []*runRec
 	totals map[string]*tally // every request per target, warm-ups included
-	// fakeViaTollgate counts the requests the fake saw while only tollgate
-	// was being driven.
-	fakeViaTollgate int64
-	idleRSS         map[string]int64    // KiB after warm-up and quiet
-	idleSplit       map[string][2]int64 // RssAnon, RssFile at the idle reading
-	freshRSS        map[string]int64    // KiB one second after start
-	usage           *usageCheck
-	profiles        []profile
-	notes           []string
-	loadEnd         string
-	uncleanStops    int
+	// fakeVia counts, per tollgate target, the requests the fake saw while
+	// only that target was being driven.
+	fakeVia      map[string]int64
+	idleRSS      map[string]int64    // KiB after warm-up and quiet
+	idleSplit    map[string][2]int64 // RssAnon, RssFile at the idle reading
+	freshRSS     map[string]int64    // KiB one second after start
+	usage        *usageCheck
+	gov          *govRun // S1g, when selected
+	profiles     []profile
+	notes        []string
+	loadEnd      string
+	uncleanStops int
 }
 
 // runRec is one measured point for one target.
@@ -98,6 +99,7 @@ func runChild(ctx context.Context, cfg *config, stdout, stderr io.Writer) error 
 		pinned:    os.Getenv("TOLLGATE_BENCH_PIN") == "true",
 		netns:     os.Getenv(envNetns),
 		totals:    map[string]*tally{},
+		fakeVia:   map[string]int64{},
 		idleRSS:   map[string]int64{},
 		idleSplit: map[string][2]int64{},
 		freshRSS:  map[string]int64{},
@@ -128,7 +130,7 @@ func runChild(ctx context.Context, cfg *config, stdout, stderr io.Writer) error 
 		name string
 		fn   func(context.Context) error
 	}{
-		{"S1", b.s1}, {"S2", b.s2}, {"S3", b.s3}, {"S4", b.s4}, {"S5", b.s5},
+		{"S1", b.s1}, {"S1g", b.s1g}, {"S2", b.s2}, {"S3", b.s3}, {"S4", b.s4}, {"S5", b.s5},
 	}
 	for _, s := range steps {
 		if !cfg.Scenarios[s.name] {
@@ -156,7 +158,13 @@ func runChild(ctx context.Context, cfg *config, stdout, stderr io.Writer) error 
 		b.note("usage check failed: %v", err)
 	}
 	b.usage = uc
-	return b.report(stdout)
+	if err := b.report(stdout); err != nil {
+		return err
+	}
+	if b.gov != nil && len(b.gov.failures) > 0 {
+		return fmt.Errorf("S1g failed: %s", strings.Join(b.gov.failures, "; "))
+	}
+	return nil
 }
 
 func (b *bench) logf(format string, a ...any) {
@@ -212,7 +220,9 @@ func (b *bench) start(ctx context.Context) error {
 			return startProc(ctx, logs, logName("baseline"), proxyCPU, procs, nil, self,
 				"baseline-proxy", "-upstream", b.fake.URL, "-key", providerKey)
 		}}
-	env, tok, err := b.setupTollgate(ctx)
+	var env []string
+	var tok string
+	b.tgDir, env, tok, err = b.setupTollgate(ctx, "tollgate")
 	if err != nil {
 		return err
 	}
@@ -255,17 +265,18 @@ func (b *bench) restart(ctx context.Context, i int) error {
 	return nil
 }
 
-// setupTollgate writes a registry pointing every provider at the fake,
-// stores the provider key as the platform credential and issues a token. It
-// returns the environment of `tollgate serve` and the token.
-func (b *bench) setupTollgate(ctx context.Context) ([]string, string, error) {
-	b.tgDir = filepath.Join(b.work, "tollgate")
-	if err := os.MkdirAll(b.tgDir, 0o700); err != nil {
-		return nil, "", err
+// setupTollgate gives one tollgate instance its directory under the work
+// directory: a registry pointing every provider at the fake, the provider
+// key stored as the platform credential, and a token. It returns the
+// directory, the environment of `tollgate serve` and the token.
+func (b *bench) setupTollgate(ctx context.Context, name string) (string, []string, string, error) {
+	dir := filepath.Join(b.work, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, "", err
 	}
 	y, err := os.ReadFile(filepath.Join(b.bin, "harnesses.yaml"))
 	if err != nil {
-		return nil, "", err
+		return "", nil, "", err
 	}
 	reg := string(y)
 	n := 0
@@ -275,18 +286,18 @@ func (b *bench) setupTollgate(ctx context.Context) ([]string, string, error) {
 		reg = strings.ReplaceAll(reg, old, "base_url: "+b.fake.URL+"\n    forward_headers: [X-Fake-Gap, X-Fake-TTFB, X-Fake-Events]\n")
 	}
 	if n == 0 {
-		return nil, "", errors.New("harnesses.yaml: no provider base_url line to point at the fake")
+		return "", nil, "", errors.New("harnesses.yaml: no provider base_url line to point at the fake")
 	}
-	regPath := filepath.Join(b.tgDir, "harnesses.yaml")
+	regPath := filepath.Join(dir, "harnesses.yaml")
 	if err := os.WriteFile(regPath, []byte(reg), 0o600); err != nil {
-		return nil, "", err
+		return "", nil, "", err
 	}
 	var mk [32]byte
 	_, _ = rand.Read(mk[:])
 	env := []string{
-		"TOLLGATE_DB=" + filepath.Join(b.tgDir, "tollgate.db"),
+		"TOLLGATE_DB=" + filepath.Join(dir, "tollgate.db"),
 		"TOLLGATE_HARNESSES=" + regPath,
-		"TOLLGATE_SPOOL=" + filepath.Join(b.tgDir, "spool"),
+		"TOLLGATE_SPOOL=" + filepath.Join(dir, "spool"),
 		"TOLLGATE_MASTER_KEY=" + base64.StdEncoding.EncodeToString(mk[:]),
 		"TOLLGATE_LOG_LEVEL=" + b.cfg.LogLevel,
 		"TOLLGATE_SHUTDOWN_GRACE=5s",
@@ -301,26 +312,28 @@ func (b *bench) setupTollgate(ctx context.Context) ([]string, string, error) {
 		"TOLLGATE_MAX_CONNS_PER_IP=-1",
 		// Nor is it an authentication flood: every request has a valid token.
 	}
-	bin := filepath.Join(b.bin, "tollgate")
-	cli := func(stdin string, args ...string) (string, error) {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(cctx, bin, args...)
-		cmd.Env = append(os.Environ(), env...)
-		cmd.Stdin = strings.NewReader(stdin)
-		var se strings.Builder
-		cmd.Stderr = &se
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("tollgate %s: %v: %s", args[0], err, se.String())
-		}
-		return strings.TrimSpace(string(out)), nil
+	if _, err := b.cli(ctx, env, providerKey+"\n", "credential", "set", "--platform", "--provider", "openai", "--key-stdin"); err != nil {
+		return "", nil, "", err
 	}
-	if _, err := cli(providerKey+"\n", "credential", "set", "--platform", "--provider", "openai", "--key-stdin"); err != nil {
-		return nil, "", err
+	tok, err := b.cli(ctx, env, "", "token", "issue", "--workspace", "bench", "--project", "bench", "--user", "bench", "--ttl", "6h")
+	return dir, env, tok, err
+}
+
+// cli runs a tollgate command against the instance env describes and
+// returns its standard output.
+func (b *bench) cli(ctx context.Context, env []string, stdin string, args ...string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, filepath.Join(b.bin, "tollgate"), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var se strings.Builder
+	cmd.Stderr = &se
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("tollgate %s: %v: %s", strings.Join(args, " "), err, firstLine(se.String()))
 	}
-	tok, err := cli("", "token", "issue", "--workspace", "bench", "--project", "bench", "--user", "bench", "--ttl", "6h")
-	return env, tok, err
+	return strings.TrimSpace(string(out)), nil
 }
 
 func (b *bench) stopAll() {
@@ -352,21 +365,30 @@ func (b *bench) references(ctx context.Context) error {
 	b.refStream = ref{size: int(so.bytes), sum: so.sum}
 	b.logf("reference: JSON body %d bytes, stream %d bytes (%d events)", b.refBody.size, b.refStream.size, b.cfg.Events)
 	for _, tg := range b.targets[1:] {
-		t := b.load(tg, func() *tally {
-			t := &tally{}
-			body, status, err := post(ctx, client, tg, b.chat)
-			t.requests++
-			if err != nil {
-				t.err(err.Error())
-			} else {
-				t.check(status, body, b.refBody)
-			}
-			t.addStream(oneStream(ctx, client, tg, b.stream, nil, make([]byte, 32<<10), nil), b.refStream)
-			return t
-		})
-		if t.errors+t.non2xx+t.mismatch > 0 {
-			return fmt.Errorf("%s does not answer like the fake: %s", tg.name, t.firstErr)
+		if err := b.answersLikeDirect(ctx, client, tg); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// answersLikeDirect sends one JSON request and one stream through tg; both
+// must equal direct's answers.
+func (b *bench) answersLikeDirect(ctx context.Context, client *http.Client, tg target) error {
+	t := b.load(tg, func() *tally {
+		t := &tally{}
+		body, status, err := post(ctx, client, tg, b.chat)
+		t.requests++
+		if err != nil {
+			t.err(err.Error())
+		} else {
+			t.check(status, body, b.refBody)
+		}
+		t.addStream(oneStream(ctx, client, tg, b.stream, nil, make([]byte, 32<<10), nil), b.refStream)
+		return t
+	})
+	if t.errors+t.non2xx+t.mismatch > 0 {
+		return fmt.Errorf("%s does not answer like the fake: %s", tg.name, t.firstErr)
 	}
 	return nil
 }
@@ -402,15 +424,16 @@ func (b *bench) fakeRequests() int64 {
 }
 
 // load runs fn against tg and adds its requests to the run's totals; for
-// tollgate it also counts what the fake saw meanwhile.
+// a tollgate target it also counts what the fake saw meanwhile.
 func (b *bench) load(tg target, fn func() *tally) *tally {
+	counted := strings.HasPrefix(tg.name, "tollgate")
 	var f0 int64
-	if tg.name == "tollgate" {
+	if counted {
 		f0 = b.fakeRequests()
 	}
 	t := fn()
-	if tg.name == "tollgate" {
-		b.fakeViaTollgate += b.fakeRequests() - f0
+	if counted {
+		b.fakeVia[tg.name] += b.fakeRequests() - f0
 	}
 	b.totals[tg.name].add(&tally{requests: t.requests, non2xx: t.non2xx, errors: t.errors, firstErr: t.firstErr, mismatch: t.mismatch, bytes: t.bytes, expBytes: t.expBytes})
 	return t

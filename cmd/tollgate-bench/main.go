@@ -4,7 +4,10 @@
 // net/http reverse proxy (the floor), and through tollgate built from this
 // tree with token auth, credential resolution and metering to SQLite on. It
 // runs scenarios S1–S5 three times each, alternating targets, checks bytes
-// and usage records, and writes docs/bench/latest.md and latest.json.
+// and usage records, and writes docs/bench/latest.md and latest.json. S1g
+// (governance.go) repeats S1 against a second tollgate with a budget, a
+// Redis rate limit and a model rule applying to every request, paired with
+// S1's tollgate, for governance's cost.
 //
 // Layout of a run: the command builds tollgate and the fake provider, then
 // re-executes itself inside a private network namespace (`unshare -n`, with
@@ -77,6 +80,9 @@ type config struct {
 	S4Gap      time.Duration
 	S4Quiet    time.Duration // quiet time before the idle RSS reading
 	S5Rate     int
+	S1gRate    int    // S1g's open-loop rate, for the added latency of governance
+	RedisURL   string // S1g's shared rate limiter
+	RedisSrv   string // redis-server to start inside the private namespace
 	S5TTFB     time.Duration
 	Events     int // content deltas per response: 20, ~1.25 KB JSON body
 	ChunkBytes int // text bytes per delta
@@ -101,7 +107,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.Reps, "reps", 0, "repetitions of every point, alternating targets (default 3; 1 with -quick)")
 	fs.DurationVar(&c.Duration, "duration", 0, "measured time of each S1/S2/S5 point (default 10s; 1.5s with -quick)")
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up before each S1/S2/S5 point (default 3s; 500ms with -quick)")
-	scen := fs.String("scenarios", "S1,S2,S3,S4,S5", "scenarios to run")
+	scen := fs.String("scenarios", "S1,S1g,S2,S3,S4,S5", "scenarios to run (S1g: S1 again with a budget, a Redis rate limit and a model rule on every request, against tollgate with governance off)")
 	fs.IntVar(&c.S1Conns, "s1-conns", 64, "S1 closed-loop connections")
 	rates := fs.String("s2-rates", "500,2000", "S2 open-loop rates (req/s)")
 	fs.IntVar(&c.S3Streams, "s3-streams", 0, "S3 streams per run (default 3000; 400 with -quick)")
@@ -113,6 +119,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.S4Quiet, "s4-quiet", 0, "quiet time before reading idle RSS (default 10s; 1s with -quick)")
 	fs.IntVar(&c.S5Rate, "s5-rate", 500, "S5 open-loop rate (req/s)")
 	fs.DurationVar(&c.S5TTFB, "s5-ttfb", 300*time.Millisecond, "S5 upstream time to first byte")
+	fs.IntVar(&c.S1gRate, "s1g-rate", 500, "S1g open-loop rate (req/s) of the added-latency point, governance on against off")
+	fs.StringVar(&c.RedisURL, "redis", "redis://127.0.0.1:6379/0", "S1g: Redis for tollgate's shared rate limits (TOLLGATE_REDIS_URL); each run uses its own key prefix and deletes its keys")
+	fs.StringVar(&c.RedisSrv, "redis-server", "redis-server", "S1g inside a private network namespace, where the host's Redis cannot be reached: the redis-server binary started there on -redis's loopback port, on the load CPU (off: start none, and skip S1g unless -redis answers)")
 	fs.IntVar(&c.Events, "events", 20, "content deltas per response")
 	fs.IntVar(&c.ChunkBytes, "chunk-bytes", 34, "text bytes per delta (34 × 20 gives a 1250-byte JSON body)")
 	fs.StringVar(&c.Pin, "pin", "auto", "CPU pinning with taskset: auto, on or off")
@@ -181,14 +190,19 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	c.Scenarios = map[string]bool{}
 	for _, s := range strings.Split(*scen, ",") {
-		s = strings.ToUpper(strings.TrimSpace(s))
-		switch s {
+		s = strings.TrimSpace(s)
+		switch u := strings.ToUpper(s); u {
 		case "S1", "S2", "S3", "S4", "S5":
-			c.Scenarios[s] = true
+			c.Scenarios[u] = true
+		case "S1G":
+			c.Scenarios["S1g"] = true
 		case "":
 		default:
 			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q", s))
 		}
+	}
+	if c.S1gRate <= 0 {
+		errs = append(errs, fmt.Errorf("-s1g-rate: %d is not a positive rate", c.S1gRate))
 	}
 	for _, v := range []struct {
 		name string

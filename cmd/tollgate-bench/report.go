@@ -180,6 +180,9 @@ func fmtNum(v float64, prec int) string {
 		return "–"
 	}
 	s := fmt.Sprintf("%.*f", prec, v)
+	if strings.Trim(s, "-0.") == "" {
+		s = strings.TrimPrefix(s, "-") // -0.2 at no decimals is 0, not -0
+	}
 	if prec == 0 && math.Abs(v) >= 10000 {
 		// Thin grouping keeps wide throughput figures readable.
 		neg := strings.HasPrefix(s, "-")
@@ -303,20 +306,26 @@ type correctness struct {
 func (b *bench) correctness() []correctness {
 	var out []correctness
 	for _, tg := range b.targets {
-		t := b.totals[tg.name]
-		var amp *float64
-		if t.expBytes > 0 {
-			a := float64(t.bytes) / float64(t.expBytes)
-			amp = &a
-		}
-		out = append(out, correctness{tg.name, t.requests, t.non2xx, t.errors, t.mismatch, amp, t.firstErr})
+		out = append(out, correctnessOf(tg.name, b.totals[tg.name]))
+	}
+	if t := b.totals[govTarget]; t != nil {
+		out = append(out, correctnessOf(govTarget, t))
 	}
 	return out
 }
 
+func correctnessOf(name string, t *tally) correctness {
+	var amp *float64
+	if t.expBytes > 0 {
+		a := float64(t.bytes) / float64(t.expBytes)
+		amp = &a
+	}
+	return correctness{name, t.requests, t.non2xx, t.errors, t.mismatch, amp, t.firstErr}
+}
+
 func (b *bench) usagePass() bool {
 	uc, tg := b.usage, b.totals["tollgate"]
-	return uc != nil && uc.Rows == tg.requests && uc.Exact == uc.Rows && b.fakeViaTollgate == int64(tg.requests)
+	return uc != nil && uc.Rows == tg.requests && uc.Exact == uc.Rows && b.fakeVia["tollgate"] == int64(tg.requests)
 }
 
 // reportJSON is docs/bench/<name>.json.
@@ -340,6 +349,7 @@ type reportJSON struct {
 	IdleAnonMB    map[string]float64 `json:"idle_rss_anon_mb"`
 	IdleFileMB    map[string]float64 `json:"idle_rss_file_mb"`
 	FreshRSSMB    map[string]float64 `json:"fresh_rss_mb"`
+	Governance    *govJSON           `json:"s1g_governance,omitempty"`
 	Profiles      []profile          `json:"profiles,omitempty"`
 	Notes         []string           `json:"notes,omitempty"`
 	Runs          []*runRec          `json:"runs"`
@@ -358,12 +368,14 @@ func (b *bench) report(stdout io.Writer) error {
 			"s4_n": b.cfg.S4N, "s4_gap": b.cfg.S4Gap.String(), "s5_rate": b.cfg.S5Rate, "s5_ttfb": b.cfg.S5TTFB.String(),
 			"events": b.cfg.Events, "chunk_bytes": b.cfg.ChunkBytes, "tollgate_log_level": b.cfg.LogLevel,
 			"client_include_usage": b.cfg.IncludeUsg, "store": "sqlite (spool + batching writer)",
+			"s1g_rate": b.cfg.S1gRate, "redis": b.cfg.RedisURL,
 		},
 		Reference:   map[string]int{"json_body": b.refBody.size, "stream": b.refStream.size},
 		Results:     cs,
-		Targets:     b.verdicts(cs),
+		Targets:     append(b.verdicts(cs), b.govVerdicts()...),
+		Governance:  b.govReport(),
 		Correctness: b.correctness(),
-		Usage:       b.usage, UsagePass: b.usagePass(), FakeSawViaTG: b.fakeViaTollgate,
+		Usage:       b.usage, UsagePass: b.usagePass(), FakeSawViaTG: b.fakeVia["tollgate"],
 		ShutdownClean: b.uncleanStops == 0,
 		IdleRSSMB:     map[string]float64{}, FreshRSSMB: map[string]float64{},
 		IdleAnonMB: map[string]float64{}, IdleFileMB: map[string]float64{},
@@ -427,7 +439,11 @@ func (b *bench) markdown(rj *reportJSON) string {
 	p("| baseline | httputil.ReverseProxy, key swap, FlushInterval -1, same pool sizes as tollgate |\n")
 	p("| load | S1 closed loop (fasthttp client, %d conns); S2/S5 open loop (vegeta v12.12.0 library); S3/S4 Go SSE client (TTFB = request written → first `data:` byte) |\n", b.cfg.S1Conns)
 	p("| responses | JSON body %d B (%d deltas × %d B of text); SSE stream %d B per stream, client include_usage=%v |\n", b.refBody.size, b.cfg.Events, b.cfg.ChunkBytes, b.refStream.size, b.cfg.IncludeUsg)
-	p("| durations | %s measured + %s warm-up per S1/S2/S5 point; S3 %d streams %d at a time, then %d starts/s for %s; S4 gap %s |\n\n", b.cfg.Duration, b.cfg.Warmup, b.cfg.S3Streams, b.cfg.S3Conc, b.cfg.S3Rate, b.cfg.Duration, b.cfg.S4Gap)
+	p("| durations | %s measured + %s warm-up per S1/S1g/S2/S5 point; S3 %d streams %d at a time, then %d starts/s for %s; S4 gap %s |\n", b.cfg.Duration, b.cfg.Warmup, b.cfg.S3Streams, b.cfg.S3Conc, b.cfg.S3Rate, b.cfg.Duration, b.cfg.S4Gap)
+	if b.cfg.Scenarios["S1g"] {
+		p("| S1g | governance on against off: S1's closed loop and an open loop at %d req/s, each point run back to back against S1's tollgate (no policy) and a second tollgate whose database holds a soft cost budget on the project, an rpm/tpm limit on the workspace in Redis (TOLLGATE_REDIS_URL, a key prefix of its own per run) and a model allow rule for %s, all far above what the run reaches; order alternated per repetition; any refusal fails the run (section S1g below) |\n", b.cfg.S1gRate, govModel)
+	}
+	p("\n")
 
 	p("## Results\n\n| Scenario | Metric | direct | baseline | tollgate | tollgate ÷ baseline |\n|---|---|---|---|---|---|\n")
 	specs := b.pointSpecs()
@@ -454,7 +470,9 @@ func (b *bench) markdown(rj *reportJSON) string {
 		b.cfg.S4Quiet, rj.IdleAnonMB["baseline"], rj.IdleFileMB["baseline"], rj.IdleAnonMB["tollgate"], rj.IdleFileMB["tollgate"],
 		rj.IdleRSSMB["baseline"], rj.IdleRSSMB["tollgate"], rj.FreshRSSMB["baseline"], rj.FreshRSSMB["tollgate"])
 
-	p("## Targets (tollgate with auth, resolver and metering on)\n\n| Target | Measured | Holds |\n|---|---|---|\n")
+	b.govMarkdown(p, rj.Governance)
+
+	p("\n## Targets (tollgate with auth, resolver and metering on)\n\n| Target | Measured | Holds |\n|---|---|---|\n")
 	for _, v := range rj.Targets {
 		holds := "n/a"
 		if v.Pass != nil {

@@ -204,6 +204,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer unregister()
+	// A nil *RedisLimiter (no TOLLGATE_REDIS_URL) exports no Redis gauge.
+	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, log)
+	if err != nil {
+		return err
+	}
+	defer unregisterGov()
 
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
