@@ -167,7 +167,7 @@ func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 			// retryably.
 			g.log.Warn("rate limiter failed", "request_id", req.RequestID, "err", err)
 			return nil, &Refusal{Kind: RefuseUnavailable, RetryAfter: UnavailableRetryAfter,
-				Message: "tollgate cannot check this request's rate limits right now; retry shortly"}
+				Message: "tollgate: cannot check this request's rate limits right now; retry shortly"}
 		}
 		if permit != nil {
 			a.permit = permit
@@ -245,7 +245,7 @@ func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charg
 				Policy: b.policyName(),
 				Limit:  b.Limit,
 				Unit:   b.unit(),
-				Message: fmt.Sprintf("model %q has no price, and the cost budget of %s refuses unpriced models; use a priced model or ask an administrator to price it (or set the budget's unpriced to fallback)",
+				Message: fmt.Sprintf("tollgate: model %q has no price, and the cost budget of %s refuses unpriced models; use a priced model or ask an administrator to price it (or set the budget's unpriced to fallback)",
 					model, b.Selector.String()),
 			}
 		}
@@ -258,7 +258,7 @@ func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charg
 // cannot check: failing open would let a capped scope spend unbounded.
 func unavailable(budgets []Budget, why string) *Refusal {
 	r := &Refusal{Kind: RefuseUnavailable, RetryAfter: UnavailableRetryAfter,
-		Message: why + ", so tollgate cannot check this request's budget; retry shortly"}
+		Message: "tollgate: " + why + ", so it cannot check this request's budget; retry shortly"}
 	for _, b := range budgets {
 		if b.Mode != ModeAlert {
 			r.Policy = b.policyName()

@@ -656,7 +656,7 @@ func refusalFor(p planned, spent, reserved int64, now time.Time) *Refusal {
 	if b.Mode == ModeHard {
 		need = fmt.Sprintf("; this request needs up to %s", b.amountText(p.Amount))
 	}
-	r.Message = fmt.Sprintf("budget exhausted for %s: %s spent of %s per %s%s%s; %s",
+	r.Message = fmt.Sprintf("tollgate: budget exhausted for %s: %s spent of %s per %s%s%s; %s",
 		b.Selector.String(), b.amountText(spent), b.amountText(b.Limit), b.Window.String(), in, need, when)
 	return r
 }

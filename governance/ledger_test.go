@@ -277,7 +277,7 @@ func TestLedgerModes(t *testing.T) {
 		if !ref.ResetAt.Equal(wantReset) || ref.RetryAfter != 12*time.Hour {
 			t.Errorf("reset %s retry after %s, want %s and 12h", ref.ResetAt, ref.RetryAfter, wantReset)
 		}
-		if !strings.Contains(ref.Message, "$0.01") || !strings.Contains(ref.Message, "$0.00 spent") {
+		if !strings.Contains(ref.Message, "$0.00 spent of $0.001 per day") || !strings.HasPrefix(ref.Message, "tollgate: ") {
 			t.Errorf("message %q", ref.Message)
 		}
 		r.want(t, hard, 0, 0)

@@ -522,14 +522,21 @@ func (p *Policies) RulesFor(sc Scope) []ModelRule {
 	return out
 }
 
-// FormatUSD renders micro-USD as dollars: 1500000 → "$1.50".
+// FormatUSD renders micro-USD as dollars: 1500000 → "$1.50". Amounts under
+// a dollar that are not whole cents keep their micro-dollars ("$0.0094",
+// "$0.000001"), so a small budget never reads "$0.00 of $0.00".
 func FormatUSD(micro int64) string {
 	neg := micro < 0
 	if neg {
 		micro = -micro
 	}
-	cents := (micro + 5000) / 10000
-	s := "$" + strconv.FormatInt(cents/100, 10) + "." + fmt.Sprintf("%02d", cents%100)
+	var s string
+	if micro < 1_000_000 && micro%10_000 != 0 {
+		s = "$0." + strings.TrimRight(fmt.Sprintf("%06d", micro), "0")
+	} else {
+		cents := (micro + 5000) / 10000
+		s = "$" + strconv.FormatInt(cents/100, 10) + "." + fmt.Sprintf("%02d", cents%100)
+	}
 	if neg {
 		s = "-" + s
 	}
