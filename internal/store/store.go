@@ -40,6 +40,9 @@ type DB struct {
 // clients in pg_stat_activity.
 const defaultAppName = "tollgate"
 
+// pgMaxConns is each process's PostgreSQL pool size.
+const pgMaxConns = 16
+
 // sqliteBusyTimeout lets concurrent writers wait for the single SQLite write
 // lock instead of failing with "database is locked".
 const sqliteBusyTimeout = 10 * time.Second
@@ -61,8 +64,14 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 			cfg.RuntimeParams["application_name"] = defaultAppName
 		}
 		db := stdlib.OpenDB(*cfg.Copy())
-		db.SetMaxOpenConns(32)
-		db.SetMaxIdleConns(8)
+		// 16 connections, all kept: budget reservations take one per
+		// governed request, and with 32 open but 8 idle three replicas
+		// under load churned connections past PostgreSQL's default
+		// max_connections of 100 (SQLSTATE 53300: capped requests refused,
+		// the usage writer held back). 16 per replica, plus its two
+		// listeners, leaves room for five replicas and the operators.
+		db.SetMaxOpenConns(pgMaxConns)
+		db.SetMaxIdleConns(pgMaxConns)
 		if err := db.PingContext(ctx); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("connect postgres: %w", err)
