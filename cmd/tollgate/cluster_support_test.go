@@ -335,9 +335,9 @@ func (c *cluster) stopAll() {
 	wg.Wait()
 }
 
-// admin calls the admin API of replica i, decoding the answer into out;
-// anything but 2xx fails the test.
-func (c *cluster) admin(i int, method, path string, in, out any) {
+// adminTry calls the admin API of replica i and returns the status and
+// body, failing the test only when there is no answer.
+func (c *cluster) adminTry(i int, method, path string, in any) (int, []byte) {
 	c.t.Helper()
 	var body io.Reader
 	if in != nil {
@@ -355,8 +355,16 @@ func (c *cluster) admin(i int, method, path string, in, out any) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		c.t.Fatalf("admin %s %s on r%d: %d %s", method, path, i, resp.StatusCode, b)
+	return resp.StatusCode, b
+}
+
+// admin calls the admin API of replica i, decoding the answer into out;
+// anything but 2xx fails the test.
+func (c *cluster) admin(i int, method, path string, in, out any) {
+	c.t.Helper()
+	status, b := c.adminTry(i, method, path, in)
+	if status/100 != 2 {
+		c.t.Fatalf("admin %s %s on r%d: %d %s", method, path, i, status, b)
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

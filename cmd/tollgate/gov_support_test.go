@@ -148,29 +148,6 @@ func (g *govCluster) seenIDs(prefix string) int {
 	return n
 }
 
-// adminTry calls the admin API of replica i and returns the status and
-// body, failing the test only when there is no answer.
-func (g *govCluster) adminTry(i int, method, path string, in any) (int, []byte) {
-	g.t.Helper()
-	var body io.Reader
-	if in != nil {
-		b, _ := json.Marshal(in)
-		body = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, method, g.rep(i).adminBase+"/admin/v1"+path, body)
-	req.Header.Set("Authorization", "Bearer adm")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := g.client.Do(req)
-	if err != nil {
-		g.t.Fatalf("admin %s %s on r%d: %v", method, path, i, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
-}
-
 // createPolicy POSTs a budget ("budgets", answer key "budget") or a limit
 // ("limits", "limit") through replica i and returns its id. A 404 or 405
 // means the admin API of governance has not landed: the test is skipped
