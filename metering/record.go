@@ -154,6 +154,37 @@ type Record struct {
 	// rate_limit, concurrency, model_policy, governance_unavailable);
 	// empty when it did not.
 	Governance string `json:"governance,omitempty"`
+	// Allotted are the budget holds this request took from its replica's
+	// allotments instead of a reservation of its own (governance): storing
+	// the record settles them against the allotment.
+	Allotted []Hold `json:"allotted,omitempty"`
+	// Attempts are the upstream attempts made for this request, in order,
+	// when there was more than one (failover); the last is the one that
+	// answered. Only the answering attempt's usage is in Usage.
+	Attempts []Attempt `json:"attempts,omitempty"`
+}
+
+// Hold is one budget amount a request holds in a replica's allotment.
+type Hold struct {
+	// Allotment is the allotment's reservation id in the budget ledger.
+	Allotment string `json:"allotment"`
+	// Amount is what the request holds, in the budget's unit (micro-USD
+	// or tokens): its ceiling.
+	Amount int64 `json:"amount"`
+}
+
+// Attempt is one upstream attempt of a request.
+type Attempt struct {
+	CredentialID string `json:"credential_id"`
+	Provider     string `json:"provider"`
+	// Status is the provider's HTTP status, 0 when none came (connect,
+	// TLS or header timeout).
+	Status int `json:"status"`
+	// Error says why the attempt failed, in a few words ("connect
+	// refused", "header timeout", "429"); empty for the answering one.
+	Error string `json:"error,omitempty"`
+	// Duration is from the attempt's start to its headers or failure.
+	Duration time.Duration `json:"duration_ns"`
 }
 
 // Sink receives the one usage record of each request. The proxy calls Record

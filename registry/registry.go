@@ -239,6 +239,27 @@ type Provider struct {
 	// IncludeUsage, when false, stops tollgate injecting
 	// stream_options.include_usage for backends that reject it. Default true.
 	IncludeUsage *bool `yaml:"include_usage"`
+	// ModelMap renames the model a request sends when it goes to this
+	// provider (failover across providers of one dialect: "claude-sonnet-5"
+	// → "anthropic/claude-sonnet-5"). Models not in it pass unchanged.
+	ModelMap map[string]string `yaml:"model_map"`
+	// Usage overrides the dialect's usage semantics for this provider (an
+	// Anthropic-compatible backend that counts cache inside input_tokens);
+	// nil keeps the dialect's.
+	Usage *UsageOverride `yaml:"usage"`
+}
+
+// UsageOverride is a provider's deviation from its dialect's usage rules.
+type UsageOverride struct {
+	InputIncludesCache *bool `yaml:"input_includes_cache"`
+}
+
+// MapModel is the model to send to p for the client's model m.
+func (p *Provider) MapModel(m string) string {
+	if to, ok := p.ModelMap[m]; ok {
+		return to
+	}
+	return m
 }
 
 // InjectsUsage reports whether tollgate may inject include_usage upstream.

@@ -68,6 +68,11 @@ type Target struct {
 	Tier string
 	// CredentialID names the credential, for usage records.
 	CredentialID string
+	// Alternates are the binding's further candidates for failover, in
+	// the order to try them (priority, then a weighted draw per call);
+	// empty when the binding names one credential. Their own Alternates
+	// are empty.
+	Alternates []Target
 }
 
 // Resolution explains how one (harness, dialect) resolves for a project
@@ -85,6 +90,24 @@ type Resolution struct {
 	Provider     string `json:"provider,omitempty"`
 	// Reason is one of the Reason constants, or empty.
 	Reason string `json:"reason,omitempty"`
+	// Candidates are every credential the binding names, in priority
+	// order, the one above first; empty on rows without a binding.
+	Candidates []Candidate `json:"candidates,omitempty"`
+}
+
+// Candidate is one credential of a binding, as the resolution view shows it.
+type Candidate struct {
+	CredentialID string `json:"credential_id"`
+	Provider     string `json:"provider"`
+	Priority     int    `json:"priority"`
+	Weight       int    `json:"weight"`
+	// Usable is false when the credential is disabled or unusable; Reason
+	// says why.
+	Usable bool   `json:"usable"`
+	Reason string `json:"reason,omitempty"`
+	// Health is the credential's health as the proxy last saw it, filled
+	// by the caller that owns the health tracker; nil when unknown.
+	Health any `json:"health,omitempty"`
 }
 
 // ResolveError is the error of a resolution that found no credential. It

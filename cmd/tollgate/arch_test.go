@@ -26,6 +26,9 @@ func TestDependenciesPointInward(t *testing.T) {
 		// and no credential (net/http only to send alert webhooks).
 		"governance": {mod + "proxy", mod + "resolver", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "go.opentelemetry.io/otel/sdk"},
 		"proxy":      {mod + "cmd", "go.opentelemetry.io/otel/sdk"},
+		// Credential health is what the proxy observed of each credential:
+		// it knows no HTTP stack, no store and no key.
+		"health": {mod + "proxy", mod + "resolver", mod + "metering", mod + "governance", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "net/http"},
 		// The dial guard is a leaf: the proxy and the server's setup both
 		// use it, so it can import neither.
 		"internal/netguard": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
