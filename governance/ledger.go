@@ -121,6 +121,9 @@ type LedgerConfig struct {
 	// Now is the clock (tests inject one); default time.Now.
 	Now func() time.Time
 	Log *slog.Logger
+	// Allotments admits requests from slices of headroom this replica
+	// reserves ahead (allot.go) instead of a reservation per request.
+	Allotments bool
 }
 
 // Ledger keeps budget counters and reservations in the SQL database: one
@@ -143,6 +146,10 @@ type Ledger struct {
 	// waiting here is a handoff, where SQLite's busy handler would sleep
 	// and poll, and it gives up when the request does.
 	sqliteTurn chan struct{}
+	// lastBeat is the Unix milliseconds of the last heartbeat that
+	// succeeded; allotments are used only while it is recent.
+	lastBeat atomic.Int64
+	allot    allotter
 }
 
 // OpenLedger applies the ledger's migrations and returns it.
@@ -167,6 +174,7 @@ func OpenLedger(ctx context.Context, db *store.DB, cfg LedgerConfig) (*Ledger, e
 		return nil, err
 	}
 	l := &Ledger{db: db, cfg: cfg, started: cfg.Now(), sqliteTurn: make(chan struct{}, 1)}
+	l.allot.byKey, l.allot.byID = map[allotKey]*allotment{}, map[string]*allotment{}
 	l.replicas.Store(1)
 	return l, nil
 }
@@ -724,10 +732,17 @@ func (l *Ledger) Start(ctx context.Context) error {
 		go func() {
 			t := time.NewTicker(l.cfg.Heartbeat)
 			defer t.Stop()
+			tidy := time.NewTicker(time.Second)
+			defer tidy.Stop()
+			if !l.cfg.Allotments {
+				tidy.Stop()
+			}
 			for {
 				select {
 				case <-ctx.Done():
 					return
+				case <-tidy.C:
+					l.tidyAllotments(ctx, false)
 				case <-t.C:
 					if err := l.tick(ctx); err != nil && ctx.Err() == nil {
 						l.cfg.Log.Warn("budget ledger heartbeat", "replica", l.cfg.ReplicaID, "err", err)
@@ -765,6 +780,7 @@ func (l *Ledger) Heartbeat(ctx context.Context) error {
 		return fmt.Errorf("budget ledger: count replicas: %w", err)
 	}
 	l.replicas.Store(max(1, n))
+	l.lastBeat.Store(ms)
 	return nil
 }
 
@@ -844,10 +860,33 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		c, t := Actuals(r)
 		ids, costs, tokens = append(ids, r.RequestID), append(costs, c), append(tokens, t)
 	}
-	if len(ids) == 0 {
-		return nil
+	allots, asts := l.allotSettleStatements(engine, recs)
+	var sts []ledger.Statement
+	if len(ids) > 0 {
+		sts = l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
 	}
-	return l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
+	if len(asts) == 0 {
+		return sts
+	}
+	if engine == store.Postgres {
+		// One lock of every counter either part touches, in key order:
+		// two locks, each ordered, could deadlock with another replica's
+		// batch.
+		if len(sts) > 0 {
+			sts = sts[1:]
+		}
+		sts = append([]ledger.Statement{lockCounters(append(slices.Clip(ids), allots...))}, sts...)
+	}
+	return append(sts, asts...)
+}
+
+// lockCounters locks, in key order, the counter rows of the reservations
+// (or allotments) ids: the first statement of every PostgreSQL transaction
+// that moves their amounts.
+func lockCounters(ids []string) ledger.Statement {
+	return ledger.Statement{SQL: `SELECT 1 FROM gov_counters WHERE (budget_id, window_start) IN
+	(SELECT budget_id, window_start FROM gov_reservation_items WHERE request_id = ANY($1::text[]))
+ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}}
 }
 
 var _ ledger.Settler = (*Ledger)(nil)
@@ -890,6 +929,9 @@ const (
 	transSettle transKind = iota
 	transRelease
 	transReclaim
+	// transAllotRelease ends an allotment (held → released): what is left
+	// of it leaves reserved, and records still to come charge spent.
+	transAllotRelease
 )
 
 // actualExpr is what an item is charged at settlement: the record's
@@ -937,12 +979,12 @@ func (l *Ledger) transition(engine string, ids []string, costs, tokens []*int64,
 		to = "CASE WHEN state = 'held' THEN 'released' ELSE 'settled_late' END"
 	case transReclaim:
 		from, dspent, dres, to = "'held'", "i.amount", "i.amount", "'reclaimed'"
+	case transAllotRelease:
+		from, dspent, dres, to = "'held'", "0", "CASE WHEN i.amount > 0 THEN i.amount ELSE 0 END", "'released'"
 	}
 	var sts []ledger.Statement
 	if engine == store.Postgres {
-		sts = append(sts, ledger.Statement{SQL: `SELECT 1 FROM gov_counters WHERE (budget_id, window_start) IN
-	(SELECT budget_id, window_start FROM gov_reservation_items WHERE request_id = ANY($1::text[]))
-ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}})
+		sts = append(sts, lockCounters(ids))
 	}
 	sts = append(sts, ledger.Statement{SQL: "WITH " + src + `,
 d AS (SELECT i.budget_id, i.window_start, SUM(` + dspent + `) AS dspent, SUM(` + dres + `) AS dres
