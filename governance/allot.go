@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,8 +139,10 @@ func (l *Ledger) Allotted(charges []Charge) (holds []metering.Hold, ok bool) {
 	as := make([]*allotment, len(ps))
 	for i, p := range ps {
 		a := al.byKey[allotKey{p.Budget.ID, p.w.cur}]
-		if a == nil {
-			if !fresh || len(al.byKey) >= maxAllotments {
+		if a == nil || (a.dead && fresh) {
+			// A retired allotment stays known by id until its holds end;
+			// a new one takes its place for new requests.
+			if !fresh || len(al.byID) >= maxAllotments || len(al.byKey) >= maxAllotments {
 				ok = false
 				continue
 			}
@@ -367,17 +370,23 @@ func (l *Ledger) finishHolds(holds []metering.Hold, rec *metering.Record) {
 // (all of them when all is set), and releases those nothing holds. An
 // edited budget's allotment takes no holds and goes idle. It runs every
 // second while the ledger is started.
-func (l *Ledger) tidyAllotments(ctx context.Context, all bool) {
+func (l *Ledger) tidyAllotments(ctx context.Context, every bool) {
 	now := l.cfg.Now()
 	al := &l.allot
 	al.mu.Lock()
 	var todo []*allotment
+	all := slices.Collect(maps.Values(al.byID))
 	for _, a := range al.byKey {
+		if a.id == "" {
+			all = append(all, a)
+		}
+	}
+	for _, a := range all {
 		if a.busy {
 			continue
 		}
 		cur := windowOf(a.budget, now).cur
-		stale := all || a.dead || cur != a.w.cur || now.Sub(a.lastUse) >= allotIdle
+		stale := every || a.dead || cur != a.w.cur || now.Sub(a.lastUse) >= allotIdle
 		if stale && a.id == "" {
 			// Never granted (a grant refused near the limit): only its
 			// backoff and demand were kept.
@@ -454,6 +463,34 @@ func (l *Ledger) giveBack(ctx context.Context, a *allotment) {
 	}
 }
 
+// ReturnUnused gives back, at once, the unused part of this replica's
+// allotments of the budgets a direct reservation was just refused by, and
+// reports whether there was any: the caller then tries once more, so a
+// replica never refuses a request for headroom it holds itself. The
+// allotments retire; new ones are granted only while headroom allows.
+func (l *Ledger) ReturnUnused(ctx context.Context, charges []Charge) bool {
+	if !l.cfg.Allotments {
+		return false
+	}
+	now := l.cfg.Now()
+	al := &l.allot
+	al.mu.Lock()
+	var todo []*allotment
+	for _, p := range planCharges(charges, now) {
+		a := al.byKey[allotKey{p.Budget.ID, p.w.cur}]
+		if a == nil || a.id == "" || a.busy || a.free() <= 0 {
+			continue
+		}
+		a.dead, a.busy = true, true
+		todo = append(todo, a)
+	}
+	al.mu.Unlock()
+	for _, a := range todo {
+		l.giveBack(ctx, a)
+	}
+	return len(todo) > 0
+}
+
 // ReleaseAllotments returns every allotment's unused part and releases the
 // allotments nothing holds; call it on shutdown once requests drained. A
 // replica that does not (killed) has its allotments reclaimed.
@@ -477,6 +514,17 @@ func (l *Ledger) AllotmentStats() (n int, amount, held int64) {
 		held += a.held
 	}
 	return n, amount, held
+}
+
+// retireAllotments stops every allotment taking holds; the tidy gives
+// back what is left of them.
+func (l *Ledger) retireAllotments() {
+	al := &l.allot
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	for _, a := range al.byKey {
+		a.dead = true
+	}
 }
 
 // beatFresh reports whether this replica's last heartbeat is recent enough

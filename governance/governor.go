@@ -44,6 +44,7 @@ type budgetLedger interface {
 	Allotted(charges []Charge) ([]metering.Hold, bool)
 	Unhold(holds []metering.Hold)
 	FinishHolds(holds []metering.Hold, rec *metering.Record)
+	ReturnUnused(ctx context.Context, charges []Charge) bool
 }
 
 // Governor admits requests under every policy that applies to them.
@@ -187,6 +188,9 @@ func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 			return a, nil
 		}
 		ref, err := g.ledger.Reserve(ctx, req.RequestID, charges)
+		if ref != nil && g.ledger.ReturnUnused(ctx, charges) {
+			ref, err = g.ledger.Reserve(ctx, req.RequestID, charges)
+		}
 		switch {
 		case ref != nil:
 			a.permit.Release(0)

@@ -780,6 +780,11 @@ func (l *Ledger) Heartbeat(ctx context.Context) error {
 		return fmt.Errorf("budget ledger: count replicas: %w", err)
 	}
 	l.replicas.Store(max(1, n))
+	if !l.beatFresh(now) {
+		// Silent long enough that a peer may have reclaimed them: no
+		// allotment of before may take a hold again.
+		l.retireAllotments()
+	}
 	l.lastBeat.Store(ms)
 	return nil
 }
