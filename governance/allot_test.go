@@ -335,3 +335,43 @@ func TestAllotmentEditedBudget(t *testing.T) {
 		}
 	})
 }
+
+// TestAllotmentFirstContact: N12 with allotments on, through the
+// Governor: a budget of one ceiling and eight simultaneous first requests
+// admit exactly one.
+func TestAllotmentFirstContact(t *testing.T) {
+	eachAllotEngine(t, func(t *testing.T, r *rig) {
+		ctx := context.Background()
+		b := costBudget("b-first", 10_000, ModeHard, day)
+		var mu sync.Mutex
+		admitted := 0
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Go(func() {
+				cs := []Charge{{b, 10_000}}
+				if _, ok := r.l.Allotted(cs); ok {
+					mu.Lock()
+					admitted++
+					mu.Unlock()
+					return
+				}
+				ref, err := r.l.Reserve(ctx, fmt.Sprintf("first-%d", i), cs)
+				if ref != nil && r.l.ReturnUnused(ctx, cs) {
+					ref, err = r.l.Reserve(ctx, fmt.Sprintf("first-%d", i), cs)
+				}
+				if err != nil {
+					t.Error(err)
+				}
+				if ref == nil && err == nil {
+					mu.Lock()
+					admitted++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if admitted != 1 {
+			t.Errorf("%d admitted, want 1", admitted)
+		}
+	})
+}

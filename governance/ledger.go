@@ -79,6 +79,8 @@ CREATE TABLE gov_replicas (
 	started_at BIGINT NOT NULL,
 	last_seen BIGINT NOT NULL
 )`,
+	// Headroom sums a budget window's allotments.
+	`CREATE INDEX gov_reservation_items_budget ON gov_reservation_items (budget_id, window_start)`,
 }
 
 // Reservation states.
@@ -698,7 +700,11 @@ type Headroom struct {
 	ResetAt  time.Time `json:"reset_at,omitzero"`
 	Spent    int64     `json:"spent"`
 	Reserved int64     `json:"reserved"`
-	Limit    int64     `json:"limit"`
+	// Allotted is the part of Reserved that replicas hold ahead as
+	// allotments (their requests in flight included); the rest is held by
+	// requests that reserved directly.
+	Allotted int64 `json:"allotted"`
+	Limit    int64 `json:"limit"`
 }
 
 // Headroom returns each budget's spent and reserved amounts in its current
@@ -716,6 +722,13 @@ func (l *Ledger) Headroom(ctx context.Context, budgets []Budget) ([]Headroom, er
 			WHERE budget_id = $1 AND window_start >= $2 AND window_start <= $3`, b.ID, w.lo, w.cur).Scan(&h.Spent, &h.Reserved)
 		if err != nil {
 			return nil, fmt.Errorf("budget ledger: headroom of %s: %w", b.ID, err)
+		}
+		err = l.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(i.amount), 0) FROM gov_reservation_items i
+			JOIN gov_reservations r ON r.request_id = i.request_id
+			WHERE i.budget_id = $1 AND i.window_start >= $2 AND i.window_start <= $3 AND r.state = 'held' AND i.request_id LIKE 'allot:%'`,
+			b.ID, w.lo, w.cur).Scan(&h.Allotted)
+		if err != nil {
+			return nil, fmt.Errorf("budget ledger: allotments of %s: %w", b.ID, err)
 		}
 		out = append(out, h)
 	}
