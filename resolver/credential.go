@@ -525,6 +525,8 @@ func (p *argProblems) checkCandidates(cands []BindCandidate) []BindCandidate {
 			name = fmt.Sprintf("credentials[%d]", i)
 		}
 		switch {
+		case c.CredentialID == "" && len(cands) == 1:
+			p.addf("credential_id is required")
 		case c.CredentialID == "":
 			p.addf("%s: the credential id is required", name)
 		case seen[c.CredentialID]:
