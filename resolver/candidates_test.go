@@ -452,3 +452,34 @@ func TestCandidatesCanaryNeverLeaks(t *testing.T) {
 		t.Fatalf("the canary leaked: …%s…", all[max(0, i-200):min(len(all), i+50)])
 	}
 }
+
+// A binding written before migration 3 (no priority, no weight, no
+// candidates) is one candidate at priority 0, weight 1, untouched.
+func TestBindingFromBeforeCandidatesStillResolves(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		db := mustOpenDB(t, dsn)
+		if err := db.Migrate(ctx, "resolver", migrations[:2]); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		if _, err := db.ExecContext(ctx, `INSERT INTO resolver_bindings (tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at)
+			VALUES ('user', 'u1', 'anthropic-messages', '', 'cred_old', $1, $2, $2)`, true, at); err != nil {
+			t.Fatal(err)
+		}
+		s := mustService(t, dsn, withDB(db)).svc
+		c := mustCred(t, s, "anthropic", "sk-from-before-000001")
+		if _, err := db.ExecContext(ctx, `UPDATE resolver_bindings SET credential_id = $1`, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		tg, err := s.Resolve(ctx, ccAnthropic)
+		if err != nil || tg.Secret.Reveal() != "sk-from-before-000001" || len(tg.Alternates) != 0 {
+			t.Fatalf("old binding: %v %v", order(tg), err)
+		}
+		bs, err := s.ListBindings(ctx, BindingFilter{})
+		if err != nil || len(bs) != 1 || len(bs[0].Credentials) != 1 || bs[0].Credentials[0] != (BindCandidate{CredentialID: c.ID, Priority: 0, Weight: 1}) {
+			t.Fatalf("old binding listed as %+v %v", bs, err)
+		}
+	})
+}

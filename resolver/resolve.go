@@ -73,7 +73,8 @@ type Target struct {
 	// Alternates are the binding's further candidates for failover, in
 	// the order to try them (priority, then a weighted draw per call);
 	// empty when the binding names one credential. Their own Alternates
-	// are empty.
+	// are empty. The slice may be shared with the resolver's cache: read
+	// it, never write to it.
 	Alternates []Target
 }
 
