@@ -483,3 +483,34 @@ func TestBindingFromBeforeCandidatesStillResolves(t *testing.T) {
 		}
 	})
 }
+
+// Setting the platform key again (a rotation) keeps the failover an
+// administrator added to its binding; another provider's key replaces it.
+func TestSetPlatformKeyKeepsCandidates(t *testing.T) {
+	t.Parallel()
+	forEachEngine(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s := mustService(t, dsn).svc
+		pc, err := s.SetPlatformKey(ctx, "openai", NewSecret("sk-platform-openai-0001"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := mustCred(t, s, "groq", "sk-groq-fallback-00001")
+		k := BindingKey{Tier: TierPlatform, Dialect: "openai-chat"}
+		mustBindCandidates(t, s, k, BindCandidate{CredentialID: pc.ID}, BindCandidate{CredentialID: g.ID, Priority: 1})
+		if _, err := s.SetPlatformKey(ctx, "openai", NewSecret("sk-platform-openai-0002")); err != nil {
+			t.Fatal(err)
+		}
+		tg, err := s.Resolve(ctx, chatReq)
+		if err != nil || tg.Secret.Reveal() != "sk-platform-openai-0002" || strings.Join(order(tg), ",") != pc.ID+","+g.ID {
+			t.Fatalf("after rotating the platform key: %v %v", order(tg), err)
+		}
+		if _, err := s.SetPlatformKey(ctx, "groq", NewSecret("sk-platform-groq-00003")); err != nil {
+			t.Fatal(err)
+		}
+		tg, err = s.Resolve(ctx, chatReq)
+		if err != nil || tg.Provider != "groq" || tg.CredentialID == g.ID || len(tg.Alternates) != 0 {
+			t.Fatalf("after setting another provider's key: %v %s %v", order(tg), tg.Provider, err)
+		}
+	})
+}

@@ -292,8 +292,9 @@ func (s *Service) ListCredentials(ctx context.Context) ([]Credential, error) {
 	return out, nil
 }
 
-// DisableCredential stops a credential from resolving: a project binding
-// on it halts, a user or platform binding on it falls through.
+// DisableCredential stops a credential from resolving: a binding that
+// names others too resolves to its next usable one; a project binding
+// left with none halts, a user or platform binding falls through.
 func (s *Service) DisableCredential(ctx context.Context, id string) error {
 	return s.setDisabled(ctx, id, true)
 }
@@ -377,7 +378,9 @@ func platformCredentialName(provider string) string { return "platform-" + provi
 // binds it, active, at the platform tier for every dialect the provider
 // speaks (dialect-wide). Running it again replaces the secret of the same
 // credential. A platform binding another credential held for one of those
-// dialects is replaced: the last provider set wins per dialect.
+// dialects is replaced: the last provider set wins per dialect. A platform
+// binding that already names the credential, among others, keeps them
+// (and is activated): rotating the key must not drop its failover.
 func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Secret) (Credential, error) {
 	c, plain, err := s.prepareCredential(CredentialSpec{Name: platformCredentialName(provider), Provider: provider, Secret: secret})
 	if err != nil {
@@ -407,7 +410,20 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 			}
 		}
 		for _, d := range p.Dialects {
-			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, []BindCandidate{{CredentialID: c.ID, Weight: 1}}, true); err != nil {
+			k := BindingKey{Tier: TierPlatform, Dialect: d}
+			res, err := tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2
+				WHERE tier = $3 AND scope_id = '' AND dialect = $4 AND harness = ''
+				AND (credential_id = $5 OR EXISTS (SELECT 1 FROM resolver_binding_candidates a WHERE `+candidatesOfBinding+` AND a.credential_id = $5))`,
+				true, s.now(), k.Tier, d, c.ID)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n > 0 {
+				continue
+			}
+			if _, err := s.upsertBinding(ctx, tx, k, []BindCandidate{{CredentialID: c.ID, Weight: 1}}, true); err != nil {
 				return err
 			}
 		}

@@ -236,8 +236,7 @@ func (e *resolveEntry) drawTarget(randN func(uint64) uint64) Target {
 	order := make([]Target, len(e.usable))
 	copy(order, e.usable)
 	var wbuf [MaxCandidates]int
-	w := wbuf[:len(e.weights)]
-	copy(w, e.weights)
+	w := append(wbuf[:0], e.weights...)
 	lo := 0
 	for _, hi := range e.groupEnd {
 		for i := lo; i < hi-1; i++ {
