@@ -94,7 +94,9 @@ type Resolution struct {
 	// Reason is one of the Reason constants, or empty.
 	Reason string `json:"reason,omitempty"`
 	// Candidates are every credential the binding names, in priority
-	// order, the one above first; empty on rows without a binding.
+	// order (ties in the order given), usable or not; CredentialID above is
+	// the first usable one. On an unresolved row they are those of the
+	// skipped binding Reason speaks of. Empty on rows without a binding.
 	Candidates []Candidate `json:"candidates,omitempty"`
 }
 
@@ -104,8 +106,8 @@ type Candidate struct {
 	Provider     string `json:"provider"`
 	Priority     int    `json:"priority"`
 	Weight       int    `json:"weight"`
-	// Usable is false when the credential is disabled or unusable; Reason
-	// says why.
+	// Usable is false when the credential is disabled, missing or
+	// unusable, or the binding inactive; Reason says which.
 	Usable bool   `json:"usable"`
 	Reason string `json:"reason,omitempty"`
 	// Health is the credential's health as the proxy last saw it, filled
