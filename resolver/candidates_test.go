@@ -514,3 +514,20 @@ func TestSetPlatformKeyKeepsCandidates(t *testing.T) {
 		}
 	})
 }
+
+// The view's candidates are the caller's to annotate (Health): writing to
+// them changes no later answer.
+func TestViewCandidatesAreCopies(t *testing.T) {
+	t.Parallel()
+	s := mustService(t, t.TempDir()+"/r.db").svc
+	a := mustCred(t, s, "anthropic", "sk-view-copy-0000001")
+	b := mustCred(t, s, "anthropic", "sk-view-copy-0000002")
+	mustBindCandidates(t, s, BindingKey{Tier: TierUser, ScopeID: "u1", Dialect: "anthropic-messages"},
+		BindCandidate{CredentialID: a.ID}, BindCandidate{CredentialID: b.ID, Priority: 1})
+	row := viewRow(t, s, ccAnthropic)
+	row.Candidates[1].Health = "down"
+	row.Candidates[1].Usable = false
+	if again := viewRow(t, s, ccAnthropic); again.Candidates[1].Health != nil || !again.Candidates[1].Usable {
+		t.Fatalf("a caller's write reached the cache: %+v", again.Candidates[1])
+	}
+}

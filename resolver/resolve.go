@@ -608,7 +608,10 @@ func (s *Service) ResolutionView(ctx context.Context, project, user string) ([]R
 		if err != nil {
 			return err
 		}
-		out = append(out, e.res)
+		// A copy: the caller fills in Health, and the cached row is shared.
+		r := e.res
+		r.Candidates = slices.Clone(r.Candidates)
+		out = append(out, r)
 		return nil
 	}
 	for _, h := range reg.Harnesses() {
