@@ -47,6 +47,16 @@ func mustBindCandidates(tb testing.TB, s *Service, k BindingKey, cands ...BindCa
 	return b
 }
 
+// wantHalted checks that ccAnthropic halts for reason.
+func wantHalted(t *testing.T, s *Service, reason string) {
+	t.Helper()
+	_, err := s.Resolve(context.Background(), ccAnthropic)
+	var re *ResolveError
+	if !errors.Is(err, ErrHalted) || !errors.As(err, &re) || re.Reason != reason {
+		t.Fatalf("Resolve: got %v, want halted (%s)", err, reason)
+	}
+}
+
 func viewRow(t *testing.T, s *Service, req Request) Resolution {
 	t.Helper()
 	rows, err := s.ResolutionView(context.Background(), req.Project, req.User)
@@ -220,11 +230,7 @@ func TestCandidatesDisabledPrimary(t *testing.T) {
 		if err := s.DisableCredential(ctx, p2.ID); err != nil {
 			t.Fatal(err)
 		}
-		_, err = s.Resolve(ctx, ccAnthropic)
-		var re *ResolveError
-		if !errors.Is(err, ErrHalted) || !errors.As(err, &re) || re.Reason != ReasonCredentialDisabled {
-			t.Fatalf("every candidate disabled: got %v, want halted (credential-disabled)", err)
-		}
+		wantHalted(t, s, ReasonCredentialDisabled)
 		if row := viewRow(t, s, ccAnthropic); row.Source != SourceHalted || row.CredentialID != p1.ID || len(row.Candidates) != 2 || row.Candidates[1].Usable {
 			t.Fatalf("halted view row %+v", row)
 		}
@@ -274,11 +280,7 @@ func TestCandidatesDeleteCredential(t *testing.T) {
 		if err := s.DeleteCredential(ctx, b.ID); err != nil {
 			t.Fatal(err)
 		}
-		_, err = s.Resolve(ctx, ccAnthropic)
-		var re *ResolveError
-		if !errors.Is(err, ErrHalted) || !errors.As(err, &re) || re.Reason != ReasonBindingInactive {
-			t.Fatalf("every credential deleted: got %v, want halted (binding-inactive)", err)
-		}
+		wantHalted(t, s, ReasonBindingInactive)
 		if err := s.SetBindingActive(ctx, k, true); !errors.Is(err, ErrCredentialNotFound) {
 			t.Fatalf("reactivating a binding with no credential left: got %v", err)
 		}
