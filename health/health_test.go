@@ -494,3 +494,33 @@ func FuzzObserveHeaders(f *testing.F) {
 		wantOK(t, tr.Check("k"), false)
 	})
 }
+
+// TestConcurrentUse is for the race detector: checks, observations,
+// evictions and views at once.
+func TestConcurrentUse(t *testing.T) {
+	tr, c := newTracker(Config{MaxTracked: 8, BaseCooldown: time.Millisecond})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 500 {
+				id := fmt.Sprint("k", (g+i)%12)
+				if v := tr.Check(id); v.OK {
+					status := 200
+					if i%2 == 0 {
+						status = 500
+					}
+					tr.Observe(Observation{CredentialID: id, Status: status, Failed: status == 500, Probe: v.Probe,
+						Header: hdr("x-ratelimit-remaining-requests", fmt.Sprint(i%3), "x-ratelimit-reset-requests", "1ms")})
+				}
+				if i%50 == 0 {
+					tr.States()
+					c.advance(time.Millisecond)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(tr.States()); n > 8 {
+		t.Errorf("%d tracked, bound 8", n)
+	}
+}
