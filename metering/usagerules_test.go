@@ -182,7 +182,7 @@ func TestPriceRowsForVendorPrefixedModels(t *testing.T) {
 	}{
 		{"compat", "vendor/claude-sonnet-4.5", true},
 		{"compat", "vendor/claude-sonnet-4.5-20250929", true}, // a snapshot of it
-		{"compat", "claude-sonnet-4.5", false},               // the prefix is part of the name
+		{"compat", "claude-sonnet-4.5", false},                // the prefix is part of the name
 		{"compat", "other/claude-sonnet-4.5", false},
 		{"anthropic", "vendor/claude-sonnet-4.5", false}, // rows are per provider
 	} {
