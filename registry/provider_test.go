@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 // withProvider adds a provider entry (its lines indented under providers:)
@@ -76,6 +78,27 @@ func TestProviderModelMapAndUsageOverrideLoad(t *testing.T) {
 	}
 	if got := other.MapModel("gpt-5"); got != "gpt-5" {
 		t.Errorf("a provider without a model_map renamed gpt-5 to %q", got)
+	}
+
+	// Written back out, the entry loads to the same values.
+	out, err := yaml.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entry strings.Builder
+	entry.WriteString("  again:\n")
+	for _, line := range strings.SplitAfter(strings.TrimRight(string(out), "\n")+"\n", "\n") {
+		if line != "" {
+			entry.WriteString("    " + line)
+		}
+	}
+	r2, err := Parse([]byte(withProvider(entry.String())))
+	if err != nil {
+		t.Fatalf("the marshalled entry does not load: %v\n%s", err, entry.String())
+	}
+	again, _ := r2.Provider("again")
+	if !reflect.DeepEqual(again.ModelMap, p.ModelMap) || !reflect.DeepEqual(again.Usage, p.Usage) {
+		t.Errorf("round trip changed the entry: %v %+v, want %v %+v", again.ModelMap, again.Usage, p.ModelMap, p.Usage)
 	}
 }
 
