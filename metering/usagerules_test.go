@@ -36,6 +36,12 @@ func withCacheInInput(d *registry.Dialect, v bool) *registry.Provider {
 	return &registry.Provider{Name: "compat", Dialects: []string{d.Name}, Usage: &registry.UsageOverride{InputIncludesCache: &v}}
 }
 
+// withReasoningInOutput is a provider of dialect d that overrides its
+// output_includes_reasoning to v.
+func withReasoningInOutput(d *registry.Dialect, v bool) *registry.Provider {
+	return &registry.Provider{Name: "compat", Dialects: []string{d.Name}, Usage: &registry.UsageOverride{OutputIncludesReasoning: &v}}
+}
+
 // TestProviderUsageSemanticsOnTheSameBytes: one answer's bytes, metered as
 // the dialect counts and as a provider that overrides it counts, body and
 // stream. An Anthropic-compatible backend that counts cache reads inside
@@ -105,6 +111,21 @@ func TestProviderUsageSemanticsOnTheSameBytes(t *testing.T) {
 			body:   `{"id":"c1","model":"m","usage":{"prompt_tokens":1000,"prompt_tokens_details":{"cached_tokens":800},"completion_tokens":50}}`,
 			stream: stream(`{"id":"c1","model":"m","choices":[{"delta":{}}]}`, `{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":1000,"prompt_tokens_details":{"cached_tokens":800},"completion_tokens":50}}`, `[DONE]`),
 			want:   Usage{InputUncached: 1000, CacheRead: 800, Output: 50},
+		},
+		{
+			// A translator of Gemini that leaves reasoning out of
+			// completion_tokens (router-for-me/CLIProxyAPI#5733): by OpenAI's
+			// rule the 60 thinking tokens vanish.
+			name: "ChatNativeReasoning", d: chat, p: nil,
+			body:   `{"id":"c1","model":"m","usage":{"prompt_tokens":21,"completion_tokens":0,"completion_tokens_details":{"reasoning_tokens":60}}}`,
+			stream: stream(`{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":0,"completion_tokens_details":{"reasoning_tokens":60}}}`, `[DONE]`),
+			want:   Usage{InputUncached: 21, Output: 0, Reasoning: 0},
+		},
+		{
+			name: "ChatCompatLeavesReasoningOut", d: chat, p: withReasoningInOutput(chat, false),
+			body:   `{"id":"c1","model":"m","usage":{"prompt_tokens":21,"completion_tokens":0,"completion_tokens_details":{"reasoning_tokens":60}}}`,
+			stream: stream(`{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":0,"completion_tokens_details":{"reasoning_tokens":60}}}`, `[DONE]`),
+			want:   Usage{InputUncached: 21, Output: 60, Reasoning: 60},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -32,6 +32,7 @@ func TestProviderModelMapAndUsageOverrideLoad(t *testing.T) {
       "*": "other/*"
     usage:
       input_includes_cache: false
+      output_includes_reasoning: false
 `)))
 	if err != nil {
 		t.Fatal(err)
@@ -66,8 +67,16 @@ func TestProviderModelMapAndUsageOverrideLoad(t *testing.T) {
 	if got := p.UsageRules(d); got.InputIncludesCache {
 		t.Errorf("UsageRules kept the dialect's input_includes_cache true over the provider's false")
 	}
-	if got := p.UsageRules(d); got.OutputIncludesReasoning != d.Usage.OutputIncludesReasoning || got.Fields != d.Usage.Fields {
+	d.Usage.OutputIncludesReasoning = true
+	if got := p.UsageRules(d); got.OutputIncludesReasoning {
+		t.Errorf("UsageRules kept the dialect's output_includes_reasoning true over the provider's false")
+	}
+	if got := p.UsageRules(d); got.Fields != d.Usage.Fields || got.Body != d.Usage.Body {
 		t.Errorf("UsageRules changed what the override does not name: %+v", got)
+	}
+	p.Usage.OutputIncludesReasoning = nil
+	if got := p.UsageRules(d); !got.OutputIncludesReasoning || got.InputIncludesCache {
+		t.Errorf("an override of input_includes_cache alone changed output_includes_reasoning, or lost its own: %+v", got)
 	}
 	other, _ := r.Provider("openai")
 	if got := other.UsageRules(d); !got.InputIncludesCache {
@@ -117,7 +126,7 @@ func TestProviderModelMapAndUsageOverrideProblems(t *testing.T) {
 		// Only the semantics a provider may change are keys; the dialect's
 		// field paths are not.
 		{"UsageFieldsAreTheDialects", "    usage:\n      fields: {input: prompt_tokens}\n",
-			[]string{`providers.compat.usage: line 21: unknown key "fields"; known keys: input_includes_cache`}},
+			[]string{`providers.compat.usage: line 21: unknown key "fields"; known keys: input_includes_cache, output_includes_reasoning`}},
 		{"UsageNotABool", "    usage: {input_includes_cache: maybe}\n",
 			[]string{`providers.compat.usage.input_includes_cache: line 20: expected true or false, got text "maybe"`}},
 		{"UsageNotAMapping", "    usage: true\n",

@@ -260,6 +260,11 @@ type UsageOverride struct {
 	// Anthropic-compatible endpoint counts cache reads inside input_tokens
 	// (maximhq/bifrost#5510), native Anthropic does not.
 	InputIncludesCache *bool `yaml:"input_includes_cache"`
+	// OutputIncludesReasoning: see Usage.OutputIncludesReasoning. Some
+	// OpenAI-compatible translators of Gemini leave reasoning_tokens out
+	// of completion_tokens (router-for-me/CLIProxyAPI#5733), where OpenAI
+	// counts them in.
+	OutputIncludesReasoning *bool `yaml:"output_includes_reasoning"`
 }
 
 // MapModel is the model to send to p for the client's model m.
@@ -295,6 +300,9 @@ func (p *Provider) UsageRules(d *Dialect) Usage {
 	}
 	if o := p.Usage.InputIncludesCache; o != nil {
 		u.InputIncludesCache = *o
+	}
+	if o := p.Usage.OutputIncludesReasoning; o != nil {
+		u.OutputIncludesReasoning = *o
 	}
 	return u
 }
