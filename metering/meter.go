@@ -111,6 +111,11 @@ const (
 type Meter struct {
 	d    *registry.Dialect
 	plan *meterPlan
+	// inCache and outReasoning are the usage semantics of the provider
+	// that answered: the dialect's, unless the provider overrides them
+	// (registry.Provider.UsageRules). They are not part of the shared plan,
+	// which only locates fields.
+	inCache, outReasoning bool
 	// Scan results for the current event, one per plan path set.
 	typ, top, fields meterDoc
 
@@ -173,16 +178,26 @@ var meterPlans sync.Map // *registry.Dialect → *meterPlan
 // maxEventBytes of one SSE event (registry Limits.MaxEventBytes; <= 0 means
 // the default). A nil d meters nothing and settles with SourceMissing.
 func NewMeter(d *registry.Dialect, maxEventBytes int) *Meter {
+	return NewMeterFor(d, nil, maxEventBytes)
+}
+
+// NewMeterFor is NewMeter for a response from provider p, whose usage
+// semantics may differ from its dialect's: an Anthropic-compatible backend
+// that counts cache reads inside input_tokens is metered as it counts, so
+// they are not billed twice. A nil p takes the dialect's.
+func NewMeterFor(d *registry.Dialect, p *registry.Provider, maxEventBytes int) *Meter {
 	m := &Meter{d: d}
 	m.fr.init(maxEventBytes)
 	if d == nil {
 		return m
 	}
-	p, ok := meterPlans.Load(d)
+	u := p.UsageRules(d)
+	m.inCache, m.outReasoning = u.InputIncludesCache, u.OutputIncludesReasoning
+	plan, ok := meterPlans.Load(d)
 	if !ok {
-		p, _ = meterPlans.LoadOrStore(d, compilePlan(d))
+		plan, _ = meterPlans.LoadOrStore(d, compilePlan(d))
 	}
-	m.plan = p.(*meterPlan)
+	m.plan = plan.(*meterPlan)
 	n1, n2 := len(m.plan.typ.heads), len(m.plan.top.heads)
 	vals := make([]string, n1+n2+len(m.plan.fields.heads))
 	m.typ.vals, m.top.vals, m.fields.vals = vals[:n1:n1], vals[n1:n1+n2:n1+n2], vals[n1+n2:]
@@ -572,12 +587,12 @@ func (m *Meter) usage() Usage {
 		Output:        r[ufOutput],
 		Reasoning:     r[ufReasoning],
 	}
-	if m.d.Usage.InputIncludesCache {
+	if m.inCache {
 		// Cached tokens billed again as input is a known overcharge
 		// (maximhq/bifrost#904, BerriAI/litellm#11364).
 		u.InputUncached = max(u.InputUncached-u.CacheRead-c5-c1, 0)
 	}
-	if !m.d.Usage.OutputIncludesReasoning {
+	if !m.outReasoning {
 		// Gemini's candidatesTokenCount excludes thinking; reading it alone
 		// under-counts 30-60x (langchain-ai/langchainjs#11423).
 		u.Output += u.Reasoning

@@ -433,7 +433,10 @@ func (p *priceField) UnmarshalYAML(n *yaml.Node) error {
 
 var (
 	priceDecimalRE = regexp.MustCompile(`^[0-9]+(\.[0-9]{1,9})?$`)
-	priceModelRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+	// A "/" joins segments: compatible backends serve vendor-prefixed names
+	// ("anthropic/claude-sonnet-4.5" at OpenRouter), priced under their own
+	// provider.
+	priceModelRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$`)
 )
 
 // ParsePrices validates a price file and builds a PriceTable. On failure the
@@ -477,7 +480,7 @@ func ParsePrices(src []byte) (*PriceTable, error) {
 			e := models[name]
 			mat := at + "." + name
 			if !priceModelRE.MatchString(name) {
-				add("%s: model name must be lowercase letters, digits, '.', '_' and '-'", mat)
+				add("%s: model name must be lowercase letters, digits, '.', '_' and '-', in segments joined by '/'", mat)
 			}
 			if e == nil {
 				add("%s: prices are required", mat)
