@@ -18,16 +18,8 @@ import (
 	"github.com/tollgate/tollgate/resolver"
 )
 
-// withStoredResponsePaths adds the Responses paths that address a stored
-// response besides GET and DELETE, so every kind is checked.
-func withStoredResponsePaths(y string) string {
-	const get = `      - {path: "/v1/responses/{id}", methods: [GET, DELETE], stream: never}` + "\n"
-	return strings.Replace(y, get, get+
-		`      - {path: "/v1/responses/{id}/cancel", methods: [POST], stream: never}`+"\n"+
-		`      - {path: "/v1/responses/{id}/input_items", methods: [GET], stream: never}`+"\n", 1)
-}
-
-// storedCall is one request addressing a stored response.
+// storedCall is one request addressing a stored response, by path or by
+// previous_response_id; every kind the shipped registry serves.
 type storedCall struct {
 	method, path, body string
 }
@@ -39,6 +31,7 @@ func storedCalls(id string) []storedCall {
 		{"POST", "/openai/v1/responses/" + id + "/cancel", ""},
 		{"POST", "/openai/v1/responses", `{"model":"gpt-5","input":"more","previous_response_id":"` + id + `"}`},
 		{"POST", "/openai/v1/responses/input_tokens", `{"model":"gpt-5","input":"more","previous_response_id":"` + id + `"}`},
+		{"POST", "/openai/v1/responses/compact", `{"model":"gpt-5","previous_response_id":"` + id + `"}`},
 		{"DELETE", "/openai/v1/responses/" + id, ""},
 	}
 }
@@ -104,7 +97,7 @@ func forwarded(t *testing.T, e *testEnv, tok string, c storedCall) upstreamtest.
 // created, from the moment the POST answers; another project's id is 404,
 // worded as for an id that never existed, and never reaches the provider.
 func TestStoredResponsesBelongToTheirProject(t *testing.T) {
-	e := newEnv(t, envOptions{registryEdit: withStoredResponsePaths})
+	e := newEnv(t, envOptions{})
 	tokA := e.token("ws-a", "proj-a", "alice", "")
 	tokB := e.token("ws-b", "proj-b", "bob", "")
 	id := createResponse(t, e, tokA)
@@ -226,7 +219,7 @@ func TestStoredResponseOwnerUnknownFailsClosed(t *testing.T) {
 // its project's from its first event, so the project can cancel it while
 // it runs, and another project cannot.
 func TestStreamedResponseCancellableMidStream(t *testing.T) {
-	e := newEnv(t, envOptions{registryEdit: withStoredResponsePaths})
+	e := newEnv(t, envOptions{})
 	tokA := e.token("ws-a", "proj-a", "alice", "")
 	resp := e.do("POST", "/openai/v1/responses", tokA, `{"model":"gpt-5","input":"hi","stream":true,"background":true}`,
 		upstreamtest.HeaderGap, "300ms", upstreamtest.HeaderEvents, "10")
