@@ -3,9 +3,9 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -103,8 +103,7 @@ func ptrText(p *int64) string {
 	if p == nil {
 		return "nil"
 	}
-	b, _ := json.Marshal(*p)
-	return string(b)
+	return strconv.FormatInt(*p, 10)
 }
 
 // TestCompactWithoutUsageIsMissingNotFree: a compaction whose answer has
@@ -137,5 +136,29 @@ func TestCompactNeedsAModel(t *testing.T) {
 	}
 	if e.fake.Counters().Requests != before {
 		t.Errorf("the provider saw a compact request without a model")
+	}
+}
+
+// TestCompactionTriggerStreamIsMetered: Codex's remote compaction (v2) is
+// a streamed POST /v1/responses whose input ends in a compaction_trigger
+// item and whose only output is a compaction item; it is forwarded as is
+// and billed like any response.
+func TestCompactionTriggerStreamIsMetered(t *testing.T) {
+	e := newEnv(t, envOptions{pricer: metering.DefaultPrices()})
+	const body = `{"model":"gpt-5","stream":true,"store":false,"input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"write a parser"}]},{"type":"compaction_trigger"}]}`
+	resp := e.do("POST", "/openai/v1/responses", e.token("ws", "p", "u", "codex"), body)
+	got := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(got, []byte(`"type":"compaction"`)) || !bytes.Contains(got, []byte("response.completed")) {
+		t.Fatalf("status %d: %s", resp.StatusCode, got)
+	}
+	if up := e.lastFake(); string(up.Body) != body {
+		t.Errorf("forwarded body %s, want the client's", up.Body)
+	}
+	rec := e.record(resp)
+	want := upstreamtest.DefaultUsage.Normalised(upstreamtest.OpenAIResponses)
+	if !rec.Stream || rec.Outcome != metering.OutcomeOK || rec.Source != metering.SourceUpstream || rec.Usage == nil ||
+		rec.Usage.InputUncached != want.InputUncached || rec.Usage.Output != want.Output || rec.CostMicroUSD == nil {
+		t.Errorf("record stream %v outcome %q source %q usage %+v cost %s", rec.Stream, rec.Outcome, rec.Source, rec.Usage, ptrText(rec.CostMicroUSD))
 	}
 }

@@ -55,19 +55,75 @@ func startCompactRig(t *testing.T) *compactRig {
 	return &compactRig{stack: s, fake: fake}
 }
 
+// compactWay is one way Codex compacts, by the provider it is set to.
+type compactWay struct {
+	name string
+	// args select the provider and env adds what it needs, if set.
+	args, env func(run harnessRun) []string
+	// compacts says a request is the compaction of a history that holds
+	// the first turn's answer; onSummary that the turn after it runs on
+	// the compacted history instead.
+	compacts, onSummary func(body []byte) bool
+}
+
+const again = "say hi again"
+
+var compactWays = []compactWay{
+	{
+		// tollgate env's provider block: Codex compacts inline, asking for
+		// a summary (its prompt as the last user message) and carrying the
+		// summary text, the fake's pangram, in place of the history.
+		name: "inline",
+		compacts: func(b []byte) bool {
+			last := lastInputText(b)
+			return last != "" && last != again && hasAssistantText(b, pangram)
+		},
+		onSummary: func(b []byte) bool {
+			return lastInputText(b) == again && !hasAssistantText(b, pangram) && strings.Contains(string(b), pangram)
+		},
+	},
+	{
+		// The built-in provider pointed at tollgate: remote compaction v2,
+		// the history plus a compaction_trigger item, answered with one
+		// compaction item that the next turn carries.
+		name: "remote",
+		args: func(run harnessRun) []string {
+			return []string{"-c", "model_provider=openai", "-c", "openai_base_url=" + run.setup.BaseURL}
+		},
+		env: func(run harnessRun) []string {
+			return []string{"CODEX_API_KEY=" + runToken(run)}
+		},
+		compacts: func(b []byte) bool {
+			return gjson.GetBytes(b, "input.@reverse.0.type").Str == "compaction_trigger" && hasAssistantText(b, pangram)
+		},
+		onSummary: func(b []byte) bool {
+			return lastInputText(b) == again && !hasAssistantText(b, pangram) && gjson.GetBytes(b, `input.#(type=="compaction")`).Exists()
+		},
+	},
+}
+
 // TestHarnessCodexCompacts drives Codex 0.169 past its auto-compaction
-// limit through tollgate, configured from `tollgate env` alone plus the
-// limit: a first turn the provider reports as large, then a resumed turn
-// that Codex compacts before it samples. With tollgate's provider block
-// Codex compacts inline: the summarising request is an ordinary streamed
-// POST /v1/responses (0.169 has no client for /v1/responses/compact), so
-// it must be forwarded, metered with the provider's usage and let Codex
+// limit through tollgate: a first turn the provider reports as large, then
+// a resumed turn that Codex compacts before it samples, either way it
+// compacts (compactWays). Both are an ordinary streamed POST
+// /v1/responses (0.169 has no client for /v1/responses/compact), which
+// must be forwarded, metered with the provider's usage, and let Codex
 // finish its turn on the compacted history.
 func TestHarnessCodexCompacts(t *testing.T) {
 	prefixes, nodeDir := mustInstallHarnesses(t, pkgCodex)
 	r := startCompactRig(t)
 	hc := harnessCases[slices.IndexFunc(harnessCases, func(hc harnessCase) bool { return hc.name == "codex" })]
-	const workspace = "e2e-compact-codex"
+	for _, way := range compactWays {
+		t.Run(way.name, func(t *testing.T) {
+			r.fake.Reset()
+			r.compactOnce(t, hc, way, prefixes, nodeDir)
+		})
+	}
+	r.checkNoSecretsLogged(t)
+}
+
+func (r *compactRig) compactOnce(t *testing.T, hc harnessCase, way compactWay, prefixes map[string]string, nodeDir string) {
+	workspace := "e2e-compact-" + way.name
 	run := r.prepareHarness(t, hc, workspace, compactProject, prefixes, nodeDir)
 	cfg := run.home.path(run.setup.ConfigFile)
 	b, err := os.ReadFile(cfg)
@@ -78,19 +134,24 @@ func TestHarnessCodexCompacts(t *testing.T) {
 	if err := os.WriteFile(cfg, append([]byte("model_auto_compact_token_limit = "+itoa(compactLimit)+"\n"), b...), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if way.env != nil {
+		run.env = append(slices.Clone(run.env), way.env(run)...)
+	}
+	// hc.args is exec, its flags, then the prompt.
+	flags := slices.Clone(hc.args[1 : len(hc.args)-1])
+	if way.args != nil {
+		flags = append(flags, way.args(run)...)
+	}
 
-	first := r.runCodex(t, run, hc.args...)
+	first := r.runCodex(t, run, append(append([]string{"exec"}, flags...), prompt)...)
 	if strings.Contains(first, "context compacted") {
 		t.Fatalf("Codex compacted a fresh session: the limit %d is below its own context\n%s", compactLimit, first)
 	}
-	turn1 := r.fake.Requests()
-	if len(turn1) != 1 {
-		t.Fatalf("the first turn sent %d requests, want 1", len(turn1))
+	if n := len(r.fake.Requests()); n != 1 {
+		t.Fatalf("the first turn sent %d requests, want 1", n)
 	}
 	r.fake.Reset()
-	const again = "say hi again"
-	// hc.args without its prompt, as flags of `exec resume`.
-	out := r.runCodex(t, run, append(append([]string{"exec", "resume", "--last"}, hc.args[1:len(hc.args)-1]...), again)...)
+	out := r.runCodex(t, run, append(append([]string{"exec", "resume", "--last"}, flags...), again)...)
 	if !strings.Contains(out, "context compacted") {
 		t.Errorf("Codex did not report compacting\n%s", out)
 	}
@@ -99,20 +160,16 @@ func TestHarnessCodexCompacts(t *testing.T) {
 	if len(reqs) != 2 {
 		t.Fatalf("the resumed turn sent %d requests through tollgate, want 2 (the compaction, then the turn)", len(reqs))
 	}
-	compaction, turn := reqs[0], reqs[1]
 	for i, q := range reqs {
 		if q.Method != http.MethodPost || q.Path != "/v1/responses" || q.Status != http.StatusOK || !q.Stream {
 			t.Errorf("request %d: %s %s status %d stream %v, want a streamed POST /v1/responses answered 200", i, q.Method, q.Path, q.Status, q.Stream)
 		}
 	}
-	// The compaction asks for a summary of the history so far, which
-	// holds the first turn's answer; the turn after it carries that
-	// summary in place of the history.
-	if last := lastInputText(compaction.Body); last == "" || last == again || !hasAssistantText(compaction.Body, pangram) {
-		t.Errorf("the first request of the resumed turn is not a compaction of the history: last input %.200q", last)
+	if !way.compacts(reqs[0].Body) {
+		t.Errorf("the first request of the resumed turn is not a compaction of the history: last input %.300s", lastInput(reqs[0].Body))
 	}
-	if last := lastInputText(turn.Body); last != again || hasAssistantText(turn.Body, pangram) || !strings.Contains(string(turn.Body), pangram) {
-		t.Errorf("the turn after compacting does not run on the summary: last input %.200q", last)
+	if !way.onSummary(reqs[1].Body) {
+		t.Errorf("the turn after compacting does not run on the compacted history: last input %.300s", lastInput(reqs[1].Body))
 	}
 
 	var recs []usageRecord
@@ -137,7 +194,16 @@ func TestHarnessCodexCompacts(t *testing.T) {
 			}
 		}
 	}
-	r.checkNoSecretsLogged(t)
+}
+
+// runToken is the workspace token `tollgate env` exported for a run.
+func runToken(run harnessRun) string {
+	for _, e := range run.setup.Env {
+		if e.Name == "TOLLGATE_TOKEN" {
+			return e.Value
+		}
+	}
+	return ""
 }
 
 // runCodex runs Codex once and returns its output; it must exit 0 having
@@ -159,13 +225,14 @@ func (r *compactRig) runCodex(t *testing.T, run harnessRun, args ...string) stri
 	return res.stdout + res.stderr
 }
 
+// lastInput is a Responses request's last input item.
+func lastInput(body []byte) string {
+	return gjson.GetBytes(body, "input.@reverse.0").Raw
+}
+
 // lastInputText is the text of a Responses request's last input item.
 func lastInputText(body []byte) string {
-	in := gjson.GetBytes(body, "input").Array()
-	if len(in) == 0 {
-		return ""
-	}
-	return in[len(in)-1].Get("content.0.text").String()
+	return gjson.Get(lastInput(body), "content.0.text").String()
 }
 
 // hasAssistantText reports whether a Responses request's input holds an

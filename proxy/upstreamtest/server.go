@@ -434,6 +434,7 @@ func (s *Server) shapeOf(rt route, r *http.Request, body []byte, p plan) (shape,
 		noUsage:      p.fault.noUsage,
 	}
 	sh.geminiSSE = sh.stream && rt.dialect == Gemini && r.URL.Query().Get("alt") == "sse"
+	sh.compaction = rt.dialect == OpenAIResponses && compactionTriggered(body)
 	sh.model = a.model
 	if sh.model == "" {
 		sh.model = defaultModels[rt.dialect]
