@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	oai "github.com/openai/openai-go/v3"
+	oaiopt "github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
+
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -237,4 +241,59 @@ func TestStreamedResponseCancellableMidStream(t *testing.T) {
 	cancel := storedCall{"POST", "/openai/v1/responses/" + upstreamtest.ResponseID + "/cancel", ""}
 	refusedAsMissing(t, e, e.token("ws-b", "proj-b", "bob", ""), cancel)
 	forwarded(t, e, tokA, cancel)
+}
+
+// TestOpenAIGoSeesForeignResponsesAsMissing: through the official SDK,
+// every stored-response method on another project's id fails as the
+// provider's own 404 would, and the owner's own calls succeed.
+func TestOpenAIGoSeesForeignResponsesAsMissing(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	id := createResponse(t, e, e.token("ws-a", "proj-a", "alice", ""))
+	client := func(tok string) oai.Client {
+		return oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(tok), oaiopt.WithMaxRetries(0))
+	}
+	calls := map[string]func(ctx context.Context, c oai.Client) error{
+		"Get": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.Get(ctx, id, responses.ResponseGetParams{})
+			return err
+		},
+		"InputItems.List": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.InputItems.List(ctx, id, responses.InputItemListParams{})
+			return err
+		},
+		"Cancel": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.Cancel(ctx, id)
+			return err
+		},
+		"Compact": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.Compact(ctx, responses.ResponseCompactParams{Model: "gpt-5", PreviousResponseID: oai.String(id)})
+			return err
+		},
+		"InputTokens.Count": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.InputTokens.Count(ctx, responses.InputTokenCountParams{Model: oai.String("gpt-5"), PreviousResponseID: oai.String(id)})
+			return err
+		},
+		"New": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.New(ctx, responses.ResponseNewParams{Model: "gpt-5", PreviousResponseID: oai.String(id),
+				Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("more")}})
+			return err
+		},
+		"Delete": func(ctx context.Context, c oai.Client) error { return c.Responses.Delete(ctx, id) },
+	}
+	ctx := context.Background()
+	other, owner := client(e.token("ws-b", "proj-b", "bob", "")), client(e.token("ws-a", "proj-a", "alice", ""))
+	for _, name := range []string{"Get", "InputItems.List", "Cancel", "Compact", "InputTokens.Count", "New", "Delete"} {
+		before := e.fake.Counters().Requests
+		err := calls[name](ctx, other)
+		var apiErr *oai.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "not_found" || apiErr.Type != "invalid_request_error" || !strings.Contains(apiErr.Message, id) {
+			t.Errorf("%s by another project: %v, want the SDK's 404 not_found naming the id", name, err)
+		}
+		if e.fake.Counters().Requests != before {
+			t.Errorf("%s by another project reached the provider", name)
+		}
+		if err := calls[name](ctx, owner); err != nil {
+			t.Errorf("%s by the owner: %v", name, err)
+		}
+	}
 }
