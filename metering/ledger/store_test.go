@@ -233,11 +233,39 @@ func mustUsageFile(tb testing.TB, path string) *store.DB {
 
 // dailyDump returns every usage_daily row as text in key order (with the
 // service_tier column when tier), and the sum of each dailySums column.
-// v3Sums is how many of dailySums usage_daily had up to migration 3.
-const v3Sums = 13
+// Columns added by migrations after 3, which the migration tests' older
+// schemas lack.
+var (
+	laterRecordColumns = slices.Concat(governanceColumns, []string{"web_search_requests"})
+	laterDailyColumns  = []string{"unmetered_requests", "rejected_requests", "web_search_requests"}
+)
 
-// dailyDump reads usage_daily's first v3Sums sums, so it works on every
-// schema version since 2.
+// v3Sums are the positions in dailySums of the sums usage_daily had up to
+// migration 3, and v2RecordColumns those in recordColumns of the columns
+// usage_records had at migration 2.
+var v3Sums, v2RecordColumns = columnsWithout(dailySums, laterDailyColumns), columnsWithout(recordColumns, laterRecordColumns)
+
+func columnsWithout(cols, later []string) []int {
+	var idx []int
+	for i, c := range cols {
+		if !slices.Contains(later, c) {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// pick returns the elements of vs at idx.
+func pick[T any](vs []T, idx []int) []T {
+	out := make([]T, len(idx))
+	for j, i := range idx {
+		out[j] = vs[i]
+	}
+	return out
+}
+
+// dailyDump reads usage_daily's v3Sums sums, so it works on every schema
+// version since 2.
 func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals dailyAgg) {
 	tb.Helper()
 	ctx := context.Background()
@@ -245,7 +273,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 	if tier {
 		keys = dailyKeyColumns
 	}
-	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums[:v3Sums]...), ", ")+
+	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), pick(dailySums, v3Sums)...), ", ")+
 		" FROM usage_daily ORDER BY "+strings.Join(keys, ", "))
 	if err != nil {
 		tb.Fatal(err)
@@ -258,7 +286,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		for i := range k {
 			dest = append(dest, &k[i])
 		}
-		for i := range v3Sums {
+		for _, i := range v3Sums {
 			dest = append(dest, &v[i])
 		}
 		if err := r.Scan(dest...); err != nil {
@@ -270,12 +298,12 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		tb.Fatal(err)
 	}
 	var sums []string
-	for _, c := range dailySums[:v3Sums] {
+	for _, c := range pick(dailySums, v3Sums) {
 		sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
 	}
-	dest := make([]any, v3Sums)
-	for i := range v3Sums {
-		dest[i] = &totals[i]
+	dest := make([]any, len(v3Sums))
+	for j, i := range v3Sums {
+		dest[j] = &totals[i]
 	}
 	if err := db.QueryRowContext(ctx, "SELECT "+strings.Join(sums, ", ")+" FROM usage_daily").Scan(dest...); err != nil {
 		tb.Fatal(err)
@@ -304,10 +332,11 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
 				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
 				recs = append(recs, r)
-				// Migration 2's columns: the governance ones came later.
-				cols := recordColumns[:len(recordColumns)-len(governanceColumns)]
+				// Migration 2's columns: the governance ones and web
+				// searches came later.
+				cols := pick(recordColumns, v2RecordColumns)
 				q := "INSERT INTO usage_records (" + strings.Join(cols, ", ") + ") VALUES (" + placeholders(len(cols)) + ")"
-				if _, err := db.ExecContext(ctx, q, v2.appendRecordArgs(nil, r, now)[:len(cols)]...); err != nil {
+				if _, err := db.ExecContext(ctx, q, pick(v2.appendRecordArgs(nil, r, now), v2RecordColumns)...); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -322,15 +351,21 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				}
 				agg[k].add(r)
 			}
-			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = &dailyAgg{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1}
-			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums[:v3Sums]...)
+			gone := new(dailyAgg)
+			// requests, the seven token buckets, cost, priced, unpriced,
+			// missing and estimated requests.
+			for j, v := range []int64{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1} {
+				gone[v3Sums[j]] = v
+			}
+			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = gone
+			v2cols := append(slices.Clip(dailyKeyColumns[:7]), pick(dailySums, v3Sums)...)
 			ph := make([]string, len(v2cols))
 			for i := range ph {
 				ph[i] = "$" + fmt.Sprint(i+1)
 			}
 			for k, a := range agg {
 				args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
-				for _, v := range a[:v3Sums] {
+				for _, v := range pick(a[:], v3Sums) {
 					args = append(args, v)
 				}
 				if _, err := db.ExecContext(ctx, "INSERT INTO usage_daily ("+strings.Join(v2cols, ", ")+") VALUES ("+strings.Join(ph, ", ")+")", args...); err != nil {
