@@ -65,7 +65,7 @@ func costPtr(v int64) *int64 { return &v }
 
 // usageRecordN builds a varied but deterministic record: three projects, two
 // models, three users, one request in seven without usage, one in five
-// priced-less.
+// priced-less, web searches in most priced ones.
 func usageRecordN(id string, i int, start time.Time) *metering.Record {
 	r := &metering.Record{
 		RequestID: id, Start: start, Duration: time.Duration(100+i%50) * time.Millisecond, TTFB: 30 * time.Millisecond,
@@ -82,7 +82,8 @@ func usageRecordN(id string, i int, start time.Time) *metering.Record {
 		r.Usage = &metering.Usage{InputUncached: int64(10 + i), Output: int64(5 + i)}
 		r.Unpriced = true
 	default:
-		r.Usage = &metering.Usage{InputUncached: int64(100 + i), CacheRead: int64(i), CacheWrite5m: 3, CacheWrite1h: 1, InputOther: 2, Output: int64(50 + i), Reasoning: int64(i % 10)}
+		r.Usage = &metering.Usage{InputUncached: int64(100 + i), CacheRead: int64(i), CacheWrite5m: 3, CacheWrite1h: 1, InputOther: 2, Output: int64(50 + i), Reasoning: int64(i % 10),
+			WebSearchRequests: int64(i % 4)}
 		r.CostMicroUSD = costPtr(int64(1000 + i))
 		if i%11 == 0 {
 			r.Source = metering.SourceEstimated
@@ -130,24 +131,27 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 				t.Fatalf("InsertBatch: %d, %v", n, err)
 			}
 			var (
-				got                        metering.Record
-				u                          metering.Usage
-				started                    time.Time
-				day                        string
-				durNS, ttfbNS, cost        int64
-				inUnc, cr, cw5, cw1, io, o sql.NullInt64
-				reason                     sql.NullInt64
-				unpriced                   bool
+				got                 metering.Record
+				u                   metering.Usage
+				started             time.Time
+				day                 string
+				durNS, ttfbNS, cost int64
+				buckets             [metering.NumBuckets]sql.NullInt64
+				unpriced            bool
 			)
-			err := s.db.QueryRowContext(ctx, `SELECT request_id, started_at, day, duration_ns, ttfb_ns, workspace, project, user_id, token_id, session_id,
-				harness, dialect, operation, path, provider, credential_tier, credential_id, stream, model_requested, model_served,
-				upstream_id, status, outcome, usage_source, usage_injected, event_overflow, input_uncached, cache_read, cache_write_5m,
-				cache_write_1h, input_other, output_tokens, reasoning_tokens, cost_micro_usd, unpriced, price_version, bytes_out, service_tier
-				FROM usage_records WHERE request_id = $1`, "rt-1").Scan(
-				&got.RequestID, &started, &day, &durNS, &ttfbNS, &got.Workspace, &got.Project, &got.User, &got.TokenID, &got.Session,
+			dest := []any{&got.RequestID, &started, &day, &durNS, &ttfbNS, &got.Workspace, &got.Project, &got.User, &got.TokenID, &got.Session,
 				&got.Harness, &got.Dialect, &got.Operation, &got.Path, &got.Provider, &got.CredTier, &got.CredentialID, &got.Stream,
 				&got.ModelRequest, &got.ModelServed, &got.UpstreamID, &got.Status, &got.Outcome, &got.Source, &got.Injected,
-				&got.EventOverflow, &inUnc, &cr, &cw5, &cw1, &io, &o, &reason, &cost, &unpriced, &got.PriceVersion, &got.BytesOut, &got.ServiceTier)
+				&got.EventOverflow}
+			for i := range buckets {
+				dest = append(dest, &buckets[i])
+			}
+			dest = append(dest, &cost, &unpriced, &got.PriceVersion, &got.BytesOut, &got.ServiceTier)
+			err := s.db.QueryRowContext(ctx, `SELECT request_id, started_at, day, duration_ns, ttfb_ns, workspace, project, user_id, token_id, session_id,
+				harness, dialect, operation, path, provider, credential_tier, credential_id, stream, model_requested, model_served,
+				upstream_id, status, outcome, usage_source, usage_injected, event_overflow, `+strings.Join(bucketColumns(), ", ")+`,
+				cost_micro_usd, unpriced, price_version, bytes_out, service_tier
+				FROM usage_records WHERE request_id = $1`, "rt-1").Scan(dest...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -157,7 +161,12 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 			if day != "2026-05-04" {
 				t.Errorf("day: got %q, want 2026-05-04 (UTC date)", day)
 			}
-			u = metering.Usage{InputUncached: inUnc.Int64, CacheRead: cr.Int64, CacheWrite5m: cw5.Int64, CacheWrite1h: cw1.Int64, InputOther: io.Int64, Output: o.Int64, Reasoning: reason.Int64}
+			for i, b := range metering.Buckets {
+				if !buckets[i].Valid {
+					t.Errorf("%s is NULL", b.Column)
+				}
+				*b.Of(&u) = buckets[i].Int64
+			}
 			got.Usage, got.CostMicroUSD = &u, &cost
 			got.Duration, got.TTFB = time.Duration(durNS), time.Duration(ttfbNS)
 			got.Start, got.Unpriced = r.Start, unpriced
