@@ -542,18 +542,21 @@ func (m *Meter) merge(u string, assign bool) bool {
 }
 
 // countWebSearch keeps a web search count read from raw JSON if it is the
-// largest yet.
+// largest yet. Searches are part of the usage: they change UsageVersion
+// once there is usage to show.
 func (m *Meter) countWebSearch(raw string) {
 	if n, ok := meterTokenCount(raw); ok && n > m.webSearch {
 		m.webSearch = n
-		m.usageVer++
+		if m.haveUsage {
+			m.usageVer++
+		}
 	}
 }
 
 // besideUsage is the path of field (registry.UsageFields.WebSearch) from
 // the document a usage path is in: field lives in the object that holds
 // the usage object ("response.usage" → "response." + field). "" when
-// either is empty.
+// either is empty. Usage paths are plain dotted names in every dialect.
 func besideUsage(usage, field string) string {
 	if usage == "" || field == "" {
 		return ""
