@@ -282,11 +282,13 @@ func priceAllDigits(s string) bool {
 }
 
 // Cost prices u for a model served by provider (the registry provider name)
-// in a service tier. micro is the cost in micro-USD, rounded half up, or nil
-// when the table has no price for the model, or for a non-standard tier of
-// it: the record is then flagged unpriced, never costed at 0 nor at the
-// standard rate of a tier that bills differently. version is the table's
-// version, for the record's price_version.
+// in a service tier: its tokens, rounded half up, plus the fee of each
+// server-side tool use (ToolFeeMicroUSD, which EstimateCeiling adds too).
+// micro is in micro-USD, or nil when the table has no price for the model,
+// for a non-standard tier of it, or for a tool the response used: the
+// record is then flagged unpriced, never costed at 0 nor at the standard
+// rate of a tier that bills differently. version is the table's version,
+// for the record's price_version.
 func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, version string) {
 	if t == nil {
 		return nil, ""
@@ -301,6 +303,15 @@ func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, 
 		}
 	}
 	c := p.CostMicroUSD(u)
+	for _, b := range &Buckets {
+		if n := *b.Of(&u); b.Tool != "" && n > 0 {
+			fee, ok := t.ToolFeeMicroUSD(provider, b.Tool, n)
+			if !ok {
+				return nil, t.Version
+			}
+			c += fee
+		}
+	}
 	return &c, t.Version
 }
 

@@ -177,6 +177,12 @@ type UsageFields struct {
 	InputOther   string `yaml:"input_other"`
 	Output       string `yaml:"output"`
 	Reasoning    string `yaml:"reasoning"`
+	// WebSearch counts the server-side web searches the provider bills per
+	// use. Unlike the token paths it is relative to the object holding the
+	// usage object (the message, response or chunk), because OpenAI and
+	// Gemini report searches beside usage, not in it; it may use gjson
+	// queries to count items.
+	WebSearch string `yaml:"web_search"`
 }
 
 // Locator names gjson paths, relative to a JSON document, of the usage
