@@ -245,6 +245,9 @@ func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 		dst = append(dst, `,"usage":null`...)
 	} else {
 		for i, b := range metering.Buckets {
+			if b.Tool != "" && *b.Of(u) == 0 {
+				continue // omitempty, as in Usage's JSON
+			}
 			dst = append(dst, bucketKeys[i]...)
 			dst = strconv.AppendInt(dst, *b.Of(u), 10)
 		}
