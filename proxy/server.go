@@ -20,6 +20,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
@@ -118,6 +119,9 @@ type Config struct {
 	Admin *resolver.Service
 	// Usage answers the usage API; nil disables /admin/v1/usage.
 	Usage UsageQuerier
+	// Audit records each admin write and serves GET /admin/v1/audit; nil
+	// records nothing.
+	Audit *audit.Log
 	// Owners finds who created a stored provider object (a response) the
 	// in-memory index no longer holds; nil leaves only the index, so on a
 	// platform key such ids are refused once it forgets them.

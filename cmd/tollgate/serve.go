@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
@@ -176,6 +177,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	auditLog, err := audit.Open(ctx, d.db)
+	if err != nil {
+		return err
+	}
 	gov, err := startGovernance(ctx, bg, &o, d, prices, usage, log)
 	if err != nil {
 		return err
@@ -245,6 +250,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Resolver:          d.resolver,
 		Admin:             d.resolver,
 		Usage:             usage,
+		Audit:             auditLog,
 		Owners:            usage,
 		Sink:              writer,
 		Refusals:          refusalSinks{refusals, tel.instruments},
