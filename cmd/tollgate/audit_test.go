@@ -22,22 +22,31 @@ import (
 // none; tollgate audit lists them with filters, as a table or JSON; no key
 // in any spelling is printed or recorded.
 func TestCLIWritesAreAudited(t *testing.T) {
-	t.Run("sqlite", func(t *testing.T) { testCLIWritesAreAudited(t, "") })
+	forEachCLIEngine(t, "tg_audit_", testCLIWritesAreAudited)
+}
+
+// forEachCLIEngine runs f with a CLI on a SQLite file and, with
+// TOLLGATE_TEST_POSTGRES, on a fresh PostgreSQL schema named from prefix.
+func forEachCLIEngine(t *testing.T, prefix string, f func(t *testing.T, c *cli)) {
+	newOn := func(t *testing.T, dbURL string) *cli {
+		_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
+		c := newCLI(t, fakeURL)
+		if dbURL != "" {
+			c.env["TOLLGATE_DB"] = dbURL
+		}
+		return c
+	}
+	t.Run("sqlite", func(t *testing.T) { f(t, newOn(t, "")) })
 	t.Run("postgres", func(t *testing.T) {
-		pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
-		if pg == "" {
+		if pg := os.Getenv("TOLLGATE_TEST_POSTGRES"); pg != "" {
+			f(t, newOn(t, testkit.PostgresSchema(t, pg, prefix)))
+		} else {
 			t.Skip("TOLLGATE_TEST_POSTGRES is not set")
 		}
-		testCLIWritesAreAudited(t, testkit.PostgresSchema(t, pg, "tg_audit_"))
 	})
 }
 
-func testCLIWritesAreAudited(t *testing.T, dbURL string) {
-	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
-	c := newCLI(t, fakeURL)
-	if dbURL != "" {
-		c.env["TOLLGATE_DB"] = dbURL
-	}
+func testCLIWritesAreAudited(t *testing.T, c *cli) {
 	ctx := context.Background()
 	const canary = "zz-CANARYcliaudit-8e2b4d6f1a3c5e7090"
 	u, err := user.Current()
