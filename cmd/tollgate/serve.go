@@ -205,7 +205,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer unregister()
 	// A nil *RedisLimiter (no TOLLGATE_REDIS_URL) exports no Redis gauge.
-	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, log)
+	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, gov.alerter, log)
 	if err != nil {
 		return err
 	}
