@@ -86,3 +86,57 @@ func TestGovHarnessNarrowedPolicyCannotBeLeftByUserAgent(t *testing.T) {
 		}
 	}
 }
+
+// countTokensBody is a count_tokens request as Claude Code sends one.
+const countTokensBody = `{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}`
+
+// TestGovUnmeteredPathsHaveALightRPMBucket: count_tokens and model lists
+// are held to a workspace's RPM limit in a bucket of their own. Past it a
+// client is refused with the rate-limit shape (429, Retry-After, a
+// rate_limit record) and no upstream call, so it cannot hammer them; the
+// inference request that follows still has its own slot, which a flood
+// of count_tokens never takes.
+func TestGovUnmeteredPathsHaveALightRPMBucket(t *testing.T) {
+	g := newGovRig(t, envOptions{})
+	// RPM 1: one request at once, then one a minute, per bucket.
+	g.pol.set(governance.Policies{Limits: []governance.Limit{
+		{ID: "ws-rpm", Selector: governance.Selector{ScopeType: governance.ScopeWorkspace, ScopeID: "ws-1"}, RPM: 1},
+	}})
+	tok := g.token("ws-1", "proj-1", "user-1", "claude-code")
+	other := g.token("ws-2", "proj-1", "user-1", "claude-code")
+	hdr := []string{"anthropic-version", "2023-06-01", "User-Agent", claudeCodeUA}
+	call := func(method, path, token, body string) (*http.Response, int64) {
+		t.Helper()
+		before := g.fake.Counters().Requests
+		resp := g.do(method, path, token, body, hdr...)
+		readAll(t, resp.Body)
+		resp.Body.Close()
+		return resp, g.fake.Counters().Requests - before
+	}
+	if resp, calls := call("POST", "/anthropic/v1/messages/count_tokens", tok, countTokensBody); resp.StatusCode != 200 || calls != 1 {
+		t.Fatalf("first count_tokens: status %d, %d upstream calls", resp.StatusCode, calls)
+	}
+	for _, r := range []struct{ method, path, body string }{
+		{"POST", "/anthropic/v1/messages/count_tokens", countTokensBody},
+		{"GET", "/anthropic/v1/models", ""},
+	} {
+		resp, calls := call(r.method, r.path, tok, r.body)
+		rec := g.record(resp)
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || calls != 0 ||
+			rec.Outcome != metering.OutcomeRejected || rec.Governance != string(governance.RefuseRateLimit) {
+			t.Errorf("%s %s over the bucket: status %d retry-after %q, %d upstream calls, record %q/%q",
+				r.method, r.path, resp.StatusCode, resp.Header.Get("Retry-After"), calls, rec.Outcome, rec.Governance)
+		}
+	}
+	msg := `{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`
+	if resp, calls := call("POST", "/anthropic/v1/messages", tok, msg); resp.StatusCode != 200 || calls != 1 {
+		t.Errorf("the turn after the count_tokens flood: status %d, %d upstream calls", resp.StatusCode, calls)
+	}
+	if resp, _ := call("POST", "/anthropic/v1/messages", tok, msg); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("a second turn within the minute: status %d, want 429", resp.StatusCode)
+	}
+	// Another workspace has no limit.
+	if resp, calls := call("POST", "/anthropic/v1/messages/count_tokens", other, countTokensBody); resp.StatusCode != 200 || calls != 1 {
+		t.Errorf("count_tokens of an unlimited workspace: status %d, %d upstream calls", resp.StatusCode, calls)
+	}
+}
