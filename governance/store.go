@@ -165,20 +165,9 @@ const (
 	SetUnchanged SetResult = "unchanged"
 )
 
-// put inserts a new row (id "") or updates the row id, in one write. It
+// putTx inserts a new row (id "") or updates the row id, in tx. It
 // returns the id and created_at stored; an update of an id that does not
 // exist is ErrNotFound. cols and vals exclude id and the timestamps.
-func (s *Store) put(ctx context.Context, table, prefix, id string, cols []string, vals []any, now time.Time) (string, time.Time, error) {
-	var created time.Time
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		var err error
-		id, created, err = putTx(ctx, tx, table, prefix, id, cols, vals, now)
-		return err
-	})
-	return id, created, err
-}
-
-// putTx is put's statement, in tx.
 func putTx(ctx context.Context, tx *sql.Tx, table, prefix, id string, cols []string, vals []any, now time.Time) (string, time.Time, error) {
 	if id == "" {
 		id = newPolicyID(prefix)
@@ -229,7 +218,7 @@ func existing[T any](ctx context.Context, tx *sql.Tx, sel, id string, where []st
 	return &vs[0], nil
 }
 
-// policyTable is one kind of policy as setPolicy stores it.
+// policyTable is one kind of policy as setPolicy and putPolicy store it.
 type policyTable[T any] struct {
 	table, prefix, sel string
 	cols               []string
@@ -238,27 +227,70 @@ type policyTable[T any] struct {
 	id                 func(T) string
 	// stamp sets the id and times a write gave v.
 	stamp func(v *T, id string, created, updated time.Time)
+	// identity is what makes two policies the same one, which Set updates
+	// rather than duplicates: columns, v's values in them, and the words
+	// that name them in a message.
+	identity func(v T) (cols []string, vals []any, words string)
 }
 
 var (
 	budgetTable = policyTable[Budget]{"gov_budgets", "bud_", budgetSelect, budgetCols, scanBudget, budgetVals,
-		func(b Budget) string { return b.ID }, func(b *Budget, id string, c, u time.Time) { b.ID, b.CreatedAt, b.UpdatedAt = id, c, u }}
+		func(b Budget) string { return b.ID }, func(b *Budget, id string, c, u time.Time) { b.ID, b.CreatedAt, b.UpdatedAt = id, c, u },
+		func(b Budget) ([]string, []any, string) {
+			return []string{"scope_type", "scope_id", "model", "harness", "metric", "window_spec"},
+				[]any{string(b.ScopeType), b.ScopeID, b.Model, b.Harness, string(b.Metric), b.Window.String()}, "scope, model, harness, metric and window"
+		}}
 	limitTable = policyTable[Limit]{"gov_limits", "lim_", limitSelect, limitCols, scanLimit, limitVals,
-		func(l Limit) string { return l.ID }, func(l *Limit, id string, c, u time.Time) { l.ID, l.CreatedAt, l.UpdatedAt = id, c, u }}
+		func(l Limit) string { return l.ID }, func(l *Limit, id string, c, u time.Time) { l.ID, l.CreatedAt, l.UpdatedAt = id, c, u },
+		func(l Limit) ([]string, []any, string) {
+			return []string{"scope_type", "scope_id", "model", "harness"}, []any{string(l.ScopeType), l.ScopeID, l.Model, l.Harness}, "scope, model and harness"
+		}}
 	ruleTable = policyTable[ModelRule]{"gov_model_rules", "rule_", ruleSelect, ruleCols, scanRule, ruleVals,
-		func(r ModelRule) string { return r.ID }, func(r *ModelRule, id string, c, u time.Time) { r.ID, r.CreatedAt, r.UpdatedAt = id, c, u }}
+		func(r ModelRule) string { return r.ID }, func(r *ModelRule, id string, c, u time.Time) { r.ID, r.CreatedAt, r.UpdatedAt = id, c, u },
+		func(r ModelRule) ([]string, []any, string) {
+			return []string{"scope_type", "scope_id", "kind", "pattern"}, []any{string(r.ScopeType), r.ScopeID, string(r.Kind), r.Pattern}, "scope, kind and pattern"
+		}}
 )
 
+// putPolicy stores v: a new policy (no id), or the replacement of the one
+// with v's id, which is refused (ErrInvalid) if another policy already
+// has v's identity: the two would count the same requests twice.
+func putPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T) (T, error) {
+	now := s.stamp()
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		id := pt.id(v)
+		if id != "" {
+			cols, vals, words := pt.identity(v)
+			twin, err := existing(ctx, tx, pt.sel, "", cols, vals, pt.scan)
+			if err != nil {
+				return err
+			}
+			if twin != nil && pt.id(*twin) != id {
+				return fmt.Errorf("%w: %s already has this %s; change or delete that one", ErrInvalid, pt.id(*twin), words)
+			}
+		}
+		id, created, err := putTx(ctx, tx, pt.table, pt.prefix, id, pt.cols, pt.vals(v), now)
+		pt.stamp(&v, id, created, now)
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
+}
+
 // setPolicy is a Set, in one write: the policy v updates is looked up (its
-// id, or the identity columns key equal to keyVals: existing), merge fills v
+// id, or the oldest of the same identity: existing), merge fills v
 // from it (nil: a create) and validates it; if v then stores what the old
 // one does, nothing is written; else v is updated in place or inserted.
-func setPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T, key []string, keyVals []any,
+func setPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T,
 	merge func(v T, old *T) (T, error), same func(a, b T) bool) (T, SetResult, error) {
 	now := s.stamp()
 	res := SetCreated
+	cols, vals, _ := pt.identity(v)
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		old, err := existing(ctx, tx, pt.sel, pt.id(v), key, keyVals, pt.scan)
+		old, err := existing(ctx, tx, pt.sel, pt.id(v), cols, vals, pt.scan)
 		if err != nil {
 			return err
 		}
@@ -397,13 +429,7 @@ func (s *Store) PutBudget(ctx context.Context, b Budget) (Budget, error) {
 	if err := normalizeBudget(&b); err != nil {
 		return Budget{}, err
 	}
-	now := s.stamp()
-	id, created, err := s.put(ctx, "gov_budgets", "bud_", b.ID, budgetCols, budgetVals(b), now)
-	if err != nil {
-		return Budget{}, err
-	}
-	b.ID, b.CreatedAt, b.UpdatedAt = id, created, now
-	return b, nil
+	return putPolicy(ctx, s, budgetTable, b)
 }
 
 // normalizeBudget fills b's defaults, validates it and puts its alert
@@ -435,8 +461,6 @@ func (s *Store) SetBudget(ctx context.Context, b Budget) (Budget, SetResult, err
 		return Budget{}, "", err
 	}
 	return setPolicy(ctx, s, budgetTable, b,
-		[]string{"scope_type", "scope_id", "model", "harness", "metric", "window_spec"},
-		[]any{string(b.ScopeType), b.ScopeID, b.Model, b.Harness, string(b.Metric), b.Window.String()},
 		func(b Budget, old *Budget) (Budget, error) {
 			if old != nil {
 				if b.Mode == "" {
@@ -495,13 +519,7 @@ func (s *Store) PutLimit(ctx context.Context, l Limit) (Limit, error) {
 	if err := l.Validate(); err != nil {
 		return Limit{}, err
 	}
-	now := s.stamp()
-	id, created, err := s.put(ctx, "gov_limits", "lim_", l.ID, limitCols, limitVals(l), now)
-	if err != nil {
-		return Limit{}, err
-	}
-	l.ID, l.CreatedAt, l.UpdatedAt = id, created, now
-	return l, nil
+	return putPolicy(ctx, s, limitTable, l)
 }
 
 // KeepRate is a rate SetLimit leaves as it is: an updated limit keeps its
@@ -519,7 +537,6 @@ func (s *Store) SetLimit(ctx context.Context, l Limit) (Limit, SetResult, error)
 		return Limit{}, "", invalid(probs)
 	}
 	return setPolicy(ctx, s, limitTable, l,
-		[]string{"scope_type", "scope_id", "model", "harness"}, []any{string(l.ScopeType), l.ScopeID, l.Model, l.Harness},
 		func(l Limit, old *Limit) (Limit, error) {
 			var prev Limit
 			if old != nil {
@@ -579,13 +596,7 @@ func (s *Store) PutRule(ctx context.Context, r ModelRule) (ModelRule, error) {
 	if err := r.Validate(); err != nil {
 		return ModelRule{}, err
 	}
-	now := s.stamp()
-	id, created, err := s.put(ctx, "gov_model_rules", "rule_", r.ID, ruleCols, ruleVals(r), now)
-	if err != nil {
-		return ModelRule{}, err
-	}
-	r.ID, r.CreatedAt, r.UpdatedAt = id, created, now
-	return r, nil
+	return putPolicy(ctx, s, ruleTable, r)
 }
 
 // SetRule is "models allow|deny|alias": the scope's rule of the same kind
@@ -598,7 +609,6 @@ func (s *Store) SetRule(ctx context.Context, r ModelRule) (ModelRule, SetResult,
 		return ModelRule{}, "", err
 	}
 	return setPolicy(ctx, s, ruleTable, r,
-		[]string{"scope_type", "scope_id", "kind", "pattern"}, []any{string(r.ScopeType), r.ScopeID, string(r.Kind), r.Pattern},
 		func(r ModelRule, _ *ModelRule) (ModelRule, error) { return r, nil },
 		func(a, b ModelRule) bool {
 			return a.ScopeType == b.ScopeType && a.ScopeID == b.ScopeID && a.Kind == b.Kind && a.Pattern == b.Pattern && a.Target == b.Target

@@ -439,5 +439,23 @@ func TestStoreSetIsIdempotent(t *testing.T) {
 		if err != nil || res != SetUpdated || got.ID != old.ID {
 			t.Errorf("set over duplicates: %v %v %s, want the oldest %s (not %s)", res, err, got.ID, old.ID, newer.ID)
 		}
+
+		// A replacement by id cannot take another policy's identity: the
+		// day budget of acme/claude-code exists, so b1 (its month budget)
+		// cannot become a day budget; its own identity it may keep.
+		moved := b2
+		moved.Window = Window{Kind: WindowDay}
+		if _, err := st.PutBudget(ctx, moved); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "already has this scope, model, harness, metric and window") {
+			t.Errorf("PUT onto another budget's identity: %v", err)
+		}
+		if _, err := st.PutBudget(ctx, b2); err != nil {
+			t.Errorf("PUT keeping its own identity: %v", err)
+		}
+		if _, err := st.PutRule(ctx, ModelRule{ID: r1.ID, ScopeType: ScopeProject, ScopeID: "acme", Kind: RuleDeny, Pattern: "claude-*"}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("PUT of an allow rule onto the deny rule's identity: %v", err)
+		}
+		if _, err := st.PutLimit(ctx, Limit{ID: lim.ID, Selector: ws, RPM: 1}); err != nil {
+			t.Errorf("PUT of a limit in its own identity: %v", err)
+		}
 	})
 }

@@ -400,6 +400,10 @@ func TestAdminPolicyPostIsIdempotent(t *testing.T) {
 	if bs := e.w.Current().Budgets; len(bs) != 2 {
 		t.Errorf("%d budgets in the snapshot, want 2: %+v", len(bs), bs)
 	}
+	// A PUT cannot make the month budget a second day budget.
+	if code, out := e.call("PUT", "/budgets/"+b1["id"].(string), `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"60","window":"day"}`); code != 400 || !strings.Contains(out, "already has this") {
+		t.Errorf("PUT onto another budget's identity: %d %s", code, out)
+	}
 
 	l1 := post("/limits", `{"scope_type":"workspace","scope_id":"ws-42","rpm":60}`, 201, "created")
 	l2 := post("/limits", `{"scope_type":"workspace","scope_id":"ws-42","tpm":200000}`, 200, "updated")
