@@ -27,6 +27,13 @@ func headroomOneByOne(t *testing.T, r *rig, budgets []Budget) []Headroom {
 		if err != nil {
 			t.Fatal(err)
 		}
+		err = r.db.QueryRowContext(context.Background(), `SELECT COALESCE(SUM(i.amount), 0) FROM gov_reservation_items i
+			JOIN gov_reservations r ON r.request_id = i.request_id
+			WHERE i.budget_id = $1 AND i.window_start >= $2 AND i.window_start <= $3 AND r.state = 'held' AND i.request_id LIKE 'allot:%'`,
+			b.ID, w.lo, w.cur).Scan(&h.Allotted)
+		if err != nil {
+			t.Fatal(err)
+		}
 		out = append(out, h)
 	}
 	return out
@@ -75,6 +82,27 @@ func TestHeadroomOneQueryForAllBudgets(t *testing.T) {
 		r.clk.Set(time.Date(2026, 12, 3, 2, 40, 0, 0, time.UTC))
 		charge("t2", 250_000, true)
 
+		// Allotments: one held today against the day and rolling budgets,
+		// one held yesterday evening against the rolling one, and one
+		// given back.
+		allot := func(id, state string, items ...Charge) {
+			t.Helper()
+			if _, err := r.db.ExecContext(ctx, `INSERT INTO gov_reservations (request_id, replica_id, created_at, updated_at, state) VALUES ($1, 'replica-a', 0, 0, $2)`, id, state); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range items {
+				w := windowOf(c.Budget, r.clk.Now())
+				if _, err := r.db.ExecContext(ctx, `INSERT INTO gov_reservation_items (request_id, budget_id, window_start, metric, amount) VALUES ($1, $2, $3, $4, $5)`,
+					id, c.Budget.ID, w.cur, string(c.Budget.Metric), c.Amount); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		allot("allot:a1", "held", Charge{dayB, 40_000}, Charge{rollB, 40_000})
+		allot("allot:a0", "released", Charge{dayB, 7})
+		r.clk.Set(time.Date(2026, 12, 2, 22, 0, 0, 0, time.UTC))
+		allot("allot:a2", "held", Charge{rollB, 5_000})
+
 		budgets := []Budget{dayB, rollB, empty, lifeB, monthB, tokB, dayB}
 		for _, at := range []time.Time{
 			time.Date(2026, 12, 3, 2, 45, 0, 0, time.UTC), // y1 out of the rolling window, y2 in
@@ -99,9 +127,10 @@ func TestHeadroomOneQueryForAllBudgets(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantSR := [][2]int64{{300_000, 250_000}, {1_000_000, 250_000}, {0, 0}, {2_000_000, 250_000}, {2_000_000, 250_000}, {2_000, 250}, {300_000, 250_000}}
+		wantAllotted := []int64{40_000, 45_000, 0, 0, 0, 0, 40_000} // the rolling window still holds a2
 		for i, h := range got {
-			if h.Budget.ID != budgets[i].ID || h.Spent != wantSR[i][0] || h.Reserved != wantSR[i][1] {
-				t.Errorf("budget %d (%s): spent %d reserved %d, want %v", i, h.Budget.ID, h.Spent, h.Reserved, wantSR[i])
+			if h.Budget.ID != budgets[i].ID || h.Spent != wantSR[i][0] || h.Reserved != wantSR[i][1] || h.Allotted != wantAllotted[i] {
+				t.Errorf("budget %d (%s): spent %d reserved %d allotted %d, want %v and %d", i, h.Budget.ID, h.Spent, h.Reserved, h.Allotted, wantSR[i], wantAllotted[i])
 			}
 		}
 		if got[1].ResetAt != (time.Time{}) || got[0].ResetAt != time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC) {
@@ -116,7 +145,7 @@ func TestHeadroomOneQueryForAllBudgets(t *testing.T) {
 func show(hs []Headroom) string {
 	s := ""
 	for _, h := range hs {
-		s += fmt.Sprintf("[%s %s %s %d/%d] ", h.Budget.ID, h.WindowStart.Format(time.RFC3339), h.ResetAt.Format(time.RFC3339), h.Spent, h.Reserved)
+		s += fmt.Sprintf("[%s %s %s %d/%d/%d] ", h.Budget.ID, h.WindowStart.Format(time.RFC3339), h.ResetAt.Format(time.RFC3339), h.Spent, h.Reserved, h.Allotted)
 	}
 	return s
 }

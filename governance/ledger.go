@@ -79,6 +79,8 @@ CREATE TABLE gov_replicas (
 	started_at BIGINT NOT NULL,
 	last_seen BIGINT NOT NULL
 )`,
+	// Headroom sums a budget window's allotments.
+	`CREATE INDEX gov_reservation_items_budget ON gov_reservation_items (budget_id, window_start)`,
 }
 
 // Reservation states.
@@ -121,6 +123,9 @@ type LedgerConfig struct {
 	// Now is the clock (tests inject one); default time.Now.
 	Now func() time.Time
 	Log *slog.Logger
+	// Allotments admits requests from slices of headroom this replica
+	// reserves ahead (allot.go) instead of a reservation per request.
+	Allotments bool
 }
 
 // Ledger keeps budget counters and reservations in the SQL database: one
@@ -143,6 +148,10 @@ type Ledger struct {
 	// waiting here is a handoff, where SQLite's busy handler would sleep
 	// and poll, and it gives up when the request does.
 	sqliteTurn chan struct{}
+	// lastBeat is the Unix milliseconds of the last heartbeat that
+	// succeeded; allotments are used only while it is recent.
+	lastBeat atomic.Int64
+	allot    allotter
 }
 
 // OpenLedger applies the ledger's migrations and returns it.
@@ -167,6 +176,7 @@ func OpenLedger(ctx context.Context, db *store.DB, cfg LedgerConfig) (*Ledger, e
 		return nil, err
 	}
 	l := &Ledger{db: db, cfg: cfg, started: cfg.Now(), sqliteTurn: make(chan struct{}, 1)}
+	l.allot.byKey, l.allot.byID = map[allotKey]*allotment{}, map[string]*allotment{}
 	l.replicas.Store(1)
 	return l, nil
 }
@@ -690,7 +700,11 @@ type Headroom struct {
 	ResetAt  time.Time `json:"reset_at,omitzero"`
 	Spent    int64     `json:"spent"`
 	Reserved int64     `json:"reserved"`
-	Limit    int64     `json:"limit"`
+	// Allotted is the part of Reserved that replicas hold ahead as
+	// allotments (their requests in flight included); the rest is held by
+	// requests that reserved directly.
+	Allotted int64 `json:"allotted"`
+	Limit    int64 `json:"limit"`
 }
 
 // Headroom returns each budget's spent and reserved amounts in its current
@@ -721,14 +735,14 @@ func (l *Ledger) Headroom(ctx context.Context, budgets []Budget) ([]Headroom, er
 	defer rows.Close()
 	for rows.Next() {
 		var i int
-		var spent, reserved int64
-		if err := rows.Scan(&i, &spent, &reserved); err != nil {
+		var spent, reserved, allotted int64
+		if err := rows.Scan(&i, &spent, &reserved, &allotted); err != nil {
 			return nil, fmt.Errorf("budget ledger: headroom: %w", err)
 		}
 		if i < 0 || i >= len(out) {
 			return nil, fmt.Errorf("budget ledger: headroom: row for budget %d of %d", i, len(out))
 		}
-		out[i].Spent, out[i].Reserved = spent, reserved
+		out[i].Spent, out[i].Reserved, out[i].Allotted = spent, reserved, allotted
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("budget ledger: headroom: %w", err)
@@ -736,25 +750,31 @@ func (l *Ledger) Headroom(ctx context.Context, budgets []Budget) ([]Headroom, er
 	return out, nil
 }
 
-// headroomQuery sums each budget's counters in its window [lo, cur], one
-// answer row per budget that has any (its index in budgets; the others
-// stay at zero). The windows come as arrays (unnest) on PostgreSQL and as
-// a JSON array (json_each) on SQLite, like transition's, so the text is
-// the same for any number of budgets and no parameter limit is reached.
-// Rows are keyed by index, not budget id, so a budget listed twice is
-// answered twice.
+// headroomQuery sums each budget's counters in its window [lo, cur], and
+// the amounts its held allotments claim there: one answer row per budget,
+// keyed by its index in budgets. The
+// windows come as arrays (unnest) on PostgreSQL and as a JSON array
+// (json_each) on SQLite, like transition's, so the text is the same for
+// any number of budgets and no parameter limit is reached. Rows are keyed
+// by index, not budget id, so a budget listed twice is answered twice.
 func headroomQuery(engine string, budgets []Budget, ws []window) (string, []any) {
-	const sum = `SELECT q.i, COALESCE(SUM(c.spent), 0), COALESCE(SUM(c.reserved), 0) FROM q
+	const sum = `, counted AS (SELECT q.i, SUM(c.spent) AS spent, SUM(c.reserved) AS reserved FROM q
 	JOIN gov_counters c ON c.budget_id = q.budget_id AND c.window_start >= q.lo AND c.window_start <= q.cur
-	GROUP BY q.i`
+	GROUP BY q.i),
+allotted AS (SELECT q.i, SUM(it.amount) AS amount FROM q
+	JOIN gov_reservation_items it ON it.budget_id = q.budget_id AND it.window_start >= q.lo AND it.window_start <= q.cur
+	JOIN gov_reservations r ON r.request_id = it.request_id
+	WHERE r.state = 'held' AND it.request_id LIKE 'allot:%'
+	GROUP BY q.i)
+SELECT q.i, COALESCE(counted.spent, 0), COALESCE(counted.reserved, 0), COALESCE(allotted.amount, 0) FROM q
+	LEFT JOIN counted ON counted.i = q.i LEFT JOIN allotted ON allotted.i = q.i`
 	if engine == store.Postgres {
 		ids, los, curs := make([]string, len(budgets)), make([]int64, len(budgets)), make([]int64, len(budgets))
 		for i, b := range budgets {
 			ids[i], los[i], curs[i] = b.ID, ws[i].lo, ws[i].cur
 		}
 		return `WITH q AS (SELECT t.ord - 1 AS i, t.budget_id, t.lo, t.cur
-	FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(budget_id, lo, cur, ord))
-` + sum, []any{ids, los, curs}
+	FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(budget_id, lo, cur, ord))` + sum, []any{ids, los, curs}
 	}
 	var b strings.Builder
 	b.WriteByte('[')
@@ -767,8 +787,7 @@ func headroomQuery(engine string, budgets []Budget, ws []window) (string, []any)
 	}
 	b.WriteByte(']')
 	return `WITH q AS (SELECT CAST(key AS INTEGER) AS i, json_extract(value, '$[0]') AS budget_id,
-	json_extract(value, '$[1]') AS lo, json_extract(value, '$[2]') AS cur FROM json_each($1))
-` + sum, []any{b.String()}
+	json_extract(value, '$[1]') AS lo, json_extract(value, '$[2]') AS cur FROM json_each($1))` + sum, []any{b.String()}
 }
 
 // Start runs the heartbeat and the sweeper that reclaims the held
@@ -781,10 +800,17 @@ func (l *Ledger) Start(ctx context.Context) error {
 		go func() {
 			t := time.NewTicker(l.cfg.Heartbeat)
 			defer t.Stop()
+			tidy := time.NewTicker(time.Second)
+			defer tidy.Stop()
+			if !l.cfg.Allotments {
+				tidy.Stop()
+			}
 			for {
 				select {
 				case <-ctx.Done():
 					return
+				case <-tidy.C:
+					l.tidyAllotments(ctx, false)
 				case <-t.C:
 					if err := l.tick(ctx); err != nil && ctx.Err() == nil {
 						l.cfg.Log.Warn("budget ledger heartbeat", "replica", l.cfg.ReplicaID, "err", err)
@@ -822,6 +848,12 @@ func (l *Ledger) Heartbeat(ctx context.Context) error {
 		return fmt.Errorf("budget ledger: count replicas: %w", err)
 	}
 	l.replicas.Store(max(1, n))
+	if !l.beatFresh(now) {
+		// Silent long enough that a peer may have reclaimed them: no
+		// allotment of before may take a hold again.
+		l.retireAllotments()
+	}
+	l.lastBeat.Store(ms)
 	return nil
 }
 
@@ -901,10 +933,33 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		c, t := Actuals(r)
 		ids, costs, tokens = append(ids, r.RequestID), append(costs, c), append(tokens, t)
 	}
-	if len(ids) == 0 {
-		return nil
+	allots, asts := l.allotSettleStatements(engine, recs)
+	var sts []ledger.Statement
+	if len(ids) > 0 {
+		sts = l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
 	}
-	return l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
+	if len(asts) == 0 {
+		return sts
+	}
+	if engine == store.Postgres {
+		// One lock of every counter either part touches, in key order:
+		// two locks, each ordered, could deadlock with another replica's
+		// batch.
+		if len(sts) > 0 {
+			sts = sts[1:]
+		}
+		sts = append([]ledger.Statement{lockCounters(append(slices.Clip(ids), allots...))}, sts...)
+	}
+	return append(sts, asts...)
+}
+
+// lockCounters locks, in key order, the counter rows of the reservations
+// (or allotments) ids: the first statement of every PostgreSQL transaction
+// that moves their amounts.
+func lockCounters(ids []string) ledger.Statement {
+	return ledger.Statement{SQL: `SELECT 1 FROM gov_counters WHERE (budget_id, window_start) IN
+	(SELECT budget_id, window_start FROM gov_reservation_items WHERE request_id = ANY($1::text[]))
+ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}}
 }
 
 var _ ledger.Settler = (*Ledger)(nil)
@@ -947,6 +1002,9 @@ const (
 	transSettle transKind = iota
 	transRelease
 	transReclaim
+	// transAllotRelease ends an allotment (held → released): what is left
+	// of it leaves reserved, and records still to come charge spent.
+	transAllotRelease
 )
 
 // actualExpr is what an item is charged at settlement: the record's
@@ -994,12 +1052,12 @@ func (l *Ledger) transition(engine string, ids []string, costs, tokens []*int64,
 		to = "CASE WHEN state = 'held' THEN 'released' ELSE 'settled_late' END"
 	case transReclaim:
 		from, dspent, dres, to = "'held'", "i.amount", "i.amount", "'reclaimed'"
+	case transAllotRelease:
+		from, dspent, dres, to = "'held'", "0", "CASE WHEN i.amount > 0 THEN i.amount ELSE 0 END", "'released'"
 	}
 	var sts []ledger.Statement
 	if engine == store.Postgres {
-		sts = append(sts, ledger.Statement{SQL: `SELECT 1 FROM gov_counters WHERE (budget_id, window_start) IN
-	(SELECT budget_id, window_start FROM gov_reservation_items WHERE request_id = ANY($1::text[]))
-ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}})
+		sts = append(sts, lockCounters(ids))
 	}
 	sts = append(sts, ledger.Statement{SQL: "WITH " + src + `,
 d AS (SELECT i.budget_id, i.window_start, SUM(` + dspent + `) AS dspent, SUM(` + dres + `) AS dres

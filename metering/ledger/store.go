@@ -194,6 +194,11 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	`ALTER TABLE usage_records ADD COLUMN model_sent TEXT NOT NULL DEFAULT '';
 ALTER TABLE usage_records ADD COLUMN reserved_micro_usd BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_records ADD COLUMN governance TEXT NOT NULL DEFAULT ''`,
+	// Server-side tool uses the provider bills per use (metering.Bucket.Tool):
+	// web searches. NULL in records written before the column, which did
+	// not count them; usage_daily rows rolled up before it keep 0.
+	`ALTER TABLE usage_records ADD COLUMN web_search_requests BIGINT;
+ALTER TABLE usage_daily ADD COLUMN web_search_requests BIGINT NOT NULL DEFAULT 0`,
 }
 
 // recordColumns is the insert column order of usage_records:
@@ -216,7 +221,8 @@ var recordTailColumns = slices.Concat([]string{"cost_micro_usd", "unpriced", "pr
 // governanceColumns (metering migration 8) end recordTailColumns.
 var governanceColumns = []string{"model_sent", "reserved_micro_usd", "governance"}
 
-// bucketColumns are the token columns of usage_records and usage_daily.
+// bucketColumns are the bucket columns (tokens and tool uses) of
+// usage_records and usage_daily.
 func bucketColumns() []string {
 	cols := make([]string, len(metering.Buckets))
 	for i, b := range metering.Buckets {
