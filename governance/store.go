@@ -260,13 +260,8 @@ func putPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T) (T,
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		id := pt.id(v)
 		if id != "" {
-			cols, vals, words := pt.identity(v)
-			twin, err := existing(ctx, tx, pt.sel, "", cols, vals, pt.scan)
-			if err != nil {
+			if err := noTwin(ctx, tx, pt, v); err != nil {
 				return err
-			}
-			if twin != nil && pt.id(*twin) != id {
-				return fmt.Errorf("%w: %s already has this %s; change or delete that one", ErrInvalid, pt.id(*twin), words)
 			}
 		}
 		id, created, err := putTx(ctx, tx, pt.table, pt.prefix, id, pt.cols, pt.vals(v), now)
@@ -278,6 +273,25 @@ func putPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T) (T,
 		return zero, err
 	}
 	return v, nil
+}
+
+// noTwin refuses (ErrInvalid) to give the policy v, which has an id,
+// an identity another policy already has. A policy that has its identity
+// already keeps it, even beside a duplicate written before Set existed.
+func noTwin[T any](ctx context.Context, tx *sql.Tx, pt policyTable[T], v T) error {
+	cols, vals, words := pt.identity(v)
+	twin, err := existing(ctx, tx, pt.sel, "", cols, vals, pt.scan)
+	if err != nil || twin == nil || pt.id(*twin) == pt.id(v) {
+		return err
+	}
+	cur, err := existing(ctx, tx, pt.sel, pt.id(v), nil, nil, pt.scan)
+	if err != nil {
+		return err
+	}
+	if _, curVals, _ := pt.identity(*cur); slices.Equal(curVals, vals) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s already has this %s; change or delete that one", ErrInvalid, pt.id(*twin), words)
 }
 
 // setPolicy is a Set, in one write: the policy v updates is looked up (its
@@ -296,6 +310,12 @@ func setPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T,
 		}
 		if v, err = merge(v, old); err != nil {
 			return err
+		}
+		if pt.id(v) != "" {
+			// Updated by id, it may have been given another's identity.
+			if err := noTwin(ctx, tx, pt, v); err != nil {
+				return err
+			}
 		}
 		if old != nil {
 			res = SetUpdated

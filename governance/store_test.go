@@ -457,5 +457,18 @@ func TestStoreSetIsIdempotent(t *testing.T) {
 		if _, err := st.PutLimit(ctx, Limit{ID: lim.ID, Selector: ws, RPM: 1}); err != nil {
 			t.Errorf("PUT of a limit in its own identity: %v", err)
 		}
+		// Nor can a set by id (budget set --id).
+		if _, _, err := st.SetBudget(ctx, moved); !errors.Is(err, ErrInvalid) {
+			t.Errorf("set by id onto another budget's identity: %v", err)
+		}
+		// A duplicate from before keeps its own identity when edited.
+		newer.Limit = 3_000_000
+		if _, err := st.PutBudget(ctx, newer); err != nil {
+			t.Errorf("PUT of the newer duplicate in its identity: %v", err)
+		}
+		newer.Limit = 4_000_000
+		if got, res, err := st.SetBudget(ctx, newer); err != nil || res != SetUpdated || got.ID != newer.ID {
+			t.Errorf("set by id of the newer duplicate: %v %v %s", res, err, got.ID)
+		}
 	})
 }
