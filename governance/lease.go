@@ -105,6 +105,7 @@ func (r *RedisLimiter) entry(l Limit) *leaseEntry {
 		e.rpm.kind, e.rpm.key = kindRPM, base+"rpm"
 		e.tpm.kind, e.tpm.key = kindTPM, base+"tpm"
 		r.entries[limitKey(l)] = e
+		r.startSync()
 	}
 	if l.RPM > 0 {
 		e.rpm.limit, e.rpm.burst = l.RPM, rpmBurst(l.RPM)
@@ -241,9 +242,12 @@ func (r *RedisLimiter) batchSize(b *leaseBucket) int64 {
 	return k
 }
 
-// wantRefill asks the sync loop for a top-up once b is below half.
+// wantRefill asks the sync loop for a top-up once b is below half. Not
+// while b owes debt: a batch must not be taken from a bucket the debt has
+// not reached yet (the next call or flush brings it, then a later request
+// asks).
 func (r *RedisLimiter) wantRefill(b *leaseBucket, now int64) {
-	if b.size == 0 || b.refill || b.have >= (b.size+1)/2 || now < b.quietUntil {
+	if b.size == 0 || b.refill || b.owe > 0 || b.have >= (b.size+1)/2 || now < b.quietUntil {
 		return
 	}
 	b.refill = true
@@ -318,6 +322,11 @@ func (r *RedisLimiter) takeOwes(ctx context.Context, limits []Limit) ([]int64, e
 						owes = make([]int64, len(limits))
 					}
 					owes[i], b.owe = b.owe, 0
+					if owes[i] > 0 {
+						// A refill asked for earlier would race this
+						// call's debt: the next request asks again.
+						b.refill = false
+					}
 				}
 			}
 			r.lmu.Unlock()
@@ -349,10 +358,22 @@ func (r *RedisLimiter) restoreOwes(limits []Limit, owes []int64) {
 // syncOp is one key's part of a sync call: a correction (TPM owed, or a
 // batch given back, in units: + charges, − returns) and a batch asked for.
 type syncOp struct {
-	b           *leaseBucket
-	clock       string
-	owe, ret    int64
-	want, least int64
+	b                  *leaseBucket
+	key, clock         string
+	kind, limit, burst int64 // b's, read under the lock
+	owe, ret           int64
+	want, least        int64
+}
+
+// startSync starts the sync loop with the first limit seen.
+func (r *RedisLimiter) startSync() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.syncing && !r.closed {
+		r.syncing = true
+		r.wg.Add(1)
+		go r.syncLoop()
+	}
 }
 
 // syncLoop runs the background half of leasing: refills when asked,
@@ -390,7 +411,7 @@ func (r *RedisLimiter) syncRound(final bool) {
 			if b.limit == 0 {
 				continue
 			}
-			op := syncOp{b: b, clock: e.clock, owe: b.owe}
+			op := syncOp{b: b, key: b.key, clock: e.clock, kind: int64(b.kind), limit: b.limit, burst: b.burst, owe: b.owe}
 			b.sending, b.owe = b.owe, 0
 			idle := final || now-b.lastUse >= int64(r.leaseIdle)
 			keep := b.size
@@ -464,8 +485,8 @@ func (r *RedisLimiter) runSync(ops []syncOp) ([]int64, int, error) {
 		args := make([]any, 0, 1+6*len(part))
 		args = append(args, r.period.Microseconds())
 		for _, op := range part {
-			keys = append(keys, op.b.key, op.clock)
-			args = append(args, int64(op.b.kind), op.b.limit, op.b.burst, op.owe-op.ret, op.want, op.least)
+			keys = append(keys, op.key, op.clock)
+			args = append(args, op.kind, op.limit, op.burst, op.owe-op.ret, op.want, op.least)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
 		got, err := syncScript.Run(ctx, r.rdb, keys, args...).Int64Slice()

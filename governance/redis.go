@@ -59,6 +59,7 @@ type RedisLimiter struct {
 	mu       sync.Mutex
 	held     map[*redisPermit]struct{} // permits holding concurrency slots
 	renewing bool
+	syncing  bool // the sync loop runs (lease.go)
 	closed   bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -125,8 +126,6 @@ func NewRedisLimiter(cfg RedisConfig) (*RedisLimiter, error) {
 	if err := r.rdb.Ping(ctx).Err(); err != nil {
 		r.down(err)
 	}
-	r.wg.Add(1)
-	go r.syncLoop()
 	return r, nil
 }
 

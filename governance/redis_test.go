@@ -23,10 +23,13 @@ import (
 var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newRedis returns a limiter on url; with a clock, its waits advance the
-// clock (and whatever else advance moves) instead of sleeping.
+// clock (and whatever else advance moves) instead of sleeping. Its calls
+// may take a second: on a loaded machine the 50 ms default times out, and
+// the fallback (each replica its own limit) then fails accounting tests
+// that are not about outages.
 func newRedis(t testing.TB, url, prefix string, maxWait time.Duration, now func() time.Time, advance func(time.Duration)) *RedisLimiter {
 	t.Helper()
-	r, err := NewRedisLimiter(RedisConfig{URL: url, Prefix: prefix, MaxWait: maxWait, Log: discardLog})
+	r, err := NewRedisLimiter(RedisConfig{URL: url, Prefix: prefix, MaxWait: maxWait, Timeout: time.Second, Log: discardLog})
 	if err != nil {
 		t.Fatal(err)
 	}
