@@ -8,14 +8,14 @@ import (
 
 // Quota leasing: the Redis limiter's allotments (governance.md §4.3's
 // replica allotment applied to the rate limits of §5, like Google's
-// Doorman). A per-request script costs tollgate a round trip and ~40 µs of
-// CPU; under a big limit a replica instead takes a batch from the shared
-// bucket in one call and admits from it in memory.
+// Doorman). A script call per request costs tollgate a round trip and tens
+// of µs of CPU; under a big limit a replica instead takes a batch from the
+// shared bucket in one call and admits from it in memory.
 //
-//   - A batch is taken exactly as that many requests (RPM) or tokens (TPM)
-//     would be admitted at once: the GCRA TAT moves by batch × interval,
-//     only as far as the limit allows, so the shared bucket never holds
-//     less than the replicas have taken.
+//   - A batch is taken as that many requests (RPM) or tokens (TPM) would be
+//     admitted at once: the TAT moves by batch × interval, and only as far
+//     as the limit's own rule allows (the burst for RPM, a full bucket for
+//     TPM), so whatever the replicas hold, the shared bucket admitted.
 //   - Its size adapts: min(limit / (replicas × leaseShare), twice what this
 //     replica used in the last leaseWindow), at most the RPM burst, and no
 //     batch at all below leaseMinRequests requests' worth. Small limits
@@ -23,23 +23,26 @@ import (
 //     therefore stay exact per request, and so does a cold replica.
 //   - A batch below half is topped up to its size in the background, one
 //     refill per key at a time; a request that finds too little left goes
-//     to Redis as before, with whatever else it needs.
-//   - What a batch still holds after leaseIdle without use (or when the
-//     size shrinks, or on Close) goes back to the shared bucket.
+//     to Redis as before, for that part, with the rest of the request
+//     still served locally (and given back if Redis refuses: all or
+//     nothing holds).
+//   - What a batch still holds after leaseIdle without use (or past a
+//     shrunk size, or on Close) goes back to the shared bucket.
 //
-// Bounds. A replica holds at most one batch per key, so any period admits
-// at most what GCRA alone would, plus what the replicas held at its start:
-// limit + burst − 1 + limit/leaseShare across all replicas (12.5% of the
-// limit, and only for limits past leaseMinRequests × replicas × leaseShare).
-// A replica that crashes loses what it held, at most one batch a key
-// (limit / (replicas × leaseShare)): the shared bucket refills it in
-// period / (replicas × leaseShare), 2.5 s at three replicas.
+// Bounds. A replica holds at most one batch per key, so a period admits at
+// most what GCRA alone would plus what the replicas held when it started:
+// limit + burst − 1 + limit/leaseShare with every replica counting the
+// live replicas right (12.5% of the limit, and only for limits of at least
+// leaseMinRequests × replicas × leaseShare requests). A replica that
+// crashes loses what it held, at most one batch a key: the shared bucket
+// refills it in period / (replicas × leaseShare), 2.5 s at three replicas.
+// A refusal's remaining is what Redis has left: batches held count as used.
 //
 // TPM corrections (Release's refund or debt) settle against the batch when
 // one is held; otherwise they are owed to Redis and sent with this
-// replica's next script call for the key or by the flush every
-// leaseFlush, whichever comes first: debt delays other replicas' requests
-// at most leaseFlush later than it used to.
+// replica's next script call for the key (applied before its check) or by
+// the flush every leaseFlush, whichever comes first: debt delays other
+// replicas' requests at most leaseFlush later than it used to.
 const (
 	leaseShare       = 8
 	leaseMinRequests = 4
