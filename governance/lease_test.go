@@ -478,3 +478,66 @@ func setIdle(r *RedisLimiter, d time.Duration) {
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// Accuracy where batches are allowed, on real Redis: three replicas
+// overloading RPM 2,400 (a one-second period; burst 80, batches of up to
+// 80) for four periods. From the second on (the first is cold: no batch
+// yet), each period admits the limit, give or take the burst and what the
+// batches hold (limit/8). At the limit, refills get little (the bucket has
+// no room) and refusals go to Redis for their exact wait.
+func TestRedisRealLeaseAccuracy(t *testing.T) {
+	rg := realRig(t)
+	if rg == nil {
+		t.Skip("TOLLGATE_TEST_REDIS is not set")
+	}
+	const rpm = 2400
+	lims := []Limit{{ID: "lease-accuracy", Selector: acmeProject, RPM: rpm}}
+	var replicas []*RedisLimiter
+	var cmds []*cmdCounter
+	for range 3 {
+		r := rg.limiter(t, -1).(*RedisLimiter)
+		r.cfg.Replicas = func() int { return 3 }
+		replicas = append(replicas, r)
+		cmds = append(cmds, countCommands(r))
+	}
+	var mu sync.Mutex
+	var at []time.Duration
+	tries := 0
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := range 6 {
+		l := replicas[g%3]
+		wg.Go(func() {
+			n := 0
+			for time.Since(start) < 4*time.Second {
+				n++
+				if p, _, _ := l.Acquire(context.Background(), "acc", lims, 0); p != nil {
+					mu.Lock()
+					at = append(at, time.Since(start))
+					mu.Unlock()
+				}
+			}
+			mu.Lock()
+			tries += n
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	counts := make([]int, 4)
+	for _, a := range at {
+		if p := int(a / time.Second); p < 4 {
+			counts[p]++
+		}
+	}
+	scripts := 0
+	for _, c := range cmds {
+		scripts += c.scripts()
+	}
+	t.Logf("admitted per period %v of %d tries, %d script calls", counts, tries, scripts)
+	slack := rpmBurst(rpm) + rpm/leaseShare
+	for p, c := range counts[1:] {
+		if c < rpm-int(slack) || c > rpm+int(slack) {
+			t.Errorf("period %d admitted %d, want %d ± %d", p+1, c, rpm, slack)
+		}
+	}
+}
