@@ -344,7 +344,10 @@ func (r *RedisLimiter) takeOwes(ctx context.Context, limits []Limit) ([]int64, e
 	}
 }
 
-// restoreOwes puts back what a failed call was to carry.
+// restoreOwes puts back what a failed call was to carry. A call that timed
+// out may have run after all: its correction then counts twice, as the
+// per-request Release call's was lost or not before (best effort either
+// way, bounded by one request's correction).
 func (r *RedisLimiter) restoreOwes(limits []Limit, owes []int64) {
 	if owes == nil {
 		return
@@ -375,24 +378,9 @@ func (r *RedisLimiter) startSync() {
 	if !r.syncing && !r.closed {
 		r.syncing = true
 		r.wg.Add(1)
-		go r.syncLoop()
-	}
-}
-
-// syncLoop runs the background half of leasing: refills when asked,
-// flushes and idle returns every leaseFlush.
-func (r *RedisLimiter) syncLoop() {
-	defer r.wg.Done()
-	t := time.NewTicker(r.leaseFlush)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.stop:
-			return
-		case <-t.C:
-		case <-r.kick:
-		}
-		r.syncRound(false)
+		// The background half of leasing: refills when asked, flushes and
+		// idle returns every leaseFlush.
+		go r.loop(r.leaseFlush, r.kick, func() { r.syncRound(false) })
 	}
 }
 

@@ -406,7 +406,8 @@ func (r *RedisLimiter) hold(p *redisPermit) {
 	if !r.renewing && !r.closed {
 		r.renewing = true
 		r.wg.Add(1)
-		go r.renewLoop()
+		// Every held slot's lease is extended in a few calls per interval.
+		go r.loop(r.renew, nil, r.renewHeld)
 	}
 }
 
@@ -416,19 +417,20 @@ func (r *RedisLimiter) unhold(p *redisPermit) {
 	r.mu.Unlock()
 }
 
-// renewLoop extends every held slot's lease, all of them in a few calls
-// per interval: one goroutine per limiter, not per request.
-func (r *RedisLimiter) renewLoop() {
+// loop runs f every d and whenever wake fires (nil: never) until Close:
+// one goroutine per limiter and job, not per request.
+func (r *RedisLimiter) loop(d time.Duration, wake <-chan struct{}, f func()) {
 	defer r.wg.Done()
-	t := time.NewTicker(r.renew)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
-			r.renewHeld()
+		case <-wake:
 		}
+		f()
 	}
 }
 

@@ -7,6 +7,20 @@ import "github.com/redis/go-redis/v9"
 // bucket. Numbers go back to Redis through string.format: Lua 5.1's
 // tostring keeps 14 digits, which would cut a microsecond timestamp.
 
+// redisNow starts a script that keeps limits: now is Redis's TIME, clamped
+// to the latest time any of the call's limits has seen (so a clock that
+// steps back cannot refill a bucket), and n the number of limits. The
+// script sets stride first: KEYS per limit, the clock key last.
+const redisNow = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS / stride
+for i = 1, n do
+  local seen = tonumber(redis.call('GET', KEYS[i * stride]))
+  if seen ~= nil and seen > now then now = seen end
+end
+`
+
 // acquireScript checks every limit of one request and consumes from all
 // of them, or from none. Parts this replica served from its leased
 // batches are left out (rpm 0, check 0); what it owes a TPM bucket is
@@ -21,14 +35,8 @@ import "github.com/redis/go-redis/v9"
 // longest wait (a concurrency refusal, whose wait nobody knows, only when
 // no rate refuses).
 var acquireScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS / 4
-for i = 0, n - 1 do
-  local seen = tonumber(redis.call('GET', KEYS[i * 4 + 4]))
-  if seen ~= nil and seen > now then now = seen end
-end
-local member = ARGV[1]
+local stride = 4
+` + redisNow + `local member = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local period = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
@@ -107,14 +115,8 @@ return {1}
 // correction, want, least.
 // Answer: the units granted, one per op.
 var syncScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS / 2
-for i = 0, n - 1 do
-  local seen = tonumber(redis.call('GET', KEYS[i * 2 + 2]))
-  if seen ~= nil and seen > now then now = seen end
-end
-local period = tonumber(ARGV[1])
+local stride = 2
+` + redisNow + `local period = tonumber(ARGV[1])
 local function ms(us) return string.format('%d', math.max(1, math.ceil(us / 1000))) end
 local out = {}
 for i = 0, n - 1 do
@@ -150,14 +152,8 @@ return out
 // ARGV: member, delta tokens (actual − estimate), period µs; then two per
 // limit: tpm (0 = none), 1 if a slot is held.
 var releaseScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS / 3
-for i = 0, n - 1 do
-  local seen = tonumber(redis.call('GET', KEYS[i * 3 + 3]))
-  if seen ~= nil and seen > now then now = seen end
-end
-local member, delta, period = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local stride = 3
+` + redisNow + `local member, delta, period = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 0, n - 1 do
   local k, a = i * 3, 3 + i * 2
   local tpm = tonumber(ARGV[a + 1])
