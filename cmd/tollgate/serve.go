@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
@@ -262,6 +263,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
+		Failover:          o.failover(),
+		Health:            health.New(o.healthConfig()),
 		Logger:            log,
 
 		AllowPrivateBaseURL: o.AllowPrivateBaseURL,

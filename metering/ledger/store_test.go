@@ -304,8 +304,9 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
 				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
 				recs = append(recs, r)
-				// Migration 2's columns: the governance ones came later.
-				cols := recordColumns[:len(recordColumns)-len(governanceColumns)]
+				// Migration 2's columns: the governance and failover ones
+				// came later.
+				cols := recordColumns[:len(recordColumns)-len(governanceColumns)-len(failoverColumns)]
 				q := "INSERT INTO usage_records (" + strings.Join(cols, ", ") + ") VALUES (" + placeholders(len(cols)) + ")"
 				if _, err := db.ExecContext(ctx, q, v2.appendRecordArgs(nil, r, now)[:len(cols)]...); err != nil {
 					t.Fatal(err)
