@@ -284,8 +284,10 @@ candidates:
 			}
 			a, err := cl.prepare(p, t, prov, i < len(cands)-1 && s.cfg.timeNow().Before(deadline))
 			if err != nil {
-				s.log.Warn("failover: candidate skipped", "request_id", cl.rec.RequestID, "credential_id", t.CredentialID, "err", err.Error())
-				break
+				// Only a body with two "model" keys cannot take a model
+				// map: the caller's to fix, as governance says too.
+				cl.listAttempts()
+				return cl.reject(err)
 			}
 			tried++
 			var res attemptResult
@@ -369,7 +371,7 @@ func (cl *call) prepare(p *sendPlan, t resolver.Target, prov *registry.Provider,
 			switch {
 			case errors.Is(err, governance.ErrNoModel):
 			case err != nil:
-				return nil, fmt.Errorf("model map of provider %s: %w", prov.Name, err)
+				return nil, newError(kindBadRequest, "%s (provider %s renames the model)", err.Error(), prov.Name)
 			default:
 				a.body = b
 			}

@@ -575,3 +575,43 @@ func (e *testEnv) waitRecord(id string) metering.Record {
 	resp := &http.Response{Header: http.Header{RequestIDHeader: {id}}}
 	return e.record(resp)
 }
+
+func TestUnmeteredHeaderTimeoutFailsOverByDefault(t *testing.T) {
+	const slow = 800 * time.Millisecond
+	primary := startFlakyWith(t, upstreamtest.Config{TTFB: slow}, 0, 0)
+	e := failoverEnv(t, primary.URL, FailoverConfig{HeaderTimeout: 100 * time.Millisecond}, alternate("cred-alt", "anthropic", altKey, ""))
+	tok := e.token("ws", "p", "u", "")
+	start := time.Now()
+	resp := e.do("POST", "/anthropic/v1/messages/count_tokens", tok, `{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}`)
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("input_tokens")) || e.lastFake().Key != altKey {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d >= slow {
+		t.Errorf("took %s: count_tokens waited for the slow credential", d)
+	}
+	if rec := e.record(resp); len(rec.Attempts) != 2 || rec.Attempts[0].Error != "header_timeout" || !rec.Attempts[0].MayBill {
+		t.Errorf("attempts = %+v", rec.Attempts)
+	}
+}
+
+type statesOnly []health.State
+
+func (s statesOnly) Check(string) health.Verdict { return health.Verdict{OK: true} }
+func (s statesOnly) Observe(health.Observation)  {}
+func (s statesOnly) States() []health.State      { return s }
+
+func TestResolutionViewShowsHealth(t *testing.T) {
+	open := health.State{CredentialID: "cred-b", Provider: "anthropic", Circuit: "open", Failures: 5}
+	s := &Server{cfg: Config{Health: statesOnly{open}}}
+	rows := []resolver.Resolution{{Dialect: "anthropic-messages", Candidates: []resolver.Candidate{{CredentialID: "cred-a"}, {CredentialID: "cred-b"}}}}
+	s.fillHealth(rows)
+	if rows[0].Candidates[0].Health != nil || rows[0].Candidates[1].Health != open {
+		t.Errorf("candidates = %+v", rows[0].Candidates)
+	}
+	b, _ := json.Marshal(rows[0].Candidates[1])
+	if !bytes.Contains(b, []byte(`"health":{"credential_id":"cred-b","provider":"anthropic","circuit":"open"`)) {
+		t.Errorf("rendered %s", b)
+	}
+}
