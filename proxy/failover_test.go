@@ -19,6 +19,11 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go"
 	anthropicopt "github.com/anthropics/anthropic-sdk-go/option"
+	oai "github.com/openai/openai-go/v3"
+	oaiopt "github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/metering"
@@ -613,5 +618,124 @@ func TestResolutionViewShowsHealth(t *testing.T) {
 	b, _ := json.Marshal(rows[0].Candidates[1])
 	if !bytes.Contains(b, []byte(`"health":{"credential_id":"cred-b","provider":"anthropic","circuit":"open"`)) {
 		t.Errorf("rendered %s", b)
+	}
+}
+
+// TestSDKStreamsFailOverUnseen: OpenAI's and Anthropic's SDKs, with their
+// own retries off, stream an answer whole while the first credential
+// answers 529 every time; the usage is the alternate's.
+func TestSDKStreamsFailOverUnseen(t *testing.T) {
+	bad := startFlaky(t, 529, 0).always()
+	alts := map[string]resolver.Target{
+		"anthropic-messages": alternate("cred-alt-anthropic", "anthropic", altKey, ""),
+		"openai-responses":   alternate("cred-alt-openai", "openai", altKey, ""),
+	}
+	e := newEnv(t, envOptions{
+		fake: upstreamtest.Config{Keys: append([]string{altKey}, canaries...)},
+		resolver: func(r CredentialResolver) CredentialResolver {
+			return resolverFunc(func(ctx context.Context, req resolver.Request) (resolver.Target, error) {
+				t, err := r.Resolve(ctx, req)
+				t.BaseURL, t.Alternates = bad.URL, []resolver.Target{alts[req.Dialect]}
+				return t, err
+			})
+		},
+	})
+	tok := e.token("ws", "p", "u", "")
+	ctx := context.Background()
+
+	ac := anthropic.NewClient(anthropicopt.WithBaseURL(e.URL+"/anthropic"), anthropicopt.WithAuthToken(tok), anthropicopt.WithMaxRetries(0))
+	as := ac.Messages.NewStreaming(ctx, anthropic.MessageNewParams{
+		Model: "claude-sonnet-4-5", MaxTokens: 8,
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+	})
+	msg := anthropic.Message{}
+	for as.Next() {
+		if err := msg.Accumulate(as.Current()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := upstreamtest.DefaultUsage.Normalised(upstreamtest.Anthropic)
+	if err := as.Err(); err != nil || msg.Usage.OutputTokens != want.Output {
+		t.Fatalf("anthropic stream: %v, usage %+v", err, msg.Usage)
+	}
+
+	oc := oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(tok), oaiopt.WithMaxRetries(0))
+	os := oc.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "gpt-5", Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("hi")}})
+	completed := false
+	for os.Next() {
+		completed = completed || os.Current().Type == "response.completed"
+	}
+	if err := os.Err(); err != nil || !completed {
+		t.Fatalf("responses stream: err=%v completed=%v", err, completed)
+	}
+	if bad.hits.Load() != 2 {
+		t.Errorf("the failing credential saw %d requests, want one per turn", bad.hits.Load())
+	}
+	for _, r := range e.sink.Records() {
+		if r.Status != 200 || len(r.Attempts) != 2 || r.Attempts[0].Status != 529 || r.Usage == nil {
+			t.Errorf("record %s: status %d attempts %+v usage %v", r.Dialect, r.Status, r.Attempts, r.Usage)
+		}
+	}
+}
+
+func TestFirstCandidateAnsweringMakesOneAttempt(t *testing.T) {
+	other := startFlaky(t, 0, 0)
+	e := failoverEnv(t, "", FailoverConfig{}, alternate("cred-alt", "anthropic", altKey, other.URL))
+	resp, body := e.turn(anthropicStreamBody)
+	if resp.StatusCode != 200 || e.lastFake().Key != canaryAnthropic || other.hits.Load() != 0 {
+		t.Fatalf("status %d, alternate hit %d times: %s", resp.StatusCode, other.hits.Load(), body)
+	}
+	if rec := e.record(resp); len(rec.Attempts) != 0 || rec.CredentialID == "cred-alt" {
+		t.Errorf("record credential %s, attempts %+v", rec.CredentialID, rec.Attempts)
+	}
+}
+
+func TestRetryAfterAndRejectionReading(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	gemini429 := []byte(`{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}`)
+	for _, tc := range []struct {
+		name   string
+		header []string
+		shape  string
+		body   []byte
+		want   time.Duration
+		ok     bool
+	}{
+		{"Seconds", []string{"Retry-After", "3"}, "", nil, 3 * time.Second, true},
+		{"HTTPDate", []string{"Retry-After", now.Add(90 * time.Second).Format(http.TimeFormat)}, "", nil, 90 * time.Second, true},
+		{"PastDate", []string{"Retry-After", now.Add(-time.Minute).Format(http.TimeFormat)}, "", nil, 0, true},
+		{"MillisecondsWin", []string{"Retry-After", "3", "Retry-After-Ms", "250"}, "", nil, 250 * time.Millisecond, true},
+		{"Garbage", []string{"Retry-After", "soon"}, "", nil, 0, false},
+		{"GeminiRetryInfo", nil, "gemini", gemini429, 37 * time.Second, true},
+		{"None", nil, "anthropic", []byte(`{}`), 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h fasthttp.ResponseHeader
+			for i := 0; i+1 < len(tc.header); i += 2 {
+				h.Set(tc.header[i], tc.header[i+1])
+			}
+			got, ok := retryAfterOf(&h, tc.shape, tc.body, now)
+			if got != tc.want || ok != tc.ok {
+				t.Errorf("retryAfterOf = %s, %v; want %s, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+	badKey := []byte(`{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}`)
+	badArg := []byte(`{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}`)
+	for _, tc := range []struct {
+		status int
+		shape  string
+		body   []byte
+		want   bool
+	}{
+		{401, "anthropic", nil, true},
+		{403, "anthropic", []byte(`{"type":"error","error":{"type":"permission_error"}}`), false},
+		{400, "gemini", badKey, true},
+		{400, "gemini", badArg, false},
+		{400, "openai", badKey, false},
+	} {
+		if got := credentialRejected(tc.status, tc.shape, tc.body); got != tc.want {
+			t.Errorf("credentialRejected(%d, %s) = %v", tc.status, tc.shape, got)
+		}
 	}
 }
