@@ -308,9 +308,12 @@ candidates:
 			}
 			if !again && res.hasWait && !res.noRetry && fo.RetryAfterMax > 0 && res.retryAfter <= fo.RetryAfterMax {
 				// Jitter keeps requests that waited together from
-				// arriving together.
+				// arriving together. A wait past the deadline moves on
+				// instead, as a long one does.
 				wait = res.retryAfter + rand.N(res.retryAfter/10+time.Millisecond)
-				continue
+				if !s.cfg.timeNow().Add(wait).After(deadline) {
+					continue
+				}
 			}
 			break
 		}
