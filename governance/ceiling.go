@@ -16,6 +16,9 @@ import (
 type Ceiling struct {
 	InputTokens  int64
 	OutputTokens int64
+	// WebSearches are the server-side searches the bound allows for: their
+	// fees in CostMicroUSD and their results in InputTokens.
+	WebSearches int64
 	// CostMicroUSD is the cost bound; valid only if Priced.
 	CostMicroUSD int64
 	Priced       bool
@@ -156,7 +159,7 @@ func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model strin
 		input = lim.Context
 	}
 	input = min(input, lim.Context)
-	c := Ceiling{InputTokens: input, OutputTokens: output}
+	c := Ceiling{InputTokens: input, OutputTokens: output, WebSearches: searches}
 	if !priced {
 		return c
 	}

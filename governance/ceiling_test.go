@@ -24,6 +24,7 @@ type ceilingCase struct {
 	Fallback     bool   `json:"fallback,omitempty"`
 	InputTokens  int64  `json:"input_tokens"`
 	OutputTokens int64  `json:"output_tokens"`
+	WebSearches  int64  `json:"web_searches,omitempty"`
 	CostMicroUSD int64  `json:"cost_micro_usd"`
 	Priced       bool   `json:"priced"`
 }
@@ -89,7 +90,10 @@ func loadCeilingCases(t *testing.T) map[string]struct {
 // 65,536 thinking = 131,072 × $3.75 plus 25,000 × $0.75; chat-n3 takes
 // max_completion_tokens (1,000, not max_tokens) × n 3; chat-over-context
 // caps 200,000 bytes at gpt-4o's 128,000 window; the unpriced and fast-mode
-// cases keep their token bounds with priced false.
+// cases keep their token bounds with priced false. gemini-google-search: a
+// googleSearch tool with no bound → 10 queries × $0.014 = $0.14, input
+// 4,000 bytes + 80,000 result tokens at $0.75 = $0.063, output 8,192 + a
+// 1,024 thinking budget at $3.75 = $0.03456; total 237,560 µUSD.
 func TestCeilingGoldens(t *testing.T) {
 	prices := metering.DefaultPrices()
 	for name, c := range loadCeilingCases(t) {
@@ -97,6 +101,7 @@ func TestCeilingGoldens(t *testing.T) {
 			got := EstimateCeiling(prices, c.want.Dialect, c.want.Provider, c.want.Model, c.body, c.want.Fallback)
 			gotCase := c.want
 			gotCase.InputTokens, gotCase.OutputTokens, gotCase.CostMicroUSD, gotCase.Priced = got.InputTokens, got.OutputTokens, got.CostMicroUSD, got.Priced
+			gotCase.WebSearches = got.WebSearches
 			if *updateCeilings {
 				b, _ := json.MarshalIndent(gotCase, "", "  ")
 				if err := os.WriteFile(c.path, append(b, '\n'), 0o644); err != nil {
@@ -120,6 +125,7 @@ func TestCeilingWorkedExamples(t *testing.T) {
 		"codex-gpt-6-1-sol":               1_655_000,
 		"anthropic-haiku-long-context":    95_480,
 		"anthropic-haiku-under-threshold": 13_096,
+		"gemini-google-search":            237_560,
 	} {
 		c := cases[name]
 		got := EstimateCeiling(metering.DefaultPrices(), c.want.Dialect, c.want.Provider, c.want.Model, c.body, c.want.Fallback)
@@ -130,9 +136,10 @@ func TestCeilingWorkedExamples(t *testing.T) {
 }
 
 // TestCeilingBoundsMeteredCost: for random usage within a golden's token
-// bounds, what the meter charges (PriceTable.Cost) never exceeds the
-// ceiling. Anthropic cache writes are drawn only where the body asks for
-// caching (and 1h writes only with a 1h TTL), as the provider bills them.
+// bounds and web searches within those it allows for, what the meter
+// charges (PriceTable.Cost, tool fees included) never exceeds the ceiling.
+// Anthropic cache writes are drawn only where the body asks for caching
+// (and 1h writes only with a 1h TTL), as the provider bills them.
 func TestCeilingBoundsMeteredCost(t *testing.T) {
 	prices := metering.DefaultPrices()
 	rng := rand.New(rand.NewPCG(16, 3))
@@ -172,6 +179,10 @@ func TestCeilingBoundsMeteredCost(t *testing.T) {
 				u.Output = ceil.OutputTokens
 			}
 			u.Reasoning = rng.Int64N(u.Output + 1)
+			u.WebSearchRequests = rng.Int64N(ceil.WebSearches + 1)
+			if i == 0 {
+				u.WebSearchRequests = ceil.WebSearches
+			}
 			cost, _ := prices.Cost(c.want.Provider, c.want.Model, "", u)
 			if cost == nil || *cost > ceil.CostMicroUSD {
 				t.Fatalf("%s: usage %+v metered %v µUSD above the ceiling %d", name, u, cost, ceil.CostMicroUSD)

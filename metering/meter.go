@@ -2,6 +2,7 @@ package metering
 
 import (
 	"bytes"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -111,12 +112,21 @@ const (
 type Meter struct {
 	d    *registry.Dialect
 	plan *meterPlan
+	// inCache and outReasoning are the usage semantics of the provider
+	// that answered: the dialect's, unless the provider overrides them
+	// (registry.Provider.UsageRules). They are not part of the shared plan,
+	// which only locates fields.
+	inCache, outReasoning bool
 	// Scan results for the current event, one per plan path set.
 	typ, top, fields meterDoc
 
 	fr Framer
 
 	raw [ufCount]int64
+	// webSearch is the most web searches any event reported: the count is
+	// cumulative where a provider repeats it (Anthropic, Gemini), so the
+	// largest is the response's.
+	webSearch int64
 	// lastReplace is the usage object of the last merge when it was a
 	// replace, so an identical one can be skipped; nil otherwise.
 	lastReplace []byte
@@ -151,6 +161,12 @@ type meterPlan struct {
 	typ, top, fields meterPaths
 	typRef           int
 	fieldRefs        [ufCount]int
+	// webSearch is registry.UsageFields.WebSearch below the object holding
+	// the body's usage, "" when the dialect reports none. webSearchNeedle
+	// is a member name the count needs: an event without it skips the
+	// lookup, which for a gjson query walks the whole event and Gemini
+	// makes on every chunk.
+	webSearch, webSearchNeedle string
 	// Filter's usage-only test, resolved through top; -1 when the dialect
 	// has no include_usage path.
 	filterUsage, filterChoices int
@@ -162,6 +178,8 @@ type meterRule struct {
 	has, usage, model, id, tier int
 	assign, final               bool
 	end                         int
+	// webSearch counts web searches beside the rule's usage object.
+	webSearch int
 }
 
 // meterPlans caches compiled plans by dialect. Dialects are immutable and a
@@ -173,16 +191,26 @@ var meterPlans sync.Map // *registry.Dialect → *meterPlan
 // maxEventBytes of one SSE event (registry Limits.MaxEventBytes; <= 0 means
 // the default). A nil d meters nothing and settles with SourceMissing.
 func NewMeter(d *registry.Dialect, maxEventBytes int) *Meter {
+	return NewMeterFor(d, nil, maxEventBytes)
+}
+
+// NewMeterFor is NewMeter for a response from provider p, whose usage
+// semantics may differ from its dialect's: an Anthropic-compatible backend
+// that counts cache reads inside input_tokens is metered as it counts, so
+// they are not billed twice. A nil p takes the dialect's.
+func NewMeterFor(d *registry.Dialect, p *registry.Provider, maxEventBytes int) *Meter {
 	m := &Meter{d: d}
 	m.fr.init(maxEventBytes)
 	if d == nil {
 		return m
 	}
-	p, ok := meterPlans.Load(d)
+	u := p.UsageRules(d)
+	m.inCache, m.outReasoning = u.InputIncludesCache, u.OutputIncludesReasoning
+	plan, ok := meterPlans.Load(d)
 	if !ok {
-		p, _ = meterPlans.LoadOrStore(d, compilePlan(d))
+		plan, _ = meterPlans.LoadOrStore(d, compilePlan(d))
 	}
-	m.plan = p.(*meterPlan)
+	m.plan = plan.(*meterPlan)
 	n1, n2 := len(m.plan.typ.heads), len(m.plan.top.heads)
 	vals := make([]string, n1+n2+len(m.plan.fields.heads))
 	m.typ.vals, m.top.vals, m.fields.vals = vals[:n1:n1], vals[n1:n1+n2:n1+n2], vals[n1+n2:]
@@ -207,6 +235,9 @@ func compilePlan(d *registry.Dialect) *meterPlan {
 			assign: r.Merge == registry.MergeAssign,
 			final:  r.Final,
 		}
+		// The searches are read beside usage, so only a rule that reads
+		// usage reads them.
+		mr.webSearch = p.top.add(besideUsage(r.Usage, f.WebSearch))
 		switch r.End {
 		case registry.EndCompleted:
 			mr.end = seenCompleted
@@ -217,6 +248,8 @@ func compilePlan(d *registry.Dialect) *meterPlan {
 		}
 		p.rules = append(p.rules, mr)
 	}
+	p.webSearch = besideUsage(d.Usage.Body.Usage, f.WebSearch)
+	p.webSearchNeedle = countNeedle(f.WebSearch)
 	if d.Usage.Stream.Done != "" {
 		p.done = []byte(d.Usage.Stream.Done)
 	}
@@ -281,6 +314,9 @@ func (m *Meter) Body(body []byte) {
 func (m *Meter) bodyDoc(doc gjson.Result, loc registry.Locator) {
 	if loc.Usage != "" {
 		m.merge(doc.Get(loc.Usage).Raw, false)
+	}
+	if m.plan.webSearch != "" && strings.Contains(doc.Raw, m.plan.webSearchNeedle) {
+		m.countWebSearch(doc.Get(m.plan.webSearch).Raw)
 	}
 	if loc.Model != "" {
 		meterSetIdent(&m.model, doc.Get(loc.Model).Raw)
@@ -427,6 +463,9 @@ func (m *Meter) event(fr Frame) {
 				continue
 			}
 		}
+		if r.webSearch >= 0 && strings.Contains(s, p.webSearchNeedle) {
+			m.countWebSearch(p.top.get(&m.top, r.webSearch))
+		}
 		if r.usage >= 0 && m.merge(p.top.get(&m.top, r.usage), r.assign) {
 			carried = true
 			if r.final {
@@ -517,6 +556,51 @@ func (m *Meter) merge(u string, assign bool) bool {
 	return true
 }
 
+// countWebSearch keeps a web search count read from raw JSON if it is the
+// largest yet. Searches are part of the usage: they change UsageVersion
+// once there is usage to show.
+func (m *Meter) countWebSearch(raw string) {
+	if n, ok := meterTokenCount(raw); ok && n > m.webSearch {
+		m.webSearch = n
+		if m.haveUsage {
+			m.usageVer++
+		}
+	}
+}
+
+// besideUsage is the path of field (registry.UsageFields.WebSearch) from
+// the document a usage path is in: field lives in the object that holds
+// the usage object ("response.usage" → "response." + field). "" when
+// either is empty. Usage paths are plain dotted names in every dialect.
+func besideUsage(usage, field string) string {
+	if usage == "" || field == "" {
+		return ""
+	}
+	if i := strings.LastIndexByte(usage, '.'); i >= 0 {
+		return usage[:i+1] + field
+	}
+	return field
+}
+
+// countNeedle is the longest member name, quoted, that a count path names
+// outside gjson syntax (queries, modifiers, wildcards) in its first pipe
+// component: a document without it holds nothing to count. Like the
+// nested-path needles of meterPaths it assumes member names are not
+// written with escapes, which no provider does.
+func countNeedle(path string) string {
+	first, _, _ := strings.Cut(path, "|")
+	best := ""
+	for _, part := range strings.Split(first, ".") {
+		if len(part) > len(best) && !strings.ContainsAny(part, `\*?#@|!()=<>[]{}"`) && !priceAllDigits(part) {
+			best = part
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return `"` + best + `"`
+}
+
 // meterTokenCount reads one count from its raw JSON, clamped to [0,
 // maxTokenCount]; ok is false when the field is absent, null or not a
 // number. Plain integers, nearly every count, skip gjson's float parse.
@@ -572,17 +656,18 @@ func (m *Meter) usage() Usage {
 		Output:        r[ufOutput],
 		Reasoning:     r[ufReasoning],
 	}
-	if m.d.Usage.InputIncludesCache {
+	if m.inCache {
 		// Cached tokens billed again as input is a known overcharge
 		// (maximhq/bifrost#904, BerriAI/litellm#11364).
 		u.InputUncached = max(u.InputUncached-u.CacheRead-c5-c1, 0)
 	}
-	if !m.d.Usage.OutputIncludesReasoning {
+	if !m.outReasoning {
 		// Gemini's candidatesTokenCount excludes thinking; reading it alone
 		// under-counts 30-60x (langchain-ai/langchainjs#11423).
 		u.Output += u.Reasoning
 	}
 	u.Reasoning = min(u.Reasoning, u.Output)
+	u.WebSearchRequests = m.webSearch
 	return u
 }
 

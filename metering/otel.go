@@ -44,6 +44,11 @@ const (
 	// record's Governance), by AttrGovernanceKind (Prometheus:
 	// tollgate_governance_refusals_total{kind}).
 	MetricGovernanceRefusals = "tollgate.governance.refusals" // counter, {request}
+	// MetricServerToolUses counts provider-side tool uses billed per use
+	// (the Usage buckets with a Tool), by AttrTool (Prometheus:
+	// tollgate_server_tool_uses_total{tool}). They are not tokens, so they
+	// stay out of MetricTokenUsage.
+	MetricServerToolUses = "tollgate.server_tool.uses" // counter, {use}
 	// Writer health (RegisterWriter).
 	MetricMeteringRecords = "tollgate.metering.records"       // observable counter, {record}, by tollgate.disposition
 	MetricStoreRetries    = "tollgate.metering.store.retries" // observable counter, {error}
@@ -194,6 +199,10 @@ type Instruments struct {
 	folded   metric.Int64Counter
 	refused  metric.Int64Counter
 	governed metric.Int64Counter
+	toolUses metric.Int64Counter
+	// toolOpts are the attribute options of toolUses, by bucket; nil for
+	// the token buckets.
+	toolOpts [NumBuckets][]metric.AddOption
 	// governedOpts are the attribute options of governed, by kind.
 	governedOpts map[string][]metric.AddOption
 	// refusedOpts are the attribute options of refused, by reason.
@@ -239,7 +248,7 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	for _, l := range labels {
 		in.labels[l] = true
 	}
-	var errs [9]error
+	var errs [10]error
 	in.tokens, errs[0] = meter.Int64Histogram(MetricTokenUsage,
 		metric.WithUnit("{token}"),
 		metric.WithDescription("Number of input and output tokens used, per request and token type."),
@@ -271,8 +280,17 @@ func NewInstruments(meter metric.Meter, cfg LabelConfig) (*Instruments, error) {
 	in.governed, errs[8] = meter.Int64Counter(MetricGovernanceRefusals,
 		metric.WithUnit("{request}"),
 		metric.WithDescription("Requests refused by governance before any upstream call, by kind: rate_limit, concurrency, budget, model_policy, governance_unavailable."))
+	in.toolUses, errs[9] = meter.Int64Counter(MetricServerToolUses,
+		metric.WithUnit("{use}"),
+		metric.WithDescription("Server-side tool uses the provider bills per use (web_search: Anthropic web searches, OpenAI web_search calls, Gemini grounding queries), by tool."))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("metering instruments: %w", err)
+	}
+	for i, b := range &Buckets {
+		if b.Tool != "" {
+			in.toolOpts[i] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrTool, b.Tool)))}
+			in.toolUses.Add(context.Background(), 0, in.toolOpts[i]...)
+		}
 	}
 	in.refusedOpts = map[string][]metric.AddOption{}
 	for _, r := range append(slices.Clip(AuthRefusalReasons), refusalOther) {
@@ -302,6 +320,9 @@ const AttrRefusalReason = "tollgate.refusal.reason"
 var AuthRefusalReasons = []string{"missing", "invalid", "expired", "revoked", "wrong_harness", "throttled"}
 
 const refusalOther = "other"
+
+// AttrTool is the attribute of MetricServerToolUses: a Bucket's Tool.
+const AttrTool = "tool"
 
 // AttrGovernanceKind is the attribute of MetricGovernanceRefusals.
 const AttrGovernanceKind = "kind"
@@ -404,6 +425,9 @@ func (in *Instruments) Observe(r *Record, overhead time.Duration) {
 			}
 			if j := otelBucketType[i]; j >= 0 {
 				n[j] += v
+			}
+			if in.toolOpts[i] != nil && v > 0 {
+				in.toolUses.Add(ctx, v, in.toolOpts[i]...)
 			}
 		}
 		for j, t := range otelTokenTypes {

@@ -64,6 +64,7 @@ func TestPrometheusNames(t *testing.T) {
 		"tollgate_metering_records_total COUNTER":                       {"tollgate_disposition"},
 		"tollgate_metrics_labels_folded_total COUNTER":                  {"tollgate_dimension"},
 		"tollgate_governance_refusals_total COUNTER":                    {"kind"},
+		"tollgate_server_tool_uses_total COUNTER":                       {"tool"},
 		"tollgate_metering_store_retries_total COUNTER":                 nil,
 		"tollgate_metering_spool_usage_bytes GAUGE":                     nil,
 		"tollgate_metering_queue_size GAUGE":                            nil,

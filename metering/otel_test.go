@@ -181,7 +181,8 @@ func TestInstrumentsRecordGenAIMetrics(t *testing.T) {
 
 // TestInstrumentsCountEveryBucket: a bucket alone reaches the token
 // histogram (input for an input bucket, its own type otherwise), so a new
-// bucket cannot vanish from the metrics, and none is counted in input twice.
+// bucket cannot vanish from the metrics, and none is counted in input twice;
+// a tool bucket reaches the tool-use counter instead, never the tokens.
 func TestInstrumentsCountEveryBucket(t *testing.T) {
 	for i, b := range Buckets {
 		t.Run(b.Name, func(t *testing.T) {
@@ -203,7 +204,22 @@ func TestInstrumentsCountEveryBucket(t *testing.T) {
 			if b.TokenType != "" && byType[b.TokenType] != 7 {
 				t.Errorf("%s %v, want 7", b.TokenType, byType[b.TokenType])
 			}
-			if !b.Input && b.TokenType == "" {
+			uses, total := map[string]float64{}, 0.0
+			for _, p := range findPoints(collectPoints(t, reader), MetricServerToolUses, nil) {
+				uses[p.attrs[AttrTool]] += p.value
+				total += p.value
+			}
+			switch {
+			case b.Tool != "":
+				if byType[TokenInput] != 0 || byType[TokenOutput] != 0 || len(byType) != 2 {
+					t.Errorf("tool uses counted as tokens: %v", byType)
+				}
+				if uses[b.Tool] != 7 || total != 7 {
+					t.Errorf("tool uses %v, want %s 7", uses, b.Tool)
+				}
+			case total != 0:
+				t.Errorf("tokens counted as tool uses: %v", uses)
+			case !b.Input && b.TokenType == "":
 				t.Errorf("counted under no token type: %v", byType)
 			}
 		})
@@ -249,8 +265,8 @@ func TestInstrumentsNeverLabelIDsByDefault(t *testing.T) {
 				t.Fatal("no points")
 			}
 			for _, p := range ps {
-				if p.name == MetricLabelsFolded || p.name == MetricGovernanceRefusals {
-					continue // about the labels, or only by kind
+				if p.name == MetricLabelsFolded || p.name == MetricGovernanceRefusals || p.name == MetricServerToolUses {
+					continue // about the labels, or only by kind or tool
 				}
 				_, hasUser := p.attrs[AttrUser]
 				_, hasWS := p.attrs[AttrWorkspace]

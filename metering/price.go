@@ -282,11 +282,13 @@ func priceAllDigits(s string) bool {
 }
 
 // Cost prices u for a model served by provider (the registry provider name)
-// in a service tier. micro is the cost in micro-USD, rounded half up, or nil
-// when the table has no price for the model, or for a non-standard tier of
-// it: the record is then flagged unpriced, never costed at 0 nor at the
-// standard rate of a tier that bills differently. version is the table's
-// version, for the record's price_version.
+// in a service tier: its tokens, rounded half up, plus the fee of each
+// server-side tool use (ToolFeeMicroUSD, which EstimateCeiling adds too).
+// micro is in micro-USD, or nil when the table has no price for the model,
+// for a non-standard tier of it, or for a tool the response used: the
+// record is then flagged unpriced, never costed at 0 nor at the standard
+// rate of a tier that bills differently. version is the table's version,
+// for the record's price_version.
 func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, version string) {
 	if t == nil {
 		return nil, ""
@@ -301,6 +303,15 @@ func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, 
 		}
 	}
 	c := p.CostMicroUSD(u)
+	for _, b := range &Buckets {
+		if n := *b.Of(&u); b.Tool != "" && n > 0 {
+			fee, ok := t.ToolFeeMicroUSD(provider, b.Tool, n)
+			if !ok {
+				return nil, t.Version
+			}
+			c += fee
+		}
+	}
 	return &c, t.Version
 }
 
@@ -433,7 +444,10 @@ func (p *priceField) UnmarshalYAML(n *yaml.Node) error {
 
 var (
 	priceDecimalRE = regexp.MustCompile(`^[0-9]+(\.[0-9]{1,9})?$`)
-	priceModelRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+	// A "/" joins segments: compatible backends serve vendor-prefixed names
+	// ("anthropic/claude-sonnet-4.5" at OpenRouter), priced under their own
+	// provider.
+	priceModelRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$`)
 )
 
 // ParsePrices validates a price file and builds a PriceTable. On failure the
@@ -477,7 +491,7 @@ func ParsePrices(src []byte) (*PriceTable, error) {
 			e := models[name]
 			mat := at + "." + name
 			if !priceModelRE.MatchString(name) {
-				add("%s: model name must be lowercase letters, digits, '.', '_' and '-'", mat)
+				add("%s: model name must be lowercase letters, digits, '.', '_' and '-', in segments joined by '/'", mat)
 			}
 			if e == nil {
 				add("%s: prices are required", mat)

@@ -33,9 +33,10 @@ const (
 	OutcomeInterrupted = "interrupted"
 )
 
-// Usage is the normalised token count of one response. The buckets are
-// disjoint except that Reasoning is a subset of Output, so every bucket is
-// priced exactly once (wire-formats.md §0).
+// Usage is the normalised token count of one response, and the server-side
+// tool uses billed with it. The token buckets are disjoint except that
+// Reasoning is a subset of Output, so every bucket is priced exactly once
+// (wire-formats.md §0); a tool bucket is a count of uses, priced per use.
 type Usage struct {
 	InputUncached int64 `json:"input_uncached"`
 	CacheRead     int64 `json:"cache_read"`
@@ -44,17 +45,23 @@ type Usage struct {
 	InputOther    int64 `json:"input_other"`
 	Output        int64 `json:"output"`
 	Reasoning     int64 `json:"reasoning"`
+	// WebSearchRequests are the web searches a provider ran for the
+	// response (Anthropic web_search, OpenAI web_search calls, Gemini
+	// grounding queries). Omitted from JSON when zero, as most responses
+	// use none.
+	WebSearchRequests int64 `json:"web_search_requests,omitempty"`
 }
 
-// NumBuckets is the number of token buckets in Usage.
-const NumBuckets = 7
+// NumBuckets is the number of buckets in Usage.
+const NumBuckets = 8
 
-// Bucket describes one token bucket of Usage once, for every layer that
-// stores, sums or shows buckets (spool line, usage_records and usage_daily
+// Bucket describes one bucket of Usage once, for every layer that stores,
+// sums or shows buckets (spool line, usage_records and usage_daily
 // columns, usage reports). Buckets lists them in Usage's field order,
 // which is also their JSON order. Adding a bucket is a field in Usage, an
 // entry here, and a migration adding its columns (ledger/store.go); what
-// it costs is a decision in price.go.
+// a token bucket costs is a decision in price.go, a tool bucket costs its
+// tool's fee per use.
 type Bucket struct {
 	// Name is the JSON key, in Usage, the spool and the reports.
 	Name string
@@ -69,20 +76,31 @@ type Bucket struct {
 	// OTel's token histogram, beside input for the Input buckets; buckets
 	// sharing one are summed there, and none leaves it in input only.
 	TokenType string
+	// Tool is set on a bucket that counts uses of a provider's server-side
+	// tool rather than tokens: it names the tool in the price table's
+	// tool_fees (PriceTable.ToolFeeMicroUSD) and in the tool-use metric.
+	// Such a bucket is neither Input nor a TokenType, and its JSON key is
+	// omitted when zero.
+	Tool string
 	// Of returns the bucket's field in u.
 	Of func(u *Usage) *int64
 }
 
 // Buckets are Usage's buckets in field order.
 var Buckets = [NumBuckets]Bucket{
-	{"input_uncached", "input_uncached", true, "input", "", func(u *Usage) *int64 { return &u.InputUncached }},
-	{"cache_read", "cache_read", true, "cache_read", TokenCachedInput, func(u *Usage) *int64 { return &u.CacheRead }},
-	{"cache_write_5m", "cache_write_5m", true, "cache_write", TokenCacheCreationInput, func(u *Usage) *int64 { return &u.CacheWrite5m }},
-	{"cache_write_1h", "cache_write_1h", true, "cache_write", TokenCacheCreationInput, func(u *Usage) *int64 { return &u.CacheWrite1h }},
-	{"input_other", "input_other", true, "input", "", func(u *Usage) *int64 { return &u.InputOther }},
-	{"output", "output_tokens", false, "output", TokenOutput, func(u *Usage) *int64 { return &u.Output }},
-	{"reasoning", "reasoning_tokens", false, "reasoning", TokenReasoning, func(u *Usage) *int64 { return &u.Reasoning }},
+	{"input_uncached", "input_uncached", true, "input", "", "", func(u *Usage) *int64 { return &u.InputUncached }},
+	{"cache_read", "cache_read", true, "cache_read", TokenCachedInput, "", func(u *Usage) *int64 { return &u.CacheRead }},
+	{"cache_write_5m", "cache_write_5m", true, "cache_write", TokenCacheCreationInput, "", func(u *Usage) *int64 { return &u.CacheWrite5m }},
+	{"cache_write_1h", "cache_write_1h", true, "cache_write", TokenCacheCreationInput, "", func(u *Usage) *int64 { return &u.CacheWrite1h }},
+	{"input_other", "input_other", true, "input", "", "", func(u *Usage) *int64 { return &u.InputOther }},
+	{"output", "output_tokens", false, "output", TokenOutput, "", func(u *Usage) *int64 { return &u.Output }},
+	{"reasoning", "reasoning_tokens", false, "reasoning", TokenReasoning, "", func(u *Usage) *int64 { return &u.Reasoning }},
+	{"web_search_requests", "web_search_requests", false, "web_search", "", ToolWebSearch, func(u *Usage) *int64 { return &u.WebSearchRequests }},
 }
+
+// ToolWebSearch is the provider-side web search tool (Anthropic
+// web_search, OpenAI web_search, Gemini grounding with Google Search).
+const ToolWebSearch = "web_search"
 
 // InputTotal is OTel's input: uncached, cache reads and writes, and other input.
 func (u Usage) InputTotal() int64 {

@@ -164,17 +164,17 @@ func (s *Server) adminRoutes(r fiber.Router) {
 	})
 
 	g.Post("/bindings", func(c *fiber.Ctx) error {
-		var in struct {
-			resolver.BindingKey
-			CredentialID string `json:"credential_id"`
-			Active       *bool  `json:"active"`
-		}
+		var in bindingIn
 		if err := decodeJSON(c, &in); err != nil {
+			return err
+		}
+		cands, err := in.candidates()
+		if err != nil {
 			return err
 		}
 		// One transaction: bound and then deactivated would be live, and
 		// cacheable by another replica, in between.
-		b, err := a.Bind(c.UserContext(), in.BindingKey, in.CredentialID, resolver.BindOptions{Inactive: in.Active != nil && !*in.Active})
+		b, err := a.BindCandidates(c.UserContext(), in.BindingKey, cands, resolver.BindOptions{Inactive: in.Active != nil && !*in.Active})
 		if err != nil {
 			return err
 		}
@@ -232,6 +232,53 @@ func (s *Server) adminRoutes(r fiber.Router) {
 	if s.cfg.Usage != nil {
 		g.Get("/usage", s.usage)
 	}
+}
+
+// bindingIn is the body of POST /bindings: one credential_id, as before
+// bindings had several, or credentials in the order to try them.
+type bindingIn struct {
+	resolver.BindingKey
+	CredentialID string `json:"credential_id"`
+	Credentials  []struct {
+		ID string `json:"id"`
+		// Priority defaults to the entry's index, so a plain list is a
+		// failover chain; equal priorities share traffic by weight.
+		Priority *int `json:"priority"`
+		// Weight defaults to 1; an explicit 0 is refused, not defaulted.
+		Weight *int `json:"weight"`
+	} `json:"credentials"`
+	Active *bool `json:"active"`
+}
+
+// candidates turns the body into the resolver's candidates; the resolver
+// checks the rest (ids, ranges, duplicates, dialects), as for the CLI.
+func (in *bindingIn) candidates() ([]resolver.BindCandidate, error) {
+	switch {
+	case in.CredentialID != "" && in.Credentials != nil:
+		return nil, newError(kindBadRequest, "give credential_id or credentials, not both")
+	case in.Credentials == nil:
+		return []resolver.BindCandidate{{CredentialID: in.CredentialID}}, nil
+	case len(in.Credentials) == 0:
+		return nil, newError(kindBadRequest, "credentials must name at least one credential")
+	}
+	var probs []string
+	out := make([]resolver.BindCandidate, len(in.Credentials))
+	for i, c := range in.Credentials {
+		out[i] = resolver.BindCandidate{CredentialID: c.ID, Priority: i, Weight: 1}
+		if c.Priority != nil {
+			out[i].Priority = *c.Priority
+		}
+		if c.Weight != nil {
+			if *c.Weight == 0 {
+				probs = append(probs, fmt.Sprintf("credentials[%d]: weight must be at least 1 (give a standby a later priority instead)", i))
+			}
+			out[i].Weight = *c.Weight
+		}
+	}
+	if len(probs) > 0 {
+		return nil, newError(kindBadRequest, "%s", strings.Join(probs, "; "))
+	}
+	return out, nil
 }
 
 // usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv,

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -198,7 +199,7 @@ func TestAdminUsageByServiceTier(t *testing.T) {
 		t.Fatalf("csv: %d %v %q", code, err, body)
 	}
 	if !strings.HasPrefix(strings.Join(recs[0], ","), "model,service_tier,requests,") ||
-		strings.Join(recs[2][:3], ",") != "gpt-5,flex,2" || recs[2][12] != "0.001750" {
+		strings.Join(recs[2][:3], ",") != "gpt-5,flex,2" || recs[2][slices.Index(recs[0], "cost_usd")] != "0.001750" {
 		t.Errorf("csv:\n%s", body)
 	}
 

@@ -128,8 +128,11 @@ type sendPlan struct {
 
 // attempt is one try of one candidate.
 type attempt struct {
-	t       resolver.Target
-	p       *registry.Provider
+	t resolver.Target
+	p *registry.Provider
+	// probe is the health verdict's: this attempt decides a half-open
+	// circuit.
+	probe   bool
 	method  string
 	url     string
 	body    []byte
@@ -262,7 +265,8 @@ candidates:
 		if !ok {
 			continue
 		}
-		if v := cl.check(t.CredentialID); !v.OK {
+		v := cl.check(t.CredentialID)
+		if !v.OK {
 			if refusedUntil.IsZero() || v.Until.Before(refusedUntil) {
 				refusedUntil = v.Until
 			}
@@ -283,6 +287,11 @@ candidates:
 				}
 			}
 			a, err := cl.prepare(p, t, prov, i < len(cands)-1 && s.cfg.timeNow().Before(deadline))
+			if a != nil {
+				// Only the first attempt is the probe a half-open
+				// circuit handed out.
+				a.probe = v.Probe && !again
+			}
 			if err != nil {
 				// Only a body with two "model" keys cannot take a model
 				// map: the caller's to fix, as governance says too.
@@ -424,7 +433,7 @@ func (cl *call) observe(a *attempt, status int, failed bool, h *fasthttp.Respons
 	if ht == nil {
 		return
 	}
-	o := health.Observation{CredentialID: a.t.CredentialID, Provider: a.p.Name, Status: status, Failed: failed}
+	o := health.Observation{CredentialID: a.t.CredentialID, Provider: a.p.Name, Status: status, Failed: failed, Probe: a.probe}
 	if h != nil {
 		o.Header = func(name string) string { return string(h.Peek(name)) }
 	}
@@ -442,6 +451,8 @@ func (cl *call) note(a *attempt, status int, why string, mayBill bool) {
 // commit makes a the attempt that answers the client: its identity is the
 // record's, and the attempts are listed when there was more than one.
 func (cl *call) commit(a *attempt) {
+	// The answering provider's usage rules meter the answer.
+	cl.provider = a.p
 	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = a.p.Name, a.t.Tier, a.t.CredentialID
 	cl.rec.Injected, cl.rec.ModelSent = a.injected, a.modelSent
 	cl.secret = a.t.Secret

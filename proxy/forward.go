@@ -40,6 +40,8 @@ type call struct {
 	rec     metering.Record
 	dialect *registry.Dialect
 	path    *registry.Path
+	// provider is the provider answering: its usage rules meter the answer.
+	provider *registry.Provider
 	// overhead accumulates time spent inside tollgate, upstream waits excluded.
 	overhead time.Duration
 	// secret is the provider key, for redacting what the provider echoes.
@@ -247,6 +249,7 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		return cl.reject(&apiError{kind: kindUnavailable, msg: "the credential for this request names a provider this gateway does not know; ask an administrator", cause: err})
 	}
 	cl.rec.Provider, cl.rec.CredTier, cl.rec.CredentialID = provider.Name, target.Tier, target.CredentialID
+	cl.provider = provider
 	cl.secret = target.Secret
 	if err := s.checkOwner(ctx, cl, m.Rest, body); err != nil {
 		return cl.reject(err)
@@ -472,7 +475,7 @@ func (cl *call) buffered(c *fiber.Ctx, body []byte, sse bool, lim registry.Limit
 	cl.rec.TTFB = t1.Sub(cl.start)
 	cl.rec.BytesOut = int64(len(body))
 	if cl.path.Metered {
-		mt := metering.NewMeter(cl.dialect, lim.MaxEventBytes)
+		mt := metering.NewMeterFor(cl.dialect, cl.provider, lim.MaxEventBytes)
 		if sse {
 			mt.Observe(body)
 		} else {

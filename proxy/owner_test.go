@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	oai "github.com/openai/openai-go/v3"
+	oaiopt "github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
+
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -18,16 +22,8 @@ import (
 	"github.com/tollgate/tollgate/resolver"
 )
 
-// withStoredResponsePaths adds the Responses paths that address a stored
-// response besides GET and DELETE, so every kind is checked.
-func withStoredResponsePaths(y string) string {
-	const get = `      - {path: "/v1/responses/{id}", methods: [GET, DELETE], stream: never}` + "\n"
-	return strings.Replace(y, get, get+
-		`      - {path: "/v1/responses/{id}/cancel", methods: [POST], stream: never}`+"\n"+
-		`      - {path: "/v1/responses/{id}/input_items", methods: [GET], stream: never}`+"\n", 1)
-}
-
-// storedCall is one request addressing a stored response.
+// storedCall is one request addressing a stored response, by path or by
+// previous_response_id; every kind the shipped registry serves.
 type storedCall struct {
 	method, path, body string
 }
@@ -39,6 +35,7 @@ func storedCalls(id string) []storedCall {
 		{"POST", "/openai/v1/responses/" + id + "/cancel", ""},
 		{"POST", "/openai/v1/responses", `{"model":"gpt-5","input":"more","previous_response_id":"` + id + `"}`},
 		{"POST", "/openai/v1/responses/input_tokens", `{"model":"gpt-5","input":"more","previous_response_id":"` + id + `"}`},
+		{"POST", "/openai/v1/responses/compact", `{"model":"gpt-5","previous_response_id":"` + id + `"}`},
 		{"DELETE", "/openai/v1/responses/" + id, ""},
 	}
 }
@@ -104,7 +101,7 @@ func forwarded(t *testing.T, e *testEnv, tok string, c storedCall) upstreamtest.
 // created, from the moment the POST answers; another project's id is 404,
 // worded as for an id that never existed, and never reaches the provider.
 func TestStoredResponsesBelongToTheirProject(t *testing.T) {
-	e := newEnv(t, envOptions{registryEdit: withStoredResponsePaths})
+	e := newEnv(t, envOptions{})
 	tokA := e.token("ws-a", "proj-a", "alice", "")
 	tokB := e.token("ws-b", "proj-b", "bob", "")
 	id := createResponse(t, e, tokA)
@@ -226,7 +223,7 @@ func TestStoredResponseOwnerUnknownFailsClosed(t *testing.T) {
 // its project's from its first event, so the project can cancel it while
 // it runs, and another project cannot.
 func TestStreamedResponseCancellableMidStream(t *testing.T) {
-	e := newEnv(t, envOptions{registryEdit: withStoredResponsePaths})
+	e := newEnv(t, envOptions{})
 	tokA := e.token("ws-a", "proj-a", "alice", "")
 	resp := e.do("POST", "/openai/v1/responses", tokA, `{"model":"gpt-5","input":"hi","stream":true,"background":true}`,
 		upstreamtest.HeaderGap, "300ms", upstreamtest.HeaderEvents, "10")
@@ -244,4 +241,59 @@ func TestStreamedResponseCancellableMidStream(t *testing.T) {
 	cancel := storedCall{"POST", "/openai/v1/responses/" + upstreamtest.ResponseID + "/cancel", ""}
 	refusedAsMissing(t, e, e.token("ws-b", "proj-b", "bob", ""), cancel)
 	forwarded(t, e, tokA, cancel)
+}
+
+// TestOpenAIGoSeesForeignResponsesAsMissing: through the official SDK,
+// every stored-response method on another project's id fails as the
+// provider's own 404 would, and the owner's own calls succeed.
+func TestOpenAIGoSeesForeignResponsesAsMissing(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	id := createResponse(t, e, e.token("ws-a", "proj-a", "alice", ""))
+	client := func(tok string) oai.Client {
+		return oai.NewClient(oaiopt.WithBaseURL(e.URL+"/openai/v1/"), oaiopt.WithAPIKey(tok), oaiopt.WithMaxRetries(0))
+	}
+	calls := map[string]func(ctx context.Context, c oai.Client) error{
+		"Get": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.Get(ctx, id, responses.ResponseGetParams{})
+			return err
+		},
+		"InputItems.List": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.InputItems.List(ctx, id, responses.InputItemListParams{})
+			return err
+		},
+		"Cancel": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.Cancel(ctx, id)
+			return err
+		},
+		"Compact": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.Compact(ctx, responses.ResponseCompactParams{Model: "gpt-5", PreviousResponseID: oai.String(id)})
+			return err
+		},
+		"InputTokens.Count": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.InputTokens.Count(ctx, responses.InputTokenCountParams{Model: oai.String("gpt-5"), PreviousResponseID: oai.String(id)})
+			return err
+		},
+		"New": func(ctx context.Context, c oai.Client) error {
+			_, err := c.Responses.New(ctx, responses.ResponseNewParams{Model: "gpt-5", PreviousResponseID: oai.String(id),
+				Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("more")}})
+			return err
+		},
+		"Delete": func(ctx context.Context, c oai.Client) error { return c.Responses.Delete(ctx, id) },
+	}
+	ctx := context.Background()
+	other, owner := client(e.token("ws-b", "proj-b", "bob", "")), client(e.token("ws-a", "proj-a", "alice", ""))
+	for _, name := range []string{"Get", "InputItems.List", "Cancel", "Compact", "InputTokens.Count", "New", "Delete"} {
+		before := e.fake.Counters().Requests
+		err := calls[name](ctx, other)
+		var apiErr *oai.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "not_found" || apiErr.Type != "invalid_request_error" || !strings.Contains(apiErr.Message, id) {
+			t.Errorf("%s by another project: %v, want the SDK's 404 not_found naming the id", name, err)
+		}
+		if e.fake.Counters().Requests != before {
+			t.Errorf("%s by another project reached the provider", name)
+		}
+		if err := calls[name](ctx, owner); err != nil {
+			t.Errorf("%s by the owner: %v", name, err)
+		}
+	}
 }

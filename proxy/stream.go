@@ -111,7 +111,7 @@ type streamBody struct {
 func newStreamBody(cl *call, up *fastStream, client net.Conn, maxEvent int, hide bool) *streamBody {
 	b := &streamBody{
 		cl: cl, up: up, client: client, hide: hide,
-		meter: metering.NewMeter(cl.dialect, maxEvent),
+		meter: metering.NewMeterFor(cl.dialect, cl.provider, maxEvent),
 		idleD: cl.s.cfg.StreamIdleTimeout,
 		lines: lineHolder{max: streamOutBuffer / 2},
 		tail:  noTail,

@@ -11,7 +11,10 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -379,6 +382,7 @@ func validate(f *file) []string {
 				add("%s.forward_headers: %q carries credentials and is never forwarded", at, h)
 			}
 		}
+		p = append(p, validateModelMap(at+".model_map", pr, f)...)
 	}
 
 	uas := map[string]string{}
@@ -520,6 +524,89 @@ func validateUsage(at string, u *Usage) []string {
 		p = append(p, fmt.Sprintf("%s.fields: input or output path is required when usage is read", at))
 	}
 	return p
+}
+
+// maxModelNameBytes bounds a model_map name. Real ones are under 100
+// bytes; the meter keeps at most 512 of a served model (metering).
+const maxModelNameBytes = 256
+
+// validateModelMap checks a provider's model_map: every name is one token a
+// provider could take (no spaces or control characters, bounded), "*" only
+// ends a name, and a value sent as a path segment has no "/".
+func validateModelMap(at string, pr *Provider, f *file) []string {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	var pathDialect string
+	for _, dn := range pr.Dialects {
+		if d, ok := f.Dialects.vals[dn]; ok && modelInPath(d) {
+			pathDialect = dn
+			break
+		}
+	}
+	for _, k := range sortedKeys(pr.ModelMap) {
+		v := pr.ModelMap[k]
+		kat := at + "." + k
+		if why := modelNameProblem(k); why != "" {
+			add("%s: key %s %s", at, shownName(k), why)
+			kat = at + "." + shownName(k)
+		}
+		if why := modelNameProblem(v); why != "" {
+			add("%s: %s %s", kat, shownName(v), why)
+			continue
+		}
+		if strings.HasSuffix(v, "*") && !strings.HasSuffix(k, "*") {
+			add("%s: %s ends in * but its key does not, so there is nothing for the * to stand for", kat, shownName(v))
+		}
+		// RewritePathModel escapes a "/" to %2F: the upstream would see one
+		// segment no provider names a model by.
+		if pathDialect != "" && strings.Contains(v, "/") {
+			add("%s: %s contains /, but dialect %s puts the model in the URL path as one segment", kat, shownName(v), pathDialect)
+		}
+	}
+	return p
+}
+
+// shownName quotes a model_map name for a problem, cut short when it is
+// long enough to bury the message.
+func shownName(s string) string {
+	if len(s) > 48 {
+		return strconv.Quote(s[:40]) + fmt.Sprintf("... (%d bytes)", len(s))
+	}
+	return strconv.Quote(s)
+}
+
+// modelNameProblem says what is wrong with a model_map name, "" when
+// nothing is.
+func modelNameProblem(s string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxModelNameBytes:
+		return fmt.Sprintf("is longer than %d bytes", maxModelNameBytes)
+	case !utf8.ValidString(s):
+		return "is not valid UTF-8"
+	case strings.Contains(strings.TrimSuffix(s, "*"), "*"):
+		return "has a * before its end; only a final * matches"
+	}
+	for _, r := range s {
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return "contains a space or control character"
+		}
+	}
+	return ""
+}
+
+// modelInPath reports whether a path of d names the model in the URL
+// (Gemini's "{model}:generateContent").
+func modelInPath(d *Dialect) bool {
+	for _, pa := range d.Paths {
+		for _, seg := range pa.segments {
+			if seg.param == "model" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func isAuthHeader(h string) bool {

@@ -177,6 +177,12 @@ type UsageFields struct {
 	InputOther   string `yaml:"input_other"`
 	Output       string `yaml:"output"`
 	Reasoning    string `yaml:"reasoning"`
+	// WebSearch counts the server-side web searches the provider bills per
+	// use. Unlike the token paths it is relative to the object holding the
+	// usage object (the message, response or chunk), because OpenAI and
+	// Gemini report searches beside usage, not in it; it may use gjson
+	// queries to count items.
+	WebSearch string `yaml:"web_search"`
 }
 
 // Locator names gjson paths, relative to a JSON document, of the usage
@@ -241,7 +247,11 @@ type Provider struct {
 	IncludeUsage *bool `yaml:"include_usage"`
 	// ModelMap renames the model a request sends when it goes to this
 	// provider (failover across providers of one dialect: "claude-sonnet-5"
-	// → "anthropic/claude-sonnet-5"). Models not in it pass unchanged.
+	// → "anthropic/claude-sonnet-5"). Models not in it pass unchanged. A key
+	// ending in "*" maps every model it prefixes; the longest such key wins
+	// and an exact key beats them all. A "*" ending the value stands for
+	// the part the key's "*" matched. The map applies once: its results are
+	// not looked up again.
 	ModelMap map[string]string `yaml:"model_map"`
 	// Usage overrides the dialect's usage semantics for this provider (an
 	// Anthropic-compatible backend that counts cache inside input_tokens);
@@ -250,8 +260,17 @@ type Provider struct {
 }
 
 // UsageOverride is a provider's deviation from its dialect's usage rules.
+// A nil field keeps the dialect's value.
 type UsageOverride struct {
+	// InputIncludesCache: see Usage.InputIncludesCache. Kimi's
+	// Anthropic-compatible endpoint counts cache reads inside input_tokens
+	// (maximhq/bifrost#5510), native Anthropic does not.
 	InputIncludesCache *bool `yaml:"input_includes_cache"`
+	// OutputIncludesReasoning: see Usage.OutputIncludesReasoning. Some
+	// OpenAI-compatible translators of Gemini leave reasoning_tokens out
+	// of completion_tokens (router-for-me/CLIProxyAPI#5733), where OpenAI
+	// counts them in.
+	OutputIncludesReasoning *bool `yaml:"output_includes_reasoning"`
 }
 
 // MapModel is the model to send to p for the client's model m.
@@ -259,7 +278,39 @@ func (p *Provider) MapModel(m string) string {
 	if to, ok := p.ModelMap[m]; ok {
 		return to
 	}
-	return m
+	// Maps are a handful of entries, so a scan costs less than keeping a
+	// compiled index in step with a map callers may build themselves.
+	best, to := -1, ""
+	for k, v := range p.ModelMap {
+		pre, glob := strings.CutSuffix(k, "*")
+		if !glob || len(pre) <= best || !strings.HasPrefix(m, pre) {
+			continue
+		}
+		best, to = len(pre), v
+		if head, ok := strings.CutSuffix(v, "*"); ok {
+			to = head + m[len(pre):]
+		}
+	}
+	if best < 0 {
+		return m
+	}
+	return to
+}
+
+// UsageRules are d's usage rules as p reports them: the dialect's, with
+// p's override applied. A nil p keeps the dialect's.
+func (p *Provider) UsageRules(d *Dialect) Usage {
+	u := d.Usage
+	if p == nil || p.Usage == nil {
+		return u
+	}
+	if o := p.Usage.InputIncludesCache; o != nil {
+		u.InputIncludesCache = *o
+	}
+	if o := p.Usage.OutputIncludesReasoning; o != nil {
+		u.OutputIncludesReasoning = *o
+	}
+	return u
 }
 
 // InjectsUsage reports whether tollgate may inject include_usage upstream.

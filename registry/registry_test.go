@@ -111,7 +111,7 @@ func TestInvalidRegistriesListEveryProblem(t *testing.T) {
 		{"UnknownField", func(s string) string {
 			return strings.Replace(s, "    auth: bearer", "    auth: bearer\n    colour: red", 1)
 		},
-			[]string{`providers.openai: line 16: unknown key "colour"; known keys: base_url, dialects, auth, headers, forward_headers, otel_name, include_usage`}},
+			[]string{`providers.openai: line 16: unknown key "colour"; known keys: base_url, dialects, auth, headers, forward_headers, otel_name, include_usage, model_map, usage`}},
 		{"TopLevelTypo", func(s string) string { return strings.Replace(s, "harnesses:", "harnessess:", 1) },
 			[]string{`line 16: unknown top-level key "harnessess"; did you mean "harnesses"?`}},
 		// check-config used to stop at the first unknown key; every one is

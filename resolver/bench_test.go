@@ -93,3 +93,24 @@ func BenchmarkResolveCachedParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkResolveCachedWeighted is the cost of the per-call draw of a
+// binding of three credentials sharing a priority, plus a fallback.
+func BenchmarkResolveCachedWeighted(b *testing.B) {
+	e := mustService(b, filepath.Join(b.TempDir(), "bench.db"))
+	s := e.svc
+	ctx := context.Background()
+	var cands []BindCandidate
+	for i, w := range []int{5, 3, 2, 1} {
+		c := mustCred(b, s, "anthropic", "sk-bench-weighted-000"+string(rune('a'+i)))
+		cands = append(cands, BindCandidate{CredentialID: c.ID, Weight: w, Priority: i / 3})
+	}
+	if _, err := s.BindCandidates(ctx, BindingKey{Tier: TierPlatform, Dialect: "anthropic-messages"}, cands); err != nil {
+		b.Fatal(err)
+	}
+	benchP99(b, func() {
+		if _, err := s.Resolve(ctx, ccAnthropic); err != nil {
+			b.Fatal(err)
+		}
+	})
+}

@@ -1,10 +1,12 @@
 package resolver
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -80,13 +82,40 @@ type BindingKey struct {
 	Harness string `json:"harness,omitempty"`
 }
 
-// Binding places a credential at a tier for a dialect.
+// Binding places credentials at a tier for a dialect.
 type Binding struct {
 	BindingKey
-	CredentialID string    `json:"credential_id"`
-	Active       bool      `json:"active"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	// CredentialID is the first of Credentials, the one a binding of one
+	// credential names.
+	CredentialID string `json:"credential_id"`
+	// Credentials are every credential of the binding in the order they
+	// are tried: priority, then the order they were given in.
+	Credentials []BindCandidate `json:"credentials"`
+	Active      bool            `json:"active"`
+	CreatedAt   time.Time       `json:"created_at"`
+	UpdatedAt   time.Time       `json:"updated_at"`
+}
+
+// Bounds of a binding's candidates: enough for any failover chain, small
+// enough that a draw is a few additions and a typo (a weight of 1e9) is
+// refused.
+const (
+	MaxCandidates = 16
+	MaxPriority   = 1000
+	MaxWeight     = 1000
+)
+
+// BindCandidate is one credential of a binding. Candidates are tried in
+// priority order, lowest first; among those of one priority each request
+// draws the order, weighted, so a candidate of weight w comes first in
+// w/Σw of the requests (the others follow as failover alternates).
+type BindCandidate struct {
+	CredentialID string `json:"id"`
+	// Priority is 0 to MaxPriority.
+	Priority int `json:"priority"`
+	// Weight is 1 to MaxWeight; 0 means 1. There is no weight that is
+	// never drawn: a standby gets a later priority.
+	Weight int `json:"weight"`
 }
 
 // BindingFilter narrows ListBindings; empty fields match everything.
@@ -263,8 +292,9 @@ func (s *Service) ListCredentials(ctx context.Context) ([]Credential, error) {
 	return out, nil
 }
 
-// DisableCredential stops a credential from resolving: a project binding
-// on it halts, a user or platform binding on it falls through.
+// DisableCredential stops a credential from resolving: a binding that
+// names others too resolves to its next usable one; a project binding
+// left with none halts, a user or platform binding falls through.
 func (s *Service) DisableCredential(ctx context.Context, id string) error {
 	return s.setDisabled(ctx, id, true)
 }
@@ -313,18 +343,26 @@ func (s *Service) updateSecret(ctx context.Context, tx *sql.Tx, id, plain string
 }
 
 // DeleteCredential deletes a credential and deactivates, in the same
-// transaction, every binding that used it. The bindings stay, so listings
-// show what lost its key, and a project whose key was deleted halts instead
-// of silently moving its spend to the user's or the platform's key. Unbind
-// them to let the project fall through; SetBindingActive refuses to
-// reactivate a binding whose credential is gone.
+// transaction, every binding that used it and has no other credential left.
+// The bindings (and the deleted credential's place among a binding's
+// candidates) stay, so listings show what lost its key, and a project whose
+// key was deleted halts instead of silently moving its spend to the user's
+// or the platform's key. A binding that still names a credential that
+// exists stays active and resolves to it: its administrator chose that
+// failover. Unbind a binding to let the project fall through;
+// SetBindingActive refuses to reactivate a binding whose credentials are
+// all gone.
 func (s *Service) DeleteCredential(ctx context.Context, id string) error {
 	err := s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_credentials WHERE id = $1`, id)
 		if err := mustAffect(res, err, ErrCredentialNotFound); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2 WHERE credential_id = $3`, false, s.now(), id)
+		_, err = tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2
+			WHERE (credential_id = $3 OR EXISTS (SELECT 1 FROM resolver_binding_candidates a WHERE `+candidatesOfBinding+` AND a.credential_id = $3))
+			AND NOT EXISTS (SELECT 1 FROM resolver_credentials k WHERE k.id = resolver_bindings.credential_id)
+			AND NOT EXISTS (SELECT 1 FROM resolver_binding_candidates a JOIN resolver_credentials k ON k.id = a.credential_id WHERE `+candidatesOfBinding+`)`,
+			false, s.now(), id)
 		return err
 	})
 	if err != nil {
@@ -340,7 +378,9 @@ func platformCredentialName(provider string) string { return "platform-" + provi
 // binds it, active, at the platform tier for every dialect the provider
 // speaks (dialect-wide). Running it again replaces the secret of the same
 // credential. A platform binding another credential held for one of those
-// dialects is replaced: the last provider set wins per dialect.
+// dialects is replaced: the last provider set wins per dialect. A platform
+// binding that already names the credential, among others, keeps them
+// (and is activated): rotating the key must not drop its failover.
 func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Secret) (Credential, error) {
 	c, plain, err := s.prepareCredential(CredentialSpec{Name: platformCredentialName(provider), Provider: provider, Secret: secret})
 	if err != nil {
@@ -370,7 +410,20 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 			}
 		}
 		for _, d := range p.Dialects {
-			if _, err := s.upsertBinding(ctx, tx, BindingKey{Tier: TierPlatform, Dialect: d}, c.ID, true); err != nil {
+			k := BindingKey{Tier: TierPlatform, Dialect: d}
+			res, err := tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2
+				WHERE tier = $3 AND scope_id = '' AND dialect = $4 AND harness = ''
+				AND (credential_id = $5 OR EXISTS (SELECT 1 FROM resolver_binding_candidates a WHERE `+candidatesOfBinding+` AND a.credential_id = $5))`,
+				true, s.now(), k.Tier, d, c.ID)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n > 0 {
+				continue
+			}
+			if _, err := s.upsertBinding(ctx, tx, k, []BindCandidate{{CredentialID: c.ID, Weight: 1}}, true); err != nil {
 				return err
 			}
 		}
@@ -425,11 +478,21 @@ type BindOptions struct {
 }
 
 // Bind places credentialID at k, active unless opts says Inactive,
-// replacing the credential of an existing binding with the same key. The
-// credential's provider must speak k.Dialect and the harness, if any, must
-// exist and speak it (ErrDialectMismatch): checked here, once, not on
-// every request. At most one BindOptions is read.
+// replacing the credentials of an existing binding with the same key. It is
+// BindCandidates with one candidate.
 func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string, opts ...BindOptions) (Binding, error) {
+	return s.BindCandidates(ctx, k, []BindCandidate{{CredentialID: credentialID}}, opts...)
+}
+
+// BindCandidates places the credentials cands at k, active unless opts
+// says Inactive, replacing every credential of an existing binding with the
+// same key. Every credential's provider must speak k.Dialect (providers may
+// differ: Anthropic and an Anthropic-compatible endpoint) and the harness,
+// if any, must exist and speak it (ErrDialectMismatch): checked here, once,
+// not on every request. A credential may appear once. The candidates are
+// kept in priority order, ties in the order given; the first is the
+// binding's CredentialID. At most one BindOptions is read.
+func (s *Service) BindCandidates(ctx context.Context, k BindingKey, cands []BindCandidate, opts ...BindOptions) (Binding, error) {
 	var o BindOptions
 	if len(opts) > 0 {
 		o = opts[0]
@@ -437,29 +500,19 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string, o
 	reg := s.reg.Current()
 	var p argProblems
 	p.checkBindingKey(reg, k, true)
-	if credentialID == "" {
-		p.addf("credential_id is required")
-	}
+	cands = p.checkCandidates(cands)
 	if err := p.err(); err != nil {
 		return Binding{}, fmt.Errorf("bind: %w", err)
 	}
 	var b Binding
 	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
-		var provider string
-		if err := tx.QueryRowContext(ctx, `SELECT provider FROM resolver_credentials WHERE id = $1`, credentialID).Scan(&provider); err != nil {
-			if isNoRows(err) {
-				return fmt.Errorf("credential %s: %w", credentialID, ErrCredentialNotFound)
+		for _, c := range cands {
+			if err := checkSpeaks(ctx, tx, reg, c.CredentialID, k.Dialect); err != nil {
+				return err
 			}
-			return err
 		}
-		p, err := reg.Provider(provider)
-		if err != nil {
-			return fmt.Errorf("credential %s: provider %q: %w", credentialID, provider, err)
-		}
-		if !p.Speaks(k.Dialect) {
-			return fmt.Errorf("provider %q of credential %s does not speak %q: %w", provider, credentialID, k.Dialect, ErrDialectMismatch)
-		}
-		b, err = s.upsertBinding(ctx, tx, k, credentialID, !o.Inactive)
+		var err error
+		b, err = s.upsertBinding(ctx, tx, k, cands, !o.Inactive)
 		return err
 	})
 	if err != nil {
@@ -468,18 +521,111 @@ func (s *Service) Bind(ctx context.Context, k BindingKey, credentialID string, o
 	return b, nil
 }
 
-func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, credentialID string, active bool) (Binding, error) {
+// checkCandidates adds every problem with cands and returns them with
+// default weights, sorted stably by priority.
+func (p *argProblems) checkCandidates(cands []BindCandidate) []BindCandidate {
+	switch {
+	case len(cands) == 0:
+		p.addf("credential_id is required")
+		return nil
+	case len(cands) > MaxCandidates:
+		p.addf("a binding names at most %d credentials, got %d", MaxCandidates, len(cands))
+		return nil
+	}
+	out := slices.Clone(cands)
+	seen := map[string]bool{}
+	for i := range out {
+		c := &out[i]
+		name := "credential_id"
+		if len(cands) > 1 {
+			name = fmt.Sprintf("credentials[%d]", i)
+		}
+		switch {
+		case c.CredentialID == "" && len(cands) == 1:
+			p.addf("credential_id is required")
+		case c.CredentialID == "":
+			p.addf("%s: the credential id is required", name)
+		case seen[c.CredentialID]:
+			p.addf("%s: credential %s is named twice", name, c.CredentialID)
+		}
+		seen[c.CredentialID] = true
+		if c.Priority < 0 || c.Priority > MaxPriority {
+			p.addf("%s: priority %d is not between 0 and %d", name, c.Priority, MaxPriority)
+		}
+		if c.Weight == 0 {
+			c.Weight = 1
+		}
+		if c.Weight < 1 || c.Weight > MaxWeight {
+			p.addf("%s: weight %d is not between 1 and %d", name, c.Weight, MaxWeight)
+		}
+	}
+	slices.SortStableFunc(out, func(x, y BindCandidate) int { return cmp.Compare(x.Priority, y.Priority) })
+	return out
+}
+
+// checkSpeaks refuses a credential that does not exist or whose provider
+// does not speak dialect.
+func checkSpeaks(ctx context.Context, tx *sql.Tx, reg *registry.Registry, credentialID, dialect string) error {
+	var provider string
+	if err := tx.QueryRowContext(ctx, `SELECT provider FROM resolver_credentials WHERE id = $1`, credentialID).Scan(&provider); err != nil {
+		if isNoRows(err) {
+			return fmt.Errorf("credential %s: %w", credentialID, ErrCredentialNotFound)
+		}
+		return err
+	}
+	p, err := reg.Provider(provider)
+	if err != nil {
+		return fmt.Errorf("credential %s: provider %q: %w", credentialID, provider, err)
+	}
+	if !p.Speaks(dialect) {
+		return fmt.Errorf("provider %q of credential %s does not speak %q: %w", provider, credentialID, dialect, ErrDialectMismatch)
+	}
+	return nil
+}
+
+// candidatesOfBinding joins resolver_binding_candidates a to the
+// resolver_bindings row of the statement it is used in.
+const candidatesOfBinding = `a.tier = resolver_bindings.tier AND a.scope_id = resolver_bindings.scope_id
+	AND a.dialect = resolver_bindings.dialect AND a.harness = resolver_bindings.harness`
+
+// upsertBinding writes the binding at k with cands (checked, in order):
+// the first on the binding row, the others, in their order, as candidate
+// rows, replacing whatever the key held.
+func (s *Service) upsertBinding(ctx context.Context, tx *sql.Tx, k BindingKey, cands []BindCandidate, active bool) (Binding, error) {
 	now := s.now()
-	b := Binding{BindingKey: k, CredentialID: credentialID, Active: active, UpdatedAt: now}
+	first := cands[0]
+	b := Binding{BindingKey: k, CredentialID: first.CredentialID, Credentials: cands, Active: active, UpdatedAt: now}
 	err := tx.QueryRowContext(ctx, `INSERT INTO resolver_bindings
-		(tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		(tier, scope_id, dialect, harness, credential_id, priority, weight, active, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 		ON CONFLICT (tier, scope_id, dialect, harness) DO UPDATE SET
-			credential_id = excluded.credential_id, active = excluded.active, updated_at = excluded.updated_at
+			credential_id = excluded.credential_id, priority = excluded.priority, weight = excluded.weight,
+			active = excluded.active, updated_at = excluded.updated_at
 		RETURNING created_at`,
-		k.Tier, k.ScopeID, k.Dialect, k.Harness, credentialID, active, now, now).Scan(&b.CreatedAt)
+		k.Tier, k.ScopeID, k.Dialect, k.Harness, first.CredentialID, first.Priority, first.Weight, active, now, now).Scan(&b.CreatedAt)
+	if err != nil {
+		return Binding{}, err
+	}
 	b.CreatedAt = b.CreatedAt.UTC()
-	return b, err
+	if err := deleteCandidates(ctx, tx, k); err != nil {
+		return Binding{}, err
+	}
+	for i, c := range cands[1:] {
+		_, err := tx.ExecContext(ctx, `INSERT INTO resolver_binding_candidates
+			(tier, scope_id, dialect, harness, credential_id, priority, weight, position)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			k.Tier, k.ScopeID, k.Dialect, k.Harness, c.CredentialID, c.Priority, c.Weight, i+1)
+		if err != nil {
+			return Binding{}, err
+		}
+	}
+	return b, nil
+}
+
+func deleteCandidates(ctx context.Context, tx *sql.Tx, k BindingKey) error {
+	_, err := tx.ExecContext(ctx, `DELETE FROM resolver_binding_candidates WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
+		k.Tier, k.ScopeID, k.Dialect, k.Harness)
+	return err
 }
 
 // Unbind removes the binding at k, or returns ErrBindingNotFound.
@@ -492,7 +638,10 @@ func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
 	err := s.write(ctx, change{changeBinding, bindingScope(k)}, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_bindings WHERE tier = $1 AND scope_id = $2 AND dialect = $3 AND harness = $4`,
 			k.Tier, k.ScopeID, k.Dialect, k.Harness)
-		return mustAffect(res, err, ErrBindingNotFound)
+		if err := mustAffect(res, err, ErrBindingNotFound); err != nil {
+			return err
+		}
+		return deleteCandidates(ctx, tx, k)
 	})
 	if err != nil {
 		return fmt.Errorf("unbind: %w", err)
@@ -502,8 +651,8 @@ func (s *Service) Unbind(ctx context.Context, k BindingKey) error {
 
 // SetBindingActive activates or deactivates the binding at k. An inactive
 // project binding halts resolution; an inactive user or platform binding
-// is skipped. Activating a binding whose credential was deleted returns
-// ErrCredentialNotFound.
+// is skipped. Activating a binding whose credentials were all deleted
+// returns ErrCredentialNotFound.
 func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active bool) error {
 	var p argProblems
 	p.checkBindingKey(nil, k, false)
@@ -522,7 +671,10 @@ func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active boo
 		}
 		if active {
 			var n int
-			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM resolver_credentials WHERE id = $1`, credID).Scan(&n); err != nil {
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM resolver_credentials WHERE id = $1 OR id IN
+				(SELECT credential_id FROM resolver_binding_candidates WHERE tier = $2 AND scope_id = $3 AND dialect = $4 AND harness = $5)`,
+				credID, k.Tier, k.ScopeID, k.Dialect, k.Harness).Scan(&n)
+			if err != nil {
 				return err
 			}
 			if n == 0 {
@@ -539,9 +691,11 @@ func (s *Service) SetBindingActive(ctx context.Context, k BindingKey, active boo
 	return nil
 }
 
-// ListBindings lists bindings matching f, in tier order.
+// ListBindings lists bindings matching f, in tier order, each with its
+// credentials. f.CredentialID matches a binding that names the credential
+// anywhere among its candidates.
 func (s *Service) ListBindings(ctx context.Context, f BindingFilter) ([]Binding, error) {
-	q := `SELECT tier, scope_id, dialect, harness, credential_id, active, created_at, updated_at FROM resolver_bindings WHERE 1 = 1`
+	q := `SELECT tier, scope_id, dialect, harness, credential_id, priority, weight, active, created_at, updated_at FROM resolver_bindings WHERE 1 = 1`
 	var args []any
 	add := func(col, v string) {
 		if v != "" {
@@ -552,26 +706,78 @@ func (s *Service) ListBindings(ctx context.Context, f BindingFilter) ([]Binding,
 	add("tier", f.Tier)
 	add("scope_id", f.ScopeID)
 	add("dialect", f.Dialect)
-	add("credential_id", f.CredentialID)
+	if f.CredentialID != "" {
+		args = append(args, f.CredentialID)
+		q += fmt.Sprintf(` AND (credential_id = $%d OR EXISTS (SELECT 1 FROM resolver_binding_candidates a WHERE %s AND a.credential_id = $%d))`,
+			len(args), candidatesOfBinding, len(args))
+	}
 	q += ` ORDER BY CASE tier WHEN 'project' THEN 0 WHEN 'user' THEN 1 ELSE 2 END, scope_id, dialect, harness`
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	var out []Binding
+	err := s.eachRow(ctx, q, args, func(r scanner) error {
+		var b Binding
+		var c BindCandidate
+		if err := r.Scan(&b.Tier, &b.ScopeID, &b.Dialect, &b.Harness, &b.CredentialID, &c.Priority, &c.Weight, &b.Active, &b.CreatedAt, &b.UpdatedAt); err != nil {
+			return err
+		}
+		c.CredentialID = b.CredentialID
+		b.Credentials = []BindCandidate{c}
+		b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
+		out = append(out, b)
+		return nil
+	})
+	if err == nil && len(out) > 0 {
+		err = s.addCandidates(ctx, out)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list bindings: %w", err)
 	}
-	defer rows.Close()
-	var out []Binding
-	for rows.Next() {
-		var b Binding
-		if err := rows.Scan(&b.Tier, &b.ScopeID, &b.Dialect, &b.Harness, &b.CredentialID, &b.Active, &b.CreatedAt, &b.UpdatedAt); err != nil {
-			return nil, fmt.Errorf("list bindings: %w", err)
-		}
-		b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
-		out = append(out, b)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list bindings: %w", err)
-	}
 	return out, nil
+}
+
+// addCandidates appends to each of bs its further candidates, read in one
+// query (a binding with several credentials is the exception: most read
+// nothing), in the order they are tried.
+func (s *Service) addCandidates(ctx context.Context, bs []Binding) error {
+	idx := make(map[BindingKey]int, len(bs))
+	for i, b := range bs {
+		idx[b.BindingKey] = i
+	}
+	err := s.eachRow(ctx, `SELECT tier, scope_id, dialect, harness, credential_id, priority, weight
+		FROM resolver_binding_candidates ORDER BY priority, position`, nil, func(r scanner) error {
+		var k BindingKey
+		var c BindCandidate
+		if err := r.Scan(&k.Tier, &k.ScopeID, &k.Dialect, &k.Harness, &c.CredentialID, &c.Priority, &c.Weight); err != nil {
+			return err
+		}
+		if i, ok := idx[k]; ok {
+			bs[i].Credentials = append(bs[i].Credentials, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The binding row's candidate has the lowest priority, but ties keep
+	// it first: it was given first.
+	for i := range bs {
+		slices.SortStableFunc(bs[i].Credentials, func(x, y BindCandidate) int { return cmp.Compare(x.Priority, y.Priority) })
+	}
+	return nil
+}
+
+// eachRow runs q and calls fn for every row it returns.
+func (s *Service) eachRow(ctx context.Context, q string, args []any, fn func(scanner) error) error {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 // mustAffect turns "no row changed" into notFound.

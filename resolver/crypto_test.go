@@ -223,7 +223,7 @@ func checkAllReadable(t *testing.T, s *Service, secrets map[string]string) {
 	defer rows.Close()
 	n := 0
 	for rows.Next() {
-		c := &candidate{active: true, credFound: true, tier: TierPlatform}
+		c := &candidate{credFound: true}
 		if err := rows.Scan(&c.credID, &c.provider, &c.keyID, &c.ciphertext); err != nil {
 			t.Fatal(err)
 		}
@@ -231,7 +231,7 @@ func checkAllReadable(t *testing.T, s *Service, secrets map[string]string) {
 		if c.provider == "openai" {
 			d = "openai-chat"
 		}
-		tg, reason, _ := s.materialise(s.reg.Current(), Request{Dialect: d}, c)
+		tg, reason, _ := s.materialiseOne(s.reg.Current(), Request{Dialect: d}, TierPlatform, c)
 		if reason != "" || tg.Secret.Reveal() != secrets[c.credID] {
 			t.Fatalf("credential %s: reason %q", c.credID, reason)
 		}

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,9 +60,10 @@ var (
 	// credential for the request.
 	ErrNoCredential = errors.New("no credential")
 	// ErrHalted is returned by Resolve when the project tier has a binding
-	// that cannot be used (inactive, or its credential missing, disabled or
-	// unreadable): resolution stops there and never falls through to the
-	// user or platform tier. A *ResolveError in the chain gives the reason.
+	// that cannot be used (inactive, or every credential it names missing,
+	// disabled or unreadable): resolution stops there and never falls
+	// through to the user or platform tier. A *ResolveError in the chain
+	// gives the reason.
 	ErrHalted = errors.New("resolution halted by project binding")
 
 	// ErrCredentialNotFound is returned by credential and binding
@@ -204,6 +206,10 @@ type Config struct {
 	// now is the clock for token expiry, cache deadlines and stored
 	// times; nil means time.Now (house rule 11).
 	now func() time.Time
+	// randN returns a uniform number in [0, n) for the weighted draw
+	// among a binding's candidates of one priority; nil means
+	// math/rand/v2's Uint64N. Tests inject a seeded source.
+	randN func(n uint64) uint64
 }
 
 func (c Config) withDefaults() Config {
@@ -230,6 +236,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = DefaultMaxStalenessPolls * c.PollInterval
+	}
+	if c.randN == nil {
+		c.randN = rand.Uint64N
 	}
 	return c
 }

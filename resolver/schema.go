@@ -65,6 +65,26 @@ CREATE TABLE resolver_change_log (
 	// What each change names (changelog.go change.scope), so pollers drop
 	// only the cache entries it affects. Rows from before have none: all.
 	`ALTER TABLE resolver_change_log ADD COLUMN scope TEXT NOT NULL DEFAULT ''`,
+	// Several credentials per binding (failover, weighted spread). The
+	// binding row keeps its first candidate, now with a priority and a
+	// weight whose defaults make every older binding a single candidate at
+	// priority 0, weight 1: no data migration. The further candidates are
+	// rows of their own, position keeping the order they were given in.
+	// Like bindings, they have no foreign key to credentials: a deleted
+	// credential's row stays, so the binding shows what lost its key.
+	`ALTER TABLE resolver_bindings ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE resolver_bindings ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE resolver_binding_candidates (
+		tier TEXT NOT NULL,
+		scope_id TEXT NOT NULL,
+		dialect TEXT NOT NULL,
+		harness TEXT NOT NULL,
+		credential_id TEXT NOT NULL,
+		priority INTEGER NOT NULL,
+		weight INTEGER NOT NULL,
+		position INTEGER NOT NULL,
+		PRIMARY KEY (tier, scope_id, dialect, harness, credential_id));
+CREATE INDEX resolver_binding_candidates_credential ON resolver_binding_candidates (credential_id)`,
 }
 
 // now is the injectable clock, in UTC and truncated to the microsecond so

@@ -289,9 +289,9 @@ func cmdResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				"resolutions": nonNilPolicies(rows), "policies": nonNilPolicies(policies)})
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "HARNESS\tDIALECT\tSOURCE\tCREDENTIAL\tPROVIDER\tREASON")
+		fmt.Fprintln(tw, "HARNESS\tDIALECT\tSOURCE\tCREDENTIAL\tPROVIDER\tREASON\tCANDIDATES")
 		for _, r := range rows {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Harness), r.Dialect, r.Source, dash(r.CredentialID), dash(r.Provider), dash(r.Reason))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Harness), r.Dialect, r.Source, dash(r.CredentialID), dash(r.Provider), dash(r.Reason), viewCandidatesText(r.Candidates))
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -35,7 +36,14 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	name := f.String("name", "", "a label for listings")
 	keyStdin := f.Bool("key-stdin", "read the key from standard input (never from a flag: flags end up in shell history)")
 	baseURL := f.String("base-url", "", "override the provider's base URL (https)")
-	credID := f.String("credential", "", "credential id")
+	credID := new(string)
+	var credIDs, fallbacks []string
+	if sub == "bind" {
+		f.Strings(&credIDs, "credential", "credential `ID[:WEIGHT]` to bind; repeat it (or give a comma list) to share traffic by weight (default 1)")
+		f.Strings(&fallbacks, "fallback", "the next failover step, `ID[:WEIGHT][,...]`, tried when every earlier step fails; repeat it for further steps")
+	} else {
+		credID = f.String("credential", "", "credential id")
+	}
 	dialect := f.String("dialect", "", "dialect name from harnesses.yaml")
 	harness := f.String("harness", "", "narrow the binding to one harness")
 	inactive := f.Bool("inactive", "create the binding inactive (on a project: the provider is off for it)")
@@ -157,14 +165,15 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err := knownBinding(d, k.Dialect, k.Harness); err != nil {
 				return err
 			}
-			if *credID == "" {
-				return usageErr("credential bind needs --credential ID")
-			}
-			b, err := svc.Bind(ctx, k, *credID, resolver.BindOptions{Inactive: *inactive})
+			cands, err := bindCandidates(credIDs, fallbacks)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "bound %s at %s for %s (active=%v)\n", b.CredentialID, scopeText(k), k.Dialect, b.Active)
+			b, err := svc.BindCandidates(ctx, k, cands, resolver.BindOptions{Inactive: *inactive})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "bound %s at %s for %s (active=%v)\n", candidatesText(b.Credentials), scopeText(k), k.Dialect, b.Active)
 			return nil
 		case "unbind", "activate", "deactivate":
 			k, err := bindingKey()
@@ -191,9 +200,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 				return json.NewEncoder(stdout).Encode(bs)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIER\tSCOPE\tDIALECT\tHARNESS\tCREDENTIAL\tACTIVE")
+			fmt.Fprintln(tw, "TIER\tSCOPE\tDIALECT\tHARNESS\tCREDENTIALS\tACTIVE")
 			for _, b := range bs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", b.Tier, dash(b.ScopeID), b.Dialect, dash(b.Harness), b.CredentialID, b.Active)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", b.Tier, dash(b.ScopeID), b.Dialect, dash(b.Harness), candidatesText(b.Credentials), b.Active)
 			}
 			return tw.Flush()
 		case "rotate-key":
@@ -206,6 +215,84 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		}
 		return usageErr("unknown credential subcommand %q", sub)
 	})
+}
+
+// bindCandidates reads bind's --credential and --fallback values: the
+// --credential ones at priority 0, the n-th --fallback at priority n, each
+// ID optionally followed by :WEIGHT.
+func bindCandidates(creds, fallbacks []string) ([]resolver.BindCandidate, error) {
+	if len(creds) == 0 {
+		return nil, usageErr("credential bind needs --credential ID")
+	}
+	var out []resolver.BindCandidate
+	for prio, group := range append([]string{strings.Join(creds, ",")}, fallbacks...) {
+		flagName := "--credential"
+		if prio > 0 {
+			flagName = "--fallback"
+		}
+		for _, v := range strings.Split(group, ",") {
+			id, w, weighted := strings.Cut(strings.TrimSpace(v), ":")
+			c := resolver.BindCandidate{CredentialID: id, Priority: prio, Weight: 1}
+			if id == "" {
+				return nil, usageErr("%s %q: a credential id is missing", flagName, group)
+			}
+			if weighted {
+				n, err := strconv.Atoi(w)
+				if err != nil || n < 1 {
+					return nil, usageErr("%s %s: the weight after the colon must be a whole number of at least 1 (a standby goes in a later --fallback)", flagName, v)
+				}
+				c.Weight = n
+			}
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// candidatesText writes a binding's credentials as bind reads them: ids
+// of one priority joined by commas (":WEIGHT" unless 1), failover steps by
+// " > ".
+func candidatesText(cs []resolver.BindCandidate) string {
+	var b strings.Builder
+	for i, c := range cs {
+		switch {
+		case i == 0:
+		case c.Priority == cs[i-1].Priority:
+			b.WriteString(",")
+		default:
+			b.WriteString(" > ")
+		}
+		b.WriteString(c.CredentialID)
+		if c.Weight != 1 {
+			fmt.Fprintf(&b, ":%d", c.Weight)
+		}
+	}
+	return b.String()
+}
+
+// viewCandidatesText writes a resolution row's candidates as
+// candidatesText does, an unusable one followed by its reason; "-" for a
+// binding of one credential, which the row's own columns describe.
+func viewCandidatesText(cs []resolver.Candidate) string {
+	if len(cs) < 2 {
+		return "-"
+	}
+	bc := make([]resolver.BindCandidate, len(cs))
+	for i, c := range cs {
+		bc[i] = resolver.BindCandidate{CredentialID: c.CredentialID, Priority: c.Priority, Weight: c.Weight}
+		if !c.Usable {
+			bc[i].CredentialID += "(" + c.Reason + ")"
+		}
+	}
+	return candidatesText(bc)
+}
+
+// Strings registers a repeatable flag, if the synopsis names it, whose
+// values are appended to *p.
+func (c commandFlags) Strings(p *[]string, name, usage string) {
+	if c.names[name] {
+		c.fs.Func(name, usage, func(v string) error { *p = append(*p, v); return nil })
+	}
 }
 
 func scopeText(k resolver.BindingKey) string {

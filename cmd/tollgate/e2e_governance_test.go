@@ -130,8 +130,9 @@ func TestHarnessGovernance(t *testing.T) {
 }
 
 // mustInstallHarnesses installs the pinned CLIs as TestHarness does (the
-// same cache) and returns their prefixes and node's directory.
-func mustInstallHarnesses(t *testing.T) (map[string]string, string) {
+// same cache), or only the packages given, and returns their prefixes and
+// node's directory.
+func mustInstallHarnesses(t *testing.T, only ...npmPackage) (map[string]string, string) {
 	npm, err := exec.LookPath("npm")
 	if err != nil {
 		t.Skip("npm is not on PATH: the harness end-to-end test installs the agent CLIs with npm (Node 20+ and npm 10+)")
@@ -143,6 +144,9 @@ func mustInstallHarnesses(t *testing.T) (map[string]string, string) {
 	pkgs := []npmPackage{pkgOpenCodePlugin}
 	for _, hc := range harnessCases {
 		pkgs = append(pkgs, hc.pkg)
+	}
+	if len(only) > 0 {
+		pkgs = only
 	}
 	return mustInstallNPM(t, npm, cacheRoot(t), pkgs), filepath.Dir(node)
 }

@@ -211,6 +211,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer unregisterGov()
+	// One tracker for the process: failover reads and feeds it, the
+	// resolution view and the gauges show it.
+	credHealth := health.New(o.healthConfig())
+	unregisterHealth, err := tel.registerHealth(credHealth)
+	if err != nil {
+		return err
+	}
+	defer unregisterHealth()
 
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
@@ -264,7 +272,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
 		Failover:          o.failover(),
-		Health:            health.New(o.healthConfig()),
+		Health:            credHealth,
 		Logger:            log,
 
 		AllowPrivateBaseURL: o.AllowPrivateBaseURL,

@@ -274,11 +274,11 @@ func TestRenderers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests,unmetered_requests,rejected_requests"
+		wantHead := "day,model,requests,input_uncached,cache_read,cache_write_5m,cache_write_1h,input_other,input_total,output,reasoning,web_search_requests,cost_micro_usd,cost_usd,priced_requests,unpriced_requests,missing_usage_requests,estimated_requests,unmetered_requests,rejected_requests"
 		if got := strings.Join(recs[0], ","); got != wantHead {
 			t.Errorf("CSV header:\n got %s\nwant %s", got, wantHead)
 		}
-		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,12345678,12.345678,3,0,0,0,0,0" {
+		if got := strings.Join(recs[1], ","); got != "2026-05-04,m1,3,1200,34,0,0,0,1234,1234567,0,0,12345678,12.345678,3,0,0,0,0,0" {
 			t.Errorf("CSV row: %s", got)
 		}
 		if len(recs) != 3 {
@@ -338,8 +338,8 @@ func TestRenderers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,3000,0.003000,2,0,0,0,0,0" ||
-			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,1500,0.001500,1,0,0,0,0,0" {
+		if len(recs) != 3 || recs[0][0] != "service_tier" || strings.Join(recs[1], ",") != ",2,300,0,0,0,0,300,30,0,0,3000,0.003000,2,0,0,0,0,0" ||
+			strings.Join(recs[2], ",") != "flex,1,300,0,0,0,0,300,30,0,0,1500,0.001500,1,0,0,0,0,0" {
 			t.Errorf("CSV: %q", recs)
 		}
 		b.Reset()

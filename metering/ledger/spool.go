@@ -245,6 +245,9 @@ func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 		dst = append(dst, `,"usage":null`...)
 	} else {
 		for i, b := range metering.Buckets {
+			if b.Tool != "" && *b.Of(u) == 0 {
+				continue // omitempty, as in Usage's JSON
+			}
 			dst = append(dst, bucketKeys[i]...)
 			dst = strconv.AppendInt(dst, *b.Of(u), 10)
 		}
@@ -269,6 +272,18 @@ func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 	}
 	if r.Governance != "" {
 		dst = appendJSONStringField(dst, `,"governance":`, r.Governance)
+	}
+	// allotted is what makes a replayed record settle its allotment holds.
+	for i, h := range r.Allotted {
+		key := `,{"allotment":`
+		if i == 0 {
+			key = `,"allotted":[{"allotment":`
+		}
+		dst = appendJSONStringField(dst, key, h.Allotment)
+		dst = append(appendJSONIntField(dst, `,"amount":`, h.Amount), '}')
+		if i == len(r.Allotted)-1 {
+			dst = append(dst, ']')
+		}
 	}
 	if len(r.Attempts) > 0 {
 		dst = appendAttemptsJSON(append(dst, `,"attempts":`...), r.Attempts)

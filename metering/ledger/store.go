@@ -194,6 +194,11 @@ WHERE usage_daily.day = u.day AND usage_daily.project = u.project AND usage_dail
 	`ALTER TABLE usage_records ADD COLUMN model_sent TEXT NOT NULL DEFAULT '';
 ALTER TABLE usage_records ADD COLUMN reserved_micro_usd BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_records ADD COLUMN governance TEXT NOT NULL DEFAULT ''`,
+	// Server-side tool uses the provider bills per use (metering.Bucket.Tool):
+	// web searches. NULL in records written before the column, which did
+	// not count them; usage_daily rows rolled up before it keep 0.
+	`ALTER TABLE usage_records ADD COLUMN web_search_requests BIGINT;
+ALTER TABLE usage_daily ADD COLUMN web_search_requests BIGINT NOT NULL DEFAULT 0`,
 	// Failover: attempts lists the upstream attempts of a request that
 	// made more than one, as the spool's JSON array of metering.Attempt
 	// ('' when it made one), so a failed attempt the provider may have
@@ -222,10 +227,11 @@ var recordTailColumns = slices.Concat([]string{"cost_micro_usd", "unpriced", "pr
 // governanceColumns (metering migration 8) follow the service tier.
 var governanceColumns = []string{"model_sent", "reserved_micro_usd", "governance"}
 
-// failoverColumns (metering migration 9) end recordTailColumns.
+// failoverColumns (metering migration 10) end recordTailColumns.
 var failoverColumns = []string{"attempts"}
 
-// bucketColumns are the token columns of usage_records and usage_daily.
+// bucketColumns are the bucket columns (tokens and tool uses) of
+// usage_records and usage_daily.
 func bucketColumns() []string {
 	cols := make([]string, len(metering.Buckets))
 	for i, b := range metering.Buckets {

@@ -65,7 +65,7 @@ func costPtr(v int64) *int64 { return &v }
 
 // usageRecordN builds a varied but deterministic record: three projects, two
 // models, three users, one request in seven without usage, one in five
-// priced-less.
+// priced-less, web searches in most priced ones.
 func usageRecordN(id string, i int, start time.Time) *metering.Record {
 	r := &metering.Record{
 		RequestID: id, Start: start, Duration: time.Duration(100+i%50) * time.Millisecond, TTFB: 30 * time.Millisecond,
@@ -82,7 +82,8 @@ func usageRecordN(id string, i int, start time.Time) *metering.Record {
 		r.Usage = &metering.Usage{InputUncached: int64(10 + i), Output: int64(5 + i)}
 		r.Unpriced = true
 	default:
-		r.Usage = &metering.Usage{InputUncached: int64(100 + i), CacheRead: int64(i), CacheWrite5m: 3, CacheWrite1h: 1, InputOther: 2, Output: int64(50 + i), Reasoning: int64(i % 10)}
+		r.Usage = &metering.Usage{InputUncached: int64(100 + i), CacheRead: int64(i), CacheWrite5m: 3, CacheWrite1h: 1, InputOther: 2, Output: int64(50 + i), Reasoning: int64(i % 10),
+			WebSearchRequests: int64(i % 4)}
 		r.CostMicroUSD = costPtr(int64(1000 + i))
 		if i%11 == 0 {
 			r.Source = metering.SourceEstimated
@@ -130,24 +131,27 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 				t.Fatalf("InsertBatch: %d, %v", n, err)
 			}
 			var (
-				got                        metering.Record
-				u                          metering.Usage
-				started                    time.Time
-				day                        string
-				durNS, ttfbNS, cost        int64
-				inUnc, cr, cw5, cw1, io, o sql.NullInt64
-				reason                     sql.NullInt64
-				unpriced                   bool
+				got                 metering.Record
+				u                   metering.Usage
+				started             time.Time
+				day                 string
+				durNS, ttfbNS, cost int64
+				buckets             [metering.NumBuckets]sql.NullInt64
+				unpriced            bool
 			)
-			err := s.db.QueryRowContext(ctx, `SELECT request_id, started_at, day, duration_ns, ttfb_ns, workspace, project, user_id, token_id, session_id,
-				harness, dialect, operation, path, provider, credential_tier, credential_id, stream, model_requested, model_served,
-				upstream_id, status, outcome, usage_source, usage_injected, event_overflow, input_uncached, cache_read, cache_write_5m,
-				cache_write_1h, input_other, output_tokens, reasoning_tokens, cost_micro_usd, unpriced, price_version, bytes_out, service_tier
-				FROM usage_records WHERE request_id = $1`, "rt-1").Scan(
-				&got.RequestID, &started, &day, &durNS, &ttfbNS, &got.Workspace, &got.Project, &got.User, &got.TokenID, &got.Session,
+			dest := []any{&got.RequestID, &started, &day, &durNS, &ttfbNS, &got.Workspace, &got.Project, &got.User, &got.TokenID, &got.Session,
 				&got.Harness, &got.Dialect, &got.Operation, &got.Path, &got.Provider, &got.CredTier, &got.CredentialID, &got.Stream,
 				&got.ModelRequest, &got.ModelServed, &got.UpstreamID, &got.Status, &got.Outcome, &got.Source, &got.Injected,
-				&got.EventOverflow, &inUnc, &cr, &cw5, &cw1, &io, &o, &reason, &cost, &unpriced, &got.PriceVersion, &got.BytesOut, &got.ServiceTier)
+				&got.EventOverflow}
+			for i := range buckets {
+				dest = append(dest, &buckets[i])
+			}
+			dest = append(dest, &cost, &unpriced, &got.PriceVersion, &got.BytesOut, &got.ServiceTier)
+			err := s.db.QueryRowContext(ctx, `SELECT request_id, started_at, day, duration_ns, ttfb_ns, workspace, project, user_id, token_id, session_id,
+				harness, dialect, operation, path, provider, credential_tier, credential_id, stream, model_requested, model_served,
+				upstream_id, status, outcome, usage_source, usage_injected, event_overflow, `+strings.Join(bucketColumns(), ", ")+`,
+				cost_micro_usd, unpriced, price_version, bytes_out, service_tier
+				FROM usage_records WHERE request_id = $1`, "rt-1").Scan(dest...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -157,7 +161,12 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 			if day != "2026-05-04" {
 				t.Errorf("day: got %q, want 2026-05-04 (UTC date)", day)
 			}
-			u = metering.Usage{InputUncached: inUnc.Int64, CacheRead: cr.Int64, CacheWrite5m: cw5.Int64, CacheWrite1h: cw1.Int64, InputOther: io.Int64, Output: o.Int64, Reasoning: reason.Int64}
+			for i, b := range metering.Buckets {
+				if !buckets[i].Valid {
+					t.Errorf("%s is NULL", b.Column)
+				}
+				*b.Of(&u) = buckets[i].Int64
+			}
 			got.Usage, got.CostMicroUSD = &u, &cost
 			got.Duration, got.TTFB = time.Duration(durNS), time.Duration(ttfbNS)
 			got.Start, got.Unpriced = r.Start, unpriced
@@ -233,11 +242,39 @@ func mustUsageFile(tb testing.TB, path string) *store.DB {
 
 // dailyDump returns every usage_daily row as text in key order (with the
 // service_tier column when tier), and the sum of each dailySums column.
-// v3Sums is how many of dailySums usage_daily had up to migration 3.
-const v3Sums = 13
+// Columns added by migrations after 3, which the migration tests' older
+// schemas lack.
+var (
+	laterRecordColumns = slices.Concat(governanceColumns, []string{"web_search_requests"}, failoverColumns)
+	laterDailyColumns  = []string{"unmetered_requests", "rejected_requests", "web_search_requests"}
+)
 
-// dailyDump reads usage_daily's first v3Sums sums, so it works on every
-// schema version since 2.
+// v3Sums are the positions in dailySums of the sums usage_daily had up to
+// migration 3, and v2RecordColumns those in recordColumns of the columns
+// usage_records had at migration 2.
+var v3Sums, v2RecordColumns = columnsWithout(dailySums, laterDailyColumns), columnsWithout(recordColumns, laterRecordColumns)
+
+func columnsWithout(cols, later []string) []int {
+	var idx []int
+	for i, c := range cols {
+		if !slices.Contains(later, c) {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// pick returns the elements of vs at idx.
+func pick[T any](vs []T, idx []int) []T {
+	out := make([]T, len(idx))
+	for j, i := range idx {
+		out[j] = vs[i]
+	}
+	return out
+}
+
+// dailyDump reads usage_daily's v3Sums sums, so it works on every schema
+// version since 2.
 func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals dailyAgg) {
 	tb.Helper()
 	ctx := context.Background()
@@ -245,7 +282,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 	if tier {
 		keys = dailyKeyColumns
 	}
-	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), dailySums[:v3Sums]...), ", ")+
+	r, err := db.QueryContext(ctx, "SELECT "+strings.Join(append(slices.Clip(keys), pick(dailySums, v3Sums)...), ", ")+
 		" FROM usage_daily ORDER BY "+strings.Join(keys, ", "))
 	if err != nil {
 		tb.Fatal(err)
@@ -258,7 +295,7 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		for i := range k {
 			dest = append(dest, &k[i])
 		}
-		for i := range v3Sums {
+		for _, i := range v3Sums {
 			dest = append(dest, &v[i])
 		}
 		if err := r.Scan(dest...); err != nil {
@@ -270,12 +307,12 @@ func dailyDump(tb testing.TB, db *store.DB, tier bool) (rows []string, totals da
 		tb.Fatal(err)
 	}
 	var sums []string
-	for _, c := range dailySums[:v3Sums] {
+	for _, c := range pick(dailySums, v3Sums) {
 		sums = append(sums, "CAST(COALESCE(SUM("+c+"), 0) AS BIGINT)")
 	}
-	dest := make([]any, v3Sums)
-	for i := range v3Sums {
-		dest[i] = &totals[i]
+	dest := make([]any, len(v3Sums))
+	for j, i := range v3Sums {
+		dest[j] = &totals[i]
 	}
 	if err := db.QueryRowContext(ctx, "SELECT "+strings.Join(sums, ", ")+" FROM usage_daily").Scan(dest...); err != nil {
 		tb.Fatal(err)
@@ -304,11 +341,11 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
 				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
 				recs = append(recs, r)
-				// Migration 2's columns: the governance and failover ones
-				// came later.
-				cols := recordColumns[:len(recordColumns)-len(governanceColumns)-len(failoverColumns)]
+				// Migration 2's columns: the governance ones, web
+				// searches and attempts came later.
+				cols := pick(recordColumns, v2RecordColumns)
 				q := "INSERT INTO usage_records (" + strings.Join(cols, ", ") + ") VALUES (" + placeholders(len(cols)) + ")"
-				if _, err := db.ExecContext(ctx, q, v2.appendRecordArgs(nil, r, now)[:len(cols)]...); err != nil {
+				if _, err := db.ExecContext(ctx, q, pick(v2.appendRecordArgs(nil, r, now), v2RecordColumns)...); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -323,15 +360,21 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				}
 				agg[k].add(r)
 			}
-			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = &dailyAgg{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1}
-			v2cols := append(slices.Clip(dailyKeyColumns[:7]), dailySums[:v3Sums]...)
+			gone := new(dailyAgg)
+			// requests, the seven token buckets, cost, priced, unpriced,
+			// missing and estimated requests.
+			for j, v := range []int64{9, 8, 7, 6, 5, 4, 3, 2, 1_000_001, 9, 0, 0, 1} {
+				gone[v3Sums[j]] = v
+			}
+			agg[dailyKey{day: "2026-04-01", project: "gone", model: "old-model"}] = gone
+			v2cols := append(slices.Clip(dailyKeyColumns[:7]), pick(dailySums, v3Sums)...)
 			ph := make([]string, len(v2cols))
 			for i := range ph {
 				ph[i] = "$" + fmt.Sprint(i+1)
 			}
 			for k, a := range agg {
 				args := []any{k.day, k.project, k.user, k.workspace, k.harness, k.provider, k.model}
-				for _, v := range a[:v3Sums] {
+				for _, v := range pick(a[:], v3Sums) {
 					args = append(args, v)
 				}
 				if _, err := db.ExecContext(ctx, "INSERT INTO usage_daily ("+strings.Join(v2cols, ", ")+") VALUES ("+strings.Join(ph, ", ")+")", args...); err != nil {

@@ -47,6 +47,9 @@ type shape struct {
 	midError     bool
 	incomplete   bool
 	noUsage      bool
+	// compaction: a Responses request ending in a compaction_trigger item,
+	// answered with one compaction item (compact.go).
+	compaction bool
 }
 
 // rendered is a pre-serialised response: a JSON body, or the frames of a
@@ -126,6 +129,9 @@ func (rn *renderer) render(sh shape) *rendered {
 		case OpenAIChat:
 			return &rendered{body: rn.chatBody(sh)}
 		case OpenAIResponses:
+			if sh.compaction {
+				return &rendered{body: mustJSON(rn.compactionFinal(sh))}
+			}
 			return &rendered{body: rn.responsesBody(sh)}
 		default:
 			return &rendered{body: rn.geminiBody(sh)}
@@ -141,6 +147,9 @@ func (rn *renderer) render(sh shape) *rendered {
 		frames = rn.chatStream(sh)
 		malformed = []byte("data: {\"id\":\"" + ChatCompletionID + "\",\"object\":\"chat.completion.chunk\",\"choices\":[{\n\n")
 	case OpenAIResponses:
+		if sh.compaction {
+			return &rendered{frames: rn.compactionStream(sh)}
+		}
 		frames = rn.responsesStream(sh)
 		malformed = []byte("event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\n\n")
 	default:

@@ -158,7 +158,8 @@ const (
 	epCount
 	epListModels
 	epGetModel
-	epStored // a stored Responses response (stored.go)
+	epStored  // a stored Responses response (stored.go)
+	epCompact // POST /v1/responses/compact (compact.go)
 )
 
 // route is what a request's method and path name.
@@ -192,6 +193,8 @@ func routeOf(r *http.Request) route {
 			return route{dialect: OpenAIResponses, ep: epGenerate}
 		case strings.HasSuffix(p, "/v1/responses/input_tokens"):
 			return route{dialect: OpenAIResponses, ep: epCount}
+		case strings.HasSuffix(p, "/v1/responses/compact"):
+			return route{dialect: OpenAIResponses, ep: epCompact}
 		}
 		i := strings.LastIndex(p, "/models/")
 		if i < 0 {
@@ -362,6 +365,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			x.errorResponse(http.StatusBadRequest, "fake provider: request body is not valid JSON")
 			return
 		}
+	case epCompact:
+		var req generateRequest
+		if err := json.Unmarshal(body, &req); err != nil || req.Model == "" {
+			x.errorResponse(http.StatusBadRequest, "fake provider: a compact request needs a JSON body with a model")
+			return
+		}
+		x.e.update(func(q *Request) { q.Model = req.Model })
 	}
 
 	if p.fault.status != 0 {
@@ -381,6 +391,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.json(p, modelObject(rt.dialect, rt.model))
 	case epStored:
 		x.stored(p, rt)
+	case epCompact:
+		x.json(p, s.rn.compactBody(p))
 	default:
 		if sh.stream {
 			x.stream(p, s.rn.get(sh).frames, sh)
@@ -422,6 +434,7 @@ func (s *Server) shapeOf(rt route, r *http.Request, body []byte, p plan) (shape,
 		noUsage:      p.fault.noUsage,
 	}
 	sh.geminiSSE = sh.stream && rt.dialect == Gemini && r.URL.Query().Get("alt") == "sse"
+	sh.compaction = rt.dialect == OpenAIResponses && compactionTriggered(body)
 	sh.model = a.model
 	if sh.model == "" {
 		sh.model = defaultModels[rt.dialect]
