@@ -744,3 +744,57 @@ func TestRetryAfterAndRejectionReading(t *testing.T) {
 		}
 	}
 }
+
+// TestBindingOfTwoCredentialsFailsOverAndHealthSkipsTheBrokenOne runs the
+// real resolver and the real health tracker: a project binding whose first
+// credential answers 529 every time. Each request is answered by the
+// second; once the first has failed FailureThreshold times its circuit is
+// open, and the next request goes straight to the second, in one attempt.
+func TestBindingOfTwoCredentialsFailsOverAndHealthSkipsTheBrokenOne(t *testing.T) {
+	bad := startFlaky(t, 529, 0).always()
+	tracker := health.New(health.Config{FailureThreshold: 2, BaseCooldown: time.Minute})
+	e := newEnv(t, envOptions{fake: upstreamtest.Config{Keys: append([]string{altKey}, canaries...)}, health: tracker})
+	ctx := context.Background()
+	first, err := e.svc.CreateCredential(ctx, resolver.CredentialSpec{Name: "first", Provider: "anthropic", Secret: resolver.NewSecret(alt2Key), BaseURL: bad.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := e.svc.CreateCredential(ctx, resolver.CredentialSpec{Name: "second", Provider: "anthropic", Secret: resolver.NewSecret(altKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := resolver.BindingKey{Tier: resolver.TierProject, ScopeID: "p", Dialect: "anthropic-messages"}
+	if _, err := e.svc.BindCandidates(ctx, k, []resolver.BindCandidate{{CredentialID: first.ID}, {CredentialID: second.ID, Priority: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, wantAttempts := range []int{2, 2, 0} {
+		resp, body := e.turn(anthropicStreamBody)
+		if resp.StatusCode != 200 || !bytes.Contains(body, []byte("message_stop")) {
+			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, body)
+		}
+		rec := e.record(resp)
+		if rec.CredentialID != second.ID || rec.CredTier != resolver.TierProject || len(rec.Attempts) != wantAttempts {
+			t.Errorf("request %d: credential %s tier %s attempts %+v; want %s, %d attempts", i, rec.CredentialID, rec.CredTier, rec.Attempts, second.ID, wantAttempts)
+		}
+		assertNoKeys(t, e, resp, body, rec)
+	}
+	if bad.hits.Load() != 2 {
+		t.Errorf("the broken credential saw %d requests; its circuit should have opened after 2", bad.hits.Load())
+	}
+	st, ok := tracker.State(first.ID)
+	if !ok || st.Circuit != health.CircuitOpen {
+		t.Errorf("first credential's health = %+v", st)
+	}
+	// The admin view shows it.
+	req, _ := http.NewRequest("GET", e.AdminURL+"/admin/v1/resolution?project=p&user=u", nil)
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := readAll(t, resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(view, []byte(`"circuit":"open"`)) {
+		t.Errorf("resolution view without the open circuit: %s", view)
+	}
+}
