@@ -798,3 +798,26 @@ func TestBindingOfTwoCredentialsFailsOverAndHealthSkipsTheBrokenOne(t *testing.T
 		t.Errorf("resolution view without the open circuit: %s", view)
 	}
 }
+
+func TestEveryCandidateRefusedByHealthIs503AtOnce(t *testing.T) {
+	hl := &recordingHealth{refuse: map[string]time.Time{}}
+	e := newEnv(t, envOptions{health: hl})
+	resp, _ := e.turn(anthropicStreamBody)
+	id := e.record(resp).CredentialID
+	hl.mu.Lock()
+	hl.refuse[id] = time.Now().Add(3 * time.Second)
+	hl.mu.Unlock()
+	resp, body := e.turn(anthropicStreamBody)
+	if resp.StatusCode != 503 || !bytes.Contains(body, []byte("cooling down")) || !bytes.Contains(body, []byte(`"api_error"`)) {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if ra, _ := strconv.Atoi(resp.Header.Get("Retry-After")); ra < 2 || ra > 3 {
+		t.Errorf("Retry-After %q, want the cooldown's end", resp.Header.Get("Retry-After"))
+	}
+	if n := e.fake.Counters().Requests; n != 1 {
+		t.Errorf("the provider saw %d requests, want only the first", n)
+	}
+	if rec := e.record(resp); rec.Status != 503 || rec.Outcome != metering.OutcomeRejected {
+		t.Errorf("record %d/%s", rec.Status, rec.Outcome)
+	}
+}
