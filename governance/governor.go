@@ -41,6 +41,10 @@ type budgetLedger interface {
 	Reserve(ctx context.Context, requestID string, charges []Charge) (*Refusal, error)
 	Release(ctx context.Context, requestID string) error
 	Headroom(ctx context.Context, budgets []Budget) ([]Headroom, error)
+	Allotted(charges []Charge) ([]metering.Hold, bool)
+	Unhold(holds []metering.Hold)
+	FinishHolds(holds []metering.Hold, rec *metering.Record)
+	ReturnUnused(ctx context.Context, charges []Charge) bool
 }
 
 // Governor admits requests under every policy that applies to them.
@@ -88,6 +92,9 @@ type Admission struct {
 	// Reserved says a budget reservation is held under the request id; the
 	// usage record settles it (metering.Record.Reserved).
 	Reserved bool
+	// Allotted are the holds taken from this replica's allotments instead
+	// (metering.Record.Allotted); a request has these or Reserved.
+	Allotted []metering.Hold
 	// ReservedMicroUSD is the cost reserved (the largest over cost budgets).
 	ReservedMicroUSD int64
 
@@ -175,7 +182,15 @@ func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 	}
 
 	if len(charges) > 0 && g.ledger != nil {
+		if holds, ok := g.ledger.Allotted(charges); ok {
+			a.Allotted, a.ledger = holds, g.ledger
+			a.ReservedMicroUSD = maxCost(charges)
+			return a, nil
+		}
 		ref, err := g.ledger.Reserve(ctx, req.RequestID, charges)
+		if ref != nil && g.ledger.ReturnUnused(ctx, charges) {
+			ref, err = g.ledger.Reserve(ctx, req.RequestID, charges)
+		}
 		switch {
 		case ref != nil:
 			a.permit.Release(0)
@@ -193,14 +208,21 @@ func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 		default:
 			a.Reserved = true
 			a.ledger = g.ledger
-			for _, c := range charges {
-				if c.Budget.Metric == MetricCost {
-					a.ReservedMicroUSD = max(a.ReservedMicroUSD, c.Amount)
-				}
-			}
+			a.ReservedMicroUSD = maxCost(charges)
 		}
 	}
 	return a, nil
+}
+
+// maxCost is the largest cost charge: what the record shows as reserved.
+func maxCost(charges []Charge) int64 {
+	var m int64
+	for _, c := range charges {
+		if c.Budget.Metric == MetricCost {
+			m = max(m, c.Amount)
+		}
+	}
+	return m
 }
 
 // charges returns what the request reserves against each budget, and
@@ -276,6 +298,9 @@ func (a *Admission) Release(ctx context.Context) {
 	if a.permit != nil {
 		a.permit.Release(0)
 	}
+	if len(a.Allotted) > 0 && a.ledger != nil {
+		a.ledger.Unhold(a.Allotted)
+	}
 	if a.Reserved && a.ledger != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 		defer cancel()
@@ -288,10 +313,17 @@ func (a *Admission) Release(ctx context.Context) {
 }
 
 // Finish ends an admitted request once its record is final: it frees the
-// concurrency slot and corrects TPM to the record's tokens. The budget
-// settles with the record in the ledger's transaction, not here.
+// concurrency slot, corrects TPM to the record's tokens and frees its
+// allotment holds. The budget settles with the record in the ledger's
+// transaction, not here.
 func (a *Admission) Finish(rec *metering.Record) {
-	if a == nil || !a.ended.CompareAndSwap(false, true) || a.permit == nil {
+	if a == nil || !a.ended.CompareAndSwap(false, true) {
+		return
+	}
+	if len(a.Allotted) > 0 && a.ledger != nil {
+		a.ledger.FinishHolds(a.Allotted, rec)
+	}
+	if a.permit == nil {
 		return
 	}
 	// TPM is corrected by the settlement rule's token count: the usage,

@@ -79,6 +79,8 @@ CREATE TABLE gov_replicas (
 	started_at BIGINT NOT NULL,
 	last_seen BIGINT NOT NULL
 )`,
+	// Headroom sums a budget window's allotments.
+	`CREATE INDEX gov_reservation_items_budget ON gov_reservation_items (budget_id, window_start)`,
 }
 
 // Reservation states.
@@ -121,6 +123,9 @@ type LedgerConfig struct {
 	// Now is the clock (tests inject one); default time.Now.
 	Now func() time.Time
 	Log *slog.Logger
+	// Allotments admits requests from slices of headroom this replica
+	// reserves ahead (allot.go) instead of a reservation per request.
+	Allotments bool
 }
 
 // Ledger keeps budget counters and reservations in the SQL database: one
@@ -143,6 +148,10 @@ type Ledger struct {
 	// waiting here is a handoff, where SQLite's busy handler would sleep
 	// and poll, and it gives up when the request does.
 	sqliteTurn chan struct{}
+	// lastBeat is the Unix milliseconds of the last heartbeat that
+	// succeeded; allotments are used only while it is recent.
+	lastBeat atomic.Int64
+	allot    allotter
 }
 
 // OpenLedger applies the ledger's migrations and returns it.
@@ -167,6 +176,7 @@ func OpenLedger(ctx context.Context, db *store.DB, cfg LedgerConfig) (*Ledger, e
 		return nil, err
 	}
 	l := &Ledger{db: db, cfg: cfg, started: cfg.Now(), sqliteTurn: make(chan struct{}, 1)}
+	l.allot.byKey, l.allot.byID = map[allotKey]*allotment{}, map[string]*allotment{}
 	l.replicas.Store(1)
 	return l, nil
 }
@@ -690,7 +700,11 @@ type Headroom struct {
 	ResetAt  time.Time `json:"reset_at,omitzero"`
 	Spent    int64     `json:"spent"`
 	Reserved int64     `json:"reserved"`
-	Limit    int64     `json:"limit"`
+	// Allotted is the part of Reserved that replicas hold ahead as
+	// allotments (their requests in flight included); the rest is held by
+	// requests that reserved directly.
+	Allotted int64 `json:"allotted"`
+	Limit    int64 `json:"limit"`
 }
 
 // Headroom returns each budget's spent and reserved amounts in its current
@@ -709,6 +723,13 @@ func (l *Ledger) Headroom(ctx context.Context, budgets []Budget) ([]Headroom, er
 		if err != nil {
 			return nil, fmt.Errorf("budget ledger: headroom of %s: %w", b.ID, err)
 		}
+		err = l.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(i.amount), 0) FROM gov_reservation_items i
+			JOIN gov_reservations r ON r.request_id = i.request_id
+			WHERE i.budget_id = $1 AND i.window_start >= $2 AND i.window_start <= $3 AND r.state = 'held' AND i.request_id LIKE 'allot:%'`,
+			b.ID, w.lo, w.cur).Scan(&h.Allotted)
+		if err != nil {
+			return nil, fmt.Errorf("budget ledger: allotments of %s: %w", b.ID, err)
+		}
 		out = append(out, h)
 	}
 	return out, nil
@@ -724,10 +745,17 @@ func (l *Ledger) Start(ctx context.Context) error {
 		go func() {
 			t := time.NewTicker(l.cfg.Heartbeat)
 			defer t.Stop()
+			tidy := time.NewTicker(time.Second)
+			defer tidy.Stop()
+			if !l.cfg.Allotments {
+				tidy.Stop()
+			}
 			for {
 				select {
 				case <-ctx.Done():
 					return
+				case <-tidy.C:
+					l.tidyAllotments(ctx, false)
 				case <-t.C:
 					if err := l.tick(ctx); err != nil && ctx.Err() == nil {
 						l.cfg.Log.Warn("budget ledger heartbeat", "replica", l.cfg.ReplicaID, "err", err)
@@ -765,6 +793,12 @@ func (l *Ledger) Heartbeat(ctx context.Context) error {
 		return fmt.Errorf("budget ledger: count replicas: %w", err)
 	}
 	l.replicas.Store(max(1, n))
+	if !l.beatFresh(now) {
+		// Silent long enough that a peer may have reclaimed them: no
+		// allotment of before may take a hold again.
+		l.retireAllotments()
+	}
+	l.lastBeat.Store(ms)
 	return nil
 }
 
@@ -844,10 +878,33 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		c, t := Actuals(r)
 		ids, costs, tokens = append(ids, r.RequestID), append(costs, c), append(tokens, t)
 	}
-	if len(ids) == 0 {
-		return nil
+	allots, asts := l.allotSettleStatements(engine, recs)
+	var sts []ledger.Statement
+	if len(ids) > 0 {
+		sts = l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
 	}
-	return l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
+	if len(asts) == 0 {
+		return sts
+	}
+	if engine == store.Postgres {
+		// One lock of every counter either part touches, in key order:
+		// two locks, each ordered, could deadlock with another replica's
+		// batch.
+		if len(sts) > 0 {
+			sts = sts[1:]
+		}
+		sts = append([]ledger.Statement{lockCounters(append(slices.Clip(ids), allots...))}, sts...)
+	}
+	return append(sts, asts...)
+}
+
+// lockCounters locks, in key order, the counter rows of the reservations
+// (or allotments) ids: the first statement of every PostgreSQL transaction
+// that moves their amounts.
+func lockCounters(ids []string) ledger.Statement {
+	return ledger.Statement{SQL: `SELECT 1 FROM gov_counters WHERE (budget_id, window_start) IN
+	(SELECT budget_id, window_start FROM gov_reservation_items WHERE request_id = ANY($1::text[]))
+ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}}
 }
 
 var _ ledger.Settler = (*Ledger)(nil)
@@ -890,6 +947,9 @@ const (
 	transSettle transKind = iota
 	transRelease
 	transReclaim
+	// transAllotRelease ends an allotment (held → released): what is left
+	// of it leaves reserved, and records still to come charge spent.
+	transAllotRelease
 )
 
 // actualExpr is what an item is charged at settlement: the record's
@@ -937,12 +997,12 @@ func (l *Ledger) transition(engine string, ids []string, costs, tokens []*int64,
 		to = "CASE WHEN state = 'held' THEN 'released' ELSE 'settled_late' END"
 	case transReclaim:
 		from, dspent, dres, to = "'held'", "i.amount", "i.amount", "'reclaimed'"
+	case transAllotRelease:
+		from, dspent, dres, to = "'held'", "0", "CASE WHEN i.amount > 0 THEN i.amount ELSE 0 END", "'released'"
 	}
 	var sts []ledger.Statement
 	if engine == store.Postgres {
-		sts = append(sts, ledger.Statement{SQL: `SELECT 1 FROM gov_counters WHERE (budget_id, window_start) IN
-	(SELECT budget_id, window_start FROM gov_reservation_items WHERE request_id = ANY($1::text[]))
-ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}})
+		sts = append(sts, lockCounters(ids))
 	}
 	sts = append(sts, ledger.Statement{SQL: "WITH " + src + `,
 d AS (SELECT i.budget_id, i.window_start, SUM(` + dspent + `) AS dspent, SUM(` + dres + `) AS dres

@@ -66,7 +66,7 @@ type rig struct {
 	clk   *clock
 }
 
-func openRig(t testing.TB, dsn string, clk *clock, replica string) *rig {
+func openRig(t testing.TB, dsn string, clk *clock, replica string, opts ...func(*LedgerConfig)) *rig {
 	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, dsn)
@@ -74,7 +74,11 @@ func openRig(t testing.TB, dsn string, clk *clock, replica string) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	l, err := OpenLedger(ctx, db, LedgerConfig{ReplicaID: replica, Now: clk.Now, Lease: 30 * time.Second, Heartbeat: 5 * time.Second})
+	cfg := LedgerConfig{ReplicaID: replica, Now: clk.Now, Lease: 30 * time.Second, Heartbeat: 5 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	l, err := OpenLedger(ctx, db, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

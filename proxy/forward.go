@@ -323,7 +323,7 @@ func (cl *call) applyAdmission(adm *governance.Admission, body []byte, m registr
 		}
 		cl.rec.ModelSent = adm.Model
 	}
-	cl.rec.Reserved, cl.rec.ReservedMicroUSD = adm.Reserved, adm.ReservedMicroUSD
+	cl.rec.Reserved, cl.rec.Allotted, cl.rec.ReservedMicroUSD = adm.Reserved, adm.Allotted, adm.ReservedMicroUSD
 	return out, rest, nil
 }
 

@@ -142,6 +142,10 @@ type options struct {
 	BudgetLease     time.Duration
 	BudgetHeartbeat time.Duration
 	ReplicaID       string
+	// BudgetAllotments (TOLLGATE_BUDGET_ALLOTMENTS, on) admits budgeted
+	// requests from slices of headroom reserved ahead; off reserves each
+	// request in the ledger.
+	BudgetAllotments string
 	// AlertWebhookURL receives budget alerts (TOLLGATE_ALERT_WEBHOOK_URL,
 	// no flag); AlertWebhookSecret signs them (TOLLGATE_ALERT_WEBHOOK_SECRET,
 	// or a file named by TOLLGATE_ALERT_WEBHOOK_SECRET_FILE /
@@ -271,6 +275,7 @@ func (o *options) bindGovernance(fs *flag.FlagSet) {
 	o.stringVar(fs, &o.RedisPrefix, "redis-prefix", "TOLLGATE_REDIS_PREFIX", "tg:", "`prefix` of every Redis key", checkRedisPrefix)
 	o.waitVar(fs, &o.RateMaxWait, "rate-max-wait", "TOLLGATE_RATE_MAX_WAIT", governance.DefaultMaxWait, "how `long` a rate-limited request may wait inside tollgate before it is refused; 0: never wait")
 	o.durationVar(fs, &o.BudgetLease, "budget-lease", "TOLLGATE_BUDGET_LEASE", governance.DefaultLease, "how `long` a silent replica keeps its budget reservations before a peer reclaims them at their ceiling")
+	o.stringVar(fs, &o.BudgetAllotments, "budget-allotments", "TOLLGATE_BUDGET_ALLOTMENTS", "on", "`on` or off: admit budgeted requests from a slice of headroom this replica reserves ahead (off: one ledger transaction per request)", checkOnOff)
 	o.durationVar(fs, &o.BudgetHeartbeat, "budget-heartbeat", "TOLLGATE_BUDGET_HEARTBEAT", governance.DefaultHeartbeat, "how `often` this replica proves to the budget ledger it is alive")
 	o.stringVar(fs, &o.ReplicaID, "replica-id", "TOLLGATE_REPLICA_ID", "", "`name` of this replica's budget reservations; default random per start", checkReplicaID)
 	o.stringVar(fs, &o.AlertWebhookSecretFile, "alert-webhook-secret-file", "TOLLGATE_ALERT_WEBHOOK_SECRET_FILE", "", "`file` holding the secret budget alerts are signed with; or set TOLLGATE_ALERT_WEBHOOK_SECRET", nil)

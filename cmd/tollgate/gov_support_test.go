@@ -195,6 +195,7 @@ func (g *govCluster) issue(s govScope) string {
 type govHeadroom struct {
 	Spent    int64 `json:"spent"`
 	Reserved int64 `json:"reserved"`
+	Allotted int64 `json:"allotted"`
 	Limit    int64 `json:"limit"`
 }
 

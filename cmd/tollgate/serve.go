@@ -450,6 +450,7 @@ func startGovernance(ctx, bg context.Context, o *options, d *deps, prices *hotfi
 	}
 	l, err := governance.OpenLedger(ctx, d.db, governance.LedgerConfig{
 		ReplicaID: o.ReplicaID, Lease: o.BudgetLease, Heartbeat: o.BudgetHeartbeat, Log: log,
+		Allotments: o.BudgetAllotments == "on",
 	})
 	if err != nil {
 		return nil, err
@@ -504,6 +505,11 @@ func startGovernance(ctx, bg context.Context, o *options, d *deps, prices *hotfi
 // ledger's heartbeat and the alerter), waits for the watcher (bounded) and
 // the alerter, and closes the Redis pool.
 func (g *governanceDeps) stop(stopBG context.CancelFunc) {
+	// Requests have drained: what this replica holds ahead goes back now,
+	// not a lease later at its whole amount.
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownCancelBound)
+	g.ledger.ReleaseAllotments(ctx)
+	cancel()
 	stopBG()
 	select {
 	case <-g.watcher.Done():
