@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
@@ -210,6 +211,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer unregisterGov()
+	// One tracker for the process: failover reads and feeds it, the
+	// resolution view and the gauges show it.
+	credHealth := health.New(o.healthConfig())
+	unregisterHealth, err := tel.registerHealth(credHealth)
+	if err != nil {
+		return err
+	}
+	defer unregisterHealth()
 
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
@@ -262,6 +271,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
+		Failover:          o.failover(),
+		Health:            credHealth,
 		Logger:            log,
 
 		AllowPrivateBaseURL: o.AllowPrivateBaseURL,
