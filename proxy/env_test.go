@@ -76,6 +76,11 @@ type envOptions struct {
 	sink func(*meteringtest.Sink) Sink
 	// governor sets Config.Governor (gov_*_test.go).
 	governor *governance.Governor
+	// resolver wraps the real resolver as Config.Resolver; failover and
+	// health set the Config fields of the same names (failover_test.go).
+	resolver func(CredentialResolver) CredentialResolver
+	failover FailoverConfig
+	health   HealthTracker
 	// audit turns the audit log on (Config.Audit); dbURL, if set, is the
 	// database instead of a SQLite file (adminaudit_test.go).
 	audit bool
@@ -150,6 +155,10 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	if o.sink != nil {
 		serverSink = o.sink(sink)
 	}
+	var credResolver CredentialResolver = svc
+	if o.resolver != nil {
+		credResolver = o.resolver(svc)
+	}
 	baseCtx, cancel := context.WithCancel(context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -158,7 +167,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	srv, err := New(Config{
 		Registry:              reg,
 		Auth:                  svc,
-		Resolver:              svc,
+		Resolver:              credResolver,
 		Admin:                 svc,
 		Sink:                  serverSink,
 		Pricer:                o.pricer,
@@ -173,6 +182,8 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		AuthLimits:            o.authLimits,
 		Refusals:              o.refusals,
 		Governor:              o.governor,
+		Failover:              o.failover,
+		Health:                o.health,
 		Audit:                 auditLog,
 	})
 	if err != nil {
