@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 
@@ -82,6 +83,26 @@ func (t AuditTrail) Bound(ctx context.Context, b resolver.Binding) error {
 // BindingChanged records binding.VERB for unbind, activate and deactivate.
 func (t AuditTrail) BindingChanged(ctx context.Context, verb string, k resolver.BindingKey) error {
 	return t.record(ctx, "binding."+verb, bindingTarget(k), nil)
+}
+
+// PolicySet records NOUN.set (budget, limit, model_rule) with the policy
+// as it was stored and what the write did: created, updated, unchanged,
+// or replaced (a PUT). The target is the policy's id.
+func (t AuditTrail) PolicySet(ctx context.Context, noun string, policy any, result string) error {
+	var change map[string]any
+	if b, err := json.Marshal(policy); err != nil {
+		return err
+	} else if err := json.Unmarshal(b, &change); err != nil {
+		return err
+	}
+	id, _ := change["id"].(string)
+	change["result"] = result
+	return t.record(ctx, noun+".set", id, change)
+}
+
+// PolicyDeleted records NOUN.delete.
+func (t AuditTrail) PolicyDeleted(ctx context.Context, noun, id string) error {
+	return t.record(ctx, noun+".delete", id, nil)
 }
 
 func bindingTarget(k resolver.BindingKey) string {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -202,4 +203,67 @@ func mustIssue(t *testing.T, e *testEnv) string {
 		t.Fatalf("issue: %d %v", code, v)
 	}
 	return v["info"].(map[string]any)["id"].(string)
+}
+
+// TestAdminPolicyWritesAreAudited: each budget, limit and model rule
+// write over the admin API makes one entry naming the policy and what the
+// write did (created, updated or unchanged for a POST, replaced for a
+// PUT); a refused one makes none.
+func TestAdminPolicyWritesAreAudited(t *testing.T) {
+	forEachAuditEngine(t, func(t *testing.T, e *testEnv) {
+		// The policy store of a policy admin env, served again with the audit log.
+		pe := newPolicyAdminEnvOn(t, e, filepath.Join(t.TempDir(), "gov.db"), nil)
+		g := serveOn(t, e, Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Admin: e.svc, Sink: e.sink,
+			AdminToken: "admin-secret", Policies: pe.st, PolicyWatcher: pe.w, Audit: e.audit})
+		a := &policyAdminEnv{testEnv: g}
+		n := 0
+		last := func(what string, want int) audit.Entry {
+			t.Helper()
+			p := e.auditPage("")
+			if len(p.Entries) != want {
+				t.Fatalf("%s: %d entries, want %d", what, len(p.Entries), want)
+			}
+			if want == 0 {
+				return audit.Entry{}
+			}
+			return p.Entries[0]
+		}
+		for _, tc := range []struct{ path, one, noun, create, bad string }{
+			{"/budgets", "budget", "budget", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"50","window":"month"}`, `{"scope_type":"project","window":"month"}`},
+			{"/limits", "limit", "limit", `{"scope_type":"workspace","scope_id":"ws-42","rpm":60}`, `{"scope_type":"workspace","scope_id":"ws-42","rpm":-1}`},
+			{"/model-rules", "rule", "model_rule", `{"scope_type":"project","scope_id":"acme","kind":"deny","pattern":"gpt-4*"}`, `{"kind":"sometimes"}`},
+		} {
+			code, body := a.call("POST", tc.path, tc.create)
+			id, _ := policyAnswer(t, body)[tc.one].(map[string]any)["id"].(string)
+			n++
+			ent := last("POST "+tc.path, n)
+			if code != 201 || ent.Action != tc.noun+".set" || ent.Target != id || ent.Change["result"] != "created" || ent.Change["scope_id"] == nil ||
+				ent.Actor.Kind != audit.KindAPI {
+				t.Fatalf("POST %s: %d, entry %+v", tc.path, code, ent)
+			}
+			a.call("POST", tc.path, tc.create)
+			n++
+			if ent := last("POST again "+tc.path, n); ent.Target != id || ent.Change["result"] != "unchanged" {
+				t.Errorf("POST again %s: entry %+v", tc.path, ent)
+			}
+			a.call("PUT", tc.path+"/"+id, tc.create)
+			n++
+			if ent := last("PUT "+tc.path, n); ent.Action != tc.noun+".set" || ent.Target != id || ent.Change["result"] != "replaced" {
+				t.Errorf("PUT %s: entry %+v", tc.path, ent)
+			}
+			for _, r := range [][3]string{{"POST", tc.path, tc.bad}, {"PUT", tc.path + "/" + id, tc.bad}, {"DELETE", tc.path + "/nope", ""}} {
+				if code, body := a.call(r[0], r[1], r[2]); code < 400 {
+					t.Fatalf("%v: %d %s, want a refusal", r, code, body)
+				}
+				last(r[0]+" "+r[1]+" refused", n)
+			}
+			if code, _ := a.call("DELETE", tc.path+"/"+id, ""); code != 200 {
+				t.Fatalf("DELETE %s: %d", tc.path, code)
+			}
+			n++
+			if ent := last("DELETE "+tc.path, n); ent.Action != tc.noun+".delete" || ent.Target != id {
+				t.Errorf("DELETE %s: entry %+v", tc.path, ent)
+			}
+		}
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/tollgate/tollgate/audit"
+	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/proxy"
 )
 
@@ -122,4 +123,25 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return nil
 	})
+}
+
+// cliAudit records a policy command's writes. It keeps the command's
+// context, which names the CLI's user, for the one command it serves.
+type cliAudit struct {
+	ctx    context.Context
+	trail  proxy.AuditTrail
+	stderr io.Writer
+}
+
+func openCLIAudit(ctx context.Context, d *deps, stderr io.Writer) (cliAudit, error) {
+	ctx, t, err := openTrail(ctx, d)
+	return cliAudit{ctx: ctx, trail: t, stderr: stderr}, err
+}
+
+func (a cliAudit) policySet(noun string, policy any, res governance.SetResult) {
+	audited(a.stderr, a.trail.PolicySet(a.ctx, noun, policy, string(res)))
+}
+
+func (a cliAudit) policyDeleted(noun, id string) {
+	audited(a.stderr, a.trail.PolicyDeleted(a.ctx, noun, id))
 }

@@ -140,7 +140,32 @@ func testCLIWritesAreAudited(t *testing.T, c *cli) {
 	ok("", "credential", "rotate-key", "--from-key-file", oldFile)
 	expect("rotate-key", "credential.rotate_key", "*")
 
+	for _, tc := range []struct {
+		noun string
+		set  []string
+	}{
+		{"budget", []string{"budget", "set", "--project", "acme", "--cost", "50", "--window", "month"}},
+		{"limit", []string{"limit", "set", "--workspace", "ws-42", "--rpm", "60"}},
+		{"model_rule", []string{"models", "deny", "--project", "acme", "gpt-4*"}},
+	} {
+		id, verb := mustPolicy(t, c, tc.set...)
+		if e := expect(tc.set[0]+" set", tc.noun+".set", id); e.Change["result"] != verb || e.Change["scope_id"] == nil {
+			t.Errorf("%s.set change %v", tc.noun, e.Change)
+		}
+		mustPolicy(t, c, tc.set...)
+		if e := expect(tc.set[0]+" set again", tc.noun+".set", id); e.Change["result"] != "unchanged" {
+			t.Errorf("%s.set again: change %v", tc.noun, e.Change)
+		}
+		if _, _, code := run("", tc.set[0], "delete", "nope"); code == 0 {
+			t.Fatalf("%s delete nope succeeded", tc.set[0])
+		}
+		expect(tc.set[0]+" delete nope", "", "")
+		ok("", tc.set[0], "delete", id)
+		expect(tc.set[0]+" delete", tc.noun+".delete", id)
+	}
+
 	for _, args := range [][]string{
+		{"budget", "set", "--project", "acme", "--window", "month"},
 		{"token", "revoke", "tok_nope"},
 		{"credential", "disable", "cred_nope"},
 		{"credential", "delete", cred},
