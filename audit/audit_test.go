@@ -206,3 +206,38 @@ func TestParseFilterIsStrict(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendTxCommitsWithTheWrite: an entry appended in a transaction
+// exists only if the transaction commits.
+func TestAppendTxCommitsWithTheWrite(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, l *Log) {
+		ctx := context.Background()
+		for _, commit := range []bool{false, true} {
+			tx, err := l.db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := l.AppendTx(ctx, tx, Entry{Actor: Actor{Kind: KindCLI, ID: "ops"}, Source: SourceCLI, Action: "token.issue", Target: "tok_1"}); err != nil {
+				t.Fatal(err)
+			}
+			if commit {
+				err = tx.Commit()
+			} else {
+				err = tx.Rollback()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err := l.Query(ctx, Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Entries) != 1 {
+			t.Fatalf("%d entries, want the committed one", len(p.Entries))
+		}
+		if err := l.Append(ctx, Entry{Target: "x"}); err == nil {
+			t.Error("an entry without an action was stored")
+		}
+	})
+}

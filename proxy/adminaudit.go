@@ -30,6 +30,11 @@ func (t AuditTrail) record(ctx context.Context, action, target string, change ma
 	if t.Log == nil {
 		return nil
 	}
+	for k, v := range change {
+		if v == "" { // a field left unset is no change
+			delete(change, k)
+		}
+	}
 	return t.Log.Record(ctx, action, target, change, append(secrets, t.Secrets...)...)
 }
 
@@ -95,7 +100,11 @@ func (t AuditTrail) PolicySet(ctx context.Context, noun string, policy any, resu
 	} else if err := json.Unmarshal(b, &change); err != nil {
 		return err
 	}
+	// The id is the target; the stamps say nothing the entry's time does not.
 	id, _ := change["id"].(string)
+	delete(change, "id")
+	delete(change, "created_at")
+	delete(change, "updated_at")
 	change["result"] = result
 	return t.record(ctx, noun+".set", id, change)
 }
