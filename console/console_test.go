@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -69,7 +70,7 @@ func TestCookieSecureBehindHTTPS(t *testing.T) {
 	if sc := a.header.Get("Set-Cookie"); a.status != http.StatusSeeOther || !strings.Contains(sc, "Secure") {
 		t.Errorf("over https at a proxy: %d %q, want Secure", a.status, sc)
 	}
-	c, err := New(context.Background(), Config{AdminToken: testAdminToken, DB: e.db, Registry: e.reg, Resolver: e.svc, PublicURL: "https://tollgate.example.com", FailDelay: -1})
+	c, err := New(context.Background(), Config{AdminToken: testAdminToken, DB: e.db, Registry: e.reg, Resolver: e.svc, PublicURL: "https://tollgate.example.com", FailDelay: -1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestWrongTokenRefusedThrottledAndLoggedWithoutIt(t *testing.T) {
 
 func TestFailedSignInIsDelayed(t *testing.T) {
 	e := newEnv(t)
-	c, err := New(context.Background(), Config{AdminToken: testAdminToken, DB: e.db, Registry: e.reg, Resolver: e.svc, FailDelay: 150 * time.Millisecond})
+	c, err := New(context.Background(), Config{AdminToken: testAdminToken, DB: e.db, Registry: e.reg, Resolver: e.svc, FailDelay: 150 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
