@@ -99,10 +99,13 @@ type Console struct {
 	cfg      Config
 	log      *slog.Logger
 	sessions *sessions
-	pages    map[string]*template.Template
-	mux      *http.ServeMux
-	origin   *http.CrossOriginProtection
-	secure   bool
+	// pages are parsed on the first render, not at start: most replicas
+	// never serve a page, and parsed templates cost idle memory (README,
+	// Console).
+	pages  func() (map[string]*template.Template, error)
+	mux    *http.ServeMux
+	origin *http.CrossOriginProtection
+	secure bool
 
 	mu    sync.Mutex
 	fails map[string]*failBucket
@@ -150,11 +153,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	pages, err := parsePages()
-	if err != nil {
-		return nil, err
-	}
-	c := &Console{cfg: cfg, log: cfg.Logger, sessions: ss, pages: pages, fails: map[string]*failBucket{}}
+	c := &Console{cfg: cfg, log: cfg.Logger, sessions: ss, pages: sync.OnceValues(parsePages), fails: map[string]*failBucket{}}
 	c.origin = http.NewCrossOriginProtection()
 	if u, err := url.Parse(cfg.PublicURL); err == nil && u.Scheme == "https" && u.Host != "" {
 		c.secure = true
@@ -254,9 +253,14 @@ type page struct {
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {
-	t := c.pages[name]
+	pages, err := c.pages()
+	if err != nil {
+		c.log.Error("console templates", "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
+		return
+	}
 	var b strings.Builder
-	if err := t.ExecuteTemplate(&b, "layout.html", p); err != nil {
+	if err := pages[name].ExecuteTemplate(&b, "layout.html", p); err != nil {
 		c.log.Error("console render", "page", name, "err", err)
 		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
 		return

@@ -415,3 +415,17 @@ func TestAdvancedDeactivateHaltsTheGrid(t *testing.T) {
 		t.Errorf("a foreign return address: %d %q", a.status, a.location)
 	}
 }
+
+// The templates are parsed on first use: every one must parse, and each
+// page the handlers render must exist.
+func TestTemplatesParse(t *testing.T) {
+	pages, err := parsePages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"signin", "message", "connections", "connect", "advanced"} {
+		if pages[name] == nil || pages[name].Lookup("content") == nil {
+			t.Errorf("page %s missing", name)
+		}
+	}
+}
