@@ -19,6 +19,12 @@ func (s *Server) consoleRoutes(r fiber.Router) {
 		return
 	}
 	h := adaptor.HTTPHandler(s.cfg.Console)
-	r.Get(consolePrefix, func(c *fiber.Ctx) error { return c.Redirect(consolePrefix+"/", fiber.StatusMovedPermanently) })
-	r.Use(consolePrefix+"/", h)
+	r.Use(consolePrefix, func(c *fiber.Ctx) error {
+		// fiber's routes match with or without the trailing slash; the
+		// console's paths all have it.
+		if string(c.Request().URI().Path()) == consolePrefix {
+			return c.Redirect(consolePrefix+"/", fiber.StatusMovedPermanently)
+		}
+		return h(c)
+	})
 }

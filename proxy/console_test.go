@@ -59,6 +59,9 @@ func TestConsoleOnTheAdminListener(t *testing.T) {
 	if resp, _ := do("GET", se.AdminURL+"/ui", nil); resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/ui/" {
 		t.Errorf("/ui: %d %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
+	if resp, _ := do("GET", se.AdminURL+"/ui/", nil); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/signin" {
+		t.Errorf("/ui/ signed out: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
 	resp, body := do("GET", se.AdminURL+"/ui/signin", nil)
 	if resp.StatusCode != 200 || !strings.Contains(body, `id="signin-form"`) || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'") {
 		t.Fatalf("sign-in page: %d %v", resp.StatusCode, resp.Header)
