@@ -392,7 +392,17 @@ func (c *Console) signinPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, Prefix+"connections", http.StatusSeeOther)
 		return
 	}
-	c.render(w, r, http.StatusOK, "signin", page{Title: "Sign in"})
+	c.render(w, r, http.StatusOK, "signin", page{Title: "Sign in", Message: c.secureNote(r)})
+}
+
+// secureNote warns, on a plain-HTTP request, that the browser will not
+// send back the Secure cookie an https public URL makes it set: sign-in
+// would seem to do nothing.
+func (c *Console) secureNote(r *http.Request) string {
+	if c.secure && r.TLS == nil && !strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		return "TOLLGATE_PUBLIC_URL is https, so the session cookie is Secure: open the console over https, or the browser may not keep you signed in."
+	}
+	return ""
 }
 
 func (c *Console) signin(w http.ResponseWriter, r *http.Request) {

@@ -4,12 +4,15 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/resolver"
 )
 
@@ -77,6 +80,14 @@ func TestCookieSecureBehindHTTPS(t *testing.T) {
 	rec := httptestPost(t, c, "/ui/signin", url.Values{"token": {testAdminToken}})
 	if sc := rec.Header().Get("Set-Cookie"); !strings.Contains(sc, "Secure") {
 		t.Errorf("https public URL: %q, want Secure", sc)
+	}
+	get := httptest.NewRecorder()
+	c.ServeHTTP(get, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/ui/signin", nil))
+	if !strings.Contains(get.Body.String(), `id="signin-note"`) {
+		t.Error("the sign-in page over plain HTTP does not warn that the Secure cookie will not stick")
+	}
+	if a := e.browser().get("/ui/signin"); a.status != http.StatusOK || strings.Contains(a.body, `id="signin-note"`) {
+		t.Error("warned without an https public URL")
 	}
 }
 
@@ -158,7 +169,17 @@ func TestSessionExpires(t *testing.T) {
 // is the database's, so sign-in on one and sign-out on another hold on
 // both, and a replica started with another admin token accepts none.
 func TestSessionAcrossReplicas(t *testing.T) {
-	e := newEnv(t)
+	t.Run("sqlite", func(t *testing.T) { testSessionAcrossReplicas(t, newEnv(t)) })
+	t.Run("postgres", func(t *testing.T) {
+		url := os.Getenv("TOLLGATE_TEST_POSTGRES")
+		if url == "" {
+			t.Skip("TOLLGATE_TEST_POSTGRES is not set")
+		}
+		testSessionAcrossReplicas(t, newEnvOn(t, testkit.PostgresSchema(t, url, "console_")))
+	})
+}
+
+func testSessionAcrossReplicas(t *testing.T, e *env) {
 	_, srvB := e.console(testAdminToken)
 	_, srvRotated := e.console("tg-admin-rotated-0123456789")
 	a := e.browser()

@@ -55,6 +55,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvOn(t, filepath.Join(t.TempDir(), "tollgate.db"))
+}
+
+// newEnvOn is newEnv on the database dsn names.
+func newEnvOn(t *testing.T, dsn string) *env {
+	t.Helper()
 	ctx := context.Background()
 	e := &env{t: t, clock: &clock{t: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}, logs: &testkit.LogBuffer{}}
 	r, err := registry.Parse(tollgate.DefaultHarnesses)
@@ -62,7 +68,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.reg = registry.NewStatic(r)
-	e.dbDSN = filepath.Join(t.TempDir(), "tollgate.db")
+	e.dbDSN = dsn
 	if e.db, err = store.Open(ctx, e.dbDSN); err != nil {
 		t.Fatal(err)
 	}
