@@ -100,6 +100,11 @@ func TestConnectValidationErrors(t *testing.T) {
 		{"unknown provider", postConnect("project", "p1", "", "anthropic-messages", "", "nope", "n", key, ""), "provider"},
 		{"project tier without a project", postConnect("project", "", "", "anthropic-messages", "", "anthropic", "n", key, ""), "scope_id is required"},
 		{"no key", postConnect("user", "", "u1", "anthropic-messages", "", "anthropic", "n", "", ""), "enter the provider key"},
+		{"existing credential and a key", func() url.Values {
+			f := postConnect("user", "", "u1", "anthropic-messages", "", "anthropic", "n", key, "")
+			f.Set("existing", "cred_any")
+			return f
+		}(), "not both"},
 		{"unknown existing credential", func() url.Values {
 			f := postConnect("user", "", "u1", "anthropic-messages", "", "", "", "", "")
 			f.Set("existing", "cred_nope")

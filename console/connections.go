@@ -228,6 +228,11 @@ func (c *Console) connect(w http.ResponseWriter, r *http.Request, s session) {
 	}
 	credID := f.Existing
 	created := false
+	if credID != "" && strings.TrimSpace(key) != "" {
+		// Which one was meant is a guess; a key typed in must not be dropped unseen.
+		again(errors.New("choose an existing credential or enter a new key, not both"))
+		return
+	}
 	if credID == "" {
 		if strings.TrimSpace(key) == "" {
 			again(errors.New("enter the provider key, or choose an existing credential"))

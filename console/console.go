@@ -280,7 +280,7 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, s session, err er
 	if resolver.IsStoreUnavailable(err) {
 		status = http.StatusServiceUnavailable
 	}
-	c.render(w, r, status, "message", page{Title: "Error", SignedIn: true, CSRF: s.csrf, Message: "The store could not answer; try again shortly."})
+	c.render(w, r, status, "message", page{Title: "Error", SignedIn: s.id != "", CSRF: s.csrf, Message: "The store could not answer; try again shortly."})
 }
 
 // session returns the request's live session.
