@@ -450,3 +450,32 @@ func TestTemplatesParse(t *testing.T) {
 		}
 	}
 }
+
+// A binding of several credentials lists them in order under its row,
+// an unusable one with its reason; the row names the one that pays.
+func TestConnectionsShowFailoverCandidates(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first := mustCred(t, e.svc, "gemini", "first-gemini", "AIzaSyFIRSTKEY00000000000000000000001")
+	second := mustCred(t, e.svc, "gemini", "second-gemini", "AIzaSySECONDKEY0000000000000000000002")
+	k := resolver.BindingKey{Tier: resolver.TierPlatform, Dialect: "gemini"}
+	if _, err := e.svc.BindCandidates(ctx, k, []resolver.BindCandidate{{CredentialID: first.ID}, {CredentialID: second.ID, Priority: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.DisableCredential(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	b := e.browser()
+	b.signIn(testAdminToken)
+	body := b.get("/ui/connections").body
+	row := rowHTML(t, body, "conn-gemini-cli-gemini")
+	if !strings.Contains(row, "second-gemini") || strings.Contains(row, "first-gemini") {
+		t.Errorf("the row does not name the usable candidate:\n%s", row)
+	}
+	i := strings.Index(body, `<tr id="conn-gemini-cli-gemini"`)
+	next := body[i+len(row):]
+	next = next[:strings.Index(next, `<tr id="conn-`)]
+	if !strings.Contains(next, `class="unusable"><code>`+first.ID) || !strings.Contains(next, resolver.ReasonCredentialDisabled) || !strings.Contains(next, second.ID) {
+		t.Errorf("failover list:\n%s", next)
+	}
+}
