@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/resolver"
 )
 
@@ -29,12 +30,39 @@ type connRow struct {
 type credView struct {
 	ID, Name, Provider, Last4, BaseURL, LastUsed string
 	Disabled                                     bool
+	// Health is the circuit and any refusal this replica saw, "" unknown.
+	Health string
 }
 
 type candView struct {
 	ID, Name, Provider, Reason string
 	Priority, Weight           int
 	Usable                     bool
+	Health                     string
+}
+
+// healthText is a credential's health in a few words: its circuit, and
+// why and until when it is skipped, if it is.
+func healthText(st health.State) string {
+	s := st.Circuit
+	if st.Reason != "" {
+		s += ", " + st.Reason
+		if !st.Until.IsZero() {
+			s += " until " + st.Until.UTC().Format("15:04:05 UTC")
+		}
+	}
+	return s
+}
+
+func (c *Console) healthByID() map[string]string {
+	if c.cfg.Health == nil {
+		return nil
+	}
+	m := map[string]string{}
+	for _, st := range c.cfg.Health.States() {
+		m[st.CredentialID] = healthText(st)
+	}
+	return m
 }
 
 type connectionsData struct {
@@ -93,6 +121,7 @@ func (c *Console) connections(w http.ResponseWriter, r *http.Request, s session)
 		return
 	}
 	byID := credViews(creds)
+	healthOf := c.healthByID()
 	d := connectionsData{Project: project, User: user, AdvancedURL: Prefix + "connections/advanced?" + scopeQuery(project, user).Encode()}
 	d.ConnectURL = Prefix + "connections/connect?" + scopeQuery(project, user).Encode()
 	d.Projects, d.Users = scopes(binds)
@@ -103,12 +132,13 @@ func (c *Console) connections(w http.ResponseWriter, r *http.Request, s session)
 			if !ok {
 				cv = credView{ID: res.CredentialID, Provider: res.Provider, Name: "(deleted)", LastUsed: "never"}
 			}
+			cv.Health = healthOf[cv.ID]
 			row.Credential = &cv
 		}
 		if len(res.Candidates) > 1 {
 			for _, cand := range res.Candidates {
 				row.Candidates = append(row.Candidates, candView{ID: cand.CredentialID, Name: byID[cand.CredentialID].Name, Provider: cand.Provider,
-					Reason: cand.Reason, Priority: cand.Priority, Weight: cand.Weight, Usable: cand.Usable})
+					Reason: cand.Reason, Priority: cand.Priority, Weight: cand.Weight, Usable: cand.Usable, Health: healthOf[cand.CredentialID]})
 			}
 		}
 		cq := scopeQuery(project, user)

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -60,6 +61,12 @@ type Resolver interface {
 	SetBindingActive(ctx context.Context, k resolver.BindingKey, active bool) error
 }
 
+// HealthSource is what this replica has observed of each credential
+// (*health.Tracker); the grid shows it beside the credential.
+type HealthSource interface {
+	States() []health.State
+}
+
 // Config configures the console. AdminToken, DB, Registry and Resolver
 // are required.
 type Config struct {
@@ -71,6 +78,9 @@ type Config struct {
 	Registry *registry.Holder
 	// Resolver backs the Connections page.
 	Resolver Resolver
+	// Health, if set, adds each credential's circuit and rate-limit state
+	// as this replica saw it; nil shows none.
+	Health HealthSource
 	// PublicURL, when https, marks the cookie Secure even if the request
 	// reached tollgate over plain HTTP (TLS ended at a load balancer); its
 	// origin is also trusted for form posts.

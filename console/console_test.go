@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -465,10 +466,20 @@ func TestConnectionsShowFailoverCandidates(t *testing.T) {
 	if err := e.svc.DisableCredential(ctx, first.ID); err != nil {
 		t.Fatal(err)
 	}
+	// This replica saw the second credential fail three times: its
+	// circuit is open.
+	tracker := health.New(health.Config{Now: e.clock.now})
+	for range 3 {
+		tracker.Observe(health.Observation{CredentialID: second.ID, Provider: "gemini", Status: 503, Failed: true})
+	}
+	e.con.cfg.Health = tracker
 	b := e.browser()
 	b.signIn(testAdminToken)
 	body := b.get("/ui/connections").body
 	row := rowHTML(t, body, "conn-gemini-cli-gemini")
+	if !strings.Contains(row, "health: open, cooldown until") {
+		t.Errorf("the row does not show the paying credential's open circuit:\n%s", row)
+	}
 	if !strings.Contains(row, "second-gemini") || strings.Contains(row, "first-gemini") {
 		t.Errorf("the row does not name the usable candidate:\n%s", row)
 	}
