@@ -46,6 +46,9 @@ func TestConnectAddsAndBinds(t *testing.T) {
 	if err != nil || tgt.CredentialID != id || tgt.Tier != resolver.TierProject || tgt.Secret.Reveal() != key {
 		t.Fatalf("resolve after connect: %+v %v", tgt, err)
 	}
+	if !strings.Contains(e.logs.String(), "msg=\"console connect\" session="+hashID(b.cookie().Value)[:12]+" credential_id="+id) {
+		t.Errorf("the write is not logged with its session:\n%s", e.logs.String())
+	}
 	grid := b.get(a.location)
 	if !strings.Contains(grid.body, `id="flash"`) || !strings.Contains(grid.body, "team key") {
 		t.Error("no confirmation after connect")

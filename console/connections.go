@@ -285,7 +285,7 @@ func (c *Console) connect(w http.ResponseWriter, r *http.Request, s session) {
 		again(err)
 		return
 	}
-	c.log.Info("console connect", "credential_id", credID, "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "created", created)
+	c.log.Info("console connect", "session", s.fingerprint(), "credential_id", credID, "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "created", created)
 	q := scopeQuery(f.Project, f.User)
 	q.Set("connected", credID)
 	http.Redirect(w, r, Prefix+"connections?"+q.Encode(), http.StatusSeeOther)
@@ -362,7 +362,7 @@ func (c *Console) setActive(w http.ResponseWriter, r *http.Request, s session) {
 		c.fail(w, r, s, err)
 		return
 	}
-	c.log.Info("console binding", "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "active", active)
+	c.log.Info("console binding", "session", s.fingerprint(), "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "active", active)
 	http.Redirect(w, r, localReturn(pf.Get("return"), Prefix+"connections/advanced"), http.StatusSeeOther)
 }
 

@@ -443,7 +443,7 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, session{}, err)
 		return
 	}
-	c.log.Info("console sign-in", "remote", addr)
+	c.log.Info("console sign-in", "remote", addr, "session", s.fingerprint())
 	c.setCookie(w, r, s.id)
 	http.Redirect(w, r, Prefix+"connections", http.StatusSeeOther)
 }

@@ -88,6 +88,10 @@ func csrfToken(id string) string {
 	return base64.RawURLEncoding.EncodeToString(h[:])
 }
 
+// fingerprint names the session in logs (and, later, the audit log): a
+// prefix of the stored hash, which no one can sign in with.
+func (s session) fingerprint() string { return hashID(s.id)[:12] }
+
 func newSession(id string) session { return session{id: id, csrf: csrfToken(id)} }
 
 // create opens a session and deletes the expired ones, so the table holds
