@@ -29,6 +29,9 @@ func TestDependenciesPointInward(t *testing.T) {
 		// Credential health is what the proxy observed of each credential:
 		// it knows no HTTP stack, no store and no key.
 		"health": {mod + "proxy", mod + "resolver", mod + "metering", mod + "governance", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "net/http"},
+		// The console is a net/http handler over the services: the proxy
+		// mounts it, so it imports neither the proxy nor its framework.
+		"console": {mod + "proxy", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
 		// The dial guard is a leaf: the proxy and the server's setup both
 		// use it, so it can import neither.
 		"internal/netguard": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
