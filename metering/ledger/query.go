@@ -9,12 +9,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 )
 
 // Group-by dimensions of a usage query.
 const (
-	GroupDay       = "day"       // UTC calendar day, YYYY-MM-DD
+	GroupDay = "day" // UTC calendar day, YYYY-MM-DD
+	// GroupHour is the UTC hour, as 2006-01-02T15:00:00Z. The rollup is
+	// daily, so grouping by it reads the raw records whatever the range.
+	GroupHour      = "hour"
 	GroupModel     = "model"     // served model, else the requested one
 	GroupProject   = "project"   // project id
 	GroupUser      = "user"      // user id
@@ -38,7 +42,7 @@ const (
 )
 
 // GroupByNames lists the valid group-by dimensions in display order.
-var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential, GroupSession}
+var GroupByNames = []string{GroupDay, GroupHour, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential, GroupSession}
 
 // ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
 // group_by name, empty or inverted range); the message names the problem.
@@ -60,6 +64,9 @@ type UsageQuery struct {
 	// Session filters by the harness's session id when not empty; the
 	// rollup keeps no session, so it is answered from the raw records.
 	Session string
+	// Harness and Model filter by harness name and by model (served, else
+	// requested: the model dimension) when not empty.
+	Harness, Model string
 }
 
 // UsageRow is one group of a usage query. Dimensions not grouped by are
@@ -68,6 +75,7 @@ type UsageQuery struct {
 // read as zero.
 type UsageRow struct {
 	Day       string `json:"day,omitempty"`
+	Hour      string `json:"hour,omitempty"`
 	Model     string `json:"model,omitempty"`
 	Project   string `json:"project,omitempty"`
 	User      string `json:"user,omitempty"`
@@ -109,6 +117,8 @@ func (r *UsageRow) dim(name string) *string {
 	switch name {
 	case GroupDay:
 		return &r.Day
+	case GroupHour:
+		return &r.Hour
 	case GroupModel:
 		return &r.Model
 	case GroupProject:
@@ -158,7 +168,7 @@ func (q UsageQuery) Validate() error {
 // wholeDays says whether q can be answered from usage_daily: both bounds
 // are UTC midnights and every group-by and filter is a rollup column.
 func (q UsageQuery) wholeDays() bool {
-	for _, g := range []string{GroupToken, GroupCredential, GroupSession} {
+	for _, g := range []string{GroupHour, GroupToken, GroupCredential, GroupSession} {
 		if slices.Contains(q.GroupBy, g) {
 			return false
 		}
@@ -192,7 +202,7 @@ func (s *Store) Query(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRow, error) {
 	var dims []string
 	for _, g := range q.GroupBy {
-		dims = append(dims, dimExpr(g, rollup))
+		dims = append(dims, dimExpr(g, rollup, s.db.Engine))
 	}
 	var sums []string
 	if rollup {
@@ -222,7 +232,8 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 	} else {
 		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
 	}
-	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}, {"session_id", q.Session}} {
+	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}, {"session_id", q.Session},
+		{"harness", q.Harness}, {dimExpr(GroupModel, rollup, s.db.Engine), q.Model}} {
 		if f.v != "" {
 			where = append(where, f.col+" = "+arg(f.v))
 		}
@@ -279,8 +290,14 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 }
 
 // dimExpr is the SQL of a group-by dimension in usage_daily or usage_records.
-func dimExpr(g string, rollup bool) string {
+func dimExpr(g string, rollup bool, engine string) string {
 	switch g {
+	case GroupHour:
+		// started_at is fixed-width text on SQLite (sqliteTimeLayout).
+		if engine == store.SQLite {
+			return "substr(started_at, 1, 10) || 'T' || substr(started_at, 12, 2) || ':00:00Z'"
+		}
+		return `to_char(started_at, 'YYYY-MM-DD"T"HH24":00:00Z"')`
 	case GroupModel:
 		if rollup {
 			return "model"

@@ -48,10 +48,11 @@ func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 		if r.Start.Before(q.From) || !r.Start.Before(q.To) ||
 			(q.Project != "" && r.Project != q.Project) || (q.User != "" && r.User != q.User) ||
 			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) ||
-			(q.Session != "" && r.Session != q.Session) {
+			(q.Session != "" && r.Session != q.Session) ||
+			(q.Harness != "" && r.Harness != q.Harness) || (q.Model != "" && r.Model() != q.Model) {
 			continue
 		}
-		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: r.Model(), Project: r.Project,
+		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Hour: r.Start.UTC().Format("2006-01-02T15:00:00Z"), Model: r.Model(), Project: r.Project,
 			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier,
 			Token: r.TokenID, Credential: r.CredentialID, Session: r.Session}
 		var row UsageRow
