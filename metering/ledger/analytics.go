@@ -430,10 +430,10 @@ type CacheRow struct {
 	// CacheReadShare is CacheReadTokens ÷ InputTokens, nil without input.
 	CacheReadShare *float64 `json:"cache_read_share"`
 	// CacheWriteCostMicroUSD prices the cache writes at today's rates of
-	// the price table (the records keep only each request's total cost);
-	// nil when none of them could be priced. CacheWriteUnpricedTokens are
-	// the cache-write tokens of models the table does not price, left out
-	// of it.
+	// the price table (the records keep only each request's total cost):
+	// 0 without cache writes, nil when there were some and none could be
+	// priced. CacheWriteUnpricedTokens are the cache-write tokens of models
+	// the table does not price, left out of it.
 	CacheWriteCostMicroUSD   *int64 `json:"cache_write_cost_micro_usd"`
 	CacheWriteUnpricedTokens int64  `json:"cache_write_unpriced_tokens"`
 	// CostMicroUSD is what the requests cost (nil: none was priced);
@@ -542,14 +542,19 @@ func (s *Store) Cache(ctx context.Context, q CacheQuery, p Pricer) (*Cache, erro
 		list = list[:n]
 	}
 	for i := range list {
-		list[i].share()
+		list[i].finish()
 	}
-	out.Total.share()
+	out.Total.finish()
 	out.Rows = list
 	return out, nil
 }
 
-func (c *CacheRow) share() {
+// finish derives the share, and a known zero cache-write cost when every
+// cache-write token (if any) was priced.
+func (c *CacheRow) finish() {
+	if c.CacheWriteCostMicroUSD == nil && c.CacheWriteUnpricedTokens == 0 {
+		c.CacheWriteCostMicroUSD = new(int64)
+	}
 	if c.InputTokens > 0 {
 		v := float64(c.CacheReadTokens) / float64(c.InputTokens)
 		c.CacheReadShare = &v
