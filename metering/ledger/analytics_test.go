@@ -396,13 +396,7 @@ func TestRollupRebuildMatchesWriter(t *testing.T) {
 			if _, err := writer.InsertBatch(ctx, recs); err != nil {
 				t.Fatal(err)
 			}
-			now := rebuilt.ts(benchEnd)
-			for _, r := range recs {
-				if _, err := rebuilt.db.ExecContext(ctx, insertSQL(engine, 1, false), rebuilt.appendRecordArgs(nil, r, now)...); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := rebuilt.db.ExecContext(ctx, rollupRebuildSQL()); err != nil {
+			if err := seedUsage(ctx, rebuilt, len(recs)); err != nil {
 				t.Fatal(err)
 			}
 			dump := func(s *Store) string {
