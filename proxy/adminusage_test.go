@@ -43,7 +43,7 @@ func TestAdminUsageAnalytics(t *testing.T) {
 			Workspace: "ws" + strconv.Itoa(i%4), Project: "p" + strconv.Itoa(i%3), User: "u" + strconv.Itoa(i%5),
 			Harness: []string{"codex", "claude-code"}[i%2], Provider: "openai", ModelServed: "m" + strconv.Itoa(i%6),
 			Session: "s" + strconv.Itoa(i%9), Status: 200, Outcome: metering.OutcomeOK, Source: metering.SourceUpstream,
-			Usage: &metering.Usage{InputUncached: int64(10 + i), CacheRead: int64(i), CacheWrite5m: 2, Output: 5},
+			Usage:        &metering.Usage{InputUncached: int64(10 + i), CacheRead: int64(i), CacheWrite5m: 2, Output: 5},
 			CostMicroUSD: &cost,
 		}
 		if i%6 == 5 { // model m5 is never priced

@@ -576,4 +576,3 @@ func scaleCost(tokens, probe int64) int64 {
 	q, _ := bits.Div64(hi, lo, cacheProbeTokens)
 	return int64(min(q, 1<<63-1))
 }
-
