@@ -126,7 +126,7 @@ func (g *Governor) policies() *Policies {
 // with governance off that is every request.
 func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 	if !req.Metered {
-		return nil, nil
+		return nil, g.admitUnmetered(ctx, req)
 	}
 	p := g.policies()
 	if p.Empty() {

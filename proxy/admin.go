@@ -214,6 +214,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.fillHealth(rows)
 		out := fiber.Map{"project": c.Query("project"), "user": c.Query("user"), "resolutions": nonNil(rows)}
 		if s.cfg.Policies != nil || s.cfg.Governor != nil {
 			ps, err := s.effectivePolicies(c.UserContext(), governance.Scope{Project: c.Query("project"), User: c.Query("user")}, "")

@@ -74,6 +74,11 @@ type envOptions struct {
 	sink func(*meteringtest.Sink) Sink
 	// governor sets Config.Governor (gov_*_test.go).
 	governor *governance.Governor
+	// resolver wraps the real resolver as Config.Resolver; failover and
+	// health set the Config fields of the same names (failover_test.go).
+	resolver func(CredentialResolver) CredentialResolver
+	failover FailoverConfig
+	health   HealthTracker
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -134,6 +139,10 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	if o.sink != nil {
 		serverSink = o.sink(sink)
 	}
+	var credResolver CredentialResolver = svc
+	if o.resolver != nil {
+		credResolver = o.resolver(svc)
+	}
 	baseCtx, cancel := context.WithCancel(context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -142,7 +151,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	srv, err := New(Config{
 		Registry:              reg,
 		Auth:                  svc,
-		Resolver:              svc,
+		Resolver:              credResolver,
 		Admin:                 svc,
 		Sink:                  serverSink,
 		Pricer:                o.pricer,
@@ -157,6 +166,8 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		AuthLimits:            o.authLimits,
 		Refusals:              o.refusals,
 		Governor:              o.governor,
+		Failover:              o.failover,
+		Health:                o.health,
 	})
 	if err != nil {
 		tb.Fatal(err)

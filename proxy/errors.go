@@ -44,6 +44,10 @@ const (
 	kindClientGone
 	kindUnavailable
 	kindInternal
+	// kindExhausted: every candidate credential of the request failed, or
+	// health refused them all (failover.go). A 503, so every harness
+	// retries it after its Retry-After.
+	kindExhausted
 )
 
 // apiError is an error whose message is safe to show the caller: it never
@@ -53,8 +57,8 @@ type apiError struct {
 	msg  string
 	// cause is logged, never sent.
 	cause error
-	// retryAfter is the seconds a kindTooManyRequests or kindUnavailable
-	// caller should wait, sent as Retry-After; Gemini clients read it from
+	// retryAfter is the seconds a kindTooManyRequests, kindUnavailable or
+	// kindExhausted caller should wait, sent as Retry-After; Gemini clients read it from
 	// the body, not from Retry-After.
 	retryAfter int
 	// refusal, for a governance refusal (govrefusal.go), replaces the
@@ -105,6 +109,7 @@ var kindStatus = map[kind]int{
 	kindClientGone:          statusClientClosed,
 	kindUnavailable:         http.StatusServiceUnavailable,
 	kindInternal:            http.StatusInternalServerError,
+	kindExhausted:           http.StatusServiceUnavailable,
 
 	// A Content-Encoding tollgate will not decode (proxy/decompress.go).
 	kindUnsupportedMediaType: http.StatusUnsupportedMediaType,
@@ -341,7 +346,7 @@ func anthropicType(k kind) string {
 		return "request_too_large"
 	case kindTooManyRequests:
 		return "rate_limit_error"
-	case kindUpstreamUnreachable, kindUpstreamTimeout, kindInternal, kindUnavailable:
+	case kindUpstreamUnreachable, kindUpstreamTimeout, kindInternal, kindUnavailable, kindExhausted:
 		return "api_error"
 	}
 	return "invalid_request_error"
@@ -366,6 +371,8 @@ func openAIType(k kind) (typ string, code string) {
 		return "server_error", "upstream_timeout"
 	case kindInternal, kindUnavailable:
 		return "server_error", "internal_error"
+	case kindExhausted:
+		return "server_error", "upstream_exhausted"
 	}
 	return "invalid_request_error", "invalid_request"
 }
@@ -380,7 +387,7 @@ func geminiStatus(k kind) string {
 		return "NOT_FOUND"
 	case kindTooManyRequests:
 		return "RESOURCE_EXHAUSTED"
-	case kindUpstreamUnreachable, kindUnavailable:
+	case kindUpstreamUnreachable, kindUnavailable, kindExhausted:
 		return "UNAVAILABLE"
 	case kindUpstreamTimeout:
 		return "DEADLINE_EXCEEDED"

@@ -172,6 +172,13 @@ type Config struct {
 	// the wait for a streamed answer's headers and for a whole non-streamed
 	// answer.
 	ResponseHeaderTimeout time.Duration
+	// Failover bounds the attempts of a request across its candidate
+	// credentials (failover.go); zero fields take the defaults.
+	Failover FailoverConfig
+	// Health is each credential's health as attempts found it: failover
+	// skips a credential it refuses, and the resolution view shows it.
+	// Nil: every credential may be tried.
+	Health HealthTracker
 	// Logger receives one line per request; default slog.Default().
 	Logger *slog.Logger
 	// AllowPrivateBaseURL lets credential base URL overrides reach loopback
@@ -241,6 +248,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Failover = cfg.Failover.withDefaults()
 	fast, err := newFastUpstream(cfg.BaseContext, 4*registry.DefaultMaxResponseBodyBytes, cfg.Registry, netguard.Policy{AllowPrivate: cfg.AllowPrivateBaseURL}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: upstream proxy from the environment: %w", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -182,7 +183,8 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // budgetSet creates the budget the flags describe, or updates the one with
 // the same scope, model, harness, metric and window (or --id), keeping its
-// id and so its spend. Flags not given keep an updated budget's values.
+// id and so its spend (governance.Store.SetBudget, the same as the admin
+// API's POST). Flags not given keep an updated budget's values.
 func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer) error {
 	if len(pos) != 0 {
 		return usageErr("budget set takes no arguments, only flags (got %q)", pos[0])
@@ -227,45 +229,15 @@ func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []
 	if len(probs) > 0 {
 		return usageErr("%s", strings.Join(probs, "; "))
 	}
-	b.Mode, b.Unpriced = governance.Mode(*p.mode), *p.unpriced
-
-	var old *governance.Budget
-	if *p.id != "" {
-		o, err := st.Budget(ctx, *p.id)
-		if err != nil {
+	b.Mode, b.Unpriced, b.ID = governance.Mode(*p.mode), *p.unpriced, *p.id
+	b, res, err := st.SetBudget(ctx, b)
+	if err != nil {
+		if *p.id != "" && errors.Is(err, governance.ErrNotFound) {
 			return fmt.Errorf("--id: %w", err)
 		}
-		old = &o
-	} else {
-		bs, err := st.ListBudgets(ctx, governance.Filter{ScopeType: t, ScopeID: sid})
-		if err != nil {
-			return err
-		}
-		for i, o := range bs {
-			if o.Model == b.Model && o.Harness == b.Harness && o.Metric == b.Metric && o.Window == b.Window {
-				old = &bs[i]
-				break
-			}
-		}
-	}
-	verb := "created"
-	if old != nil {
-		verb, b.ID = "updated", old.ID
-		if b.Mode == "" {
-			b.Mode = old.Mode
-		}
-		if b.Unpriced == "" && old.Metric == b.Metric {
-			b.Unpriced = old.Unpriced
-		}
-		if b.Alerts == nil {
-			b.Alerts = old.Alerts
-		}
-	}
-	b, err = st.PutBudget(ctx, b)
-	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s %s: %s\n", verb, b.ID, describeBudget(b))
+	fmt.Fprintf(stdout, "%s %s: %s\n", res, b.ID, describeBudget(b))
 	return nil
 }
 
@@ -366,33 +338,8 @@ func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []s
 	if err != nil {
 		return err
 	}
-	l := governance.Limit{Selector: governance.Selector{ScopeType: t, ScopeID: sid, Model: *p.model, Harness: *p.harness}, Mode: governance.Mode(*p.mode)}
-	var old *governance.Limit
-	if *p.id != "" {
-		o, err := st.Limit(ctx, *p.id)
-		if err != nil {
-			return fmt.Errorf("--id: %w", err)
-		}
-		old = &o
-	} else {
-		ls, err := st.ListLimits(ctx, governance.Filter{ScopeType: t, ScopeID: sid})
-		if err != nil {
-			return err
-		}
-		for i, o := range ls {
-			if o.Model == l.Model && o.Harness == l.Harness {
-				old = &ls[i]
-				break
-			}
-		}
-	}
-	verb := "created"
-	if old != nil {
-		verb, l.ID, l.RPM, l.TPM, l.Concurrency = "updated", old.ID, old.RPM, old.TPM, old.Concurrency
-		if l.Mode == "" {
-			l.Mode = old.Mode
-		}
-	}
+	l := governance.Limit{ID: *p.id, Selector: governance.Selector{ScopeType: t, ScopeID: sid, Model: *p.model, Harness: *p.harness},
+		Mode: governance.Mode(*p.mode), RPM: governance.KeepRate, TPM: governance.KeepRate, Concurrency: governance.KeepRate}
 	given := 0
 	for _, r := range []struct {
 		name, v string
@@ -409,11 +356,14 @@ func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []s
 	if given == 0 {
 		return usageErr("limit set needs at least one of --rpm N, --tpm N, --concurrency N")
 	}
-	l, err = st.PutLimit(ctx, l)
+	l, res, err := st.SetLimit(ctx, l)
 	if err != nil {
+		if *p.id != "" && errors.Is(err, governance.ErrNotFound) {
+			return fmt.Errorf("--id: %w", err)
+		}
 		return err
 	}
-	fmt.Fprintf(stdout, "%s %s: %s, %s\n", verb, l.ID, l.Selector, describeRates(l))
+	fmt.Fprintf(stdout, "%s %s: %s, %s\n", res, l.ID, l.Selector, describeRates(l))
 	return nil
 }
 
@@ -489,7 +439,8 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // ruleSet adds an allow or deny rule unless the scope has it already, or
-// sets an alias, replacing the target of the scope's alias of that name.
+// sets an alias, replacing the target of the scope's alias of that name
+// (governance.Store.SetRule).
 func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind, p *policyFlags, pos []string, stdout io.Writer) error {
 	cmd := "models " + string(kind)
 	want := 1
@@ -510,29 +461,15 @@ func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind
 	if kind == governance.RuleAlias {
 		r.Target = pos[1]
 	}
-	rs, err := st.ListRules(ctx, governance.Filter{ScopeType: t, ScopeID: sid})
+	r, res, err := st.SetRule(ctx, r)
 	if err != nil {
-		return err
-	}
-	verb := "created"
-	for _, o := range rs {
-		if o.Kind == r.Kind && o.Pattern == r.Pattern {
-			if o.Target == r.Target {
-				fmt.Fprintf(stdout, "unchanged %s: %s %s %s\n", o.ID, policyScope(t, sid), o.Kind, o.Pattern)
-				return nil
-			}
-			verb, r.ID = "updated", o.ID
-			break
-		}
-	}
-	if r, err = st.PutRule(ctx, r); err != nil {
 		return err
 	}
 	desc := fmt.Sprintf("%s %s %s", policyScope(t, sid), r.Kind, r.Pattern)
 	if r.Target != "" {
 		desc += " -> " + r.Target
 	}
-	fmt.Fprintf(stdout, "%s %s: %s\n", verb, r.ID, desc)
+	fmt.Fprintf(stdout, "%s %s: %s\n", res, r.ID, desc)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
@@ -205,11 +206,19 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer unregister()
 	// A nil *RedisLimiter (no TOLLGATE_REDIS_URL) exports no Redis gauge.
-	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, log)
+	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, gov.alerter, log)
 	if err != nil {
 		return err
 	}
 	defer unregisterGov()
+	// One tracker for the process: failover reads and feeds it, the
+	// resolution view and the gauges show it.
+	credHealth := health.New(o.healthConfig())
+	unregisterHealth, err := tel.registerHealth(credHealth)
+	if err != nil {
+		return err
+	}
+	defer unregisterHealth()
 
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
@@ -262,6 +271,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
+		Failover:          o.failover(),
+		Health:            credHealth,
 		Logger:            log,
 
 		AllowPrivateBaseURL: o.AllowPrivateBaseURL,

@@ -199,6 +199,12 @@ ALTER TABLE usage_records ADD COLUMN governance TEXT NOT NULL DEFAULT ''`,
 	// not count them; usage_daily rows rolled up before it keep 0.
 	`ALTER TABLE usage_records ADD COLUMN web_search_requests BIGINT;
 ALTER TABLE usage_daily ADD COLUMN web_search_requests BIGINT NOT NULL DEFAULT 0`,
+	// Failover: attempts lists the upstream attempts of a request that
+	// made more than one, as the spool's JSON array of metering.Attempt
+	// ('' when it made one), so a failed attempt the provider may have
+	// billed stays findable. Never summed: reports need no column per
+	// field.
+	`ALTER TABLE usage_records ADD COLUMN attempts TEXT NOT NULL DEFAULT ''`,
 }
 
 // recordColumns is the insert column order of usage_records:
@@ -216,10 +222,13 @@ var recordHeadColumns = []string{
 }
 
 var recordTailColumns = slices.Concat([]string{"cost_micro_usd", "unpriced", "price_version", "bytes_out", "recorded_at", "service_tier"},
-	governanceColumns)
+	governanceColumns, failoverColumns)
 
-// governanceColumns (metering migration 8) end recordTailColumns.
+// governanceColumns (metering migration 8) follow the service tier.
 var governanceColumns = []string{"model_sent", "reserved_micro_usd", "governance"}
+
+// failoverColumns (metering migration 10) end recordTailColumns.
+var failoverColumns = []string{"attempts"}
 
 // bucketColumns are the bucket columns (tokens and tool uses) of
 // usage_records and usage_daily.
@@ -566,7 +575,16 @@ func (s *Store) appendRecordArgs(args []any, r *metering.Record, now any) []any 
 		cost, r.CostUnknown(),
 		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
 		r.ModelSent, r.ReservedMicroUSD, r.Governance,
+		attemptsText(r.Attempts),
 	)
+}
+
+// attemptsText is the attempts column: the spool's JSON array, or empty.
+func attemptsText(as []metering.Attempt) string {
+	if len(as) == 0 {
+		return ""
+	}
+	return string(appendAttemptsJSON(nil, as))
 }
 
 // storeCleanAll returns recs with every text field valid UTF-8 without NUL
