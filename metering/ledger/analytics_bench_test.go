@@ -40,9 +40,10 @@ func BenchmarkUsageAnalytics(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			var daily int64
+			var daily, sessions int64
 			s.db.QueryRowContext(context.Background(), "SELECT COUNT(*) FROM usage_daily").Scan(&daily)
-			b.Logf("%s: seeded %d records, %d usage_daily rows, in %v", engine, n, daily, time.Since(t0).Round(time.Millisecond))
+			s.db.QueryRowContext(context.Background(), "SELECT COUNT(*) FROM usage_sessions").Scan(&sessions)
+			b.Logf("%s: seeded %d records, %d usage_daily and %d usage_sessions rows, in %v", engine, n, daily, sessions, time.Since(t0).Round(time.Millisecond))
 			for _, bq := range benchQueries() {
 				b.Run(bq.name, func(b *testing.B) {
 					ds := make([]time.Duration, 0, b.N)
@@ -287,8 +288,10 @@ func seedUsage(ctx context.Context, s *Store, n int) error {
 			return err
 		}
 	}
-	if _, err := s.db.ExecContext(ctx, rollupRebuildSQL()); err != nil {
-		return fmt.Errorf("rollup: %w", err)
+	for _, r := range benchRollups {
+		if _, err := s.db.ExecContext(ctx, rollupRebuildSQL(r.table, r.keys)); err != nil {
+			return fmt.Errorf("rollup %s: %w", r.table, err)
+		}
 	}
 	if s.db.Engine == store.Postgres {
 		// What autovacuum would have done by the time a page is opened.
@@ -299,11 +302,11 @@ func seedUsage(ctx context.Context, s *Store, n int) error {
 	return nil
 }
 
-// rollupRebuildSQL fills an empty usage_daily from usage_records with the
-// writer's sums (dailyAgg, pgInsertSQL).
-func rollupRebuildSQL() string {
-	keys := slices.Clone(dailyKeyColumns)
-	keys[6] = rawModelExpr
+// rollupRebuildSQL fills an empty rollup table keyed by keys from
+// usage_records with the writer's sums (dailyAgg, pgInsertSQL).
+func rollupRebuildSQL(table string, keys []string) string {
+	exprs := slices.Clone(keys)
+	exprs[slices.Index(keys, "model")] = rawModelExpr
 	sums := []string{"COUNT(*)"}
 	for _, c := range bucketColumns() {
 		sums = append(sums, "COALESCE(SUM("+c+"), 0)")
@@ -316,6 +319,12 @@ func rollupRebuildSQL() string {
 	for i := range keys {
 		pos[i] = strconv.Itoa(i + 1)
 	}
-	return "INSERT INTO usage_daily (" + strings.Join(append(slices.Clone(dailyKeyColumns), dailySums...), ", ") + ") SELECT " +
-		strings.Join(append(keys, sums...), ", ") + " FROM usage_records GROUP BY " + strings.Join(pos, ", ")
+	return "INSERT INTO " + table + " (" + strings.Join(append(slices.Clone(keys), dailySums...), ", ") + ") SELECT " +
+		strings.Join(append(exprs, sums...), ", ") + " FROM usage_records GROUP BY " + strings.Join(pos, ", ")
 }
+
+// benchRollups are the rollups the writer maintains.
+var benchRollups = []struct {
+	table string
+	keys  []string
+}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}}

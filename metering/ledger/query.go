@@ -165,18 +165,23 @@ func (q UsageQuery) Validate() error {
 	return errors.Join(errs...)
 }
 
-// wholeDays says whether q can be answered from usage_daily: both bounds
-// are UTC midnights and every group-by and filter is a rollup column.
-func (q UsageQuery) wholeDays() bool {
-	for _, g := range []string{GroupHour, GroupToken, GroupCredential, GroupSession} {
+// rollupTable is the rollup that answers q: usage_daily when both bounds
+// are UTC midnights and every group-by and filter is one of its columns,
+// usage_sessions when the session is also needed, "" (the raw records)
+// otherwise.
+func (q UsageQuery) rollupTable() string {
+	for _, g := range []string{GroupHour, GroupToken, GroupCredential} {
 		if slices.Contains(q.GroupBy, g) {
-			return false
+			return ""
 		}
 	}
-	if q.Session != "" {
-		return false
+	if !isUTCMidnight(q.From) || !isUTCMidnight(q.To) {
+		return ""
 	}
-	return isUTCMidnight(q.From) && isUTCMidnight(q.To)
+	if q.Session != "" || slices.Contains(q.GroupBy, GroupSession) {
+		return "usage_sessions"
+	}
+	return "usage_daily"
 }
 
 func isUTCMidnight(t time.Time) bool {
@@ -191,15 +196,13 @@ func (s *Store) Query(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
-	if q.wholeDays() {
-		return s.query(ctx, q, true)
-	}
-	return s.query(ctx, q, false)
+	return s.query(ctx, q, q.rollupTable())
 }
 
-// query builds one aggregate SELECT over usage_daily (rollup) or
-// usage_records.
-func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRow, error) {
+// query builds one aggregate SELECT over a rollup table or, when rollup is
+// "", usage_records.
+func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]UsageRow, error) {
+	rollup := rollupTable != ""
 	var dims []string
 	for _, g := range q.GroupBy {
 		dims = append(dims, dimExpr(g, rollup, s.db.Engine))
@@ -227,7 +230,7 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 	}
 	table := "usage_records"
 	if rollup {
-		table = "usage_daily"
+		table = rollupTable
 		where = append(where, "day >= "+arg(q.From.UTC().Format(usageDayLayout)), "day < "+arg(q.To.UTC().Format(usageDayLayout)))
 	} else {
 		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
