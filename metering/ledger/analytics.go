@@ -116,35 +116,6 @@ func checkN(what string, n, limit int) error {
 	return nil
 }
 
-// rankRows orders rows by cost, highest first (an unpriced row after
-// every priced one), then by tokens, then by key: a stable ranking whose
-// ties are decided the same way on every engine.
-func rankRows(rows []UsageRow, key func(*UsageRow) string) {
-	// Sort indexes, not the rows: a row is a few hundred bytes, and a top
-	// list of sessions has tens of thousands.
-	idx := make([]int, len(rows))
-	for i := range idx {
-		idx[i] = i
-	}
-	cost := func(r *UsageRow) int64 {
-		if r.CostMicroUSD == nil {
-			return -1
-		}
-		return *r.CostMicroUSD
-	}
-	slices.SortFunc(idx, func(i, j int) int {
-		a, b := &rows[i], &rows[j]
-		return cmp.Or(cmp.Compare(cost(b), cost(a)),
-			cmp.Compare(b.InputTotal()+b.Output, a.InputTotal()+a.Output),
-			cmp.Compare(key(a), key(b)))
-	})
-	sorted := make([]UsageRow, len(rows))
-	for i, j := range idx {
-		sorted[i] = rows[j]
-	}
-	copy(rows, sorted)
-}
-
 // SeriesQuery asks for cost and tokens over time.
 type SeriesQuery struct {
 	// UsageQuery gives the range and the filters; its GroupBy must be empty.
@@ -229,62 +200,51 @@ func (q SeriesQuery) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Series answers q.
+// Series answers q. The series are ranked by one query grouped by the
+// stack dimension alone, keeping the first Top; a second groups by bucket
+// and that dimension with the others summed as one value in SQL, so a
+// stack by user over 90 days returns (Top+1) × 90 rows, not one per user
+// and day.
 func (s *Store) Series(ctx context.Context, q SeriesQuery) (*Series, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
 	top := cmp.Or(q.Top, DefaultSeriesTop)
+	out := &Series{Bucket: q.Bucket, StackBy: q.StackBy, Buckets: bucketStarts(q.Bucket, q.From, q.To)}
 	uq := q.UsageQuery
 	uq.GroupBy = []string{q.Bucket}
-	if q.StackBy != "" {
-		uq.GroupBy = append(uq.GroupBy, q.StackBy)
-	}
-	rows, err := s.Query(ctx, uq)
-	if err != nil {
-		return nil, err
-	}
-	out := &Series{Bucket: q.Bucket, StackBy: q.StackBy, Buckets: bucketStarts(q.Bucket, q.From, q.To)}
-	stackKey := func(r *UsageRow) string {
-		if q.StackBy == "" {
-			return ""
-		}
-		return *r.dim(q.StackBy)
-	}
-	// Rank the series by their totals over the range.
-	totals := map[string]*UsageRow{}
-	var order []UsageRow
-	for i := range rows {
-		r := &rows[i]
-		out.Total.addRow(r)
-		k := stackKey(r)
-		t := totals[k]
-		if t == nil {
-			t = &UsageRow{}
-			if q.StackBy != "" {
-				*t.dim(q.StackBy) = k
-			}
-			totals[k] = t
-		}
-		mergeRow(t, r)
-	}
-	for _, t := range totals {
-		order = append(order, *t)
-	}
-	rankRows(order, stackKey)
+	var opt queryOpt
 	line := map[string]int{} // series key → index in out.Lines
-	for i := range order {
-		k := stackKey(&order[i])
-		if i < top {
+	if q.StackBy == "" {
+		out.Lines = []SeriesLine{{}}
+		line[""] = 0
+	} else {
+		rq := q.UsageQuery
+		rq.GroupBy = []string{q.StackBy}
+		var groups int
+		ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: top, groups: &groups})
+		if err != nil {
+			return nil, err
+		}
+		for i := range ranked {
+			k := *ranked[i].dim(q.StackBy)
 			line[k] = i
 			out.Lines = append(out.Lines, SeriesLine{Key: k})
-			continue
 		}
-		if i == top {
-			out.Lines = append(out.Lines, SeriesLine{Key: OtherKey, Other: true})
+		uq.GroupBy = append(uq.GroupBy, q.StackBy)
+		if groups > len(ranked) {
+			opt = queryOpt{foldDim: q.StackBy}
+			for k := range line {
+				opt.foldKeep = append(opt.foldKeep, k)
+			}
+			slices.Sort(opt.foldKeep)
+			line[OtherKey] = len(out.Lines)
+			out.Lines = append(out.Lines, SeriesLine{Key: OtherKey, Other: true, Folded: groups - len(ranked)})
 		}
-		line[k] = top
-		out.Lines[top].Folded++
+	}
+	rows, err := s.queryOpt(ctx, uq, uq.rollupTable(), opt)
+	if err != nil {
+		return nil, err
 	}
 	pos := make(map[string]int, len(out.Buckets))
 	for i, b := range out.Buckets {
@@ -293,41 +253,31 @@ func (s *Store) Series(ctx context.Context, q SeriesQuery) (*Series, error) {
 	for i := range out.Lines {
 		out.Lines[i].Points = make([]Sums, len(out.Buckets))
 	}
-	// Rows come ordered by bucket, then key: the kept series' cells are
-	// copied, and the folded ones of a bucket merged into one Other cell
-	// that follows them.
-	var other *UsageRow
-	flush := func() {
-		if other != nil {
-			out.Rows = append(out.Rows, *other)
-			other = nil
-		}
-	}
 	for i := range rows {
 		r := &rows[i]
+		key := ""
+		if q.StackBy != "" {
+			v := r.dim(q.StackBy)
+			if opt.foldDim != "" {
+				if *v == "o" {
+					*v = OtherKey
+				} else {
+					*v = strings.TrimPrefix(*v, "k")
+				}
+			}
+			key = *v
+		}
 		b := *r.dim(q.Bucket)
 		p, ok := pos[b]
-		if !ok {
-			return nil, fmt.Errorf("usage series: bucket %q outside the range", b)
+		l, known := line[key]
+		if !ok || !known {
+			return nil, fmt.Errorf("usage series: row %q/%q outside the ranked range", b, key)
 		}
-		if other != nil && *other.dim(q.Bucket) != b {
-			flush()
-		}
-		l := line[stackKey(r)]
+		out.Total.addRow(r)
 		out.Lines[l].Points[p].addRow(r)
 		out.Lines[l].Total.addRow(r)
-		if !out.Lines[l].Other {
-			out.Rows = append(out.Rows, *r)
-			continue
-		}
-		if other == nil {
-			other = &UsageRow{}
-			*other.dim(q.Bucket) = b
-			*other.dim(q.StackBy) = OtherKey
-		}
-		mergeRow(other, r)
 	}
-	flush()
+	out.Rows = rows
 	return out, nil
 }
 
@@ -358,34 +308,62 @@ func (q TopQuery) Validate() error {
 	return errors.Join(q.UsageQuery.Validate(), checkFilters(q.UsageQuery), checkName("by", q.By, TopByNames), checkN("n", q.N, MaxTopN))
 }
 
-// Top answers q.
+// Top answers q: the ranking and its limit are SQL's, so a top ten of
+// 60,000 sessions returns ten rows; Other is the whole query's total less
+// those rows.
 func (s *Store) Top(ctx context.Context, q TopQuery) (*Top, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
-	n := cmp.Or(q.N, DefaultTopN)
 	uq := q.UsageQuery
 	uq.GroupBy = []string{q.By}
-	rows, err := s.Query(ctx, uq)
+	var groups int
+	rows, err := s.queryOpt(ctx, uq, uq.rollupTable(), queryOpt{rank: cmp.Or(q.N, DefaultTopN), groups: &groups})
 	if err != nil {
 		return nil, err
 	}
-	out := &Top{By: q.By}
-	for i := range rows {
-		out.Total.addRow(&rows[i])
+	total, err := s.Query(ctx, q.UsageQuery)
+	if err != nil {
+		return nil, err
 	}
-	rankRows(rows, func(r *UsageRow) string { return *r.dim(q.By) })
-	if len(rows) > n {
-		o := UsageRow{}
-		*o.dim(q.By) = OtherKey
-		for i := n; i < len(rows); i++ {
-			mergeRow(&o, &rows[i])
+	out := &Top{By: q.By, Rows: nonNilRows(rows)}
+	var t UsageRow
+	for i := range total {
+		mergeRow(&t, &total[i])
+	}
+	out.Total.addRow(&t)
+	if groups > len(rows) {
+		o := t
+		for i := range rows {
+			subtractRow(&o, &rows[i])
 		}
-		out.Other, out.Folded = &o, len(rows)-n
-		rows = rows[:n]
+		*o.dim(q.By) = OtherKey
+		out.Other, out.Folded = &o, groups-len(rows)
 	}
-	out.Rows = nonNilRows(rows)
 	return out, nil
+}
+
+// subtractRow takes k's sums out of r: what is left of a total once the
+// kept rows are listed. The cost stays nil when nothing left was priced.
+func subtractRow(r, k *UsageRow) {
+	r.Requests -= k.Requests
+	for _, b := range metering.Buckets {
+		*b.Of(&r.Usage) -= *b.Of(&k.Usage)
+	}
+	for _, c := range rollupCounts {
+		*c.row(r) -= *c.row(k)
+	}
+	var cost int64
+	if r.CostMicroUSD != nil {
+		cost = *r.CostMicroUSD
+	}
+	if k.CostMicroUSD != nil {
+		cost -= *k.CostMicroUSD
+	}
+	r.CostMicroUSD = nil
+	if r.PricedRequests > 0 {
+		r.CostMicroUSD = &cost
+	}
 }
 
 // CSVRows are the top list as WriteCSV rows: the ranked rows, then Other.
@@ -468,10 +446,30 @@ func (s *Store) Cache(ctx context.Context, q CacheQuery, p Pricer) (*Cache, erro
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
-	n := cmp.Or(q.N, DefaultTopN)
-	uq := q.UsageQuery
-	uq.GroupBy = []string{q.By, GroupProvider, GroupModel, GroupServiceTier}
-	rows, err := s.Query(ctx, uq)
+	// Rank in SQL, then price the cache writes of the kept values and of
+	// the whole query per model: three small answers, however many
+	// sessions the range holds.
+	rq := q.UsageQuery
+	rq.GroupBy = []string{q.By}
+	var groups int
+	ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: cmp.Or(q.N, DefaultTopN), groups: &groups})
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, len(ranked))
+	for i := range ranked {
+		keys[i] = *ranked[i].dim(q.By)
+	}
+	perModel := []string{GroupProvider, GroupModel, GroupServiceTier}
+	kq := q.UsageQuery
+	kq.GroupBy = append([]string{q.By}, perModel...)
+	rows, err := s.queryOpt(ctx, kq, kq.rollupTable(), queryOpt{inDim: q.By, in: keys})
+	if err != nil {
+		return nil, err
+	}
+	tq := q.UsageQuery
+	tq.GroupBy = perModel
+	totals, err := s.Query(ctx, tq)
 	if err != nil {
 		return nil, err
 	}
@@ -487,65 +485,50 @@ func (s *Store) Cache(ctx context.Context, q CacheQuery, p Pricer) (*Cache, erro
 		}
 		return rt
 	}
-	by := map[string]*CacheRow{}
-	var keys []string
-	out := &Cache{By: q.By, Total: CacheRow{Key: ""}}
-	for i := range rows {
-		r := &rows[i]
-		k := *r.dim(q.By)
-		c := by[k]
-		if c == nil {
-			c = &CacheRow{Key: k}
-			by[k] = c
-			keys = append(keys, k)
-		}
+	add := func(dst *CacheRow, r *UsageRow) {
 		rt := rateOf(r)
-		for _, dst := range []*CacheRow{c, &out.Total} {
-			dst.Requests += r.Requests
-			dst.InputTokens += r.InputTotal()
-			dst.CacheReadTokens += r.CacheRead
-			dst.CacheWriteTokens += r.CacheWrite5m + r.CacheWrite1h
-			dst.UnpricedRequests += r.UnpricedRequests
-			dst.MissingUsageRequests += r.MissingUsageRequests
-			addCost(&dst.CostMicroUSD, r.CostMicroUSD)
-			for _, w := range []struct {
-				tokens int64
-				rate   *int64
-			}{{r.CacheWrite5m, rt.w5m}, {r.CacheWrite1h, rt.w1h}} {
-				switch {
-				case w.tokens == 0:
-				case w.rate == nil:
-					dst.CacheWriteUnpricedTokens += w.tokens
-				default:
-					c := scaleCost(w.tokens, *w.rate)
-					addCost(&dst.CacheWriteCostMicroUSD, &c)
-				}
+		dst.Requests += r.Requests
+		dst.InputTokens += r.InputTotal()
+		dst.CacheReadTokens += r.CacheRead
+		dst.CacheWriteTokens += r.CacheWrite5m + r.CacheWrite1h
+		dst.UnpricedRequests += r.UnpricedRequests
+		dst.MissingUsageRequests += r.MissingUsageRequests
+		addCost(&dst.CostMicroUSD, r.CostMicroUSD)
+		for _, w := range []struct {
+			tokens int64
+			rate   *int64
+		}{{r.CacheWrite5m, rt.w5m}, {r.CacheWrite1h, rt.w1h}} {
+			switch {
+			case w.tokens == 0:
+			case w.rate == nil:
+				dst.CacheWriteUnpricedTokens += w.tokens
+			default:
+				c := scaleCost(w.tokens, *w.rate)
+				addCost(&dst.CacheWriteCostMicroUSD, &c)
 			}
 		}
 	}
-	list := make([]CacheRow, 0, len(keys))
-	for _, k := range keys {
-		list = append(list, *by[k])
+	out := &Cache{By: q.By, Rows: make([]CacheRow, len(keys)), Folded: groups - len(keys)}
+	at := map[string]int{}
+	for i, k := range keys {
+		out.Rows[i].Key = k
+		at[k] = i
 	}
-	slices.SortFunc(list, func(a, b CacheRow) int {
-		ca, cb := int64(-1), int64(-1)
-		if a.CostMicroUSD != nil {
-			ca = *a.CostMicroUSD
+	for i := range rows {
+		r := &rows[i]
+		j, ok := at[*r.dim(q.By)]
+		if !ok {
+			return nil, fmt.Errorf("usage cache: %q was not ranked", *r.dim(q.By))
 		}
-		if b.CostMicroUSD != nil {
-			cb = *b.CostMicroUSD
-		}
-		return cmp.Or(cmp.Compare(cb, ca), cmp.Compare(b.InputTokens, a.InputTokens), cmp.Compare(a.Key, b.Key))
-	})
-	if len(list) > n {
-		out.Folded = len(list) - n
-		list = list[:n]
+		add(&out.Rows[j], r)
 	}
-	for i := range list {
-		list[i].finish()
+	for i := range totals {
+		add(&out.Total, &totals[i])
+	}
+	for i := range out.Rows {
+		out.Rows[i].finish()
 	}
 	out.Total.finish()
-	out.Rows = list
 	return out, nil
 }
 

@@ -202,10 +202,55 @@ func (s *Store) Query(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 // query builds one aggregate SELECT over a rollup table or, when rollup is
 // "", usage_records.
 func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]UsageRow, error) {
+	return s.queryOpt(ctx, q, rollupTable, queryOpt{})
+}
+
+// queryOpt are the analytics' additions to a usage query (analytics.go):
+// each keeps the rows' sums what Query sums, so totals still agree.
+type queryOpt struct {
+	// rank > 0 orders the groups by cost, highest first (a group with
+	// nothing priced after every priced one), then by tokens (input and
+	// output), then by the first dimension in byte order, the same on both
+	// engines, and keeps the first rank; *groups gets how many groups there
+	// were.
+	rank   int
+	groups *int
+	// foldDim's values in foldKeep read as "k" + value, every other value
+	// as "o", so the groups past a top N are summed in SQL.
+	foldDim  string
+	foldKeep []string
+	// inDim, if set, keeps only the records whose inDim is in in.
+	inDim string
+	in    []string
+}
+
+func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, opt queryOpt) ([]UsageRow, error) {
 	rollup := rollupTable != ""
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	list := func(vs []string) string {
+		ps := make([]string, len(vs))
+		for i, v := range vs {
+			ps[i] = arg(v)
+		}
+		return strings.Join(ps, ", ")
+	}
+	// Arguments are numbered in the order they appear in the text: the
+	// dimensions come first.
 	var dims []string
 	for _, g := range q.GroupBy {
-		dims = append(dims, dimExpr(g, rollup, s.db.Engine))
+		e := dimExpr(g, rollup, s.db.Engine)
+		if g == opt.foldDim {
+			if len(opt.foldKeep) == 0 {
+				e = "'o'"
+			} else {
+				e = "CASE WHEN " + e + " IN (" + list(opt.foldKeep) + ") THEN 'k' || " + e + " ELSE 'o' END"
+			}
+		}
+		dims = append(dims, e)
 	}
 	var sums []string
 	if rollup {
@@ -223,11 +268,6 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]
 		}
 	}
 	var where []string
-	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
 	table := "usage_records"
 	if rollup {
 		table = rollupTable
@@ -241,9 +281,19 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]
 			where = append(where, f.col+" = "+arg(f.v))
 		}
 	}
+	if opt.inDim != "" {
+		if len(opt.in) == 0 {
+			where = append(where, "1 = 0")
+		} else {
+			where = append(where, dimExpr(opt.inDim, rollup, s.db.Engine)+" IN ("+list(opt.in)+")")
+		}
+	}
 	var b strings.Builder
 	b.WriteString("SELECT ")
 	b.WriteString(strings.Join(append(dims[:len(dims):len(dims)], sums...), ", "))
+	if opt.rank > 0 {
+		b.WriteString(", COUNT(*) OVER ()")
+	}
 	b.WriteString(" FROM " + table + " WHERE " + strings.Join(where, " AND "))
 	if len(dims) > 0 {
 		var pos []string
@@ -252,7 +302,12 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]
 		}
 		// Group and order by position: the model expression is long, and
 		// both engines accept ordinal GROUP BY.
-		b.WriteString(" GROUP BY " + strings.Join(pos, ", ") + " ORDER BY " + strings.Join(pos, ", "))
+		b.WriteString(" GROUP BY " + strings.Join(pos, ", "))
+		if opt.rank > 0 {
+			b.WriteString(" ORDER BY " + rankOrder(sums, dims[0], s.db.Engine) + " LIMIT " + strconv.Itoa(opt.rank))
+		} else {
+			b.WriteString(" ORDER BY " + strings.Join(pos, ", "))
+		}
 	}
 	rows, err := s.db.QueryContext(ctx, b.String(), args...)
 	if err != nil {
@@ -275,6 +330,9 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]
 		for _, c := range rollupCounts {
 			dest = append(dest, c.row(&r))
 		}
+		if opt.rank > 0 {
+			dest = append(dest, opt.groups)
+		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("usage query: %w", err)
 		}
@@ -290,6 +348,22 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]
 		return nil, fmt.Errorf("usage query: %w", err)
 	}
 	return out, nil
+}
+
+// rankOrder is rankRows' order in SQL over the select list's sums, with
+// key the ranked dimension's expression.
+func rankOrder(sums []string, key, engine string) string {
+	var tokens []string
+	for i, b := range metering.Buckets {
+		if b.Input || b.Column == "output_tokens" {
+			tokens = append(tokens, sums[aggTokens+i])
+		}
+	}
+	if engine == store.Postgres {
+		key += ` COLLATE "C"`
+	}
+	return "CASE WHEN " + sums[aggCounts] + " > 0 THEN 0 ELSE 1 END, " + sums[aggCost] + " DESC, " +
+		strings.Join(tokens, " + ") + " DESC, " + key
 }
 
 // dimExpr is the SQL of a group-by dimension in usage_daily or usage_records.
