@@ -350,8 +350,8 @@ func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, 
 	return out, nil
 }
 
-// rankOrder is rankRows' order in SQL over the select list's sums, with
-// key the ranked dimension's expression.
+// rankOrder is queryOpt.rank's order in SQL over the select list's sums,
+// with key the ranked dimension's expression.
 func rankOrder(sums []string, key, engine string) string {
 	var tokens []string
 	for i, b := range metering.Buckets {
