@@ -30,6 +30,8 @@ const adminPrefix = "/admin/v1"
 // the CLI, so the two cannot drift.
 func (s *Server) adminRoutes(r fiber.Router) {
 	a := s.cfg.Admin
+	t := s.trail()
+	r.Use(s.auditActor)
 	g := &adminMux{r: r}
 	defer g.fallback()
 	g.Post("/tokens", func(c *fiber.Ctx) error {
@@ -74,6 +76,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.TokenIssued(c.UserContext(), info, tok))
 		out := struct {
 			Token string             `json:"token"`
 			Info  resolver.TokenInfo `json:"info"`
@@ -112,6 +115,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err := a.RevokeToken(c.UserContext(), c.Params("id")); err != nil {
 			return err
 		}
+		s.audited(c, t.TokenRevoked(c.UserContext(), c.Params("id")))
 		return c.JSON(fiber.Map{"revoked": c.Params("id")})
 	})
 
@@ -131,6 +135,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.CredentialCreated(c.UserContext(), cr, in.Key))
 		return c.Status(fiber.StatusCreated).JSON(cr)
 	})
 	g.Put("/platform-keys/:provider", func(c *fiber.Ctx) error {
@@ -144,6 +149,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.PlatformKeySet(c.UserContext(), cr, in.Key))
 		return c.JSON(cr)
 	})
 	g.Get("/credentials", func(c *fiber.Ctx) error {
@@ -154,13 +160,19 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		return c.JSON(fiber.Map{"credentials": nonNil(crs)})
 	})
 	g.Post("/credentials/:id/disable", func(c *fiber.Ctx) error {
-		return done(c, a.DisableCredential(c.UserContext(), c.Params("id")))
+		return s.auditedDone(c, a.DisableCredential(c.UserContext(), c.Params("id")), func() error {
+			return t.CredentialChanged(c.UserContext(), "disable", c.Params("id"))
+		})
 	})
 	g.Post("/credentials/:id/enable", func(c *fiber.Ctx) error {
-		return done(c, a.EnableCredential(c.UserContext(), c.Params("id")))
+		return s.auditedDone(c, a.EnableCredential(c.UserContext(), c.Params("id")), func() error {
+			return t.CredentialChanged(c.UserContext(), "enable", c.Params("id"))
+		})
 	})
 	g.Delete("/credentials/:id", func(c *fiber.Ctx) error {
-		return done(c, a.DeleteCredential(c.UserContext(), c.Params("id")))
+		return s.auditedDone(c, a.DeleteCredential(c.UserContext(), c.Params("id")), func() error {
+			return t.CredentialChanged(c.UserContext(), "delete", c.Params("id"))
+		})
 	})
 
 	g.Post("/bindings", func(c *fiber.Ctx) error {
@@ -178,6 +190,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.Bound(c.UserContext(), b))
 		return c.Status(fiber.StatusCreated).JSON(b)
 	})
 	g.Get("/bindings", func(c *fiber.Ctx) error {
@@ -189,20 +202,20 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		}
 		return c.JSON(fiber.Map{"bindings": nonNil(bs)})
 	})
-	bindingOp := func(op func(ctx context.Context, k resolver.BindingKey) error) fiber.Handler {
+	bindingOp := func(verb string, op func(ctx context.Context, k resolver.BindingKey) error) fiber.Handler {
 		return func(c *fiber.Ctx) error {
 			var k resolver.BindingKey
 			if err := decodeJSON(c, &k); err != nil {
 				return err
 			}
-			return done(c, op(c.UserContext(), k))
+			return s.auditedDone(c, op(c.UserContext(), k), func() error { return t.BindingChanged(c.UserContext(), verb, k) })
 		}
 	}
-	g.Post("/bindings/unbind", bindingOp(a.Unbind))
-	g.Post("/bindings/activate", bindingOp(func(ctx context.Context, k resolver.BindingKey) error {
+	g.Post("/bindings/unbind", bindingOp("unbind", a.Unbind))
+	g.Post("/bindings/activate", bindingOp("activate", func(ctx context.Context, k resolver.BindingKey) error {
 		return a.SetBindingActive(ctx, k, true)
 	}))
-	g.Post("/bindings/deactivate", bindingOp(func(ctx context.Context, k resolver.BindingKey) error {
+	g.Post("/bindings/deactivate", bindingOp("deactivate", func(ctx context.Context, k resolver.BindingKey) error {
 		return a.SetBindingActive(ctx, k, false)
 	}))
 
@@ -232,6 +245,9 @@ func (s *Server) adminRoutes(r fiber.Router) {
 	if s.cfg.Usage != nil {
 		g.Get("/usage", s.usage)
 		s.usageAnalyticsRoutes(g)
+	}
+	if s.cfg.Audit != nil {
+		g.Get("/audit", s.auditLog)
 	}
 }
 

@@ -29,16 +29,16 @@ func (s *Server) governanceRoutes(g *adminMux) {
 		return c.JSON(fiber.Map{"policies": ps})
 	})
 	mountPolicies(s, g, "/budgets", policyAPI[governance.Budget]{
-		one: "budget", many: "budgets",
+		one: "budget", many: "budgets", audit: "budget",
 		decode: decodeBudgetBody, set: st.SetBudget, put: st.PutBudget, get: st.Budget, list: st.ListBudgets, del: st.DeleteBudget,
 		render: func(b governance.Budget) any { return renderBudget(b) },
 	})
 	mountPolicies(s, g, "/limits", policyAPI[governance.Limit]{
-		one: "limit", many: "limits",
+		one: "limit", many: "limits", audit: "limit",
 		decode: decodeLimitBody, set: st.SetLimit, put: st.PutLimit, get: st.Limit, list: st.ListLimits, del: st.DeleteLimit,
 	})
 	mountPolicies(s, g, "/model-rules", policyAPI[governance.ModelRule]{
-		one: "rule", many: "rules",
+		one: "rule", many: "rules", audit: "model_rule",
 		decode: decodeRuleBody, set: st.SetRule, put: st.PutRule, get: st.Rule, list: st.ListRules, del: st.DeleteRule,
 	})
 }
@@ -51,6 +51,8 @@ const resultHeader = "X-Tollgate-Result"
 type policyAPI[T any] struct {
 	// one and many are the answer's keys: {"budget":…}, {"budgets":[…]}.
 	one, many string
+	// audit is the noun of its audit log actions (budget.set, ...).
+	audit string
 	// decode reads a request body into a policy with the given id ("" for
 	// a create), or returns every problem with it.
 	decode func(c *fiber.Ctx, id string) (T, error)
@@ -90,6 +92,7 @@ func mountPolicies[T any](s *Server, g *adminMux, path string, p policyAPI[T]) {
 		if res != governance.SetUnchanged {
 			s.refreshPolicies(c.UserContext())
 		}
+		s.audited(c, s.trail().PolicySet(c.UserContext(), p.audit, v, string(res)))
 		c.Set(resultHeader, string(res))
 		return c.Status(status).JSON(fiber.Map{p.one: render(v)})
 	})
@@ -123,6 +126,7 @@ func mountPolicies[T any](s *Server, g *adminMux, path string, p policyAPI[T]) {
 		if v, err = p.put(c.UserContext(), v); err != nil {
 			return err
 		}
+		s.audited(c, s.trail().PolicySet(c.UserContext(), p.audit, v, "replaced"))
 		s.refreshPolicies(c.UserContext())
 		return c.JSON(fiber.Map{p.one: render(v)})
 	})
@@ -130,6 +134,7 @@ func mountPolicies[T any](s *Server, g *adminMux, path string, p policyAPI[T]) {
 		if err := p.del(c.UserContext(), c.Params("id")); err != nil {
 			return err
 		}
+		s.audited(c, s.trail().PolicyDeleted(c.UserContext(), p.audit, c.Params("id")))
 		s.refreshPolicies(c.UserContext())
 		return c.JSON(fiber.Map{"deleted": c.Params("id")})
 	})

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/internal/testkit"
@@ -51,6 +52,7 @@ type testEnv struct {
 	cancel   context.CancelFunc
 	baseCtx  context.Context
 	shutdown func()
+	audit    *audit.Log
 }
 
 type envOptions struct {
@@ -79,6 +81,10 @@ type envOptions struct {
 	resolver func(CredentialResolver) CredentialResolver
 	failover FailoverConfig
 	health   HealthTracker
+	// audit turns the audit log on (Config.Audit); dbURL, if set, is the
+	// database instead of a SQLite file (adminaudit_test.go).
+	audit bool
+	dbURL string
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -118,7 +124,11 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(tb.TempDir(), "tollgate.db"))
+	dsn := filepath.Join(tb.TempDir(), "tollgate.db")
+	if o.dbURL != "" {
+		dsn = o.dbURL
+	}
+	db, err := store.Open(ctx, dsn)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -131,6 +141,12 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	tb.Cleanup(func() { svc.Close() })
 	for p, k := range map[string]string{"anthropic": canaryAnthropic, "openai": canaryOpenAI, "gemini": canaryGemini} {
 		if _, err := svc.SetPlatformKey(ctx, p, resolver.NewSecret(k)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	var auditLog *audit.Log
+	if o.audit {
+		if auditLog, err = audit.Open(ctx, db); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -168,6 +184,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		Governor:              o.governor,
 		Failover:              o.failover,
 		Health:                o.health,
+		Audit:                 auditLog,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -179,7 +196,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	done := make(chan error, 2)
 	go func() { done <- srv.Serve(ln) }()
 	go func() { done <- srv.ServeAdmin(adminLn) }()
-	e := &testEnv{t: tb, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: fake, fakeURL: fakeURL, svc: svc, sink: sink, srv: srv, logs: logs, reg: reg, cancel: cancel, baseCtx: baseCtx}
+	e := &testEnv{t: tb, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: fake, fakeURL: fakeURL, svc: svc, sink: sink, srv: srv, logs: logs, reg: reg, cancel: cancel, baseCtx: baseCtx, audit: auditLog}
 	var once sync.Once
 	e.shutdown = func() {
 		once.Do(func() {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -167,7 +168,8 @@ func classify(err error) *apiError {
 		return &apiError{kind: kindForbidden, msg: "this project has disabled this provider: ask a project administrator to enable it", cause: err}
 	case errors.Is(err, resolver.ErrNoCredential):
 		return &apiError{kind: kindUnauthenticated, msg: "no credential is configured for this project and user on this dialect: ask an administrator to add one", cause: err}
-	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, ledger.ErrInvalidQuery):
+	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, ledger.ErrInvalidQuery),
+		errors.Is(err, audit.ErrInvalidQuery):
 		// Admin API only: resolver and usage-query messages name the field
 		// at fault and never hold a secret.
 		return &apiError{kind: kindBadRequest, msg: err.Error()}

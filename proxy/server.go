@@ -20,6 +20,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
@@ -118,6 +119,9 @@ type Config struct {
 	Admin *resolver.Service
 	// Usage answers the usage API; nil disables /admin/v1/usage.
 	Usage UsageQuerier
+	// Audit records each admin write and serves GET /admin/v1/audit; nil
+	// records nothing.
+	Audit *audit.Log
 	// Owners finds who created a stored provider object (a response) the
 	// in-memory index no longer holds; nil leaves only the index, so on a
 	// platform key such ids are refused once it forgets them.
@@ -157,6 +161,9 @@ type Config struct {
 	// too, as tollgate did before it had an admin listener: any workspace
 	// that reaches the proxy then reaches them.
 	AdminOnProxy bool
+	// Console, if set, is the web console (package console), served under
+	// /ui/ wherever the admin API is.
+	Console http.Handler
 	// AdminToken guards /admin/v1; empty disables the admin API.
 	// The admin API is served by ServeAdmin, apart from the proxy.
 	AdminToken string
@@ -315,6 +322,9 @@ func (s *Server) routes() {
 		}
 		s.app.Use("/admin", notHere)
 		s.app.Use("/metrics", notHere)
+		s.app.Use(consolePrefix, func(c *fiber.Ctx) error {
+			return newError(kindNotFound, "the console is not served on this port: open /ui/ on the admin listener (TOLLGATE_ADMIN_ADDR)")
+		})
 	}
 	s.app.Use(s.forward)
 }
@@ -384,6 +394,7 @@ func (s *Server) operatorRoutes(r fiber.Router) {
 	if s.cfg.Metrics != nil {
 		r.Get("/metrics", s.requireMetricsToken, adaptor.HTTPHandler(s.cfg.Metrics))
 	}
+	s.consoleRoutes(r)
 	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
 		s.adminRoutes(r.Group(adminPrefix, s.requireAdmin))
 	} else {

@@ -213,6 +213,10 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
+		ctx, trail, err := openTrail(ctx, d)
+		if err != nil {
+			return err
+		}
 		switch args[0] {
 		case "issue":
 			if *workspace == "" || *project == "" || *user == "" {
@@ -227,6 +231,7 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err != nil {
 				return err
 			}
+			audited(stderr, trail.TokenIssued(ctx, info, tok))
 			fmt.Fprintf(stderr, "issued %s for workspace %s (expires %s); the token is shown once:\n", info.ID, info.Workspace, info.ExpiresAt.Format(time.RFC3339))
 			fmt.Fprintln(stdout, tok)
 			return nil
@@ -252,6 +257,7 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err := d.resolver.RevokeToken(ctx, pos[0]); err != nil {
 				return err
 			}
+			audited(stderr, trail.TokenRevoked(ctx, pos[0]))
 			fmt.Fprintf(stdout, "revoked %s\n", pos[0])
 			return nil
 		}

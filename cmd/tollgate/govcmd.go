@@ -103,7 +103,7 @@ func (p *policyFlags) checkFormat() error {
 
 // policyCommand parses a policy command's flags and runs do with the store.
 func policyCommand(ctx context.Context, group string, args []string, stdout, stderr io.Writer,
-	do func(st *governance.Store, sub string, p *policyFlags, pos []string) error) error {
+	do func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error) error {
 	sub, err := subcommand(group, args, stdout)
 	if err != nil {
 		return err
@@ -124,7 +124,11 @@ func policyCommand(ctx context.Context, group string, args []string, stdout, std
 		if err != nil {
 			return err
 		}
-		return do(st, sub, p, pos)
+		a, err := openCLIAudit(ctx, d, stderr)
+		if err != nil {
+			return err
+		}
+		return do(st, sub, p, pos, a)
 	})
 }
 
@@ -142,10 +146,10 @@ func writePolicyJSON(w io.Writer, v any) error {
 }
 
 func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return policyCommand(ctx, "budget", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string) error {
+	return policyCommand(ctx, "budget", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error {
 		switch sub {
 		case "set":
-			return budgetSet(ctx, st, p, pos, stdout)
+			return budgetSet(ctx, st, p, pos, stdout, a)
 		case "list":
 			t, id, err := p.scope("budget list", false)
 			if err != nil {
@@ -174,6 +178,7 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if err := st.DeleteBudget(ctx, id); err != nil {
 				return err
 			}
+			a.policyDeleted("budget", id)
 			fmt.Fprintf(stdout, "deleted %s\n", id)
 			return nil
 		}
@@ -185,7 +190,7 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // the same scope, model, harness, metric and window (or --id), keeping its
 // id and so its spend (governance.Store.SetBudget, the same as the admin
 // API's POST). Flags not given keep an updated budget's values.
-func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer) error {
+func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer, a cliAudit) error {
 	if len(pos) != 0 {
 		return usageErr("budget set takes no arguments, only flags (got %q)", pos[0])
 	}
@@ -237,6 +242,7 @@ func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []
 		}
 		return err
 	}
+	a.policySet("budget", b, res)
 	fmt.Fprintf(stdout, "%s %s: %s\n", res, b.ID, describeBudget(b))
 	return nil
 }
@@ -288,10 +294,10 @@ func nonNilPolicies[T any](s []T) []T {
 }
 
 func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return policyCommand(ctx, "limit", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string) error {
+	return policyCommand(ctx, "limit", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error {
 		switch sub {
 		case "set":
-			return limitSet(ctx, st, p, pos, stdout)
+			return limitSet(ctx, st, p, pos, stdout, a)
 		case "list":
 			t, id, err := p.scope("limit list", false)
 			if err != nil {
@@ -320,6 +326,7 @@ func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err := st.DeleteLimit(ctx, id); err != nil {
 				return err
 			}
+			a.policyDeleted("limit", id)
 			fmt.Fprintf(stdout, "deleted %s\n", id)
 			return nil
 		}
@@ -330,7 +337,7 @@ func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // limitSet creates the rate limit the flags describe, or updates the one
 // with the same scope, model and harness (or --id); a rate not given keeps
 // an updated limit's value (--tpm 0 removes one).
-func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer) error {
+func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer, a cliAudit) error {
 	if len(pos) != 0 {
 		return usageErr("limit set takes no arguments, only flags (got %q)", pos[0])
 	}
@@ -363,6 +370,7 @@ func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []s
 		}
 		return err
 	}
+	a.policySet("limit", l, res)
 	fmt.Fprintf(stdout, "%s %s: %s, %s\n", res, l.ID, l.Selector, describeRates(l))
 	return nil
 }
@@ -401,10 +409,10 @@ func writeLimits(w io.Writer, format string, ls []governance.Limit) error {
 }
 
 func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return policyCommand(ctx, "models", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string) error {
+	return policyCommand(ctx, "models", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error {
 		switch sub {
 		case "allow", "deny", "alias":
-			return ruleSet(ctx, st, governance.RuleKind(sub), p, pos, stdout)
+			return ruleSet(ctx, st, governance.RuleKind(sub), p, pos, stdout, a)
 		case "list":
 			t, id, err := p.scope("models list", false)
 			if err != nil {
@@ -431,6 +439,7 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if err := st.DeleteRule(ctx, id); err != nil {
 				return err
 			}
+			a.policyDeleted("model_rule", id)
 			fmt.Fprintf(stdout, "deleted %s\n", id)
 			return nil
 		}
@@ -441,7 +450,7 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // ruleSet adds an allow or deny rule unless the scope has it already, or
 // sets an alias, replacing the target of the scope's alias of that name
 // (governance.Store.SetRule).
-func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind, p *policyFlags, pos []string, stdout io.Writer) error {
+func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind, p *policyFlags, pos []string, stdout io.Writer, a cliAudit) error {
 	cmd := "models " + string(kind)
 	want := 1
 	if kind == governance.RuleAlias {
@@ -465,6 +474,7 @@ func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind
 	if err != nil {
 		return err
 	}
+	a.policySet("model_rule", r, res)
 	desc := fmt.Sprintf("%s %s %s", policyScope(t, sid), r.Kind, r.Pattern)
 	if r.Target != "" {
 		desc += " -> " + r.Target

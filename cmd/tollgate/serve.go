@@ -7,11 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
+	"github.com/tollgate/tollgate/console"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/hotfile"
@@ -177,6 +180,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	auditLog, err := audit.Open(ctx, d.db)
+	if err != nil {
+		return err
+	}
 	gov, err := startGovernance(ctx, bg, &o, d, prices, usage, log)
 	if err != nil {
 		return err
@@ -220,6 +227,16 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer unregisterHealth()
 
+	// The console signs in with the admin token and is served beside the
+	// admin API, so it is on exactly when the API is.
+	var con http.Handler
+	if adminToken != "" && o.AdminAddr != adminAddrOff {
+		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log})
+		if err != nil {
+			return err
+		}
+		con = c
+	}
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -254,6 +271,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Resolver:          d.resolver,
 		Admin:             d.resolver,
 		Usage:             usage,
+		Audit:             auditLog,
 		Owners:            usage,
 		Sink:              writer,
 		Refusals:          refusalSinks{refusals, tel.instruments},
@@ -268,6 +286,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MetricsToken:      metricsToken,
 		AdminOnProxy:      o.AdminAddr == adminAddrSame,
 		AdminToken:        adminToken,
+		Console:           con,
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
