@@ -173,7 +173,7 @@ func TestAdminUsageAnalytics(t *testing.T) {
 		{"/usage/series?bucket=week", `unknown bucket \"week\"`},
 		{"/usage/series?top=many", `top \"many\" is not a whole number`},
 		{"/usage/series?format=xml", "format must be json or csv"},
-		{"/usage/series?from=2026-05-01&to=2026-05-30&bucket=hour", "hour buckets cover at most 14 days"},
+		{"/usage/series?from=2026-05-01&to=2026-05-30&bucket=hour", "hour buckets cover at most 7 days"},
 	} {
 		if code, body := get(tc.path); code != 400 || !strings.Contains(body, tc.want) {
 			t.Errorf("%s: %d %s, want 400 naming %s", tc.path, code, body, tc.want)

@@ -24,9 +24,11 @@ const (
 	// is folded into one "other" series.
 	DefaultSeriesTop = 8
 	MaxSeriesTop     = 50
-	// MaxHourBuckets bounds an hourly series (14 days): hours are read
-	// from the raw records, and a chart of more points is unreadable.
-	MaxHourBuckets = 14 * 24
+	// MaxHourBuckets bounds an hourly series (7 days): hours are read
+	// from the raw records, 14 days of which (155,000 of a million over 90
+	// days) took 330 ms of CPU on SQLite, and a chart of more points is
+	// unreadable anyway.
+	MaxHourBuckets = 7 * 24
 	// DefaultTopN and MaxTopN bound the rows of a top list.
 	DefaultTopN = 10
 	MaxTopN     = 1000
@@ -116,6 +118,35 @@ func checkN(what string, n, limit int) error {
 	return nil
 }
 
+// rankRows orders rows by cost, highest first (an unpriced row after
+// every priced one), then by tokens, then by key: a stable ranking whose
+// ties are decided the same way on every engine.
+func rankRows(rows []UsageRow, key func(*UsageRow) string) {
+	// Sort indexes, not the rows: a row is a few hundred bytes, and a top
+	// list of sessions has tens of thousands.
+	idx := make([]int, len(rows))
+	for i := range idx {
+		idx[i] = i
+	}
+	cost := func(r *UsageRow) int64 {
+		if r.CostMicroUSD == nil {
+			return -1
+		}
+		return *r.CostMicroUSD
+	}
+	slices.SortFunc(idx, func(i, j int) int {
+		a, b := &rows[i], &rows[j]
+		return cmp.Or(cmp.Compare(cost(b), cost(a)),
+			cmp.Compare(b.InputTotal()+b.Output, a.InputTotal()+a.Output),
+			cmp.Compare(key(a), key(b)))
+	})
+	sorted := make([]UsageRow, len(rows))
+	for i, j := range idx {
+		sorted[i] = rows[j]
+	}
+	copy(rows, sorted)
+}
+
 // SeriesQuery asks for cost and tokens over time.
 type SeriesQuery struct {
 	// UsageQuery gives the range and the filters; its GroupBy must be empty.
@@ -200,51 +231,65 @@ func (q SeriesQuery) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Series answers q. The series are ranked by one query grouped by the
-// stack dimension alone, keeping the first Top; a second groups by bucket
-// and that dimension with the others summed as one value in SQL, so a
-// stack by user over 90 days returns (Top+1) × 90 rows, not one per user
-// and day.
+// Series answers q with one query grouped by bucket and stack dimension,
+// folded in Go. Ranking and folding in SQL instead (a query per ranking,
+// a CASE per row) made SQLite 1.3-3.7 times slower for every stack of
+// BenchmarkUsageAnalytics, a user stack of 600 values included.
 func (s *Store) Series(ctx context.Context, q SeriesQuery) (*Series, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
 	top := cmp.Or(q.Top, DefaultSeriesTop)
-	out := &Series{Bucket: q.Bucket, StackBy: q.StackBy, Buckets: bucketStarts(q.Bucket, q.From, q.To)}
 	uq := q.UsageQuery
 	uq.GroupBy = []string{q.Bucket}
-	var opt queryOpt
-	line := map[string]int{} // series key → index in out.Lines
-	if q.StackBy == "" {
-		out.Lines = []SeriesLine{{}}
-		line[""] = 0
-	} else {
-		rq := q.UsageQuery
-		rq.GroupBy = []string{q.StackBy}
-		var groups int
-		ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: top, groups: &groups})
-		if err != nil {
-			return nil, err
-		}
-		for i := range ranked {
-			k := *ranked[i].dim(q.StackBy)
-			line[k] = i
-			out.Lines = append(out.Lines, SeriesLine{Key: k})
-		}
+	if q.StackBy != "" {
 		uq.GroupBy = append(uq.GroupBy, q.StackBy)
-		if groups > len(ranked) {
-			opt = queryOpt{foldDim: q.StackBy}
-			for k := range line {
-				opt.foldKeep = append(opt.foldKeep, k)
-			}
-			slices.Sort(opt.foldKeep)
-			line[OtherKey] = len(out.Lines)
-			out.Lines = append(out.Lines, SeriesLine{Key: OtherKey, Other: true, Folded: groups - len(ranked)})
-		}
 	}
-	rows, err := s.queryOpt(ctx, uq, uq.rollupTable(), opt)
+	rows, err := s.Query(ctx, uq)
 	if err != nil {
 		return nil, err
+	}
+	out := &Series{Bucket: q.Bucket, StackBy: q.StackBy, Buckets: bucketStarts(q.Bucket, q.From, q.To)}
+	stackKey := func(r *UsageRow) string {
+		if q.StackBy == "" {
+			return ""
+		}
+		return *r.dim(q.StackBy)
+	}
+	// Rank the series by their totals over the range.
+	totals := map[string]*UsageRow{}
+	var order []UsageRow
+	for i := range rows {
+		r := &rows[i]
+		out.Total.addRow(r)
+		k := stackKey(r)
+		t := totals[k]
+		if t == nil {
+			t = &UsageRow{}
+			if q.StackBy != "" {
+				*t.dim(q.StackBy) = k
+			}
+			totals[k] = t
+		}
+		mergeRow(t, r)
+	}
+	for _, t := range totals {
+		order = append(order, *t)
+	}
+	rankRows(order, stackKey)
+	line := map[string]int{} // series key → index in out.Lines
+	for i := range order {
+		k := stackKey(&order[i])
+		if i < top {
+			line[k] = i
+			out.Lines = append(out.Lines, SeriesLine{Key: k})
+			continue
+		}
+		if i == top {
+			out.Lines = append(out.Lines, SeriesLine{Key: OtherKey, Other: true})
+		}
+		line[k] = top
+		out.Lines[top].Folded++
 	}
 	pos := make(map[string]int, len(out.Buckets))
 	for i, b := range out.Buckets {
@@ -253,31 +298,41 @@ func (s *Store) Series(ctx context.Context, q SeriesQuery) (*Series, error) {
 	for i := range out.Lines {
 		out.Lines[i].Points = make([]Sums, len(out.Buckets))
 	}
+	// Rows come ordered by bucket, then key: the kept series' cells are
+	// copied, and the folded ones of a bucket merged into one Other cell
+	// that follows them.
+	var other *UsageRow
+	flush := func() {
+		if other != nil {
+			out.Rows = append(out.Rows, *other)
+			other = nil
+		}
+	}
 	for i := range rows {
 		r := &rows[i]
-		key := ""
-		if q.StackBy != "" {
-			v := r.dim(q.StackBy)
-			if opt.foldDim != "" {
-				if *v == "o" {
-					*v = OtherKey
-				} else {
-					*v = strings.TrimPrefix(*v, "k")
-				}
-			}
-			key = *v
-		}
 		b := *r.dim(q.Bucket)
 		p, ok := pos[b]
-		l, known := line[key]
-		if !ok || !known {
-			return nil, fmt.Errorf("usage series: row %q/%q outside the ranked range", b, key)
+		if !ok {
+			return nil, fmt.Errorf("usage series: bucket %q outside the range", b)
 		}
-		out.Total.addRow(r)
+		if other != nil && *other.dim(q.Bucket) != b {
+			flush()
+		}
+		l := line[stackKey(r)]
 		out.Lines[l].Points[p].addRow(r)
 		out.Lines[l].Total.addRow(r)
+		if !out.Lines[l].Other {
+			out.Rows = append(out.Rows, *r)
+			continue
+		}
+		if other == nil {
+			other = &UsageRow{}
+			*other.dim(q.Bucket) = b
+			*other.dim(q.StackBy) = OtherKey
+		}
+		mergeRow(other, r)
 	}
-	out.Rows = rows
+	flush()
 	return out, nil
 }
 
@@ -308,23 +363,31 @@ func (q TopQuery) Validate() error {
 	return errors.Join(q.UsageQuery.Validate(), checkFilters(q.UsageQuery), checkName("by", q.By, TopByNames), checkN("n", q.N, MaxTopN))
 }
 
-// Top answers q: the ranking and its limit are SQL's, so a top ten of
-// 60,000 sessions returns ten rows; Other is the whole query's total less
-// those rows.
+// Top answers q. Other is the whole query's total less the listed rows.
 func (s *Store) Top(ctx context.Context, q TopQuery) (*Top, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
+	n := cmp.Or(q.N, DefaultTopN)
 	uq := q.UsageQuery
 	uq.GroupBy = []string{q.By}
+	var rows, total []UsageRow
 	var groups int
-	rows, err := s.queryOpt(ctx, uq, uq.rollupTable(), queryOpt{rank: cmp.Or(q.N, DefaultTopN), groups: &groups})
-	if err != nil {
-		return nil, err
-	}
-	total, err := s.Query(ctx, q.UsageQuery)
-	if err != nil {
-		return nil, err
+	var err error
+	if rankInSQL(q.By) {
+		if rows, err = s.queryOpt(ctx, uq, uq.rollupTable(), queryOpt{rank: n, groups: &groups}); err != nil {
+			return nil, err
+		}
+		if total, err = s.Query(ctx, q.UsageQuery); err != nil {
+			return nil, err
+		}
+	} else {
+		if total, err = s.Query(ctx, uq); err != nil {
+			return nil, err
+		}
+		rankRows(total, func(r *UsageRow) string { return *r.dim(q.By) })
+		groups = len(total)
+		rows = slices.Clone(total[:min(n, len(total))])
 	}
 	out := &Top{By: q.By, Rows: nonNilRows(rows)}
 	var t UsageRow
@@ -342,6 +405,15 @@ func (s *Store) Top(ctx context.Context, q TopQuery) (*Top, error) {
 	}
 	return out, nil
 }
+
+// rankInSQL says whether a dimension's values are ranked and cut to the
+// first N by SQL (queryOpt.rank) rather than all fetched and ranked in Go.
+// Sessions are unbounded (64,000 in BenchmarkUsageAnalytics' 90 days: SQL
+// was 1.3-1.6 times faster, and took the client's CPU from 950 ms to 1 ms
+// on PostgreSQL); the other dimensions have hundreds of values at most,
+// and a second scan for the total cost more than fetching them all
+// (top workspaces 1.4 times slower on SQLite).
+func rankInSQL(dim string) bool { return dim == GroupSession }
 
 // subtractRow takes k's sums out of r: what is left of a total once the
 // kept rows are listed. The cost stays nil when nothing left was priced.
@@ -446,32 +518,60 @@ func (s *Store) Cache(ctx context.Context, q CacheQuery, p Pricer) (*Cache, erro
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
-	// Rank in SQL, then price the cache writes of the kept values and of
-	// the whole query per model: three small answers, however many
-	// sessions the range holds.
-	rq := q.UsageQuery
-	rq.GroupBy = []string{q.By}
-	var groups int
-	ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: cmp.Or(q.N, DefaultTopN), groups: &groups})
-	if err != nil {
-		return nil, err
-	}
-	keys := make([]string, len(ranked))
-	for i := range ranked {
-		keys[i] = *ranked[i].dim(q.By)
-	}
+	// Sessions are ranked in SQL (rankInSQL), then the cache writes of
+	// the kept ones and of the whole query are priced per model: three
+	// small answers. Projects are few: one query, ranked in Go.
+	n := cmp.Or(q.N, DefaultTopN)
 	perModel := []string{GroupProvider, GroupModel, GroupServiceTier}
-	kq := q.UsageQuery
-	kq.GroupBy = append([]string{q.By}, perModel...)
-	rows, err := s.queryOpt(ctx, kq, kq.rollupTable(), queryOpt{inDim: q.By, in: keys})
-	if err != nil {
-		return nil, err
-	}
-	tq := q.UsageQuery
-	tq.GroupBy = perModel
-	totals, err := s.Query(ctx, tq)
-	if err != nil {
-		return nil, err
+	var keys []string
+	var groups int
+	var rows, totals []UsageRow
+	if rankInSQL(q.By) {
+		rq := q.UsageQuery
+		rq.GroupBy = []string{q.By}
+		ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: n, groups: &groups})
+		if err != nil {
+			return nil, err
+		}
+		for i := range ranked {
+			keys = append(keys, *ranked[i].dim(q.By))
+		}
+		kq := q.UsageQuery
+		kq.GroupBy = append([]string{q.By}, perModel...)
+		if rows, err = s.queryOpt(ctx, kq, kq.rollupTable(), queryOpt{inDim: q.By, in: keys}); err != nil {
+			return nil, err
+		}
+		tq := q.UsageQuery
+		tq.GroupBy = perModel
+		if totals, err = s.Query(ctx, tq); err != nil {
+			return nil, err
+		}
+	} else {
+		kq := q.UsageQuery
+		kq.GroupBy = append([]string{q.By}, perModel...)
+		var err error
+		if rows, err = s.Query(ctx, kq); err != nil {
+			return nil, err
+		}
+		totals = rows
+		byKey := map[string]*UsageRow{}
+		var sums []UsageRow
+		for i := range rows {
+			k := *rows[i].dim(q.By)
+			if byKey[k] == nil {
+				byKey[k] = &UsageRow{}
+				*byKey[k].dim(q.By) = k
+			}
+			mergeRow(byKey[k], &rows[i])
+		}
+		for _, r := range byKey {
+			sums = append(sums, *r)
+		}
+		rankRows(sums, func(r *UsageRow) string { return *r.dim(q.By) })
+		groups = len(sums)
+		for i := range sums[:min(n, len(sums))] {
+			keys = append(keys, *sums[i].dim(q.By))
+		}
 	}
 	type rate struct{ w5m, w1h *int64 }
 	rates := map[[3]string]rate{}
@@ -516,11 +616,9 @@ func (s *Store) Cache(ctx context.Context, q CacheQuery, p Pricer) (*Cache, erro
 	}
 	for i := range rows {
 		r := &rows[i]
-		j, ok := at[*r.dim(q.By)]
-		if !ok {
-			return nil, fmt.Errorf("usage cache: %q was not ranked", *r.dim(q.By))
+		if j, ok := at[*r.dim(q.By)]; ok {
+			add(&out.Rows[j], r)
 		}
-		add(&out.Rows[j], r)
 	}
 	for i := range totals {
 		add(&out.Total, &totals[i])

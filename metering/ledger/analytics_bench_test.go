@@ -134,8 +134,14 @@ func benchQueries() []benchQuery {
 		{"series/day/harness/90d/project", series(SeriesQuery{UsageQuery: filt(days(90), proj), Bucket: GroupDay, StackBy: GroupHarness})},
 		{"series/day/model/7d-to-now", series(SeriesQuery{UsageQuery: UsageQuery{From: benchEnd.Add(-7 * 24 * time.Hour).Add(-time.Hour), To: benchEnd.Add(-time.Hour)}, Bucket: GroupDay, StackBy: GroupModel})},
 		{"series/hour/model/7d", series(SeriesQuery{UsageQuery: days(7), Bucket: GroupHour, StackBy: GroupModel})},
-		{"series/hour/harness/14d", series(SeriesQuery{UsageQuery: days(14), Bucket: GroupHour, StackBy: GroupHarness})},
-		{"series/hour/model/14d/project", series(SeriesQuery{UsageQuery: filt(days(14), proj), Bucket: GroupHour, StackBy: GroupModel})},
+		{"series/hour/harness/7d", series(SeriesQuery{UsageQuery: days(7), Bucket: GroupHour, StackBy: GroupHarness})},
+		{"series/hour/model/7d/project", series(SeriesQuery{UsageQuery: filt(days(7), proj), Bucket: GroupHour, StackBy: GroupModel})},
+		{"usage/session/90d", func(ctx context.Context, s *Store) error {
+			q := days(90)
+			q.Session = "s-3-20530-0"
+			_, err := s.Query(ctx, q)
+			return err
+		}},
 		{"top/workspace/90d", top(TopQuery{UsageQuery: days(90), By: GroupWorkspace})},
 		{"top/session/7d", top(TopQuery{UsageQuery: days(7), By: GroupSession})},
 		{"top/session/30d", top(TopQuery{UsageQuery: days(30), By: GroupSession})},

@@ -215,10 +215,6 @@ type queryOpt struct {
 	// were.
 	rank   int
 	groups *int
-	// foldDim's values in foldKeep read as "k" + value, every other value
-	// as "o", so the groups past a top N are summed in SQL.
-	foldDim  string
-	foldKeep []string
 	// inDim, if set, keeps only the records whose inDim is in in.
 	inDim string
 	in    []string
@@ -238,19 +234,9 @@ func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, 
 		}
 		return strings.Join(ps, ", ")
 	}
-	// Arguments are numbered in the order they appear in the text: the
-	// dimensions come first.
 	var dims []string
 	for _, g := range q.GroupBy {
-		e := dimExpr(g, rollup, s.db.Engine)
-		if g == opt.foldDim {
-			if len(opt.foldKeep) == 0 {
-				e = "'o'"
-			} else {
-				e = "CASE WHEN " + e + " IN (" + list(opt.foldKeep) + ") THEN 'k' || " + e + " ELSE 'o' END"
-			}
-		}
-		dims = append(dims, e)
+		dims = append(dims, dimExpr(g, rollup, s.db.Engine))
 	}
 	var sums []string
 	if rollup {

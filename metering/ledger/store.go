@@ -211,7 +211,9 @@ ALTER TABLE usage_daily ADD COLUMN web_search_requests BIGINT NOT NULL DEFAULT 0
 	// raw records (BenchmarkUsageAnalytics). Maintained like usage_daily
 	// (sessionUpsertSQL, pgInsertSQL); backfilled from the records, so it
 	// also holds the service tiers usage_daily rows rolled up before
-	// migration 3 lost.
+	// migration 3 lost. The index on (session_id, day) answers one
+	// session's cost, and the cache report's second query (the kept
+	// sessions), without scanning the range.
 	`CREATE TABLE usage_sessions (
 	day TEXT NOT NULL,
 	session_id TEXT NOT NULL,
@@ -240,6 +242,7 @@ ALTER TABLE usage_daily ADD COLUMN web_search_requests BIGINT NOT NULL DEFAULT 0
 	rejected_requests BIGINT NOT NULL,
 	PRIMARY KEY (day, session_id, project, user_id, workspace, harness, provider, model, service_tier)
 );
+CREATE INDEX usage_sessions_session ON usage_sessions (session_id, day);
 INSERT INTO usage_sessions (day, session_id, project, user_id, workspace, harness, provider, model, service_tier,
 	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
 	reasoning_tokens, web_search_requests, cost_micro_usd, priced_requests, unpriced_requests,
