@@ -139,6 +139,8 @@ type usageForm struct {
 	// HarnessOther is a harness filter the registry does not list (a
 	// link's, or a harness since removed), kept as an option of its own.
 	HarnessOther bool
+	// HourDays is the longest range an hourly chart covers.
+	HourDays int
 }
 
 type totalView struct {
@@ -197,7 +199,7 @@ var stackLabels = map[string]string{
 
 func (c *Console) usageForm(v url.Values) usageForm {
 	f := usageForm{From: v.Get("from"), To: v.Get("to"), Harness: v.Get("harness"), ServiceTier: v.Get("service_tier"), Top: v.Get("top"),
-		Bucket: cmp.Or(v.Get("bucket"), ledger.GroupDay), StackBy: cmp.Or(v.Get("stack_by"), ledger.GroupModel)}
+		HourDays: ledger.MaxHourBuckets / 24, Bucket: cmp.Or(v.Get("bucket"), ledger.GroupDay), StackBy: cmp.Or(v.Get("stack_by"), ledger.GroupModel)}
 	_, err := time.Parse(time.DateOnly, f.From)
 	f.FromDate = err == nil
 	_, err = time.Parse(time.DateOnly, f.To)

@@ -530,7 +530,7 @@ func TestUsageRefusesBadQueries(t *testing.T) {
 	for path, want := range map[string]string{
 		"/ui/usage?projet=pa":                                 `unknown parameter &#34;projet&#34;`,
 		"/ui/usage?project=pa&project=pb":                     `&#34;project&#34; given more than once`,
-		"/ui/usage?from=2026-10-01&to=2026-11-30&bucket=hour": "hour buckets cover at most 14 days",
+		"/ui/usage?from=2026-10-01&to=2026-11-30&bucket=hour": "hour buckets cover at most " + strconv.Itoa(ledger.MaxHourBuckets/24) + " days",
 		"/ui/usage?stack_by=colour":                           `unknown stack_by &#34;colour&#34;`,
 		"/ui/usage/series.csv?from=yesterday":                 "neither a date",
 		"/ui/usage/top.csv?by=credential":                     `unknown by &#34;credential&#34;`,
