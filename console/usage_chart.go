@@ -78,6 +78,7 @@ type chartRow struct {
 
 type chartCell struct {
 	Series, Text, Note string
+	Total              bool   // the bucket's (or the range's) total, not a series
 	Micro              string // cost chart: exact micro-USD, "" unknown
 	Tokens             int64  // tokens chart
 	Requests           int64
@@ -271,29 +272,39 @@ func stackChart(sr *ledger.Series, k chartKind, stack string) chartView {
 	return cv
 }
 
+// tableOf is the chart's table; a chart of one series (stacked by
+// nothing) has only the total column.
 func tableOf(sr *ledger.Series, cell func(ledger.Sums, string) chartCell) chartTable {
 	var t chartTable
-	for _, l := range sr.Lines {
-		t.Series = append(t.Series, lineLabel(l))
-	}
+	lines := sr.Lines
 	if sr.StackBy == "" {
-		t.Series = []string{"all usage"}
+		lines = nil
+	}
+	for _, l := range lines {
+		t.Series = append(t.Series, lineLabel(l))
 	}
 	for p, b := range sr.Buckets {
 		row := chartRow{Bucket: b}
 		var total ledger.Sums
 		for _, l := range sr.Lines {
-			row.Cells = append(row.Cells, cell(l.Points[p], l.Key))
 			addSums(&total, l.Points[p])
 		}
-		row.Cells = append(row.Cells, cell(total, ""))
+		for _, l := range lines {
+			row.Cells = append(row.Cells, cell(l.Points[p], l.Key))
+		}
+		row.Cells = append(row.Cells, totalCell(cell(total, "")))
 		t.Rows = append(t.Rows, row)
 	}
-	for _, l := range sr.Lines {
+	for _, l := range lines {
 		t.Total = append(t.Total, cell(l.Total, l.Key))
 	}
-	t.Total = append(t.Total, cell(sr.Total, ""))
+	t.Total = append(t.Total, totalCell(cell(sr.Total, "")))
 	return t
+}
+
+func totalCell(c chartCell) chartCell {
+	c.Total = true
+	return c
 }
 
 func addSums(dst *ledger.Sums, s ledger.Sums) {

@@ -295,11 +295,14 @@ type cell struct {
 
 var (
 	rowRe  = regexp.MustCompile(`(?s)<tr data-bucket="([^"]*)">(.*?)</tr>`)
-	cellRe = regexp.MustCompile(`(?s)<td data-series="([^"]*)" data-micro-usd="([^"]*)" data-requests="(\d+)" data-unpriced="(\d+)">(.*?)</td>`)
+	cellRe = regexp.MustCompile(`(?s)<td (?:data-total="true"|data-series="([^"]*)") data-micro-usd="([^"]*)" data-requests="(\d+)" data-unpriced="(\d+)">(.*?)</td>`)
 )
 
+// totalCol is costTable's key of a row's total column.
+const totalCol = "\x00total"
+
 // costTable reads the cost chart's table: bucket → series → cell, the
-// series "" being the bucket's total and the bucket "" the totals row.
+// series totalCol being the bucket's total and the bucket "" the totals row.
 func costTable(t *testing.T, body string) map[string]map[string]cell {
 	t.Helper()
 	tbl := table(t, body, "usage-chart-table")
@@ -307,7 +310,11 @@ func costTable(t *testing.T, body string) map[string]map[string]cell {
 	for _, r := range rowRe.FindAllStringSubmatch(tbl, -1) {
 		m := map[string]cell{}
 		for _, c := range cellRe.FindAllStringSubmatch(r[2], -1) {
-			m[html.UnescapeString(c[1])] = cell{micro: c[2], requests: c[3], unpriced: c[4], text: c[5]}
+			k := html.UnescapeString(c[1])
+			if strings.HasPrefix(c[0], `<td data-total`) {
+				k = totalCol
+			}
+			m[k] = cell{micro: c[2], requests: c[3], unpriced: c[4], text: c[5]}
 		}
 		out[html.UnescapeString(r[1])] = m
 	}
@@ -373,7 +380,7 @@ func TestUsageStackingAndFilters(t *testing.T) {
 	if len(hourly) != 4*24+1 {
 		t.Errorf("%d rows in the hour table, want 96 hours and the total", len(hourly))
 	}
-	if c := hourly["2026-11-27T02:00:00Z"][""]; c.micro != "1000" || c.requests != "1" {
+	if c := hourly["2026-11-27T02:00:00Z"][totalCol]; c.micro != "1000" || c.requests != "1" {
 		t.Errorf("02:00 on the first day: %+v, want the one 1000 µ$ request", c)
 	}
 
@@ -442,7 +449,7 @@ func TestUsageCSVEqualsPage(t *testing.T) {
 	shown := 0
 	for day, row := range tbl {
 		for series, c := range row {
-			if day != "" && series != "" && c.requests != "0" {
+			if day != "" && series != totalCol && c.requests != "0" {
 				shown++
 			}
 		}
