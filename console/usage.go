@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tollgate/tollgate/governance"
@@ -246,17 +247,37 @@ func (c *Console) usage(w http.ResponseWriter, r *http.Request, s session) {
 	c.render(w, r, http.StatusOK, "usage", p)
 }
 
+// fillUsage asks the five answers of the page at once: on PostgreSQL they
+// run side by side, so the page takes its slowest query's time, not the
+// sum (SQLite has one connection and takes them in turn).
 func (c *Console) fillUsage(ctx context.Context, v url.Values, d *usageData) error {
-	now := c.cfg.now()
-	sq, err := ledger.ParseSeriesQuery(v.Get, now)
-	if err != nil {
-		return err
-	}
-	sr, err := c.cfg.Usage.Series(ctx, sq)
+	sq, err := ledger.ParseSeriesQuery(v.Get, c.cfg.now())
 	if err != nil {
 		return err
 	}
 	uq := sq.UsageQuery
+	topBy := []string{ledger.GroupWorkspace, ledger.GroupSession}
+	cacheBy := []string{ledger.GroupProject, ledger.GroupSession}
+	var (
+		sr     *ledger.Series
+		tops   = make([]*ledger.Top, len(topBy))
+		caches = make([]*ledger.Cache, len(cacheBy))
+		errs   = make([]error, 1+len(topBy)+len(cacheBy))
+		wg     sync.WaitGroup
+	)
+	wg.Go(func() { sr, errs[0] = c.cfg.Usage.Series(ctx, sq) })
+	for i, by := range topBy {
+		wg.Go(func() { tops[i], errs[1+i] = c.cfg.Usage.Top(ctx, ledger.TopQuery{UsageQuery: uq, By: by}) })
+	}
+	for i, by := range cacheBy {
+		wg.Go(func() {
+			caches[i], errs[1+len(topBy)+i] = c.cfg.Usage.Cache(ctx, ledger.CacheQuery{UsageQuery: uq, By: by}, c.cfg.Pricer)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	d.Shown = true
 	d.Range = uq.From.UTC().Format(time.RFC3339) + " to " + uq.To.UTC().Format(time.RFC3339)
 	d.CSV = Prefix + "usage/series.csv?" + v.Encode()
@@ -267,21 +288,12 @@ func (c *Console) fillUsage(ctx context.Context, v url.Values, d *usageData) err
 	d.Legend = legendOf(sr)
 	d.Cost = stackChart(sr, costKind, d.StackLabel)
 	d.Tokens = stackChart(sr, tokensKind, d.StackLabel)
-
 	filters := filterValues(v)
-	for _, by := range []string{ledger.GroupWorkspace, ledger.GroupSession} {
-		top, err := c.cfg.Usage.Top(ctx, ledger.TopQuery{UsageQuery: uq, By: by})
-		if err != nil {
-			return err
-		}
-		d.Tops = append(d.Tops, topViewOf(top, "Top "+by+"s by cost", v, filters))
+	for i, top := range tops {
+		d.Tops = append(d.Tops, topViewOf(top, "Top "+topBy[i]+"s by cost", v, filters))
 	}
-	for _, by := range []string{ledger.GroupProject, ledger.GroupSession} {
-		ca, err := c.cfg.Usage.Cache(ctx, ledger.CacheQuery{UsageQuery: uq, By: by}, c.cfg.Pricer)
-		if err != nil {
-			return err
-		}
-		d.Caches = append(d.Caches, cacheViewOf(ca, "Cache efficiency per "+by, v, filters))
+	for i, ca := range caches {
+		d.Caches = append(d.Caches, cacheViewOf(ca, "Cache efficiency per "+cacheBy[i], v, filters))
 	}
 	return nil
 }
