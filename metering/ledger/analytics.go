@@ -14,9 +14,12 @@ import (
 )
 
 // The console's Usage page and the admin API's /usage/series, /usage/top
-// and /usage/cache. Each is one Query whose rows are then folded in Go, so
-// their totals equal GET /admin/v1/usage for the same range and filters by
-// construction: the same SQL, the same sums, the same rollup-or-raw choice.
+// and /usage/cache. Each is built from Query's SQL (the same sums, filters
+// and rollup-or-raw choice) and folded in Go, so their totals equal GET
+// /admin/v1/usage for the same range and filters by construction. Sessions
+// are ranked in SQL (rankInSQL); their Other is then the total less the
+// listed rows, which holds because usage_sessions and usage_daily sum the
+// same records (TestQuery*, TestRollupRebuildMatchesWriter).
 
 // Limits of the analytics queries.
 const (

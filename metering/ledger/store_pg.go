@@ -54,9 +54,10 @@ func pgColumnType(col string) string {
 // batch costs one round trip. The records come as one array per column
 // (unnest), so the text is the same for every batch size: prepared once per
 // connection, and never near PostgreSQL's 65535 parameters. The rollup rows
-// (and usage_sessions rows) are upserted in byte order of their key (COLLATE "C", as dailyKey.compare
-// orders them) so concurrent writers lock them in the same order and cannot
-// deadlock. It returns how many rows were new.
+// (usage_daily, usage_sessions) are upserted in byte order of their key
+// (COLLATE "C", as dailyKey.compare orders them) so concurrent writers lock
+// them in the same order and cannot deadlock. It returns how many rows were
+// new.
 var pgInsertSQL = func() string {
 	var b strings.Builder
 	b.WriteString("WITH ins AS (INSERT INTO usage_records (")
@@ -148,11 +149,20 @@ func (s *Store) insertBatchPG(ctx context.Context, recs []*metering.Record) (int
 		// The commit returns before its WAL is flushed; Durable flushes it
 		// before the spool lets go of these records.
 		b.Queue("SET LOCAL synchronous_commit = off")
-		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
 		// Settlement rides in the same transaction and round trip: a
 		// record and what it settles commit together, once.
+		var settle []Statement
 		if s.settler != nil {
-			for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
+			settle = s.settler.SettleStatements(s.db.Engine, recs)
+		}
+		for _, st := range settle {
+			if st.BeforeInsert {
+				b.Queue(st.SQL, st.Args...)
+			}
+		}
+		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
+		for _, st := range settle {
+			if !st.BeforeInsert {
 				b.Queue(st.SQL, st.Args...)
 			}
 		}
