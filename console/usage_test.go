@@ -297,6 +297,7 @@ type cell struct {
 }
 
 var (
+	tagRe  = regexp.MustCompile(`<[^>]*>`)
 	rowRe  = regexp.MustCompile(`(?s)<tr data-bucket="([^"]*)">(.*?)</tr>`)
 	cellRe = regexp.MustCompile(`(?s)<td (?:data-total="true"|data-series="([^"]*)") data-micro-usd="([^"]*)" data-requests="(\d+)" data-unpriced="(\d+)">(.*?)</td>`)
 )
@@ -317,7 +318,7 @@ func costTable(t *testing.T, body string) map[string]map[string]cell {
 			if strings.HasPrefix(c[0], `<td data-total`) {
 				k = totalCol
 			}
-			m[k] = cell{micro: c[2], requests: c[3], unpriced: c[4], text: c[5]}
+			m[k] = cell{micro: c[2], requests: c[3], unpriced: c[4], text: tagRe.ReplaceAllString(c[5], "")}
 		}
 		out[html.UnescapeString(r[1])] = m
 	}
