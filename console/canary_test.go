@@ -67,10 +67,12 @@ func TestLeaksFindsEveryForm(t *testing.T) {
 
 // TestCanaryNeverOnAPage creates canary keys at every tier, through the
 // connect flow and the resolver, sends refused forms carrying them, and
-// renders every page of the console: no page, redirect or log shows one.
+// renders every page of the console (the Usage page and its CSVs over
+// seeded usage too): no page, redirect or log shows one.
 // The pages call no JSON endpoint; were one added, it belongs in pages.
 func TestCanaryNeverOnAPage(t *testing.T) {
 	e := newEnv(t)
+	e.withUsage() // the Usage page and its CSVs are pages too
 	ctx := context.Background()
 	canaries := []string{
 		"sk-ant-api03-CANARY-7f3a9c1e5b2d4f6a8c0e",
@@ -117,6 +119,8 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 	}
 	pages := []string{"/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected=" + g.ID,
 		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css"}
+	pages = append(pages, "/ui/usage", "/ui/usage?from=2026-11-27&to=2026-11-30&stack_by=user&bucket=hour&project=pa",
+		"/ui/usage?projet=x", "/ui/usage/series.csv?from=2026-11-27&to=2026-11-30", "/ui/usage/top.csv?by=session", "/ui/usage/cache.csv?by=session")
 	for _, p := range placeholders {
 		pages = append(pages, Prefix+p.Path)
 	}

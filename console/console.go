@@ -27,6 +27,7 @@ import (
 
 	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -78,6 +79,15 @@ type Config struct {
 	Registry *registry.Holder
 	// Resolver backs the Connections page.
 	Resolver Resolver
+	// Usage, if set, backs the Usage page: the functions the admin API's
+	// /usage/series, /usage/top and /usage/cache answer with, each one
+	// usage Query folded, so the page's totals are GET /admin/v1/usage's
+	// for the same filters (the page writes no SQL). Nil shows that there
+	// is no usage store.
+	Usage *ledger.Store
+	// Pricer prices the Usage page's cache writes as the proxy prices
+	// requests (the hot-reloaded price table); nil leaves them unpriced.
+	Pricer ledger.Pricer
 	// Health, if set, adds each credential's circuit and rate-limit state
 	// as this replica saw it; nil shows none.
 	Health HealthSource
@@ -179,7 +189,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 }
 
 func parsePages() (map[string]*template.Template, error) {
-	funcs := template.FuncMap{"tierLabel": tierLabel, "sourceLabel": sourceLabel, "slug": slug}
+	funcs := template.FuncMap{"tierLabel": tierLabel, "sourceLabel": sourceLabel, "slug": slug, "px": px}
 	base, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("console templates: %w", err)
@@ -218,6 +228,7 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"connections/connect", c.post(c.connect))
 	m.Handle("GET "+Prefix+"connections/advanced", c.authed(c.advanced))
 	m.Handle("POST "+Prefix+"bindings/active", c.post(c.setActive))
+	c.usageRoutes(m)
 	for _, p := range placeholders {
 		m.Handle("GET "+Prefix+p.Path, c.authed(c.placeholder(p)))
 	}
@@ -498,7 +509,6 @@ func (c *Console) failed(addr string) {
 type placeholderPage struct{ Path, Title, Nav string }
 
 var placeholders = []placeholderPage{
-	{"usage", "Usage", "usage"},
 	{"tokens", "Tokens", "tokens"},
 	{"credentials", "Credentials and bindings", "credentials"},
 	{"budgets", "Budgets and limits", "budgets"},

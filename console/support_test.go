@@ -19,6 +19,7 @@ import (
 	"github.com/tollgate/tollgate"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/internal/testkit"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -51,6 +52,10 @@ type env struct {
 	srv   *httptest.Server
 	clock *clock
 	logs  *testkit.LogBuffer
+	// usage and pricer back the Usage page of consoles started after they
+	// are set (usage_test.go).
+	usage  *ledger.Store
+	pricer ledger.Pricer
 }
 
 func newEnv(t *testing.T) *env {
@@ -98,7 +103,7 @@ func (e *env) resolver(allowHTTP bool) *resolver.Service {
 func (e *env) console(adminToken string) (*Console, *httptest.Server) {
 	e.t.Helper()
 	c, err := New(context.Background(), Config{AdminToken: adminToken, DB: e.db, Registry: e.reg, Resolver: e.svc,
-		FailDelay: -1, Logger: slog.New(slog.NewTextHandler(e.logs, nil)), now: e.clock.now})
+		Usage: e.usage, Pricer: e.pricer, FailDelay: -1, Logger: slog.New(slog.NewTextHandler(e.logs, nil)), now: e.clock.now})
 	if err != nil {
 		e.t.Fatal(err)
 	}

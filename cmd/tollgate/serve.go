@@ -231,7 +231,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// admin API, so it is on exactly when the API is.
 	var con http.Handler
 	if adminToken != "" && o.AdminAddr != adminAddrOff {
-		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log})
+		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth,
+			Usage: usage, Pricer: pricer{prices}, PublicURL: o.PublicURL, Logger: log})
 		if err != nil {
 			return err
 		}
