@@ -6,9 +6,11 @@ import (
 	"html"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 
+	"github.com/tollgate/tollgate/internal/testkit"
 	"github.com/tollgate/tollgate/resolver"
 )
 
@@ -114,7 +116,21 @@ func TestCredentialAddDisableEnableDelete(t *testing.T) {
 // failover chain from the page, deactivates and activates the binding
 // from its row, and unbinds it; the resolver sees each change.
 func TestBindWithCandidatesUnbindActivate(t *testing.T) {
-	e := newEnv(t)
+	testBindWithCandidates(t, newEnv(t))
+}
+
+// TestTokensAndBindingsOnPostgres runs the issue-revoke and bind flows on
+// PostgreSQL, where the audit log and the resolver hold other types.
+func TestTokensAndBindingsOnPostgres(t *testing.T) {
+	dsn := os.Getenv("TOLLGATE_TEST_POSTGRES")
+	if dsn == "" {
+		t.Skip("TOLLGATE_TEST_POSTGRES is not set")
+	}
+	t.Run("tokens", func(t *testing.T) { testTokenIssuedShownOnce(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
+	t.Run("bindings", func(t *testing.T) { testBindWithCandidates(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
+}
+
+func testBindWithCandidates(t *testing.T, e *env) {
 	ctx := context.Background()
 	first := mustCred(t, e.svc, "anthropic", "first", "sk-ant-api03-first-0000000000000000000001")
 	second := mustCred(t, e.svc, "anthropic", "second", "sk-ant-api03-second-000000000000000000002")
@@ -250,4 +266,39 @@ func TestNewFormsRefuseWithoutCSRF(t *testing.T) {
 	if len(toks) != 1 || !toks[0].RevokedAt.IsZero() || len(crs) != 1 || crs[0].Disabled || len(bs) != 1 || len(e.audits()) != 0 {
 		t.Fatalf("refused forms wrote: %d tokens, %d credentials, %d bindings, %d audit entries", len(toks), len(crs), len(bs), len(e.audits()))
 	}
+}
+
+// TestConnectionsWritesAreAudited: the connect flow and the Advanced
+// view's activate button record their writes as the console's session.
+func TestConnectionsWritesAreAudited(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	b.signIn(testAdminToken)
+	a := b.post("/ui/connections/connect", postConnect("project", "p1", "u1", "anthropic-messages", "", "anthropic", "team", "sk-ant-api03-connaudit-0000000000000042", ""))
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("connect: %d", a.status)
+	}
+	loc, _ := url.Parse(a.location)
+	id := loc.Query().Get("connected")
+	all := e.audits()
+	if len(all) != 2 {
+		t.Fatalf("connect made %d entries: %+v", len(all), all)
+	}
+	e.madeBy(b, all[0], "credential.create", id)
+	e.madeBy(b, all[1], "binding.bind", "project:p1/anthropic-messages")
+	// A new key whose binding is refused is deleted again: both writes show.
+	if a := b.post("/ui/connections/connect", postConnect("project", "p1", "", "openai-chat", "", "anthropic", "n", "sk-ant-api03-connaudit-0000000000000043", "")); a.status != http.StatusUnprocessableEntity {
+		t.Fatalf("refused connect: %d", a.status)
+	}
+	all = e.audits()
+	if len(all) != 4 {
+		t.Fatalf("refused connect: %d entries", len(all))
+	}
+	e.madeBy(b, all[2], "credential.create", all[2].Target)
+	e.madeBy(b, all[3], "credential.delete", all[2].Target)
+	b.get("/ui/connections/advanced")
+	if a := b.post("/ui/bindings/active", url.Values{"tier": {"project"}, "scope_id": {"p1"}, "dialect": {"anthropic-messages"}, "active": {"false"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("deactivate: %d", a.status)
+	}
+	e.wroteOne(b, 4, "binding.deactivate", "project:p1/anthropic-messages")
 }

@@ -37,12 +37,17 @@ func (e *env) wroteOne(b *browser, before int, action, target string) audit.Entr
 	if len(all) != before+1 {
 		e.t.Fatalf("%s: %d audit entries, want %d: %+v", action, len(all), before+1, all[min(before, len(all)):])
 	}
-	got := all[before]
+	e.madeBy(b, all[before], action, target)
+	return all[before]
+}
+
+// madeBy checks that got is action on target by b's session.
+func (e *env) madeBy(b *browser, got audit.Entry, action, target string) {
+	e.t.Helper()
 	want := audit.Actor{Kind: audit.KindConsole, ID: hashID(b.cookie().Value)[:12]}
-	if got.Action != action || (target != "" && got.Target != target) || got.Actor != want || got.Source != "127.0.0.1" {
+	if got.Action != action || got.Target != target || got.Actor != want || got.Source != "127.0.0.1" {
 		e.t.Fatalf("audit entry %+v, want %s on %s by %+v from 127.0.0.1", got, action, target, want)
 	}
-	return got
 }
 
 var (
@@ -59,7 +64,10 @@ func postIssue(workspace, project, user, harness, ttl, model string) url.Values 
 // prints, and on no page, redirect or log after; it authenticates until
 // it is revoked through the confirm step. Each write is one audit entry.
 func TestTokenIssuedShownOnceThenRevoked(t *testing.T) {
-	e := newEnv(t)
+	testTokenIssuedShownOnce(t, newEnv(t))
+}
+
+func testTokenIssuedShownOnce(t *testing.T, e *env) {
 	ctx := context.Background()
 	b := e.browser()
 	b.signIn(testAdminToken)
