@@ -126,7 +126,9 @@ func TestTokensAndBindingsOnPostgres(t *testing.T) {
 	if dsn == "" {
 		t.Skip("TOLLGATE_TEST_POSTGRES is not set")
 	}
-	t.Run("tokens", func(t *testing.T) { testTokenIssuedShownOnce(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
+	t.Run("tokens", func(t *testing.T) {
+		testTokenIssuedShownOnce(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_")))
+	})
 	t.Run("bindings", func(t *testing.T) { testBindWithCandidates(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
 }
 

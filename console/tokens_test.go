@@ -97,7 +97,8 @@ func testTokenIssuedShownOnce(t *testing.T, e *env) {
 	if len(envs) != 1 || envs[0][1] != "claude-code" || html.UnescapeString(envs[0][2]) != want.Shell() || !strings.Contains(want.Shell(), tok) {
 		t.Fatalf("environment %q, want %q", envs, want.Shell())
 	}
-	for _, s := range []string{`id="token-secret-copy"`, `data-copy="token-secret"`, `hidden`, `<script src="/ui/static/console.js">`, `readonly`} {
+	for _, s := range []string{`id="token-secret-copy"`, `data-copy="token-secret"`, `hidden`, `<script src="/ui/static/console.js">`, `readonly`,
+		`data-reload-to="/ui/tokens?issued=` + id.TokenID + `"`} {
 		if !strings.Contains(a.body, s) {
 			t.Errorf("result page lacks %s", s)
 		}
