@@ -134,6 +134,7 @@ type issuedData struct {
 
 type setupView struct {
 	ID, Harness, Dialect, ConfigFile, Text string
+	Rows                                   int
 }
 
 // issueToken issues a token through the resolver function the CLI and the
@@ -188,7 +189,8 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s session) 
 			c.log.Error("console token environment", "token_id", info.ID, "err", err)
 		}
 		for _, st := range setups {
-			d.Setups = append(d.Setups, setupView{ID: "token-env-" + slug(st.Harness), Harness: st.Harness, Dialect: st.Dialect, ConfigFile: st.ConfigFile, Text: st.Shell()})
+			d.Setups = append(d.Setups, setupView{ID: "token-env-" + slug(st.Harness), Harness: st.Harness, Dialect: st.Dialect, ConfigFile: st.ConfigFile, Text: st.Shell(),
+				Rows: strings.Count(st.Shell(), "\n") + 1})
 		}
 	}
 	c.render(w, r, http.StatusOK, "token-issued", page{Title: "Token issued", Nav: "tokens", SignedIn: true, CSRF: s.csrf, Data: d})
