@@ -182,6 +182,9 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := migrateTokens(ctx, cfg.DB); err != nil {
+		return nil, err
+	}
 	c := &Console{cfg: cfg, log: cfg.Logger, sessions: ss, pages: sync.OnceValues(parsePages), fails: map[string]*failBucket{}}
 	c.origin = http.NewCrossOriginProtection()
 	if u, err := url.Parse(cfg.PublicURL); err == nil && u.Scheme == "https" && u.Host != "" {

@@ -1,6 +1,9 @@
 package console
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -8,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -19,6 +23,49 @@ const (
 	stateExpired = "expired"
 	stateAll     = "all"
 )
+
+// issueMigrations hold the issue forms already sent (a hash of each
+// form's one-use value), so a form sent twice (a reload of the page that
+// showed the token, a double click) issues one token, on every replica.
+// Rows older than onceKeep are dropped as new ones come.
+var issueMigrations = []string{
+	`CREATE TABLE console_issue_once (
+		once_hash TEXT PRIMARY KEY,
+		at BIGINT NOT NULL)`,
+}
+
+const onceKeep = 24 * time.Hour
+
+func migrateTokens(ctx context.Context, db *store.DB) error {
+	if err := db.Migrate(ctx, "console_tokens", issueMigrations); err != nil {
+		return fmt.Errorf("console tokens: %w", err)
+	}
+	return nil
+}
+
+func newOnce() string {
+	b := make([]byte, 16)
+	rand.Read(b) // never fails (crypto/rand since Go 1.24)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// useOnce marks the form's one-use value sent; false if it was already.
+// A form without one (not a browser's) is not deduplicated.
+func (c *Console) useOnce(ctx context.Context, once string) (bool, error) {
+	if once == "" {
+		return true, nil
+	}
+	now := c.cfg.now()
+	if _, err := c.cfg.DB.ExecContext(ctx, `DELETE FROM console_issue_once WHERE at < $1`, now.Add(-onceKeep).Unix()); err != nil {
+		return false, fmt.Errorf("console tokens: %w", err)
+	}
+	res, err := c.cfg.DB.ExecContext(ctx, `INSERT INTO console_issue_once (once_hash, at) VALUES ($1, $2) ON CONFLICT (once_hash) DO NOTHING`, hashID(once), now.Unix())
+	if err != nil {
+		return false, fmt.Errorf("console tokens: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
 
 func (c *Console) tokenRoutes(m *http.ServeMux) {
 	m.Handle("GET "+Prefix+"tokens", c.authed(c.tokens))
@@ -43,6 +90,8 @@ type tokenRow struct {
 // when the token was not issued.
 type issueForm struct {
 	Workspace, Project, User, Harness, TTL, Model string
+	// Once is the form's one-use value (useOnce), new each time it is shown.
+	Once string
 }
 
 type tokensData struct {
@@ -101,6 +150,7 @@ func (c *Console) renderTokens(w http.ResponseWriter, r *http.Request, s session
 		c.fail(w, r, s, err)
 		return
 	}
+	in.Once = newOnce()
 	d := tokensData{Filter: f, States: []string{stateActive, stateRevoked, stateExpired, stateAll}, Issue: in}
 	for _, h := range c.cfg.Registry.Current().Harnesses() {
 		d.Harnesses = append(d.Harnesses, h.Name)
@@ -167,6 +217,14 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s session) 
 	}
 	if len(probs) > 0 {
 		c.renderTokens(w, r, s, http.StatusUnprocessableEntity, tokenFilter{}, in, page{Error: strings.Join(probs, "; ")})
+		return
+	}
+	if fresh, err := c.useOnce(ctx, pf.Get("once")); err != nil {
+		c.fail(w, r, s, err)
+		return
+	} else if !fresh {
+		c.render(w, r, http.StatusConflict, "message", page{Title: "Already issued", Nav: "tokens", SignedIn: true, CSRF: s.csrf,
+			Message: "This form was sent before, and its token was shown then, once. It is listed under Tokens; issue another there if it was lost."})
 		return
 	}
 	tok, info, err := c.cfg.Resolver.IssueToken(ctx, spec)

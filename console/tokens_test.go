@@ -51,6 +51,7 @@ func (e *env) madeBy(b *browser, got audit.Entry, action, target string) {
 }
 
 var (
+	onceField = regexp.MustCompile(`name="once" value="([^"]+)"`)
 	tokenArea = regexp.MustCompile(`<textarea id="token-secret"[^>]*>([^<]*)</textarea>`)
 	envArea   = regexp.MustCompile(`<textarea id="token-env-([^"]+)"[^>]*>([^<]*)</textarea>`)
 )
@@ -74,8 +75,14 @@ func testTokenIssuedShownOnce(t *testing.T, e *env) {
 	if p := b.get("/ui/tokens"); p.status != http.StatusOK || !strings.Contains(p.body, `id="token-issue-form"`) || !strings.Contains(p.body, `aria-current="page">Tokens`) {
 		t.Fatalf("tokens page: %d", p.status)
 	}
+	once := onceField.FindStringSubmatch(b.get("/ui/tokens").body)
+	if once == nil {
+		t.Fatal("the issue form has no one-use value")
+	}
+	form := postIssue("ws-1", "p1", "u1", "claude-code", "2h", "")
+	form.Set("once", once[1])
 	n := len(e.audits())
-	a := b.post("/ui/tokens/issue", postIssue("ws-1", "p1", "u1", "claude-code", "2h", ""))
+	a := b.post("/ui/tokens/issue", form)
 	if a.status != http.StatusOK || a.location != "" {
 		t.Fatalf("issue: %d %q\n%s", a.status, a.location, a.body)
 	}
@@ -116,6 +123,18 @@ func testTokenIssuedShownOnce(t *testing.T, e *env) {
 	if js := e.audits(); leaks(js[len(js)-1].Target+js[len(js)-1].ID, tok) {
 		t.Error("the audit entry names the token")
 	}
+	// The form sent again (a reload of this page without its script, a
+	// double click) issues nothing and shows no token.
+	if again := b.post("/ui/tokens/issue", form); again.status != http.StatusConflict || tokenArea.MatchString(again.body) || !strings.Contains(again.body, `id="message"`) {
+		t.Errorf("the form sent twice: %d", again.status)
+	}
+	if toks, _ := e.svc.ListTokens(ctx, resolver.TokenFilter{Workspace: "ws-1"}); len(toks) != 1 || len(e.audits()) != n+1 {
+		t.Fatalf("the form sent twice issued %d tokens", len(toks))
+	}
+	if other := tokenArea.FindStringSubmatch(b.post("/ui/tokens/issue", postIssue("ws-1", "p1", "u1", "claude-code", "2h", "")).body); other == nil || other[1] == m[1] {
+		t.Fatal("a new form does not issue a new token")
+	}
+	n++ // the second token's entry
 	// Shown once: no later page has it.
 	var later []answer
 	for _, p := range []string{"/ui/tokens", "/ui/tokens?issued=" + id.TokenID, "/ui/tokens?state=all", "/ui/tokens/" + id.TokenID + "/revoke"} {
