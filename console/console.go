@@ -81,6 +81,19 @@ type Config struct {
 	// Health, if set, adds each credential's circuit and rate-limit state
 	// as this replica saw it; nil shows none.
 	Health HealthSource
+	// Policies and Ledger back the Budgets page (*governance.Store,
+	// *governance.Ledger); without either it says governance is off.
+	Policies PolicyStore
+	Ledger   HeadroomSource
+	// PolicyWatcher, if set, reloads this replica's policies after a
+	// console write (*governance.Watcher); else its poll picks it up.
+	PolicyWatcher PolicyRefresher
+	// Trail records the console's writes in the audit log (proxy.AuditTrail
+	// with the admin token among its secrets); without it, budgets are
+	// read-only here: an unrecorded write is not offered.
+	Trail AuditTrail
+	// Audit is the log the Audit page reads (*audit.Log).
+	Audit AuditReader
 	// PublicURL, when https, marks the cookie Secure even if the request
 	// reached tollgate over plain HTTP (TLS ended at a load balancer); its
 	// origin is also trusted for form posts.
@@ -218,6 +231,10 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"connections/connect", c.post(c.connect))
 	m.Handle("GET "+Prefix+"connections/advanced", c.authed(c.advanced))
 	m.Handle("POST "+Prefix+"bindings/active", c.post(c.setActive))
+	m.Handle("GET "+Prefix+"budgets", c.authed(c.budgets))
+	m.Handle("POST "+Prefix+"budgets/set", c.post(c.budgetSet))
+	m.Handle("POST "+Prefix+"budgets/delete", c.post(c.budgetDelete))
+	m.Handle("GET "+Prefix+"audit", c.authed(c.auditPage))
 	for _, p := range placeholders {
 		m.Handle("GET "+Prefix+p.Path, c.authed(c.placeholder(p)))
 	}
@@ -501,8 +518,6 @@ var placeholders = []placeholderPage{
 	{"usage", "Usage", "usage"},
 	{"tokens", "Tokens", "tokens"},
 	{"credentials", "Credentials and bindings", "credentials"},
-	{"budgets", "Budgets and limits", "budgets"},
-	{"audit", "Audit log", "audit"},
 }
 
 func (c *Console) placeholder(p placeholderPage) authedHandler {

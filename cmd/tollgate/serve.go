@@ -231,7 +231,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// admin API, so it is on exactly when the API is.
 	var con http.Handler
 	if adminToken != "" && o.AdminAddr != adminAddrOff {
-		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log})
+		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log,
+			Policies: gov.store, Ledger: gov.ledger, PolicyWatcher: gov.watcher, Audit: auditLog,
+			// The admin API's and the CLI's hook, so a console write is recorded as theirs are.
+			Trail: proxy.AuditTrail{Log: auditLog, Secrets: []string{adminToken}}})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,128 @@
+package console
+
+import (
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/tollgate/tollgate/audit"
+	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/internal/testkit"
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
+	"github.com/tollgate/tollgate/proxy"
+)
+
+// govEnv is an env whose console also has the governance store, the
+// budget ledger (settled by the usage store, as in serve), the policy
+// watcher and the audit log, all on the env's database.
+type govEnv struct {
+	*env
+	st    *governance.Store
+	l     *governance.Ledger
+	usage *ledger.Store
+	w     *governance.Watcher
+	log   *audit.Log
+	trail proxy.AuditTrail
+}
+
+func newGovEnv(t *testing.T) *govEnv {
+	t.Helper()
+	return newGovEnvOn(t, filepath.Join(t.TempDir(), "tollgate.db"))
+}
+
+// forEachGovEngine runs f on SQLite, and on PostgreSQL when
+// TOLLGATE_TEST_POSTGRES is set.
+func forEachGovEngine(t *testing.T, f func(t *testing.T, g *govEnv)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, newGovEnv(t)) })
+	t.Run("postgres", func(t *testing.T) {
+		pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
+		if pg == "" {
+			t.Skip("TOLLGATE_TEST_POSTGRES is not set")
+		}
+		f(t, newGovEnvOn(t, testkit.PostgresSchema(t, pg, "console_gov_")))
+	})
+}
+
+func newGovEnvOn(t *testing.T, dsn string) *govEnv {
+	t.Helper()
+	ctx := context.Background()
+	g := &govEnv{env: newEnvOn(t, dsn)}
+	var err error
+	if g.st, err = governance.OpenStore(ctx, g.db); err != nil {
+		t.Fatal(err)
+	}
+	if g.l, err = governance.OpenLedger(ctx, g.db, governance.LedgerConfig{ReplicaID: "console-test", Now: g.clock.now, Log: slog.New(slog.NewTextHandler(g.logs, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	if g.usage, err = ledger.OpenStore(ctx, g.db); err != nil {
+		t.Fatal(err)
+	}
+	g.usage.SetSettler(g.l)
+	g.w = governance.NewWatcher(g.st, governance.WatchConfig{PollOnly: true})
+	if g.log, err = audit.Open(ctx, g.db); err != nil {
+		t.Fatal(err)
+	}
+	g.trail = proxy.AuditTrail{Log: g.log, Secrets: []string{testAdminToken}}
+	c, err := New(ctx, Config{AdminToken: testAdminToken, DB: g.db, Registry: g.reg, Resolver: g.svc,
+		Policies: g.st, Ledger: g.l, PolicyWatcher: g.w, Trail: g.trail, Audit: g.log,
+		FailDelay: -1, Logger: slog.New(slog.NewTextHandler(g.logs, nil)), now: g.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.con, g.srv = c, httptest.NewServer(c)
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+func (g *govEnv) setBudget(b governance.Budget) governance.Budget {
+	g.t.Helper()
+	b, _, err := g.st.SetBudget(context.Background(), b)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return b
+}
+
+// spend reserves amounts against budgets, as the proxy does when it
+// admits a request, and, when cost is not nil, stores the request's usage
+// record through the usage store, which settles the reservation to its
+// actual cost and tokens in the same transaction.
+func (g *govEnv) spend(id string, charges []governance.Charge, cost *int64, in, out int64) {
+	g.t.Helper()
+	ctx := context.Background()
+	ref, err := g.l.Reserve(ctx, id, charges)
+	if err != nil || ref != nil {
+		g.t.Fatalf("reserve %s: %v %v", id, ref, err)
+	}
+	if cost == nil {
+		return
+	}
+	rec := &metering.Record{RequestID: id, Start: g.clock.now(), Outcome: metering.OutcomeOK, Source: metering.SourceUpstream, Status: 200,
+		Usage: &metering.Usage{InputUncached: in, Output: out}, CostMicroUSD: cost, Reserved: true}
+	if _, err := g.usage.InsertBatch(ctx, []*metering.Record{rec}); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func (g *govEnv) headroom(bs ...governance.Budget) []governance.Headroom {
+	g.t.Helper()
+	hs, err := g.l.Headroom(context.Background(), bs)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return hs
+}
+
+// entries is the whole audit log, newest first.
+func (g *govEnv) entries() []audit.Entry {
+	g.t.Helper()
+	p, err := g.log.Query(context.Background(), audit.Filter{Limit: audit.MaxLimit})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return p.Entries
+}
