@@ -27,7 +27,7 @@ func cell(body, id string) string {
 
 // rowAttrs is the opening tag of the row with id, "" if absent.
 func rowTag(body, id string) string {
-	return regexp.MustCompile(`<tr id="`+regexp.QuoteMeta(id)+`"[^>]*>`).FindString(body)
+	return regexp.MustCompile(`<tr id="` + regexp.QuoteMeta(id) + `"[^>]*>`).FindString(body)
 }
 
 // seedBudgets stores budgets of every kind the page must render (a cost
