@@ -2,8 +2,12 @@ package console
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"os"
 	"path/filepath"
 	"testing"
@@ -125,4 +129,49 @@ func (g *govEnv) entries() []audit.Entry {
 		g.t.Fatal(err)
 	}
 	return p.Entries
+}
+
+type discardSink struct{}
+
+func (discardSink) Record(*metering.Record) {}
+
+// adminAPI serves the proxy's admin API on 127.0.0.1 over the env's
+// resolver, policy store, watcher and audit log, and returns its URL.
+func (g *govEnv) adminAPI() string {
+	g.t.Helper()
+	srv, err := proxy.New(proxy.Config{Registry: g.reg, Auth: g.svc, Resolver: g.svc, Admin: g.svc, Sink: discardSink{},
+		AdminToken: testAdminToken, Policies: g.st, PolicyWatcher: g.w, Audit: g.log, Logger: slog.New(slog.NewTextHandler(g.logs, nil))})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeAdmin(ln) }()
+	g.t.Cleanup(func() {
+		_ = srv.Shutdown(context.Background())
+		<-done
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// admin sends an admin API request with the admin token and returns the
+// status and body.
+func (g *govEnv) admin(base, method, path, body string) (int, string) {
+	g.t.Helper()
+	req, err := http.NewRequest(method, base+"/admin/v1"+path, strings.NewReader(body))
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -25,7 +25,7 @@ func cell(body, id string) string {
 	return strings.TrimSpace(regexp.MustCompile(`<[^>]+>`).ReplaceAllString(m[1], " "))
 }
 
-// rowAttrs is the opening tag of the row with id, "" if absent.
+// rowTag is the opening tag of the row with id, "" if absent.
 func rowTag(body, id string) string {
 	return regexp.MustCompile(`<tr id="` + regexp.QuoteMeta(id) + `"[^>]*>`).FindString(body)
 }
