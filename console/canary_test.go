@@ -70,7 +70,8 @@ func TestLeaksFindsEveryForm(t *testing.T) {
 // renders every page of the console: no page, redirect or log shows one.
 // The pages call no JSON endpoint; were one added, it belongs in pages.
 func TestCanaryNeverOnAPage(t *testing.T) {
-	e := newEnv(t)
+	ge := newGovEnv(t)
+	e := ge.env
 	ctx := context.Background()
 	canaries := []string{
 		"sk-ant-api03-CANARY-7f3a9c1e5b2d4f6a8c0e",
@@ -115,11 +116,32 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		}
 		keep(a)
 	}
+	// The writes as the admin API and the CLI record them (the key named
+	// as the write's secret), and a budget set here: the Budgets and Audit
+	// pages show them.
+	creds, err := e.svc.ListCredentials(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cr := range creds {
+		secret := map[string]string{"anthropic": canaries[0], "openai": canaries[1], "gemini": canaries[2]}[cr.Provider]
+		if err := ge.trail.CredentialCreated(ctx, cr, secret); err != nil {
+			t.Fatal(err)
+		}
+		// A careless caller's change holding the key: the log redacts it.
+		if err := ge.log.Record(ctx, "credential.note", cr.ID, map[string]any{"note": "was " + secret}, secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := b.post("/ui/budgets/set", url.Values{"scope_type": {"project"}, "scope_id": {"p1"}, "metric": {"cost"}, "limit": {"5"}, "window": {"day"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("budget set: %d", a.status)
+	}
 	pages := []string{"/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected=" + g.ID,
 		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css"}
 	for _, p := range placeholders {
 		pages = append(pages, Prefix+p.Path)
 	}
+	pages = append(pages, "/ui/budgets", "/ui/budgets?scope_type=project&scope_id=p1", "/ui/audit", "/ui/audit?action=credential")
 	for _, p := range pages {
 		a := b.get(p)
 		if a.status >= 500 {
@@ -128,7 +150,7 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		keep(a)
 	}
 	// The pages do show the credentials, masked: the test is not vacuous.
-	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") {
+	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, `data-action="credential.create"`) {
 		t.Fatal("the pages do not list the canary credentials at all")
 	}
 	seen = append(seen, e.logs.String())
