@@ -176,7 +176,7 @@ func budgetView(h governance.Headroom) budgetRow {
 		if b.Metric == governance.MetricCost {
 			return governance.FormatUSD(v)
 		}
-		return strconv.FormatInt(v, 10) + " tokens"
+		return tokens(v)
 	}
 	row := budgetRow{ID: b.ID, Scope: scopeText(b.ScopeType, b.ScopeID), AppliesTo: appliesTo(b.Selector), Metric: string(b.Metric), Unit: "tokens",
 		Spent: amount(h.Spent), Reserved: amount(h.Reserved), Allotted: amount(h.Allotted), Limit: amount(h.Limit), Remaining: amount(max(0, h.Limit-h.Spent-h.Reserved)),
@@ -213,7 +213,21 @@ func rate(v int64, unit string) string {
 	if v == 0 {
 		return "—"
 	}
-	return strconv.FormatInt(v, 10) + " " + unit
+	return grouped(v) + " " + unit
+}
+
+func tokens(v int64) string { return grouped(v) + " tokens" }
+
+// grouped writes v with thousands separators: 2,000,000 reads at a glance
+// where 2000000 must be counted.
+func grouped(v int64) string {
+	if v < 0 {
+		return "-" + grouped(-v)
+	}
+	if v < 1000 {
+		return strconv.FormatInt(v, 10)
+	}
+	return grouped(v/1000) + "," + fmt.Sprintf("%03d", v%1000)
 }
 
 func scopeText(t governance.ScopeType, id string) string {

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -99,7 +98,7 @@ func TestBudgetsPageShowsHeadroom(t *testing.T) {
 				if h.Budget.Metric == governance.MetricCost {
 					return governance.FormatUSD(v)
 				}
-				return strconv.FormatInt(v, 10) + " tokens"
+				return tokens(v)
 			}
 			tag := rowTag(a.body, id)
 			for _, want := range []string{
@@ -139,6 +138,9 @@ func TestBudgetsPageShowsHeadroom(t *testing.T) {
 		if got := cell(a.body, "budget-"+slug(life.ID)+"-reserved"); got != "$0.035" {
 			t.Errorf("lifetime reserved %q, want $0.035", got)
 		}
+		if got := cell(a.body, "budget-"+slug(day.ID)+"-limit"); got != "2,000,000 tokens" {
+			t.Errorf("day limit %q, want 2,000,000 tokens", got)
+		}
 		if !strings.Contains(a.body, "limit reached") {
 			t.Error("the lifetime budget, spent past its limit, does not say so")
 		}
@@ -147,7 +149,7 @@ func TestBudgetsPageShowsHeadroom(t *testing.T) {
 				t.Errorf("budgets page lacks %q", want)
 			}
 		}
-		if tag := rowTag(a.body, "limit-"+slug(lim.ID)); tag == "" || !strings.Contains(a.body, "60 requests/min") || !strings.Contains(a.body, "40000 tokens/min") {
+		if tag := rowTag(a.body, "limit-"+slug(lim.ID)); tag == "" || !strings.Contains(a.body, "60 requests/min") || !strings.Contains(a.body, "40,000 tokens/min") {
 			t.Errorf("limit %s not listed with its units", lim.ID)
 		}
 		for _, r := range []governance.ModelRule{deny, alias} {
@@ -305,4 +307,12 @@ func (g *govEnv) listBudget(id string) governance.Budget {
 		g.t.Fatal(err)
 	}
 	return b
+}
+
+func TestGrouped(t *testing.T) {
+	for v, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 100_000: "100,000", 1_234_567: "1,234,567", -12_345: "-12,345"} {
+		if got := grouped(v); got != want {
+			t.Errorf("grouped(%d) = %q, want %q", v, got, want)
+		}
+	}
 }
