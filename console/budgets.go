@@ -54,7 +54,7 @@ type AuditTrail interface {
 // carried raw in data attributes for browser tests.
 type budgetRow struct {
 	ID                          string
-	Scope, AppliesTo            string
+	Scope, Model, Harness       string
 	Metric, Unit                string
 	Spent, Reserved, Allotted   string
 	Limit, Remaining            string
@@ -69,8 +69,8 @@ type budgetRow struct {
 }
 
 type limitRow struct {
-	ID, Scope, AppliesTo, Mode string
-	RPM, TPM, Concurrency      string
+	ID, Scope, Model, Harness, Mode string
+	RPM, TPM, Concurrency           string
 }
 
 type ruleRow struct {
@@ -153,7 +153,7 @@ func (c *Console) renderBudgets(w http.ResponseWriter, r *http.Request, s sessio
 		return
 	}
 	for _, l := range limits {
-		d.Limits = append(d.Limits, limitRow{ID: l.ID, Scope: scopeText(l.ScopeType, l.ScopeID), AppliesTo: appliesTo(l.Selector), Mode: string(l.Mode),
+		d.Limits = append(d.Limits, limitRow{ID: l.ID, Scope: scopeText(l.ScopeType, l.ScopeID), Model: l.Model, Harness: l.Harness, Mode: string(l.Mode),
 			RPM: rate(l.RPM, "requests/min"), TPM: rate(l.TPM, "tokens/min"), Concurrency: rate(l.Concurrency, "in flight")})
 	}
 	rules, err := c.cfg.Policies.ListRules(ctx, filter)
@@ -178,7 +178,7 @@ func budgetView(h governance.Headroom) budgetRow {
 		}
 		return tokens(v)
 	}
-	row := budgetRow{ID: b.ID, Scope: scopeText(b.ScopeType, b.ScopeID), AppliesTo: appliesTo(b.Selector), Metric: string(b.Metric), Unit: "tokens",
+	row := budgetRow{ID: b.ID, Scope: scopeText(b.ScopeType, b.ScopeID), Model: b.Model, Harness: b.Harness, Metric: string(b.Metric), Unit: "tokens",
 		Spent: amount(h.Spent), Reserved: amount(h.Reserved), Allotted: amount(h.Allotted), Limit: amount(h.Limit), Remaining: amount(max(0, h.Limit-h.Spent-h.Reserved)),
 		SpentRaw: h.Spent, ReservedRaw: h.Reserved, AllottedRaw: h.Allotted, LimitRaw: h.Limit,
 		Percent: percent(h.Spent, h.Limit), Committed: percent(h.Spent+h.Reserved, h.Limit), High: h.Limit * 8 / 10,
@@ -232,20 +232,6 @@ func grouped(v int64) string {
 
 func scopeText(t governance.ScopeType, id string) string {
 	return strings.TrimSpace(string(t) + " " + id)
-}
-
-func appliesTo(s governance.Selector) string {
-	var parts []string
-	if s.Model != "" {
-		parts = append(parts, "model "+s.Model)
-	}
-	if s.Harness != "" {
-		parts = append(parts, "harness "+s.Harness)
-	}
-	if len(parts) == 0 {
-		return "all requests"
-	}
-	return strings.Join(parts, ", ")
 }
 
 // withActor names the session as the actor of the writes ctx makes, as

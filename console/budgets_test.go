@@ -144,7 +144,7 @@ func TestBudgetsPageShowsHeadroom(t *testing.T) {
 		if !strings.Contains(a.body, "limit reached") {
 			t.Error("the lifetime budget, spent past its limit, does not say so")
 		}
-		for _, want := range []string{"project acme", "user u1", "workspace ws-1", "model claude-*", "rolling:5h", ">hard<", ">alert<", ">soft<"} {
+		for _, want := range []string{"project acme", "user u1", "workspace ws-1", "<code>claude-*</code>", "rolling:5h", ">hard<", ">alert<", ">soft<"} {
 			if !strings.Contains(a.body, want) {
 				t.Errorf("budgets page lacks %q", want)
 			}

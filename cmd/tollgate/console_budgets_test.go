@@ -28,15 +28,7 @@ func TestServeConsoleBudgetsAndAudit(t *testing.T) {
 		t.Fatalf("budget set: %d %s %s", code, out, errs)
 	}
 
-	sctx, stop := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	logs := &bytes.Buffer{}
-	done := make(chan int, 1)
-	for k, v := range c.env {
-		t.Setenv(k, v)
-	}
-	go func() { done <- run(sctx, []string{"serve"}, strings.NewReader(""), pw, logs); pw.Close() }()
-	_, adminBase := serveAddrs(t, pr, logs)
+	_, adminBase, _, stop := serveInProcess(t, c)
 
 	jar, _ := cookiejar.New(nil)
 	hc := &http.Client{Jar: jar, Timeout: 10 * time.Second}
@@ -96,12 +88,32 @@ func TestServeConsoleBudgetsAndAudit(t *testing.T) {
 	}
 
 	stop()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("serve exited %d: %s", code, logs)
+}
+
+// serveInProcess runs serve with c's environment and returns the proxy's
+// and the admin listener's URLs, serve's log, and stop, which ends serve
+// and fails the test unless it exits cleanly.
+func serveInProcess(t *testing.T, c *cli) (base, adminBase string, logs *bytes.Buffer, stop func()) {
+	t.Helper()
+	sctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	logs = &bytes.Buffer{}
+	done := make(chan int, 1)
+	for k, v := range c.env {
+		t.Setenv(k, v)
+	}
+	go func() { done <- run(sctx, []string{"serve"}, strings.NewReader(""), pw, logs); pw.Close() }()
+	base, adminBase = serveAddrs(t, pr, logs)
+	return base, adminBase, logs, func() {
+		t.Helper()
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Fatalf("serve exited %d: %s", code, logs)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("serve did not shut down")
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not shut down")
 	}
 }
