@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"maps"
@@ -13,12 +12,6 @@ import (
 
 	"github.com/tollgate/tollgate/audit"
 )
-
-// AuditReader is the audit log the Audit page reads (*audit.Log): the
-// query GET /admin/v1/audit and "tollgate audit" answer from.
-type AuditReader interface {
-	Query(ctx context.Context, f audit.Filter) (audit.Page, error)
-}
 
 // auditPageSize is a screenful; ?limit= asks for another, within
 // audit.MaxLimit.
@@ -45,7 +38,7 @@ type auditData struct {
 var auditFilterParams = []string{"actor_kind", "actor", "action", "target", "from", "to"}
 
 func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s session) {
-	if c.cfg.Audit == nil {
+	if c.cfg.Audit.Log == nil {
 		c.unavailable(w, r, s, "Audit log", "audit", "The audit log")
 		return
 	}
@@ -68,7 +61,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s session) {
 	f, err := audit.ParseFilter(vals)
 	var res audit.Page
 	if err == nil {
-		res, err = c.cfg.Audit.Query(r.Context(), f)
+		res, err = c.cfg.Audit.Log.Query(r.Context(), f)
 	}
 	switch {
 	case errors.Is(err, audit.ErrInvalidQuery):

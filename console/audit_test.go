@@ -37,7 +37,7 @@ func entryIDs(es []audit.Entry) []string {
 var nextLink = regexp.MustCompile(`<a id="audit-next" href="([^"]+)"`)
 
 // TestAuditPageListsFiltersAndPages: writes through the admin API (a
-// real server on 127.0.0.1), the CLI's hook (proxy.AuditTrail with the
+// real server on 127.0.0.1), the CLI's hook (audit.Trail with the
 // CLI's actor, as cmd/tollgate's openTrail sets it) and the console's own
 // budget form all show, newest first, with actor, source, action, target
 // and change; each filter narrows to what the log's Query answers for it;

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 )
 
@@ -38,15 +37,6 @@ type HeadroomSource interface {
 // answers (*governance.Watcher), as the admin API does.
 type PolicyRefresher interface {
 	Refresh(ctx context.Context) error
-}
-
-// AuditTrail turns a write into its audit entry: proxy.AuditTrail, the
-// hook the admin API and the CLI call, so a write is named and described
-// one way whichever door it came through. The console cannot import the
-// proxy (the proxy mounts the console), hence the interface.
-type AuditTrail interface {
-	PolicySet(ctx context.Context, noun string, policy any, result string) error
-	PolicyDeleted(ctx context.Context, noun, id string) error
 }
 
 // budgetRow is one budget with its state in the current window. Amounts
@@ -90,7 +80,6 @@ type budgetsData struct {
 	Limits             []limitRow
 	Rules              []ruleRow
 	Form               budgetForm
-	Writable           bool
 	Return             string
 }
 
@@ -124,7 +113,7 @@ func (c *Console) renderBudgets(w http.ResponseWriter, r *http.Request, s sessio
 	ctx := r.Context()
 	q := r.URL.Query()
 	d := budgetsData{ScopeType: q.Get("scope_type"), ScopeID: strings.TrimSpace(q.Get("scope_id")), ScopeTypes: governance.ScopeTypes,
-		Form: f, Writable: c.cfg.Trail != nil, Return: r.URL.RequestURI()}
+		Form: f, Return: r.URL.RequestURI()}
 	if r.Method != http.MethodGet {
 		d.Return = Prefix + "budgets" // a refused form's page is the unfiltered list
 	}
@@ -234,19 +223,13 @@ func scopeText(t governance.ScopeType, id string) string {
 	return strings.TrimSpace(string(t) + " " + id)
 }
 
-// withActor names the session as the actor of the writes ctx makes, as
-// the admin API names its token and the CLI its OS user.
-func withActor(r *http.Request, s session) context.Context {
-	return audit.WithActor(r.Context(), audit.Actor{Kind: audit.KindConsole, ID: s.fingerprint()}, clientAddr(r))
-}
-
 // budgetSet creates or updates a budget through governance.Store.SetBudget,
 // as "tollgate budget set" does: the budget of the same scope, model,
 // harness, metric and window is updated in place, keeping its id and so
 // its spend. The write is recorded in the audit log with the session as
-// the actor.
+// the actor (post puts it in the request's context).
 func (c *Console) budgetSet(w http.ResponseWriter, r *http.Request, s session) {
-	if !c.budgetsReady() || c.cfg.Trail == nil {
+	if !c.budgetsReady() {
 		c.unavailable(w, r, s, "Budgets and limits", "budgets", "Setting a budget")
 		return
 	}
@@ -259,7 +242,7 @@ func (c *Console) budgetSet(w http.ResponseWriter, r *http.Request, s session) {
 		c.renderBudgets(w, r, s, http.StatusUnprocessableEntity, f, page{Error: strings.Join(probs, "; ")})
 		return
 	}
-	ctx := withActor(r, s)
+	ctx := r.Context()
 	b, res, err := c.cfg.Policies.SetBudget(ctx, b)
 	if err != nil {
 		if errors.Is(err, governance.ErrInvalid) {
@@ -269,7 +252,8 @@ func (c *Console) budgetSet(w http.ResponseWriter, r *http.Request, s session) {
 		c.fail(w, r, s, err)
 		return
 	}
-	c.policyWritten(ctx, res != governance.SetUnchanged, c.cfg.Trail.PolicySet(ctx, "budget", b, string(res)))
+	c.audited(r, c.cfg.Audit.PolicySet(ctx, "budget", b, string(res)))
+	c.reloadPolicies(ctx, res != governance.SetUnchanged)
 	c.log.Info("console budget set", "session", s.fingerprint(), "budget_id", b.ID, "result", res)
 	http.Redirect(w, r, Prefix+"budgets?"+url.Values{"set": {b.ID}, "result": {string(res)}}.Encode(), http.StatusSeeOther)
 }
@@ -311,12 +295,12 @@ func (f budgetForm) budget() (governance.Budget, []string) {
 // budgetDelete deletes a budget, as "tollgate budget delete" does; its
 // counters stay in the ledger.
 func (c *Console) budgetDelete(w http.ResponseWriter, r *http.Request, s session) {
-	if !c.budgetsReady() || c.cfg.Trail == nil {
+	if !c.budgetsReady() {
 		c.unavailable(w, r, s, "Budgets and limits", "budgets", "Deleting a budget")
 		return
 	}
 	id := r.PostForm.Get("id")
-	ctx := withActor(r, s)
+	ctx := r.Context()
 	if err := c.cfg.Policies.DeleteBudget(ctx, id); err != nil {
 		if errors.Is(err, governance.ErrNotFound) {
 			c.render(w, r, http.StatusUnprocessableEntity, "message", page{Title: "Not changed", Nav: "budgets", SignedIn: true, CSRF: s.csrf,
@@ -326,7 +310,8 @@ func (c *Console) budgetDelete(w http.ResponseWriter, r *http.Request, s session
 		c.fail(w, r, s, err)
 		return
 	}
-	c.policyWritten(ctx, true, c.cfg.Trail.PolicyDeleted(ctx, "budget", id))
+	c.audited(r, c.cfg.Audit.PolicyDeleted(ctx, "budget", id))
+	c.reloadPolicies(ctx, true)
 	c.log.Info("console budget delete", "session", s.fingerprint(), "budget_id", id)
 	ret, _ := url.Parse(localReturn(r.PostForm.Get("return"), Prefix+"budgets"))
 	rq := ret.Query()
@@ -336,19 +321,17 @@ func (c *Console) budgetDelete(w http.ResponseWriter, r *http.Request, s session
 	http.Redirect(w, r, ret.Path+"?"+rq.Encode(), http.StatusSeeOther)
 }
 
-// policyWritten is the end of a policy write that committed: this replica
-// reloads its policies, and an audit entry that could not be appended is
-// logged, not answered, as the admin API does: the write is done, and an
-// error page would invite repeating it.
-func (c *Console) policyWritten(ctx context.Context, changed bool, auditErr error) {
-	if auditErr != nil {
-		c.log.Error("audit entry not recorded", "source", "console", "err", auditErr)
+// reloadPolicies makes this replica enforce a policy write that changed
+// something before the page answers, as the admin API does. The write has
+// committed either way, so a failed reload is logged, not answered: the
+// watcher's poll retries it.
+func (c *Console) reloadPolicies(ctx context.Context, changed bool) {
+	if !changed || c.cfg.PolicyWatcher == nil {
+		return
 	}
-	if changed && c.cfg.PolicyWatcher != nil {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if err := c.cfg.PolicyWatcher.Refresh(rctx); err != nil {
-			c.log.Warn("policy reload after a console write failed; the next poll retries", "err", err)
-		}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.cfg.PolicyWatcher.Refresh(rctx); err != nil {
+		c.log.Warn("policy reload after a console write failed; the next poll retries", "err", err)
 	}
 }

@@ -30,7 +30,7 @@ type govEnv struct {
 	usage *ledger.Store
 	w     *governance.Watcher
 	log   *audit.Log
-	trail proxy.AuditTrail
+	trail audit.Trail
 }
 
 func newGovEnv(t *testing.T) *govEnv {
@@ -67,12 +67,10 @@ func newGovEnvOn(t *testing.T, dsn string) *govEnv {
 	}
 	g.usage.SetSettler(g.l)
 	g.w = governance.NewWatcher(g.st, governance.WatchConfig{PollOnly: true})
-	if g.log, err = audit.Open(ctx, g.db); err != nil {
-		t.Fatal(err)
-	}
-	g.trail = proxy.AuditTrail{Log: g.log, Secrets: []string{testAdminToken}}
+	g.log = g.audit
+	g.trail = audit.Trail{Log: g.log, Secrets: []string{testAdminToken}}
 	c, err := New(ctx, Config{AdminToken: testAdminToken, DB: g.db, Registry: g.reg, Resolver: g.svc,
-		Policies: g.st, Ledger: g.l, PolicyWatcher: g.w, Trail: g.trail, Audit: g.log,
+		Policies: g.st, Ledger: g.l, PolicyWatcher: g.w, Audit: g.trail, ProxyURL: testProxyURL,
 		FailDelay: -1, Logger: slog.New(slog.NewTextHandler(g.logs, nil)), now: g.clock.now})
 	if err != nil {
 		t.Fatal(err)
@@ -130,10 +128,6 @@ func (g *govEnv) entries() []audit.Entry {
 	}
 	return p.Entries
 }
-
-type discardSink struct{}
-
-func (discardSink) Record(*metering.Record) {}
 
 // adminAPI serves the proxy's admin API on 127.0.0.1 over the env's
 // resolver, policy store, watcher and audit log, and returns its URL.

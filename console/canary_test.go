@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"fmt"
 	"encoding/base64"
 	"encoding/hex"
 	"html"
@@ -116,6 +117,41 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		}
 		keep(a)
 	}
+	// The Tokens and Credentials pages: a canary added there, refused
+	// adds carrying one, an issued token's page, a delete confirm page.
+	const pageKey = "sk-ant-api03-CANARY-credpage-5e4d3c2b1a09"
+	canaries = append(canaries, pageKey)
+	if a := b.post("/ui/credentials/add", postAdd("anthropic", "page", pageKey, "")); a.status != http.StatusSeeOther {
+		t.Fatalf("add: %d", a.status)
+	} else {
+		keep(a)
+	}
+	for _, f := range []url.Values{
+		postAdd("anthropic", "n", pageKey, "http://x.example"),
+		postAdd("anthropic", "n", pageKey, "https://u:"+pageKey+"@x.example"),
+		postAdd("anthropic", "n", pageKey, "https://x.example/?k="+pageKey),
+		postAdd("nope", "n", canaries[1], ""),
+		postAdd("anthropic", "n", pageKey+" with a space", ""),
+	} {
+		a := b.post("/ui/credentials/add", f)
+		if a.status != http.StatusUnprocessableEntity {
+			t.Fatalf("refused add: %d", a.status)
+		}
+		keep(a)
+	}
+	keep(b.post("/ui/bindings/bind", url.Values{"tier": {"user"}, "scope_id": {"u1"}, "dialect": {"anthropic-messages"}, "cand_0": {g.ID}}))
+	keep(b.post("/ui/tokens/issue", postIssue("ws-canary", "p1", "u1", "", "", "")))
+	keep(b.post("/ui/tokens/issue", postIssue("", "p1", "u1", "claude-code", "", "")))
+	pages := []string{"/ui/tokens", "/ui/tokens?state=all", "/ui/credentials", "/ui/credentials/" + g.ID + "/delete", "/ui/static/console.js"}
+	toks, err := e.svc.ListTokens(ctx, resolver.TokenFilter{})
+	if err != nil || len(toks) != 1 {
+		t.Fatalf("tokens: %d %v", len(toks), err)
+	}
+	pages = append(pages, "/ui/tokens/"+toks[0].ID+"/revoke")
+	keep(b.post("/ui/credentials/"+g.ID+"/enable", nil))
+	keep(b.post("/ui/tokens/"+toks[0].ID+"/revoke", nil))
+	pages = append(pages, "/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected=" + g.ID,
+		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css")
 	// The writes as the admin API and the CLI record them (the key named
 	// as the write's secret), and a budget set here: the Budgets and Audit
 	// pages show them.
@@ -124,7 +160,12 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, cr := range creds {
-		secret := map[string]string{"anthropic": canaries[0], "openai": canaries[1], "gemini": canaries[2]}[cr.Provider]
+		var secret string
+		for _, k := range canaries {
+			if strings.HasSuffix(k, cr.Last4) {
+				secret = k
+			}
+		}
 		if err := ge.trail.CredentialCreated(ctx, cr, secret); err != nil {
 			t.Fatal(err)
 		}
@@ -136,8 +177,6 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 	if a := b.post("/ui/budgets/set", url.Values{"scope_type": {"project"}, "scope_id": {"p1"}, "metric": {"cost"}, "limit": {"5"}, "window": {"day"}}); a.status != http.StatusSeeOther {
 		t.Fatalf("budget set: %d", a.status)
 	}
-	pages := []string{"/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected=" + g.ID,
-		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css"}
 	for _, p := range placeholders {
 		pages = append(pages, Prefix+p.Path)
 	}
@@ -150,10 +189,14 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		keep(a)
 	}
 	// The pages do show the credentials, masked: the test is not vacuous.
-	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, `data-action="credential.create"`) {
+	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, "…1a09") ||
+		!strings.Contains(all, `data-action="credential.create"`) {
 		t.Fatal("the pages do not list the canary credentials at all")
 	}
 	seen = append(seen, e.logs.String())
+	for _, en := range e.audits() {
+		seen = append(seen, fmt.Sprintf("%+v", en))
+	}
 	for _, key := range canaries {
 		for i, s := range seen {
 			if leaks(s, key) {

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/registry"
@@ -59,6 +60,14 @@ type Resolver interface {
 	DeleteCredential(ctx context.Context, id string) error
 	BindCandidates(ctx context.Context, k resolver.BindingKey, cands []resolver.BindCandidate, opts ...resolver.BindOptions) (resolver.Binding, error)
 	SetBindingActive(ctx context.Context, k resolver.BindingKey, active bool) error
+	Unbind(ctx context.Context, k resolver.BindingKey) error
+	DisableCredential(ctx context.Context, id string) error
+	EnableCredential(ctx context.Context, id string) error
+
+	CheckTokenSpec(spec resolver.TokenSpec) error
+	IssueToken(ctx context.Context, spec resolver.TokenSpec) (string, resolver.TokenInfo, error)
+	ListTokens(ctx context.Context, f resolver.TokenFilter) ([]resolver.TokenInfo, error)
+	RevokeToken(ctx context.Context, id string) error
 }
 
 // HealthSource is what this replica has observed of each credential
@@ -81,19 +90,22 @@ type Config struct {
 	// Health, if set, adds each credential's circuit and rate-limit state
 	// as this replica saw it; nil shows none.
 	Health HealthSource
+	// Audit records every write the console makes, as the admin API's
+	// and the CLI's are; its actor is the session (audit.KindConsole and
+	// the session's fingerprint). A nil Log records nothing.
+	Audit audit.Trail
+	// ProxyURL is tollgate's URL as workspaces reach it, for the
+	// environment an issued token is shown with; default PublicURL.
+	ProxyURL string
 	// Policies and Ledger back the Budgets page (*governance.Store,
 	// *governance.Ledger); without either it says governance is off.
+	// Budget writes are recorded through Audit; Audit.Log is also what the
+	// Audit page reads.
 	Policies PolicyStore
 	Ledger   HeadroomSource
 	// PolicyWatcher, if set, reloads this replica's policies after a
 	// console write (*governance.Watcher); else its poll picks it up.
 	PolicyWatcher PolicyRefresher
-	// Trail records the console's writes in the audit log (proxy.AuditTrail
-	// with the admin token among its secrets); without it, budgets are
-	// read-only here: an unrecorded write is not offered.
-	Trail AuditTrail
-	// Audit is the log the Audit page reads (*audit.Log).
-	Audit AuditReader
 	// PublicURL, when https, marks the cookie Secure even if the request
 	// reached tollgate over plain HTTP (TLS ended at a load balancer); its
 	// origin is also trusted for form posts.
@@ -172,6 +184,9 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
+	if cfg.ProxyURL == "" {
+		cfg.ProxyURL = cfg.PublicURL
+	}
 	ss, err := openSessions(ctx, cfg.DB, cfg.IdleTimeout, cfg.MaxAge)
 	if err != nil {
 		return nil, err
@@ -231,6 +246,8 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"connections/connect", c.post(c.connect))
 	m.Handle("GET "+Prefix+"connections/advanced", c.authed(c.advanced))
 	m.Handle("POST "+Prefix+"bindings/active", c.post(c.setActive))
+	c.tokenRoutes(m)
+	c.credentialRoutes(m)
 	m.Handle("GET "+Prefix+"budgets", c.authed(c.budgets))
 	m.Handle("POST "+Prefix+"budgets/set", c.post(c.budgetSet))
 	m.Handle("POST "+Prefix+"budgets/delete", c.post(c.budgetDelete))
@@ -248,7 +265,7 @@ func (c *Console) routes() {
 // it out of frames and caches and confine it to its own assets.
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "same-origin")
@@ -365,6 +382,8 @@ func (c *Console) post(h authedHandler) http.Handler {
 			c.forbidden(w, r, "The form's security token is missing or out of date.")
 			return
 		}
+		// The audit log names the session, never its id, as the writer.
+		r = r.WithContext(audit.WithActor(r.Context(), audit.Actor{Kind: audit.KindConsole, ID: s.fingerprint()}, clientAddr(r)))
 		h(w, r, s)
 	}))
 }
@@ -516,8 +535,15 @@ type placeholderPage struct{ Path, Title, Nav string }
 
 var placeholders = []placeholderPage{
 	{"usage", "Usage", "usage"},
-	{"tokens", "Tokens", "tokens"},
-	{"credentials", "Credentials and bindings", "credentials"},
+}
+
+// audited logs an audit entry that could not be appended after a write
+// that succeeded: the write has committed, and an error page would read
+// as "not done" and invite doing it again.
+func (c *Console) audited(r *http.Request, err error) {
+	if err != nil {
+		c.log.Error("console: audit entry not recorded", "path", r.URL.Path, "err", err)
+	}
 }
 
 func (c *Console) placeholder(p placeholderPage) authedHandler {

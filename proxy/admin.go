@@ -84,20 +84,8 @@ func (s *Server) adminRoutes(r fiber.Router) {
 			// every harness when the token is not tied to one.
 			Setups []*registry.Setup `json:"setups"`
 		}{Token: tok, Info: info}
-		for _, h := range reg.Harnesses() {
-			if in.Harness != "" && h.Name != in.Harness {
-				continue
-			}
-			// Untied tokens get every harness that can be rendered; one
-			// that must name a model is left out until a model is given.
-			if in.Harness == "" && h.RequiresModel && in.Model == "" {
-				continue
-			}
-			st, err := reg.Setup(h.Name, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model})
-			if err != nil {
-				return err
-			}
-			out.Setups = append(out.Setups, st)
+		if out.Setups, err = reg.TokenSetups(in.Harness, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model}); err != nil {
+			return err
 		}
 		return c.Status(fiber.StatusCreated).JSON(out)
 	})
