@@ -2,9 +2,9 @@ package console
 
 import (
 	"context"
-	"fmt"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
@@ -150,7 +150,7 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 	pages = append(pages, "/ui/tokens/"+toks[0].ID+"/revoke")
 	keep(b.post("/ui/credentials/"+g.ID+"/enable", nil))
 	keep(b.post("/ui/tokens/"+toks[0].ID+"/revoke", nil))
-	pages = append(pages, "/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected=" + g.ID,
+	pages = append(pages, "/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected="+g.ID,
 		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css")
 	// The writes as the admin API and the CLI record them (the key named
 	// as the write's secret), and a budget set here: the Budgets and Audit
