@@ -23,6 +23,7 @@ type PolicyStore interface {
 	ListBudgets(ctx context.Context, f governance.Filter) ([]governance.Budget, error)
 	ListLimits(ctx context.Context, f governance.Filter) ([]governance.Limit, error)
 	ListRules(ctx context.Context, f governance.Filter) ([]governance.ModelRule, error)
+	Budget(ctx context.Context, id string) (governance.Budget, error)
 	SetBudget(ctx context.Context, b governance.Budget) (governance.Budget, governance.SetResult, error)
 	DeleteBudget(ctx context.Context, id string) error
 }
@@ -56,6 +57,7 @@ type budgetRow struct {
 	Window, WindowStart, Resets string
 	Mode                        string
 	Over                        bool
+	DeleteURL                   string
 }
 
 type limitRow struct {
@@ -80,7 +82,6 @@ type budgetsData struct {
 	Limits             []limitRow
 	Rules              []ruleRow
 	Form               budgetForm
-	Return             string
 }
 
 func (c *Console) budgetsReady() bool { return c.cfg.Policies != nil && c.cfg.Ledger != nil }
@@ -112,11 +113,7 @@ func (c *Console) renderBudgets(w http.ResponseWriter, r *http.Request, s sessio
 	}
 	ctx := r.Context()
 	q := r.URL.Query()
-	d := budgetsData{ScopeType: q.Get("scope_type"), ScopeID: strings.TrimSpace(q.Get("scope_id")), ScopeTypes: governance.ScopeTypes,
-		Form: f, Return: r.URL.RequestURI()}
-	if r.Method != http.MethodGet {
-		d.Return = Prefix + "budgets" // a refused form's page is the unfiltered list
-	}
+	d := budgetsData{ScopeType: q.Get("scope_type"), ScopeID: strings.TrimSpace(q.Get("scope_id")), ScopeTypes: governance.ScopeTypes, Form: f}
 	filter := governance.Filter{ScopeType: governance.ScopeType(d.ScopeType), ScopeID: d.ScopeID}
 	if filter.ScopeType != "" && !slices.Contains(governance.ScopeTypes, filter.ScopeType) {
 		p.Error = fmt.Sprintf("Scope %q is not one of platform, project, user, workspace, token.", d.ScopeType)
@@ -171,7 +168,8 @@ func budgetView(h governance.Headroom) budgetRow {
 		Spent: amount(h.Spent), Reserved: amount(h.Reserved), Allotted: amount(h.Allotted), Limit: amount(h.Limit), Remaining: amount(max(0, h.Limit-h.Spent-h.Reserved)),
 		SpentRaw: h.Spent, ReservedRaw: h.Reserved, AllottedRaw: h.Allotted, LimitRaw: h.Limit,
 		Percent: percent(h.Spent, h.Limit), Committed: percent(h.Spent+h.Reserved, h.Limit), High: h.Limit * 8 / 10,
-		Window: b.Window.String(), WindowStart: h.WindowStart.UTC().Format("2006-01-02 15:04 UTC"), Mode: string(b.Mode), Over: h.Spent >= h.Limit}
+		Window: b.Window.String(), WindowStart: h.WindowStart.UTC().Format("2006-01-02 15:04 UTC"), Mode: string(b.Mode), Over: h.Spent >= h.Limit,
+		DeleteURL: Prefix + "budgets/" + url.PathEscape(b.ID) + "/delete"}
 	if b.Metric == governance.MetricCost {
 		row.Unit = "USD"
 	}
@@ -292,6 +290,37 @@ func (f budgetForm) budget() (governance.Budget, []string) {
 	return b, probs
 }
 
+// budgetDeletePage asks to confirm a deletion, showing the budget's
+// state: a budget set again later gets a new id and starts from zero.
+func (c *Console) budgetDeletePage(w http.ResponseWriter, r *http.Request, s session) {
+	if !c.budgetsReady() {
+		c.unavailable(w, r, s, "Budgets and limits", "budgets", "Governance")
+		return
+	}
+	b, err := c.cfg.Policies.Budget(r.Context(), r.PathValue("id"))
+	if err != nil {
+		c.budgetGone(w, r, s, r.PathValue("id"), err)
+		return
+	}
+	hs, err := c.cfg.Ledger.Headroom(r.Context(), []governance.Budget{b})
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	c.render(w, r, http.StatusOK, "budget-delete", page{Title: "Delete budget", Nav: "budgets", SignedIn: true, CSRF: s.csrf, Data: budgetView(hs[0])})
+}
+
+// budgetGone answers a budget that is not there (422, as a refused write)
+// or the store's failure.
+func (c *Console) budgetGone(w http.ResponseWriter, r *http.Request, s session, id string, err error) {
+	if errors.Is(err, governance.ErrNotFound) {
+		c.render(w, r, http.StatusUnprocessableEntity, "message", page{Title: "Not changed", Nav: "budgets", SignedIn: true, CSRF: s.csrf,
+			Message: fmt.Sprintf("There is no budget %q: it may have been deleted already.", id)})
+		return
+	}
+	c.fail(w, r, s, err)
+}
+
 // budgetDelete deletes a budget, as "tollgate budget delete" does; its
 // counters stay in the ledger.
 func (c *Console) budgetDelete(w http.ResponseWriter, r *http.Request, s session) {
@@ -299,26 +328,16 @@ func (c *Console) budgetDelete(w http.ResponseWriter, r *http.Request, s session
 		c.unavailable(w, r, s, "Budgets and limits", "budgets", "Deleting a budget")
 		return
 	}
-	id := r.PostForm.Get("id")
+	id := r.PathValue("id")
 	ctx := r.Context()
 	if err := c.cfg.Policies.DeleteBudget(ctx, id); err != nil {
-		if errors.Is(err, governance.ErrNotFound) {
-			c.render(w, r, http.StatusUnprocessableEntity, "message", page{Title: "Not changed", Nav: "budgets", SignedIn: true, CSRF: s.csrf,
-				Message: fmt.Sprintf("There is no budget %q: it may have been deleted already.", id)})
-			return
-		}
-		c.fail(w, r, s, err)
+		c.budgetGone(w, r, s, id, err)
 		return
 	}
 	c.audited(r, c.cfg.Audit.PolicyDeleted(ctx, "budget", id))
 	c.reloadPolicies(ctx, true)
 	c.log.Info("console budget delete", "session", s.fingerprint(), "budget_id", id)
-	ret, _ := url.Parse(localReturn(r.PostForm.Get("return"), Prefix+"budgets"))
-	rq := ret.Query()
-	rq.Del("set")
-	rq.Del("result")
-	rq.Set("deleted", id)
-	http.Redirect(w, r, ret.Path+"?"+rq.Encode(), http.StatusSeeOther)
+	http.Redirect(w, r, Prefix+"budgets?"+url.Values{"deleted": {id}}.Encode(), http.StatusSeeOther)
 }
 
 // reloadPolicies makes this replica enforce a policy write that changed

@@ -240,7 +240,8 @@ func TestBudgetSetAndDeleteFromThePage(t *testing.T) {
 		if a := b.post("/ui/budgets/set", url.Values{"csrf": {""}, "scope_type": {"platform"}, "metric": {"cost"}, "limit": {"5"}, "window": {"day"}}); a.status != http.StatusForbidden {
 			t.Errorf("no CSRF token: %d", a.status)
 		}
-		if a := b.post("/ui/budgets/delete", url.Values{"id": {month.ID}}, "Origin", "https://evil.example"); a.status != http.StatusForbidden {
+		del := "/ui/budgets/" + month.ID + "/delete"
+		if a := b.post(del, nil, "Origin", "https://evil.example"); a.status != http.StatusForbidden {
 			t.Errorf("cross-site delete: %d", a.status)
 		}
 		if es := g.entries(); len(es) != 2 {
@@ -250,8 +251,22 @@ func TestBudgetSetAndDeleteFromThePage(t *testing.T) {
 			t.Fatalf("refused forms wrote: %d budgets", n)
 		}
 
-		a = b.post("/ui/budgets/delete", url.Values{"id": {month.ID}, "return": {"/ui/budgets?scope_type=project&scope_id=acme"}})
-		if a.status != http.StatusSeeOther || a.location != "/ui/budgets?deleted="+month.ID+"&scope_id=acme&scope_type=project" {
+		// The row links to a confirm page showing what is deleted; only its
+		// form deletes.
+		list := b.get("/ui/budgets")
+		if !strings.Contains(list.body, `<a id="budget-`+slug(month.ID)+`-delete" href="`+del+`"`) {
+			t.Fatalf("no delete link to %s", del)
+		}
+		confirm := b.get(del)
+		if confirm.status != http.StatusOK || !strings.Contains(confirm.body, `<form id="budget-delete-form" method="post" action="`+del+`"`) ||
+			!strings.Contains(cell(confirm.body, "budget-delete-spent"), governance.FormatUSD(after.Spent)) {
+			t.Fatalf("confirm page: %d\n%s", confirm.status, confirm.body)
+		}
+		if n := len(g.listBudgets()); n != len(budgets) {
+			t.Fatal("the confirm page deleted")
+		}
+		a = b.post(del, nil)
+		if a.status != http.StatusSeeOther || a.location != "/ui/budgets?deleted="+month.ID {
 			t.Fatalf("delete: %d %q", a.status, a.location)
 		}
 		if p := b.get("/ui/budgets"); rowTag(p.body, "budget-"+slug(month.ID)) != "" {
@@ -263,14 +278,14 @@ func TestBudgetSetAndDeleteFromThePage(t *testing.T) {
 		if len(g.w.Current().Budgets) != len(budgets)-1 {
 			t.Error("the delete was not reloaded")
 		}
-		if a := b.post("/ui/budgets/delete", url.Values{"id": {month.ID}}); a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, `id="message"`) {
+		if a := b.post(del, nil); a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, `id="message"`) {
 			t.Errorf("delete again: %d", a.status)
 		}
 		if es := g.entries(); len(es) != 3 {
 			t.Error("a refused delete was recorded")
 		}
-		if a := b.post("/ui/budgets/delete", url.Values{"id": {"x"}, "return": {"https://evil.example/ui/"}}); a.status != http.StatusUnprocessableEntity {
-			t.Errorf("delete of nothing with a foreign return: %d %q", a.status, a.location)
+		if a := b.get(del); a.status != http.StatusUnprocessableEntity {
+			t.Errorf("confirm page of a deleted budget: %d", a.status)
 		}
 	})
 }

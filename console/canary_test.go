@@ -180,7 +180,7 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 	for _, p := range placeholders {
 		pages = append(pages, Prefix+p.Path)
 	}
-	pages = append(pages, "/ui/budgets", "/ui/budgets?scope_type=project&scope_id=p1", "/ui/audit", "/ui/audit?action=credential")
+	pages = append(pages, "/ui/budgets", "/ui/budgets?scope_type=project&scope_id=p1", "/ui/budgets/"+ge.listBudgets()[0].ID+"/delete", "/ui/audit", "/ui/audit?action=credential")
 	for _, p := range pages {
 		a := b.get(p)
 		if a.status >= 500 {

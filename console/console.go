@@ -250,7 +250,8 @@ func (c *Console) routes() {
 	c.credentialRoutes(m)
 	m.Handle("GET "+Prefix+"budgets", c.authed(c.budgets))
 	m.Handle("POST "+Prefix+"budgets/set", c.post(c.budgetSet))
-	m.Handle("POST "+Prefix+"budgets/delete", c.post(c.budgetDelete))
+	m.Handle("GET "+Prefix+"budgets/{id}/delete", c.authed(c.budgetDeletePage))
+	m.Handle("POST "+Prefix+"budgets/{id}/delete", c.post(c.budgetDelete))
 	m.Handle("GET "+Prefix+"audit", c.authed(c.auditPage))
 	for _, p := range placeholders {
 		m.Handle("GET "+Prefix+p.Path, c.authed(c.placeholder(p)))
