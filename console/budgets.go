@@ -1,7 +1,6 @@
 package console
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -97,7 +96,14 @@ func (c *Console) budgets(w http.ResponseWriter, r *http.Request, s session) {
 	p := page{}
 	switch id := q.Get("set"); {
 	case id != "":
-		p.Flash = fmt.Sprintf("Budget %s %s. Its spend is kept on an update.", id, cmp.Or(q.Get("result"), "saved"))
+		switch governance.SetResult(q.Get("result")) {
+		case governance.SetCreated:
+			p.Flash = fmt.Sprintf("Budget %s created.", id)
+		case governance.SetUnchanged:
+			p.Flash = fmt.Sprintf("Budget %s already said this: nothing changed.", id)
+		default:
+			p.Flash = fmt.Sprintf("Budget %s updated in place: its spend is kept.", id)
+		}
 	case q.Get("deleted") != "":
 		p.Flash = fmt.Sprintf("Budget %s deleted.", q.Get("deleted"))
 	}

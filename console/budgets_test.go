@@ -204,7 +204,7 @@ func TestBudgetSetAndDeleteFromThePage(t *testing.T) {
 		if after.Limit != 75_500_000 || after.Spent != before.Spent || after.Budget.Mode != governance.ModeHard {
 			t.Fatalf("after set: %+v, want limit 75.50, spend %d kept, mode hard kept", after, before.Spent)
 		}
-		if p := b.get(a.location); !strings.Contains(p.body, `id="flash"`) || cell(p.body, "budget-"+slug(month.ID)+"-limit") != "$75.50" {
+		if p := b.get(a.location); !strings.Contains(p.body, "updated in place: its spend is kept") || cell(p.body, "budget-"+slug(month.ID)+"-limit") != "$75.50" {
 			t.Errorf("after set the page does not show the new limit")
 		}
 		es := g.entries()
