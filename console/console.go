@@ -49,9 +49,9 @@ const (
 	maxFormBytes     = 64 << 10         // a form is a few fields: no key is this long
 )
 
-// Resolver is what the Connections page reads and writes: the resolver
-// functions requests and the CLI use (*resolver.Service), so the page can
-// neither disagree with a request nor validate differently from the CLI.
+// Resolver is what the pages read and write: the resolver functions
+// requests, the CLI and the admin API use (*resolver.Service), so a page
+// can neither disagree with a request nor validate differently from the CLI.
 type Resolver interface {
 	ResolutionView(ctx context.Context, project, user string) ([]resolver.Resolution, error)
 	ListCredentials(ctx context.Context) ([]resolver.Credential, error)

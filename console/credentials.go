@@ -1,16 +1,21 @@
 package console
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/resolver"
 )
+
+// doneName is what a confirmation may name: a credential id or a binding
+// as the audit log names it.
+var doneName = regexp.MustCompile(`^[A-Za-z0-9._:/-]{1,200}$`)
 
 // bindSlots is how many candidates the bind form offers; a longer
 // failover chain is one the CLI or the admin API builds.
@@ -76,9 +81,11 @@ func newBindForm() bindForm {
 func (c *Console) credentials(w http.ResponseWriter, r *http.Request, s session) {
 	q := r.URL.Query()
 	p := page{}
-	if id := q.Get("done"); id != "" && q.Get("what") != "" {
-		p.Flash = fmt.Sprintf("%s: %s.", cmp.Or(map[string]string{"add": "Added", "disable": "Disabled", "enable": "Enabled", "delete": "Deleted",
-			"bind": "Bound", "unbind": "Unbound"}[q.Get("what")], "Done"), id)
+	// Only an id or a binding's name is echoed: a crafted link cannot put
+	// words here.
+	verb := map[string]string{"add": "Added", "disable": "Disabled", "enable": "Enabled", "delete": "Deleted", "bind": "Bound", "unbind": "Unbound"}[q.Get("what")]
+	if id := q.Get("done"); verb != "" && doneName.MatchString(id) {
+		p.Flash = verb + " " + id + "."
 	}
 	c.renderCredentials(w, r, s, http.StatusOK, addForm{}, newBindForm(), p)
 }
@@ -283,7 +290,7 @@ func (c *Console) bind(w http.ResponseWriter, r *http.Request, s session) {
 	}
 	c.audited(r, c.cfg.Audit.Bound(r.Context(), b))
 	c.log.Info("console bind", "session", s.fingerprint(), "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "credentials", len(cands))
-	c.done(w, r, "bind", bindingText(k))
+	c.done(w, r, "bind", audit.BindingTarget(k.Tier, k.ScopeID, k.Dialect, k.Harness))
 }
 
 func (c *Console) unbind(w http.ResponseWriter, r *http.Request, s session) {
@@ -299,7 +306,7 @@ func (c *Console) unbind(w http.ResponseWriter, r *http.Request, s session) {
 	}
 	c.audited(r, c.cfg.Audit.BindingChanged(r.Context(), "unbind", k))
 	c.log.Info("console unbind", "session", s.fingerprint(), "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness)
-	c.done(w, r, "unbind", bindingText(k))
+	c.done(w, r, "unbind", audit.BindingTarget(k.Tier, k.ScopeID, k.Dialect, k.Harness))
 }
 
 // bindingText names a binding in a confirmation.

@@ -65,6 +65,9 @@ func TestCredentialAddDisableEnableDelete(t *testing.T) {
 		t.Fatalf("list after add:\n%s", list.body)
 	}
 
+	if p := b.get("/ui/credentials?what=add&done=" + url.QueryEscape("Call +1 555 0100 now")); strings.Contains(p.body, `id="flash"`) {
+		t.Error("a crafted link's words are shown as a confirmation")
+	}
 	if a := b.post("/ui/credentials/"+id+"/disable", nil); a.status != http.StatusSeeOther {
 		t.Fatalf("disable: %d", a.status)
 	}
@@ -126,7 +129,9 @@ func TestTokensAndBindingsOnPostgres(t *testing.T) {
 	if dsn == "" {
 		t.Skip("TOLLGATE_TEST_POSTGRES is not set")
 	}
-	t.Run("tokens", func(t *testing.T) { testTokenIssuedShownOnce(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
+	t.Run("tokens", func(t *testing.T) {
+		testTokenIssuedShownOnce(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_")))
+	})
 	t.Run("bindings", func(t *testing.T) { testBindWithCandidates(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
 }
 
@@ -163,7 +168,7 @@ func testBindWithCandidates(t *testing.T, e *env) {
 
 	row := "binding-project-p1-anthropic-messages-claude-code"
 	p = b.get(a.location)
-	if !strings.Contains(p.body, `id="flash"`) || !strings.Contains(p.body, `id="`+row+`" data-active="true"`) || !strings.Contains(p.body, `id="`+row+`-unbind"`) {
+	if !strings.Contains(p.body, `id="flash"`) || !strings.Contains(p.body, "Bound project:p1/anthropic-messages/claude-code.") || !strings.Contains(p.body, `id="`+row+`" data-active="true"`) || !strings.Contains(p.body, `id="`+row+`-unbind"`) {
 		t.Fatalf("bindings table:\n%s", p.body)
 	}
 	// Deactivate from the row: the Advanced view's handler, returning here.

@@ -32,16 +32,6 @@ type tokenFilter struct {
 	Project, User, Workspace, Harness, State string
 }
 
-func (f tokenFilter) query() url.Values {
-	v := url.Values{}
-	for k, s := range map[string]string{"project": f.Project, "user": f.User, "workspace": f.Workspace, "harness": f.Harness, "state": f.State} {
-		if s != "" {
-			v.Set(k, s)
-		}
-	}
-	return v
-}
-
 type tokenRow struct {
 	ID, Prefix, Workspace, Project, User, Harness string
 	Created, Expires, LastUsed, Revoked           string
@@ -61,6 +51,10 @@ type tokensData struct {
 	Harnesses []string
 	Rows      []tokenRow
 	Issue     issueForm
+}
+
+func isTokenID(s string) bool {
+	return strings.HasPrefix(s, "tok_") && len(s) <= 64 && slug(s) == s
 }
 
 func tokenState(t resolver.TokenInfo, now time.Time) string {
@@ -85,10 +79,11 @@ func (c *Console) tokens(w http.ResponseWriter, r *http.Request, s session) {
 	f := tokenFilter{Project: strings.TrimSpace(q.Get("project")), User: strings.TrimSpace(q.Get("user")),
 		Workspace: strings.TrimSpace(q.Get("workspace")), Harness: q.Get("harness"), State: q.Get("state")}
 	p := page{}
-	if id := q.Get("revoked"); id != "" {
+	// Only a token id is echoed: a crafted link cannot put words here.
+	if id := q.Get("revoked"); isTokenID(id) {
 		p.Flash = "Revoked " + id + ": the proxy refuses it from now on."
 	}
-	if id := q.Get("issued"); id != "" {
+	if id := q.Get("issued"); isTokenID(id) {
 		p.Flash = "Issued " + id + ". Its token is not shown again; issue another if it was lost."
 	}
 	c.renderTokens(w, r, s, http.StatusOK, f, issueForm{TTL: resolver.DefaultTokenTTL.String()}, p)
@@ -139,6 +134,7 @@ type issuedData struct {
 
 type setupView struct {
 	ID, Harness, Dialect, ConfigFile, Text string
+	Rows                                   int
 }
 
 // issueToken issues a token through the resolver function the CLI and the
@@ -193,7 +189,8 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s session) 
 			c.log.Error("console token environment", "token_id", info.ID, "err", err)
 		}
 		for _, st := range setups {
-			d.Setups = append(d.Setups, setupView{ID: "token-env-" + slug(st.Harness), Harness: st.Harness, Dialect: st.Dialect, ConfigFile: st.ConfigFile, Text: st.Shell()})
+			d.Setups = append(d.Setups, setupView{ID: "token-env-" + slug(st.Harness), Harness: st.Harness, Dialect: st.Dialect, ConfigFile: st.ConfigFile, Text: st.Shell(),
+				Rows: strings.Count(st.Shell(), "\n") + 1})
 		}
 	}
 	c.render(w, r, http.StatusOK, "token-issued", page{Title: "Token issued", Nav: "tokens", SignedIn: true, CSRF: s.csrf, Data: d})

@@ -97,13 +97,17 @@ func testTokenIssuedShownOnce(t *testing.T, e *env) {
 	if len(envs) != 1 || envs[0][1] != "claude-code" || html.UnescapeString(envs[0][2]) != want.Shell() || !strings.Contains(want.Shell(), tok) {
 		t.Fatalf("environment %q, want %q", envs, want.Shell())
 	}
-	for _, s := range []string{`id="token-secret-copy"`, `data-copy="token-secret"`, `hidden`, `<script src="/ui/static/console.js">`, `readonly`} {
+	for _, s := range []string{`id="token-secret-copy"`, `data-copy="token-secret"`, `hidden`, `<script src="/ui/static/console.js">`, `readonly`,
+		`data-reload-to="/ui/tokens?issued=` + id.TokenID + `"`} {
 		if !strings.Contains(a.body, s) {
 			t.Errorf("result page lacks %s", s)
 		}
 	}
-	if cc := a.header.Get("Cache-Control"); cc != "no-store" {
-		t.Errorf("Cache-Control %q", cc)
+	if cc, csp := a.header.Get("Cache-Control"), a.header.Get("Content-Security-Policy"); cc != "no-store" || !strings.Contains(csp, "script-src 'self';") {
+		t.Errorf("Cache-Control %q, CSP %q", cc, csp)
+	}
+	if js := b.get("/ui/static/console.js"); js.status != http.StatusOK || !strings.HasPrefix(js.header.Get("Content-Type"), "text/javascript") || !strings.Contains(js.body, "data-copy") {
+		t.Errorf("console.js: %d %q", js.status, js.header.Get("Content-Type"))
 	}
 	entry := e.wroteOne(b, n, "token.issue", id.TokenID)
 	if entry.Change["workspace"] != "ws-1" || entry.Change["harness"] != "claude-code" {

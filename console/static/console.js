@@ -10,3 +10,7 @@ for (const b of document.querySelectorAll("button[data-copy]")) {
       () => { t.select(); b.textContent = "Select and copy (Ctrl+C)"; });
   });
 }
+// A page shown once (a new token) names the list as its address, so a
+// reload shows the list rather than sending the form again.
+const once = document.querySelector("[data-reload-to]");
+if (once && history.replaceState) history.replaceState(null, "", once.dataset.reloadTo);
