@@ -174,7 +174,7 @@ func budgetView(h governance.Headroom) budgetRow {
 		Spent: amount(h.Spent), Reserved: amount(h.Reserved), Allotted: amount(h.Allotted), Limit: amount(h.Limit), Remaining: amount(max(0, h.Limit-h.Spent-h.Reserved)),
 		SpentRaw: h.Spent, ReservedRaw: h.Reserved, AllottedRaw: h.Allotted, LimitRaw: h.Limit,
 		Percent: percent(h.Spent, h.Limit), Committed: percent(h.Spent+h.Reserved, h.Limit), High: h.Limit * 8 / 10,
-		Window: b.Window.String(), WindowStart: h.WindowStart.UTC().Format("2006-01-02 15:04 UTC"), Mode: string(b.Mode), Over: h.Spent >= h.Limit,
+		Window: b.Window.String(), WindowStart: h.WindowStart.UTC().Format("2006-01-02 15:04"), Mode: string(b.Mode), Over: h.Spent >= h.Limit,
 		DeleteURL: Prefix + "budgets/" + url.PathEscape(b.ID) + "/delete"}
 	if b.Metric == governance.MetricCost {
 		row.Unit = "USD"
@@ -188,7 +188,7 @@ func budgetView(h governance.Headroom) budgetRow {
 		// bucket by bucket, continuously.
 		row.Resets = "continuously (the last " + strings.TrimPrefix(b.Window.String(), "rolling:") + ")"
 	case !h.ResetAt.IsZero():
-		row.Resets = h.ResetAt.UTC().Format("2006-01-02 15:04 UTC")
+		row.Resets = h.ResetAt.UTC().Format("2006-01-02 15:04")
 	}
 	return row
 }
@@ -199,7 +199,7 @@ func percent(part, whole int64) string {
 	if whole <= 0 {
 		return "—"
 	}
-	return strconv.FormatInt(part*100/whole, 10) + " %"
+	return strconv.FormatInt(part*100/whole, 10) + "%"
 }
 
 func rate(v int64, unit string) string {

@@ -126,7 +126,7 @@ func TestBudgetsPageShowsHeadroom(t *testing.T) {
 		}
 		month, rolling, life, day := budgets[0], budgets[1], budgets[2], budgets[3]
 		for id, want := range map[string]string{
-			month.ID: "2027-01-01 00:00 UTC", day.ID: "2026-12-02 00:00 UTC",
+			month.ID: "2027-01-01 00:00", day.ID: "2026-12-02 00:00",
 			life.ID: "never (lifetime)", rolling.ID: "continuously (the last 5h)",
 		} {
 			if got := cell(a.body, "budget-"+slug(id)+"-reset"); got != want {
@@ -144,7 +144,7 @@ func TestBudgetsPageShowsHeadroom(t *testing.T) {
 		if !strings.Contains(a.body, "limit reached") {
 			t.Error("the lifetime budget, spent past its limit, does not say so")
 		}
-		for _, want := range []string{"project acme", "user u1", "workspace ws-1", "<code>claude-*</code>", "rolling:5h", ">hard<", ">alert<", ">soft<"} {
+		for _, want := range []string{"project acme", "user u1", "workspace ws-1", "model <code>claude-*</code>", "rolling:5h", ">hard<", ">alert<", ">soft<"} {
 			if !strings.Contains(a.body, want) {
 				t.Errorf("budgets page lacks %q", want)
 			}
