@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +84,9 @@ type budgetsData struct {
 	Form               budgetForm
 }
 
+// budgetID is the shape of the ids governance.Store gives budgets.
+var budgetID = regexp.MustCompile(`^bud_[a-z2-7]{16}$`)
+
 func (c *Console) budgetsReady() bool { return c.cfg.Policies != nil && c.cfg.Ledger != nil }
 
 func (c *Console) unavailable(w http.ResponseWriter, r *http.Request, s session, title, nav, what string) {
@@ -94,8 +98,10 @@ func (c *Console) budgets(w http.ResponseWriter, r *http.Request, s session) {
 	q := r.URL.Query()
 	f := budgetForm{ScopeType: q.Get("scope_type"), ScopeID: strings.TrimSpace(q.Get("scope_id")), Metric: string(governance.MetricCost), Window: "month"}
 	p := page{}
+	// A flash names only what is shaped as a budget id: a crafted link
+	// cannot make the page say something else.
 	switch id := q.Get("set"); {
-	case id != "":
+	case budgetID.MatchString(id):
 		switch governance.SetResult(q.Get("result")) {
 		case governance.SetCreated:
 			p.Flash = fmt.Sprintf("Budget %s created.", id)
@@ -104,7 +110,7 @@ func (c *Console) budgets(w http.ResponseWriter, r *http.Request, s session) {
 		default:
 			p.Flash = fmt.Sprintf("Budget %s updated in place: its spend is kept.", id)
 		}
-	case q.Get("deleted") != "":
+	case budgetID.MatchString(q.Get("deleted")):
 		p.Flash = fmt.Sprintf("Budget %s deleted.", q.Get("deleted"))
 	}
 	c.renderBudgets(w, r, s, http.StatusOK, f, p)

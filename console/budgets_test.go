@@ -269,6 +269,9 @@ func TestBudgetSetAndDeleteFromThePage(t *testing.T) {
 		if a.status != http.StatusSeeOther || a.location != "/ui/budgets?deleted="+month.ID {
 			t.Fatalf("delete: %d %q", a.status, a.location)
 		}
+		if p := b.get("/ui/budgets?set=" + url.QueryEscape("your account is locked, call +1 555") + "&deleted=x"); strings.Contains(p.body, `id="flash"`) {
+			t.Error("a crafted link puts its text in the flash")
+		}
 		if p := b.get("/ui/budgets"); rowTag(p.body, "budget-"+slug(month.ID)) != "" {
 			t.Error("the deleted budget is still listed")
 		}
