@@ -552,12 +552,9 @@ func (b *bench) foMarkdown(p func(string, ...any), j *foJSON) {
 	if rc.Err != "" {
 		p("\nRecords could not all be read: `%s`\n", rc.Err)
 	}
+	verdict := "Every request was answered 200 by the credential the scenario says."
 	if len(j.Failures) > 0 {
-		p("\n**S1f failed:**\n\n")
-		for _, f := range j.Failures {
-			p("- %s\n", f)
-		}
-	} else {
-		p("\nEvery request was answered 200 by the credential the scenario says.\n")
+		verdict = "**S1f failed:** " + strings.Join(j.Failures, "; ")
 	}
+	p("\n%s\n", verdict)
 }
