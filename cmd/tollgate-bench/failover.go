@@ -522,11 +522,10 @@ type foJSON struct {
 }
 
 func (b *bench) foReport() *foJSON {
-	f := b.fo
-	if f == nil {
+	if b.fo == nil {
 		return nil
 	}
-	return &foJSON{Results: b.foCells(), OverVia: f.overVia, BeforeOpen: f.beforeOpen, Records: f.rec, Failures: f.failures}
+	return &foJSON{Results: b.foCells(), OverVia: b.fo.overVia, BeforeOpen: b.fo.beforeOpen, Records: b.fo.rec, Failures: b.fo.failures}
 }
 
 // foMarkdown writes the S1f section of the report.
