@@ -20,19 +20,27 @@ func TestScenariosAcceptS1f(t *testing.T) {
 	}
 }
 
-func TestWithinNoise(t *testing.T) {
-	for _, tc := range []struct {
-		s    spread
-		want bool
-	}{
-		{spread{Median: 0.83, Min: 0.72, Max: 1.07, N: 3}, true},  // range includes 1
-		{spread{Median: 0.96, Min: 0.955, Max: 0.97, N: 3}, true}, // median within 5 %
-		{spread{Median: 0.94, Min: 0.93, Max: 0.95, N: 3}, false},
-		{spread{Median: 1.06, Min: 1.055, Max: 1.2, N: 3}, false},
-	} {
-		if got := withinNoise(tc.s); got != tc.want {
-			t.Errorf("withinNoise(%+v) = %v, want %v", tc.s, got, tc.want)
+func TestNoWorse(t *testing.T) {
+	r := func(med, lo, hi float64) spread { return spread{Median: med, Min: lo, Max: hi, N: 3} }
+	// Throughput: higher is better.
+	holds := []spread{r(0.83, 0.72, 1.07), r(0.96, 0.955, 0.97), r(1.2, 1.1, 1.3)}
+	fails := []spread{r(0.94, 0.93, 0.95)}
+	for _, s := range holds {
+		if !noWorse(s, true) {
+			t.Errorf("throughput ratio %+v judged worse", s)
 		}
+	}
+	for _, s := range fails {
+		if noWorse(s, true) {
+			t.Errorf("throughput ratio %+v, steadily 6 %% fewer, judged no worse", s)
+		}
+	}
+	// Latency and CPU: lower is better; faster is no cost.
+	if noWorse(r(1.06, 1.055, 1.2), false) {
+		t.Error("steadily 6 % slower judged no worse")
+	}
+	if !noWorse(r(0.91, 0.89, 0.94), false) || !noWorse(r(1.04, 1.01, 1.3), false) {
+		t.Error("faster, or within 5 %, judged worse")
 	}
 }
 
@@ -59,7 +67,7 @@ func TestFoCellsPairWithinRepetitionAndJudge(t *testing.T) {
 		t.Errorf("ratio %+v added %+v, want 0.9 and -200 in the middle repetition", c.Ratio, c.Added)
 	}
 	for _, v := range b.foVerdicts() {
-		if strings.Contains(v.Target, "throughput within noise") {
+		if strings.Contains(v.Target, "throughput no worse") {
 			if v.Pass == nil || *v.Pass {
 				t.Errorf("a steady 0.9× judged %v: %+v", v.Pass, v)
 			}
