@@ -97,7 +97,7 @@ golden: ## Rewrite metering golden files, then show what changed
 	git diff --stat testdata/
 
 .PHONY: bench
-bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1, S1g = S1 with governance on, S2-S5; ~20 min; writes docs/bench/latest.{md,json})
+bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1, S1g = S1 with governance on, S1f = S1 with a failover binding, S2-S5; ~25 min; writes docs/bench/latest.{md,json})
 	$(GO) test -run 'DoNotAllocate' -bench . -benchmem $(PKGS)
 	$(GO) run ./cmd/tollgate-bench $(BENCHFLAGS)
 
