@@ -1,0 +1,256 @@
+//go:build ui
+
+// `make test-ui`: the console driven by a real browser. This test starts
+// the fake provider and a real `tollgate serve` (SQLite, loopback), seeds
+// credentials, bindings, tokens and usage through the admin API and the
+// proxy, then runs ui-tests/console.mjs (playwright-core driving Debian's
+// chromium), which reports one line per step; each step is a subtest here.
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	uiAdminToken  = "adm" // newCLI's TOLLGATE_ADMIN_TOKEN
+	uiPlatformKey = "sk-ant-api03-UIplatform0123456789abcdefghij"
+	uiProjectKey  = "sk-ant-api03-UIprojectACME0123456789abcdefgh"
+	uiOpenAIKey   = "sk-proj-UIplatformOPENAI0123456789abcdefgh"
+	uiUserKey     = "AIzaUIuserALICE0123456789abcdefghijklmn"
+	// uiBrowserTimeout bounds the whole browser run: the suite must stay
+	// well inside CI's budget.
+	uiBrowserTimeout = 100 * time.Second
+)
+
+// uiStep is one line the browser script reports.
+type uiStep struct {
+	Step   string `json:"step"`
+	Status string `json:"status"` // pass, fail or skip
+	Detail string `json:"detail"`
+}
+
+func TestConsoleUI(t *testing.T) {
+	modules := os.Getenv("TOLLGATE_UI_MODULES")
+	if modules == "" {
+		t.Skip("TOLLGATE_UI_MODULES is not set: run make test-ui, which installs playwright-core and chromium")
+	}
+	chromium := os.Getenv("TOLLGATE_UI_CHROMIUM")
+	if chromium == "" {
+		chromium = "/usr/bin/chromium"
+	}
+	shots := os.Getenv("TOLLGATE_UI_SHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	started := time.Now()
+
+	fakeCmd := exec.Command(testBinary(t, "TOLLGATE_FAKEPROVIDER_BIN", "../fakeprovider"))
+	fakeCmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	fake, err := startListening(t, fakeCmd, false)
+	if err == nil {
+		err = fake.ready()
+	}
+	if err != nil {
+		t.Fatalf("fakeprovider: %v", err)
+	}
+
+	env := os.Environ()
+	for k, v := range newCLI(t, fake.base).env {
+		env = append(env, k+"="+v)
+	}
+	cmd := exec.Command(testBinary(t, "TOLLGATE_UI_BIN", "."), "serve")
+	cmd.Env = append(env, "TOLLGATE_LOG_LEVEL=warn")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	srv := mustStartServe(t, cmd)
+	t.Cleanup(srv.stop)
+
+	seed := seedConsole(t, srv)
+	t.Logf("servers up and seeded in %v", time.Since(started).Round(time.Millisecond))
+
+	ctx, cancel := context.WithTimeout(context.Background(), uiBrowserTimeout)
+	defer cancel()
+	node := exec.CommandContext(ctx, "node", "../../ui-tests/console.mjs")
+	node.Env = append(os.Environ(),
+		"UI_MODULES="+modules,
+		"UI_CHROMIUM="+chromium,
+		"UI_SHOTS="+shots,
+		"UI_ADMIN="+srv.adminBase,
+		"UI_PROXY="+srv.base,
+		"UI_ADMIN_TOKEN="+uiAdminToken,
+		"UI_PROJECT=acme",
+		"UI_USER=alice",
+		"UI_PROJECT_TOKEN="+seed.acmeToken,
+	)
+	node.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// A timeout ends the script's whole process group: chromium included.
+	node.Cancel = func() error { return syscall.Kill(-node.Process.Pid, syscall.SIGKILL) }
+	var stderr bytes.Buffer
+	node.Stderr = &stderr
+	out, err := node.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	browserStart := time.Now()
+	if err := node.Start(); err != nil {
+		t.Fatalf("node: %v", err)
+	}
+	var steps []uiStep
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		var s uiStep
+		if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &s) != nil || s.Step == "" {
+			t.Logf("console.mjs: %s", line)
+			continue
+		}
+		steps = append(steps, s)
+	}
+	werr := node.Wait()
+	for _, s := range steps {
+		t.Run(s.Step, func(t *testing.T) {
+			switch s.Status {
+			case "pass":
+				if s.Detail != "" {
+					t.Log(s.Detail)
+				}
+			case "skip":
+				t.Skip(s.Detail)
+			default:
+				t.Error(s.Detail)
+			}
+		})
+	}
+	if werr != nil || len(steps) == 0 {
+		t.Fatalf("console.mjs: %v (after %v)\n%s\nserver log:\n%s", werr, time.Since(browserStart).Round(time.Millisecond),
+			logTail(stderr.String(), 30), logTail(srv.logs.String(), 20))
+	}
+	srv.alive("the browser run")
+	t.Logf("browser run %v, whole suite %v; screenshots in %s", time.Since(browserStart).Round(time.Millisecond),
+		time.Since(started).Round(time.Millisecond), shots)
+}
+
+// uiSeed is what the browser script is handed.
+type uiSeed struct {
+	acmeToken string
+}
+
+// seedConsole gives every page something to show: a platform Anthropic
+// and an OpenAI key, a project override for project acme (the binding the
+// script deactivates), alice's own Gemini key, two tokens, and usage on
+// two models, projects and users.
+func seedConsole(t *testing.T, srv *serveProc) uiSeed {
+	t.Helper()
+	uiAdmin(t, srv, "PUT", "/platform-keys/anthropic", map[string]string{"key": uiPlatformKey}, nil)
+	uiAdmin(t, srv, "PUT", "/platform-keys/openai", map[string]string{"key": uiOpenAIKey}, nil)
+	var own struct {
+		ID string `json:"id"`
+	}
+	uiAdmin(t, srv, "POST", "/credentials", map[string]string{"name": "alice-gemini", "provider": "gemini", "key": uiUserKey}, &own)
+	uiAdmin(t, srv, "POST", "/bindings", map[string]string{"tier": "user", "scope_id": "alice", "dialect": "gemini", "credential_id": own.ID}, nil)
+	var cred struct {
+		ID string `json:"id"`
+	}
+	uiAdmin(t, srv, "POST", "/credentials", map[string]string{"name": "acme-anthropic", "provider": "anthropic", "key": uiProjectKey}, &cred)
+	uiAdmin(t, srv, "POST", "/bindings", map[string]string{"tier": "project", "scope_id": "acme", "dialect": "anthropic-messages", "credential_id": cred.ID}, nil)
+
+	issue := func(workspace, project, user string) string {
+		var tok struct {
+			Token string `json:"token"`
+		}
+		uiAdmin(t, srv, "POST", "/tokens", map[string]string{"workspace": workspace, "project": project, "user": user, "harness": "claude-code"}, &tok)
+		return tok.Token
+	}
+	acme := issue("ws-alice-laptop", "acme", "alice")
+	beta := issue("ws-bob-ci", "beta", "bob")
+	sent := 0
+	for _, r := range []struct {
+		tok, model string
+		n          int
+	}{{acme, "claude-sonnet-4-5", 3}, {acme, "claude-haiku-4-5", 1}, {beta, "claude-haiku-4-5", 2}} {
+		for range r.n {
+			if status, body := uiInfer(t, srv.base, r.tok, r.model); status != http.StatusOK {
+				t.Fatalf("seed request %s: %d %s", r.model, status, body)
+			}
+			sent++
+		}
+	}
+	// The usage writer batches: wait until every request is in the store,
+	// so the page and the API read the same records.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var rows []struct {
+			Requests int `json:"requests"`
+		}
+		uiAdmin(t, srv, "GET", "/usage?group_by=project", nil, &rows)
+		got := 0
+		for _, r := range rows {
+			got += r.Requests
+		}
+		if got >= sent {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("usage shows %d of the %d seeded requests after 15 s", got, sent)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return uiSeed{acmeToken: acme}
+}
+
+// uiAdmin calls the admin API, decoding a 2xx answer into out; anything
+// else fails the test.
+func uiAdmin(t *testing.T, srv *serveProc, method, path string, in, out any) {
+	t.Helper()
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, srv.adminBase+"/admin/v1"+path, body)
+	req.Header.Set("Authorization", "Bearer "+uiAdminToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("admin %s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("admin %s %s: %d %s", method, path, resp.StatusCode, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("admin %s %s: %v: %s", method, path, err, b)
+		}
+	}
+}
+
+// uiInfer sends one Anthropic Messages request through the proxy.
+func uiInfer(t *testing.T, base, tok, model string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", base+"/anthropic/v1/messages",
+		strings.NewReader(fmt.Sprintf(`{"model":%q,"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`, model)))
+	req.Header.Set("x-api-key", tok)
+	req.Header.Set("anthropic-version", "2023-06-01")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("proxy request: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

@@ -1,0 +1,261 @@
+// The browser half of `make test-ui` (cmd/tollgate/ui_test.go starts the
+// servers, seeds them and runs this): playwright-core drives Debian's
+// chromium through the console as an operator would, checking each page
+// against the admin API and the proxy. Every step prints one JSON line,
+// {"step", "status": pass|fail|skip, "detail"}, which the Go test turns
+// into a subtest. Element ids are those of docs/ui/README.md.
+
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const env = process.env;
+const need = (k) => {
+  if (!env[k]) throw new Error(`${k} is not set (cmd/tollgate/ui_test.go sets it)`);
+  return env[k];
+};
+const ADMIN = need('UI_ADMIN');
+const PROXY = need('UI_PROXY');
+const ADMIN_TOKEN = need('UI_ADMIN_TOKEN');
+const SHOTS = need('UI_SHOTS');
+const PROJECT = need('UI_PROJECT');
+const USER = need('UI_USER');
+const PROJECT_TOKEN = need('UI_PROJECT_TOKEN');
+const { chromium } = await import(pathToFileURL(join(need('UI_MODULES'), 'playwright-core', 'index.mjs')).href);
+
+const DIALECT = 'anthropic-messages';
+const HARNESS = 'claude-code';
+const BINDING = `binding-project-${PROJECT}-${DIALECT}-any`;
+const CONN = `conn-${HARNESS}-${DIALECT}`;
+
+function report(step, status, detail = '') {
+  console.log(JSON.stringify({ step, status, detail }));
+}
+
+class Skip extends Error {}
+
+// step runs fn and reports it; a failed step does not stop the others,
+// which start from their own page.
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    const detail = await fn();
+    report(name, 'pass', `${detail ?? ''} (${Date.now() - t0} ms)`.trim());
+  } catch (e) {
+    report(name, e instanceof Skip ? 'skip' : 'fail', e instanceof Skip ? e.message : e.stack || String(e));
+  }
+}
+
+function check(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+// api calls the admin API with the admin token.
+async function api(path) {
+  const r = await fetch(`${ADMIN}/admin/v1${path}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  const body = await r.text();
+  check(r.ok, `GET /admin/v1${path}: ${r.status} ${body}`);
+  return JSON.parse(body);
+}
+
+// infer sends one request through the proxy with tok and returns its
+// status and body.
+async function infer(tok, model = 'claude-sonnet-4-5') {
+  const r = await fetch(`${PROXY}/anthropic/v1/messages`, {
+    method: 'POST',
+    headers: { 'x-api-key': tok, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+    body: JSON.stringify({ model, max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  return { status: r.status, body: await r.text() };
+}
+
+// eventually retries fn until it returns true, for at most ms: a write on
+// the page reaches the proxy through the resolver's cache.
+async function eventually(what, fn, ms = 10000) {
+  const until = Date.now() + ms;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last === true) return;
+    if (Date.now() > until) throw new Error(`${what}: still not so after ${ms} ms (last: ${JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+// The machine's network is closed: Chromium's own background traffic would
+// only be refused, many connections at a time.
+const browser = await chromium.launch({
+  executablePath: env.UI_CHROMIUM || '/usr/bin/chromium',
+  args: ['--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1, locale: 'en-GB', timezoneId: 'UTC' });
+context.setDefaultTimeout(10000);
+const page = await context.newPage();
+const ui = (p) => `${ADMIN}/ui/${p}`;
+
+async function shot(name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+// open loads a console page, skipping the step if the page is still the
+// placeholder the console foundation serves for pages not built yet.
+async function open(path, what) {
+  const resp = await page.goto(ui(path));
+  check(resp.status() === 200, `GET /ui/${path}: ${resp.status()}`);
+  const msg = page.locator('#message');
+  if ((await msg.count()) > 0 && /not built yet/.test(await msg.innerText())) {
+    throw new Skip(`the ${what} page is not built yet (/ui/${path} is a placeholder)`);
+  }
+  return resp;
+}
+
+async function text(sel) {
+  return (await page.locator(sel).innerText()).trim();
+}
+
+// The writes made on the pages, for the audit step to find.
+const writes = [];
+
+await step('signin', async () => {
+  await page.goto(ui(''));
+  check(new URL(page.url()).pathname === '/ui/signin', `an anonymous /ui/ went to ${page.url()}, not the sign-in page`);
+  await shot('signin');
+  await page.fill('#signin-token', ADMIN_TOKEN);
+  await Promise.all([page.waitForURL(/\/ui\/connections/), page.click('#signin-submit')]);
+  const ck = (await context.cookies()).find((c) => c.name === 'tollgate_console');
+  check(ck, 'no session cookie after signing in');
+  check(ck.httpOnly && ck.sameSite === 'Strict' && ck.path === '/ui/', `session cookie ${JSON.stringify({ ...ck, value: '…' })}`);
+  check((await page.locator('#nav-connections').getAttribute('aria-current')) === 'page', 'nav-connections is not the current page');
+  return 'signed in; cookie HttpOnly, SameSite=Strict, path /ui/';
+});
+
+await step('connections', async () => {
+  await page.goto(ui(`connections?project=${PROJECT}&user=${USER}`));
+  const row = page.locator(`#${CONN}`);
+  check((await row.getAttribute('data-source')) === 'project', `${CONN} data-source=${await row.getAttribute('data-source')}, want project`);
+  const badge = await text(`#${CONN}-badge`);
+  check(badge === 'Project override', `${CONN} badge "${badge}", want "Project override"`);
+  await shot('connections');
+  await page.click('#connect-new');
+  await page.locator('#connect-form').waitFor();
+  await shot('connect');
+  return `${CONN}: ${badge}`;
+});
+
+await step('usage-totals', async () => {
+  await open(`usage?project=${PROJECT}`, 'Usage');
+  // Totals as the page states them, then as the API answers the same query.
+  const totals = page.locator('#usage-totals');
+  await totals.waitFor();
+  const shown = {
+    requests: Number(await totals.getAttribute('data-requests')),
+    cost_micro_usd: await totals.getAttribute('data-cost-micro-usd'),
+  };
+  const rows = await api(`/usage?project=${PROJECT}&group_by=model`);
+  const want = { requests: 0, cost_micro_usd: 0 };
+  for (const r of rows) {
+    want.requests += r.requests;
+    want.cost_micro_usd += r.cost_micro_usd ?? 0;
+  }
+  check(want.requests > 0, 'the usage API shows no requests for the seeded project');
+  check(shown.requests === want.requests, `page shows ${shown.requests} requests, API ${want.requests}`);
+  check(Number(shown.cost_micro_usd) === want.cost_micro_usd, `page shows cost ${shown.cost_micro_usd} µ$, API ${want.cost_micro_usd}`);
+  return `${want.requests} requests, ${want.cost_micro_usd} µ$ on both`;
+});
+
+await step('token-issue-use-revoke', async () => {
+  await open('tokens', 'Tokens');
+  await page.fill('#token-workspace', 'ws-ui-test');
+  await page.fill('#token-project', PROJECT);
+  await page.fill('#token-user', USER);
+  await Promise.all([page.waitForLoadState('load'), page.click('#token-issue-submit')]);
+  const issued = page.locator('#token-issued');
+  await issued.waitFor();
+  const tok = (await issued.inputValue().catch(() => issued.innerText())).trim();
+  check(tok.startsWith('tgw_'), `issued token "${tok.slice(0, 8)}…" is not a workspace token`);
+  const id = await issued.getAttribute('data-token-id');
+  check(id, '#token-issued has no data-token-id');
+  writes.push({ action: 'token.issue', target: id });
+
+  const ok = await infer(tok);
+  check(ok.status === 200, `the issued token through the proxy: ${ok.status} ${ok.body}`);
+
+  await page.goto(ui('tokens'));
+  await Promise.all([page.waitForLoadState('load'), page.click(`#token-${id}-revoke`)]);
+  writes.push({ action: 'token.revoke', target: id });
+  await eventually('the proxy refuses the revoked token', async () => {
+    const r = await infer(tok);
+    return r.status === 401 || r.status;
+  });
+  return `token ${id}: 200 through the proxy, revoked on the page, then 401`;
+});
+
+await step('binding-halted', async () => {
+  const before = await infer(PROJECT_TOKEN);
+  check(before.status === 200, `project ${PROJECT}'s token before deactivating: ${before.status} ${before.body}`);
+  await page.goto(ui('connections/advanced'));
+  await shot('advanced');
+  await Promise.all([page.waitForLoadState('load'), page.click(`#${BINDING}-deactivate`)]);
+  writes.push({ action: 'binding.deactivate', target: PROJECT });
+  await page.goto(ui(`connections?project=${PROJECT}&user=${USER}`));
+  const row = page.locator(`#${CONN}`);
+  check((await row.getAttribute('data-source')) === 'halted', `${CONN} data-source=${await row.getAttribute('data-source')} after deactivating, want halted`);
+  const badge = await text(`#${CONN}-badge`);
+  check(badge === 'Halted', `badge "${badge}", want "Halted"`);
+  const reason = await text(`#${CONN}-reason`);
+  check(reason === 'binding-inactive', `reason "${reason}", want binding-inactive`);
+  await eventually('the proxy answers 403 for the halted project', async () => {
+    const r = await infer(PROJECT_TOKEN);
+    return r.status === 403 || r.status;
+  });
+  return `${CONN}: Halted (binding-inactive), proxy 403`;
+});
+
+await step('csrf-refused', async () => {
+  await page.goto(ui('connections/advanced'));
+  const button = page.locator(`#${BINDING}-activate`);
+  check((await button.count()) === 1, `no ${BINDING}-activate button (is the binding still active?)`);
+  // The page's own form, minus its CSRF field: what a forged post carries.
+  await button.evaluate((b) => b.form.querySelector('input[name=csrf]').remove());
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/ui/bindings/active') && r.request().method() === 'POST'),
+    button.click(),
+  ]);
+  check(resp.status() === 403, `a post without the CSRF field: ${resp.status()}, want 403`);
+  await page.locator('#message').waitFor();
+  await page.goto(ui('connections/advanced'));
+  check((await page.locator(`#${BINDING}`).getAttribute('data-active')) === 'false', 'the refused post changed the binding');
+  const still = await infer(PROJECT_TOKEN);
+  check(still.status === 403, `after the refused post the proxy answers ${still.status}`);
+  return '403, binding unchanged';
+});
+
+await step('audit-log', async () => {
+  await open('audit', 'Audit log');
+  check(writes.length > 0, 'no write was made on the pages to look for');
+  const log = page.locator('#audit-table');
+  await log.waitFor();
+  const all = await log.innerText();
+  const missing = writes.filter((w) => !all.split('\n').some((l) => l.includes(w.action) && l.includes(w.target)));
+  check(missing.length === 0, `the audit page lacks ${JSON.stringify(missing)}`);
+  return `shows ${writes.map((w) => w.action).join(', ')}`;
+});
+
+// The pages the steps above did not photograph; a placeholder is left
+// out, so docs/ui never shows a page that is not there.
+await step('screenshots', async () => {
+  const taken = [];
+  const missing = [];
+  for (const name of ['usage', 'tokens', 'credentials', 'budgets', 'audit']) {
+    try {
+      await open(name, name);
+      await shot(name);
+      taken.push(name);
+    } catch (e) {
+      if (!(e instanceof Skip)) throw e;
+      missing.push(name);
+    }
+  }
+  return [taken.length && `took ${taken.join(', ')}`, missing.length && `not built yet: ${missing.join(', ')}`].filter(Boolean).join('; ');
+});
+
+await browser.close();
