@@ -88,8 +88,8 @@ test-ui: build ## The console in Debian's chromium (playwright-core): sign in, u
 	TOLLGATE_UI_MODULES=$(UI_MODULES)/node_modules TOLLGATE_UI_CHROMIUM=$$(command -v chromium) \
 	TOLLGATE_UI_SHOTS=$(CURDIR)/docs/ui TOLLGATE_UI_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
 		$(GO) test -tags ui -count=1 -v -timeout 3m -run TestConsoleUI ./cmd/tollgate/
-	@# Smaller screenshots to commit, when optipng is there (apt-get install optipng).
-	@if command -v optipng >/dev/null; then optipng -quiet -o2 docs/ui/*.png; fi
+	@# Screenshots a third the size, to commit, when pngquant is there (apt-get install pngquant).
+	@if command -v pngquant >/dev/null; then pngquant --quality 70-95 --speed 1 --strip --skip-if-larger --force --ext .png docs/ui/*.png || true; fi
 
 .PHONY: lint
 lint: ## gofmt (fails on output) and go vet (under -race, so CI's `make test` reuses what it compiled)
