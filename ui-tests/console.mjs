@@ -20,6 +20,8 @@ const SHOTS = need('UI_SHOTS');
 const PROJECT = need('UI_PROJECT');
 const USER = need('UI_USER');
 const PROJECT_TOKEN = need('UI_PROJECT_TOKEN');
+// SEEDED is how many requests the Go side sent with project PROJECT.
+const SEEDED = Number(need('UI_PROJECT_REQUESTS'));
 const { chromium } = await import(pathToFileURL(join(need('UI_MODULES'), 'playwright-core', 'index.mjs')).href);
 
 const DIALECT = 'anthropic-messages';
@@ -142,46 +144,67 @@ await step('connections', async () => {
 });
 
 await step('usage-totals', async () => {
-  await open(`usage?project=${PROJECT}`, 'Usage');
-  // Totals as the page states them, then as the API answers the same query.
-  const totals = page.locator('#usage-totals');
-  await totals.waitFor();
-  const shown = {
-    requests: Number(await totals.getAttribute('data-requests')),
-    cost_micro_usd: await totals.getAttribute('data-cost-micro-usd'),
+  // One UTC day and one project: the other project's seeded requests must
+  // stay out of both answers.
+  const today = new Date().toISOString().slice(0, 10);
+  const q = `from=${today}&to=${today}&project=${encodeURIComponent(PROJECT)}`;
+  await open(`usage?${q}`, 'Usage');
+  const num = async (sel, attr) => {
+    const v = await page.locator(sel).getAttribute(attr);
+    check(v !== null && v !== '', `${sel} has no ${attr}`);
+    return Number(v);
   };
-  const rows = await api(`/usage?project=${PROJECT}&group_by=model`);
-  const want = { requests: 0, cost_micro_usd: 0 };
-  for (const r of rows) {
-    want.requests += r.requests;
-    want.cost_micro_usd += r.cost_micro_usd ?? 0;
+  const shown = {
+    requests: await num('#usage-total-requests', 'data-value'),
+    cost_micro_usd: await num('#usage-total-cost', 'data-micro-usd'),
+    input_total: await num('#usage-total-input-tokens', 'data-value'),
+    output: await num('#usage-total-output-tokens', 'data-value'),
+  };
+  // The charts' own totals: the Total cell of each chart table's footer.
+  const chartCost = await num('#usage-chart-table tfoot td:last-child', 'data-micro-usd');
+  const chartTokens = await num('#usage-tokens-table tfoot td:last-child', 'data-tokens');
+
+  const want = { requests: 0, cost_micro_usd: 0, input_total: 0, output: 0 };
+  for (const r of await api(`/usage?${q}&group_by=model`)) {
+    for (const k of Object.keys(want)) want[k] += r[k] ?? 0;
   }
-  check(want.requests > 0, 'the usage API shows no requests for the seeded project');
-  check(shown.requests === want.requests, `page shows ${shown.requests} requests, API ${want.requests}`);
-  check(Number(shown.cost_micro_usd) === want.cost_micro_usd, `page shows cost ${shown.cost_micro_usd} µ$, API ${want.cost_micro_usd}`);
-  return `${want.requests} requests, ${want.cost_micro_usd} µ$ on both`;
+  check(want.requests === SEEDED, `the usage API counts ${want.requests} requests for project ${PROJECT}, ${SEEDED} were sent`);
+  for (const k of Object.keys(want)) {
+    check(shown[k] === want[k], `page total ${k} = ${shown[k]}, API ${want[k]}`);
+  }
+  check(chartCost === want.cost_micro_usd, `cost chart total ${chartCost} µ$, API ${want.cost_micro_usd}`);
+  check(chartTokens === want.input_total + want.output, `tokens chart total ${chartTokens}, API ${want.input_total} in + ${want.output} out`);
+  return `${want.requests} requests, ${want.cost_micro_usd} µ$, ${want.input_total}+${want.output} tokens on the page, its charts and the API`;
 });
+
+// slug is the console's id form of a name (docs/ui/README.md).
+const slug = (s) => s.replace(/[^A-Za-z0-9._-]/g, '_');
 
 await step('token-issue-use-revoke', async () => {
   await open('tokens', 'Tokens');
-  await page.fill('#token-workspace', 'ws-ui-test');
-  await page.fill('#token-project', PROJECT);
-  await page.fill('#token-user', USER);
-  await Promise.all([page.waitForLoadState('load'), page.click('#token-issue-submit')]);
-  const issued = page.locator('#token-issued');
-  await issued.waitFor();
-  const tok = (await issued.inputValue().catch(() => issued.innerText())).trim();
-  check(tok.startsWith('tgw_'), `issued token "${tok.slice(0, 8)}…" is not a workspace token`);
-  const id = await issued.getAttribute('data-token-id');
-  check(id, '#token-issued has no data-token-id');
+  await page.fill('#token-issue-workspace', 'ws-ui-test');
+  await page.fill('#token-issue-project', PROJECT);
+  await page.fill('#token-issue-user', USER);
+  await page.selectOption('#token-issue-harness', HARNESS);
+  await Promise.all([page.waitForURL(/\/ui\/tokens/), page.click('#token-issue-submit')]);
+  const tok = (await page.locator('#token-secret').inputValue()).trim();
+  check(tok.startsWith('tgw_'), `the token shown "${tok.slice(0, 8)}…" is not a workspace token`);
+  const id = (await text('#token-id')).trim();
+  check(id, 'no #token-id on the issued page');
   writes.push({ action: 'token.issue', target: id });
+  await shot('token-issued');
 
   const ok = await infer(tok);
   check(ok.status === 200, `the issued token through the proxy: ${ok.status} ${ok.body}`);
 
   await page.goto(ui('tokens'));
-  await Promise.all([page.waitForLoadState('load'), page.click(`#token-${id}-revoke`)]);
+  check((await page.locator(`#token-${slug(id)}`).getAttribute('data-state')) === 'active', `token ${id} is not listed as active`);
+  await page.click(`#token-revoke-${slug(id)}`);
+  await Promise.all([page.waitForLoadState('load'), page.click('#token-revoke-submit')]);
   writes.push({ action: 'token.revoke', target: id });
+  await page.goto(ui('tokens?state=revoked'));
+  const state = await page.locator(`#token-${slug(id)}`).getAttribute('data-state');
+  check(state === 'revoked', `token ${id} is listed as ${state} after revoking`);
   await eventually('the proxy refuses the revoked token', async () => {
     const r = await infer(tok);
     return r.status === 401 || r.status;
@@ -195,7 +218,7 @@ await step('binding-halted', async () => {
   await page.goto(ui('connections/advanced'));
   await shot('advanced');
   await Promise.all([page.waitForLoadState('load'), page.click(`#${BINDING}-deactivate`)]);
-  writes.push({ action: 'binding.deactivate', target: PROJECT });
+  writes.push({ action: 'binding.deactivate', target: `project:${PROJECT}/${DIALECT}` });
   await page.goto(ui(`connections?project=${PROJECT}&user=${USER}`));
   const row = page.locator(`#${CONN}`);
   check((await row.getAttribute('data-source')) === 'halted', `${CONN} data-source=${await row.getAttribute('data-source')} after deactivating, want halted`);
@@ -232,12 +255,14 @@ await step('csrf-refused', async () => {
 await step('audit-log', async () => {
   await open('audit', 'Audit log');
   check(writes.length > 0, 'no write was made on the pages to look for');
-  const log = page.locator('#audit-table');
-  await log.waitFor();
-  const all = await log.innerText();
-  const missing = writes.filter((w) => !all.split('\n').some((l) => l.includes(w.action) && l.includes(w.target)));
-  check(missing.length === 0, `the audit page lacks ${JSON.stringify(missing)}`);
-  return `shows ${writes.map((w) => w.action).join(', ')}`;
+  await page.locator('#audit-table').waitFor();
+  const missing = [];
+  for (const w of writes) {
+    const row = page.locator(`#audit-table tr[data-action="${w.action}"][data-target="${w.target}"]`);
+    if ((await row.count()) === 0 || (await row.first().getAttribute('data-actor-kind')) !== 'console') missing.push(w);
+  }
+  check(missing.length === 0, `the audit page lacks, as console writes, ${JSON.stringify(missing)}`);
+  return `shows ${writes.map((w) => `${w.action} ${w.target}`).join(', ')}`;
 });
 
 // The pages the steps above did not photograph; a placeholder is left

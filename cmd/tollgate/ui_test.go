@@ -93,6 +93,7 @@ func TestConsoleUI(t *testing.T) {
 		"UI_PROJECT=acme",
 		"UI_USER=alice",
 		"UI_PROJECT_TOKEN="+seed.acmeToken,
+		fmt.Sprintf("UI_PROJECT_REQUESTS=%d", seed.acmeRequests),
 	)
 	node.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A timeout ends the script's whole process group: chromium included.
@@ -144,7 +145,8 @@ func TestConsoleUI(t *testing.T) {
 
 // uiSeed is what the browser script is handed.
 type uiSeed struct {
-	acmeToken string
+	acmeToken    string
+	acmeRequests int
 }
 
 // seedConsole gives every page something to show: a platform Anthropic
@@ -175,7 +177,7 @@ func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 	}
 	acme := issue("ws-alice-laptop", "acme", "alice")
 	beta := issue("ws-bob-ci", "beta", "bob")
-	sent := 0
+	sent, acmeSent := 0, 0
 	for _, r := range []struct {
 		tok, model string
 		n          int
@@ -185,6 +187,9 @@ func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 				t.Fatalf("seed request %s: %d %s", r.model, status, body)
 			}
 			sent++
+			if r.tok == acme {
+				acmeSent++
+			}
 		}
 	}
 	// The usage writer batches: wait until every request is in the store,
@@ -207,7 +212,7 @@ func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return uiSeed{acmeToken: acme}
+	return uiSeed{acmeToken: acme, acmeRequests: acmeSent}
 }
 
 // uiAdmin calls the admin API, decoding a 2xx answer into out; anything
