@@ -80,7 +80,8 @@ type Request struct {
 	Model string
 	Body  []byte
 	// Metered is false for paths that produce no usage (count_tokens,
-	// model lists): they are not governed.
+	// model lists): only a light RPM bucket of their own applies to them
+	// (unmetered.go); budgets, TPM, concurrency and model rules do not.
 	Metered bool
 }
 

@@ -933,7 +933,12 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		c, t := Actuals(r)
 		ids, costs, tokens = append(ids, r.RequestID), append(costs, c), append(tokens, t)
 	}
-	allots, asts := l.allotSettleStatements(engine, recs)
+	var allots []string
+	var asts []ledger.Statement
+	if engine == store.Postgres {
+		// SQLite settles allotments from the fresh records (SettleFresh).
+		allots, asts = l.allotSettleStatements(engine, recs, false)
+	}
 	var sts []ledger.Statement
 	if len(ids) > 0 {
 		sts = l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
@@ -948,7 +953,9 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		if len(sts) > 0 {
 			sts = sts[1:]
 		}
-		sts = append([]ledger.Statement{lockCounters(append(slices.Clip(ids), allots...))}, sts...)
+		lock := lockCounters(append(slices.Clip(ids), allots...))
+		lock.BeforeInsert = true // the allotments settle before the insert
+		sts = append([]ledger.Statement{lock}, sts...)
 	}
 	return append(sts, asts...)
 }
@@ -962,7 +969,18 @@ func lockCounters(ids []string) ledger.Statement {
 ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}}
 }
 
-var _ ledger.Settler = (*Ledger)(nil)
+// SettleFresh implements ledger.FreshSettler: on SQLite, the allotment
+// holds of the records this batch stored for the first time, summed per
+// allotment.
+func (l *Ledger) SettleFresh(engine string, fresh []*metering.Record) []ledger.Statement {
+	if engine == store.Postgres {
+		return nil // settled before the insert, by SettleStatements
+	}
+	_, sts := l.allotSettleStatements(engine, fresh, true)
+	return sts
+}
+
+var _ ledger.FreshSettler = (*Ledger)(nil)
 
 // Actuals is what a record settles at, per the settlement rule: cost at
 // its price; tokens at every input bucket plus output; 0 when nothing can

@@ -480,9 +480,24 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 		return 0, fmt.Errorf("metering insert: %w", err)
 	}
 	defer tx.Rollback()
+	var settle []Statement
+	if s.settler != nil {
+		settle = s.settler.SettleStatements(s.db.Engine, recs)
+	}
+	for _, st := range settle {
+		if !st.BeforeInsert {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
+			return 0, fmt.Errorf("metering settle: %w", err)
+		}
+	}
 	fresh, err := s.insertEach(ctx, tx, recs)
 	if err != nil {
 		return 0, fmt.Errorf("metering insert: %w", err)
+	}
+	if fs, ok := s.settler.(FreshSettler); ok {
+		settle = append(settle, fs.SettleFresh(s.db.Engine, fresh)...)
 	}
 	agg := map[dailyKey]*dailyAgg{}
 	for _, r := range fresh {
@@ -511,11 +526,12 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 			return 0, fmt.Errorf("metering rollup: %w", err)
 		}
 	}
-	if s.settler != nil {
-		for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
-			if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
-				return 0, fmt.Errorf("metering settle: %w", err)
-			}
+	for _, st := range settle {
+		if st.BeforeInsert {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
+			return 0, fmt.Errorf("metering settle: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {

@@ -170,11 +170,20 @@ func (s *Store) insertBatchPG(ctx context.Context, recs []*metering.Record) (int
 		// The commit returns before its WAL is flushed; Durable flushes it
 		// before the spool lets go of these records.
 		b.Queue("SET LOCAL synchronous_commit = off")
-		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
 		// Settlement rides in the same transaction and round trip: a
 		// record and what it settles commit together, once.
+		var settle []Statement
 		if s.settler != nil {
-			for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
+			settle = s.settler.SettleStatements(s.db.Engine, recs)
+		}
+		for _, st := range settle {
+			if st.BeforeInsert {
+				b.Queue(st.SQL, st.Args...)
+			}
+		}
+		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
+		for _, st := range settle {
+			if !st.BeforeInsert {
 				b.Queue(st.SQL, st.Args...)
 			}
 		}
