@@ -22,6 +22,8 @@ const USER = need('UI_USER');
 const PROJECT_TOKEN = need('UI_PROJECT_TOKEN');
 // SEEDED is how many requests the Go side sent with project PROJECT.
 const SEEDED = Number(need('UI_PROJECT_REQUESTS'));
+// DAYS is how many UTC days, today included, have seeded usage.
+const DAYS = Number(need('UI_DAYS'));
 const { chromium } = await import(pathToFileURL(join(need('UI_MODULES'), 'playwright-core', 'index.mjs')).href);
 
 const DIALECT = 'anthropic-messages';
@@ -94,7 +96,10 @@ context.setDefaultTimeout(10000);
 const page = await context.newPage();
 const ui = (p) => `${ADMIN}/ui/${p}`;
 
-async function shot(name) {
+// shot photographs the viewport, scrolled first so that the element
+// scrollTo names, if any, is at its top.
+async function shot(name, scrollTo) {
+  if (scrollTo) await page.locator(scrollTo).evaluate((el) => el.scrollIntoView({ block: 'start' }));
   await page.screenshot({ path: join(SHOTS, `${name}.png`) });
 }
 
@@ -144,10 +149,10 @@ await step('connections', async () => {
 });
 
 await step('usage-totals', async () => {
-  // One UTC day and one project: the other project's seeded requests must
+  // The seeded days and one project: the other project's requests must
   // stay out of both answers.
-  const today = new Date().toISOString().slice(0, 10);
-  const q = `from=${today}&to=${today}&project=${encodeURIComponent(PROJECT)}`;
+  const day = (ago) => new Date(Date.now() - ago * 86400e3).toISOString().slice(0, 10);
+  const q = `from=${day(DAYS - 1)}&to=${day(0)}&project=${encodeURIComponent(PROJECT)}`;
   await open(`usage?${q}`, 'Usage');
   const num = async (sel, attr) => {
     const v = await page.locator(sel).getAttribute(attr);
@@ -159,12 +164,17 @@ await step('usage-totals', async () => {
     cost_micro_usd: await num('#usage-total-cost', 'data-micro-usd'),
     input_total: await num('#usage-total-input-tokens', 'data-value'),
     output: await num('#usage-total-output-tokens', 'data-value'),
+    unpriced_requests: await num('#usage-total-unpriced', 'data-value'),
   };
-  // The charts' own totals: the Total cell of each chart table's footer.
-  const chartCost = await num('#usage-chart-table tfoot td:last-child', 'data-micro-usd');
-  const chartTokens = await num('#usage-tokens-table tfoot td:last-child', 'data-tokens');
+  // The charts' own totals: the total cell of each chart table's footer,
+  // and the sum of the cost chart's stacked series.
+  const chartCost = await num('#usage-chart-table tfoot td[data-total="true"]', 'data-micro-usd');
+  const chartTokens = await num('#usage-tokens-table tfoot td[data-total="true"]', 'data-tokens');
+  const stacked = await page.locator('#usage-chart-table tfoot td[data-series]').evaluateAll((tds) =>
+    tds.reduce((sum, td) => sum + Number(td.dataset.microUsd || 0), 0));
+  check(stacked === chartCost, `the cost chart's series add up to ${stacked} µ$, its total says ${chartCost}`);
 
-  const want = { requests: 0, cost_micro_usd: 0, input_total: 0, output: 0 };
+  const want = { requests: 0, cost_micro_usd: 0, input_total: 0, output: 0, unpriced_requests: 0 };
   for (const r of await api(`/usage?${q}&group_by=model`)) {
     for (const k of Object.keys(want)) want[k] += r[k] ?? 0;
   }
@@ -174,7 +184,20 @@ await step('usage-totals', async () => {
   }
   check(chartCost === want.cost_micro_usd, `cost chart total ${chartCost} µ$, API ${want.cost_micro_usd}`);
   check(chartTokens === want.input_total + want.output, `tokens chart total ${chartTokens}, API ${want.input_total} in + ${want.output} out`);
-  return `${want.requests} requests, ${want.cost_micro_usd} µ$, ${want.input_total}+${want.output} tokens on the page, its charts and the API`;
+  // A model the price table lacks is unpriced, never $0.
+  check(want.unpriced_requests > 0, 'the seeded unpriced model is not unpriced in the API');
+  const unpriced = await text('#usage-legend li[data-series="claude-experimental"]');
+  check(/unpriced/.test(unpriced) && !/\$0(\.0*)?\b/.test(unpriced), `the unpriced model's legend reads "${unpriced}"`);
+  // Day by day: each bar's total against the API grouped by day.
+  const bars = await page.locator('#usage-chart-table tbody tr[data-bucket]').evaluateAll((trs) =>
+    Object.fromEntries(trs.map((tr) => [tr.dataset.bucket, tr.querySelector('td[data-total="true"]').dataset.microUsd])));
+  const days = await api(`/usage?${q}&group_by=day`);
+  check(days.length === DAYS, `the API has usage on ${days.length} days, ${DAYS} were seeded`);
+  for (const r of days) {
+    const bar = bars[r.day] ?? bars[Object.keys(bars).find((b) => b.startsWith(r.day))];
+    check(Number(bar) === (r.cost_micro_usd ?? 0), `day ${r.day}: bar ${bar} µ$, API ${r.cost_micro_usd}`);
+  }
+  return `${want.requests} requests, ${want.cost_micro_usd} µ$, ${want.input_total}+${want.output} tokens over ${DAYS} days on the page, its charts and the API`;
 });
 
 // slug is the console's id form of a name (docs/ui/README.md).
@@ -270,10 +293,13 @@ await step('audit-log', async () => {
 await step('screenshots', async () => {
   const taken = [];
   const missing = [];
+  // The usage page's filters fill the first screen: its picture starts at
+  // the totals, with the cost chart below them.
+  const scroll = { usage: '#usage-totals-h' };
   for (const name of ['usage', 'tokens', 'credentials', 'budgets', 'audit']) {
     try {
       await open(name, name);
-      await shot(name);
+      await shot(name, scroll[name]);
       taken.push(name);
     } catch (e) {
       if (!(e instanceof Skip)) throw e;

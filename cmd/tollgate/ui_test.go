@@ -22,6 +22,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/metering/ledger"
 )
 
 const (
@@ -33,6 +37,9 @@ const (
 	// uiBrowserTimeout bounds the whole browser run: the suite must stay
 	// well inside CI's budget.
 	uiBrowserTimeout = 100 * time.Second
+	// uiHistoryDays of usage before today are written to the store
+	// directly, so the usage page's week has a bar on every day.
+	uiHistoryDays = 6
 )
 
 // uiStep is one line the browser script reports.
@@ -68,9 +75,11 @@ func TestConsoleUI(t *testing.T) {
 	}
 
 	env := os.Environ()
-	for k, v := range newCLI(t, fake.base).env {
+	cliEnv := newCLI(t, fake.base).env
+	for k, v := range cliEnv {
 		env = append(env, k+"="+v)
 	}
+	history := seedHistory(t, cliEnv["TOLLGATE_DB"])
 	cmd := exec.Command(testBinary(t, "TOLLGATE_UI_BIN", "."), "serve")
 	cmd.Env = append(env, "TOLLGATE_LOG_LEVEL=warn")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -93,7 +102,8 @@ func TestConsoleUI(t *testing.T) {
 		"UI_PROJECT=acme",
 		"UI_USER=alice",
 		"UI_PROJECT_TOKEN="+seed.acmeToken,
-		fmt.Sprintf("UI_PROJECT_REQUESTS=%d", seed.acmeRequests),
+		fmt.Sprintf("UI_PROJECT_REQUESTS=%d", seed.acmeRequests+history["acme"]),
+		fmt.Sprintf("UI_DAYS=%d", uiHistoryDays+1),
 	)
 	node.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A timeout ends the script's whole process group: chromium included.
@@ -258,4 +268,65 @@ func uiInfer(t *testing.T, base, tok, model string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// seedHistory writes uiHistoryDays of usage records before today into the
+// store at dsn, as the proxy's writer would have, before the server
+// starts: several projects, users, sessions and models, cache reads, and
+// an unpriced model, so each chart and table of the usage page has
+// something to add up. It returns the requests written per project.
+func seedHistory(t *testing.T, dsn string) map[string]int {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, dsn)
+	if err != nil {
+		t.Fatalf("open %s: %v", dsn, err)
+	}
+	defer db.Close()
+	st, err := ledger.OpenStore(ctx, db)
+	if err != nil {
+		t.Fatalf("metering store: %v", err)
+	}
+	type who struct {
+		project, user, workspace, model string
+		// perInput and perOutput are micro-USD per token; 0 is unpriced.
+		perInput, perOutput int64
+	}
+	mix := []who{
+		{"acme", "alice", "ws-alice-laptop", "claude-sonnet-4-5", 3, 15},
+		{"acme", "carol", "ws-carol-ci", "claude-haiku-4-5", 1, 5},
+		{"acme", "carol", "ws-carol-ci", "claude-experimental", 0, 0},
+		{"beta", "bob", "ws-bob-ci", "claude-haiku-4-5", 1, 5},
+	}
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	perProject := map[string]int{}
+	var recs []*metering.Record
+	for d := 1; d <= uiHistoryDays; d++ {
+		for i, w := range mix {
+			for k := range (d+i)%3 + 1 {
+				in, out := int64(2000+300*d+100*k), int64(200+40*i)
+				r := &metering.Record{
+					RequestID: fmt.Sprintf("ui-history-%d-%d-%d", d, i, k), Start: today.Add(time.Duration(-d)*24*time.Hour + time.Duration(9+i+k)*time.Hour),
+					Duration: 2 * time.Second, TTFB: 300 * time.Millisecond,
+					Workspace: w.workspace, Project: w.project, User: w.user, TokenID: "tok_history", Session: fmt.Sprintf("%s-day%d", w.user, d),
+					Harness: "claude-code", Dialect: "anthropic-messages", Operation: "chat", Path: "/v1/messages", Provider: "anthropic",
+					CredTier: "platform", ModelRequest: w.model, ModelServed: w.model, UpstreamID: fmt.Sprintf("msg_h%d%d%d", d, i, k),
+					Status: 200, Outcome: metering.OutcomeOK, Source: metering.SourceUpstream, PriceVersion: "ui", BytesOut: 2000,
+					Usage: &metering.Usage{InputUncached: in / 2, CacheRead: in / 2, Output: out},
+				}
+				if w.perInput == 0 {
+					r.Unpriced = true
+				} else {
+					c := (in/2+in/20)*w.perInput + out*w.perOutput // cache reads at a tenth
+					r.CostMicroUSD = &c
+				}
+				recs = append(recs, r)
+				perProject[w.project]++
+			}
+		}
+	}
+	if n, err := st.InsertBatch(ctx, recs); err != nil || n != len(recs) {
+		t.Fatalf("seed usage history: %d of %d records, %v", n, len(recs), err)
+	}
+	return perProject
 }
