@@ -161,8 +161,8 @@ type uiSeed struct {
 
 // seedConsole gives every page something to show: a platform Anthropic
 // and an OpenAI key, a project override for project acme (the binding the
-// script deactivates), alice's own Gemini key, two tokens, and usage on
-// two models, projects and users.
+// script deactivates), alice's own Gemini key, two budgets and a rate
+// limit, two tokens, and today's usage on two models, projects and users.
 func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 	t.Helper()
 	uiAdmin(t, srv, "PUT", "/platform-keys/anthropic", map[string]string{"key": uiPlatformKey}, nil)
@@ -177,6 +177,12 @@ func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 	}
 	uiAdmin(t, srv, "POST", "/credentials", map[string]string{"name": "acme-anthropic", "provider": "anthropic", "key": uiProjectKey}, &cred)
 	uiAdmin(t, srv, "POST", "/bindings", map[string]string{"tier": "project", "scope_id": "acme", "dialect": "anthropic-messages", "credential_id": cred.ID}, nil)
+
+	// Policies for the Budgets page, loose enough never to refuse a request
+	// of the suite: what it shows is their spend.
+	uiAdmin(t, srv, "POST", "/budgets", map[string]any{"scope_type": "project", "scope_id": "acme", "metric": "cost", "limit_usd": "5", "window": "month", "mode": "soft"}, nil)
+	uiAdmin(t, srv, "POST", "/budgets", map[string]any{"scope_type": "workspace", "scope_id": "ws-bob-ci", "metric": "tokens", "limit": 2000000, "window": "day", "mode": "hard"}, nil)
+	uiAdmin(t, srv, "POST", "/limits", map[string]any{"scope_type": "project", "scope_id": "beta", "rpm": 600, "tpm": 2000000}, nil)
 
 	issue := func(workspace, project, user string) string {
 		var tok struct {
