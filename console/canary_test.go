@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
@@ -67,10 +68,12 @@ func TestLeaksFindsEveryForm(t *testing.T) {
 
 // TestCanaryNeverOnAPage creates canary keys at every tier, through the
 // connect flow and the resolver, sends refused forms carrying them, and
-// renders every page of the console: no page, redirect or log shows one.
+// renders every page of the console (the Usage page and its CSVs over
+// seeded usage too): no page, redirect or log shows one.
 // The pages call no JSON endpoint; were one added, it belongs in pages.
 func TestCanaryNeverOnAPage(t *testing.T) {
 	e := newEnv(t)
+	e.withUsage() // the Usage page and its CSVs are pages too
 	ctx := context.Background()
 	canaries := []string{
 		"sk-ant-api03-CANARY-7f3a9c1e5b2d4f6a8c0e",
@@ -115,8 +118,43 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		}
 		keep(a)
 	}
-	pages := []string{"/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected=" + g.ID,
-		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css"}
+	// The Tokens and Credentials pages: a canary added there, refused
+	// adds carrying one, an issued token's page, a delete confirm page.
+	const pageKey = "sk-ant-api03-CANARY-credpage-5e4d3c2b1a09"
+	canaries = append(canaries, pageKey)
+	if a := b.post("/ui/credentials/add", postAdd("anthropic", "page", pageKey, "")); a.status != http.StatusSeeOther {
+		t.Fatalf("add: %d", a.status)
+	} else {
+		keep(a)
+	}
+	for _, f := range []url.Values{
+		postAdd("anthropic", "n", pageKey, "http://x.example"),
+		postAdd("anthropic", "n", pageKey, "https://u:"+pageKey+"@x.example"),
+		postAdd("anthropic", "n", pageKey, "https://x.example/?k="+pageKey),
+		postAdd("nope", "n", canaries[1], ""),
+		postAdd("anthropic", "n", pageKey+" with a space", ""),
+	} {
+		a := b.post("/ui/credentials/add", f)
+		if a.status != http.StatusUnprocessableEntity {
+			t.Fatalf("refused add: %d", a.status)
+		}
+		keep(a)
+	}
+	keep(b.post("/ui/bindings/bind", url.Values{"tier": {"user"}, "scope_id": {"u1"}, "dialect": {"anthropic-messages"}, "cand_0": {g.ID}}))
+	keep(b.post("/ui/tokens/issue", postIssue("ws-canary", "p1", "u1", "", "", "")))
+	keep(b.post("/ui/tokens/issue", postIssue("", "p1", "u1", "claude-code", "", "")))
+	pages := []string{"/ui/tokens", "/ui/tokens?state=all", "/ui/credentials", "/ui/credentials/" + g.ID + "/delete", "/ui/static/console.js"}
+	toks, err := e.svc.ListTokens(ctx, resolver.TokenFilter{})
+	if err != nil || len(toks) != 1 {
+		t.Fatalf("tokens: %d %v", len(toks), err)
+	}
+	pages = append(pages, "/ui/tokens/"+toks[0].ID+"/revoke")
+	keep(b.post("/ui/credentials/"+g.ID+"/enable", nil))
+	keep(b.post("/ui/tokens/"+toks[0].ID+"/revoke", nil))
+	pages = append(pages, "/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected="+g.ID,
+		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css")
+	pages = append(pages, "/ui/usage", "/ui/usage?from=2026-11-27&to=2026-11-30&stack_by=user&bucket=hour&project=pa",
+		"/ui/usage?projet=x", "/ui/usage/series.csv?from=2026-11-27&to=2026-11-30", "/ui/usage/top.csv?by=session", "/ui/usage/cache.csv?by=session")
 	for _, p := range placeholders {
 		pages = append(pages, Prefix+p.Path)
 	}
@@ -128,10 +166,13 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		keep(a)
 	}
 	// The pages do show the credentials, masked: the test is not vacuous.
-	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") {
+	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, "…1a09") {
 		t.Fatal("the pages do not list the canary credentials at all")
 	}
 	seen = append(seen, e.logs.String())
+	for _, en := range e.audits() {
+		seen = append(seen, fmt.Sprintf("%+v", en))
+	}
 	for _, key := range canaries {
 		for i, s := range seen {
 			if leaks(s, key) {

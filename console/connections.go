@@ -274,17 +274,21 @@ func (c *Console) connect(w http.ResponseWriter, r *http.Request, s session) {
 			return
 		}
 		credID, created = cr.ID, true
+		c.audited(r, c.cfg.Audit.CredentialCreated(ctx, cr, key))
 	}
-	_, err := c.cfg.Resolver.BindCandidates(ctx, k, []resolver.BindCandidate{{CredentialID: credID, Weight: 1}}, resolver.BindOptions{Inactive: f.Inactive})
+	b, err := c.cfg.Resolver.BindCandidates(ctx, k, []resolver.BindCandidate{{CredentialID: credID, Weight: 1}}, resolver.BindOptions{Inactive: f.Inactive})
 	if err != nil {
 		if created {
 			if derr := c.cfg.Resolver.DeleteCredential(ctx, credID); derr != nil {
 				c.log.Error("console connect: deleting the credential whose binding was refused", "credential_id", credID, "err", derr)
+			} else {
+				c.audited(r, c.cfg.Audit.CredentialChanged(ctx, "delete", credID))
 			}
 		}
 		again(err)
 		return
 	}
+	c.audited(r, c.cfg.Audit.Bound(ctx, b))
 	c.log.Info("console connect", "session", s.fingerprint(), "credential_id", credID, "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "created", created)
 	q := scopeQuery(f.Project, f.User)
 	q.Set("connected", credID)
@@ -335,6 +339,17 @@ func (c *Console) advanced(w http.ResponseWriter, r *http.Request, s session) {
 	d := advancedData{Project: q.Get("project"), User: q.Get("user")}
 	d.BackURL = Prefix + "connections?" + scopeQuery(d.Project, d.User).Encode()
 	d.Return = r.URL.RequestURI()
+	d.Bindings = bindingRows(binds, byID)
+	for _, cr := range creds {
+		d.Credentials = append(d.Credentials, byID[cr.ID])
+	}
+	c.render(w, r, http.StatusOK, "advanced", page{Title: "Bindings (advanced)", Nav: "connections", SignedIn: true, CSRF: s.csrf, Data: d})
+}
+
+// bindingRows are the rows of a bindings table (the Advanced view's and
+// the Credentials page's), with stable element ids.
+func bindingRows(binds []resolver.Binding, byID map[string]credView) []bindingRow {
+	var rows []bindingRow
 	for _, b := range binds {
 		row := bindingRow{ID: "binding-" + slug(b.Tier) + "-" + slug(cmp.Or(b.ScopeID, "all")) + "-" + slug(b.Dialect) + "-" + slug(cmp.Or(b.Harness, "any")),
 			Tier: b.Tier, ScopeID: b.ScopeID, Dialect: b.Dialect, Harness: b.Harness, Active: b.Active, Updated: b.UpdatedAt.UTC().Format(time.DateTime)}
@@ -342,12 +357,9 @@ func (c *Console) advanced(w http.ResponseWriter, r *http.Request, s session) {
 			cv := byID[bc.CredentialID]
 			row.Credentials = append(row.Credentials, candView{ID: bc.CredentialID, Name: cv.Name, Provider: cv.Provider, Priority: bc.Priority, Weight: bc.Weight})
 		}
-		d.Bindings = append(d.Bindings, row)
+		rows = append(rows, row)
 	}
-	for _, cr := range creds {
-		d.Credentials = append(d.Credentials, byID[cr.ID])
-	}
-	c.render(w, r, http.StatusOK, "advanced", page{Title: "Bindings (advanced)", Nav: "connections", SignedIn: true, CSRF: s.csrf, Data: d})
+	return rows
 }
 
 func (c *Console) setActive(w http.ResponseWriter, r *http.Request, s session) {
@@ -362,6 +374,11 @@ func (c *Console) setActive(w http.ResponseWriter, r *http.Request, s session) {
 		c.fail(w, r, s, err)
 		return
 	}
+	verb := "deactivate"
+	if active {
+		verb = "activate"
+	}
+	c.audited(r, c.cfg.Audit.BindingChanged(r.Context(), verb, k))
 	c.log.Info("console binding", "session", s.fingerprint(), "tier", k.Tier, "scope_id", k.ScopeID, "dialect", k.Dialect, "harness", k.Harness, "active", active)
 	http.Redirect(w, r, localReturn(pf.Get("return"), Prefix+"connections/advanced"), http.StatusSeeOther)
 }

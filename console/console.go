@@ -25,8 +25,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/store"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
@@ -48,9 +50,9 @@ const (
 	maxFormBytes     = 64 << 10         // a form is a few fields: no key is this long
 )
 
-// Resolver is what the Connections page reads and writes: the resolver
-// functions requests and the CLI use (*resolver.Service), so the page can
-// neither disagree with a request nor validate differently from the CLI.
+// Resolver is what the pages read and write: the resolver functions
+// requests, the CLI and the admin API use (*resolver.Service), so a page
+// can neither disagree with a request nor validate differently from the CLI.
 type Resolver interface {
 	ResolutionView(ctx context.Context, project, user string) ([]resolver.Resolution, error)
 	ListCredentials(ctx context.Context) ([]resolver.Credential, error)
@@ -59,6 +61,14 @@ type Resolver interface {
 	DeleteCredential(ctx context.Context, id string) error
 	BindCandidates(ctx context.Context, k resolver.BindingKey, cands []resolver.BindCandidate, opts ...resolver.BindOptions) (resolver.Binding, error)
 	SetBindingActive(ctx context.Context, k resolver.BindingKey, active bool) error
+	Unbind(ctx context.Context, k resolver.BindingKey) error
+	DisableCredential(ctx context.Context, id string) error
+	EnableCredential(ctx context.Context, id string) error
+
+	CheckTokenSpec(spec resolver.TokenSpec) error
+	IssueToken(ctx context.Context, spec resolver.TokenSpec) (string, resolver.TokenInfo, error)
+	ListTokens(ctx context.Context, f resolver.TokenFilter) ([]resolver.TokenInfo, error)
+	RevokeToken(ctx context.Context, id string) error
 }
 
 // HealthSource is what this replica has observed of each credential
@@ -78,9 +88,25 @@ type Config struct {
 	Registry *registry.Holder
 	// Resolver backs the Connections page.
 	Resolver Resolver
+	// Usage, if set, backs the Usage page: the functions the admin API's
+	// /usage/series, /usage/top and /usage/cache answer with, each one
+	// usage Query folded, so the page's totals are GET /admin/v1/usage's
+	// for the same filters (the page writes no SQL). Nil shows that there
+	// is no usage store.
+	Usage *ledger.Store
+	// Pricer prices the Usage page's cache writes as the proxy prices
+	// requests (the hot-reloaded price table); nil leaves them unpriced.
+	Pricer ledger.Pricer
 	// Health, if set, adds each credential's circuit and rate-limit state
 	// as this replica saw it; nil shows none.
 	Health HealthSource
+	// Audit records every write the console makes, as the admin API's
+	// and the CLI's are; its actor is the session (audit.KindConsole and
+	// the session's fingerprint). A nil Log records nothing.
+	Audit audit.Trail
+	// ProxyURL is tollgate's URL as workspaces reach it, for the
+	// environment an issued token is shown with; default PublicURL.
+	ProxyURL string
 	// PublicURL, when https, marks the cookie Secure even if the request
 	// reached tollgate over plain HTTP (TLS ended at a load balancer); its
 	// origin is also trusted for form posts.
@@ -159,8 +185,14 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
+	if cfg.ProxyURL == "" {
+		cfg.ProxyURL = cfg.PublicURL
+	}
 	ss, err := openSessions(ctx, cfg.DB, cfg.IdleTimeout, cfg.MaxAge)
 	if err != nil {
+		return nil, err
+	}
+	if err := migrateTokens(ctx, cfg.DB); err != nil {
 		return nil, err
 	}
 	c := &Console{cfg: cfg, log: cfg.Logger, sessions: ss, pages: sync.OnceValues(parsePages), fails: map[string]*failBucket{}}
@@ -179,7 +211,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 }
 
 func parsePages() (map[string]*template.Template, error) {
-	funcs := template.FuncMap{"tierLabel": tierLabel, "sourceLabel": sourceLabel, "slug": slug}
+	funcs := template.FuncMap{"tierLabel": tierLabel, "sourceLabel": sourceLabel, "slug": slug, "px": px}
 	base, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, fmt.Errorf("console templates: %w", err)
@@ -218,6 +250,9 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"connections/connect", c.post(c.connect))
 	m.Handle("GET "+Prefix+"connections/advanced", c.authed(c.advanced))
 	m.Handle("POST "+Prefix+"bindings/active", c.post(c.setActive))
+	c.usageRoutes(m)
+	c.tokenRoutes(m)
+	c.credentialRoutes(m)
 	for _, p := range placeholders {
 		m.Handle("GET "+Prefix+p.Path, c.authed(c.placeholder(p)))
 	}
@@ -231,7 +266,7 @@ func (c *Console) routes() {
 // it out of frames and caches and confine it to its own assets.
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "same-origin")
@@ -348,6 +383,8 @@ func (c *Console) post(h authedHandler) http.Handler {
 			c.forbidden(w, r, "The form's security token is missing or out of date.")
 			return
 		}
+		// The audit log names the session, never its id, as the writer.
+		r = r.WithContext(audit.WithActor(r.Context(), audit.Actor{Kind: audit.KindConsole, ID: s.fingerprint()}, clientAddr(r)))
 		h(w, r, s)
 	}))
 }
@@ -498,11 +535,17 @@ func (c *Console) failed(addr string) {
 type placeholderPage struct{ Path, Title, Nav string }
 
 var placeholders = []placeholderPage{
-	{"usage", "Usage", "usage"},
-	{"tokens", "Tokens", "tokens"},
-	{"credentials", "Credentials and bindings", "credentials"},
 	{"budgets", "Budgets and limits", "budgets"},
 	{"audit", "Audit log", "audit"},
+}
+
+// audited logs an audit entry that could not be appended after a write
+// that succeeded: the write has committed, and an error page would read
+// as "not done" and invite doing it again.
+func (c *Console) audited(r *http.Request, err error) {
+	if err != nil {
+		c.log.Error("console: audit entry not recorded", "path", r.URL.Path, "err", err)
+	}
 }
 
 func (c *Console) placeholder(p placeholderPage) authedHandler {

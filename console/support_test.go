@@ -17,13 +17,18 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate"
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/internal/testkit"
+	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
 
 const testAdminToken = "tg-admin-test-0123456789abcdef"
+
+// testProxyURL is the proxy URL issued tokens' environments name.
+const testProxyURL = "http://127.0.0.1:8787"
 
 // clock is a settable clock shared by a test's consoles.
 type clock struct {
@@ -51,6 +56,11 @@ type env struct {
 	srv   *httptest.Server
 	clock *clock
 	logs  *testkit.LogBuffer
+	// usage and pricer back the Usage page of consoles started after they
+	// are set (usage_test.go).
+	usage  *ledger.Store
+	pricer ledger.Pricer
+	audit  *audit.Log
 }
 
 func newEnv(t *testing.T) *env {
@@ -76,6 +86,9 @@ func newEnvOn(t *testing.T, dsn string) *env {
 	e.key = make([]byte, 32)
 	_, _ = rand.Read(e.key)
 	e.svc = e.resolver(false)
+	if e.audit, err = audit.Open(ctx, e.db); err != nil {
+		t.Fatal(err)
+	}
 	e.con, e.srv = e.console(testAdminToken)
 	return e
 }
@@ -98,7 +111,8 @@ func (e *env) resolver(allowHTTP bool) *resolver.Service {
 func (e *env) console(adminToken string) (*Console, *httptest.Server) {
 	e.t.Helper()
 	c, err := New(context.Background(), Config{AdminToken: adminToken, DB: e.db, Registry: e.reg, Resolver: e.svc,
-		FailDelay: -1, Logger: slog.New(slog.NewTextHandler(e.logs, nil)), now: e.clock.now})
+		Usage: e.usage, Pricer: e.pricer, FailDelay: -1, Logger: slog.New(slog.NewTextHandler(e.logs, nil)), now: e.clock.now,
+		Audit: audit.Trail{Log: e.audit, Secrets: []string{adminToken}}, ProxyURL: testProxyURL})
 	if err != nil {
 		e.t.Fatal(err)
 	}

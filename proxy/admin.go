@@ -84,20 +84,8 @@ func (s *Server) adminRoutes(r fiber.Router) {
 			// every harness when the token is not tied to one.
 			Setups []*registry.Setup `json:"setups"`
 		}{Token: tok, Info: info}
-		for _, h := range reg.Harnesses() {
-			if in.Harness != "" && h.Name != in.Harness {
-				continue
-			}
-			// Untied tokens get every harness that can be rendered; one
-			// that must name a model is left out until a model is given.
-			if in.Harness == "" && h.RequiresModel && in.Model == "" {
-				continue
-			}
-			st, err := reg.Setup(h.Name, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model})
-			if err != nil {
-				return err
-			}
-			out.Setups = append(out.Setups, st)
+		if out.Setups, err = reg.TokenSetups(in.Harness, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model}); err != nil {
+			return err
 		}
 		return c.Status(fiber.StatusCreated).JSON(out)
 	})
@@ -244,6 +232,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 
 	if s.cfg.Usage != nil {
 		g.Get("/usage", s.usage)
+		s.usageAnalyticsRoutes(g)
 	}
 	if s.cfg.Audit != nil {
 		g.Get("/audit", s.auditLog)
@@ -298,7 +287,8 @@ func (in *bindingIn) candidates() ([]resolver.BindCandidate, error) {
 }
 
 // usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv,
-// filtered by project=, user=, workspace=, service_tier= and session=.
+// filtered by project=, user=, workspace=, harness=, model=, service_tier=
+// and session=.
 func (s *Server) usage(c *fiber.Ctx) error {
 	q, err := ledger.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
@@ -306,6 +296,7 @@ func (s *Server) usage(c *fiber.Ctx) error {
 	}
 	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
 	q.ServiceTier, q.Session = c.Query("service_tier"), c.Query("session")
+	q.Harness, q.Model = c.Query("harness"), c.Query("model")
 	rows, err := s.cfg.Usage.Query(c.UserContext(), q)
 	if err != nil {
 		return err

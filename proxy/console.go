@@ -1,9 +1,17 @@
 package proxy
 
 import (
+	"context"
+	"net/http"
+	"time"
+
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 )
+
+// consoleTimeout bounds one console request's work (its queries): the
+// 90-day usage page is the slowest, at a few seconds on a million records.
+const consoleTimeout = 30 * time.Second
 
 // consolePrefix is where Config.Console is mounted (console.Prefix; the
 // proxy does not import the console, which knows no fiber).
@@ -18,7 +26,18 @@ func (s *Server) consoleRoutes(r fiber.Router) {
 	if s.cfg.Console == nil {
 		return
 	}
-	h := adaptor.HTTPHandler(s.cfg.Console)
+	console := s.cfg.Console
+	// The adaptor hands the console fasthttp's RequestCtx as the request's
+	// context, and database/sql watches a query's context from a goroutine
+	// of its own: RequestCtx.Done races with the server's Shutdown (the
+	// race detector caught it). The console's work gets a context of its
+	// own instead: a client that leaves no longer cancels its queries,
+	// which consoleTimeout bounds.
+	h := adaptor.HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), consoleTimeout)
+		defer cancel()
+		console.ServeHTTP(w, r.WithContext(ctx))
+	}))
 	r.Use(consolePrefix, func(c *fiber.Ctx) error {
 		// fiber's routes match with or without the trailing slash; the
 		// console's paths all have it.

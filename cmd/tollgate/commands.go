@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -103,8 +102,8 @@ func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		enc.SetIndent("", "  ")
 		return enc.Encode(s)
 	}
-	writeSetup(stdout, s)
-	return nil
+	_, err = io.WriteString(stdout, s.Shell())
+	return err
 }
 
 // verifyToken authenticates token against the database and checks it may
@@ -161,21 +160,6 @@ func writeConfigFile(dir string, s *registry.Setup, force bool, stderr io.Writer
 	}
 	fmt.Fprintf(stderr, "tollgate: wrote %s\n", path)
 	return nil
-}
-
-// writeSetup prints a Setup as shell exports, with the config snippet as a
-// comment block the reader copies into the named file.
-func writeSetup(w io.Writer, s *registry.Setup) {
-	for _, e := range s.Env {
-		fmt.Fprintf(w, "export %s=%s\n", e.Name, registry.ShellQuote(e.Value))
-	}
-	if s.Config != "" {
-		fmt.Fprintf(w, "# %s:\n", s.ConfigFile)
-		sc := bufio.NewScanner(strings.NewReader(s.Config))
-		for sc.Scan() {
-			fmt.Fprintf(w, "#   %s\n", sc.Text())
-		}
-	}
 }
 
 // withDeps opens the registry, the database and the resolver as o says,

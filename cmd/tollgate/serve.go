@@ -227,16 +227,6 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer unregisterHealth()
 
-	// The console signs in with the admin token and is served beside the
-	// admin API, so it is on exactly when the API is.
-	var con http.Handler
-	if adminToken != "" && o.AdminAddr != adminAddrOff {
-		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log})
-		if err != nil {
-			return err
-		}
-		con = c
-	}
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -263,6 +253,22 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	publicURL := o.PublicURL
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
+	}
+	// The console signs in with the admin token and is served beside the
+	// admin API, so it is on exactly when the API is.
+	var con http.Handler
+	if adminToken != "" && o.AdminAddr != adminAddrOff {
+		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log,
+			Usage: usage, Pricer: pricer{prices},
+			ProxyURL: publicURL, Audit: audit.Trail{Log: auditLog, Secrets: []string{adminToken}}})
+		if err != nil {
+			ln.Close()
+			if adminRaw != nil {
+				adminRaw.Close()
+			}
+			return err
+		}
+		con = c
 	}
 	authLimits := proxy.AuthLimitConfig{Burst: o.AuthFailureBurst, PerMinute: o.AuthFailuresPerMin, GlobalPerSecond: o.AuthFailuresGlobal}
 	srv, err := proxy.New(proxy.Config{
