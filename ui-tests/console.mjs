@@ -289,6 +289,9 @@ await step('audit-log', async () => {
     if ((await row.count()) === 0 || (await row.first().getAttribute('data-actor-kind')) !== 'console') missing.push(w);
   }
   check(missing.length === 0, `the audit page lacks, as console writes, ${JSON.stringify(missing)}`);
+  // The post the CSRF step had refused changed nothing, so left no entry.
+  const refused = await page.locator('#audit-table tr[data-action="binding.activate"]').count();
+  check(refused === 0, `the audit page shows ${refused} binding.activate entries; the only activation tried was refused`);
   return `shows ${writes.map((w) => `${w.action} ${w.target}`).join(', ')}`;
 });
 
@@ -311,6 +314,14 @@ await step('screenshots', async () => {
     }
   }
   return [taken.length && `took ${taken.join(', ')}`, missing.length && `not built yet: ${missing.join(', ')}`].filter(Boolean).join('; ');
+});
+
+await step('signout', async () => {
+  await page.goto(ui('connections'));
+  await Promise.all([page.waitForURL(/\/ui\/signin/), page.click('#signout')]);
+  await page.goto(ui('connections'));
+  check(new URL(page.url()).pathname === '/ui/signin', `after signing out /ui/connections went to ${page.url()}`);
+  return 'signed out; pages go to sign-in again';
 });
 
 await browser.close();
