@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,6 +42,10 @@ const (
 	// directly, so the usage page's week has a bar on every day.
 	uiHistoryDays = 6
 )
+
+// uiSteps are the steps console.mjs must report, in order: one missing
+// (the script stopped early, or a step was dropped) fails the test.
+var uiSteps = []string{"signin", "connections", "usage-totals", "token-issue-use-revoke", "binding-halted", "csrf-refused", "audit-log", "screenshots", "signout"}
 
 // uiStep is one line the browser script reports.
 type uiStep struct {
@@ -143,6 +148,13 @@ func TestConsoleUI(t *testing.T) {
 				t.Error(s.Detail)
 			}
 		})
+	}
+	var got []string
+	for _, s := range steps {
+		got = append(got, s.Step)
+	}
+	if !slices.Equal(got, uiSteps) {
+		t.Errorf("console.mjs reported steps %q, want %q", got, uiSteps)
 	}
 	if werr != nil || len(steps) == 0 {
 		t.Fatalf("console.mjs: %v (after %v)\n%s\nserver log:\n%s", werr, time.Since(browserStart).Round(time.Millisecond),
