@@ -72,8 +72,9 @@ func TestLeaksFindsEveryForm(t *testing.T) {
 // seeded usage too): no page, redirect or log shows one.
 // The pages call no JSON endpoint; were one added, it belongs in pages.
 func TestCanaryNeverOnAPage(t *testing.T) {
-	e := newEnv(t)
-	e.withUsage() // the Usage page and its CSVs are pages too
+	ge := newGovEnv(t)
+	e := ge.env
+	seedUsage(t, ge.usage) // the Usage page and its CSVs are pages too
 	ctx := context.Background()
 	canaries := []string{
 		"sk-ant-api03-CANARY-7f3a9c1e5b2d4f6a8c0e",
@@ -153,11 +154,34 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 	keep(b.post("/ui/tokens/"+toks[0].ID+"/revoke", nil))
 	pages = append(pages, "/ui/", "/ui/signin", "/ui/connections", "/ui/connections?project=p1&user=u1", "/ui/connections?project=p1&user=u1&connected="+g.ID,
 		"/ui/connections/connect?project=p1&user=u1", "/ui/connections/advanced?project=p1&user=u1", "/ui/nope", "/ui/static/console.css")
+	// The writes as the admin API and the CLI record them (the key named
+	// as the write's secret), and a budget set here: the Budgets and Audit
+	// pages show them.
+	creds, err := e.svc.ListCredentials(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cr := range creds {
+		var secret string
+		for _, k := range canaries {
+			if strings.HasSuffix(k, cr.Last4) {
+				secret = k
+			}
+		}
+		if err := ge.trail.CredentialCreated(ctx, cr, secret); err != nil {
+			t.Fatal(err)
+		}
+		// A careless caller's change holding the key: the log redacts it.
+		if err := ge.log.Record(ctx, "credential.note", cr.ID, map[string]any{"note": "was " + secret}, secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := b.post("/ui/budgets/set", url.Values{"scope_type": {"project"}, "scope_id": {"p1"}, "metric": {"cost"}, "limit": {"5"}, "window": {"day"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("budget set: %d", a.status)
+	}
 	pages = append(pages, "/ui/usage", "/ui/usage?from=2026-11-27&to=2026-11-30&stack_by=user&bucket=hour&project=pa",
 		"/ui/usage?projet=x", "/ui/usage/series.csv?from=2026-11-27&to=2026-11-30", "/ui/usage/top.csv?by=session", "/ui/usage/cache.csv?by=session")
-	for _, p := range placeholders {
-		pages = append(pages, Prefix+p.Path)
-	}
+	pages = append(pages, "/ui/budgets", "/ui/budgets?scope_type=project&scope_id=p1", "/ui/budgets/"+ge.listBudgets()[0].ID+"/delete", "/ui/audit", "/ui/audit?action=credential")
 	for _, p := range pages {
 		a := b.get(p)
 		if a.status >= 500 {
@@ -166,7 +190,8 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		keep(a)
 	}
 	// The pages do show the credentials, masked: the test is not vacuous.
-	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, "…1a09") {
+	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, "…1a09") ||
+		!strings.Contains(all, `data-action="credential.create"`) {
 		t.Fatal("the pages do not list the canary credentials at all")
 	}
 	seen = append(seen, e.logs.String())

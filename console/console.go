@@ -107,6 +107,15 @@ type Config struct {
 	// ProxyURL is tollgate's URL as workspaces reach it, for the
 	// environment an issued token is shown with; default PublicURL.
 	ProxyURL string
+	// Policies and Ledger back the Budgets page (*governance.Store,
+	// *governance.Ledger); without either it says governance is off.
+	// Budget writes are recorded through Audit; Audit.Log is also what the
+	// Audit page reads.
+	Policies PolicyStore
+	Ledger   HeadroomSource
+	// PolicyWatcher, if set, reloads this replica's policies after a
+	// console write (*governance.Watcher); else its poll picks it up.
+	PolicyWatcher PolicyRefresher
 	// PublicURL, when https, marks the cookie Secure even if the request
 	// reached tollgate over plain HTTP (TLS ended at a load balancer); its
 	// origin is also trusted for form posts.
@@ -253,9 +262,11 @@ func (c *Console) routes() {
 	c.usageRoutes(m)
 	c.tokenRoutes(m)
 	c.credentialRoutes(m)
-	for _, p := range placeholders {
-		m.Handle("GET "+Prefix+p.Path, c.authed(c.placeholder(p)))
-	}
+	m.Handle("GET "+Prefix+"budgets", c.authed(c.budgets))
+	m.Handle("POST "+Prefix+"budgets/set", c.post(c.budgetSet))
+	m.Handle("GET "+Prefix+"budgets/{id}/delete", c.authed(c.budgetDeletePage))
+	m.Handle("POST "+Prefix+"budgets/{id}/delete", c.post(c.budgetDelete))
+	m.Handle("GET "+Prefix+"audit", c.authed(c.auditPage))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "message", page{Title: "Not found", Message: "The console has no page at this address."})
 	})
@@ -531,26 +542,11 @@ func (c *Console) failed(addr string) {
 	b.tokens--
 }
 
-// placeholderPage is a nav entry whose page other work fills in.
-type placeholderPage struct{ Path, Title, Nav string }
-
-var placeholders = []placeholderPage{
-	{"budgets", "Budgets and limits", "budgets"},
-	{"audit", "Audit log", "audit"},
-}
-
 // audited logs an audit entry that could not be appended after a write
 // that succeeded: the write has committed, and an error page would read
 // as "not done" and invite doing it again.
 func (c *Console) audited(r *http.Request, err error) {
 	if err != nil {
 		c.log.Error("console: audit entry not recorded", "path", r.URL.Path, "err", err)
-	}
-}
-
-func (c *Console) placeholder(p placeholderPage) authedHandler {
-	return func(w http.ResponseWriter, r *http.Request, s session) {
-		c.render(w, r, http.StatusOK, "message", page{Title: p.Title, Nav: p.Nav, SignedIn: true, CSRF: s.csrf,
-			Message: "This page is not built yet. The CLI (tollgate --help) and the admin API (/admin/v1) serve it meanwhile."})
 	}
 }

@@ -260,7 +260,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if adminToken != "" && o.AdminAddr != adminAddrOff {
 		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log,
 			Usage: usage, Pricer: pricer{prices},
-			ProxyURL: publicURL, Audit: audit.Trail{Log: auditLog, Secrets: []string{adminToken}}})
+			ProxyURL: publicURL, Audit: audit.Trail{Log: auditLog, Secrets: []string{adminToken}},
+			Policies: gov.store, Ledger: gov.ledger, PolicyWatcher: gov.watcher})
 		if err != nil {
 			ln.Close()
 			if adminRaw != nil {
