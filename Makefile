@@ -74,6 +74,23 @@ test-governance: build ## Budgets and rate limits across 3 bin/tollgate replicas
 	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
 		$(GO) test -tags cluster -count=1 -v -timeout 15m -run 'TestGov[A-Z]$(GOV_RUN)' ./cmd/tollgate/
 
+# playwright-core goes into a directory git ignores, never package.json: the
+# console needs no Node build, only this suite does.
+UI_MODULES      ?= $(CURDIR)/.cache/ui
+PLAYWRIGHT_CORE ?= 1.65.2
+
+.PHONY: test-ui
+test-ui: build ## The console in Debian's chromium (playwright-core): sign in, usage totals vs the API, tokens, halting a binding, CSRF, audit log; screenshots to docs/ui/ (~30 s warm); not in `make test`
+	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	@grep -qs '"version": "$(PLAYWRIGHT_CORE)"' $(UI_MODULES)/node_modules/playwright-core/package.json || \
+		{ mkdir -p $(UI_MODULES) && cd $(UI_MODULES) && echo '{"private":true}' > package.json && \
+		  npm install --no-save --no-audit --no-fund playwright-core@$(PLAYWRIGHT_CORE); }
+	TOLLGATE_UI_MODULES=$(UI_MODULES)/node_modules TOLLGATE_UI_CHROMIUM=$$(command -v chromium) \
+	TOLLGATE_UI_SHOTS=$(CURDIR)/docs/ui TOLLGATE_UI_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
+		$(GO) test -tags ui -count=1 -v -timeout 3m -run TestConsoleUI ./cmd/tollgate/
+	@# Screenshots a third the size, to commit, when pngquant is there (apt-get install pngquant).
+	@if command -v pngquant >/dev/null; then pngquant --quality 70-95 --speed 1 --strip --skip-if-larger --force --ext .png docs/ui/*.png || true; fi
+
 .PHONY: lint
 lint: ## gofmt (fails on output) and go vet (under -race, so CI's `make test` reuses what it compiled)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

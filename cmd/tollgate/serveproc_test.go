@@ -1,4 +1,4 @@
-//go:build hostile || cluster
+//go:build hostile || cluster || ui
 
 // The child-process side of the heavy suites (`make test-hostile`, `make
 // test-cluster`): the binaries under test, and `tollgate serve` run as a

@@ -1,0 +1,327 @@
+// The browser half of `make test-ui` (cmd/tollgate/ui_test.go starts the
+// servers, seeds them and runs this): playwright-core drives Debian's
+// chromium through the console as an operator would, checking each page
+// against the admin API and the proxy. Every step prints one JSON line,
+// {"step", "status": pass|fail|skip, "detail"}, which the Go test turns
+// into a subtest. Element ids are those of docs/ui/README.md.
+
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const env = process.env;
+const need = (k) => {
+  if (!env[k]) throw new Error(`${k} is not set (cmd/tollgate/ui_test.go sets it)`);
+  return env[k];
+};
+const ADMIN = need('UI_ADMIN');
+const PROXY = need('UI_PROXY');
+const ADMIN_TOKEN = need('UI_ADMIN_TOKEN');
+const SHOTS = need('UI_SHOTS');
+const PROJECT = need('UI_PROJECT');
+const USER = need('UI_USER');
+const PROJECT_TOKEN = need('UI_PROJECT_TOKEN');
+// SEEDED is how many requests the Go side sent with project PROJECT.
+const SEEDED = Number(need('UI_PROJECT_REQUESTS'));
+// DAYS is how many UTC days, today included, have seeded usage.
+const DAYS = Number(need('UI_DAYS'));
+const { chromium } = await import(pathToFileURL(join(need('UI_MODULES'), 'playwright-core', 'index.mjs')).href);
+
+const DIALECT = 'anthropic-messages';
+const HARNESS = 'claude-code';
+const BINDING = `binding-project-${PROJECT}-${DIALECT}-any`;
+const CONN = `conn-${HARNESS}-${DIALECT}`;
+
+function report(step, status, detail = '') {
+  console.log(JSON.stringify({ step, status, detail }));
+}
+
+class Skip extends Error {}
+
+// step runs fn and reports it; a failed step does not stop the others,
+// which start from their own page.
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    const detail = await fn();
+    report(name, 'pass', `${detail ?? ''} (${Date.now() - t0} ms)`.trim());
+  } catch (e) {
+    report(name, e instanceof Skip ? 'skip' : 'fail', e instanceof Skip ? e.message : e.stack || String(e));
+  }
+}
+
+function check(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+// api calls the admin API with the admin token.
+async function api(path) {
+  const r = await fetch(`${ADMIN}/admin/v1${path}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  const body = await r.text();
+  check(r.ok, `GET /admin/v1${path}: ${r.status} ${body}`);
+  return JSON.parse(body);
+}
+
+// infer sends one request through the proxy with tok and returns its
+// status and body.
+async function infer(tok, model = 'claude-sonnet-4-5') {
+  const r = await fetch(`${PROXY}/anthropic/v1/messages`, {
+    method: 'POST',
+    headers: { 'x-api-key': tok, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+    body: JSON.stringify({ model, max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  return { status: r.status, body: await r.text() };
+}
+
+// halted says whether an answer is the proxy's refusal for a halted
+// project (not, say, a budget's 403).
+const halted = (r) => r.status === 403 && /disabled this provider/.test(r.body);
+
+// eventually retries fn until it returns true, for at most ms: a write on
+// the page reaches the proxy through the resolver's cache.
+async function eventually(what, fn, ms = 10000) {
+  const until = Date.now() + ms;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last === true) return;
+    if (Date.now() > until) throw new Error(`${what}: still not so after ${ms} ms (last: ${JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+// The machine's network is closed: Chromium's own background traffic would
+// only be refused, many connections at a time.
+const browser = await chromium.launch({
+  executablePath: env.UI_CHROMIUM || '/usr/bin/chromium',
+  args: ['--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1, locale: 'en-GB', timezoneId: 'UTC' });
+context.setDefaultTimeout(10000);
+const page = await context.newPage();
+const ui = (p) => `${ADMIN}/ui/${p}`;
+
+// shot photographs the viewport, scrolled first so that the element
+// scrollTo names, if any, is at its top.
+async function shot(name, scrollTo) {
+  if (scrollTo) await page.locator(scrollTo).evaluate((el) => el.scrollIntoView({ block: 'start' }));
+  await page.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+// open loads a console page, skipping the step if the page is still the
+// placeholder the console foundation serves for pages not built yet.
+async function open(path, what) {
+  const resp = await page.goto(ui(path));
+  check(resp.status() === 200, `GET /ui/${path}: ${resp.status()}`);
+  const msg = page.locator('#message');
+  if ((await msg.count()) > 0 && /not built yet/.test(await msg.innerText())) {
+    throw new Skip(`the ${what} page is not built yet (/ui/${path} is a placeholder)`);
+  }
+  return resp;
+}
+
+async function text(sel) {
+  return (await page.locator(sel).innerText()).trim();
+}
+
+// The writes made on the pages, for the audit step to find.
+const writes = [];
+
+await step('signin', async () => {
+  await page.goto(ui(''));
+  check(new URL(page.url()).pathname === '/ui/signin', `an anonymous /ui/ went to ${page.url()}, not the sign-in page`);
+  await shot('signin');
+  await page.fill('#signin-token', ADMIN_TOKEN);
+  await Promise.all([page.waitForURL(/\/ui\/connections/), page.click('#signin-submit')]);
+  const ck = (await context.cookies()).find((c) => c.name === 'tollgate_console');
+  check(ck, 'no session cookie after signing in');
+  check(ck.httpOnly && ck.sameSite === 'Strict' && ck.path === '/ui/', `session cookie ${JSON.stringify({ ...ck, value: '…' })}`);
+  check((await page.locator('#nav-connections').getAttribute('aria-current')) === 'page', 'nav-connections is not the current page');
+  return 'signed in; cookie HttpOnly, SameSite=Strict, path /ui/';
+});
+
+await step('connections', async () => {
+  await page.goto(ui(`connections?project=${PROJECT}&user=${USER}`));
+  const row = page.locator(`#${CONN}`);
+  check((await row.getAttribute('data-source')) === 'project', `${CONN} data-source=${await row.getAttribute('data-source')}, want project`);
+  const badge = await text(`#${CONN}-badge`);
+  check(badge === 'Project override', `${CONN} badge "${badge}", want "Project override"`);
+  await shot('connections');
+  await page.click('#connect-new');
+  await page.locator('#connect-form').waitFor();
+  await shot('connect');
+  return `${CONN}: ${badge}`;
+});
+
+await step('usage-totals', async () => {
+  // The seeded days and one project: the other project's requests must
+  // stay out of both answers.
+  const day = (ago) => new Date(Date.now() - ago * 86400e3).toISOString().slice(0, 10);
+  const q = `from=${day(DAYS - 1)}&to=${day(0)}&project=${encodeURIComponent(PROJECT)}`;
+  await open(`usage?${q}`, 'Usage');
+  const num = async (sel, attr) => {
+    const v = await page.locator(sel).getAttribute(attr);
+    check(v !== null && v !== '', `${sel} has no ${attr}`);
+    return Number(v);
+  };
+  const shown = {
+    requests: await num('#usage-total-requests', 'data-value'),
+    cost_micro_usd: await num('#usage-total-cost', 'data-micro-usd'),
+    input_total: await num('#usage-total-input-tokens', 'data-value'),
+    output: await num('#usage-total-output-tokens', 'data-value'),
+    unpriced_requests: await num('#usage-total-unpriced', 'data-value'),
+  };
+  // The charts' own totals: the total cell of each chart table's footer,
+  // and the sum of the cost chart's stacked series.
+  const chartCost = await num('#usage-chart-table tfoot td[data-total="true"]', 'data-micro-usd');
+  const chartTokens = await num('#usage-tokens-table tfoot td[data-total="true"]', 'data-tokens');
+  const stacked = await page.locator('#usage-chart-table tfoot td[data-series]').evaluateAll((tds) =>
+    tds.reduce((sum, td) => sum + Number(td.dataset.microUsd || 0), 0));
+  check(stacked === chartCost, `the cost chart's series add up to ${stacked} µ$, its total says ${chartCost}`);
+
+  const want = { requests: 0, cost_micro_usd: 0, input_total: 0, output: 0, unpriced_requests: 0 };
+  for (const r of await api(`/usage?${q}&group_by=model`)) {
+    for (const k of Object.keys(want)) want[k] += r[k] ?? 0;
+  }
+  check(want.requests === SEEDED, `the usage API counts ${want.requests} requests for project ${PROJECT}, ${SEEDED} were sent`);
+  for (const k of Object.keys(want)) {
+    check(shown[k] === want[k], `page total ${k} = ${shown[k]}, API ${want[k]}`);
+  }
+  check(chartCost === want.cost_micro_usd, `cost chart total ${chartCost} µ$, API ${want.cost_micro_usd}`);
+  check(chartTokens === want.input_total + want.output, `tokens chart total ${chartTokens}, API ${want.input_total} in + ${want.output} out`);
+  // A model the price table lacks is unpriced, never $0.
+  check(want.unpriced_requests > 0, 'the seeded unpriced model is not unpriced in the API');
+  const unpriced = await text('#usage-legend li[data-series="claude-experimental"]');
+  check(/unpriced/.test(unpriced) && !/\$0(\.0*)?\b/.test(unpriced), `the unpriced model's legend reads "${unpriced}"`);
+  // Day by day: each bar's total against the API grouped by day.
+  const bars = await page.locator('#usage-chart-table tbody tr[data-bucket]').evaluateAll((trs) =>
+    Object.fromEntries(trs.map((tr) => [tr.dataset.bucket, tr.querySelector('td[data-total="true"]').dataset.microUsd])));
+  const days = await api(`/usage?${q}&group_by=day`);
+  check(days.length === DAYS, `the API has usage on ${days.length} days, ${DAYS} were seeded`);
+  for (const r of days) {
+    const bar = bars[r.day] ?? bars[Object.keys(bars).find((b) => b.startsWith(r.day))];
+    check(Number(bar) === (r.cost_micro_usd ?? 0), `day ${r.day}: bar ${bar} µ$, API ${r.cost_micro_usd}`);
+  }
+  return `${want.requests} requests, ${want.cost_micro_usd} µ$, ${want.input_total}+${want.output} tokens over ${DAYS} days on the page, its charts and the API`;
+});
+
+// slug is the console's id form of a name (docs/ui/README.md).
+const slug = (s) => s.replace(/[^A-Za-z0-9._-]/g, '_');
+
+await step('token-issue-use-revoke', async () => {
+  await open('tokens', 'Tokens');
+  await page.fill('#token-issue-workspace', 'ws-ui-test');
+  await page.fill('#token-issue-project', PROJECT);
+  await page.fill('#token-issue-user', USER);
+  await page.selectOption('#token-issue-harness', HARNESS);
+  await Promise.all([page.waitForURL(/\/ui\/tokens/), page.click('#token-issue-submit')]);
+  const tok = (await page.locator('#token-secret').inputValue()).trim();
+  check(tok.startsWith('tgw_'), `the token shown "${tok.slice(0, 8)}…" is not a workspace token`);
+  const id = (await text('#token-id')).trim();
+  check(id, 'no #token-id on the issued page');
+  writes.push({ action: 'token.issue', target: id });
+  await shot('token-issued');
+
+  const ok = await infer(tok);
+  check(ok.status === 200, `the issued token through the proxy: ${ok.status} ${ok.body}`);
+
+  await page.goto(ui('tokens'));
+  check((await page.locator(`#token-${slug(id)}`).getAttribute('data-state')) === 'active', `token ${id} is not listed as active`);
+  await page.click(`#token-revoke-${slug(id)}`);
+  await Promise.all([page.waitForLoadState('load'), page.click('#token-revoke-submit')]);
+  writes.push({ action: 'token.revoke', target: id });
+  await page.goto(ui('tokens?state=revoked'));
+  const state = await page.locator(`#token-${slug(id)}`).getAttribute('data-state');
+  check(state === 'revoked', `token ${id} is listed as ${state} after revoking`);
+  await eventually('the proxy refuses the revoked token', async () => {
+    const r = await infer(tok);
+    return r.status === 401 || r.status;
+  });
+  return `token ${id}: 200 through the proxy, revoked on the page, then 401`;
+});
+
+await step('binding-halted', async () => {
+  const before = await infer(PROJECT_TOKEN);
+  check(before.status === 200, `project ${PROJECT}'s token before deactivating: ${before.status} ${before.body}`);
+  await page.goto(ui('connections/advanced'));
+  await shot('advanced');
+  await Promise.all([page.waitForLoadState('load'), page.click(`#${BINDING}-deactivate`)]);
+  writes.push({ action: 'binding.deactivate', target: `project:${PROJECT}/${DIALECT}` });
+  await page.goto(ui(`connections?project=${PROJECT}&user=${USER}`));
+  const row = page.locator(`#${CONN}`);
+  check((await row.getAttribute('data-source')) === 'halted', `${CONN} data-source=${await row.getAttribute('data-source')} after deactivating, want halted`);
+  const badge = await text(`#${CONN}-badge`);
+  check(badge === 'Halted', `badge "${badge}", want "Halted"`);
+  const reason = await text(`#${CONN}-reason`);
+  check(reason === 'binding-inactive', `reason "${reason}", want binding-inactive`);
+  await eventually('the proxy answers 403 for the halted project', async () => {
+    const r = await infer(PROJECT_TOKEN);
+    return halted(r) || r;
+  });
+  return `${CONN}: Halted (binding-inactive), proxy 403`;
+});
+
+await step('csrf-refused', async () => {
+  await page.goto(ui('connections/advanced'));
+  const button = page.locator(`#${BINDING}-activate`);
+  check((await button.count()) === 1, `no ${BINDING}-activate button (is the binding still active?)`);
+  // The page's own form, minus its CSRF field: what a forged post carries.
+  await button.evaluate((b) => b.form.querySelector('input[name=csrf]').remove());
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/ui/bindings/active') && r.request().method() === 'POST'),
+    button.click(),
+  ]);
+  check(resp.status() === 403, `a post without the CSRF field: ${resp.status()}, want 403`);
+  await page.locator('#message').waitFor();
+  await page.goto(ui('connections/advanced'));
+  check((await page.locator(`#${BINDING}`).getAttribute('data-active')) === 'false', 'the refused post changed the binding');
+  const still = await infer(PROJECT_TOKEN);
+  check(halted(still), `after the refused post the proxy answers ${still.status} ${still.body}`);
+  return '403, binding unchanged';
+});
+
+await step('audit-log', async () => {
+  await open('audit', 'Audit log');
+  check(writes.length > 0, 'no write was made on the pages to look for');
+  await page.locator('#audit-table').waitFor();
+  const missing = [];
+  for (const w of writes) {
+    const row = page.locator(`#audit-table tr[data-action="${w.action}"][data-target="${w.target}"]`);
+    if ((await row.count()) === 0 || (await row.first().getAttribute('data-actor-kind')) !== 'console') missing.push(w);
+  }
+  check(missing.length === 0, `the audit page lacks, as console writes, ${JSON.stringify(missing)}`);
+  // The post the CSRF step had refused changed nothing, so left no entry.
+  const refused = await page.locator('#audit-table tr[data-action="binding.activate"]').count();
+  check(refused === 0, `the audit page shows ${refused} binding.activate entries; the only activation tried was refused`);
+  return `shows ${writes.map((w) => `${w.action} ${w.target}`).join(', ')}`;
+});
+
+// The pages the steps above did not photograph; a placeholder is left
+// out, so docs/ui never shows a page that is not there.
+await step('screenshots', async () => {
+  const taken = [];
+  const missing = [];
+  // The usage page's filters fill the first screen: its picture starts at
+  // the totals, with the cost chart below them.
+  const scroll = { usage: '#usage-totals-h' };
+  for (const name of ['usage', 'tokens', 'credentials', 'budgets', 'audit']) {
+    try {
+      await open(name, name);
+      await shot(name, scroll[name]);
+      taken.push(name);
+    } catch (e) {
+      if (!(e instanceof Skip)) throw e;
+      missing.push(name);
+    }
+  }
+  return [taken.length && `took ${taken.join(', ')}`, missing.length && `not built yet: ${missing.join(', ')}`].filter(Boolean).join('; ');
+});
+
+await step('signout', async () => {
+  await page.goto(ui('connections'));
+  await Promise.all([page.waitForURL(/\/ui\/signin/), page.click('#signout')]);
+  await page.goto(ui('connections'));
+  check(new URL(page.url()).pathname === '/ui/signin', `after signing out /ui/connections went to ${page.url()}`);
+  return 'signed out; pages go to sign-in again';
+});
+
+await browser.close();
