@@ -117,7 +117,7 @@ type allotter struct {
 	byKey map[allotKey]*allotment
 	byID  map[string]*allotment
 	gen   uint64
-	// wg counts grants and returns in flight, for Close.
+	// wg counts grants in flight, for ReleaseAllotments.
 	wg sync.WaitGroup
 }
 
@@ -139,6 +139,11 @@ func (l *Ledger) Allotted(charges []Charge) (holds []metering.Hold, ok bool) {
 	as := make([]*allotment, len(ps))
 	for i, p := range ps {
 		a := al.byKey[allotKey{p.Budget.ID, p.w.cur}]
+		if a != nil && !a.dead && !a.sameBudget(p.Budget) {
+			// The budget was edited: its allotment, granted under the old
+			// limit, retires (the tidy gives back what it holds).
+			a.dead = true
+		}
 		if a == nil || (a.dead && fresh) {
 			// A retired allotment stays known by id until its holds end;
 			// a new one takes its place for new requests.
@@ -153,7 +158,7 @@ func (l *Ledger) Allotted(charges []Charge) (holds []metering.Hold, ok bool) {
 		a.maxCharge = max(a.maxCharge, p.Amount)
 		a.demand += p.Amount
 		a.lastUse = now
-		if a.dead || !a.sameBudget(p.Budget) || a.free() < p.Amount {
+		if a.dead || a.free() < p.Amount {
 			ok = false
 		}
 	}

@@ -324,14 +324,27 @@ func TestAllotmentOwnHeadroomNotStranded(t *testing.T) {
 }
 
 // TestAllotmentEditedBudget: an edited budget's allotment admits nothing
-// more.
+// more; a new one is granted under the new limit, and the old one's unused
+// part goes back once it is idle.
 func TestAllotmentEditedBudget(t *testing.T) {
 	eachAllotEngine(t, func(t *testing.T, r *rig) {
+		ctx := context.Background()
 		b := costBudget("b-edit", 100_000_000, ModeHard, day)
-		r.take(t, Charge{b, 10_000})
+		old := r.take(t, Charge{b, 10_000})
+		r.l.allot.wg.Wait()
 		b.Limit, b.UpdatedAt = 50_000_000, b.UpdatedAt.Add(time.Second)
 		if _, ok := r.l.Allotted([]Charge{{b, 10_000}}); ok {
 			t.Error("admitted from the allotment of the budget before its edit")
+		}
+		r.l.allot.wg.Wait()
+		holds := r.take(t, Charge{b, 10_000})
+		if holds[0].Allotment == old[0].Allotment {
+			t.Fatalf("still admitted from %s after the edit", old[0].Allotment)
+		}
+		r.l.FinishHolds(old, allotRecord("edit-old", 1_000, old))
+		r.l.tidyAllotments(ctx, false) // the retired one: nothing holds it
+		if st := r.reservationState(t, old[0].Allotment); st != stateReleased {
+			t.Errorf("the old allotment is %q, want released", st)
 		}
 	})
 }
