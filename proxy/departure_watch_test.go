@@ -143,3 +143,40 @@ func TestEpollWatchesHoldNoGoroutine(t *testing.T) {
 		t.Errorf("%d watches left in the set after stop", left)
 	}
 }
+
+// BenchmarkDepartureWatch is one watch started and stopped on an idle
+// connection, as every request does twice: with the shared epoll set and
+// with a goroutine per watch.
+func BenchmarkDepartureWatch(b *testing.B) {
+	for _, off := range []bool{false, true} {
+		name := "epoll"
+		if off {
+			name = "reading"
+		}
+		b.Run(name, func(b *testing.B) {
+			defer func(v bool) { departureEpollOff = v }(departureEpollOff)
+			departureEpollOff = off
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			client, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer client.Close()
+			server, err := ln.Accept()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer server.Close()
+			_, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				watchDeparture(server, cancel).stop(time.Time{})
+			}
+		})
+	}
+}
