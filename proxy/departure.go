@@ -22,9 +22,10 @@ import (
 // leaves (nginx does).
 //
 // On Linux the socket is added to one epoll set that all watches share
-// (departure_linux.go): a watch costs two epoll_ctl calls and no
-// goroutine, which matters because every request is watched twice and
-// every open stream for its whole life. Elsewhere, or if that fails, a
+// (departure_linux.go), once the watch has lasted departureArmDelay: a
+// short watch costs a timer, a long one two epoll_ctl calls, and neither
+// a goroutine, which matters because every request is watched twice and
+// every open stream for its whole life. Elsewhere, or without epoll, a
 // goroutine parks in the netpoller on the socket (watchByReading); it
 // holds the socket's read lock meanwhile. Either way the watch must be
 // stopped before anything reads the connection: the request body, or

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/internal/testkit"
 )
 
 // tcpPair is a loopback connection: the side tollgate would hold and the
@@ -130,6 +132,11 @@ func TestEpollWatchesHoldNoGoroutine(t *testing.T) {
 		_, cancel := context.WithCancelCause(context.Background())
 		ds = append(ds, watchDeparture(server, cancel))
 	}
+	testkit.Eventually(t, 2*time.Second, "every watch in the epoll set", func() bool {
+		departures.mu.Lock()
+		defer departures.mu.Unlock()
+		return len(departures.watches) == n
+	})
 	if g := runtime.NumGoroutine() - base; g > 2 {
 		t.Errorf("%d goroutines more for %d watches", g, n)
 	}
@@ -144,9 +151,9 @@ func TestEpollWatchesHoldNoGoroutine(t *testing.T) {
 	}
 }
 
-// BenchmarkDepartureWatch is one watch started and stopped on an idle
-// connection, as every request does twice: with the shared epoll set and
-// with a goroutine per watch.
+// BenchmarkDepartureWatch is one short watch started and stopped on an
+// idle connection, as every request does twice: with the shared epoll set
+// (which a watch this short never reaches) and with a goroutine per watch.
 func BenchmarkDepartureWatch(b *testing.B) {
 	for _, off := range []bool{false, true} {
 		name := "epoll"
