@@ -101,6 +101,12 @@ bench: ## Micro-benchmarks, then the loopback proxy benchmark (S1, S1g = S1 with
 	$(GO) test -run 'DoNotAllocate' -bench . -benchmem $(PKGS)
 	$(GO) run ./cmd/tollgate-bench $(BENCHFLAGS)
 
+.PHONY: bench-usage
+bench-usage: ## The console Usage page's queries on 1M seeded usage records (90 days), SQLite and PostgreSQL (TOLLGATE_TEST_POSTGRES): p50/max ms each (~6 min); not in `make test`
+	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
+	TOLLGATE_BENCH_USAGE_RECORDS=$${TOLLGATE_BENCH_USAGE_RECORDS:-1000000} \
+		$(GO) test -run '^$$' -bench BenchmarkUsageAnalytics -benchtime 5x -timeout 30m ./metering/ledger/
+
 .PHONY: bench-quick
 bench-quick: ## Loopback proxy benchmark smoke run: every scenario once, ~1-2 s each (docs/bench/quick.{md,json})
 	$(GO) run ./cmd/tollgate-bench -quick $(BENCHFLAGS)

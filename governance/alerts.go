@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/internal/store"
@@ -66,6 +67,16 @@ const (
 	// alertSenders the deliveries in flight at once.
 	alertBatch   = 32
 	alertSenders = 4
+	// alertRetention is how long the alert rows of a past window are kept
+	// (at least two windows of the budget's length): long enough to read
+	// back what was sent last month, short enough that the table holds a
+	// bounded history rather than every window since the first.
+	alertRetention = 35 * 24 * time.Hour
+	// alertPruneEvery is how often a replica prunes; alertPruneBatch bounds
+	// the rows one pass deletes, so a backlog is worked off a batch per
+	// check rather than in one long statement.
+	alertPruneEvery = time.Hour
+	alertPruneBatch = 1000
 )
 
 // Alert states.
@@ -115,7 +126,24 @@ type Alerter struct {
 	known map[alertKey]struct{}
 	// headroomFailing makes a failing ledger read log once, not per check.
 	headroomFailing bool
-	wg              sync.WaitGroup
+	// nextPrune is when the next prune pass is due.
+	nextPrune time.Time
+	// delivered, failed and dropped count deliveries for Deliveries.
+	delivered, failed, dropped atomic.Int64
+	wg                         sync.WaitGroup
+}
+
+// AlertDeliveries counts this replica's webhook deliveries since it
+// started: Delivered (the receiver answered 2xx), Failed (an attempt that
+// did not, retried or not) and Dropped (an alert given up after its last
+// attempt, or pruned before it was ever delivered).
+type AlertDeliveries struct {
+	Delivered, Failed, Dropped int64
+}
+
+// Deliveries returns the delivery counts (tollgate_governance_alerts_total).
+func (a *Alerter) Deliveries() AlertDeliveries {
+	return AlertDeliveries{Delivered: a.delivered.Load(), Failed: a.failed.Load(), Dropped: a.dropped.Load()}
 }
 
 // NewAlerter applies the alert migrations and returns the Alerter.
@@ -291,6 +319,118 @@ func (a *Alerter) tick(ctx context.Context) {
 		a.cfg.Log.Warn("alerts: claiming due alerts", "err", err)
 	}
 	a.sendAll(ctx, append(owned, due...))
+	if now := a.cfg.Now(); !now.Before(a.nextPrune) {
+		n, err := a.prune(ctx, now)
+		switch {
+		case err != nil:
+			a.cfg.Log.Warn("alerts: pruning old alerts", "err", err)
+			a.nextPrune = now.Add(alertPruneEvery)
+		case n < alertPruneBatch:
+			a.nextPrune = now.Add(alertPruneEvery)
+		}
+		// A full batch leaves nextPrune due: the next check goes on.
+	}
+}
+
+// prune deletes up to alertPruneBatch alert rows no check can need again:
+// those of windows that started more than alertRetention (or two of the
+// budget's windows, if longer) before its current one, and those of
+// deleted budgets stored more than alertRetention ago. A lifetime budget's
+// rows are its only window's, kept while it exists. Which budgets exist
+// comes from the policy snapshot: one never loaded (version 0, nothing
+// written yet) prunes nothing. It returns the rows deleted; a deleted row
+// that was still pending counts as dropped.
+func (a *Alerter) prune(ctx context.Context, now time.Time) (int, error) {
+	if a.p == nil {
+		return 0, nil
+	}
+	pol := a.p.Current()
+	if pol == nil || pol.Version == 0 {
+		return 0, nil
+	}
+	budgets := make(map[string]Budget, len(pol.Budgets))
+	for _, b := range pol.Budgets {
+		budgets[b.ID] = b
+	}
+	rows, err := a.db.QueryContext(ctx, `SELECT budget_id, MIN(window_start), MIN(created_at) FROM gov_alerts GROUP BY budget_id`)
+	if err != nil {
+		return 0, err
+	}
+	type cut struct {
+		budget, col string
+		before      int64
+	}
+	var cuts []cut
+	for rows.Next() {
+		var id string
+		var oldestWindow, oldestCreated int64
+		if err := rows.Scan(&id, &oldestWindow, &oldestCreated); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if b, ok := budgets[id]; ok {
+			if before, ok := alertCutoff(b, now); ok && oldestWindow < before {
+				cuts = append(cuts, cut{id, "window_start", before})
+			}
+		} else if before := now.Add(-alertRetention).UnixMilli(); oldestCreated < before {
+			cuts = append(cuts, cut{id, "created_at", before})
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	deleted := 0
+	for _, c := range cuts {
+		if deleted >= alertPruneBatch {
+			break
+		}
+		rows, err := a.db.QueryContext(ctx, `DELETE FROM gov_alerts WHERE (budget_id, window_start, threshold) IN (
+		SELECT budget_id, window_start, threshold FROM gov_alerts WHERE budget_id = $1 AND `+c.col+` < $2
+		LIMIT `+strconv.Itoa(alertPruneBatch-deleted)+`)
+	RETURNING state`, c.budget, c.before)
+		if err != nil {
+			return deleted, err
+		}
+		for rows.Next() {
+			var state string
+			if err := rows.Scan(&state); err != nil {
+				rows.Close()
+				return deleted, err
+			}
+			deleted++
+			if state == alertPending {
+				a.dropped.Add(1)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return deleted, err
+		}
+	}
+	return deleted, nil
+}
+
+// alertCutoff is the window key (Unix seconds, as windowKey stores it)
+// below which b's alert rows are pruned at now; false for a lifetime
+// budget, whose one window never ends.
+func alertCutoff(b Budget, now time.Time) (int64, bool) {
+	if b.Window.Kind == WindowLifetime {
+		return 0, false
+	}
+	start := time.Unix(windowKey(Headroom{Budget: b, WindowStart: windowOf(b, now).start}), 0).UTC()
+	before := start.Add(-alertRetention)
+	switch b.Window.Kind {
+	case WindowMonth:
+		if two := start.AddDate(0, -2, 0); two.Before(before) {
+			before = two
+		}
+	case WindowRolling:
+		if two := start.Add(-2 * b.Window.Every); two.Before(before) {
+			before = two
+		}
+	}
+	return before.Unix(), true
 }
 
 // check stores an alert row per threshold crossed in each budget's current
@@ -544,16 +684,20 @@ func (a *Alerter) finish(ctx context.Context, c claimed, sendErr error) {
 	var err error
 	switch {
 	case sendErr == nil:
+		a.delivered.Add(1)
 		_, err = a.db.ExecContext(ctx, `UPDATE gov_alerts SET state = $1, sent_at = $2, last_error = ''
 		WHERE budget_id = $3 AND window_start = $4 AND threshold = $5 AND state = $6`,
 			alertSent, now.UnixMilli(), c.key.budget, c.key.window, c.key.threshold, alertPending)
 		log.Info("alert delivered")
 	case c.attempts >= a.cfg.MaxAttempts:
+		a.failed.Add(1)
+		a.dropped.Add(1)
 		_, err = a.db.ExecContext(ctx, `UPDATE gov_alerts SET state = $1, last_error = $2
 		WHERE budget_id = $3 AND window_start = $4 AND threshold = $5 AND state = $6`,
 			alertFailed, truncate(sendErr.Error(), 500), c.key.budget, c.key.window, c.key.threshold, alertPending)
 		log.Error("alert not delivered; giving up", "err", sendErr)
 	default:
+		a.failed.Add(1)
 		next := now.Add(a.backoff(c.attempts))
 		_, err = a.db.ExecContext(ctx, `UPDATE gov_alerts SET next_attempt_at = $1, last_error = $2
 		WHERE budget_id = $3 AND window_start = $4 AND threshold = $5 AND state = $6`,

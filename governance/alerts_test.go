@@ -314,6 +314,9 @@ func TestAlertsRetryWithBackoff(t *testing.T) {
 			if state != "sent" || attempts != 3 || lastErr != "" {
 				t.Errorf("row: %s after %d attempts, last_error %q", state, attempts, lastErr)
 			}
+			if d := a.Deliveries(); d != (AlertDeliveries{Delivered: 1, Failed: 2}) {
+				t.Errorf("deliveries %+v, want 1 delivered after 2 failed", d)
+			}
 		})
 	}
 }
@@ -347,6 +350,9 @@ func TestAlertsGiveUpAndNeverStoreTheSecret(t *testing.T) {
 	}
 	if requests != 3 || state != "failed" {
 		t.Errorf("%d requests, state %s; want 3 and failed", requests, state)
+	}
+	if d := a.Deliveries(); d != (AlertDeliveries{Failed: 3, Dropped: 1}) {
+		t.Errorf("deliveries %+v, want 3 failed and the alert dropped", d)
 	}
 	if !strings.Contains(lastErr, "500") || !strings.Contains(lastErr, "/hook") || strings.Contains(lastErr, "query-secret") || strings.Contains(lastErr, "s3cret") {
 		t.Errorf("last_error %q: want the status and path, never the query or secret", lastErr)
@@ -513,4 +519,126 @@ func TestAlertsFromTheRealLedger(t *testing.T) {
 			t.Errorf("next day: %v, want one more alert at 50%%", d)
 		}
 	})
+}
+
+// TestAlertsPruneOldWindows: the rows of windows that started more than
+// 35 days (or two windows) before the budget's current one are deleted,
+// and those of budgets deleted more than 35 days ago; the current and
+// recent windows, a lifetime budget's row and a new budget's rows not yet
+// in this replica's snapshot stay; a pending row pruned counts as
+// dropped; a pass deletes at most alertPruneBatch rows and the next check
+// goes on with the rest; a snapshot never loaded prunes nothing.
+func TestAlertsPruneOldWindows(t *testing.T) {
+	for _, engine := range alertEngines() {
+		t.Run(engine, func(t *testing.T) {
+			ctx := context.Background()
+			db := openAlertDB(t, alertDSN(t, engine))
+			now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+			dayB := alertCostBudget("b_day", 1_000_000)
+			monthB := alertCostBudget("b_month", 1_000_000)
+			monthB.Window = Window{Kind: WindowMonth}
+			lifeB := alertCostBudget("b_life", 1_000_000)
+			lifeB.Window = Window{Kind: WindowLifetime}
+			rollB := alertCostBudget("b_roll", 1_000_000)
+			rollB.Window = Window{Kind: WindowRolling, Every: 5 * time.Hour}
+			bulkB := alertCostBudget("b_bulk", 1_000_000)
+			pol := &Policies{Budgets: []Budget{dayB, monthB, lifeB, rollB, bulkB}}
+			a := newTestAlerter(t, db, pol, &fakeHeadroom{spent: map[string]int64{}, window: alertDay}, "", func(c *AlertConfig) {
+				c.Now = func() time.Time { return now }
+			})
+			rollNow := windowKey(Headroom{Budget: rollB, WindowStart: windowOf(rollB, now).start})
+			d := func(n int) int64 { return now.AddDate(0, 0, -n).Truncate(24 * time.Hour).Unix() }
+			month := func(n int) int64 { return time.Date(2026, time.Month(12-n), 1, 0, 0, 0, 0, time.UTC).Unix() }
+			type row struct {
+				budget  string
+				window  int64
+				state   string
+				created time.Time
+				kept    bool
+			}
+			rows := []row{
+				{"b_day", d(0), alertSent, now, true},
+				{"b_day", d(34), alertSent, now.AddDate(0, 0, -34), true},
+				{"b_day", d(36), alertPending, now.AddDate(0, 0, -36), false},
+				{"b_day", d(60), alertFailed, now.AddDate(0, 0, -60), false},
+				{"b_month", month(0), alertSent, now, true},
+				{"b_month", month(2), alertSent, now.AddDate(0, -2, 0), true}, // 63 days, but only two windows back
+				{"b_month", month(3), alertSent, now.AddDate(0, -3, 0), false},
+				{"b_life", 0, alertSent, now.AddDate(-1, 0, 0), true},
+				{"b_roll", rollNow, alertSent, now, true},
+				{"b_roll", rollNow - 36*24*3600, alertSent, now.AddDate(0, 0, -36), false},
+				{"b_gone", d(40), alertSent, now.AddDate(0, 0, -40), false},
+				{"b_new", d(0), alertSent, now.AddDate(0, 0, -1), true}, // not in the snapshot yet
+			}
+			insert := func(r row, threshold int) {
+				t.Helper()
+				if _, err := db.ExecContext(ctx, `INSERT INTO gov_alerts
+	(budget_id, window_start, threshold, state, attempts, next_attempt_at, last_error, payload, created_at)
+	VALUES ($1, $2, $3, $4, 1, 0, '', '{}', $5)`, r.budget, r.window, threshold, r.state, r.created.UnixMilli()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, r := range rows {
+				insert(r, 50)
+			}
+			// A backlog past one pass: old windows of one budget.
+			const bulk = alertPruneBatch + 5
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range bulk {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO gov_alerts
+	(budget_id, window_start, threshold, state, attempts, next_attempt_at, last_error, payload, created_at)
+	VALUES ('b_bulk', $1, 50, 'sent', 1, 0, '', '{}', 0)`, d(40+i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			count := func(q string, args ...any) int {
+				t.Helper()
+				var n int
+				if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM gov_alerts `+q, args...).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+
+			// Version 0: the snapshot was never loaded; every budget would
+			// look deleted.
+			if n, err := a.prune(ctx, now); err != nil || n != 0 {
+				t.Fatalf("prune with an unloaded snapshot: %d %v", n, err)
+			}
+			pol.Version = 7
+			a.tick(ctx)
+			if got := count(""); got != len(rows)+bulk-alertPruneBatch {
+				t.Fatalf("after one check: %d rows, want %d (one batch of %d pruned)", got, len(rows)+bulk-alertPruneBatch, alertPruneBatch)
+			}
+			a.tick(ctx) // the batch was full: the next check goes on
+			for _, r := range rows {
+				if got := count(`WHERE budget_id = $1 AND window_start = $2`, r.budget, r.window); got != map[bool]int{true: 1, false: 0}[r.kept] {
+					t.Errorf("%s window %s: %d rows, kept should be %v", r.budget, time.Unix(r.window, 0).UTC().Format(time.DateOnly), got, r.kept)
+				}
+			}
+			if got := count(`WHERE budget_id = 'b_bulk'`); got != 0 {
+				t.Errorf("%d bulk rows left", got)
+			}
+			if d := a.Deliveries(); d.Dropped != 1 || d.Delivered != 0 || d.Failed != 0 {
+				t.Errorf("deliveries %+v, want the one pending row dropped", d)
+			}
+			// Nothing is due until alertPruneEvery has passed.
+			insert(row{"b_day", d(50), alertSent, now, false}, 80)
+			a.tick(ctx)
+			if got := count(`WHERE threshold = 80`); got != 1 {
+				t.Errorf("pruned again before alertPruneEvery: %d", got)
+			}
+			now = now.Add(alertPruneEvery)
+			a.tick(ctx)
+			if got := count(`WHERE threshold = 80`); got != 0 {
+				t.Errorf("not pruned after alertPruneEvery: %d", got)
+			}
+		})
+	}
 }

@@ -39,8 +39,8 @@ import (
 //     none (then it reserves directly); finishing frees its hold and moves
 //     its actual out of the allotment locally at once, while the usage
 //     batch that stores its record moves the same actual from the
-//     allotment to spent in the database (one marker row per record makes
-//     that idempotent);
+//     allotment to spent in the database, before it inserts the record (a
+//     record already stored settles nothing again);
 //   - idle, outdated (a new window, an edited budget) or on shutdown, the
 //     unused part goes back, and once nothing is held the allotment is
 //     released: records still on their way then charge spent directly;
@@ -538,15 +538,19 @@ func (l *Ledger) beatFresh(now time.Time) bool {
 // allotments, inside the usage batch's transaction: per allotment, the
 // records' actuals move from reserved to spent while it is held, to spent
 // alone once it is released (its rest already left reserved), and nowhere
-// once it was reclaimed (the sweeper charged all of it). A marker row per
-// record (state 'allotted') makes a replayed record settle nothing twice.
-// It returns the allotments touched, whose counters the caller locks
-// first on PostgreSQL.
-func (l *Ledger) allotSettleStatements(engine string, recs []*metering.Record) ([]string, []ledger.Statement) {
+// once it was reclaimed (the sweeper charged all of it). They run before
+// the batch's insert and count only records not stored yet, so a replayed
+// record settles nothing twice. With fresh set, recs are records the batch
+// has just stored for the first time (SQLite knows them): their holds are
+// summed per allotment here, and the statements run after the insert with
+// a row per allotment instead of one per record. It returns the
+// allotments touched, whose counters the caller locks first on PostgreSQL.
+func (l *Ledger) allotSettleStatements(engine string, recs []*metering.Record, fresh bool) ([]string, []ledger.Statement) {
 	var reqs, allots []string
 	var costs, tokens []*int64
 	var amounts []int64
 	seen := map[string]bool{}
+	sums := map[string]int{} // allotment → its row, when fresh
 	for _, r := range recs {
 		if len(r.Allotted) == 0 || r.RequestID == "" || seen[r.RequestID] {
 			continue
@@ -554,11 +558,25 @@ func (l *Ledger) allotSettleStatements(engine string, recs []*metering.Record) (
 		seen[r.RequestID] = true
 		c, t := Actuals(r)
 		for _, h := range r.Allotted {
-			reqs, allots = append(reqs, r.RequestID), append(allots, h.Allotment)
-			costs, tokens, amounts = append(costs, c), append(tokens, t), append(amounts, h.Amount)
+			if !fresh {
+				reqs, allots = append(reqs, r.RequestID), append(allots, h.Allotment)
+				costs, tokens, amounts = append(costs, c), append(tokens, t), append(amounts, h.Amount)
+				continue
+			}
+			// Both metrics' actual, the hold when unknown: the SQL picks
+			// the allotment's.
+			i, ok := sums[h.Allotment]
+			if !ok {
+				i = len(allots)
+				sums[h.Allotment] = i
+				reqs, allots = append(reqs, ""), append(allots, h.Allotment)
+				costs, tokens, amounts = append(costs, new(int64(0))), append(tokens, new(int64(0))), append(amounts, 0)
+			}
+			*costs[i] += derefOr(c, h.Amount)
+			*tokens[i] += derefOr(t, h.Amount)
 		}
 	}
-	if len(reqs) == 0 {
+	if len(allots) == 0 {
 		return nil, nil
 	}
 	var src string
@@ -573,35 +591,43 @@ func (l *Ledger) allotSettleStatements(engine string, recs []*metering.Record) (
 	}
 	now := "$" + strconv.Itoa(len(args)+1)
 	withNow := append(slices.Clip(args), l.cfg.Now().UnixMilli())
-	// d is, per allotment, what its new records charge (x) and the part
-	// of it that leaves reserved (never more than the allotment holds).
-	d := src + `,
-n AS (SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM gov_reservations m WHERE m.request_id = t.request_id)),
-d AS (SELECT i.request_id AS allot, i.budget_id, i.window_start, r.state, i.amount,
-		SUM(CASE WHEN i.metric = 'cost' THEN COALESCE(n.cost, n.amount) ELSE COALESCE(n.tokens, n.amount) END) AS x
-	FROM n JOIN gov_reservations r ON r.request_id = n.allot
-	JOIN gov_reservation_items i ON i.request_id = n.allot
+	dedupe := "WHERE NOT EXISTS (SELECT 1 FROM usage_records u WHERE u.request_id = t.request_id)"
+	if fresh {
+		dedupe = ""
+	}
+	// e is, per allotment, what its records not stored yet charge to
+	// spent, and the part of it that leaves reserved (never more than the
+	// allotment holds).
+	e := src + `,
+d AS MATERIALIZED (SELECT i.request_id AS allot, i.budget_id, i.window_start, r.state, i.amount,
+		SUM(CASE WHEN i.metric = 'cost' THEN COALESCE(t.cost, t.amount) ELSE COALESCE(t.tokens, t.amount) END) AS x
+	FROM t JOIN gov_reservations r ON r.request_id = t.allot
+	JOIN gov_reservation_items i ON i.request_id = t.allot
+	` + dedupe + `
 	GROUP BY i.request_id, i.budget_id, i.window_start, r.state, i.amount),
-e AS (SELECT allot, budget_id, window_start,
+e AS MATERIALIZED (SELECT allot, budget_id, window_start,
 		CASE WHEN state IN ('held', 'released') THEN x ELSE 0 END AS dspent,
 		CASE WHEN state <> 'held' THEN 0 WHEN x < amount THEN x WHEN amount > 0 THEN amount ELSE 0 END AS dres
 	FROM d)`
-	var sts []ledger.Statement
-	sts = append(sts,
-		ledger.Statement{SQL: "WITH " + d + `,
+	// The counters first, while the items still hold what they held: the
+	// second statement reads the same e.
+	return slices.Compact(slices.Sorted(slices.Values(allots))), []ledger.Statement{
+		{SQL: "WITH " + e + `,
 c AS (SELECT budget_id, window_start, SUM(dspent) AS dspent, SUM(dres) AS dres FROM e GROUP BY budget_id, window_start)
 UPDATE gov_counters SET spent = gov_counters.spent + c.dspent, reserved = gov_counters.reserved - c.dres, updated_at = ` + now + `
-FROM c WHERE gov_counters.budget_id = c.budget_id AND gov_counters.window_start = c.window_start`, Args: withNow},
-		ledger.Statement{SQL: "WITH " + d + `
+FROM c WHERE gov_counters.budget_id = c.budget_id AND gov_counters.window_start = c.window_start`, Args: withNow, BeforeInsert: !fresh},
+		{SQL: "WITH " + e + `
 UPDATE gov_reservation_items SET amount = gov_reservation_items.amount - e.dres
-FROM e WHERE gov_reservation_items.request_id = e.allot AND e.dres <> 0`, Args: args},
-		ledger.Statement{SQL: "WITH " + src + `
-INSERT INTO gov_reservations (request_id, replica_id, created_at, updated_at, state)
-SELECT DISTINCT t.request_id, r.replica_id, CAST(` + now + ` AS BIGINT), CAST(` + now + ` AS BIGINT), 'allotted'
-FROM t JOIN gov_reservations r ON r.request_id = t.allot WHERE true
-ON CONFLICT (request_id) DO NOTHING`, Args: withNow},
-	)
-	return slices.Compact(slices.Sorted(slices.Values(allots))), sts
+FROM e WHERE gov_reservation_items.request_id = e.allot AND e.dres <> 0`, Args: args, BeforeInsert: !fresh},
+	}
+}
+
+// derefOr is *p, or or when p is nil.
+func derefOr(p *int64, or int64) int64 {
+	if p == nil {
+		return or
+	}
+	return *p
 }
 
 // allotRows encodes holds as [["request","allotment",cost,tokens,amount],…].

@@ -375,3 +375,74 @@ func TestAllotmentFirstContact(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkGovernorAdmitAllotted is a governed request's cost with a cost
+// budget admitted from an allotment, a model rule and an in-process rate
+// limit: Admit, then Finish with a record, as the proxy does.
+func BenchmarkGovernorAdmitAllotted(b *testing.B) {
+	ctx := context.Background()
+	r := openRig(b, ledgerDSN(b, "sqlite"), newClock(time.Now()), "a", withAllotments)
+	if err := r.l.Heartbeat(ctx); err != nil {
+		b.Fatal(err)
+	}
+	pol := &govPolicies{}
+	budget := costBudget("b", 1_000_000_000_000, ModeSoft, Window{Kind: WindowMonth})
+	pol.set(Policies{
+		Budgets: []Budget{budget},
+		Limits:  []Limit{{ID: "l", Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, RPM: 1_000_000_000, TPM: 1_000_000_000_000}},
+		Rules:   []ModelRule{{ID: "r", ScopeType: ScopeProject, ScopeID: "acme", Kind: RuleAllow, Pattern: "claude-*"}},
+	})
+	g := New(Config{Policies: pol, Ledger: r.l, Prices: metering.DefaultPrices()})
+	req := govRequest("req", "acme", "claude-sonnet-4-5")
+	rec := okRecord("req", 100)
+	b.ReportAllocs()
+	for b.Loop() {
+		a, err := g.Admit(ctx, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		a.Finish(rec)
+		r.l.allot.wg.Wait()
+	}
+	b.StopTimer()
+	if n, _, _ := r.l.AllotmentStats(); n != 1 {
+		b.Fatalf("%d allotments", n)
+	}
+}
+
+// BenchmarkSettleAllotted is the usage batch's cost per record: stored
+// with or without an allotment hold to settle (batches of 64, SQLite).
+func BenchmarkSettleAllotted(b *testing.B) {
+	for _, allotted := range []bool{false, true} {
+		b.Run(fmt.Sprintf("allotted=%v", allotted), func(b *testing.B) {
+			ctx := context.Background()
+			r := openRig(b, ledgerDSN(b, "sqlite"), newClock(time.Now()), "a", withAllotments)
+			if err := r.l.Heartbeat(ctx); err != nil {
+				b.Fatal(err)
+			}
+			budget := costBudget("b", 1_000_000_000_000, ModeSoft, Window{Kind: WindowMonth})
+			var holds []metering.Hold
+			for holds == nil {
+				holds, _ = r.l.Allotted([]Charge{{budget, 10}})
+				r.l.allot.wg.Wait()
+			}
+			n := 0
+			b.ResetTimer()
+			for b.Loop() {
+				recs := make([]*metering.Record, 64)
+				for i := range recs {
+					n++
+					recs[i] = okRecord(fmt.Sprintf("req-%d", n), 5)
+					recs[i].Reserved = false
+					if allotted {
+						recs[i].Allotted = holds
+					}
+				}
+				if _, err := r.usage.InsertBatch(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(n), "µs/record")
+		})
+	}
+}

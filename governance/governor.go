@@ -80,7 +80,8 @@ type Request struct {
 	Model string
 	Body  []byte
 	// Metered is false for paths that produce no usage (count_tokens,
-	// model lists): they are not governed.
+	// model lists): only a light RPM bucket of their own applies to them
+	// (unmetered.go); budgets, TPM, concurrency and model rules do not.
 	Metered bool
 }
 
@@ -126,7 +127,7 @@ func (g *Governor) policies() *Policies {
 // with governance off that is every request.
 func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 	if !req.Metered {
-		return nil, nil
+		return nil, g.admitUnmetered(ctx, req)
 	}
 	p := g.policies()
 	if p.Empty() {

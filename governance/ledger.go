@@ -712,27 +712,82 @@ type Headroom struct {
 func (l *Ledger) Headroom(ctx context.Context, budgets []Budget) ([]Headroom, error) {
 	now := l.cfg.Now()
 	out := make([]Headroom, 0, len(budgets))
-	for _, b := range budgets {
+	ws := make([]window, len(budgets))
+	for i, b := range budgets {
 		w := windowOf(b, now)
+		ws[i] = w
 		h := Headroom{Budget: b, WindowStart: w.start, Limit: b.Limit}
 		if b.Window.Kind != WindowRolling {
 			h.ResetAt = w.reset
 		}
-		err := l.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved), 0) FROM gov_counters
-			WHERE budget_id = $1 AND window_start >= $2 AND window_start <= $3`, b.ID, w.lo, w.cur).Scan(&h.Spent, &h.Reserved)
-		if err != nil {
-			return nil, fmt.Errorf("budget ledger: headroom of %s: %w", b.ID, err)
-		}
-		err = l.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(i.amount), 0) FROM gov_reservation_items i
-			JOIN gov_reservations r ON r.request_id = i.request_id
-			WHERE i.budget_id = $1 AND i.window_start >= $2 AND i.window_start <= $3 AND r.state = 'held' AND i.request_id LIKE 'allot:%'`,
-			b.ID, w.lo, w.cur).Scan(&h.Allotted)
-		if err != nil {
-			return nil, fmt.Errorf("budget ledger: allotments of %s: %w", b.ID, err)
-		}
 		out = append(out, h)
 	}
+	if len(budgets) == 0 {
+		return out, nil
+	}
+	// One statement for every budget: the gauges and the alerter read all
+	// of them every few seconds, and a query each cost a round trip each.
+	q, args := headroomQuery(l.db.Engine, budgets, ws)
+	rows, err := l.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("budget ledger: headroom: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var i int
+		var spent, reserved, allotted int64
+		if err := rows.Scan(&i, &spent, &reserved, &allotted); err != nil {
+			return nil, fmt.Errorf("budget ledger: headroom: %w", err)
+		}
+		if i < 0 || i >= len(out) {
+			return nil, fmt.Errorf("budget ledger: headroom: row for budget %d of %d", i, len(out))
+		}
+		out[i].Spent, out[i].Reserved, out[i].Allotted = spent, reserved, allotted
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("budget ledger: headroom: %w", err)
+	}
 	return out, nil
+}
+
+// headroomQuery sums each budget's counters in its window [lo, cur], and
+// the amounts its held allotments claim there: one answer row per budget,
+// keyed by its index in budgets. The
+// windows come as arrays (unnest) on PostgreSQL and as a JSON array
+// (json_each) on SQLite, like transition's, so the text is the same for
+// any number of budgets and no parameter limit is reached. Rows are keyed
+// by index, not budget id, so a budget listed twice is answered twice.
+func headroomQuery(engine string, budgets []Budget, ws []window) (string, []any) {
+	const sum = `, counted AS (SELECT q.i, SUM(c.spent) AS spent, SUM(c.reserved) AS reserved FROM q
+	JOIN gov_counters c ON c.budget_id = q.budget_id AND c.window_start >= q.lo AND c.window_start <= q.cur
+	GROUP BY q.i),
+allotted AS (SELECT q.i, SUM(it.amount) AS amount FROM q
+	JOIN gov_reservation_items it ON it.budget_id = q.budget_id AND it.window_start >= q.lo AND it.window_start <= q.cur
+	JOIN gov_reservations r ON r.request_id = it.request_id
+	WHERE r.state = 'held' AND it.request_id LIKE 'allot:%'
+	GROUP BY q.i)
+SELECT q.i, COALESCE(counted.spent, 0), COALESCE(counted.reserved, 0), COALESCE(allotted.amount, 0) FROM q
+	LEFT JOIN counted ON counted.i = q.i LEFT JOIN allotted ON allotted.i = q.i`
+	if engine == store.Postgres {
+		ids, los, curs := make([]string, len(budgets)), make([]int64, len(budgets)), make([]int64, len(budgets))
+		for i, b := range budgets {
+			ids[i], los[i], curs[i] = b.ID, ws[i].lo, ws[i].cur
+		}
+		return `WITH q AS (SELECT t.ord - 1 AS i, t.budget_id, t.lo, t.cur
+	FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(budget_id, lo, cur, ord))` + sum, []any{ids, los, curs}
+	}
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, bud := range budgets {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		id, _ := json.Marshal(bud.ID) // a string always encodes
+		fmt.Fprintf(&b, "[%s,%d,%d]", id, ws[i].lo, ws[i].cur)
+	}
+	b.WriteByte(']')
+	return `WITH q AS (SELECT CAST(key AS INTEGER) AS i, json_extract(value, '$[0]') AS budget_id,
+	json_extract(value, '$[1]') AS lo, json_extract(value, '$[2]') AS cur FROM json_each($1))` + sum, []any{b.String()}
 }
 
 // Start runs the heartbeat and the sweeper that reclaims the held
@@ -878,7 +933,12 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		c, t := Actuals(r)
 		ids, costs, tokens = append(ids, r.RequestID), append(costs, c), append(tokens, t)
 	}
-	allots, asts := l.allotSettleStatements(engine, recs)
+	var allots []string
+	var asts []ledger.Statement
+	if engine == store.Postgres {
+		// SQLite settles allotments from the fresh records (SettleFresh).
+		allots, asts = l.allotSettleStatements(engine, recs, false)
+	}
 	var sts []ledger.Statement
 	if len(ids) > 0 {
 		sts = l.transition(engine, ids, costs, tokens, l.cfg.Now().UnixMilli(), transSettle)
@@ -893,7 +953,9 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		if len(sts) > 0 {
 			sts = sts[1:]
 		}
-		sts = append([]ledger.Statement{lockCounters(append(slices.Clip(ids), allots...))}, sts...)
+		lock := lockCounters(append(slices.Clip(ids), allots...))
+		lock.BeforeInsert = true // the allotments settle before the insert
+		sts = append([]ledger.Statement{lock}, sts...)
 	}
 	return append(sts, asts...)
 }
@@ -907,7 +969,18 @@ func lockCounters(ids []string) ledger.Statement {
 ORDER BY budget_id, window_start FOR UPDATE`, Args: []any{ids}}
 }
 
-var _ ledger.Settler = (*Ledger)(nil)
+// SettleFresh implements ledger.FreshSettler: on SQLite, the allotment
+// holds of the records this batch stored for the first time, summed per
+// allotment.
+func (l *Ledger) SettleFresh(engine string, fresh []*metering.Record) []ledger.Statement {
+	if engine == store.Postgres {
+		return nil // settled before the insert, by SettleStatements
+	}
+	_, sts := l.allotSettleStatements(engine, fresh, true)
+	return sts
+}
+
+var _ ledger.FreshSettler = (*Ledger)(nil)
 
 // Actuals is what a record settles at, per the settlement rule: cost at
 // its price; tokens at every input bucket plus output; 0 when nothing can

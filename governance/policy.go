@@ -83,12 +83,17 @@ type Selector struct {
 }
 
 // Matches reports whether the selector applies to a request of sc for
-// model.
+// model. A policy narrowed to a harness applies to a request whose harness
+// is unknown (sc.Harness ""): a token bound to no harness and a
+// User-Agent that names none. The harness of such a token is only what
+// its User-Agent claims, so a client could otherwise leave a
+// harness-narrowed budget or limit by changing that header; it fails
+// closed instead. A token bound to a harness is judged by that harness.
 func (s Selector) Matches(sc Scope, model string) bool {
 	if s.ScopeType != ScopePlatform && (s.ScopeID == "" || sc.id(s.ScopeType) != s.ScopeID) {
 		return false
 	}
-	if s.Harness != "" && s.Harness != sc.Harness {
+	if s.Harness != "" && sc.Harness != "" && s.Harness != sc.Harness {
 		return false
 	}
 	return s.Model == "" || Glob(s.Model, model)

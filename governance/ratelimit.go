@@ -28,6 +28,9 @@ import (
 //   - Concurrency is a count of requests in flight: a leased sorted set in
 //     Redis (a crashed replica's slots free when the lease ends), a counter
 //     in process.
+//   - Under a big RPM or TPM limit the Redis limiter leases batches of it
+//     and admits from memory; lease.go has the sizing and the bounds it
+//     adds to the ones above.
 
 // Limiter admits requests under rate limits.
 type Limiter interface {
@@ -85,7 +88,8 @@ type RedisConfig struct {
 	Timeout time.Duration
 	MaxWait time.Duration // default DefaultMaxWait; negative: never wait
 	// Replicas counts live replicas, for the local fallback's share of a
-	// soft limit (limit / replicas); nil means 1.
+	// soft limit (limit / replicas) and the size of leased batches; nil
+	// means 1.
 	Replicas func() int
 	Log      *slog.Logger
 }

@@ -18,7 +18,9 @@ import (
 )
 
 // RedisLimiter shares limits across replicas through Redis: one Lua script
-// per request checks every limit all or nothing with Redis's clock.
+// checks every limit of a request all or nothing with Redis's clock, and
+// under a big limit a replica leases batches of it instead and admits
+// from memory (lease.go).
 //
 // Keys (prefix "tg:"): {limit:<id>}:rpm and :tpm hold a TAT in Redis-clock
 // microseconds, :conc the leased sorted set, :clock the latest Redis time
@@ -38,14 +40,26 @@ type RedisLimiter struct {
 	// paying the timeout.
 	retryAt atomic.Int64
 
-	// Test seams; the defaults are the constants in ratelimit.go.
-	period, lease, renew, probe time.Duration
-	now                         func() time.Time
-	sleep                       func(context.Context, time.Duration) error
+	// Test seams; the defaults are the constants in ratelimit.go and
+	// lease.go.
+	period, lease, renew, probe                      time.Duration
+	leaseWindow, leaseIdle, leaseFlush, leaseBackoff time.Duration
+	now                                              func() time.Time
+	sleep                                            func(context.Context, time.Duration) error
+
+	// Leasing state (lease.go), under lmu. round is closed when the sync
+	// call in flight ends; roundMu keeps one sync call at a time; kick
+	// wakes the sync loop for a refill.
+	lmu     sync.Mutex
+	entries map[string]*leaseEntry
+	round   chan struct{}
+	roundMu sync.Mutex
+	kick    chan struct{}
 
 	mu       sync.Mutex
 	held     map[*redisPermit]struct{} // permits holding concurrency slots
 	renewing bool
+	syncing  bool // the sync loop runs (lease.go)
 	closed   bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -97,6 +111,13 @@ func NewRedisLimiter(cfg RedisConfig) (*RedisLimiter, error) {
 		sleep:    sleepCtx,
 		held:     map[*redisPermit]struct{}{},
 		stop:     make(chan struct{}),
+
+		leaseWindow:  leaseWindow,
+		leaseIdle:    leaseIdle,
+		leaseFlush:   leaseFlush,
+		leaseBackoff: leaseBackoff,
+		entries:      map[string]*leaseEntry{},
+		kick:         make(chan struct{}, 1),
 	}
 	quietRedisOnce.Do(func() { redis.SetLogger(debugLogger{}) })
 	r.healthy.Store(true)
@@ -113,7 +134,11 @@ func (r *RedisLimiter) Acquire(ctx context.Context, requestID string, limits []L
 		return NoPermit, nil, nil
 	}
 	tokens = max(0, tokens)
-	if requestID == "" {
+	slots := false
+	for _, l := range limits {
+		slots = slots || l.Concurrency > 0
+	}
+	if requestID == "" && slots {
 		// The id is the slot's member: requests sharing one would share
 		// a slot.
 		b := make([]byte, 12)
@@ -122,16 +147,29 @@ func (r *RedisLimiter) Acquire(ctx context.Context, requestID string, limits []L
 	}
 	var shares []Limit
 	return admit(ctx, r.cfg.MaxWait, r.now, r.sleep, limits, func(ctx context.Context) (Permit, *denial, error) {
+		// Leased batches first: a request they serve whole costs no call,
+		// even while Redis is down (the batch was taken from the shared
+		// bucket); the rest of a request goes to Redis.
+		tk, ents := r.takeLocal(limits, tokens, !slots)
+		if tk.all && !slots {
+			return r.permit("", limits, tokens, ents), nil, nil
+		}
 		if r.reachable() {
-			p, d, err := r.try(ctx, requestID, limits, tokens)
+			p, d, err := r.try(ctx, requestID, limits, tokens, tk)
 			if err == nil {
 				r.up()
+				if d != nil {
+					r.giveBack(limits, tokens, tk)
+				}
 				return p, d, nil
 			}
+			r.giveBack(limits, tokens, tk)
 			if ctx.Err() != nil {
 				return nil, nil, ctx.Err()
 			}
 			r.down(err)
+		} else {
+			r.giveBack(limits, tokens, tk)
 		}
 		for i, l := range limits {
 			if l.Mode == ModeHard {
@@ -185,28 +223,44 @@ func (b bothPermits) Release(actualTokens int64) {
 	b[1].Release(-1)
 }
 
-// try runs the acquire script once.
-func (r *RedisLimiter) try(ctx context.Context, id string, limits []Limit, tokens int64) (Permit, *denial, error) {
+// try runs the acquire script once for what tk (the leased batches) did
+// not serve, carrying what the request's TPM keys owe.
+func (r *RedisLimiter) try(ctx context.Context, id string, limits []Limit, tokens int64, tk taken) (Permit, *denial, error) {
+	owes, err := r.takeOwes(ctx, limits)
+	if err != nil {
+		return nil, nil, err
+	}
 	keys := make([]string, 0, 4*len(limits))
-	args := make([]any, 0, 4+4*len(limits))
+	args := make([]any, 0, 4+6*len(limits))
 	args = append(args, id, tokens, r.period.Microseconds(), r.lease.Microseconds())
-	for _, l := range limits {
+	for i, l := range limits {
 		base := r.keyBase(l)
 		keys = append(keys, base+"rpm", base+"tpm", base+"conc", base+"clock")
-		burst := int64(0)
-		if l.RPM > 0 {
-			burst = rpmBurst(l.RPM)
+		rpm, burst := l.RPM, int64(0)
+		if tk.has(tk.rpm, i) {
+			rpm = 0
 		}
-		args = append(args, l.RPM, burst, l.TPM, l.Concurrency)
+		if rpm > 0 {
+			burst = rpmBurst(rpm)
+		}
+		check, owe := int64(0), int64(0)
+		if l.TPM > 0 && !tk.has(tk.tpm, i) {
+			check = 1
+		}
+		if owes != nil {
+			owe = owes[i]
+		}
+		args = append(args, rpm, burst, l.TPM, l.Concurrency, check, owe)
 	}
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	res, err := acquireScript.Run(cctx, r.rdb, keys, args...).Int64Slice()
 	if err != nil {
+		r.restoreOwes(limits, owes)
 		return nil, nil, err
 	}
 	if len(res) == 1 && res[0] == 1 {
-		return r.permit(id, limits, tokens), nil, nil
+		return r.permit(id, limits, tokens, r.admitted(limits, tokens)), nil, nil
 	}
 	if len(res) != 6 || res[1] < 0 || int(res[1]) >= len(limits) {
 		return nil, nil, errors.New("rate limit script: unexpected answer " + strconv.Itoa(len(res)))
@@ -224,25 +278,21 @@ func (r *RedisLimiter) keyBase(l Limit) string {
 	return r.cfg.Prefix + "{limit:" + limitKey(l) + "}:"
 }
 
-// permit records what the request must give back: TPM corrections and
-// concurrency slots. RPM takes nothing back, so an RPM-only request gets
-// NoPermit and its Release costs nothing.
-func (r *RedisLimiter) permit(id string, limits []Limit, tokens int64) Permit {
-	p := &redisPermit{r: r, id: id, tokens: tokens}
+// permit records what the request must give back: TPM corrections (to
+// its limits' entries, ents) and concurrency slots. RPM takes nothing
+// back, so an RPM-only request gets NoPermit and its Release costs
+// nothing.
+func (r *RedisLimiter) permit(id string, limits []Limit, tokens int64, ents []*leaseEntry) Permit {
+	p := &redisPermit{r: r, id: id, tokens: tokens, ents: ents}
 	for _, l := range limits {
-		if l.TPM == 0 && l.Concurrency == 0 {
-			continue
-		}
-		base := r.keyBase(l)
-		slot := int64(0)
 		if l.Concurrency > 0 {
-			slot = 1
+			base := r.keyBase(l)
 			p.slots = append(p.slots, base+"conc")
+			p.keys = append(p.keys, base+"tpm", base+"conc", base+"clock")
+			p.args = append(p.args, int64(0), int64(1))
 		}
-		p.keys = append(p.keys, base+"tpm", base+"conc", base+"clock")
-		p.args = append(p.args, l.TPM, slot)
 	}
-	if len(p.keys) == 0 {
+	if len(p.keys) == 0 && len(ents) == 0 {
 		return NoPermit
 	}
 	if len(p.slots) > 0 {
@@ -275,15 +325,20 @@ func (r *RedisLimiter) up() {
 // Healthy reports whether the last call reached Redis (readyz, metrics).
 func (r *RedisLimiter) Healthy() bool { return r.healthy.Load() }
 
-// Close stops renewing leases and closes the connection pool.
+// Close stops renewing leases, gives leased batches back and sends what
+// is owed (one call, best effort), and closes the connection pool.
 func (r *RedisLimiter) Close() error {
 	r.mu.Lock()
-	if !r.closed {
+	first := !r.closed
+	if first {
 		r.closed = true
 		close(r.stop)
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	if first {
+		r.syncRound(true)
+	}
 	return r.rdb.Close()
 }
 
@@ -298,14 +353,16 @@ func (debugLogger) Printf(ctx context.Context, format string, v ...any) {
 	slog.Default().DebugContext(ctx, fmt.Sprintf("redis client: "+format, v...))
 }
 
-// redisPermit is an admitted request's hold in Redis.
+// redisPermit is an admitted request's hold: TPM it settles against its
+// limits' entries, slots it holds in Redis.
 type redisPermit struct {
 	r      *RedisLimiter
 	id     string
 	tokens int64
-	keys   []string // per limit: tpm, conc, clock
-	args   []any    // per limit: tpm, whether a slot is held
-	slots  []string // concurrency keys, for renewal
+	ents   []*leaseEntry // the entries of the request's TPM limits
+	keys   []string      // per slot: tpm, conc, clock (release script)
+	args   []any         // per slot: 0 (no TPM here), 1 (a slot)
+	slots  []string      // concurrency keys, for renewal
 	done   atomic.Bool
 }
 
@@ -321,14 +378,18 @@ func (p *redisPermit) Release(actualTokens int64) {
 	if actualTokens >= 0 {
 		delta = actualTokens - p.tokens
 	}
-	if delta == 0 && len(p.slots) == 0 || !r.reachable() {
-		// Nothing to give back, or no one to give it to: the lease frees
-		// the slot, the correction is lost.
+	if len(p.ents) > 0 {
+		// No call: the correction settles against a leased batch or is
+		// owed, sent with the next call for the key or the next flush.
+		r.settle(p.ents, delta)
+	}
+	if len(p.slots) == 0 || !r.reachable() {
+		// No slot, or no one to free it with: the lease frees it.
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
 	defer cancel()
-	args := append([]any{p.id, delta, r.period.Microseconds()}, p.args...)
+	args := append([]any{p.id, int64(0), r.period.Microseconds()}, p.args...)
 	if err := releaseScript.Run(ctx, r.rdb, p.keys, args...).Err(); err != nil {
 		r.down(err)
 		return
@@ -345,7 +406,8 @@ func (r *RedisLimiter) hold(p *redisPermit) {
 	if !r.renewing && !r.closed {
 		r.renewing = true
 		r.wg.Add(1)
-		go r.renewLoop()
+		// Every held slot's lease is extended in a few calls per interval.
+		go r.loop(r.renew, nil, r.renewHeld)
 	}
 }
 
@@ -355,19 +417,20 @@ func (r *RedisLimiter) unhold(p *redisPermit) {
 	r.mu.Unlock()
 }
 
-// renewLoop extends every held slot's lease, all of them in a few calls
-// per interval: one goroutine per limiter, not per request.
-func (r *RedisLimiter) renewLoop() {
+// loop runs f every d and whenever wake fires (nil: never) until Close:
+// one goroutine per limiter and job, not per request.
+func (r *RedisLimiter) loop(d time.Duration, wake <-chan struct{}, f func()) {
 	defer r.wg.Done()
-	t := time.NewTicker(r.renew)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
-			r.renewHeld()
+		case <-wake:
 		}
+		f()
 	}
 }
 

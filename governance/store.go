@@ -119,20 +119,27 @@ func newPolicyID(prefix string) string {
 
 // write runs fn in a transaction that also bumps gov_version and, on
 // PostgreSQL, notifies NotifyChannel with the new version (delivered only
-// if the transaction commits). The UPDATE's row lock orders concurrent
-// writers, so versions commit in order.
+// if the transaction commits). The version is bumped first: its row lock
+// queues concurrent writers for the whole transaction, so versions commit
+// in order and a Set's look-up of the policy it updates cannot race
+// another writer's insert of it (SQLite's BEGIN IMMEDIATE does the same).
+// fn returning errUnchanged rolls back without an error: nothing changed,
+// and the version does not move.
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if err := fn(tx); err != nil {
-		return err
-	}
 	var v int64
 	if err := tx.QueryRowContext(ctx, `UPDATE gov_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&v); err != nil {
 		return fmt.Errorf("policy version: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		if errors.Is(err, errUnchanged) {
+			return nil
+		}
+		return err
 	}
 	if err := s.db.Notify(ctx, tx, NotifyChannel, strconv.FormatInt(v, 10)); err != nil {
 		return err
@@ -140,36 +147,197 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return tx.Commit()
 }
 
-// put inserts a new row (id "") or updates the row id, in one write. It
+// errUnchanged is a write's fn saying there is nothing to write.
+var errUnchanged = errors.New("unchanged")
+
+// SetResult is what a Set call did.
+type SetResult string
+
+const (
+	// SetCreated: no policy had the same identity; a new one (a new id)
+	// was stored.
+	SetCreated SetResult = "created"
+	// SetUpdated: the policy with the same identity was updated in place,
+	// keeping its id, so its counters and spend.
+	SetUpdated SetResult = "updated"
+	// SetUnchanged: that policy already said exactly this; nothing was
+	// written.
+	SetUnchanged SetResult = "unchanged"
+)
+
+// putTx inserts a new row (id "") or updates the row id, in tx. It
 // returns the id and created_at stored; an update of an id that does not
 // exist is ErrNotFound. cols and vals exclude id and the timestamps.
-func (s *Store) put(ctx context.Context, table, prefix, id string, cols []string, vals []any, now time.Time) (string, time.Time, error) {
-	created := now
+func putTx(ctx context.Context, tx *sql.Tx, table, prefix, id string, cols []string, vals []any, now time.Time) (string, time.Time, error) {
+	if id == "" {
+		id = newPolicyID(prefix)
+		ph := make([]string, len(cols)+3)
+		for i := range ph {
+			ph[i] = "$" + strconv.Itoa(i+1)
+		}
+		q := "INSERT INTO " + table + " (id, " + strings.Join(cols, ", ") + ", created_at, updated_at) VALUES (" + strings.Join(ph, ", ") + ")"
+		_, err := tx.ExecContext(ctx, q, append(append([]any{id}, vals...), now, now)...)
+		return id, now, err
+	}
+	set := make([]string, len(cols))
+	for i, c := range cols {
+		set[i] = c + " = $" + strconv.Itoa(i+1)
+	}
+	n := len(cols)
+	q := "UPDATE " + table + " SET " + strings.Join(set, ", ") + ", updated_at = $" + strconv.Itoa(n+1) +
+		" WHERE id = $" + strconv.Itoa(n+2) + " RETURNING created_at"
+	var created time.Time
+	err := tx.QueryRowContext(ctx, q, append(vals, now, id)...).Scan(&created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return id, created, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return id, created.UTC(), err
+}
+
+// existing is the policy a Set updates: the row id when given (ErrNotFound
+// if there is none), else the oldest row of the same identity (where, an
+// AND of column = value), or nil for a create. The oldest, because a
+// database written before Set existed may hold duplicates, and the first
+// one is what its counters most likely grew under.
+func existing[T any](ctx context.Context, tx *sql.Tx, sel, id string, where []string, args []any, scan func(*sql.Rows) (T, error)) (*T, error) {
+	if id != "" {
+		v, err := oneRow(ctx, tx, sel, id, scan)
+		if err != nil {
+			return nil, err
+		}
+		return &v, nil
+	}
+	conds := make([]string, len(where))
+	for i, c := range where {
+		conds[i] = c + " = $" + strconv.Itoa(i+1)
+	}
+	vs, err := listRows(ctx, tx, sel+" WHERE "+strings.Join(conds, " AND ")+" ORDER BY created_at, id LIMIT 1", args, scan)
+	if err != nil || len(vs) == 0 {
+		return nil, err
+	}
+	return &vs[0], nil
+}
+
+// policyTable is one kind of policy as setPolicy and putPolicy store it.
+type policyTable[T any] struct {
+	table, prefix, sel string
+	cols               []string
+	scan               func(*sql.Rows) (T, error)
+	vals               func(T) []any
+	id                 func(T) string
+	// stamp sets the id and times a write gave v.
+	stamp func(v *T, id string, created, updated time.Time)
+	// identity is what makes two policies the same one, which Set updates
+	// rather than duplicates: columns, v's values in them, and the words
+	// that name them in a message.
+	identity func(v T) (cols []string, vals []any, words string)
+}
+
+var (
+	budgetTable = policyTable[Budget]{"gov_budgets", "bud_", budgetSelect, budgetCols, scanBudget, budgetVals,
+		func(b Budget) string { return b.ID }, func(b *Budget, id string, c, u time.Time) { b.ID, b.CreatedAt, b.UpdatedAt = id, c, u },
+		func(b Budget) ([]string, []any, string) {
+			return []string{"scope_type", "scope_id", "model", "harness", "metric", "window_spec"},
+				[]any{string(b.ScopeType), b.ScopeID, b.Model, b.Harness, string(b.Metric), b.Window.String()}, "scope, model, harness, metric and window"
+		}}
+	limitTable = policyTable[Limit]{"gov_limits", "lim_", limitSelect, limitCols, scanLimit, limitVals,
+		func(l Limit) string { return l.ID }, func(l *Limit, id string, c, u time.Time) { l.ID, l.CreatedAt, l.UpdatedAt = id, c, u },
+		func(l Limit) ([]string, []any, string) {
+			return []string{"scope_type", "scope_id", "model", "harness"}, []any{string(l.ScopeType), l.ScopeID, l.Model, l.Harness}, "scope, model and harness"
+		}}
+	ruleTable = policyTable[ModelRule]{"gov_model_rules", "rule_", ruleSelect, ruleCols, scanRule, ruleVals,
+		func(r ModelRule) string { return r.ID }, func(r *ModelRule, id string, c, u time.Time) { r.ID, r.CreatedAt, r.UpdatedAt = id, c, u },
+		func(r ModelRule) ([]string, []any, string) {
+			return []string{"scope_type", "scope_id", "kind", "pattern"}, []any{string(r.ScopeType), r.ScopeID, string(r.Kind), r.Pattern}, "scope, kind and pattern"
+		}}
+)
+
+// putPolicy stores v: a new policy (no id), or the replacement of the one
+// with v's id, which is refused (ErrInvalid) if another policy already
+// has v's identity: the two would count the same requests twice.
+func putPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T) (T, error) {
+	now := s.stamp()
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		if id == "" {
-			id = newPolicyID(prefix)
-			ph := make([]string, len(cols)+3)
-			for i := range ph {
-				ph[i] = "$" + strconv.Itoa(i+1)
+		id := pt.id(v)
+		if id != "" {
+			if err := noTwin(ctx, tx, pt, v); err != nil {
+				return err
 			}
-			q := "INSERT INTO " + table + " (id, " + strings.Join(cols, ", ") + ", created_at, updated_at) VALUES (" + strings.Join(ph, ", ") + ")"
-			_, err := tx.ExecContext(ctx, q, append(append([]any{id}, vals...), now, now)...)
-			return err
 		}
-		set := make([]string, len(cols))
-		for i, c := range cols {
-			set[i] = c + " = $" + strconv.Itoa(i+1)
-		}
-		n := len(cols)
-		q := "UPDATE " + table + " SET " + strings.Join(set, ", ") + ", updated_at = $" + strconv.Itoa(n+1) +
-			" WHERE id = $" + strconv.Itoa(n+2) + " RETURNING created_at"
-		err := tx.QueryRowContext(ctx, q, append(vals, now, id)...).Scan(&created)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: %s", ErrNotFound, id)
-		}
+		id, created, err := putTx(ctx, tx, pt.table, pt.prefix, id, pt.cols, pt.vals(v), now)
+		pt.stamp(&v, id, created, now)
 		return err
 	})
-	return id, created.UTC(), err
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
+}
+
+// noTwin refuses (ErrInvalid) to give the policy v, which has an id,
+// an identity another policy already has. A policy that has its identity
+// already keeps it, even beside a duplicate written before Set existed.
+func noTwin[T any](ctx context.Context, tx *sql.Tx, pt policyTable[T], v T) error {
+	cols, vals, words := pt.identity(v)
+	twin, err := existing(ctx, tx, pt.sel, "", cols, vals, pt.scan)
+	if err != nil || twin == nil || pt.id(*twin) == pt.id(v) {
+		return err
+	}
+	cur, err := existing(ctx, tx, pt.sel, pt.id(v), nil, nil, pt.scan)
+	if err != nil {
+		return err
+	}
+	if _, curVals, _ := pt.identity(*cur); slices.Equal(curVals, vals) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s already has this %s; change or delete that one", ErrInvalid, pt.id(*twin), words)
+}
+
+// setPolicy is a Set, in one write: the policy v updates is looked up (its
+// id, or the oldest of the same identity: existing), merge fills v
+// from it (nil: a create) and validates it; if v then stores what the old
+// one does, nothing is written; else v is updated in place or inserted.
+func setPolicy[T any](ctx context.Context, s *Store, pt policyTable[T], v T,
+	merge func(v T, old *T) (T, error), same func(a, b T) bool) (T, SetResult, error) {
+	now := s.stamp()
+	res := SetCreated
+	cols, vals, _ := pt.identity(v)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		old, err := existing(ctx, tx, pt.sel, pt.id(v), cols, vals, pt.scan)
+		if err != nil {
+			return err
+		}
+		if v, err = merge(v, old); err != nil {
+			return err
+		}
+		if pt.id(v) != "" {
+			// Updated by id, it may have been given another's identity.
+			if err := noTwin(ctx, tx, pt, v); err != nil {
+				return err
+			}
+		}
+		if old != nil {
+			res = SetUpdated
+			if same(*old, v) {
+				v, res = *old, SetUnchanged
+				return errUnchanged
+			}
+		}
+		stored := "" // a new id
+		if old != nil {
+			stored = pt.id(*old)
+		}
+		var created time.Time
+		stored, created, err = putTx(ctx, tx, pt.table, pt.prefix, stored, pt.cols, pt.vals(v), now)
+		pt.stamp(&v, stored, created, now)
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, "", err
+	}
+	return v, res, nil
 }
 
 // del deletes the row id of table in one write, or returns ErrNotFound.
@@ -278,22 +446,61 @@ func parseAlerts(s string) ([]int, error) {
 // budget's limit, mode or selector never resets its spend: the id, which
 // the ledger's counters are keyed by, stays.
 func (s *Store) PutBudget(ctx context.Context, b Budget) (Budget, error) {
+	if err := normalizeBudget(&b); err != nil {
+		return Budget{}, err
+	}
+	return putPolicy(ctx, s, budgetTable, b)
+}
+
+// normalizeBudget fills b's defaults, validates it and puts its alert
+// thresholds in the order they are stored in.
+func normalizeBudget(b *Budget) error {
 	b.Normalize()
 	if err := b.Validate(); err != nil {
-		return Budget{}, err
+		return err
 	}
 	b.Alerts = slices.Clone(b.Alerts)
 	slices.Sort(b.Alerts)
 	b.Alerts = slices.Compact(b.Alerts)
-	now := s.stamp()
-	id, created, err := s.put(ctx, "gov_budgets", "bud_", b.ID, budgetCols, []any{
-		string(b.ScopeType), b.ScopeID, b.Model, b.Harness, string(b.Metric), b.Limit, b.Window.String(), string(b.Mode), b.Unpriced, formatAlerts(b.Alerts),
-	}, now)
-	if err != nil {
-		return Budget{}, err
+	return nil
+}
+
+func budgetVals(b Budget) []any {
+	return []any{string(b.ScopeType), b.ScopeID, b.Model, b.Harness, string(b.Metric), b.Limit, b.Window.String(), string(b.Mode), b.Unpriced, formatAlerts(b.Alerts)}
+}
+
+// SetBudget is "budget set": it updates, in place, the budget with the
+// same scope, model, harness, metric and window (or b.ID when given), and
+// creates one only when there is none, so setting a budget twice never
+// makes two that would both count the same spend. An update keeps the id,
+// and so the spend; fields b leaves empty (mode, unpriced, nil alert
+// thresholds) keep the updated budget's values. The look-up and the write
+// are one transaction, so concurrent Sets of one budget make one.
+func (s *Store) SetBudget(ctx context.Context, b Budget) (Budget, SetResult, error) {
+	if err := b.Validate(); err != nil {
+		return Budget{}, "", err
 	}
-	b.ID, b.CreatedAt, b.UpdatedAt = id, created, now
-	return b, nil
+	return setPolicy(ctx, s, budgetTable, b,
+		func(b Budget, old *Budget) (Budget, error) {
+			if old != nil {
+				if b.Mode == "" {
+					b.Mode = old.Mode
+				}
+				if b.Unpriced == "" && b.Metric == old.Metric {
+					b.Unpriced = old.Unpriced
+				}
+				if b.Alerts == nil {
+					b.Alerts = old.Alerts
+				}
+			}
+			return b, normalizeBudget(&b)
+		}, sameBudget)
+}
+
+// sameBudget reports whether a and b store the same values.
+func sameBudget(a, b Budget) bool {
+	return a.Selector == b.Selector && a.Metric == b.Metric && a.Limit == b.Limit && a.Window == b.Window &&
+		a.Mode == b.Mode && a.Unpriced == b.Unpriced && slices.Equal(a.Alerts, b.Alerts)
 }
 
 // Budget returns one budget, or ErrNotFound.
@@ -332,15 +539,47 @@ func (s *Store) PutLimit(ctx context.Context, l Limit) (Limit, error) {
 	if err := l.Validate(); err != nil {
 		return Limit{}, err
 	}
-	now := s.stamp()
-	id, created, err := s.put(ctx, "gov_limits", "lim_", l.ID, limitCols, []any{
-		string(l.ScopeType), l.ScopeID, l.Model, l.Harness, l.RPM, l.TPM, l.Concurrency, string(l.Mode),
-	}, now)
-	if err != nil {
-		return Limit{}, err
+	return putPolicy(ctx, s, limitTable, l)
+}
+
+// KeepRate is a rate SetLimit leaves as it is: an updated limit keeps its
+// value, a new limit has none (0). "limit set --tpm 100" thus changes
+// the TPM alone, and an admin POST that omits rpm keeps it.
+const KeepRate int64 = -1
+
+// SetLimit is "limit set": it updates, in place, the rate limit with the
+// same scope, model and harness (or l.ID when given), and creates one
+// only when there is none. An update keeps the id (so its buckets) and,
+// for a rate given as KeepRate or a mode left empty, the updated limit's
+// value.
+func (s *Store) SetLimit(ctx context.Context, l Limit) (Limit, SetResult, error) {
+	if probs := l.Selector.problems(); len(probs) > 0 {
+		return Limit{}, "", invalid(probs)
 	}
-	l.ID, l.CreatedAt, l.UpdatedAt = id, created, now
-	return l, nil
+	return setPolicy(ctx, s, limitTable, l,
+		func(l Limit, old *Limit) (Limit, error) {
+			var prev Limit
+			if old != nil {
+				prev = *old
+				if l.Mode == "" {
+					l.Mode = old.Mode
+				}
+			}
+			for _, r := range []struct{ v, old *int64 }{{&l.RPM, &prev.RPM}, {&l.TPM, &prev.TPM}, {&l.Concurrency, &prev.Concurrency}} {
+				if *r.v == KeepRate {
+					*r.v = *r.old
+				}
+			}
+			l.Normalize()
+			return l, l.Validate()
+		},
+		func(a, b Limit) bool {
+			return a.Selector == b.Selector && a.RPM == b.RPM && a.TPM == b.TPM && a.Concurrency == b.Concurrency && a.Mode == b.Mode
+		})
+}
+
+func limitVals(l Limit) []any {
+	return []any{string(l.ScopeType), l.ScopeID, l.Model, l.Harness, l.RPM, l.TPM, l.Concurrency, string(l.Mode)}
 }
 
 // Limit returns one rate limit, or ErrNotFound.
@@ -377,15 +616,27 @@ func (s *Store) PutRule(ctx context.Context, r ModelRule) (ModelRule, error) {
 	if err := r.Validate(); err != nil {
 		return ModelRule{}, err
 	}
-	now := s.stamp()
-	id, created, err := s.put(ctx, "gov_model_rules", "rule_", r.ID, ruleCols, []any{
-		string(r.ScopeType), r.ScopeID, string(r.Kind), r.Pattern, r.Target,
-	}, now)
-	if err != nil {
-		return ModelRule{}, err
+	return putPolicy(ctx, s, ruleTable, r)
+}
+
+// SetRule is "models allow|deny|alias": the scope's rule of the same kind
+// and pattern (or r.ID when given) is updated in place, its target being
+// the only thing an alias can change; an identical rule is left as it is.
+// A rule is created only when the scope has none of that kind and
+// pattern, so adding a rule twice never makes two.
+func (s *Store) SetRule(ctx context.Context, r ModelRule) (ModelRule, SetResult, error) {
+	if err := r.Validate(); err != nil {
+		return ModelRule{}, "", err
 	}
-	r.ID, r.CreatedAt, r.UpdatedAt = id, created, now
-	return r, nil
+	return setPolicy(ctx, s, ruleTable, r,
+		func(r ModelRule, _ *ModelRule) (ModelRule, error) { return r, nil },
+		func(a, b ModelRule) bool {
+			return a.ScopeType == b.ScopeType && a.ScopeID == b.ScopeID && a.Kind == b.Kind && a.Pattern == b.Pattern && a.Target == b.Target
+		})
+}
+
+func ruleVals(r ModelRule) []any {
+	return []any{string(r.ScopeType), r.ScopeID, string(r.Kind), r.Pattern, r.Target}
 }
 
 // Rule returns one model rule, or ErrNotFound.

@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -282,4 +284,191 @@ func TestInForce(t *testing.T) {
 	if (*Policies)(nil).InForce(Scope{}, "") != nil {
 		t.Error("nil policies")
 	}
+}
+
+// TestStoreSetIsIdempotent: setting the same budget, limit or rule again
+// updates it in place (same id, so the ledger's spend stays with it)
+// instead of adding a second policy that would count the same requests
+// twice; an identical set writes nothing; fields left empty keep their
+// values; another identity is another policy; concurrent sets of one new
+// budget make one; and a database holding duplicates from before updates
+// the oldest.
+func TestStoreSetIsIdempotent(t *testing.T) {
+	forEachPolicyEngine(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		st := policyStore(t, db)
+		l, err := OpenLedger(ctx, db, LedgerConfig{ReplicaID: "r1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		acme := Selector{ScopeType: ScopeProject, ScopeID: "acme", Harness: "claude-code"}
+		b1, res, err := st.SetBudget(ctx, Budget{Selector: acme, Metric: MetricCost, Limit: 50_000_000, Window: Window{Kind: WindowMonth}, Mode: ModeHard, Alerts: []int{90}})
+		if err != nil || res != SetCreated {
+			t.Fatalf("first set: %v %v", res, err)
+		}
+		if ref, err := l.Reserve(ctx, "req-1", []Charge{{Budget: b1, Amount: 2_000_000}}); err != nil || ref != nil {
+			t.Fatalf("reserve: %v %v", ref, err)
+		}
+		v1, _ := st.Version(ctx)
+		// The same budget again, with a new limit and no mode or alerts:
+		// updated in place, keeping hard, [90] and the reservation.
+		b2, res, err := st.SetBudget(ctx, Budget{Selector: acme, Metric: MetricCost, Limit: 75_000_000, Window: Window{Kind: WindowMonth}})
+		if err != nil || res != SetUpdated || b2.ID != b1.ID || !b2.CreatedAt.Equal(b1.CreatedAt) {
+			t.Fatalf("second set: %v %v %+v, want updated %s", res, err, b2, b1.ID)
+		}
+		if b2.Mode != ModeHard || !slices.Equal(b2.Alerts, []int{90}) || b2.Unpriced != UnpricedRefuse || b2.Limit != 75_000_000 {
+			t.Errorf("update did not keep what it was not given: %+v", b2)
+		}
+		if hs, err := l.Headroom(ctx, []Budget{b2}); err != nil || hs[0].Reserved != 2_000_000 {
+			t.Errorf("the updated budget lost its reservation: %+v %v", hs, err)
+		}
+		// Identical: nothing written, the version stays.
+		b3, res, err := st.SetBudget(ctx, Budget{Selector: acme, Metric: MetricCost, Limit: 75_000_000, Window: Window{Kind: WindowMonth}, Mode: ModeHard})
+		if v, _ := st.Version(ctx); err != nil || res != SetUnchanged || b3.ID != b1.ID || !b3.UpdatedAt.Equal(b2.UpdatedAt) || v != v1+1 {
+			t.Errorf("identical set: %v %v %+v, version %d (was %d)", res, err, b3, v, v1)
+		}
+		// Another window, metric or harness is another budget.
+		for _, other := range []Budget{
+			{Selector: acme, Metric: MetricCost, Limit: 1, Window: Window{Kind: WindowDay}},
+			{Selector: acme, Metric: MetricTokens, Limit: 1, Window: Window{Kind: WindowMonth}},
+			{Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Metric: MetricCost, Limit: 1, Window: Window{Kind: WindowMonth}},
+		} {
+			if o, res, err := st.SetBudget(ctx, other); err != nil || res != SetCreated || o.ID == b1.ID {
+				t.Errorf("set of %+v: %v %v %s", other, res, err, o.ID)
+			}
+		}
+		if bs, _ := st.ListBudgets(ctx, Filter{}); len(bs) != 4 {
+			t.Errorf("%d budgets, want 4", len(bs))
+		}
+		if _, _, err := st.SetBudget(ctx, Budget{ID: "bud_missing", Selector: acme, Metric: MetricCost, Limit: 1, Window: Window{Kind: WindowDay}}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("set of an unknown id: %v", err)
+		}
+		if _, _, err := st.SetBudget(ctx, Budget{Selector: acme, Metric: MetricCost, Window: Window{Kind: WindowDay}}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("set without a limit: %v", err)
+		}
+
+		// Concurrent first sets of one budget (two CLIs, a retried POST)
+		// make exactly one.
+		ws := Selector{ScopeType: ScopeWorkspace, ScopeID: "ws-race"}
+		const n = 8
+		ids, results := make([]string, n), make([]SetResult, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				b, res, err := st.SetBudget(ctx, Budget{Selector: ws, Metric: MetricTokens, Limit: int64(1000 + i), Window: Window{Kind: WindowDay}})
+				if err != nil {
+					t.Error(err)
+				}
+				ids[i], results[i] = b.ID, res
+			})
+		}
+		wg.Wait()
+		if bs, _ := st.ListBudgets(ctx, Filter{ScopeType: ScopeWorkspace, ScopeID: "ws-race"}); len(bs) != 1 {
+			t.Errorf("concurrent sets made %d budgets", len(bs))
+		}
+		if created := slices.Index(results, SetCreated); created < 0 || slices.Index(results[created+1:], SetCreated) >= 0 {
+			t.Errorf("results %v, want exactly one created", results)
+		}
+		for _, id := range ids {
+			if id != ids[0] {
+				t.Errorf("ids %v differ", ids)
+				break
+			}
+		}
+
+		// Limits: a rate left at KeepRate keeps its value; none at all on a
+		// create.
+		lim, res, err := st.SetLimit(ctx, Limit{Selector: ws, RPM: 60, TPM: KeepRate, Concurrency: KeepRate})
+		if err != nil || res != SetCreated || lim.RPM != 60 || lim.TPM != 0 || lim.Concurrency != 0 || lim.Mode != ModeSoft {
+			t.Fatalf("limit create: %v %v %+v", res, err, lim)
+		}
+		lim2, res, err := st.SetLimit(ctx, Limit{Selector: ws, RPM: KeepRate, TPM: 9000, Concurrency: KeepRate, Mode: ModeHard})
+		if err != nil || res != SetUpdated || lim2.ID != lim.ID || lim2.RPM != 60 || lim2.TPM != 9000 || lim2.Mode != ModeHard {
+			t.Errorf("limit update: %v %v %+v", res, err, lim2)
+		}
+		if _, res, err := st.SetLimit(ctx, Limit{Selector: ws, RPM: 60, TPM: KeepRate, Concurrency: 0}); err != nil || res != SetUnchanged {
+			t.Errorf("identical limit: %v %v", res, err)
+		}
+		if _, _, err := st.SetLimit(ctx, Limit{Selector: ws, RPM: KeepRate, TPM: KeepRate, Concurrency: KeepRate}); err != nil {
+			// An update that gives no rate keeps them all: unchanged.
+			t.Errorf("limit set keeping every rate: %v", err)
+		}
+		if _, _, err := st.SetLimit(ctx, Limit{Selector: Selector{ScopeType: ScopeUser, ScopeID: "u"}, RPM: KeepRate, TPM: KeepRate, Concurrency: KeepRate}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("a new limit with no rate: %v", err)
+		}
+		if _, _, err := st.SetLimit(ctx, Limit{Selector: ws, RPM: -5, TPM: KeepRate, Concurrency: KeepRate}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("a negative rate: %v", err)
+		}
+		if ls, _ := st.ListLimits(ctx, Filter{}); len(ls) != 1 {
+			t.Errorf("%d limits, want 1", len(ls))
+		}
+
+		// Rules: an allow rule twice is one; an alias retargets in place.
+		allow := ModelRule{ScopeType: ScopeProject, ScopeID: "acme", Kind: RuleAllow, Pattern: "claude-*"}
+		r1, res1, err1 := st.SetRule(ctx, allow)
+		r2, res2, err2 := st.SetRule(ctx, allow)
+		if err1 != nil || err2 != nil || res1 != SetCreated || res2 != SetUnchanged || r2.ID != r1.ID {
+			t.Errorf("allow twice: %v %v / %v %v", res1, err1, res2, err2)
+		}
+		deny := allow
+		deny.Kind = RuleDeny
+		if d, res, err := st.SetRule(ctx, deny); err != nil || res != SetCreated || d.ID == r1.ID {
+			t.Errorf("a deny of the same pattern is its own rule: %v %v", res, err)
+		}
+		alias := ModelRule{ScopeType: ScopeProject, ScopeID: "acme", Kind: RuleAlias, Pattern: "fast", Target: "gpt-5-mini"}
+		a1, _, _ := st.SetRule(ctx, alias)
+		alias.Target = "gpt-5"
+		a2, res, err := st.SetRule(ctx, alias)
+		if err != nil || res != SetUpdated || a2.ID != a1.ID || a2.Target != "gpt-5" {
+			t.Errorf("alias retarget: %v %v %+v", res, err, a2)
+		}
+		if rs, _ := st.ListRules(ctx, Filter{}); len(rs) != 3 {
+			t.Errorf("%d rules, want 3", len(rs))
+		}
+
+		// Duplicates written before Set existed (two POSTs): Set updates
+		// the oldest and leaves the other.
+		clock := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+		st.now = func() time.Time { return clock }
+		dup := Budget{Selector: Selector{ScopeType: ScopeUser, ScopeID: "ann"}, Metric: MetricCost, Limit: 1_000_000, Window: Window{Kind: WindowDay}}
+		old, _ := st.PutBudget(ctx, dup)
+		clock = clock.Add(time.Minute)
+		newer, _ := st.PutBudget(ctx, dup)
+		dup.Limit = 2_000_000
+		got, res, err := st.SetBudget(ctx, dup)
+		if err != nil || res != SetUpdated || got.ID != old.ID {
+			t.Errorf("set over duplicates: %v %v %s, want the oldest %s (not %s)", res, err, got.ID, old.ID, newer.ID)
+		}
+
+		// A replacement by id cannot take another policy's identity: the
+		// day budget of acme/claude-code exists, so b1 (its month budget)
+		// cannot become a day budget; its own identity it may keep.
+		moved := b2
+		moved.Window = Window{Kind: WindowDay}
+		if _, err := st.PutBudget(ctx, moved); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "already has this scope, model, harness, metric and window") {
+			t.Errorf("PUT onto another budget's identity: %v", err)
+		}
+		if _, err := st.PutBudget(ctx, b2); err != nil {
+			t.Errorf("PUT keeping its own identity: %v", err)
+		}
+		if _, err := st.PutRule(ctx, ModelRule{ID: r1.ID, ScopeType: ScopeProject, ScopeID: "acme", Kind: RuleDeny, Pattern: "claude-*"}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("PUT of an allow rule onto the deny rule's identity: %v", err)
+		}
+		if _, err := st.PutLimit(ctx, Limit{ID: lim.ID, Selector: ws, RPM: 1}); err != nil {
+			t.Errorf("PUT of a limit in its own identity: %v", err)
+		}
+		// Nor can a set by id (budget set --id).
+		if _, _, err := st.SetBudget(ctx, moved); !errors.Is(err, ErrInvalid) {
+			t.Errorf("set by id onto another budget's identity: %v", err)
+		}
+		// A duplicate from before keeps its own identity when edited.
+		newer.Limit = 3_000_000
+		if _, err := st.PutBudget(ctx, newer); err != nil {
+			t.Errorf("PUT of the newer duplicate in its identity: %v", err)
+		}
+		newer.Limit = 4_000_000
+		if got, res, err := st.SetBudget(ctx, newer); err != nil || res != SetUpdated || got.ID != newer.ID {
+			t.Errorf("set by id of the newer duplicate: %v %v %s", res, err, got.ID)
+		}
+	})
 }

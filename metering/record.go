@@ -177,8 +177,11 @@ type Record struct {
 	// the record settles them against the allotment.
 	Allotted []Hold `json:"allotted,omitempty"`
 	// Attempts are the upstream attempts made for this request, in order,
-	// when there was more than one (failover); the last is the one that
-	// answered. Only the answering attempt's usage is in Usage.
+	// when there was more than one (failover). The one that answered has
+	// no Error; when every attempt failed, the record's provider and
+	// credential are those of the one whose answer the client got. Only
+	// the answering attempt's usage is in Usage: a failed attempt the
+	// provider may have billed says so (MayBill), its usage unknown.
 	Attempts []Attempt `json:"attempts,omitempty"`
 }
 
@@ -203,6 +206,9 @@ type Attempt struct {
 	Error string `json:"error,omitempty"`
 	// Duration is from the attempt's start to its headers or failure.
 	Duration time.Duration `json:"duration_ns"`
+	// MayBill is set on a failed attempt the provider may have billed: the
+	// whole request was sent and then the answer never came or broke off.
+	MayBill bool `json:"may_bill,omitempty"`
 }
 
 // Sink receives the one usage record of each request. The proxy calls Record

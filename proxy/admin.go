@@ -30,6 +30,8 @@ const adminPrefix = "/admin/v1"
 // the CLI, so the two cannot drift.
 func (s *Server) adminRoutes(r fiber.Router) {
 	a := s.cfg.Admin
+	t := s.trail()
+	r.Use(s.auditActor)
 	g := &adminMux{r: r}
 	defer g.fallback()
 	g.Post("/tokens", func(c *fiber.Ctx) error {
@@ -74,6 +76,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.TokenIssued(c.UserContext(), info, tok))
 		out := struct {
 			Token string             `json:"token"`
 			Info  resolver.TokenInfo `json:"info"`
@@ -81,20 +84,8 @@ func (s *Server) adminRoutes(r fiber.Router) {
 			// every harness when the token is not tied to one.
 			Setups []*registry.Setup `json:"setups"`
 		}{Token: tok, Info: info}
-		for _, h := range reg.Harnesses() {
-			if in.Harness != "" && h.Name != in.Harness {
-				continue
-			}
-			// Untied tokens get every harness that can be rendered; one
-			// that must name a model is left out until a model is given.
-			if in.Harness == "" && h.RequiresModel && in.Model == "" {
-				continue
-			}
-			st, err := reg.Setup(h.Name, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model})
-			if err != nil {
-				return err
-			}
-			out.Setups = append(out.Setups, st)
+		if out.Setups, err = reg.TokenSetups(in.Harness, registry.EnvOptions{ProxyURL: s.cfg.PublicURL, Token: tok, Model: in.Model}); err != nil {
+			return err
 		}
 		return c.Status(fiber.StatusCreated).JSON(out)
 	})
@@ -112,6 +103,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err := a.RevokeToken(c.UserContext(), c.Params("id")); err != nil {
 			return err
 		}
+		s.audited(c, t.TokenRevoked(c.UserContext(), c.Params("id")))
 		return c.JSON(fiber.Map{"revoked": c.Params("id")})
 	})
 
@@ -131,6 +123,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.CredentialCreated(c.UserContext(), cr, in.Key))
 		return c.Status(fiber.StatusCreated).JSON(cr)
 	})
 	g.Put("/platform-keys/:provider", func(c *fiber.Ctx) error {
@@ -144,6 +137,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.PlatformKeySet(c.UserContext(), cr, in.Key))
 		return c.JSON(cr)
 	})
 	g.Get("/credentials", func(c *fiber.Ctx) error {
@@ -154,13 +148,19 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		return c.JSON(fiber.Map{"credentials": nonNil(crs)})
 	})
 	g.Post("/credentials/:id/disable", func(c *fiber.Ctx) error {
-		return done(c, a.DisableCredential(c.UserContext(), c.Params("id")))
+		return s.auditedDone(c, a.DisableCredential(c.UserContext(), c.Params("id")), func() error {
+			return t.CredentialChanged(c.UserContext(), "disable", c.Params("id"))
+		})
 	})
 	g.Post("/credentials/:id/enable", func(c *fiber.Ctx) error {
-		return done(c, a.EnableCredential(c.UserContext(), c.Params("id")))
+		return s.auditedDone(c, a.EnableCredential(c.UserContext(), c.Params("id")), func() error {
+			return t.CredentialChanged(c.UserContext(), "enable", c.Params("id"))
+		})
 	})
 	g.Delete("/credentials/:id", func(c *fiber.Ctx) error {
-		return done(c, a.DeleteCredential(c.UserContext(), c.Params("id")))
+		return s.auditedDone(c, a.DeleteCredential(c.UserContext(), c.Params("id")), func() error {
+			return t.CredentialChanged(c.UserContext(), "delete", c.Params("id"))
+		})
 	})
 
 	g.Post("/bindings", func(c *fiber.Ctx) error {
@@ -178,6 +178,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.audited(c, t.Bound(c.UserContext(), b))
 		return c.Status(fiber.StatusCreated).JSON(b)
 	})
 	g.Get("/bindings", func(c *fiber.Ctx) error {
@@ -189,20 +190,20 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		}
 		return c.JSON(fiber.Map{"bindings": nonNil(bs)})
 	})
-	bindingOp := func(op func(ctx context.Context, k resolver.BindingKey) error) fiber.Handler {
+	bindingOp := func(verb string, op func(ctx context.Context, k resolver.BindingKey) error) fiber.Handler {
 		return func(c *fiber.Ctx) error {
 			var k resolver.BindingKey
 			if err := decodeJSON(c, &k); err != nil {
 				return err
 			}
-			return done(c, op(c.UserContext(), k))
+			return s.auditedDone(c, op(c.UserContext(), k), func() error { return t.BindingChanged(c.UserContext(), verb, k) })
 		}
 	}
-	g.Post("/bindings/unbind", bindingOp(a.Unbind))
-	g.Post("/bindings/activate", bindingOp(func(ctx context.Context, k resolver.BindingKey) error {
+	g.Post("/bindings/unbind", bindingOp("unbind", a.Unbind))
+	g.Post("/bindings/activate", bindingOp("activate", func(ctx context.Context, k resolver.BindingKey) error {
 		return a.SetBindingActive(ctx, k, true)
 	}))
-	g.Post("/bindings/deactivate", bindingOp(func(ctx context.Context, k resolver.BindingKey) error {
+	g.Post("/bindings/deactivate", bindingOp("deactivate", func(ctx context.Context, k resolver.BindingKey) error {
 		return a.SetBindingActive(ctx, k, false)
 	}))
 
@@ -214,6 +215,7 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		if err != nil {
 			return err
 		}
+		s.fillHealth(rows)
 		out := fiber.Map{"project": c.Query("project"), "user": c.Query("user"), "resolutions": nonNil(rows)}
 		if s.cfg.Policies != nil || s.cfg.Governor != nil {
 			ps, err := s.effectivePolicies(c.UserContext(), governance.Scope{Project: c.Query("project"), User: c.Query("user")}, "")
@@ -230,6 +232,10 @@ func (s *Server) adminRoutes(r fiber.Router) {
 
 	if s.cfg.Usage != nil {
 		g.Get("/usage", s.usage)
+		s.usageAnalyticsRoutes(g)
+	}
+	if s.cfg.Audit != nil {
+		g.Get("/audit", s.auditLog)
 	}
 }
 
@@ -281,7 +287,8 @@ func (in *bindingIn) candidates() ([]resolver.BindCandidate, error) {
 }
 
 // usage serves GET /admin/v1/usage?from=&to=&group_by=&format=json|csv,
-// filtered by project=, user=, workspace=, service_tier= and session=.
+// filtered by project=, user=, workspace=, harness=, model=, service_tier=
+// and session=.
 func (s *Server) usage(c *fiber.Ctx) error {
 	q, err := ledger.ParseUsageQuery(c.Query("from"), c.Query("to"), c.Query("group_by", "model"), s.cfg.timeNow())
 	if err != nil {
@@ -289,6 +296,7 @@ func (s *Server) usage(c *fiber.Ctx) error {
 	}
 	q.Project, q.User, q.Workspace = c.Query("project"), c.Query("user"), c.Query("workspace")
 	q.ServiceTier, q.Session = c.Query("service_tier"), c.Query("session")
+	q.Harness, q.Model = c.Query("harness"), c.Query("model")
 	rows, err := s.cfg.Usage.Query(c.UserContext(), q)
 	if err != nil {
 		return err

@@ -29,31 +29,40 @@ func (s *Server) governanceRoutes(g *adminMux) {
 		return c.JSON(fiber.Map{"policies": ps})
 	})
 	mountPolicies(s, g, "/budgets", policyAPI[governance.Budget]{
-		one: "budget", many: "budgets",
-		decode: decodeBudgetBody, put: st.PutBudget, get: st.Budget, list: st.ListBudgets, del: st.DeleteBudget,
+		one: "budget", many: "budgets", audit: "budget",
+		decode: decodeBudgetBody, set: st.SetBudget, put: st.PutBudget, get: st.Budget, list: st.ListBudgets, del: st.DeleteBudget,
 		render: func(b governance.Budget) any { return renderBudget(b) },
 	})
 	mountPolicies(s, g, "/limits", policyAPI[governance.Limit]{
-		one: "limit", many: "limits",
-		decode: decodeLimitBody, put: st.PutLimit, get: st.Limit, list: st.ListLimits, del: st.DeleteLimit,
+		one: "limit", many: "limits", audit: "limit",
+		decode: decodeLimitBody, set: st.SetLimit, put: st.PutLimit, get: st.Limit, list: st.ListLimits, del: st.DeleteLimit,
 	})
 	mountPolicies(s, g, "/model-rules", policyAPI[governance.ModelRule]{
-		one: "rule", many: "rules",
-		decode: decodeRuleBody, put: st.PutRule, get: st.Rule, list: st.ListRules, del: st.DeleteRule,
+		one: "rule", many: "rules", audit: "model_rule",
+		decode: decodeRuleBody, set: st.SetRule, put: st.PutRule, get: st.Rule, list: st.ListRules, del: st.DeleteRule,
 	})
 }
+
+// resultHeader names what a POST of a policy did: created, updated or
+// unchanged (governance.SetResult).
+const resultHeader = "X-Tollgate-Result"
 
 // policyAPI is one kind of policy as the admin API serves it.
 type policyAPI[T any] struct {
 	// one and many are the answer's keys: {"budget":…}, {"budgets":[…]}.
 	one, many string
+	// audit is the noun of its audit log actions (budget.set, ...).
+	audit string
 	// decode reads a request body into a policy with the given id ("" for
 	// a create), or returns every problem with it.
 	decode func(c *fiber.Ctx, id string) (T, error)
-	put    func(context.Context, T) (T, error)
-	get    func(context.Context, string) (T, error)
-	list   func(context.Context, governance.Filter) ([]T, error)
-	del    func(context.Context, string) error
+	// set is POST's: create, or update the policy of the same identity in
+	// place (the CLI's set), so posting one policy twice never makes two.
+	set  func(context.Context, T) (T, governance.SetResult, error)
+	put  func(context.Context, T) (T, error)
+	get  func(context.Context, string) (T, error)
+	list func(context.Context, governance.Filter) ([]T, error)
+	del  func(context.Context, string) error
 	// render shapes a policy for an answer; nil: as it is.
 	render func(T) any
 }
@@ -63,18 +72,30 @@ func mountPolicies[T any](s *Server, g *adminMux, path string, p policyAPI[T]) {
 	if render == nil {
 		render = func(v T) any { return v }
 	}
-	put := func(c *fiber.Ctx, id string, status int) error {
-		v, err := p.decode(c, id)
+	// POST answers 201 for a policy it created and 200 for one it updated
+	// (or found unchanged), with X-Tollgate-Result saying which. The body
+	// keeps the shape of every other answer, {"budget":{…}}, which clients
+	// decode as a map of policies.
+	g.Post(path, func(c *fiber.Ctx) error {
+		v, err := p.decode(c, "")
 		if err != nil {
 			return err
 		}
-		if v, err = p.put(c.UserContext(), v); err != nil {
+		v, res, err := p.set(c.UserContext(), v)
+		if err != nil {
 			return err
 		}
-		s.refreshPolicies(c.UserContext())
+		status := fiber.StatusOK
+		if res == governance.SetCreated {
+			status = fiber.StatusCreated
+		}
+		if res != governance.SetUnchanged {
+			s.refreshPolicies(c.UserContext())
+		}
+		s.audited(c, s.trail().PolicySet(c.UserContext(), p.audit, v, string(res)))
+		c.Set(resultHeader, string(res))
 		return c.Status(status).JSON(fiber.Map{p.one: render(v)})
-	}
-	g.Post(path, func(c *fiber.Ctx) error { return put(c, "", fiber.StatusCreated) })
+	})
 	g.Get(path, func(c *fiber.Ctx) error {
 		f := governance.Filter{ScopeType: governance.ScopeType(c.Query("scope_type")), ScopeID: c.Query("scope_id")}
 		if f.ScopeType != "" && !slices.Contains(governance.ScopeTypes, f.ScopeType) {
@@ -97,11 +118,23 @@ func mountPolicies[T any](s *Server, g *adminMux, path string, p policyAPI[T]) {
 		}
 		return c.JSON(fiber.Map{p.one: render(v)})
 	})
-	g.Put(path+"/:id", func(c *fiber.Ctx) error { return put(c, c.Params("id"), fiber.StatusOK) })
+	g.Put(path+"/:id", func(c *fiber.Ctx) error {
+		v, err := p.decode(c, c.Params("id"))
+		if err != nil {
+			return err
+		}
+		if v, err = p.put(c.UserContext(), v); err != nil {
+			return err
+		}
+		s.audited(c, s.trail().PolicySet(c.UserContext(), p.audit, v, "replaced"))
+		s.refreshPolicies(c.UserContext())
+		return c.JSON(fiber.Map{p.one: render(v)})
+	})
 	g.Delete(path+"/:id", func(c *fiber.Ctx) error {
 		if err := p.del(c.UserContext(), c.Params("id")); err != nil {
 			return err
 		}
+		s.audited(c, s.trail().PolicyDeleted(c.UserContext(), p.audit, c.Params("id")))
 		s.refreshPolicies(c.UserContext())
 		return c.JSON(fiber.Map{"deleted": c.Params("id")})
 	})
@@ -211,23 +244,49 @@ func usdText(micro int64) string {
 	return fmt.Sprintf("%s%d.%s", sign, micro/1_000_000, s)
 }
 
+// decodeLimitBody reads a limit. For a POST (id ""), a rate left out is
+// governance.KeepRate, so posting {"tpm": 1000} to a scope that has an RPM
+// limit changes its TPM alone, as "limit set --tpm 1000" does; a PUT
+// replaces the limit, and a rate left out is none.
 func decodeLimitBody(c *fiber.Ctx, id string) (governance.Limit, error) {
 	var in struct {
 		ScopeType   governance.ScopeType `json:"scope_type"`
 		ScopeID     string               `json:"scope_id"`
 		Model       string               `json:"model"`
 		Harness     string               `json:"harness"`
-		RPM         int64                `json:"rpm"`
-		TPM         int64                `json:"tpm"`
-		Concurrency int64                `json:"concurrency"`
+		RPM         *int64               `json:"rpm"`
+		TPM         *int64               `json:"tpm"`
+		Concurrency *int64               `json:"concurrency"`
 		Mode        governance.Mode      `json:"mode"`
 	}
 	if err := decodeJSON(c, &in); err != nil {
 		return governance.Limit{}, err
 	}
 	l := governance.Limit{ID: id, Selector: governance.Selector{ScopeType: in.ScopeType, ScopeID: in.ScopeID, Model: in.Model, Harness: in.Harness},
-		RPM: in.RPM, TPM: in.TPM, Concurrency: in.Concurrency, Mode: in.Mode}
-	return l, l.Validate()
+		Mode: in.Mode}
+	rate := func(v *int64) int64 {
+		if v != nil {
+			return *v
+		}
+		return 0
+	}
+	l.RPM, l.TPM, l.Concurrency = rate(in.RPM), rate(in.TPM), rate(in.Concurrency)
+	// Validated as given (a rate left out counts as none), before a left-out
+	// rate becomes KeepRate, which Validate would call negative.
+	if err := l.Validate(); err != nil {
+		return l, err
+	}
+	if id == "" {
+		for _, r := range []struct {
+			in  *int64
+			out *int64
+		}{{in.RPM, &l.RPM}, {in.TPM, &l.TPM}, {in.Concurrency, &l.Concurrency}} {
+			if r.in == nil {
+				*r.out = governance.KeepRate
+			}
+		}
+	}
+	return l, nil
 }
 
 func decodeRuleBody(c *fiber.Ctx, id string) (governance.ModelRule, error) {

@@ -359,3 +359,70 @@ func TestAdminPolicyReachesEveryReplica(t *testing.T) {
 	}
 	t.Logf("delete seen by replica b after %s", time.Since(start))
 }
+
+// TestAdminPolicyPostIsIdempotent: POSTing a policy whose identity exists
+// (scope, model, harness and, for budgets, metric and window; a rule's kind
+// and pattern) updates it in place: 200 and X-Tollgate-Result: updated (or
+// unchanged), the same id, one policy; a new one is 201 created. A
+// limit POST that leaves a rate out keeps it.
+func TestAdminPolicyPostIsIdempotent(t *testing.T) {
+	e := newPolicyAdminEnv(t)
+	post := func(path, body string, wantCode int, wantResult string) map[string]any {
+		t.Helper()
+		req, _ := http.NewRequest("POST", e.AdminURL+"/admin/v1"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer admin-secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != wantCode || resp.Header.Get("X-Tollgate-Result") != wantResult {
+			t.Fatalf("POST %s %s: %d %q %s, want %d %s", path, body, resp.StatusCode, resp.Header.Get("X-Tollgate-Result"), out, wantCode, wantResult)
+		}
+		// One key, as every answer about one policy.
+		ans := policyAnswer(t, string(out))
+		if len(ans) != 1 {
+			t.Fatalf("answer %s has %d keys", out, len(ans))
+		}
+		for _, v := range ans {
+			return v.(map[string]any)
+		}
+		return nil
+	}
+	b1 := post("/budgets", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"50","window":"month","mode":"hard"}`, 201, "created")
+	b2 := post("/budgets", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"60","window":"month"}`, 200, "updated")
+	if b2["id"] != b1["id"] || b2["limit_usd"] != "60.00" || b2["mode"] != "hard" || b2["created_at"] != b1["created_at"] {
+		t.Errorf("budget update: %v, was %v", b2, b1)
+	}
+	post("/budgets", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit":60000000,"window":"month"}`, 200, "unchanged")
+	post("/budgets", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"5","window":"day"}`, 201, "created")
+	if bs := e.w.Current().Budgets; len(bs) != 2 {
+		t.Errorf("%d budgets in the snapshot, want 2: %+v", len(bs), bs)
+	}
+	// A PUT cannot make the month budget a second day budget.
+	if code, out := e.call("PUT", "/budgets/"+b1["id"].(string), `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"60","window":"day"}`); code != 400 || !strings.Contains(out, "already has this") {
+		t.Errorf("PUT onto another budget's identity: %d %s", code, out)
+	}
+
+	l1 := post("/limits", `{"scope_type":"workspace","scope_id":"ws-42","rpm":60}`, 201, "created")
+	l2 := post("/limits", `{"scope_type":"workspace","scope_id":"ws-42","tpm":200000}`, 200, "updated")
+	if l2["id"] != l1["id"] || l2["rpm"] != float64(60) || l2["tpm"] != float64(200000) {
+		t.Errorf("limit update: %v, was %v", l2, l1)
+	}
+	if code, out := e.call("POST", "/limits", `{"scope_type":"workspace","scope_id":"ws-42","rpm":-1}`); code != 400 || !strings.Contains(out, "negative") {
+		t.Errorf("a negative rate: %d %s", code, out)
+	}
+	if ls := e.w.Current().Limits; len(ls) != 1 || ls[0].RPM != 60 || ls[0].TPM != 200000 {
+		t.Errorf("limits in the snapshot: %+v", ls)
+	}
+
+	r1 := post("/model-rules", `{"scope_type":"project","scope_id":"acme","kind":"deny","pattern":"claude-opus-*"}`, 201, "created")
+	r2 := post("/model-rules", `{"scope_type":"project","scope_id":"acme","kind":"deny","pattern":"claude-opus-*"}`, 200, "unchanged")
+	if r2["id"] != r1["id"] {
+		t.Errorf("deny twice: %v then %v", r1, r2)
+	}
+	if rs := e.w.Current().Rules; len(rs) != 1 {
+		t.Errorf("%d rules, want 1", len(rs))
+	}
+}

@@ -18,7 +18,7 @@ func (s *Server) adminListenerRoutes() {
 	s.healthRoutes(s.admin)
 	s.operatorRoutes(s.admin)
 	s.admin.Use(func(c *fiber.Ctx) error {
-		return newError(kindNotFound, "the admin listener serves only /admin/v1, /metrics, /healthz and /readyz: inference is on the proxy port (TOLLGATE_ADDR)")
+		return newError(kindNotFound, "the admin listener serves only /admin/v1, /ui/ (the console, when the admin API is on), /metrics, /healthz and /readyz: inference is on the proxy port (TOLLGATE_ADDR)")
 	})
 }
 

@@ -143,7 +143,7 @@ func (s *Server) edge(c *fiber.Ctx) error {
 // bodyLimit is the largest body path may carry.
 func (s *Server) bodyLimit(path string) int {
 	limit := s.cfg.Registry.Current().Limits.MaxBodyBytes
-	if strings.HasPrefix(path, "/admin/") {
+	if strings.HasPrefix(path, "/admin/") || strings.HasPrefix(path, consolePrefix+"/") {
 		limit = min(limit, adminBodyLimit)
 	}
 	return limit

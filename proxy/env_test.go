@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/internal/testkit"
@@ -51,6 +52,7 @@ type testEnv struct {
 	cancel   context.CancelFunc
 	baseCtx  context.Context
 	shutdown func()
+	audit    *audit.Log
 }
 
 type envOptions struct {
@@ -74,6 +76,15 @@ type envOptions struct {
 	sink func(*meteringtest.Sink) Sink
 	// governor sets Config.Governor (gov_*_test.go).
 	governor *governance.Governor
+	// resolver wraps the real resolver as Config.Resolver; failover and
+	// health set the Config fields of the same names (failover_test.go).
+	resolver func(CredentialResolver) CredentialResolver
+	failover FailoverConfig
+	health   HealthTracker
+	// audit turns the audit log on (Config.Audit); dbURL, if set, is the
+	// database instead of a SQLite file (adminaudit_test.go).
+	audit bool
+	dbURL string
 }
 
 func mustRegistryYAML(tb testing.TB, fakeURL string) string {
@@ -113,7 +124,11 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(tb.TempDir(), "tollgate.db"))
+	dsn := filepath.Join(tb.TempDir(), "tollgate.db")
+	if o.dbURL != "" {
+		dsn = o.dbURL
+	}
+	db, err := store.Open(ctx, dsn)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -129,10 +144,20 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 			tb.Fatal(err)
 		}
 	}
+	var auditLog *audit.Log
+	if o.audit {
+		if auditLog, err = audit.Open(ctx, db); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	sink := &meteringtest.Sink{}
 	var serverSink Sink = sink
 	if o.sink != nil {
 		serverSink = o.sink(sink)
+	}
+	var credResolver CredentialResolver = svc
+	if o.resolver != nil {
+		credResolver = o.resolver(svc)
 	}
 	baseCtx, cancel := context.WithCancel(context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -142,7 +167,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	srv, err := New(Config{
 		Registry:              reg,
 		Auth:                  svc,
-		Resolver:              svc,
+		Resolver:              credResolver,
 		Admin:                 svc,
 		Sink:                  serverSink,
 		Pricer:                o.pricer,
@@ -157,6 +182,9 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 		AuthLimits:            o.authLimits,
 		Refusals:              o.refusals,
 		Governor:              o.governor,
+		Failover:              o.failover,
+		Health:                o.health,
+		Audit:                 auditLog,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -168,7 +196,7 @@ func newEnv(tb testing.TB, o envOptions) *testEnv {
 	done := make(chan error, 2)
 	go func() { done <- srv.Serve(ln) }()
 	go func() { done <- srv.ServeAdmin(adminLn) }()
-	e := &testEnv{t: tb, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: fake, fakeURL: fakeURL, svc: svc, sink: sink, srv: srv, logs: logs, reg: reg, cancel: cancel, baseCtx: baseCtx}
+	e := &testEnv{t: tb, URL: "http://" + ln.Addr().String(), AdminURL: "http://" + adminLn.Addr().String(), fake: fake, fakeURL: fakeURL, svc: svc, sink: sink, srv: srv, logs: logs, reg: reg, cancel: cancel, baseCtx: baseCtx, audit: auditLog}
 	var once sync.Once
 	e.shutdown = func() {
 		once.Do(func() {

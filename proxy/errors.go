@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/valyala/fasthttp"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -44,6 +45,10 @@ const (
 	kindClientGone
 	kindUnavailable
 	kindInternal
+	// kindExhausted: every candidate credential of the request failed, or
+	// health refused them all (failover.go). A 503, so every harness
+	// retries it after its Retry-After.
+	kindExhausted
 )
 
 // apiError is an error whose message is safe to show the caller: it never
@@ -53,8 +58,8 @@ type apiError struct {
 	msg  string
 	// cause is logged, never sent.
 	cause error
-	// retryAfter is the seconds a kindTooManyRequests or kindUnavailable
-	// caller should wait, sent as Retry-After; Gemini clients read it from
+	// retryAfter is the seconds a kindTooManyRequests, kindUnavailable or
+	// kindExhausted caller should wait, sent as Retry-After; Gemini clients read it from
 	// the body, not from Retry-After.
 	retryAfter int
 	// refusal, for a governance refusal (govrefusal.go), replaces the
@@ -105,6 +110,7 @@ var kindStatus = map[kind]int{
 	kindClientGone:          statusClientClosed,
 	kindUnavailable:         http.StatusServiceUnavailable,
 	kindInternal:            http.StatusInternalServerError,
+	kindExhausted:           http.StatusServiceUnavailable,
 
 	// A Content-Encoding tollgate will not decode (proxy/decompress.go).
 	kindUnsupportedMediaType: http.StatusUnsupportedMediaType,
@@ -162,7 +168,8 @@ func classify(err error) *apiError {
 		return &apiError{kind: kindForbidden, msg: "this project has disabled this provider: ask a project administrator to enable it", cause: err}
 	case errors.Is(err, resolver.ErrNoCredential):
 		return &apiError{kind: kindUnauthenticated, msg: "no credential is configured for this project and user on this dialect: ask an administrator to add one", cause: err}
-	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, ledger.ErrInvalidQuery):
+	case errors.Is(err, resolver.ErrInvalidArgument), errors.Is(err, resolver.ErrDialectMismatch), errors.Is(err, ledger.ErrInvalidQuery),
+		errors.Is(err, audit.ErrInvalidQuery):
 		// Admin API only: resolver and usage-query messages name the field
 		// at fault and never hold a secret.
 		return &apiError{kind: kindBadRequest, msg: err.Error()}
@@ -341,7 +348,7 @@ func anthropicType(k kind) string {
 		return "request_too_large"
 	case kindTooManyRequests:
 		return "rate_limit_error"
-	case kindUpstreamUnreachable, kindUpstreamTimeout, kindInternal, kindUnavailable:
+	case kindUpstreamUnreachable, kindUpstreamTimeout, kindInternal, kindUnavailable, kindExhausted:
 		return "api_error"
 	}
 	return "invalid_request_error"
@@ -366,6 +373,8 @@ func openAIType(k kind) (typ string, code string) {
 		return "server_error", "upstream_timeout"
 	case kindInternal, kindUnavailable:
 		return "server_error", "internal_error"
+	case kindExhausted:
+		return "server_error", "upstream_exhausted"
 	}
 	return "invalid_request_error", "invalid_request"
 }
@@ -380,7 +389,7 @@ func geminiStatus(k kind) string {
 		return "NOT_FOUND"
 	case kindTooManyRequests:
 		return "RESOURCE_EXHAUSTED"
-	case kindUpstreamUnreachable, kindUnavailable:
+	case kindUpstreamUnreachable, kindUnavailable, kindExhausted:
 		return "UNAVAILABLE"
 	case kindUpstreamTimeout:
 		return "DEADLINE_EXCEEDED"

@@ -54,6 +54,8 @@ type call struct {
 	// adm is governance's hold on the request (nil: no policy applied);
 	// finish ends it before the record leaves.
 	adm *governance.Admission
+	// attempts are the upstream attempts made so far (failover.go).
+	attempts []metering.Attempt
 }
 
 // requestIDEncoding is lower-case base32 (0-9, a-v), which sorts like the
@@ -281,27 +283,20 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		}
 	}
 
-	// The upstream request is written inside this handler, while fiber's
-	// body buffer is still ours, so agent contexts (often megabytes) are not
-	// copied; the include_usage edit returns a new slice.
-	if m.Path.IncludeUsage && cl.rec.Stream && provider.InjectsUsage() {
-		out, cl.rec.Injected, _ = metering.InjectIncludeUsage(out)
+	// Every attempt is written inside this handler, while fiber's body
+	// buffer is still ours, so agent contexts (often megabytes) are not
+	// copied; a model map or the include_usage edit returns a new slice.
+	plan := &sendPlan{method: method, rest: rest, body: out, model: cl.rec.ModelRequest,
+		pathModel: m.Model != "", modelSent: cl.rec.ModelSent, lim: reg.Limits}
+	if cl.rec.ModelSent != "" {
+		plan.model = cl.rec.ModelSent
 	}
-
-	base := provider.BaseURL
-	if target.BaseURL != "" {
-		base = strings.TrimRight(target.BaseURL, "/")
-	}
-	upURL := base + rest
 	if q := c.Request().URI().QueryString(); len(q) > 0 {
-		upURL += "?" + stripTokenParams(string(q))
+		plan.query = "?" + stripTokenParams(string(q))
 	}
-
+	cands := append([]resolver.Target{target}, target.Alternates...)
 	cl.overhead += s.cfg.timeNow().Sub(start)
-	if !cl.rec.Stream {
-		return cl.sendWhole(c, method, upURL, out, provider, target.Secret, reg.Limits)
-	}
-	return cl.sendStreamed(c, method, upURL, out, provider, target.Secret, reg.Limits)
+	return cl.send(c, plan, cands)
 }
 
 // applyAdmission puts an admission in the request: the model to send, in
@@ -344,57 +339,63 @@ func (cl *call) newUpstreamRequest(c *fiber.Ctx, method, url string, body []byte
 	return req
 }
 
-// sendWhole forwards a request whose answer is not streamed and answers
-// once it is read whole. A non-streamed answer's headers come with its
-// body, so the header timeout bounds the whole exchange.
-func (cl *call) sendWhole(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
+// sendWhole makes attempt a of a request whose answer is not streamed,
+// and answers once it is read whole. A non-streamed answer's headers come
+// with its body, so the header timeout bounds the whole exchange; no byte
+// reaches the client before the answer is whole, so even a 2xx that breaks
+// off may be followed by another attempt.
+func (cl *call) sendWhole(c *fiber.Ctx, a *attempt, lim registry.Limits) attemptResult {
 	s := cl.s
 	t0 := s.cfg.timeNow()
-	req := cl.newUpstreamRequest(c, method, url, body, p, secret)
+	req := cl.newUpstreamRequest(c, a.method, a.url, a.body, a.p, a.t.Secret)
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	cl.begin()
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
-	_, err := s.fast.do(cl.ctx, req, resp, s.cfg.ResponseHeaderTimeout)
+	_, sent, err := s.fast.do(cl.ctx, req, resp, a.timeout)
 	t1 := s.cfg.timeNow()
 	if err != nil {
-		return cl.upstreamFailed(err, headersRead(resp))
+		return cl.transportFailure(a, err, sent, headersRead(resp))
 	}
-	status := cl.answerHeaders(c, resp)
+	status := resp.StatusCode()
 	if status < 200 || status > 299 {
 		b := upstreamErrorBody(resp.Body(), resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
-		return cl.upstreamError(c, status, b[:min(len(b), lim.MaxErrorBodyBytes)], secret, t1)
+		return cl.answerStatus(c, a, resp, b[:min(len(b), lim.MaxErrorBodyBytes)], t1)
 	}
-	return cl.buffered(c, resp.Body(), isEventStream(string(resp.Header.ContentType())), lim, t1)
+	cl.answered(c, a, resp)
+	return answeredWith(cl.buffered(c, resp.Body(), isEventStream(string(resp.Header.ContentType())), lim, t1))
 }
 
-// sendStreamed forwards a request that asked for a stream. The header
-// timeout bounds the wait for headers only; the body then has an idle
-// timeout and no total one (R1). A provider may still answer it whole.
-func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *registry.Provider, secret resolver.Secret, lim registry.Limits) error {
+// sendStreamed makes attempt a of a request that asked for a stream. The
+// header timeout bounds the wait for headers only; the body then has an
+// idle timeout and no total one (R1). A 2xx stream commits the request:
+// its headers go out with the first byte. A provider may still answer it
+// whole.
+func (cl *call) sendStreamed(c *fiber.Ctx, a *attempt, lim registry.Limits) attemptResult {
 	s := cl.s
 	t0 := s.cfg.timeNow()
-	req := cl.newUpstreamRequest(c, method, url, body, p, secret)
+	req := cl.newUpstreamRequest(c, a.method, a.url, a.body, a.p, a.t.Secret)
 	resp := fasthttp.AcquireResponse()
 	resp.StreamBody = true
 	cl.begin()
 	cl.overhead += s.cfg.timeNow().Sub(t0)
 
-	upBody, err := s.fast.do(cl.ctx, req, resp, s.cfg.ResponseHeaderTimeout)
+	upBody, sent, err := s.fast.do(cl.ctx, req, resp, a.timeout)
 	// The request is written: a long stream need not hold the body.
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
 		answered := headersRead(resp)
 		fasthttp.ReleaseResponse(resp)
-		return cl.upstreamFailed(err, answered)
+		return cl.transportFailure(a, err, sent, answered)
 	}
 	t1 := s.cfg.timeNow()
 	up := s.fast.stream(resp, upBody)
-	status := cl.answerHeaders(c, resp)
+	status := resp.StatusCode()
 	sse := isEventStream(string(resp.Header.ContentType()))
 	if sse && status >= 200 && status <= 299 {
+		cl.answered(c, a, resp)
 		// The stream's own watcher takes over; two would contend for the
 		// socket's read lock.
 		cl.watch.stop(time.Time{})
@@ -404,21 +405,31 @@ func (cl *call) sendStreamed(c *fiber.Ctx, method, url string, body []byte, p *r
 		c.Response().ImmediateHeaderFlush = true
 		c.Context().SetBodyStream(sb, -1)
 		cl.overhead += s.cfg.timeNow().Sub(t1)
-		return nil
+		return answeredWith(nil)
 	}
+	// up.Close releases resp: what is kept of it is copied first.
 	defer up.Close()
 	// do's abort ended with the headers; the body is read here.
 	defer context.AfterFunc(cl.ctx, func() { up.closeBody(errClientGone) })()
 	if status < 200 || status > 299 {
 		b, _ := io.ReadAll(io.LimitReader(up, int64(lim.MaxErrorBodyBytes)))
 		b = upstreamErrorBody(b, resp.Header.ContentEncoding(), cl.dialect.ErrorShape, status, lim.MaxErrorBodyBytes)
-		return cl.upstreamError(c, status, b, secret, s.cfg.timeNow())
+		return cl.answerStatus(c, a, resp, b, s.cfg.timeNow())
 	}
 	b, err := io.ReadAll(io.LimitReader(up, int64(lim.MaxResponseBodyBytes)+1))
 	if err != nil {
-		return cl.upstreamFailed(err, true)
+		return cl.transportFailure(a, err, true, true)
 	}
-	return cl.buffered(c, b, sse, lim, s.cfg.timeNow())
+	cl.answered(c, a, resp)
+	return answeredWith(cl.buffered(c, b, sse, lim, s.cfg.timeNow()))
+}
+
+// answered makes a 2xx attempt the request's answer.
+func (cl *call) answered(c *fiber.Ctx, a *attempt, resp *fasthttp.Response) {
+	cl.observe(a, resp.StatusCode(), false, &resp.Header)
+	cl.note(a, resp.StatusCode(), "", false)
+	cl.commit(a)
+	cl.answerHeaders(c, resp)
 }
 
 // begin tells an InflightSink that the request is about to reach the

@@ -20,6 +20,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/internal/netguard"
 	"github.com/tollgate/tollgate/metering"
@@ -118,6 +119,9 @@ type Config struct {
 	Admin *resolver.Service
 	// Usage answers the usage API; nil disables /admin/v1/usage.
 	Usage UsageQuerier
+	// Audit records each admin write and serves GET /admin/v1/audit; nil
+	// records nothing.
+	Audit *audit.Log
 	// Owners finds who created a stored provider object (a response) the
 	// in-memory index no longer holds; nil leaves only the index, so on a
 	// platform key such ids are refused once it forgets them.
@@ -157,6 +161,9 @@ type Config struct {
 	// too, as tollgate did before it had an admin listener: any workspace
 	// that reaches the proxy then reaches them.
 	AdminOnProxy bool
+	// Console, if set, is the web console (package console), served under
+	// /ui/ wherever the admin API is.
+	Console http.Handler
 	// AdminToken guards /admin/v1; empty disables the admin API.
 	// The admin API is served by ServeAdmin, apart from the proxy.
 	AdminToken string
@@ -172,6 +179,13 @@ type Config struct {
 	// the wait for a streamed answer's headers and for a whole non-streamed
 	// answer.
 	ResponseHeaderTimeout time.Duration
+	// Failover bounds the attempts of a request across its candidate
+	// credentials (failover.go); zero fields take the defaults.
+	Failover FailoverConfig
+	// Health is each credential's health as attempts found it: failover
+	// skips a credential it refuses, and the resolution view shows it.
+	// Nil: every credential may be tried.
+	Health HealthTracker
 	// Logger receives one line per request; default slog.Default().
 	Logger *slog.Logger
 	// AllowPrivateBaseURL lets credential base URL overrides reach loopback
@@ -241,6 +255,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Failover = cfg.Failover.withDefaults()
 	fast, err := newFastUpstream(cfg.BaseContext, 4*registry.DefaultMaxResponseBodyBytes, cfg.Registry, netguard.Policy{AllowPrivate: cfg.AllowPrivateBaseURL}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("proxy config: upstream proxy from the environment: %w", err)
@@ -307,6 +322,9 @@ func (s *Server) routes() {
 		}
 		s.app.Use("/admin", notHere)
 		s.app.Use("/metrics", notHere)
+		s.app.Use(consolePrefix, func(c *fiber.Ctx) error {
+			return newError(kindNotFound, "the console is not served on this port: open /ui/ on the admin listener (TOLLGATE_ADMIN_ADDR)")
+		})
 	}
 	s.app.Use(s.forward)
 }
@@ -376,6 +394,7 @@ func (s *Server) operatorRoutes(r fiber.Router) {
 	if s.cfg.Metrics != nil {
 		r.Get("/metrics", s.requireMetricsToken, adaptor.HTTPHandler(s.cfg.Metrics))
 	}
+	s.consoleRoutes(r)
 	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
 		s.adminRoutes(r.Group(adminPrefix, s.requireAdmin))
 	} else {

@@ -41,6 +41,10 @@ type abortSlot struct {
 	aborted  bool
 	// body is a streamed answer's body, set by RoundTrip.
 	body io.Reader
+	// sent is set once the whole request was written to a connection:
+	// from then on the provider may have taken it, and may bill it even
+	// when no answer comes back (failover.go).
+	sent atomic.Bool
 }
 
 func (sl *abortSlot) bind(c net.Conn) bool {
@@ -84,17 +88,18 @@ func (u *fastUpstream) slot(req *fasthttp.Request) *abortSlot {
 // its body) within timeout. When ctx ends first, the connection is closed
 // and do returns ctx's cause: errClientGone when the client left. For a
 // streamed answer it returns the body to read, which closes or pools the
-// connection when closed.
-func (u *fastUpstream) do(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response, timeout time.Duration) (io.Reader, error) {
+// connection when closed. sent says the whole request was written, so a
+// failure may still have reached the provider.
+func (u *fastUpstream) do(ctx context.Context, req *fasthttp.Request, resp *fasthttp.Response, timeout time.Duration) (body io.Reader, sent bool, err error) {
 	if ctx.Err() != nil {
-		return nil, context.Cause(ctx)
+		return nil, false, context.Cause(ctx)
 	}
 	sl := &abortSlot{deadline: time.Now().Add(timeout)}
 	u.mu.Lock()
 	u.slots[req] = sl
 	u.mu.Unlock()
 	stop := context.AfterFunc(ctx, sl.abort)
-	err := u.client.DoTimeout(req, resp, timeout)
+	err = u.client.DoTimeout(req, resp, timeout)
 	stop()
 	u.mu.Lock()
 	delete(u.slots, req)
@@ -104,12 +109,12 @@ func (u *fastUpstream) do(ctx context.Context, req *fasthttp.Request, resp *fast
 			// Headers came just as the client left.
 			closeStream(sl.body, errClientGone)
 		}
-		return nil, fmt.Errorf("upstream call aborted: %w", context.Cause(ctx))
+		return nil, sl.sent.Load(), fmt.Errorf("upstream call aborted: %w", context.Cause(ctx))
 	}
 	if err != nil {
-		return nil, err
+		return nil, sl.sent.Load(), err
 	}
-	return sl.body, nil
+	return sl.body, true, nil
 }
 
 func closeStream(body io.Reader, cause error) {
@@ -166,6 +171,7 @@ func (u *fastUpstream) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request,
 		closeConn()
 		return true, err
 	}
+	sl.sent.Store(true)
 
 	if err = conn.SetReadDeadline(sl.deadline); err != nil {
 		closeConn()

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bufio"
 	"fmt"
 	"strings"
 )
@@ -78,6 +79,45 @@ func (r *Registry) Setup(name string, o EnvOptions) (*Setup, error) {
 		s.ConfigFile, s.Config = h.Config.File, txt
 	}
 	return s, nil
+}
+
+// Shell is s as "tollgate env" prints it: shell exports, then the config
+// snippet as a comment block the reader copies into the named file.
+func (s *Setup) Shell() string {
+	var b strings.Builder
+	for _, e := range s.Env {
+		fmt.Fprintf(&b, "export %s=%s\n", e.Name, ShellQuote(e.Value))
+	}
+	if s.Config != "" {
+		fmt.Fprintf(&b, "# %s:\n", s.ConfigFile)
+		sc := bufio.NewScanner(strings.NewReader(s.Config))
+		for sc.Scan() {
+			fmt.Fprintf(&b, "#   %s\n", sc.Text())
+		}
+	}
+	return b.String()
+}
+
+// TokenSetups is the environment a newly issued token comes with: its
+// harness's, or, for a token tied to none, every harness's that can be
+// rendered (one that must name a model is left out until a model is
+// given).
+func (r *Registry) TokenSetups(harness string, o EnvOptions) ([]*Setup, error) {
+	var out []*Setup
+	for _, h := range r.Harnesses() {
+		if harness != "" && h.Name != harness {
+			continue
+		}
+		if harness == "" && h.RequiresModel && o.Model == "" {
+			continue
+		}
+		st, err := r.Setup(h.Name, o)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
 }
 
 // ShellQuote quotes v for a POSIX shell export line.

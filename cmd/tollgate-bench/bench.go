@@ -64,6 +64,7 @@ type bench struct {
 	freshRSS     map[string]int64    // KiB one second after start
 	usage        *usageCheck
 	gov          *govRun // S1g, when selected
+	fo           *foRun  // S1f, when selected
 	profiles     []profile
 	notes        []string
 	loadEnd      string
@@ -130,7 +131,7 @@ func runChild(ctx context.Context, cfg *config, stdout, stderr io.Writer) error 
 		name string
 		fn   func(context.Context) error
 	}{
-		{"S1", b.s1}, {"S1g", b.s1g}, {"S2", b.s2}, {"S3", b.s3}, {"S4", b.s4}, {"S5", b.s5},
+		{"S1", b.s1}, {"S1g", b.s1g}, {"S1f", b.s1f}, {"S2", b.s2}, {"S3", b.s3}, {"S4", b.s4}, {"S5", b.s5},
 	}
 	for _, s := range steps {
 		if !cfg.Scenarios[s.name] {
@@ -163,6 +164,9 @@ func runChild(ctx context.Context, cfg *config, stdout, stderr io.Writer) error 
 	}
 	if b.gov != nil && len(b.gov.failures) > 0 {
 		return fmt.Errorf("S1g failed: %s", strings.Join(b.gov.failures, "; "))
+	}
+	if b.fo != nil && len(b.fo.failures) > 0 {
+		return fmt.Errorf("S1f failed: %s", strings.Join(b.fo.failures, "; "))
 	}
 	return nil
 }
@@ -410,18 +414,7 @@ func post(ctx context.Context, client *http.Client, tg target, body []byte) ([]b
 }
 
 // fakeRequests is the fake provider's request counter.
-func (b *bench) fakeRequests() int64 {
-	resp, err := http.Get(b.fake.URL + "/_fake/counters")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	var c struct{ Requests int64 }
-	if json.NewDecoder(resp.Body).Decode(&c) != nil {
-		return -1
-	}
-	return c.Requests
-}
+func (b *bench) fakeRequests() int64 { return fakeCounter(b.fake.URL) }
 
 // load runs fn against tg and adds its requests to the run's totals; for
 // a tollgate target it also counts what the fake saw meanwhile.

@@ -332,7 +332,9 @@ func readLedger(ctx context.Context, path string) ledgerCheck {
 		dst map[string]int
 	}{
 		{`SELECT governance, COUNT(*) FROM usage_records WHERE governance <> '' GROUP BY governance`, lc.Refused},
-		{`SELECT state, COUNT(*) FROM gov_reservations GROUP BY state`, lc.Reservations},
+		// The requests that reserved directly (most are admitted from an
+		// allotment and leave no row of their own); not the allotments.
+		{`SELECT state, COUNT(*) FROM gov_reservations WHERE request_id NOT LIKE 'allot:%' GROUP BY state`, lc.Reservations},
 	}
 	for _, gq := range groups {
 		rows, err := db.QueryContext(ctx, gq.q)
@@ -381,8 +383,8 @@ func (b *bench) govJudge(g *govRun) {
 		if lc.Reserved != t.requests {
 			fail("%d of %d forwarded requests carry a budget reservation", lc.Reserved, t.requests)
 		}
-		if lc.Reservations["settled"] != t.requests {
-			fail("reservations by state %v, want %d settled", lc.Reservations, t.requests)
+		if n := lc.Reservations["settled"]; n > t.requests || n != sumCounts(lc.Reservations) {
+			fail("direct reservations by state %v, want every one settled (of %d requests; the rest came from allotments)", lc.Reservations, t.requests)
 		}
 		if lc.SpentMicroUSD <= 0 || lc.HeldMicroUSD != 0 {
 			fail("budget counters: spent %d, still reserved %d micro-USD", lc.SpentMicroUSD, lc.HeldMicroUSD)
@@ -399,9 +401,11 @@ func (b *bench) govJudge(g *govRun) {
 	if g.keysAfter == 0 {
 		fail("no Redis key under %s after the load: the rate limit did not go through Redis", g.prefix)
 	}
+	// Under these big limits the replica leases batches and admits from
+	// memory: a point must still have gone to Redis, just not per request.
 	for pt, v := range g.redisCmds {
-		if g.ownRedis && !(v >= 1) {
-			fail("%s: %.2f Redis commands per request, want at least one", pt, v)
+		if g.ownRedis && !(v > 0) {
+			fail("%s: no Redis command during the point: the rate limit was not shared", pt)
 		}
 	}
 	for _, f := range g.failures {
@@ -607,4 +611,13 @@ func fmtMicroUSD(v int64) string { return fmt.Sprintf("%.6f", float64(v)/1e6) }
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	return s
+}
+
+// sumCounts adds a by-state count.
+func sumCounts(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }

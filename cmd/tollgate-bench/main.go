@@ -7,7 +7,9 @@
 // and usage records, and writes docs/bench/latest.md and latest.json. S1g
 // (governance.go) repeats S1 against a second tollgate with a budget, a
 // Redis rate limit and a model rule applying to every request, paired with
-// S1's tollgate, for governance's cost.
+// S1's tollgate, for governance's cost. S1f (failover.go) pairs S1's
+// tollgate with one whose project bindings name two credentials: the
+// first answering, or the first answering 529 at once (issue 13).
 //
 // Layout of a run: the command builds tollgate and the fake provider, then
 // re-executes itself inside a private network namespace (`unshare -n`, with
@@ -81,6 +83,7 @@ type config struct {
 	S4Quiet    time.Duration // quiet time before the idle RSS reading
 	S5Rate     int
 	S1gRate    int    // S1g's open-loop rate, for the added latency of governance
+	S1fRate    int    // S1f's open-loop rate and paced stream starts per second
 	RedisURL   string // S1g's shared rate limiter
 	RedisSrv   string // redis-server to start inside the private namespace
 	S5TTFB     time.Duration
@@ -107,7 +110,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.Reps, "reps", 0, "repetitions of every point, alternating targets (default 3; 1 with -quick)")
 	fs.DurationVar(&c.Duration, "duration", 0, "measured time of each S1/S2/S5 point (default 10s; 1.5s with -quick)")
 	fs.DurationVar(&c.Warmup, "warmup", 0, "warm-up before each S1/S2/S5 point (default 3s; 500ms with -quick)")
-	scen := fs.String("scenarios", "S1,S1g,S2,S3,S4,S5", "scenarios to run (S1g: S1 again with a budget, a Redis rate limit and a model rule on every request, against tollgate with governance off)")
+	scen := fs.String("scenarios", "S1,S1g,S1f,S2,S3,S4,S5", "scenarios to run (S1g: S1 again with a budget, a Redis rate limit and a model rule on every request, against tollgate with governance off; S1f: a binding of two credentials against one, the first answering or answering 529)")
 	fs.IntVar(&c.S1Conns, "s1-conns", 64, "S1 closed-loop connections")
 	rates := fs.String("s2-rates", "500,2000", "S2 open-loop rates (req/s)")
 	fs.IntVar(&c.S3Streams, "s3-streams", 0, "S3 streams per run (default 3000; 400 with -quick)")
@@ -120,6 +123,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.S5Rate, "s5-rate", 500, "S5 open-loop rate (req/s)")
 	fs.DurationVar(&c.S5TTFB, "s5-ttfb", 300*time.Millisecond, "S5 upstream time to first byte")
 	fs.IntVar(&c.S1gRate, "s1g-rate", 500, "S1g open-loop rate (req/s) of the added-latency point, governance on against off")
+	fs.IntVar(&c.S1fRate, "s1f-rate", 200, "S1f open-loop rate (req/s), and stream starts per second of its 529 points, failover binding against one credential")
 	fs.StringVar(&c.RedisURL, "redis", "redis://127.0.0.1:6379/0", "S1g: Redis for tollgate's shared rate limits (TOLLGATE_REDIS_URL); each run uses its own key prefix and deletes its keys")
 	fs.StringVar(&c.RedisSrv, "redis-server", "redis-server", "S1g inside a private network namespace, where the host's Redis cannot be reached: the redis-server binary started there on -redis's loopback port, on the load CPU (off: start none, and skip S1g unless -redis answers)")
 	fs.IntVar(&c.Events, "events", 20, "content deltas per response")
@@ -196,6 +200,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 			c.Scenarios[u] = true
 		case "S1G":
 			c.Scenarios["S1g"] = true
+		case "S1F":
+			c.Scenarios["S1f"] = true
 		case "":
 		default:
 			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q", s))
@@ -203,6 +209,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.S1gRate <= 0 {
 		errs = append(errs, fmt.Errorf("-s1g-rate: %d is not a positive rate", c.S1gRate))
+	}
+	if c.S1fRate <= 0 {
+		errs = append(errs, fmt.Errorf("-s1f-rate: %d is not a positive rate", c.S1fRate))
 	}
 	for _, v := range []struct {
 		name string

@@ -308,8 +308,10 @@ func (b *bench) correctness() []correctness {
 	for _, tg := range b.targets {
 		out = append(out, correctnessOf(tg.name, b.totals[tg.name]))
 	}
-	if t := b.totals[govTarget]; t != nil {
-		out = append(out, correctnessOf(govTarget, t))
+	for _, n := range []string{govTarget, foTarget, fo529Target, fo529NBTarget} {
+		if t := b.totals[n]; t != nil {
+			out = append(out, correctnessOf(n, t))
+		}
 	}
 	return out
 }
@@ -350,6 +352,7 @@ type reportJSON struct {
 	IdleFileMB    map[string]float64 `json:"idle_rss_file_mb"`
 	FreshRSSMB    map[string]float64 `json:"fresh_rss_mb"`
 	Governance    *govJSON           `json:"s1g_governance,omitempty"`
+	Failover      *foJSON            `json:"s1f_failover,omitempty"`
 	Profiles      []profile          `json:"profiles,omitempty"`
 	Notes         []string           `json:"notes,omitempty"`
 	Runs          []*runRec          `json:"runs"`
@@ -368,12 +371,13 @@ func (b *bench) report(stdout io.Writer) error {
 			"s4_n": b.cfg.S4N, "s4_gap": b.cfg.S4Gap.String(), "s5_rate": b.cfg.S5Rate, "s5_ttfb": b.cfg.S5TTFB.String(),
 			"events": b.cfg.Events, "chunk_bytes": b.cfg.ChunkBytes, "tollgate_log_level": b.cfg.LogLevel,
 			"client_include_usage": b.cfg.IncludeUsg, "store": "sqlite (spool + batching writer)",
-			"s1g_rate": b.cfg.S1gRate, "redis": b.cfg.RedisURL,
+			"s1g_rate": b.cfg.S1gRate, "redis": b.cfg.RedisURL, "s1f_rate": b.cfg.S1fRate,
 		},
 		Reference:   map[string]int{"json_body": b.refBody.size, "stream": b.refStream.size},
 		Results:     cs,
-		Targets:     append(b.verdicts(cs), b.govVerdicts()...),
+		Targets:     slices.Concat(b.verdicts(cs), b.govVerdicts(), b.foVerdicts()),
 		Governance:  b.govReport(),
+		Failover:    b.foReport(),
 		Correctness: b.correctness(),
 		Usage:       b.usage, UsagePass: b.usagePass(), FakeSawViaTG: b.fakeVia["tollgate"],
 		ShutdownClean: b.uncleanStops == 0,
@@ -471,6 +475,7 @@ func (b *bench) markdown(rj *reportJSON) string {
 		rj.IdleRSSMB["baseline"], rj.IdleRSSMB["tollgate"], rj.FreshRSSMB["baseline"], rj.FreshRSSMB["tollgate"])
 
 	b.govMarkdown(p, rj.Governance)
+	b.foMarkdown(p, rj.Failover)
 
 	p("\n## Targets (tollgate with auth, resolver and metering on)\n\n| Target | Measured | Holds |\n|---|---|---|\n")
 	for _, v := range rj.Targets {

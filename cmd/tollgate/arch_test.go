@@ -29,9 +29,17 @@ func TestDependenciesPointInward(t *testing.T) {
 		// Credential health is what the proxy observed of each credential:
 		// it knows no HTTP stack, no store and no key.
 		"health": {mod + "proxy", mod + "resolver", mod + "metering", mod + "governance", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "net/http"},
+		// The console is a net/http handler over the services: the proxy
+		// mounts it, so it imports neither the proxy nor its framework.
+		"console": {mod + "proxy", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
 		// The dial guard is a leaf: the proxy and the server's setup both
 		// use it, so it can import neither.
 		"internal/netguard": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
+		// The audit log records what its callers describe; its Trail names
+		// the resolver's writes (credentials, bindings, tokens), so it may
+		// know the resolver's types, and no policy or HTTP stack: API, CLI
+		// and console share it.
+		"audit": {mod + "proxy", mod + "metering", mod + "governance", mod + "health", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp", "net/http"},
 		// Any package's tests import testkit, so testkit imports none of
 		// them (an import cycle otherwise).
 		"internal/testkit": {mod + "proxy", mod + "resolver", mod + "metering", mod + "registry", mod + "cmd", "github.com/gofiber/", "github.com/valyala/fasthttp"},
@@ -47,6 +55,17 @@ func TestDependenciesPointInward(t *testing.T) {
 					t.Errorf("%s depends on %s", pkg, dep)
 				}
 			}
+		}
+	}
+	// audit's own imports are the standard library, internal/store and
+	// the resolver (whose writes Trail names).
+	auditImports, err := exec.Command("go", "list", "-f", `{{join .Imports " "}}`, mod+"audit").Output()
+	if err != nil {
+		t.Fatalf("go list audit: %v", err)
+	}
+	for _, imp := range strings.Fields(string(auditImports)) {
+		if first, _, _ := strings.Cut(imp, "/"); strings.Contains(first, ".") && imp != mod+"internal/store" && imp != mod+"resolver" {
+			t.Errorf("audit imports %s: only the standard library, internal/store and the resolver", imp)
 		}
 	}
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, mod+"...").Output()

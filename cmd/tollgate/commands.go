@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -103,8 +102,8 @@ func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		enc.SetIndent("", "  ")
 		return enc.Encode(s)
 	}
-	writeSetup(stdout, s)
-	return nil
+	_, err = io.WriteString(stdout, s.Shell())
+	return err
 }
 
 // verifyToken authenticates token against the database and checks it may
@@ -163,21 +162,6 @@ func writeConfigFile(dir string, s *registry.Setup, force bool, stderr io.Writer
 	return nil
 }
 
-// writeSetup prints a Setup as shell exports, with the config snippet as a
-// comment block the reader copies into the named file.
-func writeSetup(w io.Writer, s *registry.Setup) {
-	for _, e := range s.Env {
-		fmt.Fprintf(w, "export %s=%s\n", e.Name, registry.ShellQuote(e.Value))
-	}
-	if s.Config != "" {
-		fmt.Fprintf(w, "# %s:\n", s.ConfigFile)
-		sc := bufio.NewScanner(strings.NewReader(s.Config))
-		for sc.Scan() {
-			fmt.Fprintf(w, "#   %s\n", sc.Text())
-		}
-	}
-}
-
 // withDeps opens the registry, the database and the resolver as o says,
 // runs f and closes them.
 func withDeps(ctx context.Context, o *options, stderr io.Writer, f func(d *deps) error) error {
@@ -213,6 +197,10 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
+		ctx, trail, err := openTrail(ctx, d)
+		if err != nil {
+			return err
+		}
 		switch args[0] {
 		case "issue":
 			if *workspace == "" || *project == "" || *user == "" {
@@ -227,6 +215,7 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err != nil {
 				return err
 			}
+			audited(stderr, trail.TokenIssued(ctx, info, tok))
 			fmt.Fprintf(stderr, "issued %s for workspace %s (expires %s); the token is shown once:\n", info.ID, info.Workspace, info.ExpiresAt.Format(time.RFC3339))
 			fmt.Fprintln(stdout, tok)
 			return nil
@@ -252,6 +241,7 @@ func cmdToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err := d.resolver.RevokeToken(ctx, pos[0]); err != nil {
 				return err
 			}
+			audited(stderr, trail.TokenRevoked(ctx, pos[0]))
 			fmt.Fprintf(stdout, "revoked %s\n", pos[0])
 			return nil
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tollgate/tollgate"
 	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/proxy"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -152,6 +153,27 @@ type options struct {
 	AlertWebhookURL        string
 	AlertWebhookSecret     string
 	AlertWebhookSecretFile string
+
+	// Failover across a binding's credentials (proxy.FailoverConfig):
+	// UpstreamHeaderTimeout bounds a streamed attempt's wait for headers
+	// when another credential could follow (TOLLGATE_UPSTREAM_HEADER_TIMEOUT,
+	// 60s); RetryAfterMax is the longest Retry-After waited out on the same
+	// credential (TOLLGATE_RETRY_AFTER_MAX, 2s; 0: never);
+	// FailoverDeadline is when no further attempt starts
+	// (TOLLGATE_FAILOVER_DEADLINE, 30s); FailoverAfterMaybeBilled fails
+	// over after an attempt the provider may have billed
+	// (TOLLGATE_FAILOVER_AFTER_MAYBE_BILLED, false).
+	UpstreamHeaderTimeout    time.Duration
+	RetryAfterMax            time.Duration
+	FailoverDeadline         time.Duration
+	FailoverAfterMaybeBilled bool
+	// Credential health (health.Config): consecutive failures that open a
+	// credential's circuit (TOLLGATE_HEALTH_FAILURES), its first and
+	// longest cooldown (TOLLGATE_HEALTH_COOLDOWN,
+	// TOLLGATE_HEALTH_MAX_COOLDOWN); 0 takes the health package's default.
+	HealthFailures    int
+	HealthCooldown    time.Duration
+	HealthMaxCooldown time.Duration
 }
 
 // bind registers the flags every database-backed command uses.
@@ -206,11 +228,42 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.intVar(fs, &o.AuthFailuresPerMin, "auth-failures-per-min", "TOLLGATE_AUTH_FAILURES_PER_MIN", proxy.DefaultAuthFailuresPerMinute, "failed token checks a minute a client address may sustain after its burst")
 	o.intVar(fs, &o.AuthFailuresGlobal, "auth-failures-global", "TOLLGATE_AUTH_FAILURES_GLOBAL", proxy.DefaultAuthFailuresGlobal, "failed token checks a second over all addresses before clients without a recently accepted token get 429; negative: no global limit")
 	o.bindGovernance(fs)
+	o.bindFailover(fs)
 	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
 	o.removedFlag(fs, "metrics-token", "set TOLLGATE_METRICS_TOKEN, or put the token in a file and pass --metrics-token-file FILE (TOLLGATE_METRICS_TOKEN_FILE)")
 }
 
 const defaultHarnesses = "./harnesses.yaml"
+
+// bindFailover registers serve's failover and credential health settings.
+func (o *options) bindFailover(fs *flag.FlagSet) {
+	o.durationVar(fs, &o.UpstreamHeaderTimeout, "upstream-header-timeout", "TOLLGATE_UPSTREAM_HEADER_TIMEOUT", proxy.DefaultFailoverHeaderTimeout,
+		"how `long` a streamed request waits for a provider's headers before another credential of its binding is tried")
+	o.waitVar(fs, &o.RetryAfterMax, "retry-after-max", "TOLLGATE_RETRY_AFTER_MAX", proxy.DefaultRetryAfterMax,
+		"longest Retry-After (a `duration`) tollgate waits out to send a request to the same credential again; longer moves on to the next; 0: never")
+	o.durationVar(fs, &o.FailoverDeadline, "failover-deadline", "TOLLGATE_FAILOVER_DEADLINE", proxy.DefaultFailoverDeadline,
+		"no further attempt of a request starts this `long` after it arrived")
+	o.boolVar(fs, &o.FailoverAfterMaybeBilled, "failover-after-maybe-billed", "TOLLGATE_FAILOVER_AFTER_MAYBE_BILLED",
+		"also fail over after an attempt the provider may have billed (sent, then no headers in time or a broken answer); it may then bill twice")
+	o.intVar(fs, &o.HealthFailures, "health-failures", "TOLLGATE_HEALTH_FAILURES", 0, "consecutive failed attempts that put a credential in cooldown; 0: the default")
+	o.waitVar(fs, &o.HealthCooldown, "health-cooldown", "TOLLGATE_HEALTH_COOLDOWN", 0, "first cooldown (a `duration`) of a failing credential, doubled on each reopening; 0: the default")
+	o.waitVar(fs, &o.HealthMaxCooldown, "health-max-cooldown", "TOLLGATE_HEALTH_MAX_COOLDOWN", 0, "longest cooldown (a `duration`); 0: the default")
+}
+
+// failover is the proxy's failover configuration.
+func (o *options) failover() proxy.FailoverConfig {
+	f := proxy.FailoverConfig{HeaderTimeout: o.UpstreamHeaderTimeout, RetryAfterMax: o.RetryAfterMax,
+		Deadline: o.FailoverDeadline, AfterMaybeBilled: o.FailoverAfterMaybeBilled}
+	if f.RetryAfterMax == 0 {
+		f.RetryAfterMax = -1
+	}
+	return f
+}
+
+// healthConfig is the credential health tracker's configuration.
+func (o *options) healthConfig() health.Config {
+	return health.Config{FailureThreshold: max(o.HealthFailures, 0), BaseCooldown: o.HealthCooldown, MaxCooldown: o.HealthMaxCooldown}
+}
 
 // bindGovernance registers serve's budget, rate-limit and alert settings.
 // The Redis and webhook URLs come from the environment only: either may

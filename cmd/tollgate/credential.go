@@ -93,6 +93,10 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	}
 	return withDeps(ctx, &o, stderr, func(d *deps) error {
 		svc := d.resolver
+		ctx, trail, err := openTrail(ctx, d)
+		if err != nil {
+			return err
+		}
 		switch sub {
 		case "set":
 			if !*platform || *provider == "" || !*keyStdin {
@@ -109,6 +113,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err != nil {
 				return err
 			}
+			audited(stderr, trail.PlatformKeySet(ctx, cr, key))
 			fmt.Fprintf(stdout, "platform credential %s set for %s (…%s)\n", cr.ID, cr.Provider, cr.Last4)
 			return nil
 		case "add":
@@ -126,6 +131,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err != nil {
 				return err
 			}
+			audited(stderr, trail.CredentialCreated(ctx, cr, key))
 			fmt.Fprintln(stdout, cr.ID)
 			return nil
 		case "list":
@@ -155,6 +161,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err := op(ctx, id); err != nil {
 				return err
 			}
+			audited(stderr, trail.CredentialChanged(ctx, sub, id))
 			fmt.Fprintf(stdout, "%sd %s\n", strings.TrimSuffix(sub, "e"), id)
 			return nil
 		case "bind":
@@ -173,6 +180,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err != nil {
 				return err
 			}
+			audited(stderr, trail.Bound(ctx, b))
 			fmt.Fprintf(stdout, "bound %s at %s for %s (active=%v)\n", candidatesText(b.Credentials), scopeText(k), k.Dialect, b.Active)
 			return nil
 		case "unbind", "activate", "deactivate":
@@ -189,6 +197,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err != nil {
 				return err
 			}
+			audited(stderr, trail.BindingChanged(ctx, sub, k))
 			fmt.Fprintf(stdout, "%s: %s for %s\n", sub, scopeText(k), k.Dialect)
 			return nil
 		case "bindings":
@@ -209,6 +218,7 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			if err := svc.RotateKey(ctx, oldKey, d.masterKey); err != nil {
 				return err
 			}
+			audited(stderr, trail.MasterKeyRotated(ctx, oldKey, d.masterKey))
 			fmt.Fprintln(stdout, "every credential is now encrypted with the configured master key.\n"+
 				"Keep the old key in TOLLGATE_PREVIOUS_MASTER_KEYS until tokens issued before the rotation expire (at most 30 days).")
 			return nil

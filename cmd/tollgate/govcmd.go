@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -102,7 +103,7 @@ func (p *policyFlags) checkFormat() error {
 
 // policyCommand parses a policy command's flags and runs do with the store.
 func policyCommand(ctx context.Context, group string, args []string, stdout, stderr io.Writer,
-	do func(st *governance.Store, sub string, p *policyFlags, pos []string) error) error {
+	do func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error) error {
 	sub, err := subcommand(group, args, stdout)
 	if err != nil {
 		return err
@@ -123,7 +124,11 @@ func policyCommand(ctx context.Context, group string, args []string, stdout, std
 		if err != nil {
 			return err
 		}
-		return do(st, sub, p, pos)
+		a, err := openCLIAudit(ctx, d, stderr)
+		if err != nil {
+			return err
+		}
+		return do(st, sub, p, pos, a)
 	})
 }
 
@@ -141,10 +146,10 @@ func writePolicyJSON(w io.Writer, v any) error {
 }
 
 func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return policyCommand(ctx, "budget", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string) error {
+	return policyCommand(ctx, "budget", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error {
 		switch sub {
 		case "set":
-			return budgetSet(ctx, st, p, pos, stdout)
+			return budgetSet(ctx, st, p, pos, stdout, a)
 		case "list":
 			t, id, err := p.scope("budget list", false)
 			if err != nil {
@@ -173,6 +178,7 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if err := st.DeleteBudget(ctx, id); err != nil {
 				return err
 			}
+			a.policyDeleted("budget", id)
 			fmt.Fprintf(stdout, "deleted %s\n", id)
 			return nil
 		}
@@ -182,8 +188,9 @@ func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // budgetSet creates the budget the flags describe, or updates the one with
 // the same scope, model, harness, metric and window (or --id), keeping its
-// id and so its spend. Flags not given keep an updated budget's values.
-func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer) error {
+// id and so its spend (governance.Store.SetBudget, the same as the admin
+// API's POST). Flags not given keep an updated budget's values.
+func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer, a cliAudit) error {
 	if len(pos) != 0 {
 		return usageErr("budget set takes no arguments, only flags (got %q)", pos[0])
 	}
@@ -227,45 +234,16 @@ func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []
 	if len(probs) > 0 {
 		return usageErr("%s", strings.Join(probs, "; "))
 	}
-	b.Mode, b.Unpriced = governance.Mode(*p.mode), *p.unpriced
-
-	var old *governance.Budget
-	if *p.id != "" {
-		o, err := st.Budget(ctx, *p.id)
-		if err != nil {
+	b.Mode, b.Unpriced, b.ID = governance.Mode(*p.mode), *p.unpriced, *p.id
+	b, res, err := st.SetBudget(ctx, b)
+	if err != nil {
+		if *p.id != "" && errors.Is(err, governance.ErrNotFound) {
 			return fmt.Errorf("--id: %w", err)
 		}
-		old = &o
-	} else {
-		bs, err := st.ListBudgets(ctx, governance.Filter{ScopeType: t, ScopeID: sid})
-		if err != nil {
-			return err
-		}
-		for i, o := range bs {
-			if o.Model == b.Model && o.Harness == b.Harness && o.Metric == b.Metric && o.Window == b.Window {
-				old = &bs[i]
-				break
-			}
-		}
-	}
-	verb := "created"
-	if old != nil {
-		verb, b.ID = "updated", old.ID
-		if b.Mode == "" {
-			b.Mode = old.Mode
-		}
-		if b.Unpriced == "" && old.Metric == b.Metric {
-			b.Unpriced = old.Unpriced
-		}
-		if b.Alerts == nil {
-			b.Alerts = old.Alerts
-		}
-	}
-	b, err = st.PutBudget(ctx, b)
-	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s %s: %s\n", verb, b.ID, describeBudget(b))
+	a.policySet("budget", b, res)
+	fmt.Fprintf(stdout, "%s %s: %s\n", res, b.ID, describeBudget(b))
 	return nil
 }
 
@@ -316,10 +294,10 @@ func nonNilPolicies[T any](s []T) []T {
 }
 
 func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return policyCommand(ctx, "limit", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string) error {
+	return policyCommand(ctx, "limit", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error {
 		switch sub {
 		case "set":
-			return limitSet(ctx, st, p, pos, stdout)
+			return limitSet(ctx, st, p, pos, stdout, a)
 		case "list":
 			t, id, err := p.scope("limit list", false)
 			if err != nil {
@@ -348,6 +326,7 @@ func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err := st.DeleteLimit(ctx, id); err != nil {
 				return err
 			}
+			a.policyDeleted("limit", id)
 			fmt.Fprintf(stdout, "deleted %s\n", id)
 			return nil
 		}
@@ -358,7 +337,7 @@ func cmdLimit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // limitSet creates the rate limit the flags describe, or updates the one
 // with the same scope, model and harness (or --id); a rate not given keeps
 // an updated limit's value (--tpm 0 removes one).
-func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer) error {
+func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []string, stdout io.Writer, a cliAudit) error {
 	if len(pos) != 0 {
 		return usageErr("limit set takes no arguments, only flags (got %q)", pos[0])
 	}
@@ -366,33 +345,8 @@ func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []s
 	if err != nil {
 		return err
 	}
-	l := governance.Limit{Selector: governance.Selector{ScopeType: t, ScopeID: sid, Model: *p.model, Harness: *p.harness}, Mode: governance.Mode(*p.mode)}
-	var old *governance.Limit
-	if *p.id != "" {
-		o, err := st.Limit(ctx, *p.id)
-		if err != nil {
-			return fmt.Errorf("--id: %w", err)
-		}
-		old = &o
-	} else {
-		ls, err := st.ListLimits(ctx, governance.Filter{ScopeType: t, ScopeID: sid})
-		if err != nil {
-			return err
-		}
-		for i, o := range ls {
-			if o.Model == l.Model && o.Harness == l.Harness {
-				old = &ls[i]
-				break
-			}
-		}
-	}
-	verb := "created"
-	if old != nil {
-		verb, l.ID, l.RPM, l.TPM, l.Concurrency = "updated", old.ID, old.RPM, old.TPM, old.Concurrency
-		if l.Mode == "" {
-			l.Mode = old.Mode
-		}
-	}
+	l := governance.Limit{ID: *p.id, Selector: governance.Selector{ScopeType: t, ScopeID: sid, Model: *p.model, Harness: *p.harness},
+		Mode: governance.Mode(*p.mode), RPM: governance.KeepRate, TPM: governance.KeepRate, Concurrency: governance.KeepRate}
 	given := 0
 	for _, r := range []struct {
 		name, v string
@@ -409,11 +363,15 @@ func limitSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []s
 	if given == 0 {
 		return usageErr("limit set needs at least one of --rpm N, --tpm N, --concurrency N")
 	}
-	l, err = st.PutLimit(ctx, l)
+	l, res, err := st.SetLimit(ctx, l)
 	if err != nil {
+		if *p.id != "" && errors.Is(err, governance.ErrNotFound) {
+			return fmt.Errorf("--id: %w", err)
+		}
 		return err
 	}
-	fmt.Fprintf(stdout, "%s %s: %s, %s\n", verb, l.ID, l.Selector, describeRates(l))
+	a.policySet("limit", l, res)
+	fmt.Fprintf(stdout, "%s %s: %s, %s\n", res, l.ID, l.Selector, describeRates(l))
 	return nil
 }
 
@@ -451,10 +409,10 @@ func writeLimits(w io.Writer, format string, ls []governance.Limit) error {
 }
 
 func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return policyCommand(ctx, "models", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string) error {
+	return policyCommand(ctx, "models", args, stdout, stderr, func(st *governance.Store, sub string, p *policyFlags, pos []string, a cliAudit) error {
 		switch sub {
 		case "allow", "deny", "alias":
-			return ruleSet(ctx, st, governance.RuleKind(sub), p, pos, stdout)
+			return ruleSet(ctx, st, governance.RuleKind(sub), p, pos, stdout, a)
 		case "list":
 			t, id, err := p.scope("models list", false)
 			if err != nil {
@@ -481,6 +439,7 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if err := st.DeleteRule(ctx, id); err != nil {
 				return err
 			}
+			a.policyDeleted("model_rule", id)
 			fmt.Fprintf(stdout, "deleted %s\n", id)
 			return nil
 		}
@@ -489,8 +448,9 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // ruleSet adds an allow or deny rule unless the scope has it already, or
-// sets an alias, replacing the target of the scope's alias of that name.
-func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind, p *policyFlags, pos []string, stdout io.Writer) error {
+// sets an alias, replacing the target of the scope's alias of that name
+// (governance.Store.SetRule).
+func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind, p *policyFlags, pos []string, stdout io.Writer, a cliAudit) error {
 	cmd := "models " + string(kind)
 	want := 1
 	if kind == governance.RuleAlias {
@@ -510,29 +470,16 @@ func ruleSet(ctx context.Context, st *governance.Store, kind governance.RuleKind
 	if kind == governance.RuleAlias {
 		r.Target = pos[1]
 	}
-	rs, err := st.ListRules(ctx, governance.Filter{ScopeType: t, ScopeID: sid})
+	r, res, err := st.SetRule(ctx, r)
 	if err != nil {
 		return err
 	}
-	verb := "created"
-	for _, o := range rs {
-		if o.Kind == r.Kind && o.Pattern == r.Pattern {
-			if o.Target == r.Target {
-				fmt.Fprintf(stdout, "unchanged %s: %s %s %s\n", o.ID, policyScope(t, sid), o.Kind, o.Pattern)
-				return nil
-			}
-			verb, r.ID = "updated", o.ID
-			break
-		}
-	}
-	if r, err = st.PutRule(ctx, r); err != nil {
-		return err
-	}
+	a.policySet("model_rule", r, res)
 	desc := fmt.Sprintf("%s %s %s", policyScope(t, sid), r.Kind, r.Pattern)
 	if r.Target != "" {
 		desc += " -> " + r.Target
 	}
-	fmt.Fprintf(stdout, "%s %s: %s\n", verb, r.ID, desc)
+	fmt.Fprintf(stdout, "%s %s: %s\n", res, r.ID, desc)
 	return nil
 }
 

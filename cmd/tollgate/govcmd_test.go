@@ -63,6 +63,10 @@ func testPolicyCommands(t *testing.T, dbURL string) {
 	}
 	// Without --mode the update keeps hard.
 	mustPolicy(t, c, "budget", "set", "--project", "acme", "--cost", "80", "--window", "month")
+	// The same set again changes nothing and says so.
+	if again, verb := mustPolicy(t, c, "budget", "set", "--project", "acme", "--cost", "80", "--window", "month"); again != bud || verb != "unchanged" {
+		t.Errorf("identical set: %s %s, want unchanged %s", verb, again, bud)
+	}
 
 	out, errs, code := c.run(ctx, "", "budget", "list", "--format", "json")
 	var bs []governance.Budget

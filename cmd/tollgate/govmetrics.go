@@ -29,6 +29,10 @@ const (
 	// metricRedisUp is 1 while the shared limiter reaches Redis, else 0;
 	// only exported when TOLLGATE_REDIS_URL is set.
 	metricRedisUp = "tollgate.governance.redis.up"
+	// metricAlerts counts webhook deliveries by outcome (Prometheus:
+	// tollgate_governance_alerts_total{outcome}); only exported when
+	// TOLLGATE_ALERT_WEBHOOK_URL is set.
+	metricAlerts = "tollgate.governance.alerts"
 )
 
 // maxBudgetSeries bounds the budgets exported per gauge. Budgets are
@@ -48,23 +52,32 @@ type headroomReader interface {
 // redisHealth is the shared limiter's state (*governance.RedisLimiter).
 type redisHealth interface{ Healthy() bool }
 
-// registerGovernance exports the governance gauges on the telemetry's
-// meter and refreshes the budget ones from l every budgetRefresh until ctx
-// ends. redis is nil when no Redis limiter is configured. The returned
-// function unregisters the callback.
-func (t *telemetry) registerGovernance(ctx context.Context, p governance.PolicySource, l headroomReader, redis redisHealth, log *slog.Logger) (unregister func() error, err error) {
-	return registerGovernanceOn(ctx, t.provider.Meter(meterName), p, l, redis, log, budgetRefresh)
+// alertCounts is the alerter's delivery counts (*governance.Alerter).
+type alertCounts interface {
+	Deliveries() governance.AlertDeliveries
 }
 
-func registerGovernanceOn(ctx context.Context, meter metric.Meter, p governance.PolicySource, l headroomReader, redis redisHealth, log *slog.Logger, every time.Duration) (func() error, error) {
+// registerGovernance exports the governance gauges on the telemetry's
+// meter and refreshes the budget ones from l every budgetRefresh until ctx
+// ends. redis is nil when no Redis limiter is configured, alerts when no
+// webhook is. The returned function unregisters the callback.
+func (t *telemetry) registerGovernance(ctx context.Context, p governance.PolicySource, l headroomReader, redis redisHealth, alerts alertCounts, log *slog.Logger) (unregister func() error, err error) {
+	return registerGovernanceOn(ctx, t.provider.Meter(meterName), p, l, redis, alerts, log, budgetRefresh)
+}
+
+func registerGovernanceOn(ctx context.Context, meter metric.Meter, p governance.PolicySource, l headroomReader, redis redisHealth, alerts alertCounts, log *slog.Logger, every time.Duration) (func() error, error) {
 	if isNil(redis) {
 		redis = nil
 	}
 	if isNil(l) {
 		l = nil
 	}
-	var errs [5]error
+	if isNil(alerts) {
+		alerts = nil
+	}
+	var errs [6]error
 	var spent, reserved, limit, unexported, redisUp metric.Int64ObservableGauge
+	var alertsTotal metric.Int64ObservableCounter
 	spent, errs[0] = meter.Int64ObservableGauge(metricBudgetSpent,
 		metric.WithDescription("Spent in the budget's current window, in its unit: micro-USD (metric=cost) or tokens (metric=tokens)."))
 	reserved, errs[1] = meter.Int64ObservableGauge(metricBudgetReserved,
@@ -78,6 +91,11 @@ func registerGovernanceOn(ctx context.Context, meter metric.Meter, p governance.
 		redisUp, errs[4] = meter.Int64ObservableGauge(metricRedisUp,
 			metric.WithDescription("1 while the shared rate limiter reaches Redis; 0 while it falls back to per-replica limits."))
 		instruments = append(instruments, redisUp)
+	}
+	if alerts != nil {
+		alertsTotal, errs[5] = meter.Int64ObservableCounter(metricAlerts,
+			metric.WithDescription("Budget alert webhook deliveries by outcome: delivered (2xx), failed (an attempt that was not; retried until the last), dropped (given up, or pruned undelivered)."))
+		instruments = append(instruments, alertsTotal)
 	}
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("governance instruments: %w", err)
@@ -114,6 +132,12 @@ func registerGovernanceOn(ctx context.Context, meter metric.Meter, p governance.
 			}
 			o.ObserveInt64(redisUp, up)
 		}
+		if alerts != nil {
+			d := alerts.Deliveries()
+			o.ObserveInt64(alertsTotal, d.Delivered, outcomeDelivered)
+			o.ObserveInt64(alertsTotal, d.Failed, outcomeFailed)
+			o.ObserveInt64(alertsTotal, d.Dropped, outcomeDropped)
+		}
 		return nil
 	}, instruments...)
 	if err != nil {
@@ -121,6 +145,14 @@ func registerGovernanceOn(ctx context.Context, meter metric.Meter, p governance.
 	}
 	return reg.Unregister, nil
 }
+
+// The alert outcomes, the only values of the outcome label, built once:
+// they are observed on every scrape.
+var (
+	outcomeDelivered = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "delivered")))
+	outcomeFailed    = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "failed")))
+	outcomeDropped   = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "dropped")))
+)
 
 // budgetGauges holds the last headroom read, as the gauges report it.
 type budgetGauges struct {

@@ -48,6 +48,12 @@ func (c *countingHeadroom) n() int {
 
 type fakeRedis struct{ up atomic.Bool }
 
+type fakeAlerts struct {
+	d atomic.Pointer[governance.AlertDeliveries]
+}
+
+func (f *fakeAlerts) Deliveries() governance.AlertDeliveries { return *f.d.Load() }
+
 func (f *fakeRedis) Healthy() bool { return f.up.Load() }
 
 func scrape(t *testing.T, tel *telemetry) string {
@@ -83,7 +89,9 @@ func TestGovernanceMetricsOnMetrics(t *testing.T) {
 	redis.up.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	unregister, err := registerGovernanceOn(ctx, tel.provider.Meter(meterName), govPolicies{&governance.Policies{Budgets: budgets}}, h, redis, slog.New(slog.DiscardHandler), time.Hour)
+	alerts := &fakeAlerts{}
+	alerts.d.Store(&governance.AlertDeliveries{Delivered: 4, Failed: 2, Dropped: 1})
+	unregister, err := registerGovernanceOn(ctx, tel.provider.Meter(meterName), govPolicies{&governance.Policies{Budgets: budgets}}, h, redis, alerts, slog.New(slog.DiscardHandler), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +136,17 @@ func TestGovernanceMetricsOnMetrics(t *testing.T) {
 	if body := scrape(t, tel); !regexp.MustCompile(`(?m)^tollgate_governance_redis_up\{[^}]*\} 0$`).MatchString(body) {
 		t.Errorf("redis down: %s", grepLines(body, "redis_up"))
 	}
+	// Alert deliveries: a counter per outcome, three series, read at scrape.
+	alerts.d.Store(&governance.AlertDeliveries{Delivered: 5, Failed: 2, Dropped: 3})
+	body = scrape(t, tel)
+	for outcome, n := range map[string]int{"delivered": 5, "failed": 2, "dropped": 3} {
+		if !regexp.MustCompile(`(?m)^tollgate_governance_alerts_total\{[^}]*outcome="` + outcome + `"[^}]*\} ` + fmt.Sprint(n) + `$`).MatchString(body) {
+			t.Errorf("alerts{outcome=%s} != %d: %s", outcome, n, grepLines(body, "governance_alerts"))
+		}
+	}
+	if n := strings.Count(body, "\ntollgate_governance_alerts_total{"); n != 3 {
+		t.Errorf("%d alert series, want 3", n)
+	}
 
 	for _, kind := range []string{"budget", "budget", "model_policy", "invented"} {
 		tel.instruments.Observe(&metering.Record{RequestID: "r", Operation: "chat", Provider: "anthropic", Outcome: metering.OutcomeRejected,
@@ -156,7 +175,8 @@ func TestGovernanceRefusalKindsMatchMetering(t *testing.T) {
 }
 
 // TestGovernanceMetricsWithoutRedis: no limiter configured (a nil
-// *RedisLimiter too) exports no Redis gauge.
+// *RedisLimiter too) exports no Redis gauge, and no alerter no alert
+// counter.
 func TestGovernanceMetricsWithoutRedis(t *testing.T) {
 	tel, err := newTelemetry(context.Background(), splitList(""), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -164,13 +184,14 @@ func TestGovernanceMetricsWithoutRedis(t *testing.T) {
 	}
 	t.Cleanup(func() { tel.shutdown(context.Background()) })
 	var rl *governance.RedisLimiter
-	unregister, err := tel.registerGovernance(t.Context(), govPolicies{&governance.Policies{}}, &countingHeadroom{}, rl, slog.New(slog.DiscardHandler))
+	var al *governance.Alerter
+	unregister, err := tel.registerGovernance(t.Context(), govPolicies{&governance.Policies{}}, &countingHeadroom{}, rl, al, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unregister()
-	if body := scrape(t, tel); strings.Contains(body, "redis_up") || !strings.Contains(body, "tollgate_governance_budgets_unexported") {
-		t.Errorf("without redis: %s", grepLines(body, "governance"))
+	if body := scrape(t, tel); strings.Contains(body, "redis_up") || strings.Contains(body, "governance_alerts") || !strings.Contains(body, "tollgate_governance_budgets_unexported") {
+		t.Errorf("without redis or alerts: %s", grepLines(body, "governance"))
 	}
 }
 

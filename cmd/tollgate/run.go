@@ -77,6 +77,8 @@ var commands = []command{
 	{"models delete", "ID", ""},
 	{"usage", "[--from DATE] [--to DATE] [--group-by model,project,...] [--project P] [--user U] [--workspace W] [--service-tier T] [--session ID] [--format table|json|csv] [--refusals]", "report metered usage, or with --refusals the refused authentications per minute; --to DATE includes that whole UTC day"},
 	{"usage import-quarantine", "[--spool DIR] [--dry-run]", "replay the spool's quarantine.jsonl into the database once its cause is fixed; keeps what is still refused"},
+	{"audit", "[--actor-kind api|cli|console] [--actor ID] [--action PREFIX] [--target ID] [--from DATE] [--to DATE] [--limit N] [--cursor C] [--format table|json]",
+		"list the audit log of admin writes, newest first"},
 	{"version", "", "print the version (also --version)"},
 }
 
@@ -221,6 +223,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		} else {
 			err = cmdUsage(ctx, rest, stdout, stderr)
 		}
+	case "audit":
+		err = cmdAudit(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "tollgate", versionString())
 	case "help", "-h", "--help":

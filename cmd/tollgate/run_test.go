@@ -98,15 +98,7 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 		t.Fatalf("env output:\n%s", envOut)
 	}
 
-	sctx, stop := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	logs := &bytes.Buffer{}
-	done := make(chan int, 1)
-	for k, v := range c.env {
-		t.Setenv(k, v)
-	}
-	go func() { done <- run(sctx, []string{"serve"}, strings.NewReader(""), pw, logs); pw.Close() }()
-	base, adminBase := serveAddrs(t, pr, logs)
+	base, adminBase, logs, stop := serveInProcess(t, c)
 
 	req, _ := http.NewRequest("POST", base+"/anthropic/v1/messages?beta=true", strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	req.Header.Set("Authorization", "Bearer "+tok)
@@ -172,14 +164,6 @@ func testServeEndToEnd(t *testing.T, dbURL string) {
 	}
 
 	stop()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("serve exited %d: %s", code, logs)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not shut down")
-	}
 
 	out, errs, code := c.run(ctx, "", "usage", "--group-by", "workspace,model", "--format", "json")
 	if code != 0 {

@@ -7,12 +7,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
+	"github.com/tollgate/tollgate/console"
 	"github.com/tollgate/tollgate/governance"
+	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/internal/hotfile"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
@@ -176,6 +180,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	auditLog, err := audit.Open(ctx, d.db)
+	if err != nil {
+		return err
+	}
 	gov, err := startGovernance(ctx, bg, &o, d, prices, usage, log)
 	if err != nil {
 		return err
@@ -205,11 +213,19 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer unregister()
 	// A nil *RedisLimiter (no TOLLGATE_REDIS_URL) exports no Redis gauge.
-	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, log)
+	unregisterGov, err := tel.registerGovernance(bg, gov.watcher, gov.ledger, gov.redis, gov.alerter, log)
 	if err != nil {
 		return err
 	}
 	defer unregisterGov()
+	// One tracker for the process: failover reads and feeds it, the
+	// resolution view and the gauges show it.
+	credHealth := health.New(o.healthConfig())
+	unregisterHealth, err := tel.registerHealth(credHealth)
+	if err != nil {
+		return err
+	}
+	defer unregisterHealth()
 
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
@@ -238,6 +254,23 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
 	}
+	// The console signs in with the admin token and is served beside the
+	// admin API, so it is on exactly when the API is.
+	var con http.Handler
+	if adminToken != "" && o.AdminAddr != adminAddrOff {
+		c, err := console.New(ctx, console.Config{AdminToken: adminToken, DB: d.db, Registry: d.registry, Resolver: d.resolver, Health: credHealth, PublicURL: o.PublicURL, Logger: log,
+			Usage: usage, Pricer: pricer{prices},
+			ProxyURL: publicURL, Audit: audit.Trail{Log: auditLog, Secrets: []string{adminToken}},
+			Policies: gov.store, Ledger: gov.ledger, PolicyWatcher: gov.watcher})
+		if err != nil {
+			ln.Close()
+			if adminRaw != nil {
+				adminRaw.Close()
+			}
+			return err
+		}
+		con = c
+	}
 	authLimits := proxy.AuthLimitConfig{Burst: o.AuthFailureBurst, PerMinute: o.AuthFailuresPerMin, GlobalPerSecond: o.AuthFailuresGlobal}
 	srv, err := proxy.New(proxy.Config{
 		Registry:          d.registry,
@@ -245,6 +278,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Resolver:          d.resolver,
 		Admin:             d.resolver,
 		Usage:             usage,
+		Audit:             auditLog,
 		Owners:            usage,
 		Sink:              writer,
 		Refusals:          refusalSinks{refusals, tel.instruments},
@@ -259,9 +293,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MetricsToken:      metricsToken,
 		AdminOnProxy:      o.AdminAddr == adminAddrSame,
 		AdminToken:        adminToken,
+		Console:           con,
 		PublicURL:         publicURL,
 		BaseContext:       baseCtx,
 		StreamIdleTimeout: o.StreamIdle,
+		Failover:          o.failover(),
+		Health:            credHealth,
 		Logger:            log,
 
 		AllowPrivateBaseURL: o.AllowPrivateBaseURL,

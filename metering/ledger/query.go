@@ -9,12 +9,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 )
 
 // Group-by dimensions of a usage query.
 const (
-	GroupDay       = "day"       // UTC calendar day, YYYY-MM-DD
+	GroupDay = "day" // UTC calendar day, YYYY-MM-DD
+	// GroupHour is the UTC hour, as 2006-01-02T15:00:00Z. The rollup is
+	// daily, so grouping by it reads the raw records whatever the range.
+	GroupHour      = "hour"
 	GroupModel     = "model"     // served model, else the requested one
 	GroupProject   = "project"   // project id
 	GroupUser      = "user"      // user id
@@ -38,7 +42,7 @@ const (
 )
 
 // GroupByNames lists the valid group-by dimensions in display order.
-var GroupByNames = []string{GroupDay, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential, GroupSession}
+var GroupByNames = []string{GroupDay, GroupHour, GroupModel, GroupProject, GroupUser, GroupWorkspace, GroupHarness, GroupProvider, GroupServiceTier, GroupToken, GroupCredential, GroupSession}
 
 // ErrInvalidQuery is returned by Query for a malformed UsageQuery (bad
 // group_by name, empty or inverted range); the message names the problem.
@@ -60,6 +64,9 @@ type UsageQuery struct {
 	// Session filters by the harness's session id when not empty; the
 	// rollup keeps no session, so it is answered from the raw records.
 	Session string
+	// Harness and Model filter by harness name and by model (served, else
+	// requested: the model dimension) when not empty.
+	Harness, Model string
 }
 
 // UsageRow is one group of a usage query. Dimensions not grouped by are
@@ -68,6 +75,7 @@ type UsageQuery struct {
 // read as zero.
 type UsageRow struct {
 	Day       string `json:"day,omitempty"`
+	Hour      string `json:"hour,omitempty"`
 	Model     string `json:"model,omitempty"`
 	Project   string `json:"project,omitempty"`
 	User      string `json:"user,omitempty"`
@@ -109,6 +117,8 @@ func (r *UsageRow) dim(name string) *string {
 	switch name {
 	case GroupDay:
 		return &r.Day
+	case GroupHour:
+		return &r.Hour
 	case GroupModel:
 		return &r.Model
 	case GroupProject:
@@ -155,18 +165,23 @@ func (q UsageQuery) Validate() error {
 	return errors.Join(errs...)
 }
 
-// wholeDays says whether q can be answered from usage_daily: both bounds
-// are UTC midnights and every group-by and filter is a rollup column.
-func (q UsageQuery) wholeDays() bool {
-	for _, g := range []string{GroupToken, GroupCredential, GroupSession} {
+// rollupTable is the rollup that answers q: usage_daily when both bounds
+// are UTC midnights and every group-by and filter is one of its columns,
+// usage_sessions when the session is also needed, "" (the raw records)
+// otherwise.
+func (q UsageQuery) rollupTable() string {
+	for _, g := range []string{GroupHour, GroupToken, GroupCredential} {
 		if slices.Contains(q.GroupBy, g) {
-			return false
+			return ""
 		}
 	}
-	if q.Session != "" {
-		return false
+	if !isUTCMidnight(q.From) || !isUTCMidnight(q.To) {
+		return ""
 	}
-	return isUTCMidnight(q.From) && isUTCMidnight(q.To)
+	if q.Session != "" || slices.Contains(q.GroupBy, GroupSession) {
+		return "usage_sessions"
+	}
+	return "usage_daily"
 }
 
 func isUTCMidnight(t time.Time) bool {
@@ -181,18 +196,47 @@ func (s *Store) Query(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
-	if q.wholeDays() {
-		return s.query(ctx, q, true)
-	}
-	return s.query(ctx, q, false)
+	return s.query(ctx, q, q.rollupTable())
 }
 
-// query builds one aggregate SELECT over usage_daily (rollup) or
-// usage_records.
-func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRow, error) {
+// query builds one aggregate SELECT over a rollup table or, when rollup is
+// "", usage_records.
+func (s *Store) query(ctx context.Context, q UsageQuery, rollupTable string) ([]UsageRow, error) {
+	return s.queryOpt(ctx, q, rollupTable, queryOpt{})
+}
+
+// queryOpt are the analytics' additions to a usage query (analytics.go):
+// each keeps the rows' sums what Query sums, so totals still agree.
+type queryOpt struct {
+	// rank > 0 orders the groups by cost, highest first (a group with
+	// nothing priced after every priced one), then by tokens (input and
+	// output), then by the first dimension in byte order, the same on both
+	// engines, and keeps the first rank; *groups gets how many groups there
+	// were.
+	rank   int
+	groups *int
+	// inDim, if set, keeps only the records whose inDim is in in.
+	inDim string
+	in    []string
+}
+
+func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, opt queryOpt) ([]UsageRow, error) {
+	rollup := rollupTable != ""
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	list := func(vs []string) string {
+		ps := make([]string, len(vs))
+		for i, v := range vs {
+			ps[i] = arg(v)
+		}
+		return strings.Join(ps, ", ")
+	}
 	var dims []string
 	for _, g := range q.GroupBy {
-		dims = append(dims, dimExpr(g, rollup))
+		dims = append(dims, dimExpr(g, rollup, s.db.Engine))
 	}
 	var sums []string
 	if rollup {
@@ -210,26 +254,32 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 		}
 	}
 	var where []string
-	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
 	table := "usage_records"
 	if rollup {
-		table = "usage_daily"
+		table = rollupTable
 		where = append(where, "day >= "+arg(q.From.UTC().Format(usageDayLayout)), "day < "+arg(q.To.UTC().Format(usageDayLayout)))
 	} else {
 		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
 	}
-	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}, {"session_id", q.Session}} {
+	for _, f := range []struct{ col, v string }{{"project", q.Project}, {"user_id", q.User}, {"workspace", q.Workspace}, {"service_tier", q.ServiceTier}, {"session_id", q.Session},
+		{"harness", q.Harness}, {dimExpr(GroupModel, rollup, s.db.Engine), q.Model}} {
 		if f.v != "" {
 			where = append(where, f.col+" = "+arg(f.v))
+		}
+	}
+	if opt.inDim != "" {
+		if len(opt.in) == 0 {
+			where = append(where, "1 = 0")
+		} else {
+			where = append(where, dimExpr(opt.inDim, rollup, s.db.Engine)+" IN ("+list(opt.in)+")")
 		}
 	}
 	var b strings.Builder
 	b.WriteString("SELECT ")
 	b.WriteString(strings.Join(append(dims[:len(dims):len(dims)], sums...), ", "))
+	if opt.rank > 0 {
+		b.WriteString(", COUNT(*) OVER ()")
+	}
 	b.WriteString(" FROM " + table + " WHERE " + strings.Join(where, " AND "))
 	if len(dims) > 0 {
 		var pos []string
@@ -238,7 +288,12 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 		}
 		// Group and order by position: the model expression is long, and
 		// both engines accept ordinal GROUP BY.
-		b.WriteString(" GROUP BY " + strings.Join(pos, ", ") + " ORDER BY " + strings.Join(pos, ", "))
+		b.WriteString(" GROUP BY " + strings.Join(pos, ", "))
+		if opt.rank > 0 {
+			b.WriteString(" ORDER BY " + rankOrder(sums, dims[0], s.db.Engine) + " LIMIT " + strconv.Itoa(opt.rank))
+		} else {
+			b.WriteString(" ORDER BY " + strings.Join(pos, ", "))
+		}
 	}
 	rows, err := s.db.QueryContext(ctx, b.String(), args...)
 	if err != nil {
@@ -261,6 +316,9 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 		for _, c := range rollupCounts {
 			dest = append(dest, c.row(&r))
 		}
+		if opt.rank > 0 {
+			dest = append(dest, opt.groups)
+		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("usage query: %w", err)
 		}
@@ -278,9 +336,31 @@ func (s *Store) query(ctx context.Context, q UsageQuery, rollup bool) ([]UsageRo
 	return out, nil
 }
 
+// rankOrder is queryOpt.rank's order in SQL over the select list's sums,
+// with key the ranked dimension's expression.
+func rankOrder(sums []string, key, engine string) string {
+	var tokens []string
+	for i, b := range metering.Buckets {
+		if b.Input || b.Column == "output_tokens" {
+			tokens = append(tokens, sums[aggTokens+i])
+		}
+	}
+	if engine == store.Postgres {
+		key += ` COLLATE "C"`
+	}
+	return "CASE WHEN " + sums[aggCounts] + " > 0 THEN 0 ELSE 1 END, " + sums[aggCost] + " DESC, " +
+		strings.Join(tokens, " + ") + " DESC, " + key
+}
+
 // dimExpr is the SQL of a group-by dimension in usage_daily or usage_records.
-func dimExpr(g string, rollup bool) string {
+func dimExpr(g string, rollup bool, engine string) string {
 	switch g {
+	case GroupHour:
+		// started_at is fixed-width text on SQLite (sqliteTimeLayout).
+		if engine == store.SQLite {
+			return "substr(started_at, 1, 10) || 'T' || substr(started_at, 12, 2) || ':00:00Z'"
+		}
+		return `to_char(started_at, 'YYYY-MM-DD"T"HH24":00:00Z"')`
 	case GroupModel:
 		if rollup {
 			return "model"

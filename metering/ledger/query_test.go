@@ -17,16 +17,16 @@ import (
 	"github.com/tollgate/tollgate/metering"
 )
 
-// assertRollupMatchesRaw checks that q gives the same rows from usage_daily
-// and from usage_records.
+// assertRollupMatchesRaw checks that q gives the same rows from its rollup
+// (usage_daily or usage_sessions) and from usage_records.
 func assertRollupMatchesRaw(tb testing.TB, s *Store, q UsageQuery) {
 	tb.Helper()
 	ctx := context.Background()
-	daily, err := s.query(ctx, q, true)
+	daily, err := s.query(ctx, q, q.rollupTable())
 	if err != nil {
 		tb.Fatal(err)
 	}
-	raw, err := s.query(ctx, q, false)
+	raw, err := s.query(ctx, q, "")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -48,10 +48,11 @@ func expectRows(recs []*metering.Record, q UsageQuery) []UsageRow {
 		if r.Start.Before(q.From) || !r.Start.Before(q.To) ||
 			(q.Project != "" && r.Project != q.Project) || (q.User != "" && r.User != q.User) ||
 			(q.Workspace != "" && r.Workspace != q.Workspace) || (q.ServiceTier != "" && r.ServiceTier != q.ServiceTier) ||
-			(q.Session != "" && r.Session != q.Session) {
+			(q.Session != "" && r.Session != q.Session) ||
+			(q.Harness != "" && r.Harness != q.Harness) || (q.Model != "" && r.Model() != q.Model) {
 			continue
 		}
-		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Model: r.Model(), Project: r.Project,
+		full := UsageRow{Day: r.Start.UTC().Format(usageDayLayout), Hour: r.Start.UTC().Format("2006-01-02T15:00:00Z"), Model: r.Model(), Project: r.Project,
 			User: r.User, Workspace: r.Workspace, Harness: r.Harness, Provider: r.Provider, ServiceTier: r.ServiceTier,
 			Token: r.TokenID, Credential: r.CredentialID, Session: r.Session}
 		var row UsageRow
@@ -163,7 +164,7 @@ func TestQueryGroupsLikeTheRecords(t *testing.T) {
 					if !reflect.DeepEqual(got, want) {
 						t.Errorf("rows:\n got %s\nwant %s", rowsJSON(got), rowsJSON(want))
 					}
-					if tc.q.wholeDays() {
+					if tc.q.rollupTable() != "" {
 						assertRollupMatchesRaw(t, s, tc.q)
 					}
 				})
@@ -478,7 +479,7 @@ func TestQueryByServiceTier(t *testing.T) {
 
 func TestParseUsageQueryServiceTier(t *testing.T) {
 	q, err := ParseUsageQuery("2026-05-04", "2026-05-04", "service_tier, day", usageDay)
-	if err != nil || !reflect.DeepEqual(q.GroupBy, []string{GroupServiceTier, GroupDay}) || !q.wholeDays() {
+	if err != nil || !reflect.DeepEqual(q.GroupBy, []string{GroupServiceTier, GroupDay}) || q.rollupTable() != "usage_daily" {
 		t.Errorf("got %+v, %v", q, err)
 	}
 	_, err = ParseUsageQuery("2026-05-04", "2026-05-04", "tier", usageDay)

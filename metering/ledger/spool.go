@@ -285,23 +285,33 @@ func appendRecordJSON(dst []byte, r *metering.Record) ([]byte, error) {
 			dst = append(dst, ']')
 		}
 	}
-	for i, a := range r.Attempts {
-		key := `,{"credential_id":`
-		if i == 0 {
-			key = `,"attempts":[{"credential_id":`
+	if len(r.Attempts) > 0 {
+		dst = appendAttemptsJSON(append(dst, `,"attempts":`...), r.Attempts)
+	}
+	return append(dst, '}'), nil
+}
+
+// appendAttemptsJSON appends as as encoding/json would (without HTML
+// escaping): the spool's "attempts" value and the attempts column.
+func appendAttemptsJSON(dst []byte, as []metering.Attempt) []byte {
+	dst = append(dst, '[')
+	for i, a := range as {
+		if i > 0 {
+			dst = append(dst, ',')
 		}
-		dst = appendJSONStringField(dst, key, a.CredentialID)
+		dst = appendJSONStringField(dst, `{"credential_id":`, a.CredentialID)
 		dst = appendJSONStringField(dst, `,"provider":`, a.Provider)
 		dst = appendJSONIntField(dst, `,"status":`, int64(a.Status))
 		if a.Error != "" {
 			dst = appendJSONStringField(dst, `,"error":`, a.Error)
 		}
-		dst = append(appendJSONIntField(dst, `,"duration_ns":`, int64(a.Duration)), '}')
-		if i == len(r.Attempts)-1 {
-			dst = append(dst, ']')
+		dst = appendJSONIntField(dst, `,"duration_ns":`, int64(a.Duration))
+		if a.MayBill {
+			dst = append(dst, `,"may_bill":true`...)
 		}
+		dst = append(dst, '}')
 	}
-	return append(dst, '}'), nil
+	return append(dst, ']')
 }
 
 // bucketKeys are the usage object's keys with their punctuation, the

@@ -85,7 +85,11 @@ func fullRecord() *metering.Record {
 	r.Usage = &metering.Usage{InputUncached: 1, CacheRead: 2, CacheWrite5m: 3, CacheWrite1h: 4, InputOther: 5, Output: 6, Reasoning: 7, WebSearchRequests: 8}
 	r.CostMicroUSD = costPtr(-42)
 	r.Allotted = []metering.Hold{{Allotment: "allot:r-1:b-1:0:1", Amount: 5}, {Allotment: "allot:r-1:b-2:0:2", Amount: 7}}
-	r.Attempts = []metering.Attempt{{CredentialID: "c-1", Provider: "anthropic", Status: 529, Error: "529", Duration: 3}, {CredentialID: "c-2", Provider: "anthropic", Status: 200, Duration: 4}}
+	r.Attempts = []metering.Attempt{
+		{CredentialID: "c-1", Provider: "anthropic", Status: 529, Error: "status 529 <&>", Duration: 3},
+		{CredentialID: "c-\"2\"", Provider: "deepseek-anthropic", Error: "header_timeout", Duration: 7, MayBill: true},
+		{CredentialID: "c-3", Provider: "anthropic", Status: 200, Duration: 4},
+	}
 	return r
 }
 

@@ -199,6 +199,66 @@ ALTER TABLE usage_records ADD COLUMN governance TEXT NOT NULL DEFAULT ''`,
 	// not count them; usage_daily rows rolled up before it keep 0.
 	`ALTER TABLE usage_records ADD COLUMN web_search_requests BIGINT;
 ALTER TABLE usage_daily ADD COLUMN web_search_requests BIGINT NOT NULL DEFAULT 0`,
+	// Failover: attempts lists the upstream attempts of a request that
+	// made more than one, as the spool's JSON array of metering.Attempt
+	// ('' when it made one), so a failed attempt the provider may have
+	// billed stays findable. Never summed: reports need no column per
+	// field.
+	`ALTER TABLE usage_records ADD COLUMN attempts TEXT NOT NULL DEFAULT ''`,
+	// usage_sessions is usage_daily with the session in its key, so cost
+	// and cache efficiency per session over weeks are read from a rollup:
+	// top sessions over 90 days of a million records took 3-6 s from the
+	// raw records (BenchmarkUsageAnalytics). Maintained like usage_daily
+	// (sessionUpsertSQL, pgInsertSQL); backfilled from the records, so it
+	// also holds the service tiers usage_daily rows rolled up before
+	// migration 3 lost. The index on (session_id, day) answers one
+	// session's cost, and the cache report's second query (the kept
+	// sessions), without scanning the range.
+	`CREATE TABLE usage_sessions (
+	day TEXT NOT NULL,
+	session_id TEXT NOT NULL,
+	project TEXT NOT NULL,
+	user_id TEXT NOT NULL,
+	workspace TEXT NOT NULL,
+	harness TEXT NOT NULL,
+	provider TEXT NOT NULL,
+	model TEXT NOT NULL,
+	service_tier TEXT NOT NULL,
+	requests BIGINT NOT NULL,
+	input_uncached BIGINT NOT NULL,
+	cache_read BIGINT NOT NULL,
+	cache_write_5m BIGINT NOT NULL,
+	cache_write_1h BIGINT NOT NULL,
+	input_other BIGINT NOT NULL,
+	output_tokens BIGINT NOT NULL,
+	reasoning_tokens BIGINT NOT NULL,
+	web_search_requests BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	unpriced_requests BIGINT NOT NULL,
+	missing_usage_requests BIGINT NOT NULL,
+	estimated_requests BIGINT NOT NULL,
+	unmetered_requests BIGINT NOT NULL,
+	rejected_requests BIGINT NOT NULL,
+	PRIMARY KEY (day, session_id, project, user_id, workspace, harness, provider, model, service_tier)
+);
+CREATE INDEX usage_sessions_session ON usage_sessions (session_id, day);
+INSERT INTO usage_sessions (day, session_id, project, user_id, workspace, harness, provider, model, service_tier,
+	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
+	reasoning_tokens, web_search_requests, cost_micro_usd, priced_requests, unpriced_requests,
+	missing_usage_requests, estimated_requests, unmetered_requests, rejected_requests)
+SELECT day, session_id, project, user_id, workspace, harness, provider,
+	CASE WHEN model_served <> '' THEN model_served ELSE model_requested END, service_tier,
+	COUNT(*), COALESCE(SUM(input_uncached), 0), COALESCE(SUM(cache_read), 0), COALESCE(SUM(cache_write_5m), 0),
+	COALESCE(SUM(cache_write_1h), 0), COALESCE(SUM(input_other), 0), COALESCE(SUM(output_tokens), 0),
+	COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(web_search_requests), 0), COALESCE(SUM(cost_micro_usd), 0),
+	SUM(CASE WHEN cost_micro_usd IS NOT NULL THEN 1 ELSE 0 END),
+	SUM(CASE WHEN unpriced THEN 1 ELSE 0 END),
+	SUM(CASE WHEN usage_source = 'missing' OR outcome = 'interrupted' THEN 1 ELSE 0 END),
+	SUM(CASE WHEN usage_source = 'estimated' THEN 1 ELSE 0 END),
+	SUM(CASE WHEN usage_source = 'none' THEN 1 ELSE 0 END),
+	SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)
+FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
 }
 
 // recordColumns is the insert column order of usage_records:
@@ -216,10 +276,13 @@ var recordHeadColumns = []string{
 }
 
 var recordTailColumns = slices.Concat([]string{"cost_micro_usd", "unpriced", "price_version", "bytes_out", "recorded_at", "service_tier"},
-	governanceColumns)
+	governanceColumns, failoverColumns)
 
-// governanceColumns (metering migration 8) end recordTailColumns.
+// governanceColumns (metering migration 8) follow the service tier.
 var governanceColumns = []string{"model_sent", "reserved_micro_usd", "governance"}
+
+// failoverColumns (metering migration 10) end recordTailColumns.
+var failoverColumns = []string{"attempts"}
 
 // bucketColumns are the bucket columns (tokens and tool uses) of
 // usage_records and usage_daily.
@@ -294,7 +357,9 @@ type Store struct {
 	// no SQL.
 	insertRow *sql.Stmt
 	upsert    *sql.Stmt
-	now       func() time.Time
+	// sessionUpsert (SQLite only) adds to usage_sessions.
+	sessionUpsert *sql.Stmt
+	now           func() time.Time
 	// path is the SQLite database file, for Durable; "" on PostgreSQL.
 	path string
 	// settler, if set, settles budget reservations in each batch's
@@ -313,8 +378,13 @@ func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
 		if s.upsert, err = db.PrepareContext(ctx, dailyUpsertSQL()); err != nil {
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
+		if s.sessionUpsert, err = db.PrepareContext(ctx, sessionUpsertSQL()); err != nil {
+			s.upsert.Close()
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
 		if s.insertRow, err = db.PrepareContext(ctx, insertRowSQL); err != nil {
 			s.upsert.Close()
+			s.sessionUpsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
 		var seq int
@@ -364,10 +434,14 @@ func (s *Store) Durable(ctx context.Context) error {
 var dailyKeyColumns = []string{"day", "project", "user_id", "workspace", "harness", "provider", "model", "service_tier"}
 
 // dailyUpsertSQL adds one aggregate to its usage_daily row.
-func dailyUpsertSQL() string {
-	cols := append(slices.Clip(dailyKeyColumns), dailySums...)
+func dailyUpsertSQL() string { return rollupUpsertSQL("usage_daily", dailyKeyColumns) }
+
+// rollupUpsertSQL adds one aggregate to its row of a rollup table keyed by
+// keys.
+func rollupUpsertSQL(table string, keys []string) string {
+	cols := append(slices.Clip(keys), dailySums...)
 	var b strings.Builder
-	b.WriteString("INSERT INTO usage_daily (")
+	b.WriteString("INSERT INTO " + table + " (")
 	b.WriteString(strings.Join(cols, ", "))
 	b.WriteString(") VALUES (")
 	for i := range cols {
@@ -376,12 +450,12 @@ func dailyUpsertSQL() string {
 		}
 		b.WriteString("$" + strconv.Itoa(i+1))
 	}
-	b.WriteString(") ON CONFLICT (" + strings.Join(dailyKeyColumns, ", ") + ") DO UPDATE SET ")
+	b.WriteString(") ON CONFLICT (" + strings.Join(keys, ", ") + ") DO UPDATE SET ")
 	for i, c := range dailySums {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		fmt.Fprintf(&b, "%s = usage_daily.%s + excluded.%s", c, c, c)
+		fmt.Fprintf(&b, "%s = %s.%s + excluded.%s", c, table, c, c)
 	}
 	return b.String()
 }
@@ -471,9 +545,24 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 		return 0, fmt.Errorf("metering insert: %w", err)
 	}
 	defer tx.Rollback()
+	var settle []Statement
+	if s.settler != nil {
+		settle = s.settler.SettleStatements(s.db.Engine, recs)
+	}
+	for _, st := range settle {
+		if !st.BeforeInsert {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
+			return 0, fmt.Errorf("metering settle: %w", err)
+		}
+	}
 	fresh, err := s.insertEach(ctx, tx, recs)
 	if err != nil {
 		return 0, fmt.Errorf("metering insert: %w", err)
+	}
+	if fs, ok := s.settler.(FreshSettler); ok {
+		settle = append(settle, fs.SettleFresh(s.db.Engine, fresh)...)
 	}
 	agg := map[dailyKey]*dailyAgg{}
 	for _, r := range fresh {
@@ -502,11 +591,15 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 			return 0, fmt.Errorf("metering rollup: %w", err)
 		}
 	}
-	if s.settler != nil {
-		for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
-			if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
-				return 0, fmt.Errorf("metering settle: %w", err)
-			}
+	if err := s.upsertSessions(ctx, tx, fresh); err != nil {
+		return 0, fmt.Errorf("metering rollup: %w", err)
+	}
+	for _, st := range settle {
+		if st.BeforeInsert {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, st.SQL, st.Args...); err != nil {
+			return 0, fmt.Errorf("metering settle: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -566,7 +659,16 @@ func (s *Store) appendRecordArgs(args []any, r *metering.Record, now any) []any 
 		cost, r.CostUnknown(),
 		r.PriceVersion, r.BytesOut, now, r.ServiceTier,
 		r.ModelSent, r.ReservedMicroUSD, r.Governance,
+		attemptsText(r.Attempts),
 	)
+}
+
+// attemptsText is the attempts column: the spool's JSON array, or empty.
+func attemptsText(as []metering.Attempt) string {
+	if len(as) == 0 {
+		return ""
+	}
+	return string(appendAttemptsJSON(nil, as))
 }
 
 // storeCleanAll returns recs with every text field valid UTF-8 without NUL

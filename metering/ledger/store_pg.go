@@ -54,9 +54,10 @@ func pgColumnType(col string) string {
 // batch costs one round trip. The records come as one array per column
 // (unnest), so the text is the same for every batch size: prepared once per
 // connection, and never near PostgreSQL's 65535 parameters. The rollup rows
-// are upserted in byte order of their key (COLLATE "C", as dailyKey.compare
-// orders them) so concurrent writers lock them in the same order and cannot
-// deadlock. It returns how many rows were new.
+// (usage_daily, usage_sessions) are upserted in byte order of their key
+// (COLLATE "C", as dailyKey.compare orders them) so concurrent writers lock
+// them in the same order and cannot deadlock. It returns how many rows were
+// new.
 var pgInsertSQL = func() string {
 	var b strings.Builder
 	b.WriteString("WITH ins AS (INSERT INTO usage_records (")
@@ -72,33 +73,11 @@ var pgInsertSQL = func() string {
 	keys := append([]string{}, dailyKeyColumns...)
 	keys[6] = rawModelExpr + " AS model"
 	ret := append(keys, bucketColumns()...)
-	ret = append(ret, "cost_micro_usd", "unpriced", "usage_source", "outcome")
+	ret = append(ret, "cost_micro_usd", "unpriced", "usage_source", "outcome", "session_id")
 	b.WriteString(strings.Join(ret, ", "))
-	b.WriteString("), up AS (INSERT INTO usage_daily (")
-	b.WriteString(strings.Join(dailyKeyColumns, ", ") + ", " + strings.Join(dailySums, ", "))
-	b.WriteString(") SELECT " + strings.Join(dailyKeyColumns, ", ") + ", COUNT(*)")
-	for _, c := range bucketColumns() {
-		b.WriteString(", COALESCE(SUM(" + c + "), 0)")
-	}
-	b.WriteString(", COALESCE(SUM(cost_micro_usd), 0)")
-	for _, c := range rollupCounts {
-		b.WriteString(", COUNT(*) FILTER (WHERE " + c.raw + ")")
-	}
-	b.WriteString(" FROM ins GROUP BY " + strings.Join(dailyKeyColumns, ", ") + " ORDER BY ")
-	for i, c := range dailyKeyColumns {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(c + ` COLLATE "C"`)
-	}
-	b.WriteString(" ON CONFLICT (" + strings.Join(dailyKeyColumns, ", ") + ") DO UPDATE SET ")
-	for i, c := range dailySums {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%s = usage_daily.%s + excluded.%s", c, c, c)
-	}
-	b.WriteString(") SELECT COUNT(*) FROM ins")
+	b.WriteString("), " + pgRollupCTE("up", "usage_daily", dailyKeyColumns))
+	b.WriteString(", " + pgRollupCTE("ups", "usage_sessions", sessionKeyColumns))
+	b.WriteString(" SELECT COUNT(*) FROM ins")
 	return b.String()
 }()
 
@@ -170,11 +149,20 @@ func (s *Store) insertBatchPG(ctx context.Context, recs []*metering.Record) (int
 		// The commit returns before its WAL is flushed; Durable flushes it
 		// before the spool lets go of these records.
 		b.Queue("SET LOCAL synchronous_commit = off")
-		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
 		// Settlement rides in the same transaction and round trip: a
 		// record and what it settles commit together, once.
+		var settle []Statement
 		if s.settler != nil {
-			for _, st := range s.settler.SettleStatements(s.db.Engine, recs) {
+			settle = s.settler.SettleStatements(s.db.Engine, recs)
+		}
+		for _, st := range settle {
+			if st.BeforeInsert {
+				b.Queue(st.SQL, st.Args...)
+			}
+		}
+		b.Queue(pgInsertSQL, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&fresh) })
+		for _, st := range settle {
+			if !st.BeforeInsert {
 				b.Queue(st.SQL, st.Args...)
 			}
 		}

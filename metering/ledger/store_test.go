@@ -245,7 +245,7 @@ func mustUsageFile(tb testing.TB, path string) *store.DB {
 // Columns added by migrations after 3, which the migration tests' older
 // schemas lack.
 var (
-	laterRecordColumns = slices.Concat(governanceColumns, []string{"web_search_requests"})
+	laterRecordColumns = slices.Concat(governanceColumns, []string{"web_search_requests"}, failoverColumns)
 	laterDailyColumns  = []string{"unmetered_requests", "rejected_requests", "web_search_requests"}
 )
 
@@ -341,8 +341,8 @@ func TestStoreMigratesDailyToServiceTier(t *testing.T) {
 				r := usageRecordN(fmt.Sprintf("m2-%d", i), i, usageDay.Add(time.Duration(i)*47*time.Minute))
 				r.ServiceTier = []string{"", "flex", "priority"}[i%3]
 				recs = append(recs, r)
-				// Migration 2's columns: the governance ones and web
-				// searches came later.
+				// Migration 2's columns: the governance ones, web
+				// searches and attempts came later.
 				cols := pick(recordColumns, v2RecordColumns)
 				q := "INSERT INTO usage_records (" + strings.Join(cols, ", ") + ") VALUES (" + placeholders(len(cols)) + ")"
 				if _, err := db.ExecContext(ctx, q, pick(v2.appendRecordArgs(nil, r, now), v2RecordColumns)...); err != nil {
