@@ -13,21 +13,30 @@ import (
 // tollgate waits for a store or a provider: RequestCtx.Done() ends only at
 // shutdown (valyala/fasthttp#468, #965; gofiber/fiber#1718). net/http
 // learns it from a background read. A departure watcher does the same
-// without taking bytes: it parks in the netpoller on the client's socket
-// and, once the socket is readable, peeks one byte (peekGone). End of file
-// or an error means the client left, and the request's context is
-// cancelled with errClientGone; a byte means a pipelined request, which is
-// left for fasthttp, and the watch ends. A half-close counts as leaving,
-// as in net/http. TLS terminated in front of tollgate is fine; a front
-// proxy must close its side when its client leaves (nginx does).
+// without taking bytes: once the client's socket is readable, it peeks one
+// byte (peekGone). End of file or an error means the client left, and the
+// request's context is cancelled with errClientGone; a byte means a
+// pipelined request, which is left for fasthttp, and the watch ends. A
+// half-close counts as leaving, as in net/http. TLS terminated in front of
+// tollgate is fine; a front proxy must close its side when its client
+// leaves (nginx does).
 //
-// While parked the watcher holds the socket's read lock, so it must be
+// On Linux the socket is added to one epoll set that all watches share
+// (departure_linux.go), once the watch has lasted departureArmDelay: a
+// short watch costs a timer, a long one two epoll_ctl calls, and neither
+// a goroutine, which matters because every request is watched twice and
+// every open stream for its whole life. Elsewhere, or without epoll, a
+// goroutine parks in the netpoller on the socket (watchByReading); it
+// holds the socket's read lock meanwhile. Either way the watch must be
 // stopped before anything reads the connection: the request body, or
 // fasthttp's next request.
 
 // departure is one watch of a client connection.
 type departure struct {
-	conn     net.Conn
+	conn net.Conn
+	// polled is the epoll watch, or nil for a reading one.
+	polled *polledWatch
+	// A reading watch: its goroutine ends by done.
 	stopping atomic.Bool
 	done     chan struct{}
 }
@@ -44,6 +53,14 @@ func watchDeparture(conn net.Conn, cancel context.CancelCauseFunc) *departure {
 	if err != nil {
 		return nil
 	}
+	if w := watchPolled(rc, cancel); w != nil {
+		return &departure{conn: conn, polled: w}
+	}
+	return watchByReading(conn, rc, cancel)
+}
+
+// watchByReading parks a goroutine on the socket until it is readable.
+func watchByReading(conn net.Conn, rc syscall.RawConn, cancel context.CancelCauseFunc) *departure {
 	d := &departure{conn: conn, done: make(chan struct{})}
 	// fasthttp's read deadline for this request (the body's, or
 	// ReadTimeout) would end the watch in the middle of a long wait.
@@ -66,11 +83,20 @@ func watchDeparture(conn net.Conn, cancel context.CancelCauseFunc) *departure {
 	return d
 }
 
-// stop ends the watch and waits for it, then sets the connection's read
-// deadline to deadline (zero: none; fasthttp sets its own before it reads
-// the next request). Safe on a nil departure.
+// stop ends the watch and waits for a cancel it started, then sets the
+// connection's read deadline to deadline. A zero deadline leaves the
+// connection's as it is (none after a reading watch, fasthttp's own after
+// an epoll one): fasthttp sets its own before it reads the next request.
+// Safe on a nil departure.
 func (d *departure) stop(deadline time.Time) {
 	if d == nil {
+		return
+	}
+	if d.polled != nil {
+		d.polled.stop()
+		if !deadline.IsZero() {
+			_ = d.conn.SetReadDeadline(deadline)
+		}
 		return
 	}
 	d.stopping.Store(true)

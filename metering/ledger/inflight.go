@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,19 @@ const (
 	// it: at about 1 KiB per request, a compaction per thousand requests.
 	journalCompactBytes = 1 << 20
 )
+
+// journalScratch holds the buffers lines are encoded in before they are
+// copied to the one kept.
+var journalScratch = sync.Pool{New: func() any { b := make([]byte, 0, 2<<10); return &b }}
+
+// putScratch gives sb back, holding enc's buffer (the one sb held,
+// unless a long line outgrew it); a failed encoding's nil keeps sb's.
+func putScratch(sb *[]byte, enc []byte) {
+	if enc != nil && cap(enc) <= 64<<10 {
+		*sb = enc[:0]
+	}
+	journalScratch.Put(sb)
+}
 
 // journalOpen holds the lines of an open request, for a compaction to
 // carry over.
@@ -294,9 +308,14 @@ func (j *journal) begin(r *metering.Record) error {
 	e := *r
 	e.Outcome, e.Source = metering.OutcomeInterrupted, metering.SourceMissing
 	e.Usage, e.CostMicroUSD, e.Unpriced, e.PriceVersion = nil, nil, false, ""
-	// The line is kept while the request is open, for compactions; it is
-	// the one allocation of a start.
-	line, err := appendJournalLine(make([]byte, 0, 768), `{"start":`, &e)
+	// The line is kept while the request is open, for compactions: it is
+	// encoded in a scratch buffer, then kept in one allocation of its size
+	// (a start line is 600 to 900 bytes, so a guessed capacity either
+	// wastes or reallocates).
+	sb := journalScratch.Get().(*[]byte)
+	enc, err := appendJournalLine((*sb)[:0], `{"start":`, &e)
+	line := bytes.Clone(enc)
+	putScratch(sb, enc)
 	if err != nil {
 		return err
 	}
@@ -327,10 +346,21 @@ func (j *journal) progress(r *metering.Record) error {
 		return nil
 	}
 	n := len(o.progress)
-	line, err := appendJournalLine(o.progress[:0], `{"progress":`, &e)
+	sb := journalScratch.Get().(*[]byte)
+	enc, err := appendJournalLine((*sb)[:0], `{"progress":`, &e)
 	if err != nil {
+		putScratch(sb, nil)
 		return err
 	}
+	// Into the previous progress line's buffer if it fits, else one of
+	// the new line's size.
+	var line []byte
+	if cap(o.progress) >= len(enc) {
+		line = append(o.progress[:0], enc...)
+	} else {
+		line = bytes.Clone(enc)
+	}
+	putScratch(sb, enc)
 	o.progress = line
 	j.open[r.RequestID] = o
 	j.openBytes += int64(len(line) - n)

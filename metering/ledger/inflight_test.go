@@ -380,3 +380,69 @@ func BenchmarkJournalBeginEnd(b *testing.B) {
 		}
 	}
 }
+
+// realisticStart is a start record with identifiers of the lengths
+// tollgate issues (startRecord's are short): its line is about 780 bytes.
+func realisticStart(i int) *metering.Record {
+	r := startRecord(fmt.Sprintf("req_06h3lc03kljb3t9jfufqhk%04d", i))
+	r.Workspace, r.Project, r.User = "ws_01JD8X3K9QZ7V2M4N6P8R0T2W4", "pj_01JD8X3K9QZ7V2M4N6P8R0T2W4", "alice@example.com"
+	r.TokenID, r.CredentialID = "tok_01JD8X3K9QZ7V2M4N6P8R0T2W4", "cred_01JD8X3K9QZ7V2M4N6P8R0T2W4"
+	r.Session, r.ModelRequest = "5f0c6f2e-8a51-4c1d-9a2b-3f7e5d9c1b20", "claude-sonnet-4-5-20250929"
+	r.Start = r.Start.Add(187264344 * time.Nanosecond)
+	return r
+}
+
+// BenchmarkJournalBegin is a start line alone (encode, keep, write(2)),
+// with realistic identifiers; the ends are written outside the timer.
+func BenchmarkJournalBegin(b *testing.B) {
+	j, _, err := openJournal(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.close(nil)
+	starts := make([]*metering.Record, 1024)
+	for i := range starts {
+		starts[i] = realisticStart(i)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		r := starts[i%len(starts)]
+		if err := j.begin(r); err != nil {
+			b.Fatal(err)
+		}
+		j.end(r.RequestID)
+		if i%1024 == 1023 {
+			b.StopTimer()
+			if err := j.writeEnds(j.takeEnds()); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	}
+}
+
+// TestOpenRequestKeepsOneLineOfItsSize: an open request's start and
+// progress lines are kept at about their length, not in buffers grown by
+// doubling (S4 holds thousands of open streams).
+func TestOpenRequestKeepsOneLineOfItsSize(t *testing.T) {
+	j, _, err := openJournal(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close(nil)
+	r := realisticStart(1)
+	if err := j.begin(r); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := j.progress(progressRecord(r, int64(10+i*1000))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := j.open[r.RequestID]
+	for name, b := range map[string][]byte{"start": o.start, "progress": o.progress} {
+		if len(b) < 700 || cap(b) > len(b)+len(b)/4 {
+			t.Errorf("%s line: %d bytes kept in a buffer of %d", name, len(b), cap(b))
+		}
+	}
+}
