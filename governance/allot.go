@@ -39,8 +39,10 @@ import (
 //     none (then it reserves directly); finishing frees its hold and moves
 //     its actual out of the allotment locally at once, while the usage
 //     batch that stores its record moves the same actual from the
-//     allotment to spent in the database, before it inserts the record (a
-//     record already stored settles nothing again);
+//     allotment to spent in the database, once per allotment and batch,
+//     and only for records stored for the first time (SQLite knows them
+//     after its insert; PostgreSQL settles before the insert, skipping
+//     records already stored), so a replay settles nothing again;
 //   - idle, outdated (a new window, an edited budget) or on shutdown, the
 //     unused part goes back, and once nothing is held the allotment is
 //     released: records still on their way then charge spent directly;
