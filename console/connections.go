@@ -2,6 +2,7 @@ package console
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -74,6 +75,21 @@ type connectionsData struct {
 	ConnectURL    string
 }
 
+// credentialsAndBindings is what the Connections, Advanced and
+// Credentials pages all start from: every credential, every binding, and
+// the credentials' views by id.
+func (c *Console) credentialsAndBindings(ctx context.Context) ([]resolver.Credential, []resolver.Binding, map[string]credView, error) {
+	creds, err := c.cfg.Resolver.ListCredentials(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	binds, err := c.cfg.Resolver.ListBindings(ctx, resolver.BindingFilter{})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return creds, binds, credViews(creds), nil
+}
+
 func credViews(cs []resolver.Credential) map[string]credView {
 	m := make(map[string]credView, len(cs))
 	for _, c := range cs {
@@ -110,17 +126,11 @@ func (c *Console) connections(w http.ResponseWriter, r *http.Request, s session)
 		c.fail(w, r, s, err)
 		return
 	}
-	creds, err := c.cfg.Resolver.ListCredentials(ctx)
+	_, binds, byID, err := c.credentialsAndBindings(ctx)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
-	binds, err := c.cfg.Resolver.ListBindings(ctx, resolver.BindingFilter{})
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	byID := credViews(creds)
 	healthOf := c.healthByID()
 	d := connectionsData{Project: project, User: user, AdvancedURL: Prefix + "connections/advanced?" + scopeQuery(project, user).Encode()}
 	d.ConnectURL = Prefix + "connections/connect?" + scopeQuery(project, user).Encode()
@@ -325,17 +335,11 @@ type advancedData struct {
 func (c *Console) advanced(w http.ResponseWriter, r *http.Request, s session) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	creds, err := c.cfg.Resolver.ListCredentials(ctx)
+	creds, binds, byID, err := c.credentialsAndBindings(ctx)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
-	binds, err := c.cfg.Resolver.ListBindings(ctx, resolver.BindingFilter{})
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	byID := credViews(creds)
 	d := advancedData{Project: q.Get("project"), User: q.Get("user")}
 	d.BackURL = Prefix + "connections?" + scopeQuery(d.Project, d.User).Encode()
 	d.Return = r.URL.RequestURI()

@@ -92,17 +92,11 @@ func (c *Console) credentials(w http.ResponseWriter, r *http.Request, s session)
 
 func (c *Console) renderCredentials(w http.ResponseWriter, r *http.Request, s session, status int, add addForm, bind bindForm, p page) {
 	ctx := r.Context()
-	creds, err := c.cfg.Resolver.ListCredentials(ctx)
+	creds, binds, byID, err := c.credentialsAndBindings(ctx)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
 	}
-	binds, err := c.cfg.Resolver.ListBindings(ctx, resolver.BindingFilter{})
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	byID := credViews(creds)
 	healthOf := c.healthByID()
 	boundAt := map[string][]string{}
 	for _, b := range binds {
