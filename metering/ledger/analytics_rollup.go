@@ -31,21 +31,7 @@ func (a sessionKey) compare(b sessionKey) int {
 // upsertSessions adds the newly inserted records to usage_sessions (SQLite;
 // PostgreSQL does it in pgInsertSQL), in key order.
 func (s *Store) upsertSessions(ctx context.Context, tx *sql.Tx, fresh []*metering.Record) error {
-	agg := map[sessionKey]*dailyAgg{}
-	for _, r := range fresh {
-		k := sessionKey{dailyKeyOf(r), r.Session}
-		a := agg[k]
-		if a == nil {
-			a = new(dailyAgg)
-			agg[k] = a
-		}
-		a.add(r)
-	}
-	keys := make([]sessionKey, 0, len(agg))
-	for k := range agg {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, sessionKey.compare)
+	keys, agg := rollUp(fresh, func(r *metering.Record) sessionKey { return sessionKey{dailyKeyOf(r), r.Session} }, sessionKey.compare)
 	upsert := tx.StmtContext(ctx, s.sessionUpsert)
 	args := make([]any, 0, len(sessionKeyColumns)+len(dailySums))
 	for _, k := range keys {

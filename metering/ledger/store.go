@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
 	"slices"
@@ -564,22 +565,8 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 	if fs, ok := s.settler.(FreshSettler); ok {
 		settle = append(settle, fs.SettleFresh(s.db.Engine, fresh)...)
 	}
-	agg := map[dailyKey]*dailyAgg{}
-	for _, r := range fresh {
-		k := dailyKeyOf(r)
-		a := agg[k]
-		if a == nil {
-			a = new(dailyAgg)
-			agg[k] = a
-		}
-		a.add(r)
-	}
 	// Upsert in key order, as PostgreSQL's pgInsertSQL does.
-	keys := make([]dailyKey, 0, len(agg))
-	for k := range agg {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, dailyKey.compare)
+	keys, agg := rollUp(fresh, dailyKeyOf, dailyKey.compare)
 	upsert := tx.StmtContext(ctx, s.upsert)
 	for _, k := range keys {
 		a := agg[k]
@@ -606,6 +593,23 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 		return 0, fmt.Errorf("metering commit: %w", err)
 	}
 	return len(fresh), nil
+}
+
+// rollUp sums recs per key, and returns the keys in the order cmp gives
+// (the order rollup rows are locked in).
+func rollUp[K comparable](recs []*metering.Record, keyOf func(*metering.Record) K, cmp func(K, K) int) ([]K, map[K]*dailyAgg) {
+	agg := map[K]*dailyAgg{}
+	for _, r := range recs {
+		k := keyOf(r)
+		a := agg[k]
+		if a == nil {
+			a = new(dailyAgg)
+			agg[k] = a
+		}
+		a.add(r)
+	}
+	keys := slices.SortedFunc(maps.Keys(agg), cmp)
+	return keys, agg
 }
 
 // insertEach inserts recs one prepared row at a time and returns the ones
