@@ -347,9 +347,10 @@ func (l *Ledger) finishHolds(holds []metering.Hold, rec *metering.Record) {
 	if len(holds) == 0 {
 		return
 	}
-	var cost, tokens *int64
+	var cost, tokens int64
+	var costOK, tokensOK bool
 	if rec != nil {
-		cost, tokens = Actuals(rec)
+		cost, tokens, costOK, tokensOK = actuals(rec)
 	}
 	al := &l.allot
 	al.mu.Lock()
@@ -364,19 +365,18 @@ func (l *Ledger) finishHolds(holds []metering.Hold, rec *metering.Record) {
 			continue
 		}
 		x := h.Amount
-		if a.budget.Metric == MetricCost && cost != nil {
-			x = *cost
-		} else if a.budget.Metric == MetricTokens && tokens != nil {
-			x = *tokens
+		if a.budget.Metric == MetricCost && costOK {
+			x = cost
+		} else if a.budget.Metric == MetricTokens && tokensOK {
+			x = tokens
 		}
 		a.amount -= x
 	}
 }
 
-// tidyAllotments returns the unused part of idle or outdated allotments
-// (all of them when all is set), and releases those nothing holds. An
-// edited budget's allotment takes no holds and goes idle. It runs every
-// second while the ledger is started.
+// tidyAllotments returns the unused part of idle, outdated or retired
+// allotments (every one when every is set), and releases those nothing
+// holds. It runs every second while the ledger is started.
 func (l *Ledger) tidyAllotments(ctx context.Context, every bool) {
 	now := l.cfg.Now()
 	al := &l.allot

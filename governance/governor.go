@@ -332,8 +332,8 @@ func (a *Admission) Finish(rec *metering.Record) {
 	// estimate stands).
 	tokens := int64(-1)
 	if rec != nil {
-		if _, t := Actuals(rec); t != nil {
-			tokens = *t
+		if _, t, _, ok := actuals(rec); ok {
+			tokens = t
 		}
 	}
 	a.permit.Release(tokens)

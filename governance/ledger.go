@@ -992,22 +992,35 @@ var _ ledger.FreshSettler = (*Ledger)(nil)
 // An upstream_error with a 2xx status failed mid-stream, after the
 // provider may have billed: without usage it is charged the reservation.
 func Actuals(r *metering.Record) (cost, tokens *int64) {
+	c, t, cok, tok := actuals(r)
+	if cok {
+		cost = &c
+	}
+	if tok {
+		tokens = &t
+	}
+	return cost, tokens
+}
+
+// actuals is Actuals without allocating, for the request path: ok false
+// where Actuals says nil.
+func actuals(r *metering.Record) (cost, tokens int64, costOK, tokensOK bool) {
 	billedNothing := r.Usage == nil && (r.Outcome == metering.OutcomeRejected ||
 		r.Outcome == metering.OutcomeUnreachable ||
 		(r.Outcome == metering.OutcomeUpstreamError && (r.Status < 200 || r.Status > 299)))
 	switch {
 	case r.CostMicroUSD != nil:
-		cost = new(*r.CostMicroUSD)
+		cost, costOK = *r.CostMicroUSD, true
 	case billedNothing:
-		cost = new(int64(0))
+		costOK = true
 	}
 	switch {
 	case r.Usage != nil:
-		tokens = new(r.Usage.InputTotal() + r.Usage.Output)
+		tokens, tokensOK = r.Usage.InputTotal()+r.Usage.Output, true
 	case billedNothing:
-		tokens = new(int64(0))
+		tokensOK = true
 	}
-	return cost, tokens
+	return cost, tokens, costOK, tokensOK
 }
 
 // A transition moves reservations out of their state and their amounts in
