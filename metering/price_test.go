@@ -380,7 +380,7 @@ func TestDefaultPricesCurrentModels(t *testing.T) {
 		{"openai", "gpt-5.6-sol"}, {"openai", "gpt-5.6-terra"}, {"openai", "gpt-5.6-luna"},
 		{"openai", "gpt-5.5"}, {"openai", "gpt-5.4"}, {"openai", "gpt-5.4-mini"}, {"openai", "gpt-5.4-nano"},
 		{"gemini", "gemini-3.8-flash"}, {"gemini", "gemini-3.5-flash"}, {"gemini", "gemini-3.5-flash-lite"},
-		{"gemini", "gemini-3.1-pro-preview"}, {"gemini", "models/gemini-3.8-flash"},
+		{"gemini", "gemini-3.1-pro-preview"}, {"gemini", "gemini-3-flash-preview"}, {"gemini", "models/gemini-3.8-flash"},
 	} {
 		if _, ok := p.Lookup(want.provider, want.model); !ok {
 			t.Errorf("%s/%s not priced", want.provider, want.model)
