@@ -56,10 +56,14 @@ test-hostile: build ## Hostile-client floods against bin/tollgate on loopback (d
 	TOLLGATE_HOSTILE_BIN=$(CURDIR)/$(BIN) $(GO) test -tags hostile -count=1 -v -timeout 3m -run TestHostile ./cmd/tollgate/
 
 .PHONY: test-postgres
-test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POSTGRES), the rate-limit tests on Redis (TOLLGATE_TEST_REDIS)
+test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POSTGRES; console, audit and the admin API's included), the rate-limit tests on Redis (TOLLGATE_TEST_REDIS)
 	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
 	TOLLGATE_TEST_REDIS=$${TOLLGATE_TEST_REDIS:-redis://127.0.0.1:6379/0} \
-		$(GO) test -race -count=1 ./internal/... ./resolver/... ./metering/... ./governance/... ./cmd/...
+		$(GO) test -race -count=1 ./internal/... ./resolver/... ./metering/... ./governance/... ./audit/... ./console/... ./cmd/...
+	@# proxy's store-backed tests only (the admin API's audit trail and policy propagation): the
+	@# whole package already ran in make test and takes over a minute under -race.
+	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
+		$(GO) test -race -count=1 -run 'TestAdmin(WritesAreAudited|AuditQuery|Policy)' ./proxy/
 
 .PHONY: test-cluster
 test-cluster: build ## 3 bin/tollgate replicas on PostgreSQL (TOLLGATE_TEST_POSTGRES) under faults: cold start, propagation, partition, outage, kill -9 (~5 min); not in `make test`

@@ -77,14 +77,13 @@ func testGovBudgetRace(t *testing.T, metric string) {
 	}
 }
 
-// needCeilings skips the test while the ceilings (h3) are the skeleton:
-// the binary under test is built from this tree, so a zero ceiling here
-// means every capped request is refused as unpriced and no budget proof
-// can run.
+// needCeilings fails the test when the proofs' request has no priced
+// ceiling: the binary under test is built from this tree, so every capped
+// request would be refused as unpriced and no budget proof could run.
 func needCeilings(t *testing.T, body string) {
 	t.Helper()
 	if c := governance.EstimateCeiling(metering.DefaultPrices(), "anthropic-messages", "anthropic", govModel, []byte(body), false); c.Tokens() == 0 || !c.Priced {
-		t.Skipf("governance.EstimateCeiling returns %+v for the proofs' request: the ceilings (h3) are not in this build", c)
+		t.Fatalf("governance.EstimateCeiling returns %+v for the proofs' request: no budget proof can run", c)
 	}
 }
 
