@@ -396,7 +396,7 @@ func (s *Server) operatorRoutes(r fiber.Router) {
 	}
 	s.consoleRoutes(r)
 	if s.cfg.Admin != nil && s.cfg.AdminToken != "" {
-		s.adminRoutes(r.Group(adminPrefix, s.requireAdmin))
+		s.adminRoutes(r.Group(adminPrefix, s.requireAdmin, s.operatorContext))
 	} else {
 		// Said outright: a bare "no route" reads as a wrong path or version.
 		r.Use("/admin", func(c *fiber.Ctx) error {
