@@ -3,6 +3,7 @@ package governance
 import (
 	"bytes"
 	"strings"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 
@@ -78,7 +79,10 @@ func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model strin
 	var output, searches int64
 	// inputRate picks the synthetic bucket the input ceiling is priced in.
 	inputRate := rateMax
-	tier := gjson.GetBytes(body, "service_tier").String()
+	var tier string
+	if dialect != "openai-chat" {
+		tier = gjson.GetBytes(body, "service_tier").String()
+	}
 	switch dialect {
 	case "anthropic-messages":
 		output = positive(gjson.GetBytes(body, "max_tokens"), lim.MaxOutput)
@@ -106,12 +110,17 @@ func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model strin
 			tier = "fast"
 		}
 	case "openai-chat":
-		out := gjson.GetBytes(body, "max_completion_tokens")
+		// Every governed chat request comes here: one pass over the top
+		// level instead of a gjson.Get per field (each absent field was a
+		// full scan). The first occurrence of a key wins, as with Get.
+		f := chatFields(body)
+		out := f.maxCompletion
 		if !out.Exists() || out.Type == gjson.Null {
-			out = gjson.GetBytes(body, "max_tokens")
+			out = f.maxTokens
 		}
-		output = positive(out, lim.MaxOutput) * copies(gjson.GetBytes(body, "n"))
-		if gjson.GetBytes(body, "web_search_options").Exists() {
+		tier = f.tier.String()
+		output = positive(out, lim.MaxOutput) * copies(f.n)
+		if f.webSearch {
 			searches += defaultToolCalls
 		}
 	case "openai-responses":
@@ -271,3 +280,47 @@ func hasKeyString(body []byte, key, val string) bool {
 // PacingTokens is the input estimate a TPM limit reserves (about 3.5 bytes
 // a token), corrected to the actual count when the request ends.
 func PacingTokens(body []byte) int64 { return int64(len(body)*2/7) + 1 }
+
+// chatOpts are the top-level fields of an OpenAI chat body the ceiling
+// reads.
+type chatOpts struct {
+	tier, maxCompletion, maxTokens, n gjson.Result
+	webSearch                         bool
+	seen                              uint8
+}
+
+// chatFields reads chatOpts in one pass, keeping each key's first
+// occurrence (gjson.Get's rule) and stopping once all are seen.
+func chatFields(body []byte) (f chatOpts) {
+	const all = 1<<5 - 1
+	// A view, not ParseBytes's copy of the body (a copy per request,
+	// as large as the body): the body is not written during the call, and
+	// what is kept is cloned below, as gjson.GetBytes does.
+	root := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
+	if !root.IsObject() {
+		return f
+	}
+	root.ForEach(func(k, v gjson.Result) bool {
+		var bit uint8
+		var dst *gjson.Result
+		switch k.String() {
+		case "service_tier":
+			bit, dst = 1, &f.tier
+		case "max_completion_tokens":
+			bit, dst = 2, &f.maxCompletion
+		case "max_tokens":
+			bit, dst = 4, &f.maxTokens
+		case "n":
+			bit, dst = 8, &f.n
+		case "web_search_options":
+			bit, f.webSearch = 16, true
+		}
+		if dst != nil && f.seen&bit == 0 {
+			v.Raw, v.Str = strings.Clone(v.Raw), strings.Clone(v.Str)
+			*dst = v
+		}
+		f.seen |= bit
+		return f.seen != all
+	})
+	return f
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tidwall/gjson"
 	"github.com/tollgate/tollgate/metering"
 )
 
@@ -210,5 +211,37 @@ func TestCeilingNilTableAndEdges(t *testing.T) {
 func TestPacingTokens(t *testing.T) {
 	if got := PacingTokens(make([]byte, 7000)); got != 2001 {
 		t.Errorf("PacingTokens(7000 bytes) = %d, want 2001", got)
+	}
+}
+
+// TestChatFieldsMatchGet: the one-pass read agrees with gjson.Get field by
+// field, duplicates (first wins), escaped keys and non-objects included.
+func TestChatFieldsMatchGet(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"gpt-5","messages":[]}`,
+		`{"max_tokens":5,"max_tokens":900000,"n":2,"n":1}`,
+		`{"max_completion_tokens":null,"max_tokens":7,"service_tier":"flex","web_search_options":{}}`,
+		`{"\u006e":3,"max_\u0074okens":4}`,
+		`[{"max_tokens":1}]`, `"n"`, ``, `{"n":`,
+	} {
+		f := chatFields([]byte(body))
+		for name, got := range map[string]gjson.Result{"service_tier": f.tier, "max_completion_tokens": f.maxCompletion, "max_tokens": f.maxTokens, "n": f.n} {
+			if want := gjson.Get(body, name); got.Raw != want.Raw {
+				t.Errorf("%s: %s = %q, gjson.Get %q", body, name, got.Raw, want.Raw)
+			}
+		}
+		if want := gjson.Get(body, "web_search_options").Exists(); f.webSearch != want {
+			t.Errorf("%s: web_search_options %v, gjson.Get %v", body, f.webSearch, want)
+		}
+	}
+}
+
+// BenchmarkEstimateCeilingChat is the ceiling of tollgate-bench's chat body.
+func BenchmarkEstimateCeilingChat(b *testing.B) {
+	prices := metering.DefaultPrices()
+	body := []byte(`{"model":"gpt-5","messages":[{"role":"user","content":"Say hello."}]}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		EstimateCeiling(prices, "openai-chat", "openai", "gpt-5", body, true)
 	}
 }
