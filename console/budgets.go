@@ -26,6 +26,10 @@ type PolicyStore interface {
 	Budget(ctx context.Context, id string) (governance.Budget, error)
 	SetBudget(ctx context.Context, b governance.Budget) (governance.Budget, governance.SetResult, error)
 	DeleteBudget(ctx context.Context, id string) error
+	SetLimit(ctx context.Context, l governance.Limit) (governance.Limit, governance.SetResult, error)
+	DeleteLimit(ctx context.Context, id string) error
+	SetRule(ctx context.Context, r governance.ModelRule) (governance.ModelRule, governance.SetResult, error)
+	DeleteRule(ctx context.Context, id string) error
 }
 
 // HeadroomSource gives each budget's spent, reserved and allotted amounts
@@ -63,10 +67,20 @@ type budgetRow struct {
 type limitRow struct {
 	ID, Scope, Model, Harness, Mode string
 	RPM, TPM, Concurrency           string
+	RPMRaw                          int64
+	DeleteURL                       string
 }
 
 type ruleRow struct {
 	ID, Scope, Kind, Pattern, Target string
+	DeleteURL                        string
+}
+
+// policyForms are the page's three set forms, as typed.
+type policyForms struct {
+	Budget budgetForm
+	Limit  limitForm
+	Rule   ruleForm
 }
 
 // budgetForm is the set form, kept as typed so a refusal shows it again.
@@ -82,6 +96,8 @@ type budgetsData struct {
 	Limits             []limitRow
 	Rules              []ruleRow
 	Form               budgetForm
+	LimitForm          limitForm
+	RuleForm           ruleForm
 }
 
 // budgetID is the shape of the ids governance.Store gives budgets.
@@ -112,20 +128,52 @@ func (c *Console) budgets(w http.ResponseWriter, r *http.Request, s session) {
 		}
 	case budgetID.MatchString(q.Get("deleted")):
 		p.Flash = fmt.Sprintf("Budget %s deleted.", q.Get("deleted"))
+	case limitID.MatchString(q.Get("limit")):
+		p.Flash = setFlash("Rate limit", q.Get("limit"), q.Get("result"))
+	case ruleID.MatchString(q.Get("rule")):
+		p.Flash = setFlash("Model rule", q.Get("rule"), q.Get("result"))
+	case limitID.MatchString(q.Get("deleted")):
+		p.Flash = fmt.Sprintf("Rate limit %s deleted.", q.Get("deleted"))
+	case ruleID.MatchString(q.Get("deleted")):
+		p.Flash = fmt.Sprintf("Model rule %s deleted.", q.Get("deleted"))
 	}
-	c.renderBudgets(w, r, s, http.StatusOK, f, p)
+	c.renderPolicies(w, r, s, http.StatusOK, policyForms{Budget: f}, p)
 }
 
-// renderBudgets lists the policies of the scope in the query, with the
-// set form filled from f; p carries a flash or an error.
+// setFlash says what a set did to the policy what id.
+func setFlash(what, id, result string) string {
+	switch governance.SetResult(result) {
+	case governance.SetCreated:
+		return fmt.Sprintf("%s %s created.", what, id)
+	case governance.SetUnchanged:
+		return fmt.Sprintf("%s %s already said this: nothing changed.", what, id)
+	}
+	return fmt.Sprintf("%s %s updated in place.", what, id)
+}
+
+// renderBudgets renders the page with the budget form filled from f.
 func (c *Console) renderBudgets(w http.ResponseWriter, r *http.Request, s session, status int, f budgetForm, p page) {
+	c.renderPolicies(w, r, s, status, policyForms{Budget: f}, p)
+}
+
+// renderPolicies lists the policies of the scope in the query, with the
+// set forms filled from forms; p carries a flash or an error.
+func (c *Console) renderPolicies(w http.ResponseWriter, r *http.Request, s session, status int, forms policyForms, p page) {
+	f := forms.Budget
 	if !c.budgetsReady() {
 		c.unavailable(w, r, s, "Budgets and limits", "budgets", "Governance")
 		return
 	}
 	ctx := r.Context()
 	q := r.URL.Query()
-	d := budgetsData{ScopeType: q.Get("scope_type"), ScopeID: strings.TrimSpace(q.Get("scope_id")), ScopeTypes: governance.ScopeTypes, Form: f}
+	d := budgetsData{ScopeType: q.Get("scope_type"), ScopeID: strings.TrimSpace(q.Get("scope_id")), ScopeTypes: governance.ScopeTypes, Form: f,
+		LimitForm: forms.Limit, RuleForm: forms.Rule}
+	if d.Form.Metric == "" {
+		d.Form.Metric, d.Form.Window = string(governance.MetricCost), "month"
+	}
+	if d.RuleForm.Kind == "" {
+		d.RuleForm.Kind = string(governance.RuleDeny)
+	}
 	filter := governance.Filter{ScopeType: governance.ScopeType(d.ScopeType), ScopeID: d.ScopeID}
 	if filter.ScopeType != "" && !slices.Contains(governance.ScopeTypes, filter.ScopeType) {
 		p.Error = fmt.Sprintf("Scope %q is not one of platform, project, user, workspace, token.", d.ScopeType)
@@ -152,7 +200,8 @@ func (c *Console) renderBudgets(w http.ResponseWriter, r *http.Request, s sessio
 	}
 	for _, l := range limits {
 		d.Limits = append(d.Limits, limitRow{ID: l.ID, Scope: scopeText(l.ScopeType, l.ScopeID), Model: l.Model, Harness: l.Harness, Mode: string(l.Mode),
-			RPM: rate(l.RPM, "requests/min"), TPM: rate(l.TPM, "tokens/min"), Concurrency: rate(l.Concurrency, "in flight")})
+			RPM: rate(l.RPM, "requests/min"), TPM: rate(l.TPM, "tokens/min"), Concurrency: rate(l.Concurrency, "in flight"), RPMRaw: l.RPM,
+			DeleteURL: Prefix + "limits/" + url.PathEscape(l.ID) + "/delete"})
 	}
 	rules, err := c.cfg.Policies.ListRules(ctx, filter)
 	if err != nil {
@@ -160,7 +209,8 @@ func (c *Console) renderBudgets(w http.ResponseWriter, r *http.Request, s sessio
 		return
 	}
 	for _, ru := range rules {
-		d.Rules = append(d.Rules, ruleRow{ID: ru.ID, Scope: scopeText(ru.ScopeType, ru.ScopeID), Kind: string(ru.Kind), Pattern: ru.Pattern, Target: ru.Target})
+		d.Rules = append(d.Rules, ruleRow{ID: ru.ID, Scope: scopeText(ru.ScopeType, ru.ScopeID), Kind: string(ru.Kind), Pattern: ru.Pattern, Target: ru.Target,
+			DeleteURL: Prefix + "rules/" + url.PathEscape(ru.ID) + "/delete"})
 	}
 	p.Title, p.Nav, p.SignedIn, p.CSRF, p.Data = "Budgets and limits", "budgets", true, s.csrf, d
 	c.render(w, r, status, "budgets", p)

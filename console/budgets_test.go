@@ -332,3 +332,86 @@ func TestGrouped(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitAndRuleSetAndDeleteFromThePage: the Budgets page sets a rate
+// limit and a model rule through the store (audited, reloaded on this
+// replica), shows every problem beside its field, refuses a post without
+// the CSRF token, and deletes both.
+func TestLimitAndRuleSetAndDeleteFromThePage(t *testing.T) {
+	forEachGovEngine(t, func(t *testing.T, g *govEnv) {
+		ctx := context.Background()
+		b := g.browser()
+		b.signIn(testAdminToken)
+		b.get("/ui/budgets")
+		a := b.post("/ui/limits/set", url.Values{"scope_type": {"workspace"}, "scope_id": {"ws-42"}, "rpm": {"1"}})
+		if a.status != http.StatusSeeOther || !strings.Contains(a.location, "result=created") {
+			t.Fatalf("limit set: %d %q\n%s", a.status, a.location, a.body)
+		}
+		ls, err := g.st.ListLimits(ctx, governance.Filter{})
+		if err != nil || len(ls) != 1 || ls[0].RPM != 1 || ls[0].ScopeID != "ws-42" {
+			t.Fatalf("limits: %+v %v", ls, err)
+		}
+		if len(g.w.Current().Limits) != 1 {
+			t.Error("the limit was not reloaded on this replica")
+		}
+		// An update with only tpm keeps rpm, as the API's POST does.
+		if a := b.post("/ui/limits/set", url.Values{"scope_type": {"workspace"}, "scope_id": {"ws-42"}, "tpm": {"500"}}); !strings.Contains(a.location, "result=updated") {
+			t.Errorf("limit update: %q", a.location)
+		}
+		if l, _ := g.st.Limit(ctx, ls[0].ID); l.RPM != 1 || l.TPM != 500 {
+			t.Errorf("after update: %+v", l)
+		}
+		if es := g.entries(); len(es) != 2 || es[0].Action != "limit.set" || es[0].Target != ls[0].ID || es[0].Actor.Kind != audit.KindConsole {
+			t.Errorf("limit entries: %+v", es)
+		}
+		// Every problem at once, each beside its field.
+		a = b.post("/ui/limits/set", url.Values{"scope_type": {"project"}, "rpm": {"many"}, "mode": {"loud"}})
+		if a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, `id="limit-rpm-error"`) || !strings.Contains(a.body, `id="limit-scope-id-error"`) ||
+			!strings.Contains(a.body, `id="limit-mode-error"`) {
+			t.Errorf("bad limit: %d\n%s", a.status, a.body)
+		}
+		a = b.post("/ui/rules/set", url.Values{"scope_type": {"user"}, "scope_id": {"u1"}, "kind": {"alias"}, "pattern": {"fa*t"}})
+		if a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, `id="rule-scope-type-error"`) || !strings.Contains(a.body, `id="rule-pattern-error"`) ||
+			!strings.Contains(a.body, `id="rule-target-error"`) {
+			t.Errorf("bad rule: %d\n%s", a.status, a.body)
+		}
+		if a := b.post("/ui/rules/set", url.Values{"csrf": {""}, "scope_type": {"platform"}, "kind": {"deny"}, "pattern": {"gpt-*"}}); a.status != http.StatusForbidden {
+			t.Errorf("rule without CSRF: %d", a.status)
+		}
+		if a := b.post("/ui/limits/set", url.Values{"csrf": {""}, "scope_type": {"platform"}, "rpm": {"5"}}); a.status != http.StatusForbidden {
+			t.Errorf("limit without CSRF: %d", a.status)
+		}
+		if es := g.entries(); len(es) != 2 {
+			t.Errorf("refused forms recorded: %d entries", len(es))
+		}
+		a = b.post("/ui/rules/set", url.Values{"scope_type": {"platform"}, "scope_id": {"left-over"}, "kind": {"deny"}, "pattern": {"gpt-4*"}})
+		if a.status != http.StatusSeeOther {
+			t.Fatalf("rule set: %d\n%s", a.status, a.body)
+		}
+		rs, _ := g.st.ListRules(ctx, governance.Filter{})
+		if len(rs) != 1 || rs[0].Kind != governance.RuleDeny || rs[0].ScopeID != "" || len(g.w.Current().Rules) != 1 {
+			t.Fatalf("rules: %+v", rs)
+		}
+		page := b.get(a.location)
+		if !strings.Contains(page.body, "Model rule "+rs[0].ID+" created.") || rowTag(page.body, "rule-"+slug(rs[0].ID)) == "" {
+			t.Errorf("the page does not show the new rule")
+		}
+		for _, del := range []string{"/ui/limits/" + ls[0].ID + "/delete", "/ui/rules/" + rs[0].ID + "/delete"} {
+			if a := b.post(del, nil, "Origin", "https://evil.example"); a.status != http.StatusForbidden {
+				t.Errorf("cross-site %s: %d", del, a.status)
+			}
+			if a := b.post(del, nil); a.status != http.StatusSeeOther {
+				t.Errorf("%s: %d", del, a.status)
+			}
+			if a := b.post(del, nil); a.status != http.StatusUnprocessableEntity {
+				t.Errorf("%s again: %d", del, a.status)
+			}
+		}
+		if es := g.entries(); len(es) != 5 || es[0].Action != "model_rule.delete" || es[1].Action != "limit.delete" {
+			t.Errorf("delete entries: %+v", es)
+		}
+		if cur := g.w.Current(); len(cur.Limits) != 0 || len(cur.Rules) != 0 {
+			t.Error("the deletes were not reloaded")
+		}
+	})
+}

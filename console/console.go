@@ -266,6 +266,7 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"budgets/set", c.post(c.budgetSet))
 	m.Handle("GET "+Prefix+"budgets/{id}/delete", c.authed(c.budgetDeletePage))
 	m.Handle("POST "+Prefix+"budgets/{id}/delete", c.post(c.budgetDelete))
+	c.limitRoutes(m)
 	m.Handle("GET "+Prefix+"audit", c.authed(c.auditPage))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "message", page{Title: "Not found", Message: "The console has no page at this address."})
