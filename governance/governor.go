@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
 )
 
 // The one entry point the proxy calls (governance.md §3): model policy,
@@ -83,6 +84,12 @@ type Request struct {
 	// model lists): only a light RPM bucket of their own applies to them
 	// (unmetered.go); budgets, TPM, concurrency and model rules do not.
 	Metered bool
+	// Candidates are the providers the attempt loop may send this request
+	// to, the first one first, when there is more than one (failover); nil
+	// means Provider alone, as sent. Budgets reserve the largest ceiling
+	// over them, each at the model its model_map sends, so a failover to a
+	// dearer provider cannot spend past a hard budget's reservation.
+	Candidates []*registry.Provider
 }
 
 // Admission is an admitted request's hold on its policies. A nil
@@ -215,6 +222,30 @@ func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 	return a, nil
 }
 
+// ceilingOver bounds req over every provider it may reach: each part of
+// the ceiling is the largest of the candidates' (each at the model its
+// model_map sends), and one unpriced candidate leaves it unpriced (it
+// could be the one that answers).
+func ceilingOver(prices *metering.PriceTable, req Request, model string, fallback bool) Ceiling {
+	if len(req.Candidates) == 0 {
+		return EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, fallback)
+	}
+	var out Ceiling
+	for i, p := range req.Candidates {
+		c := EstimateCeiling(prices, req.Dialect, p.Name, p.MapModel(model), req.Body, fallback)
+		if i == 0 {
+			out = c
+			continue
+		}
+		out.InputTokens = max(out.InputTokens, c.InputTokens)
+		out.OutputTokens = max(out.OutputTokens, c.OutputTokens)
+		out.WebSearches = max(out.WebSearches, c.WebSearches)
+		out.CostMicroUSD = max(out.CostMicroUSD, c.CostMicroUSD)
+		out.Priced = out.Priced && c.Priced
+	}
+	return out
+}
+
 // maxCost is the largest cost charge: what the record shows as reserved.
 func maxCost(charges []Charge) int64 {
 	var m int64
@@ -238,7 +269,7 @@ func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charg
 	if g.cfg.CurrentPrices != nil {
 		prices = g.cfg.CurrentPrices()
 	}
-	ceil := EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, false)
+	ceil := ceilingOver(prices, req, model, false)
 	var fallback *Ceiling
 	capped := false
 	charges := make([]Charge, 0, len(budgets))
@@ -253,7 +284,7 @@ func (g *Governor) charges(req Request, model string, budgets []Budget) ([]Charg
 		c := ceil
 		if !c.Priced && b.Unpriced == UnpricedFallback {
 			if fallback == nil {
-				f := EstimateCeiling(prices, req.Dialect, req.Provider, model, req.Body, true)
+				f := ceilingOver(prices, req, model, true)
 				fallback = &f
 			}
 			c = *fallback

@@ -7,6 +7,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/metering"
+	"github.com/tollgate/tollgate/registry"
 )
 
 // govPolicies is a swappable PolicySource (the Watcher is tested with the
@@ -261,4 +264,55 @@ func BenchmarkGovernorUngoverned(b *testing.B) {
 	for b.Loop() {
 		_, _ = g.Admit(ctx, req)
 	}
+}
+
+// TestGovernorReservesTheDearestCandidate: a request whose binding can
+// fail over reserves the largest ceiling over its candidates, each at the
+// model its model_map sends. A hard budget that fits the first
+// candidate's ceiling but not a dearer alternate's refuses before any
+// upstream byte; with one candidate the same budget admits.
+func TestGovernorReservesTheDearestCandidate(t *testing.T) {
+	r := openRig(t, ledgerDSN(t, "sqlite"), newClock(time.Now()), "a")
+	pol := &govPolicies{}
+	prices := metering.DefaultPrices()
+	g := New(Config{Policies: pol, Ledger: r.l, Prices: prices})
+	const cheap, dear = "claude-haiku-5-5", "claude-opus-5-5"
+	req := govRequest("req_1", "acme", cheap)
+	cheapCeil := EstimateCeiling(prices, req.Dialect, "anthropic", cheap, req.Body, false)
+	dearCeil := EstimateCeiling(prices, req.Dialect, "anthropic", dear, req.Body, false)
+	if !cheapCeil.Priced || !dearCeil.Priced || dearCeil.CostMicroUSD <= cheapCeil.CostMicroUSD {
+		t.Fatalf("test needs two priced ceilings, the second dearer: %+v %+v", cheapCeil, dearCeil)
+	}
+	b := Budget{ID: "cost", Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Metric: MetricCost,
+		Limit: cheapCeil.CostMicroUSD + 1, Window: Window{Kind: WindowMonth}, Mode: ModeHard}
+	pol.set(Policies{Budgets: []Budget{b}})
+	primary := &registry.Provider{Name: "anthropic"}
+	mapped := &registry.Provider{Name: "anthropic", ModelMap: map[string]string{cheap: dear}}
+
+	req.Candidates = []*registry.Provider{primary, mapped}
+	_, err := g.Admit(context.Background(), req)
+	if ref := refusalOf(t, err); ref.Kind != RefuseBudget || strings.Contains(ref.Message, "no price") {
+		t.Fatalf("failover to the dearer model fits no reservation: want a budget refusal, got %+v", ref)
+	}
+
+	req.RequestID, req.Candidates = "req_2", nil
+	a, err := g.Admit(context.Background(), req)
+	if err != nil {
+		t.Fatalf("one candidate: %v", err)
+	}
+	if a.ReservedMicroUSD != cheapCeil.CostMicroUSD {
+		t.Fatalf("one candidate reserved %d, want its ceiling %d", a.ReservedMicroUSD, cheapCeil.CostMicroUSD)
+	}
+	a.Release(context.Background())
+
+	b.Limit = 10 * dearCeil.CostMicroUSD
+	pol.set(Policies{Budgets: []Budget{b}})
+	req.RequestID, req.Candidates = "req_3", []*registry.Provider{primary, mapped}
+	if a, err = g.Admit(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if a.ReservedMicroUSD != dearCeil.CostMicroUSD {
+		t.Fatalf("two candidates reserved %d, want the dearer ceiling %d", a.ReservedMicroUSD, dearCeil.CostMicroUSD)
+	}
+	a.Release(context.Background())
 }

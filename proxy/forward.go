@@ -266,6 +266,7 @@ func (s *Server) forward(c *fiber.Ctx) error {
 				TokenID: ident.TokenID, Harness: cl.rec.Harness},
 			Dialect: m.Dialect.Name, Provider: provider.Name,
 			Model: cl.rec.ModelRequest, Body: body, Metered: m.Path.Metered,
+			Candidates: cl.candidates(provider, target),
 		})
 		if err != nil {
 			var ref *governance.Refusal
@@ -297,6 +298,25 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	cands := append([]resolver.Target{target}, target.Alternates...)
 	cl.overhead += s.cfg.timeNow().Sub(start)
 	return cl.send(c, plan, cands)
+}
+
+// candidates lists the providers a request with alternates may be sent
+// to, for its budget ceiling (governance.Request.Candidates); nil for a
+// single credential, which then costs nothing here.
+func (cl *call) candidates(primary *registry.Provider, t resolver.Target) []*registry.Provider {
+	if len(t.Alternates) == 0 {
+		return nil
+	}
+	out := make([]*registry.Provider, 1, 1+len(t.Alternates))
+	out[0] = primary
+	reg := cl.s.cfg.Registry.Current()
+	for _, alt := range t.Alternates {
+		// The attempt loop skips (and logs) the same ones.
+		if p, err := reg.Provider(alt.Provider); err == nil && p.Speaks(cl.dialect.Name) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // applyAdmission puts an admission in the request: the model to send, in
