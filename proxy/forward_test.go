@@ -218,6 +218,7 @@ func TestUnmeteredAnswersAreRecordedOK(t *testing.T) {
 		{"GeminiModels", "GET", "/gemini/v1beta/models", ""},
 		{"GeminiCountTokens", "POST", "/gemini/v1beta/models/gemini-2.5-flash:countTokens", `{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}`},
 		{"ResponsesInputTokens", "POST", "/openai/v1/responses/input_tokens", `{"model":"gpt-5","input":"hi"}`},
+		{"ResponsesGet", "GET", "/openai/v1/responses/" + createResponse(t, e, tok), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := e.do(tc.method, tc.path, tok, tc.body)
