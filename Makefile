@@ -72,13 +72,13 @@ test-postgres: ## The store-backed tests again on PostgreSQL (TOLLGATE_TEST_POST
 		$(GO) test -race -count=1 -run 'TestAdmin(WritesAreAudited|AuditQuery|Policy)' ./proxy/
 
 .PHONY: test-cluster
-test-cluster: build ## 3 bin/tollgate replicas on PostgreSQL (TOLLGATE_TEST_POSTGRES) under faults: cold start, propagation, partition, outage, kill -9 (~5 min); not in `make test`
+test-cluster: build ## 3 bin/tollgate replicas on PostgreSQL (TOLLGATE_TEST_POSTGRES) under faults: cold start, propagation, partition, outage, kill -9 (~2.5 min); not in `make test`
 	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
 	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
 		$(GO) test -tags cluster -count=1 -v -timeout 9m -run 'TestCluster$(CLUSTER_RUN)' ./cmd/tollgate/
 
 .PHONY: test-governance
-test-governance: build ## Budgets and rate limits across 3 bin/tollgate replicas on PostgreSQL and Redis (TOLLGATE_TEST_POSTGRES, TOLLGATE_TEST_REDIS): budget races, kill -9 holding reservations, first contact, RPM/TPM, Redis down (~8 min); not in `make test`
+test-governance: build ## Budgets and rate limits across 3 bin/tollgate replicas on PostgreSQL and Redis (TOLLGATE_TEST_POSTGRES, TOLLGATE_TEST_REDIS): budget races, kill -9 holding reservations, first contact, RPM/TPM, Redis down (~3.5 min); not in `make test`
 	TOLLGATE_TEST_POSTGRES=$${TOLLGATE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable} \
 	TOLLGATE_TEST_REDIS=$${TOLLGATE_TEST_REDIS:-redis://127.0.0.1:6379/0} \
 	TOLLGATE_CLUSTER_BIN=$(CURDIR)/$(BIN) TOLLGATE_FAKEPROVIDER_BIN=$(CURDIR)/bin/fakeprovider \
