@@ -275,12 +275,30 @@ func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, 
 		}
 	}
 	var b strings.Builder
+	whereSQL := strings.Join(where, " AND ")
+	narrow := opt.rank > 0 && rollup
+	if narrow {
+		// Rank on the few sums the order reads, then sum every column
+		// for the kept groups only (an index lookup per kept session):
+		// summing all twenty columns for every session of the range
+		// was a quarter of the top sessions' time on SQLite (435 ms of
+		// 90 days' 64,000 sessions against 337 ms). The placeholders
+		// are numbered, so the repeated filter binds the same values.
+		// Rollups only: usage_sessions is indexed by session, the raw
+		// records are not (the lookup would scan the range again).
+		b.WriteString("WITH ranked AS (SELECT " + dims[0] + " AS k, COUNT(*) OVER () AS n FROM " + table + " WHERE " + whereSQL +
+			" GROUP BY 1 ORDER BY " + rankOrder(sums, dims[0], s.db.Engine) + " LIMIT " + strconv.Itoa(opt.rank) + ") ")
+		whereSQL += " AND " + dims[0] + " IN (SELECT k FROM ranked)"
+	}
 	b.WriteString("SELECT ")
 	b.WriteString(strings.Join(append(dims[:len(dims):len(dims)], sums...), ", "))
-	if opt.rank > 0 {
+	switch {
+	case narrow:
+		b.WriteString(", (SELECT MAX(n) FROM ranked)")
+	case opt.rank > 0:
 		b.WriteString(", COUNT(*) OVER ()")
 	}
-	b.WriteString(" FROM " + table + " WHERE " + strings.Join(where, " AND "))
+	b.WriteString(" FROM " + table + " WHERE " + whereSQL)
 	if len(dims) > 0 {
 		var pos []string
 		for i := range dims {
