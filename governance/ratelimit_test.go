@@ -168,7 +168,7 @@ func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
 			}
 			rg.advance(tick)
 		}
-		checkRPMWindows(t, at, rg.period, rpm, 5, 0)
+		checkRPMWindows(t, at, rg.period, rpm, 5, 0, 0)
 	})
 }
 
@@ -176,7 +176,12 @@ func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
 // each of the first minutes holds rpm ± 2, and no sliding minute holds
 // more than rpm + burst − 1 (+ slack, for admissions timed by the client
 // rather than by Redis).
-func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm int64, minutes, slack int) {
+//
+// under widens only the lower bound, for clients running in real time: on
+// a loaded machine their goroutines may not run for part of a minute, and
+// what they did not ask for cannot be admitted. The upper bounds never
+// widen, as they are what a limit promises.
+func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm int64, minutes, slack, under int) {
 	t.Helper()
 	counts := make([]int, minutes)
 	for _, a := range at {
@@ -185,8 +190,8 @@ func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm
 		}
 	}
 	for m, c := range counts {
-		if c < int(rpm)-2 || c > int(rpm)+2 {
-			t.Errorf("minute %d admitted %d, want %d ± 2 (all: %v)", m, c, rpm, counts)
+		if c < int(rpm)-2-under || c > int(rpm)+2 {
+			t.Errorf("minute %d admitted %d, want %d ± 2 (-%d more when starved) (all: %v)", m, c, rpm, under, counts)
 		}
 	}
 	bound := int(rpm+rpmBurst(rpm)-1) + slack

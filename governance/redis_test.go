@@ -335,7 +335,9 @@ func TestRedisRealRPMAccuracy(t *testing.T) {
 	}
 	wg.Wait()
 	sort.Slice(at, func(i, j int) bool { return at[i] < at[j] })
-	checkRPMWindows(t, at, time.Second, 60, 4, 1)
+	// A tenth under is the clients' starvation on a busy machine (see
+	// checkRPMWindows); make test-governance holds ±2 over real minutes.
+	checkRPMWindows(t, at, time.Second, 60, 4, 1, 6)
 }
 
 // BenchmarkRedisAcquireRelease is one request's rate-limit cost on real
