@@ -580,18 +580,7 @@ func TestUsageDefaultRange(t *testing.T) {
 }
 
 // contrast is the WCAG contrast ratio of a #rrggbb colour with white.
-func contrast(hex string) float64 {
-	lin := func(s string) float64 {
-		v, _ := strconv.ParseUint(s, 16, 8)
-		c := float64(v) / 255
-		if c <= 0.03928 {
-			return c / 12.92
-		}
-		return math.Pow((c+0.055)/1.055, 2.4)
-	}
-	l := 0.2126*lin(hex[1:3]) + 0.7152*lin(hex[3:5]) + 0.0722*lin(hex[5:7])
-	return 1.05 / (l + 0.05)
-}
+func contrast(hex string) float64 { return contrastRatio(hex, "#ffffff") }
 
 func TestSeriesColoursContrast(t *testing.T) {
 	if c := contrast("#777777"); c < 4.4 || c > 4.6 {

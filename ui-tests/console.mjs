@@ -24,6 +24,13 @@ const PROJECT_TOKEN = need('UI_PROJECT_TOKEN');
 const SEEDED = Number(need('UI_PROJECT_REQUESTS'));
 // DAYS is how many UTC days, today included, have seeded usage.
 const DAYS = Number(need('UI_DAYS'));
+// The rate-limit and model-rule steps each have a token of their own, in
+// a workspace and a project no other step uses, so what one leaves behind
+// (a limiter's state, a rule) cannot reach another.
+const LIMIT_WORKSPACE = need('UI_LIMIT_WORKSPACE');
+const LIMIT_TOKEN = need('UI_LIMIT_TOKEN');
+const RULE_PROJECT = need('UI_RULE_PROJECT');
+const RULE_TOKEN = need('UI_RULE_TOKEN');
 const { chromium } = await import(pathToFileURL(join(need('UI_MODULES'), 'playwright-core', 'index.mjs')).href);
 
 const DIALECT = 'anthropic-messages';
@@ -60,14 +67,28 @@ async function api(path) {
 }
 
 // infer sends one request through the proxy with tok and returns its
-// status and body.
+// status, headers and body.
 async function infer(tok, model = 'claude-sonnet-4-5') {
   const r = await fetch(`${PROXY}/anthropic/v1/messages`, {
     method: 'POST',
     headers: { 'x-api-key': tok, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
     body: JSON.stringify({ model, max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }),
   });
-  return { status: r.status, body: await r.text() };
+  return { status: r.status, headers: r.headers, body: await r.text() };
+}
+
+// anthropicError is the Anthropic Messages error envelope of an answer,
+// {"type":"error","error":{"type","message"}}, or throws.
+function anthropicError(r) {
+  let j;
+  try {
+    j = JSON.parse(r.body);
+  } catch {
+    throw new Error(`${r.status}: not JSON: ${r.body}`);
+  }
+  check(j.type === 'error' && j.error && typeof j.error.type === 'string' && typeof j.error.message === 'string',
+    `${r.status}: not the Anthropic error envelope: ${r.body}`);
+  return j.error;
 }
 
 // halted says whether an answer is the proxy's refusal for a halted
@@ -273,6 +294,73 @@ await step('csrf-refused', async () => {
   return '403, binding unchanged';
 });
 
+// submitPolicy posts one of the Budgets page's forms and returns the id
+// the redirect names (?limit= or ?rule=), checking its row is listed.
+async function submitPolicy(submit, param, rowPrefix) {
+  await Promise.all([page.waitForURL((u) => u.pathname === '/ui/budgets' && u.searchParams.has(param)), page.click(submit)]);
+  const u = new URL(page.url());
+  const id = u.searchParams.get(param);
+  check(u.searchParams.get('result') === 'created', `${param} ${id}: result=${u.searchParams.get('result')}, want created`);
+  check((await page.locator(`#${rowPrefix}-${slug(id)}`).count()) === 1, `${param} ${id} is not listed on the Budgets page`);
+  return id;
+}
+
+// deletePolicy clicks a row's delete button and checks the row is gone.
+async function deletePolicy(rowPrefix, id) {
+  await Promise.all([page.waitForURL((u) => u.searchParams.get('deleted') === id), page.click(`#${rowPrefix}-${slug(id)}-delete`)]);
+  check((await page.locator(`#${rowPrefix}-${slug(id)}`).count()) === 0, `${id} is still listed after deleting it`);
+}
+
+await step('rate-limit', async () => {
+  await open('budgets');
+  await page.selectOption('#limit-scope-type', 'workspace');
+  await page.fill('#limit-scope-id', LIMIT_WORKSPACE);
+  await page.fill('#limit-rpm', '1');
+  const id = await submitPolicy('#limit-submit', 'limit', 'limit');
+  writes.push({ action: 'limit.set', target: id });
+  // The console reloads this replica's policies before it redirects, so
+  // the limit applies from the next request: RPM 1 admits one a minute.
+  const first = await infer(LIMIT_TOKEN);
+  check(first.status === 200, `the first request under RPM 1: ${first.status} ${first.body}`);
+  const second = await infer(LIMIT_TOKEN);
+  check(second.status === 429, `the second request under RPM 1: ${second.status} ${second.body}, want 429`);
+  const wait = Number(second.headers.get('retry-after'));
+  check(Number.isInteger(wait) && wait >= 1 && wait <= 60, `Retry-After ${second.headers.get('retry-after')}, want 1 to 60 seconds`);
+  const e = anthropicError(second);
+  check(e.type === 'rate_limit_error', `error type ${e.type}, want rate_limit_error`);
+  await deletePolicy('limit', id);
+  writes.push({ action: 'limit.delete', target: id });
+  // No limit is left on the workspace, so nothing waits out the minute.
+  const after = await infer(LIMIT_TOKEN);
+  check(after.status === 200, `after deleting the limit: ${after.status} ${after.body}`);
+  return `${id}: 200, then 429 (Retry-After ${wait}, ${e.type}); deleted, then 200`;
+});
+
+await step('model-rule', async () => {
+  const model = 'claude-haiku-4-5';
+  const before = await infer(RULE_TOKEN, model);
+  check(before.status === 200, `${model} for project ${RULE_PROJECT} before the rule: ${before.status} ${before.body}`);
+  await open('budgets');
+  await page.selectOption('#rule-scope-type', 'project');
+  await page.fill('#rule-scope-id', RULE_PROJECT);
+  await page.selectOption('#rule-kind', 'deny');
+  await page.fill('#rule-pattern', 'claude-haiku-*');
+  const id = await submitPolicy('#rule-submit', 'rule', 'rule');
+  writes.push({ action: 'model_rule.set', target: id });
+  const denied = await infer(RULE_TOKEN, model);
+  check(denied.status === 403, `${model} under a deny rule: ${denied.status} ${denied.body}, want 403`);
+  const e = anthropicError(denied);
+  check(e.type === 'permission_error', `error type ${e.type}, want permission_error`);
+  // The rule is the pattern's: another model of the project is served.
+  const other = await infer(RULE_TOKEN, 'claude-sonnet-4-5');
+  check(other.status === 200, `claude-sonnet-4-5 beside the deny rule: ${other.status} ${other.body}`);
+  await deletePolicy('rule', id);
+  writes.push({ action: 'model_rule.delete', target: id });
+  const served = await infer(RULE_TOKEN, model);
+  check(served.status === 200, `${model} after deleting the rule: ${served.status} ${served.body}`);
+  return `${id}: ${model} 403 (${e.type}), claude-sonnet-4-5 200; deleted, then 200`;
+});
+
 await step('audit-log', async () => {
   await open('audit');
   check(writes.length > 0, 'no write was made on the pages to look for');
@@ -310,6 +398,63 @@ await step('signout', async () => {
   await page.goto(ui('connections'));
   check(new URL(page.url()).pathname === '/ui/signin', `after signing out /ui/connections went to ${page.url()}`);
   return 'signed out; pages go to sign-in again';
+});
+
+// focused describes the element with focus, and whether a sighted
+// keyboard user sees where it is: on screen, not hidden, with an outline.
+async function focused() {
+  return page.evaluate(() => {
+    const el = document.activeElement;
+    if (!el || el === document.body) return { id: '', what: 'nothing (body)' };
+    const r = el.getBoundingClientRect();
+    const cs = getComputedStyle(el);
+    return {
+      id: el.id,
+      what: `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''} "${(el.innerText || el.value || '').trim().slice(0, 30)}"`,
+      onScreen: r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight,
+      shown: cs.visibility !== 'hidden' && cs.display !== 'none' && Number(cs.opacity) > 0,
+      outline: `${cs.outlineStyle} ${cs.outlineWidth} ${cs.outlineColor}`,
+      ring: cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) >= 2,
+      focusVisible: el.matches(':focus-visible'),
+    };
+  });
+}
+
+// tab presses Tab and checks the stop it lands on can be seen.
+async function tab(stops) {
+  await page.keyboard.press('Tab');
+  const f = await focused();
+  check(f.id !== '' || f.what !== 'nothing (body)', `Tab after ${stops.join(' → ')} reached nothing`);
+  check(f.onScreen && f.shown, `the focused ${f.what} is not on screen (after ${stops.join(' → ')})`);
+  check(f.ring && f.focusVisible, `the focused ${f.what} shows no focus outline (outline ${f.outline}, :focus-visible ${f.focusVisible})`);
+  stops.push(f.id || f.what);
+  return f;
+}
+
+// Signed out by the step before: sign in and move about with the keyboard
+// alone, checking at each stop that the focus can be seen.
+await step('keyboard', async () => {
+  await page.goto(ui('signin'));
+  const stops = [];
+  for (;;) {
+    check(stops.length < 4, `the token field is not among the first Tab stops: ${stops.join(' → ')}`);
+    if ((await tab(stops)).id === 'signin-token') break;
+  }
+  await page.keyboard.type(ADMIN_TOKEN);
+  await Promise.all([page.waitForURL(/\/ui\/connections/), page.keyboard.press('Enter')]);
+  const signin = stops.join(' → ');
+  const nav = ['nav-connections', 'nav-usage', 'nav-tokens', 'nav-credentials', 'nav-budgets', 'nav-audit'];
+  const seen = [];
+  while (!nav.every((id) => seen.includes(id))) {
+    check(seen.length < nav.length + 3, `Tab does not reach every navigation link: ${seen.join(' → ')}`);
+    await tab(seen);
+  }
+  const order = seen.filter((id) => nav.includes(id));
+  check(order.join() === nav.join(), `the navigation links are reached as ${order.join(', ')}`);
+  // Focus is on the last link: Enter follows it.
+  await Promise.all([page.waitForURL(/\/ui\/audit$/), page.keyboard.press('Enter')]);
+  check((await page.locator('#nav-audit').getAttribute('aria-current')) === 'page', 'Enter on nav-audit did not make Audit the current page');
+  return `sign-in: ${signin}, Enter; then ${seen.join(' → ')}, Enter: /ui/audit; every stop on screen with an outline`;
 });
 
 await browser.close();

@@ -45,7 +45,15 @@ const (
 
 // uiSteps are the steps console.mjs must report, in order: one missing
 // (the script stopped early, or a step was dropped) fails the test.
-var uiSteps = []string{"signin", "connections", "usage-totals", "token-issue-use-revoke", "binding-halted", "csrf-refused", "audit-log", "screenshots", "signout"}
+var uiSteps = []string{"signin", "connections", "usage-totals", "token-issue-use-revoke", "binding-halted", "csrf-refused",
+	"rate-limit", "model-rule", "audit-log", "screenshots", "signout", "keyboard"}
+
+// The rate-limit and model-rule steps' own workspace and project: the
+// limit and the rule they set on the page reach no other step's requests.
+const (
+	uiLimitWorkspace = "ws-ui-limit"
+	uiRuleProject    = "ui-rules"
+)
 
 // uiStep is one line the browser script reports.
 type uiStep struct {
@@ -107,6 +115,10 @@ func TestConsoleUI(t *testing.T) {
 		"UI_PROJECT=acme",
 		"UI_USER=alice",
 		"UI_PROJECT_TOKEN="+seed.acmeToken,
+		"UI_LIMIT_WORKSPACE="+uiLimitWorkspace,
+		"UI_LIMIT_TOKEN="+seed.limitToken,
+		"UI_RULE_PROJECT="+uiRuleProject,
+		"UI_RULE_TOKEN="+seed.ruleToken,
 		fmt.Sprintf("UI_PROJECT_REQUESTS=%d", seed.acmeRequests+history["acme"]),
 		fmt.Sprintf("UI_DAYS=%d", uiHistoryDays+1),
 	)
@@ -169,12 +181,16 @@ func TestConsoleUI(t *testing.T) {
 type uiSeed struct {
 	acmeToken    string
 	acmeRequests int
+	// limitToken (workspace uiLimitWorkspace) and ruleToken (project
+	// uiRuleProject) are paid for by the platform key.
+	limitToken, ruleToken string
 }
 
 // seedConsole gives every page something to show: a platform Anthropic
 // and an OpenAI key, a project override for project acme (the binding the
 // script deactivates), alice's own Gemini key, two budgets and a rate
-// limit, two tokens, and today's usage on two models, projects and users.
+// limit, two tokens, and today's usage on two models, projects and users;
+// and the tokens the rate-limit and model-rule steps send with.
 func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 	t.Helper()
 	uiAdmin(t, srv, "PUT", "/platform-keys/anthropic", map[string]string{"key": uiPlatformKey}, nil)
@@ -240,7 +256,8 @@ func seedConsole(t *testing.T, srv *serveProc) uiSeed {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return uiSeed{acmeToken: acme, acmeRequests: acmeSent}
+	return uiSeed{acmeToken: acme, acmeRequests: acmeSent,
+		limitToken: issue(uiLimitWorkspace, "ui-limit", "dave"), ruleToken: issue("ws-ui-rules", uiRuleProject, "dave")}
 }
 
 // uiAdmin calls the admin API, decoding a 2xx answer into out; anything
