@@ -161,3 +161,14 @@ func TestStoreZonedWindowRoundTrip(t *testing.T) {
 		}
 	})
 }
+
+// TestAlertCutoffInTheLocalZone: a month@Europe/Berlin budget keeps the
+// alert rows of the two local months before its current one, which in
+// October started at 22:00 UTC (summer time), not at December's 23:00.
+func TestAlertCutoffInTheLocalZone(t *testing.T) {
+	b := costBudget("b", 1, ModeSoft, mustWindow(t, "month@Europe/Berlin"))
+	cut, ok := alertCutoff(b, time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC))
+	if want := time.Date(2026, 9, 30, 22, 0, 0, 0, time.UTC); !ok || cut != want.Unix() {
+		t.Errorf("cutoff %s, want %s, the start of October in Berlin", time.Unix(cut, 0).UTC(), want)
+	}
+}
