@@ -87,6 +87,8 @@ type policyForms struct {
 type budgetForm struct {
 	ScopeType, ScopeID, Model, Harness string
 	Metric, Limit, Window, Mode        string
+	// TZ is the IANA zone of a calendar window; empty is UTC.
+	TZ string
 }
 
 type budgetsData struct {
@@ -245,6 +247,9 @@ func budgetView(h governance.Headroom) budgetRow {
 		row.Resets = "continuously (the last " + strings.TrimPrefix(b.Window.String(), "rolling:") + ")"
 	case !h.ResetAt.IsZero():
 		row.Resets = h.ResetAt.UTC().Format("2006-01-02 15:04")
+		if local := b.Window.LocalText(h.ResetAt); local != "" {
+			row.Resets += " (" + local + ")"
+		}
 	}
 	return row
 }
@@ -296,7 +301,7 @@ func (c *Console) budgetSet(w http.ResponseWriter, r *http.Request, s session) {
 	pf := r.PostForm
 	f := budgetForm{ScopeType: pf.Get("scope_type"), ScopeID: strings.TrimSpace(pf.Get("scope_id")), Model: strings.TrimSpace(pf.Get("model")),
 		Harness: strings.TrimSpace(pf.Get("harness")), Metric: pf.Get("metric"), Limit: strings.TrimSpace(pf.Get("limit")),
-		Window: strings.TrimSpace(pf.Get("window")), Mode: pf.Get("mode")}
+		Window: strings.TrimSpace(pf.Get("window")), TZ: strings.TrimSpace(pf.Get("tz")), Mode: pf.Get("mode")}
 	b, probs := f.budget()
 	if len(probs) > 0 {
 		c.renderBudgets(w, r, s, http.StatusUnprocessableEntity, f, page{Error: strings.Join(probs, "; ")})
@@ -343,6 +348,13 @@ func (f budgetForm) budget() (governance.Budget, []string) {
 	}
 	if b.Window, err = governance.ParseWindow(f.Window); err != nil {
 		probs = append(probs, err.Error())
+	}
+	if f.TZ != "" {
+		if w, err := b.Window.InZone(f.TZ); err != nil {
+			probs = append(probs, "time zone: "+err.Error())
+		} else {
+			b.Window = w
+		}
 	}
 	if len(probs) == 0 {
 		if err := b.Validate(); err != nil {

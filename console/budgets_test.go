@@ -415,3 +415,51 @@ func TestLimitAndRuleSetAndDeleteFromThePage(t *testing.T) {
 		}
 	})
 }
+
+// TestBudgetFormTimeZone: the form's time zone field sets a calendar
+// window's zone (validated by the server, not the browser), the row shows
+// the window with its zone and the reset at local midnight beside the UTC
+// time, and a zone the window cannot have is refused naming the field and
+// the value, the form kept.
+func TestBudgetFormTimeZone(t *testing.T) {
+	g := newGovEnv(t)
+	b := g.browser()
+	b.signIn(testAdminToken)
+	page := b.get("/ui/budgets")
+	if !strings.Contains(page.body, `<label for="budget-tz">`) || !strings.Contains(page.body, `<input id="budget-tz" name="tz" value=""`) {
+		t.Fatalf("the budget form has no labelled time zone field")
+	}
+	set := url.Values{"scope_type": {"project"}, "scope_id": {"acme"}, "metric": {"cost"}, "limit": {"50"}, "window": {"month"}, "tz": {"Europe/Berlin"}}
+	a := b.post("/ui/budgets/set", set)
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("set: %d\n%s", a.status, a.body)
+	}
+	bs := g.listBudgets()
+	if len(bs) != 1 || bs[0].Window.String() != "month@Europe/Berlin" {
+		t.Fatalf("stored: %+v", bs)
+	}
+	p := b.get(a.location)
+	id := "budget-" + slug(bs[0].ID)
+	// The clock is 1 December 09:00 UTC: the Berlin month ends at
+	// 23:00 UTC on 31 December, local midnight.
+	if got := cellText(p.body, id+"-reset"); got != "2026-12-31 23:00 (2027-01-01 00:00 Europe/Berlin)" {
+		t.Errorf("reset cell %q", got)
+	}
+	if !strings.Contains(p.body, "month@Europe/Berlin<span class=\"sub when\">from 2026-11-30 23:00 UTC") {
+		t.Errorf("the window cell does not show the zone and the local month's start")
+	}
+	for _, tc := range []struct{ window, tz, want string }{
+		{"month", "Mars/Olympus_Mons", `time zone: unknown time zone &#34;Mars/Olympus_Mons&#34;`},
+		{"rolling:5h", "Europe/Berlin", `time zone: time zone &#34;Europe/Berlin&#34; applies to day, week and month windows only`},
+		{"month@Asia/Tokyo", "Europe/Berlin", "differs from the window&#39;s own, Asia/Tokyo"},
+	} {
+		bad := url.Values{"scope_type": {"project"}, "scope_id": {"other"}, "metric": {"cost"}, "limit": {"5"}, "window": {tc.window}, "tz": {tc.tz}}
+		a := b.post("/ui/budgets/set", bad)
+		if a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, tc.want) || !strings.Contains(a.body, `id="budget-tz" name="tz" value="`+tc.tz+`"`) {
+			t.Errorf("%s in %s: %d, want 422 saying %q with the field kept", tc.window, tc.tz, a.status, tc.want)
+		}
+	}
+	if n := len(g.listBudgets()); n != 1 {
+		t.Errorf("refused forms wrote: %d budgets", n)
+	}
+}

@@ -418,7 +418,9 @@ func alertCutoff(b Budget, now time.Time) (int64, bool) {
 	if b.Window.Kind == WindowLifetime {
 		return 0, false
 	}
-	start := time.Unix(windowKey(Headroom{Budget: b, WindowStart: windowOf(b, now).start}), 0).UTC()
+	// In the window's zone, so two months back is a local month start
+	// (Berlin's October starts at 22:00 UTC, its December at 23:00).
+	start := time.Unix(windowKey(Headroom{Budget: b, WindowStart: windowOf(b, now).start}), 0).In(b.Window.Location())
 	before := start.Add(-alertRetention)
 	switch b.Window.Kind {
 	case WindowMonth:

@@ -13,7 +13,12 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	// A calendar window may name any IANA zone, so the binary carries the
+	// zone database: a FROM-scratch image has no /usr/share/zoneinfo.
+	_ "time/tzdata"
 )
 
 // ErrInvalid marks a policy a caller got wrong; its message names the field.
@@ -182,34 +187,145 @@ const (
 	WindowLifetime WindowKind = "lifetime"
 )
 
-// Window is a budget's period: a calendar day, week or month in UTC, a
-// rolling duration, or the whole lifetime.
+// Window is a budget's period: a calendar day, week or month (in UTC, or
+// in the IANA time zone Zone names), a rolling duration, or the whole
+// lifetime.
+//
+// The zone travels inside the window's text, "month@Europe/Berlin", rather
+// than as a field of its own: budgets are stored as columns (window_spec),
+// not a JSON blob, so the text form round-trips through the store, the
+// admin API's JSON, the CLI and alert payloads with no migration, and two
+// budgets that differ only in zone are two windows, as day and month are.
 type Window struct {
 	Kind WindowKind
 	// Every is the length of a rolling window.
 	Every time.Duration
+	// Zone is the IANA name a calendar window's day, week and month start
+	// at local midnight in; empty is UTC. Rolling and lifetime windows
+	// have none.
+	Zone string
 }
 
+// zoneSep joins a calendar window and its zone in the window's text.
+const zoneSep = "@"
+
 // ParseWindow reads "day", "week", "month", "lifetime" or "rolling:5h"
-// (also "5h" alone).
+// (also "5h" alone); a calendar window may name its IANA time zone after
+// an @, as in "month@Europe/Berlin".
 func ParseWindow(s string) (Window, error) {
-	switch k := WindowKind(s); k {
+	kind, zone, zoned := strings.Cut(s, zoneSep)
+	var w Window
+	switch k := WindowKind(kind); k {
 	case WindowDay, WindowWeek, WindowMonth, WindowLifetime:
-		return Window{Kind: k}, nil
+		w = Window{Kind: k}
+	default:
+		d := strings.TrimPrefix(kind, "rolling:")
+		every, err := time.ParseDuration(d)
+		if err != nil || every < time.Minute || every > 366*24*time.Hour {
+			return Window{}, fmt.Errorf("window %q is not day, week, month, lifetime or rolling:<duration> between 1m and 8784h (for example rolling:5h), optionally with a time zone (for example month@Europe/Berlin)", s)
+		}
+		w = Window{Kind: WindowRolling, Every: every}
 	}
-	d := strings.TrimPrefix(s, "rolling:")
-	every, err := time.ParseDuration(d)
-	if err != nil || every < time.Minute || every > 366*24*time.Hour {
-		return Window{}, fmt.Errorf("window %q is not day, week, month, lifetime or rolling:<duration> between 1m and 8784h (for example rolling:5h)", s)
+	if !zoned {
+		return w, nil
 	}
-	return Window{Kind: WindowRolling, Every: every}, nil
+	if zone == "" {
+		return Window{}, fmt.Errorf("window %q names no time zone after the @ (for example month@Europe/Berlin)", s)
+	}
+	w, err := w.InZone(zone)
+	if err != nil {
+		return Window{}, fmt.Errorf("window %q: %w", s, err)
+	}
+	return w, nil
+}
+
+// InZone returns w with its calendar boundaries in the IANA zone tz
+// (Europe/Berlin); "" leaves w as it is, and UTC is the default, stored as
+// none. It refuses a zone w cannot have: an unknown name, the machine's
+// own "Local" (replicas need not share it), a zone for a rolling or
+// lifetime window, or a second zone that differs from w's own.
+func (w Window) InZone(tz string) (Window, error) {
+	if tz == "" {
+		return w, nil
+	}
+	switch w.Kind {
+	case WindowRolling:
+		return Window{}, fmt.Errorf("time zone %q applies to day, week and month windows only: a rolling window counts back from the present instant, so it has no local midnight to start at", tz)
+	case WindowLifetime:
+		return Window{}, fmt.Errorf("time zone %q applies to day, week and month windows only: a lifetime window never resets, so it has no local midnight to start at", tz)
+	}
+	loc, err := zoneLocation(tz)
+	if err != nil {
+		return Window{}, err
+	}
+	name := loc.String()
+	if name == "UTC" {
+		name = ""
+	}
+	if w.Zone != "" && w.Zone != name {
+		return Window{}, fmt.Errorf("time zone %q differs from the window's own, %s", tz, w.Zone)
+	}
+	w.Zone = name
+	return w, nil
+}
+
+// zones caches the locations zoneLocation loaded: a budget's window is
+// placed on every reservation, and time.LoadLocation reads the zone
+// database each call. Only names that loaded are kept, so the cache is at
+// most the database's few hundred zones.
+var zones sync.Map // name -> *time.Location
+
+// zoneLocation loads the IANA zone name, from the system's database or
+// the copy embedded by time/tzdata.
+func zoneLocation(name string) (*time.Location, error) {
+	if l, ok := zones.Load(name); ok {
+		return l.(*time.Location), nil
+	}
+	if strings.EqualFold(name, "Local") {
+		return nil, fmt.Errorf("time zone %q is this machine's own, which other replicas may not share: name the zone (for example Europe/Berlin)", name)
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, fmt.Errorf("unknown time zone %q: not an IANA zone name such as Europe/Berlin or America/New_York", name)
+	}
+	zones.Store(name, loc)
+	return loc, nil
+}
+
+// Location is the zone w's calendar boundaries fall in: UTC unless Zone
+// names one.
+func (w Window) Location() *time.Location {
+	if w.Zone == "" {
+		return time.UTC
+	}
+	loc, err := zoneLocation(w.Zone)
+	if err != nil {
+		// Validate refuses such a window, and the store reads windows
+		// through ParseWindow, so only a Window built by hand gets here.
+		return time.UTC
+	}
+	return loc
+}
+
+// LocalText renders t in w's zone, "2027-01-01 00:00 Europe/Berlin", to
+// show beside the UTC time the CLI and console print everywhere else; ""
+// for a window in UTC, whose UTC time says it all.
+func (w Window) LocalText(t time.Time) string {
+	if w.Zone == "" || t.IsZero() {
+		return ""
+	}
+	return t.In(w.Location()).Format("2006-01-02 15:04") + " " + w.Zone
 }
 
 func (w Window) String() string {
+	s := string(w.Kind)
 	if w.Kind == WindowRolling {
-		return "rolling:" + shortDuration(w.Every)
+		s = "rolling:" + shortDuration(w.Every)
 	}
-	return string(w.Kind)
+	if w.Zone != "" {
+		s += zoneSep + w.Zone
+	}
+	return s
 }
 
 // shortDuration renders 5h rather than 5h0m0s.
@@ -235,28 +351,44 @@ func (w *Window) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Bounds returns the calendar window holding now, in UTC: its start and
-// the start of the next. A rolling window is [now-Every, now) and resets
-// continuously (next = now); lifetime starts at the Unix epoch and never
-// resets (next is the zero time).
+// Bounds returns the calendar window holding now: its start and the start
+// of the next, at local midnight in w's zone (UTC by default) and
+// expressed in that zone. Across a DST change a day is 23 or 25 hours
+// long. A rolling window is [now-Every, now) and resets continuously
+// (next = now); lifetime starts at the Unix epoch and never resets (next
+// is the zero time).
 func (w Window) Bounds(now time.Time) (start, next time.Time) {
-	now = now.UTC()
+	loc := w.Location()
+	now = now.In(loc)
 	y, m, d := now.Date()
 	switch w.Kind {
 	case WindowDay:
-		start = time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
-		return start, start.AddDate(0, 0, 1)
+		return midnight(y, m, d, loc), midnight(y, m, d+1, loc)
 	case WindowWeek:
-		start = time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
-		start = start.AddDate(0, 0, -((int(start.Weekday()) + 6) % 7))
-		return start, start.AddDate(0, 0, 7)
+		d -= (int(now.Weekday()) + 6) % 7
+		return midnight(y, m, d, loc), midnight(y, m, d+7, loc)
 	case WindowMonth:
-		start = time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
-		return start, start.AddDate(0, 1, 0)
+		return midnight(y, m, 1, loc), midnight(y, m+1, 1, loc)
 	case WindowRolling:
 		return now.Add(-w.Every), now
 	}
 	return time.Unix(0, 0).UTC(), time.Time{}
+}
+
+// midnight is the first instant of the local date y-m-d in loc (time.Date
+// normalizes a day out of range). Where a DST change skips midnight
+// (America/Santiago springs from 24:00 to 01:00), time.Date may give an
+// instant of the day before, in the old offset; the day then starts when
+// that offset ends, at 01:00. Day d's start and day d-1's end are the
+// same call, so windows tile with no gap or overlap either way.
+func midnight(y int, m time.Month, d int, loc *time.Location) time.Time {
+	t := time.Date(y, m, d, 0, 0, 0, 0, loc)
+	if want := time.Date(y, m, d, 0, 0, 0, 0, time.UTC); t.Day() != want.Day() {
+		if _, end := t.ZoneBounds(); !end.IsZero() {
+			t = end
+		}
+	}
+	return t
 }
 
 // Budget caps cost or tokens of the requests its selector matches over a
@@ -293,6 +425,9 @@ const (
 // Normalize fills the defaults: mode soft, unpriced refuse, default alert
 // thresholds.
 func (b *Budget) Normalize() {
+	if w, err := (Window{Kind: b.Window.Kind, Every: b.Window.Every}).InZone(b.Window.Zone); err == nil {
+		b.Window = w // Zone "UTC" is stored as none, as ParseWindow reads it
+	}
 	if b.Mode == "" {
 		b.Mode = ModeSoft
 	}
@@ -319,6 +454,11 @@ func (b Budget) Validate() error {
 	}
 	switch b.Window.Kind {
 	case WindowDay, WindowWeek, WindowMonth, WindowLifetime, WindowRolling:
+		if b.Window.Zone != "" {
+			if _, err := (Window{Kind: b.Window.Kind, Every: b.Window.Every}).InZone(b.Window.Zone); err != nil {
+				probs = append(probs, "window: "+err.Error())
+			}
+		}
 	default:
 		probs = append(probs, "window is required (day, week, month, lifetime or rolling:<duration>)")
 	}

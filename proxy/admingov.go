@@ -162,9 +162,12 @@ type budgetBody struct {
 	Limit     *int64               `json:"limit"`
 	LimitUSD  *string              `json:"limit_usd"`
 	Window    string               `json:"window"`
-	Mode      governance.Mode      `json:"mode"`
-	Unpriced  string               `json:"unpriced"`
-	Alerts    []int                `json:"alert_thresholds"`
+	// TZ is the IANA zone of a calendar window, as "month@Europe/Berlin"
+	// in window says it; the budget is answered with the zone in window.
+	TZ       string          `json:"tz"`
+	Mode     governance.Mode `json:"mode"`
+	Unpriced string          `json:"unpriced"`
+	Alerts   []int           `json:"alert_thresholds"`
 }
 
 func decodeBudgetBody(c *fiber.Ctx, id string) (governance.Budget, error) {
@@ -205,6 +208,13 @@ func decodeBudgetBody(c *fiber.Ctx, id string) (governance.Budget, error) {
 			w = governance.Window{Kind: governance.WindowDay}
 		}
 		b.Window = w
+	}
+	if in.TZ != "" {
+		if w, err := b.Window.InZone(in.TZ); err != nil {
+			probs = append(probs, "tz: "+err.Error())
+		} else {
+			b.Window = w
+		}
 	}
 	if err := b.Validate(); err != nil {
 		probs = append(probs, strings.TrimPrefix(err.Error(), governance.ErrInvalid.Error()+": "))

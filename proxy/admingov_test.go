@@ -426,3 +426,60 @@ func TestAdminPolicyPostIsIdempotent(t *testing.T) {
 		t.Errorf("%d rules, want 1", len(rs))
 	}
 }
+
+// TestAdminBudgetTimeZone: a budget's zone is set by tz or inside window
+// ("month@Europe/Berlin"), is answered inside window and survives a
+// read, a replace and a repeated POST; an unknown zone, a zone on a
+// rolling window and two different zones are 400s naming the field and
+// the value.
+func TestAdminBudgetTimeZone(t *testing.T) {
+	e := newPolicyAdminEnv(t)
+	budget := func(code int, body string) map[string]any {
+		t.Helper()
+		b, _ := policyAnswer(t, body)["budget"].(map[string]any)
+		if b == nil {
+			t.Fatalf("%d %s: no budget", code, body)
+		}
+		return b
+	}
+	code, body := e.call("POST", "/budgets", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"50","window":"month","tz":"Europe/Berlin"}`)
+	created := budget(code, body)
+	if code != 201 || created["window"] != "month@Europe/Berlin" {
+		t.Fatalf("POST with tz: %d %s", code, body)
+	}
+	id, _ := created["id"].(string)
+	if b := e.w.Current().Budgets; len(b) != 1 || b[0].Window.Zone != "Europe/Berlin" {
+		t.Errorf("snapshot: %+v", b)
+	}
+	if code, body := e.call("GET", "/budgets/"+id, ""); code != 200 || budget(code, body)["window"] != "month@Europe/Berlin" {
+		t.Errorf("GET: %d %s", code, body)
+	}
+	code, body = e.call("POST", "/budgets", `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"50","window":"month@Europe/Berlin"}`)
+	if b := budget(code, body); code != 200 || b["id"] != id {
+		t.Errorf("the same budget, zone in window: %d %s, want 200 for %s", code, body, id)
+	}
+	code, body = e.call("PUT", "/budgets/"+id, `{"scope_type":"project","scope_id":"acme","metric":"cost","limit_usd":"50","window":"day","tz":"America/New_York"}`)
+	if b := budget(code, body); code != 200 || b["window"] != "day@America/New_York" {
+		t.Errorf("PUT with another zone: %d %s", code, body)
+	}
+	if got, err := e.st.Budget(context.Background(), id); err != nil || got.Window.String() != "day@America/New_York" {
+		t.Errorf("stored: %v %v", got.Window, err)
+	}
+	v, _ := e.st.Version(context.Background())
+	for _, tc := range []struct{ body, want string }{
+		{`{"scope_type":"platform","metric":"cost","limit":1,"window":"month","tz":"Mars/Olympus_Mons"}`, `tz: unknown time zone "Mars/Olympus_Mons"`},
+		{`{"scope_type":"platform","metric":"cost","limit":1,"window":"month@Mars/Olympus_Mons"}`, `window "month@Mars/Olympus_Mons": unknown time zone "Mars/Olympus_Mons"`},
+		{`{"scope_type":"platform","metric":"cost","limit":1,"window":"rolling:5h","tz":"Europe/Berlin"}`, `tz: time zone "Europe/Berlin" applies to day, week and month windows only: a rolling window`},
+		{`{"scope_type":"platform","metric":"cost","limit":1,"window":"lifetime","tz":"Europe/Berlin"}`, `a lifetime window never resets`},
+		{`{"scope_type":"platform","metric":"cost","limit":1,"window":"month@Asia/Tokyo","tz":"Europe/Berlin"}`, `tz: time zone "Europe/Berlin" differs from the window's own, Asia/Tokyo`},
+		{`{"scope_type":"platform","metric":"cost","limit":1,"tz":"Europe/Berlin"}`, `window is required`},
+	} {
+		code, _, msg := e.adminRaw("POST", "/admin/v1/budgets", tc.body)
+		if code != 400 || !strings.Contains(msg, tc.want) {
+			t.Errorf("POST %s: %d %q, want 400 saying %q", tc.body, code, msg, tc.want)
+		}
+	}
+	if after, _ := e.st.Version(context.Background()); after != v {
+		t.Errorf("refused requests wrote: version %d, was %d", after, v)
+	}
+}

@@ -33,6 +33,7 @@ type policyFlags struct {
 	project, user, workspace, token  *string
 	model, harness, mode, id, format *string
 	cost, tokens, window, unpriced   *string
+	tz                               *string
 	alerts, rpm, tpm, concurrency    *string
 }
 
@@ -50,7 +51,8 @@ func bindPolicyFlags(f commandFlags) *policyFlags {
 		format:      f.String("format", "table", "table or json"),
 		cost:        f.String("cost", "", "cost limit in US dollars (50, 0.25)"),
 		tokens:      f.String("tokens", "", "token limit: input and output tokens"),
-		window:      f.String("window", "", "day, week, month (UTC), lifetime or rolling:<duration> (rolling:5h)"),
+		window:      f.String("window", "", "day, week, month (UTC unless --tz), lifetime or rolling:<duration> (rolling:5h)"),
+		tz:          f.String("tz", "", "IANA time zone whose midnight a day, week or month window starts at (Europe/Berlin; default UTC)"),
 		unpriced:    f.String("unpriced", "", "refuse (the default) or fallback: what a cost budget does with a model without a price"),
 		alerts:      f.String("alerts", "", "alert thresholds in percent, comma separated (default 50,80,100)"),
 		rpm:         f.String("rpm", "", "requests per minute"),
@@ -219,6 +221,13 @@ func budgetSet(ctx context.Context, st *governance.Store, p *policyFlags, pos []
 		probs = append(probs, "budget set needs --window (day, week, month, lifetime or rolling:<duration>)")
 	} else if b.Window, err = governance.ParseWindow(*p.window); err != nil {
 		probs = append(probs, "--window: "+err.Error())
+	}
+	if *p.tz != "" {
+		if w, err := b.Window.InZone(*p.tz); err != nil {
+			probs = append(probs, "--tz: "+err.Error())
+		} else {
+			b.Window = w
+		}
 	}
 	if *p.alerts != "" {
 		b.Alerts = []int{}
@@ -544,6 +553,9 @@ func writePolicyStates(w io.Writer, states []governance.PolicyState) error {
 				spent, reserved = budgetAmount(*b, h.Spent), budgetAmount(*b, h.Reserved)
 				if !h.ResetAt.IsZero() {
 					resets = fmtTime(h.ResetAt)
+					if local := b.Window.LocalText(h.ResetAt); local != "" {
+						resets += " (" + local + ")"
+					}
 				}
 			}
 			fmt.Fprintf(tw, "budget\t%s\t%s\t%s\t%s per %s, %s\t%s\t%s\t%s\n", b.ID, policyScope(b.ScopeType, b.ScopeID), appliesTo(b.Selector),

@@ -196,3 +196,54 @@ func TestPolicyCommandMistakes(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetTimeZoneCommands: budget set --tz stores the zone in the
+// window (the same budget as --window month@Europe/Berlin), list and show
+// print it, resolve shows the reset at local midnight beside the UTC
+// time, and a zone the window cannot have is refused naming the flag.
+func TestBudgetTimeZoneCommands(t *testing.T) {
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
+	c := newCLI(t, fakeURL)
+	ctx := context.Background()
+	bud, verb := mustPolicy(t, c, "budget", "set", "--project", "acme", "--cost", "50", "--window", "month", "--tz", "Europe/Berlin")
+	if verb != "created" {
+		t.Errorf("set --tz: %s", verb)
+	}
+	if again, verb := mustPolicy(t, c, "budget", "set", "--project", "acme", "--cost", "50", "--window", "month@Europe/Berlin"); again != bud || verb != "unchanged" {
+		t.Errorf("the zone inside --window: %s %s, want unchanged %s", verb, again, bud)
+	}
+	if utc, _ := mustPolicy(t, c, "budget", "set", "--project", "acme", "--cost", "50", "--window", "month"); utc == bud {
+		t.Error("a UTC month budget updated the Berlin one")
+	}
+	out, errs, code := c.run(ctx, "", "budget", "show", bud, "--format", "json")
+	var bs []governance.Budget
+	if err := json.Unmarshal([]byte(out), &bs); code != 0 || err != nil || len(bs) != 1 || bs[0].Window.String() != "month@Europe/Berlin" {
+		t.Fatalf("budget show json: %d %v %s %s", code, err, out, errs)
+	}
+	if out, _, _ := c.run(ctx, "", "budget", "list"); !strings.Contains(out, "month@Europe/Berlin") {
+		t.Errorf("budget list does not show the zone:\n%s", out)
+	}
+	out, errs, code = c.run(ctx, "", "resolve", "--project", "acme", "--user", "ann")
+	reset := regexp.MustCompile(`\$50\.00 per month@Europe/Berlin, soft.*\d{4}-\d\d-\d\d \d\d:00 \(\d{4}-\d\d-01 00:00 Europe/Berlin\)`)
+	if code != 0 || !reset.MatchString(out) {
+		t.Errorf("resolve does not show the local reset: %d\n%s%s", code, out, errs)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--window", "month", "--tz", "Mars/Olympus_Mons"}, `--tz: unknown time zone "Mars/Olympus_Mons"`},
+		{[]string{"--window", "month@Mars/Olympus_Mons"}, `--window: window "month@Mars/Olympus_Mons": unknown time zone "Mars/Olympus_Mons"`},
+		{[]string{"--window", "rolling:5h", "--tz", "Europe/Berlin"}, `--tz: time zone "Europe/Berlin" applies to day, week and month windows only: a rolling window counts back`},
+		{[]string{"--window", "lifetime", "--tz", "Europe/Berlin"}, "a lifetime window never resets"},
+		{[]string{"--window", "week@Asia/Tokyo", "--tz", "Europe/Berlin"}, "differs from the window's own, Asia/Tokyo"},
+	} {
+		args := append([]string{"budget", "set", "--project", "other", "--cost", "5"}, tc.args...)
+		if out, errs, code := c.run(ctx, "", args...); code == 0 || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, out %q, stderr %q; want an error with %q", tc.args, code, out, errs, tc.want)
+		}
+	}
+	if out, _, _ := c.run(ctx, "", "budget", "list", "--project", "other"); strings.Count(out, "\n") != 1 {
+		t.Errorf("refused sets stored a budget:\n%s", out)
+	}
+}

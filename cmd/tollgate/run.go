@@ -60,7 +60,7 @@ var commands = []command{
 	{"credential bindings", "[--credential ID] [--dialect D] [--format table|json]", ""},
 	{"credential rotate-key", "--from-key-file OLD", "re-encrypt every credential with the configured master key"},
 	{"resolve", "--project P --user U [--format table|json]", "show which credential serves each harness and dialect, and the policies in force"},
-	{"budget set", scopeSynopsis + " (--cost USD | --tokens N) --window W [--mode hard|soft|alert] [--model GLOB] [--harness H] [--unpriced refuse|fallback] [--alerts 50,80,100] [--id ID]",
+	{"budget set", scopeSynopsis + " (--cost USD | --tokens N) --window W [--tz ZONE] [--mode hard|soft|alert] [--model GLOB] [--harness H] [--unpriced refuse|fallback] [--alerts 50,80,100] [--id ID]",
 		"create a budget, or update the one with the same scope, model, harness, metric and window (or --id): its spend is kept"},
 	{"budget list", "[" + scopeSynopsis + "] [--format table|json]", ""},
 	{"budget show", "ID [--format table|json]", ""},
