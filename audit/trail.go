@@ -56,6 +56,11 @@ func (t Trail) PlatformKeySet(ctx context.Context, cr resolver.Credential, secre
 	return t.record(ctx, "platform_key.set", cr.ID, map[string]any{"provider": cr.Provider}, secret)
 }
 
+// PlatformKeyDeleted records platform_key.delete: cr is the removed key.
+func (t Trail) PlatformKeyDeleted(ctx context.Context, cr resolver.Credential) error {
+	return t.record(ctx, "platform_key.delete", cr.ID, map[string]any{"provider": cr.Provider})
+}
+
 // CredentialChanged records credential.VERB for disable, enable and delete.
 func (t Trail) CredentialChanged(ctx context.Context, verb, id string) error {
 	return t.record(ctx, "credential."+verb, id, nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"html"
 	"net/http"
@@ -67,9 +68,10 @@ func TestLeaksFindsEveryForm(t *testing.T) {
 }
 
 // TestCanaryNeverOnAPage creates canary keys at every tier, through the
-// connect flow and the resolver, sends refused forms carrying them, and
-// renders every page of the console (the Usage page and its CSVs over
-// seeded usage too): no page, redirect or log shows one.
+// connect flow, the Platform keys form and the resolver, sends refused
+// forms carrying them, and renders every page of the console (the Usage
+// page and its CSVs over seeded usage too): no page, redirect, log or
+// audit entry (as the page and as the API's JSON) shows one.
 // The pages call no JSON endpoint; were one added, it belongs in pages.
 func TestCanaryNeverOnAPage(t *testing.T) {
 	ge := newGovEnv(t)
@@ -141,10 +143,37 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 		}
 		keep(a)
 	}
+	// The Platform keys section: a canary set there, refused sets carrying
+	// one, the remove confirm page, a removal and a refused second one,
+	// and the key set again so the later pages list it.
+	const platformKey = "AIzaSyCANARY-pk9r8t7y6-u5i4o3p2l1k0j9h8"
+	canaries = append(canaries, platformKey)
+	setPK := func(provider, key string, want int) {
+		t.Helper()
+		a := b.post("/ui/platform-keys/set", url.Values{"provider": {provider}, "key": {key}})
+		if a.status != want {
+			t.Fatalf("platform key set %q: %d, want %d", provider, a.status, want)
+		}
+		keep(a)
+	}
+	setPK("gemini", platformKey, http.StatusSeeOther)
+	setPK("nope", platformKey, http.StatusUnprocessableEntity)
+	setPK("gemini", platformKey+" with a space", http.StatusUnprocessableEntity)
+	setPK("", platformKey, http.StatusUnprocessableEntity)
+	keep(b.get("/ui/credentials"))
+	keep(b.get("/ui/platform-keys/gemini/delete"))
+	if a := b.post("/ui/platform-keys/gemini/delete", nil); a.status != http.StatusSeeOther {
+		t.Fatalf("platform key remove: %d", a.status)
+	} else {
+		keep(a)
+	}
+	keep(b.post("/ui/platform-keys/gemini/delete", nil))
+	setPK("gemini", platformKey, http.StatusSeeOther)
 	keep(b.post("/ui/bindings/bind", url.Values{"tier": {"user"}, "scope_id": {"u1"}, "dialect": {"anthropic-messages"}, "cand_0": {g.ID}}))
 	keep(b.post("/ui/tokens/issue", postIssue("ws-canary", "p1", "u1", "", "", "")))
 	keep(b.post("/ui/tokens/issue", postIssue("", "p1", "u1", "claude-code", "", "")))
-	pages := []string{"/ui/tokens", "/ui/tokens?state=all", "/ui/credentials", "/ui/credentials/" + g.ID + "/delete", "/ui/static/console.js"}
+	pages := []string{"/ui/tokens", "/ui/tokens?state=all", "/ui/credentials", "/ui/credentials/" + g.ID + "/delete", "/ui/static/console.js",
+		"/ui/platform-keys/gemini/delete", "/ui/platform-keys/openai/delete"}
 	toks, err := e.svc.ListTokens(ctx, resolver.TokenFilter{})
 	if err != nil || len(toks) != 1 {
 		t.Fatalf("tokens: %d %v", len(toks), err)
@@ -191,12 +220,17 @@ func TestCanaryNeverOnAPage(t *testing.T) {
 	}
 	// The pages do show the credentials, masked: the test is not vacuous.
 	if all := strings.Join(seen, "\n"); !strings.Contains(all, "…8c0e") || !strings.Contains(all, "platform-openai") || !strings.Contains(all, "…1a09") ||
+		!strings.Contains(all, `id="pk-gemini" data-state="set"`) || !strings.Contains(all, "…j9h8") || !strings.Contains(all, `data-action="platform_key.delete"`) ||
 		!strings.Contains(all, `data-action="credential.create"`) {
 		t.Fatal("the pages do not list the canary credentials at all")
 	}
 	seen = append(seen, e.logs.String())
 	for _, en := range e.audits() {
-		seen = append(seen, fmt.Sprintf("%+v", en))
+		j, err := json.Marshal(en) // as GET /admin/v1/audit answers it
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = append(seen, fmt.Sprintf("%+v", en), string(j))
 	}
 	for _, key := range canaries {
 		for i, s := range seen {

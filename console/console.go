@@ -64,6 +64,9 @@ type Resolver interface {
 	Unbind(ctx context.Context, k resolver.BindingKey) error
 	DisableCredential(ctx context.Context, id string) error
 	EnableCredential(ctx context.Context, id string) error
+	PlatformKeys(ctx context.Context) ([]resolver.PlatformKey, error)
+	SetPlatformKey(ctx context.Context, provider string, secret resolver.Secret) (resolver.Credential, error)
+	DeletePlatformKey(ctx context.Context, provider string) (resolver.Credential, error)
 
 	CheckTokenSpec(spec resolver.TokenSpec) error
 	IssueToken(ctx context.Context, spec resolver.TokenSpec) (string, resolver.TokenInfo, error)

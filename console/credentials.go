@@ -30,6 +30,9 @@ func (c *Console) credentialRoutes(m *http.ServeMux) {
 	m.Handle("POST "+Prefix+"credentials/{id}/delete", c.post(c.credentialOp("delete")))
 	m.Handle("POST "+Prefix+"bindings/bind", c.post(c.bind))
 	m.Handle("POST "+Prefix+"bindings/unbind", c.post(c.unbind))
+	m.Handle("POST "+Prefix+"platform-keys/set", c.post(c.setPlatformKey))
+	m.Handle("GET "+Prefix+"platform-keys/{provider}/delete", c.authed(c.deletePlatformKeyPage))
+	m.Handle("POST "+Prefix+"platform-keys/{provider}/delete", c.post(c.deletePlatformKey))
 }
 
 // credRow is a credential of the list, with where it is bound.
@@ -58,16 +61,38 @@ type bindForm struct {
 	Slots                           []bindSlot
 }
 
+// platformKeyRow is a provider of the Platform keys section: its key, or
+// none.
+type platformKeyRow struct {
+	Provider, Dialects string
+	// Key is nil when the provider has no platform key.
+	Key       *credView
+	DeleteURL string
+}
+
+// credForms are the forms of the Credentials page as sent, none with its
+// key: a form shown again asks for the key again.
+type credForms struct {
+	Add  addForm
+	Bind bindForm
+	// Platform is the provider the platform key form had chosen.
+	Platform string
+}
+
+func newCredForms() credForms { return credForms{Bind: newBindForm()} }
+
 type credentialsData struct {
-	Credentials []credRow
-	Bindings    []bindingRow
-	Add         addForm
-	Bind        bindForm
-	Providers   []providerView
-	Dialects    []string
-	Harnesses   []string
-	Return      string
-	AdvancedURL string
+	PlatformKeys []platformKeyRow
+	Platform     string
+	Credentials  []credRow
+	Bindings     []bindingRow
+	Add          addForm
+	Bind         bindForm
+	Providers    []providerView
+	Dialects     []string
+	Harnesses    []string
+	Return       string
+	AdvancedURL  string
 }
 
 func newBindForm() bindForm {
@@ -83,16 +108,22 @@ func (c *Console) credentials(w http.ResponseWriter, r *http.Request, s session)
 	p := page{}
 	// Only an id or a binding's name is echoed: a crafted link cannot put
 	// words here.
-	verb := map[string]string{"add": "Added", "disable": "Disabled", "enable": "Enabled", "delete": "Deleted", "bind": "Bound", "unbind": "Unbound"}[q.Get("what")]
+	verb := map[string]string{"add": "Added", "disable": "Disabled", "enable": "Enabled", "delete": "Deleted", "bind": "Bound", "unbind": "Unbound",
+		"platform-set": "Set the platform key of", "platform-delete": "Removed the platform key of"}[q.Get("what")]
 	if id := q.Get("done"); verb != "" && doneName.MatchString(id) {
 		p.Flash = verb + " " + id + "."
 	}
-	c.renderCredentials(w, r, s, http.StatusOK, addForm{}, newBindForm(), p)
+	c.renderCredentials(w, r, s, http.StatusOK, newCredForms(), p)
 }
 
-func (c *Console) renderCredentials(w http.ResponseWriter, r *http.Request, s session, status int, add addForm, bind bindForm, p page) {
+func (c *Console) renderCredentials(w http.ResponseWriter, r *http.Request, s session, status int, forms credForms, p page) {
 	ctx := r.Context()
 	creds, binds, byID, err := c.credentialsAndBindings(ctx)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	pks, err := c.cfg.Resolver.PlatformKeys(ctx)
 	if err != nil {
 		c.fail(w, r, s, err)
 		return
@@ -108,7 +139,8 @@ func (c *Console) renderCredentials(w http.ResponseWriter, r *http.Request, s se
 			boundAt[bc.CredentialID] = append(boundAt[bc.CredentialID], where)
 		}
 	}
-	d := credentialsData{Add: add, Bind: bind, Return: Prefix + "credentials", AdvancedURL: Prefix + "connections/advanced"}
+	d := credentialsData{Add: forms.Add, Bind: forms.Bind, Platform: forms.Platform, Return: Prefix + "credentials", AdvancedURL: Prefix + "connections/advanced"}
+	d.PlatformKeys = platformKeyRows(pks)
 	for _, cr := range creds {
 		v := byID[cr.ID]
 		v.Health = healthOf[cr.ID]
@@ -139,6 +171,16 @@ func refusal(err error) bool {
 	return false
 }
 
+// refused answers a write's error: a refusal comes back on the page with
+// forms as sent, any other error is the error page.
+func (c *Console) refused(w http.ResponseWriter, r *http.Request, s session, err error, forms credForms) {
+	if !refusal(err) {
+		c.fail(w, r, s, err)
+		return
+	}
+	c.renderCredentials(w, r, s, http.StatusUnprocessableEntity, forms, page{Error: err.Error()})
+}
+
 func (c *Console) done(w http.ResponseWriter, r *http.Request, what, id string) {
 	http.Redirect(w, r, Prefix+"credentials?"+url.Values{"what": {what}, "done": {id}}.Encode(), http.StatusSeeOther)
 }
@@ -154,12 +196,8 @@ func (c *Console) addCredential(w http.ResponseWriter, r *http.Request, s sessio
 	f := addForm{Name: strings.TrimSpace(pf.Get("name")), Provider: pf.Get("provider")}
 	cr, err := c.cfg.Resolver.CreateCredential(r.Context(), resolver.CredentialSpec{Name: f.Name, Provider: f.Provider, Secret: resolver.NewSecret(key), BaseURL: baseURL})
 	if err != nil {
-		if !refusal(err) {
-			c.fail(w, r, s, err)
-			return
-		}
 		f.BaseURL = echoableURL(baseURL)
-		c.renderCredentials(w, r, s, http.StatusUnprocessableEntity, f, newBindForm(), page{Error: err.Error()})
+		c.refused(w, r, s, err, credForms{Add: f, Bind: newBindForm()})
 		return
 	}
 	c.audited(r, c.cfg.Audit.CredentialCreated(r.Context(), cr, key))
@@ -181,11 +219,7 @@ func (c *Console) credentialOp(verb string) authedHandler {
 			err = c.cfg.Resolver.DeleteCredential(r.Context(), id)
 		}
 		if err != nil {
-			if !refusal(err) {
-				c.fail(w, r, s, err)
-				return
-			}
-			c.renderCredentials(w, r, s, http.StatusUnprocessableEntity, addForm{}, newBindForm(), page{Error: err.Error()})
+			c.refused(w, r, s, err, newCredForms())
 			return
 		}
 		c.audited(r, c.cfg.Audit.CredentialChanged(r.Context(), verb, id))
@@ -267,7 +301,7 @@ func (c *Console) bind(w http.ResponseWriter, r *http.Request, s session) {
 		k.ScopeID = ""
 	}
 	again := func(msg string) {
-		c.renderCredentials(w, r, s, http.StatusUnprocessableEntity, addForm{}, f, page{Error: msg})
+		c.renderCredentials(w, r, s, http.StatusUnprocessableEntity, credForms{Bind: f}, page{Error: msg})
 	}
 	if len(probs) > 0 {
 		again(strings.Join(probs, "; "))
@@ -291,11 +325,7 @@ func (c *Console) unbind(w http.ResponseWriter, r *http.Request, s session) {
 	pf := r.PostForm
 	k := resolver.BindingKey{Tier: pf.Get("tier"), ScopeID: pf.Get("scope_id"), Dialect: pf.Get("dialect"), Harness: pf.Get("harness")}
 	if err := c.cfg.Resolver.Unbind(r.Context(), k); err != nil {
-		if !refusal(err) {
-			c.fail(w, r, s, err)
-			return
-		}
-		c.renderCredentials(w, r, s, http.StatusUnprocessableEntity, addForm{}, newBindForm(), page{Error: err.Error()})
+		c.refused(w, r, s, err, newCredForms())
 		return
 	}
 	c.audited(r, c.cfg.Audit.BindingChanged(r.Context(), "unbind", k))
@@ -314,4 +344,97 @@ func bindingText(k resolver.BindingKey) string {
 		s += " · " + k.Harness
 	}
 	return s
+}
+
+func platformKeyDeleteURL(provider string) string {
+	return Prefix + "platform-keys/" + url.PathEscape(provider) + "/delete"
+}
+
+func platformKeyRows(pks []resolver.PlatformKey) []platformKeyRow {
+	out := make([]platformKeyRow, 0, len(pks))
+	for _, pk := range pks {
+		row := platformKeyRow{Provider: pk.Provider, Dialects: strings.Join(pk.Dialects, ", "), DeleteURL: platformKeyDeleteURL(pk.Provider)}
+		if pk.Credential != nil {
+			v := credViews([]resolver.Credential{*pk.Credential})[pk.Credential.ID]
+			row.Key = &v
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+// setPlatformKey sets or replaces a provider's platform key through the
+// resolver function "tollgate credential set --platform" and PUT
+// /admin/v1/platform-keys/{provider} call, so it is checked and bound
+// alike. The key is write-only: a refused form comes back without it.
+func (c *Console) setPlatformKey(w http.ResponseWriter, r *http.Request, s session) {
+	provider, key := r.PostForm.Get("provider"), r.PostForm.Get("key")
+	cr, err := c.cfg.Resolver.SetPlatformKey(r.Context(), provider, resolver.NewSecret(key))
+	if err != nil {
+		c.refused(w, r, s, err, credForms{Bind: newBindForm(), Platform: provider})
+		return
+	}
+	c.audited(r, c.cfg.Audit.PlatformKeySet(r.Context(), cr, key))
+	c.log.Info("console platform key set", "session", s.fingerprint(), "credential_id", cr.ID, "provider", cr.Provider)
+	c.done(w, r, "platform-set", cr.Provider)
+}
+
+type platformKeyDeleteData struct {
+	Row platformKeyRow
+	// Bindings are those that name the key, at every tier.
+	Bindings []bindingRow
+	// Elsewhere says a project or user binding names the key.
+	Elsewhere bool
+}
+
+// deletePlatformKeyPage asks to confirm a platform key's removal, naming
+// the bindings that go or stop with it.
+func (c *Console) deletePlatformKeyPage(w http.ResponseWriter, r *http.Request, s session) {
+	ctx := r.Context()
+	provider := r.PathValue("provider")
+	pks, err := c.cfg.Resolver.PlatformKeys(ctx)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	var row *platformKeyRow
+	for _, pr := range platformKeyRows(pks) {
+		if pr.Provider == provider && pr.Key != nil {
+			row = &pr
+		}
+	}
+	if row == nil {
+		c.render(w, r, http.StatusNotFound, "message", page{Title: "Not found", Nav: "credentials", SignedIn: true, CSRF: s.csrf,
+			Message: "There is no platform key for " + provider + "."})
+		return
+	}
+	creds, err := c.cfg.Resolver.ListCredentials(ctx)
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	binds, err := c.cfg.Resolver.ListBindings(ctx, resolver.BindingFilter{CredentialID: row.Key.ID})
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	d := platformKeyDeleteData{Row: *row, Bindings: bindingRows(binds, credViews(creds))}
+	for _, b := range binds {
+		d.Elsewhere = d.Elsewhere || b.Tier != resolver.TierPlatform
+	}
+	c.render(w, r, http.StatusOK, "platform-key-delete", page{Title: "Remove platform key", Nav: "credentials", SignedIn: true, CSRF: s.csrf, Data: d})
+}
+
+// deletePlatformKey removes the provider's platform key through the
+// resolver function "tollgate credential delete --platform" and DELETE
+// /admin/v1/platform-keys/{provider} call.
+func (c *Console) deletePlatformKey(w http.ResponseWriter, r *http.Request, s session) {
+	cr, err := c.cfg.Resolver.DeletePlatformKey(r.Context(), r.PathValue("provider"))
+	if err != nil {
+		c.refused(w, r, s, err, newCredForms())
+		return
+	}
+	c.audited(r, c.cfg.Audit.PlatformKeyDeleted(r.Context(), cr))
+	c.log.Info("console platform key removed", "session", s.fingerprint(), "credential_id", cr.ID, "provider", cr.Provider)
+	c.done(w, r, "platform-delete", cr.Provider)
 }

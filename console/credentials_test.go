@@ -1,16 +1,27 @@
 package console
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"html"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/tollgate/tollgate"
 	"github.com/tollgate/tollgate/internal/testkit"
+	"github.com/tollgate/tollgate/proxy"
+	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
 )
 
@@ -122,8 +133,8 @@ func TestBindWithCandidatesUnbindActivate(t *testing.T) {
 	testBindWithCandidates(t, newEnv(t))
 }
 
-// TestTokensAndBindingsOnPostgres runs the issue-revoke and bind flows on
-// PostgreSQL, where the audit log and the resolver hold other types.
+// TestTokensAndBindingsOnPostgres runs the issue-revoke, bind and
+// platform key flows on PostgreSQL, where the audit log and the resolver hold other types.
 func TestTokensAndBindingsOnPostgres(t *testing.T) {
 	dsn := os.Getenv("TOLLGATE_TEST_POSTGRES")
 	if dsn == "" {
@@ -133,6 +144,7 @@ func TestTokensAndBindingsOnPostgres(t *testing.T) {
 		testTokenIssuedShownOnce(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_")))
 	})
 	t.Run("bindings", func(t *testing.T) { testBindWithCandidates(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
+	t.Run("platform keys", func(t *testing.T) { testPlatformKeyPage(t, newEnvOn(t, testkit.PostgresSchema(t, dsn, "console_"))) })
 }
 
 func testBindWithCandidates(t *testing.T, e *env) {
@@ -306,4 +318,214 @@ func TestConnectionsWritesAreAudited(t *testing.T) {
 		t.Fatalf("deactivate: %d", a.status)
 	}
 	e.wroteOne(b, 4, "binding.deactivate", "project:p1/anthropic-messages")
+}
+
+// TestPlatformKeySetReplaceRemove sets a provider's platform key from the
+// Credentials page, sees a request through a real proxy reach the provider
+// with it for a user with no default, replaces it, and removes it behind
+// a confirm page: the grid shows platform, then unresolved, and the proxy
+// answers the dialect's own error. Forms without the CSRF token are
+// refused; each write is one audit entry; the key never shows.
+func TestPlatformKeySetReplaceRemove(t *testing.T) {
+	testPlatformKeyPage(t, newEnv(t))
+}
+
+// withOpenAIFake points e's registry, resolver and console at a fake
+// OpenAI on 127.0.0.1 behind a real proxy; it returns the proxy's URL and
+// the key the fake last saw.
+func withOpenAIFake(t *testing.T, e *env) (proxyURL string, lastKey func() string) {
+	t.Helper()
+	ctx := context.Background()
+	var seen atomic.Value
+	seen.Store("")
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	t.Cleanup(fake.Close)
+	r, err := registry.Parse(bytes.ReplaceAll(tollgate.DefaultHarnesses, []byte("base_url: https://api.openai.com\n"), []byte("base_url: "+fake.URL+"\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.reg = registry.NewStatic(r)
+	e.svc, err = resolver.New(ctx, resolver.Config{MasterKey: e.key, AllowPrivateBaseURL: true},
+		resolver.Deps{DB: e.db, Registry: e.reg, Log: slog.New(slog.NewTextHandler(e.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.svc.Close() })
+	e.con, e.srv = e.console(testAdminToken)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(proxy.Config{Registry: e.reg, Auth: e.svc, Resolver: e.svc, Sink: discardSink{}, PublicURL: "http://" + ln.Addr().String(),
+		AllowPrivateBaseURL: true, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	return "http://" + ln.Addr().String(), func() string { return seen.Load().(string) }
+}
+
+func testPlatformKeyPage(t *testing.T, e *env) {
+	ctx := context.Background()
+	proxyURL, lastKey := withOpenAIFake(t, e)
+	const key1 = "sk-proj-Q7xCANARYk2-v8m3n4b5c6z1q9w8a1b2"
+	const key2 = "sk-proj-W4zCANARYj5-h6g7f8d9s0p2o3i4c3d4"
+	tok, _, err := e.svc.IssueToken(ctx, resolver.TokenSpec{Workspace: "ws-pk", Project: "p1", User: "u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chat := func() (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, proxyURL+"/openai/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	codex := resolver.Request{Project: "p1", User: "u1", Harness: "codex", Dialect: "openai-responses"}
+	grid := func(b *browser) map[string]gridCell {
+		t.Helper()
+		return parseGrid(t, b.get("/ui/connections?project=p1&user=u1").body)
+	}
+	var seen []string
+	keep := func(a answer) answer { seen = append(seen, a.body, a.location); return a }
+
+	b := e.browser()
+	b.signIn(testAdminToken)
+	if g := grid(b)["conn-codex-openai-responses"]; g.source != "unresolved" {
+		t.Fatalf("codex before: %+v, want unresolved", g)
+	}
+	p := keep(b.get("/ui/credentials"))
+	for _, s := range []string{`id="pk-table"`, `id="pk-openai" data-state="none"`, `id="pk-set-form"`, `id="pk-set-key" name="key" type="password"`} {
+		if !strings.Contains(p.body, s) {
+			t.Errorf("credentials page lacks %s", s)
+		}
+	}
+	set := func(provider, key string) url.Values { return url.Values{"provider": {provider}, "key": {key}} }
+	noCSRF := set("openai", key1)
+	noCSRF.Set("csrf", "")
+	if a := keep(b.post("/ui/platform-keys/set", noCSRF)); a.status != http.StatusForbidden {
+		t.Fatalf("set without the CSRF token: %d", a.status)
+	}
+	for name, f := range map[string]url.Values{"provider": set("nope", key1), "no key": set("openai", ""), "space": set("openai", key1+" x")} {
+		if a := keep(b.post("/ui/platform-keys/set", f)); a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, `id="form-error"`) {
+			t.Errorf("%s: %d", name, a.status)
+		}
+	}
+	if pks, _ := e.svc.PlatformKeys(ctx); len(e.audits()) != 0 || anySet(pks) {
+		t.Fatalf("refused sets wrote %d entries or a key: %+v", len(e.audits()), pks)
+	}
+
+	a := keep(b.post("/ui/platform-keys/set", set("openai", key1)))
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("set: %d\n%s", a.status, a.body)
+	}
+	res, err := e.svc.Resolve(ctx, codex)
+	if err != nil || res.Tier != resolver.TierPlatform || res.Secret.Reveal() != key1 {
+		t.Fatalf("resolve after set: tier %q, %v", res.Tier, err)
+	}
+	id := res.CredentialID
+	if ch := e.wroteOne(b, 0, "platform_key.set", id).Change; ch["provider"] != "openai" {
+		t.Errorf("platform_key.set change %+v", ch)
+	}
+	list := keep(b.get(a.location))
+	if !strings.Contains(list.body, "Set the platform key of openai.") || !strings.Contains(list.body, `id="pk-openai" data-state="set"`) ||
+		!strings.Contains(list.body, "…a1b2") || !strings.Contains(list.body, `id="pk-openai-delete"`) {
+		t.Fatalf("list after set:\n%s", list.body)
+	}
+	if g := grid(b)["conn-codex-openai-responses"]; g.source != "platform" {
+		t.Errorf("codex after set: %+v, want platform", g)
+	}
+	if code, body := chat(); code != http.StatusOK || lastKey() != key1 {
+		t.Fatalf("through the proxy: %d %s, the provider got the key: %t", code, body, lastKey() == key1)
+	}
+
+	if a := keep(b.post("/ui/platform-keys/set", set("openai", key2))); a.status != http.StatusSeeOther {
+		t.Fatalf("replace: %d", a.status)
+	}
+	e.wroteOne(b, 1, "platform_key.set", id)
+	if res, err := e.svc.Resolve(ctx, codex); err != nil || res.CredentialID != id || res.Secret.Reveal() != key2 {
+		t.Fatalf("resolve after replace: %s, %v; want %s with the new key", res.CredentialID, err, id)
+	}
+	if code, _ := chat(); code != http.StatusOK || lastKey() != key2 {
+		t.Fatalf("through the proxy after replace: %d", code)
+	}
+
+	// Removal asks first, naming the platform bindings that go with it.
+	confirm := keep(b.get("/ui/platform-keys/openai/delete"))
+	if confirm.status != http.StatusOK || !strings.Contains(confirm.body, `id="pk-delete-form"`) || !strings.Contains(confirm.body, "…c3d4") ||
+		!strings.Contains(confirm.body, `id="pk-delete-binding-platform-all-openai-responses-any"`) {
+		t.Fatalf("remove confirm: %d\n%s", confirm.status, confirm.body)
+	}
+	if a := keep(b.post("/ui/platform-keys/openai/delete", url.Values{"csrf": {""}})); a.status != http.StatusForbidden {
+		t.Fatalf("remove without the CSRF token: %d", a.status)
+	}
+	if _, err := e.svc.Resolve(ctx, codex); err != nil {
+		t.Fatalf("the confirm page or a refused post removed it: %v", err)
+	}
+	a = keep(b.post("/ui/platform-keys/openai/delete", nil))
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("remove: %d\n%s", a.status, a.body)
+	}
+	if ch := e.wroteOne(b, 2, "platform_key.delete", id).Change; ch["provider"] != "openai" {
+		t.Errorf("platform_key.delete change %+v", ch)
+	}
+	if _, err := e.svc.Resolve(ctx, codex); !errors.Is(err, resolver.ErrNoCredential) {
+		t.Fatalf("resolve after removal: %v, want no credential", err)
+	}
+	list = keep(b.get(a.location))
+	if !strings.Contains(list.body, "Removed the platform key of openai.") || !strings.Contains(list.body, `id="pk-openai" data-state="none"`) {
+		t.Fatalf("list after removal:\n%s", list.body)
+	}
+	if g := grid(b)["conn-codex-openai-responses"]; g.source != "unresolved" {
+		t.Errorf("codex after removal: %+v, want unresolved", g)
+	}
+	code, body := chat()
+	var envl struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &envl); code != http.StatusUnauthorized || err != nil || !strings.Contains(envl.Error.Message, "no credential is configured") {
+		t.Errorf("through the proxy after removal: %d %s, want 401 in OpenAI's envelope", code, body)
+	}
+	if a := keep(b.post("/ui/platform-keys/openai/delete", nil)); a.status != http.StatusUnprocessableEntity || !strings.Contains(a.body, "has no platform key") {
+		t.Errorf("second removal: %d", a.status)
+	}
+	if a := keep(b.get("/ui/platform-keys/openai/delete")); a.status != http.StatusNotFound {
+		t.Errorf("confirm page without a key: %d", a.status)
+	}
+	if len(e.audits()) != 3 {
+		t.Errorf("%d audit entries, want 3: a refused write was audited", len(e.audits()))
+	}
+	seen = append(seen, e.logs.String(), b.get("/ui/audit").body)
+	for _, en := range e.audits() {
+		seen = append(seen, fmt.Sprintf("%+v", en))
+	}
+	for _, key := range []string{key1, key2} {
+		for i, s := range seen {
+			if leaks(s, key) {
+				t.Errorf("key %s… shown (item %d):\n%s", key[:8], i, s)
+			}
+		}
+	}
+}
+
+func anySet(pks []resolver.PlatformKey) bool {
+	for _, pk := range pks {
+		if pk.Credential != nil {
+			return true
+		}
+	}
+	return false
 }

@@ -140,6 +140,14 @@ func (s *Server) adminRoutes(r fiber.Router) {
 		s.audited(c, t.PlatformKeySet(c.UserContext(), cr, in.Key))
 		return c.JSON(cr)
 	})
+	g.Delete("/platform-keys/:provider", func(c *fiber.Ctx) error {
+		cr, err := a.DeletePlatformKey(c.UserContext(), c.Params("provider"))
+		if err != nil {
+			return err
+		}
+		s.audited(c, t.PlatformKeyDeleted(c.UserContext(), cr))
+		return c.SendStatus(fiber.StatusNoContent)
+	})
 	g.Get("/credentials", func(c *fiber.Ctx) error {
 		crs, err := a.ListCredentials(c.UserContext())
 		if err != nil {

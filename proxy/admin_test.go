@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/metering/ledger"
@@ -293,7 +294,7 @@ func TestAdminWrongMethodIs405WithAllow(t *testing.T) {
 	for _, tc := range []struct{ method, path, allow string }{
 		{"GET", "/admin/v1/credentials/cred_x/disable", "POST"},
 		{"PUT", "/admin/v1/tokens", "POST, GET, HEAD"},
-		{"POST", "/admin/v1/platform-keys/openai", "PUT"},
+		{"POST", "/admin/v1/platform-keys/openai", "PUT, DELETE"},
 		{"GET", "/admin/v1/tokens/tok_x", "DELETE"},
 		{"DELETE", "/admin/v1/bindings", "POST, GET, HEAD"},
 		{"GET", "/admin/v1/bindings/unbind", "POST"},
@@ -325,4 +326,91 @@ func TestAdminOffSaysHowToTurnItOn(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Errorf("inference with the admin API off: %d", resp.StatusCode)
 	}
+}
+
+// TestAdminDeletesPlatformKey: DELETE /platform-keys/{provider} removes the
+// key the proxy was using for a user with no default, the dialect then
+// answers its own error envelope, the resolution view says unresolved, one
+// audit entry names the credential and provider and never the key, and a
+// second removal (404) or an unknown provider (400, with the known ones)
+// is refused by name and recorded nowhere.
+func TestAdminDeletesPlatformKey(t *testing.T) {
+	forEachAuditEngine(t, func(t *testing.T, e *testEnv) {
+		ctx := context.Background()
+		tok := e.token("ws-1", "p", "u", "")
+		chat := func() (int, string) {
+			t.Helper()
+			resp := e.do("POST", "/openai/v1/chat/completions", tok, `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`)
+			defer resp.Body.Close()
+			return resp.StatusCode, string(readAll(t, resp.Body))
+		}
+		if code, body := chat(); code != 200 {
+			t.Fatalf("with the platform key: %d %s", code, body)
+		}
+		keys, err := e.svc.PlatformKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var id string
+		for _, k := range keys {
+			if k.Provider == "openai" && k.Credential != nil {
+				id = k.Credential.ID
+			}
+		}
+		if id == "" {
+			t.Fatalf("no openai platform key: %+v", keys)
+		}
+
+		code, _, msg := e.adminRaw("DELETE", adminPrefix+"/platform-keys/openai", "")
+		if code != 204 || msg != "" {
+			t.Fatalf("delete: %d %q, want 204", code, msg)
+		}
+		p := e.auditPage("")
+		if len(p.Entries) != 1 {
+			t.Fatalf("%d audit entries, want 1", len(p.Entries))
+		}
+		got := p.Entries[0]
+		if got.Action != "platform_key.delete" || got.Target != id || got.Change["provider"] != "openai" ||
+			got.Actor != (audit.Actor{Kind: audit.KindAPI, ID: audit.Fingerprint("admin-secret")}) || got.Source != "127.0.0.1" {
+			t.Errorf("audit entry %+v, want platform_key.delete on %s by the admin token", got, id)
+		}
+		code, body := chat()
+		var env struct {
+			Error struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(body), &env); code != 401 || err != nil || !strings.Contains(env.Error.Message, "no credential is configured") {
+			t.Errorf("after removal: %d %s, want 401 in OpenAI's envelope", code, body)
+		}
+		_, res := e.admin("GET", "/resolution?project=p&user=u", "")
+		for _, r := range res["resolutions"].([]any) {
+			if m := r.(map[string]any); m["dialect"] == "openai-chat" && m["source"] != "unresolved" {
+				t.Errorf("resolution row after removal: %v", m)
+			}
+		}
+
+		for _, tc := range []struct {
+			provider string
+			want     int
+			words    []string
+		}{
+			{"openai", 404, []string{`provider "openai" has no platform key`}},
+			{"nope", 400, []string{`provider "nope"`, "known: anthropic, deepseek, "}},
+		} {
+			code, _, msg := e.adminRaw("DELETE", adminPrefix+"/platform-keys/"+tc.provider, "")
+			if code != tc.want {
+				t.Errorf("delete %s: %d %q, want %d", tc.provider, code, msg, tc.want)
+			}
+			for _, w := range tc.words {
+				if !strings.Contains(msg, w) {
+					t.Errorf("delete %s: %q lacks %q", tc.provider, msg, w)
+				}
+			}
+		}
+		if _, body := e.auditGet(""); strings.Contains(body, canaryOpenAI) || len(e.auditPage("").Entries) != 1 {
+			t.Errorf("refused removals were audited, or the key is in the log: %s", body)
+		}
+		e.assertNoCanary()
+	})
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -347,17 +346,8 @@ func TestBindCandidatesRefusals(t *testing.T) {
 // cached Alternates are dropped and recomputed like the primary.
 func TestCandidatesInvalidatedByNotify(t *testing.T) {
 	t.Parallel()
-	pg := os.Getenv("TOLLGATE_TEST_POSTGRES")
-	if pg == "" {
-		t.Skip("TOLLGATE_TEST_POSTGRES not set")
-	}
 	ctx := context.Background()
-	dsn := pgSchemaDSN(t, pg)
-	w := mustService(t, dsn)
-	r := mustService(t, dsn, withConfig(func(c *Config) { c.PollInterval = time.Hour }))
-	if err := r.svc.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w, r := notifiedPair(t)
 	a := mustCred(t, w.svc, "anthropic", "sk-notify-primary-001")
 	b := mustCred(t, w.svc, "anthropic", "sk-notify-backup-0002")
 	k := BindingKey{Tier: TierUser, ScopeID: "u1", Dialect: "anthropic-messages"}

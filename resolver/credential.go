@@ -354,16 +354,7 @@ func (s *Service) updateSecret(ctx context.Context, tx *sql.Tx, id, plain string
 // all gone.
 func (s *Service) DeleteCredential(ctx context.Context, id string) error {
 	err := s.write(ctx, change{changeCredential, id}, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM resolver_credentials WHERE id = $1`, id)
-		if err := mustAffect(res, err, ErrCredentialNotFound); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $1, updated_at = $2
-			WHERE (credential_id = $3 OR EXISTS (SELECT 1 FROM resolver_binding_candidates a WHERE `+candidatesOfBinding+` AND a.credential_id = $3))
-			AND NOT EXISTS (SELECT 1 FROM resolver_credentials k WHERE k.id = resolver_bindings.credential_id)
-			AND NOT EXISTS (SELECT 1 FROM resolver_binding_candidates a JOIN resolver_credentials k ON k.id = a.credential_id WHERE `+candidatesOfBinding+`)`,
-			false, s.now(), id)
-		return err
+		return s.deleteCredential(ctx, tx, id)
 	})
 	if err != nil {
 		return fmt.Errorf("delete credential %s: %w", id, err)
@@ -371,8 +362,150 @@ func (s *Service) DeleteCredential(ctx context.Context, id string) error {
 	return nil
 }
 
+// orphanedBy selects the resolver_bindings rows that name the credential
+// $1 (deleted already) and no credential that still exists.
+const orphanedBy = `(credential_id = $1 OR EXISTS (SELECT 1 FROM resolver_binding_candidates a WHERE ` + candidatesOfBinding + ` AND a.credential_id = $1))
+	AND NOT EXISTS (SELECT 1 FROM resolver_credentials k WHERE k.id = resolver_bindings.credential_id)
+	AND NOT EXISTS (SELECT 1 FROM resolver_binding_candidates a JOIN resolver_credentials k ON k.id = a.credential_id WHERE ` + candidatesOfBinding + `)`
+
+// deleteCredential is DeleteCredential inside tx.
+func (s *Service) deleteCredential(ctx context.Context, tx *sql.Tx, id string) error {
+	res, err := tx.ExecContext(ctx, `DELETE FROM resolver_credentials WHERE id = $1`, id)
+	if err := mustAffect(res, err, ErrCredentialNotFound); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE resolver_bindings SET active = $2, updated_at = $3 WHERE `+orphanedBy, id, false, s.now())
+	return err
+}
+
 // platformCredentialName names the credential SetPlatformKey manages.
 func platformCredentialName(provider string) string { return "platform-" + provider }
+
+// platformCredential selects, from resolver_credentials, the platform key
+// of a provider: named $1 (platformCredentialName) with provider $2. A
+// credential created by hand with the same name and provider is a later
+// one: the oldest is the one SetPlatformKey set.
+const platformCredential = `name = $1 AND provider = $2 ORDER BY created_at, id LIMIT 1`
+
+// PlatformKey is a provider and the platform key SetPlatformKey set for
+// it, if any.
+type PlatformKey struct {
+	Provider string `json:"provider"`
+	// Dialects are those the registry says the provider speaks; none when
+	// the registry no longer has it.
+	Dialects []string `json:"dialects"`
+	// Credential is the platform key, without its secret; nil when none
+	// is set.
+	Credential *Credential `json:"credential,omitempty"`
+}
+
+// PlatformKeys lists every provider of the registry, in its order, with
+// its platform key, then any platform key whose provider the registry no
+// longer has, so that one can still be seen and removed.
+func (s *Service) PlatformKeys(ctx context.Context) ([]PlatformKey, error) {
+	var keys []Credential
+	err := s.eachRow(ctx, `SELECT `+credentialColumns+` FROM resolver_credentials WHERE name LIKE 'platform-%' ORDER BY created_at, id`, nil, func(r scanner) error {
+		c, err := s.scanCredential(r)
+		if err == nil {
+			keys = append(keys, c)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list platform keys: %w", err)
+	}
+	byProvider := map[string]*Credential{}
+	var order []string
+	for i, c := range keys {
+		if _, ok := byProvider[c.Provider]; ok || c.Name != platformCredentialName(c.Provider) {
+			continue
+		}
+		byProvider[c.Provider] = &keys[i]
+		order = append(order, c.Provider)
+	}
+	var out []PlatformKey
+	for _, p := range s.reg.Current().Providers() {
+		out = append(out, PlatformKey{Provider: p.Name, Dialects: slices.Clone(p.Dialects), Credential: byProvider[p.Name]})
+		delete(byProvider, p.Name)
+	}
+	for _, name := range order {
+		if c, ok := byProvider[name]; ok {
+			out = append(out, PlatformKey{Provider: name, Credential: c})
+		}
+	}
+	return out, nil
+}
+
+// orphanedPlatformBindings lists the platform bindings that name the
+// deleted credential id and no credential that still exists.
+func orphanedPlatformBindings(ctx context.Context, tx *sql.Tx, id string) ([]BindingKey, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT dialect, harness FROM resolver_bindings WHERE tier = 'platform' AND scope_id = '' AND `+orphanedBy, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []BindingKey
+	for rows.Next() {
+		k := BindingKey{Tier: TierPlatform}
+		if err := rows.Scan(&k.Dialect, &k.Harness); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// DeletePlatformKey removes the platform key SetPlatformKey set for
+// provider and returns it as it was (without its secret). The credential
+// goes as DeleteCredential deletes one, in the same transaction, except
+// that a platform binding left with no credential is removed rather than
+// deactivated: below the platform tier there is nothing to fall through
+// to, so a kept binding would only read "binding-inactive" where the
+// truth is "no platform key". A platform binding that still names another
+// credential stays and resolves to it. A provider without a platform key
+// is ErrCredentialNotFound; when the registry does not know it either,
+// an ErrInvalidArgument listing the providers it knows. A platform key
+// whose provider left the registry can still be removed.
+func (s *Service) DeletePlatformKey(ctx context.Context, provider string) (Credential, error) {
+	var c Credential
+	// Platform bindings apply to every resolution.
+	err := s.write(ctx, change{changeBinding, ""}, func(tx *sql.Tx) error {
+		var err error
+		c, err = s.scanCredential(tx.QueryRowContext(ctx, `SELECT `+credentialColumns+` FROM resolver_credentials WHERE `+platformCredential,
+			platformCredentialName(provider), provider))
+		if isNoRows(err) {
+			var p argProblems
+			if p.checkProvider(s.reg.Current(), provider); p.err() != nil {
+				return p.err()
+			}
+			return fmt.Errorf("provider %q has no platform key: %w", provider, ErrCredentialNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.deleteCredential(ctx, tx, c.ID); err != nil {
+			return err
+		}
+		gone, err := orphanedPlatformBindings(ctx, tx, c.ID)
+		if err != nil {
+			return err
+		}
+		for _, k := range gone {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM resolver_bindings WHERE tier = $1 AND scope_id = '' AND dialect = $2 AND harness = $3`,
+				k.Tier, k.Dialect, k.Harness); err != nil {
+				return err
+			}
+			if err := deleteCandidates(ctx, tx, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Credential{}, fmt.Errorf("delete platform key: %w", err)
+	}
+	return c, nil
+}
 
 // SetPlatformKey stores secret as the platform credential of provider and
 // binds it, active, at the platform tier for every dialect the provider
@@ -394,8 +527,7 @@ func (s *Service) SetPlatformKey(ctx context.Context, provider string, secret Se
 	// Platform bindings apply to every resolution.
 	err = s.write(ctx, change{changeBinding, ""}, func(tx *sql.Tx) error {
 		var existing string
-		err := tx.QueryRowContext(ctx, `SELECT id FROM resolver_credentials WHERE name = $1 AND provider = $2 ORDER BY created_at, id LIMIT 1`,
-			c.Name, provider).Scan(&existing)
+		err := tx.QueryRowContext(ctx, `SELECT id FROM resolver_credentials WHERE `+platformCredential, c.Name, provider).Scan(&existing)
 		switch {
 		case isNoRows(err):
 			if err := s.insertCredential(ctx, tx, &c, plain); err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/resolver"
 )
 
@@ -22,8 +23,10 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	fs := newFlags("credential "+sub, stderr)
 	o.bind(fs)
 	switch sub {
-	case "set", "add", "bind":
-		o.bindRegistry(fs) // to check the provider, the dialect and the harness
+	case "set", "add", "bind", "delete":
+		// To check the provider (delete --platform names one), the dialect
+		// and the harness.
+		o.bindRegistry(fs)
 	}
 	if sub == "add" {
 		o.bindHTTPBaseURL(fs)
@@ -153,6 +156,9 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			}
 			return tw.Flush()
 		case "disable", "enable", "delete":
+			if *platform || *provider != "" {
+				return deletePlatformKey(ctx, svc, trail, *platform, *provider, pos, stdout, stderr)
+			}
 			id, err := oneID()
 			if err != nil {
 				return err
@@ -225,6 +231,22 @@ func cmdCredential(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		}
 		return usageErr("unknown credential subcommand %q", sub)
 	})
+}
+
+// deletePlatformKey is "credential delete --platform --provider P". The
+// resolver checks the provider, so a key whose provider left the registry
+// can still be removed.
+func deletePlatformKey(ctx context.Context, svc *resolver.Service, trail audit.Trail, platform bool, provider string, pos []string, stdout, stderr io.Writer) error {
+	if !platform || provider == "" || len(pos) != 0 {
+		return usageErr("credential delete needs one credential id, or --platform and --provider P")
+	}
+	cr, err := svc.DeletePlatformKey(ctx, provider)
+	if err != nil {
+		return err
+	}
+	audited(stderr, trail.PlatformKeyDeleted(ctx, cr))
+	fmt.Fprintf(stdout, "platform key %s of %s deleted\n", cr.ID, cr.Provider)
+	return nil
 }
 
 // bindCandidates reads bind's --credential and --fallback values: the

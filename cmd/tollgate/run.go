@@ -51,7 +51,7 @@ var commands = []command{
 	{"credential list", "[--format table|json]", ""},
 	{"credential disable", "ID", ""},
 	{"credential enable", "ID", ""},
-	{"credential delete", "ID", ""},
+	{"credential delete", "(ID | --platform --provider P)", "delete a credential, or the platform key of a provider"},
 	{"credential bind", "--credential ID[:WEIGHT]... [--fallback ID[:WEIGHT][,ID[:WEIGHT]]...]... --dialect D (--platform | --project P | --user U) [--harness H] [--inactive]",
 		"bind credentials: the --credential ones share traffic by weight; each --fallback is the next failover step"},
 	{"credential unbind", "--dialect D (--platform | --project P | --user U) [--harness H]", ""},
