@@ -132,6 +132,12 @@ func renderEveryPage(t *testing.T) []a11yPage {
 		t.Fatalf("credentials: %d %v", len(creds), err)
 	}
 	add("credential delete", "credential-delete", b.get("/ui/credentials/"+creds[0].ID+"/delete"))
+	add("platform key refused", "credentials", b.post("/ui/platform-keys/set", url.Values{"provider": {"anthropic"}, "key": {""}}))
+	if _, err := e.svc.SetPlatformKey(ctx, "anthropic", resolver.NewSecret("sk-ant-api03-a11y-platform-000000000000")); err != nil {
+		t.Fatal(err)
+	}
+	add("credentials with a platform key", "credentials", b.get("/ui/credentials"))
+	add("platform key delete", "platform-key-delete", b.get("/ui/platform-keys/anthropic/delete"))
 
 	add("usage", "usage", b.get("/ui/usage"))
 	add("usage by user per hour", "usage", b.get("/ui/usage?from=2026-11-27&to=2026-11-30&stack_by=user&bucket=hour"))
