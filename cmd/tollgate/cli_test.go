@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -144,5 +145,78 @@ func TestEnvWritesConfigFiles(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "http://example.test") {
 		t.Fatalf("--force did not replace the file: %s", b)
+	}
+}
+
+// TestEnvVerifiesByDefault: with the database there, env looks the token
+// up without being asked and refuses one issued for another harness or
+// revoked; --no-verify checks only its form (issue 15 B9).
+func TestEnvVerifiesByDefault(t *testing.T) {
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
+	c := newCLI(t, fakeURL)
+	ctx := context.Background()
+	issued, errs, code := c.run(ctx, "", "token", "issue", "--workspace", "w", "--project", "p", "--user", "u", "--harness", "codex")
+	if code != 0 {
+		t.Fatalf("token issue: %s", errs)
+	}
+	tok := strings.TrimSpace(issued)
+	env := []string{"env", "--harness", "claude-code", "--token", tok, "--url", "http://x"}
+	if out, errs, code := c.run(ctx, "", env...); code == 0 || !strings.Contains(errs, `limited to harness "codex", not "claude-code"`) || out != "" {
+		t.Errorf("env with another harness's token: exit %d, stdout %q, stderr %s; want it refused", code, out, errs)
+	}
+	if out, errs, code := c.run(ctx, "", append(env, "--no-verify")...); code != 0 || !strings.Contains(out, "ANTHROPIC_AUTH_TOKEN="+tok) || errs != "" {
+		t.Errorf("env --no-verify: exit %d, stdout %q, stderr %q; want the exports and no note", code, out, errs)
+	}
+	unknown := "tgw_" + strings.Repeat("A", 43)
+	if _, errs, code := c.run(ctx, "", "env", "--harness", "codex", "--token", unknown, "--url", "http://x"); code == 0 || !strings.Contains(errs, "--token is unknown to the database") {
+		t.Errorf("env with an unknown token: exit %d, stderr %s; want it refused", code, errs)
+	}
+	list, _, _ := c.run(ctx, "", "token", "list", "--format", "json")
+	var toks []struct{ ID string }
+	if err := json.Unmarshal([]byte(list), &toks); err != nil || len(toks) != 1 {
+		t.Fatalf("token list: %v %s", err, list)
+	}
+	if _, errs, code := c.run(ctx, "", "token", "revoke", toks[0].ID); code != 0 {
+		t.Fatalf("token revoke: %s", errs)
+	}
+	if _, errs, code := c.run(ctx, "", "env", "--harness", "codex", "--token", tok, "--url", "http://x"); code == 0 || !strings.Contains(errs, "--token is revoked") {
+		t.Errorf("env with a revoked token: exit %d, stderr %s; want it refused", code, errs)
+	}
+	if _, errs, code := c.run(ctx, "", append(env, "--verify", "--no-verify")...); code != 2 || !strings.Contains(errs, "choose one") {
+		t.Errorf("env --verify --no-verify: exit %d, stderr %s; want a usage error", code, errs)
+	}
+}
+
+// TestEnvWithoutDatabase: with no database to ask, env prints the exports
+// and one stderr line saying the token was checked for form only and why,
+// and creates no database; --verify refuses instead.
+func TestEnvWithoutDatabase(t *testing.T) {
+	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
+	c := newCLI(t, fakeURL)
+	ctx := context.Background()
+	db := c.env["TOLLGATE_DB"]
+	tok := "tgw_" + strings.Repeat("A", 43)
+	env := []string{"env", "--harness", "claude-code", "--token", tok, "--url", "http://x"}
+	out, errs, code := c.run(ctx, "", env...)
+	if code != 0 || !strings.Contains(out, "ANTHROPIC_AUTH_TOKEN="+tok) {
+		t.Fatalf("env without a database: exit %d, stdout %q, stderr %s; want the exports", code, out, errs)
+	}
+	if lines := strings.Split(strings.TrimSpace(errs), "\n"); len(lines) != 1 || !strings.Contains(errs, "checked for form only") || !strings.Contains(errs, "no database at "+db) {
+		t.Errorf("env without a database: stderr %q; want one note naming %s", errs, db)
+	}
+	if _, err := os.Stat(db); err == nil {
+		t.Errorf("env created the database %s", db)
+	}
+	if _, errs, code := c.run(ctx, "", append(env, "--verify")...); code == 0 || !strings.Contains(errs, "--verify needs the database") {
+		t.Errorf("env --verify without a database: exit %d, stderr %s; want it refused", code, errs)
+	}
+	// Nothing listens on port 1: a PostgreSQL that does not answer.
+	c.env["TOLLGATE_DB"] = "postgres://postgres@127.0.0.1:1/none?sslmode=disable"
+	out, errs, code = c.run(ctx, "", env...)
+	if code != 0 || !strings.Contains(out, "ANTHROPIC_AUTH_TOKEN="+tok) || !strings.Contains(errs, "checked for form only") || !strings.Contains(errs, "did not answer") {
+		t.Errorf("env with PostgreSQL down: exit %d, stdout %q, stderr %s; want the exports and a note", code, out, errs)
+	}
+	if _, errs, code := c.run(ctx, "", append(env, "--verify")...); code == 0 || strings.Contains(errs, "checked for form only") {
+		t.Errorf("env --verify with PostgreSQL down: exit %d, stderr %s; want it refused", code, errs)
 	}
 }

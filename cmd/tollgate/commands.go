@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering/ledger"
 	"github.com/tollgate/tollgate/registry"
 	"github.com/tollgate/tollgate/resolver"
@@ -51,7 +52,8 @@ func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	model := f.String("model", "", "model to pin (optional)")
 	dialect := f.String("dialect", "", "dialect, for harnesses that speak several")
 	format := f.String("format", "shell", "shell or json")
-	verify := f.Bool("verify", "look the token up in the database (the shared flags say which): refuse an unknown, expired or revoked token or one limited to another harness; without it only the token's form is checked, the database alone knows its harness")
+	verify := f.Bool("verify", "require the database (the shared flags say which) and look the token up in it; the default whenever that database exists: an unknown, expired or revoked token, or one limited to another harness, is refused")
+	noVerify := f.Bool("no-verify", "check only the token's form, not the database")
 	write := f.String("write", "", "write the harness's config file under this `directory` (its ~), as well as printing the exports")
 	force := f.Bool("force", "with --write: replace a config file that exists")
 	o.bind(fs)
@@ -76,6 +78,9 @@ func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *force && *write == "" {
 		return usageErr("--force goes with --write DIR")
 	}
+	if *verify && *noVerify {
+		return usageErr("--verify and --no-verify: choose one")
+	}
 	reg, err := builtInRegistry(o.Harnesses, func(s string) { fmt.Fprintln(stderr, "tollgate: note:", s) })
 	if err == nil && reg == nil {
 		reg, err = registry.LoadFile(o.Harnesses)
@@ -83,8 +88,8 @@ func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if *verify {
-		if err := verifyToken(ctx, &o, stderr, reg, *token, *harness); err != nil {
+	if !*noVerify {
+		if err := verifyToken(ctx, &o, stderr, *token, *harness, *verify); err != nil {
 			return err
 		}
 	}
@@ -106,18 +111,41 @@ func cmdEnv(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return err
 }
 
+// verifyLookupBound bounds env's token lookup: a workspace-setup script
+// must not hang on a PostgreSQL that does not answer.
+const verifyLookupBound = 10 * time.Second
+
 // verifyToken authenticates token against the database and checks it may
-// be used with harness.
-func verifyToken(ctx context.Context, o *options, stderr io.Writer, reg *registry.Registry, token, harness string) error {
+// be used with harness. Unless required (--verify), a database that is
+// not there is no error: the token was checked for form only, and one
+// stderr line says so and why. A missing SQLite file is never opened, which
+// would create it (and a master key) and then call every token unknown.
+func verifyToken(ctx context.Context, o *options, stderr io.Writer, token, harness string, required bool) error {
 	o.needRegistry = false // loaded already; authenticating needs none
+	formOnly := func(why string) error {
+		fmt.Fprintf(stderr, "tollgate: note: --token was checked for form only, not for its harness, expiry or revocation: %s (--verify requires the database, --no-verify skips the lookup)\n", why)
+		return nil
+	}
 	if path := strings.TrimPrefix(o.DB, "sqlite:"); !strings.Contains(o.DB, "://") {
 		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("--verify needs the database: %w (set TOLLGATE_DB or --db)", err)
+			if required {
+				return fmt.Errorf("--verify needs the database: %w (set TOLLGATE_DB or --db)", err)
+			}
+			return formOnly(fmt.Sprintf("no database at %s (set TOLLGATE_DB or --db)", path))
 		}
 	}
-	return withDeps(ctx, o, stderr, func(d *deps) error {
+	ctx, cancel := context.WithTimeout(ctx, verifyLookupBound)
+	defer cancel()
+	err := withDeps(ctx, o, stderr, func(d *deps) error {
 		id, err := d.resolver.Authenticate(ctx, token)
-		if err != nil {
+		switch {
+		case errors.Is(err, resolver.ErrTokenInvalid):
+			return errors.New("--token is unknown to the database: issue one with \"tollgate token issue\", or point TOLLGATE_DB / --db at the database that issued it")
+		case errors.Is(err, resolver.ErrTokenRevoked):
+			return errors.New("--token is revoked: issue a new one with \"tollgate token issue\"")
+		case errors.Is(err, resolver.ErrTokenExpired):
+			return errors.New("--token has expired: issue a new one with \"tollgate token issue\"")
+		case err != nil:
 			return fmt.Errorf("--token: %w", err)
 		}
 		if id.Harness != "" && id.Harness != harness {
@@ -125,6 +153,10 @@ func verifyToken(ctx context.Context, o *options, stderr io.Writer, reg *registr
 		}
 		return nil
 	})
+	if err != nil && !required && store.Unreachable(err) {
+		return formOnly(fmt.Sprintf("the database did not answer (%v)", err))
+	}
+	return err
 }
 
 // writeConfigFile writes s's config file under dir, which stands for the

@@ -41,7 +41,7 @@ type command struct {
 var commands = []command{
 	{"serve", "", "run the proxy"},
 	{"check-config", "[FILE]", "validate harnesses.yaml and exit"},
-	{"env", "--harness H --token T [--url URL] [--model M] [--dialect D] [--format shell|json] [--verify] [--write DIR [--force]]",
+	{"env", "--harness H --token T [--url URL] [--model M] [--dialect D] [--format shell|json] [--verify | --no-verify] [--write DIR [--force]]",
 		"print what a workspace exports; --write DIR writes the harness's config file under DIR (a home directory)"},
 	{"token issue", "--workspace W --project P --user U [--harness H] [--ttl 24h]", "issue a workspace token; it is shown once"},
 	{"token list", "[--workspace W] [--project P] [--user U] [--all] [--format table|json]", ""},
