@@ -97,6 +97,8 @@ CREATE INDEX audit_log_target ON audit_log (target, at_us)`,
 type Log struct {
 	db  *store.DB
 	now func() time.Time
+	// batch and pass, when set, replace pruneBatch and prunePass (tests).
+	batch, pass int
 }
 
 // Open applies the audit log's migrations to db.

@@ -81,6 +81,9 @@ CREATE TABLE gov_replicas (
 )`,
 	// Headroom sums a budget window's allotments.
 	`CREATE INDEX gov_reservation_items_budget ON gov_reservation_items (budget_id, window_start)`,
+	// Prune finds the reservations that left held, oldest first; held ones,
+	// the only kind the request path looks up by age, stay out of it.
+	`CREATE INDEX gov_reservations_done ON gov_reservations (updated_at) WHERE state <> 'held'`,
 }
 
 // Reservation states.
@@ -110,6 +113,42 @@ const sweepLockKey int64 = 0x746f6c6c73776570
 // sweepBatch bounds the reservations one sweep reclaims.
 const sweepBatch = 500
 
+// Pruning (issue 16): every reservation ends settled, released, reclaimed
+// or settled_late, and its rows would otherwise stay forever. A record
+// settles through its reservation's row only while that row is held or
+// reclaimed (transition), and through an allotment's only while it is held
+// or released (allotSettleStatements); a replayed record that finds no row
+// changes nothing, exactly as one that finds a final row. So rows no
+// record can move any more go soon, and the rest wait for the records
+// that may still come.
+const (
+	// pruneFinalAfter is how long rows no record can move are kept:
+	// settled, released and settled_late reservations, and reclaimed
+	// allotments (their records charge nothing: the sweeper charged all of
+	// it). Deleting them changes no replay's outcome; the hour keeps
+	// recent ones to inspect.
+	pruneFinalAfter = time.Hour
+	// pruneLateAfter is how long rows a record still on its way moves are
+	// kept: a reclaimed reservation (its late record corrects the ceiling
+	// to the actual) and a released allotment (the records of its holds
+	// not stored yet charge spent through it). Such records wait in a
+	// replica's spool or in-flight journal while the database is
+	// unreachable or the replica is down, however long; the lease (30 s)
+	// and the writer's retries (at most 30 s apart) bound nothing more.
+	// 31 days covers a month-long outage: a record later than that
+	// leaves a reclaimed reservation at its ceiling (never under), and
+	// charges a released allotment's budget nothing (the record itself is
+	// stored, and priced, as ever).
+	pruneLateAfter = 31 * 24 * time.Hour
+	// pruneEvery is how often a replica prunes; pruneBatch bounds the
+	// reservations one transaction deletes (SQLite's writer is held for
+	// no longer than that), prunePass the batches of one heartbeat, so a
+	// backlog is worked off over heartbeats rather than in one statement.
+	pruneEvery = time.Hour
+	pruneBatch = 1000
+	prunePass  = 10
+)
+
 // LedgerConfig configures a Ledger. Zero values take the defaults named.
 type LedgerConfig struct {
 	// ReplicaID names this process's reservations; "" picks a random one.
@@ -126,6 +165,11 @@ type LedgerConfig struct {
 	// Allotments admits requests from slices of headroom this replica
 	// reserves ahead (allot.go) instead of a reservation per request.
 	Allotments bool
+	// Prices is the price table settlement reads (the serving one, with
+	// its reloads); nil settles an unpriced record at what it reserved. A
+	// record of a model the table does not price settles its cost budgets
+	// at the table's fallback rates (settleView).
+	Prices func() *metering.PriceTable
 }
 
 // Ledger keeps budget counters and reservations in the SQL database: one
@@ -151,7 +195,9 @@ type Ledger struct {
 	// lastBeat is the Unix milliseconds of the last heartbeat that
 	// succeeded; allotments are used only while it is recent.
 	lastBeat atomic.Int64
-	allot    allotter
+	// nextPrune is the Unix milliseconds the next prune is due at.
+	nextPrune atomic.Int64
+	allot     allotter
 }
 
 // OpenLedger applies the ledger's migrations and returns it.
@@ -822,7 +868,7 @@ func (l *Ledger) Start(ctx context.Context) error {
 	return first
 }
 
-// tick heartbeats, counts the live replicas and sweeps.
+// tick heartbeats, counts the live replicas, sweeps and, when due, prunes.
 func (l *Ledger) tick(ctx context.Context) error {
 	if err := l.Heartbeat(ctx); err != nil {
 		return err
@@ -831,7 +877,100 @@ func (l *Ledger) tick(ctx context.Context) error {
 	if n > 0 {
 		l.cfg.Log.Warn("budget ledger reclaimed the reservations of silent replicas at their ceiling", "reservations", n)
 	}
+	if now := l.cfg.Now(); now.UnixMilli() >= l.nextPrune.Load() {
+		n, perr := l.Prune(ctx)
+		if n > 0 {
+			l.cfg.Log.Info("budget ledger pruned finished reservations", "reservations", n)
+		}
+		switch {
+		case perr != nil:
+			if ctx.Err() == nil {
+				l.cfg.Log.Warn("budget ledger prune", "err", perr)
+			}
+			l.nextPrune.Store(now.Add(pruneEvery).UnixMilli())
+		case n < prunePass*pruneBatch:
+			l.nextPrune.Store(now.Add(pruneEvery).UnixMilli())
+		}
+		// A full pass leaves the prune due: the next heartbeat goes on.
+	}
 	return err
+}
+
+// Prune deletes, in batches of pruneBatch and at most prunePass of them,
+// the rows of reservations no record can move any more (pruneFinalAfter),
+// or none is likely to (pruneLateAfter), and replicas silent for
+// pruneLateAfter. Held reservations are never deleted. Deleting is
+// idempotent, so replicas prune at once without a lock. It returns the
+// reservations deleted.
+func (l *Ledger) Prune(ctx context.Context) (int, error) {
+	now := l.cfg.Now()
+	final, late := now.Add(-pruneFinalAfter).UnixMilli(), now.Add(-pruneLateAfter).UnixMilli()
+	total := 0
+	for range prunePass {
+		var n int
+		err := l.inTx(ctx, false, func(tx *sql.Tx) error {
+			var err error
+			n, err = l.pruneTx(ctx, tx, final, late)
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("budget ledger: prune: %w", err)
+		}
+		total += n
+		if n < pruneBatch {
+			break
+		}
+	}
+	// A replica row is one per process start; the sweeper reads a missing
+	// one as silent, which one silent this long is anyway.
+	if _, err := l.db.ExecContext(ctx, `DELETE FROM gov_replicas WHERE replica_id IN
+		(SELECT replica_id FROM gov_replicas WHERE last_seen < $1 LIMIT `+strconv.Itoa(pruneBatch)+`)`, late); err != nil {
+		return total, fmt.Errorf("budget ledger: prune replicas: %w", err)
+	}
+	return total, nil
+}
+
+// pruneTx deletes one batch: the items first, then the reservations, the
+// order settlement writes them in, so a settle and a prune of one row
+// queue rather than deadlock. A row picked here cannot become held again.
+func (l *Ledger) pruneTx(ctx context.Context, tx *sql.Tx, final, late int64) (int, error) {
+	rows, err := l.query(ctx, tx, `SELECT request_id FROM gov_reservations
+		WHERE state <> 'held' AND updated_at < $1 AND (updated_at < $2 OR NOT (
+			(state = 'reclaimed' AND request_id NOT LIKE 'allot:%') OR (state = 'released' AND request_id LIKE 'allot:%')))
+		ORDER BY updated_at LIMIT `+strconv.Itoa(pruneBatch), final, late)
+	if err != nil {
+		return 0, err
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Close(); err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	// One text for any number of ids, as in transition.
+	in, arg := "(SELECT unnest($1::text[]))", any(ids)
+	if l.db.Engine != store.Postgres {
+		js, _ := json.Marshal(ids) // strings always encode
+		in, arg = "(SELECT value FROM json_each($1))", string(js)
+	}
+	if _, err := l.exec(ctx, tx, `DELETE FROM gov_reservation_items WHERE request_id IN `+in, arg); err != nil {
+		return 0, err
+	}
+	res, err := l.exec(ctx, tx, `DELETE FROM gov_reservations WHERE state <> 'held' AND request_id IN `+in, arg)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }
 
 // Heartbeat records that this replica is alive and refreshes Replicas.
@@ -922,6 +1061,7 @@ func (l *Ledger) Sweep(ctx context.Context) (int, error) {
 // reservations of recs (those with Reserved set) inside the transaction that
 // stores them, so a record and its settlement commit together, once.
 func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledger.Statement {
+	recs = l.settleViews(recs)
 	var ids []string
 	var costs, tokens []*int64
 	seen := map[string]bool{}
@@ -976,8 +1116,53 @@ func (l *Ledger) SettleFresh(engine string, fresh []*metering.Record) []ledger.S
 	if engine == store.Postgres {
 		return nil // settled before the insert, by SettleStatements
 	}
-	_, sts := l.allotSettleStatements(engine, fresh, true)
+	_, sts := l.allotSettleStatements(engine, l.settleViews(fresh), true)
 	return sts
+}
+
+// settleViews is recs as settlement reads them (settleView), recs itself
+// when none reads otherwise.
+func (l *Ledger) settleViews(recs []*metering.Record) []*metering.Record {
+	var out []*metering.Record
+	for i, r := range recs {
+		v := l.settleView(r)
+		if v != r && out == nil {
+			out = slices.Clone(recs)
+		}
+		if out != nil {
+			out[i] = v
+		}
+	}
+	if out == nil {
+		return recs
+	}
+	return out
+}
+
+// settleView is r as settlement reads it. A record with usage of a model
+// the price table does not know gets the cost its tokens come to at the
+// table's fallback rates: under a cost budget, only `unpriced: fallback`
+// admits such a model (refuse refuses it, alert reserves nothing), and it
+// reserved at those rates, so that is what it settles at rather than its
+// whole ceiling. The record stored is r, still unpriced: nobody's price is
+// invented on it. A priced model whose record is unpriced (a tier or tool
+// without a price) still settles at what it reserved, as does one without
+// usage.
+func (l *Ledger) settleView(r *metering.Record) *metering.Record {
+	if r.CostMicroUSD != nil || r.Usage == nil || l.cfg.Prices == nil || (!r.Reserved && len(r.Allotted) == 0) {
+		return r
+	}
+	pt := l.cfg.Prices()
+	if _, known := pt.Lookup(r.Provider, r.Model()); known {
+		return r
+	}
+	c := pt.FallbackCost(r.Provider, r.ServiceTier, *r.Usage)
+	if c == nil {
+		return r
+	}
+	v := *r
+	v.CostMicroUSD = c
+	return &v
 }
 
 var _ ledger.FreshSettler = (*Ledger)(nil)
@@ -991,6 +1176,8 @@ var _ ledger.FreshSettler = (*Ledger)(nil)
 //
 // An upstream_error with a 2xx status failed mid-stream, after the
 // provider may have billed: without usage it is charged the reservation.
+// Settlement reads each record through settleView first, which gives an
+// unknown model's record its cost at the fallback rates.
 func Actuals(r *metering.Record) (cost, tokens *int64) {
 	c, t, cok, tok := actuals(r)
 	if cok {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -67,14 +65,7 @@ func TestLedgerN5ReplicaDiesMidRequest(t *testing.T) {
 			if err := w1.Close(ctx); err != nil {
 				t.Fatal(err)
 			}
-			saved := map[string][]byte{}
-			files, _ := filepath.Glob(filepath.Join(dir, "inflight-*"))
-			for _, f := range files {
-				saved[f], _ = os.ReadFile(f)
-			}
-			if len(saved) == 0 {
-				t.Fatal("no in-flight journal left")
-			}
+			saved := savedJournal(t, dir)
 
 			clk.Add(31 * time.Second)
 			if err := peer.l.Heartbeat(ctx); err != nil {
@@ -86,21 +77,7 @@ func TestLedgerN5ReplicaDiesMidRequest(t *testing.T) {
 			peer.want(t, b, 4_000_000, 0)
 
 			for round := range 2 {
-				for f, data := range saved { // the second round replays the same files again
-					if err := os.WriteFile(f, data, 0o600); err != nil {
-						t.Fatal(err)
-					}
-				}
-				w := writerOn(t, peer, dir)
-				fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := w.Flush(fctx)
-				cancel()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := w.Close(ctx); err != nil {
-					t.Fatal(err)
-				}
+				replayJournal(t, peer, dir, saved) // the second round replays the same files again
 				// 0.50 for the partial one, the 2.00 ceiling for the silent one.
 				peer.want(t, b, 2_500_000, 0)
 				for _, id := range []string{"n5-partial", "n5-silent"} {

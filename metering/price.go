@@ -297,9 +297,26 @@ func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, 
 	if !ok {
 		return nil, t.Version
 	}
+	return t.costAt(p, provider, tier, u), t.Version
+}
+
+// FallbackCost is what u comes to at the fallback row's rates, priced as
+// Cost prices a model the table knows; nil without a fallback row, or for
+// a tier or tool it has no price for. Budgets with `unpriced: fallback`
+// settle an unknown model's requests at it; the record stays unpriced.
+func (t *PriceTable) FallbackCost(provider, tier string, u Usage) *int64 {
+	if t == nil || t.fallback == nil {
+		return nil
+	}
+	return t.costAt(t.fallback, provider, tier, u)
+}
+
+// costAt prices u at p's rates in tier, server-tool fees included.
+func (t *PriceTable) costAt(p *ModelPrice, provider, tier string, u Usage) *int64 {
 	if !StandardServiceTier(tier) {
+		var ok bool
 		if p, ok = p.ServiceTiers[tier]; !ok {
-			return nil, t.Version
+			return nil
 		}
 	}
 	c := p.CostMicroUSD(u)
@@ -307,12 +324,12 @@ func (t *PriceTable) Cost(provider, model, tier string, u Usage) (micro *int64, 
 		if n := *b.Of(&u); b.Tool != "" && n > 0 {
 			fee, ok := t.ToolFeeMicroUSD(provider, b.Tool, n)
 			if !ok {
-				return nil, t.Version
+				return nil
 			}
 			c += fee
 		}
 	}
-	return &c, t.Version
+	return &c
 }
 
 // PriceError lists every problem found in a price file, each naming its item.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate"
+	"github.com/tollgate/tollgate/audit"
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/health"
 	"github.com/tollgate/tollgate/proxy"
@@ -174,6 +175,10 @@ type options struct {
 	HealthFailures    int
 	HealthCooldown    time.Duration
 	HealthMaxCooldown time.Duration
+	// AuditRetention is how long audit log entries are kept
+	// (TOLLGATE_AUDIT_RETENTION: a duration or whole days, 90d; at least
+	// a day); zero, the default, keeps them forever.
+	AuditRetention time.Duration
 }
 
 // bind registers the flags every database-backed command uses.
@@ -229,6 +234,21 @@ func (o *options) bindServe(fs *flag.FlagSet) {
 	o.intVar(fs, &o.AuthFailuresGlobal, "auth-failures-global", "TOLLGATE_AUTH_FAILURES_GLOBAL", proxy.DefaultAuthFailuresGlobal, "failed token checks a second over all addresses before clients without a recently accepted token get 429; negative: no global limit")
 	o.bindGovernance(fs)
 	o.bindFailover(fs)
+	o.register(fs, &strictValue{
+		set: func(s string) error {
+			d, err := audit.ParseRetention(s)
+			if err == nil {
+				o.AuditRetention = d
+			}
+			return err
+		},
+		get: func() string {
+			if o.AuditRetention == 0 {
+				return "forever"
+			}
+			return o.AuditRetention.String()
+		},
+	}, "audit-retention", "TOLLGATE_AUDIT_RETENTION", "how `long` audit log entries are kept (90d, 2160h); unset keeps them forever", true)
 	o.removedFlag(fs, "admin-token", "set TOLLGATE_ADMIN_TOKEN, or put the token in a file and pass --admin-token-file FILE (TOLLGATE_ADMIN_TOKEN_FILE)")
 	o.removedFlag(fs, "metrics-token", "set TOLLGATE_METRICS_TOKEN, or put the token in a file and pass --metrics-token-file FILE (TOLLGATE_METRICS_TOKEN_FILE)")
 }

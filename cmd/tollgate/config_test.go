@@ -58,6 +58,9 @@ func TestBadSettingsAreStartupErrors(t *testing.T) {
 		{"TOLLGATE_MAX_STALENESS", "2s", "more than 2 x the 1s poll interval"},
 		{"TOLLGATE_MAX_STALENESS", "5", "did you mean 5s?"},
 		{"TOLLGATE_PG_NOTIFY", "maybe", "on or off"},
+		{"TOLLGATE_AUDIT_RETENTION", "90", "did you mean 90d?"},
+		{"TOLLGATE_AUDIT_RETENTION", "12h", "at least"},
+		{"TOLLGATE_AUDIT_RETENTION", "forever", "unset keeps entries forever"},
 	}
 	_, fakeURL := upstreamtest.MustStart(t, upstreamtest.Config{})
 	// Cancelled: if serve accepted the value, it returns 0 at once.

@@ -184,6 +184,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if o.AuditRetention > 0 {
+		// Its own context: it stops, and is waited for, before the
+		// database closes, whatever order the rest of bg stops in.
+		actx, stopAudit := context.WithCancel(bg)
+		auditDone := make(chan struct{})
+		go func() { defer close(auditDone); auditLog.Keep(actx, o.AuditRetention, log) }()
+		defer func() { stopAudit(); <-auditDone }()
+	}
 	gov, err := startGovernance(ctx, bg, &o, d, prices, usage, log)
 	if err != nil {
 		return err
@@ -476,7 +484,7 @@ func startGovernance(ctx, bg context.Context, o *options, d *deps, prices *hotfi
 	}
 	l, err := governance.OpenLedger(ctx, d.db, governance.LedgerConfig{
 		ReplicaID: o.ReplicaID, Lease: o.BudgetLease, Heartbeat: o.BudgetHeartbeat, Log: log,
-		Allotments: o.BudgetAllotments == "on",
+		Allotments: o.BudgetAllotments == "on", Prices: prices.Current,
 	})
 	if err != nil {
 		return nil, err
