@@ -528,25 +528,22 @@ func TestRedisRealLeaseAccuracy(t *testing.T) {
 		cmds = append(cmds, countCommands(r))
 	}
 	var mu sync.Mutex
-	var at []time.Duration
-	tries := 0
+	var at, tried []time.Duration
 	start := time.Now()
 	var wg sync.WaitGroup
 	for g := range 6 {
 		l := replicas[g%3]
 		wg.Go(func() {
-			n := 0
 			for time.Since(start) < 4*time.Second {
-				n++
-				if p, _, _ := l.Acquire(context.Background(), "acc", lims, 0); p != nil {
-					mu.Lock()
+				try := time.Since(start)
+				p, _, _ := l.Acquire(context.Background(), "acc", lims, 0)
+				mu.Lock()
+				tried = append(tried, try)
+				if p != nil {
 					at = append(at, time.Since(start))
-					mu.Unlock()
 				}
+				mu.Unlock()
 			}
-			mu.Lock()
-			tries += n
-			mu.Unlock()
 		})
 	}
 	wg.Wait()
@@ -560,11 +557,14 @@ func TestRedisRealLeaseAccuracy(t *testing.T) {
 	for _, c := range cmds {
 		scripts += c.scripts()
 	}
-	t.Logf("admitted per period %v of %d tries, %d script calls", counts, tries, scripts)
+	t.Logf("admitted per period %v of %d tries, %d script calls", counts, len(tried), scripts)
 	slack := rpmBurst(rpm) + rpm/leaseShare
 	for p, c := range counts[1:] {
-		if c < rpm-int(slack) || c > rpm+int(slack) {
-			t.Errorf("period %d admitted %d, want %d ± %d", p+1, c, rpm, slack)
+		// Fewer is allowed only for the slots the clients' own gaps lost
+		// (a loaded machine; see checkRPMWindows); more never is.
+		lost := starvedSlots(tried, time.Duration(p+1)*time.Second, time.Duration(p+2)*time.Second, time.Second, rpm)
+		if c < rpm-int(slack)-lost || c > rpm+int(slack) {
+			t.Errorf("period %d admitted %d, want %d ± %d (%d fewer allowed: the clients did not ask for that long)", p+1, c, rpm, slack, lost)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,7 +169,7 @@ func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
 			}
 			rg.advance(tick)
 		}
-		checkRPMWindows(t, at, rg.period, rpm, 5, 0, 0)
+		checkRPMWindows(t, at, rg.period, rpm, 5, 0, nil)
 	})
 }
 
@@ -177,11 +178,13 @@ func TestRateRPMEdgeAndSustainedN16(t *testing.T) {
 // more than rpm + burst − 1 (+ slack, for admissions timed by the client
 // rather than by Redis).
 //
-// under widens only the lower bound, for clients running in real time: on
-// a loaded machine their goroutines may not run for part of a minute, and
-// what they did not ask for cannot be admitted. The upper bounds never
-// widen, as they are what a limit promises.
-func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm int64, minutes, slack, under int) {
+// tries are the clients' attempt times when they run in real time (nil on
+// a fake clock): on a loaded machine their goroutines may not run for part
+// of a minute, and a limiter cannot admit what nobody asked for. Each gap
+// between attempts longer than the burst's worth of spacing loses the
+// slots it spans (starvedSlots), and only the lower bound gives them back.
+// The upper bounds never widen: they are what a limit promises.
+func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm int64, minutes, slack int, tries []time.Duration) {
 	t.Helper()
 	counts := make([]int, minutes)
 	for _, a := range at {
@@ -190,8 +193,9 @@ func checkRPMWindows(t *testing.T, at []time.Duration, period time.Duration, rpm
 		}
 	}
 	for m, c := range counts {
-		if c < int(rpm)-2-under || c > int(rpm)+2 {
-			t.Errorf("minute %d admitted %d, want %d ± 2 (-%d more when starved) (all: %v)", m, c, rpm, under, counts)
+		lost := starvedSlots(tries, time.Duration(m)*period, time.Duration(m+1)*period, period, rpm)
+		if c < int(rpm)-2-lost || c > int(rpm)+2 {
+			t.Errorf("minute %d admitted %d, want %d ± 2 (%d fewer allowed: the clients did not ask for that long) (all: %v)", m, c, rpm, lost, counts)
 		}
 	}
 	bound := int(rpm+rpmBurst(rpm)-1) + slack
@@ -442,5 +446,69 @@ func wrapSleep(l Limiter, f func(context.Context, time.Duration, func(context.Co
 	case *RedisLimiter:
 		next := l.sleep
 		l.sleep = func(ctx context.Context, d time.Duration) error { return f(ctx, d, next) }
+	}
+}
+
+// starvedSlots is how many admissions of an rpm limit the gaps between
+// the clients' attempts in [from, to) cost: a bucket banks at most a burst
+// (rpmBurst) of the slots that pass while nobody asks, so a gap g loses
+// (g - burst·T)/T of them, T being one slot (period/rpm). tries is sorted
+// in place.
+func starvedSlots(tries []time.Duration, from, to, period time.Duration, rpm int64) int {
+	if len(tries) == 0 {
+		return 0
+	}
+	slices.Sort(tries)
+	slot := period / time.Duration(rpm)
+	banked := time.Duration(rpmBurst(rpm)) * slot
+	lost := time.Duration(0)
+	prev := from
+	for _, a := range tries {
+		if a < from {
+			continue
+		}
+		if a >= to {
+			break
+		}
+		if g := a - prev; g > banked {
+			lost += g - banked
+		}
+		prev = a
+	}
+	if g := to - prev; g > banked {
+		lost += g - banked
+	}
+	return int(lost / slot)
+}
+
+// The allowance a starved client gets is only what its own gaps cost.
+func TestStarvedSlots(t *testing.T) {
+	every := func(step time.Duration, gaps ...[2]time.Duration) []time.Duration {
+		var out []time.Duration
+	next:
+		for a := time.Duration(0); a < time.Second; a += step {
+			for _, g := range gaps {
+				if a >= g[0] && a < g[1] {
+					continue next
+				}
+			}
+			out = append(out, a)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name  string
+		tries []time.Duration
+		want  int
+	}{
+		{"asking all the time", every(time.Millisecond), 0},
+		{"no client ran", nil, 0}, // nil: a fake clock, nothing to give back
+		// 60 a second: a slot is 16.7 ms and the bucket banks 2 of them.
+		{"half a second away", every(time.Millisecond, [2]time.Duration{250 * time.Millisecond, 750 * time.Millisecond}), 28}, // (501 - 33) / 16.7,
+		{"a gap the burst covers", every(time.Millisecond, [2]time.Duration{100 * time.Millisecond, 130 * time.Millisecond}), 0},
+	} {
+		if got := starvedSlots(c.tries, 0, time.Second, time.Second, 60); got != c.want {
+			t.Errorf("%s: %d slots lost, want %d", c.name, got, c.want)
+		}
 	}
 }

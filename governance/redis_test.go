@@ -318,26 +318,27 @@ func TestRedisRealRPMAccuracy(t *testing.T) {
 	lims := []Limit{{ID: "accuracy", Selector: acmeProject, RPM: 60}}
 	replicas := []Limiter{rg.limiter(t, 500*time.Millisecond), rg.limiter(t, 500*time.Millisecond), rg.limiter(t, 500*time.Millisecond)}
 	var mu sync.Mutex
-	var at []time.Duration
+	var at, tries []time.Duration
 	start := time.Now()
 	var wg sync.WaitGroup
 	for g := range 6 {
 		l := replicas[g%3]
 		wg.Go(func() {
 			for time.Since(start) < 4*time.Second {
-				if p, _, _ := l.Acquire(context.Background(), "acc", lims, 0); p != nil {
-					mu.Lock()
+				try := time.Since(start)
+				p, _, _ := l.Acquire(context.Background(), "acc", lims, 0)
+				mu.Lock()
+				tries = append(tries, try)
+				if p != nil {
 					at = append(at, time.Since(start))
-					mu.Unlock()
 				}
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
 	sort.Slice(at, func(i, j int) bool { return at[i] < at[j] })
-	// A tenth under is the clients' starvation on a busy machine (see
-	// checkRPMWindows); make test-governance holds ±2 over real minutes.
-	checkRPMWindows(t, at, time.Second, 60, 4, 1, 6)
+	checkRPMWindows(t, at, time.Second, 60, 4, 1, tries)
 }
 
 // BenchmarkRedisAcquireRelease is one request's rate-limit cost on real
