@@ -674,14 +674,55 @@ func (o *options) masterKey(log *slog.Logger, mayGenerate func(path string) erro
 			return "", err
 		}
 		enc := base64.StdEncoding.EncodeToString(k[:])
-		if err := os.WriteFile(path, []byte(enc+"\n"), 0o600); err != nil {
+		switch won, err := createOnce(path, []byte(enc+"\n")); {
+		case err != nil:
 			return "", fmt.Errorf("write master key: %w", err)
+		case won:
+			log.Warn("generated a new master key; keep this file safe, credentials cannot be read without it", "path", path)
+			return enc, nil
 		}
-		log.Warn("generated a new master key; keep this file safe, credentials cannot be read without it", "path", path)
-		return enc, nil
+		// Another process (`make run` and a CLI command started beside
+		// it) created the key first: use that one.
+		b, err = os.ReadFile(path)
 	}
 	if err != nil {
 		return "", fmt.Errorf("read master key file: %w", err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// createOnce writes data to path only if path does not exist, and never
+// lets a reader see it half written: the bytes go to a temporary file in
+// the same directory, which is then hard-linked into place (link fails if
+// the name exists, so of two processes racing exactly one wins). won says
+// whether this call's data is the file's.
+func createOnce(path string, data []byte) (won bool, err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".master.key-*")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	switch err := os.Link(tmp.Name(), path); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrExist):
+		return false, nil
+	default:
+		return false, err
+	}
 }

@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tollgate/tollgate/proxy/upstreamtest"
@@ -137,5 +140,42 @@ func TestAdminTokenFromFile(t *testing.T) {
 	o.bindServe(newFlags("serve", io.Discard))
 	if err := o.check(); err == nil || !strings.Contains(err.Error(), "set one") {
 		t.Fatalf("both set: %v", err)
+	}
+}
+
+// Two processes starting at once on a fresh ./data (`make run &` and the
+// README's next command) must end up with one master key, and neither may
+// read the file half written.
+func TestGeneratedMasterKeyHasOneWinner(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	const n = 16
+	keys := make([]string, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			o := &options{DB: "sqlite:" + filepath.Join(dir, "tollgate.db")}
+			<-start
+			keys[i], errs[i] = o.masterKey(log, func(string) error { return nil })
+		})
+	}
+	close(start)
+	wg.Wait()
+	b, err := os.ReadFile(filepath.Join(dir, "master.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("caller %d: %v", i, errs[i])
+		}
+		if keys[i] != strings.TrimSpace(string(b)) {
+			t.Fatalf("caller %d got a key that is not the file's: %d different keys in use", i, len(slices.Compact(slices.Sorted(slices.Values(keys)))))
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".master.key-*")); len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
 	}
 }
