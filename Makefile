@@ -97,7 +97,7 @@ UI_MODULES      ?= $(CURDIR)/.cache/ui
 PLAYWRIGHT_CORE ?= 1.65.2
 
 .PHONY: test-ui
-test-ui: build ## The console in Debian's chromium (playwright-core): sign in, usage totals vs the API, tokens, halting a binding, CSRF, audit log; screenshots to docs/ui/ (~30 s warm); not in `make test`
+test-ui: build ## The console in Debian's chromium (playwright-core): sign in, usage totals vs the API, tokens, halting a binding, a rate limit and a model rule set on the page, CSRF, audit log, keyboard-only navigation; screenshots to docs/ui/ (~30 s warm); not in `make test`
 	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	@grep -qs '"version": "$(PLAYWRIGHT_CORE)"' $(UI_MODULES)/node_modules/playwright-core/package.json || \
 		{ mkdir -p $(UI_MODULES) && cd $(UI_MODULES) && echo '{"private":true}' > package.json && \
