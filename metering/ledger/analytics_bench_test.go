@@ -300,6 +300,9 @@ func seedUsage(ctx context.Context, s *Store, n int) error {
 			return fmt.Errorf("rollup %s: %w", r.table, err)
 		}
 	}
+	if _, err := s.db.ExecContext(ctx, sessionSpansBackfillSQL); err != nil {
+		return fmt.Errorf("rollup usage_session_spans: %w", err)
+	}
 	if s.db.Engine == store.Postgres {
 		// What autovacuum would have done by the time a page is opened.
 		if _, err := s.db.ExecContext(ctx, "ANALYZE"); err != nil {

@@ -429,6 +429,26 @@ func TestRollupRebuildMatchesWriter(t *testing.T) {
 					t.Errorf("%s: rebuilt rollup differs from the writer's (%d vs %d rows)", rt.table, strings.Count(w, "\n"), strings.Count(r, "\n"))
 				}
 			}
+			spans := func(s *Store) string {
+				rows, err := s.db.QueryContext(ctx, "SELECT session_id, first_day, last_day, priced_requests, cost_micro_usd, rank_tokens FROM usage_session_spans ORDER BY session_id")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				var b strings.Builder
+				for rows.Next() {
+					var id, first, last string
+					var priced, cost, tokens int64
+					if err := rows.Scan(&id, &first, &last, &priced, &cost, &tokens); err != nil {
+						t.Fatal(err)
+					}
+					fmt.Fprintln(&b, id, first, last, priced, cost, tokens)
+				}
+				return b.String()
+			}
+			if w, r := spans(writer), spans(rebuilt); w != r || strings.Count(w, "\n") < 100 {
+				t.Errorf("usage_session_spans: rebuilt differs from the writer's (%d vs %d rows)", strings.Count(w, "\n"), strings.Count(r, "\n"))
+			}
 		})
 	}
 }
@@ -474,5 +494,14 @@ func TestSessionRollupBackfill(t *testing.T) {
 				t.Errorf("backfilled:\n got %s\nwant %s", rowsJSON(got), rowsJSON(want))
 			}
 		})
+	}
+}
+
+// TestSessionSpansBackfillSQL: migration 12's literal SQL sums the tokens
+// the ranking orders by (rankTokenColumns), which the writer sums from the
+// buckets; a bucket added to the ranking must reach the backfill too.
+func TestSessionSpansBackfillSQL(t *testing.T) {
+	if want := "SUM(" + strings.Join(rankTokenColumns(), " + ") + ")"; !strings.Contains(sessionSpansBackfillSQL, want) {
+		t.Errorf("backfill does not sum %s:\n%s", want, sessionSpansBackfillSQL)
 	}
 }

@@ -260,7 +260,33 @@ SELECT day, session_id, project, user_id, workspace, harness, provider,
 	SUM(CASE WHEN usage_source = 'none' THEN 1 ELSE 0 END),
 	SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)
 FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
+	// usage_session_spans is one row per session over its whole life: the
+	// three sums the session ranking orders by (rankOrder: priced requests,
+	// cost, input and output tokens) and its first and last day. A ranked
+	// list of sessions without filters reads the sessions lying wholly in
+	// the range from it, one row each, instead of grouping usage_sessions'
+	// rows per session, and sums only the sessions straddling a range edge
+	// from usage_sessions (analytics_rollup.go). Maintained by the writer in
+	// the same transaction (spanUpsertSQL, pgInsertSQL); backfilled from
+	// usage_sessions.
+	`CREATE TABLE usage_session_spans (
+	session_id TEXT PRIMARY KEY,
+	first_day TEXT NOT NULL,
+	last_day TEXT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	rank_tokens BIGINT NOT NULL
+);
+` + sessionSpansBackfillSQL,
 }
+
+// sessionSpansBackfillSQL fills usage_session_spans from usage_sessions: part
+// of metering migration 12, so never edited; the bench rebuilds the table
+// with it. rank_tokens sums rankTokenColumns (TestSessionSpansBackfillSQL).
+const sessionSpansBackfillSQL = `INSERT INTO usage_session_spans (session_id, first_day, last_day, priced_requests, cost_micro_usd, rank_tokens)
+SELECT session_id, MIN(day), MAX(day), SUM(priced_requests), SUM(cost_micro_usd),
+	SUM(input_uncached + cache_read + cache_write_5m + cache_write_1h + input_other + output_tokens)
+FROM usage_sessions GROUP BY session_id`
 
 // recordColumns is the insert column order of usage_records:
 // recordHeadColumns, a column per token bucket, recordTailColumns;
@@ -358,9 +384,10 @@ type Store struct {
 	// no SQL.
 	insertRow *sql.Stmt
 	upsert    *sql.Stmt
-	// sessionUpsert (SQLite only) adds to usage_sessions.
-	sessionUpsert *sql.Stmt
-	now           func() time.Time
+	// sessionUpsert and spanUpsert (SQLite only) add to usage_sessions and
+	// usage_session_spans.
+	sessionUpsert, spanUpsert *sql.Stmt
+	now                       func() time.Time
 	// path is the SQLite database file, for Durable; "" on PostgreSQL.
 	path string
 	// settler, if set, settles budget reservations in each batch's
@@ -383,9 +410,15 @@ func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
 			s.upsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
+		if s.spanUpsert, err = db.PrepareContext(ctx, spanUpsertSQL); err != nil {
+			s.upsert.Close()
+			s.sessionUpsert.Close()
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
 		if s.insertRow, err = db.PrepareContext(ctx, insertRowSQL); err != nil {
 			s.upsert.Close()
 			s.sessionUpsert.Close()
+			s.spanUpsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
 		var seq int
