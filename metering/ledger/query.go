@@ -167,8 +167,8 @@ func (q UsageQuery) Validate() error {
 
 // rollupTable is the rollup that answers q: usage_daily when both bounds
 // are UTC midnights and every group-by and filter is one of its columns,
-// usage_sessions when the session is also needed, "" (the raw records)
-// otherwise.
+// usage_sessions when the session is also needed, usage_models when only
+// the day and the model's columns are, "" (the raw records) otherwise.
 func (q UsageQuery) rollupTable() string {
 	for _, g := range []string{GroupHour, GroupToken, GroupCredential} {
 		if slices.Contains(q.GroupBy, g) {
@@ -180,6 +180,9 @@ func (q UsageQuery) rollupTable() string {
 	}
 	if q.Session != "" || slices.Contains(q.GroupBy, GroupSession) {
 		return "usage_sessions"
+	}
+	if q.fitsModels() {
+		return "usage_models"
 	}
 	return "usage_daily"
 }

@@ -278,7 +278,50 @@ FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
 	rank_tokens BIGINT NOT NULL
 );
 ` + sessionSpansBackfillSQL,
+	// usage_models is usage_daily keyed by day and model only (provider,
+	// model, service tier): 1,800 rows for BenchmarkUsageAnalytics' 90 days
+	// against usage_daily's 176,000, so a total, a series by model and the
+	// cache report's per-model totals without other filters read a few
+	// rows instead of grouping the whole range. Maintained like usage_daily
+	// (modelUpsertSQL, pgInsertSQL); backfilled from usage_daily, so its
+	// tiers are usage_daily's.
+	`CREATE TABLE usage_models (
+	day TEXT NOT NULL,
+	provider TEXT NOT NULL,
+	model TEXT NOT NULL,
+	service_tier TEXT NOT NULL,
+	requests BIGINT NOT NULL,
+	input_uncached BIGINT NOT NULL,
+	cache_read BIGINT NOT NULL,
+	cache_write_5m BIGINT NOT NULL,
+	cache_write_1h BIGINT NOT NULL,
+	input_other BIGINT NOT NULL,
+	output_tokens BIGINT NOT NULL,
+	reasoning_tokens BIGINT NOT NULL,
+	web_search_requests BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	unpriced_requests BIGINT NOT NULL,
+	missing_usage_requests BIGINT NOT NULL,
+	estimated_requests BIGINT NOT NULL,
+	unmetered_requests BIGINT NOT NULL,
+	rejected_requests BIGINT NOT NULL,
+	PRIMARY KEY (day, provider, model, service_tier)
+);
+` + modelsBackfillSQL,
 }
+
+// modelsBackfillSQL fills usage_models from usage_daily: part of metering
+// migration 13, so never edited (TestModelRollupBackfill).
+const modelsBackfillSQL = `INSERT INTO usage_models (day, provider, model, service_tier,
+	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
+	reasoning_tokens, web_search_requests, cost_micro_usd, priced_requests, unpriced_requests,
+	missing_usage_requests, estimated_requests, unmetered_requests, rejected_requests)
+SELECT day, provider, model, service_tier,
+	SUM(requests), SUM(input_uncached), SUM(cache_read), SUM(cache_write_5m), SUM(cache_write_1h), SUM(input_other), SUM(output_tokens),
+	SUM(reasoning_tokens), SUM(web_search_requests), SUM(cost_micro_usd), SUM(priced_requests), SUM(unpriced_requests),
+	SUM(missing_usage_requests), SUM(estimated_requests), SUM(unmetered_requests), SUM(rejected_requests)
+FROM usage_daily GROUP BY day, provider, model, service_tier`
 
 // sessionSpansBackfillSQL fills usage_session_spans from usage_sessions: part
 // of metering migration 12, so never edited; the bench rebuilds the table
@@ -384,10 +427,10 @@ type Store struct {
 	// no SQL.
 	insertRow *sql.Stmt
 	upsert    *sql.Stmt
-	// sessionUpsert and spanUpsert (SQLite only) add to usage_sessions and
-	// usage_session_spans.
-	sessionUpsert, spanUpsert *sql.Stmt
-	now                       func() time.Time
+	// sessionUpsert, spanUpsert and modelUpsert (SQLite only) add to
+	// usage_sessions, usage_session_spans and usage_models.
+	sessionUpsert, spanUpsert, modelUpsert *sql.Stmt
+	now                                    func() time.Time
 	// path is the SQLite database file, for Durable; "" on PostgreSQL.
 	path string
 	// settler, if set, settles budget reservations in each batch's
@@ -415,10 +458,17 @@ func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
 			s.sessionUpsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
+		if s.modelUpsert, err = db.PrepareContext(ctx, modelUpsertSQL()); err != nil {
+			s.upsert.Close()
+			s.sessionUpsert.Close()
+			s.spanUpsert.Close()
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
 		if s.insertRow, err = db.PrepareContext(ctx, insertRowSQL); err != nil {
 			s.upsert.Close()
 			s.sessionUpsert.Close()
 			s.spanUpsert.Close()
+			s.modelUpsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
 		var seq int
@@ -612,6 +662,9 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 		}
 	}
 	if err := s.upsertSessions(ctx, tx, fresh); err != nil {
+		return 0, fmt.Errorf("metering rollup: %w", err)
+	}
+	if err := s.upsertModels(ctx, tx, fresh); err != nil {
 		return 0, fmt.Errorf("metering rollup: %w", err)
 	}
 	for _, st := range settle {
