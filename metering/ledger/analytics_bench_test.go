@@ -337,4 +337,4 @@ func rollupRebuildSQL(table string, keys []string) string {
 var benchRollups = []struct {
 	table string
 	keys  []string
-}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}, {"usage_models", modelKeyColumns}}
+}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}, {"usage_project_models", modelKeyColumns}}

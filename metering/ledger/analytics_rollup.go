@@ -177,27 +177,29 @@ func spanRankCTE(where, from, to string, n int, engine string) string {
 		" LIMIT " + strconv.Itoa(n) + ") "
 }
 
-// modelKeyColumns are the primary key of usage_models, in modelKey order.
-var modelKeyColumns = []string{"day", "provider", "model", "service_tier"}
+// modelKeyColumns are the primary key of usage_project_models, in
+// modelKey order.
+var modelKeyColumns = []string{"day", "project", "provider", "model", "service_tier"}
 
-func modelUpsertSQL() string { return rollupUpsertSQL("usage_models", modelKeyColumns) }
+func modelUpsertSQL() string { return rollupUpsertSQL("usage_project_models", modelKeyColumns) }
 
-type modelKey struct{ day, provider, model, tier string }
+type modelKey struct{ day, project, provider, model, tier string }
 
 func (a modelKey) compare(b modelKey) int {
-	return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.provider, b.provider), cmp.Compare(a.model, b.model), cmp.Compare(a.tier, b.tier))
+	return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.project, b.project), cmp.Compare(a.provider, b.provider),
+		cmp.Compare(a.model, b.model), cmp.Compare(a.tier, b.tier))
 }
 
-// upsertModels adds the newly inserted records to usage_models (SQLite;
-// PostgreSQL does it in pgInsertSQL), in key order.
+// upsertModels adds the newly inserted records to usage_project_models
+// (SQLite; PostgreSQL does it in pgInsertSQL), in key order.
 func (s *Store) upsertModels(ctx context.Context, tx *sql.Tx, fresh []*metering.Record) error {
 	keys, agg := rollUp(fresh, func(r *metering.Record) modelKey {
-		return modelKey{r.Start.UTC().Format(usageDayLayout), r.Provider, r.Model(), r.ServiceTier}
+		return modelKey{r.Start.UTC().Format(usageDayLayout), r.Project, r.Provider, r.Model(), r.ServiceTier}
 	}, modelKey.compare)
 	upsert := tx.StmtContext(ctx, s.modelUpsert)
 	args := make([]any, 0, len(modelKeyColumns)+len(dailySums))
 	for _, k := range keys {
-		args = append(args[:0], k.day, k.provider, k.model, k.tier)
+		args = append(args[:0], k.day, k.project, k.provider, k.model, k.tier)
 		for _, v := range agg[k] {
 			args = append(args, v)
 		}
@@ -208,9 +210,9 @@ func (s *Store) upsertModels(ctx context.Context, tx *sql.Tx, fresh []*metering.
 	return nil
 }
 
-// modelDims and modelFilters are what usage_models can answer: grouping
-// by its key, filtering by model and tier.
-var modelDims = []string{GroupDay, GroupProvider, GroupModel, GroupServiceTier}
+// modelDims are the group-bys usage_project_models can answer; fitsModels
+// says whether q needs no other column (its filters included).
+var modelDims = []string{GroupDay, GroupProject, GroupProvider, GroupModel, GroupServiceTier}
 
 func (q UsageQuery) fitsModels() bool {
 	for _, g := range q.GroupBy {
@@ -218,5 +220,5 @@ func (q UsageQuery) fitsModels() bool {
 			return false
 		}
 	}
-	return q.Project == "" && q.User == "" && q.Workspace == "" && q.Harness == "" && q.Session == ""
+	return q.User == "" && q.Workspace == "" && q.Harness == "" && q.Session == ""
 }

@@ -506,9 +506,10 @@ func TestSessionSpansBackfillSQL(t *testing.T) {
 	}
 }
 
-// TestModelRollupBackfill: whole-day queries by day and model without
-// other filters read usage_models, which the writer keeps and migration 13
-// backfills from usage_daily; both must give what the records give.
+// TestModelRollupBackfill: whole-day queries by day, project and model
+// without a user, workspace, harness or session read usage_project_models,
+// which the writer keeps and migration 13 backfills from usage_daily; both
+// must give what the records give, with and without a project filter.
 func TestModelRollupBackfill(t *testing.T) {
 	for _, engine := range usageEngines(t) {
 		t.Run(engine, func(t *testing.T) {
@@ -523,14 +524,17 @@ func TestModelRollupBackfill(t *testing.T) {
 			if _, err := s.InsertBatch(ctx, recs); err != nil {
 				t.Fatal(err)
 			}
-			q := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 3), GroupBy: []string{GroupDay, GroupProvider, GroupModel, GroupServiceTier}}
-			if q.rollupTable() != "usage_models" {
-				t.Fatalf("read from %q", q.rollupTable())
+			q := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 3), GroupBy: []string{GroupDay, GroupProject, GroupProvider, GroupModel, GroupServiceTier}}
+			pq := UsageQuery{From: q.From, To: q.To, GroupBy: []string{GroupModel}, Project: recs[1].Project}
+			for _, q := range []UsageQuery{q, pq} {
+				if q.rollupTable() != "usage_project_models" {
+					t.Fatalf("%v read from %q", q.GroupBy, q.rollupTable())
+				}
 			}
-			want := expectRows(recs, q)
+			want, wantP := expectRows(recs, q), expectRows(recs, pq)
 			for _, step := range []string{"writer", "backfill"} {
 				if step == "backfill" {
-					if _, err := s.db.ExecContext(ctx, "DELETE FROM usage_models"); err != nil {
+					if _, err := s.db.ExecContext(ctx, "DELETE FROM usage_project_models"); err != nil {
 						t.Fatal(err)
 					}
 					if _, err := s.db.ExecContext(ctx, modelsBackfillSQL); err != nil {
@@ -543,6 +547,12 @@ func TestModelRollupBackfill(t *testing.T) {
 				}
 				if len(want) < 10 || rowsJSON(got) != rowsJSON(want) {
 					t.Errorf("%s:\n got %s\nwant %s", step, rowsJSON(got), rowsJSON(want))
+				}
+				if got, err = s.Query(ctx, pq); err != nil {
+					t.Fatal(err)
+				}
+				if len(wantP) < 2 || rowsJSON(got) != rowsJSON(wantP) {
+					t.Errorf("%s, project %s:\n got %s\nwant %s", step, pq.Project, rowsJSON(got), rowsJSON(wantP))
 				}
 			}
 		})

@@ -167,8 +167,9 @@ func (q UsageQuery) Validate() error {
 
 // rollupTable is the rollup that answers q: usage_daily when both bounds
 // are UTC midnights and every group-by and filter is one of its columns,
-// usage_sessions when the session is also needed, usage_models when only
-// the day and the model's columns are, "" (the raw records) otherwise.
+// usage_sessions when the session is also needed, usage_project_models
+// when only the day, the project and the model's columns are, "" (the raw
+// records) otherwise.
 func (q UsageQuery) rollupTable() string {
 	for _, g := range []string{GroupHour, GroupToken, GroupCredential} {
 		if slices.Contains(q.GroupBy, g) {
@@ -182,7 +183,7 @@ func (q UsageQuery) rollupTable() string {
 		return "usage_sessions"
 	}
 	if q.fitsModels() {
-		return "usage_models"
+		return "usage_project_models"
 	}
 	return "usage_daily"
 }

@@ -278,15 +278,17 @@ FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
 	rank_tokens BIGINT NOT NULL
 );
 ` + sessionSpansBackfillSQL,
-	// usage_models is usage_daily keyed by day and model only (provider,
-	// model, service tier): 1,800 rows for BenchmarkUsageAnalytics' 90 days
-	// against usage_daily's 176,000, so a total, a series by model and the
-	// cache report's per-model totals without other filters read a few
-	// rows instead of grouping the whole range. Maintained like usage_daily
+	// usage_project_models is usage_daily keyed by day, project and model
+	// only (provider, model, service tier): 57,769 rows for
+	// BenchmarkUsageAnalytics' 90 days against usage_daily's 176,365, so a
+	// total, a series by model or project and the cache report per project
+	// or its per-model totals, without a user, workspace, harness or
+	// session, group a third of the rows. Maintained like usage_daily
 	// (modelUpsertSQL, pgInsertSQL); backfilled from usage_daily, so its
 	// tiers are usage_daily's.
-	`CREATE TABLE usage_models (
+	`CREATE TABLE usage_project_models (
 	day TEXT NOT NULL,
+	project TEXT NOT NULL,
 	provider TEXT NOT NULL,
 	model TEXT NOT NULL,
 	service_tier TEXT NOT NULL,
@@ -306,22 +308,22 @@ FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
 	estimated_requests BIGINT NOT NULL,
 	unmetered_requests BIGINT NOT NULL,
 	rejected_requests BIGINT NOT NULL,
-	PRIMARY KEY (day, provider, model, service_tier)
+	PRIMARY KEY (day, project, provider, model, service_tier)
 );
 ` + modelsBackfillSQL,
 }
 
-// modelsBackfillSQL fills usage_models from usage_daily: part of metering
-// migration 13, so never edited (TestModelRollupBackfill).
-const modelsBackfillSQL = `INSERT INTO usage_models (day, provider, model, service_tier,
+// modelsBackfillSQL fills usage_project_models from usage_daily: part of
+// metering migration 13, so never edited (TestModelRollupBackfill).
+const modelsBackfillSQL = `INSERT INTO usage_project_models (day, project, provider, model, service_tier,
 	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
 	reasoning_tokens, web_search_requests, cost_micro_usd, priced_requests, unpriced_requests,
 	missing_usage_requests, estimated_requests, unmetered_requests, rejected_requests)
-SELECT day, provider, model, service_tier,
+SELECT day, project, provider, model, service_tier,
 	SUM(requests), SUM(input_uncached), SUM(cache_read), SUM(cache_write_5m), SUM(cache_write_1h), SUM(input_other), SUM(output_tokens),
 	SUM(reasoning_tokens), SUM(web_search_requests), SUM(cost_micro_usd), SUM(priced_requests), SUM(unpriced_requests),
 	SUM(missing_usage_requests), SUM(estimated_requests), SUM(unmetered_requests), SUM(rejected_requests)
-FROM usage_daily GROUP BY day, provider, model, service_tier`
+FROM usage_daily GROUP BY day, project, provider, model, service_tier`
 
 // sessionSpansBackfillSQL fills usage_session_spans from usage_sessions: part
 // of metering migration 12, so never edited; the bench rebuilds the table
@@ -428,7 +430,7 @@ type Store struct {
 	insertRow *sql.Stmt
 	upsert    *sql.Stmt
 	// sessionUpsert, spanUpsert and modelUpsert (SQLite only) add to
-	// usage_sessions, usage_session_spans and usage_models.
+	// usage_sessions, usage_session_spans and usage_project_models.
 	sessionUpsert, spanUpsert, modelUpsert *sql.Stmt
 	now                                    func() time.Time
 	// path is the SQLite database file, for Durable; "" on PostgreSQL.
