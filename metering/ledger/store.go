@@ -311,6 +311,11 @@ FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
 	PRIMARY KEY (day, project, provider, model, service_tier)
 );
 ` + modelsBackfillSQL,
+	// A series stacked by user groups usage_daily by day and user: in this
+	// index's order SQLite aggregates as it reads, without sorting the
+	// range's rows first. Its entries change only when a rollup row is
+	// new, not when a batch adds to one.
+	`CREATE INDEX usage_daily_day_user ON usage_daily (day, user_id)`,
 }
 
 // modelsBackfillSQL fills usage_project_models from usage_daily: part of
