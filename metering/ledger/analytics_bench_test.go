@@ -316,7 +316,9 @@ func seedUsage(ctx context.Context, s *Store, n int) error {
 // usage_records with the writer's sums (dailyAgg, pgInsertSQL).
 func rollupRebuildSQL(table string, keys []string) string {
 	exprs := slices.Clone(keys)
-	exprs[slices.Index(keys, "model")] = rawModelExpr
+	if i := slices.Index(keys, "model"); i >= 0 {
+		exprs[i] = rawModelExpr
+	}
 	sums := []string{"COUNT(*)"}
 	for _, c := range bucketColumns() {
 		sums = append(sums, "COALESCE(SUM("+c+"), 0)")
@@ -337,4 +339,5 @@ func rollupRebuildSQL(table string, keys []string) string {
 var benchRollups = []struct {
 	table string
 	keys  []string
-}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}, {"usage_project_models", modelKeyColumns}}
+}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}, {"usage_project_models", modelKeyColumns},
+	{"usage_user_workspaces", peopleKeyColumns}}

@@ -190,16 +190,26 @@ func (a modelKey) compare(b modelKey) int {
 		cmp.Compare(a.model, b.model), cmp.Compare(a.tier, b.tier))
 }
 
-// upsertModels adds the newly inserted records to usage_project_models
-// (SQLite; PostgreSQL does it in pgInsertSQL), in key order.
-func (s *Store) upsertModels(ctx context.Context, tx *sql.Tx, fresh []*metering.Record) error {
-	keys, agg := rollUp(fresh, func(r *metering.Record) modelKey {
+// upsertNarrow adds the newly inserted records to usage_project_models
+// and usage_user_workspaces (SQLite; PostgreSQL does it in pgInsertSQL).
+func (s *Store) upsertNarrow(ctx context.Context, tx *sql.Tx, fresh []*metering.Record) error {
+	err := upsertRollup(ctx, tx.StmtContext(ctx, s.modelUpsert), fresh, func(r *metering.Record) modelKey {
 		return modelKey{r.Start.UTC().Format(usageDayLayout), r.Project, r.Provider, r.Model(), r.ServiceTier}
-	}, modelKey.compare)
-	upsert := tx.StmtContext(ctx, s.modelUpsert)
-	args := make([]any, 0, len(modelKeyColumns)+len(dailySums))
+	}, modelKey.compare, func(k modelKey) []any { return []any{k.day, k.project, k.provider, k.model, k.tier} })
+	if err != nil {
+		return err
+	}
+	return upsertRollup(ctx, tx.StmtContext(ctx, s.peopleUpsert), fresh, func(r *metering.Record) peopleKey {
+		return peopleKey{r.Start.UTC().Format(usageDayLayout), r.User, r.Workspace}
+	}, peopleKey.compare, func(k peopleKey) []any { return []any{k.day, k.user, k.workspace} })
+}
+
+// upsertRollup adds recs to a rollup through its upsert statement (the key
+// columns, then dailySums), one row per key in key order.
+func upsertRollup[K comparable](ctx context.Context, upsert *sql.Stmt, recs []*metering.Record, keyOf func(*metering.Record) K, cmp func(K, K) int, keyArgs func(K) []any) error {
+	keys, agg := rollUp(recs, keyOf, cmp)
 	for _, k := range keys {
-		args = append(args[:0], k.day, k.project, k.provider, k.model, k.tier)
+		args := keyArgs(k)
 		for _, v := range agg[k] {
 			args = append(args, v)
 		}
@@ -208,6 +218,31 @@ func (s *Store) upsertModels(ctx context.Context, tx *sql.Tx, fresh []*metering.
 		}
 	}
 	return nil
+}
+
+// peopleKeyColumns are the primary key of usage_user_workspaces, in
+// peopleKey order.
+var peopleKeyColumns = []string{"day", "user_id", "workspace"}
+
+func peopleUpsertSQL() string { return rollupUpsertSQL("usage_user_workspaces", peopleKeyColumns) }
+
+type peopleKey struct{ day, user, workspace string }
+
+func (a peopleKey) compare(b peopleKey) int {
+	return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.user, b.user), cmp.Compare(a.workspace, b.workspace))
+}
+
+// peopleDims are the group-bys usage_user_workspaces can answer;
+// fitsPeople says whether q needs no other column.
+var peopleDims = []string{GroupDay, GroupUser, GroupWorkspace}
+
+func (q UsageQuery) fitsPeople() bool {
+	for _, g := range q.GroupBy {
+		if !slices.Contains(peopleDims, g) {
+			return false
+		}
+	}
+	return q.Project == "" && q.Harness == "" && q.Model == "" && q.ServiceTier == "" && q.Session == ""
 }
 
 // modelDims are the group-bys usage_project_models can answer; fitsModels

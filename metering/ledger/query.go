@@ -168,8 +168,9 @@ func (q UsageQuery) Validate() error {
 // rollupTable is the rollup that answers q: usage_daily when both bounds
 // are UTC midnights and every group-by and filter is one of its columns,
 // usage_sessions when the session is also needed, usage_project_models
-// when only the day, the project and the model's columns are, "" (the raw
-// records) otherwise.
+// when only the day, the project and the model's columns are (the first
+// that fits), usage_user_workspaces when only the day, user and workspace
+// are, "" (the raw records) otherwise.
 func (q UsageQuery) rollupTable() string {
 	for _, g := range []string{GroupHour, GroupToken, GroupCredential} {
 		if slices.Contains(q.GroupBy, g) {
@@ -184,6 +185,9 @@ func (q UsageQuery) rollupTable() string {
 	}
 	if q.fitsModels() {
 		return "usage_project_models"
+	}
+	if q.fitsPeople() {
+		return "usage_user_workspaces"
 	}
 	return "usage_daily"
 }
