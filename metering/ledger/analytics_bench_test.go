@@ -300,6 +300,9 @@ func seedUsage(ctx context.Context, s *Store, n int) error {
 			return fmt.Errorf("rollup %s: %w", r.table, err)
 		}
 	}
+	if _, err := s.db.ExecContext(ctx, sessionSpansBackfillSQL); err != nil {
+		return fmt.Errorf("rollup usage_session_spans: %w", err)
+	}
 	if s.db.Engine == store.Postgres {
 		// What autovacuum would have done by the time a page is opened.
 		if _, err := s.db.ExecContext(ctx, "ANALYZE"); err != nil {
@@ -313,7 +316,9 @@ func seedUsage(ctx context.Context, s *Store, n int) error {
 // usage_records with the writer's sums (dailyAgg, pgInsertSQL).
 func rollupRebuildSQL(table string, keys []string) string {
 	exprs := slices.Clone(keys)
-	exprs[slices.Index(keys, "model")] = rawModelExpr
+	if i := slices.Index(keys, "model"); i >= 0 {
+		exprs[i] = rawModelExpr
+	}
 	sums := []string{"COUNT(*)"}
 	for _, c := range bucketColumns() {
 		sums = append(sums, "COALESCE(SUM("+c+"), 0)")
@@ -334,4 +339,5 @@ func rollupRebuildSQL(table string, keys []string) string {
 var benchRollups = []struct {
 	table string
 	keys  []string
-}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}}
+}{{"usage_daily", dailyKeyColumns}, {"usage_sessions", sessionKeyColumns}, {"usage_project_models", modelKeyColumns},
+	{"usage_user_workspaces", peopleKeyColumns}}

@@ -63,7 +63,12 @@ func TestSessionRankSQLMatchesGo(t *testing.T) {
 				if _, err := s.InsertBatch(ctx, recs); err != nil {
 					t.Fatal(err)
 				}
-				for _, base := range []UsageQuery{twoDays(), rawTwoDays()} {
+				// Single days: sessions of both days straddle the first's
+				// end and the second's start, so their ranks come from
+				// usage_sessions' in-range days, not usage_session_spans.
+				day1 := UsageQuery{From: usageDay, To: usageDay.AddDate(0, 0, 1)}
+				day2 := UsageQuery{From: usageDay.AddDate(0, 0, 1), To: usageDay.AddDate(0, 0, 2)}
+				for _, base := range []UsageQuery{twoDays(), rawTwoDays(), day1, day2} {
 					all := base
 					all.GroupBy = []string{GroupSession}
 					rows, err := s.Query(ctx, all)

@@ -429,6 +429,26 @@ func TestRollupRebuildMatchesWriter(t *testing.T) {
 					t.Errorf("%s: rebuilt rollup differs from the writer's (%d vs %d rows)", rt.table, strings.Count(w, "\n"), strings.Count(r, "\n"))
 				}
 			}
+			spans := func(s *Store) string {
+				rows, err := s.db.QueryContext(ctx, "SELECT session_id, first_day, last_day, priced_requests, cost_micro_usd, rank_tokens FROM usage_session_spans ORDER BY session_id")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				var b strings.Builder
+				for rows.Next() {
+					var id, first, last string
+					var priced, cost, tokens int64
+					if err := rows.Scan(&id, &first, &last, &priced, &cost, &tokens); err != nil {
+						t.Fatal(err)
+					}
+					fmt.Fprintln(&b, id, first, last, priced, cost, tokens)
+				}
+				return b.String()
+			}
+			if w, r := spans(writer), spans(rebuilt); w != r || strings.Count(w, "\n") < 100 {
+				t.Errorf("usage_session_spans: rebuilt differs from the writer's (%d vs %d rows)", strings.Count(w, "\n"), strings.Count(r, "\n"))
+			}
 		})
 	}
 }
@@ -472,6 +492,77 @@ func TestSessionRollupBackfill(t *testing.T) {
 			}
 			if want := expectRows(recs, q); len(want) < 10 || rowsJSON(got) != rowsJSON(want) {
 				t.Errorf("backfilled:\n got %s\nwant %s", rowsJSON(got), rowsJSON(want))
+			}
+		})
+	}
+}
+
+// TestSessionSpansBackfillSQL: migration 12's literal SQL sums the tokens
+// the ranking orders by (rankTokenColumns), which the writer sums from the
+// buckets; a bucket added to the ranking must reach the backfill too.
+func TestSessionSpansBackfillSQL(t *testing.T) {
+	if want := "SUM(" + strings.Join(rankTokenColumns(), " + ") + ")"; !strings.Contains(sessionSpansBackfillSQL, want) {
+		t.Errorf("backfill does not sum %s:\n%s", want, sessionSpansBackfillSQL)
+	}
+}
+
+// TestNarrowRollupsBackfill: whole-day queries that need only the day,
+// project and model's columns read usage_project_models, and those that
+// need only the day, user and workspace usage_user_workspaces; the writer
+// keeps both and migrations 13 and 14 backfill them from usage_daily.
+// Either way they must give what the records give, filtered or not.
+func TestNarrowRollupsBackfill(t *testing.T) {
+	day3 := func(q UsageQuery) UsageQuery { q.From, q.To = usageDay, usageDay.AddDate(0, 0, 3); return q }
+	var recs []*metering.Record
+	for i := range 300 {
+		r := usageRecordN(fmt.Sprintf("nb-%d", i), i, usageDay.Add(time.Duration(i)*13*time.Minute))
+		r.ServiceTier = []string{"", "flex", "priority"}[i%3]
+		r.Workspace = []string{"ws-a", "ws-b"}[i%2]
+		recs = append(recs, r)
+	}
+	rollups := []struct {
+		table, backfill string
+		queries         []UsageQuery
+	}{
+		{"usage_project_models", modelsBackfillSQL, []UsageQuery{
+			day3(UsageQuery{GroupBy: []string{GroupDay, GroupProject, GroupProvider, GroupModel, GroupServiceTier}}),
+			day3(UsageQuery{GroupBy: []string{GroupModel}, Project: recs[1].Project}),
+		}},
+		{"usage_user_workspaces", peopleBackfillSQL, []UsageQuery{
+			day3(UsageQuery{GroupBy: []string{GroupDay, GroupUser, GroupWorkspace}}),
+			day3(UsageQuery{GroupBy: []string{GroupWorkspace}, User: recs[1].User}),
+		}},
+	}
+	for _, engine := range usageEngines(t) {
+		t.Run(engine, func(t *testing.T) {
+			ctx := context.Background()
+			s := mustUsageStore(t, engine)
+			if _, err := s.InsertBatch(ctx, recs); err != nil {
+				t.Fatal(err)
+			}
+			for _, ru := range rollups {
+				for _, step := range []string{"writer", "backfill"} {
+					if step == "backfill" {
+						if _, err := s.db.ExecContext(ctx, "DELETE FROM "+ru.table); err != nil {
+							t.Fatal(err)
+						}
+						if _, err := s.db.ExecContext(ctx, ru.backfill); err != nil {
+							t.Fatal(err)
+						}
+					}
+					for _, q := range ru.queries {
+						if q.rollupTable() != ru.table {
+							t.Fatalf("%v read from %q, want %s", q.GroupBy, q.rollupTable(), ru.table)
+						}
+						got, err := s.Query(ctx, q)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if want := expectRows(recs, q); len(want) < 2 || rowsJSON(got) != rowsJSON(want) {
+							t.Errorf("%s %s, %v:\n got %s\nwant %s", ru.table, step, q.GroupBy, rowsJSON(got), rowsJSON(want))
+						}
+					}
+				}
 			}
 		})
 	}

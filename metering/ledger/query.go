@@ -167,8 +167,10 @@ func (q UsageQuery) Validate() error {
 
 // rollupTable is the rollup that answers q: usage_daily when both bounds
 // are UTC midnights and every group-by and filter is one of its columns,
-// usage_sessions when the session is also needed, "" (the raw records)
-// otherwise.
+// usage_sessions when the session is also needed, usage_project_models
+// when only the day, the project and the model's columns are (the first
+// that fits), usage_user_workspaces when only the day, user and workspace
+// are, "" (the raw records) otherwise.
 func (q UsageQuery) rollupTable() string {
 	for _, g := range []string{GroupHour, GroupToken, GroupCredential} {
 		if slices.Contains(q.GroupBy, g) {
@@ -180,6 +182,12 @@ func (q UsageQuery) rollupTable() string {
 	}
 	if q.Session != "" || slices.Contains(q.GroupBy, GroupSession) {
 		return "usage_sessions"
+	}
+	if q.fitsModels() {
+		return "usage_project_models"
+	}
+	if q.fitsPeople() {
+		return "usage_user_workspaces"
 	}
 	return "usage_daily"
 }
@@ -254,10 +262,12 @@ func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, 
 		}
 	}
 	var where []string
+	var fromDay, toDay string // the day bounds' placeholders on a rollup
 	table := "usage_records"
 	if rollup {
 		table = rollupTable
-		where = append(where, "day >= "+arg(q.From.UTC().Format(usageDayLayout)), "day < "+arg(q.To.UTC().Format(usageDayLayout)))
+		fromDay, toDay = arg(q.From.UTC().Format(usageDayLayout)), arg(q.To.UTC().Format(usageDayLayout))
+		where = append(where, "day >= "+fromDay, "day < "+toDay)
 	} else {
 		where = append(where, "started_at >= "+arg(s.ts(q.From)), "started_at < "+arg(s.ts(q.To)))
 	}
@@ -286,8 +296,12 @@ func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, 
 		// are numbered, so the repeated filter binds the same values.
 		// Rollups only: usage_sessions is indexed by session, the raw
 		// records are not (the lookup would scan the range again).
-		b.WriteString("WITH ranked AS (SELECT " + dims[0] + " AS k, COUNT(*) OVER () AS n FROM " + table + " WHERE " + whereSQL +
-			" GROUP BY 1 ORDER BY " + rankOrder(sums, dims[0], s.db.Engine) + " LIMIT " + strconv.Itoa(opt.rank) + ") ")
+		if len(where) == 2 && opt.inDim == "" && table == "usage_sessions" && q.GroupBy[0] == GroupSession {
+			b.WriteString(spanRankCTE(whereSQL, fromDay, toDay, opt.rank, s.db.Engine))
+		} else {
+			b.WriteString("WITH ranked AS (SELECT " + dims[0] + " AS k, COUNT(*) OVER () AS n FROM " + table + " WHERE " + whereSQL +
+				" GROUP BY 1 ORDER BY " + rankOrder(sums, dims[0], s.db.Engine) + " LIMIT " + strconv.Itoa(opt.rank) + ") ")
+		}
 		whereSQL += " AND " + dims[0] + " IN (SELECT k FROM ranked)"
 	}
 	b.WriteString("SELECT ")
@@ -359,15 +373,20 @@ func (s *Store) queryOpt(ctx context.Context, q UsageQuery, rollupTable string, 
 func rankOrder(sums []string, key, engine string) string {
 	var tokens []string
 	for i, b := range metering.Buckets {
-		if b.Input || b.Column == "output_tokens" {
+		if rankToken(b) {
 			tokens = append(tokens, sums[aggTokens+i])
 		}
 	}
+	return rankOrderOf(sums[aggCounts], sums[aggCost], strings.Join(tokens, " + "), key, engine)
+}
+
+// rankOrderOf is rankOrder over the expressions of the priced requests,
+// the cost, the ranked tokens and the key.
+func rankOrderOf(priced, cost, tokens, key, engine string) string {
 	if engine == store.Postgres {
 		key += ` COLLATE "C"`
 	}
-	return "CASE WHEN " + sums[aggCounts] + " > 0 THEN 0 ELSE 1 END, " + sums[aggCost] + " DESC, " +
-		strings.Join(tokens, " + ") + " DESC, " + key
+	return "CASE WHEN " + priced + " > 0 THEN 0 ELSE 1 END, " + cost + " DESC, " + tokens + " DESC, " + key
 }
 
 // dimExpr is the SQL of a group-by dimension in usage_daily or usage_records.

@@ -479,7 +479,7 @@ func TestQueryByServiceTier(t *testing.T) {
 
 func TestParseUsageQueryServiceTier(t *testing.T) {
 	q, err := ParseUsageQuery("2026-05-04", "2026-05-04", "service_tier, day", usageDay)
-	if err != nil || !reflect.DeepEqual(q.GroupBy, []string{GroupServiceTier, GroupDay}) || q.rollupTable() != "usage_daily" {
+	if err != nil || !reflect.DeepEqual(q.GroupBy, []string{GroupServiceTier, GroupDay}) || q.rollupTable() != "usage_project_models" {
 		t.Errorf("got %+v, %v", q, err)
 	}
 	_, err = ParseUsageQuery("2026-05-04", "2026-05-04", "tier", usageDay)

@@ -260,7 +260,119 @@ SELECT day, session_id, project, user_id, workspace, harness, provider,
 	SUM(CASE WHEN usage_source = 'none' THEN 1 ELSE 0 END),
 	SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)
 FROM usage_records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`,
+	// usage_session_spans is one row per session over its whole life: the
+	// three sums the session ranking orders by (rankOrder: priced requests,
+	// cost, input and output tokens) and its first and last day. A ranked
+	// list of sessions without filters reads the sessions lying wholly in
+	// the range from it, one row each, instead of grouping usage_sessions'
+	// rows per session, and sums only the sessions straddling a range edge
+	// from usage_sessions (analytics_rollup.go). Maintained by the writer in
+	// the same transaction (spanUpsertSQL, pgInsertSQL); backfilled from
+	// usage_sessions.
+	`CREATE TABLE usage_session_spans (
+	session_id TEXT PRIMARY KEY,
+	first_day TEXT NOT NULL,
+	last_day TEXT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	rank_tokens BIGINT NOT NULL
+);
+` + sessionSpansBackfillSQL,
+	// usage_project_models is usage_daily keyed by day, project and model
+	// only (provider, model, service tier): 57,769 rows for
+	// BenchmarkUsageAnalytics' 90 days against usage_daily's 176,365, so a
+	// total, a series by model or project and the cache report per project
+	// or its per-model totals, without a user, workspace, harness or
+	// session, group a third of the rows. Maintained like usage_daily
+	// (modelUpsertSQL, pgInsertSQL); backfilled from usage_daily, so its
+	// tiers are usage_daily's.
+	`CREATE TABLE usage_project_models (
+	day TEXT NOT NULL,
+	project TEXT NOT NULL,
+	provider TEXT NOT NULL,
+	model TEXT NOT NULL,
+	service_tier TEXT NOT NULL,
+	requests BIGINT NOT NULL,
+	input_uncached BIGINT NOT NULL,
+	cache_read BIGINT NOT NULL,
+	cache_write_5m BIGINT NOT NULL,
+	cache_write_1h BIGINT NOT NULL,
+	input_other BIGINT NOT NULL,
+	output_tokens BIGINT NOT NULL,
+	reasoning_tokens BIGINT NOT NULL,
+	web_search_requests BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	unpriced_requests BIGINT NOT NULL,
+	missing_usage_requests BIGINT NOT NULL,
+	estimated_requests BIGINT NOT NULL,
+	unmetered_requests BIGINT NOT NULL,
+	rejected_requests BIGINT NOT NULL,
+	PRIMARY KEY (day, project, provider, model, service_tier)
+);
+` + modelsBackfillSQL,
+	// usage_user_workspaces is usage_daily keyed by day, user and
+	// workspace only: 32,657 rows for BenchmarkUsageAnalytics' 90 days. A
+	// series stacked by user reads it in key order, aggregating as it
+	// reads instead of sorting the range's rows, and top workspaces group
+	// a fifth of the rows. Maintained like usage_daily (peopleUpsertSQL,
+	// pgInsertSQL); backfilled from usage_daily.
+	`CREATE TABLE usage_user_workspaces (
+	day TEXT NOT NULL,
+	user_id TEXT NOT NULL,
+	workspace TEXT NOT NULL,
+	requests BIGINT NOT NULL,
+	input_uncached BIGINT NOT NULL,
+	cache_read BIGINT NOT NULL,
+	cache_write_5m BIGINT NOT NULL,
+	cache_write_1h BIGINT NOT NULL,
+	input_other BIGINT NOT NULL,
+	output_tokens BIGINT NOT NULL,
+	reasoning_tokens BIGINT NOT NULL,
+	web_search_requests BIGINT NOT NULL,
+	cost_micro_usd BIGINT NOT NULL,
+	priced_requests BIGINT NOT NULL,
+	unpriced_requests BIGINT NOT NULL,
+	missing_usage_requests BIGINT NOT NULL,
+	estimated_requests BIGINT NOT NULL,
+	unmetered_requests BIGINT NOT NULL,
+	rejected_requests BIGINT NOT NULL,
+	PRIMARY KEY (day, user_id, workspace)
+);
+` + peopleBackfillSQL,
 }
+
+// peopleBackfillSQL fills usage_user_workspaces from usage_daily: part of
+// metering migration 14, so never edited (TestNarrowRollupsBackfill).
+const peopleBackfillSQL = `INSERT INTO usage_user_workspaces (day, user_id, workspace,
+	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
+	reasoning_tokens, web_search_requests, cost_micro_usd, priced_requests, unpriced_requests,
+	missing_usage_requests, estimated_requests, unmetered_requests, rejected_requests)
+SELECT day, user_id, workspace,
+	SUM(requests), SUM(input_uncached), SUM(cache_read), SUM(cache_write_5m), SUM(cache_write_1h), SUM(input_other), SUM(output_tokens),
+	SUM(reasoning_tokens), SUM(web_search_requests), SUM(cost_micro_usd), SUM(priced_requests), SUM(unpriced_requests),
+	SUM(missing_usage_requests), SUM(estimated_requests), SUM(unmetered_requests), SUM(rejected_requests)
+FROM usage_daily GROUP BY day, user_id, workspace`
+
+// modelsBackfillSQL fills usage_project_models from usage_daily: part of
+// metering migration 13, so never edited (TestNarrowRollupsBackfill).
+const modelsBackfillSQL = `INSERT INTO usage_project_models (day, project, provider, model, service_tier,
+	requests, input_uncached, cache_read, cache_write_5m, cache_write_1h, input_other, output_tokens,
+	reasoning_tokens, web_search_requests, cost_micro_usd, priced_requests, unpriced_requests,
+	missing_usage_requests, estimated_requests, unmetered_requests, rejected_requests)
+SELECT day, project, provider, model, service_tier,
+	SUM(requests), SUM(input_uncached), SUM(cache_read), SUM(cache_write_5m), SUM(cache_write_1h), SUM(input_other), SUM(output_tokens),
+	SUM(reasoning_tokens), SUM(web_search_requests), SUM(cost_micro_usd), SUM(priced_requests), SUM(unpriced_requests),
+	SUM(missing_usage_requests), SUM(estimated_requests), SUM(unmetered_requests), SUM(rejected_requests)
+FROM usage_daily GROUP BY day, project, provider, model, service_tier`
+
+// sessionSpansBackfillSQL fills usage_session_spans from usage_sessions: part
+// of metering migration 12, so never edited; the bench rebuilds the table
+// with it. rank_tokens sums rankTokenColumns (TestSessionSpansBackfillSQL).
+const sessionSpansBackfillSQL = `INSERT INTO usage_session_spans (session_id, first_day, last_day, priced_requests, cost_micro_usd, rank_tokens)
+SELECT session_id, MIN(day), MAX(day), SUM(priced_requests), SUM(cost_micro_usd),
+	SUM(input_uncached + cache_read + cache_write_5m + cache_write_1h + input_other + output_tokens)
+FROM usage_sessions GROUP BY session_id`
 
 // recordColumns is the insert column order of usage_records:
 // recordHeadColumns, a column per token bucket, recordTailColumns;
@@ -358,9 +470,11 @@ type Store struct {
 	// no SQL.
 	insertRow *sql.Stmt
 	upsert    *sql.Stmt
-	// sessionUpsert (SQLite only) adds to usage_sessions.
-	sessionUpsert *sql.Stmt
-	now           func() time.Time
+	// sessionUpsert, spanUpsert, modelUpsert and peopleUpsert (SQLite
+	// only) add to usage_sessions, usage_session_spans,
+	// usage_project_models and usage_user_workspaces.
+	sessionUpsert, spanUpsert, modelUpsert, peopleUpsert *sql.Stmt
+	now                                                  func() time.Time
 	// path is the SQLite database file, for Durable; "" on PostgreSQL.
 	path string
 	// settler, if set, settles budget reservations in each batch's
@@ -383,9 +497,30 @@ func OpenStore(ctx context.Context, db *store.DB) (*Store, error) {
 			s.upsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
+		if s.spanUpsert, err = db.PrepareContext(ctx, spanUpsertSQL); err != nil {
+			s.upsert.Close()
+			s.sessionUpsert.Close()
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
+		if s.modelUpsert, err = db.PrepareContext(ctx, modelUpsertSQL()); err != nil {
+			s.upsert.Close()
+			s.sessionUpsert.Close()
+			s.spanUpsert.Close()
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
+		if s.peopleUpsert, err = db.PrepareContext(ctx, peopleUpsertSQL()); err != nil {
+			s.upsert.Close()
+			s.sessionUpsert.Close()
+			s.spanUpsert.Close()
+			s.modelUpsert.Close()
+			return nil, fmt.Errorf("metering prepare: %w", err)
+		}
 		if s.insertRow, err = db.PrepareContext(ctx, insertRowSQL); err != nil {
 			s.upsert.Close()
 			s.sessionUpsert.Close()
+			s.spanUpsert.Close()
+			s.modelUpsert.Close()
+			s.peopleUpsert.Close()
 			return nil, fmt.Errorf("metering prepare: %w", err)
 		}
 		var seq int
@@ -579,6 +714,9 @@ func (s *Store) InsertBatch(ctx context.Context, recs []*metering.Record) (int, 
 		}
 	}
 	if err := s.upsertSessions(ctx, tx, fresh); err != nil {
+		return 0, fmt.Errorf("metering rollup: %w", err)
+	}
+	if err := s.upsertNarrow(ctx, tx, fresh); err != nil {
 		return 0, fmt.Errorf("metering rollup: %w", err)
 	}
 	for _, st := range settle {

@@ -54,10 +54,10 @@ func pgColumnType(col string) string {
 // batch costs one round trip. The records come as one array per column
 // (unnest), so the text is the same for every batch size: prepared once per
 // connection, and never near PostgreSQL's 65535 parameters. The rollup rows
-// (usage_daily, usage_sessions) are upserted in byte order of their key
-// (COLLATE "C", as dailyKey.compare orders them) so concurrent writers lock
-// them in the same order and cannot deadlock. It returns how many rows were
-// new.
+// (usage_daily, usage_sessions, usage_session_spans, usage_project_models,
+// usage_user_workspaces) are upserted in byte order of their key (COLLATE "C", as dailyKey.compare
+// orders them) so concurrent writers lock them in the same order and cannot
+// deadlock. It returns how many rows were new.
 var pgInsertSQL = func() string {
 	var b strings.Builder
 	b.WriteString("WITH ins AS (INSERT INTO usage_records (")
@@ -77,6 +77,9 @@ var pgInsertSQL = func() string {
 	b.WriteString(strings.Join(ret, ", "))
 	b.WriteString("), " + pgRollupCTE("up", "usage_daily", dailyKeyColumns))
 	b.WriteString(", " + pgRollupCTE("ups", "usage_sessions", sessionKeyColumns))
+	b.WriteString(", " + pgSpanCTE())
+	b.WriteString(", " + pgRollupCTE("upm", "usage_project_models", modelKeyColumns))
+	b.WriteString(", " + pgRollupCTE("upw", "usage_user_workspaces", peopleKeyColumns))
 	b.WriteString(" SELECT COUNT(*) FROM ins")
 	return b.String()
 }()
