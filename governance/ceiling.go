@@ -80,12 +80,16 @@ func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model strin
 	// inputRate picks the synthetic bucket the input ceiling is priced in.
 	inputRate := rateMax
 	var tier string
-	if dialect != "openai-chat" {
+	if dialect != "openai-chat" && dialect != "anthropic-messages" {
 		tier = gjson.GetBytes(body, "service_tier").String()
 	}
 	switch dialect {
 	case "anthropic-messages":
-		output = positive(gjson.GetBytes(body, "max_tokens"), lim.MaxOutput)
+		// One pass over the top level, as for chat: Claude Code's bodies
+		// are tens of KB, with max_tokens after the tools.
+		f := anthropicFields(body)
+		tier = f.tier.String()
+		output = positive(f.maxTokens, lim.MaxOutput)
 		inputRate = rateInput
 		if bytes.Contains(body, []byte(`"cache_control"`)) {
 			inputRate = rate5m
@@ -93,20 +97,21 @@ func EstimateCeiling(prices *metering.PriceTable, dialect, provider, model strin
 				inputRate = rate1h
 			}
 		}
-		tools := gjson.GetBytes(body, "tools")
-		if tools.IsArray() && len(tools.Array()) > 0 {
+		if nonEmptyArray(f.tools) {
 			input += anthropicToolOverhead
 		}
-		tools.ForEach(func(_, t gjson.Result) bool {
-			if typ := t.Get("type").String(); strings.HasPrefix(typ, "web_search") {
-				searches += positive(t.Get("max_uses"), defaultToolCalls)
-			}
-			return true
-		})
+		if mayNameWebSearch(f.tools.Raw) {
+			f.tools.ForEach(func(_, t gjson.Result) bool {
+				if typ := t.Get("type").String(); strings.HasPrefix(typ, "web_search") {
+					searches += positive(t.Get("max_uses"), defaultToolCalls)
+				}
+				return true
+			})
+		}
 		if tier == "standard_only" {
 			tier = ""
 		}
-		if gjson.GetBytes(body, "speed").String() == "fast" {
+		if f.speed.String() == "fast" {
 			tier = "fast"
 		}
 	case "openai-chat":
@@ -281,46 +286,81 @@ func hasKeyString(body []byte, key, val string) bool {
 // a token), corrected to the actual count when the request ends.
 func PacingTokens(body []byte) int64 { return int64(len(body)*2/7) + 1 }
 
+// topFields reads the first occurrence (gjson.Get's rule) of each of keys
+// at the top level of body into out, in one pass that stops once every key
+// is seen: a gjson.Get per field was a walk of the whole top level for each
+// field absent or late (Claude Code sends max_tokens after its tools). The
+// results are views of body, not copies (GetBytes clones each, 34 KB for a
+// Claude Code tools array): nothing read from them may outlive the
+// caller's use of body. A key's unescaped name is matched, as Get does.
+func topFields(body []byte, keys []string, out []gjson.Result) {
+	root := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
+	if !root.IsObject() {
+		return
+	}
+	var seen uint
+	all := uint(1)<<len(keys) - 1
+	root.ForEach(func(k, v gjson.Result) bool {
+		for i, key := range keys {
+			if seen&(1<<i) == 0 && k.Str == key {
+				out[i], seen = v, seen|1<<i
+				break
+			}
+		}
+		return seen != all
+	})
+}
+
 // chatOpts are the top-level fields of an OpenAI chat body the ceiling
 // reads.
 type chatOpts struct {
 	tier, maxCompletion, maxTokens, n gjson.Result
 	webSearch                         bool
-	seen                              uint8
 }
 
-// chatFields reads chatOpts in one pass, keeping each key's first
-// occurrence (gjson.Get's rule) and stopping once all are seen.
-func chatFields(body []byte) (f chatOpts) {
-	const all = 1<<5 - 1
-	// A view, not ParseBytes's copy of the body (a copy per request,
-	// as large as the body): the body is not written during the call, and
-	// what is kept is cloned below, as gjson.GetBytes does.
-	root := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
-	if !root.IsObject() {
-		return f
+var chatKeys = []string{"service_tier", "max_completion_tokens", "max_tokens", "n", "web_search_options"}
+
+// chatFields reads chatOpts in one pass (topFields).
+func chatFields(body []byte) chatOpts {
+	var r [5]gjson.Result
+	topFields(body, chatKeys, r[:])
+	return chatOpts{tier: r[0], maxCompletion: r[1], maxTokens: r[2], n: r[3], webSearch: r[4].Exists()}
+}
+
+// anthropicOpts are the top-level fields of an Anthropic Messages body the
+// ceiling reads: the rest of what it needs (cache_control, a 1h ttl,
+// file_id) is a substring anywhere in the body.
+type anthropicOpts struct {
+	tier, maxTokens, tools, speed gjson.Result
+}
+
+var anthropicKeys = []string{"service_tier", "max_tokens", "tools", "speed"}
+
+// anthropicFields reads anthropicOpts in one pass (topFields).
+func anthropicFields(body []byte) anthropicOpts {
+	var r [4]gjson.Result
+	topFields(body, anthropicKeys, r[:])
+	return anthropicOpts{tier: r[0], maxTokens: r[1], tools: r[2], speed: r[3]}
+}
+
+// nonEmptyArray reports whether r is an array with an element, as
+// len(r.Array()) > 0 does for an array, without building the slice.
+func nonEmptyArray(r gjson.Result) bool {
+	if !r.IsArray() {
+		return false
 	}
-	root.ForEach(func(k, v gjson.Result) bool {
-		var bit uint8
-		var dst *gjson.Result
-		switch k.String() {
-		case "service_tier":
-			bit, dst = 1, &f.tier
-		case "max_completion_tokens":
-			bit, dst = 2, &f.maxCompletion
-		case "max_tokens":
-			bit, dst = 4, &f.maxTokens
-		case "n":
-			bit, dst = 8, &f.n
-		case "web_search_options":
-			bit, f.webSearch = 16, true
-		}
-		if dst != nil && f.seen&bit == 0 {
-			v.Raw, v.Str = strings.Clone(v.Raw), strings.Clone(v.Str)
-			*dst = v
-		}
-		f.seen |= bit
-		return f.seen != all
+	found := false
+	r.ForEach(func(_, _ gjson.Result) bool {
+		found = true
+		return false
 	})
-	return f
+	return found
+}
+
+// mayNameWebSearch reports whether a tools value can hold a tool whose
+// unescaped "type" starts with web_search: only if its raw text has that
+// text, or a \u escape that could spell it. Claude Code's tools are 30 KB
+// of custom tools without a type, which a Get per tool would walk.
+func mayNameWebSearch(raw string) bool {
+	return strings.Contains(raw, "web_search") || strings.Contains(raw, `\u`)
 }
