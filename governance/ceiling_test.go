@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -374,4 +375,45 @@ func mustReadFile(tb testing.TB, path string) []byte {
 		tb.Fatal(err)
 	}
 	return b
+}
+
+// markerCases put the markers at the edges, inside strings, split by the
+// point where a body dense with underscores goes over to bytes.Contains.
+var markerCases = []string{
+	`"cache_control"`, `"file_id"`, `"cache_control""file_id"`, `x"file_id`, `cache_control"`, `_`, ``,
+	strings.Repeat("_", 40) + `"file_id"`, strings.Repeat("_", 16) + `"cache_control"` + strings.Repeat("a_", 30) + `"file_id"`,
+	strings.Repeat("_", 17) + `control"`, `"cache` + strings.Repeat("_", 18) + `"file_id"`,
+	strings.Repeat(`"cache_contro_`, 9) + `"cache_control"`,
+}
+
+// TestMarkersMatchContains: markers agrees with bytes.Contains on the edge
+// cases and on every testdata body.
+func TestMarkersMatchContains(t *testing.T) {
+	bodies := slices.Clone(markerCases)
+	for _, c := range loadCeilingCases(t) {
+		bodies = append(bodies, string(c.body))
+	}
+	for i := 16; i < 24; i++ {
+		// The fallback begins at each offset around both markers.
+		bodies = append(bodies, strings.Repeat("_", i)+`"cache_control"`+strings.Repeat("_", i)+`"file_id"`)
+	}
+	for _, body := range bodies {
+		checkMarkers(t, []byte(body))
+	}
+}
+
+func checkMarkers(t *testing.T, body []byte) {
+	t.Helper()
+	cc, fid := markers(body)
+	if wantCC, wantFID := bytes.Contains(body, []byte(`"cache_control"`)), bytes.Contains(body, []byte(`"file_id"`)); cc != wantCC || fid != wantFID {
+		t.Errorf("%.80q: markers (%v, %v), bytes.Contains (%v, %v)", body, cc, fid, wantCC, wantFID)
+	}
+}
+
+// FuzzMarkers: for any bytes, markers agrees with bytes.Contains.
+func FuzzMarkers(f *testing.F) {
+	for _, c := range markerCases {
+		f.Add([]byte(c))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) { checkMarkers(t, body) })
 }
