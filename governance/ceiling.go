@@ -343,6 +343,8 @@ func PacingTokens(body []byte) int64 { return int64(len(body)*2/7) + 1 }
 // results are views of body, not copies (GetBytes clones each, 34 KB for a
 // Claude Code tools array): nothing read from them may outlive the
 // caller's use of body. A key's unescaped name is matched, as Get does.
+// (chatFields keeps its own switch: on a 70-byte chat body this loop
+// measured 12 ns slower, on the path of every governed chat request.)
 func topFields(body []byte, keys []string, out []gjson.Result) {
 	root := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
 	if !root.IsObject() {
@@ -366,15 +368,43 @@ func topFields(body []byte, keys []string, out []gjson.Result) {
 type chatOpts struct {
 	tier, maxCompletion, maxTokens, n gjson.Result
 	webSearch                         bool
+	seen                              uint8
 }
 
-var chatKeys = []string{"service_tier", "max_completion_tokens", "max_tokens", "n", "web_search_options"}
-
-// chatFields reads chatOpts in one pass (topFields).
-func chatFields(body []byte) chatOpts {
-	var r [5]gjson.Result
-	topFields(body, chatKeys, r[:])
-	return chatOpts{tier: r[0], maxCompletion: r[1], maxTokens: r[2], n: r[3], webSearch: r[4].Exists()}
+// chatFields reads chatOpts in one pass, keeping each key's first
+// occurrence (gjson.Get's rule) and stopping once all are seen.
+func chatFields(body []byte) (f chatOpts) {
+	const all = 1<<5 - 1
+	// A view, not ParseBytes's copy of the body (a copy per request,
+	// as large as the body): the body is not written during the call, and
+	// what is kept is cloned below, as gjson.GetBytes does.
+	root := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
+	if !root.IsObject() {
+		return f
+	}
+	root.ForEach(func(k, v gjson.Result) bool {
+		var bit uint8
+		var dst *gjson.Result
+		switch k.String() {
+		case "service_tier":
+			bit, dst = 1, &f.tier
+		case "max_completion_tokens":
+			bit, dst = 2, &f.maxCompletion
+		case "max_tokens":
+			bit, dst = 4, &f.maxTokens
+		case "n":
+			bit, dst = 8, &f.n
+		case "web_search_options":
+			bit, f.webSearch = 16, true
+		}
+		if dst != nil && f.seen&bit == 0 {
+			v.Raw, v.Str = strings.Clone(v.Raw), strings.Clone(v.Str)
+			*dst = v
+		}
+		f.seen |= bit
+		return f.seen != all
+	})
+	return f
 }
 
 // anthropicOpts are the top-level fields of an Anthropic Messages body the
