@@ -463,3 +463,33 @@ func BenchmarkSettleAllotted(b *testing.B) {
 		})
 	}
 }
+
+// TestWindowCacheMatchesWindowOf: the window Allotted takes from its cache
+// is windowOf's at every instant, across calendar and rolling boundaries,
+// with the clock going back, and after a budget's window is edited.
+func TestWindowCacheMatchesWindowOf(t *testing.T) {
+	var wc windowCache
+	month := costBudget("b", 1, ModeSoft, Window{Kind: WindowMonth})
+	day, rolling, life := month, month, month
+	day.Window = Window{Kind: WindowDay}
+	rolling.Window = Window{Kind: WindowRolling, Every: 5 * time.Hour}
+	life.Window = Window{Kind: WindowLifetime}
+	other := month
+	other.ID = "c"
+	t0 := time.Date(2026, 1, 31, 23, 59, 59, 0, time.UTC)
+	steps := []time.Duration{0, 500 * time.Millisecond, time.Second, -time.Second, 13 * time.Minute, 12*time.Minute + 30*time.Second,
+		-24 * time.Hour, 31 * 24 * time.Hour, 29 * 24 * time.Hour, time.Nanosecond, -time.Nanosecond}
+	for _, b := range []Budget{month, other, day, rolling, life, month} {
+		now := t0
+		for _, d := range steps {
+			now = now.Add(d)
+			if got, want := wc.at(b, now), windowOf(b, now); got != want {
+				t.Fatalf("budget %s window %s at %s: cached %+v, windowOf %+v", b.ID, b.Window, now, got, want)
+			}
+		}
+	}
+	var none *windowCache
+	if got, want := none.at(month, t0), windowOf(month, t0); got != want {
+		t.Fatalf("nil cache: %+v, want %+v", got, want)
+	}
+}

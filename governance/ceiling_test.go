@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -244,4 +245,175 @@ func BenchmarkEstimateCeilingChat(b *testing.B) {
 	for b.Loop() {
 		EstimateCeiling(prices, "openai-chat", "openai", "gpt-5", body, true)
 	}
+}
+
+// BenchmarkEstimateCeilingAnthropic is the ceiling of a 62 KB body shaped
+// like Claude Code's (testdata/ceiling/claude-code-session.json: messages
+// first, max_tokens after the tools, cache_control in the last message).
+func BenchmarkEstimateCeilingAnthropic(b *testing.B) {
+	prices := metering.DefaultPrices()
+	body, err := os.ReadFile("testdata/ceiling/claude-code-session.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		EstimateCeiling(prices, "anthropic-messages", "anthropic", "claude-opus-5-5", body, false)
+	}
+}
+
+// anthropicByGet is what EstimateCeiling read of an Anthropic body before
+// the one-pass reader, a gjson.GetBytes per field: the oracle that
+// anthropicFields, nonEmptyArray and mayNameWebSearch must agree with.
+type anthropicByGet struct {
+	tier, maxTokens, speed string
+	maxType                gjson.Type
+	toolOverhead           bool
+	searches               int64
+}
+
+func anthropicOld(body []byte) anthropicByGet {
+	tools := gjson.GetBytes(body, "tools")
+	mt := gjson.GetBytes(body, "max_tokens")
+	out := anthropicByGet{tier: gjson.GetBytes(body, "service_tier").String(), maxTokens: mt.Raw, maxType: mt.Type,
+		speed: gjson.GetBytes(body, "speed").String(), toolOverhead: tools.IsArray() && len(tools.Array()) > 0}
+	tools.ForEach(func(_, t gjson.Result) bool {
+		if strings.HasPrefix(t.Get("type").String(), "web_search") {
+			out.searches += positive(t.Get("max_uses"), defaultToolCalls)
+		}
+		return true
+	})
+	return out
+}
+
+func anthropicNew(body []byte) anthropicByGet {
+	f := anthropicFields(body)
+	out := anthropicByGet{tier: f.tier.String(), maxTokens: f.maxTokens.Raw, maxType: f.maxTokens.Type,
+		speed: f.speed.String(), toolOverhead: nonEmptyArray(f.tools)}
+	if mayNameWebSearch(f.tools.Raw) {
+		f.tools.ForEach(func(_, t gjson.Result) bool {
+			if strings.HasPrefix(t.Get("type").String(), "web_search") {
+				out.searches += positive(t.Get("max_uses"), defaultToolCalls)
+			}
+			return true
+		})
+	}
+	return out
+}
+
+// checkTopFields fails when the one-pass readers disagree with gjson.Get
+// on body, field by field.
+func checkTopFields(t *testing.T, name string, body []byte) {
+	t.Helper()
+	if got, want := anthropicNew(body), anthropicOld(body); got != want {
+		t.Errorf("%s: anthropic one pass %+v, gjson.Get %+v", name, got, want)
+	}
+	f := chatFields(body)
+	for key, got := range map[string]gjson.Result{"service_tier": f.tier, "max_completion_tokens": f.maxCompletion, "max_tokens": f.maxTokens, "n": f.n} {
+		if want := gjson.GetBytes(body, key); got.Raw != want.Raw || got.Type != want.Type {
+			t.Errorf("%s: chat %s = %q, gjson.Get %q", name, key, got.Raw, want.Raw)
+		}
+	}
+	if want := gjson.GetBytes(body, "web_search_options").Exists(); f.webSearch != want {
+		t.Errorf("%s: chat web_search_options %v, gjson.Get %v", name, f.webSearch, want)
+	}
+}
+
+// anthropicFieldCases are bodies where a one-pass reader could part from
+// gjson.Get: repeated keys (the first wins), escaped keys and values, a
+// search tool spelled with escapes, empty and non-array tools.
+var anthropicFieldCases = []string{
+	`{"model":"m","max_tokens":5,"max_tokens":900000,"speed":"fast","speed":"slow"}`,
+	`{"tools":[],"service_tier":"standard_only"}`,
+	`{"tools":[ ],"tools":[{"type":"web_search_20250305"}]}`,
+	`{"tools":[{"type":"web_search_20250305","max_uses":3},{"name":"Bash","input_schema":{"type":"object"}}]}`,
+	`{"tools":[{"type":"web\u005fsearch_20250305","max_uses":2}]}`,
+	`{"tools":[{"\u0074ype":"web_search_20250305"}],"\u0073peed":"fast"}`,
+	`{"tools":{"a":{"type":"web_search_20250305","max_uses":4}}}`,
+	`{"tools":"web_search","max_tokens":"64"}`,
+	`{"tools":[{"type":"web_search_x","max_uses":-1},{"type":"web_search_y","max_uses":1e40}]}`,
+	`{"tools":[1,null,"x",[{"type":"web_search"}]]}`,
+	`[{"max_tokens":1}]`, `"tools"`, ``, `{"max_tokens":`, `{"tools":[{"type":"web_search"`, ` {"speed" : "fast" } `,
+}
+
+// TestAnthropicFieldsMatchGet: on every testdata body and the edge cases,
+// the one-pass readers agree with gjson.Get.
+func TestAnthropicFieldsMatchGet(t *testing.T) {
+	for name, c := range loadCeilingCases(t) {
+		checkTopFields(t, name, c.body)
+	}
+	for _, body := range anthropicFieldCases {
+		checkTopFields(t, body, []byte(body))
+	}
+}
+
+// FuzzTopFields: for any valid JSON, the one-pass readers agree with
+// gjson.Get; on other input they need only not panic, since the proxy
+// refuses a body that is not valid JSON before governance reads it
+// (gjson.Get and ForEach part ways on some malformed objects).
+func FuzzTopFields(f *testing.F) {
+	for _, body := range anthropicFieldCases {
+		f.Add([]byte(body))
+	}
+	f.Add(mustReadFile(f, "testdata/ceiling/anthropic-web-search-max-uses.json"))
+	f.Add(mustReadFile(f, "testdata/ceiling/chat-n3.json"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if !gjson.ValidBytes(body) {
+			anthropicFields(body)
+			chatFields(body)
+			return
+		}
+		checkTopFields(t, "fuzz input", body)
+	})
+}
+
+func mustReadFile(tb testing.TB, path string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// markerCases put the markers at the edges, inside strings, split by the
+// point where a body dense with underscores goes over to bytes.Contains.
+var markerCases = []string{
+	`"cache_control"`, `"file_id"`, `"cache_control""file_id"`, `x"file_id`, `cache_control"`, `_`, ``,
+	strings.Repeat("_", 40) + `"file_id"`, strings.Repeat("_", 16) + `"cache_control"` + strings.Repeat("a_", 30) + `"file_id"`,
+	strings.Repeat("_", 17) + `control"`, `"cache` + strings.Repeat("_", 18) + `"file_id"`,
+	strings.Repeat(`"cache_contro_`, 9) + `"cache_control"`,
+}
+
+// TestMarkersMatchContains: markers agrees with bytes.Contains on the edge
+// cases and on every testdata body.
+func TestMarkersMatchContains(t *testing.T) {
+	bodies := slices.Clone(markerCases)
+	for _, c := range loadCeilingCases(t) {
+		bodies = append(bodies, string(c.body))
+	}
+	for i := 16; i < 24; i++ {
+		// The fallback begins at each offset around both markers.
+		bodies = append(bodies, strings.Repeat("_", i)+`"cache_control"`+strings.Repeat("_", i)+`"file_id"`)
+	}
+	for _, body := range bodies {
+		checkMarkers(t, []byte(body))
+	}
+}
+
+func checkMarkers(t *testing.T, body []byte) {
+	t.Helper()
+	cc, fid := markers(body)
+	if wantCC, wantFID := bytes.Contains(body, []byte(`"cache_control"`)), bytes.Contains(body, []byte(`"file_id"`)); cc != wantCC || fid != wantFID {
+		t.Errorf("%.80q: markers (%v, %v), bytes.Contains (%v, %v)", body, cc, fid, wantCC, wantFID)
+	}
+}
+
+// FuzzMarkers: for any bytes, markers agrees with bytes.Contains.
+func FuzzMarkers(f *testing.F) {
+	for _, c := range markerCases {
+		f.Add([]byte(c))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) { checkMarkers(t, body) })
 }

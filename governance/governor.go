@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +57,8 @@ type Governor struct {
 	ledger  budgetLedger
 	limiter Limiter
 	log     *slog.Logger
+	// memo is the current snapshot's matches (matchFor).
+	memo atomic.Pointer[matchMemo]
 }
 
 // New returns a Governor.
@@ -126,6 +131,153 @@ func (g *Governor) policies() *Policies {
 	return g.cfg.Policies.Current()
 }
 
+// match is what one policy snapshot says of requests of a scope for a
+// model: the model to send, or that model policy refuses it; and the
+// limits and budgets that apply to the model sent (an alias cannot dodge a
+// budget on its target). Its slices are shared by every request it
+// answers and never written.
+type match struct {
+	model   string
+	refused bool
+	limits  []Limit
+	budgets []Budget
+}
+
+// matchKey is a request's scope and requested model.
+type matchKey struct {
+	sc    Scope
+	model string
+}
+
+// maxMatches bounds the matches remembered per snapshot: about one per
+// token and model in use. When full, the memo starts again empty.
+const maxMatches = 4096
+
+// matchMemo remembers the matches of one snapshot. A new snapshot (every
+// reload, so every policy change) gets a new, empty memo, so no request
+// is ever judged by policies older than the snapshot it read.
+//
+// Hits read an immutable map without a lock (an RWMutex's reader count is
+// an atomic write to one cache line by every request on every core);
+// misses go to dirty, under mu, which is published as a new read map once
+// it holds a quarter as many as read does, so the copies cost amortised
+// O(1) per match added.
+type matchMemo struct {
+	p    *Policies
+	read atomic.Pointer[map[matchKey]*match]
+	mu   sync.Mutex
+	// dirty holds matches not yet in read.
+	dirty map[matchKey]*match
+}
+
+func newMatchMemo(p *Policies) *matchMemo {
+	mm := &matchMemo{p: p}
+	mm.read.Store(new(map[matchKey]*match))
+	return mm
+}
+
+// fewPolicies is the size of a snapshot under which matchFor first checks
+// whether any policy is of sc's scopes: cheaper than a memo look-up, which
+// hashes six strings, when none is.
+const fewPolicies = 16
+
+// matchFor returns p's match for sc and model: RulesFor, ResolveModel,
+// LimitsFor and BudgetsFor, each a scan of every policy with a slice
+// allocated, computed once per snapshot, scope and model instead of per
+// request. nil means no policy applies.
+func (g *Governor) matchFor(p *Policies, sc Scope, model string) *match {
+	if len(p.Budgets)+len(p.Limits)+len(p.Rules) <= fewPolicies && !ofScope(p, sc) {
+		return nil
+	}
+	mm := g.memo.Load()
+	if mm == nil || mm.p != p {
+		if mm != nil && mm.p.Version > p.Version {
+			// A request that read an older snapshot than the memo's.
+			return computeMatch(p, sc, model)
+		}
+		fresh := newMatchMemo(p)
+		// A racing request may have installed p's memo first: use that.
+		if g.memo.CompareAndSwap(mm, fresh) {
+			mm = fresh
+		} else if mm = g.memo.Load(); mm == nil || mm.p != p {
+			return computeMatch(p, sc, model)
+		}
+	}
+	k := matchKey{sc, model}
+	read := *mm.read.Load()
+	if m := read[k]; m != nil {
+		return m
+	}
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if m := mm.dirty[k]; m != nil {
+		return m
+	}
+	m := computeMatch(p, sc, model)
+	// The key outlives the request: its strings may be views of a
+	// request buffer (house rule 12).
+	k = matchKey{Scope{Project: strings.Clone(sc.Project), User: strings.Clone(sc.User), Workspace: strings.Clone(sc.Workspace),
+		TokenID: strings.Clone(sc.TokenID), Harness: strings.Clone(sc.Harness)}, strings.Clone(model)}
+	if m.model == model {
+		m.model = k.model // an alias's target is the snapshot's
+	}
+	read = *mm.read.Load()
+	if len(read)+len(mm.dirty) >= maxMatches {
+		read, mm.dirty = nil, nil
+		mm.read.Store(new(map[matchKey]*match))
+	}
+	if mm.dirty == nil {
+		mm.dirty = map[matchKey]*match{}
+	}
+	mm.dirty[k] = m
+	if len(mm.dirty) >= max(len(read)/4, 1) {
+		next := make(map[matchKey]*match, len(read)+len(mm.dirty))
+		maps.Copy(next, read)
+		maps.Copy(next, mm.dirty)
+		mm.read.Store(&next)
+		mm.dirty = nil
+	}
+	return m
+}
+
+// ofScope reports whether any policy of p is of one of sc's scopes (its
+// model and harness aside): if none is, none applies.
+func ofScope(p *Policies, sc Scope) bool {
+	in := func(t ScopeType, id string) bool { return t == ScopePlatform || (id != "" && sc.id(t) == id) }
+	for i := range p.Budgets {
+		if in(p.Budgets[i].ScopeType, p.Budgets[i].ScopeID) {
+			return true
+		}
+	}
+	for i := range p.Limits {
+		if in(p.Limits[i].ScopeType, p.Limits[i].ScopeID) {
+			return true
+		}
+	}
+	for i := range p.Rules {
+		if in(p.Rules[i].ScopeType, p.Rules[i].ScopeID) {
+			return true
+		}
+	}
+	return false
+}
+
+// computeMatch is matchFor without the memo.
+func computeMatch(p *Policies, sc Scope, model string) *match {
+	m := &match{model: model}
+	if rules := p.RulesFor(sc); len(rules) > 0 {
+		target, ref := ResolveModel(rules, sc, model)
+		if ref != nil {
+			m.refused = true
+			return m
+		}
+		m.model = target
+	}
+	m.limits = p.LimitsFor(sc, m.model)
+	m.budgets = p.BudgetsFor(sc, m.model)
+	return m
+}
+
 // Admit checks model policy, rate limits and budgets, in that order, and
 // reserves. A refusal is returned as a *Refusal error; it has reserved and
 // acquired nothing. Another error is ctx's: the caller left while waiting.
@@ -140,18 +292,16 @@ func (g *Governor) Admit(ctx context.Context, req Request) (*Admission, error) {
 	if p.Empty() {
 		return nil, nil
 	}
-	model := req.Model
-	if rules := p.RulesFor(req.Scope); len(rules) > 0 {
-		m, ref := ResolveModel(rules, req.Scope, req.Model)
-		if ref != nil {
-			return nil, ref
-		}
-		model = m
+	m := g.matchFor(p, req.Scope, req.Model)
+	if m == nil {
+		return nil, nil
 	}
-	// Budgets and limits select on the model sent: an alias cannot dodge
-	// a budget on its target.
-	limits := p.LimitsFor(req.Scope, model)
-	budgets := p.BudgetsFor(req.Scope, model)
+	if m.refused {
+		// Not kept: a refusal is built for each request it answers.
+		_, ref := ResolveModel(p.RulesFor(req.Scope), req.Scope, req.Model)
+		return nil, ref
+	}
+	model, limits, budgets := m.model, m.limits, m.budgets
 	if len(limits) == 0 && len(budgets) == 0 {
 		if model == req.Model {
 			return nil, nil

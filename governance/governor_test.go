@@ -3,11 +3,15 @@ package governance
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tollgate/tollgate/internal/store"
 	"github.com/tollgate/tollgate/metering"
 	"github.com/tollgate/tollgate/registry"
 )
@@ -315,4 +319,122 @@ func TestGovernorReservesTheDearestCandidate(t *testing.T) {
 		t.Fatalf("two candidates reserved %d, want the dearer ceiling %d", a.ReservedMicroUSD, dearCeil.CostMicroUSD)
 	}
 	a.Release(context.Background())
+}
+
+// TestGovernorSeesPolicyChangeOnNextRequest: Admit remembers what each
+// snapshot says of a scope and model (matchFor), and a change written to
+// the store and reloaded, as the admin API does after its write, is
+// enforced by the very next request of that scope and model on this
+// replica: a deny added and removed, an alias retargeted, a limit added.
+// The poll is a minute, so only the reload can deliver the change.
+func TestGovernorSeesPolicyChangeOnNextRequest(t *testing.T) {
+	forEachPolicyEngine(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		st := policyStore(t, db)
+		w := startPolicyWatcher(t, st, WatchConfig{Poll: time.Minute, PollOnly: true})
+		g := New(Config{Policies: w, Limiter: NewLocalLimiter(LocalConfig{MaxWait: -1})})
+		req := govRequest("req", "acme", "claude-opus-5-5")
+		change := func(write func() error) {
+			t.Helper()
+			if err := write(); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		admit := func(model string) (*Admission, *Refusal) {
+			t.Helper()
+			r := req
+			r.Model = model
+			a, err := g.Admit(ctx, r)
+			var ref *Refusal
+			if err != nil && !errors.As(err, &ref) {
+				t.Fatal(err)
+			}
+			return a, ref
+		}
+		rule := func(kind RuleKind, pattern, target string) ModelRule {
+			return ModelRule{ScopeType: ScopeProject, ScopeID: "acme", Kind: kind, Pattern: pattern, Target: target}
+		}
+
+		change(func() error { _, err := st.PutRule(ctx, rule(RuleAllow, "claude-*", "")); return err })
+		for range 3 { // remembered from the second request on
+			if _, ref := admit("claude-opus-5-5"); ref != nil {
+				t.Fatalf("allowed model refused: %+v", ref)
+			}
+		}
+		var deny ModelRule
+		change(func() (err error) { deny, err = st.PutRule(ctx, rule(RuleDeny, "claude-opus-*", "")); return err })
+		if _, ref := admit("claude-opus-5-5"); ref == nil || ref.Kind != RefuseModel {
+			t.Fatalf("the request after a deny was added: refusal %+v, want model_policy", ref)
+		}
+		change(func() error { return st.DeleteRule(ctx, deny.ID) })
+		if _, ref := admit("claude-opus-5-5"); ref != nil {
+			t.Fatalf("the request after the deny was deleted: refused %+v", ref)
+		}
+
+		var alias ModelRule
+		change(func() (err error) {
+			alias, err = st.PutRule(ctx, rule(RuleAlias, "fast", "claude-haiku-5-5"))
+			return err
+		})
+		if a, ref := admit("fast"); ref != nil || a == nil || a.Model != "claude-haiku-5-5" {
+			t.Fatalf("alias fast: admission %+v, refusal %+v; want claude-haiku-5-5", a, ref)
+		}
+		alias.Target = "claude-sonnet-5-5"
+		change(func() error { _, err := st.PutRule(ctx, alias); return err })
+		if a, ref := admit("fast"); ref != nil || a == nil || a.Model != "claude-sonnet-5-5" {
+			t.Fatalf("the request after the alias was retargeted: admission %+v, refusal %+v; want claude-sonnet-5-5", a, ref)
+		}
+
+		change(func() error {
+			_, err := st.PutLimit(ctx, Limit{Selector: Selector{ScopeType: ScopeProject, ScopeID: "acme"}, Concurrency: 1})
+			return err
+		})
+		first, ref := admit("claude-opus-5-5")
+		if ref != nil || first == nil {
+			t.Fatalf("first request under a concurrency limit of 1: admission %+v, refusal %+v", first, ref)
+		}
+		defer first.Release(ctx)
+		if _, ref := admit("claude-opus-5-5"); ref == nil || ref.Kind != RefuseConcurrency {
+			t.Fatalf("second request in flight under a concurrency limit of 1: refusal %+v, want concurrency", ref)
+		}
+	})
+}
+
+// TestMatchForAgreesWithScan: past fewPolicies, where the memo is used,
+// every match it returns, from its dirty map or its published one, is what
+// the scan computes, from concurrent requests over many scopes.
+func TestMatchForAgreesWithScan(t *testing.T) {
+	var p Policies
+	for i := range fewPolicies + 4 {
+		p.Budgets = append(p.Budgets, tokensBudget(fmt.Sprintf("b%d", i), fmt.Sprintf("p%d", i%7), 1000, ModeSoft))
+	}
+	p.Limits = []Limit{{ID: "l", Selector: Selector{ScopeType: ScopeWorkspace, ScopeID: "w3", Model: "claude-*"}, RPM: 5}}
+	p.Rules = []ModelRule{
+		{ID: "a", ScopeType: ScopeProject, ScopeID: "p2", Kind: RuleAlias, Pattern: "fast", Target: "claude-haiku-5-5"},
+		{ID: "d", ScopeType: ScopeProject, ScopeID: "p4", Kind: RuleDeny, Pattern: "gpt-*"},
+	}
+	pol := &govPolicies{}
+	pol.set(p)
+	g := New(Config{Policies: pol})
+	snap := pol.Current()
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Go(func() {
+			for pass := range 3 {
+				for i := range 300 {
+					sc := Scope{Project: fmt.Sprintf("p%d", i%9), User: "u", Workspace: fmt.Sprintf("w%d", i%5), TokenID: fmt.Sprintf("t%d", (i+w)%150)}
+					model := []string{"claude-opus-5-5", "fast", "gpt-5"}[i%3]
+					got, want := g.matchFor(snap, sc, model), computeMatch(snap, sc, model)
+					if got == nil || !reflect.DeepEqual(*got, *want) {
+						t.Errorf("pass %d %+v %s: memo %+v, scan %+v", pass, sc, model, got, want)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -348,13 +348,17 @@ type planned struct {
 // planCharges merges charges per budget (a budget is reserved once) and
 // sorts them by budget id, the lock order.
 func planCharges(charges []Charge, now time.Time) []planned {
-	var ps []planned
+	return appendPlanned(nil, charges, now, nil)
+}
+
+// appendPlanned is planCharges into ps, its windows from wc when not nil.
+func appendPlanned(ps []planned, charges []Charge, now time.Time, wc *windowCache) []planned {
 	for _, c := range charges {
 		if i := slices.IndexFunc(ps, func(p planned) bool { return p.Budget.ID == c.Budget.ID }); i >= 0 {
 			ps[i].Amount += c.Amount
 			continue
 		}
-		ps = append(ps, planned{Charge: c, w: windowOf(c.Budget, now)})
+		ps = append(ps, planned{Charge: c, w: wc.at(c.Budget, now)})
 	}
 	slices.SortFunc(ps, func(a, b planned) int { return cmp.Compare(a.Budget.ID, b.Budget.ID) })
 	return ps

@@ -97,7 +97,12 @@ func (l *localLimiter) try(limits []Limit, tokens int64) (Permit, *denial) {
 	if worst != nil {
 		return nil, worst
 	}
-	p := &localPermit{l: l, tokens: tokens, holds: make([]localHold, 0, len(limits))}
+	p := &localPermit{l: l, tokens: tokens}
+	// One allocation, not two, for the usual few limits.
+	p.holds = p.buf[:0]
+	if len(limits) > len(p.buf) {
+		p.holds = make([]localHold, 0, len(limits))
+	}
 	for _, lim := range limits {
 		key := limitKey(lim)
 		s := l.states[key]
@@ -155,6 +160,7 @@ type localPermit struct {
 	l      *localLimiter
 	tokens int64
 	holds  []localHold
+	buf    [2]localHold
 	done   atomic.Bool
 }
 

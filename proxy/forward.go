@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/tidwall/gjson"
@@ -54,6 +55,9 @@ type call struct {
 	// adm is governance's hold on the request (nil: no policy applied);
 	// finish ends it before the record leaves.
 	adm *governance.Admission
+	// modelKeys counts the body's top-level "model" keys, once the model
+	// was read from it (0: not counted).
+	modelKeys int
 	// attempts are the upstream attempts made so far (failover.go).
 	attempts []metering.Attempt
 }
@@ -222,14 +226,15 @@ func (s *Server) forward(c *fiber.Ctx) error {
 		if !gjson.ValidBytes(body) {
 			return cl.reject(newError(kindBadRequest, "request body is not valid JSON"))
 		}
+		top := readTop(body)
 		if m.Model == "" && m.Path.Metered {
-			mv := gjson.GetBytes(body, "model")
-			if mv.Type != gjson.String || mv.Str == "" {
+			if top.model.Type != gjson.String || top.model.Str == "" {
 				return cl.reject(newError(kindBadRequest, "request body has no \"model\" string"))
 			}
-			cl.rec.ModelRequest = strings.Clone(mv.Str)
+			cl.rec.ModelRequest = strings.Clone(top.model.Str)
+			cl.modelKeys = top.models
 		}
-		bodyStream = gjson.GetBytes(body, "stream").Type == gjson.True
+		bodyStream = top.stream.Type == gjson.True
 	} else if method == fiber.MethodPost && m.Path.Metered {
 		return cl.reject(newError(kindBadRequest, "request body is empty"))
 	}
@@ -300,6 +305,36 @@ func (s *Server) forward(c *fiber.Ctx) error {
 	return cl.send(c, plan, cands)
 }
 
+// bodyTop is what the handler reads of a body's top level.
+type bodyTop struct {
+	// model and stream are the first of their keys, as gjson.Get reads.
+	model, stream gjson.Result
+	// models counts the "model" keys: a policy judging the first while a
+	// provider serves the last would be bypassed (governance.BodyModel).
+	models int
+}
+
+// readTop reads bodyTop in one pass over the top level: Get for the model,
+// Get for stream and governance.BodyModel's count were a walk each. The
+// results are views of body; what is kept is cloned.
+func readTop(body []byte) (t bodyTop) {
+	gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body))).ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "model":
+			if t.models == 0 {
+				t.model = v
+			}
+			t.models++
+		case "stream":
+			if !t.stream.Exists() {
+				t.stream = v
+			}
+		}
+		return true
+	})
+	return t
+}
+
 // candidates lists the providers a request with alternates may be sent
 // to, for its budget ceiling (governance.Request.Candidates); nil for a
 // single credential, which then costs nothing here.
@@ -327,7 +362,10 @@ func (cl *call) candidates(primary *registry.Provider, t resolver.Target) []*reg
 // provider might serve the other.
 func (cl *call) applyAdmission(adm *governance.Admission, body []byte, m registry.Match) ([]byte, string, error) {
 	out, rest := body, m.Rest
-	if m.Model == "" && len(body) > 0 {
+	switch {
+	case cl.modelKeys > 1:
+		return nil, "", newError(kindBadRequest, "%s", governance.ErrDuplicateModel.Error())
+	case cl.modelKeys == 0 && m.Model == "" && len(body) > 0:
 		if _, err := governance.BodyModel(body); err != nil {
 			return nil, "", newError(kindBadRequest, "%s", err.Error())
 		}

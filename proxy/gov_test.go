@@ -3,12 +3,15 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tidwall/gjson"
 
 	"github.com/tollgate/tollgate/governance"
 	"github.com/tollgate/tollgate/metering"
@@ -451,6 +454,39 @@ func TestGovRefusedAfterAdmitIsReleased(t *testing.T) {
 	}
 	if _, reserved := g.headroom(b); reserved != 0 {
 		t.Fatalf("%d still reserved", reserved)
+	}
+	// No policy applies to another project: its body is forwarded as it
+	// always was.
+	resp = g.do("POST", "/openai/v1/chat/completions", g.token("ws-2", "proj-2", "user-2", ""), `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"model":"gpt-5"}`)
+	got = readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("duplicate model keys with no policy: %d %s", resp.StatusCode, got)
+	}
+}
+
+// TestReadTopMatchesGet: the handler's one pass over a body's top level
+// reads the model and stream gjson.Get reads, and counts the "model" keys
+// governance.BodyModel refuses more than one of.
+func TestReadTopMatchesGet(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"gpt-5","messages":[],"stream":true}`,
+		`{"messages":[{"model":"x","stream":false}],"stream":false,"model":"claude-opus-5-5"}`,
+		`{"model":"a","stream":true,"model":"b","stream":false}`,
+		`{"\u006dodel":"esc","str\u0065am":true}`,
+		`{"model":5,"stream":"true"}`, `{"model":null}`, `{}`, `[{"model":"a"}]`, `"model"`, ``,
+	} {
+		top := readTop([]byte(body))
+		if want := gjson.Get(body, "model"); top.model.Raw != want.Raw || top.model.Type != want.Type {
+			t.Errorf("%s: model %q, gjson.Get %q", body, top.model.Raw, want.Raw)
+		}
+		if want := gjson.Get(body, "stream"); top.stream.Raw != want.Raw || top.stream.Type != want.Type {
+			t.Errorf("%s: stream %q, gjson.Get %q", body, top.stream.Raw, want.Raw)
+		}
+		_, err := governance.BodyModel([]byte(body))
+		if dup := errors.Is(err, governance.ErrDuplicateModel); dup != (top.models > 1) {
+			t.Errorf("%s: %d model keys, BodyModel %v", body, top.models, err)
+		}
 	}
 }
 
