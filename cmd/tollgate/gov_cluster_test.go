@@ -281,14 +281,14 @@ func (g *govCluster) usageCost(project string) string {
 // same spool, r1 replays the ten as interrupted records, which settle
 // late: spent moves to their settled partial usage, once.
 //
-// With allotments on (the default), the streams are held in the replica's
-// allotment or, those admitted while it was being granted, reserved
-// directly: the reclaim charges the allotment whole (its unused part too),
-// and once the restarted replica, under a new replica id, has stored every
-// replayed record, it corrects the allotment to their actuals. With
-// allotments off, each stream's ceiling is corrected to its record as it
-// is stored. Either way spent ends at the records' settlement exactly,
-// nothing reserved.
+// With allotments on (the default), a short request first has r1 granted
+// an allotment, so the streams take holds from it (any admitted while a
+// grant is in flight reserve directly): the reclaim charges the allotment
+// whole (its unused part too), and once the restarted replica, under a new
+// replica id, has stored every replayed record, it corrects the allotment
+// to their actuals. With allotments off, each stream's ceiling is
+// corrected to its record as it is stored. Either way spent ends at the
+// records' settlement exactly, nothing reserved.
 func TestGovKillReservations(t *testing.T) {
 	needCeilings(t, messagesBody(2000, true))
 	t.Run("reservations", func(t *testing.T) { testGovKill(t, "off") })
@@ -303,6 +303,22 @@ func testGovKill(t *testing.T, allotments string) {
 	tok := g.issue(s)
 	const victim, held = 1, 10
 	body := messagesBody(2000, true)
+	var warm string
+	if allotments == "on" {
+		// One short request first, so r1 holds an allotment when the
+		// streams arrive and they take holds from it: without it they all
+		// reserve directly while the grant is in flight.
+		a := g.send(context.Background(), victim, tok, govReq{body: body, stream: true, events: 3, clientID: "kill-warm"})
+		if a.status != 200 || !a.complete {
+			t.Fatalf("warm-up request: status %d, complete %v (%v)", a.status, a.complete, a.err)
+		}
+		warm = a.reqID
+		if !testkit.Poll(5*time.Second, 20*time.Millisecond, func() bool {
+			return g.headroom(0, s, id).Allotted > 0 && len(g.records(s.project)) == 1
+		}) {
+			t.Fatalf("no allotment on r%d, or the warm-up's record not stored, within 5 s", victim)
+		}
+	}
 	var wg sync.WaitGroup
 	answers := make([]govAnswer, held)
 	for n := range held {
@@ -358,7 +374,7 @@ func testGovKill(t *testing.T, allotments string) {
 	g.start(victim)
 	var recs []govRecord
 	replayed := testkit.Poll(govSettleWithin, 100*time.Millisecond, func() bool {
-		recs = g.records(s.project)
+		recs = slices.DeleteFunc(g.records(s.project), func(r govRecord) bool { return r.id == warm })
 		return len(recs) >= held
 	})
 	outcomes := map[string]int{}
