@@ -49,8 +49,10 @@ import (
 //   - a replica killed with an allotment has it reclaimed by the sweeper
 //     like any reservation, at its whole remaining amount: the budget then
 //     counts the allotment's unused part and its in-flight ceilings as
-//     spent for that window (never less than was spent). Allotments are
-//     sized to about two seconds of the replica's demand, which bounds it.
+//     spent for that window (never less than was spent), until the replica
+//     restarts on its spool and replays its records: then spent is
+//     corrected to their actuals (replay.go). Allotments are sized to
+//     about two seconds of the replica's demand, which bounds it.
 //
 // The cost is refusals while headroom sits unused in other replicas'
 // allotments: at most one allotment each, which is why they shrink near
@@ -586,8 +588,9 @@ func (l *Ledger) beatFresh(now time.Time) bool {
 // allotSettleStatements settles the holds of recs against their
 // allotments, inside the usage batch's transaction: per allotment, the
 // records' actuals move from reserved to spent while it is held, to spent
-// alone once it is released (its rest already left reserved), and nowhere
-// once it was reclaimed (the sweeper charged all of it). They run before
+// alone once it is released or settled late (its rest already left
+// reserved), and to its late_actual once it was reclaimed (the sweeper
+// charged all of it; settleReplayed corrects that). They run before
 // the batch's insert and count only records not stored yet, so a replayed
 // record settles nothing twice. With fresh set, recs are records the batch
 // has just stored for the first time (SQLite knows them): their holds are
@@ -655,8 +658,9 @@ d AS MATERIALIZED (SELECT i.request_id AS allot, i.budget_id, i.window_start, r.
 	` + dedupe + `
 	GROUP BY i.request_id, i.budget_id, i.window_start, r.state, i.amount),
 e AS MATERIALIZED (SELECT allot, budget_id, window_start,
-		CASE WHEN state IN ('held', 'released') THEN x ELSE 0 END AS dspent,
-		CASE WHEN state <> 'held' THEN 0 WHEN x < amount THEN x WHEN amount > 0 THEN amount ELSE 0 END AS dres
+		CASE WHEN state = 'reclaimed' THEN 0 ELSE x END AS dspent,
+		CASE WHEN state <> 'held' THEN 0 WHEN x < amount THEN x WHEN amount > 0 THEN amount ELSE 0 END AS dres,
+		CASE WHEN state = 'reclaimed' THEN x ELSE 0 END AS dlate
 	FROM d)`
 	// The counters first, while the items still hold what they held: the
 	// second statement reads the same e.
@@ -666,8 +670,8 @@ c AS (SELECT budget_id, window_start, SUM(dspent) AS dspent, SUM(dres) AS dres F
 UPDATE gov_counters SET spent = gov_counters.spent + c.dspent, reserved = gov_counters.reserved - c.dres, updated_at = ` + now + `
 FROM c WHERE gov_counters.budget_id = c.budget_id AND gov_counters.window_start = c.window_start`, Args: withNow, BeforeInsert: !fresh},
 		{SQL: "WITH " + e + `
-UPDATE gov_reservation_items SET amount = gov_reservation_items.amount - e.dres
-FROM e WHERE gov_reservation_items.request_id = e.allot AND e.dres <> 0`, Args: args, BeforeInsert: !fresh},
+UPDATE gov_reservation_items SET amount = gov_reservation_items.amount - e.dres, late_actual = gov_reservation_items.late_actual + e.dlate
+FROM e WHERE gov_reservation_items.request_id = e.allot AND (e.dres <> 0 OR e.dlate <> 0)`, Args: args, BeforeInsert: !fresh},
 	}
 }
 

@@ -84,6 +84,9 @@ CREATE TABLE gov_replicas (
 	// Prune finds the reservations that left held, oldest first; held ones,
 	// the only kind the request path looks up by age, stay out of it.
 	`CREATE INDEX gov_reservations_done ON gov_reservations (updated_at) WHERE state <> 'held'`,
+	// late_actual is what the records of a reclaimed allotment settled at
+	// after the reclaim (settleReplayed).
+	`ALTER TABLE gov_reservation_items ADD COLUMN late_actual BIGINT NOT NULL DEFAULT 0`,
 }
 
 // Reservation states.
@@ -116,29 +119,30 @@ const sweepBatch = 500
 // Pruning (issue 16): every reservation ends settled, released, reclaimed
 // or settled_late, and its rows would otherwise stay forever. A record
 // settles through its reservation's row only while that row is held or
-// reclaimed (transition), and through an allotment's only while it is held
-// or released (allotSettleStatements); a replayed record that finds no row
-// changes nothing, exactly as one that finds a final row. So rows no
-// record can move any more go soon, and the rest wait for the records
-// that may still come.
+// reclaimed (transition), and through an allotment's in every state (held,
+// released and settled_late charge spent; reclaimed counts towards its
+// correction, late_actual: allotSettleStatements); a replayed record that
+// finds no row changes nothing, exactly as one that finds a final row. So
+// rows no record can move any more go soon, and the rest wait for the
+// records that may still come.
 const (
 	// pruneFinalAfter is how long rows no record can move are kept:
-	// settled, released and settled_late reservations, and reclaimed
-	// allotments (their records charge nothing: the sweeper charged all of
-	// it). Deleting them changes no replay's outcome; the hour keeps
-	// recent ones to inspect.
+	// settled, released and settled_late reservations. Deleting them
+	// changes no replay's outcome; the hour keeps recent ones to inspect.
 	pruneFinalAfter = time.Hour
 	// pruneLateAfter is how long rows a record still on its way moves are
 	// kept: a reclaimed reservation (its late record corrects the ceiling
-	// to the actual) and a released allotment (the records of its holds
-	// not stored yet charge spent through it). Such records wait in a
-	// replica's spool or in-flight journal while the database is
-	// unreachable or the replica is down, however long; the lease (30 s)
-	// and the writer's retries (at most 30 s apart) bound nothing more.
-	// 31 days covers a month-long outage: a record later than that
-	// leaves a reclaimed reservation at its ceiling (never under), and
-	// charges a released allotment's budget nothing (the record itself is
-	// stored, and priced, as ever).
+	// to the actual), and an allotment reclaimed (its late records count
+	// towards the correction settleReplayed makes), released or settled
+	// late (the records of its holds not stored yet charge spent through
+	// it). Such records wait in a replica's spool or in-flight journal
+	// while the database is unreachable or the replica is down, however
+	// long; the lease (30 s) and the writer's retries (at most 30 s apart)
+	// bound nothing more. 31 days covers a month-long outage: a record
+	// later than that leaves a reclaimed reservation or allotment at what
+	// the sweeper charged (never under), and charges a released
+	// allotment's budget nothing (the record itself is stored, and
+	// priced, as ever).
 	pruneLateAfter = 31 * 24 * time.Hour
 	// pruneEvery is how often a replica prunes; pruneBatch bounds the
 	// reservations one transaction deletes (SQLite's writer is held for
@@ -198,7 +202,24 @@ type Ledger struct {
 	// nextPrune is the Unix milliseconds the next prune is due at.
 	nextPrune atomic.Int64
 	allot     allotter
+	// predMu guards the replay of earlier processes on this replica's
+	// spool (settleReplayed): replayed closes once their records are
+	// stored (AfterReplay); preds are their replica ids, as predFile
+	// lists them; predAllots are the allotments of other replicas the
+	// records settled so far named, at most maxPredAllots.
+	predMu     sync.Mutex
+	replayed   <-chan struct{}
+	preds      []string
+	predFile   string
+	predAllots map[string]bool
 }
+
+// maxPredAllots bounds the allotments of earlier processes remembered
+// from their replayed records. settleReplayed ends every allotment of the
+// replicas they name, so one each would do; past the bound a replica named
+// only by the allotments left out keeps its allotments as the sweeper
+// charged them (never under).
+const maxPredAllots = 4096
 
 // OpenLedger applies the ledger's migrations and returns it.
 func OpenLedger(ctx context.Context, db *store.DB, cfg LedgerConfig) (*Ledger, error) {
@@ -881,6 +902,14 @@ func (l *Ledger) tick(ctx context.Context) error {
 	if n > 0 {
 		l.cfg.Log.Warn("budget ledger reclaimed the reservations of silent replicas at their ceiling", "reservations", n)
 	}
+	if err == nil {
+		held, late, rerr := l.settleReplayed(ctx)
+		if held+late > 0 {
+			l.cfg.Log.Info("budget ledger settled the allotments of the earlier processes on this spool at their records",
+				"released", held, "corrected", late)
+		}
+		err = rerr
+	}
 	if now := l.cfg.Now(); now.UnixMilli() >= l.nextPrune.Load() {
 		n, perr := l.Prune(ctx)
 		if n > 0 {
@@ -940,7 +969,7 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 func (l *Ledger) pruneTx(ctx context.Context, tx *sql.Tx, final, late int64) (int, error) {
 	rows, err := l.query(ctx, tx, `SELECT request_id FROM gov_reservations
 		WHERE state <> 'held' AND updated_at < $1 AND (updated_at < $2 OR NOT (
-			(state = 'reclaimed' AND request_id NOT LIKE 'allot:%') OR (state = 'released' AND request_id LIKE 'allot:%')))
+			state = 'reclaimed' OR (state IN ('released', 'settled_late') AND request_id LIKE 'allot:%')))
 		ORDER BY updated_at LIMIT `+strconv.Itoa(pruneBatch), final, late)
 	if err != nil {
 		return 0, err
@@ -960,12 +989,7 @@ func (l *Ledger) pruneTx(ctx context.Context, tx *sql.Tx, final, late int64) (in
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	// One text for any number of ids, as in transition.
-	in, arg := "(SELECT unnest($1::text[]))", any(ids)
-	if l.db.Engine != store.Postgres {
-		js, _ := json.Marshal(ids) // strings always encode
-		in, arg = "(SELECT value FROM json_each($1))", string(js)
-	}
+	in, arg := idList(l.db.Engine, ids)
 	if _, err := l.exec(ctx, tx, `DELETE FROM gov_reservation_items WHERE request_id IN `+in, arg); err != nil {
 		return 0, err
 	}
@@ -1004,7 +1028,9 @@ func (l *Ledger) Heartbeat(ctx context.Context) error {
 // the lease whose replica has been silent for longer than the lease (or
 // never heartbeat): a crashed replica's requests were probably billed, and
 // no record of them may ever come. A late record corrects the charge
-// (settled_late). It returns how many it reclaimed.
+// (settled_late); an allotment's late records do once the replica's
+// successor on its spool has replayed them all (settleReplayed). It
+// returns how many it reclaimed.
 func (l *Ledger) Sweep(ctx context.Context) (int, error) {
 	now := l.cfg.Now()
 	cutoff := now.Add(-l.cfg.Lease).UnixMilli()
@@ -1077,6 +1103,7 @@ func (l *Ledger) SettleStatements(engine string, recs []*metering.Record) []ledg
 		c, t := Actuals(r)
 		ids, costs, tokens = append(ids, r.RequestID), append(costs, c), append(tokens, t)
 	}
+	l.notePredecessors(recs)
 	var allots []string
 	var asts []ledger.Statement
 	if engine == store.Postgres {
@@ -1227,6 +1254,11 @@ const (
 	// transAllotRelease ends an allotment (held → released): what is left
 	// of it leaves reserved, and records still to come charge spent.
 	transAllotRelease
+	// transAllotLate corrects a reclaimed allotment to what its records
+	// settled at (reclaimed → settled_late): the sweeper charged spent its
+	// whole remaining amount, and its late records added their actuals
+	// to late_actual instead of spent.
+	transAllotLate
 )
 
 // actualExpr is what an item is charged at settlement: the record's
@@ -1276,6 +1308,8 @@ func (l *Ledger) transition(engine string, ids []string, costs, tokens []*int64,
 		from, dspent, dres, to = "'held'", "i.amount", "i.amount", "'reclaimed'"
 	case transAllotRelease:
 		from, dspent, dres, to = "'held'", "0", "CASE WHEN i.amount > 0 THEN i.amount ELSE 0 END", "'released'"
+	case transAllotLate:
+		from, dspent, dres, to = "'reclaimed'", "i.late_actual - i.amount", "0", "'settled_late'"
 	}
 	var sts []ledger.Statement
 	if engine == store.Postgres {

@@ -188,10 +188,9 @@ func TestLedgerPruneFinishedReservations(t *testing.T) {
 	}
 }
 
-// TestLedgerPruneAllotments: a reclaimed allotment (its records charge
-// nothing) goes after pruneFinalAfter; a released one, whose records still
-// on their way charge spent through it, is kept for pruneLateAfter and
-// still charges them; a held one stays.
+// TestLedgerPruneAllotments: a released allotment, whose records still on
+// their way charge spent through it, is kept for pruneLateAfter and still
+// charges them; a held one stays.
 func TestLedgerPruneAllotments(t *testing.T) {
 	eachAllotEngine(t, func(t *testing.T, r *rig) {
 		ctx := context.Background()

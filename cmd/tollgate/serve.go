@@ -203,6 +203,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// Once a killed predecessor's records are all stored, its reclaimed
+	// allotments settle at them (governance/replay.go).
+	if err := gov.ledger.AfterReplay(writer.Replayed(), o.Spool); err != nil {
+		log.Warn("budget allotments of a killed predecessor may stay charged whole", "err", err)
+	}
 	// Authentication refusals are counted per minute, not recorded one by
 	// one (proxy.Config.Refusals).
 	refusals := ledger.NewRefusalCounter(usage, log)

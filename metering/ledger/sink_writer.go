@@ -241,6 +241,10 @@ type Writer struct {
 	tornLines, badLines, quarantined        atomic.Uint64
 	syncErrors, batchesSince                atomic.Uint64
 	journalErrors                           atomic.Uint64
+	// caughtUp closes once the earlier processes' records are stored
+	// (Replayed); only run closes it.
+	caughtUp     chan struct{}
+	caughtUpDone bool
 }
 
 type queued struct {
@@ -289,6 +293,7 @@ func NewWriter(cfg WriterConfig, ins Inserter) (*Writer, error) {
 		done:     make(chan struct{}),
 		syncStop: make(chan struct{}),
 		syncDone: make(chan struct{}),
+		caughtUp: make(chan struct{}),
 	}
 	w.bufs.New = func() any { return new([]byte) }
 	w.tornLines.Add(uint64(jst.torn))
@@ -539,6 +544,7 @@ func (w *Writer) run(ctx context.Context) {
 			if w.replayOne(ctx) || w.settleInterrupted(ctx) {
 				continue
 			}
+			w.noteCaughtUp()
 		}
 		select {
 		case q := <-w.q:
@@ -613,7 +619,28 @@ func (w *Writer) drain(ctx context.Context, batch *[]queued) bool {
 	for w.replayOne(ctx) {
 	}
 	w.settleInterrupted(ctx)
+	w.noteCaughtUp()
 	return ctx.Err() == nil
+}
+
+// Replayed is closed once every record the earlier processes on the spool
+// directory left, in spool segments or as requests open in their in-flight
+// journal, is in the store: what they did is then all accounted for (the
+// budget ledger settles their reclaimed allotments from it). It stays
+// open while the store cannot take them.
+func (w *Writer) Replayed() <-chan struct{} { return w.caughtUp }
+
+// noteCaughtUp closes caughtUp when nothing an earlier process left is
+// still to be stored. Called by run only.
+func (w *Writer) noteCaughtUp() {
+	if w.caughtUpDone || w.sp.oldLeft() {
+		return
+	}
+	if _, open := w.jr.interrupted(); open {
+		return
+	}
+	w.caughtUpDone = true
+	close(w.caughtUp)
 }
 
 // commitQueued writes one batch from the queue, retrying until it commits
