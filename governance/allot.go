@@ -394,7 +394,10 @@ func (l *Ledger) finishHolds(holds []metering.Hold, rec *metering.Record) {
 	var cost, tokens int64
 	var costOK, tokensOK bool
 	if rec != nil {
-		cost, tokens, costOK, tokensOK = actuals(rec)
+		// settleView: an unpriced model under unpriced: fallback moves
+		// what the database will settle (its fallback price), not the
+		// whole hold, out of this replica's view of the allotment.
+		cost, tokens, costOK, tokensOK = actuals(l.settleView(rec))
 	}
 	al := &l.allot
 	al.mu.Lock()

@@ -159,3 +159,34 @@ func TestUnpricedWithoutUsageSettlesAtCeiling(t *testing.T) {
 		})
 	}
 }
+
+// Finishing a held request of an unpriced model under unpriced: fallback
+// moves its fallback-priced cost out of this replica's view of the
+// allotment, the amount the database settles, not the whole hold.
+func TestUnpricedFallbackFinishMovesItsPrice(t *testing.T) {
+	prices := metering.DefaultPrices()
+	fb, _, ok := prices.Fallback()
+	if !ok {
+		t.Fatal("the built-in price table has no fallback row")
+	}
+	u := metering.Usage{InputUncached: 30, CacheRead: 10, Output: 300}
+	want := fb.CostMicroUSD(u)
+	clk := newClock(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+	r := openRig(t, ledgerDSN(t, "sqlite"), clk, "replica-fb-view", withPrices(prices), withAllotments)
+	b := costBudget("b-fb-view", 1_000_000_000, ModeHard, day)
+	b.Unpriced = UnpricedFallback
+	const amount, hold = 1_000_000, 100_000
+	a := &allotment{id: "allot:view", budget: b, amount: amount, held: hold}
+	r.l.allot.mu.Lock()
+	r.l.allot.byID[a.id] = a
+	r.l.allot.mu.Unlock()
+	holds := []metering.Hold{{Allotment: a.id, Amount: hold}}
+	req := fallbackRequest("req_fb_view")
+	rec := unpricedRecord(t, prices, req, &Admission{Allotted: holds}, u)
+	r.l.finishHolds(holds, rec)
+	r.l.allot.mu.Lock()
+	defer r.l.allot.mu.Unlock()
+	if a.held != 0 || a.amount != amount-want {
+		t.Fatalf("after finishing: held %d, amount %d; want 0 and %d (moved the fallback price %d, not the hold %d)", a.held, a.amount, amount-want, want, hold)
+	}
+}
