@@ -361,6 +361,16 @@ type Top struct {
 	Total Sums `json:"total"`
 }
 
+// Ranking is t's ranking as CacheQuery.Ranked and RankedGroups take it:
+// its rows' keys in order, and how many values were ranked.
+func (t *Top) Ranking() (keys []string, groups int) {
+	keys = make([]string, 0, len(t.Rows))
+	for i := range t.Rows {
+		keys = append(keys, *t.Rows[i].dim(t.By))
+	}
+	return keys, len(t.Rows) + t.Folded
+}
+
 // Validate reports every problem of q.
 func (q TopQuery) Validate() error {
 	return errors.Join(q.UsageQuery.Validate(), checkFilters(q.UsageQuery), checkName("by", q.By, TopByNames), checkN("n", q.N, MaxTopN))
@@ -470,6 +480,13 @@ type CacheQuery struct {
 	By string
 	// N is how many rows are listed, costliest first; 0 means DefaultTopN.
 	N int
+	// Ranked, when not nil, is the ranking a Top of the same query, By
+	// and N made (its rows' keys, in order), and RankedGroups how many
+	// values it ranked (its rows plus Folded): the console's Usage page
+	// asks both for sessions, and the ranking is most of either's cost,
+	// so it is not made twice. Only for a By that is ranked in SQL.
+	Ranked       []string
+	RankedGroups int
 }
 
 // CacheRow is the cache efficiency of one project or session.
@@ -530,15 +547,20 @@ func (s *Store) Cache(ctx context.Context, q CacheQuery, p Pricer) (*Cache, erro
 	var groups int
 	var rows, totals []UsageRow
 	if rankInSQL(q.By) {
-		rq := q.UsageQuery
-		rq.GroupBy = []string{q.By}
-		ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: n, groups: &groups})
-		if err != nil {
-			return nil, err
+		if q.Ranked != nil {
+			keys, groups = q.Ranked[:min(n, len(q.Ranked))], q.RankedGroups
+		} else {
+			rq := q.UsageQuery
+			rq.GroupBy = []string{q.By}
+			ranked, err := s.queryOpt(ctx, rq, rq.rollupTable(), queryOpt{rank: n, groups: &groups})
+			if err != nil {
+				return nil, err
+			}
+			for i := range ranked {
+				keys = append(keys, *ranked[i].dim(q.By))
+			}
 		}
-		for i := range ranked {
-			keys = append(keys, *ranked[i].dim(q.By))
-		}
+		var err error
 		kq := q.UsageQuery
 		kq.GroupBy = append([]string{q.By}, perModel...)
 		if rows, err = s.queryOpt(ctx, kq, kq.rollupTable(), queryOpt{inDim: q.By, in: keys}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -115,6 +116,17 @@ func TestSessionRankSQLMatchesGo(t *testing.T) {
 						}
 						if c.Folded != len(want)-k {
 							t.Errorf("%s: cache folded %d, want %d", at, c.Folded, len(want)-k)
+						}
+						// The console hands the top list's ranking to the
+						// cache query: the answer must be the same.
+						cq := CacheQuery{UsageQuery: base, By: GroupSession, N: top}
+						cq.Ranked, cq.RankedGroups = got.Ranking()
+						reused, err := s.Cache(ctx, cq, nil)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if !reflect.DeepEqual(reused, c) {
+							t.Errorf("%s: cache per session from the top list's ranking\n got %+v\nwant %+v", at, reused, c)
 						}
 					}
 				}
