@@ -272,18 +272,27 @@ func (c *Console) fillUsage(ctx context.Context, v url.Values, d *usageData) err
 		}
 		wg.Go(func() { tops[i], errs[1+i] = c.cfg.Usage.Top(ctx, ledger.TopQuery{UsageQuery: uq, By: by}) })
 	}
+	projectCache := make(chan struct{})
 	for i, by := range cacheBy {
 		wg.Go(func() {
+			if by == ledger.GroupProject {
+				defer close(projectCache) // answered or failed: never leave the session query waiting
+			}
 			cq := ledger.CacheQuery{UsageQuery: uq, By: by}
 			if by == ledger.GroupSession {
 				// Ranking the sessions is most of both answers' cost
 				// (over 90 days, 64,000 sessions): the top list ranks
-				// them once and the cache rows reuse its ranking.
+				// them once and the cache rows reuse its ranking, and
+				// the range's total cache row is the project answer's.
 				j := slices.Index(topBy, ledger.GroupSession)
 				if tops[j], errs[1+j] = c.cfg.Usage.Top(ctx, ledger.TopQuery{UsageQuery: uq, By: by}); errs[1+j] != nil {
 					return
 				}
 				cq.Ranked, cq.RankedGroups = tops[j].Ranking()
+				<-projectCache
+				if p := caches[slices.Index(cacheBy, ledger.GroupProject)]; p != nil {
+					cq.Total = &p.Total
+				}
 			}
 			caches[i], errs[1+len(topBy)+i] = c.cfg.Usage.Cache(ctx, cq, c.cfg.Pricer)
 		})

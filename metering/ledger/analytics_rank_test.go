@@ -128,6 +128,21 @@ func TestSessionRankSQLMatchesGo(t *testing.T) {
 						if !reflect.DeepEqual(reused, c) {
 							t.Errorf("%s: cache per session from the top list's ranking\n got %+v\nwant %+v", at, reused, c)
 						}
+						// ... and the project answer's total row.
+						pc, err := s.Cache(ctx, CacheQuery{UsageQuery: base, By: GroupProject}, nil)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if !reflect.DeepEqual(pc.Total, c.Total) {
+							t.Errorf("%s: the project and session answers' totals differ\n project %+v\n session %+v", at, pc.Total, c.Total)
+						}
+						cq.Total = &pc.Total
+						if reused, err = s.Cache(ctx, cq, nil); err != nil {
+							t.Fatal(err)
+						}
+						if !reflect.DeepEqual(reused, c) {
+							t.Errorf("%s: cache per session with the project answer's total\n got %+v\nwant %+v", at, reused, c)
+						}
 					}
 				}
 			}
