@@ -46,3 +46,19 @@ func TestBucketsMatchUsage(t *testing.T) {
 		t.Errorf("JSON without searches: %s", b)
 	}
 }
+
+// Summing a Usage allocates nothing: the governed request path calls
+// InputTotal and Add on values, and a bucket's field accessor that made
+// them escape cost two allocations a request.
+func TestUsageSumsDoNotAllocate(t *testing.T) {
+	u := Usage{InputUncached: 1, CacheRead: 2, CacheWrite5m: 3, CacheWrite1h: 4, InputOther: 5, Output: 6}
+	var sum Usage
+	if n := testing.AllocsPerRun(100, func() {
+		if u.InputTotal() != 15 {
+			t.Fatal("InputTotal")
+		}
+		sum.Add(&u)
+	}); n != 0 {
+		t.Fatalf("%v allocations per InputTotal and Add, want 0", n)
+	}
+}

@@ -4,7 +4,10 @@
 // records (spool, store, queries) is package metering/ledger.
 package metering
 
-import "time"
+import (
+	"time"
+	"unsafe"
+)
 
 // Usage sources (wire-formats.md §8). A record never carries a silent zero:
 // when nothing was reported the source says so and the token fields are nil.
@@ -82,20 +85,28 @@ type Bucket struct {
 	// Such a bucket is neither Input nor a TokenType, and its JSON key is
 	// omitted when zero.
 	Tool string
-	// Of returns the bucket's field in u.
-	Of func(u *Usage) *int64
+	// off is the bucket's field's offset in Usage. An offset rather than
+	// a func field: a pointer handed to a func value escapes, so every
+	// InputTotal or Add on a Usage value allocated (two of the eight
+	// allocations of a governed request); Of is a direct call and does not.
+	off uintptr
+}
+
+// Of returns the bucket's field in u.
+func (b *Bucket) Of(u *Usage) *int64 {
+	return (*int64)(unsafe.Add(unsafe.Pointer(u), b.off))
 }
 
 // Buckets are Usage's buckets in field order.
 var Buckets = [NumBuckets]Bucket{
-	{"input_uncached", "input_uncached", true, "input", "", "", func(u *Usage) *int64 { return &u.InputUncached }},
-	{"cache_read", "cache_read", true, "cache_read", TokenCachedInput, "", func(u *Usage) *int64 { return &u.CacheRead }},
-	{"cache_write_5m", "cache_write_5m", true, "cache_write", TokenCacheCreationInput, "", func(u *Usage) *int64 { return &u.CacheWrite5m }},
-	{"cache_write_1h", "cache_write_1h", true, "cache_write", TokenCacheCreationInput, "", func(u *Usage) *int64 { return &u.CacheWrite1h }},
-	{"input_other", "input_other", true, "input", "", "", func(u *Usage) *int64 { return &u.InputOther }},
-	{"output", "output_tokens", false, "output", TokenOutput, "", func(u *Usage) *int64 { return &u.Output }},
-	{"reasoning", "reasoning_tokens", false, "reasoning", TokenReasoning, "", func(u *Usage) *int64 { return &u.Reasoning }},
-	{"web_search_requests", "web_search_requests", false, "web_search", "", ToolWebSearch, func(u *Usage) *int64 { return &u.WebSearchRequests }},
+	{"input_uncached", "input_uncached", true, "input", "", "", unsafe.Offsetof(Usage{}.InputUncached)},
+	{"cache_read", "cache_read", true, "cache_read", TokenCachedInput, "", unsafe.Offsetof(Usage{}.CacheRead)},
+	{"cache_write_5m", "cache_write_5m", true, "cache_write", TokenCacheCreationInput, "", unsafe.Offsetof(Usage{}.CacheWrite5m)},
+	{"cache_write_1h", "cache_write_1h", true, "cache_write", TokenCacheCreationInput, "", unsafe.Offsetof(Usage{}.CacheWrite1h)},
+	{"input_other", "input_other", true, "input", "", "", unsafe.Offsetof(Usage{}.InputOther)},
+	{"output", "output_tokens", false, "output", TokenOutput, "", unsafe.Offsetof(Usage{}.Output)},
+	{"reasoning", "reasoning_tokens", false, "reasoning", TokenReasoning, "", unsafe.Offsetof(Usage{}.Reasoning)},
+	{"web_search_requests", "web_search_requests", false, "web_search", "", ToolWebSearch, unsafe.Offsetof(Usage{}.WebSearchRequests)},
 }
 
 // ToolWebSearch is the provider-side web search tool (Anthropic
