@@ -353,7 +353,23 @@ func TestRedisLeaseReturn(t *testing.T) {
 		// Demand over the lease window sizes the batch; a loaded machine
 		// may run only a few of these admissions in 30 ms, so keep asking
 		// (bounded) until a round has sized one.
+		opt, _ := redis.ParseURL(url)
+		c := redis.NewClient(opt)
+		defer c.Close()
+		tat := func() float64 {
+			v, err := c.Get(context.Background(), prefix+"{limit:ret}:rpm").Float64()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		// Demand over the lease window sizes the batch; a loaded machine
+		// may run only a few of these admissions in 30 ms, so keep asking
+		// (bounded) until a round has sized one. The TAT is read while the
+		// batch is still held, before and after: a give-back between the
+		// two reads (the sync loop runs meanwhile) would hide the return.
 		var lent int64
+		var before float64
 		for deadline := time.Now().Add(3 * time.Second); lent == 0; {
 			if time.Now().After(deadline) {
 				t.Fatal("no batch held after 3 s of demand")
@@ -365,18 +381,11 @@ func TestRedisLeaseReturn(t *testing.T) {
 			a.Acquire(context.Background(), "a", lims, 0)
 			a.syncRound(false)
 			lent, _ = held(a, "ret")
-		}
-		opt, _ := redis.ParseURL(url)
-		c := redis.NewClient(opt)
-		defer c.Close()
-		tat := func() float64 {
-			v, err := c.Get(context.Background(), prefix+"{limit:ret}:rpm").Float64()
-			if err != nil {
-				t.Fatal(err)
+			before = tat()
+			if still, _ := held(a, "ret"); still != lent {
+				lent = 0 // it moved while the TAT was read: ask again
 			}
-			return v
 		}
-		before := tat()
 		testkit.Eventually(t, 2*time.Second, "the batch given back", func() bool { rpm, _ := held(a, "ret"); return rpm == 0 })
 		step := float64((ratePeriod / 3000).Microseconds())
 		if back := before - tat(); back < float64(lent)*step-1 || back > float64(lent)*step+1 {
