@@ -52,4 +52,9 @@ func (s *Server) adminListenerRoutes() {
 }
 
 // ServeAdmin serves the admin API and /metrics on ln until Shutdown.
-func (s *Server) ServeAdmin(ln net.Listener) error { return s.admin.Listener(ln) }
+func (s *Server) ServeAdmin(ln net.Listener) error {
+	if !s.track(ln) {
+		return nil
+	}
+	return s.admin.Listener(ln)
+}

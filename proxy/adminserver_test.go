@@ -177,3 +177,37 @@ func TestListenerShutdownStopsBoth(t *testing.T) {
 		}
 	}
 }
+
+// TestServeAfterShutdownReturns: a Serve that starts (or registers its
+// listener with fasthttp) only after Shutdown ran returns instead of
+// accepting forever, which once hung a test's cleanup for ten minutes.
+func TestServeAfterShutdownReturns(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	srv, err := New(operatorConfig(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for name, serve := range map[string]func(net.Listener) error{"Serve": srv.Serve, "ServeAdmin": srv.ServeAdmin} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- serve(ln) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s after Shutdown: %v, want nil", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s after Shutdown still serving after 5 s", name)
+		}
+		if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s after Shutdown: its listener still accepts", name)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -211,8 +212,15 @@ type Server struct {
 	// through the other's listener, whatever the path spelling.
 	app   *fiber.App
 	admin *fiber.App
-	log   *slog.Logger
-	fast  *fastUpstream
+	// served are the listeners handed to Serve and ServeAdmin, closed by
+	// Shutdown too (stopped then refuses new ones): fasthttp's Shutdown
+	// knows a listener only once its Serve has registered it, and a Serve
+	// that registers after Shutdown ran would accept forever.
+	lnMu    sync.Mutex
+	served  []net.Listener
+	stopped bool
+	log     *slog.Logger
+	fast    *fastUpstream
 	// owners is who created each stored object on a platform key (owner.go).
 	owners *owners
 	// limiter is nil when both authentication limits are off.
@@ -469,15 +477,43 @@ func (s *Server) shapeFor(c *fiber.Ctx) string {
 }
 
 // Serve serves the proxy on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.track(ln) {
+		return nil
+	}
+	return s.app.Listener(ln)
+}
+
+// track notes ln for Shutdown; false (ln closed) once Shutdown has begun.
+func (s *Server) track(ln net.Listener) bool {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.stopped {
+		ln.Close()
+		return false
+	}
+	s.served = append(s.served, ln)
+	return true
+}
 
 // Shutdown stops accepting on both listeners, then waits for their open
 // connections until ctx ends. Streams still open then are ended by
 // cancelling Config.BaseContext, which the caller owns
 // (streaming-on-fiber.md R3). A listener never served stops at once.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.lnMu.Lock()
+	s.stopped = true
+	served := s.served
+	s.lnMu.Unlock()
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- s.admin.ShutdownWithContext(ctx) }()
 	err := s.app.ShutdownWithContext(ctx)
-	return errors.Join(err, <-adminDone)
+	err = errors.Join(err, <-adminDone)
+	// A Serve that had not registered its listener with fasthttp yet was
+	// not stopped above; closing it ends that Serve's accept loop (nil,
+	// as fasthttp answers a closed listener). Already closed: no matter.
+	for _, ln := range served {
+		ln.Close()
+	}
+	return err
 }
