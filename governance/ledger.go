@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -392,12 +393,22 @@ func retryable(err error) bool {
 	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
-// inTx runs f in a transaction and commits it, retrying once on a
-// deadlock or serialization failure. f returning errRollback rolls back
-// without error.
+// inTx runs f in a transaction and commits it, retrying a deadlock or
+// serialization failure up to txAttempts times after a short jittered
+// pause (PostgreSQL rolled the loser back, so a retry is safe): under a
+// 300-request race a reservation met the usage writer's settlement in a
+// deadlock more than once, and a refusal for that is a fail-closed 429 the
+// budget did not ask for. f returning errRollback rolls back without error.
 func (l *Ledger) inTx(ctx context.Context, async bool, f func(tx *sql.Tx) error) error {
 	var err error
-	for attempt := 0; attempt < 2; attempt++ {
+	for attempt := 0; attempt < txAttempts; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(1+mrand.IntN(5*attempt)) * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		err = l.tryTx(ctx, async, f)
 		if err == nil || errors.Is(err, errRollback) || !retryable(err) {
 			break
@@ -410,6 +421,9 @@ func (l *Ledger) inTx(ctx context.Context, async bool, f func(tx *sql.Tx) error)
 }
 
 var errRollback = errors.New("rollback")
+
+// txAttempts bounds inTx's tries of one transaction.
+const txAttempts = 5
 
 func (l *Ledger) tryTx(ctx context.Context, async bool, f func(tx *sql.Tx) error) error {
 	if l.db.Engine == store.SQLite {
